@@ -1,0 +1,543 @@
+//! Changes (what devices send) and staging: deciding what each change does, against the user's
+//! state plus whatever earlier changes of the same batch already staged.
+//!
+//! The rules (DESIGN.md section 6):
+//! - a change id seen before answers `duplicate` with its original result and writes nothing;
+//! - `put`/`delete` with a stale `base_version` conflict; a stale `patch` merges when every
+//!   top-level field it touches has the same value now as at `base_version` (the ancestor, which
+//!   the log has), and conflicts otherwise; no `base_version` means last writer wins;
+//! - `patch` and `delete` need a live item (`not_found` otherwise); `put` creates or re-creates;
+//! - conflicts and rejections write nothing.
+//!
+//! Staging never touches committed state: it works on a [`Staged`] overlay which the caller
+//! discards if the commit fails, or whose events it applies once they are durable.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clock::IdGenerator;
+use crate::document::Document;
+use crate::event::Event;
+use crate::ids::{ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId};
+use crate::kind::{Kind, Op, Origin};
+use crate::state::{ApplyError, ChangeRef, ItemState, StateRead, StateWrite, UserState, apply};
+
+/// What a device asks for, in one change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// The device's idempotency key.
+    pub change_id: ChangeId,
+    /// The item's kind.
+    pub kind: Kind,
+    /// The item.
+    pub item_id: ItemId,
+    /// The version the device last saw, for optimistic concurrency; absent: last writer wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+    /// What to do.
+    #[serde(flatten)]
+    pub body: ChangeBody,
+}
+
+/// The operation of a change and its payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ChangeBody {
+    /// Replace the whole document.
+    Put {
+        /// The new document; must be a JSON object.
+        document: Value,
+    },
+    /// Apply an RFC 7396 merge patch.
+    Patch {
+        /// The patch; must be a JSON object.
+        document: Value,
+    },
+    /// Delete the item, leaving a tombstone.
+    Delete,
+}
+
+impl ChangeBody {
+    /// The op this body performs.
+    pub fn op(&self) -> Op {
+        match self {
+            ChangeBody::Put { .. } => Op::Put,
+            ChangeBody::Patch { .. } => Op::Patch,
+            ChangeBody::Delete => Op::Delete,
+        }
+    }
+}
+
+/// Who is making the changes of a batch entry; copied into every event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The pushing device; `None` for restores.
+    pub device_id: Option<DeviceId>,
+    /// Who caused the changes.
+    pub origin: Origin,
+    /// The HTTP request.
+    pub request_id: Option<RequestId>,
+    /// The restore, for origin `restore`.
+    pub restore_id: Option<RestoreId>,
+}
+
+/// Why a single change was refused (per-change rejection codes of API.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// Not a JSON object, or `@type` does not fit the kind.
+    InvalidDocument,
+    /// The resulting document exceeds the document limit.
+    DocumentTooLarge,
+    /// The item exists with another kind.
+    KindMismatch,
+    /// Patch or delete of an item that does not exist or is deleted.
+    NotFound,
+    /// A change that cannot be applied as written (for example `base_version` 0).
+    InvalidChange,
+}
+
+impl RejectCode {
+    /// The stable code clients switch on.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectCode::InvalidDocument => "invalid_document",
+            RejectCode::DocumentTooLarge => "document_too_large",
+            RejectCode::KindMismatch => "kind_mismatch",
+            RejectCode::NotFound => "not_found",
+            RejectCode::InvalidChange => "invalid_change",
+        }
+    }
+}
+
+/// The result of one change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Staged as a new event (durable once the batch commits).
+    Applied(ChangeRef),
+    /// Applied before; the original result, nothing written.
+    Duplicate(ChangeRef),
+    /// Stale `base_version`; nothing written. Carries the item as it is now.
+    Conflict(Box<ItemState>),
+    /// Refused; nothing written.
+    Rejected {
+        /// The stable code.
+        code: RejectCode,
+        /// A human-readable explanation (never document contents).
+        detail: String,
+    },
+}
+
+/// Settings that staging enforces.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StagePolicy {
+    /// Largest document, in bytes of compact JSON.
+    pub max_document_bytes: usize,
+    /// The mass-delete guard.
+    pub mass_delete: MassDeleteGuard,
+}
+
+impl Default for StagePolicy {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 256 * 1024,
+            mass_delete: MassDeleteGuard::default(),
+        }
+    }
+}
+
+/// Refuses a push that deletes more than `max_share` of a user's live items of one kind *and*
+/// more than `min_items` of them, unless the push confirms it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MassDeleteGuard {
+    /// Deletes of one kind at or below this count are always allowed.
+    pub min_items: usize,
+    /// Share of the live items of one kind a push may delete without confirmation.
+    pub max_share: f64,
+}
+
+impl Default for MassDeleteGuard {
+    fn default() -> Self {
+        Self {
+            min_items: 20,
+            max_share: 0.5,
+        }
+    }
+}
+
+/// A push refused by the mass-delete guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the push deletes {deletes} of {live} live {kind} items; confirm_mass_delete is required")]
+pub struct MassDeleteRefused {
+    /// The kind that would lose too many items.
+    pub kind: Kind,
+    /// How many of its live items the push deletes.
+    pub deletes: usize,
+    /// How many live items of the kind there are.
+    pub live: usize,
+}
+
+/// Staging needs the document of an earlier version that it does not have: the caller reads it
+/// from the log (`None` for a tombstone) and stages again with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NeedAncestor {
+    /// The item.
+    pub item_id: ItemId,
+    /// The version whose document is needed.
+    pub version: u64,
+}
+
+/// Documents of earlier versions, read from the log for stale patches.
+pub type Ancestors = HashMap<(ItemId, u64), Option<Document>>;
+
+/// A user's state as a batch sees it: committed state plus the batch's staged events.
+#[derive(Debug)]
+pub struct Staged<'a> {
+    base: &'a UserState,
+    last_seq: u64,
+    items: HashMap<ItemId, ItemState>,
+    changes: HashMap<ChangeId, ChangeRef>,
+    events: Vec<Event>,
+}
+
+impl StateRead for Staged<'_> {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    fn item(&self, id: &ItemId) -> Option<&ItemState> {
+        self.items.get(id).or_else(|| self.base.item(id))
+    }
+    fn change(&self, id: &ChangeId) -> Option<ChangeRef> {
+        self.changes
+            .get(id)
+            .copied()
+            .or_else(|| self.base.change(id))
+    }
+}
+
+impl StateWrite for Staged<'_> {
+    fn set_last_seq(&mut self, seq: u64) {
+        self.last_seq = seq;
+    }
+    fn put_item(&mut self, item: ItemState) {
+        self.items.insert(item.item_id, item);
+    }
+    fn put_change(&mut self, id: ChangeId, result: ChangeRef) {
+        self.changes.insert(id, result);
+    }
+}
+
+/// Everything staging needs besides the state: who, when, how to make ids, what is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct StageContext<'a> {
+    /// Copied into every event.
+    pub meta: EventMeta,
+    /// The batch's commit time.
+    pub recorded_at: DateTime<Utc>,
+    /// Makes event ids.
+    pub ids: &'a dyn IdGenerator,
+    /// Limits and the guard.
+    pub policy: &'a StagePolicy,
+    /// Earlier documents read from the log.
+    pub ancestors: &'a Ancestors,
+}
+
+impl<'a> Staged<'a> {
+    /// An empty overlay over committed state.
+    pub fn new(base: &'a UserState) -> Self {
+        Self {
+            base,
+            last_seq: base.last_seq(),
+            items: HashMap::new(),
+            changes: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The events staged so far, in seq order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Takes the staged events, ending the overlay.
+    pub fn into_events(self) -> Vec<Event> {
+        self.events
+    }
+
+    /// Live items of a kind as the batch sees them.
+    fn live_count(&self, kind: Kind) -> usize {
+        let overlay = self
+            .items
+            .values()
+            .filter(|i| i.kind == kind && !i.deleted)
+            .count();
+        let base_not_shadowed = self
+            .base
+            .items()
+            .filter(|i| i.kind == kind && !i.deleted && !self.items.contains_key(&i.item_id))
+            .count();
+        overlay + base_not_shadowed
+    }
+
+    /// Checks the mass-delete guard for a whole push, before any of it is staged.
+    pub fn check_mass_delete(
+        &self,
+        changes: &[Change],
+        guard: &MassDeleteGuard,
+    ) -> Result<(), MassDeleteRefused> {
+        let mut deletes: HashMap<Kind, std::collections::HashSet<ItemId>> = HashMap::new();
+        for c in changes {
+            if matches!(c.body, ChangeBody::Delete)
+                && self.change(&c.change_id).is_none()
+                && self
+                    .item(&c.item_id)
+                    .is_some_and(|i| !i.deleted && i.kind == c.kind)
+            {
+                deletes.entry(c.kind).or_default().insert(c.item_id);
+            }
+        }
+        let mut kinds: Vec<_> = deletes.into_iter().collect();
+        kinds.sort_by_key(|(k, _)| *k);
+        for (kind, items) in kinds {
+            let n = items.len();
+            if n <= guard.min_items {
+                continue;
+            }
+            let live = self.live_count(kind);
+            if (n as f64) > guard.max_share * (live as f64) {
+                return Err(MassDeleteRefused {
+                    kind,
+                    deletes: n,
+                    live,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides one change and, when it applies, stages its event.
+    pub fn stage(
+        &mut self,
+        user_id: crate::ids::UserId,
+        change: &Change,
+        cx: &StageContext<'_>,
+    ) -> Result<Outcome, NeedAncestor> {
+        if let Some(original) = self.change(&change.change_id) {
+            return Ok(Outcome::Duplicate(original));
+        }
+        let document = match decide(self, change, cx)? {
+            Decision::Write(doc) => doc,
+            Decision::Answer(outcome) => return Ok(outcome),
+        };
+        let version = self.item(&change.item_id).map_or(0, |i| i.version) + 1;
+        let event = Event {
+            user_id,
+            seq: self.last_seq + 1,
+            event_id: EventId(cx.ids.time_ordered(cx.recorded_at)),
+            change_id: change.change_id,
+            device_id: cx.meta.device_id,
+            origin: cx.meta.origin,
+            request_id: cx.meta.request_id,
+            restore_id: cx.meta.restore_id,
+            kind: change.kind,
+            item_id: change.item_id,
+            op: change.body.op(),
+            version,
+            recorded_at: cx.recorded_at,
+            document,
+        };
+        // `decide` only lets through events that fit the state, so this cannot fail; if it ever
+        // did, answering invalid_change is the safe outcome (nothing is written).
+        if let Err(e) = apply(self, &event) {
+            return Ok(reject(RejectCode::InvalidChange, internal_detail(&e)));
+        }
+        let result = ChangeRef {
+            item_id: event.item_id,
+            version: event.version,
+            seq: event.seq,
+        };
+        self.events.push(event);
+        Ok(Outcome::Applied(result))
+    }
+
+    /// The document of `version` of an item: from this batch if it staged it, else from the
+    /// ancestors read from the log.
+    fn document_at(
+        &self,
+        item_id: ItemId,
+        version: u64,
+        cx: &StageContext<'_>,
+    ) -> Result<Option<Document>, NeedAncestor> {
+        if let Some(e) = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.item_id == item_id && e.version == version)
+        {
+            return Ok(e.document.clone());
+        }
+        cx.ancestors
+            .get(&(item_id, version))
+            .cloned()
+            .ok_or(NeedAncestor { item_id, version })
+    }
+}
+
+fn internal_detail(e: &ApplyError) -> String {
+    format!("the change does not fit the item's history: {e}")
+}
+
+enum Decision {
+    /// Write an event with this document (`None`: a delete).
+    Write(Option<Document>),
+    /// Answer without writing.
+    Answer(Outcome),
+}
+
+fn reject(code: RejectCode, detail: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        code,
+        detail: detail.into(),
+    }
+}
+
+fn answer(code: RejectCode, detail: impl Into<String>) -> Result<Decision, NeedAncestor> {
+    Ok(Decision::Answer(reject(code, detail)))
+}
+
+fn conflict(item: &ItemState) -> Result<Decision, NeedAncestor> {
+    Ok(Decision::Answer(Outcome::Conflict(Box::new(item.clone()))))
+}
+
+fn decide(
+    state: &Staged<'_>,
+    change: &Change,
+    cx: &StageContext<'_>,
+) -> Result<Decision, NeedAncestor> {
+    if change.base_version == Some(0) {
+        return answer(RejectCode::InvalidChange, "base_version starts at 1");
+    }
+    let current = state.item(&change.item_id);
+    if let Some(item) = current
+        && item.kind != change.kind
+    {
+        return answer(
+            RejectCode::KindMismatch,
+            format!("the item is a {}, not a {}", item.kind, change.kind),
+        );
+    }
+    let live = current.filter(|i| !i.deleted);
+    match &change.body {
+        ChangeBody::Put { document } => {
+            if let (Some(base), Some(item)) = (change.base_version, current) {
+                if base != item.version {
+                    return conflict(item);
+                }
+            } else if change.base_version.is_some() {
+                return answer(
+                    RejectCode::NotFound,
+                    "base_version names an item that does not exist",
+                );
+            }
+            let Value::Object(object) = document else {
+                return answer(
+                    RejectCode::InvalidDocument,
+                    "the document must be a JSON object",
+                );
+            };
+            finish_document(object, change.kind, cx.policy)
+        }
+        ChangeBody::Delete => {
+            let Some(item) = live else {
+                return answer(
+                    RejectCode::NotFound,
+                    "no such item, or it is already deleted",
+                );
+            };
+            if change.base_version.is_some_and(|b| b != item.version) {
+                return conflict(item);
+            }
+            Ok(Decision::Write(None))
+        }
+        ChangeBody::Patch { document: patch } => {
+            let Some(item) = live else {
+                return answer(RejectCode::NotFound, "no such item, or it is deleted");
+            };
+            let Value::Object(patch_fields) = patch else {
+                return answer(
+                    RejectCode::InvalidDocument,
+                    "a merge patch must be a JSON object",
+                );
+            };
+            let Some(doc) = item.document.as_ref() else {
+                return answer(RejectCode::NotFound, "the item has no document");
+            };
+            let Ok(current_object) = doc.to_object() else {
+                return answer(
+                    RejectCode::InvalidChange,
+                    "the stored document cannot be read",
+                );
+            };
+            if let Some(base) = change.base_version
+                && base != item.version
+            {
+                if base > item.version {
+                    return conflict(item);
+                }
+                let ancestor = state.document_at(change.item_id, base, cx)?;
+                let Some(ancestor) = ancestor.and_then(|d| d.to_object().ok()) else {
+                    return conflict(item);
+                };
+                let touched_changed = patch_fields
+                    .keys()
+                    .any(|k| ancestor.get(k) != current_object.get(k));
+                if touched_changed {
+                    return conflict(item);
+                }
+            }
+            let mut merged = Value::Object(current_object);
+            json_patch::merge(&mut merged, patch);
+            let Value::Object(merged) = merged else {
+                return answer(
+                    RejectCode::InvalidDocument,
+                    "the patch result is not a JSON object",
+                );
+            };
+            finish_document(&merged, change.kind, cx.policy)
+        }
+    }
+}
+
+/// Checks a resulting document against the kind and the size limit.
+fn finish_document(
+    object: &Map<String, Value>,
+    kind: Kind,
+    policy: &StagePolicy,
+) -> Result<Decision, NeedAncestor> {
+    match object.get("@type") {
+        None => {}
+        Some(Value::String(t)) if t == kind.json_type() => {}
+        Some(_) => {
+            return answer(
+                RejectCode::InvalidDocument,
+                format!("@type must be \"{}\" for a {kind}", kind.json_type()),
+            );
+        }
+    }
+    let doc = Document::from_object(object);
+    if doc.len() > policy.max_document_bytes {
+        return answer(
+            RejectCode::DocumentTooLarge,
+            format!(
+                "the document is {} bytes; the limit is {}",
+                doc.len(),
+                policy.max_document_bytes
+            ),
+        );
+    }
+    Ok(Decision::Write(Some(doc)))
+}

@@ -1,0 +1,31 @@
+//! Keepsake's event model.
+//!
+//! - [`ids`]: UUID newtypes. [`kind`]: kinds, ops, origins.
+//! - [`change`]: what devices send, and staging — the conflict, merge and idempotency rules.
+//! - [`event`]: what the log stores. [`state`]: materialized state and [`state::apply`], the one
+//!   pure function that folds events into state.
+//! - [`clock`]: time and id generation behind traits, for deterministic tests.
+
+pub mod change;
+pub mod clock;
+pub mod document;
+pub mod event;
+pub mod ids;
+pub mod kind;
+pub mod state;
+
+pub use change::{
+    Ancestors, Change, ChangeBody, EventMeta, MassDeleteGuard, MassDeleteRefused, NeedAncestor,
+    Outcome, RejectCode, StageContext, StagePolicy, Staged,
+};
+pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
+pub use document::Document;
+pub use event::Event;
+pub use ids::{
+    BatchId, ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId, StoreId, UserId,
+};
+pub use kind::{Kind, Op, Origin};
+pub use state::{ApplyError, ChangeRef, ItemState, StateRead, StateWrite, UserState, apply};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! A user's materialized state, and [`apply`]: the one function that gives events their meaning.
+//!
+//! The live view, checkpoints, replay and restore all fold events with [`apply`]; nothing else
+//! mutates state. `apply` is pure and checks the log's invariants as it folds, so a damaged or
+//! mis-ordered log is reported instead of silently producing a wrong state:
+//! - seq is dense: each event's seq is the user's last seq + 1;
+//! - versions are dense per item: 1 for a new item, previous + 1 after that;
+//! - an item never changes kind;
+//! - a change id appears at most once per user;
+//! - put and patch carry a document, delete does not.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::document::Document;
+use crate::event::Event;
+use crate::ids::{ChangeId, ItemId};
+use crate::kind::{Kind, Op};
+
+/// The current state of one item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ItemState {
+    /// The item's id.
+    pub item_id: ItemId,
+    /// Its kind, fixed by its first event.
+    pub kind: Kind,
+    /// Its version: the number of events applied to it.
+    pub version: u64,
+    /// The user seq of its last event.
+    pub seq: u64,
+    /// Whether its last event was a delete (a tombstone).
+    pub deleted: bool,
+    /// When its last event was recorded.
+    pub changed_at: DateTime<Utc>,
+    /// Its document; `None` for a tombstone.
+    pub document: Option<Document>,
+}
+
+/// What a change id resolved to, kept so that a retried change gets its original answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ChangeRef {
+    /// The item the change applied to.
+    pub item_id: ItemId,
+    /// The version it produced.
+    pub version: u64,
+    /// The seq of its event.
+    pub seq: u64,
+}
+
+/// Read access to a user's state, shared by committed state and a batch's staged overlay.
+pub trait StateRead {
+    /// The seq of the user's last event (0 for a user with none).
+    fn last_seq(&self) -> u64;
+    /// The item, deleted or not.
+    fn item(&self, id: &ItemId) -> Option<&ItemState>;
+    /// The original result of a change id, if it was applied.
+    fn change(&self, id: &ChangeId) -> Option<ChangeRef>;
+}
+
+/// Write access used by [`apply`] and nothing else.
+pub trait StateWrite: StateRead {
+    /// Records the user's new last seq.
+    fn set_last_seq(&mut self, seq: u64);
+    /// Stores the item's new state.
+    fn put_item(&mut self, item: ItemState);
+    /// Records a change id's result.
+    fn put_change(&mut self, id: ChangeId, result: ChangeRef);
+}
+
+/// The full state of one user: every item (tombstones included) and every change id ever applied.
+///
+/// Change ids are kept for the life of the log: idempotency is promised forever, not for a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserState {
+    last_seq: u64,
+    items: HashMap<ItemId, ItemState>,
+    changes: HashMap<ChangeId, ChangeRef>,
+}
+
+impl UserState {
+    /// Iterates over every item, tombstones included, in no particular order.
+    pub fn items(&self) -> impl Iterator<Item = &ItemState> {
+        self.items.values()
+    }
+
+    /// Number of items, tombstones included.
+    pub fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Number of live (not deleted) items of a kind.
+    pub fn live_count(&self, kind: Kind) -> usize {
+        self.items
+            .values()
+            .filter(|i| i.kind == kind && !i.deleted)
+            .count()
+    }
+
+    /// Folds every event in order; the first invariant violation stops the fold.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, ApplyError> {
+        let mut state = Self::default();
+        for e in events {
+            apply(&mut state, e)?;
+        }
+        Ok(state)
+    }
+}
+
+impl StateRead for UserState {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    fn item(&self, id: &ItemId) -> Option<&ItemState> {
+        self.items.get(id)
+    }
+    fn change(&self, id: &ChangeId) -> Option<ChangeRef> {
+        self.changes.get(id).copied()
+    }
+}
+
+impl StateWrite for UserState {
+    fn set_last_seq(&mut self, seq: u64) {
+        self.last_seq = seq;
+    }
+    fn put_item(&mut self, item: ItemState) {
+        self.items.insert(item.item_id, item);
+    }
+    fn put_change(&mut self, id: ChangeId, result: ChangeRef) {
+        self.changes.insert(id, result);
+    }
+}
+
+/// An event that does not fit the state it is applied to: the log is damaged or mis-ordered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The event's seq is not the user's last seq + 1.
+    #[error("seq {got} does not follow {last}")]
+    SeqGap {
+        /// The user's last seq.
+        last: u64,
+        /// The event's seq.
+        got: u64,
+    },
+    /// The event's version is not the item's version + 1.
+    #[error("item {item_id}: version {got} does not follow {current}")]
+    VersionGap {
+        /// The item.
+        item_id: ItemId,
+        /// The item's version before the event (0 for a new item).
+        current: u64,
+        /// The event's version.
+        got: u64,
+    },
+    /// The event names another kind than the item has.
+    #[error("item {item_id}: kind {got} but the item is a {current}")]
+    KindChanged {
+        /// The item.
+        item_id: ItemId,
+        /// The item's kind.
+        current: Kind,
+        /// The event's kind.
+        got: Kind,
+    },
+    /// The change id was already applied.
+    #[error("change {0} applied twice")]
+    DuplicateChange(ChangeId),
+    /// A put or patch without a document, or a delete with one.
+    #[error("item {item_id}: {op} event with a document: {has_document}")]
+    DocumentMismatch {
+        /// The item.
+        item_id: ItemId,
+        /// The event's op.
+        op: Op,
+        /// Whether it carried a document.
+        has_document: bool,
+    },
+}
+
+/// Folds one event into a user's state. The only code that gives events their meaning.
+pub fn apply<S: StateWrite + ?Sized>(state: &mut S, event: &Event) -> Result<(), ApplyError> {
+    let last = state.last_seq();
+    if event.seq != last + 1 {
+        return Err(ApplyError::SeqGap {
+            last,
+            got: event.seq,
+        });
+    }
+    if state.change(&event.change_id).is_some() {
+        return Err(ApplyError::DuplicateChange(event.change_id));
+    }
+    let current = state.item(&event.item_id);
+    let current_version = current.map_or(0, |i| i.version);
+    if event.version != current_version + 1 {
+        return Err(ApplyError::VersionGap {
+            item_id: event.item_id,
+            current: current_version,
+            got: event.version,
+        });
+    }
+    if let Some(item) = current
+        && item.kind != event.kind
+    {
+        return Err(ApplyError::KindChanged {
+            item_id: event.item_id,
+            current: item.kind,
+            got: event.kind,
+        });
+    }
+    let deleted = event.op == Op::Delete;
+    if deleted == event.document.is_some() {
+        return Err(ApplyError::DocumentMismatch {
+            item_id: event.item_id,
+            op: event.op,
+            has_document: event.document.is_some(),
+        });
+    }
+    state.put_item(ItemState {
+        item_id: event.item_id,
+        kind: event.kind,
+        version: event.version,
+        seq: event.seq,
+        deleted,
+        changed_at: event.recorded_at,
+        document: event.document.clone(),
+    });
+    state.put_change(
+        event.change_id,
+        ChangeRef {
+            item_id: event.item_id,
+            version: event.version,
+            seq: event.seq,
+        },
+    );
+    state.set_last_seq(event.seq);
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! Unit and property tests of staging and apply.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::*;
+
+fn user() -> UserId {
+    UserId(Uuid::from_u128(1))
+}
+
+fn item(n: u128) -> ItemId {
+    ItemId(Uuid::from_u128(0x1000 + n))
+}
+
+struct Harness {
+    state: UserState,
+    ids: SequentialIds,
+    clock: ManualClock,
+    policy: StagePolicy,
+    log: Vec<Event>,
+    next_change: u128,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            state: UserState::default(),
+            ids: SequentialIds::new(9),
+            clock: ManualClock::at_epoch_2026(),
+            policy: StagePolicy::default(),
+            log: Vec::new(),
+            next_change: 0,
+        }
+    }
+
+    fn change(&mut self, kind: Kind, item: ItemId, base: Option<u64>, body: ChangeBody) -> Change {
+        self.next_change += 1;
+        Change {
+            change_id: ChangeId(Uuid::from_u128(0xC000 + self.next_change)),
+            kind,
+            item_id: item,
+            base_version: base,
+            body,
+        }
+    }
+
+    /// Stages a push, resolving ancestors from the log as a writer would, then commits it.
+    fn push(&mut self, changes: &[Change]) -> Vec<Outcome> {
+        let mut ancestors = Ancestors::new();
+        loop {
+            let cx = StageContext {
+                meta: EventMeta {
+                    device_id: Some(DeviceId(Uuid::from_u128(5))),
+                    origin: Origin::Device,
+                    request_id: None,
+                    restore_id: None,
+                },
+                recorded_at: self.clock.now(),
+                ids: &self.ids,
+                policy: &self.policy,
+                ancestors: &ancestors,
+            };
+            let mut staged = Staged::new(&self.state);
+            let mut outcomes = Vec::new();
+            let mut need = None;
+            for c in changes {
+                match staged.stage(user(), c, &cx) {
+                    Ok(o) => outcomes.push(o),
+                    Err(n) => {
+                        need = Some(n);
+                        break;
+                    }
+                }
+            }
+            if let Some(n) = need {
+                let doc = self
+                    .log
+                    .iter()
+                    .find(|e| e.item_id == n.item_id && e.version == n.version)
+                    .map(|e| e.document.clone())
+                    .expect("the log has every committed version");
+                ancestors.insert((n.item_id, n.version), doc);
+                continue;
+            }
+            let events = staged.into_events();
+            for e in &events {
+                apply(&mut self.state, e).expect("staged events apply");
+            }
+            self.log.extend(events);
+            self.clock.advance(chrono::Duration::milliseconds(10));
+            return outcomes;
+        }
+    }
+
+    fn one(&mut self, c: Change) -> Outcome {
+        self.push(std::slice::from_ref(&c)).remove(0)
+    }
+
+    fn doc(&self, id: ItemId) -> Option<Value> {
+        self.state
+            .item(&id)
+            .and_then(|i| i.document.as_ref())
+            .and_then(|d| d.to_object().ok())
+            .map(Value::Object)
+    }
+}
+
+fn put(doc: Value) -> ChangeBody {
+    ChangeBody::Put { document: doc }
+}
+
+fn patch(doc: Value) -> ChangeBody {
+    ChangeBody::Patch { document: doc }
+}
+
+fn applied(o: &Outcome) -> ChangeRef {
+    match o {
+        Outcome::Applied(r) => *r,
+        other => panic!("expected applied, got {other:?}"),
+    }
+}
+
+fn rejected(o: &Outcome) -> RejectCode {
+    match o {
+        Outcome::Rejected { code, .. } => *code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn put_patch_delete_and_recreate() {
+    let mut h = Harness::new();
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        None,
+        put(json!({"@type": "Card", "name": "Ada"})),
+    );
+    assert_eq!(applied(&h.one(c)).version, 1);
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        Some(1),
+        patch(json!({"nick": "A", "name": null})),
+    );
+    let r = applied(&h.one(c));
+    assert_eq!((r.version, r.seq), (2, 2));
+    assert_eq!(h.doc(item(1)), Some(json!({"@type": "Card", "nick": "A"})));
+    let c = h.change(Kind::Contact, item(1), Some(2), ChangeBody::Delete);
+    assert_eq!(applied(&h.one(c)).version, 3);
+    assert!(
+        h.state
+            .item(&item(1))
+            .is_some_and(|i| i.deleted && i.document.is_none())
+    );
+    // patch and delete of a tombstone: not_found; put re-creates with the next version
+    let c = h.change(Kind::Contact, item(1), None, patch(json!({"x": 1})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::NotFound);
+    let c = h.change(Kind::Contact, item(1), None, ChangeBody::Delete);
+    assert_eq!(rejected(&h.one(c)), RejectCode::NotFound);
+    let c = h.change(Kind::Contact, item(1), None, put(json!({"name": "Ada"})));
+    assert_eq!(applied(&h.one(c)).version, 4);
+    assert_eq!(UserState::replay(&h.log), Ok(h.state.clone()));
+}
+
+#[test]
+fn duplicate_change_returns_original_result_and_writes_nothing() {
+    let mut h = Harness::new();
+    let c = h.change(Kind::Note, item(1), None, put(json!({"t": 1})));
+    let first = applied(&h.one(c.clone()));
+    let c2 = h.change(Kind::Note, item(1), None, put(json!({"t": 2})));
+    h.one(c2);
+    let len = h.log.len();
+    assert_eq!(h.one(c.clone()), Outcome::Duplicate(first));
+    assert_eq!(h.log.len(), len);
+    // the same change twice in one push: the second is a duplicate of the first
+    let c3 = h.change(Kind::Note, item(2), None, put(json!({"t": 3})));
+    let out = h.push(&[c3.clone(), c3]);
+    assert_eq!(out[1], Outcome::Duplicate(applied(&out[0])));
+}
+
+#[test]
+fn stale_put_and_delete_conflict_with_current_item() {
+    let mut h = Harness::new();
+    let c = h.change(Kind::Task, item(1), None, put(json!({"title": "a"})));
+    h.one(c);
+    let c = h.change(Kind::Task, item(1), Some(1), put(json!({"title": "b"})));
+    h.one(c);
+    let c = h.change(Kind::Task, item(1), Some(1), put(json!({"title": "c"})));
+    match h.one(c) {
+        Outcome::Conflict(cur) => assert_eq!((cur.version, cur.deleted), (2, false)),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    let c = h.change(Kind::Task, item(1), Some(1), ChangeBody::Delete);
+    assert!(matches!(h.one(c), Outcome::Conflict(_)));
+    let c = h.change(Kind::Task, item(1), Some(9), ChangeBody::Delete);
+    assert!(matches!(h.one(c), Outcome::Conflict(_)));
+    // without base_version: last writer wins, and the overwritten version stays in the log
+    let c = h.change(Kind::Task, item(1), None, put(json!({"title": "d"})));
+    assert_eq!(applied(&h.one(c)).version, 3);
+    assert!(h.log.iter().any(|e| e.version == 2));
+}
+
+#[test]
+fn stale_patch_merges_only_when_its_fields_are_unchanged() {
+    let mut h = Harness::new();
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        None,
+        put(json!({"name": "Ada", "phone": "1", "mail": "a@x"})),
+    );
+    h.one(c);
+    // another device changes the phone (v2)
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        Some(1),
+        patch(json!({"phone": "2"})),
+    );
+    h.one(c);
+    // a device that saw v1 patches the mail: untouched since v1, so it merges
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        Some(1),
+        patch(json!({"mail": "b@x"})),
+    );
+    assert_eq!(applied(&h.one(c)).version, 3);
+    assert_eq!(
+        h.doc(item(1)),
+        Some(json!({"name": "Ada", "phone": "2", "mail": "b@x"}))
+    );
+    // a device that saw v1 patches the phone: changed since v1, so it conflicts
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        Some(1),
+        patch(json!({"phone": "3"})),
+    );
+    assert!(matches!(h.one(c), Outcome::Conflict(_)));
+    // a field changed and changed back counts as unchanged
+    let c = h.change(Kind::Contact, item(1), None, patch(json!({"name": "Bob"})));
+    h.one(c);
+    let c = h.change(Kind::Contact, item(1), None, patch(json!({"name": "Ada"})));
+    h.one(c);
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        Some(3),
+        patch(json!({"name": "Eve"})),
+    );
+    assert_eq!(applied(&h.one(c)).version, 6);
+}
+
+#[test]
+fn stale_patch_against_a_version_staged_in_the_same_push() {
+    let mut h = Harness::new();
+    let a = h.change(Kind::Note, item(1), None, put(json!({"a": 1, "b": 1})));
+    let b = h.change(Kind::Note, item(1), Some(1), patch(json!({"a": 2})));
+    let c = h.change(Kind::Note, item(1), Some(1), patch(json!({"b": 2})));
+    let d = h.change(Kind::Note, item(1), Some(1), patch(json!({"a": 3})));
+    let out = h.push(&[a, b, c, d]);
+    assert_eq!(applied(&out[2]).version, 3);
+    assert!(matches!(out[3], Outcome::Conflict(_)));
+    assert_eq!(h.doc(item(1)), Some(json!({"a": 2, "b": 2})));
+}
+
+#[test]
+fn rejections_write_nothing() {
+    let mut h = Harness::new();
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        None,
+        put(json!(["not", "an", "object"])),
+    );
+    assert_eq!(rejected(&h.one(c)), RejectCode::InvalidDocument);
+    let c = h.change(Kind::Contact, item(1), None, put(json!({"@type": "Event"})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::InvalidDocument);
+    let c = h.change(Kind::Contact, item(1), Some(0), put(json!({})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::InvalidChange);
+    let c = h.change(Kind::Contact, item(1), Some(1), put(json!({})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::NotFound);
+    h.policy.max_document_bytes = 32;
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        None,
+        put(json!({"note": "x".repeat(40)})),
+    );
+    assert_eq!(rejected(&h.one(c)), RejectCode::DocumentTooLarge);
+    assert!(h.log.is_empty());
+    let c = h.change(Kind::Contact, item(1), None, put(json!({"@type": "Card"})));
+    h.one(c);
+    let c = h.change(Kind::Note, item(1), None, put(json!({})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::KindMismatch);
+    let c = h.change(Kind::Contact, item(1), None, patch(json!("x")));
+    assert_eq!(rejected(&h.one(c)), RejectCode::InvalidDocument);
+    let c = h.change(
+        Kind::Contact,
+        item(1),
+        None,
+        patch(json!({"note": "y".repeat(40)})),
+    );
+    assert_eq!(rejected(&h.one(c)), RejectCode::DocumentTooLarge);
+    assert_eq!(h.log.len(), 1);
+}
+
+#[test]
+fn mass_delete_guard_counts_live_items_of_one_kind() {
+    let mut h = Harness::new();
+    let puts: Vec<_> = (0..40)
+        .map(|n| h.change(Kind::Contact, item(n), None, put(json!({"n": n as u64}))))
+        .collect();
+    h.push(&puts);
+    let deletes: Vec<_> = (0..21)
+        .map(|n| h.change(Kind::Contact, item(n), None, ChangeBody::Delete))
+        .collect();
+    let staged = Staged::new(&h.state);
+    let guard = MassDeleteGuard::default();
+    assert_eq!(
+        staged.check_mass_delete(&deletes, &guard),
+        Err(MassDeleteRefused {
+            kind: Kind::Contact,
+            deletes: 21,
+            live: 40
+        })
+    );
+    // 20 deletes are always allowed; so are 21 of 50
+    assert_eq!(staged.check_mass_delete(&deletes[..20], &guard), Ok(()));
+    drop(staged);
+    let more: Vec<_> = (40..50)
+        .map(|n| h.change(Kind::Contact, item(n), None, put(json!({}))))
+        .collect();
+    h.push(&more);
+    assert_eq!(
+        Staged::new(&h.state).check_mass_delete(&deletes, &guard),
+        Ok(())
+    );
+}
+
+#[test]
+fn apply_reports_a_damaged_log() {
+    let mut h = Harness::new();
+    let a = h.change(Kind::Note, item(1), None, put(json!({})));
+    let b = h.change(Kind::Note, item(1), None, put(json!({})));
+    h.push(&[a, b]);
+    let mut log = h.log.clone();
+    log.remove(0);
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::SeqGap { last: 0, got: 2 })
+    ));
+    let mut log = h.log.clone();
+    log[1].version = 5;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::VersionGap { .. })
+    ));
+    let mut log = h.log.clone();
+    log[1].kind = Kind::Task;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::KindChanged { .. })
+    ));
+    let mut log = h.log.clone();
+    log[1].change_id = log[0].change_id;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::DuplicateChange(_))
+    ));
+    let mut log = h.log.clone();
+    log[1].document = None;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::DocumentMismatch { .. })
+    ));
+}
+
+// ---- properties over random change sequences ----
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put {
+        item: u8,
+        kind: u8,
+        base: Option<u8>,
+        field: u8,
+        value: u8,
+    },
+    Patch {
+        item: u8,
+        base: Option<u8>,
+        field: u8,
+        value: Option<u8>,
+    },
+    Delete {
+        item: u8,
+        base: Option<u8>,
+    },
+    Retry {
+        back: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (
+            0..6u8,
+            0..4u8,
+            proptest::option::of(0..6u8),
+            0..4u8,
+            any::<u8>()
+        )
+            .prop_map(|(item, kind, base, field, value)| Step::Put {
+                item,
+                kind,
+                base,
+                field,
+                value
+            }),
+        (
+            0..6u8,
+            proptest::option::of(0..6u8),
+            0..4u8,
+            proptest::option::of(any::<u8>())
+        )
+            .prop_map(|(item, base, field, value)| Step::Patch {
+                item,
+                base,
+                field,
+                value
+            }),
+        (0..6u8, proptest::option::of(0..6u8)).prop_map(|(item, base)| Step::Delete { item, base }),
+        (0..8u8).prop_map(|back| Step::Retry { back }),
+    ]
+}
+
+fn to_change(h: &mut Harness, s: &Step, sent: &[Change]) -> Option<Change> {
+    let kinds = Kind::ALL;
+    let field = |f: u8| format!("f{f}");
+    Some(match *s {
+        Step::Put {
+            item: i,
+            kind,
+            base,
+            field: f,
+            value,
+        } => {
+            let kind = kinds[usize::from(kind) % kinds.len()];
+            h.change(
+                kind,
+                item(u128::from(i)),
+                base.map(u64::from),
+                put(json!({ field(f): value })),
+            )
+        }
+        Step::Patch {
+            item: i,
+            base,
+            field: f,
+            value,
+        } => {
+            let kind = h
+                .state
+                .item(&item(u128::from(i)))
+                .map_or(Kind::Note, |it| it.kind);
+            h.change(
+                kind,
+                item(u128::from(i)),
+                base.map(u64::from),
+                patch(json!({ field(f): value })),
+            )
+        }
+        Step::Delete { item: i, base } => {
+            let kind = h
+                .state
+                .item(&item(u128::from(i)))
+                .map_or(Kind::Note, |it| it.kind);
+            h.change(
+                kind,
+                item(u128::from(i)),
+                base.map(u64::from),
+                ChangeBody::Delete,
+            )
+        }
+        Step::Retry { back } => {
+            let n = sent.len();
+            if n == 0 {
+                return None;
+            }
+            sent[n - 1 - usize::from(back) % n].clone()
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever devices send, in pushes of any size: seq is dense, versions are dense per item,
+    /// the state equals a replay of the log, every change id is in the log at most once, and a
+    /// retried change answers with its original result.
+    #[test]
+    fn log_and_state_agree(pushes in proptest::collection::vec(proptest::collection::vec(step(), 1..6), 1..12)) {
+        let mut h = Harness::new();
+        let mut sent: Vec<Change> = Vec::new();
+        let mut first_result: std::collections::HashMap<ChangeId, ChangeRef> = Default::default();
+        for push in &pushes {
+            let changes: Vec<Change> = push.iter().filter_map(|s| to_change(&mut h, s, &sent)).collect();
+            let outcomes = h.push(&changes);
+            prop_assert_eq!(outcomes.len(), changes.len());
+            for (c, o) in changes.iter().zip(&outcomes) {
+                match o {
+                    Outcome::Applied(r) => {
+                        prop_assert!(first_result.insert(c.change_id, *r).is_none());
+                    }
+                    Outcome::Duplicate(r) => {
+                        prop_assert_eq!(first_result.get(&c.change_id), Some(r));
+                    }
+                    Outcome::Conflict(_) | Outcome::Rejected { .. } => {
+                        prop_assert!(!first_result.contains_key(&c.change_id));
+                    }
+                }
+            }
+            sent.extend(changes);
+        }
+        for (i, e) in h.log.iter().enumerate() {
+            prop_assert_eq!(e.seq, i as u64 + 1);
+        }
+        let mut ids = std::collections::HashSet::new();
+        prop_assert!(h.log.iter().all(|e| ids.insert(e.change_id)));
+        let replayed = UserState::replay(&h.log);
+        prop_assert_eq!(replayed.as_ref(), Ok(&h.state));
+        prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
+    }
+}
