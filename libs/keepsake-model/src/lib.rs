@@ -10,6 +10,8 @@ pub mod change;
 pub mod clock;
 pub mod document;
 pub mod event;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod ids;
 pub mod kind;
 pub mod state;

@@ -537,3 +537,22 @@ proptest! {
         prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
     }
 }
+
+#[test]
+fn fixture_histories_replay_and_have_realistic_documents() {
+    let start = ManualClock::at_epoch_2026().now();
+    let events = fixtures::history(3, 4, 200, start);
+    assert_eq!(events.len(), 800);
+    for user in events.chunk_by(|a, b| a.user_id == b.user_id) {
+        assert!(UserState::replay(user).is_ok());
+    }
+    let sizes: Vec<usize> = events
+        .iter()
+        .filter_map(|e| e.document.as_ref().map(Document::len))
+        .collect();
+    assert!(
+        sizes.iter().all(|s| (250..=720).contains(s)),
+        "sizes {:?}",
+        (sizes.iter().min(), sizes.iter().max())
+    );
+}

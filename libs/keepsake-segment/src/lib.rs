@@ -1,1 +1,22 @@
+//! Keepsake's segment format: one group commit of one shard, as a Parquet file.
+//!
+//! Invariants (checked by [`encode`] and [`decode`], documented in `schemas/segment.md`, compared
+//! with `schemas/segment-v1.json` by a test):
+//! - rows are sorted by `(user_id, seq)`, so one user's events are contiguous and the Parquet
+//!   statistics and page index let a reader skip every other user's pages;
+//! - the key-value metadata carries the format version, shard, segment number, writer epoch,
+//!   batch id, event count and first/last `recorded_at`; a file whose metadata is missing, of an
+//!   unknown version, or disagrees with its rows is refused;
+//! - old format versions stay readable: `schemas/golden/` holds one file per version.
 
+mod codec;
+mod error;
+mod prune;
+mod schema;
+
+pub use codec::{Segment, decode, decode_batch, encode, writer_properties};
+pub use error::SegmentError;
+pub use prune::{ReadPlan, plan_user_read};
+pub use schema::{
+    FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,
+};

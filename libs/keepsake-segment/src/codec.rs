@@ -1,0 +1,271 @@
+//! Encoding events into a segment and decoding them back.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Array,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use bytes::Bytes;
+use chrono::DateTime;
+use keepsake_model::{
+    ChangeId, DeviceId, Document, Event, EventId, ItemId, Kind, Op, Origin, RequestId, RestoreId,
+    UserId,
+};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::error::{SegmentError, invalid};
+use crate::schema::{SegmentMeta, UUID, arrow_schema, col};
+
+/// Rows per data page: small enough that the page index narrows one user's read to a few pages.
+const PAGE_ROWS: usize = 2048;
+/// Rows per row group.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// A decoded segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// What the file says about itself.
+    pub meta: SegmentMeta,
+    /// Its events, sorted by `(user_id, seq)`.
+    pub events: Vec<Event>,
+}
+
+/// The Parquet settings every segment is written with.
+pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
+    let sort = |column_idx: usize| SortingColumn {
+        column_idx: column_idx as i32,
+        descending: false,
+        nulls_first: false,
+    };
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(vec![sort(col::USER_ID), sort(col::SEQ)]))
+        .build())
+}
+
+fn uuid_column<'a>(n: usize, ids: impl Iterator<Item = Option<&'a [u8; 16]>>) -> ArrayRef {
+    let mut b = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    for id in ids {
+        match id {
+            // The builder only refuses values of the wrong width; these are 16 bytes by type.
+            Some(bytes) => {
+                let _ = b.append_value(bytes);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+fn i64_of(v: u64, what: &str) -> Result<i64, SegmentError> {
+    i64::try_from(v).map_err(|_| invalid(format!("{what} {v} does not fit the segment's int64")))
+}
+
+/// Encodes events as a segment. Rows are written sorted by `(user_id, seq)` whatever the input
+/// order; `meta.event_count` must equal the number of events.
+pub fn encode(events: &[Event], meta: &SegmentMeta) -> Result<Bytes, SegmentError> {
+    if events.is_empty() {
+        return Err(invalid("a segment holds at least one event"));
+    }
+    if meta.event_count != events.len() as u64 {
+        return Err(invalid(format!(
+            "metadata says {} events, {} given",
+            meta.event_count,
+            events.len()
+        )));
+    }
+    let mut order: Vec<&Event> = events.iter().collect();
+    if !order.is_sorted_by_key(|e| (e.user_id, e.seq)) {
+        order.sort_by_key(|e| (e.user_id, e.seq));
+    }
+    let n = order.len();
+    let mut documents = StringBuilder::with_capacity(
+        n,
+        order
+            .iter()
+            .map(|e| e.document.as_ref().map_or(0, Document::len))
+            .sum(),
+    );
+    for e in &order {
+        documents.append_option(e.document.as_ref().map(Document::as_str));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        uuid_column(n, order.iter().map(|e| Some(e.user_id.as_bytes()))),
+        Arc::new(Int64Array::from(
+            order
+                .iter()
+                .map(|e| i64_of(e.seq, "seq"))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        uuid_column(n, order.iter().map(|e| Some(e.event_id.as_bytes()))),
+        uuid_column(n, order.iter().map(|e| Some(e.change_id.as_bytes()))),
+        uuid_column(
+            n,
+            order
+                .iter()
+                .map(|e| e.device_id.as_ref().map(DeviceId::as_bytes)),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            order.iter().map(|e| e.origin.as_str()),
+        )),
+        uuid_column(
+            n,
+            order
+                .iter()
+                .map(|e| e.request_id.as_ref().map(RequestId::as_bytes)),
+        ),
+        uuid_column(
+            n,
+            order
+                .iter()
+                .map(|e| e.restore_id.as_ref().map(RestoreId::as_bytes)),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            order.iter().map(|e| e.kind.as_str()),
+        )),
+        uuid_column(n, order.iter().map(|e| Some(e.item_id.as_bytes()))),
+        Arc::new(StringArray::from_iter_values(
+            order.iter().map(|e| e.op.as_str()),
+        )),
+        Arc::new(Int64Array::from(
+            order
+                .iter()
+                .map(|e| i64_of(e.version, "version"))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                order
+                    .iter()
+                    .map(|e| e.recorded_at.timestamp_micros())
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(documents.finish()),
+    ];
+    let schema = arrow_schema();
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()?))?;
+    writer.write(&batch)?;
+    for kv in meta.to_key_values() {
+        writer.append_key_value_metadata(kv);
+    }
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// Decodes a whole segment, checking its metadata against its rows.
+pub fn decode(bytes: Bytes) -> Result<Segment, SegmentError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let meta =
+        SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())?;
+    let reader = builder.with_batch_size(64 * 1024).build()?;
+    let mut events = Vec::with_capacity(usize::try_from(meta.event_count).unwrap_or(0));
+    for batch in reader {
+        events.extend(decode_batch(&batch?)?);
+    }
+    if events.len() as u64 != meta.event_count {
+        return Err(invalid(format!(
+            "metadata says {} events, the file holds {}",
+            meta.event_count,
+            events.len()
+        )));
+    }
+    if !events.is_sorted_by_key(|e| (e.user_id, e.seq)) {
+        return Err(invalid("rows are not sorted by (user_id, seq)"));
+    }
+    Ok(Segment { meta, events })
+}
+
+fn uuids<'a>(batch: &'a RecordBatch, idx: usize) -> Result<&'a FixedSizeBinaryArray, SegmentError> {
+    let c = batch.column(idx);
+    if c.data_type() != &UUID {
+        return Err(invalid(format!(
+            "column {idx} is not a 16-byte uuid column"
+        )));
+    }
+    Ok(c.as_fixed_size_binary())
+}
+
+fn strings<'a>(batch: &'a RecordBatch, idx: usize) -> Result<&'a StringArray, SegmentError> {
+    batch
+        .column(idx)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| invalid(format!("column {idx} is not utf8")))
+}
+
+fn uuid_at(a: &FixedSizeBinaryArray, i: usize) -> Option<[u8; 16]> {
+    if a.is_null(i) {
+        return None;
+    }
+    a.value(i).try_into().ok()
+}
+
+fn required<T>(v: Option<T>, what: &str, row: usize) -> Result<T, SegmentError> {
+    v.ok_or_else(|| invalid(format!("row {row}: {what} is missing or malformed")))
+}
+
+/// Decodes one record batch of a segment (or of a projection-free read of one).
+pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<Event>, SegmentError> {
+    if batch.schema().fields() != arrow_schema().fields() {
+        return Err(invalid("the file's columns are not the segment schema"));
+    }
+    let user = uuids(batch, col::USER_ID)?;
+    let seq = batch
+        .column(col::SEQ)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| invalid("seq is not int64"))?;
+    let event_id = uuids(batch, col::EVENT_ID)?;
+    let change_id = uuids(batch, col::CHANGE_ID)?;
+    let device_id = uuids(batch, col::DEVICE_ID)?;
+    let origin = strings(batch, col::ORIGIN)?;
+    let request_id = uuids(batch, col::REQUEST_ID)?;
+    let restore_id = uuids(batch, col::RESTORE_ID)?;
+    let kind = strings(batch, col::KIND)?;
+    let item_id = uuids(batch, col::ITEM_ID)?;
+    let op = strings(batch, col::OP)?;
+    let version = batch
+        .column(col::VERSION)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| invalid("version is not int64"))?;
+    let recorded_at = batch
+        .column(col::RECORDED_AT)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| invalid("recorded_at is not a microsecond timestamp"))?;
+    let document = strings(batch, col::DOCUMENT)?;
+
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let positive = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
+        out.push(Event {
+            user_id: UserId::from_bytes(required(uuid_at(user, i), "user_id", i)?),
+            seq: required(positive(seq.value(i)), "seq", i)?,
+            event_id: EventId::from_bytes(required(uuid_at(event_id, i), "event_id", i)?),
+            change_id: ChangeId::from_bytes(required(uuid_at(change_id, i), "change_id", i)?),
+            device_id: uuid_at(device_id, i).map(DeviceId::from_bytes),
+            origin: required(Origin::parse(origin.value(i)), "origin", i)?,
+            request_id: uuid_at(request_id, i).map(RequestId::from_bytes),
+            restore_id: uuid_at(restore_id, i).map(RestoreId::from_bytes),
+            kind: required(Kind::parse(kind.value(i)), "kind", i)?,
+            item_id: ItemId::from_bytes(required(uuid_at(item_id, i), "item_id", i)?),
+            op: required(Op::parse(op.value(i)), "op", i)?,
+            version: required(positive(version.value(i)), "version", i)?,
+            recorded_at: required(
+                DateTime::from_timestamp_micros(recorded_at.value(i)),
+                "recorded_at",
+                i,
+            )?,
+            document: (!document.is_null(i)).then(|| Document::from_stored(document.value(i))),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,180 @@
+//! The segment schema (format version 1) and its key-value metadata.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, Utc};
+use keepsake_model::BatchId;
+use parquet::file::metadata::KeyValue;
+use serde_json::{Value, json};
+
+use crate::error::{SegmentError, invalid};
+
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Every format version this build reads.
+pub const KNOWN_VERSIONS: &[u32] = &[1];
+/// Prefix of every key-value metadata key Keepsake writes.
+pub const META_PREFIX: &str = "keepsake.";
+
+pub(crate) const UUID: DataType = DataType::FixedSizeBinary(16);
+
+/// Column positions, in schema order.
+pub(crate) mod col {
+    pub const USER_ID: usize = 0;
+    pub const SEQ: usize = 1;
+    pub const EVENT_ID: usize = 2;
+    pub const CHANGE_ID: usize = 3;
+    pub const DEVICE_ID: usize = 4;
+    pub const ORIGIN: usize = 5;
+    pub const REQUEST_ID: usize = 6;
+    pub const RESTORE_ID: usize = 7;
+    pub const KIND: usize = 8;
+    pub const ITEM_ID: usize = 9;
+    pub const OP: usize = 10;
+    pub const VERSION: usize = 11;
+    pub const RECORDED_AT: usize = 12;
+    pub const DOCUMENT: usize = 13;
+}
+
+/// The Arrow schema of a segment.
+pub fn arrow_schema() -> Arc<Schema> {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", UUID, false),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("event_id", UUID, false),
+        Field::new("change_id", UUID, false),
+        Field::new("device_id", UUID, true),
+        Field::new("origin", DataType::Utf8, false),
+        Field::new("request_id", UUID, true),
+        Field::new("restore_id", UUID, true),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("item_id", UUID, false),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("recorded_at", ts, false),
+        Field::new("document", DataType::Utf8, true),
+    ]))
+}
+
+/// What a segment says about itself, in its Parquet key-value metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMeta {
+    /// The segment format version.
+    pub format_version: u32,
+    /// The shard whose log this segment belongs to.
+    pub shard: u32,
+    /// Its number in the shard's log (dense from 1).
+    pub segment: u64,
+    /// The writer incarnation that wrote it (the first segment number it tried to write).
+    pub writer_epoch: u64,
+    /// Unique per group commit: how a writer recognises its own segment after an ambiguous PUT.
+    pub batch_id: BatchId,
+    /// Number of rows.
+    pub event_count: u64,
+    /// Smallest `recorded_at` of its events.
+    pub first_recorded_at: DateTime<Utc>,
+    /// Largest `recorded_at` of its events.
+    pub last_recorded_at: DateTime<Utc>,
+}
+
+const K_VERSION: &str = "keepsake.format_version";
+const K_SHARD: &str = "keepsake.shard";
+const K_SEGMENT: &str = "keepsake.segment";
+const K_EPOCH: &str = "keepsake.writer_epoch";
+const K_BATCH: &str = "keepsake.batch_id";
+const K_COUNT: &str = "keepsake.event_count";
+const K_FIRST: &str = "keepsake.first_recorded_at";
+const K_LAST: &str = "keepsake.last_recorded_at";
+
+impl SegmentMeta {
+    pub(crate) fn to_key_values(&self) -> Vec<KeyValue> {
+        let t = |d: &DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        vec![
+            KeyValue::new(K_VERSION.into(), self.format_version.to_string()),
+            KeyValue::new(K_SHARD.into(), self.shard.to_string()),
+            KeyValue::new(K_SEGMENT.into(), self.segment.to_string()),
+            KeyValue::new(K_EPOCH.into(), self.writer_epoch.to_string()),
+            KeyValue::new(K_BATCH.into(), self.batch_id.to_string()),
+            KeyValue::new(K_COUNT.into(), self.event_count.to_string()),
+            KeyValue::new(K_FIRST.into(), t(&self.first_recorded_at)),
+            KeyValue::new(K_LAST.into(), t(&self.last_recorded_at)),
+        ]
+    }
+
+    /// Reads the metadata from a Parquet footer's key-value pairs.
+    pub fn from_key_values(kvs: Option<&Vec<KeyValue>>) -> Result<Self, SegmentError> {
+        let map: HashMap<&str, &str> = kvs
+            .map(|v| {
+                v.iter()
+                    .filter_map(|kv| Some((kv.key.as_str(), kv.value.as_deref()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let get = |k: &str| {
+            map.get(k)
+                .copied()
+                .ok_or_else(|| invalid(format!("metadata key {k} is missing")))
+        };
+        fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, SegmentError> {
+            v.parse()
+                .map_err(|_| invalid(format!("metadata key {k} is not a number: {v:?}")))
+        }
+        let time = |k: &str| -> Result<DateTime<Utc>, SegmentError> {
+            let v = get(k)?;
+            DateTime::parse_from_rfc3339(v)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| invalid(format!("metadata key {k} is not an RFC 3339 time: {v:?}")))
+        };
+        let format_version: u32 = num(K_VERSION, get(K_VERSION)?)?;
+        if !KNOWN_VERSIONS.contains(&format_version) {
+            return Err(SegmentError::UnknownVersion {
+                found: format_version,
+                known: KNOWN_VERSIONS,
+            });
+        }
+        Ok(Self {
+            format_version,
+            shard: num(K_SHARD, get(K_SHARD)?)?,
+            segment: num(K_SEGMENT, get(K_SEGMENT)?)?,
+            writer_epoch: num(K_EPOCH, get(K_EPOCH)?)?,
+            batch_id: get(K_BATCH)?
+                .parse()
+                .map_err(|_| invalid("metadata key keepsake.batch_id is not a UUID"))?,
+            event_count: num(K_COUNT, get(K_COUNT)?)?,
+            first_recorded_at: time(K_FIRST)?,
+            last_recorded_at: time(K_LAST)?,
+        })
+    }
+}
+
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::FixedSizeBinary(16) => "uuid (fixed_size_binary[16])".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::Utf8 => "utf8".into(),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) => {
+            format!("timestamp[us, tz={tz}]")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The schema as the machine-readable description in `schemas/segment-v1.json`.
+pub fn schema_description() -> Value {
+    let columns: Vec<Value> = arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": type_name(f.data_type()), "nullable": f.is_nullable()}))
+        .collect();
+    json!({
+        "format": "keepsake-segment",
+        "format_version": FORMAT_VERSION,
+        "encoding": {"container": "parquet", "compression": "zstd(1)", "statistics": "page", "page_index": true},
+        "sort_order": ["user_id", "seq"],
+        "columns": columns,
+        "metadata_keys": [K_VERSION, K_SHARD, K_SEGMENT, K_EPOCH, K_BATCH, K_COUNT, K_FIRST, K_LAST],
+    })
+}

@@ -1,0 +1,240 @@
+//! Segment codec tests: round trip, refusals, the schema file, the golden file, pruning.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use keepsake_model::{
+    BatchId, ChangeId, DeviceId, Document, Event, EventId, ItemId, Kind, Op, Origin, RequestId,
+    RestoreId, UserId, fixtures,
+};
+use keepsake_segment::{
+    FORMAT_VERSION, SegmentError, SegmentMeta, decode, decode_batch, encode, plan_user_read,
+    schema_description,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use uuid::Uuid;
+
+fn schemas_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_780_000_000 + s, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn meta_for(events: &[Event], segment: u64) -> SegmentMeta {
+    let first = events
+        .iter()
+        .map(|e| e.recorded_at)
+        .min()
+        .unwrap_or_default();
+    let last = events
+        .iter()
+        .map(|e| e.recorded_at)
+        .max()
+        .unwrap_or_default();
+    SegmentMeta {
+        format_version: FORMAT_VERSION,
+        shard: 3,
+        segment,
+        writer_epoch: 1,
+        batch_id: BatchId(Uuid::from_u128(0xBA7C4)),
+        event_count: events.len() as u64,
+        first_recorded_at: first,
+        last_recorded_at: last,
+    }
+}
+
+#[test]
+fn round_trip_sorts_by_user_then_seq() {
+    let mut events = fixtures::history(1, 5, 40, t(0));
+    events.reverse();
+    let meta = meta_for(&events, 7);
+    let bytes = encode(&events, &meta).expect("encode");
+    let seg = decode(bytes).expect("decode");
+    assert_eq!(seg.meta, meta);
+    let mut expected = events.clone();
+    expected.sort_by_key(|e| (e.user_id, e.seq));
+    assert_eq!(seg.events, expected);
+}
+
+#[test]
+fn encode_refuses_empty_and_miscounted_batches() {
+    let events = fixtures::history(2, 1, 3, t(0));
+    let mut meta = meta_for(&events, 1);
+    assert!(matches!(encode(&[], &meta), Err(SegmentError::Invalid(_))));
+    meta.event_count = 4;
+    assert!(matches!(
+        encode(&events, &meta),
+        Err(SegmentError::Invalid(_))
+    ));
+}
+
+#[test]
+fn decode_refuses_truncated_foreign_and_future_files() {
+    let events = fixtures::history(3, 2, 10, t(0));
+    let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+    let truncated = bytes.slice(..bytes.len() / 2);
+    assert!(matches!(decode(truncated), Err(SegmentError::Parquet(_))));
+    assert!(decode(Bytes::from_static(b"{\"not\": \"parquet\"}")).is_err());
+
+    let mut future = meta_for(&events, 1);
+    future.format_version = 99;
+    let bytes = encode(&events, &future).expect("encode");
+    match decode(bytes) {
+        Err(SegmentError::UnknownVersion { found: 99, .. }) => {}
+        other => panic!("expected UnknownVersion, got {other:?}"),
+    }
+}
+
+#[test]
+fn schema_file_matches_the_code() {
+    let path = schemas_dir().join("segment-v1.json");
+    let text = std::fs::read_to_string(&path).expect("schemas/segment-v1.json exists");
+    let file: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(
+        file,
+        schema_description(),
+        "schemas/segment-v1.json and the code disagree; a change to the segment format needs a \
+         new format version, a new schema file and a new golden file"
+    );
+}
+
+/// The events of the checked-in golden segment, spelled out by hand.
+fn golden_events() -> Vec<Event> {
+    let user = |n: u128| UserId(Uuid::from_u128(n));
+    let id = |n: u128| Uuid::from_u128(0x1000 + n);
+    let doc = |s: &str| Some(Document::from_stored(s));
+    let device = Some(DeviceId(id(99)));
+    let base = Event {
+        user_id: user(1),
+        seq: 1,
+        event_id: EventId(id(1)),
+        change_id: ChangeId(id(11)),
+        device_id: device,
+        origin: Origin::Device,
+        request_id: Some(RequestId(id(21))),
+        restore_id: None,
+        kind: Kind::Contact,
+        item_id: ItemId(id(31)),
+        op: Op::Put,
+        version: 1,
+        recorded_at: t(0),
+        document: doc(r#"{"@type":"Card","name":{"full":"Ada Lovelace"}}"#),
+    };
+    vec![
+        base.clone(),
+        Event {
+            seq: 2,
+            event_id: EventId(id(2)),
+            change_id: ChangeId(id(12)),
+            op: Op::Patch,
+            version: 2,
+            recorded_at: t(1),
+            document: doc(r#"{"@type":"Card","name":{"full":"Ada Lovelace"},"nickName":"Ada"}"#),
+            ..base.clone()
+        },
+        Event {
+            seq: 3,
+            event_id: EventId(id(3)),
+            change_id: ChangeId(id(13)),
+            op: Op::Delete,
+            version: 3,
+            recorded_at: t(2),
+            document: None,
+            ..base.clone()
+        },
+        Event {
+            seq: 4,
+            event_id: EventId(id(4)),
+            change_id: ChangeId(id(14)),
+            device_id: None,
+            origin: Origin::Restore,
+            request_id: None,
+            restore_id: Some(RestoreId(id(41))),
+            op: Op::Put,
+            version: 4,
+            recorded_at: t(3),
+            ..base.clone()
+        },
+        Event {
+            user_id: user(2),
+            seq: 1,
+            event_id: EventId(id(5)),
+            change_id: ChangeId(id(15)),
+            kind: Kind::Note,
+            item_id: ItemId(id(32)),
+            recorded_at: t(3),
+            document: doc(r#"{"@type":"Note","title":"milk, eggs"}"#),
+            ..base
+        },
+    ]
+}
+
+#[test]
+fn golden_segment_v1_still_decodes() {
+    let path = schemas_dir().join("golden/segment-v1.parquet");
+    let events = golden_events();
+    if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+        let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+        std::fs::write(&path, &bytes).expect("write golden file");
+    }
+    let bytes = std::fs::read(&path).expect("schemas/golden/segment-v1.parquet exists");
+    let seg = decode(Bytes::from(bytes)).expect("the golden v1 segment decodes");
+    assert_eq!(seg.meta.format_version, 1);
+    assert_eq!(seg.meta, meta_for(&events, 1));
+    assert_eq!(seg.events, events);
+}
+
+#[test]
+fn pruning_reads_only_pages_that_may_hold_the_user() {
+    // 300 users x 40 events: 12,000 rows over several 2,048-row pages.
+    let events = fixtures::history(4, 300, 40, t(0));
+    let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+        bytes.clone(),
+        parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required),
+    )
+    .expect("open");
+    let meta = builder.metadata().clone();
+    for user in [
+        events[0].user_id,
+        events[6000].user_id,
+        events[11_999].user_id,
+    ] {
+        let plan = plan_user_read(&meta, &user).expect("the user has rows");
+        assert!(
+            plan.rows_selected < events.len() / 2,
+            "selected {} rows",
+            plan.rows_selected
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(
+            bytes.clone(),
+            parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required),
+        )
+        .expect("open")
+        .with_row_groups(plan.row_groups.clone())
+        .with_row_selection(plan.selection.clone())
+        .build()
+        .expect("reader");
+        let mut got = Vec::new();
+        for batch in reader {
+            got.extend(decode_batch(&batch.expect("batch")).expect("decode"));
+        }
+        got.retain(|e| e.user_id == user);
+        let mut want: Vec<Event> = events
+            .iter()
+            .filter(|e| e.user_id == user)
+            .cloned()
+            .collect();
+        want.sort_by_key(|e| e.seq);
+        assert_eq!(got, want);
+    }
+    let absent = UserId(Uuid::from_u128(u128::MAX));
+    assert!(plan_user_read(&meta, &absent).is_none());
+}
