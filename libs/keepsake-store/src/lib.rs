@@ -1,1 +1,27 @@
+//! Keepsake's object storage: where the log lives.
+//!
+//! - [`open_store`] builds an object store from a URL: `file://` (fsync on: a put returns only
+//!   after the file and its directory are synced), `memory://`, `s3://bucket/prefix`.
+//! - [`keys`] is the one module that knows the object-key layout.
+//! - [`descriptor`] is `keepsake.json`, created once with a create-only put; it fixes the store id,
+//!   the format version and the shard count.
+//! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
 
+pub mod descriptor;
+mod error;
+#[cfg(feature = "testing")]
+pub mod faults;
+pub mod keys;
+mod open;
+
+pub use descriptor::{DESCRIPTOR_VERSION, Descriptor, open_or_create_descriptor, read_descriptor};
+pub use error::StoreError;
+pub use open::{Store, open_store};
+
+/// Puts that must never replace an object: segments, checkpoints, descriptors, job records.
+pub fn create_only() -> object_store::PutOptions {
+    object_store::PutOptions {
+        mode: object_store::PutMode::Create,
+        ..Default::default()
+    }
+}

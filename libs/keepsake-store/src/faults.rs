@@ -1,0 +1,228 @@
+//! A fault-injecting object store, for tests of every durability boundary.
+//!
+//! Rules are registered per instance (tests run in parallel, each with its own store) and match
+//! an operation on paths containing a substring, for a number of times:
+//! - [`Fault::Fail`]: the operation fails before reaching the store (a PUT that never landed);
+//! - [`Fault::FailAfter`]: a PUT lands, then the caller sees an error (an ambiguous write);
+//! - [`Fault::Delay`]: the operation waits first (a slow PUT, or one that outlives a timeout).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// The operation a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOp {
+    /// `put_opts`.
+    Put,
+    /// `get_opts` and `get_ranges`.
+    Get,
+    /// `list` and `list_with_delimiter`.
+    List,
+}
+
+/// What happens to a matched operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails before reaching the store.
+    Fail,
+    /// Reaches the store, then reports failure (PUT only; other operations just fail).
+    FailAfter,
+    /// Waits, then proceeds.
+    Delay(Duration),
+}
+
+#[derive(Debug)]
+struct Rule {
+    op: FaultOp,
+    path_contains: String,
+    fault: Fault,
+    remaining: usize,
+}
+
+/// Wraps a store and injects the faults its rules describe.
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    rules: Mutex<Vec<Rule>>,
+    puts: AtomicU64,
+    gets: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl FaultyStore {
+    /// Wraps `inner` with no rules.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            puts: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        })
+    }
+
+    /// The next `times` matching operations on paths containing `path_contains` get `fault`.
+    pub fn inject(&self, op: FaultOp, path_contains: &str, fault: Fault, times: usize) {
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.push(Rule {
+                op,
+                path_contains: path_contains.to_string(),
+                fault,
+                remaining: times,
+            });
+        }
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.clear();
+        }
+    }
+
+    /// PUTs attempted so far (including failed ones).
+    pub fn puts(&self) -> u64 {
+        self.puts.load(Ordering::Relaxed)
+    }
+
+    /// GETs attempted so far.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, op: FaultOp, path: &Path) -> Option<Fault> {
+        let mut rules = self.rules.lock().ok()?;
+        let idx = rules.iter().position(|r| {
+            r.op == op && r.remaining > 0 && path.as_ref().contains(&r.path_contains)
+        })?;
+        let rule = &mut rules[idx];
+        rule.remaining -= 1;
+        let fault = rule.fault;
+        if rule.remaining == 0 {
+            rules.remove(idx);
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(fault)
+    }
+}
+
+fn injected(op: &str, path: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faulty",
+        source: Box::new(std::io::Error::other(format!(
+            "injected {op} fault at {path}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        match self.take(FaultOp::Put, location) {
+            Some(Fault::Fail) => Err(injected("put", location)),
+            Some(Fault::FailAfter) => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(injected("put (after landing)", location))
+            }
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.put_opts(location, payload, opts).await
+            }
+            None => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        match self.take(FaultOp::Get, location) {
+            Some(Fault::Fail | Fault::FailAfter) => Err(injected("get", location)),
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.get_opts(location, options).await
+            }
+            None => self.inner.get_opts(location, options).await,
+        }
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        match self.take(FaultOp::Get, location) {
+            Some(Fault::Fail | Fault::FailAfter) => Err(injected("get", location)),
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.get_ranges(location, ranges).await
+            }
+            None => self.inner.get_ranges(location, ranges).await,
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let at = prefix.cloned().unwrap_or_default();
+        match self.take(FaultOp::List, &at) {
+            Some(_) => futures::stream::once(async move { Err(injected("list", &at)) }).boxed(),
+            None => self.inner.list(prefix),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let at = prefix.cloned().unwrap_or_default();
+        match self.take(FaultOp::List, &at) {
+            Some(_) => Err(injected("list", &at)),
+            None => self.inner.list_with_delimiter(prefix).await,
+        }
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

@@ -1,0 +1,202 @@
+//! The object-key layout: the only module that knows where things live in a store.
+//!
+//! ```text
+//! keepsake.json                                   store descriptor (create-only)
+//! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
+//! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
+//! restores/<restore_id>.json                      fleet restore job progress
+//! ```
+//!
+//! `<s>` is the shard number in decimal without leading zeros; `<n:020>` is zero-padded to 20
+//! digits so that keys sort in log order. Every `format_*` has a `parse` counterpart, and
+//! [`parse`] accepts exactly what the formatters produce (round-trip tested), so anything else
+//! found in a store is reported as foreign.
+//!
+//! Users are routed to shards by [`shard_for`], FNV-1a over the user id's bytes: part of the
+//! persisted format, since a user's events must always be found in the same shard.
+
+use keepsake_model::{RestoreId, UserId};
+use object_store::path::Path;
+
+/// The store descriptor's key.
+pub const DESCRIPTOR: &str = "keepsake.json";
+
+/// A key Keepsake writes, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// `keepsake.json`.
+    Descriptor,
+    /// A log segment.
+    Segment {
+        /// Shard.
+        shard: u32,
+        /// Segment number, from 1.
+        n: u64,
+    },
+    /// A checkpoint of a shard after segment `n`.
+    Checkpoint {
+        /// Shard.
+        shard: u32,
+        /// The last segment it includes.
+        n: u64,
+    },
+    /// A fleet restore job record.
+    RestoreJob(RestoreId),
+}
+
+/// The descriptor's path.
+pub fn descriptor() -> Path {
+    Path::from(DESCRIPTOR)
+}
+
+/// The prefix under which a shard's segments live.
+pub fn segments_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}/segments"))
+}
+
+/// The path of segment `n` of `shard`.
+pub fn segment(shard: u32, n: u64) -> Path {
+    Path::from(format!("shards/{shard}/segments/{n:020}.parquet"))
+}
+
+/// The prefix under which a shard's checkpoints live.
+pub fn checkpoints_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}/checkpoints"))
+}
+
+/// The path of the checkpoint of `shard` after segment `n`.
+pub fn checkpoint(shard: u32, n: u64) -> Path {
+    Path::from(format!("shards/{shard}/checkpoints/{n:020}.parquet"))
+}
+
+/// The path of a fleet restore job record.
+pub fn restore_job(id: RestoreId) -> Path {
+    Path::from(format!("restores/{id}.json"))
+}
+
+fn parse_shard(s: &str) -> Option<u32> {
+    let canonical = !s.is_empty() && (s == "0" || !s.starts_with('0'));
+    if canonical && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn parse_n(file: &str, ext: &str) -> Option<u64> {
+    let digits = file.strip_suffix(ext)?;
+    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Parses a path written by this module; `None` for anything else.
+pub fn parse(path: &Path) -> Option<Key> {
+    let parts: Vec<&str> = path.as_ref().split('/').collect();
+    match parts.as_slice() {
+        [DESCRIPTOR] => Some(Key::Descriptor),
+        ["shards", s, "segments", file] => Some(Key::Segment {
+            shard: parse_shard(s)?,
+            n: parse_n(file, ".parquet")?,
+        }),
+        ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
+            shard: parse_shard(s)?,
+            n: parse_n(file, ".parquet")?,
+        }),
+        ["restores", file] => {
+            let id = file.strip_suffix(".json")?;
+            let parsed: RestoreId = id.parse().ok()?;
+            // only the canonical lowercase hyphenated form round-trips
+            (parsed.to_string() == id).then_some(Key::RestoreJob(parsed))
+        }
+        _ => None,
+    }
+}
+
+/// Formats a parsed key back into its path.
+pub fn format(key: &Key) -> Path {
+    match *key {
+        Key::Descriptor => descriptor(),
+        Key::Segment { shard, n } => segment(shard, n),
+        Key::Checkpoint { shard, n } => checkpoint(shard, n),
+        Key::RestoreJob(id) => restore_job(id),
+    }
+}
+
+/// The shard that holds a user's log: FNV-1a (64-bit) of the id's 16 bytes, modulo the count.
+pub fn shard_for(user: &UserId, shard_count: u32) -> u32 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = user
+        .as_bytes()
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    (hash % u64::from(shard_count.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn every_key_round_trips() {
+        let keys = [
+            Key::Descriptor,
+            Key::Segment { shard: 0, n: 1 },
+            Key::Segment {
+                shard: 17,
+                n: u64::MAX,
+            },
+            Key::Checkpoint { shard: 3, n: 42 },
+            Key::RestoreJob(RestoreId(Uuid::from_u128(0xabc))),
+        ];
+        for k in keys {
+            assert_eq!(parse(&format(&k)), Some(k), "{}", format(&k));
+        }
+        assert_eq!(
+            segment(2, 7).as_ref(),
+            "shards/2/segments/00000000000000000007.parquet"
+        );
+    }
+
+    #[test]
+    fn foreign_and_non_canonical_keys_do_not_parse() {
+        for p in [
+            "keepsake.json.tmp",
+            "shards/02/segments/00000000000000000007.parquet",
+            "shards/2/segments/7.parquet",
+            "shards/2/segments/0000000000000000000x.parquet",
+            "shards/2/segments/00000000000000000007.json",
+            "shards/x/segments/00000000000000000007.parquet",
+            "shards/2/other/00000000000000000007.parquet",
+            "restores/ABC.json",
+            "restores/00000000-0000-0000-0000-000000000ABC.json",
+            "notes.txt",
+        ] {
+            assert_eq!(parse(&Path::from(p)), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn shard_routing_is_stable_and_spreads_users() {
+        // Pinned values: changing the hash would strand every user's log in the wrong shard.
+        let u = UserId(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef));
+        assert_eq!(shard_for(&u, 1), 0);
+        assert_eq!(shard_for(&u, 16), shard_for(&u, 16));
+        let pinned: Vec<u32> = (0..4u128)
+            .map(|n| shard_for(&UserId(Uuid::from_u128(n)), 8))
+            .collect();
+        assert_eq!(pinned, PINNED);
+        let mut counts = [0u32; 8];
+        for n in 0..8000u128 {
+            counts[shard_for(&UserId(Uuid::from_u128(n * 7919)), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    // FNV-1a of the 16 big-endian bytes of 0..4, modulo 8, computed independently (Python).
+    const PINNED: [u32; 4] = [5, 2, 7, 4];
+}

@@ -1,0 +1,139 @@
+//! Building an object store from a URL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
+
+use crate::error::StoreError;
+
+/// An opened store and a description of it that is safe to log (no credentials).
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The object store.
+    pub inner: Arc<dyn ObjectStore>,
+    /// For logs and `/v1/session`-style reports: scheme and location, never secrets.
+    pub description: String,
+}
+
+fn bad(url: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::BadUrl {
+        url: url.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens the store a URL names.
+///
+/// - `file:///abs/dir` or a plain path (`./data`): the local file system, created if missing,
+///   with fsync on, so a put returns only once the bytes and the directory entry are on disk;
+/// - `memory://`: in memory, gone with the process (tests, demos);
+/// - `s3://bucket/optional/prefix`: S3 or an S3-compatible server, configured from the standard
+///   `AWS_*` environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+///   `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a local server). Create-only puts use
+///   `If-None-Match: *`.
+pub fn open_store(url: &str) -> Result<Store, StoreError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return open_dir(url, PathBuf::from(url));
+    };
+    match scheme {
+        "file" => {
+            let parsed = url::Url::parse(url).map_err(|e| bad(url, e.to_string()))?;
+            let path = parsed.to_file_path().map_err(|()| {
+                bad(
+                    url,
+                    "a file URL needs an absolute path: file:///var/lib/keepsake",
+                )
+            })?;
+            open_dir(url, path)
+        }
+        "memory" => {
+            if !rest.is_empty() {
+                return Err(bad(url, "memory:// takes no location"));
+            }
+            Ok(Store {
+                inner: Arc::new(InMemory::new()),
+                description: "memory://".into(),
+            })
+        }
+        "s3" => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad(url, "s3:// needs a bucket: s3://bucket/prefix"));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| bad(url, e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            };
+            Ok(Store {
+                inner,
+                description: format!("s3://{bucket}/{prefix}"),
+            })
+        }
+        other => Err(bad(
+            url,
+            format!("unknown scheme {other:?}: use file://, memory:// or s3://"),
+        )),
+    }
+}
+
+fn open_dir(url: &str, path: PathBuf) -> Result<Store, StoreError> {
+    std::fs::create_dir_all(&path).map_err(|e| {
+        bad(
+            url,
+            format!("cannot create directory {}: {e}", path.display()),
+        )
+    })?;
+    let fs = LocalFileSystem::new_with_prefix(&path)
+        .map_err(|e| bad(url, e.to_string()))?
+        .with_fsync(true);
+    let shown = std::fs::canonicalize(&path).unwrap_or(path);
+    Ok(Store {
+        inner: Arc::new(fs),
+        description: format!("file://{}", shown.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(open_store("memory://").is_ok());
+        assert!(matches!(
+            open_store("memory://x"),
+            Err(StoreError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            open_store("ftp://x"),
+            Err(StoreError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            open_store("s3://"),
+            Err(StoreError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            open_store("file://relative"),
+            Err(StoreError::BadUrl { .. })
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nested = dir.path().join("a/b");
+        let url = format!("file://{}", nested.display());
+        let store = open_store(&url).expect("file store");
+        assert!(nested.is_dir());
+        assert!(store.description.starts_with("file://"));
+        let plain = open_store(&dir.path().join("c").display().to_string()).expect("plain path");
+        assert!(plain.description.ends_with("/c"));
+    }
+}
