@@ -186,7 +186,7 @@ pub fn decode(bytes: Bytes) -> Result<Segment, SegmentError> {
     Ok(Segment { meta, events })
 }
 
-fn uuids<'a>(batch: &'a RecordBatch, idx: usize) -> Result<&'a FixedSizeBinaryArray, SegmentError> {
+fn uuids(batch: &RecordBatch, idx: usize) -> Result<&FixedSizeBinaryArray, SegmentError> {
     let c = batch.column(idx);
     if c.data_type() != &UUID {
         return Err(invalid(format!(
@@ -196,7 +196,7 @@ fn uuids<'a>(batch: &'a RecordBatch, idx: usize) -> Result<&'a FixedSizeBinaryAr
     Ok(c.as_fixed_size_binary())
 }
 
-fn strings<'a>(batch: &'a RecordBatch, idx: usize) -> Result<&'a StringArray, SegmentError> {
+fn strings(batch: &RecordBatch, idx: usize) -> Result<&StringArray, SegmentError> {
     batch
         .column(idx)
         .as_string_opt::<i32>()

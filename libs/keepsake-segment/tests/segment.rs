@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests panic with a message
 //! Segment codec tests: round trip, refusals, the schema file, the golden file, pruning.
 
 use std::path::PathBuf;

@@ -16,7 +16,7 @@ mod open;
 
 pub use descriptor::{DESCRIPTOR_VERSION, Descriptor, open_or_create_descriptor, read_descriptor};
 pub use error::StoreError;
-pub use open::{Store, open_store};
+pub use open::{Store, open_store, open_store_with_env};
 
 /// Puts that must never replace an object: segments, checkpoints, descriptors, job records.
 pub fn create_only() -> object_store::PutOptions {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
@@ -37,6 +37,15 @@ fn bad(url: &str, reason: impl Into<String>) -> StoreError {
 ///   `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a local server). Create-only puts use
 ///   `If-None-Match: *`.
 pub fn open_store(url: &str) -> Result<Store, StoreError> {
+    open_store_with_env(url, std::env::vars())
+}
+
+/// [`open_store`] with the `AWS_*` settings taken from `env` rather than the process
+/// environment (so tests can point at a local S3 server without changing global state).
+pub fn open_store_with_env(
+    url: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Store, StoreError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return open_dir(url, PathBuf::from(url));
     };
@@ -65,7 +74,15 @@ pub fn open_store(url: &str) -> Result<Store, StoreError> {
             if bucket.is_empty() {
                 return Err(bad(url, "s3:// needs a bucket: s3://bucket/prefix"));
             }
-            let s3 = AmazonS3Builder::from_env()
+            let mut builder = AmazonS3Builder::new();
+            for (key, value) in env {
+                if key.starts_with("AWS_")
+                    && let Ok(config) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+                {
+                    builder = builder.with_config(config, value);
+                }
+            }
+            let s3 = builder
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| bad(url, e.to_string()))?;

@@ -1,0 +1,40 @@
+use std::time::Duration;
+
+use keepsake_model::StagePolicy;
+
+/// How the log commits.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// How long a batch waits for more pushes after its first one arrived. Longer windows mean
+    /// fewer, larger segment PUTs (what object storage bills) at the cost of latency.
+    pub commit_window: Duration,
+    /// A batch closes early once it holds this many changes.
+    pub max_batch_changes: usize,
+    /// Pushes that may wait per shard; beyond it pushes are refused as overloaded.
+    pub queue_depth: usize,
+    /// A segment PUT that takes longer is treated as ambiguous and resolved by reading back.
+    pub put_timeout: Duration,
+    /// PUT attempts per batch when the store fails before the segment lands.
+    pub put_attempts: u32,
+    /// Wait between attempts (multiplied by the attempt number).
+    pub retry_backoff: Duration,
+    /// Segments read at once during recovery and scans.
+    pub read_concurrency: usize,
+    /// Document limit and mass-delete guard.
+    pub policy: StagePolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            commit_window: Duration::from_millis(10),
+            max_batch_changes: 20_000,
+            queue_depth: 4096,
+            put_timeout: Duration::from_secs(10),
+            put_attempts: 3,
+            retry_backoff: Duration::from_millis(50),
+            read_concurrency: 4,
+            policy: StagePolicy::default(),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Reading the log: a shard's segments, or one user's events.
+//!
+//! Readers never read past a gap: segment `n + 1` counts only when every segment up to `n`
+//! exists. A listing that shows a missing number followed by later ones is reported as
+//! [`LogError::Gap`] rather than silently returning a partial history.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use keepsake_model::{Event, UserId};
+use keepsake_segment::{Segment, SegmentMeta, decode, decode_batch, plan_user_read};
+use keepsake_store::keys::{self, Key};
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use crate::error::{LogError, store_err};
+
+/// A segment as listed: its number and size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Segment number.
+    pub n: u64,
+    /// Object size.
+    pub size: u64,
+}
+
+/// Lists a shard's segments in order, checking they are dense from 1.
+pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
+    let prefix = keys::segments_prefix(shard);
+    let metas: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list segments of shard {shard}")))?;
+    let mut listed: Vec<Listed> = metas
+        .iter()
+        .filter_map(|m| match keys::parse(&m.location) {
+            Some(Key::Segment { shard: s, n }) if s == shard => Some(Listed { n, size: m.size }),
+            _ => None,
+        })
+        .collect();
+    listed.sort_by_key(|l| l.n);
+    for (i, l) in listed.iter().enumerate() {
+        let expected = i as u64 + 1;
+        if l.n != expected {
+            return Err(LogError::Gap {
+                shard,
+                missing: expected,
+            });
+        }
+    }
+    Ok(listed)
+}
+
+/// Reads and decodes segment `n`; `None` if it does not exist.
+pub async fn read_segment(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<Option<Segment>, LogError> {
+    let bytes = match store.get(&keys::segment(shard, n)).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map_err(store_err(format!("read segment {n} of shard {shard}")))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
+    };
+    decode_checked(shard, n, bytes).map(Some)
+}
+
+/// Decodes segment bytes and checks that the file is the segment its key says it is.
+pub(crate) fn decode_checked(shard: u32, n: u64, bytes: Bytes) -> Result<Segment, LogError> {
+    let seg = decode(bytes).map_err(|e| LogError::segment(shard, n, e))?;
+    if seg.meta.shard != shard || seg.meta.segment != n {
+        return Err(LogError::corrupt(
+            shard,
+            n,
+            format!(
+                "the file says it is segment {} of shard {}",
+                seg.meta.segment, seg.meta.shard
+            ),
+        ));
+    }
+    Ok(seg)
+}
+
+/// Reads the metadata of segment bytes without decoding rows.
+pub(crate) fn read_meta(shard: u32, n: u64, bytes: &Bytes) -> Result<SegmentMeta, LogError> {
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(bytes)
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// Every segment of a shard from `from` on, in order, read `concurrency` at a time.
+pub async fn scan_shard(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    from: u64,
+    concurrency: usize,
+) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
+    let listed = list_segments(store.as_ref(), shard).await?;
+    let numbers: Vec<u64> = listed.iter().map(|l| l.n).filter(|n| *n >= from).collect();
+    Ok(futures::stream::iter(numbers)
+        .map(move |n| {
+            let store = store.clone();
+            async move {
+                read_segment(store.as_ref(), shard, n)
+                    .await?
+                    .ok_or(LogError::Gap { shard, missing: n })
+            }
+        })
+        .buffered(concurrency.max(1)))
+}
+
+/// Range reads of one segment object, for the async Parquet reader. The size comes from the
+/// listing, so the footer (and page index) is fetched with one suffix-sized range read.
+#[derive(Debug)]
+struct SegmentReader {
+    store: Arc<dyn ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+/// Bytes fetched with the footer: enough for the metadata and page index of large segments.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+fn external(e: object_store::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for SegmentReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(external)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// Where a read of one user's history stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpTo {
+    /// Everything.
+    End,
+    /// Events with `seq <= n`.
+    Seq(u64),
+    /// Events with `recorded_at <= t`.
+    Time(DateTime<Utc>),
+}
+
+impl UpTo {
+    fn includes(&self, e: &Event) -> bool {
+        match *self {
+            UpTo::End => true,
+            UpTo::Seq(n) => e.seq <= n,
+            UpTo::Time(t) => e.recorded_at <= t,
+        }
+    }
+}
+
+/// What reading one user's events cost: for tests and benchmarks of pruning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Segments whose footer was read.
+    pub segments_opened: u64,
+    /// Segments skipped by their statistics.
+    pub segments_pruned: u64,
+    /// Rows decoded (the user's and neighbours' on the same pages).
+    pub rows_decoded: u64,
+}
+
+/// Reads one user's events, oldest first, stopping at `up_to`.
+///
+/// Per segment, only the footer and the pages that may hold the user are fetched (row-group
+/// statistics and the page index; rows are sorted by user). Reading stops at the first segment
+/// recorded after `up_to`.
+pub async fn read_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    let listed = list_segments(store.as_ref(), shard).await?;
+    let mut events = Vec::new();
+    let mut stats = ReadStats::default();
+    for l in listed {
+        let context = || format!("read segment {} of shard {shard}", l.n);
+        let reader = SegmentReader {
+            store: store.clone(),
+            path: keys::segment(shard, l.n),
+            size: l.size,
+        };
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+            .await
+            .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+        stats.segments_opened += 1;
+        let meta =
+            SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
+                .map_err(|e| LogError::corrupt(shard, l.n, e))?;
+        if let UpTo::Time(t) = up_to
+            && meta.first_recorded_at > t
+        {
+            break;
+        }
+        let Some(plan) = plan_user_read(builder.metadata(), &user) else {
+            stats.segments_pruned += 1;
+            continue;
+        };
+        let mut stream = builder
+            .with_row_groups(plan.row_groups)
+            .with_row_selection(plan.selection)
+            .build()
+            .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+        let mut past_end = false;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| match e {
+                parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+                    shard,
+                    reason: context(),
+                },
+                other => LogError::corrupt(shard, l.n, other),
+            })?;
+            stats.rows_decoded += batch.num_rows() as u64;
+            for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+                if e.user_id != user {
+                    continue;
+                }
+                if up_to.includes(&e) {
+                    events.push(e);
+                } else {
+                    past_end = true;
+                }
+            }
+        }
+        if past_end {
+            break;
+        }
+    }
+    Ok((events, stats))
+}

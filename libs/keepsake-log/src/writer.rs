@@ -1,0 +1,536 @@
+//! The shard writer: one task per shard, the only code that writes the shard's log.
+//!
+//! Ordering and durability invariants, in the order a batch goes through them:
+//! 1. A batch collects pushes for up to `commit_window` after its first one arrived (or until
+//!    `max_batch_changes`). While a segment PUT is in flight, new pushes wait in the queue: at
+//!    most one PUT per shard is ever in flight.
+//! 2. Staging decides every change against committed state plus the batch's own earlier changes
+//!    (an overlay); committed state is not touched until the segment is durable.
+//! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
+//!    and never goes backwards within the shard.
+//! 4. The segment is written as `head + 1` with a create-only PUT, and only with that number:
+//!    a batch is never written under a second number.
+//! 5. An error or timeout from the PUT is ambiguous: the writer reads `head + 1` back. Its own
+//!    batch id there means committed; another batch id means another writer won (fenced);
+//!    nothing there means not committed, and the PUT is tried again under the same number.
+//! 6. `AlreadyExists` is read back the same way (an earlier attempt of ours may have landed).
+//! 7. Only after the PUT is confirmed are the events applied to committed state and the callers
+//!    answered. Every failure answers with a retryable error and never an acknowledgement.
+//! 8. After a fence or an unresolved failure the writer re-reads the shard from `head + 1` before
+//!    its next batch, so its state includes whatever landed, and retried change ids answer
+//!    `duplicate`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use keepsake_model::{
+    Ancestors, BatchId, Clock, Event, IdGenerator, NeedAncestor, Outcome, StageContext, Staged,
+    StateRead, UserId, UserState, apply,
+};
+use keepsake_segment::{FORMAT_VERSION, SegmentMeta, encode};
+use keepsake_store::{create_only, keys};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::config::LogConfig;
+use crate::error::LogError;
+use crate::reader::{UpTo, read_meta, read_segment, read_user};
+use crate::stats::LogStats;
+use crate::{PushRequest, PushResult};
+
+/// Committed state of one shard: what its log says, folded.
+#[derive(Debug, Default)]
+pub struct ShardState {
+    /// The last segment committed (0 for an empty log).
+    pub head: u64,
+    /// Every user of the shard.
+    pub users: HashMap<UserId, UserState>,
+    /// `recorded_at` of the last segment.
+    pub last_recorded_at: Option<DateTime<Utc>>,
+}
+
+impl ShardState {
+    /// Folds a segment's events; they must continue each user's log.
+    pub fn apply_events(&mut self, events: &[Event]) -> Result<(), keepsake_model::ApplyError> {
+        for e in events {
+            apply(self.users.entry(e.user_id).or_default(), e)?;
+            if self.last_recorded_at.is_none_or(|t| t < e.recorded_at) {
+                self.last_recorded_at = Some(e.recorded_at);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Queued {
+    pub req: PushRequest,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<PushResult, LogError>>,
+}
+
+pub(crate) struct Writer {
+    pub shard: u32,
+    pub store: Arc<dyn ObjectStore>,
+    pub state: Arc<RwLock<ShardState>>,
+    pub rx: mpsc::Receiver<Queued>,
+    pub shutdown: watch::Receiver<bool>,
+    pub cfg: Arc<LogConfig>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGenerator>,
+    pub stats: Arc<LogStats>,
+    pub epoch: u64,
+    pub needs_resync: bool,
+}
+
+/// What happened to a segment PUT.
+enum Put {
+    Committed,
+    Fenced,
+    NotCommitted(String),
+}
+
+/// A staged batch: per request its outcomes (or refusal), and the events to write.
+struct Staging {
+    results: Vec<Result<Vec<Outcome>, LogError>>,
+    events: Vec<Event>,
+}
+
+fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        info!(
+            shard = self.shard,
+            epoch = self.epoch,
+            "shard writer started"
+        );
+        loop {
+            let first = tokio::select! {
+                biased;
+                q = self.rx.recv() => q,
+                _ = self.shutdown.changed() => {
+                    // Stop taking pushes; the loop drains what is already queued.
+                    self.rx.close();
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let batch = self.fill(first).await;
+            self.commit(batch).await;
+        }
+        info!(shard = self.shard, "shard writer stopped");
+    }
+
+    async fn fill(&mut self, first: Queued) -> Vec<Queued> {
+        let deadline = first.enqueued + self.cfg.commit_window;
+        let mut changes = first.req.changes.len();
+        let mut batch = vec![first];
+        while changes < self.cfg.max_batch_changes {
+            // `timeout_at` polls the queue before the deadline, so pushes that queued up during
+            // the previous PUT join this batch even when the window has already passed.
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(q)) => {
+                    changes += q.req.changes.len();
+                    batch.push(q);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    fn fail_all(batch: Vec<Queued>, err: impl Fn() -> LogError) {
+        for q in batch {
+            let _ = q.reply.send(Err(err()));
+        }
+    }
+
+    async fn commit(&mut self, batch: Vec<Queued>) {
+        let shard = self.shard;
+        if self.needs_resync
+            && let Err(e) = self.catch_up().await
+        {
+            warn!(shard, error = %e, "re-reading the shard failed; refusing the batch");
+            let reason = e.to_string();
+            Self::fail_all(batch, || LogError::Unavailable {
+                shard,
+                reason: reason.clone(),
+            });
+            return;
+        }
+        let recorded_at = {
+            let now = truncate_to_micros(self.clock.now());
+            let last = self.state.read().ok().and_then(|s| s.last_recorded_at);
+            last.map_or(now, |l| l.max(now))
+        };
+        let staging = match self.stage_with_ancestors(&batch, recorded_at).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(shard, error = %e, "staging failed");
+                let reason = e.to_string();
+                Self::fail_all(batch, || LogError::Unavailable {
+                    shard,
+                    reason: reason.clone(),
+                });
+                return;
+            }
+        };
+        if staging.events.is_empty() {
+            self.answer(batch, staging.results, None);
+            return;
+        }
+        let n = self.state.read().map_or(0, |s| s.head) + 1;
+        let batch_id = BatchId(self.ids.random());
+        let meta = SegmentMeta {
+            format_version: FORMAT_VERSION,
+            shard,
+            segment: n,
+            writer_epoch: self.epoch,
+            batch_id,
+            event_count: staging.events.len() as u64,
+            first_recorded_at: recorded_at,
+            last_recorded_at: recorded_at,
+        };
+        let events = staging.events;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let bytes = encode(&events, &meta);
+            (events, bytes)
+        })
+        .await;
+        let (events, bytes) = match encoded {
+            Ok((events, Ok(bytes))) => (events, bytes),
+            Ok((_, Err(e))) => {
+                error!(shard, segment = n, error = %e, "encoding a segment failed");
+                let reason = format!("encode segment: {e}");
+                Self::fail_all(batch, || LogError::Unavailable {
+                    shard,
+                    reason: reason.clone(),
+                });
+                return;
+            }
+            Err(e) => {
+                error!(shard, segment = n, error = %e, "the encoding task failed");
+                Self::fail_all(batch, || LogError::Unavailable {
+                    shard,
+                    reason: "encode segment".into(),
+                });
+                return;
+            }
+        };
+        let started = Instant::now();
+        match self.put_segment(n, batch_id, bytes.clone()).await {
+            Put::Committed => {
+                self.stats.record_segment(
+                    events.len() as u64,
+                    bytes.len() as u64,
+                    started.elapsed(),
+                );
+                let applied = self.state.write().map(|mut s| {
+                    let r = s.apply_events(&events);
+                    s.head = n;
+                    s.last_recorded_at = Some(recorded_at);
+                    r
+                });
+                if !matches!(applied, Ok(Ok(()))) {
+                    // Cannot happen: staging produced these events against this state. If it
+                    // does, the segment is durable, so the state is rebuilt from the log.
+                    error!(
+                        shard,
+                        segment = n,
+                        "committed events did not apply; re-reading the shard"
+                    );
+                    self.needs_resync = true;
+                }
+                debug!(
+                    shard,
+                    segment = n,
+                    events = events.len(),
+                    bytes = bytes.len(),
+                    "committed"
+                );
+                self.answer(batch, staging.results, Some(n));
+            }
+            Put::Fenced => {
+                self.stats
+                    .fenced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(
+                    shard,
+                    segment = n,
+                    "another writer committed this segment first; failing the batch and re-reading the shard"
+                );
+                Self::fail_all(batch, || LogError::Fenced { shard, segment: n });
+                self.needs_resync = true;
+                if let Err(e) = self.catch_up().await {
+                    warn!(shard, error = %e, "re-reading the shard after a fence failed; will retry before the next batch");
+                }
+            }
+            Put::NotCommitted(reason) => {
+                warn!(shard, segment = n, %reason, "segment not committed; failing the batch");
+                // A timed-out PUT may still land later: re-read before the next batch.
+                self.needs_resync = true;
+                Self::fail_all(batch, || LogError::Unavailable {
+                    shard,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        batch: Vec<Queued>,
+        results: Vec<Result<Vec<Outcome>, LogError>>,
+        segment: Option<u64>,
+    ) {
+        let state = self.state.read();
+        for (q, result) in batch.into_iter().zip(results) {
+            let reply = result.map(|outcomes| {
+                let wrote = outcomes.iter().any(|o| matches!(o, Outcome::Applied(_)));
+                let last_seq = state
+                    .as_ref()
+                    .ok()
+                    .and_then(|s| s.users.get(&q.req.user_id))
+                    .map_or(0, |u| u.last_seq());
+                PushResult {
+                    outcomes,
+                    last_seq,
+                    segment: if wrote { segment } else { None },
+                }
+            });
+            let _ = q.reply.send(reply);
+        }
+    }
+
+    /// Stages the batch; when stale patches need earlier documents, reads them from the log and
+    /// stages again (staging is pure, so the second pass is the first pass plus the ancestors).
+    async fn stage_with_ancestors(
+        &self,
+        batch: &[Queued],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Staging, LogError> {
+        let mut ancestors: HashMap<UserId, Ancestors> = HashMap::new();
+        for _ in 0..3 {
+            let needs = match self.stage(batch, recorded_at, &ancestors) {
+                Ok(s) => return Ok(s),
+                Err(needs) => needs,
+            };
+            let mut by_user: HashMap<UserId, Vec<NeedAncestor>> = HashMap::new();
+            for (user, need) in needs {
+                by_user.entry(user).or_default().push(need);
+            }
+            for (user, needs) in by_user {
+                let (events, _) =
+                    read_user(self.store.clone(), self.shard, user, UpTo::End).await?;
+                let found = ancestors.entry(user).or_default();
+                for need in needs {
+                    let doc = events
+                        .iter()
+                        .find(|e| e.item_id == need.item_id && e.version == need.version)
+                        .and_then(|e| e.document.clone());
+                    found.insert((need.item_id, need.version), doc);
+                }
+            }
+        }
+        Err(LogError::Unavailable {
+            shard: self.shard,
+            reason: "stale patches kept needing earlier versions".into(),
+        })
+    }
+
+    fn stage(
+        &self,
+        batch: &[Queued],
+        recorded_at: DateTime<Utc>,
+        ancestors: &HashMap<UserId, Ancestors>,
+    ) -> Result<Staging, Vec<(UserId, NeedAncestor)>> {
+        let Ok(guard) = self.state.read() else {
+            return Ok(Staging {
+                results: batch
+                    .iter()
+                    .map(|_| {
+                        Err(LogError::Unavailable {
+                            shard: self.shard,
+                            reason: "state lock poisoned".into(),
+                        })
+                    })
+                    .collect(),
+                events: Vec::new(),
+            });
+        };
+        let empty = UserState::default();
+        let none = Ancestors::new();
+        let mut overlays: HashMap<UserId, Staged<'_>> = HashMap::new();
+        let mut order: Vec<UserId> = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut needs = Vec::new();
+        for q in batch {
+            let user = q.req.user_id;
+            let staged = overlays.entry(user).or_insert_with(|| {
+                order.push(user);
+                Staged::new(guard.users.get(&user).unwrap_or(&empty))
+            });
+            if !q.req.confirm_mass_delete
+                && let Err(refused) =
+                    staged.check_mass_delete(&q.req.changes, &self.cfg.policy.mass_delete)
+            {
+                info!(shard = self.shard, user_id = %user, kind = %refused.kind, deletes = refused.deletes, live = refused.live, "mass-delete guard refused a push");
+                self.stats
+                    .mass_delete_refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                results.push(Err(LogError::MassDelete(refused)));
+                continue;
+            }
+            let cx = StageContext {
+                meta: q.req.meta,
+                recorded_at,
+                ids: self.ids.as_ref(),
+                policy: &self.cfg.policy,
+                ancestors: ancestors.get(&user).unwrap_or(&none),
+            };
+            let mut outcomes = Vec::with_capacity(q.req.changes.len());
+            for c in &q.req.changes {
+                match staged.stage(user, c, &cx) {
+                    Ok(o) => outcomes.push(o),
+                    Err(need) => {
+                        needs.push((user, need));
+                        break;
+                    }
+                }
+            }
+            results.push(Ok(outcomes));
+        }
+        if !needs.is_empty() {
+            return Err(needs);
+        }
+        let mut events = Vec::new();
+        for user in order {
+            if let Some(staged) = overlays.remove(&user) {
+                events.extend(staged.into_events());
+            }
+        }
+        Ok(Staging { results, events })
+    }
+
+    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
+    async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
+        let path = keys::segment(self.shard, n);
+        let mut last_error = String::new();
+        for attempt in 1..=self.cfg.put_attempts.max(1) {
+            let put = tokio::time::timeout(
+                self.cfg.put_timeout,
+                self.store
+                    .put_opts(&path, PutPayload::from(bytes.clone()), create_only()),
+            )
+            .await;
+            match put {
+                Ok(Ok(_)) => return Put::Committed,
+                Ok(Err(object_store::Error::AlreadyExists { .. })) => {
+                    last_error = "segment already exists".into();
+                }
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    self.stats
+                        .put_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(shard = self.shard, segment = n, attempt, error = %e, "segment PUT failed; reading back");
+                }
+                Err(_) => {
+                    last_error = format!("PUT timed out after {:?}", self.cfg.put_timeout);
+                    self.stats
+                        .put_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(
+                        shard = self.shard,
+                        segment = n,
+                        attempt,
+                        "segment PUT timed out; reading back"
+                    );
+                }
+            }
+            match self.read_back(n).await {
+                Ok(Some(found)) if found == batch_id => {
+                    self.stats
+                        .ambiguous_resolved
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(
+                        shard = self.shard,
+                        segment = n,
+                        "the PUT had landed: batch committed"
+                    );
+                    return Put::Committed;
+                }
+                Ok(Some(_)) => return Put::Fenced,
+                Ok(None) => {
+                    // Not there: not committed. Trying the same number again is safe.
+                    self.stats
+                        .put_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+                }
+                Err(e) => {
+                    return Put::NotCommitted(format!(
+                        "{last_error}; and reading it back failed: {e}"
+                    ));
+                }
+            }
+        }
+        Put::NotCommitted(last_error)
+    }
+
+    /// The batch id of segment `n`, `None` if it does not exist.
+    async fn read_back(&self, n: u64) -> Result<Option<BatchId>, LogError> {
+        let path = keys::segment(self.shard, n);
+        let mut last = None;
+        for attempt in 1..=3u32 {
+            match self.store.get(&path).await {
+                Ok(got) => match got.bytes().await {
+                    Ok(bytes) => return read_meta(self.shard, n, &bytes).map(|m| Some(m.batch_id)),
+                    Err(e) => last = Some(e),
+                },
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+        }
+        Err(LogError::Unavailable {
+            shard: self.shard,
+            reason: format!(
+                "read back segment {n}: {}",
+                last.map_or_else(String::new, |e| e.to_string())
+            ),
+        })
+    }
+
+    /// Applies every segment after `head` that exists, in order.
+    async fn catch_up(&mut self) -> Result<(), LogError> {
+        loop {
+            let n = self.state.read().map_or(0, |s| s.head) + 1;
+            let Some(seg) = read_segment(self.store.as_ref(), self.shard, n).await? else {
+                break;
+            };
+            let mut state = self.state.write().map_err(|_| LogError::Unavailable {
+                shard: self.shard,
+                reason: "state lock poisoned".into(),
+            })?;
+            state
+                .apply_events(&seg.events)
+                .map_err(|e| LogError::corrupt(self.shard, n, e))?;
+            state.head = n;
+            info!(
+                shard = self.shard,
+                segment = n,
+                events = seg.events.len(),
+                "applied a segment written elsewhere"
+            );
+        }
+        self.needs_resync = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Fault injection at the log's durability boundary: the segment PUT and the reads around it.
+//! For each fault: no acknowledged event lost, none duplicated, seq stays dense, and the caller
+//! sees a retryable error where nothing was acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use keepsake_log::{LogConfig, LogError, LogStats, UpTo, read_user};
+use keepsake_model::{Outcome, UserState};
+use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use serde_json::json;
+
+use crate::common::*;
+
+const SEGMENTS: &str = "/segments/";
+
+fn faulty() -> (Arc<FaultyStore>, Arc<dyn ObjectStore>) {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    (faulty, store)
+}
+
+/// Reads the user's whole log and checks it: dense seq, every change id once.
+async fn log_of(
+    store: &Arc<dyn ObjectStore>,
+    user: keepsake_model::UserId,
+) -> Vec<keepsake_model::Event> {
+    let (events, _) = read_user(store.clone(), 0, user, UpTo::End)
+        .await
+        .expect("read log");
+    assert!(
+        UserState::replay(&events).is_ok(),
+        "the log folds: dense seq, unique change ids"
+    );
+    events
+}
+
+#[tokio::test]
+async fn put_that_fails_before_landing_is_retried_under_the_same_number() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    let u = user();
+    faulty.inject(FaultOp::Put, SEGMENTS, Fault::Fail, 1);
+    let r = push(&log, u, vec![put(item(), json!({}))])
+        .await
+        .expect("acknowledged after a retry");
+    assert_eq!(r.segment, Some(1));
+    assert_eq!(LogStats::get(&log.stats().put_retries), 1);
+    assert_eq!(log_of(&store, u).await.len(), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_that_never_lands_is_a_retryable_error_and_writes_nothing() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        put_attempts: 3,
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg).await.expect("open");
+    let u = user();
+    faulty.inject(FaultOp::Put, SEGMENTS, Fault::Fail, 3);
+    let c = put(item(), json!({"x": 1}));
+    let err = push(&log, u, vec![c.clone()])
+        .await
+        .expect_err("not acknowledged");
+    assert!(
+        matches!(err, LogError::Unavailable { .. }) && err.is_retryable(),
+        "{err:?}"
+    );
+    assert_eq!(log.head(0), 0);
+    assert_eq!(log.last_seq(&u), 0);
+    // The device retries the same change: applied once, at seq 1.
+    let r = push(&log, u, vec![c]).await.expect("retry acknowledged");
+    assert!(matches!(r.outcomes[0], Outcome::Applied(c) if c.seq == 1));
+    assert_eq!(log_of(&store, u).await.len(), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_that_landed_but_errored_is_recognised_by_its_batch_id() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    let u = user();
+    faulty.inject(FaultOp::Put, SEGMENTS, Fault::FailAfter, 1);
+    let r = push(&log, u, vec![put(item(), json!({}))])
+        .await
+        .expect("acknowledged");
+    assert_eq!(r.segment, Some(1));
+    assert_eq!(LogStats::get(&log.stats().ambiguous_resolved), 1);
+    // Never written under a second number.
+    let r2 = push(&log, u, vec![put(item(), json!({}))])
+        .await
+        .expect("next push");
+    assert_eq!(r2.segment, Some(2));
+    assert_eq!(log_of(&store, u).await.len(), 2);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn landed_put_whose_read_back_fails_is_not_acked_then_found_on_retry() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    let u = user();
+    faulty.inject(FaultOp::Put, SEGMENTS, Fault::FailAfter, 1);
+    faulty.inject(FaultOp::Get, SEGMENTS, Fault::Fail, 3);
+    let c = put(item(), json!({"v": 1}));
+    let err = push(&log, u, vec![c.clone()])
+        .await
+        .expect_err("cannot be confirmed");
+    assert!(err.is_retryable(), "{err:?}");
+    // The retry finds the change in the log: duplicate, with its original result.
+    let r = push(&log, u, vec![c]).await.expect("retry");
+    assert!(
+        matches!(r.outcomes[0], Outcome::Duplicate(c) if c.seq == 1 && c.version == 1),
+        "{r:?}"
+    );
+    assert_eq!(log.head(0), 1);
+    assert_eq!(log_of(&store, u).await.len(), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_that_times_out_is_resolved_and_retried() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        put_timeout: Duration::from_millis(50),
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg).await.expect("open");
+    let u = user();
+    faulty.inject(
+        FaultOp::Put,
+        SEGMENTS,
+        Fault::Delay(Duration::from_secs(5)),
+        1,
+    );
+    let r = push(&log, u, vec![put(item(), json!({}))])
+        .await
+        .expect("acknowledged");
+    assert_eq!(r.segment, Some(1));
+    assert!(LogStats::get(&log.stats().put_errors) >= 1);
+    assert_eq!(log_of(&store, u).await.len(), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_put_lets_the_next_batch_fill() {
+    let (faulty, store) = faulty();
+    let log = Arc::new(open(store.clone(), 1, fast_config()).await.expect("open"));
+    let u = user();
+    faulty.inject(
+        FaultOp::Put,
+        SEGMENTS,
+        Fault::Delay(Duration::from_millis(300)),
+        1,
+    );
+    let first = {
+        let log = log.clone();
+        tokio::spawn(async move { push(&log, u, vec![put(item(), json!({}))]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let others = join_all((0..50).map(|_| {
+        let log = log.clone();
+        let v = user();
+        async move { push(&log, v, vec![put(item(), json!({}))]).await }
+    }))
+    .await;
+    assert!(first.await.expect("join").is_ok());
+    for r in others {
+        r.expect("acknowledged");
+    }
+    assert!(
+        log.head(0) <= 3,
+        "50 pushes that queued behind one slow PUT should share few segments, got {}",
+        log.head(0)
+    );
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_reads_during_recovery_refuse_to_open() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    push(&log, user(), vec![put(item(), json!({}))])
+        .await
+        .expect("push");
+    log.shutdown().await;
+    faulty.inject(FaultOp::Get, SEGMENTS, Fault::Fail, 1);
+    let err = open(store.clone(), 1, fast_config())
+        .await
+        .expect_err("recovery fails");
+    assert!(err.is_retryable(), "{err:?}");
+    faulty.inject(FaultOp::List, "shards", Fault::Fail, 1);
+    assert!(open(store.clone(), 1, fast_config()).await.is_err());
+    let log = open(store, 1, fast_config())
+        .await
+        .expect("opens once the store answers");
+    assert_eq!(log.head(0), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn corrupt_segment_refuses_to_open() {
+    let (_faulty, store) = faulty();
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    push(&log, user(), vec![put(item(), json!({}))])
+        .await
+        .expect("push");
+    log.shutdown().await;
+    let path = keepsake_store::keys::segment(0, 1);
+    use object_store::ObjectStoreExt;
+    let bytes = store
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    let truncated = bytes.slice(..bytes.len() - 10);
+    store
+        .put(&path, truncated.into())
+        .await
+        .expect("overwrite (the test plays a damaged disk)");
+    match open(store, 1, fast_config()).await {
+        Err(LogError::Corrupt {
+            shard: 0,
+            segment: 1,
+            ..
+        }) => {}
+        other => panic!("expected a corrupt segment, got {other:?}"),
+    }
+}

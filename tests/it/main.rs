@@ -1,0 +1,11 @@
+//! Integration tests of the log on every backend, under faults, races and restarts.
+//! One binary (one link step); modules by theme.
+
+// Tests panic on purpose, with a message saying what was expected.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+mod faults;
+mod log_backends;
+mod race;
+mod restart;
