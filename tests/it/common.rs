@@ -41,7 +41,7 @@ pub fn change(kind: Kind, item_id: ItemId, base: Option<u64>, body: ChangeBody) 
 }
 
 pub fn put(item_id: ItemId, doc: Value) -> Change {
-    change(Kind::Note, item_id, None, ChangeBody::Put { document: doc })
+    change(Kind::Note, item_id, None, ChangeBody::put(doc))
 }
 
 pub fn push_of(user_id: UserId, changes: Vec<Change>) -> PushRequest {
@@ -82,4 +82,23 @@ pub async fn push(
     changes: Vec<Change>,
 ) -> Result<PushResult, LogError> {
     log.push(push_of(user_id, changes)).await
+}
+
+/// Pushes the way a device does: a retryable error (fenced, unavailable, overloaded) is sent
+/// again, a bounded number of times. Returns the answer and the user's last seq just before the
+/// attempt that was answered.
+pub async fn push_as_device(log: &Log, user_id: UserId, changes: Vec<Change>) -> (PushResult, u64) {
+    let mut last = None;
+    for _ in 0..20 {
+        let before = log.last_seq(&user_id);
+        match push(log, user_id, changes.clone()).await {
+            Ok(r) => return (r, before),
+            Err(e) if e.is_retryable() => {
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("push refused: {e:?}"),
+        }
+    }
+    panic!("push not answered after 20 tries: {last:?}")
 }

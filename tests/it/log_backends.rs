@@ -44,9 +44,7 @@ async fn pushes_are_durable_and_recovered(backend: Backend) {
                     Kind::Note,
                     it,
                     None,
-                    ChangeBody::Patch {
-                        document: json!({"extra": round}),
-                    },
+                    ChangeBody::patch(json!({"extra": round})),
                 ),
             ];
             changes.extend((0..3).map(|i| put(item(), json!({"i": i}))));
@@ -228,14 +226,7 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
         .expect("open");
     let u = user();
     let it = item();
-    let patch = |base, doc| {
-        change(
-            Kind::Note,
-            it,
-            Some(base),
-            ChangeBody::Patch { document: doc },
-        )
-    };
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
     push(&log, u, vec![put(it, json!({"a": 1, "b": 1}))])
         .await
         .expect("v1");

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use keepsake_log::{Log, LogConfig, LogStats, PushRequest};
 use keepsake_model::{
-    Change, ChangeBody, ChangeId, DeviceId, EventMeta, ItemId, Kind, Origin, RandomIds,
+    Change, ChangeBody, ChangeId, DeviceId, Document, EventMeta, ItemId, Kind, Origin, RandomIds,
     SystemClock, UserId,
     fixtures::{Rng, document},
 };
-use serde_json::Value;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -57,8 +56,9 @@ fn main() {
         );
         // Documents are prepared up front so that the run measures the log, not the generator.
         let mut rng = Rng::new(42);
-        let docs: Vec<Value> = (0..1000)
-            .map(|i| Value::Object(document(Kind::ALL[i % 4], &mut rng)))
+        // Documents arrive from devices as JSON text; the log carries them as text.
+        let docs: Vec<Document> = (0..1000)
+            .map(|i| Document::from_object(&document(Kind::ALL[i % 4], &mut rng)))
             .collect();
         let docs = Arc::new(docs);
         let deadline = Instant::now() + Duration::from_secs(secs);

@@ -5,8 +5,9 @@ use keepsake_model::StagePolicy;
 /// How the log commits.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
-    /// How long a batch waits for more pushes after its first one arrived. Longer windows mean
-    /// fewer, larger segment PUTs (what object storage bills) at the cost of latency.
+    /// Least time between the starts of two segment PUTs of a shard: the bound on PUTs per
+    /// second (what object storage bills). Pushes arriving within it share one segment; an idle
+    /// shard commits a push at once.
     pub commit_window: Duration,
     /// A batch closes early once it holds this many changes.
     pub max_batch_changes: usize,

@@ -125,6 +125,7 @@ impl Log {
                 // Recovery just read the shard; anything that lands after it is caught by the
                 // create-only PUT of the next segment (AlreadyExists -> read back -> catch up).
                 needs_resync: false,
+                last_put: None,
             };
             tasks.push(tokio::spawn(
                 writer.run().instrument(info_span!("shard_writer", shard)),

@@ -1,9 +1,12 @@
 //! The shard writer: one task per shard, the only code that writes the shard's log.
 //!
 //! Ordering and durability invariants, in the order a batch goes through them:
-//! 1. A batch collects pushes for up to `commit_window` after its first one arrived (or until
-//!    `max_batch_changes`). While a segment PUT is in flight, new pushes wait in the queue: at
-//!    most one PUT per shard is ever in flight.
+//! 1. Segment PUTs of a shard start at least `commit_window` apart, and at most one is in flight.
+//!    A batch takes every push that arrives until the window since the previous PUT began has
+//!    passed (at once, if the shard has been idle that long) or until it holds
+//!    `max_batch_changes`; pushes that arrive while a PUT is in flight wait in the queue and form
+//!    the next batch. So at low load a push costs one PUT and no waiting, and at high load one
+//!    PUT carries thousands of events, while PUTs per second stay bounded by the window.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -48,7 +51,7 @@ pub struct ShardState {
     /// The last segment committed (0 for an empty log).
     pub head: u64,
     /// Every user of the shard.
-    pub users: HashMap<UserId, UserState>,
+    pub users: keepsake_model::IdMap<UserId, UserState>,
     /// `recorded_at` of the last segment.
     pub last_recorded_at: Option<DateTime<Utc>>,
 }
@@ -84,6 +87,8 @@ pub(crate) struct Writer {
     pub stats: Arc<LogStats>,
     pub epoch: u64,
     pub needs_resync: bool,
+    /// When the last segment PUT began; the next may begin `commit_window` later.
+    pub last_put: Option<Instant>,
 }
 
 /// What happened to a segment PUT.
@@ -128,12 +133,14 @@ impl Writer {
     }
 
     async fn fill(&mut self, first: Queued) -> Vec<Queued> {
-        let deadline = first.enqueued + self.cfg.commit_window;
+        let deadline = self
+            .last_put
+            .map_or(first.enqueued, |t| t + self.cfg.commit_window);
         let mut changes = first.req.changes.len();
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
-            // `timeout_at` polls the queue before the deadline, so pushes that queued up during
-            // the previous PUT join this batch even when the window has already passed.
+            // `timeout_at` polls the queue before the deadline, so pushes already queued (during
+            // the previous PUT) join this batch even when the deadline has passed.
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(q)) => {
                     changes += q.req.changes.len();
@@ -224,6 +231,7 @@ impl Writer {
             }
         };
         let started = Instant::now();
+        self.last_put = Some(started);
         match self.put_segment(n, batch_id, bytes.clone()).await {
             Put::Committed => {
                 self.stats.record_segment(

@@ -16,18 +16,20 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::clock::IdGenerator;
-use crate::document::Document;
+use crate::document::{Document, Probe};
 use crate::event::Event;
 use crate::ids::{ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId};
 use crate::kind::{Kind, Op, Origin};
-use crate::state::{ApplyError, ChangeRef, ItemState, StateRead, StateWrite, UserState, apply};
+use crate::state::{
+    ApplyError, ChangeRef, IdMap, ItemState, StateRead, StateWrite, UserState, apply,
+};
 
 /// What a device asks for, in one change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "WireChange", into = "WireChange")]
 pub struct Change {
     /// The device's idempotency key.
     pub change_id: ChangeId,
@@ -36,32 +38,96 @@ pub struct Change {
     /// The item.
     pub item_id: ItemId,
     /// The version the device last saw, for optimistic concurrency; absent: last writer wins.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_version: Option<u64>,
     /// What to do.
-    #[serde(flatten)]
     pub body: ChangeBody,
 }
 
+/// A change as it is written in JSON: `op` beside `document`, flat. (Documents are kept as the
+/// text the device sent, which serde cannot carry through flattened or tagged enums.)
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireChange {
+    change_id: ChangeId,
+    kind: Kind,
+    item_id: ItemId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_version: Option<u64>,
+    op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    document: Option<Document>,
+}
+
+impl TryFrom<WireChange> for Change {
+    type Error = String;
+    fn try_from(w: WireChange) -> Result<Self, String> {
+        let body = match (w.op, w.document) {
+            (Op::Put, Some(document)) => ChangeBody::Put { document },
+            (Op::Patch, Some(document)) => ChangeBody::Patch { document },
+            (Op::Delete, None) => ChangeBody::Delete,
+            (Op::Put | Op::Patch, None) => return Err(format!("a {} needs a document", w.op)),
+            (Op::Delete, Some(_)) => return Err("a delete takes no document".into()),
+        };
+        Ok(Change {
+            change_id: w.change_id,
+            kind: w.kind,
+            item_id: w.item_id,
+            base_version: w.base_version,
+            body,
+        })
+    }
+}
+
+impl From<Change> for WireChange {
+    fn from(c: Change) -> Self {
+        let (op, document) = match c.body {
+            ChangeBody::Put { document } => (Op::Put, Some(document)),
+            ChangeBody::Patch { document } => (Op::Patch, Some(document)),
+            ChangeBody::Delete => (Op::Delete, None),
+        };
+        WireChange {
+            change_id: c.change_id,
+            kind: c.kind,
+            item_id: c.item_id,
+            base_version: c.base_version,
+            op,
+            document,
+        }
+    }
+}
+
 /// The operation of a change and its payload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ChangeBody {
     /// Replace the whole document.
     Put {
-        /// The new document; must be a JSON object.
-        document: Value,
+        /// The new document, as sent; must be a JSON object.
+        document: Document,
     },
     /// Apply an RFC 7396 merge patch.
     Patch {
-        /// The patch; must be a JSON object.
-        document: Value,
+        /// The patch, as sent; must be a JSON object.
+        document: Document,
     },
     /// Delete the item, leaving a tombstone.
     Delete,
 }
 
 impl ChangeBody {
+    /// A put of a JSON value.
+    pub fn put(document: Value) -> Self {
+        ChangeBody::Put {
+            document: Document::from_value(&document),
+        }
+    }
+
+    /// A merge patch given as a JSON value.
+    pub fn patch(document: Value) -> Self {
+        ChangeBody::Patch {
+            document: Document::from_value(&document),
+        }
+    }
+
     /// The op this body performs.
     pub fn op(&self) -> Op {
         match self {
@@ -199,8 +265,8 @@ pub type Ancestors = HashMap<(ItemId, u64), Option<Document>>;
 pub struct Staged<'a> {
     base: &'a UserState,
     last_seq: u64,
-    items: HashMap<ItemId, ItemState>,
-    changes: HashMap<ChangeId, ChangeRef>,
+    items: IdMap<ItemId, ItemState>,
+    changes: IdMap<ChangeId, ChangeRef>,
     events: Vec<Event>,
 }
 
@@ -252,8 +318,8 @@ impl<'a> Staged<'a> {
         Self {
             base,
             last_seq: base.last_seq(),
-            items: HashMap::new(),
-            changes: HashMap::new(),
+            items: IdMap::default(),
+            changes: IdMap::default(),
             events: Vec::new(),
         }
     }
@@ -443,13 +509,7 @@ fn decide(
                     "base_version names an item that does not exist",
                 );
             }
-            let Value::Object(object) = document else {
-                return answer(
-                    RejectCode::InvalidDocument,
-                    "the document must be a JSON object",
-                );
-            };
-            finish_document(object, change.kind, cx.policy)
+            check_document(document.clone(), change.kind, cx.policy)
         }
         ChangeBody::Delete => {
             let Some(item) = live else {
@@ -467,7 +527,8 @@ fn decide(
             let Some(item) = live else {
                 return answer(RejectCode::NotFound, "no such item, or it is deleted");
             };
-            let Value::Object(patch_fields) = patch else {
+            let Ok(Value::Object(patch_fields)) = serde_json::from_str::<Value>(patch.as_str())
+            else {
                 return answer(
                     RejectCode::InvalidDocument,
                     "a merge patch must be a JSON object",
@@ -500,35 +561,24 @@ fn decide(
                 }
             }
             let mut merged = Value::Object(current_object);
-            json_patch::merge(&mut merged, patch);
+            json_patch::merge(&mut merged, &Value::Object(patch_fields));
             let Value::Object(merged) = merged else {
                 return answer(
                     RejectCode::InvalidDocument,
                     "the patch result is not a JSON object",
                 );
             };
-            finish_document(&merged, change.kind, cx.policy)
+            check_document(Document::from_object(&merged), change.kind, cx.policy)
         }
     }
 }
 
 /// Checks a resulting document against the kind and the size limit.
-fn finish_document(
-    object: &Map<String, Value>,
+fn check_document(
+    doc: Document,
     kind: Kind,
     policy: &StagePolicy,
 ) -> Result<Decision, NeedAncestor> {
-    match object.get("@type") {
-        None => {}
-        Some(Value::String(t)) if t == kind.json_type() => {}
-        Some(_) => {
-            return answer(
-                RejectCode::InvalidDocument,
-                format!("@type must be \"{}\" for a {kind}", kind.json_type()),
-            );
-        }
-    }
-    let doc = Document::from_object(object);
     if doc.len() > policy.max_document_bytes {
         return answer(
             RejectCode::DocumentTooLarge,
@@ -539,5 +589,18 @@ fn finish_document(
             ),
         );
     }
-    Ok(Decision::Write(Some(doc)))
+    match doc.probe() {
+        Probe::NotAnObject => answer(
+            RejectCode::InvalidDocument,
+            "the document must be a JSON object",
+        ),
+        Probe::Object { json_type: None } => Ok(Decision::Write(Some(doc))),
+        Probe::Object { json_type: Some(t) } if t == kind.json_type() => {
+            Ok(Decision::Write(Some(doc)))
+        }
+        Probe::Object { .. } | Probe::BadType => answer(
+            RejectCode::InvalidDocument,
+            format!("@type must be \"{}\" for a {kind}", kind.json_type()),
+        ),
+    }
 }

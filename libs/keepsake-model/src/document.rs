@@ -7,7 +7,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The compact JSON text of a JSON object.
@@ -20,6 +22,33 @@ impl Document {
         // Serializing a `Map` of `Value`s cannot fail: keys are strings and values are JSON.
         let text = serde_json::to_string(object).unwrap_or_else(|_| String::from("{}"));
         Self(Arc::from(text))
+    }
+
+    /// Serializes any JSON value (tests and tools; devices' documents arrive as text).
+    pub fn from_value(value: &Value) -> Self {
+        let text = serde_json::to_string(value).unwrap_or_else(|_| String::from("null"));
+        Self(Arc::from(text))
+    }
+
+    /// What a document's text is, without building it: whether it is a JSON object, and its
+    /// `@type` if it has a string one. Scans the text once and allocates nothing for the rest.
+    pub fn probe(&self) -> Probe {
+        #[derive(Deserialize)]
+        struct TypeOnly<'a> {
+            #[serde(rename = "@type", borrow, default)]
+            ty: Option<std::borrow::Cow<'a, str>>,
+        }
+        let trimmed = self.0.trim_start();
+        if !trimmed.starts_with('{') {
+            return Probe::NotAnObject;
+        }
+        match serde_json::from_str::<TypeOnly<'_>>(&self.0) {
+            Ok(t) => Probe::Object {
+                json_type: t.ty.map(|c| c.into_owned()),
+            },
+            // An object whose @type is not a string: not a valid type either.
+            Err(_) => Probe::BadType,
+        }
     }
 
     /// Wraps text read back from a segment or checkpoint. The text was validated when the change
@@ -53,6 +82,32 @@ impl fmt::Debug for Document {
     // Document contents are user data: debug output (and so logs) shows only the size.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Document({} bytes)", self.0.len())
+    }
+}
+
+/// What [`Document::probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The text is not a JSON object.
+    NotAnObject,
+    /// A JSON object whose `@type` is present but not a string.
+    BadType,
+    /// A JSON object, with its `@type` if it has one.
+    Object {
+        /// The `@type` value.
+        json_type: Option<String>,
+    },
+}
+
+impl<'de> Deserialize<'de> for Document {
+    /// Keeps the JSON text as sent (validated JSON; any value — staging checks it is an object).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text: Box<str> = raw.into();
+        if text.is_empty() {
+            return Err(D::Error::custom("empty document"));
+        }
+        Ok(Self(Arc::from(text)))
     }
 }
 

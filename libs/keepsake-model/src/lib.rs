@@ -21,13 +21,13 @@ pub use change::{
     Outcome, RejectCode, StageContext, StagePolicy, Staged,
 };
 pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
-pub use document::Document;
+pub use document::{Document, Probe};
 pub use event::Event;
 pub use ids::{
     BatchId, ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId, StoreId, UserId,
 };
 pub use kind::{Kind, Op, Origin};
-pub use state::{ApplyError, ChangeRef, ItemState, StateRead, StateWrite, UserState, apply};
+pub use state::{ApplyError, ChangeRef, IdMap, ItemState, StateRead, StateWrite, UserState, apply};
 
 #[cfg(test)]
 mod tests;

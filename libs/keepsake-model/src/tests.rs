@@ -108,11 +108,11 @@ impl Harness {
 }
 
 fn put(doc: Value) -> ChangeBody {
-    ChangeBody::Put { document: doc }
+    ChangeBody::put(doc)
 }
 
 fn patch(doc: Value) -> ChangeBody {
-    ChangeBody::Patch { document: doc }
+    ChangeBody::patch(doc)
 }
 
 fn applied(o: &Outcome) -> ChangeRef {
@@ -555,4 +555,75 @@ fn fixture_histories_replay_and_have_realistic_documents() {
         "sizes {:?}",
         (sizes.iter().min(), sizes.iter().max())
     );
+}
+
+#[test]
+fn documents_are_probed_without_being_built() {
+    let probe = |s: &str| Document::from_stored(s).probe();
+    assert_eq!(
+        probe(r#" {"@type": "Card", "x": [1, {"y": 2}]}"#),
+        Probe::Object {
+            json_type: Some("Card".into())
+        }
+    );
+    assert_eq!(probe(r#"{"x": 1}"#), Probe::Object { json_type: None });
+    assert_eq!(probe(r#"{"@type": 7}"#), Probe::BadType);
+    assert_eq!(probe("[1, 2]"), Probe::NotAnObject);
+    assert_eq!(probe("\"text\""), Probe::NotAnObject);
+    // Text sent by a device is kept as sent: no re-serialization.
+    let sent: Change = serde_json::from_str(
+        r#"{"change_id": "00000000-0000-0000-0000-000000000001", "kind": "note",
+            "item_id": "00000000-0000-0000-0000-000000000002", "op": "put",
+            "document": {"title" : "milk"}}"#,
+    )
+    .expect("a change parses");
+    let ChangeBody::Put { document } = &sent.body else {
+        panic!("a put")
+    };
+    assert_eq!(document.as_str(), r#"{"title" : "milk"}"#);
+    let mut h = Harness::new();
+    let c = h.change(Kind::Note, item(1), None, put(json!({"@type": 3})));
+    assert_eq!(rejected(&h.one(c)), RejectCode::InvalidDocument);
+}
+
+#[test]
+fn wire_changes_are_checked() {
+    let parse = |s: &str| serde_json::from_str::<Change>(s).map_err(|e| e.to_string());
+    let ids = r#""change_id": "00000000-0000-0000-0000-000000000001", "kind": "note", "item_id": "00000000-0000-0000-0000-000000000002""#;
+    assert!(
+        parse(&format!(
+            "{{{ids}, \"op\": \"delete\", \"base_version\": 3}}"
+        ))
+        .is_ok()
+    );
+    assert!(
+        parse(&format!("{{{ids}, \"op\": \"put\"}}"))
+            .is_err_and(|e| e.contains("needs a document"))
+    );
+    assert!(
+        parse(&format!(
+            "{{{ids}, \"op\": \"delete\", \"document\": {{}}}}"
+        ))
+        .is_err_and(|e| e.contains("no document"))
+    );
+    assert!(parse(&format!("{{{ids}, \"op\": \"move\", \"document\": {{}}}}")).is_err());
+    assert!(
+        parse(&format!(
+            "{{{ids}, \"op\": \"put\", \"document\": {{}}, \"extra\": 1}}"
+        ))
+        .is_err()
+    );
+    assert!(
+        parse(&format!(
+            "{{{ids}, \"op\": \"put\", \"document\": {{}}, \"base_version\": -1}}"
+        ))
+        .is_err()
+    );
+    let c = parse(&format!(
+        "{{{ids}, \"op\": \"patch\", \"document\": {{\"a\": null}}}}"
+    ))
+    .expect("patch");
+    let back = serde_json::to_value(&c).expect("serializes");
+    assert_eq!(back["op"], "patch");
+    assert_eq!(back["document"], json!({"a": null}));
 }

@@ -1,0 +1,41 @@
+# Keepsake — `make help` lists the targets. `make ci` does exactly what CI does.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/keepsake-target
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build every crate
+	$(CARGO) build --workspace
+
+.PHONY: moto
+moto: ## Install moto_server (the S3 server the tests start) if it is missing
+	@command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet 'moto[server]'
+	@command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
+
+.PHONY: test
+test: moto ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
+	$(CARGO) test --workspace
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+.PHONY: bench
+bench: ## Criterion benches (apply, segment codec) and the writer throughput run; numbers go to docs/BENCHMARKS.md
+	$(CARGO) bench -p keepsake-model --features fixtures --bench apply
+	$(CARGO) bench -p keepsake-segment --bench codec
+	$(CARGO) bench -p keepsake-log --bench writer
+
+.PHONY: bless
+bless: ## Rewrite the golden segment file (only with a new format version: old ones must stay)
+	KEEPSAKE_BLESS=1 $(CARGO) test -p keepsake-segment --test segment golden
+
+.PHONY: ci
+ci: lint test ## What CI runs: lint, then every test
