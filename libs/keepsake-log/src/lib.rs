@@ -31,7 +31,7 @@ use tracing::{Instrument, info, info_span};
 pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{ReadStats, UpTo, list_segments, read_segment, read_user, scan_shard};
-pub use stats::LogStats;
+pub use stats::{AtomicHistogram, LogStats};
 pub use writer::ShardState;
 
 use writer::{Queued, Writer};
@@ -63,6 +63,7 @@ pub struct PushResult {
 struct Shard {
     tx: mpsc::Sender<Queued>,
     state: Arc<RwLock<ShardState>>,
+    head: watch::Receiver<u64>,
 }
 
 /// The log of a store: one writer per shard, and read access to committed state.
@@ -109,6 +110,7 @@ impl Log {
         let mut tasks = Vec::new();
         for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
             let epoch = state.head + 1;
+            let (head_tx, head) = watch::channel(state.head);
             let state = Arc::new(RwLock::new(state));
             let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
             let writer = Writer {
@@ -126,11 +128,12 @@ impl Log {
                 // create-only PUT of the next segment (AlreadyExists -> read back -> catch up).
                 needs_resync: false,
                 last_put: None,
+                head_tx,
             };
             tasks.push(tokio::spawn(
                 writer.run().instrument(info_span!("shard_writer", shard)),
             ));
-            shards.push(Shard { tx, state });
+            shards.push(Shard { tx, state, head });
         }
         info!(store_id = %descriptor.store_id, shards = descriptor.shard_count, "log open");
         Ok(Self {
@@ -194,6 +197,32 @@ impl Log {
     /// The user's last committed seq (0 for an unknown user).
     pub fn last_seq(&self, user: &UserId) -> u64 {
         self.with_user(user, |u| u.map_or(0, StateRead::last_seq))
+    }
+
+    /// A receiver that changes whenever the shard commits (or folds in) a segment: long polls
+    /// wait on it.
+    pub fn watch_head(&self, shard: u32) -> Option<watch::Receiver<u64>> {
+        self.shards.get(shard as usize).map(|s| s.head.clone())
+    }
+
+    /// Users whose state is in memory, over all shards.
+    pub fn resident_users(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.state.read().map_or(0, |s| s.users.len()))
+            .sum()
+    }
+
+    /// Approximate bytes of the user state in memory, over all shards.
+    pub fn resident_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .map_or(0, |s| s.users.values().map(UserState::approx_bytes).sum())
+            })
+            .sum()
     }
 
     /// The last committed segment of a shard.

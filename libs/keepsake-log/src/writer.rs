@@ -89,6 +89,8 @@ pub(crate) struct Writer {
     pub needs_resync: bool,
     /// When the last segment PUT began; the next may begin `commit_window` later.
     pub last_put: Option<Instant>,
+    /// Publishes the head after every commit or catch-up, for long polls.
+    pub head_tx: watch::Sender<u64>,
 }
 
 /// What happened to a segment PUT.
@@ -255,6 +257,7 @@ impl Writer {
                     );
                     self.needs_resync = true;
                 }
+                self.head_tx.send_replace(n);
                 debug!(
                     shard,
                     segment = n,
@@ -531,6 +534,8 @@ impl Writer {
                 .apply_events(&seg.events)
                 .map_err(|e| LogError::corrupt(self.shard, n, e))?;
             state.head = n;
+            drop(state);
+            self.head_tx.send_replace(n);
             info!(
                 shard = self.shard,
                 segment = n,

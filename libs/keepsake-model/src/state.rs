@@ -77,6 +77,8 @@ pub trait StateWrite: StateRead {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserState {
     last_seq: u64,
+    /// Bytes of the documents held, kept up to date by `put_item`.
+    doc_bytes: usize,
     items: IdMap<ItemId, ItemState>,
     changes: IdMap<ChangeId, ChangeRef>,
 }
@@ -85,6 +87,13 @@ impl UserState {
     /// Iterates over every item, tombstones included, in no particular order.
     pub fn items(&self) -> impl Iterator<Item = &ItemState> {
         self.items.values()
+    }
+
+    /// Approximate memory held: documents plus a fixed cost per item and per change id.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ITEM: usize = 128;
+        const PER_CHANGE: usize = 48;
+        self.doc_bytes + self.items.len() * PER_ITEM + self.changes.len() * PER_CHANGE
     }
 
     /// Number of items, tombstones included.
@@ -127,7 +136,10 @@ impl StateWrite for UserState {
         self.last_seq = seq;
     }
     fn put_item(&mut self, item: ItemState) {
-        self.items.insert(item.item_id, item);
+        self.doc_bytes += item.document.as_ref().map_or(0, Document::len);
+        if let Some(old) = self.items.insert(item.item_id, item) {
+            self.doc_bytes -= old.document.as_ref().map_or(0, Document::len);
+        }
     }
     fn put_change(&mut self, id: ChangeId, result: ChangeRef) {
         self.changes.insert(id, result);

@@ -5,7 +5,12 @@
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
 //! restores/<restore_id>.json                      fleet restore job progress
+//! devices/<user_id>/<device_id>.json              a registered device (create-only; no token)
+//! revocations/<device_id>.json                    a device's revocation (create-only)
 //! ```
+//!
+//! A file-system store may also hold `.secrets/` (the embedded default's generated operator
+//! token and token-signing key, owner-readable only): local secrets, not store objects.
 //!
 //! `<s>` is the shard number in decimal without leading zeros; `<n:020>` is zero-padded to 20
 //! digits so that keys sort in log order. Every `format_*` has a `parse` counterpart, and
@@ -15,7 +20,7 @@
 //! Users are routed to shards by [`shard_for`], FNV-1a over the user id's bytes: part of the
 //! persisted format, since a user's events must always be found in the same shard.
 
-use keepsake_model::{RestoreId, UserId};
+use keepsake_model::{DeviceId, RestoreId, UserId};
 use object_store::path::Path;
 
 /// The store descriptor's key.
@@ -42,6 +47,15 @@ pub enum Key {
     },
     /// A fleet restore job record.
     RestoreJob(RestoreId),
+    /// A registered device.
+    Device {
+        /// Its user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// A device's revocation.
+    Revocation(DeviceId),
 }
 
 /// The descriptor's path.
@@ -69,6 +83,26 @@ pub fn checkpoint(shard: u32, n: u64) -> Path {
     Path::from(format!("shards/{shard}/checkpoints/{n:020}.parquet"))
 }
 
+/// The prefix under which a user's devices are registered.
+pub fn devices_prefix(user: UserId) -> Path {
+    Path::from(format!("devices/{user}"))
+}
+
+/// The path of a registered device.
+pub fn device(user: UserId, device: DeviceId) -> Path {
+    Path::from(format!("devices/{user}/{device}.json"))
+}
+
+/// The prefix of every revocation.
+pub fn revocations_prefix() -> Path {
+    Path::from("revocations")
+}
+
+/// The path of a device's revocation.
+pub fn revocation(device: DeviceId) -> Path {
+    Path::from(format!("revocations/{device}.json"))
+}
+
 /// The path of a fleet restore job record.
 pub fn restore_job(id: RestoreId) -> Path {
     Path::from(format!("restores/{id}.json"))
@@ -92,6 +126,12 @@ fn parse_n(file: &str, ext: &str) -> Option<u64> {
     }
 }
 
+/// Parses an id in its canonical (lowercase, hyphenated) form only, so keys round-trip.
+fn parse_id<T: std::str::FromStr + std::fmt::Display>(s: &str) -> Option<T> {
+    let parsed: T = s.parse().ok()?;
+    (parsed.to_string() == s).then_some(parsed)
+}
+
 /// Parses a path written by this module; `None` for anything else.
 pub fn parse(path: &Path) -> Option<Key> {
     let parts: Vec<&str> = path.as_ref().split('/').collect();
@@ -105,12 +145,12 @@ pub fn parse(path: &Path) -> Option<Key> {
             shard: parse_shard(s)?,
             n: parse_n(file, ".parquet")?,
         }),
-        ["restores", file] => {
-            let id = file.strip_suffix(".json")?;
-            let parsed: RestoreId = id.parse().ok()?;
-            // only the canonical lowercase hyphenated form round-trips
-            (parsed.to_string() == id).then_some(Key::RestoreJob(parsed))
-        }
+        ["restores", file] => Some(Key::RestoreJob(parse_id(file.strip_suffix(".json")?)?)),
+        ["devices", user, file] => Some(Key::Device {
+            user: parse_id(user)?,
+            device: parse_id(file.strip_suffix(".json")?)?,
+        }),
+        ["revocations", file] => Some(Key::Revocation(parse_id(file.strip_suffix(".json")?)?)),
         _ => None,
     }
 }
@@ -122,6 +162,8 @@ pub fn format(key: &Key) -> Path {
         Key::Segment { shard, n } => segment(shard, n),
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
         Key::RestoreJob(id) => restore_job(id),
+        Key::Device { user, device: d } => device(user, d),
+        Key::Revocation(d) => revocation(d),
     }
 }
 
@@ -152,6 +194,11 @@ mod tests {
             },
             Key::Checkpoint { shard: 3, n: 42 },
             Key::RestoreJob(RestoreId(Uuid::from_u128(0xabc))),
+            Key::Device {
+                user: UserId(Uuid::from_u128(1)),
+                device: DeviceId(Uuid::from_u128(2)),
+            },
+            Key::Revocation(DeviceId(Uuid::from_u128(3))),
         ];
         for k in keys {
             assert_eq!(parse(&format(&k)), Some(k), "{}", format(&k));
@@ -174,6 +221,9 @@ mod tests {
             "shards/2/other/00000000000000000007.parquet",
             "restores/ABC.json",
             "restores/00000000-0000-0000-0000-000000000ABC.json",
+            "devices/00000000-0000-0000-0000-000000000001/x.json",
+            "revocations/00000000-0000-0000-0000-00000000000A.json",
+            ".secrets/admin-token",
             "notes.txt",
         ] {
             assert_eq!(parse(&Path::from(p)), None, "{p}");

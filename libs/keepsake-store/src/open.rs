@@ -18,6 +18,8 @@ pub struct Store {
     pub inner: Arc<dyn ObjectStore>,
     /// For logs and `/v1/session`-style reports: scheme and location, never secrets.
     pub description: String,
+    /// The directory, for a local file-system store.
+    pub local_dir: Option<PathBuf>,
 }
 
 fn bad(url: &str, reason: impl Into<String>) -> StoreError {
@@ -67,6 +69,7 @@ pub fn open_store_with_env(
             Ok(Store {
                 inner: Arc::new(InMemory::new()),
                 description: "memory://".into(),
+                local_dir: None,
             })
         }
         "s3" => {
@@ -95,6 +98,7 @@ pub fn open_store_with_env(
             Ok(Store {
                 inner,
                 description: format!("s3://{bucket}/{prefix}"),
+                local_dir: None,
             })
         }
         other => Err(bad(
@@ -118,6 +122,7 @@ fn open_dir(url: &str, path: PathBuf) -> Result<Store, StoreError> {
     Ok(Store {
         inner: Arc::new(fs),
         description: format!("file://{}", shown.display()),
+        local_dir: Some(shown),
     })
 }
 

@@ -1,0 +1,432 @@
+//! The device API, `/v1`: a device sees and changes only its own user's data.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keepsake_log::{PushRequest, UpTo, read_user};
+use keepsake_model::{
+    Change, ChangeBody, ChangeId, Document, Event, EventMeta, ItemId, ItemState, Kind, Origin,
+    Outcome, RequestId, StateRead,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, DeviceAuth, Shared, json, parse_id, parse_json, read_body};
+use crate::sync_token::SyncToken;
+
+pub(super) async fn session(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "user_id": auth.user,
+            "device_id": auth.device,
+            "store_id": ready.log.descriptor().store_id,
+            "kinds": Kind::ALL,
+            "limits": state.limits,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    changes: Vec<Change>,
+    #[serde(default)]
+    confirm_mass_delete: bool,
+}
+
+/// An item as answers show it.
+#[derive(Serialize)]
+struct ItemView<'a> {
+    item_id: ItemId,
+    kind: Kind,
+    version: u64,
+    seq: u64,
+    deleted: bool,
+    document: Option<&'a Document>,
+}
+
+fn item_view(i: &ItemState) -> ItemView<'_> {
+    ItemView {
+        item_id: i.item_id,
+        kind: i.kind,
+        version: i.version,
+        seq: i.seq,
+        deleted: i.deleted,
+        document: i.document.as_ref(),
+    }
+}
+
+fn result_json(change: &Change, outcome: &Outcome) -> Value {
+    let (change_id, item_id) = (change.change_id, change.item_id);
+    match outcome {
+        Outcome::Applied(r) => {
+            json!({"change_id": change_id, "status": "applied", "item_id": item_id, "version": r.version, "seq": r.seq})
+        }
+        Outcome::Duplicate(r) => {
+            json!({"change_id": change_id, "status": "duplicate", "item_id": r.item_id, "version": r.version, "seq": r.seq})
+        }
+        Outcome::Conflict(cur) => {
+            json!({"change_id": change_id, "status": "conflict", "item_id": item_id, "current": item_view(cur)})
+        }
+        Outcome::Rejected { code, detail } => {
+            json!({"change_id": change_id, "status": "rejected", "item_id": item_id, "error": {"code": code.as_str(), "detail": detail}})
+        }
+    }
+}
+
+async fn commit(
+    state: &Shared,
+    auth: DeviceAuth,
+    request_id: RequestId,
+    changes: Vec<Change>,
+    confirm_mass_delete: bool,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let started = std::time::Instant::now();
+    let result = ready
+        .log
+        .push(PushRequest {
+            user_id: auth.user,
+            meta: EventMeta {
+                device_id: Some(auth.device),
+                origin: Origin::Device,
+                request_id: Some(request_id),
+                restore_id: None,
+            },
+            changes: changes.clone(),
+            confirm_mass_delete,
+        })
+        .await?;
+    state.metrics.observe_push(changes.len(), started.elapsed());
+    let results: Vec<Value> = changes
+        .iter()
+        .zip(&result.outcomes)
+        .map(|(c, o)| result_json(c, o))
+        .collect();
+    let token = SyncToken {
+        store_id: ready.log.descriptor().store_id,
+        seq: result.last_seq,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({"results": results, "token": token.encode()}),
+    ))
+}
+
+pub(super) async fn push(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Extension(request_id): Extension<RequestId>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, state.limits.max_request_bytes).await?;
+    let body: PushBody = parse_json(&bytes)?;
+    if body.changes.len() > state.limits.max_changes_per_push {
+        return Err(ApiError::malformed(format!(
+            "{} changes in one push; the limit is {}",
+            body.changes.len(),
+            state.limits.max_changes_per_push
+        )));
+    }
+    commit(
+        &state,
+        auth,
+        request_id,
+        body.changes,
+        body.confirm_mass_delete,
+    )
+    .await
+}
+
+fn query_number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::malformed(format!("{name} must be a whole number, not {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// Which page of a user's items a pull answers.
+struct Page {
+    changes: Vec<Value>,
+    token_seq: u64,
+    has_more: bool,
+}
+
+fn page(user: Option<&keepsake_model::UserState>, since: Option<u64>, limit: usize) -> Page {
+    let Some(user) = user else {
+        return Page {
+            changes: Vec::new(),
+            token_seq: 0,
+            has_more: false,
+        };
+    };
+    let after = since.unwrap_or(0);
+    let mut items: Vec<&ItemState> = user
+        .items()
+        .filter(|i| i.seq > after && (since.is_some() || !i.deleted))
+        .collect();
+    items.sort_unstable_by_key(|i| i.seq);
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    let token_seq = if has_more {
+        items.last().map_or(after, |i| i.seq)
+    } else {
+        user.last_seq()
+    };
+    let changes = items
+        .iter()
+        .map(|i| {
+            json!({
+                "item_id": i.item_id, "kind": i.kind,
+                "op": if i.deleted { "delete" } else { "put" },
+                "version": i.version, "seq": i.seq,
+                "changed_at": i.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "document": i.document,
+            })
+        })
+        .collect();
+    Page {
+        changes,
+        token_seq,
+        has_more,
+    }
+}
+
+pub(super) async fn pull(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let limits = state.limits;
+    let limit = match query_number(&q, "limit")? {
+        None => limits.default_page_size,
+        Some(n) if n >= 1 && n as usize <= limits.max_page_size => n as usize,
+        Some(n) => {
+            return Err(ApiError::malformed(format!(
+                "limit {n} is outside 1..={}",
+                limits.max_page_size
+            )));
+        }
+    };
+    let wait = match query_number(&q, "wait")? {
+        None => 0,
+        Some(n) if n <= limits.max_wait_seconds => n,
+        Some(n) => {
+            return Err(ApiError::malformed(format!(
+                "wait {n} is outside 0..={}",
+                limits.max_wait_seconds
+            )));
+        }
+    };
+    let log = &ready.log;
+    let store_id = log.descriptor().store_id;
+    let since = match q.get("since") {
+        None => None,
+        Some(t) => {
+            let token = SyncToken::decode(t).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_token",
+                    "the sync token cannot be read",
+                )
+            })?;
+            if token.store_id != store_id {
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    "token_from_other_store",
+                    "the token is from another store: start an initial sync (no since)",
+                ));
+            }
+            let have = log.last_seq(&auth.user);
+            if token.seq > have {
+                tracing::warn!(
+                    token_seq = token.seq,
+                    server_seq = have,
+                    "a device is ahead of the server"
+                );
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "server_behind",
+                    format!(
+                        "the token is at seq {} but the server has {have} for this user: keep your data and push it again",
+                        token.seq
+                    ),
+                ));
+            }
+            Some(token.seq)
+        }
+    };
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut head = log.watch_head(log.shard_of(&auth.user));
+    let mut shutdown = state.shutdown.clone();
+    let result = loop {
+        if let Some(h) = head.as_mut() {
+            h.mark_unchanged();
+        }
+        let p = log.with_user(&auth.user, |u| page(u, since, limit));
+        if !p.changes.is_empty() || wait == 0 || since.is_none() || *shutdown.borrow() {
+            break p;
+        }
+        let Some(h) = head.as_mut() else { break p };
+        tokio::select! {
+            changed = h.changed() => { if changed.is_err() { break p; } }
+            _ = tokio::time::sleep_until(deadline) => { break log.with_user(&auth.user, |u| page(u, since, limit)); }
+            _ = shutdown.changed() => { break p; }
+        }
+    };
+    state
+        .metrics
+        .observe_pull(result.changes.len(), started.elapsed());
+    let token = SyncToken {
+        store_id,
+        seq: result.token_seq,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({"changes": result.changes, "token": token.encode(), "has_more": result.has_more}),
+    ))
+}
+
+pub(super) async fn item(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Path(item_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let item_id: ItemId = parse_id("item_id", &item_id)?;
+    let found = ready
+        .log
+        .with_user(&auth.user, |u| u.and_then(|u| u.item(&item_id)).cloned());
+    let Some(item) = found else {
+        return Err(ApiError::not_found("not_found", "no such item"));
+    };
+    if item.deleted {
+        return Err(ApiError::not_found(
+            "deleted",
+            format!("the item was deleted at version {}", item.version),
+        ));
+    }
+    let etag = format!("\"{}\"", item.version);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        json(StatusCode::OK, &item_view(&item))
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+async fn item_history(
+    state: &Shared,
+    auth: DeviceAuth,
+    item_id: ItemId,
+) -> Result<Vec<Event>, ApiError> {
+    let ready = state.ready()?;
+    let log = &ready.log;
+    let up_to = UpTo::Seq(log.last_seq(&auth.user));
+    let (events, _) = read_user(
+        log.store().clone(),
+        log.shard_of(&auth.user),
+        auth.user,
+        up_to,
+    )
+    .await?;
+    let versions: Vec<Event> = events
+        .into_iter()
+        .filter(|e| e.item_id == item_id)
+        .collect();
+    if versions.is_empty() {
+        return Err(ApiError::not_found("not_found", "no such item"));
+    }
+    Ok(versions)
+}
+
+pub(super) async fn history(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Path(item_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let item_id: ItemId = parse_id("item_id", &item_id)?;
+    let versions = item_history(&state, auth, item_id).await?;
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|e| {
+            json!({
+                "version": e.version, "seq": e.seq, "op": e.op,
+                "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "device_id": e.device_id, "origin": e.origin, "document": e.document,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"item_id": item_id, "versions": versions}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    version: u64,
+}
+
+pub(super) async fn restore_item(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Extension(request_id): Extension<RequestId>,
+    Path(item_id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let item_id: ItemId = parse_id("item_id", &item_id)?;
+    let bytes = read_body(body, state.limits.max_request_bytes).await?;
+    let RestoreBody { version } = parse_json(&bytes)?;
+    let versions = item_history(&state, auth, item_id).await?;
+    let Some(wanted) = versions.iter().find(|e| e.version == version) else {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("the item has no version {version}"),
+        ));
+    };
+    let Some(document) = wanted.document.clone() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_change",
+            format!("version {version} is a deletion; restore a version with a document"),
+        ));
+    };
+    let current = versions.last().map_or(0, |e| e.version);
+    // The same restore of the same current version is the same change: a retry is a duplicate.
+    let change_id = ChangeId(uuid::Uuid::new_v5(
+        &item_id.0,
+        format!("restore-item:{version}:{current}").as_bytes(),
+    ));
+    let change = Change {
+        change_id,
+        kind: wanted.kind,
+        item_id,
+        base_version: Some(current),
+        body: ChangeBody::Put { document },
+    };
+    commit(&state, auth, request_id, vec![change], false).await
+}

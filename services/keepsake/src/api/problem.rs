@@ -1,0 +1,125 @@
+//! Errors as `application/problem+json` (RFC 9457) with the stable codes of API.md.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keepsake_log::LogError;
+use serde_json::json;
+
+/// An error answer: status, stable code, and a detail for humans (never secrets or documents).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable snake_case code clients switch on.
+    pub code: &'static str,
+    /// Explanation.
+    pub detail: String,
+    /// Seconds for `Retry-After` (429/503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `malformed_request`.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_request", detail)
+    }
+
+    /// 404 with a code.
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// 503 `unavailable` with `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+        }
+    }
+
+    /// 500 `internal`; the detail stays in the log, not the answer.
+    pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Overloaded { .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            },
+            LogError::MassDelete(r) => Self::new(
+                StatusCode::CONFLICT,
+                "mass_delete_guard",
+                format!(
+                    "{r}; send the push again with \"confirm_mass_delete\": true if this is intended"
+                ),
+            ),
+            LogError::Unavailable { .. }
+            | LogError::Fenced { .. }
+            | LogError::ShuttingDown
+            | LogError::Store { .. } => {
+                tracing::warn!(error = %e, "answering unavailable");
+                Self::unavailable(
+                    "the store is unavailable or the shard changed hands; nothing was written that was not acknowledged; retry",
+                )
+            }
+            LogError::Gap { .. } | LogError::Corrupt { .. } | LogError::Open(_) => {
+                Self::internal("log error", e)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("https://keepsake.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        let mut resp = (self.status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

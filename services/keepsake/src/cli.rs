@@ -1,0 +1,156 @@
+//! Command-line interface. Every flag also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use keepsake_model::MassDeleteGuard;
+use tracing_subscriber::EnvFilter;
+
+use crate::api::Limits;
+use crate::server::{ServerConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keepsake",
+    version,
+    about = "Keepsake: contacts, calendars, tasks and notes that are never lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (with no configuration: ./data on the local file system, 127.0.0.1:8080).
+    Serve(ServeArgs),
+}
+
+/// `keepsake serve` flags.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Store URL: a path or file:///dir, memory://, or s3://bucket/prefix (S3 settings from AWS_*).
+    #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
+    store: String,
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Operator token (at least 16 characters). A local file store generates one if unset.
+    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Device-token keys, `id:base64url-secret` separated by commas; the first signs.
+    /// A local file store generates one if unset.
+    #[arg(
+        long,
+        env = "KEEPSAKE_TOKEN_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    token_keys: Vec<String>,
+    /// Shards of a new store (default 4); an existing store keeps its own.
+    #[arg(long, env = "KEEPSAKE_SHARDS")]
+    shards: Option<u32>,
+    /// Least milliseconds between two segment PUTs of a shard.
+    #[arg(long, env = "KEEPSAKE_COMMIT_WINDOW_MS", default_value_t = 10)]
+    commit_window_ms: u64,
+    /// Pushes that may wait per shard before pushes are refused with 429.
+    #[arg(long, env = "KEEPSAKE_QUEUE_DEPTH", default_value_t = 4096)]
+    queue_depth: usize,
+    /// Changes in one push.
+    #[arg(long, env = "KEEPSAKE_MAX_CHANGES_PER_PUSH", default_value_t = 1000)]
+    max_changes_per_push: usize,
+    /// Bytes of one document.
+    #[arg(long, env = "KEEPSAKE_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024)]
+    max_document_bytes: usize,
+    /// Bytes of one request body.
+    #[arg(long, env = "KEEPSAKE_MAX_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Largest page of a pull.
+    #[arg(long, env = "KEEPSAKE_MAX_PAGE_SIZE", default_value_t = 1000)]
+    max_page_size: usize,
+    /// Page of a pull without `limit`.
+    #[arg(long, env = "KEEPSAKE_DEFAULT_PAGE_SIZE", default_value_t = 500)]
+    default_page_size: usize,
+    /// Mass-delete guard: deletes of one kind at or below this are always allowed.
+    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MIN_ITEMS", default_value_t = 20)]
+    mass_delete_min_items: usize,
+    /// Mass-delete guard: share of a kind's live items one push may delete unconfirmed.
+    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MAX_SHARE", default_value_t = 0.5)]
+    mass_delete_max_share: f64,
+    /// Seconds between re-reads of revocations made through other servers.
+    #[arg(long, env = "KEEPSAKE_REVOCATION_REFRESH_SECS", default_value_t = 5)]
+    revocation_refresh_secs: u64,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
+    #[arg(long, env = "KEEPSAKE_LOG", default_value = "info")]
+    log: String,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Entry point of the `keepsake` binary.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_new(&a.log).unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            if !(0.0..=1.0).contains(&a.mass_delete_max_share) {
+                anyhow::bail!("--mass-delete-max-share must be between 0 and 1");
+            }
+            if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
+                anyhow::bail!("--default-page-size must be between 1 and --max-page-size");
+            }
+            let cfg = ServerConfig {
+                store: a.store,
+                listen: a.listen,
+                admin_token: a.admin_token,
+                token_keys: a.token_keys,
+                shards: a.shards,
+                commit_window: Duration::from_millis(a.commit_window_ms),
+                queue_depth: a.queue_depth,
+                limits: Limits {
+                    max_changes_per_push: a.max_changes_per_push,
+                    max_document_bytes: a.max_document_bytes,
+                    max_request_bytes: a.max_request_bytes,
+                    max_page_size: a.max_page_size,
+                    default_page_size: a.default_page_size,
+                    ..Limits::default()
+                },
+                mass_delete: MassDeleteGuard {
+                    min_items: a.mass_delete_min_items,
+                    max_share: a.mass_delete_max_share,
+                },
+                revocation_refresh: Duration::from_secs(a.revocation_refresh_secs.max(1)),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run(cfg, shutdown_signal()))
+        }
+    }
+}

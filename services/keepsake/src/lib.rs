@@ -1,0 +1,14 @@
+//! The Keepsake server: REST sync for handsets over the event log (`keepsake-log`).
+//!
+//! - [`api`]: routes, authentication, handlers, problem+json errors.
+//! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
+//! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
+//! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod devices;
+pub mod metrics;
+pub mod server;
+pub mod sync_token;

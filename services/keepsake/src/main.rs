@@ -1,0 +1,5 @@
+//! `keepsake`: the server (`keepsake serve`). Everything is in the library; see `cli`.
+
+fn main() -> anyhow::Result<()> {
+    keepsake::cli::main()
+}

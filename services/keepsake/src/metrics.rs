@@ -1,0 +1,265 @@
+//! Prometheus metrics at `/metrics` (OpenMetrics text).
+//!
+//! HTTP requests and latencies by route come from prometheus-client families; the log's own
+//! counters (segments, PUTs and their latency, batch sizes, retries, fences) are read from
+//! `LogStats` at scrape time.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use keepsake_log::LogStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    push_seconds: Histogram,
+    push_changes: Counter,
+    pull_seconds: Histogram,
+    pull_items: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let push_seconds = latency_histogram();
+        let push_changes = Counter::default();
+        let pull_seconds = latency_histogram();
+        let pull_items = Counter::default();
+        registry.register(
+            "keepsake_http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "keepsake_http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "keepsake_push_duration_seconds",
+            "Push latency: until the changes are durable",
+            push_seconds.clone(),
+        );
+        registry.register(
+            "keepsake_push_changes",
+            "Changes received in pushes",
+            push_changes.clone(),
+        );
+        registry.register(
+            "keepsake_pull_duration_seconds",
+            "Pull latency, long polls included",
+            pull_seconds.clone(),
+        );
+        registry.register(
+            "keepsake_pull_items",
+            "Items sent in pulls",
+            pull_items.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            push_seconds,
+            push_changes,
+            pull_seconds,
+            pull_items,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one HTTP request.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a committed push.
+    pub fn observe_push(&self, changes: usize, took: Duration) {
+        self.push_seconds.observe(took.as_secs_f64());
+        self.push_changes.inc_by(changes as u64);
+    }
+
+    /// Records a pull.
+    pub fn observe_pull(&self, items: usize, took: Duration) {
+        self.pull_seconds.observe(took.as_secs_f64());
+        self.pull_items.inc_by(items as u64);
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+    );
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &keepsake_log::AtomicHistogram,
+    scale: f64,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+    let (buckets, sum, count) = h.snapshot();
+    let mut cumulative = 0;
+    for (le, n) in buckets {
+        cumulative += n;
+        let le = le.map_or_else(|| "+Inf".to_string(), |v| format!("{}", v as f64 * scale));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = write!(
+        out,
+        "{name}_sum {}\n{name}_count {count}\n",
+        sum as f64 * scale
+    );
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<Shared>) -> Response {
+    let mut out = String::new();
+    if encode(&mut out, &state.metrics.registry).is_err() {
+        out.clear();
+    }
+    // prometheus-client ends with "# EOF"; the log's metrics go before it.
+    if let Some(stripped) = out.strip_suffix("# EOF\n") {
+        out.truncate(stripped.len());
+    }
+    if let Some(ready) = state.ready.get() {
+        let s = ready.log.stats();
+        let g = |c: &std::sync::atomic::AtomicU64| LogStats::get(c);
+        counter(
+            &mut out,
+            "keepsake_segments",
+            "Segments committed (one PUT each)",
+            g(&s.segments),
+        );
+        counter(
+            &mut out,
+            "keepsake_segment_events",
+            "Events committed",
+            g(&s.events),
+        );
+        counter(
+            &mut out,
+            "keepsake_segment_bytes",
+            "Bytes of segments committed",
+            g(&s.bytes),
+        );
+        counter(
+            &mut out,
+            "keepsake_segment_put_errors",
+            "Segment PUTs that failed or timed out",
+            g(&s.put_errors),
+        );
+        counter(
+            &mut out,
+            "keepsake_segment_put_retries",
+            "Segment PUTs retried under the same number",
+            g(&s.put_retries),
+        );
+        counter(
+            &mut out,
+            "keepsake_segment_put_ambiguous_resolved",
+            "Failed PUTs that a read-back showed had landed",
+            g(&s.ambiguous_resolved),
+        );
+        counter(
+            &mut out,
+            "keepsake_fenced_batches",
+            "Batches lost to another writer",
+            g(&s.fenced),
+        );
+        counter(
+            &mut out,
+            "keepsake_mass_delete_refusals",
+            "Pushes refused by the mass-delete guard",
+            g(&s.mass_delete_refusals),
+        );
+        histogram(
+            &mut out,
+            "keepsake_segment_put_seconds",
+            "Segment PUT latency",
+            &s.put_latency_ms,
+            0.001,
+        );
+        histogram(
+            &mut out,
+            "keepsake_commit_batch_events",
+            "Events per committed segment",
+            &s.batch_events,
+            1.0,
+        );
+        gauge(
+            &mut out,
+            "keepsake_view_users",
+            "Users whose state is in memory",
+            ready.log.resident_users() as u64,
+        );
+        gauge(
+            &mut out,
+            "keepsake_view_bytes",
+            "Approximate bytes of user state in memory",
+            ready.log.resident_bytes() as u64,
+        );
+    }
+    out.push_str("# EOF\n");
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

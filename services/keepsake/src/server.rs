@@ -1,0 +1,248 @@
+//! Running the server: open the store, bind, recover, serve, shut down cleanly.
+//!
+//! Start-up order: the listener is bound first, so `/healthz` answers during recovery and
+//! `/readyz` (and every data route, with 503) says when the log is open. On SIGTERM or SIGINT the
+//! server stops accepting connections, lets in-flight requests finish (their commits are
+//! answered), ends long polls early, and then drains every shard writer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use keepsake_log::{Log, LogConfig};
+use keepsake_model::{Clock, IdGenerator, MassDeleteGuard, RandomIds, StagePolicy, SystemClock};
+use keepsake_store::{open_store, read_descriptor};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::api::{self, AppState, Limits, Ready};
+use crate::auth::{SigningKey, TokenKeys};
+use crate::devices::Registry;
+use crate::metrics::Metrics;
+
+/// Everything `keepsake serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Store URL.
+    pub store: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Operator token; generated for a file store when absent.
+    pub admin_token: Option<String>,
+    /// Device-token keys (`id:base64url-secret`); generated for a file store when absent.
+    pub token_keys: Vec<String>,
+    /// Shards of a new store (an existing store keeps its own; a different value refuses).
+    pub shards: Option<u32>,
+    /// Least time between two segment PUTs of a shard.
+    pub commit_window: Duration,
+    /// Pushes that may wait per shard.
+    pub queue_depth: usize,
+    /// Request limits.
+    pub limits: Limits,
+    /// The mass-delete guard.
+    pub mass_delete: MassDeleteGuard,
+    /// How often revocations made through other servers are picked up.
+    pub revocation_refresh: Duration,
+}
+
+/// Shards a new store gets when none are configured.
+pub const DEFAULT_SHARDS: u32 = 4;
+
+fn random_secret(ids: &dyn IdGenerator) -> Vec<u8> {
+    // Two v4 UUIDs from the OS's CSPRNG: 244 random bits.
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(ids.random().as_bytes());
+    out.extend_from_slice(ids.random().as_bytes());
+    out
+}
+
+/// Reads a secret file, or creates it (owner-readable only) with `make()`.
+fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return Ok((text.trim().to_string(), false));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+    }
+    let value = make();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    writeln!(f, "{value}")?;
+    f.sync_all()?;
+    Ok((value, true))
+}
+
+/// The operator token and token keys: from configuration, or for the embedded default
+/// (a local store with none configured) generated once into `<data>/.secrets/`.
+fn secrets(
+    cfg: &ServerConfig,
+    local_dir: Option<&Path>,
+    ids: &dyn IdGenerator,
+) -> Result<(String, TokenKeys)> {
+    let dir: Option<PathBuf> = local_dir.map(|d| d.join(".secrets"));
+    let admin = match (&cfg.admin_token, &dir) {
+        (Some(t), _) if t.len() >= 16 => t.clone(),
+        (Some(_), _) => bail!("KEEPSAKE_ADMIN_TOKEN must be at least 16 characters"),
+        (None, Some(dir)) => {
+            let path = dir.join("admin-token");
+            let (token, created) = secret_file(&path, || B64.encode(random_secret(ids)))?;
+            if created {
+                info!(file = %path.display(), "generated the operator token; read it from this file");
+            } else {
+                info!(file = %path.display(), "operator token read from file");
+            }
+            token
+        }
+        (None, None) => bail!("set KEEPSAKE_ADMIN_TOKEN: only a local file store generates one"),
+    };
+    let specs: Vec<String> = match (cfg.token_keys.is_empty(), &dir) {
+        (false, _) => cfg.token_keys.clone(),
+        (true, Some(dir)) => {
+            let path = dir.join("token-keys");
+            let (text, _) = secret_file(&path, || {
+                SigningKey::new("k1", random_secret(ids))
+                    .map(|k| k.to_spec())
+                    .unwrap_or_default()
+            })?;
+            text.split([',', '\n'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        }
+        (true, None) => bail!(
+            "set KEEPSAKE_TOKEN_KEYS (id:base64url-secret,...): only a local file store generates one"
+        ),
+    };
+    let keys = specs
+        .iter()
+        .map(|s| SigningKey::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("KEEPSAKE_TOKEN_KEYS: {e}"))?;
+    let keys = TokenKeys::new(keys).map_err(|e| anyhow::anyhow!("KEEPSAKE_TOKEN_KEYS: {e}"))?;
+    Ok((admin, keys))
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ids: Arc<dyn IdGenerator> = Arc::new(RandomIds);
+    let store = open_store(&cfg.store).with_context(|| format!("open store {}", cfg.store))?;
+    let (operator_token, keys) = secrets(&cfg, store.local_dir.as_deref(), ids.as_ref())?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when listening on :0.
+    info!(store = %store.description, "listening on http://{addr}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        ready: OnceLock::new(),
+        keys,
+        operator_token,
+        limits: cfg.limits,
+        clock: clock.clone(),
+        ids: ids.clone(),
+        metrics: Metrics::default(),
+        shutdown: stop_rx.clone(),
+    });
+    let app = api::router(state.clone());
+    let mut graceful = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = graceful.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let recovered = async {
+        let shards = match cfg.shards {
+            Some(n) => Some(n),
+            None if read_descriptor(store.inner.as_ref()).await?.is_none() => Some(DEFAULT_SHARDS),
+            None => None,
+        };
+        let log_cfg = LogConfig {
+            commit_window: cfg.commit_window,
+            queue_depth: cfg.queue_depth,
+            policy: StagePolicy {
+                max_document_bytes: cfg.limits.max_document_bytes,
+                mass_delete: cfg.mass_delete,
+            },
+            ..LogConfig::default()
+        };
+        let log = Arc::new(
+            Log::open(
+                store.inner.clone(),
+                shards,
+                log_cfg,
+                clock.clone(),
+                ids.clone(),
+            )
+            .await?,
+        );
+        let registry = Registry::open(store.inner.clone()).await?;
+        anyhow::Ok(Ready { log, registry })
+    }
+    .await;
+    let ready = match recovered {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "recovery failed; stopping");
+            signal.abort();
+            return Err(e.context("recover the log"));
+        }
+    };
+    let log = ready.log.clone();
+    let registry = ready.registry.clone();
+    let _ = state.ready.set(ready);
+    info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
+
+    let refresh = cfg.revocation_refresh;
+    let mut refresh_stop = stop_rx.clone();
+    let refresher = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(refresh) => {}
+                _ = refresh_stop.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = registry.refresh().await {
+                warn!(error = %e, "refreshing revocations failed");
+            }
+        }
+    });
+
+    let served = server.await;
+    info!("HTTP server stopped; draining the writers");
+    log.shutdown().await;
+    refresher.abort();
+    info!("stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("serve HTTP"),
+        Err(e) => Err(e).context("HTTP server task"),
+    }
+}

@@ -1,0 +1,9 @@
+//! End to end: the real `keepsake` binary on 127.0.0.1:0, driven over HTTP, on the file store
+//! and on S3 (moto).
+
+// Tests panic on purpose, with a message saying what was expected.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod bad_input;
+mod harness;
+mod sync;

@@ -1,0 +1,290 @@
+//! Sync scenarios over HTTP, on the file store and on S3.
+
+use std::time::Duration;
+
+use keepsake_tests::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+macro_rules! file_and_s3 {
+    ($($name:ident),* $(,)?) => {
+        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
+    };
+}
+
+file_and_s3!(
+    two_devices_converge_with_conflicts_and_merges,
+    a_retried_push_is_a_duplicate_with_original_versions,
+    tombstones_and_paging,
+    a_long_poll_wakes_on_another_devices_push,
+    mass_delete_guard_refuses_then_accepts,
+    restart_keeps_data_and_tokens,
+);
+
+fn token(v: &Value) -> String {
+    v["token"].as_str().expect("token").to_string()
+}
+
+async fn two_devices_converge_with_conflicts_and_merges(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let (phone, tablet) = (
+        s.register(&user, "phone").await,
+        s.register(&user, "tablet").await,
+    );
+    let item = uuid();
+    let r = s
+        .push(
+            &phone,
+            json!([put(
+                &item,
+                "contact",
+                json!({"@type": "Card", "name": "Ada", "phone": "1", "mail": "a@x"})
+            )]),
+        )
+        .await;
+    assert_eq!(r["results"][0]["status"], "applied");
+    let first = s.pull(&tablet, "").await;
+    assert_eq!(first["changes"][0]["document"]["name"], "Ada");
+    let tok = token(&first);
+    // the phone changes the phone number (v2)
+    let patch = |base: u64, doc: Value| json!({"change_id": uuid(), "kind": "contact", "item_id": item, "op": "patch", "base_version": base, "document": doc});
+    assert_eq!(
+        s.push(&phone, json!([patch(1, json!({"phone": "2"}))]))
+            .await["results"][0]["version"],
+        2
+    );
+    // the tablet, still at v1: a patch of another field merges; of the same field conflicts
+    let merged = s
+        .push(&tablet, json!([patch(1, json!({"mail": "b@x"}))]))
+        .await;
+    assert_eq!(merged["results"][0]["status"], "applied", "{merged}");
+    let conflict = s
+        .push(&tablet, json!([patch(1, json!({"phone": "3"}))]))
+        .await;
+    assert_eq!(conflict["results"][0]["status"], "conflict");
+    assert_eq!(conflict["results"][0]["current"]["version"], 3);
+    // a stale put conflicts and carries the current item
+    let stale = s.push(&tablet, json!([{"change_id": uuid(), "kind": "contact", "item_id": item, "op": "put", "base_version": 1, "document": {"name": "Eve"}}])).await;
+    assert_eq!(stale["results"][0]["status"], "conflict");
+    assert_eq!(stale["results"][0]["current"]["document"]["phone"], "2");
+    // both devices converge on the same state
+    let a = s.pull(&phone, "").await;
+    let b = s.pull(&tablet, &format!("?since={tok}")).await;
+    assert_eq!(
+        a["changes"][0]["document"],
+        json!({"@type": "Card", "name": "Ada", "phone": "2", "mail": "b@x"})
+    );
+    assert_eq!(a["changes"][0], b["changes"][0]);
+    assert_eq!(a["token"], b["token"]);
+}
+
+async fn a_retried_push_is_a_duplicate_with_original_versions(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let changes = json!([
+        put(&uuid(), "note", json!({"t": 1})),
+        put(&uuid(), "task", json!({"t": 2})),
+        put(&uuid(), "note", json!({"t": 3}))
+    ]);
+    let first = s.push(&phone, changes.clone()).await;
+    let segments = s.segments().await;
+    let again = s.push(&phone, changes).await;
+    for i in 0..3 {
+        assert_eq!(again["results"][i]["status"], "duplicate");
+        assert_eq!(
+            again["results"][i]["version"],
+            first["results"][i]["version"]
+        );
+        assert_eq!(again["results"][i]["seq"], first["results"][i]["seq"]);
+    }
+    assert_eq!(
+        s.segments().await,
+        segments,
+        "a duplicate push writes nothing"
+    );
+}
+
+async fn tombstones_and_paging(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let items: Vec<String> = (0..25).map(|_| uuid()).collect();
+    s.push(
+        &phone,
+        Value::Array(
+            items
+                .iter()
+                .map(|i| put(i, "note", json!({"i": i})))
+                .collect(),
+        ),
+    )
+    .await;
+    // initial sync in pages of 10
+    let mut seen = std::collections::HashSet::new();
+    let mut query = "?limit=10".to_string();
+    let mut pages = 0;
+    let tok = loop {
+        let p = s.pull(&phone, &query).await;
+        pages += 1;
+        for c in p["changes"].as_array().expect("changes") {
+            assert!(
+                seen.insert(c["item_id"].as_str().expect("id").to_string()),
+                "an item twice"
+            );
+        }
+        if p["has_more"] == json!(false) {
+            break token(&p);
+        }
+        query = format!("?limit=10&since={}", token(&p));
+    };
+    assert_eq!((pages, seen.len()), (3, 25));
+    // a delete appears as a tombstone after the token, and not in a new initial sync
+    let del = json!([{"change_id": uuid(), "kind": "note", "item_id": items[3], "op": "delete"}]);
+    s.push(&phone, del).await;
+    let since = s.pull(&phone, &format!("?since={tok}")).await;
+    assert_eq!(since["changes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(since["changes"][0]["op"], "delete");
+    assert_eq!(since["changes"][0]["document"], Value::Null);
+    let initial = s.pull(&phone, "?limit=1000").await;
+    assert_eq!(initial["changes"].as_array().map(Vec::len), Some(24));
+    let (status, body) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{}", items[3]),
+            Some(&phone),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("deleted"))
+    );
+}
+
+async fn a_long_poll_wakes_on_another_devices_push(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = std::sync::Arc::new(Server::start(&env, &[]).await);
+    let user = uuid();
+    let (phone, tablet) = (
+        s.register(&user, "phone").await,
+        s.register(&user, "tablet").await,
+    );
+    let tok = token(&s.pull(&tablet, "").await);
+    let waiter = {
+        let s = s.clone();
+        let tablet = tablet.clone();
+        tokio::spawn(async move { s.pull(&tablet, &format!("?since={tok}&wait=30")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "with nothing new the pull waits");
+    let item = uuid();
+    s.push(
+        &phone,
+        json!([put(
+            &item,
+            "event",
+            json!({"@type": "Event", "title": "standup"})
+        )]),
+    )
+    .await;
+    let woke = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("woken before its wait ran out")
+        .expect("join");
+    assert_eq!(woke["changes"][0]["item_id"], json!(item));
+}
+
+async fn mass_delete_guard_refuses_then_accepts(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "buggy phone").await;
+    let items: Vec<String> = (0..30).map(|_| uuid()).collect();
+    let r = s
+        .push(
+            &phone,
+            Value::Array(
+                items
+                    .iter()
+                    .map(|i| put(i, "contact", json!({"n": i})))
+                    .collect(),
+            ),
+        )
+        .await;
+    let tok = token(&r);
+    let deletes: Vec<Value> = items
+        .iter()
+        .map(|i| json!({"change_id": uuid(), "kind": "contact", "item_id": i, "op": "delete"}))
+        .collect();
+    let segments = s.segments().await;
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/v1/changes",
+            Some(&phone),
+            Some(json!({"changes": deletes})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("mass_delete_guard")),
+        "{body}"
+    );
+    assert_eq!(s.segments().await, segments, "nothing written");
+    assert_eq!(
+        s.pull(&phone, &format!("?since={tok}")).await["changes"],
+        json!([])
+    );
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/v1/changes",
+            Some(&phone),
+            Some(json!({"changes": deletes, "confirm_mass_delete": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(s.pull(&phone, "").await["changes"], json!([]));
+}
+
+async fn restart_keeps_data_and_tokens(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let item = uuid();
+    let r = s
+        .push(&phone, json!([put(&item, "note", json!({"t": "keep me"}))]))
+        .await;
+    let tok = token(&r);
+    let before = s.pull(&phone, "").await;
+    assert!(s.stop().success(), "SIGTERM ends the server cleanly");
+
+    let s = Server::start(&env, &[]).await;
+    // the same device token works, the old sync token works, the data is there
+    assert_eq!(s.pull(&phone, "").await, before);
+    assert_eq!(
+        s.pull(&phone, &format!("?since={tok}")).await["changes"],
+        json!([])
+    );
+    let r2 = s
+        .push(&phone, json!([put(&uuid(), "note", json!({"t": 2}))]))
+        .await;
+    assert_eq!(
+        r2["results"][0]["seq"], 2,
+        "seq continues after the restart"
+    );
+    let logged = s.logged().join("\n");
+    assert!(
+        !logged.contains(ADMIN) && !logged.contains(&phone),
+        "tokens never appear in logs"
+    );
+}
