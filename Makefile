@@ -13,6 +13,14 @@ help: ## List the targets
 build: ## Build every crate
 	$(CARGO) build --workspace
 
+.PHONY: run
+run: ## Run the server with the embedded default: ./data on the local file system, 127.0.0.1:8080
+	$(CARGO) run --release -p keepsake -- serve
+
+.PHONY: dev
+dev: ## Run MinIO and the server against it in Docker (infra/docker-compose.yml)
+	docker compose -f infra/docker-compose.yml up --build
+
 .PHONY: moto
 moto: ## Install moto_server (the S3 server the tests start) if it is missing
 	@command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet 'moto[server]'
