@@ -90,7 +90,7 @@ pub async fn push(
 pub async fn push_as_device(log: &Log, user_id: UserId, changes: Vec<Change>) -> (PushResult, u64) {
     let mut last = None;
     for _ in 0..20 {
-        let before = log.last_seq(&user_id);
+        let before = log.last_seq(&user_id).await.expect("seq");
         match push(log, user_id, changes.clone()).await {
             Ok(r) => return (r, before),
             Err(e) if e.is_retryable() => {

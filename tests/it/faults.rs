@@ -72,7 +72,7 @@ async fn put_that_never_lands_is_a_retryable_error_and_writes_nothing() {
         "{err:?}"
     );
     assert_eq!(log.head(0), 0);
-    assert_eq!(log.last_seq(&u), 0);
+    assert_eq!(log.last_seq(&u).await.expect("seq"), 0);
     // The device retries the same change: applied once, at seq 1.
     let r = push(&log, u, vec![c]).await.expect("retry acknowledged");
     assert!(matches!(r.outcomes[0], Outcome::Applied(c) if c.seq == 1));

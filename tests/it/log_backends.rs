@@ -68,10 +68,10 @@ async fn pushes_are_durable_and_recovered(backend: Backend) {
             assert!(r.segment.is_some());
         }
     }
-    let states: HashMap<_, UserState> = users
-        .iter()
-        .map(|u| (*u, log.with_user(u, |s| s.cloned()).expect("user state")))
-        .collect();
+    let mut states: HashMap<_, UserState> = HashMap::new();
+    for u in &users {
+        states.insert(*u, log.user(u, UserState::clone).await.expect("user state"));
+    }
     log.shutdown().await;
 
     let reopened = open(ts.reopen().expect("reopen"), 2, fast_config())
@@ -79,7 +79,8 @@ async fn pushes_are_durable_and_recovered(backend: Backend) {
         .expect("reopen log");
     for u in &users {
         let recovered = reopened
-            .with_user(u, |s| s.cloned())
+            .user(u, UserState::clone)
+            .await
             .expect("recovered user");
         assert_eq!(&recovered, &states[u], "recovered state of {u}");
         let shard = reopened.shard_of(u);
@@ -126,7 +127,7 @@ async fn pushes_are_durable_and_recovered(backend: Backend) {
         other => panic!("expected duplicate, got {other:?}"),
     }
     assert_eq!(retried.segment, None, "a duplicate writes nothing");
-    assert_eq!(reopened.last_seq(&u), 15);
+    assert_eq!(reopened.last_seq(&u).await.expect("seq"), 15);
     reopened.shutdown().await;
 }
 
@@ -244,9 +245,10 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
         .await
         .expect("conflict");
     assert!(matches!(&refused.outcomes[0], Outcome::Conflict(cur) if cur.version == 3));
-    let doc = log.with_user(&u, |s| {
-        s.and_then(|s| s.item(&it)).and_then(|i| i.document.clone())
-    });
+    let doc = log
+        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+        .await
+        .expect("user");
     assert_eq!(
         doc.map(|d| d.as_str().to_string()).as_deref(),
         Some(r#"{"a":2,"b":2}"#)

@@ -9,3 +9,4 @@ mod faults;
 mod log_backends;
 mod race;
 mod restart;
+mod view;

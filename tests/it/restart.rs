@@ -104,16 +104,17 @@ async fn crash_and_restart(backend: Backend) {
     // Retries after the restart: acknowledged ones are duplicates with their original result;
     // unacknowledged ones are applied now, or duplicates if they had landed.
     for (id, r) in acked.iter().take(20) {
-        let u = users
-            .iter()
-            .find(|u| {
-                log.with_user(u, |s| {
-                    s.and_then(|s| keepsake_model::StateRead::change(s, id))
-                        .is_some()
-                })
-            })
-            .copied()
-            .expect("owner");
+        let mut owner = None;
+        for u in &users {
+            let has = log
+                .user(u, |s| keepsake_model::StateRead::change(s, id).is_some())
+                .await
+                .expect("user state");
+            if has {
+                owner = Some(*u);
+            }
+        }
+        let u = owner.expect("owner");
         let c = keepsake_model::Change {
             change_id: *id,
             ..put(r.item_id, json!({"n": -1}))

@@ -23,6 +23,12 @@ pub struct LogConfig {
     pub read_concurrency: usize,
     /// Document limit and mass-delete guard.
     pub policy: StagePolicy,
+    /// Memory for user state, per shard; least recently used users are evicted beyond it.
+    pub view_memory_bytes: usize,
+    /// A checkpoint is written once this many events were committed since the last one...
+    pub checkpoint_every_events: u64,
+    /// ...or once this much time passed with any events committed.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -36,6 +42,9 @@ impl Default for LogConfig {
             retry_backoff: Duration::from_millis(50),
             read_concurrency: 4,
             policy: StagePolicy::default(),
+            view_memory_bytes: 256 * 1024 * 1024,
+            checkpoint_every_events: 200_000,
+            checkpoint_interval: Duration::from_secs(300),
         }
     }
 }

@@ -7,13 +7,17 @@
 //! pointed at one store are safe: segment numbers are claimed with create-only PUTs, so at most
 //! one commits each number, and the loser answers with a retryable error, never an ack.
 //!
-//! On open, each shard lists its segments, refuses to open past a gap, and folds every segment
-//! into state with [`keepsake_model::apply`].
+//! On open, each shard lists its segments (refusing to open past a gap), loads its newest
+//! checkpoint and folds every segment after it with [`keepsake_model::apply`]. Users whose state
+//! is evicted from memory ([`view`]) are loaded again the same way, one user at a time. A
+//! checkpointer per shard writes a new checkpoint (previous checkpoint + segments since) every
+//! `checkpoint_every_events` events or `checkpoint_interval`.
 
 mod config;
 mod error;
 pub mod reader;
 mod stats;
+pub mod view;
 pub mod writer;
 
 use std::sync::{Arc, RwLock};
@@ -26,13 +30,16 @@ use keepsake_store::{Descriptor, keys, open_or_create_descriptor};
 use object_store::ObjectStore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 pub use config::LogConfig;
 pub use error::LogError;
-pub use reader::{ReadStats, UpTo, list_segments, read_segment, read_user, scan_shard};
+pub use reader::{
+    ReadStats, UpTo, list_checkpoints, list_segments, read_checkpoint, read_checkpoint_user,
+    read_segment, read_user, read_user_in, scan_shard,
+};
 pub use stats::{AtomicHistogram, LogStats};
-pub use writer::ShardState;
+pub use view::ShardState;
 
 use writer::{Queued, Writer};
 
@@ -102,8 +109,7 @@ impl Log {
         let stats = Arc::new(LogStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let recovered = futures::future::try_join_all(
-            (0..descriptor.shard_count)
-                .map(|s| recover_shard(store.clone(), s, cfg.read_concurrency)),
+            (0..descriptor.shard_count).map(|s| recover_shard(store.clone(), s, &cfg)),
         )
         .await?;
         let mut shards = Vec::new();
@@ -132,6 +138,16 @@ impl Log {
             };
             tasks.push(tokio::spawn(
                 writer.run().instrument(info_span!("shard_writer", shard)),
+            ));
+            tasks.push(tokio::spawn(
+                checkpointer(
+                    store.clone(),
+                    shard,
+                    state.clone(),
+                    cfg.clone(),
+                    shutdown_rx.clone(),
+                )
+                .instrument(info_span!("checkpointer", shard)),
             ));
             shards.push(Shard { tx, state, head });
         }
@@ -185,18 +201,31 @@ impl Log {
         answer.await.map_err(|_| LogError::ShuttingDown)?
     }
 
-    /// Reads a user's committed state.
-    pub fn with_user<R>(&self, user: &UserId, f: impl FnOnce(Option<&UserState>) -> R) -> R {
-        let shard = &self.shards[self.shard_of(user) as usize];
-        match shard.state.read() {
-            Ok(state) => f(state.users.get(user)),
-            Err(_) => f(None),
+    /// Reads a user's committed state, loading it from the log if it is not in memory.
+    pub async fn user<R>(
+        &self,
+        user: &UserId,
+        f: impl FnOnce(&UserState) -> R,
+    ) -> Result<R, LogError> {
+        let shard = self.shard_of(user);
+        let state = &self.shards[shard as usize].state;
+        let mut f = Some(f);
+        loop {
+            load_user(&self.store, shard, state, *user).await?;
+            let guard = state.read().map_err(|_| poisoned(shard))?;
+            // An eviction between the load and the lock sends us round again.
+            if let (Some(s), Some(f)) = (guard.get(user), f.take()) {
+                return Ok(f(s));
+            }
+            if f.is_none() {
+                return Err(poisoned(shard));
+            }
         }
     }
 
-    /// The user's last committed seq (0 for an unknown user).
-    pub fn last_seq(&self, user: &UserId) -> u64 {
-        self.with_user(user, |u| u.map_or(0, StateRead::last_seq))
+    /// The user's last committed seq (0 for a user with no events).
+    pub async fn last_seq(&self, user: &UserId) -> Result<u64, LogError> {
+        self.user(user, StateRead::last_seq).await
     }
 
     /// A receiver that changes whenever the shard commits (or folds in) a segment: long polls
@@ -209,7 +238,7 @@ impl Log {
     pub fn resident_users(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.state.read().map_or(0, |s| s.users.len()))
+            .map(|s| s.state.read().map_or(0, |s| s.resident_users()))
             .sum()
     }
 
@@ -217,12 +246,29 @@ impl Log {
     pub fn resident_bytes(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                s.state
-                    .read()
-                    .map_or(0, |s| s.users.values().map(UserState::approx_bytes).sum())
-            })
+            .map(|s| s.state.read().map_or(0, |s| s.resident_bytes()))
             .sum()
+    }
+
+    /// View counters over all shards: (hits, misses that loaded a user, evictions).
+    pub fn view_counters(&self) -> (u64, u64, u64) {
+        self.shards
+            .iter()
+            .fold((0, 0, 0), |(h, m, e), s| match s.state.read() {
+                Ok(s) => (
+                    h + s.hits.load(std::sync::atomic::Ordering::Relaxed),
+                    m + s.misses,
+                    e + s.evictions,
+                ),
+                Err(_) => (h, m, e),
+            })
+    }
+
+    /// The newest checkpoint of a shard (the segment it includes up to).
+    pub fn checkpoint(&self, shard: u32) -> Option<u64> {
+        self.shards
+            .get(shard as usize)
+            .and_then(|s| s.state.read().ok().and_then(|s| s.checkpoint))
     }
 
     /// The last committed segment of a shard.
@@ -258,26 +304,194 @@ impl Log {
     }
 }
 
-/// Rebuilds a shard's state from its segments.
+fn poisoned(shard: u32) -> LogError {
+    LogError::Unavailable {
+        shard,
+        reason: "state lock poisoned".into(),
+    }
+}
+
+/// Rebuilds a shard's state: the newest checkpoint, then every segment after it (which checks
+/// the log's tail decodes and folds); then evicts down to the memory budget.
 pub async fn recover_shard(
     store: Arc<dyn ObjectStore>,
     shard: u32,
-    concurrency: usize,
+    cfg: &LogConfig,
 ) -> Result<ShardState, LogError> {
+    let listed = list_segments(store.as_ref(), shard).await?;
+    let head = listed.last().map_or(0, |l| l.n);
+    let checkpoint = list_checkpoints(store.as_ref(), shard)
+        .await?
+        .into_iter()
+        .rfind(|c| *c <= head);
     let mut state = ShardState::default();
-    let mut segments = scan_shard(store, shard, 1, concurrency).await?;
+    state.checkpoint = checkpoint;
+    if let Some(c) = checkpoint {
+        for (user, s) in read_checkpoint(store.as_ref(), shard, c).await? {
+            state.insert(user, s);
+        }
+    }
+    state.head = checkpoint.unwrap_or(0);
+    let mut segments =
+        scan_shard(store.clone(), shard, state.head + 1, cfg.read_concurrency).await?;
     while let Some(seg) = segments.try_next().await? {
         let n = seg.meta.segment;
+        // Every user is in memory during recovery: one absent from the checkpoint had no events.
+        for e in &seg.events {
+            if !state.is_resident(&e.user_id) {
+                state.insert(e.user_id, UserState::default());
+            }
+        }
         state
             .apply_events(&seg.events)
             .map_err(|e| LogError::corrupt(shard, n, e))?;
         state.head = n;
     }
-    info!(
-        shard,
-        head = state.head,
-        users = state.users.len(),
-        "shard recovered"
-    );
+    if state.last_recorded_at.is_none() && head > 0 {
+        let last = read_segment(store.as_ref(), shard, head).await?;
+        state.last_recorded_at = last.map(|s| s.meta.last_recorded_at);
+    }
+    state.evict_over(cfg.view_memory_bytes);
+    info!(shard, head = state.head, checkpoint = ?checkpoint, users = state.resident_users(), "shard recovered");
     Ok(state)
+}
+
+/// Makes a user resident: the newest checkpoint's rows for the user, then the segments after
+/// it up to the head. A commit that lands meanwhile is folded in before the user is inserted.
+pub(crate) async fn load_user(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &RwLock<ShardState>,
+    user: UserId,
+) -> Result<(), LogError> {
+    let (mut read_to, checkpoint) = {
+        let s = state.read().map_err(|_| poisoned(shard))?;
+        if s.is_resident(&user) {
+            return Ok(());
+        }
+        (s.head, s.checkpoint)
+    };
+    let mut loaded = match checkpoint {
+        Some(c) => read_checkpoint_user(store.clone(), shard, c, user).await?,
+        None => UserState::default(),
+    };
+    let mut from = checkpoint.map_or(1, |c| c + 1);
+    loop {
+        if read_to >= from {
+            let (events, _) =
+                read_user_in(store.clone(), shard, user, from..=read_to, UpTo::End).await?;
+            for e in &events {
+                keepsake_model::apply(&mut loaded, e)
+                    .map_err(|err| LogError::corrupt(shard, read_to, err))?;
+            }
+        }
+        let mut s = state.write().map_err(|_| poisoned(shard))?;
+        if s.is_resident(&user) {
+            return Ok(());
+        }
+        if s.head == read_to {
+            s.misses += 1;
+            s.insert(user, loaded);
+            return Ok(());
+        }
+        from = read_to + 1;
+        read_to = s.head;
+    }
+}
+
+/// Writes checkpoints of one shard in the background: the previous checkpoint plus the segments
+/// since, folded with `apply` (never the in-memory view, which may have evicted users).
+async fn checkpointer(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    state: Arc<RwLock<ShardState>>,
+    cfg: Arc<LogConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let Ok((head, prev, since)) = state
+            .read()
+            .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
+        else {
+            break;
+        };
+        let due = since >= cfg.checkpoint_every_events
+            || (since > 0 && last.elapsed() >= cfg.checkpoint_interval);
+        if !due || prev == Some(head) {
+            continue;
+        }
+        match write_checkpoint(&store, shard, prev, head, cfg.read_concurrency).await {
+            Ok(users) => {
+                if let Ok(mut s) = state.write() {
+                    s.checkpoint = Some(head);
+                    s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
+                }
+                last = tokio::time::Instant::now();
+                info!(shard, segment = head, users, "checkpoint written");
+            }
+            Err(e) => {
+                warn!(shard, segment = head, error = %e, "writing a checkpoint failed; will retry")
+            }
+        }
+    }
+}
+
+/// Builds and writes (create-only) the checkpoint of `shard` after segment `n`. Returns its user
+/// count. Another writer having written the same checkpoint is success: both are folds of the
+/// same log.
+pub async fn write_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    prev: Option<u64>,
+    n: u64,
+    concurrency: usize,
+) -> Result<u64, LogError> {
+    let mut users = match prev {
+        Some(c) => read_checkpoint(store.as_ref(), shard, c).await?,
+        None => keepsake_model::IdMap::default(),
+    };
+    let mut segments =
+        scan_shard(store.clone(), shard, prev.map_or(1, |c| c + 1), concurrency).await?;
+    while let Some(seg) = segments.try_next().await? {
+        let k = seg.meta.segment;
+        if k > n {
+            break;
+        }
+        for e in &seg.events {
+            keepsake_model::apply(users.entry(e.user_id).or_default(), e)
+                .map_err(|err| LogError::corrupt(shard, k, err))?;
+        }
+    }
+    let count = users.len() as u64;
+    let meta = keepsake_segment::CheckpointMeta {
+        format_version: keepsake_segment::CHECKPOINT_VERSION,
+        shard,
+        segment: n,
+        user_count: count,
+    };
+    let bytes = tokio::task::spawn_blocking(move || {
+        keepsake_segment::encode_checkpoint(users.iter(), &meta)
+    })
+    .await
+    .map_err(|e| LogError::corrupt(shard, n, e))?
+    .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint: {e}")))?;
+    match store
+        .put_opts(
+            &keys::checkpoint(shard, n),
+            object_store::PutPayload::from(bytes),
+            keepsake_store::create_only(),
+        )
+        .await
+    {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(count),
+        Err(e) => Err(LogError::Store {
+            context: format!("write checkpoint {n} of shard {shard}"),
+            source: e,
+        }),
+    }
 }

@@ -176,6 +176,114 @@ impl AsyncFileReader for SegmentReader {
     }
 }
 
+/// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
+/// A user with no rows in it has the empty state.
+pub async fn read_checkpoint_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<keepsake_model::UserState, LogError> {
+    let path = keys::checkpoint(shard, checkpoint);
+    let size = store
+        .head(&path)
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?
+        .size;
+    let reader = SegmentReader {
+        store: store.clone(),
+        path,
+        size,
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let corrupt = |e: parquet::errors::ParquetError| match e {
+        parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+            shard,
+            reason: format!("read checkpoint {checkpoint}: {e}"),
+        },
+        other => LogError::corrupt(shard, checkpoint, format!("checkpoint: {other}")),
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(corrupt)?;
+    let meta =
+        keepsake_segment::checkpoint_meta(builder.metadata().file_metadata().key_value_metadata())
+            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    if meta.shard != shard || meta.segment != checkpoint {
+        return Err(LogError::corrupt(
+            shard,
+            checkpoint,
+            "the checkpoint names another shard or segment",
+        ));
+    }
+    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
+        return Ok(keepsake_model::UserState::default());
+    };
+    let batches: Vec<_> = builder
+        .with_row_groups(plan.row_groups)
+        .with_row_selection(plan.selection)
+        .build()
+        .map_err(corrupt)?
+        .try_collect()
+        .await
+        .map_err(corrupt)?;
+    let mut users = keepsake_segment::decode_checkpoint_batches(batches, Some(&user))
+        .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    Ok(users.remove(&user).unwrap_or_default())
+}
+
+/// Lists a shard's checkpoints (segment numbers), ascending.
+pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec<u64>, LogError> {
+    let metas: Vec<_> = store
+        .list(Some(&keys::checkpoints_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list checkpoints of shard {shard}")))?;
+    let mut ns: Vec<u64> = metas
+        .iter()
+        .filter_map(|m| match keys::parse(&m.location) {
+            Some(Key::Checkpoint { shard: s, n }) if s == shard => Some(n),
+            _ => None,
+        })
+        .collect();
+    ns.sort_unstable();
+    Ok(ns)
+}
+
+/// Reads and decodes a whole checkpoint.
+pub async fn read_checkpoint(
+    store: &dyn ObjectStore,
+    shard: u32,
+    checkpoint: u64,
+) -> Result<keepsake_model::IdMap<UserId, keepsake_model::UserState>, LogError> {
+    let bytes = store
+        .get(&keys::checkpoint(shard, checkpoint))
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?
+        .bytes()
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?;
+    let (meta, users) =
+        tokio::task::spawn_blocking(move || keepsake_segment::decode_checkpoint(bytes))
+            .await
+            .map_err(|e| LogError::corrupt(shard, checkpoint, e))?
+            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    if meta.shard != shard || meta.segment != checkpoint {
+        return Err(LogError::corrupt(
+            shard,
+            checkpoint,
+            "the checkpoint names another shard or segment",
+        ));
+    }
+    Ok(users.into_iter().collect())
+}
+
 /// Where a read of one user's history stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpTo {
@@ -219,10 +327,22 @@ pub async fn read_user(
     user: UserId,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
+    read_user_in(store, shard, user, 1..=u64::MAX, up_to).await
+}
+
+/// [`read_user`] over the segments numbered in `segments` only (for example, those after a
+/// checkpoint, up to the head a reader has seen).
+pub async fn read_user_in(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    segments: std::ops::RangeInclusive<u64>,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
     let mut events = Vec::new();
     let mut stats = ReadStats::default();
-    for l in listed {
+    for l in listed.into_iter().filter(|l| segments.contains(&l.n)) {
         let context = || format!("read segment {} of shard {shard}", l.n);
         let reader = SegmentReader {
             store: store.clone(),

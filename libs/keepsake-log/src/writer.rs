@@ -30,7 +30,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::{
     Ancestors, BatchId, Clock, Event, IdGenerator, NeedAncestor, Outcome, StageContext, Staged,
-    StateRead, UserId, UserState, apply,
+    StateRead, UserId,
 };
 use keepsake_segment::{FORMAT_VERSION, SegmentMeta, encode};
 use keepsake_store::{create_only, keys};
@@ -43,31 +43,8 @@ use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::reader::{UpTo, read_meta, read_segment, read_user};
 use crate::stats::LogStats;
+use crate::view::ShardState;
 use crate::{PushRequest, PushResult};
-
-/// Committed state of one shard: what its log says, folded.
-#[derive(Debug, Default)]
-pub struct ShardState {
-    /// The last segment committed (0 for an empty log).
-    pub head: u64,
-    /// Every user of the shard.
-    pub users: keepsake_model::IdMap<UserId, UserState>,
-    /// `recorded_at` of the last segment.
-    pub last_recorded_at: Option<DateTime<Utc>>,
-}
-
-impl ShardState {
-    /// Folds a segment's events; they must continue each user's log.
-    pub fn apply_events(&mut self, events: &[Event]) -> Result<(), keepsake_model::ApplyError> {
-        for e in events {
-            apply(self.users.entry(e.user_id).or_default(), e)?;
-            if self.last_recorded_at.is_none_or(|t| t < e.recorded_at) {
-                self.last_recorded_at = Some(e.recorded_at);
-            }
-        }
-        Ok(())
-    }
-}
 
 pub(crate) struct Queued {
     pub req: PushRequest,
@@ -161,11 +138,43 @@ impl Writer {
     }
 
     async fn commit(&mut self, batch: Vec<Queued>) {
+        self.commit_batch(batch).await;
+        if let Ok(mut s) = self.state.write() {
+            s.unpin_all();
+            s.evict_over(self.cfg.view_memory_bytes);
+        }
+    }
+
+    /// Loads every user of the batch that is not in memory, and pins them all until the batch
+    /// is answered, so staging and applying see the same state.
+    async fn ensure_resident(&self, batch: &[Queued]) -> Result<(), LogError> {
+        let mut users: Vec<UserId> = batch.iter().map(|q| q.req.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        if let Ok(mut s) = self.state.write() {
+            s.pin(users.iter().copied());
+        }
+        for u in users {
+            crate::load_user(&self.store, self.shard, &self.state, u).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<Queued>) {
         let shard = self.shard;
         if self.needs_resync
             && let Err(e) = self.catch_up().await
         {
             warn!(shard, error = %e, "re-reading the shard failed; refusing the batch");
+            let reason = e.to_string();
+            Self::fail_all(batch, || LogError::Unavailable {
+                shard,
+                reason: reason.clone(),
+            });
+            return;
+        }
+        if let Err(e) = self.ensure_resident(&batch).await {
+            warn!(shard, error = %e, "loading the batch's users failed; refusing the batch");
             let reason = e.to_string();
             Self::fail_all(batch, || LogError::Unavailable {
                 shard,
@@ -307,7 +316,7 @@ impl Writer {
                 let last_seq = state
                     .as_ref()
                     .ok()
-                    .and_then(|s| s.users.get(&q.req.user_id))
+                    .and_then(|s| s.get(&q.req.user_id))
                     .map_or(0, |u| u.last_seq());
                 PushResult {
                     outcomes,
@@ -375,7 +384,6 @@ impl Writer {
                 events: Vec::new(),
             });
         };
-        let empty = UserState::default();
         let none = Ancestors::new();
         let mut overlays: HashMap<UserId, Staged<'_>> = HashMap::new();
         let mut order: Vec<UserId> = Vec::new();
@@ -383,10 +391,24 @@ impl Writer {
         let mut needs = Vec::new();
         for q in batch {
             let user = q.req.user_id;
-            let staged = overlays.entry(user).or_insert_with(|| {
-                order.push(user);
-                Staged::new(guard.users.get(&user).unwrap_or(&empty))
-            });
+            let staged = match overlays.entry(user) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match guard.get(&user) {
+                    Some(base) => {
+                        order.push(user);
+                        v.insert(Staged::new(base))
+                    }
+                    // Never stage against a state that is not the user's: batch users are loaded
+                    // and pinned first, so this only guards against a bug.
+                    None => {
+                        results.push(Err(LogError::Unavailable {
+                            shard: self.shard,
+                            reason: "the user's state is not loaded".into(),
+                        }));
+                        continue;
+                    }
+                },
+            };
             if !q.req.confirm_mass_delete
                 && let Err(refused) =
                     staged.check_mass_delete(&q.req.changes, &self.cfg.policy.mass_delete)

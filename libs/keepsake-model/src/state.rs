@@ -109,6 +109,29 @@ impl UserState {
             .count()
     }
 
+    /// Every change id applied, with its result, in no particular order.
+    pub fn changes(&self) -> impl Iterator<Item = (&ChangeId, &ChangeRef)> {
+        self.changes.iter()
+    }
+
+    /// Rebuilds a state saved by a checkpoint. Checkpoints are themselves folds of the log (a
+    /// test checks the two agree); this is how they are loaded, not a second way to change state.
+    pub fn from_parts(
+        last_seq: u64,
+        items: impl IntoIterator<Item = ItemState>,
+        changes: impl IntoIterator<Item = (ChangeId, ChangeRef)>,
+    ) -> Self {
+        let mut state = Self {
+            last_seq,
+            ..Self::default()
+        };
+        for item in items {
+            state.put_item(item);
+        }
+        state.changes.extend(changes);
+        state
+    }
+
     /// Folds every event in order; the first invariant violation stops the fold.
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, ApplyError> {
         let mut state = Self::default();

@@ -9,11 +9,16 @@
 //!   unknown version, or disagrees with its rows is refused;
 //! - old format versions stay readable: `schemas/golden/` holds one file per version.
 
+mod checkpoint;
 mod codec;
 mod error;
 mod prune;
 mod schema;
 
+pub use checkpoint::{
+    CHECKPOINT_VERSION, CheckpointMeta, checkpoint_description, checkpoint_meta, checkpoint_schema,
+    decode_checkpoint, decode_checkpoint_batches, encode_checkpoint,
+};
 pub use codec::{Segment, decode, decode_batch, encode, writer_properties};
 pub use error::SegmentError;
 pub use prune::{ReadPlan, plan_user_read};

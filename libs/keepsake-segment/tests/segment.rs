@@ -239,3 +239,78 @@ fn pruning_reads_only_pages_that_may_hold_the_user() {
     let absent = UserId(Uuid::from_u128(u128::MAX));
     assert!(plan_user_read(&meta, &absent).is_none());
 }
+
+mod checkpoints {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use keepsake_model::{UserId, UserState, fixtures};
+    use keepsake_segment::{
+        CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint, encode_checkpoint,
+    };
+
+    use super::{golden_events, schemas_dir, t};
+
+    fn fold(events: &[keepsake_model::Event]) -> HashMap<UserId, UserState> {
+        let mut users: HashMap<UserId, UserState> = HashMap::new();
+        for e in events {
+            keepsake_model::apply(users.entry(e.user_id).or_default(), e).expect("valid history");
+        }
+        users
+    }
+
+    fn meta(users: usize) -> CheckpointMeta {
+        CheckpointMeta {
+            format_version: 1,
+            shard: 2,
+            segment: 9,
+            user_count: users as u64,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_the_fold_of_the_log() {
+        let users = fold(&fixtures::history(11, 30, 60, t(0)));
+        let bytes = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
+        let (m, decoded) = decode_checkpoint(bytes).expect("decode");
+        assert_eq!(m, meta(users.len()));
+        assert_eq!(decoded, users);
+        // an empty shard has an empty checkpoint
+        let empty = encode_checkpoint(std::iter::empty(), &meta(0)).expect("encode");
+        assert!(decode_checkpoint(empty).expect("decode").1.is_empty());
+        let truncated = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
+        assert!(matches!(
+            decode_checkpoint(truncated.slice(..truncated.len() - 8)),
+            Err(SegmentError::Parquet(_))
+        ));
+    }
+
+    #[test]
+    fn checkpoint_schema_file_matches_the_code() {
+        let path = schemas_dir().join("checkpoint-v1.json");
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            let text = serde_json::to_string_pretty(&checkpoint_description()).expect("json");
+            std::fs::write(&path, text + "\n").expect("write");
+        }
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).expect("schemas/checkpoint-v1.json"),
+        )
+        .expect("json");
+        assert_eq!(file, checkpoint_description());
+    }
+
+    #[test]
+    fn golden_checkpoint_v1_still_decodes() {
+        let path = schemas_dir().join("golden/checkpoint-v1.parquet");
+        let users = fold(&golden_events());
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            let bytes = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
+            std::fs::write(&path, &bytes).expect("write golden checkpoint");
+        }
+        let bytes = std::fs::read(&path).expect("schemas/golden/checkpoint-v1.parquet");
+        let (m, decoded) =
+            decode_checkpoint(Bytes::from(bytes)).expect("the golden v1 checkpoint decodes");
+        assert_eq!(m.format_version, 1);
+        assert_eq!(decoded, users);
+    }
+}

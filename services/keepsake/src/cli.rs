@@ -82,6 +82,22 @@ struct ServeArgs {
     /// Seconds between re-reads of revocations made through other servers.
     #[arg(long, env = "KEEPSAKE_REVOCATION_REFRESH_SECS", default_value_t = 5)]
     revocation_refresh_secs: u64,
+    /// Memory for user state in the views, in MiB (least recently used users are evicted).
+    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_MB", default_value_t = 1024)]
+    view_memory_mb: usize,
+    /// Bytes instead of MiB, for tests that force eviction.
+    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_BYTES", hide = true)]
+    view_memory_bytes: Option<usize>,
+    /// Write a checkpoint of a shard every this many events...
+    #[arg(
+        long,
+        env = "KEEPSAKE_CHECKPOINT_EVERY_EVENTS",
+        default_value_t = 200_000
+    )]
+    checkpoint_every_events: u64,
+    /// ...or every this many seconds when anything was committed.
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300)]
+    checkpoint_interval_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
     #[arg(long, env = "KEEPSAKE_LOG", default_value = "info")]
     log: String,
@@ -146,6 +162,11 @@ pub fn main() -> Result<()> {
                     max_share: a.mass_delete_max_share,
                 },
                 revocation_refresh: Duration::from_secs(a.revocation_refresh_secs.max(1)),
+                view_memory_bytes: a
+                    .view_memory_bytes
+                    .unwrap_or(a.view_memory_mb.saturating_mul(1024 * 1024)),
+                checkpoint_every_events: a.checkpoint_every_events.max(1),
+                checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs.max(1)),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

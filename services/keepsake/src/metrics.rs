@@ -242,6 +242,25 @@ pub async fn render(State(state): State<Shared>) -> Response {
             &s.batch_events,
             1.0,
         );
+        let (hits, misses, evictions) = ready.log.view_counters();
+        counter(
+            &mut out,
+            "keepsake_view_hits",
+            "User reads served from memory",
+            hits,
+        );
+        counter(
+            &mut out,
+            "keepsake_view_misses",
+            "Users loaded from checkpoint and log",
+            misses,
+        );
+        counter(
+            &mut out,
+            "keepsake_view_evictions",
+            "Users evicted over the memory budget",
+            evictions,
+        );
         gauge(
             &mut out,
             "keepsake_view_users",

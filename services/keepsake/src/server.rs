@@ -47,6 +47,12 @@ pub struct ServerConfig {
     pub mass_delete: MassDeleteGuard,
     /// How often revocations made through other servers are picked up.
     pub revocation_refresh: Duration,
+    /// Memory for user state in the views, in bytes, over all shards.
+    pub view_memory_bytes: usize,
+    /// Checkpoint every this many events per shard...
+    pub checkpoint_every_events: u64,
+    /// ...or this often when anything was committed.
+    pub checkpoint_interval: Duration,
 }
 
 /// Shards a new store gets when none are configured.
@@ -185,6 +191,12 @@ pub async fn run(
             None if read_descriptor(store.inner.as_ref()).await?.is_none() => Some(DEFAULT_SHARDS),
             None => None,
         };
+        let shards_now = match shards {
+            Some(n) => n,
+            None => read_descriptor(store.inner.as_ref())
+                .await?
+                .map_or(DEFAULT_SHARDS, |d| d.shard_count),
+        };
         let log_cfg = LogConfig {
             commit_window: cfg.commit_window,
             queue_depth: cfg.queue_depth,
@@ -192,6 +204,9 @@ pub async fn run(
                 max_document_bytes: cfg.limits.max_document_bytes,
                 mass_delete: cfg.mass_delete,
             },
+            view_memory_bytes: cfg.view_memory_bytes / shards_now.max(1) as usize,
+            checkpoint_every_events: cfg.checkpoint_every_events,
+            checkpoint_interval: cfg.checkpoint_interval,
             ..LogConfig::default()
         };
         let log = Arc::new(

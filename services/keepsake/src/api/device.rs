@@ -164,14 +164,7 @@ struct Page {
     has_more: bool,
 }
 
-fn page(user: Option<&keepsake_model::UserState>, since: Option<u64>, limit: usize) -> Page {
-    let Some(user) = user else {
-        return Page {
-            changes: Vec::new(),
-            token_seq: 0,
-            has_more: false,
-        };
-    };
+fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> Page {
     let after = since.unwrap_or(0);
     let mut items: Vec<&ItemState> = user
         .items()
@@ -250,7 +243,7 @@ pub(super) async fn pull(
                     "the token is from another store: start an initial sync (no since)",
                 ));
             }
-            let have = log.last_seq(&auth.user);
+            let have = log.last_seq(&auth.user).await?;
             if token.seq > have {
                 tracing::warn!(
                     token_seq = token.seq,
@@ -277,14 +270,14 @@ pub(super) async fn pull(
         if let Some(h) = head.as_mut() {
             h.mark_unchanged();
         }
-        let p = log.with_user(&auth.user, |u| page(u, since, limit));
+        let p = log.user(&auth.user, |u| page(u, since, limit)).await?;
         if !p.changes.is_empty() || wait == 0 || since.is_none() || *shutdown.borrow() {
             break p;
         }
         let Some(h) = head.as_mut() else { break p };
         tokio::select! {
             changed = h.changed() => { if changed.is_err() { break p; } }
-            _ = tokio::time::sleep_until(deadline) => { break log.with_user(&auth.user, |u| page(u, since, limit)); }
+            _ = tokio::time::sleep_until(deadline) => { break log.user(&auth.user, |u| page(u, since, limit)).await?; }
             _ = shutdown.changed() => { break p; }
         }
     };
@@ -311,7 +304,8 @@ pub(super) async fn item(
     let item_id: ItemId = parse_id("item_id", &item_id)?;
     let found = ready
         .log
-        .with_user(&auth.user, |u| u.and_then(|u| u.item(&item_id)).cloned());
+        .user(&auth.user, |u| u.item(&item_id).cloned())
+        .await?;
     let Some(item) = found else {
         return Err(ApiError::not_found("not_found", "no such item"));
     };
@@ -344,7 +338,7 @@ async fn item_history(
 ) -> Result<Vec<Event>, ApiError> {
     let ready = state.ready()?;
     let log = &ready.log;
-    let up_to = UpTo::Seq(log.last_seq(&auth.user));
+    let up_to = UpTo::Seq(log.last_seq(&auth.user).await?);
     let (events, _) = read_user(
         log.store().clone(),
         log.shard_of(&auth.user),

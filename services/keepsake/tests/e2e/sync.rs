@@ -22,6 +22,7 @@ file_and_s3!(
     a_long_poll_wakes_on_another_devices_push,
     mass_delete_guard_refuses_then_accepts,
     restart_keeps_data_and_tokens,
+    evicted_views_reload_with_identical_answers,
 );
 
 fn token(v: &Value) -> String {
@@ -287,4 +288,66 @@ async fn restart_keeps_data_and_tokens(backend: Backend) {
         !logged.contains(ADMIN) && !logged.contains(&phone),
         "tokens never appear in logs"
     );
+}
+
+async fn evicted_views_reload_with_identical_answers(backend: Backend) {
+    let env = Env::new(backend).await;
+    // one byte of view memory: every user is evicted as soon as another one commits
+    let s = Server::start(
+        &env,
+        &[
+            ("KEEPSAKE_VIEW_MEMORY_BYTES", "1"),
+            ("KEEPSAKE_SHARDS", "1"),
+        ],
+    )
+    .await;
+    let (a, b) = (uuid(), uuid());
+    let (phone_a, phone_b) = (s.register(&a, "a").await, s.register(&b, "b").await);
+    let item = uuid();
+    let c = put(&item, "contact", json!({"@type": "Card", "name": "Ada"}));
+    s.push(&phone_a, json!([c.clone()])).await;
+    let pull_before = s.pull(&phone_a, "").await;
+    let (_, item_before) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{item}"),
+            Some(&phone_a),
+            None,
+        )
+        .await;
+    for i in 0..5 {
+        s.push(&phone_b, json!([put(&uuid(), "note", json!({"i": i}))]))
+            .await;
+    }
+    assert_eq!(
+        s.pull(&phone_a, "").await,
+        pull_before,
+        "same pull after eviction and reload"
+    );
+    let (_, item_after) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{item}"),
+            Some(&phone_a),
+            None,
+        )
+        .await;
+    assert_eq!(item_after, item_before);
+    let again = s.push(&phone_a, json!([c])).await;
+    assert_eq!(again["results"][0]["status"], "duplicate");
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let evictions: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keepsake_view_evictions_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("evictions metric");
+    assert!(evictions > 0, "the test must actually evict");
 }

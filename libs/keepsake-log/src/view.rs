@@ -1,0 +1,153 @@
+//! The view of one shard: committed state of the users it holds in memory, within a budget.
+//!
+//! Invariants:
+//! - A resident user's state is exactly the fold of the shard's log up to `head` for that user.
+//!   Committed events are applied to resident users; a user who is not resident is simply
+//!   absent, and loading reads the newest checkpoint and the segments after it up to `head`.
+//! - Users of a batch being committed are pinned: never evicted until their callers are answered,
+//!   so staging and applying see the same state.
+//! - When resident bytes exceed the budget, the least recently used unpinned users are evicted
+//!   down to 80% of it. Evicting loses nothing: the log has everything.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
+
+#[derive(Debug)]
+struct Resident {
+    state: UserState,
+    bytes: usize,
+    last_used: AtomicU64,
+}
+
+/// Committed state of one shard.
+#[derive(Debug, Default)]
+pub struct ShardState {
+    /// The last segment committed (0 for an empty log).
+    pub head: u64,
+    /// `recorded_at` of the last segment.
+    pub last_recorded_at: Option<DateTime<Utc>>,
+    /// The newest checkpoint (the segment it includes up to), if any.
+    pub checkpoint: Option<u64>,
+    /// Events committed since the newest checkpoint (drives the checkpointer).
+    pub events_since_checkpoint: u64,
+    users: IdMap<UserId, Resident>,
+    pinned: HashSet<UserId>,
+    bytes: usize,
+    clock: AtomicU64,
+    /// Reads that found the user in memory.
+    pub hits: AtomicU64,
+    /// Loads of users who were not resident.
+    pub misses: u64,
+    /// Users evicted.
+    pub evictions: u64,
+}
+
+impl ShardState {
+    /// The user's state, if resident (and marks it recently used).
+    pub fn get(&self, user: &UserId) -> Option<&UserState> {
+        let r = self.users.get(user)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        r.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        Some(&r.state)
+    }
+
+    /// True when the user is in memory.
+    pub fn is_resident(&self, user: &UserId) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Users in memory.
+    pub fn resident_users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Approximate bytes in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Puts a loaded user in memory (unless another load got there first).
+    pub fn insert(&mut self, user: UserId, state: UserState) {
+        if self.users.contains_key(&user) {
+            return;
+        }
+        let bytes = state.approx_bytes();
+        self.bytes += bytes;
+        let last_used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
+        self.users.insert(
+            user,
+            Resident {
+                state,
+                bytes,
+                last_used,
+            },
+        );
+    }
+
+    /// Keeps users in memory until unpinned.
+    pub fn pin(&mut self, users: impl IntoIterator<Item = UserId>) {
+        self.pinned.extend(users);
+    }
+
+    /// Releases pinned users.
+    pub fn unpin_all(&mut self) {
+        self.pinned.clear();
+    }
+
+    /// Folds committed events into the resident users they belong to; others are skipped (they
+    /// will be loaded from the log). Every event advances `last_recorded_at`.
+    pub fn apply_events(&mut self, events: &[Event]) -> Result<(), ApplyError> {
+        let mut touched: HashSet<UserId> = HashSet::new();
+        let mut result = Ok(());
+        for e in events {
+            if self.last_recorded_at.is_none_or(|t| t < e.recorded_at) {
+                self.last_recorded_at = Some(e.recorded_at);
+            }
+            if let Some(r) = self.users.get_mut(&e.user_id) {
+                if let Err(err) = apply(&mut r.state, e) {
+                    result = Err(err);
+                    break;
+                }
+                touched.insert(e.user_id);
+            }
+        }
+        for u in touched {
+            if let Some(r) = self.users.get_mut(&u) {
+                let now = r.state.approx_bytes();
+                self.bytes = (self.bytes + now).saturating_sub(r.bytes);
+                r.bytes = now;
+            }
+        }
+        self.events_since_checkpoint += events.len() as u64;
+        result
+    }
+
+    /// Evicts least recently used, unpinned users while over `budget` bytes (down to 80%).
+    pub fn evict_over(&mut self, budget: usize) {
+        if self.bytes <= budget {
+            return;
+        }
+        let target = budget / 5 * 4;
+        let mut candidates: Vec<(u64, UserId, usize)> = self
+            .users
+            .iter()
+            .filter(|(u, _)| !self.pinned.contains(*u))
+            .map(|(u, r)| (r.last_used.load(Ordering::Relaxed), *u, r.bytes))
+            .collect();
+        candidates.sort_unstable_by_key(|(t, _, _)| *t);
+        for (_, user, bytes) in candidates {
+            if self.bytes <= target {
+                break;
+            }
+            self.users.remove(&user);
+            self.bytes = self.bytes.saturating_sub(bytes);
+            self.evictions += 1;
+        }
+    }
+}

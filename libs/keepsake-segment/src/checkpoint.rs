@@ -1,0 +1,363 @@
+//! Checkpoint format v1: the full state of every user of a shard after segment `n`.
+//!
+//! One Parquet file, rows sorted by `(user_id, entry, key)`, three kinds of row:
+//! - `entry = "user"`: the user's last seq (`seq`);
+//! - `entry = "item"`: one item (`key` = item id, kind, version, seq, deleted, changed_at,
+//!   document);
+//! - `entry = "change"`: one applied change id (`key` = change id; item_id, version, seq), kept
+//!   because idempotency is promised for the life of the log.
+//!
+//! A checkpoint is derived: it must equal the fold of segments `1..=n` (tested), and deleting it
+//! loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
+    Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit, TimestampMicrosecondType};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use keepsake_model::{
+    ChangeId, ChangeRef, Document, ItemId, ItemState, Kind, StateRead, UserId, UserState,
+};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::KeyValue;
+use serde_json::{Value, json};
+
+use crate::codec::writer_properties;
+use crate::error::{SegmentError, invalid};
+
+/// The checkpoint format version this build writes.
+pub const CHECKPOINT_VERSION: u32 = 1;
+const KNOWN: &[u32] = &[1];
+
+/// The Arrow schema of a checkpoint.
+pub fn checkpoint_schema() -> Arc<Schema> {
+    let uuid = DataType::FixedSizeBinary(16);
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", uuid.clone(), false),
+        Field::new("entry", DataType::Utf8, false),
+        Field::new("key", uuid.clone(), true),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("item_id", uuid, true),
+        Field::new("version", DataType::Int64, true),
+        Field::new("kind", DataType::Utf8, true),
+        Field::new("deleted", DataType::Boolean, true),
+        Field::new(
+            "changed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("document", DataType::Utf8, true),
+    ]))
+}
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointMeta {
+    /// Format version.
+    pub format_version: u32,
+    /// Shard.
+    pub shard: u32,
+    /// The last segment it includes.
+    pub segment: u64,
+    /// Users in it.
+    pub user_count: u64,
+}
+
+/// The schema as the machine-readable description in `schemas/checkpoint-v1.json`.
+pub fn checkpoint_description() -> Value {
+    let columns: Vec<Value> = checkpoint_schema()
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": format!("{:?}", f.data_type()), "nullable": f.is_nullable()}))
+        .collect();
+    json!({
+        "format": "keepsake-checkpoint",
+        "format_version": CHECKPOINT_VERSION,
+        "sort_order": ["user_id", "entry", "key"],
+        "entries": ["change", "item", "user"],
+        "columns": columns,
+        "metadata_keys": ["keepsake.format", "keepsake.format_version", "keepsake.shard", "keepsake.segment", "keepsake.user_count"],
+    })
+}
+
+#[derive(Default)]
+struct Rows {
+    user: Vec<[u8; 16]>,
+    entry: Vec<&'static str>,
+    key: Vec<Option<[u8; 16]>>,
+    seq: Vec<i64>,
+    item_id: Vec<Option<[u8; 16]>>,
+    version: Vec<Option<i64>>,
+    kind: Vec<Option<&'static str>>,
+    deleted: Vec<Option<bool>>,
+    changed_at: Vec<Option<i64>>,
+    document: Vec<Option<Document>>,
+}
+
+fn i64_of(v: u64) -> Result<i64, SegmentError> {
+    i64::try_from(v).map_err(|_| invalid(format!("{v} does not fit int64")))
+}
+
+fn uuids(values: &[Option<[u8; 16]>]) -> ArrayRef {
+    let mut b = FixedSizeBinaryBuilder::with_capacity(values.len(), 16);
+    for v in values {
+        match v {
+            Some(bytes) => {
+                let _ = b.append_value(bytes);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// Encodes the state of a shard's users after segment `meta.segment`.
+pub fn encode_checkpoint<'a>(
+    users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>,
+    meta: &CheckpointMeta,
+) -> Result<Bytes, SegmentError> {
+    let mut users: Vec<_> = users.into_iter().collect();
+    users.sort_by_key(|(u, _)| **u);
+    let mut r = Rows::default();
+    for (user, state) in &users {
+        let u = *user.as_bytes();
+        let mut changes: Vec<_> = state.changes().collect();
+        changes.sort_by_key(|(c, _)| **c);
+        for (c, cref) in changes {
+            r.user.push(u);
+            r.entry.push("change");
+            r.key.push(Some(*c.as_bytes()));
+            r.seq.push(i64_of(cref.seq)?);
+            r.item_id.push(Some(*cref.item_id.as_bytes()));
+            r.version.push(Some(i64_of(cref.version)?));
+            r.kind.push(None);
+            r.deleted.push(None);
+            r.changed_at.push(None);
+            r.document.push(None);
+        }
+        let mut items: Vec<_> = state.items().collect();
+        items.sort_by_key(|i| i.item_id);
+        for i in items {
+            r.user.push(u);
+            r.entry.push("item");
+            r.key.push(Some(*i.item_id.as_bytes()));
+            r.seq.push(i64_of(i.seq)?);
+            r.item_id.push(Some(*i.item_id.as_bytes()));
+            r.version.push(Some(i64_of(i.version)?));
+            r.kind.push(Some(i.kind.as_str()));
+            r.deleted.push(Some(i.deleted));
+            r.changed_at.push(Some(i.changed_at.timestamp_micros()));
+            r.document.push(i.document.clone());
+        }
+        r.user.push(u);
+        r.entry.push("user");
+        r.key.push(None);
+        r.seq.push(i64_of(state.last_seq())?);
+        r.item_id.push(None);
+        r.version.push(None);
+        r.kind.push(None);
+        r.deleted.push(None);
+        r.changed_at.push(None);
+        r.document.push(None);
+    }
+    let user_col: Vec<Option<[u8; 16]>> = r.user.iter().map(|u| Some(*u)).collect();
+    let columns: Vec<ArrayRef> = vec![
+        uuids(&user_col),
+        Arc::new(StringArray::from(r.entry.clone())),
+        uuids(&r.key),
+        Arc::new(Int64Array::from(r.seq)),
+        uuids(&r.item_id),
+        Arc::new(Int64Array::from(r.version)),
+        Arc::new(StringArray::from(r.kind)),
+        Arc::new(BooleanArray::from(r.deleted)),
+        Arc::new(TimestampMicrosecondArray::from(r.changed_at).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter(
+            r.document.iter().map(|d| d.as_ref().map(Document::as_str)),
+        )),
+    ];
+    let schema = checkpoint_schema();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()?))?;
+    if !r.user.is_empty() {
+        writer.write(&RecordBatch::try_new(schema, columns)?)?;
+    }
+    for (k, v) in [
+        ("keepsake.format", "checkpoint".to_string()),
+        ("keepsake.format_version", meta.format_version.to_string()),
+        ("keepsake.shard", meta.shard.to_string()),
+        ("keepsake.segment", meta.segment.to_string()),
+        ("keepsake.user_count", users.len().to_string()),
+    ] {
+        writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+    }
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// Reads a checkpoint's metadata from its footer key-value pairs.
+pub fn checkpoint_meta(kvs: Option<&Vec<KeyValue>>) -> Result<CheckpointMeta, SegmentError> {
+    let get = |k: &str| {
+        kvs.and_then(|v| v.iter().find(|kv| kv.key == k))
+            .and_then(|kv| kv.value.clone())
+            .ok_or_else(|| invalid(format!("checkpoint metadata {k} is missing")))
+    };
+    let num = |k: &str| -> Result<u64, SegmentError> {
+        get(k)?
+            .parse()
+            .map_err(|_| invalid(format!("checkpoint metadata {k} is not a number")))
+    };
+    if get("keepsake.format")? != "checkpoint" {
+        return Err(invalid("not a checkpoint"));
+    }
+    let version = u32::try_from(num("keepsake.format_version")?).unwrap_or(u32::MAX);
+    if !KNOWN.contains(&version) {
+        return Err(SegmentError::UnknownVersion {
+            found: version,
+            known: KNOWN,
+        });
+    }
+    Ok(CheckpointMeta {
+        format_version: version,
+        shard: u32::try_from(num("keepsake.shard")?).map_err(|_| invalid("shard out of range"))?,
+        segment: num("keepsake.segment")?,
+        user_count: num("keepsake.user_count")?,
+    })
+}
+
+#[derive(Default)]
+struct Partial {
+    last_seq: u64,
+    items: Vec<ItemState>,
+    changes: Vec<(ChangeId, ChangeRef)>,
+}
+
+fn col(batch: &RecordBatch, i: usize) -> Result<&FixedSizeBinaryArray, SegmentError> {
+    batch
+        .column(i)
+        .as_fixed_size_binary_opt()
+        .ok_or_else(|| invalid(format!("checkpoint column {i} is not a uuid column")))
+}
+
+fn id_at(a: &FixedSizeBinaryArray, i: usize) -> Option<[u8; 16]> {
+    (!a.is_null(i))
+        .then(|| a.value(i).try_into().ok())
+        .flatten()
+}
+
+/// Folds checkpoint record batches into user states (rows of any subset of users).
+pub fn decode_checkpoint_batches(
+    batches: impl IntoIterator<Item = RecordBatch>,
+    only: Option<&UserId>,
+) -> Result<HashMap<UserId, UserState>, SegmentError> {
+    let mut partial: HashMap<UserId, Partial> = HashMap::new();
+    for batch in batches {
+        if batch.schema().fields() != checkpoint_schema().fields() {
+            return Err(invalid("the file's columns are not the checkpoint schema"));
+        }
+        let user = col(&batch, 0)?;
+        let entry = batch
+            .column(1)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| invalid("entry"))?;
+        let key = col(&batch, 2)?;
+        let seq = batch
+            .column(3)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| invalid("seq"))?;
+        let item_id = col(&batch, 4)?;
+        let version = batch
+            .column(5)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| invalid("version"))?;
+        let kind = batch
+            .column(6)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| invalid("kind"))?;
+        let deleted = batch
+            .column(7)
+            .as_boolean_opt()
+            .ok_or_else(|| invalid("deleted"))?;
+        let changed_at = batch
+            .column(8)
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| invalid("changed_at"))?;
+        let document = batch
+            .column(9)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| invalid("document"))?;
+        for i in 0..batch.num_rows() {
+            let bad = |what: &str| invalid(format!("checkpoint row {i}: {what}"));
+            let u = UserId::from_bytes(id_at(user, i).ok_or_else(|| bad("user_id"))?);
+            if only.is_some_and(|o| *o != u) {
+                continue;
+            }
+            let p = partial.entry(u).or_default();
+            let seq_v = u64::try_from(seq.value(i)).map_err(|_| bad("seq"))?;
+            let version_v = || -> Result<u64, SegmentError> {
+                if version.is_null(i) {
+                    return Err(bad("version"));
+                }
+                u64::try_from(version.value(i)).map_err(|_| bad("version"))
+            };
+            match entry.value(i) {
+                "user" => p.last_seq = seq_v,
+                "change" => p.changes.push((
+                    ChangeId::from_bytes(id_at(key, i).ok_or_else(|| bad("key"))?),
+                    ChangeRef {
+                        item_id: ItemId::from_bytes(
+                            id_at(item_id, i).ok_or_else(|| bad("item_id"))?,
+                        ),
+                        version: version_v()?,
+                        seq: seq_v,
+                    },
+                )),
+                "item" => p.items.push(ItemState {
+                    item_id: ItemId::from_bytes(id_at(key, i).ok_or_else(|| bad("key"))?),
+                    kind: (!kind.is_null(i))
+                        .then(|| Kind::parse(kind.value(i)))
+                        .flatten()
+                        .ok_or_else(|| bad("kind"))?,
+                    version: version_v()?,
+                    seq: seq_v,
+                    deleted: !deleted.is_null(i) && deleted.value(i),
+                    changed_at: (!changed_at.is_null(i))
+                        .then(|| DateTime::<Utc>::from_timestamp_micros(changed_at.value(i)))
+                        .flatten()
+                        .ok_or_else(|| bad("changed_at"))?,
+                    document: (!document.is_null(i))
+                        .then(|| Document::from_stored(document.value(i))),
+                }),
+                other => return Err(bad(&format!("unknown entry {other:?}"))),
+            }
+        }
+    }
+    Ok(partial
+        .into_iter()
+        .map(|(u, p)| (u, UserState::from_parts(p.last_seq, p.items, p.changes)))
+        .collect())
+}
+
+/// Decodes a whole checkpoint.
+pub fn decode_checkpoint(
+    bytes: Bytes,
+) -> Result<(CheckpointMeta, HashMap<UserId, UserState>), SegmentError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let meta = checkpoint_meta(builder.metadata().file_metadata().key_value_metadata())?;
+    let batches = builder
+        .with_batch_size(64 * 1024)
+        .build()?
+        .collect::<Result<Vec<_>, _>>()?;
+    let users = decode_checkpoint_batches(batches, None)?;
+    if users.len() as u64 != meta.user_count {
+        return Err(invalid(format!(
+            "metadata says {} users, the file holds {}",
+            meta.user_count,
+            users.len()
+        )));
+    }
+    Ok((meta, users))
+}

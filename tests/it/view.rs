@@ -1,0 +1,156 @@
+//! Views and checkpoints are derived: evicting users, or starting from a checkpoint, never
+//! changes an answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keepsake_log::{LogConfig, UpTo, list_checkpoints, read_checkpoint, read_user};
+use keepsake_model::{ChangeBody, Kind, Outcome, UserState};
+use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_users_reload_with_identical_state() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    // a budget of one byte: every user not in the batch being committed is evicted
+    let cfg = LogConfig {
+        view_memory_bytes: 1,
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg).await.expect("open");
+    let users: Vec<_> = (0..5).map(|_| user()).collect();
+    let mut first = HashMap::new();
+    for round in 0..4 {
+        for u in &users {
+            let it = item();
+            let c = put(it, json!({"round": round}));
+            first.entry(*u).or_insert_with(|| c.clone());
+            push(&log, *u, vec![c]).await.expect("push");
+            // a stale patch against a version written before the user was evicted
+            let p = change(
+                Kind::Note,
+                it,
+                Some(1),
+                ChangeBody::patch(json!({"x": round})),
+            );
+            push(&log, *u, vec![p]).await.expect("patch");
+        }
+    }
+    assert!(
+        log.resident_users() <= 1,
+        "the budget evicts: {} resident",
+        log.resident_users()
+    );
+    let (_, misses, evictions) = log.view_counters();
+    assert!(misses > 0 && evictions > 0);
+    for u in &users {
+        let (events, _) = read_user(store.clone(), 0, *u, UpTo::End)
+            .await
+            .expect("read");
+        let replayed = UserState::replay(&events).expect("replay");
+        let loaded = log.user(u, UserState::clone).await.expect("load");
+        assert_eq!(
+            loaded, replayed,
+            "an evicted user reloads to the fold of its log"
+        );
+        let again = push(&log, *u, vec![first[u].clone()]).await.expect("retry");
+        assert!(
+            matches!(again.outcomes[0], Outcome::Duplicate(r) if r.seq == 1),
+            "idempotency survives eviction"
+        );
+    }
+    log.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_equal_the_log_and_start_up_uses_them() {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let cfg = LogConfig {
+        checkpoint_every_events: 40,
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg.clone()).await.expect("open");
+    let users: Vec<_> = (0..4).map(|_| user()).collect();
+    for round in 0..10 {
+        for u in &users {
+            push(
+                &log,
+                *u,
+                (0..3)
+                    .map(|i| put(item(), json!({"r": round, "i": i})))
+                    .collect(),
+            )
+            .await
+            .expect("push");
+        }
+    }
+    let mut checkpoint = None;
+    for _ in 0..100 {
+        checkpoint = log.checkpoint(0);
+        if checkpoint.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = checkpoint.expect("a checkpoint is written after 40 events");
+    assert!(
+        list_checkpoints(store.as_ref(), 0)
+            .await
+            .expect("list")
+            .contains(&c)
+    );
+    // the checkpoint equals the fold of the segments up to it
+    let saved = read_checkpoint(store.as_ref(), 0, c)
+        .await
+        .expect("read checkpoint");
+    for u in &users {
+        let (events, _) = read_user(store.clone(), 0, *u, UpTo::End)
+            .await
+            .expect("read");
+        let upto: Vec<_> = {
+            let mut in_segments = Vec::new();
+            for n in 1..=c {
+                let seg = keepsake_log::read_segment(store.as_ref(), 0, n)
+                    .await
+                    .expect("segment")
+                    .expect("exists");
+                in_segments.extend(seg.events.into_iter().filter(|e| e.user_id == *u));
+            }
+            in_segments
+        };
+        assert!(events.len() >= upto.len());
+        assert_eq!(
+            saved.get(u).cloned().unwrap_or_default(),
+            UserState::replay(&upto).expect("fold")
+        );
+    }
+    let before: Vec<UserState> = {
+        let mut v = Vec::new();
+        for u in &users {
+            v.push(log.user(u, UserState::clone).await.expect("state"));
+        }
+        v
+    };
+    log.shutdown().await;
+    // Start-up reads the newest checkpoint and the segments after it: segment 1 is never read.
+    faulty.inject(
+        FaultOp::Get,
+        "segments/00000000000000000001.parquet",
+        Fault::Fail,
+        1000,
+    );
+    let reopened = open(store.clone(), 1, cfg)
+        .await
+        .expect("start-up from the checkpoint");
+    assert_eq!(reopened.checkpoint(0), Some(c));
+    for (u, b) in users.iter().zip(&before) {
+        assert_eq!(&reopened.user(u, UserState::clone).await.expect("state"), b);
+    }
+    reopened.shutdown().await;
+}
