@@ -40,6 +40,7 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 	$(CARGO) bench -p keepsake-model --features fixtures --bench apply
 	$(CARGO) bench -p keepsake-segment --bench codec
 	$(CARGO) bench -p keepsake-log --bench writer
+	$(CARGO) bench -p keepsake --bench http_load
 
 .PHONY: bless
 bless: ## Rewrite the golden segment file (only with a new format version: old ones must stay)

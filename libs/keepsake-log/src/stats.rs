@@ -107,10 +107,40 @@ impl LogStats {
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        self.put_latency_ms
+            .observe(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+        self.batch_events.observe(events);
     }
 
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_segment_is_counted_everywhere() {
+        let s = LogStats::default();
+        s.record_segment(250, 9000, Duration::from_millis(3));
+        s.record_segment(10, 400, Duration::from_millis(30));
+        assert_eq!(
+            (LogStats::get(&s.segments), LogStats::get(&s.events)),
+            (2, 260)
+        );
+        let (buckets, sum, count) = s.batch_events.snapshot();
+        assert_eq!((sum, count), (260, 2));
+        assert_eq!(
+            buckets
+                .iter()
+                .find(|(le, _)| *le == Some(1000))
+                .map(|b| b.1),
+            Some(1)
+        );
+        let (_, ms_sum, ms_count) = s.put_latency_ms.snapshot();
+        assert_eq!((ms_sum, ms_count), (33, 2));
     }
 }

@@ -79,6 +79,9 @@ pub struct UserState {
     last_seq: u64,
     /// Bytes of the documents held, kept up to date by `put_item`.
     doc_bytes: usize,
+    /// Items by the seq of their last change: pulls read "changed after seq n" in order without
+    /// scanning every item. Kept up to date by `put_item`.
+    by_seq: std::collections::BTreeMap<u64, ItemId>,
     items: IdMap<ItemId, ItemState>,
     changes: IdMap<ChangeId, ChangeRef>,
 }
@@ -94,6 +97,13 @@ impl UserState {
         const PER_ITEM: usize = 128;
         const PER_CHANGE: usize = 48;
         self.doc_bytes + self.items.len() * PER_ITEM + self.changes.len() * PER_CHANGE
+    }
+
+    /// Items whose last change is after `seq`, in seq order (each item once, at its latest).
+    pub fn items_changed_after(&self, seq: u64) -> impl Iterator<Item = &ItemState> {
+        self.by_seq
+            .range(seq.saturating_add(1)..)
+            .filter_map(|(_, id)| self.items.get(id))
     }
 
     /// Number of items, tombstones included.
@@ -160,8 +170,13 @@ impl StateWrite for UserState {
     }
     fn put_item(&mut self, item: ItemState) {
         self.doc_bytes += item.document.as_ref().map_or(0, Document::len);
-        if let Some(old) = self.items.insert(item.item_id, item) {
+        self.by_seq.insert(item.seq, item.item_id);
+        let (id, seq) = (item.item_id, item.seq);
+        if let Some(old) = self.items.insert(id, item) {
             self.doc_bytes -= old.document.as_ref().map_or(0, Document::len);
+            if old.seq != seq {
+                self.by_seq.remove(&old.seq);
+            }
         }
     }
     fn put_change(&mut self, id: ChangeId, result: ChangeRef) {

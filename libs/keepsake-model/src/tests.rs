@@ -627,3 +627,27 @@ fn wire_changes_are_checked() {
     assert_eq!(back["op"], "patch");
     assert_eq!(back["document"], json!({"a": null}));
 }
+
+#[test]
+fn items_changed_after_follows_the_log() {
+    let mut h = Harness::new();
+    let a = h.change(Kind::Note, item(1), None, put(json!({"v": 1})));
+    let b = h.change(Kind::Note, item(2), None, put(json!({"v": 1})));
+    let c = h.change(Kind::Note, item(1), None, put(json!({"v": 2})));
+    let d = h.change(Kind::Note, item(2), None, ChangeBody::Delete);
+    h.push(&[a, b, c, d]);
+    let after = |n| {
+        h.state
+            .items_changed_after(n)
+            .map(|i| (i.item_id, i.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(after(0), vec![(item(1), 3), (item(2), 4)]);
+    assert_eq!(after(3), vec![(item(2), 4)]);
+    assert!(after(4).is_empty());
+    assert_eq!(
+        UserState::replay(&h.log).as_ref(),
+        Ok(&h.state),
+        "the index is part of the fold"
+    );
+}

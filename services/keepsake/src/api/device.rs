@@ -166,11 +166,12 @@ struct Page {
 
 fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> Page {
     let after = since.unwrap_or(0);
+    // The index yields items in seq order: take one more than the page to know if there is more.
     let mut items: Vec<&ItemState> = user
-        .items()
-        .filter(|i| i.seq > after && (since.is_some() || !i.deleted))
+        .items_changed_after(after)
+        .filter(|i| since.is_some() || !i.deleted)
+        .take(limit + 1)
         .collect();
-    items.sort_unstable_by_key(|i| i.seq);
     let has_more = items.len() > limit;
     items.truncate(limit);
     let token_seq = if has_more {
