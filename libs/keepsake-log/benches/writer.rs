@@ -2,8 +2,9 @@
 //! changes each, for several seconds; reports events/s, segments/s and ack latency percentiles.
 //! An ack means the segment holding the push is durable.
 //!
-//! `KEEPSAKE_BENCH_SECS` (default 5), `KEEPSAKE_BENCH_CLIENTS` (default 64) and
-//! `KEEPSAKE_BENCH_WINDOW_MS` (default 10) change the run.
+//! `KEEPSAKE_BENCH_SECS` (default 5), `KEEPSAKE_BENCH_CLIENTS` (default 64),
+//! `KEEPSAKE_BENCH_WINDOW_MS` (default 10) and `KEEPSAKE_BENCH_VIEW_MB` (default 4096: above the
+//! working set; lower it to measure eviction and reloads) change the run.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ fn main() {
         let store = keepsake_store::open_store(&url).expect("file store").inner;
         let cfg = LogConfig {
             commit_window: Duration::from_millis(window),
+            // Above the working set by default: this measures the writer, not eviction.
+            view_memory_bytes: env("KEEPSAKE_BENCH_VIEW_MB", 4096) as usize * 1024 * 1024,
             ..LogConfig::default()
         };
         let log = Arc::new(
@@ -120,6 +123,8 @@ fn main() {
         println!("  ack p50 ms       {:>12.2}", percentile(&latencies, 0.50).as_secs_f64() * 1e3);
         println!("  ack p99 ms       {:>12.2}", percentile(&latencies, 0.99).as_secs_f64() * 1e3);
         println!("  ack max ms       {:>12.2}", latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3);
+        let (hits, misses, evictions) = log.view_counters();
+        println!("  view hits/misses/evictions {hits}/{misses}/{evictions}");
         log.shutdown().await;
     });
 }

@@ -43,7 +43,7 @@ impl Default for LogConfig {
             read_concurrency: 4,
             policy: StagePolicy::default(),
             view_memory_bytes: 256 * 1024 * 1024,
-            checkpoint_every_events: 200_000,
+            checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
         }
     }

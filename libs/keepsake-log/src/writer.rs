@@ -154,9 +154,13 @@ impl Writer {
         if let Ok(mut s) = self.state.write() {
             s.pin(users.iter().copied());
         }
-        for u in users {
-            crate::load_user(&self.store, self.shard, &self.state, u).await?;
-        }
+        // Cold users load concurrently: each reads the newest checkpoint and the segments after it.
+        futures::future::try_join_all(
+            users
+                .into_iter()
+                .map(|u| crate::load_user(&self.store, self.shard, &self.state, u)),
+        )
+        .await?;
         Ok(())
     }
 

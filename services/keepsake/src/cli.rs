@@ -92,7 +92,7 @@ struct ServeArgs {
     #[arg(
         long,
         env = "KEEPSAKE_CHECKPOINT_EVERY_EVENTS",
-        default_value_t = 200_000
+        default_value_t = 1_000_000
     )]
     checkpoint_every_events: u64,
     /// ...or every this many seconds when anything was committed.
