@@ -22,9 +22,9 @@ dev: ## Run MinIO and the server against it in Docker (infra/docker-compose.yml)
 	docker compose -f infra/docker-compose.yml up --build
 
 .PHONY: moto
-moto: ## Install moto_server (the S3 server the tests start) if it is missing
-	@command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet 'moto[server]'
-	@command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
+moto: ## Install moto[server] (the S3 server the tests start) if it is missing
+	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
+	@python3 -c 'import moto.server' || { echo "moto[server] is not importable after pip install" >&2; exit 1; }
 
 .PHONY: test
 test: moto ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)

@@ -7,8 +7,9 @@
 //!   exits (it is started under a shell that kills it when its stdin, held by this process,
 //!   closes). No test depends on a server started by hand, and nothing but loopback is contacted.
 //!
-//! `moto_server` comes from PyPI (`pip install 'moto[server]'`; `make test` installs it). Set
-//! `KEEPSAKE_MOTO_SERVER` to use another executable.
+//! `moto_server` comes from PyPI (`pip install 'moto[server]'`; `make test` installs it); without
+//! it on PATH the harness runs `python3 -m moto.server`. `KEEPSAKE_MOTO_SERVER` names another
+//! command.
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -144,13 +145,26 @@ fn free_port() -> Result<u16> {
 }
 
 fn start_moto() -> Result<Moto> {
-    let exe = std::env::var("KEEPSAKE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+    // KEEPSAKE_MOTO_SERVER, else moto_server on PATH, else the module (pip may install moto where
+    // no shim puts it on PATH, as under pyenv before a rehash).
+    let exe = std::env::var("KEEPSAKE_MOTO_SERVER").unwrap_or_else(|_| {
+        let on_path = Command::new("sh")
+            .args(["-c", "command -v moto_server"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if on_path {
+            "moto_server".into()
+        } else {
+            "python3 -m moto.server".into()
+        }
+    });
     let mut last_err = None;
     for _ in 0..3 {
         let port = free_port()?;
         // The shell kills moto when our end of its stdin closes, i.e. when this process exits.
         let script = format!(
-            "\"{exe}\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; \
+            "{exe} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; \
              trap 'kill $pid 2>/dev/null' EXIT; read _ignored; kill $pid 2>/dev/null; wait $pid"
         );
         let mut child = Command::new("sh")
