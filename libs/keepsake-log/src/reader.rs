@@ -31,22 +31,44 @@ pub struct Listed {
     pub size: u64,
 }
 
-/// Lists a shard's segments in order, checking they are dense from 1.
-pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
-    let prefix = keys::segments_prefix(shard);
+/// Lists the numbered objects of a shard under `prefix` (segments or checkpoints), ascending by
+/// number, with their sizes; anything else found there is ignored.
+async fn list_numbered(
+    store: &dyn ObjectStore,
+    prefix: object_store::path::Path,
+    what: &str,
+    shard: u32,
+    number: impl Fn(Key) -> Option<u64>,
+) -> Result<Vec<Listed>, LogError> {
     let metas: Vec<_> = store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(store_err(format!("list segments of shard {shard}")))?;
+        .map_err(store_err(format!("list {what} of shard {shard}")))?;
     let mut listed: Vec<Listed> = metas
         .iter()
-        .filter_map(|m| match keys::parse(&m.location) {
-            Some(Key::Segment { shard: s, n }) if s == shard => Some(Listed { n, size: m.size }),
-            _ => None,
+        .filter_map(|m| {
+            let n = number(keys::parse(&m.location)?)?;
+            Some(Listed { n, size: m.size })
         })
         .collect();
     listed.sort_by_key(|l| l.n);
+    Ok(listed)
+}
+
+/// Lists a shard's segments in order, checking they are dense from 1.
+pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
+    let listed = list_numbered(
+        store,
+        keys::segments_prefix(shard),
+        "segments",
+        shard,
+        |k| match k {
+            Key::Segment { shard: s, n } if s == shard => Some(n),
+            _ => None,
+        },
+    )
+    .await?;
     for (i, l) in listed.iter().enumerate() {
         let expected = i as u64 + 1;
         if l.n != expected {
@@ -236,20 +258,18 @@ pub async fn read_checkpoint_user(
 
 /// Lists a shard's checkpoints (segment numbers), ascending.
 pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec<u64>, LogError> {
-    let metas: Vec<_> = store
-        .list(Some(&keys::checkpoints_prefix(shard)))
-        .try_collect()
-        .await
-        .map_err(store_err(format!("list checkpoints of shard {shard}")))?;
-    let mut ns: Vec<u64> = metas
-        .iter()
-        .filter_map(|m| match keys::parse(&m.location) {
-            Some(Key::Checkpoint { shard: s, n }) if s == shard => Some(n),
+    let listed = list_numbered(
+        store,
+        keys::checkpoints_prefix(shard),
+        "checkpoints",
+        shard,
+        |k| match k {
+            Key::Checkpoint { shard: s, n } if s == shard => Some(n),
             _ => None,
-        })
-        .collect();
-    ns.sort_unstable();
-    Ok(ns)
+        },
+    )
+    .await?;
+    Ok(listed.into_iter().map(|l| l.n).collect())
 }
 
 /// Reads and decodes a whole checkpoint.

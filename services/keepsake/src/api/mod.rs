@@ -216,6 +216,7 @@ async fn request_context(State(state): State<Shared>, mut req: Request, next: Ne
         request_id = %request_id,
         user_id = field::Empty,
         device_id = field::Empty,
+        shard = field::Empty,
     );
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
@@ -284,6 +285,7 @@ impl FromRequestParts<Shared> for DeviceAuth {
         let span = tracing::Span::current();
         span.record("user_id", field::display(user));
         span.record("device_id", field::display(device));
+        span.record("shard", ready.log.shard_of(&user));
         Ok(Self { user, device })
     }
 }

@@ -209,8 +209,8 @@ impl Server {
         v
     }
 
-    /// The server's count of committed segments.
-    pub async fn segments(&self) -> u64 {
+    /// A counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
         let text = self
             .client
             .get(format!("{}/metrics", self.base))
@@ -221,9 +221,14 @@ impl Server {
             .await
             .expect("text");
         text.lines()
-            .find_map(|l| l.strip_prefix("keepsake_segments_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .expect("keepsake_segments_total")
+            .unwrap_or_else(|| panic!("metric {name} in /metrics"))
+    }
+
+    /// The server's count of committed segments.
+    pub async fn segments(&self) -> u64 {
+        self.metric("keepsake_segments_total").await
     }
 }
 

@@ -335,19 +335,6 @@ async fn evicted_views_reload_with_identical_answers(backend: Backend) {
     assert_eq!(item_after, item_before);
     let again = s.push(&phone_a, json!([c])).await;
     assert_eq!(again["results"][0]["status"], "duplicate");
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let evictions: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("keepsake_view_evictions_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("evictions metric");
+    let evictions = s.metric("keepsake_view_evictions_total").await;
     assert!(evictions > 0, "the test must actually evict");
 }
