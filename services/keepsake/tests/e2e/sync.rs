@@ -23,6 +23,7 @@ file_and_s3!(
     mass_delete_guard_refuses_then_accepts,
     restart_keeps_data_and_tokens,
     evicted_views_reload_with_identical_answers,
+    sigterm_answers_in_flight_pushes_and_loses_none,
 );
 
 fn token(v: &Value) -> String {
@@ -337,4 +338,60 @@ async fn evicted_views_reload_with_identical_answers(backend: Backend) {
     assert_eq!(again["results"][0]["status"], "duplicate");
     let evictions = s.metric("keepsake_view_evictions_total").await;
     assert!(evictions > 0, "the test must actually evict");
+}
+
+async fn sigterm_answers_in_flight_pushes_and_loses_none(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = std::sync::Arc::new(Server::start(&env, &[]).await);
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let pushes: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, phone) = (s.clone(), phone.clone());
+            let item = uuid();
+            tokio::spawn(async move {
+                let body = json!({"changes": [put(&item, "note", json!({"i": i}))]});
+                let sent = s
+                    .client
+                    .post(format!("{}/v1/changes", s.base))
+                    .bearer_auth(&phone)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let acked = match sent {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let v: Value = r.json().await.expect("json");
+                        v["results"][0]["status"] == "applied"
+                    }
+                    _ => false,
+                };
+                (item, acked)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.terminate();
+    let mut acked = Vec::new();
+    for p in pushes {
+        let (item, ok) = p.await.expect("join");
+        if ok {
+            acked.push(item);
+        }
+    }
+    let s = std::sync::Arc::try_unwrap(s).ok().expect("no other handle");
+    assert!(s.wait().success(), "SIGTERM ends the server cleanly");
+    let s = Server::start(&env, &[]).await;
+    let all = s.pull(&phone, "?limit=1000").await;
+    let have: std::collections::HashSet<&str> = all["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["item_id"].as_str())
+        .collect();
+    for item in &acked {
+        assert!(
+            have.contains(item.as_str()),
+            "an acknowledged push survived the shutdown"
+        );
+    }
 }
