@@ -154,3 +154,73 @@ async fn checkpoints_equal_the_log_and_start_up_uses_them() {
     }
     reopened.shutdown().await;
 }
+
+/// As-of reads equal a replay from the first event, at every seq and at every recorded time,
+/// with checkpoints (across their boundaries) and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reads_equal_a_replay_at_every_moment() {
+    for checkpoint_every in [u64::MAX, 7] {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            checkpoint_every_events: checkpoint_every,
+            ..fast_config()
+        };
+        let log = open(store.clone(), 1, cfg).await.expect("open");
+        let u = user();
+        let items: Vec<_> = (0..4).map(|_| item()).collect();
+        for round in 0..12u64 {
+            let it = items[(round % 4) as usize];
+            let c = if round % 5 == 4 {
+                change(Kind::Note, it, None, ChangeBody::Delete)
+            } else {
+                put(it, json!({"round": round}))
+            };
+            // other users too, so checkpoints hold more than one user
+            push(&log, user(), vec![put(item(), json!({}))])
+                .await
+                .expect("other");
+            let _ = push(&log, u, vec![c]).await.expect("push");
+            tokio::time::sleep(Duration::from_millis(if checkpoint_every == 7 {
+                600
+            } else {
+                2
+            }))
+            .await;
+        }
+        if checkpoint_every == 7 {
+            assert!(
+                list_checkpoints(store.as_ref(), 0)
+                    .await
+                    .expect("list")
+                    .len()
+                    >= 2,
+                "several checkpoints"
+            );
+        }
+        let (events, _) = read_user(store.clone(), 0, u, UpTo::End)
+            .await
+            .expect("read");
+        for k in 0..=events.len() {
+            let want = UserState::replay(&events[..k]).expect("replay");
+            let got = log
+                .user_at(&u, UpTo::Seq(k as u64))
+                .await
+                .expect("as of seq");
+            assert_eq!(
+                got, want,
+                "as_of_seq {k} (checkpoints every {checkpoint_every})"
+            );
+        }
+        for e in &events {
+            let t = e.recorded_at;
+            let upto: Vec<_> = events
+                .iter()
+                .filter(|x| x.recorded_at <= t)
+                .cloned()
+                .collect();
+            let got = log.user_at(&u, UpTo::Time(t)).await.expect("as of time");
+            assert_eq!(got, UserState::replay(&upto).expect("replay"), "as_of {t}");
+        }
+        log.shutdown().await;
+    }
+}

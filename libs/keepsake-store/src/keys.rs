@@ -4,7 +4,7 @@
 //! keepsake.json                                   store descriptor (create-only)
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
-//! restores/<restore_id>.json                      fleet restore job progress
+//! restores/<restore_id>.json                      a restore's record: single user (its result) or fleet job
 //! devices/<user_id>/<device_id>.json              a registered device (create-only; no token)
 //! revocations/<device_id>.json                    a device's revocation (create-only)
 //! ```
@@ -45,7 +45,7 @@ pub enum Key {
         /// The last segment it includes.
         n: u64,
     },
-    /// A fleet restore job record.
+    /// A restore's record (a single-user restore's result, or a fleet job's progress).
     RestoreJob(RestoreId),
     /// A registered device.
     Device {

@@ -1,5 +1,6 @@
 //! The operator API, `/admin/v1` (operator token). Devices for now; point in time comes later.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -94,4 +95,373 @@ pub(super) async fn revoke_device(
         .map_err(registry_error)?;
     tracing::info!(user_id = %user, device_id = %device, "device revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- point in time ----
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::Query;
+use chrono::{DateTime, Utc};
+use keepsake_log::{PushRequest, UpTo, read_user};
+use keepsake_model::{
+    Change, ChangeBody, EventMeta, ItemState, Kind, Origin, Outcome, RestoreId, StateRead,
+    UserState,
+};
+use object_store::ObjectStoreExt as _;
+use serde_json::Value;
+
+fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::malformed(format!("{what} {s:?} is not an RFC 3339 time")))
+}
+
+/// `as_of=T` or `as_of_seq=N`, exactly one.
+fn moment(as_of: Option<&str>, as_of_seq: Option<&str>) -> Result<UpTo, ApiError> {
+    match (as_of, as_of_seq) {
+        (Some(t), None) => Ok(UpTo::Time(parse_time("as_of", t)?)),
+        (None, Some(n)) => n
+            .parse()
+            .map(UpTo::Seq)
+            .map_err(|_| ApiError::malformed(format!("as_of_seq {n:?} is not a whole number"))),
+        _ => Err(ApiError::malformed(
+            "give exactly one of as_of (RFC 3339) and as_of_seq",
+        )),
+    }
+}
+
+fn kind_filter(kinds: Option<&str>) -> Result<Option<Vec<Kind>>, ApiError> {
+    kinds
+        .map(|k| {
+            k.split(',')
+                .map(|k| {
+                    Kind::parse(k.trim())
+                        .ok_or_else(|| ApiError::malformed(format!("unknown kind {k:?}")))
+                })
+                .collect()
+        })
+        .transpose()
+}
+
+fn live_items<'a>(
+    s: &'a UserState,
+    kinds: &Option<Vec<Kind>>,
+) -> BTreeMap<keepsake_model::ItemId, &'a ItemState> {
+    s.items()
+        .filter(|i| !i.deleted && kinds.as_ref().is_none_or(|k| k.contains(&i.kind)))
+        .map(|i| (i.item_id, i))
+        .collect()
+}
+
+fn item_json(i: &ItemState) -> Value {
+    json!({"item_id": i.item_id, "kind": i.kind, "version": i.version, "seq": i.seq,
+           "changed_at": i.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+           "document": i.document})
+}
+
+pub(super) async fn items_as_of(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(user_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    let at = moment(
+        q.get("as_of").map(String::as_str),
+        q.get("as_of_seq").map(String::as_str),
+    )?;
+    let kinds = kind_filter(q.get("kind").map(String::as_str))?;
+    let s = state.ready()?.log.user_at(&user, at).await?;
+    let items: Vec<Value> = live_items(&s, &kinds)
+        .values()
+        .map(|i| item_json(i))
+        .collect();
+    let as_of = match at {
+        UpTo::Time(t) => Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        _ => Value::Null,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({"user_id": user, "as_of": as_of, "seq": s.last_seq(), "items": items}),
+    ))
+}
+
+pub(super) async fn events(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(user_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
+        q.get(name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| ApiError::malformed(format!("{name} must be a whole number")))
+        })
+    };
+    let after = number("after_seq", 0)?;
+    let limit = number("limit", 500)?;
+    if !(1..=state.limits.max_page_size as u64).contains(&limit) {
+        return Err(ApiError::malformed(format!(
+            "limit must be within 1..={}",
+            state.limits.max_page_size
+        )));
+    }
+    let log = &state.ready()?.log;
+    let upto = after.saturating_add(limit);
+    let (events, _) = read_user(
+        log.store().clone(),
+        log.shard_of(&user),
+        user,
+        UpTo::Seq(upto),
+    )
+    .await?;
+    let events: Vec<Value> = events
+        .iter()
+        .filter(|e| e.seq > after)
+        .map(|e| json!({
+            "seq": e.seq, "event_id": e.event_id, "change_id": e.change_id, "device_id": e.device_id,
+            "origin": e.origin, "request_id": e.request_id, "restore_id": e.restore_id, "kind": e.kind,
+            "item_id": e.item_id, "op": e.op, "version": e.version,
+            "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "document": e.document,
+        }))
+        .collect();
+    let last = log.last_seq(&user).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"user_id": user, "events": events, "has_more": upto < last}),
+    ))
+}
+
+pub(super) async fn diff(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(user_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    let from = parse_time(
+        "from",
+        q.get("from")
+            .ok_or_else(|| ApiError::malformed("from is required"))?,
+    )?;
+    let to = parse_time(
+        "to",
+        q.get("to")
+            .ok_or_else(|| ApiError::malformed("to is required"))?,
+    )?;
+    let log = &state.ready()?.log;
+    let (a, b) = (
+        log.user_at(&user, UpTo::Time(from)).await?,
+        log.user_at(&user, UpTo::Time(to)).await?,
+    );
+    let (a, b) = (live_items(&a, &None), live_items(&b, &None));
+    let added: Vec<Value> = b
+        .iter()
+        .filter(|(id, _)| !a.contains_key(id))
+        .map(|(_, i)| item_json(i))
+        .collect();
+    let removed: Vec<Value> = a
+        .iter()
+        .filter(|(id, _)| !b.contains_key(id))
+        .map(|(_, i)| item_json(i))
+        .collect();
+    let changed: Vec<Value> = b
+        .iter()
+        .filter_map(|(id, new)| {
+            a.get(id)
+                .filter(|old| old.version != new.version)
+                .map(|old| json!({"before": item_json(old), "after": item_json(new)}))
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"user_id": user, "added": added, "removed": removed, "changed": changed}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    as_of: Option<String>,
+    as_of_seq: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    reason: String,
+    kinds: Option<Vec<Kind>>,
+    /// The operator's idempotency key: a restore with an id already recorded answers with its
+    /// recorded result and writes nothing.
+    restore_id: Option<RestoreId>,
+}
+
+/// The changes that make `current` equal `target` (live items of the chosen kinds), with counts.
+fn compensating(
+    current: &UserState,
+    target: &UserState,
+    kinds: &Option<Vec<Kind>>,
+    restore_id: RestoreId,
+) -> (Vec<Change>, u64, u64, u64) {
+    let (cur, tgt) = (live_items(current, kinds), live_items(target, kinds));
+    let (mut restored, mut reverted, mut removed) = (0, 0, 0);
+    let mut changes = Vec::new();
+    for (id, t) in &tgt {
+        let Some(document) = t.document.clone() else {
+            continue;
+        };
+        let put = |document| Change {
+            change_id: restore_id.change_id_for(*id),
+            kind: t.kind,
+            item_id: *id,
+            base_version: None,
+            body: ChangeBody::Put { document },
+        };
+        match cur.get(id) {
+            None => {
+                restored += 1;
+                changes.push(put(document));
+            }
+            Some(c) if c.document.as_ref() != Some(&document) => {
+                reverted += 1;
+                changes.push(put(document));
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, c) in &cur {
+        if !tgt.contains_key(id) {
+            removed += 1;
+            changes.push(Change {
+                change_id: restore_id.change_id_for(*id),
+                kind: c.kind,
+                item_id: *id,
+                base_version: None,
+                body: ChangeBody::Delete,
+            });
+        }
+    }
+    (changes, restored, reverted, removed)
+}
+
+pub(super) async fn restore_user(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Extension(request_id): Extension<keepsake_model::RequestId>,
+    Path(user_id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let b: RestoreBody = parse_json(&bytes)?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::malformed("a restore needs a reason"));
+    }
+    let at = moment(
+        b.as_of.as_deref(),
+        b.as_of_seq.map(|n| n.to_string()).as_deref(),
+    )?;
+    let log = &state.ready()?.log;
+    if let Some(id) = b.restore_id
+        && !b.dry_run
+    {
+        match log
+            .store()
+            .get(&keepsake_store::keys::restore_job(id))
+            .await
+        {
+            Ok(got) => {
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::internal("read restore record", e))?;
+                let rec: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::internal("restore record", e))?;
+                if rec["user_id"] != json!(user) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "invalid_change",
+                        "this restore_id belongs to another user",
+                    ));
+                }
+                return Ok(json(
+                    StatusCode::OK,
+                    &json!({
+                        "restore_id": id, "dry_run": false, "duplicate": true,
+                        "restored": rec["restored"], "reverted": rec["reverted"], "removed": rec["removed"], "seq": rec["seq"],
+                    }),
+                ));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ApiError::unavailable(format!("read restore record: {e}"))),
+        }
+    }
+    let current = log.user(&user, UserState::clone).await?;
+    let target = log.user_at(&user, at).await?;
+    // The same restore of the same state is the same restore id, hence the same change ids: a
+    // retried restore answers duplicate instead of restoring twice.
+    let kinds_key = b
+        .kinds
+        .as_ref()
+        .map(|k| k.iter().map(Kind::as_str).collect::<Vec<_>>().join(","));
+    let key = format!(
+        "{at:?}|{}|{}",
+        current.last_seq(),
+        kinds_key.unwrap_or_default()
+    );
+    let restore_id = b
+        .restore_id
+        .unwrap_or_else(|| RestoreId(uuid::Uuid::new_v5(&user.0, key.as_bytes())));
+    let (changes, restored, reverted, removed) =
+        compensating(&current, &target, &b.kinds, restore_id);
+    let mut seq = current.last_seq();
+    // Without an explicit restore_id, a retry after success finds nothing to change (the state
+    // already equals the target) and writes nothing: restores never apply twice.
+    if !b.dry_run && !changes.is_empty() {
+        let result = log
+            .push(PushRequest {
+                user_id: user,
+                meta: EventMeta {
+                    device_id: None,
+                    origin: Origin::Restore,
+                    request_id: Some(request_id),
+                    restore_id: Some(restore_id),
+                },
+                changes,
+                confirm_mass_delete: true,
+            })
+            .await?;
+        if let Some(bad) = result
+            .outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::Rejected { .. } | Outcome::Conflict(_)))
+        {
+            tracing::warn!(user_id = %user, %restore_id, outcome = ?bad, "a restore change was not applied");
+        }
+        seq = result.last_seq;
+        let record = json!({
+            "restore_id": restore_id, "scope": "user", "user_id": user, "as_of": b.as_of, "as_of_seq": b.as_of_seq,
+            "kinds": b.kinds, "reason": b.reason, "restored": restored, "reverted": reverted, "removed": removed,
+            "seq": seq, "recorded_at": state.clock.now(),
+        });
+        let path = keepsake_store::keys::restore_job(restore_id);
+        let put = log
+            .store()
+            .put_opts(
+                &path,
+                object_store::PutPayload::from(record.to_string().into_bytes()),
+                keepsake_store::create_only(),
+            )
+            .await;
+        if let Err(e) = put
+            && !matches!(e, object_store::Error::AlreadyExists { .. })
+        {
+            tracing::warn!(user_id = %user, %restore_id, error = %e, "recording the restore failed; its events are committed");
+        }
+    }
+    tracing::info!(user_id = %user, %restore_id, dry_run = b.dry_run, restored, reverted, removed, "restore");
+    Ok(json(
+        StatusCode::OK,
+        &json!({"restore_id": restore_id, "dry_run": b.dry_run, "restored": restored, "reverted": reverted, "removed": removed, "seq": seq}),
+    ))
 }

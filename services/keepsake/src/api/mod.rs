@@ -166,6 +166,26 @@ pub fn routes() -> Routes {
             &[Method::DELETE],
             delete(admin::revoke_device),
         )
+        .add(
+            "/admin/v1/users/{user_id}/items",
+            &[Method::GET],
+            get(admin::items_as_of),
+        )
+        .add(
+            "/admin/v1/users/{user_id}/events",
+            &[Method::GET],
+            get(admin::events),
+        )
+        .add(
+            "/admin/v1/users/{user_id}/diff",
+            &[Method::GET],
+            get(admin::diff),
+        )
+        .add(
+            "/admin/v1/users/{user_id}/restore",
+            &[Method::POST],
+            post(admin::restore_user),
+        )
 }
 
 /// The routes as (method, path) pairs, for the OpenAPI comparison.

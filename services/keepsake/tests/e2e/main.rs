@@ -6,4 +6,5 @@
 
 mod bad_input;
 mod harness;
+mod restore;
 mod sync;

@@ -1,0 +1,272 @@
+//! The Sidekick scenario: a buggy device wipes a user's data; the operator brings it back to the
+//! moment before, as new events, and can undo and redo that.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keepsake_tests::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekick_scenario_on_file() {
+    sidekick(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekick_scenario_on_s3() {
+    sidekick(Backend::S3).await;
+}
+
+async fn restore(s: &Server, user: &str, body: Value) -> (StatusCode, Value) {
+    s.call(
+        Method::POST,
+        &format!("/admin/v1/users/{user}/restore"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await
+}
+
+fn live(pull: &Value) -> HashMap<String, Value> {
+    pull["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["item_id"].as_str().expect("id").to_string(),
+                c["document"].clone(),
+            )
+        })
+        .collect()
+}
+
+async fn sidekick(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let (phone, tablet) = (
+        s.register(&user, "phone").await,
+        s.register(&user, "tablet").await,
+    );
+    // contacts, events, tasks, notes, from both devices
+    let types = [
+        ("contact", "Card"),
+        ("event", "Event"),
+        ("task", "Task"),
+        ("note", "Note"),
+    ];
+    let mut originals = HashMap::new();
+    for (n, (kind, ty)) in types.iter().cycle().take(32).enumerate() {
+        let item = uuid();
+        let doc = json!({"@type": ty, "title": format!("{kind} {n}")});
+        let device = if n % 2 == 0 { &phone } else { &tablet };
+        s.push(device, json!([put(&item, kind, doc.clone())])).await;
+        originals.insert(item, doc);
+    }
+    let before_pull = live(&s.pull(&phone, "?limit=1000").await);
+    assert_eq!(before_pull, originals);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // At T the buggy phone pushes garbage edits, then a confirmed delete of everything.
+    let items: Vec<&String> = originals.keys().collect();
+    let kind_of = |item: &str| {
+        let ty = originals[item]["@type"].as_str().expect("type");
+        types
+            .iter()
+            .find(|(_, t)| *t == ty)
+            .map(|(k, _)| *k)
+            .expect("kind")
+    };
+    let garbage: Vec<Value> = items.iter().take(5).map(|i| json!({"change_id": uuid(), "kind": kind_of(i), "item_id": i, "op": "patch", "document": {"title": "\u{fffd}\u{fffd}"}})).collect();
+    s.push(&phone, Value::Array(garbage)).await;
+    let wipe: Vec<Value> = items
+        .iter()
+        .map(|i| json!({"change_id": uuid(), "kind": kind_of(i), "item_id": i, "op": "delete"}))
+        .collect();
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/v1/changes",
+            Some(&phone),
+            Some(json!({"changes": wipe, "confirm_mass_delete": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        live(&s.pull(&tablet, "?limit=1000").await).is_empty(),
+        "the wipe reached the other device"
+    );
+
+    // Dry run: the counts, nothing written.
+    let segments = s.segments().await;
+    let (st, dry) = restore(
+        &s,
+        &user,
+        json!({"as_of": t, "dry_run": true, "reason": "buggy phone wiped the account"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{dry}");
+    assert_eq!(
+        (
+            dry["restored"].as_u64(),
+            dry["reverted"].as_u64(),
+            dry["removed"].as_u64()
+        ),
+        (Some(32), Some(0), Some(0))
+    );
+    assert_eq!(s.segments().await, segments, "a dry run writes nothing");
+
+    // Restore to just before T: both devices get every item back with the right document.
+    let key = uuid();
+    let (st, done) = restore(
+        &s,
+        &user,
+        json!({"as_of": t, "reason": "buggy phone wiped the account", "restore_id": key}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{done}");
+    assert_eq!(done["restored"], 32);
+    assert_eq!(live(&s.pull(&phone, "?limit=1000").await), originals);
+    assert_eq!(live(&s.pull(&tablet, "?limit=1000").await), originals);
+    assert_eq!(done["restore_id"], json!(key));
+    // A retried restore is a duplicate, not a second restore: with its id it answers the original
+    // result; without one it finds nothing left to change. Either way nothing is written twice.
+    let (_, again) = restore(
+        &s,
+        &user,
+        json!({"as_of": t, "reason": "buggy phone wiped the account", "restore_id": key}),
+    )
+    .await;
+    assert_eq!(
+        (
+            again["duplicate"].as_bool(),
+            again["restored"].as_u64(),
+            again["seq"].clone()
+        ),
+        (Some(true), Some(32), done["seq"].clone())
+    );
+    let (_, blind) = restore(
+        &s,
+        &user,
+        json!({"as_of": t, "reason": "buggy phone wiped the account"}),
+    )
+    .await;
+    assert_eq!(
+        (blind["restored"].as_u64(), blind["seq"].clone()),
+        (Some(0), done["seq"].clone())
+    );
+
+    // The restore shows in the item's history and in the audit.
+    let item = items[0];
+    let (_, history) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{item}/history"),
+            Some(&tablet),
+            None,
+        )
+        .await;
+    let last = history["versions"]
+        .as_array()
+        .and_then(|v| v.last())
+        .cloned()
+        .expect("versions");
+    assert_eq!(last["origin"], "restore");
+    let (_, audit) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/events?after_seq=0&limit=1000"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    let restore_events = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["restore_id"] == done["restore_id"])
+        .count();
+    assert_eq!(restore_events, 32);
+
+    // Undo the restore (restore to the moment before it), then redo it.
+    let restore_seq = done["seq"].as_u64().expect("seq") - 32;
+    let (_, undo) = restore(
+        &s,
+        &user,
+        json!({"as_of_seq": restore_seq, "reason": "undo the restore"}),
+    )
+    .await;
+    assert_eq!(undo["removed"], 32);
+    assert!(
+        live(&s.pull(&phone, "?limit=1000").await).is_empty(),
+        "the broken state is back"
+    );
+    let (_, redo) = restore(&s, &user, json!({"as_of": t, "reason": "repair again"})).await;
+    assert_eq!(redo["restored"], 32);
+    assert_eq!(live(&s.pull(&tablet, "?limit=1000").await), originals);
+
+    // As-of read and diff agree with what happened.
+    let (_, at_t) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/items?as_of={t}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(at_t["items"].as_array().map(Vec::len), Some(32));
+    let now = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (_, d) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/diff?from={t}&to={now}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            d["added"].as_array().map(Vec::len),
+            d["removed"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        d["changed"].as_array().map(Vec::len),
+        Some(32),
+        "same documents, newer versions"
+    );
+
+    // Bad requests: both moments, neither, no reason; a device token.
+    for body in [
+        json!({"as_of": t, "as_of_seq": 1, "reason": "x"}),
+        json!({"reason": "x"}),
+        json!({"as_of": t, "reason": " "}),
+        json!({"as_of": "yesterday", "reason": "x"}),
+    ] {
+        let (st, v) = restore(&s, &user, body.clone()).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("malformed_request")),
+            "{body}"
+        );
+    }
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/admin/v1/users/{user}/restore"),
+            Some(&phone),
+            Some(json!({"as_of": t, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+}
