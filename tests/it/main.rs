@@ -9,4 +9,5 @@ mod faults;
 mod log_backends;
 mod race;
 mod restart;
+mod verify;
 mod view;

@@ -17,6 +17,7 @@ mod config;
 mod error;
 pub mod reader;
 mod stats;
+pub mod verify;
 pub mod view;
 pub mod writer;
 
@@ -272,6 +273,28 @@ impl Log {
             }
         }
         Ok(state)
+    }
+
+    /// Rebuilds every view from the log: verifies the store, folds every user from the first
+    /// segment, compares with the state the server holds (views, loading evicted users through
+    /// checkpoints), then empties the views so that every user is loaded again from the log.
+    /// Returns (hash before, hash after, report).
+    pub async fn rebuild(&self) -> Result<(String, String, verify::VerifyReport), LogError> {
+        let (report, rebuilt) =
+            verify::verify_store(&self.store, self.descriptor.shard_count).await?;
+        let mut current = keepsake_model::IdMap::default();
+        for user in rebuilt.keys() {
+            current.insert(*user, self.user(user, UserState::clone).await?);
+        }
+        let before = verify::state_hash(current.iter());
+        let after = verify::state_hash(rebuilt.iter());
+        for shard in &self.shards {
+            if let Ok(mut s) = shard.state.write() {
+                s.evict_over(0);
+            }
+        }
+        info!(%before, %after, users = rebuilt.len(), "views rebuilt from the log");
+        Ok((before, after, report))
     }
 
     /// The user's last committed seq (0 for a user with no events).

@@ -26,6 +26,65 @@ struct Cli {
 enum Command {
     /// Run the server (with no configuration: ./data on the local file system, 127.0.0.1:8080).
     Serve(ServeArgs),
+    /// Read every segment and checkpoint of a store directly (no server) and report problems;
+    /// exits 1 if there are any.
+    Verify(VerifyArgs),
+}
+
+/// `keepsake verify` flags.
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Store URL (as for serve).
+    #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
+    store: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let store = keepsake_store::open_store(&a.store)?;
+        let descriptor = keepsake_store::read_descriptor(store.inner.as_ref())
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} has no keepsake.json: not a Keepsake store",
+                    store.description
+                )
+            })?;
+        let (report, _) =
+            keepsake_log::verify::verify_store(&store.inner, descriptor.shard_count).await?;
+        anyhow::Ok(report)
+    })?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write as _;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} shards, {} segments, {} events, {} checkpoints, {} users; state hash {}",
+            if report.ok { "ok" } else { "PROBLEMS" },
+            report.shards,
+            report.segments,
+            report.events,
+            report.checkpoints,
+            report.users,
+            report.state_hash
+        )?;
+        for p in &report.problems {
+            writeln!(out, "  {:<22} {}  {}", p.kind, p.key, p.detail)?;
+        }
+    }
+    Ok(if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// `keepsake serve` flags.
@@ -124,9 +183,10 @@ async fn shutdown_signal() {
 }
 
 /// Entry point of the `keepsake` binary.
-pub fn main() -> Result<()> {
+pub fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Verify(a) => verify(a),
         Command::Serve(a) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -171,7 +231,8 @@ pub fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(cfg, shutdown_signal()))
+            rt.block_on(run(cfg, shutdown_signal()))?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

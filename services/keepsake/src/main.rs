@@ -1,5 +1,5 @@
 //! `keepsake`: the server (`keepsake serve`). Everything is in the library; see `cli`.
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     keepsake::cli::main()
 }

@@ -465,3 +465,33 @@ pub(super) async fn restore_user(
         &json!({"restore_id": restore_id, "dry_run": b.dry_run, "restored": restored, "reverted": reverted, "removed": removed, "seq": seq}),
     ))
 }
+
+// ---- rebuild and verify ----
+
+pub(super) async fn verify(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+) -> Result<Response, ApiError> {
+    let log = &state.ready()?.log;
+    let (report, _) =
+        keepsake_log::verify::verify_store(log.store(), log.descriptor().shard_count).await?;
+    if !report.ok {
+        tracing::warn!(problems = report.problems.len(), "verify found problems");
+    }
+    Ok(json(StatusCode::OK, &report))
+}
+
+pub(super) async fn rebuild(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+) -> Result<Response, ApiError> {
+    let log = &state.ready()?.log;
+    let (before, after, report) = log.rebuild().await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "state_hash_before": before, "state_hash_after": after, "equal": before == after,
+            "users": report.users, "events": report.events, "problems": report.problems,
+        }),
+    ))
+}

@@ -186,6 +186,8 @@ pub fn routes() -> Routes {
             &[Method::POST],
             post(admin::restore_user),
         )
+        .add("/admin/v1/rebuild", &[Method::POST], post(admin::rebuild))
+        .add("/admin/v1/verify", &[Method::GET], get(admin::verify))
 }
 
 /// The routes as (method, path) pairs, for the OpenAPI comparison.

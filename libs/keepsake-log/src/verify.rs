@@ -1,0 +1,235 @@
+//! Verify and rebuild: check a store against everything the log promises, and fold every user's
+//! state from the first segment.
+//!
+//! Verification reads every object: segments must be dense from 1, decode, name the shard and
+//! number of their key, and continue each user's log (seq dense from 1, no change id twice, see
+//! `apply`); each checkpoint must decode and equal the fold of the segments up to it; and every
+//! object must be one the key layout knows. Problems are reported, never repaired: repair is an
+//! operator's decision.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use keepsake_model::{IdMap, StateRead, UserId, UserState, apply};
+use keepsake_store::keys::{self, Key};
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{LogError, store_err};
+use crate::reader::{decode_checked, read_checkpoint};
+
+/// One thing wrong with a store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `gap`, `unreadable`, `log`, `checkpoint_mismatch`, `unreadable_checkpoint`, `foreign_object`.
+    pub kind: &'static str,
+    /// The object concerned.
+    pub key: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// What verification found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// True when no problem was found.
+    pub ok: bool,
+    /// Shards checked.
+    pub shards: u32,
+    /// Segments read.
+    pub segments: u64,
+    /// Events read.
+    pub events: u64,
+    /// Checkpoints read.
+    pub checkpoints: u64,
+    /// Users seen.
+    pub users: u64,
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+    /// Hash of every user's state folded from the log (see [`state_hash`]).
+    pub state_hash: String,
+}
+
+/// A hash of users' states that does not depend on map order: users, items and change ids are
+/// hashed sorted, with every field of each.
+pub fn state_hash<'a>(users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>) -> String {
+    let mut sorted: Vec<_> = users.into_iter().collect();
+    sorted.sort_by_key(|(u, _)| **u);
+    let mut h = Sha256::new();
+    for (user, s) in sorted {
+        h.update(user.as_bytes());
+        h.update(s.last_seq().to_be_bytes());
+        let mut items: Vec<_> = s.items().collect();
+        items.sort_by_key(|i| i.item_id);
+        for i in items {
+            h.update(i.item_id.as_bytes());
+            h.update(i.kind.as_str());
+            h.update(i.version.to_be_bytes());
+            h.update(i.seq.to_be_bytes());
+            h.update([u8::from(i.deleted)]);
+            h.update(i.changed_at.timestamp_micros().to_be_bytes());
+            h.update(i.document.as_ref().map_or("", |d| d.as_str()));
+            h.update([0xff]);
+        }
+        let mut changes: Vec<_> = s.changes().collect();
+        changes.sort_by_key(|(c, _)| **c);
+        for (c, r) in changes {
+            h.update(c.as_bytes());
+            h.update(r.item_id.as_bytes());
+            h.update(r.version.to_be_bytes());
+            h.update(r.seq.to_be_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn problem(kind: &'static str, key: impl Into<String>, detail: impl Into<String>) -> Problem {
+    Problem {
+        kind,
+        key: key.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Reads every object of a store with `shard_count` shards and reports what is wrong. Also returns
+/// every user's state folded from the first segment (the rebuild).
+pub async fn verify_store(
+    store: &Arc<dyn ObjectStore>,
+    shard_count: u32,
+) -> Result<(VerifyReport, IdMap<UserId, UserState>), LogError> {
+    let mut report = VerifyReport {
+        shards: shard_count,
+        ..VerifyReport::default()
+    };
+    let mut all_users: IdMap<UserId, UserState> = IdMap::default();
+    let objects: Vec<_> = store
+        .list(None)
+        .try_collect()
+        .await
+        .map_err(store_err("list the store"))?;
+    let mut segments: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for o in &objects {
+        match keys::parse(&o.location) {
+            Some(Key::Segment { shard, n }) if shard < shard_count => {
+                segments.entry(shard).or_default().push(n)
+            }
+            Some(Key::Checkpoint { shard, n }) if shard < shard_count => {
+                checkpoints.entry(shard).or_default().push(n)
+            }
+            Some(Key::Segment { .. } | Key::Checkpoint { .. }) => report.problems.push(problem(
+                "foreign_object",
+                o.location.as_ref(),
+                "a shard beyond the store's shard count",
+            )),
+            Some(_) => {}
+            None if o.location.as_ref().starts_with(".secrets/") => {}
+            None => report.problems.push(problem(
+                "foreign_object",
+                o.location.as_ref(),
+                "not a key Keepsake writes",
+            )),
+        }
+    }
+    for shard in 0..shard_count {
+        let mut ns = segments.remove(&shard).unwrap_or_default();
+        ns.sort_unstable();
+        let mut users: IdMap<UserId, UserState> = IdMap::default();
+        let mut folded_to = 0;
+        let mut cks = checkpoints.remove(&shard).unwrap_or_default();
+        cks.sort_unstable();
+        let mut next_ck = cks.iter().peekable();
+        let mut broken = false;
+        for (i, n) in ns.iter().enumerate() {
+            if *n != i as u64 + 1 && !broken {
+                report.problems.push(problem(
+                    "gap",
+                    keys::segment(shard, i as u64 + 1).to_string(),
+                    format!("missing while segment {n} exists"),
+                ));
+                broken = true;
+            }
+            let key = keys::segment(shard, *n);
+            let bytes = match store.get(&key).await {
+                Ok(g) => g.bytes().await.map_err(store_err(format!("read {key}")))?,
+                Err(e) => return Err(store_err(format!("read {key}"))(e)),
+            };
+            report.segments += 1;
+            let seg = match decode_checked(shard, *n, bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(problem("unreadable", key.to_string(), e.to_string()));
+                    broken = true;
+                    continue;
+                }
+            };
+            report.events += seg.events.len() as u64;
+            for e in &seg.events {
+                if let Err(err) = apply(users.entry(e.user_id).or_default(), e) {
+                    report.problems.push(problem(
+                        "log",
+                        key.to_string(),
+                        format!("user {}: {err}", e.user_id),
+                    ));
+                    broken = true;
+                }
+            }
+            if !broken {
+                folded_to = *n;
+            }
+            // Compare each checkpoint with the fold at its segment.
+            while let Some(c) = next_ck.peek().copied().copied() {
+                if c > folded_to || broken {
+                    break;
+                }
+                next_ck.next();
+                if c == folded_to {
+                    check_checkpoint(store, shard, c, &users, &mut report).await;
+                }
+            }
+        }
+        for c in next_ck {
+            if broken || *c > folded_to {
+                report.problems.push(problem(
+                    "checkpoint_mismatch",
+                    keys::checkpoint(shard, *c).to_string(),
+                    "beyond the readable log",
+                ));
+            }
+        }
+        report.checkpoints += cks.len() as u64;
+        all_users.extend(users);
+    }
+    report.users = all_users.len() as u64;
+    report.state_hash = state_hash(all_users.iter());
+    report.ok = report.problems.is_empty();
+    Ok((report, all_users))
+}
+
+async fn check_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    c: u64,
+    folded: &IdMap<UserId, UserState>,
+    report: &mut VerifyReport,
+) {
+    let key = keys::checkpoint(shard, c).to_string();
+    match read_checkpoint(store.as_ref(), shard, c).await {
+        Ok(saved) => {
+            if state_hash(saved.iter()) != state_hash(folded.iter()) {
+                report.problems.push(problem(
+                    "checkpoint_mismatch",
+                    key,
+                    "differs from the fold of the segments up to it",
+                ));
+            }
+        }
+        Err(e) => report
+            .problems
+            .push(problem("unreadable_checkpoint", key, e.to_string())),
+    }
+}
