@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (with no configuration: ./data on the local file system, 127.0.0.1:8080).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read every segment and checkpoint of a store directly (no server) and report problems;
     /// exits 1 if there are any.
     Verify(VerifyArgs),
