@@ -297,6 +297,32 @@ impl Log {
         Ok((before, after, report))
     }
 
+    /// Every user with at least one event, over all shards: the newest checkpoint's users plus
+    /// those in the segments after it.
+    pub async fn all_users(&self) -> Result<Vec<UserId>, LogError> {
+        let mut out = std::collections::BTreeSet::new();
+        for shard in 0..self.descriptor.shard_count {
+            let head = self.head(shard);
+            let checkpoint = self.checkpoint(shard);
+            if let Some(c) = checkpoint {
+                out.extend(
+                    read_checkpoint(self.store.as_ref(), shard, c)
+                        .await?
+                        .into_keys(),
+                );
+            }
+            let from = checkpoint.map_or(1, |c| c + 1);
+            let mut segments = scan_shard(self.store.clone(), shard, from, 4).await?;
+            while let Some(seg) = segments.try_next().await? {
+                if seg.meta.segment > head {
+                    break;
+                }
+                out.extend(seg.events.iter().map(|e| e.user_id));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// The user's last committed seq (0 for a user with no events).
     pub async fn last_seq(&self, user: &UserId) -> Result<u64, LogError> {
         self.user(user, StateRead::last_seq).await

@@ -4,7 +4,11 @@
 //! keepsake.json                                   store descriptor (create-only)
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
-//! restores/<restore_id>.json                      a restore's record: single user (its result) or fleet job
+//! restores/<restore_id>.json                      a single-user restore's record (create-only)
+//! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
+//! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
+//! restores/<job>/users/<user_id>.json             one user done, with the result (create-only)
+//! restores/<job>/done.json, failed.json           how it ended (create-only)
 //! devices/<user_id>/<device_id>.json              a registered device (create-only; no token)
 //! revocations/<device_id>.json                    a device's revocation (create-only)
 //! ```
@@ -47,6 +51,13 @@ pub enum Key {
     },
     /// A restore's record (a single-user restore's result, or a fleet job's progress).
     RestoreJob(RestoreId),
+    /// A fleet restore's objects.
+    Fleet {
+        /// The job.
+        job: RestoreId,
+        /// Which object.
+        part: FleetPart,
+    },
     /// A registered device.
     Device {
         /// Its user.
@@ -56,6 +67,42 @@ pub enum Key {
     },
     /// A device's revocation.
     Revocation(DeviceId),
+}
+
+/// The objects of a fleet restore job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetPart {
+    /// `spec.json`.
+    Spec,
+    /// `plan.json`.
+    Plan,
+    /// `users/<user_id>.json`.
+    UserDone(UserId),
+    /// `done.json`.
+    Done,
+    /// `failed.json`.
+    Failed,
+}
+
+/// The prefix of every restore object.
+pub fn restores_prefix() -> Path {
+    Path::from("restores")
+}
+
+/// The path of a fleet restore job's object.
+pub fn fleet(job: RestoreId, part: FleetPart) -> Path {
+    match part {
+        FleetPart::Spec => Path::from(format!("restores/{job}/spec.json")),
+        FleetPart::Plan => Path::from(format!("restores/{job}/plan.json")),
+        FleetPart::UserDone(u) => Path::from(format!("restores/{job}/users/{u}.json")),
+        FleetPart::Done => Path::from(format!("restores/{job}/done.json")),
+        FleetPart::Failed => Path::from(format!("restores/{job}/failed.json")),
+    }
+}
+
+/// The prefix of a fleet job's per-user markers.
+pub fn fleet_users_prefix(job: RestoreId) -> Path {
+    Path::from(format!("restores/{job}/users"))
 }
 
 /// The descriptor's path.
@@ -146,6 +193,23 @@ pub fn parse(path: &Path) -> Option<Key> {
             n: parse_n(file, ".parquet")?,
         }),
         ["restores", file] => Some(Key::RestoreJob(parse_id(file.strip_suffix(".json")?)?)),
+        ["restores", job, file] => {
+            let part = match *file {
+                "spec.json" => FleetPart::Spec,
+                "plan.json" => FleetPart::Plan,
+                "done.json" => FleetPart::Done,
+                "failed.json" => FleetPart::Failed,
+                _ => return None,
+            };
+            Some(Key::Fleet {
+                job: parse_id(job)?,
+                part,
+            })
+        }
+        ["restores", job, "users", file] => Some(Key::Fleet {
+            job: parse_id(job)?,
+            part: FleetPart::UserDone(parse_id(file.strip_suffix(".json")?)?),
+        }),
         ["devices", user, file] => Some(Key::Device {
             user: parse_id(user)?,
             device: parse_id(file.strip_suffix(".json")?)?,
@@ -162,6 +226,7 @@ pub fn format(key: &Key) -> Path {
         Key::Segment { shard, n } => segment(shard, n),
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
         Key::RestoreJob(id) => restore_job(id),
+        Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
         Key::Revocation(d) => revocation(d),
     }
@@ -199,6 +264,26 @@ mod tests {
                 device: DeviceId(Uuid::from_u128(2)),
             },
             Key::Revocation(DeviceId(Uuid::from_u128(3))),
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::Spec,
+            },
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::Plan,
+            },
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::Done,
+            },
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::Failed,
+            },
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::UserDone(UserId(Uuid::from_u128(5))),
+            },
         ];
         for k in keys {
             assert_eq!(parse(&format(&k)), Some(k), "{}", format(&k));

@@ -157,6 +157,16 @@ struct ServeArgs {
     /// ...or every this many seconds when anything was committed.
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300)]
     checkpoint_interval_secs: u64,
+    /// Users a fleet restore restores at once.
+    #[arg(long, env = "KEEPSAKE_FLEET_RESTORE_CONCURRENCY", default_value_t = 32)]
+    fleet_restore_concurrency: usize,
+    /// Users a fleet restore starts per second at most, to spare device traffic (0: no limit).
+    #[arg(
+        long,
+        env = "KEEPSAKE_FLEET_RESTORE_USERS_PER_SEC",
+        default_value_t = 0
+    )]
+    fleet_restore_users_per_sec: u32,
     /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
     #[arg(long, env = "KEEPSAKE_LOG", default_value = "info")]
     log: String,
@@ -227,6 +237,8 @@ pub fn main() -> Result<std::process::ExitCode> {
                     .unwrap_or(a.view_memory_mb.saturating_mul(1024 * 1024)),
                 checkpoint_every_events: a.checkpoint_every_events.max(1),
                 checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs.max(1)),
+                fleet_concurrency: a.fleet_restore_concurrency.max(1),
+                fleet_users_per_second: a.fleet_restore_users_per_sec,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

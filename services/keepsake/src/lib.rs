@@ -9,6 +9,8 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod devices;
+pub mod fleet;
 pub mod metrics;
+pub mod restore;
 pub mod server;
 pub mod sync_token;

@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub checkpoint_every_events: u64,
     /// ...or this often when anything was committed.
     pub checkpoint_interval: Duration,
+    /// Users a fleet restore restores at once.
+    pub fleet_concurrency: usize,
+    /// Users a fleet restore starts per second at most (0: no limit).
+    pub fleet_users_per_second: u32,
 }
 
 /// Shards a new store gets when none are configured.
@@ -220,7 +224,17 @@ pub async fn run(
             .await?,
         );
         let registry = Registry::open(store.inner.clone()).await?;
-        anyhow::Ok(Ready { log, registry })
+        let fleet = crate::fleet::Fleet::new(
+            log.clone(),
+            clock.clone(),
+            cfg.fleet_concurrency,
+            cfg.fleet_users_per_second,
+        );
+        anyhow::Ok(Ready {
+            log,
+            registry,
+            fleet,
+        })
     }
     .await;
     let ready = match recovered {
@@ -233,9 +247,15 @@ pub async fn run(
     };
     let log = ready.log.clone();
     let registry = ready.registry.clone();
+    let fleet = ready.fleet.clone();
     let _ = state.ready.set(ready);
     info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
 
+    match fleet.resume_all().await {
+        Ok(0) => {}
+        Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
+        Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
+    }
     let refresh = cfg.revocation_refresh;
     let mut refresh_stop = stop_rx.clone();
     let refresher = tokio::spawn(async move {

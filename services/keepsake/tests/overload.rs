@@ -45,11 +45,13 @@ async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, String, U
         shutdown: stop_rx,
     });
     let registry = Registry::open(store).await.expect("registry");
+    let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
     state
         .ready
         .set(Ready {
             log: log.clone(),
             registry,
+            fleet,
         })
         .expect("set once");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -99,16 +99,12 @@ pub(super) async fn revoke_device(
 
 // ---- point in time ----
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::extract::Query;
 use chrono::{DateTime, Utc};
-use keepsake_log::{PushRequest, UpTo, read_user};
-use keepsake_model::{
-    Change, ChangeBody, EventMeta, ItemState, Kind, Origin, Outcome, RestoreId, StateRead,
-    UserState,
-};
-use object_store::ObjectStoreExt as _;
+use keepsake_log::{UpTo, read_user};
+use keepsake_model::{ItemState, Kind, RestoreId, StateRead};
 use serde_json::Value;
 
 fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -144,15 +140,7 @@ fn kind_filter(kinds: Option<&str>) -> Result<Option<Vec<Kind>>, ApiError> {
         .transpose()
 }
 
-fn live_items<'a>(
-    s: &'a UserState,
-    kinds: &Option<Vec<Kind>>,
-) -> BTreeMap<keepsake_model::ItemId, &'a ItemState> {
-    s.items()
-        .filter(|i| !i.deleted && kinds.as_ref().is_none_or(|k| k.contains(&i.kind)))
-        .map(|i| (i.item_id, i))
-        .collect()
-}
+use crate::restore::live_items;
 
 fn item_json(i: &ItemState) -> Value {
     json!({"item_id": i.item_id, "kind": i.kind, "version": i.version, "seq": i.seq,
@@ -296,54 +284,6 @@ struct RestoreBody {
     restore_id: Option<RestoreId>,
 }
 
-/// The changes that make `current` equal `target` (live items of the chosen kinds), with counts.
-fn compensating(
-    current: &UserState,
-    target: &UserState,
-    kinds: &Option<Vec<Kind>>,
-    restore_id: RestoreId,
-) -> (Vec<Change>, u64, u64, u64) {
-    let (cur, tgt) = (live_items(current, kinds), live_items(target, kinds));
-    let (mut restored, mut reverted, mut removed) = (0, 0, 0);
-    let mut changes = Vec::new();
-    for (id, t) in &tgt {
-        let Some(document) = t.document.clone() else {
-            continue;
-        };
-        let put = |document| Change {
-            change_id: restore_id.change_id_for(*id),
-            kind: t.kind,
-            item_id: *id,
-            base_version: None,
-            body: ChangeBody::Put { document },
-        };
-        match cur.get(id) {
-            None => {
-                restored += 1;
-                changes.push(put(document));
-            }
-            Some(c) if c.document.as_ref() != Some(&document) => {
-                reverted += 1;
-                changes.push(put(document));
-            }
-            Some(_) => {}
-        }
-    }
-    for (id, c) in &cur {
-        if !tgt.contains_key(id) {
-            removed += 1;
-            changes.push(Change {
-                change_id: restore_id.change_id_for(*id),
-                kind: c.kind,
-                item_id: *id,
-                base_version: None,
-                body: ChangeBody::Delete,
-            });
-        }
-    }
-    (changes, restored, reverted, removed)
-}
-
 pub(super) async fn restore_user(
     State(state): State<Shared>,
     _op: OperatorAuth,
@@ -361,109 +301,40 @@ pub(super) async fn restore_user(
         b.as_of.as_deref(),
         b.as_of_seq.map(|n| n.to_string()).as_deref(),
     )?;
+    let spec = crate::restore::Spec {
+        at,
+        as_of: b.as_of,
+        as_of_seq: b.as_of_seq,
+        kinds: b.kinds,
+        reason: b.reason,
+    };
     let log = &state.ready()?.log;
-    if let Some(id) = b.restore_id
-        && !b.dry_run
-    {
-        match log
-            .store()
-            .get(&keepsake_store::keys::restore_job(id))
-            .await
-        {
-            Ok(got) => {
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| ApiError::internal("read restore record", e))?;
-                let rec: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::internal("restore record", e))?;
-                if rec["user_id"] != json!(user) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "invalid_change",
-                        "this restore_id belongs to another user",
-                    ));
-                }
-                return Ok(json(
-                    StatusCode::OK,
-                    &json!({
-                        "restore_id": id, "dry_run": false, "duplicate": true,
-                        "restored": rec["restored"], "reverted": rec["reverted"], "removed": rec["removed"], "seq": rec["seq"],
-                    }),
-                ));
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(ApiError::unavailable(format!("read restore record: {e}"))),
+    let r = crate::restore::restore_user(
+        log,
+        state.clock.as_ref(),
+        user,
+        &spec,
+        b.restore_id,
+        b.dry_run,
+        Some(request_id),
+    )
+    .await
+    .map_err(restore_error)?;
+    Ok(json(StatusCode::OK, &r))
+}
+
+fn restore_error(e: crate::restore::RestoreError) -> ApiError {
+    match e {
+        crate::restore::RestoreError::Log(e) => e.into(),
+        crate::restore::RestoreError::OtherUser => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_change",
+            "this restore_id belongs to another user",
+        ),
+        crate::restore::RestoreError::Record(e) => {
+            ApiError::unavailable(format!("restore record: {e}"))
         }
     }
-    let current = log.user(&user, UserState::clone).await?;
-    let target = log.user_at(&user, at).await?;
-    // The same restore of the same state is the same restore id, hence the same change ids: a
-    // retried restore answers duplicate instead of restoring twice.
-    let kinds_key = b
-        .kinds
-        .as_ref()
-        .map(|k| k.iter().map(Kind::as_str).collect::<Vec<_>>().join(","));
-    let key = format!(
-        "{at:?}|{}|{}",
-        current.last_seq(),
-        kinds_key.unwrap_or_default()
-    );
-    let restore_id = b
-        .restore_id
-        .unwrap_or_else(|| RestoreId(uuid::Uuid::new_v5(&user.0, key.as_bytes())));
-    let (changes, restored, reverted, removed) =
-        compensating(&current, &target, &b.kinds, restore_id);
-    let mut seq = current.last_seq();
-    // Without an explicit restore_id, a retry after success finds nothing to change (the state
-    // already equals the target) and writes nothing: restores never apply twice.
-    if !b.dry_run && !changes.is_empty() {
-        let result = log
-            .push(PushRequest {
-                user_id: user,
-                meta: EventMeta {
-                    device_id: None,
-                    origin: Origin::Restore,
-                    request_id: Some(request_id),
-                    restore_id: Some(restore_id),
-                },
-                changes,
-                confirm_mass_delete: true,
-            })
-            .await?;
-        if let Some(bad) = result
-            .outcomes
-            .iter()
-            .find(|o| matches!(o, Outcome::Rejected { .. } | Outcome::Conflict(_)))
-        {
-            tracing::warn!(user_id = %user, %restore_id, outcome = ?bad, "a restore change was not applied");
-        }
-        seq = result.last_seq;
-        let record = json!({
-            "restore_id": restore_id, "scope": "user", "user_id": user, "as_of": b.as_of, "as_of_seq": b.as_of_seq,
-            "kinds": b.kinds, "reason": b.reason, "restored": restored, "reverted": reverted, "removed": removed,
-            "seq": seq, "recorded_at": state.clock.now(),
-        });
-        let path = keepsake_store::keys::restore_job(restore_id);
-        let put = log
-            .store()
-            .put_opts(
-                &path,
-                object_store::PutPayload::from(record.to_string().into_bytes()),
-                keepsake_store::create_only(),
-            )
-            .await;
-        if let Err(e) = put
-            && !matches!(e, object_store::Error::AlreadyExists { .. })
-        {
-            tracing::warn!(user_id = %user, %restore_id, error = %e, "recording the restore failed; its events are committed");
-        }
-    }
-    tracing::info!(user_id = %user, %restore_id, dry_run = b.dry_run, restored, reverted, removed, "restore");
-    Ok(json(
-        StatusCode::OK,
-        &json!({"restore_id": restore_id, "dry_run": b.dry_run, "restored": restored, "reverted": reverted, "removed": removed, "seq": seq}),
-    ))
 }
 
 // ---- rebuild and verify ----
@@ -494,4 +365,83 @@ pub(super) async fn rebuild(
             "users": report.users, "events": report.events, "problems": report.problems,
         }),
     ))
+}
+
+// ---- fleet restore ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetBody {
+    as_of: String,
+    users: Value,
+    reason: String,
+    kinds: Option<Vec<Kind>>,
+}
+
+pub(super) async fn start_fleet_restore(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 16 * 1024 * 1024).await?;
+    let b: FleetBody = parse_json(&bytes)?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::malformed("a restore needs a reason"));
+    }
+    let as_of = parse_time("as_of", &b.as_of)?;
+    let users = match &b.users {
+        Value::String(s) if s == "all" => None,
+        Value::Array(ids) => Some(
+            ids.iter()
+                .map(|v| {
+                    v.as_str()
+                        .and_then(|s| s.parse::<UserId>().ok())
+                        .ok_or_else(|| {
+                            ApiError::malformed("users must be \"all\" or a list of user ids")
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        _ => {
+            return Err(ApiError::malformed(
+                "users must be \"all\" or a list of user ids",
+            ));
+        }
+    };
+    let ready = state.ready()?;
+    let spec = crate::fleet::JobSpec {
+        restore_id: RestoreId(state.ids.random()),
+        scope: "fleet".into(),
+        as_of,
+        users,
+        kinds: b.kinds,
+        reason: b.reason,
+        created_at: state.clock.now(),
+    };
+    let id = spec.restore_id;
+    ready
+        .fleet
+        .start(spec)
+        .await
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(restore_id = %id, "fleet restore started");
+    Ok(json(StatusCode::ACCEPTED, &json!({"restore_id": id})))
+}
+
+pub(super) async fn fleet_restore_progress(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(restore_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: RestoreId = parse_id("restore_id", &restore_id)?;
+    match state
+        .ready()?
+        .fleet
+        .progress(id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(p) => Ok(json(StatusCode::OK, &p)),
+        None => Err(ApiError::not_found("not_found", "no such fleet restore")),
+    }
 }

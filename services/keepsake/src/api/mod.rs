@@ -64,6 +64,8 @@ pub struct Ready {
     pub log: Arc<Log>,
     /// Devices and revocations.
     pub registry: Registry,
+    /// Fleet restore jobs.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 /// Shared state of the HTTP server.
@@ -185,6 +187,16 @@ pub fn routes() -> Routes {
             "/admin/v1/users/{user_id}/restore",
             &[Method::POST],
             post(admin::restore_user),
+        )
+        .add(
+            "/admin/v1/restores",
+            &[Method::POST],
+            post(admin::start_fleet_restore),
+        )
+        .add(
+            "/admin/v1/restores/{restore_id}",
+            &[Method::GET],
+            get(admin::fleet_restore_progress),
         )
         .add("/admin/v1/rebuild", &[Method::POST], post(admin::rebuild))
         .add("/admin/v1/verify", &[Method::GET], get(admin::verify))

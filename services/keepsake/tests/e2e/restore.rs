@@ -270,3 +270,162 @@ async fn sidekick(backend: Backend) {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_restore_resumes_after_a_crash_and_restores_everyone_once() {
+    let env = Env::new(Backend::File).await;
+    let slow = [
+        ("KEEPSAKE_FLEET_RESTORE_USERS_PER_SEC", "15"),
+        ("KEEPSAKE_FLEET_RESTORE_CONCURRENCY", "2"),
+    ];
+    let s = Server::start(&env, &slow).await;
+    let users: Vec<String> = (0..24).map(|_| uuid()).collect();
+    let mut phones = Vec::new();
+    let mut items: HashMap<String, Vec<String>> = HashMap::new();
+    for u in &users {
+        let phone = s.register(u, "phone").await;
+        let its: Vec<String> = (0..3).map(|_| uuid()).collect();
+        s.push(
+            &phone,
+            Value::Array(
+                its.iter()
+                    .map(|i| put(i, "note", json!({"owner": u})))
+                    .collect(),
+            ),
+        )
+        .await;
+        items.insert(u.clone(), its);
+        phones.push(phone);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A bad deploy wipes every user.
+    for (u, phone) in users.iter().zip(&phones) {
+        let wipe: Vec<Value> = items[u]
+            .iter()
+            .map(|i| json!({"change_id": uuid(), "kind": "note", "item_id": i, "op": "delete"}))
+            .collect();
+        s.push(phone, Value::Array(wipe)).await;
+    }
+    let (st, started) = s
+        .call(
+            Method::POST,
+            "/admin/v1/restores",
+            Some(ADMIN),
+            Some(json!({"as_of": t, "users": "all", "reason": "bad deploy at 09:59"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{started}");
+    let job = started["restore_id"]
+        .as_str()
+        .expect("restore id")
+        .to_string();
+    // Kill the server (SIGKILL) partway through.
+    let mut progress = Value::Null;
+    for _ in 0..200 {
+        let (_, p) = s
+            .call(
+                Method::GET,
+                &format!("/admin/v1/restores/{job}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        progress = p;
+        if progress["users_done"].as_u64().unwrap_or(0) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done_before_crash = progress["users_done"].as_u64().unwrap_or(0);
+    assert!(
+        (4..24).contains(&done_before_crash),
+        "the crash must land midway: {progress}"
+    );
+    drop(s);
+
+    // The restarted server resumes the job and finishes it.
+    let s = Server::start(&env, &[]).await;
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let (_, p) = s
+            .call(
+                Method::GET,
+                &format!("/admin/v1/restores/{job}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        last = p;
+        if last["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["state"], "done", "{last}");
+    assert_eq!(
+        (last["users_total"].as_u64(), last["users_done"].as_u64()),
+        (Some(24), Some(24)),
+        "{last}"
+    );
+    assert_eq!(
+        last["changes_written"], 72,
+        "every item of every user, once: {last}"
+    );
+    for (u, phone) in users.iter().zip(&phones) {
+        let back = live(&s.pull(phone, "?limit=1000").await);
+        assert_eq!(back.len(), 3, "user {u} has every item back");
+        let (_, audit) = s
+            .call(
+                Method::GET,
+                &format!("/admin/v1/users/{u}/events?limit=1000"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        let restore_events = audit["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["origin"] == "restore")
+            .count();
+        assert_eq!(restore_events, 3, "user {u} restored exactly once");
+    }
+    // After another restart the finished job is not run again (nothing is committed by the new
+    // process) and its progress comes from the store; an unknown job is 404.
+    drop(s);
+    let s = Server::start(&env, &[]).await;
+    let (_, p) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/restores/{job}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            p["state"].as_str(),
+            p["users_done"].as_u64(),
+            p["changes_written"].as_u64()
+        ),
+        (Some("done"), Some(24), Some(72)),
+        "{p}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.segments().await, 0, "a finished job is not run again");
+    let (st, p) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/restores/{}", uuid()),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
