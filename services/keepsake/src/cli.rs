@@ -20,6 +20,8 @@ use crate::server::{ServerConfig, run};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: crate::operator::Conn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -29,6 +31,10 @@ enum Command {
     /// Read every segment and checkpoint of a store directly (no server) and report problems;
     /// exits 1 if there are any.
     Verify(VerifyArgs),
+    /// Operator commands against a running server (state, events, diff, restore, restore-all,
+    /// rebuild).
+    #[command(flatten)]
+    Operator(crate::operator::Op),
 }
 
 /// `keepsake verify` flags.
@@ -37,12 +43,9 @@ struct VerifyArgs {
     /// Store URL (as for serve).
     #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
     store: String,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
+fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -62,7 +65,7 @@ fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
     })?;
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;
-    if a.json {
+    if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         writeln!(
@@ -96,9 +99,6 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Operator token (at least 16 characters). A local file store generates one if unset.
-    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// Device-token keys, `id:base64url-secret` separated by commas; the first signs.
     /// A local file store generates one if unset.
     #[arg(
@@ -196,7 +196,11 @@ async fn shutdown_signal() {
 pub fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Verify(a) => verify(a),
+        Command::Verify(a) => verify(a, cli.conn.json),
+        Command::Operator(op) => {
+            crate::operator::run(&cli.conn, op)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Serve(a) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -214,7 +218,7 @@ pub fn main() -> Result<std::process::ExitCode> {
             let cfg = ServerConfig {
                 store: a.store,
                 listen: a.listen,
-                admin_token: a.admin_token,
+                admin_token: cli.conn.admin_token.clone(),
                 token_keys: a.token_keys,
                 shards: a.shards,
                 commit_window: Duration::from_millis(a.commit_window_ms),

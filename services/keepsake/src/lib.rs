@@ -11,6 +11,7 @@ pub mod cli;
 pub mod devices;
 pub mod fleet;
 pub mod metrics;
+pub mod operator;
 pub mod restore;
 pub mod server;
 pub mod sync_token;

@@ -429,3 +429,107 @@ async fn fleet_restore_resumes_after_a_crash_and_restores_everyone_once() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+/// The operator CLI against a running server: tables by default, the server's JSON with --json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_drives_the_admin_api() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let item = uuid();
+    s.push(&phone, json!([put(&item, "note", json!({"t": "keep"}))]))
+        .await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.push(
+        &phone,
+        json!([{"change_id": uuid(), "kind": "note", "item_id": item, "op": "delete"}]),
+    )
+    .await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
+            .args(args)
+            .env("KEEPSAKE_URL", &s.base)
+            .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
+            .output()
+            .expect("run keepsake");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let json_of =
+        |args: &[&str]| -> Value { serde_json::from_str(&cli(args)).expect("--json prints JSON") };
+    let state = json_of(&["state", "--user", &user, "--as-of", &t, "--json"]);
+    assert_eq!(state["items"][0]["document"], json!({"t": "keep"}));
+    let table = cli(&["state", "--user", &user, "--as-of-seq", "1"]);
+    assert!(
+        table.starts_with("ITEM") && table.contains(&item),
+        "{table}"
+    );
+    let events = json_of(&["events", "--user", &user, "--json"]);
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(2));
+    assert!(
+        cli(&["events", "--user", &user]).lines().count() == 3,
+        "header and two events"
+    );
+    let dry = json_of(&[
+        "restore",
+        "--user",
+        &user,
+        "--as-of",
+        &t,
+        "--reason",
+        "cli",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(
+        (dry["dry_run"].as_bool(), dry["restored"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let all = json_of(&[
+        "restore-all",
+        "--as-of",
+        &t,
+        "--reason",
+        "cli fleet",
+        "--json",
+    ]);
+    assert_eq!(
+        (all["state"].as_str(), all["users_done"].as_u64()),
+        (Some("done"), Some(1)),
+        "{all}"
+    );
+    assert_eq!(
+        s.pull(&phone, "").await["changes"][0]["document"],
+        json!({"t": "keep"})
+    );
+    let diff = cli(&[
+        "diff",
+        "--user",
+        &user,
+        "--from",
+        &t,
+        "--to",
+        &keepsake_model::Clock::now(&keepsake_model::SystemClock).to_rfc3339(),
+    ]);
+    assert!(diff.contains(&item), "{diff}");
+    let rebuild = json_of(&["rebuild", "--json"]);
+    assert_eq!(rebuild["equal"], true, "{rebuild}");
+    let verify = json_of(&["verify", "--store", &env.url, "--json"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    // A wrong token is reported with the server's code, and a non-zero exit.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(["rebuild"])
+        .env("KEEPSAKE_URL", &s.base)
+        .env("KEEPSAKE_ADMIN_TOKEN", "not-the-operator-token")
+        .output()
+        .expect("run keepsake");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+}
