@@ -224,3 +224,58 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
         log.shutdown().await;
     }
 }
+
+/// Retention deletes old checkpoints (derived), never segments, and keeps the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let keep_little = keepsake_log::retention::RetentionPolicy {
+        keep_all_for: chrono::Duration::zero(),
+        keep_daily_for_days: 0,
+    };
+    let cfg = LogConfig {
+        checkpoint_every_events: 5,
+        retention: keep_little,
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg.clone()).await.expect("open");
+    let u = user();
+    let mut written = std::collections::HashSet::new();
+    for round in 0..8 {
+        push(
+            &log,
+            u,
+            (0..3)
+                .map(|i| put(item(), json!({"r": round, "i": i})))
+                .collect(),
+        )
+        .await
+        .expect("push");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Some(c) = log.checkpoint(0) {
+            written.insert(c);
+        }
+    }
+    assert!(
+        written.len() >= 3,
+        "several checkpoints were written: {written:?}"
+    );
+    let left = list_checkpoints(store.as_ref(), 0).await.expect("list");
+    assert_eq!(
+        left,
+        vec![log.checkpoint(0).expect("newest")],
+        "only the newest is kept"
+    );
+    let segments = keepsake_log::list_segments(store.as_ref(), 0)
+        .await
+        .expect("segments");
+    assert_eq!(segments.len() as u64, log.head(0), "no segment deleted");
+    let before = log.user(&u, UserState::clone).await.expect("state");
+    log.shutdown().await;
+    let reopened = open(store, 1, cfg).await.expect("reopen");
+    assert_eq!(
+        reopened.user(&u, UserState::clone).await.expect("state"),
+        before
+    );
+    reopened.shutdown().await;
+}

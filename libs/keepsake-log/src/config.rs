@@ -29,6 +29,8 @@ pub struct LogConfig {
     pub checkpoint_every_events: u64,
     /// ...or once this much time passed with any events committed.
     pub checkpoint_interval: Duration,
+    /// Which older checkpoints to keep after writing a new one.
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 impl Default for LogConfig {
@@ -45,6 +47,7 @@ impl Default for LogConfig {
             view_memory_bytes: 256 * 1024 * 1024,
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
+            retention: crate::retention::RetentionPolicy::default(),
         }
     }
 }

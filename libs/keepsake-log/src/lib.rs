@@ -16,6 +16,7 @@
 mod config;
 mod error;
 pub mod reader;
+pub mod retention;
 mod stats;
 pub mod verify;
 pub mod view;
@@ -146,6 +147,7 @@ impl Log {
                     shard,
                     state.clone(),
                     cfg.clone(),
+                    clock.clone(),
                     shutdown_rx.clone(),
                 )
                 .instrument(info_span!("checkpointer", shard)),
@@ -506,6 +508,7 @@ async fn checkpointer(
     shard: u32,
     state: Arc<RwLock<ShardState>>,
     cfg: Arc<LogConfig>,
+    clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = tokio::time::Instant::now();
@@ -533,6 +536,9 @@ async fn checkpointer(
                 }
                 last = tokio::time::Instant::now();
                 info!(shard, segment = head, users, "checkpoint written");
+                if let Err(e) = apply_retention(&store, shard, &cfg.retention, clock.now()).await {
+                    warn!(shard, error = %e, "applying checkpoint retention failed; will retry after the next checkpoint");
+                }
             }
             Err(e) => {
                 warn!(shard, segment = head, error = %e, "writing a checkpoint failed; will retry")
@@ -594,4 +600,47 @@ pub async fn write_checkpoint(
             source: e,
         }),
     }
+}
+
+/// Deletes the checkpoints of a shard that the retention policy no longer keeps (by the time
+/// each was written). Only checkpoints: they are derived; segments are never deleted.
+pub async fn apply_retention(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    policy: &retention::RetentionPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<u64>, LogError> {
+    let metas: Vec<_> = store
+        .list(Some(&keys::checkpoints_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Store {
+            context: format!("list checkpoints of shard {shard}"),
+            source: e,
+        })?;
+    let written: Vec<(u64, chrono::DateTime<chrono::Utc>)> = metas
+        .iter()
+        .filter_map(|m| match keys::parse(&m.location) {
+            Some(keys::Key::Checkpoint { shard: s, n }) if s == shard => Some((n, m.last_modified)),
+            _ => None,
+        })
+        .collect();
+    let doomed = retention::to_delete(&written, now, policy);
+    for n in &doomed {
+        match object_store::ObjectStoreExt::delete(store.as_ref(), &keys::checkpoint(shard, *n))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("delete checkpoint {n} of shard {shard}"),
+                    source: e,
+                });
+            }
+        }
+    }
+    if !doomed.is_empty() {
+        info!(shard, deleted = ?doomed, "checkpoints past retention deleted");
+    }
+    Ok(doomed)
 }

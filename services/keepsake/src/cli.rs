@@ -157,6 +157,16 @@ struct ServeArgs {
     /// ...or every this many seconds when anything was committed.
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300)]
     checkpoint_interval_secs: u64,
+    /// Keep every checkpoint younger than this many hours...
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_ALL_HOURS", default_value_t = 24)]
+    checkpoint_keep_all_hours: i64,
+    /// ...and beyond that one per day for this many days (segments are never deleted).
+    #[arg(
+        long,
+        env = "KEEPSAKE_CHECKPOINT_KEEP_DAILY_DAYS",
+        default_value_t = 365
+    )]
+    checkpoint_keep_daily_days: i64,
     /// Users a fleet restore restores at once.
     #[arg(long, env = "KEEPSAKE_FLEET_RESTORE_CONCURRENCY", default_value_t = 32)]
     fleet_restore_concurrency: usize,
@@ -241,6 +251,10 @@ pub fn main() -> Result<std::process::ExitCode> {
                     .unwrap_or(a.view_memory_mb.saturating_mul(1024 * 1024)),
                 checkpoint_every_events: a.checkpoint_every_events.max(1),
                 checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs.max(1)),
+                checkpoint_retention: keepsake_log::retention::RetentionPolicy {
+                    keep_all_for: chrono::Duration::hours(a.checkpoint_keep_all_hours.max(0)),
+                    keep_daily_for_days: a.checkpoint_keep_daily_days.max(0),
+                },
                 fleet_concurrency: a.fleet_restore_concurrency.max(1),
                 fleet_users_per_second: a.fleet_restore_users_per_sec,
             };

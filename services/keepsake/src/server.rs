@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub checkpoint_every_events: u64,
     /// ...or this often when anything was committed.
     pub checkpoint_interval: Duration,
+    /// Which older checkpoints to keep.
+    pub checkpoint_retention: keepsake_log::retention::RetentionPolicy,
     /// Users a fleet restore restores at once.
     pub fleet_concurrency: usize,
     /// Users a fleet restore starts per second at most (0: no limit).
@@ -211,6 +213,7 @@ pub async fn run(
             view_memory_bytes: cfg.view_memory_bytes / shards_now.max(1) as usize,
             checkpoint_every_events: cfg.checkpoint_every_events,
             checkpoint_interval: cfg.checkpoint_interval,
+            retention: cfg.checkpoint_retention,
             ..LogConfig::default()
         };
         let log = Arc::new(
