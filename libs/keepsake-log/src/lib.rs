@@ -266,9 +266,31 @@ impl Log {
             base = Some((c, state));
             break;
         }
+        let base_checkpoint = base.as_ref().map(|(c, _)| *c);
         let (from, mut state) = base.map_or((1, UserState::default()), |(c, s)| (c + 1, s));
         if head >= from {
-            let (events, _) = read_user_in(store.clone(), shard, *user, from..=head, at).await?;
+            let indexed = self.shards[shard as usize]
+                .state
+                .read()
+                .ok()
+                .filter(|v| v.checkpoint == base_checkpoint)
+                .map(|v| v.segments_of(user, from, head));
+            let (events, _) = match indexed {
+                // The base is the view's newest checkpoint: the index knows the user's segments.
+                Some(segs) => {
+                    read_user_in(store.clone(), shard, *user, |n| segs.contains(&n), at).await?
+                }
+                None => {
+                    read_user_in(
+                        store.clone(),
+                        shard,
+                        *user,
+                        |n| (from..=head).contains(&n),
+                        at,
+                    )
+                    .await?
+                }
+            };
             for e in &events {
                 keepsake_model::apply(&mut state, e)
                     .map_err(|err| LogError::corrupt(shard, head, err))?;
@@ -447,6 +469,7 @@ pub async fn recover_shard(
         state
             .apply_events(&seg.events)
             .map_err(|e| LogError::corrupt(shard, n, e))?;
+        state.index_segment(n, &seg.events);
         state.head = n;
     }
     if state.last_recorded_at.is_none() && head > 0 {
@@ -466,38 +489,53 @@ pub(crate) async fn load_user(
     state: &RwLock<ShardState>,
     user: UserId,
 ) -> Result<(), LogError> {
-    let (mut read_to, checkpoint) = {
-        let s = state.read().map_err(|_| poisoned(shard))?;
-        if s.is_resident(&user) {
-            return Ok(());
-        }
-        (s.head, s.checkpoint)
-    };
-    let mut loaded = match checkpoint {
-        Some(c) => read_checkpoint_user(store.clone(), shard, c, user).await?,
-        None => UserState::default(),
-    };
-    let mut from = checkpoint.map_or(1, |c| c + 1);
-    loop {
-        if read_to >= from {
-            let (events, _) =
-                read_user_in(store.clone(), shard, user, from..=read_to, UpTo::End).await?;
-            for e in &events {
-                keepsake_model::apply(&mut loaded, e)
-                    .map_err(|err| LogError::corrupt(shard, read_to, err))?;
+    'start: loop {
+        // One snapshot: the head, the newest checkpoint, and the segments after it that the
+        // index says hold the user.
+        let (mut read_to, checkpoint, mut segments) = {
+            let s = state.read().map_err(|_| poisoned(shard))?;
+            if s.is_resident(&user) {
+                return Ok(());
             }
+            let from = s.checkpoint.map_or(1, |c| c + 1);
+            (s.head, s.checkpoint, s.segments_of(&user, from, s.head))
+        };
+        let mut loaded = match checkpoint {
+            Some(c) => read_checkpoint_user(store.clone(), shard, c, user).await?,
+            None => UserState::default(),
+        };
+        loop {
+            if !segments.is_empty() {
+                let wanted = std::mem::take(&mut segments);
+                let (events, _) = read_user_in(
+                    store.clone(),
+                    shard,
+                    user,
+                    |n| wanted.contains(&n),
+                    UpTo::End,
+                )
+                .await?;
+                for e in &events {
+                    keepsake_model::apply(&mut loaded, e)
+                        .map_err(|err| LogError::corrupt(shard, read_to, err))?;
+                }
+            }
+            let mut s = state.write().map_err(|_| poisoned(shard))?;
+            if s.is_resident(&user) {
+                return Ok(());
+            }
+            if s.checkpoint != checkpoint {
+                // A new checkpoint pruned the index under us: start over from it.
+                continue 'start;
+            }
+            if s.head == read_to {
+                s.misses += 1;
+                s.insert(user, loaded);
+                return Ok(());
+            }
+            segments = s.segments_of(&user, read_to + 1, s.head);
+            read_to = s.head;
         }
-        let mut s = state.write().map_err(|_| poisoned(shard))?;
-        if s.is_resident(&user) {
-            return Ok(());
-        }
-        if s.head == read_to {
-            s.misses += 1;
-            s.insert(user, loaded);
-            return Ok(());
-        }
-        from = read_to + 1;
-        read_to = s.head;
     }
 }
 
@@ -531,7 +569,7 @@ async fn checkpointer(
         match write_checkpoint(&store, shard, prev, head, cfg.read_concurrency).await {
             Ok(users) => {
                 if let Ok(mut s) = state.write() {
-                    s.checkpoint = Some(head);
+                    s.checkpointed(head);
                     s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
                 }
                 last = tokio::time::Instant::now();

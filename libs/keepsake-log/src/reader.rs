@@ -347,22 +347,22 @@ pub async fn read_user(
     user: UserId,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    read_user_in(store, shard, user, 1..=u64::MAX, up_to).await
+    read_user_in(store, shard, user, |_| true, up_to).await
 }
 
-/// [`read_user`] over the segments numbered in `segments` only (for example, those after a
-/// checkpoint, up to the head a reader has seen).
+/// [`read_user`] over the segments whose numbers `segments` accepts only (for example, those
+/// after a checkpoint up to the head a reader has seen, or those an index says hold the user).
 pub async fn read_user_in(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    segments: std::ops::RangeInclusive<u64>,
+    segments: impl Fn(u64) -> bool,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
     let mut events = Vec::new();
     let mut stats = ReadStats::default();
-    for l in listed.into_iter().filter(|l| segments.contains(&l.n)) {
+    for l in listed.into_iter().filter(|l| segments(l.n)) {
         let context = || format!("read segment {} of shard {shard}", l.n);
         let reader = SegmentReader {
             store: store.clone(),

@@ -43,6 +43,9 @@ pub struct ShardState {
     pub misses: u64,
     /// Users evicted.
     pub evictions: u64,
+    /// For each user, the segments after the newest checkpoint that hold their events: loading
+    /// a user reads only those, not every segment of the tail.
+    tail_index: IdMap<UserId, Vec<u64>>,
 }
 
 impl ShardState {
@@ -70,6 +73,38 @@ impl ShardState {
     /// Approximate bytes in memory.
     pub fn resident_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Records which users segment `n` holds (call for every segment after the checkpoint).
+    pub fn index_segment(&mut self, n: u64, events: &[Event]) {
+        for e in events {
+            let segs = self.tail_index.entry(e.user_id).or_default();
+            if segs.last() != Some(&n) {
+                segs.push(n);
+            }
+        }
+    }
+
+    /// The segments in `from..=to` that hold the user's events (after the newest checkpoint).
+    pub fn segments_of(&self, user: &UserId, from: u64, to: u64) -> Vec<u64> {
+        self.tail_index
+            .get(user)
+            .map(|s| {
+                s.iter()
+                    .copied()
+                    .filter(|n| (from..=to).contains(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A checkpoint now covers segments up to `upto`: forget them in the index.
+    pub fn checkpointed(&mut self, upto: u64) {
+        self.checkpoint = Some(upto);
+        self.tail_index.retain(|_, segs| {
+            segs.retain(|n| *n > upto);
+            !segs.is_empty()
+        });
     }
 
     /// Puts a loaded user in memory (unless another load got there first).

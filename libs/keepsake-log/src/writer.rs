@@ -256,6 +256,7 @@ impl Writer {
                 );
                 let applied = self.state.write().map(|mut s| {
                     let r = s.apply_events(&events);
+                    s.index_segment(n, &events);
                     s.head = n;
                     s.last_recorded_at = Some(recorded_at);
                     r
@@ -559,6 +560,7 @@ impl Writer {
             state
                 .apply_events(&seg.events)
                 .map_err(|e| LogError::corrupt(self.shard, n, e))?;
+            state.index_segment(n, &seg.events);
             state.head = n;
             drop(state);
             self.head_tx.send_replace(n);
