@@ -6,6 +6,8 @@
 //!   absent, and loading reads the newest checkpoint and the segments after it up to `head`.
 //! - Users of a batch being committed are pinned: never evicted until their callers are answered,
 //!   so staging and applying see the same state.
+//! - The tail index lists, per user, the segments after the newest checkpoint that hold their
+//!   events, for every segment up to `head`: loads read only those.
 //! - When resident bytes exceed the budget, the least recently used unpinned users are evicted
 //!   down to 80% of it. Evicting loses nothing: the log has everything.
 
