@@ -37,8 +37,8 @@ use tracing::{Instrument, info, info_span, warn};
 pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{
-    ReadStats, UpTo, list_checkpoints, list_segments, read_checkpoint, read_checkpoint_user,
-    read_segment, read_user, read_user_in, scan_shard,
+    ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments, read_checkpoint,
+    read_checkpoint_user, read_segment, read_segment_meta, read_user, read_user_in, scan_shard,
 };
 pub use stats::{AtomicHistogram, LogStats};
 pub use view::ShardState;
@@ -250,8 +250,8 @@ impl Log {
                 UpTo::End => true,
                 UpTo::Seq(_) => true,
                 UpTo::Time(t) => {
-                    let seg = read_segment(store.as_ref(), shard, c).await?;
-                    seg.is_some_and(|s| s.meta.last_recorded_at <= t)
+                    let meta = read_segment_meta(store.clone(), shard, c).await?;
+                    meta.is_some_and(|m| m.last_recorded_at <= t)
                 }
             };
             if !fits {
@@ -473,8 +473,8 @@ pub async fn recover_shard(
         state.head = n;
     }
     if state.last_recorded_at.is_none() && head > 0 {
-        let last = read_segment(store.as_ref(), shard, head).await?;
-        state.last_recorded_at = last.map(|s| s.meta.last_recorded_at);
+        let last = read_segment_meta(store.clone(), shard, head).await?;
+        state.last_recorded_at = last.map(|m| m.last_recorded_at);
     }
     state.evict_over(cfg.view_memory_bytes);
     info!(shard, head = state.head, checkpoint = ?checkpoint, users = state.resident_users(), "shard recovered");
@@ -648,21 +648,12 @@ pub async fn apply_retention(
     policy: &retention::RetentionPolicy,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<u64>, LogError> {
-    let metas: Vec<_> = store
-        .list(Some(&keys::checkpoints_prefix(shard)))
-        .try_collect()
-        .await
-        .map_err(|e| LogError::Store {
-            context: format!("list checkpoints of shard {shard}"),
-            source: e,
-        })?;
-    let written: Vec<(u64, chrono::DateTime<chrono::Utc>)> = metas
-        .iter()
-        .filter_map(|m| match keys::parse(&m.location) {
-            Some(keys::Key::Checkpoint { shard: s, n }) if s == shard => Some((n, m.last_modified)),
-            _ => None,
-        })
-        .collect();
+    let written: Vec<(u64, chrono::DateTime<chrono::Utc>)> =
+        list_checkpoint_objects(store.as_ref(), shard)
+            .await?
+            .into_iter()
+            .map(|l| (l.n, l.modified))
+            .collect();
     let doomed = retention::to_delete(&written, now, policy);
     for n in &doomed {
         match object_store::ObjectStoreExt::delete(store.as_ref(), &keys::checkpoint(shard, *n))

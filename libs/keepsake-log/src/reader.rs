@@ -29,6 +29,8 @@ pub struct Listed {
     pub n: u64,
     /// Object size.
     pub size: u64,
+    /// When the object was written.
+    pub modified: DateTime<Utc>,
 }
 
 /// Lists the numbered objects of a shard under `prefix` (segments or checkpoints), ascending by
@@ -49,7 +51,11 @@ async fn list_numbered(
         .iter()
         .filter_map(|m| {
             let n = number(keys::parse(&m.location)?)?;
-            Some(Listed { n, size: m.size })
+            Some(Listed {
+                n,
+                size: m.size,
+                modified: m.last_modified,
+            })
         })
         .collect();
     listed.sort_by_key(|l| l.n);
@@ -256,9 +262,12 @@ pub async fn read_checkpoint_user(
     Ok(users.remove(&user).unwrap_or_default())
 }
 
-/// Lists a shard's checkpoints (segment numbers), ascending.
-pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec<u64>, LogError> {
-    let listed = list_numbered(
+/// Lists a shard's checkpoints (segment number, size, write time), ascending.
+pub async fn list_checkpoint_objects(
+    store: &dyn ObjectStore,
+    shard: u32,
+) -> Result<Vec<Listed>, LogError> {
+    list_numbered(
         store,
         keys::checkpoints_prefix(shard),
         "checkpoints",
@@ -268,8 +277,38 @@ pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec
             _ => None,
         },
     )
-    .await?;
-    Ok(listed.into_iter().map(|l| l.n).collect())
+    .await
+}
+
+/// Reads only the footer of segment `n` (its metadata), not its rows; `None` if it does not exist.
+pub async fn read_segment_meta(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let path = keys::segment(shard, n);
+    let size = match store.head(&path).await {
+        Ok(m) => m.size,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
+    };
+    let mut reader = SegmentReader { store, path, size };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map(Some)
+        .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// Lists a shard's checkpoints (segment numbers), ascending.
+pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec<u64>, LogError> {
+    Ok(list_checkpoint_objects(store, shard)
+        .await?
+        .into_iter()
+        .map(|l| l.n)
+        .collect())
 }
 
 /// Reads and decodes a whole checkpoint.
