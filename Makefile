@@ -42,6 +42,10 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 	$(CARGO) bench -p keepsake-log --bench writer
 	$(CARGO) bench -p keepsake --bench http_load
 
+.PHONY: loadtest
+loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (infra/loadtest.sh); JSON in loadtest-results/
+	infra/loadtest.sh
+
 .PHONY: bless
 bless: ## Rewrite the golden segment file (only with a new format version: old ones must stay)
 	KEEPSAKE_BLESS=1 $(CARGO) test -p keepsake-segment --test segment golden

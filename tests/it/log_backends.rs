@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use futures::future::join_all;
-use keepsake_log::{UpTo, list_segments, read_user};
+use keepsake_log::{LogConfig, LogStats, UpTo, list_segments, read_user};
 use keepsake_model::{ChangeBody, Kind, Outcome, StateRead, UserState};
 use keepsake_tests::{Backend, store};
 use serde_json::json;
@@ -253,6 +253,62 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
         doc.map(|d| d.as_str().to_string()).as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
+    // Both stale patches found their ancestor before queueing; the writer never read history.
+    let stats = log.stats();
+    assert_eq!(LogStats::get(&stats.ancestor_reads), 2);
+    assert_eq!(LogStats::get(&stats.writer_ancestor_reads), 0);
+    log.shutdown().await;
+}
+
+/// The ancestor of a stale patch lies before the newest checkpoint (the index of tail segments
+/// does not know it), and many segments of other users lie between: still found, still merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_patch_finds_an_ancestor_from_before_the_newest_checkpoint() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let cfg = LogConfig {
+        checkpoint_every_events: 10,
+        checkpoint_interval: std::time::Duration::from_millis(50),
+        ..fast_config()
+    };
+    let log = open(ts.store.clone(), 1, cfg).await.expect("open");
+    let u = user();
+    let it = item();
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    push(&log, u, vec![put(it, json!({"a": 1, "b": 1}))])
+        .await
+        .expect("v1");
+    for _ in 0..30 {
+        push(&log, user(), vec![put(item(), json!({}))])
+            .await
+            .expect("others");
+    }
+    push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.checkpoint(0).is_none_or(|c| c < 3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    let doc = log
+        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+        .await
+        .expect("user");
+    assert_eq!(
+        doc.map(|d| d.as_str().to_string()).as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    assert_eq!(LogStats::get(&log.stats().writer_ancestor_reads), 0);
     log.shutdown().await;
 }
 

@@ -22,11 +22,13 @@ pub mod verify;
 pub mod view;
 pub mod writer;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt;
 use keepsake_model::{
-    Change, Clock, EventMeta, IdGenerator, Outcome, StateRead, UserId, UserState,
+    Ancestors, Change, ChangeBody, Clock, EventMeta, IdGenerator, ItemId, Outcome, StateRead,
+    UserId, UserState,
 };
 use keepsake_store::{Descriptor, keys, open_or_create_descriptor};
 use object_store::ObjectStore;
@@ -188,9 +190,13 @@ impl Log {
     /// Commits a push; answers once its events are durable.
     pub async fn push(&self, req: PushRequest) -> Result<PushResult, LogError> {
         let shard = self.shard_of(&req.user_id);
+        // Read here, by this push's own task, so that a slow read of history never holds up
+        // the shard's writer and every other push of its batch.
+        let ancestors = self.prefetch_ancestors(&req).await?;
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             req,
+            ancestors,
             enqueued: tokio::time::Instant::now(),
             reply,
         };
@@ -202,6 +208,122 @@ impl Log {
                 mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
             })?;
         answer.await.map_err(|_| LogError::ShuttingDown)?
+    }
+
+    /// The earlier documents that the stale patches of a push will be merged against: a patch
+    /// naming `base_version` b of an item now at a later version needs the document of b.
+    ///
+    /// Versions a push produces itself, or that become stale only while the push waits, are not
+    /// fetched here; the writer reads those (rare) itself.
+    async fn prefetch_ancestors(&self, req: &PushRequest) -> Result<Ancestors, LogError> {
+        let needs: Vec<(ItemId, u64, Option<u64>)> = self
+            .user(&req.user_id, |s| {
+                let wanted: HashSet<(ItemId, u64)> = req
+                    .changes
+                    .iter()
+                    .filter_map(|c| match (&c.body, c.base_version) {
+                        (ChangeBody::Patch { .. }, Some(b)) if b > 0 => s
+                            .item(&c.item_id)
+                            .filter(|i| i.version > b)
+                            .map(|_| (c.item_id, b)),
+                        _ => None,
+                    })
+                    .collect();
+                if wanted.is_empty() {
+                    return Vec::new();
+                }
+                // Every event has a change id, and the state keeps each one's (item, version,
+                // seq) for idempotency: that gives the seq of each wanted version.
+                let mut seqs = HashMap::new();
+                for (_, r) in s.changes() {
+                    if wanted.contains(&(r.item_id, r.version)) {
+                        seqs.insert((r.item_id, r.version), r.seq);
+                    }
+                }
+                wanted
+                    .into_iter()
+                    .map(|k| (k.0, k.1, seqs.get(&k).copied()))
+                    .collect()
+            })
+            .await?;
+        if needs.is_empty() {
+            return Ok(Ancestors::new());
+        }
+        self.stats
+            .ancestor_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.find_versions(&req.user_id, needs).await
+    }
+
+    /// Documents of committed versions of a user's items (`None` for a tombstone). Versions not
+    /// found are absent.
+    ///
+    /// A version whose seq is known and lies after the newest checkpoint is read from the one
+    /// segment the view's index says holds it. The rest are searched newest segment first (a
+    /// stale base is usually recent): the user's tail segments in groups of 4, 32, 256...,
+    /// then every segment before the checkpoint.
+    async fn find_versions(
+        &self,
+        user: &UserId,
+        needs: Vec<(ItemId, u64, Option<u64>)>,
+    ) -> Result<Ancestors, LogError> {
+        let shard = self.shard_of(user);
+        let head = self.head(shard);
+        let (checkpoint, tail, exact) = {
+            let view = self.shards[shard as usize]
+                .state
+                .read()
+                .map_err(|_| poisoned(shard))?;
+            let from = view.checkpoint.map_or(1, |c| c + 1);
+            let exact: HashSet<u64> = needs
+                .iter()
+                .filter_map(|(_, _, seq)| view.segment_holding(user, (*seq)?))
+                .collect();
+            (view.checkpoint, view.segments_of(user, from, head), exact)
+        };
+        let mut wanted: HashSet<(ItemId, u64)> = needs.iter().map(|(i, v, _)| (*i, *v)).collect();
+        let mut found = Ancestors::new();
+        let mut take = |events: &[keepsake_model::Event], wanted: &mut HashSet<(ItemId, u64)>| {
+            for e in events {
+                if wanted.remove(&(e.item_id, e.version)) {
+                    found.insert((e.item_id, e.version), e.document.clone());
+                }
+            }
+        };
+        if !exact.is_empty() {
+            let (events, _) = read_user_in(
+                self.store.clone(),
+                shard,
+                *user,
+                |n| exact.contains(&n),
+                UpTo::End,
+            )
+            .await?;
+            take(&events, &mut wanted);
+        }
+        let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
+        let mut group = 4;
+        while !wanted.is_empty() && !rest.is_empty() {
+            let newest = rest.split_off(rest.len() - group.min(rest.len()));
+            let (events, _) = read_user_in(
+                self.store.clone(),
+                shard,
+                *user,
+                |n| newest.contains(&n),
+                UpTo::End,
+            )
+            .await?;
+            take(&events, &mut wanted);
+            group *= 8;
+        }
+        if let Some(c) = checkpoint
+            && !wanted.is_empty()
+        {
+            let (events, _) =
+                read_user_in(self.store.clone(), shard, *user, |n| n <= c, UpTo::End).await?;
+            take(&events, &mut wanted);
+        }
+        Ok(found)
     }
 
     /// Reads a user's committed state, loading it from the log if it is not in memory.

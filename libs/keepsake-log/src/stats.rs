@@ -22,6 +22,12 @@ pub struct LogStats {
     pub fenced: AtomicU64,
     /// Pushes refused by the mass-delete guard.
     pub mass_delete_refusals: AtomicU64,
+    /// Reads of a user's history for earlier documents that stale patches need: by the
+    /// pushing task before queueing (`ancestor_reads`), and by the shard writer itself when a
+    /// version became stale while queued (`writer_ancestor_reads`, which holds up the batch).
+    pub ancestor_reads: AtomicU64,
+    /// See `ancestor_reads`.
+    pub writer_ancestor_reads: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -92,6 +98,8 @@ impl Default for LogStats {
             ambiguous_resolved: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             mass_delete_refusals: AtomicU64::new(0),
+            ancestor_reads: AtomicU64::new(0),
+            writer_ancestor_reads: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }

@@ -45,9 +45,10 @@ pub struct ShardState {
     pub misses: u64,
     /// Users evicted.
     pub evictions: u64,
-    /// For each user, the segments after the newest checkpoint that hold their events: loading
-    /// a user reads only those, not every segment of the tail.
-    tail_index: IdMap<UserId, Vec<u64>>,
+    /// For each user, the segments after the newest checkpoint that hold their events, with
+    /// the user's first seq in each (ascending in both): loading a user reads only those, not
+    /// every segment of the tail, and one event is found by its seq in one segment.
+    tail_index: IdMap<UserId, Vec<(u64, u64)>>,
 }
 
 impl ShardState {
@@ -81,8 +82,8 @@ impl ShardState {
     pub fn index_segment(&mut self, n: u64, events: &[Event]) {
         for e in events {
             let segs = self.tail_index.entry(e.user_id).or_default();
-            if segs.last() != Some(&n) {
-                segs.push(n);
+            if segs.last().map(|(s, _)| *s) != Some(n) {
+                segs.push((n, e.seq));
             }
         }
     }
@@ -93,18 +94,28 @@ impl ShardState {
             .get(user)
             .map(|s| {
                 s.iter()
-                    .copied()
+                    .map(|(n, _)| *n)
                     .filter(|n| (from..=to).contains(n))
                     .collect()
             })
             .unwrap_or_default()
     }
 
+    /// The segment after the newest checkpoint that holds the user's event `seq`, if the
+    /// event is after the newest checkpoint.
+    pub fn segment_holding(&self, user: &UserId, seq: u64) -> Option<u64> {
+        let segs = self.tail_index.get(user)?;
+        // The last segment whose first seq of the user is at most `seq`.
+        let i = segs.partition_point(|(_, first)| *first <= seq);
+        // i == 0: the event is older than every tail segment of the user (before the checkpoint).
+        i.checked_sub(1).map(|i| segs[i].0)
+    }
+
     /// A checkpoint now covers segments up to `upto`: forget them in the index.
     pub fn checkpointed(&mut self, upto: u64) {
         self.checkpoint = Some(upto);
         self.tail_index.retain(|_, segs| {
-            segs.retain(|n| *n > upto);
+            segs.retain(|(n, _)| *n > upto);
             !segs.is_empty()
         });
     }
@@ -186,5 +197,41 @@ impl ShardState {
             self.bytes = self.bytes.saturating_sub(bytes);
             self.evictions += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_model::fixtures::history;
+
+    /// Segments of 10 events of one user each, then a checkpoint: the index answers which
+    /// segment holds a seq, and nothing for a seq the checkpoint covers.
+    #[test]
+    fn the_tail_index_finds_the_segment_of_a_seq_and_forgets_checkpointed_ones() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let events = history(1, 1, 50, start);
+        let user = events[0].user_id;
+        let mut view = ShardState::default();
+        for (i, chunk) in events.chunks(10).enumerate() {
+            view.index_segment(i as u64 + 1, chunk);
+        }
+        assert_eq!(view.segments_of(&user, 1, 5), vec![1, 2, 3, 4, 5]);
+        for seq in 1..=50u64 {
+            assert_eq!(
+                view.segment_holding(&user, seq),
+                Some((seq - 1) / 10 + 1),
+                "seq {seq}"
+            );
+        }
+        view.checkpointed(2);
+        assert_eq!(view.segments_of(&user, 1, 5), vec![3, 4, 5]);
+        assert_eq!(
+            view.segment_holding(&user, 20),
+            None,
+            "covered by the checkpoint"
+        );
+        assert_eq!(view.segment_holding(&user, 21), Some(3));
+        assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
     }
 }

@@ -48,6 +48,8 @@ use crate::{PushRequest, PushResult};
 
 pub(crate) struct Queued {
     pub req: PushRequest,
+    /// Earlier documents its stale patches need, read before it was queued.
+    pub ancestors: Ancestors,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<PushResult, LogError>>,
 }
@@ -341,6 +343,12 @@ impl Writer {
         recorded_at: DateTime<Utc>,
     ) -> Result<Staging, LogError> {
         let mut ancestors: HashMap<UserId, Ancestors> = HashMap::new();
+        for q in batch.iter().filter(|q| !q.ancestors.is_empty()) {
+            ancestors
+                .entry(q.req.user_id)
+                .or_default()
+                .extend(q.ancestors.iter().map(|(k, v)| (*k, v.clone())));
+        }
         for _ in 0..3 {
             let needs = match self.stage(batch, recorded_at, &ancestors) {
                 Ok(s) => return Ok(s),
@@ -351,6 +359,9 @@ impl Writer {
                 by_user.entry(user).or_default().push(need);
             }
             for (user, needs) in by_user {
+                self.stats
+                    .writer_ancestor_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (events, _) =
                     read_user(self.store.clone(), self.shard, user, UpTo::End).await?;
                 let found = ancestors.entry(user).or_default();

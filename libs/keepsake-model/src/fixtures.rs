@@ -73,6 +73,12 @@ fn words(rng: &mut Rng, n: u64) -> String {
 /// A realistic document of `kind`, 300 to 700 bytes of compact JSON.
 pub fn document(kind: Kind, rng: &mut Rng) -> Map<String, Value> {
     let target = 300 + rng.below(400) as usize;
+    document_sized(kind, rng, target)
+}
+
+/// A realistic document of `kind` padded (with a `description`) to about `target` bytes of
+/// compact JSON; never smaller than the kind's fixed fields.
+pub fn document_sized(kind: Kind, rng: &mut Rng, target: usize) -> Map<String, Value> {
     let mut doc = match kind {
         Kind::Contact => json!({
             "@type": "Card", "version": "1.0", "uid": format!("urn:uuid:{}", rng.uuid()),

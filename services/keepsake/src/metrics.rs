@@ -228,6 +228,18 @@ pub async fn render(State(state): State<Shared>) -> Response {
             "Pushes refused by the mass-delete guard",
             g(&s.mass_delete_refusals),
         );
+        counter(
+            &mut out,
+            "keepsake_ancestor_reads",
+            "History reads for the earlier documents of stale patches, before queueing",
+            g(&s.ancestor_reads),
+        );
+        counter(
+            &mut out,
+            "keepsake_writer_ancestor_reads",
+            "History reads by a shard writer itself (they hold up its batch)",
+            g(&s.writer_ancestor_reads),
+        );
         histogram(
             &mut out,
             "keepsake_segment_put_seconds",

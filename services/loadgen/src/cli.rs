@@ -1,0 +1,304 @@
+//! Command line: `keepsake-loadgen http …` and `keepsake-loadgen baseline …`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use keepsake_model::Kind;
+
+use crate::baseline::{self, BaselineConfig};
+use crate::http::{self, RunConfig};
+use crate::workload::Mix;
+
+/// Load for Keepsake: simulated handsets over HTTP, and a storage baseline against PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "keepsake-loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate handsets against a running server; print a table and write it as JSON.
+    Http(HttpArgs),
+    /// Append, read and rebuild the same events in Keepsake's log and in PostgreSQL.
+    Baseline(BaselineArgs),
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a share between 0 and 1"))
+    }
+}
+
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: usize = a.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    let b: usize = b.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    if a == 0 || a > b || b > 1 << 20 {
+        return Err(format!(
+            "{s}: want MIN-MAX bytes with 0 < MIN <= MAX <= 1 MiB"
+        ));
+    }
+    Ok((a, b))
+}
+
+fn parse_kind(k: &str) -> Result<Kind, String> {
+    Kind::parse(k.trim()).ok_or_else(|| format!("unknown kind {k:?} (contact, event, task, note)"))
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// The server.
+    #[arg(long, env = "KEEPSAKE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Operator token, to register one device per handset.
+    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Simulated handsets (concurrent clients).
+    #[arg(long, default_value_t = 64)]
+    handsets: usize,
+    /// Users the handsets belong to (handset h is a device of user h % users).
+    #[arg(long, default_value_t = 32)]
+    users: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Open loop at this many requests per second (all handsets together); closed loop if absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Share of requests that are pushes; the rest are pulls.
+    #[arg(long, default_value_t = 0.2, value_parser = parse_share)]
+    push_share: f64,
+    /// Share of pulls that long-poll.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    long_poll_share: f64,
+    /// Seconds a long poll waits for news.
+    #[arg(long, default_value_t = 2)]
+    long_poll_wait: u32,
+    /// Changes per push.
+    #[arg(long, default_value_t = 100)]
+    changes_per_push: usize,
+    /// Kinds pushed, comma separated.
+    #[arg(long, default_value = "contact,event,task,note", value_delimiter = ',', value_parser = parse_kind)]
+    kinds: Vec<Kind>,
+    /// Share of changes that patch a known item.
+    #[arg(long, default_value_t = 0.15, value_parser = parse_share)]
+    patch_share: f64,
+    /// Share of changes that delete a known item.
+    #[arg(long, default_value_t = 0.03, value_parser = parse_share)]
+    delete_share: f64,
+    /// Share of patches and deletes naming an older version than the handset knows.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    stale_share: f64,
+    /// Share of pushes that re-send the previous push (answered all duplicate).
+    #[arg(long, default_value_t = 0.02, value_parser = parse_share)]
+    retry_share: f64,
+    /// Document sizes in bytes, MIN-MAX.
+    #[arg(long, default_value = "300-700", value_parser = parse_range)]
+    doc_bytes: (usize, usize),
+    /// Items per pull.
+    #[arg(long, default_value_t = 100)]
+    pull_limit: usize,
+    /// Seed: the same seed gives the same users and requests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Name of the run in the report.
+    #[arg(long, default_value = "http")]
+    label: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 70.0)]
+    timeout: f64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "loadgen-report.json")]
+    report: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BaselineArgs {
+    /// PostgreSQL connection string (libpq style, e.g. "host=127.0.0.1 port=5432 user=postgres");
+    /// without it only Keepsake is measured.
+    #[arg(long, env = "KEEPSAKE_PG")]
+    pg: Option<String>,
+    /// Directory for Keepsake's file store (a fresh subdirectory, removed afterwards); the
+    /// system's temporary directory if absent. Put it on the disk Postgres uses.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Events in all.
+    #[arg(long, default_value_t = 500_000)]
+    events: usize,
+    /// Users.
+    #[arg(long, default_value_t = 1_000)]
+    users: usize,
+    /// Events per push (one transaction in Postgres).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Events of the user whose reads are measured.
+    #[arg(long, default_value_t = 10_000)]
+    reader_events: usize,
+    /// Repetitions of each read.
+    #[arg(long, default_value_t = 20)]
+    reads: usize,
+    /// Document sizes in bytes, MIN-MAX.
+    #[arg(long, default_value = "300-700", value_parser = parse_range)]
+    doc_bytes: (usize, usize),
+    /// Keepsake's commit window, ms.
+    #[arg(long, default_value_t = 10)]
+    commit_window_ms: u64,
+    /// Keepsake's shards (as the server's default).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "baseline-report.json")]
+    report: PathBuf,
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    if !(0.0..=86_400.0).contains(&s) {
+        bail!("--{name} must be between 0 and 86400 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn write_report(path: &PathBuf, table: &str, json: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(table.as_bytes())?;
+    let text = serde_json::to_string_pretty(json)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    writeln!(out, "  report: {}", path.display())?;
+    Ok(())
+}
+
+/// Parses the command line and runs.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cli.command {
+        Command::Http(a) => {
+            if a.duration <= 0.0 {
+                bail!("--duration must be positive");
+            }
+            if a.changes_per_push == 0 || a.pull_limit == 0 {
+                bail!("--changes-per-push and --pull-limit must be at least 1");
+            }
+            let cfg = RunConfig {
+                url: a.url.trim_end_matches('/').to_string(),
+                admin_token: a.admin_token,
+                handsets: a.handsets,
+                users: a.users,
+                duration: seconds("duration", a.duration)?,
+                warmup: seconds("warmup", a.warmup)?,
+                rate: a.rate,
+                mix: Mix {
+                    push_share: a.push_share,
+                    long_poll_share: a.long_poll_share,
+                    long_poll_wait: a.long_poll_wait.min(60),
+                    changes_per_push: a.changes_per_push,
+                    kinds: a.kinds,
+                    patch_share: a.patch_share,
+                    delete_share: a.delete_share,
+                    stale_share: a.stale_share,
+                    retry_share: a.retry_share,
+                    doc_bytes: a.doc_bytes,
+                    pull_limit: a.pull_limit,
+                },
+                seed: a.seed,
+                label: a.label,
+                timeout: seconds("timeout", a.timeout)?,
+            };
+            if cfg.mix.patch_share + cfg.mix.delete_share > 1.0 {
+                bail!("--patch-share plus --delete-share exceeds 1");
+            }
+            let report = rt.block_on(http::run(cfg))?;
+            write_report(&a.report, &report.table(), &report)
+        }
+        Command::Baseline(a) => {
+            let cfg = BaselineConfig {
+                pg: a.pg,
+                dir: a.dir.unwrap_or_else(std::env::temp_dir),
+                events: a.events,
+                users: a.users,
+                batch: a.batch,
+                clients: a.clients,
+                reader_events: a.reader_events,
+                reads: a.reads,
+                doc_bytes: a.doc_bytes,
+                commit_window: Duration::from_millis(a.commit_window_ms),
+                shards: a.shards,
+                seed: a.seed,
+            };
+            let report = rt.block_on(baseline::run(cfg))?;
+            write_report(&a.report, &report.table(), &report)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_parses_its_defaults() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "keepsake-loadgen",
+            "http",
+            "--admin-token",
+            "t",
+            "--kinds",
+            "note,task",
+        ])
+        .expect("parses");
+        let Command::Http(a) = cli.command else {
+            panic!("http")
+        };
+        assert_eq!(a.kinds, vec![Kind::Note, Kind::Task]);
+        assert_eq!(a.doc_bytes, (300, 700));
+        assert!(
+            Cli::try_parse_from([
+                "keepsake-loadgen",
+                "http",
+                "--admin-token",
+                "t",
+                "--kinds",
+                "pony"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "keepsake-loadgen",
+                "http",
+                "--admin-token",
+                "t",
+                "--push-share",
+                "1.5"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["keepsake-loadgen", "baseline", "--doc-bytes", "700-300"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["keepsake-loadgen", "baseline"]).is_ok());
+    }
+}

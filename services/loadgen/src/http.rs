@@ -1,0 +1,508 @@
+//! Simulated handsets against a running server, over HTTP.
+//!
+//! Each handset is a device of one of `users` users (handset `h` belongs to user `h % users`),
+//! registered through the admin API at start. Closed loop: every handset sends its next request
+//! as soon as the previous one is answered. Open loop: requests are scheduled at a fixed total
+//! rate, round robin over handsets, and latency counts from the scheduled moment, so a slow
+//! server is not hidden by a client that waits for it (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use keepsake_model::fixtures::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::stats::{OpSummary, ServerCounters, ServerSummary, Stats};
+use crate::workload::{Action, Documents, Generator, Mix, Pulled, PushOutcome};
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The server, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Operator token, to register the handsets' devices.
+    pub admin_token: String,
+    /// Simulated handsets (one device and one connection-pool slot each).
+    pub handsets: usize,
+    /// Users they belong to.
+    pub users: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before it, not measured (views warm, connections open).
+    pub warmup: Duration,
+    /// Open loop at this many requests per second; closed loop when `None`.
+    pub rate: Option<f64>,
+    /// What the handsets send.
+    pub mix: Mix,
+    /// Seed: the same seed gives the same users and the same requests.
+    pub seed: u64,
+    /// Name of the run in the report.
+    pub label: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// What a run measured; printed as a table and written as JSON.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Name of the run.
+    pub label: String,
+    /// Server URL.
+    pub url: String,
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Open loop: the scheduled requests per second.
+    pub target_rate: Option<f64>,
+    /// Handsets.
+    pub handsets: usize,
+    /// Users.
+    pub users: usize,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Seconds of warm-up before.
+    pub warmup_s: f64,
+    /// The mix.
+    pub mix: Mix,
+    /// Requests answered (any status).
+    pub requests: u64,
+    /// Per second.
+    pub requests_per_s: f64,
+    /// Changes in acknowledged pushes, per second.
+    pub changes_per_s: f64,
+    /// Changes in acknowledged pushes.
+    pub changes_acked: u64,
+    /// Per-change outcomes.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Items received by pulls.
+    pub items_pulled: u64,
+    /// Retried pushes whose originally applied changes all came back `duplicate`.
+    pub retries_ok: u64,
+    /// Retried pushes where an originally applied change did not come back `duplicate`
+    /// (a broken idempotency promise: must be 0).
+    pub retries_broken: u64,
+    /// Open loop: requests not sent because a handset's queue was full.
+    pub dropped: u64,
+    /// Latency per kind of request.
+    pub ops: BTreeMap<String, OpSummary>,
+    /// Errors by status and code.
+    pub errors: BTreeMap<String, u64>,
+    /// The server's own figures from `/metrics`.
+    pub server: ServerSummary,
+}
+
+impl RunReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        let mode = match self.target_rate {
+            Some(r) => format!("open loop at {r:.0} requests/s"),
+            None => "closed loop".to_string(),
+        };
+        let _ = writeln!(
+            t,
+            "{}: {} handsets of {} users, {mode}, {:.1} s measured after {:.0} s warm-up",
+            self.label, self.handsets, self.users, self.duration_s, self.warmup_s
+        );
+        let _ = writeln!(
+            t,
+            "  requests/s {:>10.0}   changes/s {:>10.0}   items pulled/s {:>10.0}",
+            self.requests_per_s,
+            self.changes_per_s,
+            self.items_pulled as f64 / self.duration_s.max(1e-9)
+        );
+        let _ = writeln!(
+            t,
+            "  {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "request", "count", "per s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for (op, s) in &self.ops {
+            let _ = writeln!(
+                t,
+                "  {op:<16} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                s.count, s.per_s, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
+            );
+        }
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(t, "  change outcomes: {}", outcomes.join(", "));
+        if self.retries_ok + self.retries_broken > 0 {
+            let _ = writeln!(
+                t,
+                "  retried pushes: {} answered duplicate for every change applied before, {} not (must be 0)",
+                self.retries_ok, self.retries_broken
+            );
+        }
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "  errors: {}",
+            if errors.is_empty() {
+                "none".to_string()
+            } else {
+                errors.join(", ")
+            }
+        );
+        if self.dropped > 0 {
+            let _ = writeln!(t, "  not sent (client behind schedule): {}", self.dropped);
+        }
+        let s = &self.server;
+        let _ = writeln!(
+            t,
+            "  server: {:.1} segment PUTs/s, {:.0} events/segment, {:.1} bytes/event, {:.0} events committed",
+            s.segment_puts_per_s, s.events_per_segment, s.bytes_per_event, s.events_committed
+        );
+        t
+    }
+}
+
+#[derive(Deserialize)]
+struct PushAnswer {
+    results: Vec<PushOutcome>,
+}
+
+#[derive(Deserialize)]
+struct PullAnswer {
+    changes: Vec<Pulled>,
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct Problem {
+    #[serde(default)]
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct Registered {
+    token: String,
+}
+
+struct Handset {
+    token: String,
+    since: Option<String>,
+    generator: Generator,
+}
+
+/// The users of a seed: the same seed names the same users in every run.
+pub fn user_ids(seed: u64, users: usize) -> Vec<Uuid> {
+    let mut rng = Rng::new(seed ^ 0x005e_ed0f_05e4);
+    (0..users).map(|_| rng.uuid()).collect()
+}
+
+async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec<Handset>> {
+    let users = user_ids(cfg.seed, cfg.users.max(1));
+    let docs_cap = 50_000 / cfg.handsets.max(1) + 100;
+    let results: Vec<anyhow::Result<Handset>> = futures::stream::iter(0..cfg.handsets)
+        .map(|h| {
+            let user = users[h % users.len()];
+            let url = format!("{}/admin/v1/users/{user}/devices", cfg.url);
+            let http = http.clone();
+            let admin = cfg.admin_token.clone();
+            let seed = cfg.seed;
+            async move {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(admin)
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"name\":\"loadgen handset {h}\"}}"))
+                    .send()
+                    .await
+                    .with_context(|| format!("registering a device at {url}"))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.text().await.unwrap_or_default();
+                    bail!("registering a device at {url}: {status}: {body}");
+                }
+                let r: Registered = resp
+                    .json()
+                    .await
+                    .context("the device registration answer")?;
+                Ok(Handset {
+                    token: r.token,
+                    since: None,
+                    generator: Generator::new(
+                        seed.wrapping_mul(1_000_003).wrapping_add(h as u64),
+                        docs_cap,
+                    ),
+                })
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn scrape(http: &reqwest::Client, url: &str) -> ServerCounters {
+    match http.get(format!("{url}/metrics")).send().await {
+        Ok(r) => ServerCounters::parse(&r.text().await.unwrap_or_default()),
+        Err(_) => ServerCounters::default(),
+    }
+}
+
+/// What one request did, for the handset loop.
+enum Done {
+    Ok,
+    /// The server asked to back off.
+    Backoff,
+}
+
+async fn act(
+    http: &reqwest::Client,
+    url: &str,
+    h: &mut Handset,
+    action: Action,
+    stats: &mut Stats,
+    started: Instant,
+    record: bool,
+) -> Done {
+    match action {
+        Action::Push(p) => {
+            let op = if p.retry { "push (retry)" } else { "push" };
+            let resp = http
+                .post(format!("{url}/v1/changes"))
+                .bearer_auth(&h.token)
+                .header("content-type", "application/json")
+                .body(p.body)
+                .send()
+                .await;
+            let resp = match check(resp, stats, record).await {
+                Some(r) => r,
+                None => return Done::Backoff,
+            };
+            let answer: Result<PushAnswer, _> = resp.json().await;
+            let latency = started.elapsed();
+            let Ok(answer) = answer else {
+                if record {
+                    stats.error("unreadable answer");
+                }
+                return Done::Ok;
+            };
+            if record {
+                stats.record(op, latency);
+                stats.changes_acked += p.changes as u64;
+                for o in &answer.results {
+                    *stats.outcomes.entry(o.status.clone()).or_default() += 1;
+                }
+                if p.retry {
+                    if h.generator.retry_answer_ok(&answer.results) {
+                        stats.retries_ok += 1;
+                    } else {
+                        stats.retries_broken += 1;
+                    }
+                }
+            }
+            h.generator.pushed(&answer.results, p.retry);
+            Done::Ok
+        }
+        Action::Pull { wait, limit } => {
+            let op = if wait > 0 { "long poll" } else { "pull" };
+            let mut q = format!("{url}/v1/changes?limit={limit}");
+            if let Some(since) = &h.since {
+                q.push_str("&since=");
+                q.push_str(since);
+            }
+            if wait > 0 {
+                q.push_str(&format!("&wait={wait}"));
+            }
+            let resp = http.get(q).bearer_auth(&h.token).send().await;
+            let resp = match check(resp, stats, record).await {
+                Some(r) => r,
+                None => {
+                    return Done::Backoff;
+                }
+            };
+            let answer: Result<PullAnswer, _> = resp.json().await;
+            let latency = started.elapsed();
+            match answer {
+                Ok(a) => {
+                    if record {
+                        stats.record(op, latency);
+                        stats.items_pulled += a.changes.len() as u64;
+                    }
+                    h.generator.pulled(&a.changes);
+                    h.since = Some(a.token);
+                }
+                Err(_) if record => stats.error("unreadable answer"),
+                Err(_) => {}
+            }
+            Done::Ok
+        }
+    }
+}
+
+/// Turns a non-2xx answer into a counted error (`None`).
+async fn check(
+    resp: Result<reqwest::Response, reqwest::Error>,
+    stats: &mut Stats,
+    record: bool,
+) -> Option<reqwest::Response> {
+    match resp {
+        Ok(r) if r.status().is_success() => Some(r),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let code = r
+                .json::<Problem>()
+                .await
+                .map(|p| p.code)
+                .unwrap_or_default();
+            if record {
+                stats.error(format!("{status} {code}"));
+            }
+            None
+        }
+        Err(e) => {
+            if record {
+                let kind = if e.is_timeout() {
+                    "io timeout"
+                } else if e.is_connect() {
+                    "io connect"
+                } else {
+                    "io other"
+                };
+                stats.error(kind);
+            }
+            None
+        }
+    }
+}
+
+/// Runs the load and reports.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
+    if cfg.handsets == 0 || cfg.users == 0 {
+        bail!("--handsets and --users must be at least 1");
+    }
+    if cfg.mix.kinds.is_empty() {
+        bail!("--kinds names no kind");
+    }
+    let http = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .pool_max_idle_per_host(cfg.handsets)
+        .build()
+        .context("building the HTTP client")?;
+    let ready = http
+        .get(format!("{}/readyz", cfg.url))
+        .send()
+        .await
+        .with_context(|| format!("the server at {} does not answer", cfg.url))?;
+    if !ready.status().is_success() {
+        bail!("the server at {} is not ready: {}", cfg.url, ready.status());
+    }
+    let handsets = register(&http, &cfg).await?;
+    let docs = Arc::new(Documents::new(cfg.seed, 256, cfg.mix.doc_bytes));
+    let mix = Arc::new(cfg.mix.clone());
+    let begin = Instant::now();
+    let measure_from = begin + cfg.warmup;
+    let end = measure_from + cfg.duration;
+
+    let mut tasks = Vec::new();
+    let mut queues = Vec::new();
+    for mut h in handsets {
+        let (http, url, docs, mix) = (http.clone(), cfg.url.clone(), docs.clone(), mix.clone());
+        let rx = if cfg.rate.is_some() {
+            let (tx, rx) = mpsc::channel::<Instant>(64);
+            queues.push(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            match rx {
+                // Closed loop.
+                None => {
+                    while Instant::now() < end {
+                        let started = Instant::now();
+                        let action = h.generator.next(&mix, &docs);
+                        let record = started >= measure_from;
+                        if let Done::Backoff =
+                            act(&http, &url, &mut h, action, &mut stats, started, record).await
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                // Open loop: each message is the moment the request was due.
+                Some(mut rx) => {
+                    while let Some(due) = rx.recv().await {
+                        let action = h.generator.next(&mix, &docs);
+                        let record = due >= measure_from;
+                        let _ = act(&http, &url, &mut h, action, &mut stats, due, record).await;
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    // Counters at the start of the measured interval, read while the load runs.
+    let start_scrape = {
+        let (http, url) = (http.clone(), cfg.url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            scrape(&http, &url).await
+        })
+    };
+    let mut total = Stats::default();
+    if let Some(rate) = cfg.rate {
+        if rate <= 0.0 {
+            bail!("--rate must be positive");
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut next = begin;
+        let mut i = 0usize;
+        while next < end {
+            tokio::time::sleep_until(next.into()).await;
+            // Everything due by now goes out, so a late wake-up does not lower the rate.
+            while next <= Instant::now() && next < end {
+                if queues[i % queues.len()].try_send(next).is_err() && next >= measure_from {
+                    total.dropped += 1;
+                }
+                i += 1;
+                next += interval;
+            }
+        }
+        queues.clear();
+    }
+    let start_counters = start_scrape.await.unwrap_or_default();
+    for t in tasks {
+        total.merge(t.await.context("a handset task failed")?);
+    }
+    let secs = measure_from.elapsed().as_secs_f64();
+    let end_counters = scrape(&http, &cfg.url).await;
+    Ok(RunReport {
+        label: cfg.label.clone(),
+        url: cfg.url.clone(),
+        mode: if cfg.rate.is_some() { "open" } else { "closed" },
+        target_rate: cfg.rate,
+        handsets: cfg.handsets,
+        users: cfg.users,
+        duration_s: secs,
+        warmup_s: cfg.warmup.as_secs_f64(),
+        mix: cfg.mix.clone(),
+        requests: total.requests(),
+        requests_per_s: total.requests() as f64 / secs,
+        changes_per_s: total.changes_acked as f64 / secs,
+        changes_acked: total.changes_acked,
+        outcomes: total.outcomes.clone(),
+        items_pulled: total.items_pulled,
+        retries_ok: total.retries_ok,
+        retries_broken: total.retries_broken,
+        dropped: total.dropped,
+        ops: total.summaries(secs),
+        errors: total.errors.clone(),
+        server: ServerSummary::between(start_counters, end_counters, secs),
+    })
+}
