@@ -4,6 +4,7 @@
 // Tests panic on purpose, with a message saying what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod as_of_prop;
 mod common;
 mod faults;
 mod log_backends;
