@@ -88,6 +88,7 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
             }
         }
     }
+    let wanted: std::collections::HashSet<_> = users.iter().copied().collect();
     for u in &users {
         let (events, _) = read_user(store.clone(), 0, *u, UpTo::End)
             .await
@@ -115,8 +116,16 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
                     .filter(|x| x.recorded_at <= t)
                     .cloned()
                     .collect();
+                let want = UserState::replay(&upto).expect("replay");
                 let got = log.user_at(u, UpTo::Time(t)).await.expect("as of time");
-                assert_eq!(got, UserState::replay(&upto).expect("replay"), "as_of {t}");
+                assert_eq!(got, want, "as_of {t}");
+                // The one-fold-per-shard read of fleet restores agrees, for every user at once.
+                let all = log.users_at(0, &wanted, t).await.expect("users at");
+                assert_eq!(
+                    all.get(u).cloned().unwrap_or_default(),
+                    want,
+                    "users_at {t}"
+                );
             }
         }
     }

@@ -160,7 +160,7 @@ fn main() {
         let mut lat = Vec::new();
         for u in users.iter().take(30) {
             let s = Instant::now();
-            let d = keepsake::restore::restore_user(&log, &SystemClock, *u, &spec, None, false, None).await.expect("restore");
+            let d = keepsake::restore::restore_user(&log, &SystemClock, *u, &spec, None, false, None, None).await.expect("restore");
             lat.push(s.elapsed());
             assert_eq!(d.restored, items_n as u64);
         }

@@ -269,44 +269,67 @@ impl Fleet {
             .copied()
             .filter(|u| !done.contains(u))
             .collect();
-        let results = futures::stream::iter(todo)
-            .then(|u| async move {
-                if let Some(p) = pause {
-                    tokio::time::sleep(p).await;
-                }
-                u
-            })
-            .map(|u| {
-                let spec = &restore_spec;
-                let store = store.clone();
-                async move {
-                    let id = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
-                    let mut last = String::new();
-                    for attempt in 1..=5u32 {
-                        match restore_user(&self.log, self.clock.as_ref(), u, spec, Some(id), false, None).await {
-                            Ok(d) => {
-                                put_once(store.as_ref(), &keys::fleet(job, FleetPart::UserDone(u)), &d).await?;
-                                self.set(job, |p| {
-                                    p.users_done += 1;
-                                    p.changes_written += d.restored + d.reverted + d.removed;
-                                });
-                                return Ok(());
-                            }
-                            Err(e) => {
-                                last = e.to_string();
-                                warn!(restore_id = %job, user_id = %u, attempt, error = %e, "restoring a user failed; retrying");
-                                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        // One shard at a time: fold the shard once up to the moment for all of its users in
+        // the plan (not once per user), then restore those users concurrently. Memory holds
+        // one shard's wanted users' target states.
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<UserId>> = Default::default();
+        for u in todo {
+            by_shard.entry(self.log.shard_of(&u)).or_default().push(u);
+        }
+        for (shard, users) in by_shard {
+            let wanted: HashSet<UserId> = users.iter().copied().collect();
+            let targets = self
+                .log
+                .users_at(shard, &wanted, spec.as_of)
+                .await
+                .map_err(|e| format!("shard {shard} as of {}: {e}", spec.as_of))?;
+            let targets = Mutex::new(targets);
+            info!(restore_id = %job, shard, users = users.len(), "fleet restore: shard folded to the moment");
+            let results = futures::stream::iter(users)
+                .then(|u| async move {
+                    if let Some(p) = pause {
+                        tokio::time::sleep(p).await;
+                    }
+                    u
+                })
+                .map(|u| {
+                    let spec = &restore_spec;
+                    let store = store.clone();
+                    // A user with no event by the moment had nothing: the empty state.
+                    let target = targets
+                        .lock()
+                        .ok()
+                        .and_then(|mut t| t.remove(&u))
+                        .unwrap_or_default();
+                    async move {
+                        let id = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
+                        let mut last = String::new();
+                        for attempt in 1..=5u32 {
+                            match restore_user(&self.log, self.clock.as_ref(), u, spec, Some(id), false, None, Some(target.clone())).await {
+                                Ok(d) => {
+                                    put_once(store.as_ref(), &keys::fleet(job, FleetPart::UserDone(u)), &d).await?;
+                                    self.set(job, |p| {
+                                        p.users_done += 1;
+                                        p.changes_written += d.restored + d.reverted + d.removed;
+                                    });
+                                    return Ok(());
+                                }
+                                Err(e) => {
+                                    last = e.to_string();
+                                    warn!(restore_id = %job, user_id = %u, attempt, error = %e, "restoring a user failed; retrying");
+                                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                                }
                             }
                         }
+                        Err(format!("user {u}: {last}"))
                     }
-                    Err(format!("user {u}: {last}"))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .collect::<Vec<Result<(), String>>>()
-            .await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(e);
+                })
+                .buffer_unordered(self.concurrency)
+                .collect::<Vec<Result<(), String>>>()
+                .await;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                return Err(e);
+            }
         }
         let now = self.clock.now();
         let (users_done, changes_written) = self

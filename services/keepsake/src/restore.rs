@@ -151,6 +151,8 @@ pub(crate) async fn read_record(log: &Log, id: RestoreId) -> Result<Option<Value
 
 /// Restores one user. With `restore_id` absent, the id is derived from the user, the moment, the
 /// kinds and the current seq: a retry after success then finds nothing left to change.
+/// `target` is the user's state at the moment when the caller has it already (a fleet restore
+/// folds each shard once for all its users); otherwise it is read with [`Log::user_at`].
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_user(
     log: &Log,
@@ -160,6 +162,7 @@ pub async fn restore_user(
     restore_id: Option<RestoreId>,
     dry_run: bool,
     request_id: Option<RequestId>,
+    target: Option<UserState>,
 ) -> Result<Done, RestoreError> {
     if let Some(id) = restore_id
         && !dry_run
@@ -180,7 +183,10 @@ pub async fn restore_user(
         });
     }
     let current = log.user(&user, UserState::clone).await?;
-    let target = log.user_at(&user, spec.at).await?;
+    let target = match target {
+        Some(t) => t,
+        None => log.user_at(&user, spec.at).await?,
+    };
     let kinds_key = spec
         .kinds
         .as_ref()

@@ -317,6 +317,7 @@ pub(super) async fn restore_user(
         b.restore_id,
         b.dry_run,
         Some(request_id),
+        None,
     )
     .await
     .map_err(restore_error)?;
@@ -389,6 +390,13 @@ pub(super) async fn start_fleet_restore(
         return Err(ApiError::malformed("a restore needs a reason"));
     }
     let as_of = parse_time("as_of", &b.as_of)?;
+    // The job folds each shard up to the moment once; a moment still to come has no state yet.
+    if as_of > state.clock.now() {
+        return Err(ApiError::malformed(format!(
+            "as_of {} is in the future",
+            b.as_of
+        )));
+    }
     let users = match &b.users {
         Value::String(s) if s == "all" => None,
         Value::Array(ids) => Some(

@@ -159,9 +159,24 @@ fn query_number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, 
 
 /// Which page of a user's items a pull answers.
 struct Page {
-    changes: Vec<Value>,
+    /// The page's changes, already serialised as a JSON array: built while the user's state is
+    /// borrowed, with each stored document written as it is (no `Value` trees).
+    changes: String,
+    count: usize,
     token_seq: u64,
     has_more: bool,
+}
+
+/// One item of a pull answer, borrowing the item's state.
+#[derive(serde::Serialize)]
+struct Pulled<'a> {
+    item_id: &'a keepsake_model::ItemId,
+    kind: keepsake_model::Kind,
+    op: &'static str,
+    version: u64,
+    seq: u64,
+    changed_at: String,
+    document: Option<&'a keepsake_model::Document>,
 }
 
 fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> Page {
@@ -179,20 +194,26 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
     } else {
         user.last_seq()
     };
-    let changes = items
+    let pulled: Vec<Pulled<'_>> = items
         .iter()
-        .map(|i| {
-            json!({
-                "item_id": i.item_id, "kind": i.kind,
-                "op": if i.deleted { "delete" } else { "put" },
-                "version": i.version, "seq": i.seq,
-                "changed_at": i.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "document": i.document,
-            })
+        .map(|i| Pulled {
+            item_id: &i.item_id,
+            kind: i.kind,
+            op: if i.deleted { "delete" } else { "put" },
+            version: i.version,
+            seq: i.seq,
+            changed_at: i
+                .changed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            document: i.document.as_ref(),
         })
         .collect();
+    // Stored documents are JSON objects checked at push time; an unreadable one would be a
+    // damaged log, which the answer must not hide: it fails the request (500), never a silent gap.
+    let changes = serde_json::to_string(&pulled).unwrap_or_default();
     Page {
         changes,
+        count: pulled.len(),
         token_seq,
         has_more,
     }
@@ -272,7 +293,7 @@ pub(super) async fn pull(
             h.mark_unchanged();
         }
         let p = log.user(&auth.user, |u| page(u, since, limit)).await?;
-        if !p.changes.is_empty() || wait == 0 || since.is_none() || *shutdown.borrow() {
+        if p.count > 0 || wait == 0 || since.is_none() || *shutdown.borrow() {
             break p;
         }
         let Some(h) = head.as_mut() else { break p };
@@ -282,17 +303,33 @@ pub(super) async fn pull(
             _ = shutdown.changed() => { break p; }
         }
     };
-    state
-        .metrics
-        .observe_pull(result.changes.len(), started.elapsed());
+    state.metrics.observe_pull(result.count, started.elapsed());
     let token = SyncToken {
         store_id,
         seq: result.token_seq,
     };
-    Ok(json(
+    if result.changes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "a stored document could not be written into the answer",
+        ));
+    }
+    let body = format!(
+        r#"{{"changes":{},"token":{},"has_more":{}}}"#,
+        result.changes,
+        Value::String(token.encode()),
+        result.has_more
+    );
+    Ok((
         StatusCode::OK,
-        &json!({"changes": result.changes, "token": token.encode(), "has_more": result.has_more}),
-    ))
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 pub(super) async fn item(

@@ -428,6 +428,20 @@ async fn fleet_restore_resumes_after_a_crash_and_restores_everyone_once() {
         (st, p["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+    // A moment still to come has no state to restore to.
+    let (st, p) = s
+        .call(
+            Method::POST,
+            "/admin/v1/restores",
+            Some(ADMIN),
+            Some(json!({"as_of": "2999-01-01T00:00:00Z", "users": "all", "reason": "typo"})),
+        )
+        .await;
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_request")),
+        "{p}"
+    );
 }
 
 /// The operator CLI against a running server: tables by default, the server's JSON with --json.
