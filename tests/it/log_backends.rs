@@ -1,6 +1,7 @@
 //! The same scenarios on every backend: memory, file (fsync), S3 (moto).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::future::join_all;
 use keepsake_log::{LogConfig, LogStats, UpTo, list_segments, read_user};
@@ -337,5 +338,73 @@ async fn mass_delete_guard_refuses_then_accepts_when_confirmed() {
     confirmed.confirm_mass_delete = true;
     let r = log.push(confirmed).await.expect("confirmed");
     assert_eq!(r.last_seq, 60);
+    log.shutdown().await;
+}
+
+/// Two handsets of one user in one batch: the first rewrites ten items, the second patches the
+/// same items naming the versions it saw, which become stale only inside the batch. Every patch
+/// merges, no push is failed, and the writer never reads history (the base documents were
+/// taken from memory before queueing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_made_stale_inside_one_batch_merge_without_failing_the_batch() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let cfg = LogConfig {
+        commit_window: std::time::Duration::from_millis(300),
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let u = user();
+    let items: Vec<_> = (0..10).map(|_| item()).collect();
+    push(
+        &log,
+        u,
+        items
+            .iter()
+            .map(|i| put(*i, json!({"a": 1, "b": 1})))
+            .collect(),
+    )
+    .await
+    .expect("v1");
+    // The previous commit opened a window: both pushes below wait in the same batch.
+    let first = {
+        let log = log.clone();
+        let items = items.clone();
+        tokio::spawn(async move {
+            push(
+                &log,
+                u,
+                items
+                    .iter()
+                    .map(|i| put(*i, json!({"a": 2, "b": 1})))
+                    .collect(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let patches = items
+        .iter()
+        .map(|i| change(Kind::Note, *i, Some(1), ChangeBody::patch(json!({"b": 2}))))
+        .collect();
+    let second = push(&log, u, patches).await.expect("patches");
+    let first = first.await.expect("task").expect("puts");
+    assert_eq!(
+        first.segment, second.segment,
+        "the test needs both in one batch"
+    );
+    for o in &second.outcomes {
+        assert!(matches!(o, Outcome::Applied(c) if c.version == 3), "{o:?}");
+    }
+    for i in &items {
+        let doc = log
+            .user(&u, |s| s.item(i).and_then(|x| x.document.clone()))
+            .await
+            .expect("user");
+        assert_eq!(
+            doc.map(|d| d.as_str().to_string()).as_deref(),
+            Some(r#"{"a":2,"b":2}"#)
+        );
+    }
+    assert_eq!(LogStats::get(&log.stats().writer_ancestor_reads), 0);
     log.shutdown().await;
 }

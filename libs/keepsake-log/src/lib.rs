@@ -218,21 +218,28 @@ impl Log {
     /// Versions a push produces itself, or that become stale only while the push waits, are not
     /// fetched here; the writer reads those (rare) itself.
     async fn prefetch_ancestors(&self, req: &PushRequest) -> Result<Ancestors, LogError> {
-        let needs: Vec<(ItemId, u64, Option<u64>)> = self
+        let (needs, mut ready): (Vec<(ItemId, u64, Option<u64>)>, Ancestors) = self
             .user(&req.user_id, |s| {
-                let wanted: HashSet<(ItemId, u64)> = req
-                    .changes
-                    .iter()
-                    .filter_map(|c| match (&c.body, c.base_version) {
-                        (ChangeBody::Patch { .. }, Some(b)) if b > 0 => s
-                            .item(&c.item_id)
-                            .filter(|i| i.version > b)
-                            .map(|_| (c.item_id, b)),
-                        _ => None,
-                    })
-                    .collect();
+                let mut ready = Ancestors::new();
+                let mut wanted = HashSet::new();
+                for c in &req.changes {
+                    let (ChangeBody::Patch { .. }, Some(b)) = (&c.body, c.base_version) else {
+                        continue;
+                    };
+                    match s.item(&c.item_id) {
+                        // Current now, but another push of the same batch may move it on before
+                        // this one is staged: its document is in memory, so take it anyway.
+                        Some(i) if i.version == b => {
+                            ready.insert((c.item_id, b), i.document.clone());
+                        }
+                        Some(i) if b > 0 && i.version > b => {
+                            wanted.insert((c.item_id, b));
+                        }
+                        _ => {}
+                    }
+                }
                 if wanted.is_empty() {
-                    return Vec::new();
+                    return (Vec::new(), ready);
                 }
                 // Every event has a change id, and the state keeps each one's (item, version,
                 // seq) for idempotency: that gives the seq of each wanted version.
@@ -242,19 +249,21 @@ impl Log {
                         seqs.insert((r.item_id, r.version), r.seq);
                     }
                 }
-                wanted
+                let needs = wanted
                     .into_iter()
-                    .map(|k| (k.0, k.1, seqs.get(&k).copied()))
-                    .collect()
+                    .map(|k: (ItemId, u64)| (k.0, k.1, seqs.get(&k).copied()))
+                    .collect();
+                (needs, ready)
             })
             .await?;
         if needs.is_empty() {
-            return Ok(Ancestors::new());
+            return Ok(ready);
         }
         self.stats
             .ancestor_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.find_versions(&req.user_id, needs).await
+        ready.extend(self.find_versions(&req.user_id, needs).await?);
+        Ok(ready)
     }
 
     /// Documents of committed versions of a user's items (`None` for a tombstone). Versions not

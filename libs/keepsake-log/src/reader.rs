@@ -63,7 +63,30 @@ async fn list_numbered(
 }
 
 /// Lists a shard's segments in order, checking they are dense from 1.
+///
+/// A listing taken while segments are being written can, on some stores (seen on the local
+/// file system under heavy writes), omit an object that exists; so a gap is listed again
+/// before it is reported. A real gap (a lost segment) is there every time.
 pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match list_segments_once(store, shard).await {
+            Err(LogError::Gap { missing, .. }) if attempt < 4 => {
+                tracing::warn!(
+                    shard,
+                    missing,
+                    attempt,
+                    "a listing showed a gap; listing again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn list_segments_once(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
     let listed = list_numbered(
         store,
         keys::segments_prefix(shard),

@@ -23,14 +23,14 @@
 //!    its next batch, so its state includes whatever landed, and retried change ids answer
 //!    `duplicate`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::{
-    Ancestors, BatchId, Clock, Event, IdGenerator, NeedAncestor, Outcome, StageContext, Staged,
-    StateRead, UserId,
+    Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Outcome, StageContext,
+    Staged, StateRead, UserId,
 };
 use keepsake_segment::{FORMAT_VERSION, SegmentMeta, encode};
 use keepsake_store::{create_only, keys};
@@ -349,7 +349,9 @@ impl Writer {
                 .or_default()
                 .extend(q.ancestors.iter().map(|(k, v)| (*k, v.clone())));
         }
-        for _ in 0..3 {
+        // Each round learns at least one missing version (and every version of its item), so
+        // this ends; the bound only guards against a bug.
+        for _ in 0..16 {
             let needs = match self.stage(batch, recorded_at, &ancestors) {
                 Ok(s) => return Ok(s),
                 Err(needs) => needs,
@@ -365,12 +367,14 @@ impl Writer {
                 let (events, _) =
                     read_user(self.store.clone(), self.shard, user, UpTo::End).await?;
                 let found = ancestors.entry(user).or_default();
+                // Every version of each needed item: a later push of the batch may need another.
+                let items: HashSet<ItemId> = needs.iter().map(|n| n.item_id).collect();
+                for e in events.iter().filter(|e| items.contains(&e.item_id)) {
+                    found.insert((e.item_id, e.version), e.document.clone());
+                }
+                // A version the log does not have stays answered (as absent), not asked again.
                 for need in needs {
-                    let doc = events
-                        .iter()
-                        .find(|e| e.item_id == need.item_id && e.version == need.version)
-                        .and_then(|e| e.document.clone());
-                    found.insert((need.item_id, need.version), doc);
+                    found.entry((need.item_id, need.version)).or_insert(None);
                 }
             }
         }
