@@ -218,6 +218,11 @@ impl Log {
     /// Versions a push produces itself, or that become stale only while the push waits, are not
     /// fetched here; the writer reads those (rare) itself.
     async fn prefetch_ancestors(&self, req: &PushRequest) -> Result<Ancestors, LogError> {
+        let based_patch =
+            |c: &Change| matches!(c.body, ChangeBody::Patch { .. }) && c.base_version.is_some();
+        if !req.changes.iter().any(based_patch) {
+            return Ok(Ancestors::new());
+        }
         let (needs, mut ready): (Vec<(ItemId, u64, Option<u64>)>, Ancestors) = self
             .user(&req.user_id, |s| {
                 let mut ready = Ancestors::new();

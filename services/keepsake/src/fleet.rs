@@ -278,29 +278,30 @@ impl Fleet {
         }
         for (shard, users) in by_shard {
             let wanted: HashSet<UserId> = users.iter().copied().collect();
-            let targets = self
+            let mut targets = self
                 .log
                 .users_at(shard, &wanted, spec.as_of)
                 .await
                 .map_err(|e| format!("shard {shard} as of {}: {e}", spec.as_of))?;
-            let targets = Mutex::new(targets);
             info!(restore_id = %job, shard, users = users.len(), "fleet restore: shard folded to the moment");
-            let results = futures::stream::iter(users)
-                .then(|u| async move {
+            // A user with no event by the moment had nothing: the empty state.
+            let work: Vec<_> = users
+                .into_iter()
+                .map(|u| {
+                    let target = targets.remove(&u).unwrap_or_default();
+                    (u, target)
+                })
+                .collect();
+            let results = futures::stream::iter(work)
+                .then(|w| async move {
                     if let Some(p) = pause {
                         tokio::time::sleep(p).await;
                     }
-                    u
+                    w
                 })
-                .map(|u| {
+                .map(|(u, target)| {
                     let spec = &restore_spec;
                     let store = store.clone();
-                    // A user with no event by the moment had nothing: the empty state.
-                    let target = targets
-                        .lock()
-                        .ok()
-                        .and_then(|mut t| t.remove(&u))
-                        .unwrap_or_default();
                     async move {
                         let id = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
                         let mut last = String::new();

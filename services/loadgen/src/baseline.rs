@@ -136,7 +136,7 @@ impl BaselineReport {
         );
         let _ = writeln!(
             t,
-            "  {:<36} {:>14} {:>14} {:>9}",
+            "  {:<46} {:>14} {:>14} {:>9}",
             "", "Keepsake", "PostgreSQL", "ratio"
         );
         let k = &self.keepsake;
@@ -145,7 +145,7 @@ impl BaselineReport {
         let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.0} {:>14} {:>9}",
+            "  {:<46} {:>14.0} {:>14} {:>9}",
             "durable appends, events/s",
             k.append.events_per_s,
             pg(&|p| {
@@ -157,27 +157,27 @@ impl BaselineReport {
         if let Some(p) = p {
             let _ = writeln!(
                 t,
-                "  {:<36} {:>14} {:>14.0}",
+                "  {:<46} {:>14} {:>14.0}",
                 "  Postgres INSERT (multi-row)", "", p.append.events_per_s
             );
             if let Some(c) = &p.copy {
                 let _ = writeln!(
                     t,
-                    "  {:<36} {:>14} {:>14.0}",
+                    "  {:<46} {:>14} {:>14.0}",
                     "  Postgres COPY (binary)", "", c.events_per_s
                 );
             }
         }
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.1} {:>14}",
+            "  {:<46} {:>14.1} {:>14}",
             "ack p99, ms",
             k.append.ack_p99_ms,
             pg(&|p| format!("{:.1}", p.append.ack_p99_ms))
         );
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.1} {:>14} {:>9}",
+            "  {:<46} {:>14.1} {:>14} {:>9}",
             "bytes stored per event",
             k.bytes_per_event,
             pg(&|p| format!("{:.1}", p.bytes_per_event)),
@@ -185,7 +185,7 @@ impl BaselineReport {
         );
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.2} {:>14} {:>9}",
+            "  {:<46} {:>14.2} {:>14} {:>9}",
             format!("read one user's {} events, p50 ms", k.read_user.rows),
             k.read_user.p50_ms,
             pg(&|p| format!("{:.2}", p.read_user.p50_ms)),
@@ -193,14 +193,14 @@ impl BaselineReport {
         );
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.2} {:>14}",
+            "  {:<46} {:>14.2} {:>14}",
             "  p99 ms",
             k.read_user.p99_ms,
             pg(&|p| format!("{:.2}", p.read_user.p99_ms))
         );
         let _ = writeln!(
             t,
-            "  {:<36} {:>14.2} {:>14} {:>9}",
+            "  {:<46} {:>14.2} {:>14} {:>9}",
             format!("state as of mid-history ({} items), p50 ms", k.as_of.rows),
             k.as_of.p50_ms,
             pg(&|p| format!("{:.2}", p.as_of.p50_ms)),
@@ -606,27 +606,22 @@ async fn pg_append(
                     })
                     .collect();
                 let version = 1i64;
+                let fixed = PgFixed {
+                    user,
+                    device,
+                    origin,
+                    request: no_request,
+                    op,
+                    version,
+                    now,
+                };
                 let t = Instant::now();
                 match &insert {
                     Some(stmt) => {
                         let mut params: Vec<&(dyn ToSql + Sync)> =
                             Vec::with_capacity(rows.len() * 13);
-                        for (seq, event_id, change_id, item_id, kind, doc) in &rows {
-                            params.extend_from_slice(&[
-                                &user,
-                                seq,
-                                event_id,
-                                change_id,
-                                &device,
-                                &origin,
-                                &no_request,
-                                kind,
-                                item_id,
-                                &op,
-                                &version,
-                                &now,
-                                doc,
-                            ]);
+                        for r in &rows {
+                            params.extend_from_slice(&pg_row(r, &fixed));
                         }
                         client.execute(stmt, &params).await.context("INSERT")?;
                     }
@@ -635,24 +630,10 @@ async fn pg_append(
                         let writer =
                             tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &TYPES);
                         futures::pin_mut!(writer);
-                        for (seq, event_id, change_id, item_id, kind, doc) in &rows {
+                        for r in &rows {
                             writer
                                 .as_mut()
-                                .write(&[
-                                    &user,
-                                    seq,
-                                    event_id,
-                                    change_id,
-                                    &device,
-                                    &origin,
-                                    &no_request,
-                                    kind,
-                                    item_id,
-                                    &op,
-                                    &version,
-                                    &now,
-                                    doc,
-                                ])
+                                .write(&pg_row(r, &fixed))
                                 .await
                                 .context("COPY row")?;
                         }
@@ -781,6 +762,26 @@ async fn postgres_side(
         read_user: read_figures(rows, read_lat),
         as_of: read_figures(items, as_of_lat),
     })
+}
+
+/// The values every row of one push shares.
+struct PgFixed {
+    user: Uuid,
+    device: Uuid,
+    origin: &'static str,
+    request: Option<Uuid>,
+    op: &'static str,
+    version: i64,
+    now: DateTime<Utc>,
+}
+
+/// One row's values in `COLUMNS` order, for INSERT parameters and COPY alike.
+fn pg_row<'a>(r: &'a PgRow<'_>, f: &'a PgFixed) -> [&'a (dyn ToSql + Sync); 13] {
+    let (seq, event_id, change_id, item_id, kind, doc) = r;
+    [
+        &f.user, seq, event_id, change_id, &f.device, &f.origin, &f.request, kind, item_id, &f.op,
+        &f.version, &f.now, doc,
+    ]
 }
 
 /// The per-row values of one push that differ between rows: seq, event id, change id, item

@@ -480,7 +480,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     for t in tasks {
         total.merge(t.await.context("a handset task failed")?);
     }
-    let secs = measure_from.elapsed().as_secs_f64();
+    // Rates are over the measured interval; requests started in it and answered after it (a
+    // long poll's tail) count, without stretching the interval by their wait.
+    let secs = cfg.duration.as_secs_f64();
     let end_counters = scrape(&http, &cfg.url).await;
     Ok(RunReport {
         label: cfg.label.clone(),

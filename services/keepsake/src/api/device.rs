@@ -160,8 +160,9 @@ fn query_number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, 
 /// Which page of a user's items a pull answers.
 struct Page {
     /// The page's changes, already serialised as a JSON array: built while the user's state is
-    /// borrowed, with each stored document written as it is (no `Value` trees).
-    changes: String,
+    /// borrowed, with each stored document written as it is (no `Value` trees). An error means
+    /// a stored document is not JSON: a damaged log, which the answer must not hide.
+    changes: Result<String, serde_json::Error>,
     count: usize,
     token_seq: u64,
     has_more: bool,
@@ -208,9 +209,7 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
             document: i.document.as_ref(),
         })
         .collect();
-    // Stored documents are JSON objects checked at push time; an unreadable one would be a
-    // damaged log, which the answer must not hide: it fails the request (500), never a silent gap.
-    let changes = serde_json::to_string(&pulled).unwrap_or_default();
+    let changes = serde_json::to_string(&pulled);
     Page {
         changes,
         count: pulled.len(),
@@ -308,16 +307,17 @@ pub(super) async fn pull(
         store_id,
         seq: result.token_seq,
     };
-    if result.changes.is_empty() {
-        return Err(ApiError::new(
+    let changes = result.changes.map_err(|e| {
+        tracing::error!(error = %e, "a stored document could not be written into a pull answer");
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "a stored document could not be written into the answer",
-        ));
-    }
+        )
+    })?;
     let body = format!(
         r#"{{"changes":{},"token":{},"has_more":{}}}"#,
-        result.changes,
+        changes,
         Value::String(token.encode()),
         result.has_more
     );
