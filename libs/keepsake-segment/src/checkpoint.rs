@@ -347,11 +347,16 @@ pub fn decode_checkpoint(
 ) -> Result<(CheckpointMeta, HashMap<UserId, UserState>), SegmentError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     let meta = checkpoint_meta(builder.metadata().file_metadata().key_value_metadata())?;
+    let mut failed = None;
+    // Batches are folded as they are decoded, so that their buffers are reused.
     let batches = builder
-        .with_batch_size(64 * 1024)
+        .with_batch_size(crate::codec::DECODE_BATCH_ROWS)
         .build()?
-        .collect::<Result<Vec<_>, _>>()?;
+        .map_while(|b| b.map_err(|e| failed = Some(e)).ok());
     let users = decode_checkpoint_batches(batches, None)?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     if users.len() as u64 != meta.user_count {
         return Err(invalid(format!(
             "metadata says {} users, the file holds {}",

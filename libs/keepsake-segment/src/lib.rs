@@ -19,7 +19,7 @@ pub use checkpoint::{
     CHECKPOINT_VERSION, CheckpointMeta, checkpoint_description, checkpoint_meta, checkpoint_schema,
     decode_checkpoint, decode_checkpoint_batches, encode_checkpoint,
 };
-pub use codec::{Segment, decode, decode_batch, encode, writer_properties};
+pub use codec::{DECODE_BATCH_ROWS, Segment, decode, decode_batch, encode, writer_properties};
 pub use error::SegmentError;
 pub use prune::{ReadPlan, plan_user_read};
 pub use schema::{
