@@ -408,3 +408,50 @@ async fn patches_made_stale_inside_one_batch_merge_without_failing_the_batch() {
     assert_eq!(LogStats::get(&log.stats().writer_ancestor_reads), 0);
     log.shutdown().await;
 }
+
+/// Segment PUTs of a shard start at least a commit window apart however hard it is pushed:
+/// eight pushers in a loop for a while, and the shard's segments number at most one per window
+/// of the elapsed time (plus the first). A slower machine only makes fewer segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_puts_stay_bounded_by_the_commit_window_under_load() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let window = std::time::Duration::from_millis(40);
+    let cfg = LogConfig {
+        commit_window: window,
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let u = user();
+            let mut acked = 0u64;
+            while started.elapsed() < std::time::Duration::from_millis(600) {
+                let changes = (0..20).map(|i| put(item(), json!({"n": i}))).collect();
+                push(&log, u, changes).await.expect("push");
+                acked += 20;
+            }
+            acked
+        }));
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.expect("task");
+    }
+    let elapsed = started.elapsed();
+    let segments = log.head(0);
+    let bound = (elapsed.as_secs_f64() / window.as_secs_f64()).floor() as u64 + 1;
+    assert!(
+        segments <= bound,
+        "{segments} segments in {elapsed:?} with a {window:?} window (at most {bound})"
+    );
+    assert!(segments >= 2, "the test needs several batches: {segments}");
+    assert_eq!(
+        LogStats::get(&log.stats().events),
+        acked,
+        "every acknowledged change is in the log"
+    );
+    log.shutdown().await;
+}

@@ -3,8 +3,9 @@
 //! An ack means the segment holding the push is durable.
 //!
 //! `KEEPSAKE_BENCH_SECS` (default 5), `KEEPSAKE_BENCH_CLIENTS` (default 64),
-//! `KEEPSAKE_BENCH_WINDOW_MS` (default 10) and `KEEPSAKE_BENCH_VIEW_MB` (default 4096: above the
-//! working set; lower it to measure eviction and reloads) change the run.
+//! `KEEPSAKE_BENCH_WINDOW_MS` (default 10), `KEEPSAKE_BENCH_VIEW_MB` (default 4096: above the
+//! working set; lower it to measure eviction and reloads) and `KEEPSAKE_BENCH_CHECKPOINT_EVENTS`
+//! (default: the log's) change the run.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -50,6 +51,10 @@ fn main() {
             commit_window: Duration::from_millis(window),
             // Above the working set by default: this measures the writer, not eviction.
             view_memory_bytes: env("KEEPSAKE_BENCH_VIEW_MB", 4096) as usize * 1024 * 1024,
+            checkpoint_every_events: env(
+                "KEEPSAKE_BENCH_CHECKPOINT_EVENTS",
+                LogConfig::default().checkpoint_every_events,
+            ),
             ..LogConfig::default()
         };
         let log = Arc::new(

@@ -139,6 +139,7 @@ impl Log {
                 // create-only PUT of the next segment (AlreadyExists -> read back -> catch up).
                 needs_resync: false,
                 last_put: None,
+                last_prepare: std::time::Duration::ZERO,
                 head_tx,
             };
             tasks.push(tokio::spawn(

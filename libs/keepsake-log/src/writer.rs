@@ -2,11 +2,14 @@
 //!
 //! Ordering and durability invariants, in the order a batch goes through them:
 //! 1. Segment PUTs of a shard start at least `commit_window` apart, and at most one is in flight.
-//!    A batch takes every push that arrives until the window since the previous PUT began has
-//!    passed (at once, if the shard has been idle that long) or until it holds
-//!    `max_batch_changes`; pushes that arrive while a PUT is in flight wait in the queue and form
-//!    the next batch. So at low load a push costs one PUT and no waiting, and at high load one
-//!    PUT carries thousands of events, while PUTs per second stay bounded by the window.
+//!    A batch takes every push that arrives until it is time to prepare the next PUT (at once, if
+//!    the shard has been idle a window) or until it holds `max_batch_changes`; pushes that
+//!    arrive while a PUT is in flight wait in the queue and form the next batch. Preparing a
+//!    batch (loading, staging, encoding) takes time, so filling stops that long (as the previous
+//!    batch took) before the window ends, and the PUT then waits for the window if it is early.
+//!    So at low load a push costs one PUT and no waiting, and at high load one PUT carries
+//!    thousands of events every window rather than every window plus the preparation, while
+//!    PUTs per second stay bounded by the window.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -68,6 +71,8 @@ pub(crate) struct Writer {
     pub needs_resync: bool,
     /// When the last segment PUT began; the next may begin `commit_window` later.
     pub last_put: Option<Instant>,
+    /// How long the last batch took from the end of filling to its PUT (load, stage, encode).
+    pub last_prepare: std::time::Duration,
     /// Publishes the head after every commit or catch-up, for long polls.
     pub head_tx: watch::Sender<u64>,
 }
@@ -108,15 +113,17 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let batch = self.fill(first).await;
-            self.commit(batch).await;
+            let filled = Instant::now();
+            self.commit(batch, filled).await;
         }
         info!(shard = self.shard, "shard writer stopped");
     }
 
     async fn fill(&mut self, first: Queued) -> Vec<Queued> {
-        let deadline = self
-            .last_put
-            .map_or(first.enqueued, |t| t + self.cfg.commit_window);
+        let window = self.cfg.commit_window;
+        let deadline = self.last_put.map_or(first.enqueued, |t| {
+            t + window - self.last_prepare.min(window)
+        });
         let mut changes = first.req.changes.len();
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
@@ -139,8 +146,8 @@ impl Writer {
         }
     }
 
-    async fn commit(&mut self, batch: Vec<Queued>) {
-        self.commit_batch(batch).await;
+    async fn commit(&mut self, batch: Vec<Queued>, filled: Instant) {
+        self.commit_batch(batch, filled).await;
         if let Ok(mut s) = self.state.write() {
             s.unpin_all();
             s.evict_over(self.cfg.view_memory_bytes);
@@ -166,7 +173,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn commit_batch(&mut self, batch: Vec<Queued>) {
+    async fn commit_batch(&mut self, batch: Vec<Queued>, filled: Instant) {
         let shard = self.shard;
         if self.needs_resync
             && let Err(e) = self.catch_up().await
@@ -247,6 +254,11 @@ impl Writer {
                 return;
             }
         };
+        self.last_prepare = filled.elapsed();
+        if let Some(t) = self.last_put {
+            // Prepared early (the previous batch took longer): the window still bounds PUTs.
+            tokio::time::sleep_until(t + self.cfg.commit_window).await;
+        }
         let started = Instant::now();
         self.last_put = Some(started);
         match self.put_segment(n, batch_id, bytes.clone()).await {

@@ -18,9 +18,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{SegmentError, invalid};
-use crate::schema::{SegmentMeta, UUID, arrow_schema, col};
+use crate::schema::{NO_STATISTICS_COLUMNS, PLAIN_COLUMNS, SegmentMeta, UUID, arrow_schema, col};
 
 /// Rows per data page: small enough that the page index narrows one user's read to a few pages.
 const PAGE_ROWS: usize = 2048;
@@ -43,13 +44,19 @@ pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
         descending: false,
         nulls_first: false,
     };
-    Ok(WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_sorting_columns(Some(vec![sort(col::USER_ID), sort(col::SEQ)]))
-        .build())
+        .set_sorting_columns(Some(vec![sort(col::USER_ID), sort(col::SEQ)]));
+    for name in PLAIN_COLUMNS {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
+    for name in NO_STATISTICS_COLUMNS {
+        b = b.set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
+    }
+    Ok(b.build())
 }
 
 fn uuid_column<'a>(n: usize, ids: impl Iterator<Item = Option<&'a [u8; 16]>>) -> ArrayRef {

@@ -38,6 +38,13 @@ pub(crate) mod col {
     pub const DOCUMENT: usize = 13;
 }
 
+/// Columns written without a dictionary: their values are unique to a row, so a dictionary
+/// costs a hash and an insert per value and saves nothing.
+pub(crate) const PLAIN_COLUMNS: [&str; 4] = ["event_id", "change_id", "item_id", "document"];
+
+/// Columns written without min/max statistics: nothing prunes by them.
+pub(crate) const NO_STATISTICS_COLUMNS: [&str; 1] = ["document"];
+
 /// The Arrow schema of a segment.
 pub fn arrow_schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -172,7 +179,10 @@ pub fn schema_description() -> Value {
     json!({
         "format": "keepsake-segment",
         "format_version": FORMAT_VERSION,
-        "encoding": {"container": "parquet", "compression": "zstd(1)", "statistics": "page", "page_index": true},
+        "encoding": {
+            "container": "parquet", "compression": "zstd(1)", "statistics": "page", "page_index": true,
+            "plain_columns": PLAIN_COLUMNS, "no_statistics": NO_STATISTICS_COLUMNS,
+        },
         "sort_order": ["user_id", "seq"],
         "columns": columns,
         "metadata_keys": [K_VERSION, K_SHARD, K_SEGMENT, K_EPOCH, K_BATCH, K_COUNT, K_FIRST, K_LAST],
