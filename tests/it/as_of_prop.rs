@@ -105,6 +105,12 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
                 .await
                 .expect("as of seq");
             assert_eq!(got, want, "as_of_seq {k}");
+            // The audit's read (checkpointed segments by statistics, the tail by the index).
+            let read = log
+                .user_events(u, UpTo::Seq(k as u64))
+                .await
+                .expect("user events");
+            assert_eq!(read, events[..k].to_vec(), "user_events up to seq {k}");
             // By time: at an event's recorded time, and just before it.
             let e = &events[k.min(events.len() - 1)];
             for t in [
@@ -119,6 +125,8 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
                 let want = UserState::replay(&upto).expect("replay");
                 let got = log.user_at(u, UpTo::Time(t)).await.expect("as of time");
                 assert_eq!(got, want, "as_of {t}");
+                let read = log.user_events(u, UpTo::Time(t)).await.expect("events");
+                assert_eq!(read, upto, "user_events up to {t}");
                 // The one-fold-per-shard read of fleet restores agrees, for every user at once.
                 let all = log.users_at(0, &wanted, t).await.expect("users at");
                 assert_eq!(

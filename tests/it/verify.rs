@@ -136,3 +136,36 @@ async fn verify_finds_a_foreign_object() {
         .expect("put");
     assert_eq!(kinds(&store).await, vec!["foreign_object"]);
 }
+
+/// A checkpoint that decodes but does not say what the log says (here: one user left out, as a
+/// buggy checkpointer might) is a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_checkpoint_that_disagrees_with_the_log() {
+    let (store, _) = populated().await;
+    let listed = keepsake_log::list_checkpoints(store.as_ref(), 0)
+        .await
+        .expect("list");
+    let c = *listed.last().expect("a checkpoint");
+    let mut users = keepsake_log::read_checkpoint(store.as_ref(), 0, c)
+        .await
+        .expect("read");
+    assert!(
+        users.len() >= 2,
+        "the test needs two users in the checkpoint"
+    );
+    let dropped = *users.keys().next().expect("a user");
+    users.remove(&dropped);
+    let meta = keepsake_segment::CheckpointMeta {
+        format_version: keepsake_segment::CHECKPOINT_VERSION,
+        shard: 0,
+        segment: c,
+        user_count: users.len() as u64,
+    };
+    let bytes = keepsake_segment::encode_checkpoint(users.iter(), &meta).expect("encode");
+    store
+        .put(&keys::checkpoint(0, c), bytes.into())
+        .await
+        .expect("overwrite (the test plays a buggy checkpointer)");
+    let found = kinds(&store).await;
+    assert_eq!(found, vec!["checkpoint_mismatch"], "{found:?}");
+}

@@ -412,6 +412,26 @@ pub async fn read_user(
     read_user_in(store, shard, user, |_| true, up_to).await
 }
 
+/// Segments of one user's read opened at once. A read is mostly waiting on range GETs (footer,
+/// page index, pages), so several in flight hide the latency; results are still taken in
+/// segment order, and reading stops at the first segment past `up_to` (at most this many
+/// segments are opened beyond it).
+const USER_READ_AHEAD: usize = 8;
+
+/// What one segment holds for one user's read.
+enum UserSegment {
+    /// Recorded after the moment read up to: this and every later segment are skipped.
+    After,
+    /// No rows of the user, by the statistics.
+    Pruned,
+    /// The user's rows up to the moment; `past_end` when some were after it.
+    Rows {
+        events: Vec<Event>,
+        decoded: u64,
+        past_end: bool,
+    },
+}
+
 /// [`read_user`] over the segments whose numbers `segments` accepts only (for example, those
 /// after a checkpoint up to the head a reader has seen, or those an index says hold the user).
 pub async fn read_user_in(
@@ -422,61 +442,93 @@ pub async fn read_user_in(
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
+    let wanted: Vec<Listed> = listed.into_iter().filter(|l| segments(l.n)).collect();
+    let mut reads = futures::stream::iter(wanted)
+        .map(|l| read_user_segment(store.clone(), shard, user, l, up_to))
+        .buffered(USER_READ_AHEAD);
     let mut events = Vec::new();
     let mut stats = ReadStats::default();
-    for l in listed.into_iter().filter(|l| segments(l.n)) {
-        let context = || format!("read segment {} of shard {shard}", l.n);
-        let reader = SegmentReader {
-            store: store.clone(),
-            path: keys::segment(shard, l.n),
-            size: l.size,
-        };
-        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-            .await
-            .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+    while let Some(read) = reads.next().await {
         stats.segments_opened += 1;
-        let meta =
-            SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
-                .map_err(|e| LogError::corrupt(shard, l.n, e))?;
-        if let UpTo::Time(t) = up_to
-            && meta.first_recorded_at > t
-        {
-            break;
-        }
-        let Some(plan) = plan_user_read(builder.metadata(), &user) else {
-            stats.segments_pruned += 1;
-            continue;
-        };
-        let mut stream = builder
-            .with_row_groups(plan.row_groups)
-            .with_row_selection(plan.selection)
-            .build()
-            .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
-        let mut past_end = false;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| match e {
-                parquet::errors::ParquetError::External(_) => LogError::Unavailable {
-                    shard,
-                    reason: context(),
-                },
-                other => LogError::corrupt(shard, l.n, other),
-            })?;
-            stats.rows_decoded += batch.num_rows() as u64;
-            for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
-                if e.user_id != user {
-                    continue;
-                }
-                if up_to.includes(&e) {
-                    events.push(e);
-                } else {
-                    past_end = true;
+        match read? {
+            UserSegment::After => break,
+            UserSegment::Pruned => stats.segments_pruned += 1,
+            UserSegment::Rows {
+                events: mine,
+                decoded,
+                past_end,
+            } => {
+                stats.rows_decoded += decoded;
+                events.extend(mine);
+                if past_end {
+                    break;
                 }
             }
         }
-        if past_end {
-            break;
-        }
     }
     Ok((events, stats))
+}
+
+/// One segment's part of a user's read: only the footer and the pages that may hold the user.
+async fn read_user_segment(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    l: Listed,
+    up_to: UpTo,
+) -> Result<UserSegment, LogError> {
+    let context = || format!("read segment {} of shard {shard}", l.n);
+    let reader = SegmentReader {
+        store,
+        path: keys::segment(shard, l.n),
+        size: l.size,
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+    let meta =
+        SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
+            .map_err(|e| LogError::corrupt(shard, l.n, e))?;
+    if let UpTo::Time(t) = up_to
+        && meta.first_recorded_at > t
+    {
+        return Ok(UserSegment::After);
+    }
+    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
+        return Ok(UserSegment::Pruned);
+    };
+    let mut stream = builder
+        .with_row_groups(plan.row_groups)
+        .with_row_selection(plan.selection)
+        .build()
+        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+    let mut events = Vec::new();
+    let mut decoded = 0;
+    let mut past_end = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| match e {
+            parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+                shard,
+                reason: context(),
+            },
+            other => LogError::corrupt(shard, l.n, other),
+        })?;
+        decoded += batch.num_rows() as u64;
+        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+            if e.user_id != user {
+                continue;
+            }
+            if up_to.includes(&e) {
+                events.push(e);
+            } else {
+                past_end = true;
+            }
+        }
+    }
+    Ok(UserSegment::Rows {
+        events,
+        decoded,
+        past_end,
+    })
 }

@@ -101,6 +101,20 @@ impl ShardState {
             .unwrap_or_default()
     }
 
+    /// [`Self::segments_of`] without the segments whose first event of the user is after seq
+    /// `until`: they hold nothing a read up to `until` needs.
+    pub fn segments_until(&self, user: &UserId, from: u64, to: u64, until: u64) -> Vec<u64> {
+        self.tail_index
+            .get(user)
+            .map(|s| {
+                s.iter()
+                    .filter(|(n, first)| (from..=to).contains(n) && *first <= until)
+                    .map(|(n, _)| *n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The segment after the newest checkpoint that holds the user's event `seq`, if the
     /// event is after the newest checkpoint.
     pub fn segment_holding(&self, user: &UserId, seq: u64) -> Option<u64> {
@@ -217,6 +231,9 @@ mod tests {
             view.index_segment(i as u64 + 1, chunk);
         }
         assert_eq!(view.segments_of(&user, 1, 5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(view.segments_until(&user, 1, 5, 25), vec![1, 2, 3]);
+        assert_eq!(view.segments_until(&user, 1, 5, 10), vec![1]);
+        assert_eq!(view.segments_until(&user, 2, 5, 50), vec![2, 3, 4, 5]);
         for seq in 1..=50u64 {
             assert_eq!(
                 view.segment_holding(&user, seq),

@@ -444,12 +444,12 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
         stored += meta.context("listing the store")?.size;
     }
     let reader = UserId(user_uuid(cfg.seed, 0));
-    let shard = log.shard_of(&reader);
     let mut read_lat = Vec::new();
     let mut rows = 0;
     for _ in 0..cfg.reads.max(1) {
         let t = Instant::now();
-        let (events, _) = keepsake_log::reader::read_user(store.clone(), shard, reader, UpTo::End)
+        let events = log
+            .user_events(&reader, UpTo::End)
             .await
             .context("reading the reader user")?;
         read_lat.push(t.elapsed());

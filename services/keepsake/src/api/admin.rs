@@ -103,7 +103,7 @@ use std::collections::HashMap;
 
 use axum::extract::Query;
 use chrono::{DateTime, Utc};
-use keepsake_log::{UpTo, read_user};
+use keepsake_log::UpTo;
 use keepsake_model::{ItemState, Kind, RestoreId, StateRead};
 use serde_json::Value;
 
@@ -198,13 +198,7 @@ pub(super) async fn events(
     }
     let log = &state.ready()?.log;
     let upto = after.saturating_add(limit);
-    let (events, _) = read_user(
-        log.store().clone(),
-        log.shard_of(&user),
-        user,
-        UpTo::Seq(upto),
-    )
-    .await?;
+    let events = log.user_events(&user, UpTo::Seq(upto)).await?;
     let events: Vec<Value> = events
         .iter()
         .filter(|e| e.seq > after)

@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keepsake_log::{PushRequest, UpTo, read_user};
+use keepsake_log::{PushRequest, UpTo};
 use keepsake_model::{
     Change, ChangeBody, ChangeId, Document, Event, EventMeta, ItemId, ItemState, Kind, Origin,
     Outcome, RequestId, StateRead,
@@ -377,13 +377,7 @@ async fn item_history(
     let ready = state.ready()?;
     let log = &ready.log;
     let up_to = UpTo::Seq(log.last_seq(&auth.user).await?);
-    let (events, _) = read_user(
-        log.store().clone(),
-        log.shard_of(&auth.user),
-        auth.user,
-        up_to,
-    )
-    .await?;
+    let events = log.user_events(&auth.user, up_to).await?;
     let versions: Vec<Event> = events
         .into_iter()
         .filter(|e| e.item_id == item_id)
