@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_log::{LogConfig, UpTo, list_checkpoints, read_user, write_checkpoint};
-use keepsake_model::{ChangeBody, Kind, UserState};
+use keepsake_model::{ChangeBody, Kind, StateRead, UserState};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use proptest::prelude::*;
@@ -40,6 +40,13 @@ fn step() -> impl Strategy<Value = Step> {
             checkpoint,
             pause,
         })
+}
+
+/// What `items_at` promises: the last seq and every item, every field, tombstones included.
+fn items_of(s: &UserState) -> (u64, Vec<keepsake_model::ItemState>) {
+    let mut items: Vec<_> = s.items().cloned().collect();
+    items.sort_by_key(|i| i.item_id);
+    (s.last_seq(), items)
 }
 
 async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::Index>) {
@@ -105,6 +112,11 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
                 .await
                 .expect("as of seq");
             assert_eq!(got, want, "as_of_seq {k}");
+            let items = log
+                .items_at(u, UpTo::Seq(k as u64))
+                .await
+                .expect("items as of seq");
+            assert_eq!(items_of(&items), items_of(&want), "items_at seq {k}");
             // The audit's read (checkpointed segments by statistics, the tail by the index).
             let read = log
                 .user_events(u, UpTo::Seq(k as u64))
@@ -125,6 +137,8 @@ async fn check(steps: Vec<Step>, background: bool, moments: Vec<prop::sample::In
                 let want = UserState::replay(&upto).expect("replay");
                 let got = log.user_at(u, UpTo::Time(t)).await.expect("as of time");
                 assert_eq!(got, want, "as_of {t}");
+                let items = log.items_at(u, UpTo::Time(t)).await.expect("items");
+                assert_eq!(items_of(&items), items_of(&want), "items_at {t}");
                 let read = log.user_events(u, UpTo::Time(t)).await.expect("events");
                 assert_eq!(read, upto, "user_events up to {t}");
                 // The one-fold-per-shard read of fleet restores agrees, for every user at once.

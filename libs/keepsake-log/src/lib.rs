@@ -40,7 +40,8 @@ pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{
     ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments, read_checkpoint,
-    read_checkpoint_user, read_segment, read_segment_meta, read_user, read_user_in, scan_shard,
+    read_checkpoint_user, read_checkpoint_user_items, read_segment, read_segment_meta, read_user,
+    read_user_in, scan_shard,
 };
 pub use stats::{AtomicHistogram, LogStats};
 pub use view::ShardState;
@@ -402,6 +403,23 @@ impl Log {
     /// the user's events after it up to the moment. Equal to a replay from the first event
     /// (tested).
     pub async fn user_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
+        self.state_at(user, at, true).await
+    }
+
+    /// [`Log::user_at`] for readers of items (as-of reads, diffs, restores): the same items,
+    /// tombstones and last seq, but change ids only of the events after the checkpoint it
+    /// started from. Reading a checkpoint skips the pages of change ids, which in a long history
+    /// are most of the user's rows. Not for idempotency: that is the live view's.
+    pub async fn items_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
+        self.state_at(user, at, false).await
+    }
+
+    async fn state_at(
+        &self,
+        user: &UserId,
+        at: UpTo,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
         let shard = self.shard_of(user);
         let head = self.head(shard);
         let store = &self.store;
@@ -425,7 +443,11 @@ impl Log {
             if !fits {
                 continue;
             }
-            let state = read_checkpoint_user(store.clone(), shard, c, *user).await?;
+            let state = if with_changes {
+                read_checkpoint_user(store.clone(), shard, c, *user).await?
+            } else {
+                reader::read_checkpoint_user_items(store.clone(), shard, c, *user).await?
+            };
             if let UpTo::Seq(n) = at
                 && state.last_seq() > n
             {
@@ -536,39 +558,46 @@ impl Log {
         let opts = verify::FoldOptions {
             checkpoints: false,
             read_ahead: self.cfg.read_concurrency,
+            hash: false,
             ..verify::FoldOptions::default()
         };
-        let (report, rebuilt) =
+        let (mut report, rebuilt) =
             verify::fold_store(&self.store, self.descriptor.shard_count, opts).await?;
         let folded = started.elapsed();
+        let users: Vec<UserId> = rebuilt.keys().copied().collect();
+        // The two hashes run side by side: the rebuilt state's while the views are gathered,
+        // then the views'.
+        let after = tokio::spawn(verify::hash_off_workers(rebuilt));
         let mut current = keepsake_model::IdMap::default();
         let mut evicted = Vec::new();
-        for user in rebuilt.keys() {
-            let shard = &self.shards[self.shard_of(user) as usize];
-            let resident = shard
+        for user in users {
+            let shard = self.shard_of(&user);
+            let resident = self.shards[shard as usize]
                 .state
                 .read()
-                .map_err(|_| poisoned(self.shard_of(user)))?
-                .get(user)
+                .map_err(|_| poisoned(shard))?
+                .get(&user)
                 .cloned();
             match resident {
                 Some(s) => {
-                    current.insert(*user, s);
+                    current.insert(user, s);
                 }
-                None => evicted.push(*user),
+                None => evicted.push(user),
             }
         }
         for user in &evicted {
             current.insert(*user, self.user(user, UserState::clone).await?);
         }
-        drop(rebuilt);
-        let before = tokio::task::spawn_blocking(move || verify::state_hash(current.iter()))
-            .await
-            .map_err(|e| LogError::Unavailable {
-                shard: 0,
-                reason: format!("hashing the views failed: {e}"),
-            })?;
-        let after = report.state_hash.clone();
+        let (before, current) = verify::hash_off_workers(current).await?;
+        let (after, rebuilt) = after.await.map_err(|e| LogError::Unavailable {
+            shard: 0,
+            reason: format!("hashing the rebuilt state failed: {e}"),
+        })??;
+        // Freeing two whole-store states takes a while too.
+        drop(tokio::task::spawn_blocking(move || {
+            drop((current, rebuilt))
+        }));
+        report.state_hash = after.clone();
         for shard in &self.shards {
             if let Ok(mut s) = shard.state.write() {
                 s.evict_over(0);

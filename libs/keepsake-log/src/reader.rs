@@ -235,6 +235,27 @@ pub async fn read_checkpoint_user(
     checkpoint: u64,
     user: UserId,
 ) -> Result<keepsake_model::UserState, LogError> {
+    checkpoint_user(store, shard, checkpoint, user, true).await
+}
+
+/// [`read_checkpoint_user`] without the user's change ids: items, tombstones and last seq only.
+/// The pages holding nothing but change ids (most of a long history's rows) are not read.
+pub async fn read_checkpoint_user_items(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<keepsake_model::UserState, LogError> {
+    checkpoint_user(store, shard, checkpoint, user, false).await
+}
+
+async fn checkpoint_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+    with_changes: bool,
+) -> Result<keepsake_model::UserState, LogError> {
     let path = keys::checkpoint(shard, checkpoint);
     let size = store
         .head(&path)
@@ -269,7 +290,17 @@ pub async fn read_checkpoint_user(
             "the checkpoint names another shard or segment",
         ));
     }
-    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
+    let plan = if with_changes {
+        plan_user_read(builder.metadata(), &user)
+    } else {
+        keepsake_segment::plan_user_read_skipping(
+            builder.metadata(),
+            &user,
+            keepsake_segment::ENTRY_COLUMN,
+            keepsake_segment::ENTRY_CHANGE.as_bytes(),
+        )
+    };
+    let Some(plan) = plan else {
         return Ok(keepsake_model::UserState::default());
     };
     let batches: Vec<_> = builder

@@ -69,6 +69,13 @@ pub struct CheckpointMeta {
     pub user_count: u64,
 }
 
+/// The column of a checkpoint that says what a row is (`change`, `item` or `user`).
+pub const ENTRY_COLUMN: usize = 1;
+
+/// The `entry` of a change-id row. A user's change rows sort first and are most of the user's
+/// rows in a long history; readers of items skip their pages.
+pub const ENTRY_CHANGE: &str = "change";
+
 /// The schema as the machine-readable description in `schemas/checkpoint-v1.json`.
 pub fn checkpoint_description() -> Value {
     let columns: Vec<Value> = checkpoint_schema()
@@ -131,7 +138,7 @@ pub fn encode_checkpoint<'a>(
         changes.sort_by_key(|(c, _)| **c);
         for (c, cref) in changes {
             r.user.push(u);
-            r.entry.push("change");
+            r.entry.push(ENTRY_CHANGE);
             r.key.push(Some(*c.as_bytes()));
             r.seq.push(i64_of(cref.seq)?);
             r.item_id.push(Some(*cref.item_id.as_bytes()));
@@ -260,7 +267,7 @@ pub fn decode_checkpoint_batches(
         }
         let user = col(&batch, 0)?;
         let entry = batch
-            .column(1)
+            .column(ENTRY_COLUMN)
             .as_string_opt::<i32>()
             .ok_or_else(|| invalid("entry"))?;
         let key = col(&batch, 2)?;

@@ -16,12 +16,13 @@ mod prune;
 mod schema;
 
 pub use checkpoint::{
-    CHECKPOINT_VERSION, CheckpointMeta, checkpoint_description, checkpoint_meta, checkpoint_schema,
-    decode_checkpoint, decode_checkpoint_batches, encode_checkpoint,
+    CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, checkpoint_description,
+    checkpoint_meta, checkpoint_schema, decode_checkpoint, decode_checkpoint_batches,
+    encode_checkpoint,
 };
 pub use codec::{DECODE_BATCH_ROWS, Segment, decode, decode_batch, encode, writer_properties};
 pub use error::SegmentError;
-pub use prune::{ReadPlan, plan_user_read};
+pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping};
 pub use schema::{
     FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,
 };

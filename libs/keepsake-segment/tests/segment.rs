@@ -314,3 +314,74 @@ mod checkpoints {
         assert_eq!(decoded, users);
     }
 }
+
+/// Decodes the rows of `plan` from a checkpoint and returns `user`'s state.
+fn checkpoint_rows(
+    bytes: &Bytes,
+    plan: keepsake_segment::ReadPlan,
+    user: &UserId,
+) -> keepsake_model::UserState {
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+    let batches: Vec<_> =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(bytes.clone(), options)
+            .expect("open")
+            .with_row_groups(plan.row_groups)
+            .with_row_selection(plan.selection)
+            .build()
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+    keepsake_segment::decode_checkpoint_batches(batches, Some(user))
+        .expect("decode")
+        .remove(user)
+        .expect("the user's rows")
+}
+
+/// Users with thousands of change ids over a few items: reading a checkpoint for items skips
+/// the pages that hold only change ids, and still gives every item and the last seq.
+#[test]
+fn an_items_read_of_a_checkpoint_skips_change_id_pages_and_keeps_every_item() {
+    use keepsake_model::{StateRead, UserState, apply};
+    use keepsake_segment::{
+        CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, encode_checkpoint,
+        plan_user_read_skipping,
+    };
+    let events = fixtures::history(7, 3, 20_000, t(0));
+    let mut users: std::collections::HashMap<UserId, UserState> = Default::default();
+    for e in &events {
+        apply(users.entry(e.user_id).or_default(), e).expect("apply");
+    }
+    let meta = CheckpointMeta {
+        format_version: CHECKPOINT_VERSION,
+        shard: 0,
+        segment: 1,
+        user_count: users.len() as u64,
+    };
+    let bytes = encode_checkpoint(users.iter(), &meta).expect("encode");
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+    let file = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes.clone(), options)
+        .expect("open");
+    let sorted = |s: &UserState| {
+        let mut items: Vec<_> = s.items().cloned().collect();
+        items.sort_by_key(|i| i.item_id);
+        (s.last_seq(), items)
+    };
+    for (user, want) in &users {
+        let full = plan_user_read(file.metadata(), user).expect("the user's rows");
+        let items =
+            plan_user_read_skipping(file.metadata(), user, ENTRY_COLUMN, ENTRY_CHANGE.as_bytes())
+                .expect("the user's item rows");
+        assert!(
+            items.rows_selected * 2 < full.rows_selected,
+            "change-id pages skipped: {} of {} rows",
+            items.rows_selected,
+            full.rows_selected
+        );
+        assert_eq!(&checkpoint_rows(&bytes, full, user), want, "a full read");
+        let got = checkpoint_rows(&bytes, items, user);
+        assert_eq!(sorted(&got), sorted(want), "every item and the last seq");
+        assert!(got.changes().count() < want.changes().count());
+    }
+}

@@ -1,7 +1,8 @@
 //! Point-in-time benchmarks on the file store (fsync on), in process: as-of reads of one user with
 //! 10k and 100k events of history at random moments, single-user restore latency, a fleet restore
 //! of many users, and a full rebuild. `KEEPSAKE_PIT_USERS` (default 10000) and
-//! `KEEPSAKE_PIT_ITEMS` (default 100) size the fleet.
+//! `KEEPSAKE_PIT_ITEMS` (default 100) size the fleet; `KEEPSAKE_BENCH_LOG` (a tracing filter,
+//! e.g. `keepsake_log=info`) prints the log's own lines, the rebuild's phases among them.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -77,6 +78,13 @@ fn put(rng: &mut Rng, docs: &[Document], item: ItemId, kind_index: usize) -> Cha
 }
 
 fn main() {
+    // KEEPSAKE_BENCH_LOG=keepsake_log=info shows, among others, the rebuild's phases.
+    if let Ok(filter) = std::env::var("KEEPSAKE_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let users_n = env("KEEPSAKE_PIT_USERS", 10_000) as usize;
     let items_n = env("KEEPSAKE_PIT_ITEMS", 100) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -111,7 +119,7 @@ fn main() {
             for _ in 0..40 {
                 let at = 1 + rng.below(history as u64);
                 let t = Instant::now();
-                let s = log.user_at(&user, UpTo::Seq(at)).await.expect("as of");
+                let s = log.items_at(&user, UpTo::Seq(at)).await.expect("as of");
                 lat.push(t.elapsed());
                 assert_eq!(keepsake_model::StateRead::last_seq(&s), at);
             }
@@ -184,7 +192,9 @@ fn main() {
         let took = s.elapsed().as_secs_f64();
         println!("  fleet restore: {} users x {items_n} items in {took:.1} s = {:.0} users/s ({:.0} changes/s)", rest.len(), rest.len() as f64 / took, (rest.len() * items_n) as f64 / took);
 
-        // Full rebuild.
+        // Full rebuild, once the checkpoints the fleet restore's writes triggered are written
+        // (otherwise the rebuild shares the two cores with them).
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let s = Instant::now();
         let (before, after, report) = log.rebuild().await.expect("rebuild");
         let took = s.elapsed().as_secs_f64();

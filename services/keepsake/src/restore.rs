@@ -185,7 +185,7 @@ pub async fn restore_user(
     let current = log.user(&user, UserState::clone).await?;
     let target = match target {
         Some(t) => t,
-        None => log.user_at(&user, spec.at).await?,
+        None => log.items_at(&user, spec.at).await?,
     };
     let kinds_key = spec
         .kinds

@@ -461,7 +461,7 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
     for _ in 0..cfg.reads.max(1) {
         let t = Instant::now();
         let state = log
-            .user_at(&reader, UpTo::Time(mid))
+            .items_at(&reader, UpTo::Time(mid))
             .await
             .context("the reader user as of mid-history")?;
         as_of_lat.push(t.elapsed());

@@ -160,7 +160,7 @@ pub(super) async fn items_as_of(
         q.get("as_of_seq").map(String::as_str),
     )?;
     let kinds = kind_filter(q.get("kind").map(String::as_str))?;
-    let s = state.ready()?.log.user_at(&user, at).await?;
+    let s = state.ready()?.log.items_at(&user, at).await?;
     let items: Vec<Value> = live_items(&s, &kinds)
         .values()
         .map(|i| item_json(i))
@@ -236,8 +236,8 @@ pub(super) async fn diff(
     )?;
     let log = &state.ready()?.log;
     let (a, b) = (
-        log.user_at(&user, UpTo::Time(from)).await?,
-        log.user_at(&user, UpTo::Time(to)).await?,
+        log.items_at(&user, UpTo::Time(from)).await?,
+        log.items_at(&user, UpTo::Time(to)).await?,
     );
     let (a, b) = (live_items(&a, &None), live_items(&b, &None));
     let added: Vec<Value> = b
