@@ -235,9 +235,8 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
     push(&log, u, vec![patch(1, json!({"a": 2}))])
         .await
         .expect("v2");
-    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
-        .await
-        .expect("v3");
+    let stale = patch(1, json!({"b": 2}));
+    let merged = push(&log, u, vec![stale.clone()]).await.expect("v3");
     assert!(
         matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
         "{merged:?}"
@@ -253,6 +252,12 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
     assert_eq!(
         doc.map(|d| d.as_str().to_string()).as_deref(),
         Some(r#"{"a":2,"b":2}"#)
+    );
+    // A retry of the merged patch is a duplicate, and needs no ancestor.
+    let retried = push(&log, u, vec![stale]).await.expect("retry");
+    assert!(
+        matches!(retried.outcomes[0], Outcome::Duplicate(c) if c.version == 3),
+        "{retried:?}"
     );
     // Both stale patches found their ancestor before queueing; the writer never read history.
     let stats = log.stats();

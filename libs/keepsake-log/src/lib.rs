@@ -233,6 +233,10 @@ impl Log {
                     let (ChangeBody::Patch { .. }, Some(b)) = (&c.body, c.base_version) else {
                         continue;
                     };
+                    // A retry of an applied change answers `duplicate` and merges nothing.
+                    if s.change(&c.change_id).is_some() {
+                        continue;
+                    }
                     match s.item(&c.item_id) {
                         // Current now, but another push of the same batch may move it on before
                         // this one is staged: its document is in memory, so take it anyway.
