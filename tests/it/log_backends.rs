@@ -179,23 +179,35 @@ async fn gap_in_segments_refuses_to_open(backend: Backend) {
 
 use object_store::ObjectStoreExt as _;
 
+/// Segments up to 1 MiB are read whole with one GET, larger ones by range reads of the footer,
+/// page index and pages: both prune the same way.
 #[tokio::test]
-async fn reading_one_user_skips_other_users_pages() {
+async fn reading_one_user_skips_other_users_pages_in_a_small_segment() {
+    reading_one_user_skips_other_users_pages(0, false).await;
+}
+
+#[tokio::test]
+async fn reading_one_user_skips_other_users_pages_in_a_large_segment() {
+    reading_one_user_skips_other_users_pages(8, true).await;
+}
+
+/// `pad` random UUIDs in every document make segment 1 larger than 1 MiB (`large`) or not.
+async fn reading_one_user_skips_other_users_pages(pad: usize, large: bool) {
     let ts = store(Backend::Memory).await.expect("store");
     let log = open(ts.store.clone(), 1, fast_config())
         .await
         .expect("open");
     let mut users: Vec<_> = (0..200).map(|_| user()).collect();
     users.sort();
+    let doc = |i: usize| {
+        let pad: Vec<String> = (0..pad).map(|_| item().0.to_string()).collect();
+        json!({"i": i, "pad": pad})
+    };
     // Segment 1: 50 events of every user (10,000 rows, several pages); later segments: every
     // user but the first, whose id sorts below all of theirs, so statistics rule them out.
-    let all = users.iter().map(|u| {
-        push(
-            &log,
-            *u,
-            (0..50).map(|i| put(item(), json!({"i": i}))).collect(),
-        )
-    });
+    let all = users
+        .iter()
+        .map(|u| push(&log, *u, (0..50).map(|i| put(item(), doc(i))).collect()));
     for r in join_all(all).await {
         r.expect("push");
     }
@@ -205,6 +217,15 @@ async fn reading_one_user_skips_other_users_pages() {
     for r in join_all(others).await {
         r.expect("push");
     }
+    let listed = keepsake_log::list_segments(ts.store.as_ref(), 0)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed[0].size > 1024 * 1024,
+        large,
+        "segment 1 is {} bytes",
+        listed[0].size
+    );
     let target = users[0];
     let (events, stats) = read_user(ts.store.clone(), 0, target, UpTo::End)
         .await

@@ -449,6 +449,26 @@ pub async fn read_user(
 /// segments are opened beyond it).
 const USER_READ_AHEAD: usize = 8;
 
+/// A spawned task that is aborted when its handle is dropped.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Aborting<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// What one segment holds for one user's read.
 enum UserSegment {
     /// Recorded after the moment read up to: this and every later segment are skipped.
@@ -474,13 +494,27 @@ pub async fn read_user_in(
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
     let wanted: Vec<Listed> = listed.into_iter().filter(|l| segments(l.n)).collect();
+    // Each segment is read on its own task, so that decoding uses every core; reads still
+    // ahead when the caller stops are aborted.
     let mut reads = futures::stream::iter(wanted)
-        .map(|l| read_user_segment(store.clone(), shard, user, l, up_to))
+        .map(|l| {
+            Aborting(tokio::spawn(read_user_segment(
+                store.clone(),
+                shard,
+                user,
+                l,
+                up_to,
+            )))
+        })
         .buffered(USER_READ_AHEAD);
     let mut events = Vec::new();
     let mut stats = ReadStats::default();
     while let Some(read) = reads.next().await {
         stats.segments_opened += 1;
+        let read = read.map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("reading a segment failed: {e}"),
+        })?;
         match read? {
             UserSegment::After => break,
             UserSegment::Pruned => stats.segments_pruned += 1,
@@ -500,6 +534,99 @@ pub async fn read_user_in(
     Ok((events, stats))
 }
 
+/// Appends the user's events of a decoded batch that are within `up_to` (the batch may hold
+/// neighbours' rows: pages are shared); true when some of the user's were past it.
+fn take_user_rows(
+    shard: u32,
+    n: u64,
+    batch: &arrow::array::RecordBatch,
+    user: &UserId,
+    up_to: UpTo,
+    events: &mut Vec<Event>,
+) -> Result<bool, LogError> {
+    let mut past_end = false;
+    for e in decode_batch(batch).map_err(|e| LogError::corrupt(shard, n, e))? {
+        if e.user_id != *user {
+            continue;
+        }
+        if up_to.includes(&e) {
+            events.push(e);
+        } else {
+            past_end = true;
+        }
+    }
+    Ok(past_end)
+}
+
+/// Segments up to this size are fetched whole, with one GET, rather than as a footer, a page
+/// index and pages (three or more range reads, each a round trip to the store).
+const WHOLE_READ_BYTES: u64 = 1024 * 1024;
+
+/// [`read_user_segment`] for a small segment: one GET, then the same pruned decode in memory.
+async fn read_user_small_segment(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    l: Listed,
+    up_to: UpTo,
+) -> Result<UserSegment, LogError> {
+    let path = keys::segment(shard, l.n);
+    let bytes = match store.get(&path).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map_err(store_err(format!("read segment {} of shard {shard}", l.n)))?,
+        // Listed but gone: a gap, like a missing number.
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(LogError::Gap {
+                shard,
+                missing: l.n,
+            });
+        }
+        Err(e) => {
+            return Err(store_err(format!("read segment {} of shard {shard}", l.n))(
+                e,
+            ));
+        }
+    };
+    let corrupt = |e: parquet::errors::ParquetError| LogError::corrupt(shard, l.n, e);
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(
+            bytes, options,
+        )
+        .map_err(corrupt)?;
+    let meta =
+        SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
+            .map_err(|e| LogError::corrupt(shard, l.n, e))?;
+    if let UpTo::Time(t) = up_to
+        && meta.first_recorded_at > t
+    {
+        return Ok(UserSegment::After);
+    }
+    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
+        return Ok(UserSegment::Pruned);
+    };
+    let rows = builder
+        .with_row_groups(plan.row_groups)
+        .with_row_selection(plan.selection)
+        .build()
+        .map_err(corrupt)?;
+    let mut events = Vec::new();
+    let mut decoded = 0;
+    let mut past_end = false;
+    for batch in rows {
+        let batch = batch.map_err(|e| LogError::corrupt(shard, l.n, e))?;
+        decoded += batch.num_rows() as u64;
+        past_end |= take_user_rows(shard, l.n, &batch, &user, up_to, &mut events)?;
+    }
+    Ok(UserSegment::Rows {
+        events,
+        decoded,
+        past_end,
+    })
+}
+
 /// One segment's part of a user's read: only the footer and the pages that may hold the user.
 async fn read_user_segment(
     store: Arc<dyn ObjectStore>,
@@ -508,6 +635,9 @@ async fn read_user_segment(
     l: Listed,
     up_to: UpTo,
 ) -> Result<UserSegment, LogError> {
+    if l.size <= WHOLE_READ_BYTES {
+        return read_user_small_segment(store, shard, user, l, up_to).await;
+    }
     let context = || format!("read segment {} of shard {shard}", l.n);
     let reader = SegmentReader {
         store,
@@ -546,16 +676,7 @@ async fn read_user_segment(
             other => LogError::corrupt(shard, l.n, other),
         })?;
         decoded += batch.num_rows() as u64;
-        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
-            if e.user_id != user {
-                continue;
-            }
-            if up_to.includes(&e) {
-                events.push(e);
-            } else {
-                past_end = true;
-            }
-        }
+        past_end |= take_user_rows(shard, l.n, &batch, &user, up_to, &mut events)?;
     }
     Ok(UserSegment::Rows {
         events,
