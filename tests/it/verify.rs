@@ -15,8 +15,11 @@ use crate::common::*;
 
 async fn populated() -> (Arc<dyn ObjectStore>, u64) {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    // Users fall into shards at random, so one shard may see fewer than 20 events: the interval
+    // makes sure each shard is checkpointed anyway.
     let cfg = LogConfig {
         checkpoint_every_events: 20,
+        checkpoint_interval: Duration::from_millis(300),
         view_memory_bytes: 2000,
         ..fast_config()
     };
@@ -35,12 +38,17 @@ async fn populated() -> (Arc<dyn ObjectStore>, u64) {
         }
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
-    for _ in 0..50 {
+    // The checkpointer runs every 500 ms; a loaded CI machine can take a while.
+    for _ in 0..100 {
         if log.checkpoint(0).is_some() && log.checkpoint(1).is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        log.checkpoint(0).is_some() && log.checkpoint(1).is_some(),
+        "the fixture needs a checkpoint in each shard"
+    );
     let (before, after, report) = log.rebuild().await.expect("rebuild");
     assert!(report.ok, "{:?}", report.problems);
     assert_eq!(
