@@ -125,8 +125,18 @@ fn main() {
         println!("  events/segment   {:>12.0}", events as f64 / segments.max(1) as f64);
         println!("  bytes/event      {:>12.1}", bytes as f64 / events.max(1) as f64);
         println!("  mean PUT ms      {:>12.2}", put_ms);
+        // Slow PUTs (fsync stalls) show in the ack tail; the buckets say whether they happened.
+        let (buckets, _, _) = stats.put_latency_ms.snapshot();
+        let slow: Vec<String> = buckets
+            .iter()
+            .filter(|(bound, n)| *n > 0 && bound.is_none_or(|b| b > 10))
+            .map(|(bound, n)| format!("{n} {}", bound.map_or("over 5000 ms".into(), |b| format!("<= {b} ms"))))
+            .collect();
+        println!("  PUTs over 10 ms  {:>12}", if slow.is_empty() { "none".into() } else { slow.join(", ") });
         println!("  ack p50 ms       {:>12.2}", percentile(&latencies, 0.50).as_secs_f64() * 1e3);
+        println!("  ack p90 ms       {:>12.2}", percentile(&latencies, 0.90).as_secs_f64() * 1e3);
         println!("  ack p99 ms       {:>12.2}", percentile(&latencies, 0.99).as_secs_f64() * 1e3);
+        println!("  ack p99.9 ms     {:>12.2}", percentile(&latencies, 0.999).as_secs_f64() * 1e3);
         println!("  ack max ms       {:>12.2}", latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3);
         let (hits, misses, evictions) = log.view_counters();
         println!("  view hits/misses/evictions {hits}/{misses}/{evictions}");
