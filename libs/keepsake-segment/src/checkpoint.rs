@@ -360,10 +360,12 @@ pub fn decode_checkpoint(
         .with_batch_size(crate::codec::DECODE_BATCH_ROWS)
         .build()?
         .map_while(|b| b.map_err(|e| failed = Some(e)).ok());
-    let users = decode_checkpoint_batches(batches, None)?;
+    let users = decode_checkpoint_batches(batches, None);
+    // A batch that failed to decode is the cause of whatever the partial fold then says.
     if let Some(e) = failed {
         return Err(e.into());
     }
+    let users = users?;
     if users.len() as u64 != meta.user_count {
         return Err(invalid(format!(
             "metadata says {} users, the file holds {}",
