@@ -174,12 +174,29 @@ pub async fn scan_shard(
 }
 
 /// Range reads of one segment object, for the async Parquet reader. The size comes from the
-/// listing, so the footer (and page index) is fetched with one suffix-sized range read.
+/// listing, so the footer (and page index) is fetched with one suffix-sized range read. When the
+/// object was fetched whole (`whole`), the same reads are served from memory.
 #[derive(Debug)]
 struct SegmentReader {
     store: Arc<dyn ObjectStore>,
     path: object_store::path::Path,
     size: u64,
+    whole: Option<Bytes>,
+}
+
+/// A slice of a fetched object, or an error for a range beyond it.
+fn slice_of(whole: &Bytes, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+    let (start, end) = (
+        usize::try_from(range.start).unwrap_or(usize::MAX),
+        usize::try_from(range.end).unwrap_or(usize::MAX),
+    );
+    if start > end || end > whole.len() {
+        return Err(parquet::errors::ParquetError::EOF(format!(
+            "range {start}..{end} beyond an object of {} bytes",
+            whole.len()
+        )));
+    }
+    Ok(whole.slice(start..end))
 }
 
 /// Bytes fetched with the footer: enough for the metadata and page index of large segments.
@@ -191,6 +208,9 @@ fn external(e: object_store::Error) -> parquet::errors::ParquetError {
 
 impl AsyncFileReader for SegmentReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        if let Some(whole) = &self.whole {
+            return futures::future::ready(slice_of(whole, range)).boxed();
+        }
         self.store
             .get_range(&self.path, range)
             .map_err(external)
@@ -202,6 +222,9 @@ impl AsyncFileReader for SegmentReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            if let Some(whole) = &self.whole {
+                return ranges.into_iter().map(|r| slice_of(whole, r)).collect();
+            }
             self.store
                 .get_ranges(&self.path, &ranges)
                 .await
@@ -268,6 +291,7 @@ async fn checkpoint_user(
         store: store.clone(),
         path,
         size,
+        whole: None,
     };
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let corrupt = |e: parquet::errors::ParquetError| match e {
@@ -346,7 +370,12 @@ pub async fn read_segment_meta(
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
-    let mut reader = SegmentReader { store, path, size };
+    let mut reader = SegmentReader {
+        store,
+        path,
+        size,
+        whole: None,
+    };
     let meta = reader
         .get_metadata(None)
         .await
@@ -534,100 +563,12 @@ pub async fn read_user_in(
     Ok((events, stats))
 }
 
-/// Appends the user's events of a decoded batch that are within `up_to` (the batch may hold
-/// neighbours' rows: pages are shared); true when some of the user's were past it.
-fn take_user_rows(
-    shard: u32,
-    n: u64,
-    batch: &arrow::array::RecordBatch,
-    user: &UserId,
-    up_to: UpTo,
-    events: &mut Vec<Event>,
-) -> Result<bool, LogError> {
-    let mut past_end = false;
-    for e in decode_batch(batch).map_err(|e| LogError::corrupt(shard, n, e))? {
-        if e.user_id != *user {
-            continue;
-        }
-        if up_to.includes(&e) {
-            events.push(e);
-        } else {
-            past_end = true;
-        }
-    }
-    Ok(past_end)
-}
-
 /// Segments up to this size are fetched whole, with one GET, rather than as a footer, a page
 /// index and pages (three or more range reads, each a round trip to the store).
 const WHOLE_READ_BYTES: u64 = 1024 * 1024;
 
-/// [`read_user_segment`] for a small segment: one GET, then the same pruned decode in memory.
-async fn read_user_small_segment(
-    store: Arc<dyn ObjectStore>,
-    shard: u32,
-    user: UserId,
-    l: Listed,
-    up_to: UpTo,
-) -> Result<UserSegment, LogError> {
-    let path = keys::segment(shard, l.n);
-    let bytes = match store.get(&path).await {
-        Ok(got) => got
-            .bytes()
-            .await
-            .map_err(store_err(format!("read segment {} of shard {shard}", l.n)))?,
-        // Listed but gone: a gap, like a missing number.
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(LogError::Gap {
-                shard,
-                missing: l.n,
-            });
-        }
-        Err(e) => {
-            return Err(store_err(format!("read segment {} of shard {shard}", l.n))(
-                e,
-            ));
-        }
-    };
-    let corrupt = |e: parquet::errors::ParquetError| LogError::corrupt(shard, l.n, e);
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(
-            bytes, options,
-        )
-        .map_err(corrupt)?;
-    let meta =
-        SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
-            .map_err(|e| LogError::corrupt(shard, l.n, e))?;
-    if let UpTo::Time(t) = up_to
-        && meta.first_recorded_at > t
-    {
-        return Ok(UserSegment::After);
-    }
-    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
-        return Ok(UserSegment::Pruned);
-    };
-    let rows = builder
-        .with_row_groups(plan.row_groups)
-        .with_row_selection(plan.selection)
-        .build()
-        .map_err(corrupt)?;
-    let mut events = Vec::new();
-    let mut decoded = 0;
-    let mut past_end = false;
-    for batch in rows {
-        let batch = batch.map_err(|e| LogError::corrupt(shard, l.n, e))?;
-        decoded += batch.num_rows() as u64;
-        past_end |= take_user_rows(shard, l.n, &batch, &user, up_to, &mut events)?;
-    }
-    Ok(UserSegment::Rows {
-        events,
-        decoded,
-        past_end,
-    })
-}
-
-/// One segment's part of a user's read: only the footer and the pages that may hold the user.
+/// One segment's part of a user's read: only the footer and the pages that may hold the user
+/// (from memory, for a segment small enough to fetch whole).
 async fn read_user_segment(
     store: Arc<dyn ObjectStore>,
     shard: u32,
@@ -635,14 +576,28 @@ async fn read_user_segment(
     l: Listed,
     up_to: UpTo,
 ) -> Result<UserSegment, LogError> {
-    if l.size <= WHOLE_READ_BYTES {
-        return read_user_small_segment(store, shard, user, l, up_to).await;
-    }
     let context = || format!("read segment {} of shard {shard}", l.n);
+    let path = keys::segment(shard, l.n);
+    let whole = if l.size <= WHOLE_READ_BYTES {
+        match store.get(&path).await {
+            Ok(got) => Some(got.bytes().await.map_err(store_err(context()))?),
+            // Listed but gone: a gap, like a missing number.
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(LogError::Gap {
+                    shard,
+                    missing: l.n,
+                });
+            }
+            Err(e) => return Err(store_err(context())(e)),
+        }
+    } else {
+        None
+    };
     let reader = SegmentReader {
         store,
-        path: keys::segment(shard, l.n),
-        size: l.size,
+        path,
+        size: whole.as_ref().map_or(l.size, |b| b.len() as u64),
+        whole,
     };
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
@@ -676,7 +631,17 @@ async fn read_user_segment(
             other => LogError::corrupt(shard, l.n, other),
         })?;
         decoded += batch.num_rows() as u64;
-        past_end |= take_user_rows(shard, l.n, &batch, &user, up_to, &mut events)?;
+        // Pages are shared: the batch may hold neighbours' rows.
+        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+            if e.user_id != user {
+                continue;
+            }
+            if up_to.includes(&e) {
+                events.push(e);
+            } else {
+                past_end = true;
+            }
+        }
     }
     Ok(UserSegment::Rows {
         events,
