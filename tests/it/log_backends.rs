@@ -241,6 +241,102 @@ async fn reading_one_user_skips_other_users_pages(pad: usize, large: bool) {
     log.shutdown().await;
 }
 
+/// A read of items at a moment reads the key columns of every event but only each item's newest
+/// event whole, and gives the items and last seq a replay of every event gives: in a segment
+/// read whole and in one read by ranges, at moments inside pages, at segment ends and past them.
+#[tokio::test]
+async fn items_at_a_moment_read_one_whole_row_per_item_in_a_small_segment() {
+    items_at_a_moment_read_one_whole_row_per_item(0, false).await;
+}
+
+#[tokio::test]
+async fn items_at_a_moment_read_one_whole_row_per_item_in_a_large_segment() {
+    items_at_a_moment_read_one_whole_row_per_item(8, true).await;
+}
+
+async fn items_at_a_moment_read_one_whole_row_per_item(pad: usize, large: bool) {
+    let ts = store(Backend::Memory).await.expect("store");
+    let log = open(ts.store.clone(), 1, fast_config())
+        .await
+        .expect("open");
+    let users: Vec<_> = (0..200).map(|_| user()).collect();
+    let items: Vec<Vec<_>> = users
+        .iter()
+        .map(|_| (0..7).map(|_| item()).collect())
+        .collect();
+    let doc = |i: usize| {
+        let pad: Vec<String> = (0..pad).map(|_| item().0.to_string()).collect();
+        json!({"i": i, "pad": pad})
+    };
+    // 50 events per user in segment 1 (10,000 rows, several pages), rewriting 7 items; then
+    // two more rounds with deletes among the puts.
+    let round = |from: usize, n: usize| {
+        join_all(users.iter().zip(&items).map(|(u, its)| {
+            let changes = (from..from + n)
+                .map(|i| {
+                    let it = its[i % its.len()];
+                    if i % 11 == 10 {
+                        change(Kind::Note, it, None, ChangeBody::Delete)
+                    } else {
+                        put(it, doc(i))
+                    }
+                })
+                .collect();
+            push(&log, *u, changes)
+        }))
+    };
+    for (from, n) in [(0, 50), (50, 9), (59, 12)] {
+        for r in round(from, n).await {
+            r.expect("push");
+        }
+    }
+    let listed = list_segments(ts.store.as_ref(), 0).await.expect("list");
+    assert_eq!(
+        listed[0].size > 1024 * 1024,
+        large,
+        "{} bytes",
+        listed[0].size
+    );
+    for u in [users[0], users[117], users[199]] {
+        let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
+            .await
+            .expect("read");
+        assert_eq!(events.len(), 71);
+        for at in [1, 6, 7, 8, 33, 50, 51, 59, 64, 71, 90] {
+            let upto = &events[..at.min(events.len())];
+            let want = UserState::replay(upto).expect("replay");
+            let latest = keepsake_log::read_user_latest_in(
+                ts.store.clone(),
+                0,
+                u,
+                |_| true,
+                UpTo::Seq(at as u64),
+                0,
+            )
+            .await
+            .expect("read items");
+            let mut got = UserState::default();
+            got.advance_items(&latest.events, latest.last_seq)
+                .expect("advance");
+            let sorted = |s: &UserState| {
+                let mut v: Vec<_> = s.items().cloned().collect();
+                v.sort_by_key(|i| i.item_id);
+                (s.last_seq(), v)
+            };
+            assert_eq!(sorted(&got), sorted(&want), "items at seq {at}");
+            let distinct: std::collections::HashSet<_> = upto.iter().map(|e| e.item_id).collect();
+            assert_eq!(
+                latest.stats.rows_read_whole,
+                distinct.len() as u64,
+                "one whole row per item at seq {at}: {:?}",
+                latest.stats
+            );
+            assert!(latest.stats.rows_decoded >= upto.len() as u64);
+        }
+    }
+    log.shutdown().await;
+}
+
 #[tokio::test]
 async fn stale_patch_merges_using_the_ancestor_from_the_log() {
     let ts = store(Backend::Memory).await.expect("store");

@@ -39,9 +39,9 @@ use tracing::{Instrument, info, info_span, warn};
 pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{
-    ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments, read_checkpoint,
-    read_checkpoint_user, read_checkpoint_user_items, read_segment, read_segment_meta, read_user,
-    read_user_in, scan_shard,
+    LatestItems, ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments,
+    read_checkpoint, read_checkpoint_user, read_checkpoint_user_items, read_segment,
+    read_segment_meta, read_user, read_user_in, read_user_latest_in, scan_shard,
 };
 pub use stats::{AtomicHistogram, LogStats};
 pub use view::ShardState;
@@ -411,9 +411,11 @@ impl Log {
     }
 
     /// [`Log::user_at`] for readers of items (as-of reads, diffs, restores): the same items,
-    /// tombstones and last seq, but change ids only of the events after the checkpoint it
-    /// started from. Reading a checkpoint skips the pages of change ids, which in a long history
-    /// are most of the user's rows. Not for idempotency: that is the live view's.
+    /// tombstones and last seq, without change ids. Reading a checkpoint skips the pages of
+    /// change ids, which in a long history are most of the user's rows; after the checkpoint,
+    /// only each item's newest event is read whole ([`read_user_latest_in`]), so a history that
+    /// rewrites its items does not fetch every document it ever had. Not for idempotency: that
+    /// is the live view's.
     pub async fn items_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
         self.state_at(user, at, false).await
     }
@@ -473,24 +475,25 @@ impl Log {
                     UpTo::Seq(n) => v.segments_until(user, from, head, n),
                     UpTo::End | UpTo::Time(_) => v.segments_of(user, from, head),
                 });
-            let (events, _) = match indexed {
-                // The base is the view's newest checkpoint: the index knows the user's segments.
-                Some(segs) => {
-                    read_user_in(store.clone(), shard, *user, |n| segs.contains(&n), at).await?
-                }
-                None => {
-                    read_user_in(
-                        store.clone(),
-                        shard,
-                        *user,
-                        |n| (from..=head).contains(&n),
-                        at,
-                    )
-                    .await?
-                }
+            // The base is the view's newest checkpoint: the index knows the user's segments.
+            let wanted = |n: u64| match &indexed {
+                Some(segs) => segs.contains(&n),
+                None => (from..=head).contains(&n),
             };
-            for e in &events {
-                keepsake_model::apply(&mut state, e)
+            if with_changes {
+                let (events, _) = read_user_in(store.clone(), shard, *user, wanted, at).await?;
+                for e in &events {
+                    keepsake_model::apply(&mut state, e)
+                        .map_err(|err| LogError::corrupt(shard, head, err))?;
+                }
+            } else {
+                // Items only: each item's newest event, not every document it ever had.
+                let after = state.last_seq();
+                let latest =
+                    reader::read_user_latest_in(store.clone(), shard, *user, wanted, at, after)
+                        .await?;
+                state
+                    .advance_items(&latest.events, latest.last_seq)
                     .map_err(|err| LogError::corrupt(shard, head, err))?;
             }
         }

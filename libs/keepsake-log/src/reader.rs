@@ -11,13 +11,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
-use keepsake_model::{Event, UserId};
-use keepsake_segment::{Segment, SegmentMeta, decode, decode_batch, plan_user_read};
+use keepsake_model::{Event, IdMap, ItemId, UserId};
+use keepsake_segment::{
+    EventKey, KEY_COLUMNS, ReadPlan, Segment, SegmentMeta, decode, decode_batch, decode_keys,
+    plan_user_read,
+};
 use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{LogError, store_err};
@@ -176,7 +181,7 @@ pub async fn scan_shard(
 /// Range reads of one segment object, for the async Parquet reader. The size comes from the
 /// listing, so the footer (and page index) is fetched with one suffix-sized range read. When the
 /// object was fetched whole (`whole`), the same reads are served from memory.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SegmentReader {
     store: Arc<dyn ObjectStore>,
     path: object_store::path::Path,
@@ -439,10 +444,14 @@ pub enum UpTo {
 
 impl UpTo {
     fn includes(&self, e: &Event) -> bool {
+        self.includes_at(e.seq, e.recorded_at)
+    }
+
+    fn includes_at(&self, seq: u64, recorded_at: DateTime<Utc>) -> bool {
         match *self {
             UpTo::End => true,
-            UpTo::Seq(n) => e.seq <= n,
-            UpTo::Time(t) => e.recorded_at <= t,
+            UpTo::Seq(n) => seq <= n,
+            UpTo::Time(t) => recorded_at <= t,
         }
     }
 }
@@ -454,8 +463,11 @@ pub struct ReadStats {
     pub segments_opened: u64,
     /// Segments skipped by their statistics.
     pub segments_pruned: u64,
-    /// Rows decoded (the user's and neighbours' on the same pages).
+    /// Rows decoded (the user's and neighbours' on the same pages); for a read of items, their
+    /// key columns only.
     pub rows_decoded: u64,
+    /// For a read of items: rows then read whole, documents included (one per item kept).
+    pub rows_read_whole: u64,
 }
 
 /// Reads one user's events, oldest first, stopping at `up_to`.
@@ -567,15 +579,29 @@ pub async fn read_user_in(
 /// index and pages (three or more range reads, each a round trip to the store).
 const WHOLE_READ_BYTES: u64 = 1024 * 1024;
 
-/// One segment's part of a user's read: only the footer and the pages that may hold the user
-/// (from memory, for a segment small enough to fetch whole).
-async fn read_user_segment(
+/// A segment opened for one user's read.
+enum Opened {
+    /// Recorded after the moment read up to.
+    After,
+    /// No rows of the user, by the statistics.
+    Pruned,
+    /// The pages that may hold the user, and a reader for a second read of the same object.
+    Plan {
+        builder: ParquetRecordBatchStreamBuilder<SegmentReader>,
+        plan: ReadPlan,
+        again: SegmentReader,
+    },
+}
+
+/// Opens a segment for one user's read: fetches it whole when small, else its footer and page
+/// index, and plans which pages may hold the user.
+async fn open_for_user(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
     l: Listed,
     up_to: UpTo,
-) -> Result<UserSegment, LogError> {
+) -> Result<Opened, LogError> {
     let context = || format!("read segment {} of shard {shard}", l.n);
     let path = keys::segment(shard, l.n);
     let whole = if l.size <= WHOLE_READ_BYTES {
@@ -599,8 +625,8 @@ async fn read_user_segment(
         size: whole.as_ref().map_or(l.size, |b| b.len() as u64),
         whole,
     };
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+    let again = reader.clone();
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options())
         .await
         .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
     let meta =
@@ -609,10 +635,46 @@ async fn read_user_segment(
     if let UpTo::Time(t) = up_to
         && meta.first_recorded_at > t
     {
-        return Ok(UserSegment::After);
+        return Ok(Opened::After);
     }
-    let Some(plan) = plan_user_read(builder.metadata(), &user) else {
-        return Ok(UserSegment::Pruned);
+    Ok(match plan_user_read(builder.metadata(), &user) {
+        None => Opened::Pruned,
+        Some(plan) => Opened::Plan {
+            builder,
+            plan,
+            again,
+        },
+    })
+}
+
+fn read_options() -> ArrowReaderOptions {
+    ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional)
+}
+
+/// A failed read of segment pages: the store's failure is retryable, anything else is damage.
+fn pages_err(shard: u32, n: u64) -> impl Fn(parquet::errors::ParquetError) -> LogError {
+    move |e| match e {
+        parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+            shard,
+            reason: format!("read segment {n} of shard {shard}: {e}"),
+        },
+        other => LogError::corrupt(shard, n, other),
+    }
+}
+
+/// One segment's part of a user's read: only the footer and the pages that may hold the user
+/// (from memory, for a segment small enough to fetch whole).
+async fn read_user_segment(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    l: Listed,
+    up_to: UpTo,
+) -> Result<UserSegment, LogError> {
+    let (builder, plan) = match open_for_user(store, shard, user, l, up_to).await? {
+        Opened::After => return Ok(UserSegment::After),
+        Opened::Pruned => return Ok(UserSegment::Pruned),
+        Opened::Plan { builder, plan, .. } => (builder, plan),
     };
     let mut stream = builder
         .with_row_groups(plan.row_groups)
@@ -623,13 +685,7 @@ async fn read_user_segment(
     let mut decoded = 0;
     let mut past_end = false;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| match e {
-            parquet::errors::ParquetError::External(_) => LogError::Unavailable {
-                shard,
-                reason: context(),
-            },
-            other => LogError::corrupt(shard, l.n, other),
-        })?;
+        let batch = batch.map_err(pages_err(shard, l.n))?;
         decoded += batch.num_rows() as u64;
         // Pages are shared: the batch may hold neighbours' rows.
         for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
@@ -647,5 +703,252 @@ async fn read_user_segment(
         events,
         decoded,
         past_end,
+    })
+}
+
+/// One user's newest event of each item up to a moment: what a read of items at that moment
+/// needs (see [`keepsake_model::UserState::advance_items`]).
+#[derive(Debug, Default)]
+pub struct LatestItems {
+    /// The newest event of each item changed in the segments read, ascending by seq.
+    pub events: Vec<Event>,
+    /// The user's last seq up to the moment; the `after` asked for when no event was read.
+    pub last_seq: u64,
+    /// What the read cost.
+    pub stats: ReadStats,
+}
+
+/// One segment's part of a read of items: the key columns of the user's rows up to the moment,
+/// and what a second read of chosen rows of the same object needs.
+struct KeyedSegment {
+    n: u64,
+    again: SegmentReader,
+    metadata: Arc<ParquetMetaData>,
+    row_groups: Vec<usize>,
+    /// Rows in those row groups; positions count from their first row.
+    rows_in_groups: usize,
+    /// The user's rows up to the moment, each with its position.
+    rows: Vec<(EventKey, usize)>,
+    decoded: u64,
+    past_end: bool,
+}
+
+enum KeyedRead {
+    After,
+    Pruned,
+    Rows(KeyedSegment),
+}
+
+/// Reads the key columns ([`KEY_COLUMNS`]) of the pages that may hold the user: no documents.
+async fn read_user_keys(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    l: Listed,
+    up_to: UpTo,
+) -> Result<KeyedRead, LogError> {
+    let (builder, plan, again) = match open_for_user(store, shard, user, l, up_to).await? {
+        Opened::After => return Ok(KeyedRead::After),
+        Opened::Pruned => return Ok(KeyedRead::Pruned),
+        Opened::Plan {
+            builder,
+            plan,
+            again,
+        } => (builder, plan, again),
+    };
+    let metadata = builder.metadata().clone();
+    let rows_in_groups = plan
+        .row_groups
+        .iter()
+        .map(|rg| usize::try_from(metadata.row_group(*rg).num_rows()).unwrap_or(0))
+        .sum();
+    // Rows come back in selection order: the positions of the selected rows, in order.
+    let mut positions = Vec::with_capacity(plan.rows_selected);
+    let mut at = 0;
+    for s in plan.selection.iter() {
+        if !s.skip {
+            positions.extend(at..at + s.row_count);
+        }
+        at += s.row_count;
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), KEY_COLUMNS);
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(keepsake_segment::DECODE_BATCH_ROWS)
+        .with_row_groups(plan.row_groups.clone())
+        .with_row_selection(plan.selection)
+        .build()
+        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+    let mut rows = Vec::new();
+    let mut decoded = 0;
+    let mut past_end = false;
+    let mut next = positions.into_iter();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(pages_err(shard, l.n))?;
+        decoded += batch.num_rows() as u64;
+        for k in decode_keys(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+            let pos = next
+                .next()
+                .ok_or_else(|| LogError::corrupt(shard, l.n, "more rows than were selected"))?;
+            if k.user_id != user {
+                continue;
+            }
+            if up_to.includes_at(k.seq, k.recorded_at) {
+                rows.push((k, pos));
+            } else {
+                past_end = true;
+            }
+        }
+    }
+    Ok(KeyedRead::Rows(KeyedSegment {
+        n: l.n,
+        again,
+        metadata,
+        row_groups: plan.row_groups,
+        rows_in_groups,
+        rows,
+        decoded,
+        past_end,
+    }))
+}
+
+/// Reads the rows at `positions` (ascending, each with the seq its key read found) of a segment
+/// whole: only the pages that hold them.
+async fn read_rows_whole(
+    seg: KeyedSegment,
+    shard: u32,
+    user: UserId,
+    positions: Vec<(usize, u64)>,
+) -> Result<Vec<Event>, LogError> {
+    let n = seg.n;
+    let mut selectors = Vec::with_capacity(positions.len() * 2 + 1);
+    let mut at = 0;
+    for (pos, _) in &positions {
+        selectors.push(RowSelector::skip(pos - at));
+        selectors.push(RowSelector::select(1));
+        at = pos + 1;
+    }
+    selectors.push(RowSelector::skip(seg.rows_in_groups.saturating_sub(at)));
+    let metadata = ArrowReaderMetadata::try_new(seg.metadata, read_options())
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(seg.again, metadata)
+        .with_row_groups(seg.row_groups)
+        .with_row_selection(RowSelection::from(selectors))
+        .build()
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let mut events = Vec::with_capacity(positions.len());
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(pages_err(shard, n))?;
+        events.extend(decode_batch(&batch).map_err(|e| LogError::corrupt(shard, n, e))?);
+    }
+    let expected = positions.iter().map(|(_, seq)| *seq);
+    if events.len() != positions.len()
+        || !events
+            .iter()
+            .zip(expected)
+            .all(|(e, seq)| e.user_id == user && e.seq == seq)
+    {
+        return Err(LogError::corrupt(
+            shard,
+            n,
+            "a second read of the same rows found other rows",
+        ));
+    }
+    Ok(events)
+}
+
+/// One user's newest event of each item up to `up_to`, in the segments `segments` accepts, whose
+/// first event of the user comes right after seq `after` (the state the caller starts from).
+///
+/// Two passes: the key columns of the user's rows in every segment (no documents), then whole
+/// rows only for each item's newest event, from only the segments and pages that hold them. A
+/// history that rewrites its items reads one document per item instead of one per event. The
+/// user's seqs are checked to run densely from `after + 1`, as [`keepsake_model::apply`] would.
+pub async fn read_user_latest_in(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    segments: impl Fn(u64) -> bool,
+    up_to: UpTo,
+    after: u64,
+) -> Result<LatestItems, LogError> {
+    let listed = list_segments(store.as_ref(), shard).await?;
+    let wanted: Vec<Listed> = listed.into_iter().filter(|l| segments(l.n)).collect();
+    let mut reads = futures::stream::iter(wanted)
+        .map(|l| {
+            Aborting(tokio::spawn(read_user_keys(
+                store.clone(),
+                shard,
+                user,
+                l,
+                up_to,
+            )))
+        })
+        .buffered(USER_READ_AHEAD);
+    let mut stats = ReadStats::default();
+    let mut keyed = Vec::new();
+    let mut last_seq = after;
+    // Each item's newest row: (index into `keyed`, position, seq).
+    let mut newest: IdMap<ItemId, (usize, usize, u64)> = IdMap::default();
+    while let Some(read) = reads.next().await {
+        stats.segments_opened += 1;
+        let read = read.map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("reading a segment failed: {e}"),
+        })?;
+        let seg = match read? {
+            KeyedRead::After => break,
+            KeyedRead::Pruned => {
+                stats.segments_pruned += 1;
+                continue;
+            }
+            KeyedRead::Rows(seg) => seg,
+        };
+        stats.rows_decoded += seg.decoded;
+        for (k, pos) in &seg.rows {
+            if k.seq != last_seq + 1 {
+                return Err(LogError::corrupt(
+                    shard,
+                    seg.n,
+                    keepsake_model::ApplyError::SeqGap {
+                        last: last_seq,
+                        got: k.seq,
+                    },
+                ));
+            }
+            last_seq = k.seq;
+            newest.insert(k.item_id, (keyed.len(), *pos, k.seq));
+        }
+        let past_end = seg.past_end;
+        keyed.push(seg);
+        if past_end {
+            break;
+        }
+    }
+    let mut chosen: Vec<Vec<(usize, u64)>> = vec![Vec::new(); keyed.len()];
+    for (i, pos, seq) in newest.into_values() {
+        chosen[i].push((pos, seq));
+    }
+    let mut fetches = futures::stream::iter(keyed.into_iter().zip(chosen))
+        .filter(|(_, rows)| futures::future::ready(!rows.is_empty()))
+        .map(|(seg, mut rows)| {
+            rows.sort_unstable();
+            Aborting(tokio::spawn(read_rows_whole(seg, shard, user, rows)))
+        })
+        .buffered(USER_READ_AHEAD);
+    let mut events = Vec::new();
+    while let Some(read) = fetches.next().await {
+        let read = read.map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("reading a segment failed: {e}"),
+        })?;
+        events.extend(read?);
+    }
+    stats.rows_read_whole = events.len() as u64;
+    events.sort_unstable_by_key(|e| e.seq);
+    Ok(LatestItems {
+        events,
+        last_seq,
+        stats,
     })
 }

@@ -27,7 +27,9 @@ pub use ids::{
     BatchId, ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId, StoreId, UserId,
 };
 pub use kind::{Kind, Op, Origin};
-pub use state::{ApplyError, ChangeRef, IdMap, ItemState, StateRead, StateWrite, UserState, apply};
+pub use state::{
+    ApplyError, ChangeRef, IdMap, ItemState, StateRead, StateWrite, UserState, apply, item_after,
+};
 
 #[cfg(test)]
 mod tests;

@@ -535,7 +535,78 @@ proptest! {
         let replayed = UserState::replay(&h.log);
         prop_assert_eq!(replayed.as_ref(), Ok(&h.state));
         prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
+        // Items at any moment k from a state at j ≤ k and only each item's newest event in
+        // between, as reads of items at a moment build them, equal a replay to k.
+        let items = |s: &UserState| {
+            let mut v: Vec<ItemState> = s.items().cloned().collect();
+            v.sort_by_key(|i| i.item_id);
+            (s.last_seq(), v)
+        };
+        for k in 0..=h.log.len() {
+            let j = k / 2;
+            let mut newest: std::collections::BTreeMap<ItemId, &Event> = Default::default();
+            for e in &h.log[j..k] {
+                newest.insert(e.item_id, e);
+            }
+            let mut newest: Vec<&Event> = newest.into_values().collect();
+            newest.sort_by_key(|e| e.seq);
+            let mut got = UserState::replay(&h.log[..j]).expect("replay");
+            got.advance_items(newest, k as u64).expect("advance");
+            let want = UserState::replay(&h.log[..k]).expect("replay");
+            prop_assert_eq!(items(&got), items(&want), "from {} to {}", j, k);
+        }
     }
+}
+
+#[test]
+fn advance_items_refuses_what_no_log_could_hold() {
+    let mut h = Harness::new();
+    let a = h.change(Kind::Note, item(1), None, put(json!({})));
+    let b = h.change(Kind::Note, item(1), None, put(json!({"a": 1})));
+    let c = h.change(Kind::Note, item(2), None, put(json!({})));
+    h.push(&[a, b, c]);
+    let log = h.log.clone();
+    let base = || UserState::replay(&log[..1]).expect("replay");
+    // Fine: the newest events of items 1 and 2 after seq 1.
+    let mut ok = base();
+    ok.advance_items([&log[1], &log[2]], 3).expect("advance");
+    assert_eq!(ok.item(&item(1)).map(|i| i.version), Some(2));
+    // An event past the moment, out of order, or not after the base.
+    assert!(matches!(
+        base().advance_items([&log[1], &log[2]], 2),
+        Err(ApplyError::SeqGap { .. })
+    ));
+    assert!(matches!(
+        base().advance_items([&log[2], &log[1]], 3),
+        Err(ApplyError::SeqGap { .. })
+    ));
+    assert!(matches!(
+        base().advance_items([&log[0]], 3),
+        Err(ApplyError::SeqGap { .. })
+    ));
+    assert!(matches!(
+        base().advance_items([], 0),
+        Err(ApplyError::SeqGap { .. })
+    ));
+    // A version that does not rise, a kind that changes, a put without a document.
+    let mut stale = log[1].clone();
+    stale.version = 1;
+    assert!(matches!(
+        base().advance_items([&stale], 3),
+        Err(ApplyError::VersionGap { .. })
+    ));
+    let mut kind = log[1].clone();
+    kind.kind = Kind::Task;
+    assert!(matches!(
+        base().advance_items([&kind], 3),
+        Err(ApplyError::KindChanged { .. })
+    ));
+    let mut bare = log[1].clone();
+    bare.document = None;
+    assert!(matches!(
+        base().advance_items([&bare], 3),
+        Err(ApplyError::DocumentMismatch { .. })
+    ));
 }
 
 #[test]

@@ -227,6 +227,65 @@ fn required<T>(v: Option<T>, what: &str, row: usize) -> Result<T, SegmentError> 
     v.ok_or_else(|| invalid(format!("row {row}: {what} is missing or malformed")))
 }
 
+/// The columns that say which of a user's events is an item's newest up to a moment: user, seq,
+/// item and time, by position. A reader of items at a moment reads these for every row and the
+/// rest (documents above all) only for the rows it keeps.
+pub const KEY_COLUMNS: [usize; 4] = [col::USER_ID, col::SEQ, col::ITEM_ID, col::RECORDED_AT];
+
+/// One row of a [`KEY_COLUMNS`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventKey {
+    /// Whose event.
+    pub user_id: UserId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its item.
+    pub item_id: ItemId,
+    /// Its commit time.
+    pub recorded_at: DateTime<chrono::Utc>,
+}
+
+/// Decodes one record batch of a read projected to [`KEY_COLUMNS`].
+pub fn decode_keys(batch: &RecordBatch) -> Result<Vec<EventKey>, SegmentError> {
+    let schema = arrow_schema();
+    let column = |idx: usize| {
+        let name = schema.field(idx).name();
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| invalid(format!("the read has no column {name}")))
+    };
+    let user = column(col::USER_ID)?;
+    let item = column(col::ITEM_ID)?;
+    if user.data_type() != &UUID || item.data_type() != &UUID {
+        return Err(invalid("user_id and item_id are not 16-byte uuid columns"));
+    }
+    let (user, item) = (user.as_fixed_size_binary(), item.as_fixed_size_binary());
+    let seq = column(col::SEQ)?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| invalid("seq is not int64"))?;
+    let recorded_at = column(col::RECORDED_AT)?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| invalid("recorded_at is not a microsecond timestamp"))?;
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(EventKey {
+                user_id: UserId::from_bytes(required(uuid_at(user, i), "user_id", i)?),
+                seq: required(
+                    u64::try_from(seq.value(i)).ok().filter(|v| *v > 0),
+                    "seq",
+                    i,
+                )?,
+                item_id: ItemId::from_bytes(required(uuid_at(item, i), "item_id", i)?),
+                recorded_at: required(
+                    DateTime::from_timestamp_micros(recorded_at.value(i)),
+                    "recorded_at",
+                    i,
+                )?,
+            })
+        })
+        .collect()
+}
+
 /// Decodes one record batch of a segment (or of a projection-free read of one).
 pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<Event>, SegmentError> {
     if batch.schema().fields() != arrow_schema().fields() {

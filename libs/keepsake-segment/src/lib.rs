@@ -20,7 +20,10 @@ pub use checkpoint::{
     checkpoint_meta, checkpoint_schema, decode_checkpoint, decode_checkpoint_batches,
     encode_checkpoint,
 };
-pub use codec::{DECODE_BATCH_ROWS, Segment, decode, decode_batch, encode, writer_properties};
+pub use codec::{
+    DECODE_BATCH_ROWS, EventKey, KEY_COLUMNS, Segment, decode, decode_batch, decode_keys, encode,
+    writer_properties,
+};
 pub use error::SegmentError;
 pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping};
 pub use schema::{
