@@ -587,7 +587,7 @@ enum Opened {
     Pruned,
     /// The pages that may hold the user, and a reader for a second read of the same object.
     Plan {
-        builder: ParquetRecordBatchStreamBuilder<SegmentReader>,
+        builder: Box<ParquetRecordBatchStreamBuilder<SegmentReader>>,
         plan: ReadPlan,
         again: SegmentReader,
     },
@@ -640,7 +640,7 @@ async fn open_for_user(
     Ok(match plan_user_read(builder.metadata(), &user) {
         None => Opened::Pruned,
         Some(plan) => Opened::Plan {
-            builder,
+            builder: Box::new(builder),
             plan,
             again,
         },
@@ -674,7 +674,7 @@ async fn read_user_segment(
     let (builder, plan) = match open_for_user(store, shard, user, l, up_to).await? {
         Opened::After => return Ok(UserSegment::After),
         Opened::Pruned => return Ok(UserSegment::Pruned),
-        Opened::Plan { builder, plan, .. } => (builder, plan),
+        Opened::Plan { builder, plan, .. } => (*builder, plan),
     };
     let mut stream = builder
         .with_row_groups(plan.row_groups)
@@ -754,7 +754,7 @@ async fn read_user_keys(
             builder,
             plan,
             again,
-        } => (builder, plan, again),
+        } => (*builder, plan, again),
     };
     let metadata = builder.metadata().clone();
     let rows_in_groups = plan

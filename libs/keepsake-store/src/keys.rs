@@ -7,7 +7,8 @@
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
-//! restores/<job>/users/<user_id>.json             one user done, with the result (create-only)
+//! restores/<job>/batches/<n:020>.json             users done, with their results (create-only)
+//! restores/<job>/users/<user_id>.json             one user done (written by older versions; read)
 //! restores/<job>/done.json, failed.json           how it ended (create-only)
 //! devices/<user_id>/<device_id>.json              a registered device (create-only; no token)
 //! revocations/<device_id>.json                    a device's revocation (create-only)
@@ -76,8 +77,10 @@ pub enum FleetPart {
     Spec,
     /// `plan.json`.
     Plan,
-    /// `users/<user_id>.json`.
+    /// `users/<user_id>.json`: one user done, as versions before batches wrote it.
     UserDone(UserId),
+    /// `batches/<n:020>.json`: the users done since the previous batch, with their results.
+    Batch(u64),
     /// `done.json`.
     Done,
     /// `failed.json`.
@@ -95,14 +98,15 @@ pub fn fleet(job: RestoreId, part: FleetPart) -> Path {
         FleetPart::Spec => Path::from(format!("restores/{job}/spec.json")),
         FleetPart::Plan => Path::from(format!("restores/{job}/plan.json")),
         FleetPart::UserDone(u) => Path::from(format!("restores/{job}/users/{u}.json")),
+        FleetPart::Batch(n) => Path::from(format!("restores/{job}/batches/{n:020}.json")),
         FleetPart::Done => Path::from(format!("restores/{job}/done.json")),
         FleetPart::Failed => Path::from(format!("restores/{job}/failed.json")),
     }
 }
 
-/// The prefix of a fleet job's per-user markers.
-pub fn fleet_users_prefix(job: RestoreId) -> Path {
-    Path::from(format!("restores/{job}/users"))
+/// The prefix of every object of a fleet job.
+pub fn fleet_prefix(job: RestoreId) -> Path {
+    Path::from(format!("restores/{job}"))
 }
 
 /// The descriptor's path.
@@ -210,6 +214,10 @@ pub fn parse(path: &Path) -> Option<Key> {
             job: parse_id(job)?,
             part: FleetPart::UserDone(parse_id(file.strip_suffix(".json")?)?),
         }),
+        ["restores", job, "batches", file] => Some(Key::Fleet {
+            job: parse_id(job)?,
+            part: FleetPart::Batch(parse_n(file, ".json")?),
+        }),
         ["devices", user, file] => Some(Key::Device {
             user: parse_id(user)?,
             device: parse_id(file.strip_suffix(".json")?)?,
@@ -283,6 +291,10 @@ mod tests {
             Key::Fleet {
                 job: RestoreId(Uuid::from_u128(4)),
                 part: FleetPart::UserDone(UserId(Uuid::from_u128(5))),
+            },
+            Key::Fleet {
+                job: RestoreId(Uuid::from_u128(4)),
+                part: FleetPart::Batch(17),
             },
         ];
         for k in keys {

@@ -96,7 +96,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = keepsake_store::open_store(&dir.path().display().to_string()).expect("store").inner;
         let cfg = LogConfig {
-            checkpoint_every_events: 50_000,
+            checkpoint_every_events: env("KEEPSAKE_PIT_CHECKPOINT_EVENTS", 50_000),
             view_memory_bytes: 2 << 30,
             policy: StagePolicy { max_document_bytes: 1 << 20, ..StagePolicy::default() },
             ..LogConfig::default()

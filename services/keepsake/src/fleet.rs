@@ -1,11 +1,14 @@
 //! Fleet restore: every user (or a list), as of one moment, as a background job.
 //!
 //! The job's objects are create-only (`keepsake_store::keys::fleet`): the spec, the plan (the user
-//! list, fixed when the job starts, so a resumed job restores the same users), one marker per
-//! finished user, and `done.json` or `failed.json`. A user's restore id is UUIDv5(job, user), so
-//! after a crash a user whose events landed but whose marker did not is answered from its restore
-//! record: nobody is restored twice and no event is written twice. Jobs without an end marker are
-//! resumed when the server starts.
+//! list, fixed when the job starts, so a resumed job restores the same users), batches of
+//! finished users with their results (one object per [`BATCH_USERS`] users or per second, not
+//! one per user: on a file store per-user files cost more than the restore itself), and
+//! `done.json` or `failed.json`. A user's restore id is UUIDv5(job, user) and each change id
+//! UUIDv5(restore id, item), so after a crash a user whose events landed but whose batch did not
+//! writes nothing again (the changes answer `duplicate`), and its result is counted from the
+//! restore's events in the log: nobody is restored twice, no event is written twice, and the job
+//! reports what was written once. Jobs without an end marker are resumed when the server starts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::restore::{Spec, restore_user};
+use crate::restore::{Done, Spec, restore_fleet_user};
+
+/// Finished users recorded per batch object, at most.
+pub const BATCH_USERS: usize = 256;
+/// A batch is recorded at least this often while users finish.
+const BATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// What an operator asked for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +84,53 @@ pub struct Fleet {
 #[derive(Serialize, Deserialize)]
 struct Plan {
     users: Vec<UserId>,
+}
+
+/// One finished user in a batch.
+#[derive(Serialize, Deserialize)]
+struct UserResult {
+    user_id: UserId,
+    #[serde(flatten)]
+    result: Done,
+}
+
+/// `batches/<n>.json`.
+#[derive(Serialize, Deserialize, Default)]
+struct Batch {
+    users: Vec<UserResult>,
+}
+
+/// Writes the finished users not yet recorded as batch `next` (the next free number, if another
+/// run took it), and empties `pending`.
+async fn record_batch(
+    store: &dyn ObjectStore,
+    job: RestoreId,
+    next: &mut u64,
+    pending: &mut Vec<UserResult>,
+) -> Result<(), String> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let batch = Batch {
+        users: std::mem::take(pending),
+    };
+    let body = serde_json::to_vec(&batch).map_err(|e| e.to_string())?;
+    loop {
+        let path = keys::fleet(job, FleetPart::Batch(*next));
+        *next += 1;
+        match store
+            .put_opts(
+                &path,
+                PutPayload::from(body.clone()),
+                keepsake_store::create_only(),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(format!("{path}: {e}")),
+        }
+    }
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -209,9 +264,12 @@ impl Fleet {
         let job = spec.restore_id;
         let store = self.log.store().clone();
         let plan_path = keys::fleet(job, FleetPart::Plan);
+        // A job whose plan exists ran before, and may have committed users it did not record.
+        let mut again = true;
         let plan = match get_json::<Plan>(store.as_ref(), &plan_path).await? {
             Some(p) => p,
             None => {
+                again = false;
                 let users = match &spec.users {
                     Some(u) => u.clone(),
                     None => self.log.all_users().await.map_err(|e| e.to_string())?,
@@ -222,29 +280,40 @@ impl Fleet {
                     .ok_or("the plan vanished")?
             }
         };
-        let done: HashSet<UserId> = store
-            .list(Some(&keys::fleet_users_prefix(job)))
+        let parts: Vec<FleetPart> = store
+            .list(Some(&keys::fleet_prefix(job)))
             .try_filter_map(|m| async move {
                 Ok(match keys::parse(&m.location) {
-                    Some(keys::Key::Fleet {
-                        part: FleetPart::UserDone(u),
-                        ..
-                    }) => Some(u),
+                    Some(keys::Key::Fleet { part, .. }) => Some(part),
                     _ => None,
                 })
             })
             .try_collect()
             .await
             .map_err(|e| e.to_string())?;
+        let mut done: HashSet<UserId> = HashSet::new();
         let mut written = 0;
-        for u in &done {
-            if let Some(d) = get_json::<crate::restore::Done>(
-                store.as_ref(),
-                &keys::fleet(job, FleetPart::UserDone(*u)),
-            )
-            .await?
-            {
-                written += d.restored + d.reverted + d.removed;
+        let mut next_batch = 1;
+        for part in parts {
+            let results = match part {
+                FleetPart::Batch(n) => {
+                    next_batch = next_batch.max(n + 1);
+                    get_json::<Batch>(store.as_ref(), &keys::fleet(job, part))
+                        .await?
+                        .unwrap_or_default()
+                        .users
+                }
+                FleetPart::UserDone(u) => get_json::<Done>(store.as_ref(), &keys::fleet(job, part))
+                    .await?
+                    .map(|result| UserResult { user_id: u, result })
+                    .into_iter()
+                    .collect(),
+                _ => continue,
+            };
+            for r in results {
+                if done.insert(r.user_id) {
+                    written += r.result.restored + r.result.reverted + r.result.removed;
+                }
             }
         }
         let total = plan.users.len() as u64;
@@ -253,7 +322,7 @@ impl Fleet {
             p.users_done = done.len() as u64;
             p.changes_written = written;
         });
-        info!(restore_id = %job, users = total, already_done = done.len(), "fleet restore running");
+        info!(restore_id = %job, users = total, already_done = done.len(), resumed = again, "fleet restore running");
         let restore_spec = Spec {
             at: UpTo::Time(spec.as_of),
             as_of: Some(spec.as_of.to_rfc3339()),
@@ -276,13 +345,17 @@ impl Fleet {
         for u in todo {
             by_shard.entry(self.log.shard_of(&u)).or_default().push(u);
         }
+        let mut pending: Vec<UserResult> = Vec::new();
+        let mut last_batch = tokio::time::Instant::now();
         for (shard, users) in by_shard {
             let wanted: HashSet<UserId> = users.iter().copied().collect();
-            let mut targets = self
-                .log
-                .users_at(shard, &wanted, spec.as_of)
-                .await
-                .map_err(|e| format!("shard {shard} as of {}: {e}", spec.as_of))?;
+            let mut targets = match self.log.users_at(shard, &wanted, spec.as_of).await {
+                Ok(t) => t,
+                Err(e) => {
+                    record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
+                    return Err(format!("shard {shard} as of {}: {e}", spec.as_of));
+                }
+            };
             info!(restore_id = %job, shard, users = users.len(), "fleet restore: shard folded to the moment");
             // A user with no event by the moment had nothing: the empty state.
             let work: Vec<_> = users
@@ -301,20 +374,12 @@ impl Fleet {
                 })
                 .map(|(u, target)| {
                     let spec = &restore_spec;
-                    let store = store.clone();
                     async move {
                         let id = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
                         let mut last = String::new();
                         for attempt in 1..=5u32 {
-                            match restore_user(&self.log, self.clock.as_ref(), u, spec, Some(id), false, None, Some(target.clone())).await {
-                                Ok(d) => {
-                                    put_once(store.as_ref(), &keys::fleet(job, FleetPart::UserDone(u)), &d).await?;
-                                    self.set(job, |p| {
-                                        p.users_done += 1;
-                                        p.changes_written += d.restored + d.reverted + d.removed;
-                                    });
-                                    return Ok(());
-                                }
+                            match restore_fleet_user(&self.log, u, spec, id, target.clone(), again).await {
+                                Ok(result) => return Ok(UserResult { user_id: u, result }),
                                 Err(e) => {
                                     last = e.to_string();
                                     warn!(restore_id = %job, user_id = %u, attempt, error = %e, "restoring a user failed; retrying");
@@ -325,13 +390,31 @@ impl Fleet {
                         Err(format!("user {u}: {last}"))
                     }
                 })
-                .buffer_unordered(self.concurrency)
-                .collect::<Vec<Result<(), String>>>()
-                .await;
-            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                return Err(e);
+                .buffer_unordered(self.concurrency);
+            futures::pin_mut!(results);
+            while let Some(r) = results.next().await {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Record who finished, so that a rerun starts after them.
+                        record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
+                        return Err(e);
+                    }
+                };
+                let d = &r.result;
+                let changes = d.restored + d.reverted + d.removed;
+                self.set(job, |p| {
+                    p.users_done += 1;
+                    p.changes_written += changes;
+                });
+                pending.push(r);
+                if pending.len() >= BATCH_USERS || last_batch.elapsed() >= BATCH_EVERY {
+                    record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
+                    last_batch = tokio::time::Instant::now();
+                }
             }
         }
+        record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
         let now = self.clock.now();
         let (users_done, changes_written) = self
             .progress
@@ -381,5 +464,197 @@ impl Fleet {
             p.error = failed["error"].as_str().map(String::from);
         }
         Ok(Some(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+    use keepsake_log::{LogConfig, PushRequest};
+    use keepsake_model::{
+        Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Origin, RandomIds, SystemClock,
+        UserState,
+    };
+
+    fn id() -> uuid::Uuid {
+        keepsake_model::IdGenerator::random(&RandomIds)
+    }
+
+    async fn push(log: &Log, user: UserId, changes: Vec<Change>) {
+        log.push(PushRequest {
+            user_id: user,
+            meta: EventMeta {
+                device_id: None,
+                origin: Origin::Device,
+                request_id: None,
+                restore_id: None,
+            },
+            changes,
+            confirm_mass_delete: true,
+        })
+        .await
+        .expect("push");
+    }
+
+    /// A job that ran before: some users recorded in a batch, some restored but not recorded
+    /// (the crash came between their push and their batch), the rest not started. Resumed, it
+    /// restores each user once, writes nothing twice, counts every change once, and numbers its
+    /// batches after the old one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resumed_job_counts_unrecorded_users_from_the_log_and_writes_nothing_twice() {
+        let store = keepsake_store::open_store("memory://")
+            .expect("store")
+            .inner;
+        let log = Arc::new(
+            Log::open(
+                store.clone(),
+                Some(1),
+                LogConfig::default(),
+                Arc::new(SystemClock),
+                Arc::new(RandomIds),
+            )
+            .await
+            .expect("log"),
+        );
+        let users: Vec<UserId> = (0..10).map(|_| UserId(id())).collect();
+        let items: Vec<Vec<ItemId>> = users
+            .iter()
+            .map(|_| (0..3).map(|_| ItemId(id())).collect())
+            .collect();
+        let change = |item: ItemId, body: ChangeBody| Change {
+            change_id: ChangeId(id()),
+            kind: Kind::Note,
+            item_id: item,
+            base_version: None,
+            body,
+        };
+        for (u, its) in users.iter().zip(&items) {
+            let doc = || ChangeBody::Put {
+                document: Document::from_object(&serde_json::Map::new()),
+            };
+            push(&log, *u, its.iter().map(|i| change(*i, doc())).collect()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = SystemClock.now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for (u, its) in users.iter().zip(&items) {
+            // Two items deleted, one edited: 2 restored + 1 reverted per user.
+            let mut wipe: Vec<Change> = its[..2]
+                .iter()
+                .map(|i| change(*i, ChangeBody::Delete))
+                .collect();
+            let mut edited = serde_json::Map::new();
+            edited.insert("broken".into(), true.into());
+            wipe.push(change(
+                its[2],
+                ChangeBody::Put {
+                    document: Document::from_object(&edited),
+                },
+            ));
+            push(&log, *u, wipe).await;
+        }
+        let job = RestoreId(id());
+        let spec = JobSpec {
+            restore_id: job,
+            scope: "fleet".into(),
+            as_of: t,
+            users: Some(users.clone()),
+            kinds: None,
+            reason: "test".into(),
+            created_at: t,
+        };
+        // The earlier run: its plan, users 0-2 restored and recorded in batch 1, users 3-4
+        // restored without a record.
+        put_once(
+            store.as_ref(),
+            &keys::fleet(job, FleetPart::Plan),
+            &Plan {
+                users: users.clone(),
+            },
+        )
+        .await
+        .expect("plan");
+        let restore_spec = Spec {
+            at: UpTo::Time(t),
+            as_of: None,
+            as_of_seq: None,
+            kinds: None,
+            reason: "test".into(),
+        };
+        let mut earlier = Vec::new();
+        for u in &users[..5] {
+            let target = log.items_at(u, UpTo::Time(t)).await.expect("target");
+            let uid = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
+            let result = restore_fleet_user(&log, *u, &restore_spec, uid, target, false)
+                .await
+                .expect("restore");
+            assert_eq!((result.restored, result.reverted), (2, 1));
+            earlier.push(UserResult {
+                user_id: *u,
+                result,
+            });
+        }
+        earlier.truncate(3);
+        let mut next = 1;
+        record_batch(store.as_ref(), job, &mut next, &mut earlier)
+            .await
+            .expect("batch");
+
+        let fleet = Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
+        fleet.start(spec).await.expect("start");
+        let mut p = Progress::default();
+        for _ in 0..500 {
+            p = fleet.progress(job).await.expect("progress").expect("job");
+            if p.state != "running" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            (p.state.as_str(), p.users_done, p.changes_written),
+            ("done", 10, 30),
+            "{p:?}"
+        );
+        for u in &users {
+            let events = log.user_events(u, UpTo::End).await.expect("events");
+            let restores = events
+                .iter()
+                .filter(|e| e.origin == Origin::Restore)
+                .count();
+            assert_eq!(restores, 3, "user {u} restored once");
+            let now = log.user(u, UserState::clone).await.expect("user");
+            let live = now.items().filter(|i| !i.deleted).count();
+            assert_eq!(live, 3);
+        }
+        // The resumed run's batches come after the earlier run's, and hold the other 7 users.
+        let batches: Vec<_> = store
+            .list(Some(&keys::fleet_prefix(job)))
+            .try_filter_map(|m| async move {
+                Ok(match keys::parse(&m.location) {
+                    Some(keys::Key::Fleet {
+                        part: FleetPart::Batch(n),
+                        ..
+                    }) => Some(n),
+                    _ => None,
+                })
+            })
+            .try_collect()
+            .await
+            .expect("list");
+        let mut recorded = 0;
+        for n in &batches {
+            let b: Batch = get_json(store.as_ref(), &keys::fleet(job, FleetPart::Batch(*n)))
+                .await
+                .expect("read")
+                .expect("batch");
+            if *n > 1 {
+                recorded += b.users.len();
+            }
+        }
+        assert!(batches.contains(&1) && batches.len() >= 2, "{batches:?}");
+        assert_eq!(recorded, 7);
+        log.shutdown().await;
     }
 }

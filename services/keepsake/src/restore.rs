@@ -8,6 +8,7 @@
 //!   UUIDv5(restore_id, item_id): sending the same restore again is answered `duplicate`.
 //! - After the events are committed, `restores/<restore_id>.json` records the request (with the
 //!   operator's reason) and the result; a restore sent again under the same id answers from it.
+//!   A fleet job's users are recorded by the job, in batches ([`crate::fleet`]), not one by one.
 
 use std::collections::BTreeMap;
 
@@ -151,8 +152,9 @@ pub(crate) async fn read_record(log: &Log, id: RestoreId) -> Result<Option<Value
 
 /// Restores one user. With `restore_id` absent, the id is derived from the user, the moment, the
 /// kinds and the current seq: a retry after success then finds nothing left to change.
-/// `target` is the user's state at the moment when the caller has it already (a fleet restore
-/// folds each shard once for all its users); otherwise it is read with [`Log::user_at`].
+/// `target` is the user's state at the moment when the caller has it already; otherwise it is
+/// read with [`Log::items_at`]. After the changes are committed the restore is recorded (see
+/// the module docs), and a restore sent again under a recorded id answers from the record.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_user(
     log: &Log,
@@ -182,6 +184,97 @@ pub async fn restore_user(
             seq: n("seq"),
         });
     }
+    let (done, pushed) =
+        restore_changes(log, user, spec, restore_id, dry_run, request_id, target).await?;
+    if pushed.is_some() {
+        let record = json!({
+            "restore_id": done.restore_id, "scope": "user", "user_id": user, "as_of": spec.as_of, "as_of_seq": spec.as_of_seq,
+            "kinds": spec.kinds, "reason": spec.reason, "restored": done.restored, "reverted": done.reverted, "removed": done.removed,
+            "seq": done.seq, "recorded_at": clock.now(),
+        });
+        let put = log
+            .store()
+            .put_opts(
+                &keepsake_store::keys::restore_job(done.restore_id),
+                object_store::PutPayload::from(record.to_string().into_bytes()),
+                keepsake_store::create_only(),
+            )
+            .await;
+        if let Err(e) = put
+            && !matches!(e, object_store::Error::AlreadyExists { .. })
+        {
+            tracing::warn!(user_id = %user, restore_id = %done.restore_id, error = %e, "recording the restore failed; its events are committed");
+        }
+    }
+    Ok(done)
+}
+
+/// Restores one user of a fleet job under `restore_id` without a record of its own: the job
+/// records its users' results in batches. `again` says the job ran before and may have
+/// committed this user's restore without recording it; the result is then counted from the
+/// restore's events in the log, so a resumed job reports what was written, once.
+pub(crate) async fn restore_fleet_user(
+    log: &Log,
+    user: UserId,
+    spec: &Spec,
+    restore_id: RestoreId,
+    target: UserState,
+    again: bool,
+) -> Result<Done, RestoreError> {
+    let (done, pushed) =
+        restore_changes(log, user, spec, Some(restore_id), false, None, Some(target)).await?;
+    if again && pushed != Some(true) {
+        return Ok(counted_from_log(log, user, restore_id)
+            .await?
+            .unwrap_or(done));
+    }
+    Ok(done)
+}
+
+/// The result of restore `id` of `user` as its events in the log show it; `None` if it wrote
+/// none. Restored and reverted are told apart by the items just before the restore's first event.
+async fn counted_from_log(
+    log: &Log,
+    user: UserId,
+    id: RestoreId,
+) -> Result<Option<Done>, RestoreError> {
+    let events = log.user_events(&user, UpTo::End).await?;
+    let mine: Vec<_> = events.iter().filter(|e| e.restore_id == Some(id)).collect();
+    let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+        return Ok(None);
+    };
+    let before = log.items_at(&user, UpTo::Seq(first.seq - 1)).await?;
+    let (mut restored, mut reverted, mut removed) = (0, 0, 0);
+    for e in &mine {
+        match (e.op, before.item(&e.item_id)) {
+            (keepsake_model::Op::Delete, _) => removed += 1,
+            (_, Some(i)) if !i.deleted => reverted += 1,
+            _ => restored += 1,
+        }
+    }
+    Ok(Some(Done {
+        restore_id: id,
+        dry_run: false,
+        duplicate: true,
+        restored,
+        reverted,
+        removed,
+        seq: last.seq,
+    }))
+}
+
+/// Computes and (unless `dry_run`) pushes one user's restore. Answers the result and, when it
+/// pushed changes, whether any event was committed (`Some(false)`: every change was answered as
+/// a duplicate of one committed before).
+async fn restore_changes(
+    log: &Log,
+    user: UserId,
+    spec: &Spec,
+    restore_id: Option<RestoreId>,
+    dry_run: bool,
+    request_id: Option<RequestId>,
+    target: Option<UserState>,
+) -> Result<(Done, Option<bool>), RestoreError> {
     let current = log.user(&user, UserState::clone).await?;
     let target = match target {
         Some(t) => t,
@@ -202,6 +295,7 @@ pub async fn restore_user(
     let (changes, restored, reverted, removed) =
         compensating(&current, &target, &spec.kinds, restore_id);
     let mut seq = current.last_seq();
+    let mut pushed = None;
     if !dry_run && !changes.is_empty() {
         let result = log
             .push(PushRequest {
@@ -223,34 +317,20 @@ pub async fn restore_user(
         {
             tracing::warn!(user_id = %user, %restore_id, outcome = ?bad, "a restore change was not applied");
         }
+        pushed = Some(result.segment.is_some());
         seq = result.last_seq;
-        let record = json!({
-            "restore_id": restore_id, "scope": "user", "user_id": user, "as_of": spec.as_of, "as_of_seq": spec.as_of_seq,
-            "kinds": spec.kinds, "reason": spec.reason, "restored": restored, "reverted": reverted, "removed": removed,
-            "seq": seq, "recorded_at": clock.now(),
-        });
-        let put = log
-            .store()
-            .put_opts(
-                &keepsake_store::keys::restore_job(restore_id),
-                object_store::PutPayload::from(record.to_string().into_bytes()),
-                keepsake_store::create_only(),
-            )
-            .await;
-        if let Err(e) = put
-            && !matches!(e, object_store::Error::AlreadyExists { .. })
-        {
-            tracing::warn!(user_id = %user, %restore_id, error = %e, "recording the restore failed; its events are committed");
-        }
     }
     tracing::info!(user_id = %user, %restore_id, dry_run, restored, reverted, removed, "restore");
-    Ok(Done {
-        restore_id,
-        dry_run,
-        duplicate: false,
-        restored,
-        reverted,
-        removed,
-        seq,
-    })
+    Ok((
+        Done {
+            restore_id,
+            dry_run,
+            duplicate: false,
+            restored,
+            reverted,
+            removed,
+            seq,
+        },
+        pushed,
+    ))
 }
