@@ -21,7 +21,9 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{SegmentError, invalid};
-use crate::schema::{NO_STATISTICS_COLUMNS, PLAIN_COLUMNS, SegmentMeta, UUID, arrow_schema, col};
+use crate::schema::{
+    NO_STATISTICS_COLUMNS, PLAIN_COLUMNS, SegmentMeta, UUID, ZSTD_COLUMNS, arrow_schema, col,
+};
 
 /// Rows per data page: small enough that the page index narrows one user's read to a few pages.
 const PAGE_ROWS: usize = 2048;
@@ -45,11 +47,15 @@ pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
         nulls_first: false,
     };
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_compression(Compression::UNCOMPRESSED)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(vec![sort(col::USER_ID), sort(col::SEQ)]));
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1)?);
+    for name in ZSTD_COLUMNS {
+        b = b.set_column_compression(ColumnPath::from(name), zstd);
+    }
     for name in PLAIN_COLUMNS {
         b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
     }

@@ -104,6 +104,60 @@ fn schema_file_matches_the_code() {
     );
 }
 
+/// Every column chunk of a new segment is written the way the schema file says: compressed only
+/// where it names zstd, without a dictionary where it says plain, without statistics where it
+/// says so.
+#[test]
+fn segments_are_written_as_the_schema_file_says() {
+    let events = fixtures::history(3, 5, 400, t(0));
+    let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+    let enc = &schema_description()["encoding"];
+    let named = |key: &str| -> Vec<String> {
+        enc[key]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_str().expect("a name").to_string())
+            .collect()
+    };
+    let (zstd, plain, no_stats) = (
+        named("zstd(1)_columns"),
+        named("plain_columns"),
+        named("no_statistics"),
+    );
+    assert_eq!(enc["compression"], "none");
+    for rg in builder.metadata().row_groups() {
+        for c in rg.columns() {
+            let name = c.column_path().string();
+            let compression = c.compression();
+            if zstd.contains(&name) {
+                assert!(
+                    matches!(compression, parquet::basic::Compression::ZSTD(_)),
+                    "{name}: {compression:?}"
+                );
+            } else {
+                assert_eq!(
+                    compression,
+                    parquet::basic::Compression::UNCOMPRESSED,
+                    "{name}"
+                );
+            }
+            if plain.contains(&name) {
+                assert!(
+                    c.dictionary_page_offset().is_none(),
+                    "{name} has a dictionary"
+                );
+            }
+            assert_eq!(
+                c.statistics().is_none(),
+                no_stats.contains(&name),
+                "{name}: statistics"
+            );
+        }
+    }
+}
+
 /// The events of the checked-in golden segment, spelled out by hand.
 fn golden_events() -> Vec<Event> {
     let user = |n: u128| UserId(Uuid::from_u128(n));
