@@ -140,7 +140,8 @@ impl Log {
                 // create-only PUT of the next segment (AlreadyExists -> read back -> catch up).
                 needs_resync: false,
                 last_put: None,
-                last_prepare: std::time::Duration::ZERO,
+                prepare_estimate: std::time::Duration::ZERO,
+                answered_at: None,
                 head_tx,
             };
             tasks.push(tokio::spawn(

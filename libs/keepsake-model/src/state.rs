@@ -13,6 +13,12 @@
 /// must resist crafted collisions) and several times faster than SipHash on 16-byte keys.
 pub type IdMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
+/// [`IdMap`] for maps that grow with a user's history (items, change ids). A plain hash map
+/// doubles by rehashing every entry at once: a user's million change ids, or many users growing
+/// in step, stalled the shard writer for tens of milliseconds in one batch. griddle moves the
+/// entries to the grown table a few per insert instead.
+pub type GrowingMap<K, V> = griddle::HashMap<K, V, ahash::RandomState>;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -82,8 +88,8 @@ pub struct UserState {
     /// Items by the seq of their last change: pulls read "changed after seq n" in order without
     /// scanning every item. Kept up to date by `put_item`.
     by_seq: std::collections::BTreeMap<u64, ItemId>,
-    items: IdMap<ItemId, ItemState>,
-    changes: IdMap<ChangeId, ChangeRef>,
+    items: GrowingMap<ItemId, ItemState>,
+    changes: GrowingMap<ChangeId, ChangeRef>,
 }
 
 impl UserState {
