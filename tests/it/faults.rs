@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use keepsake_log::{LogConfig, LogError, LogStats, UpTo, read_user};
-use keepsake_model::{Outcome, UserState};
+use keepsake_model::{ChangeBody, Outcome, StateRead, UserState};
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -232,5 +232,74 @@ async fn corrupt_segment_refuses_to_open() {
             ..
         }) => {}
         other => panic!("expected a corrupt segment, got {other:?}"),
+    }
+}
+
+/// Reads of one user take the segments' sizes from the view, which records every committed
+/// segment's, instead of listing the store (on a local store a listing reads every file's
+/// metadata): with every listing of segments failing, after the writer committed them and
+/// after a reopen (whose recovery lists once), a user's events, state and items at a moment,
+/// and a stale patch's ancestor are all read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_one_user_do_not_list_the_segments() {
+    let (faulty, store) = faulty();
+    let u = user();
+    let it = item();
+    let patch = |base, doc| {
+        change(
+            keepsake_model::Kind::Note,
+            it,
+            Some(base),
+            ChangeBody::patch(doc),
+        )
+    };
+    for reopened in [false, true] {
+        let log = open(store.clone(), 1, fast_config()).await.expect("open");
+        if !reopened {
+            push(&log, u, vec![put(it, json!({"a": 1, "b": 1}))])
+                .await
+                .expect("v1");
+            push(&log, u, vec![patch(1, json!({"a": 2}))])
+                .await
+                .expect("v2");
+            for i in 0..5 {
+                push(&log, u, vec![put(item(), json!({ "i": i }))])
+                    .await
+                    .expect("more");
+            }
+        }
+        faulty.inject(FaultOp::List, "segments", Fault::Fail, 1000);
+        let events = log.user_events(&u, UpTo::End).await.expect("events");
+        let n = events.len() as u64;
+        assert!(n >= 7);
+        let state = log.user_at(&u, UpTo::Seq(2)).await.expect("user at");
+        assert_eq!(state.last_seq(), 2);
+        let items = log.items_at(&u, UpTo::Seq(n - 1)).await.expect("items at");
+        assert_eq!(items.last_seq(), n - 1);
+        let at = events[3].recorded_at;
+        let by_time = log
+            .items_at(&u, UpTo::Time(at))
+            .await
+            .expect("items at a time");
+        assert!(by_time.last_seq() >= 4);
+        // A stale patch (base 1, the item is at 2 or later) merges with its ancestor from the log.
+        let version = log
+            .user(&u, |s| s.item(&it).map(|i| i.version))
+            .await
+            .expect("user")
+            .expect("item");
+        // Each round patches a field nobody changed since version 1.
+        let field = if reopened { "c" } else { "b" };
+        let merged = push(&log, u, vec![patch(1, json!({ field: n }))])
+            .await
+            .expect("stale patch");
+        assert!(
+            matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == version + 1),
+            "{merged:?}"
+        );
+        assert!(LogStats::get(&log.stats().ancestor_reads) >= 1);
+        assert_eq!(faulty.injected(), 0, "no listing of segments was tried");
+        faulty.clear();
+        log.shutdown().await;
     }
 }

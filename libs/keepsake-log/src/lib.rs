@@ -41,7 +41,8 @@ pub use error::LogError;
 pub use reader::{
     LatestItems, ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments,
     read_checkpoint, read_checkpoint_user, read_checkpoint_user_items, read_segment,
-    read_segment_meta, read_user, read_user_in, read_user_latest_in, scan_shard,
+    read_segment_meta, read_segment_sized, read_user, read_user_in, read_user_latest_in,
+    read_user_latest_sized, read_user_sized, scan_shard,
 };
 pub use stats::{AtomicHistogram, LogStats};
 pub use view::ShardState;
@@ -314,39 +315,40 @@ impl Log {
             }
         };
         if !exact.is_empty() {
-            let (events, _) = read_user_in(
-                self.store.clone(),
-                shard,
-                *user,
-                |n| exact.contains(&n),
-                UpTo::End,
-            )
-            .await?;
+            let mut numbers: Vec<u64> = exact.iter().copied().collect();
+            numbers.sort_unstable();
+            let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
             take(&events, &mut wanted);
         }
         let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
         let mut group = 4;
         while !wanted.is_empty() && !rest.is_empty() {
             let newest = rest.split_off(rest.len() - group.min(rest.len()));
-            let (events, _) = read_user_in(
-                self.store.clone(),
-                shard,
-                *user,
-                |n| newest.contains(&n),
-                UpTo::End,
-            )
-            .await?;
+            let events = self.read_segments(shard, user, newest, UpTo::End).await?;
             take(&events, &mut wanted);
             group *= 8;
         }
         if let Some(c) = checkpoint
             && !wanted.is_empty()
         {
-            let (events, _) =
-                read_user_in(self.store.clone(), shard, *user, |n| n <= c, UpTo::End).await?;
+            let events = self
+                .read_segments(shard, user, (1..=c).collect(), UpTo::End)
+                .await?;
             take(&events, &mut wanted);
         }
         Ok(found)
+    }
+
+    /// One user's events in segments `numbers` (ascending) of `shard`: see [`read_segments`].
+    async fn read_segments(
+        &self,
+        shard: u32,
+        user: &UserId,
+        numbers: Vec<u64>,
+        up_to: UpTo,
+    ) -> Result<Vec<Event>, LogError> {
+        let state = &self.shards[shard as usize].state;
+        read_segments(&self.store, shard, state, *user, numbers, up_to).await
     }
 
     /// Reads a user's committed state, loading it from the log if it is not in memory.
@@ -388,16 +390,8 @@ impl Log {
             };
             (v.checkpoint.unwrap_or(0), tail)
         };
-        let tail: HashSet<u64> = tail.into_iter().collect();
-        let (events, _) = read_user_in(
-            self.store.clone(),
-            shard,
-            *user,
-            |n| n <= checkpoint || tail.contains(&n),
-            up_to,
-        )
-        .await?;
-        Ok(events)
+        let numbers = (1..=checkpoint).chain(tail).collect();
+        self.read_segments(shard, user, numbers, up_to).await
     }
 
     /// The user's state as it was at a moment: after every event with `seq <= n`
@@ -477,12 +471,9 @@ impl Log {
                     UpTo::End | UpTo::Time(_) => v.segments_of(user, from, head),
                 });
             // The base is the view's newest checkpoint: the index knows the user's segments.
-            let wanted = |n: u64| match &indexed {
-                Some(segs) => segs.contains(&n),
-                None => (from..=head).contains(&n),
-            };
+            let numbers = indexed.unwrap_or_else(|| (from..=head).collect());
             if with_changes {
-                let (events, _) = read_user_in(store.clone(), shard, *user, wanted, at).await?;
+                let events = self.read_segments(shard, user, numbers, at).await?;
                 for e in &events {
                     keepsake_model::apply(&mut state, e)
                         .map_err(|err| LogError::corrupt(shard, head, err))?;
@@ -490,9 +481,21 @@ impl Log {
             } else {
                 // Items only: each item's newest event, not every document it ever had.
                 let after = state.last_seq();
-                let latest =
-                    reader::read_user_latest_in(store.clone(), shard, *user, wanted, at, after)
-                        .await?;
+                let known = self.shards[shard as usize]
+                    .state
+                    .read()
+                    .map_err(|_| poisoned(shard))?
+                    .sized(numbers.iter().copied());
+                let latest = match known {
+                    Some(segs) => {
+                        reader::read_user_latest_sized(store.clone(), shard, *user, segs, at, after)
+                            .await?
+                    }
+                    None => {
+                        let wanted = |n| numbers.binary_search(&n).is_ok();
+                        read_user_latest_in(store.clone(), shard, *user, wanted, at, after).await?
+                    }
+                };
                 state
                     .advance_items(&latest.events, latest.last_seq)
                     .map_err(|err| LogError::corrupt(shard, head, err))?;
@@ -752,6 +755,9 @@ pub async fn recover_shard(
         .into_iter()
         .rfind(|c| *c <= head);
     let mut state = ShardState::default();
+    for l in &listed {
+        state.record_segment_size(l.n, l.size);
+    }
     state.checkpoint = checkpoint;
     if let Some(c) = checkpoint {
         for (user, s) in read_checkpoint(store.as_ref(), shard, c).await? {
@@ -784,6 +790,31 @@ pub async fn recover_shard(
     Ok(state)
 }
 
+/// One user's events in segments `numbers` (ascending) of `shard`, with the segments' sizes from
+/// the view (it knows every committed segment's), so that the store is not listed; by a listing
+/// when the view does not know one.
+async fn read_segments(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &RwLock<ShardState>,
+    user: UserId,
+    numbers: Vec<u64>,
+    up_to: UpTo,
+) -> Result<Vec<Event>, LogError> {
+    let known = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .sized(numbers.iter().copied());
+    let (events, _) = match known {
+        Some(segs) => reader::read_user_sized(store.clone(), shard, user, segs, up_to).await?,
+        None => {
+            let wanted = |n| numbers.binary_search(&n).is_ok();
+            read_user_in(store.clone(), shard, user, wanted, up_to).await?
+        }
+    };
+    Ok(events)
+}
+
 /// Makes a user resident: the newest checkpoint's rows for the user, then the segments after
 /// it up to the head. A commit that lands meanwhile is folded in before the user is inserted.
 pub(crate) async fn load_user(
@@ -810,14 +841,7 @@ pub(crate) async fn load_user(
         loop {
             if !segments.is_empty() {
                 let wanted = std::mem::take(&mut segments);
-                let (events, _) = read_user_in(
-                    store.clone(),
-                    shard,
-                    user,
-                    |n| wanted.contains(&n),
-                    UpTo::End,
-                )
-                .await?;
+                let events = read_segments(store, shard, state, user, wanted, UpTo::End).await?;
                 for e in &events {
                     keepsake_model::apply(&mut loaded, e)
                         .map_err(|err| LogError::corrupt(shard, read_to, err))?;

@@ -121,6 +121,17 @@ pub async fn read_segment(
     shard: u32,
     n: u64,
 ) -> Result<Option<Segment>, LogError> {
+    Ok(read_segment_sized(store, shard, n)
+        .await?
+        .map(|(seg, _)| seg))
+}
+
+/// [`read_segment`], with the object's size.
+pub async fn read_segment_sized(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<Option<(Segment, u64)>, LogError> {
     let bytes = match store.get(&keys::segment(shard, n)).await {
         Ok(got) => got
             .bytes()
@@ -129,7 +140,8 @@ pub async fn read_segment(
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
-    decode_checked(shard, n, bytes).map(Some)
+    let size = bytes.len() as u64;
+    decode_checked(shard, n, bytes).map(|seg| Some((seg, size)))
 }
 
 /// Decodes segment bytes and checks that the file is the segment its key says it is.
@@ -534,10 +546,26 @@ pub async fn read_user_in(
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
-    let wanted: Vec<Listed> = listed.into_iter().filter(|l| segments(l.n)).collect();
+    let wanted = listed
+        .into_iter()
+        .filter(|l| segments(l.n))
+        .map(|l| (l.n, l.size))
+        .collect();
+    read_user_sized(store, shard, user, wanted, up_to).await
+}
+
+/// [`read_user_in`] over segments whose numbers and sizes (ascending) the caller knows, as the
+/// log's view does: no listing of the store.
+pub async fn read_user_sized(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    segments: Vec<(u64, u64)>,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
     // Each segment is read on its own task, so that decoding uses every core; reads still
     // ahead when the caller stops are aborted.
-    let mut reads = futures::stream::iter(wanted)
+    let mut reads = futures::stream::iter(segments)
         .map(|l| {
             Aborting(tokio::spawn(read_user_segment(
                 store.clone(),
@@ -599,20 +627,17 @@ async fn open_for_user(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    l: Listed,
+    (n, size): (u64, u64),
     up_to: UpTo,
 ) -> Result<Opened, LogError> {
-    let context = || format!("read segment {} of shard {shard}", l.n);
-    let path = keys::segment(shard, l.n);
-    let whole = if l.size <= WHOLE_READ_BYTES {
+    let context = || format!("read segment {n} of shard {shard}");
+    let path = keys::segment(shard, n);
+    let whole = if size <= WHOLE_READ_BYTES {
         match store.get(&path).await {
             Ok(got) => Some(got.bytes().await.map_err(store_err(context()))?),
             // Listed but gone: a gap, like a missing number.
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(LogError::Gap {
-                    shard,
-                    missing: l.n,
-                });
+                return Err(LogError::Gap { shard, missing: n });
             }
             Err(e) => return Err(store_err(context())(e)),
         }
@@ -622,16 +647,16 @@ async fn open_for_user(
     let reader = SegmentReader {
         store,
         path,
-        size: whole.as_ref().map_or(l.size, |b| b.len() as u64),
+        size: whole.as_ref().map_or(size, |b| b.len() as u64),
         whole,
     };
     let again = reader.clone();
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options())
         .await
-        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
     let meta =
         SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
-            .map_err(|e| LogError::corrupt(shard, l.n, e))?;
+            .map_err(|e| LogError::corrupt(shard, n, e))?;
     if let UpTo::Time(t) = up_to
         && meta.first_recorded_at > t
     {
@@ -668,10 +693,10 @@ async fn read_user_segment(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    l: Listed,
+    (n, size): (u64, u64),
     up_to: UpTo,
 ) -> Result<UserSegment, LogError> {
-    let (builder, plan) = match open_for_user(store, shard, user, l, up_to).await? {
+    let (builder, plan) = match open_for_user(store, shard, user, (n, size), up_to).await? {
         Opened::After => return Ok(UserSegment::After),
         Opened::Pruned => return Ok(UserSegment::Pruned),
         Opened::Plan { builder, plan, .. } => (*builder, plan),
@@ -680,15 +705,15 @@ async fn read_user_segment(
         .with_row_groups(plan.row_groups)
         .with_row_selection(plan.selection)
         .build()
-        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
     let mut events = Vec::new();
     let mut decoded = 0;
     let mut past_end = false;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(pages_err(shard, l.n))?;
+        let batch = batch.map_err(pages_err(shard, n))?;
         decoded += batch.num_rows() as u64;
         // Pages are shared: the batch may hold neighbours' rows.
-        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, n, e))? {
             if e.user_id != user {
                 continue;
             }
@@ -744,10 +769,10 @@ async fn read_user_keys(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    l: Listed,
+    (n, size): (u64, u64),
     up_to: UpTo,
 ) -> Result<KeyedRead, LogError> {
-    let (builder, plan, again) = match open_for_user(store, shard, user, l, up_to).await? {
+    let (builder, plan, again) = match open_for_user(store, shard, user, (n, size), up_to).await? {
         Opened::After => return Ok(KeyedRead::After),
         Opened::Pruned => return Ok(KeyedRead::Pruned),
         Opened::Plan {
@@ -778,18 +803,18 @@ async fn read_user_keys(
         .with_row_groups(plan.row_groups.clone())
         .with_row_selection(plan.selection)
         .build()
-        .map_err(|e| LogError::segment(shard, l.n, e.into()))?;
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
     let mut rows = Vec::new();
     let mut decoded = 0;
     let mut past_end = false;
     let mut next = positions.into_iter();
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(pages_err(shard, l.n))?;
+        let batch = batch.map_err(pages_err(shard, n))?;
         decoded += batch.num_rows() as u64;
-        for k in decode_keys(&batch).map_err(|e| LogError::corrupt(shard, l.n, e))? {
+        for k in decode_keys(&batch).map_err(|e| LogError::corrupt(shard, n, e))? {
             let pos = next
                 .next()
-                .ok_or_else(|| LogError::corrupt(shard, l.n, "more rows than were selected"))?;
+                .ok_or_else(|| LogError::corrupt(shard, n, "more rows than were selected"))?;
             if k.user_id != user {
                 continue;
             }
@@ -801,7 +826,7 @@ async fn read_user_keys(
         }
     }
     Ok(KeyedRead::Rows(KeyedSegment {
-        n: l.n,
+        n,
         again,
         metadata,
         row_groups: plan.row_groups,
@@ -873,8 +898,24 @@ pub async fn read_user_latest_in(
     after: u64,
 ) -> Result<LatestItems, LogError> {
     let listed = list_segments(store.as_ref(), shard).await?;
-    let wanted: Vec<Listed> = listed.into_iter().filter(|l| segments(l.n)).collect();
-    let mut reads = futures::stream::iter(wanted)
+    let wanted = listed
+        .into_iter()
+        .filter(|l| segments(l.n))
+        .map(|l| (l.n, l.size))
+        .collect();
+    read_user_latest_sized(store, shard, user, wanted, up_to, after).await
+}
+
+/// [`read_user_latest_in`] over segments whose numbers and sizes (ascending) the caller knows.
+pub async fn read_user_latest_sized(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    segments: Vec<(u64, u64)>,
+    up_to: UpTo,
+    after: u64,
+) -> Result<LatestItems, LogError> {
+    let mut reads = futures::stream::iter(segments)
         .map(|l| {
             Aborting(tokio::spawn(read_user_keys(
                 store.clone(),

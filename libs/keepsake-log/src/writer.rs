@@ -44,7 +44,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::LogConfig;
 use crate::error::LogError;
-use crate::reader::{UpTo, read_meta, read_segment, read_user};
+use crate::reader::{UpTo, read_meta, read_segment_sized, read_user};
 use crate::stats::LogStats;
 use crate::view::ShardState;
 use crate::{PushRequest, PushResult};
@@ -277,6 +277,7 @@ impl Writer {
                 let applied = self.state.write().map(|mut s| {
                     let r = s.apply_events(&events);
                     s.index_segment(n, &events);
+                    s.record_segment_size(n, bytes.len() as u64);
                     s.head = n;
                     s.last_recorded_at = Some(recorded_at);
                     r
@@ -584,7 +585,8 @@ impl Writer {
     async fn catch_up(&mut self) -> Result<(), LogError> {
         loop {
             let n = self.state.read().map_or(0, |s| s.head) + 1;
-            let Some(seg) = read_segment(self.store.as_ref(), self.shard, n).await? else {
+            let Some((seg, size)) = read_segment_sized(self.store.as_ref(), self.shard, n).await?
+            else {
                 break;
             };
             let mut state = self.state.write().map_err(|_| LogError::Unavailable {
@@ -595,6 +597,7 @@ impl Writer {
                 .apply_events(&seg.events)
                 .map_err(|e| LogError::corrupt(self.shard, n, e))?;
             state.index_segment(n, &seg.events);
+            state.record_segment_size(n, size);
             state.head = n;
             drop(state);
             self.head_tx.send_replace(n);
