@@ -522,6 +522,45 @@ impl<T> std::future::Future for Aborting<T> {
     }
 }
 
+/// The shard's segments that `segments` accepts, with their sizes, from a listing.
+async fn listed_sizes(
+    store: &dyn ObjectStore,
+    shard: u32,
+    segments: impl Fn(u64) -> bool,
+) -> Result<Vec<(u64, u64)>, LogError> {
+    Ok(list_segments(store, shard)
+        .await?
+        .into_iter()
+        .filter(|l| segments(l.n))
+        .map(|l| (l.n, l.size))
+        .collect())
+}
+
+/// Runs `read` over `items` (segments) each on its own task, so that decoding uses every core,
+/// [`USER_READ_AHEAD`] at a time; results come in order, and reads still ahead when the caller
+/// stops are aborted.
+fn read_ahead<I, T, F, Fut>(
+    shard: u32,
+    items: I,
+    mut read: F,
+) -> impl futures::Stream<Item = Result<T, LogError>>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>> + Send + 'static,
+    T: Send + 'static,
+{
+    futures::stream::iter(items)
+        .map(move |item| Aborting(tokio::spawn(read(item))))
+        .buffered(USER_READ_AHEAD)
+        .map(move |joined| {
+            joined.map_err(|e| LogError::Unavailable {
+                shard,
+                reason: format!("reading a segment failed: {e}"),
+            })?
+        })
+}
+
 /// What one segment holds for one user's read.
 enum UserSegment {
     /// Recorded after the moment read up to: this and every later segment are skipped.
@@ -545,12 +584,7 @@ pub async fn read_user_in(
     segments: impl Fn(u64) -> bool,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    let listed = list_segments(store.as_ref(), shard).await?;
-    let wanted = listed
-        .into_iter()
-        .filter(|l| segments(l.n))
-        .map(|l| (l.n, l.size))
-        .collect();
+    let wanted = listed_sizes(store.as_ref(), shard, segments).await?;
     read_user_sized(store, shard, user, wanted, up_to).await
 }
 
@@ -563,27 +597,14 @@ pub async fn read_user_sized(
     segments: Vec<(u64, u64)>,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    // Each segment is read on its own task, so that decoding uses every core; reads still
-    // ahead when the caller stops are aborted.
-    let mut reads = futures::stream::iter(segments)
-        .map(|l| {
-            Aborting(tokio::spawn(read_user_segment(
-                store.clone(),
-                shard,
-                user,
-                l,
-                up_to,
-            )))
-        })
-        .buffered(USER_READ_AHEAD);
+    let reads = read_ahead(shard, segments, |l| {
+        read_user_segment(store.clone(), shard, user, l, up_to)
+    });
+    futures::pin_mut!(reads);
     let mut events = Vec::new();
     let mut stats = ReadStats::default();
     while let Some(read) = reads.next().await {
         stats.segments_opened += 1;
-        let read = read.map_err(|e| LogError::Unavailable {
-            shard,
-            reason: format!("reading a segment failed: {e}"),
-        })?;
         match read? {
             UserSegment::After => break,
             UserSegment::Pruned => stats.segments_pruned += 1,
@@ -897,12 +918,7 @@ pub async fn read_user_latest_in(
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    let listed = list_segments(store.as_ref(), shard).await?;
-    let wanted = listed
-        .into_iter()
-        .filter(|l| segments(l.n))
-        .map(|l| (l.n, l.size))
-        .collect();
+    let wanted = listed_sizes(store.as_ref(), shard, segments).await?;
     read_user_latest_sized(store, shard, user, wanted, up_to, after).await
 }
 
@@ -915,17 +931,10 @@ pub async fn read_user_latest_sized(
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    let mut reads = futures::stream::iter(segments)
-        .map(|l| {
-            Aborting(tokio::spawn(read_user_keys(
-                store.clone(),
-                shard,
-                user,
-                l,
-                up_to,
-            )))
-        })
-        .buffered(USER_READ_AHEAD);
+    let reads = read_ahead(shard, segments, |l| {
+        read_user_keys(store.clone(), shard, user, l, up_to)
+    });
+    futures::pin_mut!(reads);
     let mut stats = ReadStats::default();
     let mut keyed = Vec::new();
     let mut last_seq = after;
@@ -933,10 +942,6 @@ pub async fn read_user_latest_sized(
     let mut newest: IdMap<ItemId, (usize, usize, u64)> = IdMap::default();
     while let Some(read) = reads.next().await {
         stats.segments_opened += 1;
-        let read = read.map_err(|e| LogError::Unavailable {
-            shard,
-            reason: format!("reading a segment failed: {e}"),
-        })?;
         let seg = match read? {
             KeyedRead::After => break,
             KeyedRead::Pruned => {
@@ -970,19 +975,17 @@ pub async fn read_user_latest_sized(
     for (i, pos, seq) in newest.into_values() {
         chosen[i].push((pos, seq));
     }
-    let mut fetches = futures::stream::iter(keyed.into_iter().zip(chosen))
-        .filter(|(_, rows)| futures::future::ready(!rows.is_empty()))
-        .map(|(seg, mut rows)| {
-            rows.sort_unstable();
-            Aborting(tokio::spawn(read_rows_whole(seg, shard, user, rows)))
-        })
-        .buffered(USER_READ_AHEAD);
+    let with_rows = keyed
+        .into_iter()
+        .zip(chosen)
+        .filter(|(_, rows)| !rows.is_empty());
+    let fetches = read_ahead(shard, with_rows, |(seg, mut rows)| {
+        rows.sort_unstable();
+        read_rows_whole(seg, shard, user, rows)
+    });
+    futures::pin_mut!(fetches);
     let mut events = Vec::new();
     while let Some(read) = fetches.next().await {
-        let read = read.map_err(|e| LogError::Unavailable {
-            shard,
-            reason: format!("reading a segment failed: {e}"),
-        })?;
         events.extend(read?);
     }
     stats.rows_read_whole = events.len() as u64;
