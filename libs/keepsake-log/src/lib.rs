@@ -481,21 +481,11 @@ impl Log {
             } else {
                 // Items only: each item's newest event, not every document it ever had.
                 let after = state.last_seq();
-                let known = self.shards[shard as usize]
-                    .state
-                    .read()
-                    .map_err(|_| poisoned(shard))?
-                    .sized(numbers.iter().copied());
-                let latest = match known {
-                    Some(segs) => {
-                        reader::read_user_latest_sized(store.clone(), shard, *user, segs, at, after)
-                            .await?
-                    }
-                    None => {
-                        let wanted = |n| numbers.binary_search(&n).is_ok();
-                        read_user_latest_in(store.clone(), shard, *user, wanted, at, after).await?
-                    }
-                };
+                let view = &self.shards[shard as usize].state;
+                let segs = segment_sizes(store, shard, view, numbers).await?;
+                let latest =
+                    reader::read_user_latest_sized(store.clone(), shard, *user, segs, at, after)
+                        .await?;
                 state
                     .advance_items(&latest.events, latest.last_seq)
                     .map_err(|err| LogError::corrupt(shard, head, err))?;
@@ -790,9 +780,28 @@ pub async fn recover_shard(
     Ok(state)
 }
 
-/// One user's events in segments `numbers` (ascending) of `shard`, with the segments' sizes from
-/// the view (it knows every committed segment's), so that the store is not listed; by a listing
-/// when the view does not know one.
+/// Segments `numbers` (ascending) of `shard` with their sizes: from the view, which knows every
+/// committed segment's, so that the store is not listed; from a listing when it does not.
+async fn segment_sizes(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &RwLock<ShardState>,
+    numbers: Vec<u64>,
+) -> Result<Vec<(u64, u64)>, LogError> {
+    let known = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .sized(numbers.iter().copied());
+    match known {
+        Some(segs) => Ok(segs),
+        None => {
+            let wanted = |n| numbers.binary_search(&n).is_ok();
+            reader::listed_sizes(store.as_ref(), shard, wanted).await
+        }
+    }
+}
+
+/// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sizes`]).
 async fn read_segments(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -801,17 +810,8 @@ async fn read_segments(
     numbers: Vec<u64>,
     up_to: UpTo,
 ) -> Result<Vec<Event>, LogError> {
-    let known = state
-        .read()
-        .map_err(|_| poisoned(shard))?
-        .sized(numbers.iter().copied());
-    let (events, _) = match known {
-        Some(segs) => reader::read_user_sized(store.clone(), shard, user, segs, up_to).await?,
-        None => {
-            let wanted = |n| numbers.binary_search(&n).is_ok();
-            read_user_in(store.clone(), shard, user, wanted, up_to).await?
-        }
-    };
+    let segs = segment_sizes(store, shard, state, numbers).await?;
+    let (events, _) = reader::read_user_sized(store.clone(), shard, user, segs, up_to).await?;
     Ok(events)
 }
 

@@ -523,7 +523,7 @@ impl<T> std::future::Future for Aborting<T> {
 }
 
 /// The shard's segments that `segments` accepts, with their sizes, from a listing.
-async fn listed_sizes(
+pub(crate) async fn listed_sizes(
     store: &dyn ObjectStore,
     shard: u32,
     segments: impl Fn(u64) -> bool,
