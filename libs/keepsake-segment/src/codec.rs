@@ -100,6 +100,18 @@ pub fn encode(events: &[Event], meta: &SegmentMeta) -> Result<Bytes, SegmentErro
     if !order.is_sorted_by_key(|e| (e.user_id, e.seq)) {
         order.sort_by_key(|e| (e.user_id, e.seq));
     }
+    let schema = arrow_schema();
+    let batch = RecordBatch::try_new(schema.clone(), event_columns(&order)?)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()?))?;
+    writer.write(&batch)?;
+    for kv in meta.to_key_values() {
+        writer.append_key_value_metadata(kv);
+    }
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// The segment schema's columns for `order` (already sorted): shared by segments and history.
+pub(crate) fn event_columns(order: &[&Event]) -> Result<Vec<ArrayRef>, SegmentError> {
     let n = order.len();
     let mut documents = StringBuilder::with_capacity(
         n,
@@ -108,7 +120,7 @@ pub fn encode(events: &[Event], meta: &SegmentMeta) -> Result<Bytes, SegmentErro
             .map(|e| e.document.as_ref().map_or(0, Document::len))
             .sum(),
     );
-    for e in &order {
+    for e in order {
         documents.append_option(e.document.as_ref().map(Document::as_str));
     }
     let columns: Vec<ArrayRef> = vec![
@@ -166,14 +178,7 @@ pub fn encode(events: &[Event], meta: &SegmentMeta) -> Result<Bytes, SegmentErro
         ),
         Arc::new(documents.finish()),
     ];
-    let schema = arrow_schema();
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()?))?;
-    writer.write(&batch)?;
-    for kv in meta.to_key_values() {
-        writer.append_key_value_metadata(kv);
-    }
-    Ok(Bytes::from(writer.into_inner()?))
+    Ok(columns)
 }
 
 /// Rows per decoded Arrow batch. Small enough that a batch's column buffers (about 4 MB of
@@ -292,9 +297,11 @@ pub fn decode_keys(batch: &RecordBatch) -> Result<Vec<EventKey>, SegmentError> {
         .collect()
 }
 
-/// Decodes one record batch of a segment (or of a projection-free read of one).
+/// Decodes one record batch of a segment or a history object (or of a projection-free read of
+/// one); a history object's extra `segment` column is read by [`crate::decode_segment_numbers`].
 pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<Event>, SegmentError> {
-    if batch.schema().fields() != arrow_schema().fields() {
+    let fields = batch.schema().fields().clone();
+    if fields != *arrow_schema().fields() && fields != *crate::history::history_schema().fields() {
         return Err(invalid("the file's columns are not the segment schema"));
     }
     let user = uuids(batch, col::USER_ID)?;

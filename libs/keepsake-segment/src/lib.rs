@@ -12,6 +12,7 @@
 mod checkpoint;
 mod codec;
 mod error;
+mod history;
 mod prune;
 mod schema;
 
@@ -25,6 +26,10 @@ pub use codec::{
     writer_properties,
 };
 pub use error::SegmentError;
+pub use history::{
+    HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, SEGMENT_COLUMN, decode_history,
+    decode_segment_numbers, encode_history, history_description, history_schema,
+};
 pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping};
 pub use schema::{
     FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,

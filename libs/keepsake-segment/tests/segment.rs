@@ -439,3 +439,97 @@ fn an_items_read_of_a_checkpoint_skips_change_id_pages_and_keeps_every_item() {
         assert!(got.changes().count() < want.changes().count());
     }
 }
+
+mod history {
+    use super::*;
+    use keepsake_segment::{
+        Segment, decode_history, encode_history, history_description, plan_user_read,
+    };
+
+    /// Three segments of shard 3 (9,000 rows, several pages): every user in all of them.
+    fn sources() -> Vec<Segment> {
+        let all = fixtures::history(9, 300, 30, t(0));
+        let mut segs: Vec<Vec<Event>> = vec![Vec::new(); 3];
+        for e in all {
+            // A user's seqs stay ascending by segment: seq 1-10 in 1, 11-20 in 2, ...
+            segs[((e.seq - 1) / 10) as usize].push(e);
+        }
+        segs.into_iter()
+            .enumerate()
+            .map(|(i, mut events)| {
+                events.sort_by_key(|e| (e.user_id, e.seq));
+                let meta = meta_for(&events, i as u64 + 4);
+                Segment { meta, events }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_history_object_gives_back_its_segments_exactly() {
+        let segs = sources();
+        let bytes = encode_history(3, &segs).expect("encode");
+        let h = decode_history(bytes.clone()).expect("decode");
+        assert_eq!((h.meta.shard, h.meta.first, h.meta.last), (3, 4, 6));
+        assert_eq!(h.meta.event_count, 9000);
+        assert_eq!(h.segments, segs);
+        // One user's rows are contiguous: a read of one user plans a few rows, not the file.
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
+            .parse_and_finish(&bytes)
+            .expect("footer");
+        let user = segs[0].events[0].user_id;
+        let plan = plan_user_read(&meta, &user).expect("the user is there");
+        assert!(plan.rows_selected >= 30 && plan.rows_selected <= 4096, "{}", plan.rows_selected);
+    }
+
+    #[test]
+    fn encode_history_refuses_gaps_other_shards_and_nothing() {
+        let mut segs = sources();
+        assert!(encode_history(3, &[]).is_err());
+        assert!(encode_history(2, &segs).is_err(), "another shard's segments");
+        segs.remove(1);
+        assert!(encode_history(3, &segs).is_err(), "segments 4 and 6 are not a range");
+    }
+
+    #[test]
+    fn decode_history_refuses_a_segment_and_damage() {
+        let segs = sources();
+        let plain = encode(&segs[0].events, &segs[0].meta).expect("encode");
+        assert!(decode_history(plain).is_err(), "a segment is not a history object");
+        let bytes = encode_history(3, &segs).expect("encode");
+        let cut = bytes.slice(0..bytes.len() - 100);
+        assert!(decode_history(cut).is_err());
+    }
+
+    #[test]
+    fn history_schema_file_matches_the_code() {
+        let path = schemas_dir().join("history-v1.json");
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            let text = serde_json::to_string_pretty(&history_description()).expect("json");
+            std::fs::write(&path, text + "\n").expect("write");
+        }
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).expect("schemas/history-v1.json"),
+        )
+        .expect("json");
+        assert_eq!(file, history_description());
+    }
+
+    #[test]
+    fn golden_history_v1_still_decodes() {
+        let path = schemas_dir().join("golden/history-v1.parquet");
+        let events = golden_events();
+        let seg = Segment {
+            meta: meta_for(&events, 1),
+            events: events.clone(),
+        };
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            let bytes = encode_history(3, std::slice::from_ref(&seg)).expect("encode");
+            std::fs::write(&path, &bytes).expect("write golden history");
+        }
+        let bytes = std::fs::read(&path).expect("schemas/golden/history-v1.parquet");
+        let h = decode_history(Bytes::from(bytes)).expect("the golden v1 history decodes");
+        assert_eq!(h.meta.format_version, 1);
+        assert_eq!(h.segments, vec![seg]);
+    }
+}

@@ -4,6 +4,7 @@
 //! keepsake.json                                   store descriptor (create-only)
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
+//! shards/<s>/history/<a:020>-<b:020>.parquet      segments a..=b compacted, sorted by (user_id, seq)
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
@@ -42,6 +43,15 @@ pub enum Key {
         shard: u32,
         /// Segment number, from 1.
         n: u64,
+    },
+    /// Segments `first..=last` of a shard compacted into one object.
+    History {
+        /// Shard.
+        shard: u32,
+        /// The first segment it holds.
+        first: u64,
+        /// The last segment it holds.
+        last: u64,
     },
     /// A checkpoint of a shard after segment `n`.
     Checkpoint {
@@ -124,6 +134,18 @@ pub fn segment(shard: u32, n: u64) -> Path {
     Path::from(format!("shards/{shard}/segments/{n:020}.parquet"))
 }
 
+/// The prefix under which a shard's compacted history lives.
+pub fn history_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}/history"))
+}
+
+/// The path of the object holding segments `first..=last` of `shard`.
+pub fn history(shard: u32, first: u64, last: u64) -> Path {
+    Path::from(format!(
+        "shards/{shard}/history/{first:020}-{last:020}.parquet"
+    ))
+}
+
 /// The prefix under which a shard's checkpoints live.
 pub fn checkpoints_prefix(shard: u32) -> Path {
     Path::from(format!("shards/{shard}/checkpoints"))
@@ -192,6 +214,15 @@ pub fn parse(path: &Path) -> Option<Key> {
             shard: parse_shard(s)?,
             n: parse_n(file, ".parquet")?,
         }),
+        ["shards", s, "history", file] => {
+            let (first, last) = file.strip_suffix(".parquet")?.split_once('-')?;
+            let (first, last) = (parse_n(first, "")?, parse_n(last, "")?);
+            (first >= 1 && first <= last).then_some(Key::History {
+                shard: parse_shard(s)?,
+                first,
+                last,
+            })
+        }
         ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
             shard: parse_shard(s)?,
             n: parse_n(file, ".parquet")?,
@@ -233,6 +264,7 @@ pub fn format(key: &Key) -> Path {
         Key::Descriptor => descriptor(),
         Key::Segment { shard, n } => segment(shard, n),
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
+        Key::History { shard, first, last } => history(shard, first, last),
         Key::RestoreJob(id) => restore_job(id),
         Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
@@ -266,6 +298,16 @@ mod tests {
                 n: u64::MAX,
             },
             Key::Checkpoint { shard: 3, n: 42 },
+            Key::History {
+                shard: 3,
+                first: 1,
+                last: 42,
+            },
+            Key::History {
+                shard: 0,
+                first: 9,
+                last: 9,
+            },
             Key::RestoreJob(RestoreId(Uuid::from_u128(0xabc))),
             Key::Device {
                 user: UserId(Uuid::from_u128(1)),
@@ -316,6 +358,10 @@ mod tests {
             "shards/2/segments/00000000000000000007.json",
             "shards/x/segments/00000000000000000007.parquet",
             "shards/2/other/00000000000000000007.parquet",
+            "shards/2/history/00000000000000000007.parquet",
+            "shards/2/history/00000000000000000007-00000000000000000005.parquet",
+            "shards/2/history/00000000000000000000-00000000000000000005.parquet",
+            "shards/2/history/7-9.parquet",
             "restores/ABC.json",
             "restores/00000000-0000-0000-0000-000000000ABC.json",
             "devices/00000000-0000-0000-0000-000000000001/x.json",
