@@ -6,6 +6,7 @@
 
 mod as_of_prop;
 mod common;
+mod compaction;
 mod faults;
 mod log_backends;
 mod race;

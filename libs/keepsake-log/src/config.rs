@@ -31,6 +31,8 @@ pub struct LogConfig {
     pub checkpoint_interval: Duration,
     /// Which older checkpoints to keep after writing a new one.
     pub retention: crate::retention::RetentionPolicy,
+    /// Moving checkpointed segments into history objects (after each checkpoint).
+    pub compaction: crate::compact::CompactionPolicy,
 }
 
 impl Default for LogConfig {
@@ -48,6 +50,7 @@ impl Default for LogConfig {
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
             retention: crate::retention::RetentionPolicy::default(),
+            compaction: crate::compact::CompactionPolicy::default(),
         }
     }
 }

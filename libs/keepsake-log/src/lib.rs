@@ -13,6 +13,7 @@
 //! checkpointer per shard writes a new checkpoint (previous checkpoint + segments since) every
 //! `checkpoint_every_events` events or `checkpoint_interval`.
 
+pub mod compact;
 mod config;
 mod error;
 pub mod reader;
@@ -36,13 +37,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
+pub use compact::{CompactionPolicy, CompactionReport, compact_shard};
 pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{
-    LatestItems, ReadStats, UpTo, list_checkpoint_objects, list_checkpoints, list_segments,
-    read_checkpoint, read_checkpoint_user, read_checkpoint_user_items, read_segment,
-    read_segment_meta, read_segment_sized, read_user, read_user_in, read_user_latest_in,
-    read_user_latest_sized, read_user_sized, scan_shard,
+    HistoryListed, LatestItems, Layout, Place, ReadStats, Source, UpTo, list_checkpoint_objects,
+    list_checkpoints, list_history, list_layout, list_segments, read_checkpoint,
+    read_checkpoint_user, read_checkpoint_user_items, read_history, read_segment,
+    read_segment_meta, read_segment_sized, read_source_segments, read_user, read_user_in,
+    read_user_latest_in, read_user_latest_sized, read_user_sized, scan_shard,
 };
 pub use stats::{AtomicHistogram, LogStats};
 pub use view::ShardState;
@@ -77,6 +80,8 @@ struct Shard {
     tx: mpsc::Sender<Queued>,
     state: Arc<RwLock<ShardState>>,
     head: watch::Receiver<u64>,
+    /// Held while a checkpoint or a compaction of the shard runs: one at a time.
+    maintenance: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The log of a store: one writer per shard, and read access to committed state.
@@ -88,6 +93,7 @@ pub struct Log {
     shutdown: watch::Sender<bool>,
     stats: Arc<LogStats>,
     cfg: Arc<LogConfig>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Log {
@@ -148,18 +154,26 @@ impl Log {
             tasks.push(tokio::spawn(
                 writer.run().instrument(info_span!("shard_writer", shard)),
             ));
+            let maintenance = Arc::new(tokio::sync::Mutex::new(()));
+            let upkeep = Upkeep {
+                store: store.clone(),
+                shard,
+                state: state.clone(),
+                cfg: cfg.clone(),
+                clock: clock.clone(),
+                stats: stats.clone(),
+                maintenance: maintenance.clone(),
+            };
             tasks.push(tokio::spawn(
-                checkpointer(
-                    store.clone(),
-                    shard,
-                    state.clone(),
-                    cfg.clone(),
-                    clock.clone(),
-                    shutdown_rx.clone(),
-                )
-                .instrument(info_span!("checkpointer", shard)),
+                checkpointer(upkeep, shutdown_rx.clone())
+                    .instrument(info_span!("checkpointer", shard)),
             ));
-            shards.push(Shard { tx, state, head });
+            shards.push(Shard {
+                tx,
+                state,
+                head,
+                maintenance,
+            });
         }
         info!(store_id = %descriptor.store_id, shards = descriptor.shard_count, "log open");
         Ok(Self {
@@ -170,7 +184,35 @@ impl Log {
             shutdown,
             stats,
             cfg,
+            clock,
         })
+    }
+
+    /// Checkpoints every shard at its head and compacts everything up to it now, whatever the
+    /// policy's `min_segments` (what an operator runs before a backup, and benchmarks before
+    /// reading old history). Returns what compaction did, over all shards.
+    pub async fn compact_now(&self) -> Result<CompactionReport, LogError> {
+        let mut total = CompactionReport::default();
+        for (shard, s) in (0u32..).zip(&self.shards) {
+            let upkeep = Upkeep {
+                store: self.store.clone(),
+                shard,
+                state: s.state.clone(),
+                cfg: self.cfg.clone(),
+                clock: self.clock.clone(),
+                stats: self.stats.clone(),
+                maintenance: s.maintenance.clone(),
+            };
+            let _held = s.maintenance.lock().await;
+            if let Some(c) = upkeep.checkpoint().await? {
+                let policy = CompactionPolicy {
+                    min_segments: 1,
+                    ..self.cfg.compaction
+                };
+                total.add(upkeep.compact(c, &policy).await?);
+            }
+        }
+        Ok(total)
     }
 
     /// The store descriptor.
@@ -482,7 +524,7 @@ impl Log {
                 // Items only: each item's newest event, not every document it ever had.
                 let after = state.last_seq();
                 let view = &self.shards[shard as usize].state;
-                let segs = segment_sizes(store, shard, view, numbers).await?;
+                let segs = segment_sources(store, shard, view, numbers).await?;
                 let latest =
                     reader::read_user_latest_sized(store.clone(), shard, *user, segs, at, after)
                         .await?;
@@ -738,15 +780,18 @@ pub async fn recover_shard(
     shard: u32,
     cfg: &LogConfig,
 ) -> Result<ShardState, LogError> {
-    let listed = list_segments(store.as_ref(), shard).await?;
-    let head = listed.last().map_or(0, |l| l.n);
+    let layout = reader::list_layout(store.as_ref(), shard).await?;
+    let head = layout.head();
     let checkpoint = list_checkpoints(store.as_ref(), shard)
         .await?
         .into_iter()
         .rfind(|c| *c <= head);
     let mut state = ShardState::default();
-    for l in &listed {
+    for l in &layout.segments {
         state.record_segment_size(l.n, l.size);
+    }
+    for h in &layout.history {
+        state.record_history(*h);
     }
     state.checkpoint = checkpoint;
     if let Some(c) = checkpoint {
@@ -780,28 +825,29 @@ pub async fn recover_shard(
     Ok(state)
 }
 
-/// Segments `numbers` (ascending) of `shard` with their sizes: from the view, which knows every
-/// committed segment's, so that the store is not listed; from a listing when it does not.
-async fn segment_sizes(
+/// Where segments `numbers` (ascending) of `shard` are read from: from the view, which knows
+/// every committed segment's size and the history objects, so that the store is not listed;
+/// from a listing when it does not.
+async fn segment_sources(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
     state: &RwLock<ShardState>,
     numbers: Vec<u64>,
-) -> Result<Vec<(u64, u64)>, LogError> {
+) -> Result<Vec<Source>, LogError> {
     let known = state
         .read()
         .map_err(|_| poisoned(shard))?
-        .sized(numbers.iter().copied());
+        .sources(numbers.iter().copied());
     match known {
-        Some(segs) => Ok(segs),
+        Some(sources) => Ok(sources),
         None => {
             let wanted = |n| numbers.binary_search(&n).is_ok();
-            reader::listed_sizes(store.as_ref(), shard, wanted).await
+            reader::listed_sources(store.as_ref(), shard, wanted).await
         }
     }
 }
 
-/// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sizes`]).
+/// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sources`]).
 async fn read_segments(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -810,7 +856,7 @@ async fn read_segments(
     numbers: Vec<u64>,
     up_to: UpTo,
 ) -> Result<Vec<Event>, LogError> {
-    let segs = segment_sizes(store, shard, state, numbers).await?;
+    let segs = segment_sources(store, shard, state, numbers).await?;
     let (events, _) = reader::read_user_sized(store.clone(), shard, user, segs, up_to).await?;
     Ok(events)
 }
@@ -866,23 +912,78 @@ pub(crate) async fn load_user(
     }
 }
 
-/// Writes checkpoints of one shard in the background: the previous checkpoint plus the segments
-/// since, folded with `apply` (never the in-memory view, which may have evicted users).
-async fn checkpointer(
+/// What the background upkeep of one shard (checkpoints, retention, compaction) works with.
+#[derive(Clone)]
+struct Upkeep {
     store: Arc<dyn ObjectStore>,
     shard: u32,
     state: Arc<RwLock<ShardState>>,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
-    mut stop: watch::Receiver<bool>,
-) {
+    stats: Arc<LogStats>,
+    maintenance: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Upkeep {
+    /// Writes a checkpoint at the head unless the newest is there already, then applies the
+    /// retention policy. Returns the newest checkpoint (`None`: the log is empty).
+    async fn checkpoint(&self) -> Result<Option<u64>, LogError> {
+        let shard = self.shard;
+        let (head, prev, since) = self
+            .state
+            .read()
+            .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
+            .map_err(|_| poisoned(shard))?;
+        if head == 0 || prev == Some(head) {
+            return Ok(prev);
+        }
+        let users =
+            write_checkpoint(&self.store, shard, prev, head, self.cfg.read_concurrency).await?;
+        if let Ok(mut s) = self.state.write() {
+            s.checkpointed(head);
+            s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
+        }
+        info!(shard, segment = head, users, "checkpoint written");
+        if let Err(e) =
+            apply_retention(&self.store, shard, &self.cfg.retention, self.clock.now()).await
+        {
+            warn!(shard, error = %e, "applying checkpoint retention failed; will retry after the next checkpoint");
+        }
+        Ok(Some(head))
+    }
+
+    /// Compacts the segments up to `upto` (a checkpoint's), counting what was done.
+    async fn compact(
+        &self,
+        upto: u64,
+        policy: &compact::CompactionPolicy,
+    ) -> Result<compact::CompactionReport, LogError> {
+        let done = compact_shard(&self.store, self.shard, upto, Some(&self.state), policy).await;
+        match &done {
+            Ok(r) => self.stats.record_compaction(r),
+            Err(_) => {
+                self.stats
+                    .compaction_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        done
+    }
+}
+
+/// Writes checkpoints of one shard in the background: the previous checkpoint plus the segments
+/// since, folded with `apply` (never the in-memory view, which may have evicted users); after
+/// each, compacts the segments it covers.
+async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
+    let (shard, cfg) = (upkeep.shard, upkeep.cfg.clone());
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let Ok((head, prev, since)) = state
+        let Ok((head, prev, since)) = upkeep
+            .state
             .read()
             .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
         else {
@@ -893,18 +994,17 @@ async fn checkpointer(
         if !due || prev == Some(head) {
             continue;
         }
-        match write_checkpoint(&store, shard, prev, head, cfg.read_concurrency).await {
-            Ok(users) => {
-                if let Ok(mut s) = state.write() {
-                    s.checkpointed(head);
-                    s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
-                }
+        let _held = upkeep.maintenance.lock().await;
+        match upkeep.checkpoint().await {
+            Ok(Some(c)) => {
                 last = tokio::time::Instant::now();
-                info!(shard, segment = head, users, "checkpoint written");
-                if let Err(e) = apply_retention(&store, shard, &cfg.retention, clock.now()).await {
-                    warn!(shard, error = %e, "applying checkpoint retention failed; will retry after the next checkpoint");
+                if cfg.compaction.enabled
+                    && let Err(e) = upkeep.compact(c, &cfg.compaction).await
+                {
+                    warn!(shard, error = %e, "compaction failed; will retry after the next checkpoint");
                 }
             }
+            Ok(None) => {}
             Err(e) => {
                 warn!(shard, segment = head, error = %e, "writing a checkpoint failed; will retry")
             }

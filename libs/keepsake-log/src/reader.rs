@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use keepsake_model::{Event, IdMap, ItemId, UserId};
 use keepsake_segment::{
-    EventKey, KEY_COLUMNS, ReadPlan, Segment, SegmentMeta, decode, decode_batch, decode_keys,
-    plan_user_read,
+    EventKey, HistoryMeta, KEY_COLUMNS, ReadPlan, Segment, SegmentMeta, decode, decode_batch,
+    decode_keys, decode_segment_numbers, plan_user_read,
 };
 use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -67,16 +67,195 @@ async fn list_numbered(
     Ok(listed)
 }
 
-/// Lists a shard's segments in order, checking they are dense from 1.
+/// A history object as listed: the segments it holds and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryListed {
+    /// The first segment it holds.
+    pub first: u64,
+    /// The last segment it holds.
+    pub last: u64,
+    /// Object size.
+    pub size: u64,
+}
+
+impl HistoryListed {
+    fn holds(&self, n: u64) -> bool {
+        (self.first..=self.last).contains(&n)
+    }
+}
+
+/// Where one segment's events are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Its own object, of this size.
+    Segment(u64),
+    /// A history object.
+    History(HistoryListed),
+}
+
+/// Part of a read: a segment object, or the rows of segments `lo..=hi` in a history object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Segment `n`, of `size` bytes.
+    Segment {
+        /// Its number.
+        n: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The rows of segments `lo..=hi` of a history object.
+    History {
+        /// The object.
+        object: HistoryListed,
+        /// The first segment wanted.
+        lo: u64,
+        /// The last segment wanted.
+        hi: u64,
+    },
+}
+
+impl Source {
+    /// The object's key.
+    pub fn key(&self, shard: u32) -> object_store::path::Path {
+        self.path(shard)
+    }
+
+    fn path(&self, shard: u32) -> object_store::path::Path {
+        match self {
+            Source::Segment { n, .. } => keys::segment(shard, *n),
+            Source::History { object, .. } => keys::history(shard, object.first, object.last),
+        }
+    }
+
+    /// The segment numbers it stands for.
+    pub fn numbers(&self) -> std::ops::RangeInclusive<u64> {
+        match *self {
+            Source::Segment { n, .. } => n..=n,
+            Source::History { lo, hi, .. } => lo..=hi,
+        }
+    }
+
+    /// The number errors name: the segment, or the first wanted from a history object.
+    fn label(&self) -> u64 {
+        *self.numbers().start()
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Source::Segment { size, .. } => *size,
+            Source::History { object, .. } => object.size,
+        }
+    }
+
+    fn is_history(&self) -> bool {
+        matches!(self, Source::History { .. })
+    }
+}
+
+/// The sources of segments `numbers` (ascending), given where each one is: consecutive wanted
+/// numbers in one history object make one source. `Err(n)`: segment `n` is nowhere.
+pub fn sources_of(
+    numbers: impl IntoIterator<Item = u64>,
+    place: impl Fn(u64) -> Option<Place>,
+) -> Result<Vec<Source>, u64> {
+    let mut out: Vec<Source> = Vec::new();
+    for n in numbers {
+        match place(n).ok_or(n)? {
+            Place::Segment(size) => out.push(Source::Segment { n, size }),
+            Place::History(object) => match out.last_mut() {
+                Some(Source::History { object: o, hi, .. }) if *o == object => *hi = n,
+                _ => out.push(Source::History {
+                    object,
+                    lo: n,
+                    hi: n,
+                }),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The narrowest history object holding segment `n`. While a compaction that merges history
+/// objects is unfinished, a wider object and the narrower ones it was made from are both
+/// there; the narrower was verified before it was relied on, the wider maybe not yet.
+pub fn narrowest(history: &[HistoryListed], n: u64) -> Option<HistoryListed> {
+    history
+        .iter()
+        .filter(|h| h.holds(n))
+        .min_by_key(|h| h.last - h.first)
+        .copied()
+}
+
+/// Where a shard's segments are: segment objects, and history objects holding ranges of them.
+///
+/// Segment `n` is read from its own object when that exists, else from the narrowest history
+/// object holding it: a segment object is deleted only once a history object holding it has
+/// been written, read back and compared with it, so whichever is read, the events are the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Segment objects, ascending.
+    pub segments: Vec<Listed>,
+    /// History objects, ascending by first segment.
+    pub history: Vec<HistoryListed>,
+}
+
+impl Layout {
+    /// The last segment (0 for an empty log).
+    pub fn head(&self) -> u64 {
+        let s = self.segments.last().map_or(0, |l| l.n);
+        let h = self.history.iter().map(|h| h.last).max().unwrap_or(0);
+        s.max(h)
+    }
+
+    /// Where segment `n` is read from.
+    pub fn place(&self, n: u64) -> Option<Place> {
+        match self.segments.binary_search_by_key(&n, |l| l.n) {
+            Ok(i) => Some(Place::Segment(self.segments[i].size)),
+            Err(_) => narrowest(&self.history, n).map(Place::History),
+        }
+    }
+
+    /// The sources of segments `numbers` (ascending).
+    pub fn sources(
+        &self,
+        shard: u32,
+        numbers: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<Source>, LogError> {
+        sources_of(numbers, |n| self.place(n)).map_err(|missing| LogError::Gap { shard, missing })
+    }
+
+    /// The first number in `1..=head` that is nowhere.
+    fn gap(&self) -> Option<u64> {
+        let mut covered: Vec<(u64, u64)> = self
+            .segments
+            .iter()
+            .map(|l| (l.n, l.n))
+            .chain(self.history.iter().map(|h| (h.first, h.last)))
+            .collect();
+        covered.sort_unstable();
+        let mut next = 1;
+        for (a, b) in covered {
+            if a > next {
+                return Some(next);
+            }
+            next = next.max(b + 1);
+        }
+        None
+    }
+}
+
+/// Lists a shard's segment objects and history objects, checking that every segment from 1 to
+/// the last is in one or the other.
 ///
 /// A listing taken while segments are being written can, on some stores (seen on the local
-/// file system under heavy writes), omit an object that exists; so a gap is listed again
-/// before it is reported. A real gap (a lost segment) is there every time.
-pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
+/// file system under heavy writes), omit an object that exists; and a compaction may delete
+/// segments between the two listings. So a gap is listed again before it is reported. A real
+/// gap (a lost segment) is there every time.
+pub async fn list_layout(store: &dyn ObjectStore, shard: u32) -> Result<Layout, LogError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match list_segments_once(store, shard).await {
+        match list_layout_once(store, shard).await {
             Err(LogError::Gap { missing, .. }) if attempt < 4 => {
                 tracing::warn!(
                     shard,
@@ -91,8 +270,11 @@ pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Li
     }
 }
 
-async fn list_segments_once(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
-    let listed = list_numbered(
+async fn list_layout_once(store: &dyn ObjectStore, shard: u32) -> Result<Layout, LogError> {
+    // History first: a compaction deletes segments only after their history object is there,
+    // so a segment missing from the second listing is in the first.
+    let history = list_history(store, shard).await?;
+    let segments = list_numbered(
         store,
         keys::segments_prefix(shard),
         "segments",
@@ -103,16 +285,46 @@ async fn list_segments_once(store: &dyn ObjectStore, shard: u32) -> Result<Vec<L
         },
     )
     .await?;
-    for (i, l) in listed.iter().enumerate() {
-        let expected = i as u64 + 1;
-        if l.n != expected {
-            return Err(LogError::Gap {
-                shard,
-                missing: expected,
-            });
-        }
+    let layout = Layout { segments, history };
+    match layout.gap() {
+        Some(missing) => Err(LogError::Gap { shard, missing }),
+        None => Ok(layout),
     }
-    Ok(listed)
+}
+
+/// A shard's history objects, ascending by first segment.
+pub async fn list_history(
+    store: &dyn ObjectStore,
+    shard: u32,
+) -> Result<Vec<HistoryListed>, LogError> {
+    let metas: Vec<_> = store
+        .list(Some(&keys::history_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list history of shard {shard}")))?;
+    let mut out: Vec<HistoryListed> = metas
+        .iter()
+        .filter_map(|m| match keys::parse(&m.location)? {
+            Key::History {
+                shard: s,
+                first,
+                last,
+            } if s == shard => Some(HistoryListed {
+                first,
+                last,
+                size: m.size,
+            }),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|h| (h.first, h.last));
+    Ok(out)
+}
+
+/// Lists a shard's segment objects in order (see [`list_layout`]: the segments missing from
+/// it are held by history objects).
+pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Listed>, LogError> {
+    Ok(list_layout(store, shard).await?.segments)
 }
 
 /// Reads and decodes segment `n`; `None` if it does not exist.
@@ -169,25 +381,103 @@ pub(crate) fn read_meta(shard: u32, n: u64, bytes: &Bytes) -> Result<SegmentMeta
         .map_err(|e| LogError::corrupt(shard, n, e))
 }
 
-/// Every segment of a shard from `from` on, in order, read `concurrency` at a time.
+/// Every segment of a shard from `from` on, in order, read `concurrency` sources at a time
+/// (a history object is one source: it is fetched once and gives back each segment it holds).
 pub async fn scan_shard(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     from: u64,
     concurrency: usize,
 ) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
-    let listed = list_segments(store.as_ref(), shard).await?;
-    let numbers: Vec<u64> = listed.iter().map(|l| l.n).filter(|n| *n >= from).collect();
-    Ok(futures::stream::iter(numbers)
-        .map(move |n| {
-            let store = store.clone();
-            async move {
-                read_segment(store.as_ref(), shard, n)
-                    .await?
-                    .ok_or(LogError::Gap { shard, missing: n })
+    let layout = list_layout(store.as_ref(), shard).await?;
+    let sources = layout.sources(shard, from.max(1)..=layout.head())?;
+    Ok(futures::stream::iter(sources)
+        .map(move |src| read_source_segments(store.clone(), shard, src))
+        .buffered(concurrency.max(1))
+        .map_ok(|segs| futures::stream::iter(segs.into_iter().map(Ok)))
+        .try_flatten())
+}
+
+/// The whole segments a source stands for, in order. A source compacted away since it was
+/// listed (a segment into a history object, or a history object into a wider one) is read
+/// from where a new listing says it is.
+pub async fn read_source_segments(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+) -> Result<Vec<Segment>, LogError> {
+    if let Some(segs) = read_source_segments_once(&store, shard, src).await? {
+        return Ok(segs);
+    }
+    'relist: for _ in 0..RELISTS {
+        let layout = list_layout(store.as_ref(), shard).await?;
+        let mut out = Vec::new();
+        for again in layout.sources(shard, src.numbers())? {
+            match read_source_segments_once(&store, shard, again).await? {
+                Some(segs) => out.extend(segs),
+                None => continue 'relist,
             }
-        })
-        .buffered(concurrency.max(1)))
+        }
+        return Ok(out);
+    }
+    Err(LogError::Gap {
+        shard,
+        missing: src.label(),
+    })
+}
+
+async fn read_source_segments_once(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+) -> Result<Option<Vec<Segment>>, LogError> {
+    match src {
+        Source::Segment { n, .. } => Ok(read_segment(store.as_ref(), shard, n)
+            .await?
+            .map(|seg| vec![seg])),
+        Source::History { object, lo, hi } => {
+            Ok(read_history(store, shard, object).await?.map(|h| {
+                h.segments
+                    .into_iter()
+                    .filter(|s| (lo..=hi).contains(&s.meta.segment))
+                    .collect()
+            }))
+        }
+    }
+}
+
+/// Reads and decodes a whole history object (on a blocking thread), checking that it is the
+/// object its key says; `None` if it does not exist.
+pub async fn read_history(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    object: HistoryListed,
+) -> Result<Option<keepsake_segment::History>, LogError> {
+    let (first, last) = (object.first, object.last);
+    let context = || format!("read history {first}-{last} of shard {shard}");
+    let bytes = match store.get(&keys::history(shard, first, last)).await {
+        Ok(got) => got.bytes().await.map_err(store_err(context()))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(context())(e)),
+    };
+    let h = tokio::task::spawn_blocking(move || keepsake_segment::decode_history(bytes))
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("decoding history {first}-{last} failed: {e}"),
+        })?
+        .map_err(|e| LogError::corrupt(shard, first, format!("history {first}-{last}: {e}")))?;
+    if (h.meta.shard, h.meta.first, h.meta.last) != (shard, first, last) {
+        return Err(LogError::corrupt(
+            shard,
+            first,
+            format!(
+                "the history object {first}-{last} says it holds {}-{} of shard {}",
+                h.meta.first, h.meta.last, h.meta.shard
+            ),
+        ));
+    }
+    Ok(Some(h))
 }
 
 /// Range reads of one segment object, for the async Parquet reader. The size comes from the
@@ -384,7 +674,9 @@ pub async fn read_segment_meta(
     let path = keys::segment(shard, n);
     let size = match store.head(&path).await {
         Ok(m) => m.size,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(object_store::Error::NotFound { .. }) => {
+            return history_segment_meta(store, shard, n).await;
+        }
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
     let mut reader = SegmentReader {
@@ -400,6 +692,34 @@ pub async fn read_segment_meta(
     SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
         .map(Some)
         .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// The metadata of compacted segment `n`, from the footer of the history object holding it;
+/// `None` when no history object holds it.
+async fn history_segment_meta(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let Some(object) = narrowest(&list_history(store.as_ref(), shard).await?, n) else {
+        return Ok(None);
+    };
+    let mut reader = SegmentReader {
+        store,
+        path: keys::history(shard, object.first, object.last),
+        size: object.size,
+        whole: None,
+    };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let history = HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    let sources = history
+        .sources()
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    Ok(sources.into_iter().find(|m| m.segment == n))
 }
 
 /// Lists a shard's checkpoints (segment numbers), ascending.
@@ -522,18 +842,62 @@ impl<T> std::future::Future for Aborting<T> {
     }
 }
 
-/// The shard's segments that `segments` accepts, with their sizes, from a listing.
-pub(crate) async fn listed_sizes(
+/// The sources of the shard's segments that `segments` accepts, from a listing.
+pub(crate) async fn listed_sources(
     store: &dyn ObjectStore,
     shard: u32,
     segments: impl Fn(u64) -> bool,
-) -> Result<Vec<(u64, u64)>, LogError> {
-    Ok(list_segments(store, shard)
-        .await?
-        .into_iter()
-        .filter(|l| segments(l.n))
-        .map(|l| (l.n, l.size))
-        .collect())
+) -> Result<Vec<Source>, LogError> {
+    let layout = list_layout(store, shard).await?;
+    layout.sources(shard, (1..=layout.head()).filter(|n| segments(*n)))
+}
+
+/// How many times a read is run again on a new listing when a source vanished under it. Each
+/// time, compaction has moved on (it only ever moves segments forward into history objects), so
+/// a read fails this way only under a store that loses objects.
+const RELISTS: usize = 8;
+
+/// Runs a read of `sources`; when one of them is gone (compacted since the caller learned
+/// where it was), lists the shard and runs the read again on where those segments are now.
+async fn with_relisting<T, F, Fut>(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    sources: Vec<Source>,
+    read: F,
+) -> Result<T, LogError>
+where
+    F: Fn(Vec<Source>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let numbers: Vec<u64> = sources.iter().flat_map(|s| s.numbers()).collect();
+    let mut result = read(sources).await;
+    for _ in 0..RELISTS {
+        match result {
+            Err(LogError::Gap { missing, .. }) => {
+                tracing::debug!(
+                    shard,
+                    missing,
+                    "a segment moved during a read; listing again"
+                );
+                let again = list_layout(store.as_ref(), shard)
+                    .await?
+                    .sources(shard, numbers.iter().copied())?;
+                result = read(again).await;
+            }
+            other => return other,
+        }
+    }
+    result
+}
+
+/// True when a Parquet read failed because the object is not there.
+fn not_found(e: &parquet::errors::ParquetError) -> bool {
+    match e {
+        parquet::errors::ParquetError::External(inner) => inner
+            .downcast_ref::<object_store::Error>()
+            .is_some_and(|e| matches!(e, object_store::Error::NotFound { .. })),
+        _ => false,
+    }
 }
 
 /// Runs `read` over `items` (segments) each on its own task, so that decoding uses every core,
@@ -584,20 +948,33 @@ pub async fn read_user_in(
     segments: impl Fn(u64) -> bool,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    let wanted = listed_sizes(store.as_ref(), shard, segments).await?;
+    let wanted = listed_sources(store.as_ref(), shard, segments).await?;
     read_user_sized(store, shard, user, wanted, up_to).await
 }
 
-/// [`read_user_in`] over segments whose numbers and sizes (ascending) the caller knows, as the
-/// log's view does: no listing of the store.
+/// [`read_user_in`] over sources (ascending) the caller knows, as the log's view does: no
+/// listing of the store, unless one of them has moved.
 pub async fn read_user_sized(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    segments: Vec<(u64, u64)>,
+    sources: Vec<Source>,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    let reads = read_ahead(shard, segments, |l| {
+    with_relisting(&store, shard, sources, |sources| {
+        read_user_sources(store.clone(), shard, user, sources, up_to)
+    })
+    .await
+}
+
+async fn read_user_sources(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    let reads = read_ahead(shard, sources, |l| {
         read_user_segment(store.clone(), shard, user, l, up_to)
     });
     futures::pin_mut!(reads);
@@ -642,24 +1019,25 @@ enum Opened {
     },
 }
 
-/// Opens a segment for one user's read: fetches it whole when small, else its footer and page
-/// index, and plans which pages may hold the user.
+/// Opens a segment (or a history object) for one user's read: fetches it whole when small,
+/// else its footer and page index, and plans which pages may hold the user.
 async fn open_for_user(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    (n, size): (u64, u64),
+    src: Source,
     up_to: UpTo,
 ) -> Result<Opened, LogError> {
+    let (n, size) = (src.label(), src.size());
     let context = || format!("read segment {n} of shard {shard}");
-    let path = keys::segment(shard, n);
+    let path = src.path(shard);
+    // Listed but gone: a gap, like a missing number (the caller lists again: it may have been
+    // compacted).
+    let gone = LogError::Gap { shard, missing: n };
     let whole = if size <= WHOLE_READ_BYTES {
         match store.get(&path).await {
             Ok(got) => Some(got.bytes().await.map_err(store_err(context()))?),
-            // Listed but gone: a gap, like a missing number.
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(LogError::Gap { shard, missing: n });
-            }
+            Err(object_store::Error::NotFound { .. }) => return Err(gone),
             Err(e) => return Err(store_err(context())(e)),
         }
     } else {
@@ -672,14 +1050,21 @@ async fn open_for_user(
         whole,
     };
     let again = reader.clone();
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options())
-        .await
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
-    let meta =
-        SegmentMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())
-            .map_err(|e| LogError::corrupt(shard, n, e))?;
+    let builder =
+        match ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options()).await {
+            Ok(b) => b,
+            Err(e) if not_found(&e) => return Err(gone),
+            Err(e) => return Err(LogError::segment(shard, n, e.into())),
+        };
+    let kvs = builder.metadata().file_metadata().key_value_metadata();
+    let first_recorded_at = if src.is_history() {
+        HistoryMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
+    } else {
+        SegmentMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
+    }
+    .map_err(|e| LogError::corrupt(shard, n, e))?;
     if let UpTo::Time(t) = up_to
-        && meta.first_recorded_at > t
+        && first_recorded_at > t
     {
         return Ok(Opened::After);
     }
@@ -697,9 +1082,11 @@ fn read_options() -> ArrowReaderOptions {
     ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional)
 }
 
-/// A failed read of segment pages: the store's failure is retryable, anything else is damage.
+/// A failed read of segment pages: a vanished object is a gap (listed again), the store's
+/// failure is retryable, anything else is damage.
 fn pages_err(shard: u32, n: u64) -> impl Fn(parquet::errors::ParquetError) -> LogError {
     move |e| match e {
+        e if not_found(&e) => LogError::Gap { shard, missing: n },
         parquet::errors::ParquetError::External(_) => LogError::Unavailable {
             shard,
             reason: format!("read segment {n} of shard {shard}: {e}"),
@@ -714,10 +1101,11 @@ async fn read_user_segment(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    (n, size): (u64, u64),
+    src: Source,
     up_to: UpTo,
 ) -> Result<UserSegment, LogError> {
-    let (builder, plan) = match open_for_user(store, shard, user, (n, size), up_to).await? {
+    let (n, wanted) = (src.label(), src.numbers());
+    let (builder, plan) = match open_for_user(store, shard, user, src, up_to).await? {
         Opened::After => return Ok(UserSegment::After),
         Opened::Pruned => return Ok(UserSegment::Pruned),
         Opened::Plan { builder, plan, .. } => (*builder, plan),
@@ -733,9 +1121,15 @@ async fn read_user_segment(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(pages_err(shard, n))?;
         decoded += batch.num_rows() as u64;
-        // Pages are shared: the batch may hold neighbours' rows.
-        for e in decode_batch(&batch).map_err(|e| LogError::corrupt(shard, n, e))? {
-            if e.user_id != user {
+        let numbers = decode_segment_numbers(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
+        // Pages are shared: the batch may hold neighbours' rows; a history object's rows of
+        // segments not asked for are not part of this read.
+        for (i, e) in decode_batch(&batch)
+            .map_err(|e| LogError::corrupt(shard, n, e))?
+            .into_iter()
+            .enumerate()
+        {
+            if e.user_id != user || numbers.as_ref().is_some_and(|s| !wanted.contains(&s[i])) {
                 continue;
             }
             if up_to.includes(&e) {
@@ -790,10 +1184,11 @@ async fn read_user_keys(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    (n, size): (u64, u64),
+    src: Source,
     up_to: UpTo,
 ) -> Result<KeyedRead, LogError> {
-    let (builder, plan, again) = match open_for_user(store, shard, user, (n, size), up_to).await? {
+    let (n, wanted) = (src.label(), src.numbers());
+    let (builder, plan, again) = match open_for_user(store, shard, user, src, up_to).await? {
         Opened::After => return Ok(KeyedRead::After),
         Opened::Pruned => return Ok(KeyedRead::Pruned),
         Opened::Plan {
@@ -817,7 +1212,11 @@ async fn read_user_keys(
         }
         at += s.row_count;
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), KEY_COLUMNS);
+    let mut columns = KEY_COLUMNS.to_vec();
+    if src.is_history() {
+        columns.push(keepsake_segment::arrow_schema().fields().len());
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), columns);
     let mut stream = builder
         .with_projection(mask)
         .with_batch_size(keepsake_segment::DECODE_BATCH_ROWS)
@@ -832,11 +1231,13 @@ async fn read_user_keys(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(pages_err(shard, n))?;
         decoded += batch.num_rows() as u64;
-        for k in decode_keys(&batch).map_err(|e| LogError::corrupt(shard, n, e))? {
+        let numbers = decode_segment_numbers(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
+        let keys = decode_keys(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
+        for (i, k) in keys.into_iter().enumerate() {
             let pos = next
                 .next()
                 .ok_or_else(|| LogError::corrupt(shard, n, "more rows than were selected"))?;
-            if k.user_id != user {
+            if k.user_id != user || numbers.as_ref().is_some_and(|s| !wanted.contains(&s[i])) {
                 continue;
             }
             if up_to.includes_at(k.seq, k.recorded_at) {
@@ -918,20 +1319,34 @@ pub async fn read_user_latest_in(
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    let wanted = listed_sizes(store.as_ref(), shard, segments).await?;
+    let wanted = listed_sources(store.as_ref(), shard, segments).await?;
     read_user_latest_sized(store, shard, user, wanted, up_to, after).await
 }
 
-/// [`read_user_latest_in`] over segments whose numbers and sizes (ascending) the caller knows.
+/// [`read_user_latest_in`] over sources (ascending) the caller knows.
 pub async fn read_user_latest_sized(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
-    segments: Vec<(u64, u64)>,
+    sources: Vec<Source>,
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    let reads = read_ahead(shard, segments, |l| {
+    with_relisting(&store, shard, sources, |sources| {
+        read_user_latest_sources(store.clone(), shard, user, sources, up_to, after)
+    })
+    .await
+}
+
+async fn read_user_latest_sources(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+    after: u64,
+) -> Result<LatestItems, LogError> {
+    let reads = read_ahead(shard, sources, |l| {
         read_user_keys(store.clone(), shard, user, l, up_to)
     });
     futures::pin_mut!(reads);

@@ -28,6 +28,18 @@ pub struct LogStats {
     pub ancestor_reads: AtomicU64,
     /// See `ancestor_reads`.
     pub writer_ancestor_reads: AtomicU64,
+    /// History objects written by compaction.
+    pub compactions: AtomicU64,
+    /// Segments compaction moved into history objects.
+    pub compacted_segments: AtomicU64,
+    /// Objects compaction deleted once their history object was verified.
+    pub compaction_deleted: AtomicU64,
+    /// Bytes of history objects written, and of the objects deleted after them.
+    pub compaction_bytes_written: AtomicU64,
+    /// See `compaction_bytes_written`.
+    pub compaction_bytes_deleted: AtomicU64,
+    /// Compactions that failed (retried after the next checkpoint).
+    pub compaction_errors: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -100,6 +112,12 @@ impl Default for LogStats {
             mass_delete_refusals: AtomicU64::new(0),
             ancestor_reads: AtomicU64::new(0),
             writer_ancestor_reads: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            compacted_segments: AtomicU64::new(0),
+            compaction_deleted: AtomicU64::new(0),
+            compaction_bytes_written: AtomicU64::new(0),
+            compaction_bytes_deleted: AtomicU64::new(0),
+            compaction_errors: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }
@@ -118,6 +136,18 @@ impl LogStats {
         self.put_latency_ms
             .observe(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         self.batch_events.observe(events);
+    }
+
+    pub(crate) fn record_compaction(&self, r: &crate::compact::CompactionReport) {
+        self.compactions.fetch_add(r.written, Ordering::Relaxed);
+        self.compacted_segments
+            .fetch_add(r.segments, Ordering::Relaxed);
+        self.compaction_deleted
+            .fetch_add(r.deleted, Ordering::Relaxed);
+        self.compaction_bytes_written
+            .fetch_add(r.bytes_written, Ordering::Relaxed);
+        self.compaction_bytes_deleted
+            .fetch_add(r.bytes_deleted, Ordering::Relaxed);
     }
 
     /// Reads a counter.

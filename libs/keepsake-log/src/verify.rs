@@ -1,8 +1,9 @@
 //! Verify and rebuild: check a store against everything the log promises, and fold every user's
 //! state from the first segment.
 //!
-//! Verification reads every object: segments must be dense from 1, decode, name the shard and
-//! number of their key, and continue each user's log (seq dense from 1, no change id twice, see
+//! Verification reads every object: segments must be dense from 1 (each in its own object or in
+//! a history object, see [`crate::reader::Layout`]), decode, name the shard and number of their
+//! key, and continue each user's log (seq dense from 1, no change id twice, see
 //! `apply`); each checkpoint must decode and equal the fold of the segments up to it; and every
 //! object must be one the key layout knows. Problems are reported, never repaired: repair is an
 //! operator's decision.
@@ -19,7 +20,9 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::error::{LogError, store_err};
-use crate::reader::{decode_checked, read_checkpoint};
+use crate::reader::{
+    HistoryListed, Layout, Listed, Source, decode_checked, read_checkpoint, read_history,
+};
 
 /// One thing wrong with a store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +48,8 @@ pub struct VerifyReport {
     pub events: u64,
     /// Checkpoints read.
     pub checkpoints: u64,
+    /// History objects read (compacted segments).
+    pub history_objects: u64,
     /// Users seen.
     pub users: u64,
     /// Every problem, in the order found.
@@ -146,21 +151,36 @@ pub async fn fold_store(
         .try_collect()
         .await
         .map_err(store_err("list the store"))?;
-    let mut segments: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut layouts: BTreeMap<u32, Layout> = BTreeMap::new();
     let mut checkpoints: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for o in &objects {
         match keys::parse(&o.location) {
             Some(Key::Segment { shard, n }) if shard < shard_count => {
-                segments.entry(shard).or_default().push(n)
+                layouts.entry(shard).or_default().segments.push(Listed {
+                    n,
+                    size: o.size,
+                    modified: o.last_modified,
+                })
             }
+            Some(Key::History { shard, first, last }) if shard < shard_count => layouts
+                .entry(shard)
+                .or_default()
+                .history
+                .push(HistoryListed {
+                    first,
+                    last,
+                    size: o.size,
+                }),
             Some(Key::Checkpoint { shard, n }) if shard < shard_count => {
                 checkpoints.entry(shard).or_default().push(n)
             }
-            Some(Key::Segment { .. } | Key::Checkpoint { .. }) => report.problems.push(problem(
-                "foreign_object",
-                o.location.as_ref(),
-                "a shard beyond the store's shard count",
-            )),
+            Some(Key::Segment { .. } | Key::Checkpoint { .. } | Key::History { .. }) => {
+                report.problems.push(problem(
+                    "foreign_object",
+                    o.location.as_ref(),
+                    "a shard beyond the store's shard count",
+                ))
+            }
             Some(_) => {}
             None if o.location.as_ref().starts_with(".secrets/") => {}
             None => report.problems.push(problem(
@@ -172,8 +192,9 @@ pub async fn fold_store(
     }
     let mut folds = futures::stream::iter(0..shard_count)
         .map(|shard| {
-            let mut ns = segments.remove(&shard).unwrap_or_default();
-            ns.sort_unstable();
+            let mut layout = layouts.remove(&shard).unwrap_or_default();
+            layout.segments.sort_by_key(|l| l.n);
+            layout.history.sort_by_key(|h| (h.first, h.last));
             let mut cks = if opts.checkpoints {
                 checkpoints.remove(&shard).unwrap_or_default()
             } else {
@@ -181,7 +202,7 @@ pub async fn fold_store(
             };
             cks.sort_unstable();
             let store = store.clone();
-            tokio::spawn(fold_shard(store, shard, ns, cks, opts))
+            tokio::spawn(fold_shard(store, shard, layout, cks, opts))
         })
         .buffered(opts.shards_at_once.max(1));
     let mut all_users: IdMap<UserId, UserState> = IdMap::default();
@@ -193,6 +214,7 @@ pub async fn fold_store(
         report.segments += fold.segments;
         report.events += fold.events;
         report.checkpoints += fold.checkpoints;
+        report.history_objects += fold.history_objects;
         report.problems.extend(fold.problems);
         all_users.extend(fold.users);
     }
@@ -223,16 +245,18 @@ struct ShardFold {
     segments: u64,
     events: u64,
     checkpoints: u64,
+    history_objects: u64,
     problems: Vec<Problem>,
     users: IdMap<UserId, UserState>,
 }
 
-/// Folds one shard's segments `ns` (sorted) and compares the checkpoints `cks` (sorted) with
-/// the fold at their segments.
+/// Folds one shard's segments (from their objects or history objects, as `layout` says) and
+/// compares the checkpoints `cks` (sorted) with the fold at their segments. History objects no
+/// segment is read from (written by a compaction that has not finished) are decoded too.
 async fn fold_shard(
     store: Arc<dyn ObjectStore>,
     shard: u32,
-    ns: Vec<u64>,
+    layout: Layout,
     cks: Vec<u64>,
     opts: FoldOptions,
 ) -> Result<ShardFold, LogError> {
@@ -241,77 +265,114 @@ async fn fold_shard(
         segments: 0,
         events: 0,
         checkpoints: cks.len() as u64,
+        history_objects: layout.history.len() as u64,
         problems: Vec::new(),
         users: IdMap::default(),
     };
+    let head = layout.head();
+    let present: Vec<u64> = (1..=head).filter(|n| layout.place(*n).is_some()).collect();
+    if let Some(missing) = (1..=head).find(|n| layout.place(*n).is_none()) {
+        out.problems.push(problem(
+            "gap",
+            keys::segment(shard, missing).to_string(),
+            format!("missing while segment {head} exists"),
+        ));
+    }
+    let sources = layout.sources(shard, present)?;
+    let used: Vec<HistoryListed> = sources
+        .iter()
+        .filter_map(|s| match s {
+            Source::History { object, .. } => Some(*object),
+            Source::Segment { .. } => None,
+        })
+        .collect();
+    for h in layout.history.iter().filter(|h| !used.contains(h)) {
+        if let Err(e) = read_history(&store, shard, *h).await {
+            out.problems.push(problem(
+                "unreadable",
+                keys::history(shard, h.first, h.last).to_string(),
+                e.to_string(),
+            ));
+        }
+    }
     let mut folded_to = 0;
     let mut next_ck = cks.iter().peekable();
     let mut broken = false;
-    let mut decoded = futures::stream::iter(ns.clone())
-        .map(|n| {
+    let mut expected = 1;
+    let mut decoded = futures::stream::iter(sources)
+        .map(|src| {
             let store = store.clone();
             async move {
-                let key = keys::segment(shard, n);
-                let bytes = match store.get(&key).await {
-                    Ok(g) => g.bytes().await.map_err(store_err(format!("read {key}")))?,
-                    Err(e) => return Err(store_err(format!("read {key}"))(e)),
+                let segs = match src {
+                    Source::Segment { n, .. } => {
+                        let key = keys::segment(shard, n);
+                        let bytes = match store.get(&key).await {
+                            Ok(g) => g.bytes().await.map_err(store_err(format!("read {key}")))?,
+                            Err(e) => return Err(store_err(format!("read {key}"))(e)),
+                        };
+                        tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
+                            .await
+                            .map_err(|e| LogError::Unavailable {
+                                shard,
+                                reason: format!("decoding segment {n} failed: {e}"),
+                            })?
+                            .map(|s| vec![s])
+                    }
+                    Source::History { object, lo, hi } => read_history(&store, shard, object)
+                        .await
+                        .and_then(|h| h.ok_or(LogError::Gap { shard, missing: lo }))
+                        .map(|h| {
+                            h.segments
+                                .into_iter()
+                                .filter(|s| (lo..=hi).contains(&s.meta.segment))
+                                .collect()
+                        }),
                 };
-                let seg = tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
-                    .await
-                    .map_err(|e| LogError::Unavailable {
-                        shard,
-                        reason: format!("decoding segment {n} failed: {e}"),
-                    })?;
-                Ok::<_, LogError>(seg)
+                Ok::<_, LogError>((src, segs))
             }
         })
         .buffered(opts.read_ahead.max(1));
-    for (i, n) in ns.iter().enumerate() {
-        let decoded = decoded
-            .next()
-            .await
-            .ok_or(LogError::Gap { shard, missing: *n })??;
-        if *n != i as u64 + 1 && !broken {
-            out.problems.push(problem(
-                "gap",
-                keys::segment(shard, i as u64 + 1).to_string(),
-                format!("missing while segment {n} exists"),
-            ));
-            broken = true;
-        }
-        let key = keys::segment(shard, *n);
-        out.segments += 1;
-        let seg = match decoded {
+    while let Some(read) = decoded.next().await {
+        let (src, segs) = read?;
+        let key = src.key(shard).to_string();
+        let segs = match segs {
             Ok(s) => s,
             Err(e) => {
-                out.problems
-                    .push(problem("unreadable", key.to_string(), e.to_string()));
+                out.problems.push(problem("unreadable", key, e.to_string()));
                 broken = true;
                 continue;
             }
         };
-        out.events += seg.events.len() as u64;
-        for e in &seg.events {
-            if let Err(err) = apply(out.users.entry(e.user_id).or_default(), e) {
-                out.problems.push(problem(
-                    "log",
-                    key.to_string(),
-                    format!("user {}: {err}", e.user_id),
-                ));
+        for seg in segs {
+            let n = seg.meta.segment;
+            out.segments += 1;
+            if n != expected {
                 broken = true;
             }
-        }
-        if !broken {
-            folded_to = *n;
-        }
-        // Compare each checkpoint with the fold at its segment.
-        while let Some(c) = next_ck.peek().copied().copied() {
-            if c > folded_to || broken {
-                break;
+            expected = n + 1;
+            out.events += seg.events.len() as u64;
+            for e in &seg.events {
+                if let Err(err) = apply(out.users.entry(e.user_id).or_default(), e) {
+                    out.problems.push(problem(
+                        "log",
+                        key.clone(),
+                        format!("segment {n}, user {}: {err}", e.user_id),
+                    ));
+                    broken = true;
+                }
             }
-            next_ck.next();
-            if c == folded_to {
-                check_checkpoint(&store, shard, c, &out.users, &mut out.problems).await;
+            if !broken {
+                folded_to = n;
+            }
+            // Compare each checkpoint with the fold at its segment.
+            while let Some(c) = next_ck.peek().copied().copied() {
+                if c > folded_to || broken {
+                    break;
+                }
+                next_ck.next();
+                if c == folded_to {
+                    check_checkpoint(&store, shard, c, &out.users, &mut out.problems).await;
+                }
             }
         }
     }
@@ -329,6 +390,7 @@ async fn fold_shard(
         segments = out.segments,
         events = out.events,
         checkpoints = out.checkpoints,
+        history_objects = out.history_objects,
         users = out.users.len(),
         ms = started.elapsed().as_millis() as u64,
         "shard folded"

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
+use crate::reader::{HistoryListed, Place, Source, narrowest, sources_of};
+
 #[derive(Debug)]
 struct Resident {
     state: UserState,
@@ -49,10 +51,14 @@ pub struct ShardState {
     /// the user's first seq in each (ascending in both): loading a user reads only those, not
     /// every segment of the tail, and one event is found by its seq in one segment.
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
-    /// The size in bytes of every committed segment (index `n - 1`; 0: not known): reads of one
-    /// user take sizes from here instead of listing the store, which on a local store reads
-    /// every file's metadata (a fifth of the server's time under pushes with stale patches).
+    /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
+    /// compacted): reads of one user take sizes from here instead of listing the store, which
+    /// on a local store reads every file's metadata (a fifth of the server's time under pushes
+    /// with stale patches).
     segment_sizes: Vec<u64>,
+    /// The shard's history objects that reads may use (verified by this process's compactor,
+    /// or found at recovery), ascending by first segment.
+    history: Vec<HistoryListed>,
 }
 
 impl ShardState {
@@ -93,18 +99,58 @@ impl ShardState {
         self.segment_sizes[i] = size;
     }
 
-    /// The committed segments `numbers` (ascending, at most `head`) with their sizes; `None`
-    /// when one is past the head or its size is not known (the caller lists the store instead).
-    pub fn sized(&self, numbers: impl IntoIterator<Item = u64>) -> Option<Vec<(u64, u64)>> {
-        numbers
-            .into_iter()
-            .map(|n| {
-                let size = *self
-                    .segment_sizes
-                    .get(usize::try_from(n.checked_sub(1)?).ok()?)?;
-                (n <= self.head && size > 0).then_some((n, size))
-            })
-            .collect()
+    /// Records a history object (found at recovery, or written and verified by compaction).
+    pub fn record_history(&mut self, h: HistoryListed) {
+        if let Err(i) = self
+            .history
+            .binary_search_by_key(&(h.first, h.last), |x| (x.first, x.last))
+        {
+            self.history.insert(i, h);
+        }
+    }
+
+    /// Segments `h.first..=h.last` are now read from `h` (written, read back and verified):
+    /// forget their own objects and the narrower history objects `h` was made from, which
+    /// compaction deletes next.
+    pub fn compacted(&mut self, h: HistoryListed) {
+        for n in h.first..=h.last {
+            if let Some(size) = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| self.segment_sizes.get_mut(i))
+            {
+                *size = 0;
+            }
+        }
+        self.history
+            .retain(|x| !(h.first <= x.first && x.last <= h.last));
+        self.record_history(h);
+    }
+
+    /// The history objects this view reads from.
+    pub fn history(&self) -> &[HistoryListed] {
+        &self.history
+    }
+
+    /// Where committed segments `numbers` (ascending, at most `head`) are read from: their own
+    /// objects, or history objects; `None` when one is past the head or not known here (the
+    /// caller lists the store instead).
+    pub fn sources(&self, numbers: impl IntoIterator<Item = u64>) -> Option<Vec<Source>> {
+        sources_of(numbers, |n| {
+            if n == 0 || n > self.head {
+                return None;
+            }
+            let size = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| self.segment_sizes.get(i))
+                .copied()
+                .unwrap_or(0);
+            if size > 0 {
+                Some(Place::Segment(size))
+            } else {
+                narrowest(&self.history, n).map(Place::History)
+            }
+        })
+        .ok()
     }
 
     /// Records which users segment `n` holds (call for every segment after the checkpoint).

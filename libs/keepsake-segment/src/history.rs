@@ -247,7 +247,9 @@ pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, Segment
             )));
         }
         if s.meta.event_count != s.events.len() as u64 {
-            return Err(invalid(format!("segment {n}'s event count is not its rows'")));
+            return Err(invalid(format!(
+                "segment {n}'s event count is not its rows'"
+            )));
         }
     }
     let mut rows: Vec<(&Event, u64)> = segments
@@ -313,7 +315,8 @@ pub struct History {
 /// order).
 pub fn decode_history(bytes: Bytes) -> Result<History, SegmentError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let meta = HistoryMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())?;
+    let meta =
+        HistoryMeta::from_key_values(builder.metadata().file_metadata().key_value_metadata())?;
     let sources = meta.sources()?;
     let reader = builder.with_batch_size(DECODE_BATCH_ROWS).build()?;
     let mut by_segment: BTreeMap<u64, Vec<Event>> = BTreeMap::new();

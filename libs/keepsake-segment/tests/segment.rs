@@ -479,23 +479,36 @@ mod history {
             .expect("footer");
         let user = segs[0].events[0].user_id;
         let plan = plan_user_read(&meta, &user).expect("the user is there");
-        assert!(plan.rows_selected >= 30 && plan.rows_selected <= 4096, "{}", plan.rows_selected);
+        assert!(
+            plan.rows_selected >= 30 && plan.rows_selected <= 4096,
+            "{}",
+            plan.rows_selected
+        );
     }
 
     #[test]
     fn encode_history_refuses_gaps_other_shards_and_nothing() {
         let mut segs = sources();
         assert!(encode_history(3, &[]).is_err());
-        assert!(encode_history(2, &segs).is_err(), "another shard's segments");
+        assert!(
+            encode_history(2, &segs).is_err(),
+            "another shard's segments"
+        );
         segs.remove(1);
-        assert!(encode_history(3, &segs).is_err(), "segments 4 and 6 are not a range");
+        assert!(
+            encode_history(3, &segs).is_err(),
+            "segments 4 and 6 are not a range"
+        );
     }
 
     #[test]
     fn decode_history_refuses_a_segment_and_damage() {
         let segs = sources();
         let plain = encode(&segs[0].events, &segs[0].meta).expect("encode");
-        assert!(decode_history(plain).is_err(), "a segment is not a history object");
+        assert!(
+            decode_history(plain).is_err(),
+            "a segment is not a history object"
+        );
         let bytes = encode_history(3, &segs).expect("encode");
         let cut = bytes.slice(0..bytes.len() - 100);
         assert!(decode_history(cut).is_err());
@@ -508,10 +521,9 @@ mod history {
             let text = serde_json::to_string_pretty(&history_description()).expect("json");
             std::fs::write(&path, text + "\n").expect("write");
         }
-        let file: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&path).expect("schemas/history-v1.json"),
-        )
-        .expect("json");
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("schemas/history-v1.json"))
+                .expect("json");
         assert_eq!(file, history_description());
     }
 

@@ -31,6 +31,8 @@ pub enum FaultOp {
     Get,
     /// `list` and `list_with_delimiter`.
     List,
+    /// `delete` (`delete_stream`): a failed delete leaves the object in place.
+    Delete,
 }
 
 /// What happens to a matched operation.
@@ -55,10 +57,10 @@ struct Rule {
 /// Wraps a store and injects the faults its rules describe.
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
-    rules: Mutex<Vec<Rule>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     puts: AtomicU64,
     gets: AtomicU64,
-    injected: AtomicU64,
+    injected: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -78,10 +80,10 @@ impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            rules: Mutex::new(Vec::new()),
+            rules: Arc::new(Mutex::new(Vec::new())),
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
-            injected: AtomicU64::new(0),
+            injected: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -120,19 +122,23 @@ impl FaultyStore {
     }
 
     fn take(&self, op: FaultOp, path: &Path) -> Option<Fault> {
-        let mut rules = self.rules.lock().ok()?;
-        let idx = rules.iter().position(|r| {
-            r.op == op && r.remaining > 0 && path.as_ref().contains(&r.path_contains)
-        })?;
-        let rule = &mut rules[idx];
-        rule.remaining -= 1;
-        let fault = rule.fault;
-        if rule.remaining == 0 {
-            rules.remove(idx);
-        }
-        self.injected.fetch_add(1, Ordering::Relaxed);
-        Some(fault)
+        take(&self.rules, &self.injected, op, path)
     }
+}
+
+fn take(rules: &Mutex<Vec<Rule>>, injected: &AtomicU64, op: FaultOp, path: &Path) -> Option<Fault> {
+    let mut rules = rules.lock().ok()?;
+    let idx = rules
+        .iter()
+        .position(|r| r.op == op && r.remaining > 0 && path.as_ref().contains(&r.path_contains))?;
+    let rule = &mut rules[idx];
+    rule.remaining -= 1;
+    let fault = rule.fault;
+    if rule.remaining == 0 {
+        rules.remove(idx);
+    }
+    injected.fetch_add(1, Ordering::Relaxed);
+    Some(fault)
 }
 
 fn injected(op: &str, path: &Path) -> object_store::Error {
@@ -203,7 +209,27 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        // Locations a rule fails are answered with an error and kept from the inner store.
+        let (rules, count) = (self.rules.clone(), self.injected.clone());
+        let (failed_tx, failed_rx) = std::sync::mpsc::channel();
+        let passed = locations.filter_map(move |loc| {
+            let failed = match &loc {
+                Ok(p) => take(&rules, &count, FaultOp::Delete, p).map(|_| p.clone()),
+                Err(_) => None,
+            };
+            let out = match failed {
+                Some(p) => {
+                    let _ = failed_tx.send(p);
+                    None
+                }
+                None => Some(loc),
+            };
+            futures::future::ready(out)
+        });
+        let deleted = self.inner.delete_stream(passed.boxed());
+        let failures = futures::stream::iter(std::iter::from_fn(move || failed_rx.try_recv().ok()))
+            .map(|p| Err(injected("delete", &p)));
+        deleted.chain(failures).boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {

@@ -1,0 +1,391 @@
+//! Compaction: a shard's checkpointed segments move into history objects, so that one user's
+//! history is a few footers and pages instead of a read of every segment that holds them.
+//!
+//! Invariants:
+//! - Only segments up to a checkpoint are compacted: recovery, loads of users and the writer
+//!   read the checkpoint and the segments after it, which stay as they are.
+//! - A history object is a container of segments ([`keepsake_segment::decode_history`] gives
+//!   each back exactly), written create-only. A source (a segment object, or a narrower history
+//!   object merged into a wider one) is deleted only after the history object holding it was
+//!   written, read back and its segments compared equal, one by one, with the source's; the
+//!   view reads from a history object only after that comparison.
+//! - History objects cover segments from 1 without gaps once settled; a round takes the last
+//!   one (when the result stays within `max_events`) and the segments after it.
+//! - A round interrupted anywhere leaves a store every reader reads correctly (a segment is read
+//!   from its own object while it exists, else from the narrowest history object holding it),
+//!   and the next round finishes it: it compares each history object with whatever of its
+//!   sources is still there, then deletes them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use keepsake_segment::Segment;
+use keepsake_store::keys;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tracing::{info, warn};
+
+use crate::error::{LogError, store_err};
+use crate::reader::{HistoryListed, Layout, list_layout, read_history, read_segment};
+use crate::view::ShardState;
+
+/// When and how much to compact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact at all (after each checkpoint).
+    pub enabled: bool,
+    /// Leave fewer checkpointed segments than this for later.
+    pub min_segments: u64,
+    /// Events per history object at most: what one compaction, and a scan of a history object,
+    /// holds in memory (about 1 KB per event of ~500-byte documents).
+    pub max_events: u64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_segments: 64,
+            max_events: 131_072,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// History objects written.
+    pub written: u64,
+    /// Segments moved into them.
+    pub segments: u64,
+    /// Events moved into them.
+    pub events: u64,
+    /// Bytes of the history objects written.
+    pub bytes_written: u64,
+    /// Objects deleted (segments, and history objects merged into wider ones).
+    pub deleted: u64,
+    /// Bytes of the objects deleted.
+    pub bytes_deleted: u64,
+}
+
+impl CompactionReport {
+    pub(crate) fn add(&mut self, o: CompactionReport) {
+        self.written += o.written;
+        self.segments += o.segments;
+        self.events += o.events;
+        self.bytes_written += o.bytes_written;
+        self.deleted += o.deleted;
+        self.bytes_deleted += o.bytes_deleted;
+    }
+}
+
+/// An object compaction may delete.
+#[derive(Clone, Copy, Debug)]
+enum Doomed {
+    Segment { n: u64, size: u64 },
+    History(HistoryListed),
+}
+
+impl Doomed {
+    fn path(&self, shard: u32) -> object_store::path::Path {
+        match *self {
+            Doomed::Segment { n, .. } => keys::segment(shard, n),
+            Doomed::History(h) => keys::history(shard, h.first, h.last),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match *self {
+            Doomed::Segment { size, .. } => size,
+            Doomed::History(h) => h.size,
+        }
+    }
+}
+
+/// Compacts the segments of `shard` up to `upto` (a checkpoint's segment): finishes what an
+/// interrupted round left, then writes history objects while at least `min_segments` segments
+/// are waiting. `view`, when given, is told of each verified history object before its sources
+/// are deleted, so that its reads never reach for a deleted object.
+pub async fn compact_shard(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    upto: u64,
+    view: Option<&RwLock<ShardState>>,
+    policy: &CompactionPolicy,
+) -> Result<CompactionReport, LogError> {
+    let mut report = CompactionReport::default();
+    report.add(settle(store, shard, view).await?);
+    loop {
+        let layout = list_layout(store.as_ref(), shard).await?;
+        let round = compact_round(store, shard, upto, view, policy, &layout).await?;
+        if round.written == 0 {
+            break;
+        }
+        report.add(round);
+    }
+    Ok(report)
+}
+
+/// Finishes interrupted rounds: every history object whose sources are still (partly) there is
+/// compared with them; then they are deleted. A history object that differs from sources that
+/// are all still there was never relied on, and is deleted instead.
+async fn settle(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    view: Option<&RwLock<ShardState>>,
+) -> Result<CompactionReport, LogError> {
+    let mut report = CompactionReport::default();
+    let layout = list_layout(store.as_ref(), shard).await?;
+    let mut widest_first = layout.history.clone();
+    widest_first.sort_by_key(|h| std::cmp::Reverse(h.last - h.first));
+    let mut gone: Vec<HistoryListed> = Vec::new();
+    for h in widest_first {
+        if gone.contains(&h) {
+            continue;
+        }
+        let inside = |first: u64, last: u64| h.first <= first && last <= h.last;
+        let doomed: Vec<Doomed> = layout
+            .segments
+            .iter()
+            .filter(|l| inside(l.n, l.n))
+            .map(|l| Doomed::Segment {
+                n: l.n,
+                size: l.size,
+            })
+            .chain(
+                layout
+                    .history
+                    .iter()
+                    .filter(|x| **x != h && inside(x.first, x.last) && !gone.contains(x))
+                    .map(|x| Doomed::History(*x)),
+            )
+            .collect();
+        if doomed.is_empty() {
+            continue;
+        }
+        let mut sources = Vec::new();
+        for d in &doomed {
+            sources.extend(read_doomed(store, shard, *d).await?);
+        }
+        // Unreadable counts as differing: it is deleted only if every source is still there.
+        let written: BTreeMap<u64, Segment> = read_history(store, shard, h)
+            .await
+            .ok()
+            .flatten()
+            .map(|x| x.segments)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.meta.segment, s))
+            .collect();
+        let agrees = sources
+            .iter()
+            .all(|s| written.get(&s.meta.segment) == Some(s));
+        if agrees {
+            if let Some(v) = view {
+                v.write().map_err(|_| crate::poisoned(shard))?.compacted(h);
+            }
+            report.add(delete_all(store, shard, &doomed).await?);
+            gone.extend(doomed.iter().filter_map(|d| match d {
+                Doomed::History(x) => Some(*x),
+                Doomed::Segment { .. } => None,
+            }));
+            info!(
+                shard,
+                first = h.first,
+                last = h.last,
+                deleted = doomed.len(),
+                "interrupted compaction finished"
+            );
+        } else if sources.len() as u64 == h.last - h.first + 1 {
+            warn!(
+                shard,
+                first = h.first,
+                last = h.last,
+                "a history object differs from its sources, which are all still there; deleting it"
+            );
+            delete_all(store, shard, &[Doomed::History(h)]).await?;
+        } else {
+            return Err(LogError::corrupt(
+                shard,
+                h.first,
+                format!(
+                    "history object {}-{} differs from the sources of it still in the store",
+                    h.first, h.last
+                ),
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// The segments a doomed object holds.
+async fn read_doomed(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    d: Doomed,
+) -> Result<Vec<Segment>, LogError> {
+    match d {
+        Doomed::Segment { n, .. } => Ok(read_segment(store.as_ref(), shard, n)
+            .await?
+            .into_iter()
+            .collect()),
+        Doomed::History(h) => Ok(read_history(store, shard, h)
+            .await?
+            .map(|x| x.segments)
+            .unwrap_or_default()),
+    }
+}
+
+/// One history object: the last history object when it still has room, then the segments after
+/// it up to `upto`, as many as fit `max_events`.
+async fn compact_round(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    upto: u64,
+    view: Option<&RwLock<ShardState>>,
+    policy: &CompactionPolicy,
+    layout: &Layout,
+) -> Result<CompactionReport, LogError> {
+    let last = layout.history.iter().max_by_key(|h| h.last).copied();
+    let next = last.map_or(1, |h| h.last + 1);
+    let waiting: Vec<_> = layout
+        .segments
+        .iter()
+        .filter(|l| (next..=upto).contains(&l.n))
+        .copied()
+        .collect();
+    if (waiting.len() as u64) < policy.min_segments.max(1) {
+        return Ok(CompactionReport::default());
+    }
+    let mut taken: Vec<Segment> = Vec::new();
+    let mut doomed: Vec<Doomed> = Vec::new();
+    let mut events = 0u64;
+    for l in &waiting {
+        let seg = read_segment(store.as_ref(), shard, l.n)
+            .await?
+            .ok_or(LogError::Gap {
+                shard,
+                missing: l.n,
+            })?;
+        if !taken.is_empty() && events + seg.meta.event_count > policy.max_events {
+            break;
+        }
+        events += seg.meta.event_count;
+        taken.push(seg);
+        doomed.push(Doomed::Segment {
+            n: l.n,
+            size: l.size,
+        });
+    }
+    if (taken.len() as u64) < policy.min_segments.max(1) && events < policy.max_events {
+        return Ok(CompactionReport::default());
+    }
+    // Merge into the last history object while the result stays within the bound.
+    if let Some(h) = last
+        && let Some(old) = read_history(store, shard, h).await?
+        && old.meta.event_count + events <= policy.max_events
+    {
+        events += old.meta.event_count;
+        let mut merged = old.segments;
+        merged.append(&mut taken);
+        taken = merged;
+        doomed.push(Doomed::History(h));
+    }
+    let (first, last_n) = match (taken.first(), taken.last()) {
+        (Some(a), Some(b)) => (a.meta.segment, b.meta.segment),
+        _ => return Ok(CompactionReport::default()),
+    };
+    let path = keys::history(shard, first, last_n);
+    let moved = taken.len() as u64;
+    let (bytes, taken) = tokio::task::spawn_blocking(move || {
+        keepsake_segment::encode_history(shard, &taken).map(|b| (b, taken))
+    })
+    .await
+    .map_err(|e| LogError::Unavailable {
+        shard,
+        reason: format!("encoding history {first}-{last_n} failed: {e}"),
+    })?
+    .map_err(|e| LogError::corrupt(shard, first, format!("encode history: {e}")))?;
+    let size = bytes.len() as u64;
+    match store
+        .put_opts(
+            &path,
+            PutPayload::from(bytes),
+            keepsake_store::create_only(),
+        )
+        .await
+    {
+        // Already there: an earlier attempt wrote it; it is compared like a new one.
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => return Err(store_err(format!("write {path}"))(e)),
+    }
+    let object = HistoryListed {
+        first,
+        last: last_n,
+        size,
+    };
+    // Read back and compare, segment by segment, before anything relies on it. Unreadable
+    // counts as differing.
+    let back = read_history(store, shard, object).await.ok().flatten();
+    let object = HistoryListed {
+        size: store
+            .head(&path)
+            .await
+            .map_err(store_err(format!("read {path}")))?
+            .size,
+        ..object
+    };
+    if back.as_ref().map(|h| &h.segments) != Some(&taken) {
+        warn!(
+            shard,
+            first,
+            last = last_n,
+            "a history object read back differs from its sources; deleting it"
+        );
+        delete_all(store, shard, &[Doomed::History(object)]).await?;
+        return Err(LogError::corrupt(
+            shard,
+            first,
+            format!("history {first}-{last_n} read back differs from its sources"),
+        ));
+    }
+    if let Some(v) = view {
+        v.write()
+            .map_err(|_| crate::poisoned(shard))?
+            .compacted(object);
+    }
+    let mut report = delete_all(store, shard, &doomed).await?;
+    report.written = 1;
+    report.segments = moved;
+    report.events = events;
+    report.bytes_written = object.size;
+    info!(
+        shard,
+        first,
+        last = last_n,
+        segments = moved,
+        events,
+        bytes = object.size,
+        "history object written; its sources deleted"
+    );
+    Ok(report)
+}
+
+async fn delete_all(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    doomed: &[Doomed],
+) -> Result<CompactionReport, LogError> {
+    let mut report = CompactionReport::default();
+    for d in doomed {
+        let path = d.path(shard);
+        match store.delete(&path).await {
+            Ok(()) => {
+                report.deleted += 1;
+                report.bytes_deleted += d.size();
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(format!("delete {path}"))(e)),
+        }
+    }
+    Ok(report)
+}

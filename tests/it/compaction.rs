@@ -1,0 +1,477 @@
+//! Compaction: history objects replace checkpointed segments, and no read changes; interrupted
+//! anywhere, every read is still right and the next compaction finishes the job.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use futures::future::join_all;
+use keepsake_log::{
+    CompactionPolicy, Log, LogConfig, UpTo, list_layout, read_user, verify::verify_store,
+};
+use keepsake_model::{ChangeBody, Event, Kind, UserId, UserState};
+use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+use keepsake_store::keys;
+use keepsake_tests::{Backend, store};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::json;
+
+use crate::common::*;
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
+        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
+    };
+}
+
+on_every_backend!(compaction_changes_no_read);
+
+/// Compaction only when asked (`compact_now`), into small history objects so that a few rounds
+/// write several and merge some.
+fn cfg() -> LogConfig {
+    LogConfig {
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 60,
+        },
+        ..fast_config()
+    }
+}
+
+/// Every user pushes once per round, concurrently (segments hold several users): a new item,
+/// a patch of their first item, and every third round a delete of the previous round's item.
+async fn rounds(log: &Log, users: &[UserId], from: u64, to: u64) {
+    for round in from..to {
+        let pushes = users.iter().map(|u| async move {
+            let first = keepsake_model::ItemId(uuid::Uuid::from_u128(u.0.as_u128() ^ 1));
+            let mut changes = vec![
+                put(first, json!({"title": format!("round {round}")})),
+                change(
+                    Kind::Note,
+                    first,
+                    None,
+                    ChangeBody::patch(json!({"round": round})),
+                ),
+                put(item(), json!({"n": round, "user": u.to_string()})),
+            ];
+            if round % 3 == 2 {
+                changes.push(change(Kind::Note, item(), None, ChangeBody::Delete));
+            }
+            push(log, *u, changes).await.expect("push");
+        });
+        join_all(pushes).await;
+    }
+}
+
+/// Everything a reader can ask of the log about these users.
+#[derive(Debug, PartialEq)]
+struct Reads {
+    events: HashMap<UserId, Vec<Event>>,
+    listed: HashMap<UserId, Vec<Event>>,
+    at_seq: HashMap<UserId, UserState>,
+    items_at_time: HashMap<UserId, UserState>,
+    state_at_time: HashMap<UserId, UserState>,
+    fleet_at_time: HashMap<UserId, UserState>,
+    live: HashMap<UserId, UserState>,
+}
+
+async fn reads(
+    log: &Log,
+    store: &Arc<dyn ObjectStore>,
+    users: &[UserId],
+    t: DateTime<Utc>,
+) -> Reads {
+    let mut r = Reads {
+        events: HashMap::new(),
+        listed: HashMap::new(),
+        at_seq: HashMap::new(),
+        items_at_time: HashMap::new(),
+        state_at_time: HashMap::new(),
+        fleet_at_time: HashMap::new(),
+        live: HashMap::new(),
+    };
+    for u in users {
+        let shard = log.shard_of(u);
+        r.events
+            .insert(*u, log.user_events(u, UpTo::End).await.expect("events"));
+        let (listed, _) = read_user(store.clone(), shard, *u, UpTo::End)
+            .await
+            .expect("read by listing");
+        r.listed.insert(*u, listed);
+        r.at_seq
+            .insert(*u, log.user_at(u, UpTo::Seq(17)).await.expect("at seq"));
+        r.items_at_time
+            .insert(*u, log.items_at(u, UpTo::Time(t)).await.expect("items at"));
+        r.state_at_time
+            .insert(*u, log.user_at(u, UpTo::Time(t)).await.expect("user at"));
+        r.live
+            .insert(*u, log.user(u, UserState::clone).await.expect("live"));
+        let one: std::collections::HashSet<UserId> = [*u].into();
+        let mut fleet = log.users_at(shard, &one, t).await.expect("users at");
+        r.fleet_at_time
+            .insert(*u, fleet.remove(u).unwrap_or_default());
+    }
+    r
+}
+
+async fn compaction_changes_no_read(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 2, cfg()).await.expect("open");
+    let users: Vec<UserId> = (0..6).map(|_| user()).collect();
+    rounds(&log, &users, 0, 12).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    rounds(&log, &users, 12, 20).await;
+    let (before_hash, _, _) = log.rebuild().await.expect("rebuild");
+    let before = reads(&log, &ts.store, &users, t).await;
+    assert!(before.events.values().all(|e| e.len() > 50));
+
+    let report = log.compact_now().await.expect("compact");
+    assert!(report.written >= 2, "{report:?}");
+    assert!(report.deleted >= report.segments, "{report:?}");
+    for shard in 0..2 {
+        let layout = list_layout(ts.store.as_ref(), shard).await.expect("layout");
+        assert!(
+            layout.segments.is_empty(),
+            "every segment moved: {layout:?}"
+        );
+        assert!(!layout.history.is_empty());
+        // History objects cover 1..=head without overlapping.
+        let mut next = 1;
+        for h in &layout.history {
+            assert_eq!(h.first, next, "{layout:?}");
+            next = h.last + 1;
+        }
+        assert_eq!(next, log.head(shard) + 1);
+    }
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    let (report, _) = verify_store(&ts.store, 2).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+    assert!(report.history_objects >= 2);
+    assert_eq!(report.state_hash, before_hash);
+
+    // More history, compacted again: merged into the last history object where it fits.
+    rounds(&log, &users, 20, 26).await;
+    let before = reads(&log, &ts.store, &users, t).await;
+    log.compact_now().await.expect("compact again");
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    log.shutdown().await;
+
+    // A restart reads the same from the history objects.
+    let reopened = open(ts.reopen().expect("reopen"), 2, cfg())
+        .await
+        .expect("reopen log");
+    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
+    reopened.shutdown().await;
+}
+
+/// A log on a fault-injecting file store, with some history written.
+async fn faulty() -> (
+    keepsake_tests::TestStore,
+    Arc<FaultyStore>,
+    Log,
+    Vec<UserId>,
+    DateTime<Utc>,
+) {
+    let ts = store(Backend::File).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(as_store, 1, cfg()).await.expect("open");
+    let users: Vec<UserId> = (0..4).map(|_| user()).collect();
+    rounds(&log, &users, 0, 8).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    rounds(&log, &users, 8, 14).await;
+    (ts, faulty, log, users, t)
+}
+
+async fn settled(log: &Log, store: &Arc<dyn ObjectStore>) {
+    log.compact_now()
+        .await
+        .expect("the next compaction finishes the job");
+    let layout = list_layout(store.as_ref(), 0).await.expect("layout");
+    assert!(layout.segments.is_empty(), "{layout:?}");
+    let mut next = 1;
+    for h in &layout.history {
+        assert_eq!(h.first, next, "no leftover history object: {layout:?}");
+        next = h.last + 1;
+    }
+    let (report, _) = verify_store(store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_that_fail_leave_every_read_right_and_are_finished_later() {
+    let (ts, faulty, log, users, t) = faulty().await;
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let before = reads(&log, &store, &users, t).await;
+    faulty.inject(FaultOp::Delete, "/segments/", Fault::Fail, 5);
+    assert!(
+        log.compact_now().await.is_err(),
+        "a failed delete is reported"
+    );
+    assert!(faulty.injected() >= 1);
+    // Segments and the history object holding them are both there.
+    let layout = list_layout(store.as_ref(), 0).await.expect("layout");
+    assert!(!layout.segments.is_empty() && !layout.history.is_empty());
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    faulty.clear();
+    settled(&log, &store).await;
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    log.shutdown().await;
+    let reopened = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
+    reopened.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_write_that_fails_after_landing_is_verified_before_use() {
+    let (ts, faulty, log, users, t) = faulty().await;
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let before = reads(&log, &store, &users, t).await;
+    faulty.inject(FaultOp::Put, "/history/", Fault::FailAfter, 1);
+    assert!(log.compact_now().await.is_err());
+    let layout = list_layout(store.as_ref(), 0).await.expect("layout");
+    assert_eq!(layout.history.len(), 1, "the object landed: {layout:?}");
+    assert!(!layout.segments.is_empty(), "its sources were not deleted");
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    // A restart finds it unverified: the segments are still read.
+    log.shutdown().await;
+    let reopened = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
+    settled(&reopened, &ts.store).await;
+    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
+    reopened.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_history_object_is_never_read_while_its_sources_are_there() {
+    let (ts, _faulty, log, users, t) = faulty().await;
+    let before = reads(&log, &ts.store, &users, t).await;
+    log.shutdown().await;
+    // Garbage where compaction would put segments 1..=3.
+    ts.store
+        .put(
+            &keys::history(0, 1, 3),
+            PutPayload::from_static(b"not parquet"),
+        )
+        .await
+        .expect("put garbage");
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == "unreadable" && p.key.contains("history")),
+        "{:?}",
+        report.problems
+    );
+    let log = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    settled(&log, &ts.store).await;
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    log.shutdown().await;
+}
+
+/// Plants a well-formed history object of segments `1..=head` whose first event's document
+/// was changed: what a compaction that wrote wrong bytes, and was interrupted before comparing
+/// them with the sources, would leave.
+async fn plant_tampered(store: &Arc<dyn ObjectStore>, head: u64) {
+    let mut segs: Vec<keepsake_segment::Segment> = keepsake_log::scan_shard(store.clone(), 0, 1, 4)
+        .await
+        .expect("scan")
+        .try_collect()
+        .await
+        .expect("segments");
+    assert_eq!(segs.len() as u64, head);
+    segs[0].events[0].document = Some(keepsake_model::Document::from_stored("{\"tampered\":true}"));
+    let bytes = keepsake_segment::encode_history(0, &segs).expect("encode");
+    store
+        .put(&keys::history(0, 1, head), PutPayload::from(bytes))
+        .await
+        .expect("put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_object_that_differs_from_its_sources_is_not_trusted() {
+    let (ts, _faulty, log, users, t) = faulty().await;
+    let head = log.head(0);
+    let before = reads(&log, &ts.store, &users, t).await;
+    log.shutdown().await;
+    plant_tampered(&ts.store, head).await;
+    let log = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    settled(&log, &ts.store).await;
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    log.shutdown().await;
+}
+
+/// An unfinished merge: verified history objects (their segments deleted), and a wider one
+/// over them not yet compared. Reads take the narrower ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_merge_reads_the_narrower_verified_objects() {
+    let (ts, _faulty, log, users, t) = faulty().await;
+    log.compact_now().await.expect("compact");
+    rounds(&log, &users, 14, 17).await;
+    let head = log.head(0);
+    let before = reads(&log, &ts.store, &users, t).await;
+    log.shutdown().await;
+    plant_tampered(&ts.store, head).await;
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(
+        layout.history.len() >= 2 && !layout.segments.is_empty(),
+        "{layout:?}"
+    );
+    let log = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    settled(&log, &ts.store).await;
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    log.shutdown().await;
+}
+
+/// The read-back of a new history object fails: nothing is deleted, the object is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_object_that_cannot_be_read_back_is_not_relied_on() {
+    let (_ts, faulty, log, users, t) = faulty().await;
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let before = reads(&log, &store, &users, t).await;
+    faulty.inject(FaultOp::Get, "/history/", Fault::Fail, 1);
+    assert!(
+        log.compact_now().await.is_err(),
+        "an unverified object is an error"
+    );
+    let layout = list_layout(store.as_ref(), 0).await.expect("layout");
+    assert!(
+        layout.history.is_empty(),
+        "and is deleted again: {layout:?}"
+    );
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    settled(&log, &store).await;
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    log.shutdown().await;
+}
+
+/// As-of reads that start from a checkpoint in the middle of a history object read only the
+/// object's rows after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reads_from_a_checkpoint_inside_a_history_object() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let cfg = LogConfig {
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 100_000,
+        },
+        ..fast_config()
+    };
+    let log = open(ts.store.clone(), 1, cfg).await.expect("open");
+    let users: Vec<UserId> = (0..3).map(|_| user()).collect();
+    rounds(&log, &users, 0, 6).await;
+    log.compact_now().await.expect("compact");
+    let middle = log.checkpoint(0).expect("a checkpoint");
+    let seq_at_middle: HashMap<UserId, u64> = {
+        let mut m = HashMap::new();
+        for u in &users {
+            m.insert(*u, log.last_seq(u).await.expect("seq"));
+        }
+        m
+    };
+    rounds(&log, &users, 6, 12).await;
+    // Replays from the first event, before the second compaction.
+    let mut expected = Vec::new();
+    for u in &users {
+        for n in [seq_at_middle[u], seq_at_middle[u] + 1, seq_at_middle[u] + 7] {
+            expected.push((
+                log.user_at(u, UpTo::Seq(n)).await.expect("at"),
+                log.items_at(u, UpTo::Seq(n)).await.expect("items at"),
+            ));
+        }
+    }
+    log.compact_now().await.expect("compact again");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.history.len(),
+        1,
+        "merged into one object: {layout:?}"
+    );
+    assert!(layout.history[0].first <= middle && middle < layout.history[0].last);
+    let mut got = Vec::new();
+    for u in &users {
+        for n in [seq_at_middle[u], seq_at_middle[u] + 1, seq_at_middle[u] + 7] {
+            got.push((
+                log.user_at(u, UpTo::Seq(n)).await.expect("at"),
+                log.items_at(u, UpTo::Seq(n)).await.expect("items at"),
+            ));
+        }
+    }
+    assert_eq!(got, expected);
+    log.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_compaction_see_every_event() {
+    let ts = store(Backend::File).await.expect("store");
+    let log = Arc::new(open(ts.store.clone(), 1, cfg()).await.expect("open"));
+    let users: Vec<UserId> = (0..4).map(|_| user()).collect();
+    rounds(&log, &users, 0, 10).await;
+    let expected: HashMap<UserId, Vec<Event>> = {
+        let mut m = HashMap::new();
+        for u in &users {
+            m.insert(*u, log.user_events(u, UpTo::End).await.expect("events"));
+        }
+        m
+    };
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    let all: std::collections::HashSet<UserId> = users.iter().copied().collect();
+    let fleet = log.users_at(0, &all, t).await.expect("users at");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let (log, stop, store, u, want) = (
+                log.clone(),
+                stop.clone(),
+                ts.store.clone(),
+                *u,
+                expected[u].clone(),
+            );
+            let (all, fleet) = (all.clone(), fleet.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n == 0 {
+                    // A scan of the shard, as a fleet restore reads it.
+                    assert_eq!(log.users_at(0, &all, t).await.expect("scan"), fleet);
+                    assert_eq!(log.user_events(&u, UpTo::End).await.expect("read"), want);
+                    let (listed, _) = read_user(store.clone(), 0, u, UpTo::End)
+                        .await
+                        .expect("read");
+                    assert_eq!(listed, want);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        log.compact_now().await.expect("compact");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.expect("reader") > 0);
+    }
+    log.shutdown().await;
+}
