@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use keepsake_model::{Event, IdMap, ItemId, UserId};
 use keepsake_segment::{
     EventKey, HistoryMeta, KEY_COLUMNS, ReadPlan, Segment, SegmentMeta, decode, decode_batch,
-    decode_keys, decode_segment_numbers, plan_user_read,
+    decode_keys, decode_segment_numbers, plan_user_read, split_selection,
 };
 use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -1104,39 +1104,67 @@ async fn read_user_segment(
     src: Source,
     up_to: UpTo,
 ) -> Result<UserSegment, LogError> {
-    let (n, wanted) = (src.label(), src.numbers());
-    let (builder, plan) = match open_for_user(store, shard, user, src, up_to).await? {
+    let n = src.label();
+    let filter = RowFilter {
+        user,
+        wanted: src.numbers(),
+        up_to,
+        shard,
+        n,
+    };
+    let (builder, plan, again) = match open_for_user(store, shard, user, src, up_to).await? {
         Opened::After => return Ok(UserSegment::After),
         Opened::Pruned => return Ok(UserSegment::Pruned),
-        Opened::Plan { builder, plan, .. } => (*builder, plan),
+        Opened::Plan {
+            builder,
+            plan,
+            again,
+        } => (*builder, plan, again),
     };
-    let mut stream = builder
-        .with_row_groups(plan.row_groups)
-        .with_row_selection(plan.selection)
-        .build()
+    let parts = (plan.rows_selected / PART_ROWS).clamp(1, parallelism());
+    if parts == 1 {
+        let stream = builder
+            .with_row_groups(plan.row_groups)
+            .with_row_selection(plan.selection)
+            .build()
+            .map_err(|e| LogError::segment(shard, n, e.into()))?;
+        return filter.read(stream).await;
+    }
+    // A long run of the user's rows (a history object's): decoded in parts, one per core.
+    let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), read_options())
         .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let reads = split_selection(&plan.selection, parts)
+        .into_iter()
+        .map(|selection| {
+            let stream =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(again.clone(), metadata.clone())
+                    .with_row_groups(plan.row_groups.clone())
+                    .with_row_selection(selection)
+                    .build()
+                    .map_err(|e| LogError::segment(shard, n, e.into()));
+            let filter = filter.clone();
+            Aborting(tokio::spawn(async move { filter.read(stream?).await }))
+        })
+        .collect::<Vec<_>>();
     let mut events = Vec::new();
-    let mut decoded = 0;
-    let mut past_end = false;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(pages_err(shard, n))?;
-        decoded += batch.num_rows() as u64;
-        let numbers = decode_segment_numbers(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
-        // Pages are shared: the batch may hold neighbours' rows; a history object's rows of
-        // segments not asked for are not part of this read.
-        for (i, e) in decode_batch(&batch)
-            .map_err(|e| LogError::corrupt(shard, n, e))?
-            .into_iter()
-            .enumerate()
+    let (mut decoded, mut past_end) = (0, false);
+    for read in futures::future::join_all(reads).await {
+        let part = read.map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("reading a segment failed: {e}"),
+        })??;
+        if let UserSegment::Rows {
+            events: mine,
+            decoded: d,
+            past_end: p,
+        } = part
         {
-            if e.user_id != user || numbers.as_ref().is_some_and(|s| !wanted.contains(&s[i])) {
-                continue;
+            decoded += d;
+            // Parts are in row order: rows after the first part past the end are past it too.
+            if !past_end {
+                events.extend(mine);
             }
-            if up_to.includes(&e) {
-                events.push(e);
-            } else {
-                past_end = true;
-            }
+            past_end |= p;
         }
     }
     Ok(UserSegment::Rows {
@@ -1144,6 +1172,69 @@ async fn read_user_segment(
         decoded,
         past_end,
     })
+}
+
+/// Selected rows per part when one object's read is split over cores.
+const PART_ROWS: usize = 4096;
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Which decoded rows belong to one user's read of one source.
+#[derive(Clone, Debug)]
+struct RowFilter {
+    user: UserId,
+    /// The segments asked for (a history object's rows of other segments are not).
+    wanted: std::ops::RangeInclusive<u64>,
+    up_to: UpTo,
+    shard: u32,
+    n: u64,
+}
+
+impl RowFilter {
+    /// Decodes a stream of pages and keeps the user's rows up to the moment.
+    async fn read(
+        &self,
+        mut stream: parquet::arrow::async_reader::ParquetRecordBatchStream<SegmentReader>,
+    ) -> Result<UserSegment, LogError> {
+        let (shard, n) = (self.shard, self.n);
+        let mut events = Vec::new();
+        let mut decoded = 0;
+        let mut past_end = false;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(pages_err(shard, n))?;
+            decoded += batch.num_rows() as u64;
+            let numbers =
+                decode_segment_numbers(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
+            // Pages are shared: the batch may hold neighbours' rows; a history object's rows of
+            // segments not asked for are not part of this read.
+            for (i, e) in decode_batch(&batch)
+                .map_err(|e| LogError::corrupt(shard, n, e))?
+                .into_iter()
+                .enumerate()
+            {
+                let other_segment = numbers
+                    .as_ref()
+                    .is_some_and(|s| !self.wanted.contains(&s[i]));
+                if e.user_id != self.user || other_segment {
+                    continue;
+                }
+                if self.up_to.includes(&e) {
+                    if !past_end {
+                        events.push(e);
+                    }
+                } else {
+                    past_end = true;
+                }
+            }
+        }
+        Ok(UserSegment::Rows {
+            events,
+            decoded,
+            past_end,
+        })
+    }
 }
 
 /// One user's newest event of each item up to a moment: what a read of items at that moment

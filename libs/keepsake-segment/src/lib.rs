@@ -30,7 +30,7 @@ pub use history::{
     HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, SEGMENT_COLUMN, decode_history,
     decode_segment_numbers, encode_history, history_description, history_schema,
 };
-pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping};
+pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping, split_selection};
 pub use schema::{
     FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,
 };

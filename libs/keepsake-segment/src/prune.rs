@@ -131,3 +131,109 @@ fn plan(meta: &ParquetMetaData, user: &UserId, skip: Option<(usize, &[u8])>) -> 
         rows_selected,
     })
 }
+
+/// Splits a selection into at most `parts` selections over the same rows, each selecting a
+/// contiguous share of the selected rows (in order, about equal): reading the parts on
+/// separate threads and concatenating the results reads exactly what `selection` reads.
+pub fn split_selection(selection: &RowSelection, parts: usize) -> Vec<RowSelection> {
+    let total_selected = selection.row_count();
+    let parts = parts.clamp(1, total_selected.max(1));
+    let share = total_selected.div_ceil(parts);
+    let total_rows: usize = selection.iter().map(|s| s.row_count).sum();
+    let mut out: Vec<Vec<RowSelector>> = vec![Vec::new(); parts];
+    // Each part's cursor: the rows it has accounted for so far.
+    let mut cursors = vec![0usize; parts];
+    let (mut at, mut taken) = (0usize, 0usize);
+    for s in selection.iter() {
+        if s.skip {
+            at += s.row_count;
+            continue;
+        }
+        let mut left = s.row_count;
+        while left > 0 {
+            let part = (taken / share.max(1)).min(parts - 1);
+            let room = share * (part + 1) - taken;
+            let n = if part == parts - 1 {
+                left
+            } else {
+                left.min(room)
+            };
+            if at > cursors[part] {
+                out[part].push(RowSelector::skip(at - cursors[part]));
+            }
+            out[part].push(RowSelector::select(n));
+            cursors[part] = at + n;
+            at += n;
+            taken += n;
+            left -= n;
+        }
+    }
+    out.into_iter()
+        .zip(cursors)
+        .filter(|(sel, _)| sel.iter().any(|s| !s.skip))
+        .map(|(mut sel, cursor)| {
+            if total_rows > cursor {
+                sel.push(RowSelector::skip(total_rows - cursor));
+            }
+            RowSelection::from(sel)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The selected rows, by position.
+    fn rows(sel: &RowSelection) -> Vec<usize> {
+        let (mut at, mut out) = (0, Vec::new());
+        for s in sel.iter() {
+            if !s.skip {
+                out.extend(at..at + s.row_count);
+            }
+            at += s.row_count;
+        }
+        out
+    }
+
+    #[test]
+    fn split_parts_read_exactly_the_selection_in_order() {
+        let selections = [
+            vec![RowSelector::select(10)],
+            vec![
+                RowSelector::skip(5),
+                RowSelector::select(7),
+                RowSelector::skip(3),
+            ],
+            vec![
+                RowSelector::skip(2048),
+                RowSelector::select(4096),
+                RowSelector::skip(100),
+                RowSelector::select(1),
+                RowSelector::skip(9),
+                RowSelector::select(3000),
+            ],
+            vec![RowSelector::select(1)],
+        ];
+        for s in selections {
+            let sel = RowSelection::from(s);
+            let total_rows: usize = sel.iter().map(|s| s.row_count).sum();
+            for parts in 1..6 {
+                let split = split_selection(&sel, parts);
+                assert!(!split.is_empty() && split.len() <= parts);
+                let joined: Vec<usize> = split.iter().flat_map(rows).collect();
+                assert_eq!(joined, rows(&sel), "{parts} parts of {sel:?}");
+                for p in &split {
+                    let covered: usize = p.iter().map(|s| s.row_count).sum();
+                    assert_eq!(covered, total_rows, "each part spans the same rows");
+                }
+                let shares: Vec<usize> = split.iter().map(RowSelection::row_count).collect();
+                let (min, max) = (shares.iter().min(), shares.iter().max());
+                assert!(
+                    max.zip(min)
+                        .is_some_and(|(a, b)| a - b <= sel.row_count().div_ceil(parts))
+                );
+            }
+        }
+    }
+}

@@ -89,12 +89,31 @@ pub struct SideReport {
     pub copy: Option<AppendFigures>,
     /// Bytes stored per event (Keepsake: every object in the store; Postgres: table + indexes + TOAST).
     pub bytes_per_event: f64,
-    /// Keepsake only: segment bytes per event (without checkpoints).
+    /// Keepsake only: segment bytes per event as committed (before compaction).
     pub segment_bytes_per_event: Option<f64>,
+    /// Keepsake only: bytes per event of the log as stored (segments and history objects, no
+    /// checkpoints): what Postgres's table and index hold.
+    pub log_bytes_per_event: Option<f64>,
     /// Every event of the reader user.
     pub read_user: ReadFigures,
     /// The reader user's state as of the middle of its history.
     pub as_of: ReadFigures,
+    /// Keepsake only: the same figures right after the appends, before compaction moved the
+    /// checkpointed segments into history objects (the figures above are after it).
+    pub before_compaction: Option<BeforeCompaction>,
+}
+
+/// Keepsake's figures before compaction, and what compaction took.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BeforeCompaction {
+    /// Bytes stored per event.
+    pub bytes_per_event: f64,
+    /// Every event of the reader user.
+    pub read_user: ReadFigures,
+    /// The reader user's state as of the middle of its history.
+    pub as_of: ReadFigures,
+    /// Seconds `Log::compact_now` took (a checkpoint per shard, then compaction).
+    pub compaction_secs: f64,
 }
 
 /// Both sides and the ratios that the targets are stated in.
@@ -116,8 +135,10 @@ pub struct BaselineReport {
     pub postgres: Option<SideReport>,
     /// Keepsake append rate / best of Postgres INSERT and COPY (target ≥ 3).
     pub append_ratio: Option<f64>,
-    /// Keepsake bytes per event / Postgres's (target ≤ 0.25).
+    /// Keepsake bytes per event (every object) / Postgres's (target ≤ 0.25).
     pub bytes_ratio: Option<f64>,
+    /// Keepsake's log bytes per event (no checkpoints) / Postgres's.
+    pub log_bytes_ratio: Option<f64>,
     /// Postgres read time / Keepsake's, median (target ≥ 5).
     pub read_ratio: Option<f64>,
     /// Postgres as-of time / Keepsake's, median.
@@ -178,11 +199,21 @@ impl BaselineReport {
         let _ = writeln!(
             t,
             "  {:<46} {:>14.1} {:>14} {:>9}",
-            "bytes stored per event",
+            "bytes stored per event (every object)",
             k.bytes_per_event,
             pg(&|p| format!("{:.1}", p.bytes_per_event)),
             ratio(self.bytes_ratio)
         );
+        if let Some(log) = k.log_bytes_per_event {
+            let _ = writeln!(
+                t,
+                "  {:<46} {:>14.1} {:>14} {:>9}",
+                "  the log (segments + history, no checkpoint)",
+                log,
+                pg(&|p| format!("{:.1}", p.bytes_per_event)),
+                ratio(self.log_bytes_ratio)
+            );
+        }
         let _ = writeln!(
             t,
             "  {:<46} {:>14.2} {:>14} {:>9}",
@@ -206,6 +237,18 @@ impl BaselineReport {
             pg(&|p| format!("{:.2}", p.as_of.p50_ms)),
             ratio(self.as_of_ratio)
         );
+        if let Some(b) = &k.before_compaction {
+            let _ = writeln!(
+                t,
+                "  Keepsake before compaction (compact_now took {:.1} s): bytes/event {:.1}, \
+                 read one user p50 {:.2} ms (p99 {:.2}), as of mid-history p50 {:.2} ms",
+                b.compaction_secs,
+                b.bytes_per_event,
+                b.read_user.p50_ms,
+                b.read_user.p99_ms,
+                b.as_of.p50_ms
+            );
+        }
         t
     }
 }
@@ -308,6 +351,11 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
         None => None,
     };
     let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let log_bytes_ratio = postgres.as_ref().and_then(|p| {
+        keepsake
+            .log_bytes_per_event
+            .and_then(|k| ratio(k, p.bytes_per_event))
+    });
     let (append_ratio, bytes_ratio, read_ratio, as_of_ratio) = match &postgres {
         Some(p) => {
             let best = p
@@ -333,6 +381,7 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
         postgres,
         append_ratio,
         bytes_ratio,
+        log_bytes_ratio,
         read_ratio,
         as_of_ratio,
     })
@@ -436,17 +485,71 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
     let events = LogStats::get(&stats.events);
     let segment_bytes = LogStats::get(&stats.bytes);
     let append = append_figures(events as usize, secs, lat);
+    let per_event = |bytes: u64| bytes as f64 / events.max(1) as f64;
 
-    // Every object in the store, checkpoints included.
+    let reader = UserId(user_uuid(cfg.seed, 0));
+    let mid = mid_time.unwrap_or_else(|| SystemClock.now());
+    let fresh_bytes = stored_bytes(store.as_ref()).await?;
+    let (fresh_read, fresh_as_of) = keepsake_reads(&log, reader, mid, cfg.reads).await?;
+    let started = Instant::now();
+    log.compact_now().await.context("compacting")?;
+    let compaction_secs = started.elapsed().as_secs_f64();
+    let stored = stored_bytes(store.as_ref()).await?;
+    let log_bytes = log_bytes(store.as_ref()).await?;
+    let (read_user, as_of) = keepsake_reads(&log, reader, mid, cfg.reads).await?;
+    log.shutdown().await;
+    Ok(SideReport {
+        events,
+        append,
+        copy: None,
+        bytes_per_event: per_event(stored),
+        segment_bytes_per_event: Some(per_event(segment_bytes)),
+        log_bytes_per_event: Some(per_event(log_bytes)),
+        read_user,
+        as_of,
+        before_compaction: Some(BeforeCompaction {
+            bytes_per_event: per_event(fresh_bytes),
+            read_user: fresh_read,
+            as_of: fresh_as_of,
+            compaction_secs,
+        }),
+    })
+}
+
+/// Every object in the store, checkpoints included.
+async fn stored_bytes(store: &dyn object_store::ObjectStore) -> anyhow::Result<u64> {
     let mut stored = 0u64;
     let mut listing = store.list(None);
     while let Some(meta) = listing.next().await {
         stored += meta.context("listing the store")?.size;
     }
-    let reader = UserId(user_uuid(cfg.seed, 0));
+    Ok(stored)
+}
+
+/// The log's objects: segments and history objects.
+async fn log_bytes(store: &dyn object_store::ObjectStore) -> anyhow::Result<u64> {
+    use keepsake_store::keys::{self, Key};
+    let mut bytes = 0u64;
+    let mut listing = store.list(None);
+    while let Some(meta) = listing.next().await {
+        let meta = meta.context("listing the store")?;
+        if let Some(Key::Segment { .. } | Key::History { .. }) = keys::parse(&meta.location) {
+            bytes += meta.size;
+        }
+    }
+    Ok(bytes)
+}
+
+/// `reads` reads of the reader user's every event, then of its items as of `mid`.
+async fn keepsake_reads(
+    log: &Log,
+    reader: UserId,
+    mid: DateTime<Utc>,
+    reads: usize,
+) -> anyhow::Result<(ReadFigures, ReadFigures)> {
     let mut read_lat = Vec::new();
     let mut rows = 0;
-    for _ in 0..cfg.reads.max(1) {
+    for _ in 0..reads.max(1) {
         let t = Instant::now();
         let events = log
             .user_events(&reader, UpTo::End)
@@ -455,10 +558,9 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
         read_lat.push(t.elapsed());
         rows = events.len();
     }
-    let mid = mid_time.unwrap_or_else(|| SystemClock.now());
     let mut as_of_lat = Vec::new();
     let mut items = 0;
-    for _ in 0..cfg.reads.max(1) {
+    for _ in 0..reads.max(1) {
         let t = Instant::now();
         let state = log
             .items_at(&reader, UpTo::Time(mid))
@@ -467,16 +569,7 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
         as_of_lat.push(t.elapsed());
         items = Kind::ALL.iter().map(|&k| state.live_count(k)).sum();
     }
-    log.shutdown().await;
-    Ok(SideReport {
-        events,
-        append,
-        copy: None,
-        bytes_per_event: stored as f64 / events.max(1) as f64,
-        segment_bytes_per_event: Some(segment_bytes as f64 / events.max(1) as f64),
-        read_user: read_figures(rows, read_lat),
-        as_of: read_figures(items, as_of_lat),
-    })
+    Ok((read_figures(rows, read_lat), read_figures(items, as_of_lat)))
 }
 
 fn kind_index(kind: Kind) -> usize {
@@ -759,7 +852,9 @@ async fn postgres_side(
         copy: Some(copy),
         bytes_per_event: size as f64 / (count.max(1)) as f64,
         segment_bytes_per_event: None,
+        log_bytes_per_event: None,
         read_user: read_figures(rows, read_lat),
+        before_compaction: None,
         as_of: read_figures(items, as_of_lat),
     })
 }
