@@ -70,10 +70,11 @@ fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
     } else {
         writeln!(
             out,
-            "{}: {} shards, {} segments, {} events, {} checkpoints, {} users; state hash {}",
+            "{}: {} shards, {} segments ({} history objects), {} events, {} checkpoints, {} users; state hash {}",
             if report.ok { "ok" } else { "PROBLEMS" },
             report.shards,
             report.segments,
+            report.history_objects,
             report.events,
             report.checkpoints,
             report.users,
@@ -160,13 +161,27 @@ struct ServeArgs {
     /// Keep every checkpoint younger than this many hours...
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_ALL_HOURS", default_value_t = 24)]
     checkpoint_keep_all_hours: i64,
-    /// ...and beyond that one per day for this many days (segments are never deleted).
+    /// ...and beyond that one per day for this many days (events are never deleted).
     #[arg(
         long,
         env = "KEEPSAKE_CHECKPOINT_KEEP_DAILY_DAYS",
         default_value_t = 365
     )]
     checkpoint_keep_daily_days: i64,
+    /// Move checkpointed segments into per-shard history objects after each checkpoint (one
+    /// user's history then reads as a few objects instead of every segment holding it).
+    #[arg(long, env = "KEEPSAKE_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
+    compaction: bool,
+    /// Leave fewer checkpointed segments than this for a later compaction.
+    #[arg(long, env = "KEEPSAKE_COMPACTION_MIN_SEGMENTS", default_value_t = 64)]
+    compaction_min_segments: u64,
+    /// Events per history object at most (what a compaction holds in memory: ~1 KB an event).
+    #[arg(
+        long,
+        env = "KEEPSAKE_COMPACTION_MAX_EVENTS",
+        default_value_t = 131_072
+    )]
+    compaction_max_events: u64,
     /// Users a fleet restore restores at once.
     #[arg(long, env = "KEEPSAKE_FLEET_RESTORE_CONCURRENCY", default_value_t = 32)]
     fleet_restore_concurrency: usize,
@@ -254,6 +269,11 @@ pub fn main() -> Result<std::process::ExitCode> {
                 checkpoint_retention: keepsake_log::retention::RetentionPolicy {
                     keep_all_for: chrono::Duration::hours(a.checkpoint_keep_all_hours.max(0)),
                     keep_daily_for_days: a.checkpoint_keep_daily_days.max(0),
+                },
+                compaction: keepsake_log::CompactionPolicy {
+                    enabled: a.compaction,
+                    min_segments: a.compaction_min_segments.max(1),
+                    max_events: a.compaction_max_events.max(1),
                 },
                 fleet_concurrency: a.fleet_restore_concurrency.max(1),
                 fleet_users_per_second: a.fleet_restore_users_per_sec,

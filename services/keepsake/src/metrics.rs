@@ -240,6 +240,40 @@ pub async fn render(State(state): State<Shared>) -> Response {
             "History reads by a shard writer itself (they hold up its batch)",
             g(&s.writer_ancestor_reads),
         );
+        for (name, help, v) in [
+            (
+                "keepsake_compaction_history_objects",
+                "History objects written by compaction (each verified against its segments)",
+                &s.compactions,
+            ),
+            (
+                "keepsake_compaction_segments",
+                "Segments moved into history objects",
+                &s.compacted_segments,
+            ),
+            (
+                "keepsake_compaction_deleted_objects",
+                "Objects deleted after their history object was verified",
+                &s.compaction_deleted,
+            ),
+            (
+                "keepsake_compaction_written_bytes",
+                "Bytes of history objects written",
+                &s.compaction_bytes_written,
+            ),
+            (
+                "keepsake_compaction_deleted_bytes",
+                "Bytes of the objects compaction deleted",
+                &s.compaction_bytes_deleted,
+            ),
+            (
+                "keepsake_compaction_errors",
+                "Compactions that failed (retried after the next checkpoint)",
+                &s.compaction_errors,
+            ),
+        ] {
+            counter(&mut out, name, help, g(v));
+        }
         histogram(
             &mut out,
             "keepsake_segment_put_seconds",

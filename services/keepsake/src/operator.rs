@@ -119,6 +119,8 @@ pub enum Op {
     },
     /// Rebuild every view from the log and compare state hashes.
     Rebuild,
+    /// Checkpoint every shard now and move every segment up to it into history objects.
+    Compact,
 }
 
 struct Client {
@@ -313,6 +315,14 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                     ];
                     (v, rows)
                 }
+            }
+            Op::Compact => {
+                let v = c.call(post.clone(), "/admin/v1/compact", None).await?;
+                let rows = vec![
+                    vec!["HISTORY OBJECTS".into(), "SEGMENTS".into(), "EVENTS".into(), "BYTES WRITTEN".into(), "OBJECTS DELETED".into(), "BYTES DELETED".into()],
+                    vec![s(&v["history_objects_written"]), s(&v["segments_compacted"]), s(&v["events_compacted"]), s(&v["bytes_written"]), s(&v["objects_deleted"]), s(&v["bytes_deleted"])],
+                ];
+                (v, rows)
             }
             Op::Rebuild => {
                 let v = c.call(post, "/admin/v1/rebuild", None).await?;

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Which older checkpoints to keep.
     pub checkpoint_retention: keepsake_log::retention::RetentionPolicy,
+    /// Moving checkpointed segments into history objects.
+    pub compaction: keepsake_log::CompactionPolicy,
     /// Users a fleet restore restores at once.
     pub fleet_concurrency: usize,
     /// Users a fleet restore starts per second at most (0: no limit).
@@ -214,6 +216,7 @@ pub async fn run(
             checkpoint_every_events: cfg.checkpoint_every_events,
             checkpoint_interval: cfg.checkpoint_interval,
             retention: cfg.checkpoint_retention,
+            compaction: cfg.compaction,
             ..LogConfig::default()
         };
         let log = Arc::new(

@@ -362,6 +362,30 @@ pub(super) async fn rebuild(
     ))
 }
 
+pub(super) async fn compact(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+) -> Result<Response, ApiError> {
+    let log = &state.ready()?.log;
+    let started = std::time::Instant::now();
+    let r = log.compact_now().await?;
+    tracing::info!(
+        history_objects = r.written,
+        segments = r.segments,
+        deleted = r.deleted,
+        ms = started.elapsed().as_millis() as u64,
+        "compaction run by an operator"
+    );
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "history_objects_written": r.written, "segments_compacted": r.segments,
+            "events_compacted": r.events, "bytes_written": r.bytes_written,
+            "objects_deleted": r.deleted, "bytes_deleted": r.bytes_deleted,
+        }),
+    ))
+}
+
 // ---- fleet restore ----
 
 #[derive(Deserialize)]

@@ -199,6 +199,7 @@ pub fn routes() -> Routes {
             get(admin::fleet_restore_progress),
         )
         .add("/admin/v1/rebuild", &[Method::POST], post(admin::rebuild))
+        .add("/admin/v1/compact", &[Method::POST], post(admin::compact))
         .add("/admin/v1/verify", &[Method::GET], get(admin::verify))
 }
 

@@ -1,0 +1,130 @@
+//! Compaction seen from outside: an operator compacts a running server's store, and every answer
+//! a device or an operator gets stays the same, before and after a restart.
+
+use std::time::Duration;
+
+use keepsake_tests::Backend;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_changes_no_answer_on_file() {
+    compaction_changes_no_answer(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_changes_no_answer_on_s3() {
+    compaction_changes_no_answer(Backend::S3).await;
+}
+
+async fn compaction_changes_no_answer(backend: Backend) {
+    let env = Env::new(backend).await;
+    // Background compaction off: the operator's command is what moves the segments.
+    let s = Server::start(&env, &[("KEEPSAKE_COMPACTION", "false")]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let note = uuid();
+    s.push(&phone, json!([put(&note, "note", json!({"t": "v1"}))]))
+        .await;
+    let mut t = String::new();
+    for i in 0..12 {
+        let mut changes = vec![
+            put(&uuid(), "contact", json!({"name": format!("c{i}")})),
+            json!({"change_id": uuid(), "kind": "note", "item_id": note, "op": "patch",
+                   "document": {"round": i}}),
+        ];
+        if i % 4 == 3 {
+            changes.push(
+                json!({"change_id": uuid(), "kind": "note", "item_id": uuid(), "op": "delete"}),
+            );
+        }
+        s.push(&phone, Value::Array(changes)).await;
+        if i == 5 {
+            t = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let segments = s.segments().await;
+    assert!(segments >= 13, "{segments}");
+    let before = answers(&s, &env, &phone, &user, &t).await;
+
+    let done = cli(&s.base, &env, &["compact", "--json"]);
+    assert_eq!(
+        done["segments_compacted"].as_u64(),
+        Some(segments),
+        "{done}"
+    );
+    assert!(
+        done["history_objects_written"].as_u64() >= Some(1),
+        "{done}"
+    );
+    assert!(done["objects_deleted"].as_u64() >= Some(segments), "{done}");
+    assert_eq!(answers(&s, &env, &phone, &user, &t).await, before);
+    assert!(s.metric("keepsake_compaction_history_objects_total").await >= 1);
+    assert_eq!(
+        s.metric("keepsake_compaction_segments_total").await,
+        segments
+    );
+    let verify = cli(&s.base, &env, &["verify", "--store", &env.url, "--json"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(verify["history_objects"].as_u64() >= Some(1), "{verify}");
+    assert_eq!(verify["segments"].as_u64(), Some(segments), "{verify}");
+
+    // A restart reads history objects; the device keeps syncing on top of them.
+    s.stop();
+    let s = Server::start(&env, &[("KEEPSAKE_COMPACTION", "false")]).await;
+    assert_eq!(answers(&s, &env, &phone, &user, &t).await, before);
+    s.push(&phone, json!([put(&uuid(), "note", json!({"t": "after"}))]))
+        .await;
+    let events = cli(&s.base, &env, &["events", "--user", &user, "--json"]);
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        before.1["events"].as_array().map(|e| e.len() + 1)
+    );
+    let rebuild = cli(&s.base, &env, &["rebuild", "--json"]);
+    assert_eq!(rebuild["equal"], true, "{rebuild}");
+}
+
+/// Runs the `keepsake` CLI against the server at `base` and parses its `--json` output.
+fn cli(base: &str, env: &Env, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(args)
+        .env("KEEPSAKE_URL", base)
+        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
+        .envs(env.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run keepsake");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// What a device and an operator are told about the user: the device's full pull, the
+/// user's events, its state at time `t` and at seq 9.
+async fn answers(
+    s: &Server,
+    env: &Env,
+    phone: &str,
+    user: &str,
+    t: &str,
+) -> (Value, Value, Value, Value) {
+    (
+        s.pull(phone, "").await["changes"].clone(),
+        cli(&s.base, env, &["events", "--user", user, "--json"]),
+        cli(
+            &s.base,
+            env,
+            &["state", "--user", user, "--as-of", t, "--json"],
+        ),
+        cli(
+            &s.base,
+            env,
+            &["state", "--user", user, "--as-of-seq", "9", "--json"],
+        ),
+    )
+}
