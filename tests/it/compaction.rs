@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use keepsake_log::{
     CompactionPolicy, Log, LogConfig, UpTo, list_layout, read_user, verify::verify_store,
 };
@@ -343,6 +343,34 @@ async fn an_unfinished_merge_reads_the_narrower_verified_objects() {
     log.shutdown().await;
 }
 
+/// A correct history object of segments in the middle of the log (as a compaction with other
+/// settings could leave): it is adopted, and the segments on both sides are compacted around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_object_in_the_middle_is_adopted() {
+    let (ts, _faulty, log, users, t) = faulty().await;
+    let before = reads(&log, &ts.store, &users, t).await;
+    log.shutdown().await;
+    let segs: Vec<keepsake_segment::Segment> = keepsake_log::scan_shard(ts.store.clone(), 0, 4, 4)
+        .await
+        .expect("scan")
+        .take(4)
+        .try_collect()
+        .await
+        .expect("segments 4..=7");
+    let bytes = keepsake_segment::encode_history(0, &segs).expect("encode");
+    ts.store
+        .put(&keys::history(0, 4, 7), PutPayload::from(bytes))
+        .await
+        .expect("put");
+    let log = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    settled(&log, &ts.store).await;
+    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    log.shutdown().await;
+}
+
 /// The read-back of a new history object fails: nothing is deleted, the object is not used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_object_that_cannot_be_read_back_is_not_relied_on() {
@@ -474,4 +502,48 @@ async fn reads_during_compaction_see_every_event() {
         assert!(r.await.expect("reader") > 0);
     }
     log.shutdown().await;
+}
+
+/// With the default wiring, the checkpointer compacts after each checkpoint it writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_compacts_in_the_background() {
+    let ts = store(Backend::File).await.expect("store");
+    let cfg = LogConfig {
+        checkpoint_every_events: 40,
+        compaction: CompactionPolicy {
+            enabled: true,
+            min_segments: 4,
+            max_events: 1_000,
+        },
+        ..fast_config()
+    };
+    let log = open(ts.store.clone(), 1, cfg).await.expect("open");
+    let users: Vec<UserId> = (0..4).map(|_| user()).collect();
+    rounds(&log, &users, 0, 12).await;
+    let expected: Vec<Vec<Event>> = {
+        let mut v = Vec::new();
+        for u in &users {
+            v.push(log.user_events(u, UpTo::End).await.expect("events"));
+        }
+        v
+    };
+    let mut waited = 0;
+    while keepsake_log::LogStats::get(&log.stats().compactions) == 0 {
+        assert!(
+            waited < 200,
+            "no compaction within 10 s of checkpoints being due"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(!layout.history.is_empty(), "{layout:?}");
+    let mut got = Vec::new();
+    for u in &users {
+        got.push(log.user_events(u, UpTo::End).await.expect("events"));
+    }
+    assert_eq!(got, expected);
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
 }

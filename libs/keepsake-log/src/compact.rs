@@ -9,8 +9,9 @@
 //!   object merged into a wider one) is deleted only after the history object holding it was
 //!   written, read back and its segments compared equal, one by one, with the source's; the
 //!   view reads from a history object only after that comparison.
-//! - History objects cover segments from 1 without gaps once settled; a round takes the last
-//!   one (when the result stays within `max_events`) and the segments after it.
+//! - A round takes the oldest run of segments still in their own objects, up to the checkpoint
+//!   and `max_events`, and merges it with the history object just before it when the result
+//!   stays within `max_events`; so history objects grow from segment 1 without gaps.
 //! - A round interrupted anywhere leaves a store every reader reads correctly (a segment is read
 //!   from its own object while it exists, else from the narrowest history object holding it),
 //!   and the next round finishes it: it compares each history object with whatever of its
@@ -19,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use futures::{StreamExt, TryStreamExt};
 use keepsake_segment::Segment;
 use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -27,6 +29,9 @@ use tracing::{info, warn};
 use crate::error::{LogError, store_err};
 use crate::reader::{HistoryListed, Layout, list_layout, read_history, read_segment};
 use crate::view::ShardState;
+
+/// Segments read at once by a compaction.
+const READ_AHEAD: usize = 4;
 
 /// When and how much to compact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,8 +240,8 @@ async fn read_doomed(
     }
 }
 
-/// One history object: the last history object when it still has room, then the segments after
-/// it up to `upto`, as many as fit `max_events`.
+/// One history object: the oldest run of segment objects up to `upto`, as many as fit
+/// `max_events`, after the history object just before them when it still has room.
 async fn compact_round(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -245,13 +250,18 @@ async fn compact_round(
     policy: &CompactionPolicy,
     layout: &Layout,
 ) -> Result<CompactionReport, LogError> {
-    let last = layout.history.iter().max_by_key(|h| h.last).copied();
-    let next = last.map_or(1, |h| h.last + 1);
+    // The oldest run of segments still in their own objects, and the history object just
+    // before it (which a settled store always has, unless the run starts at 1).
+    let Some(next) = layout.segments.first().map(|l| l.n) else {
+        return Ok(CompactionReport::default());
+    };
+    let last = layout.history.iter().find(|h| h.last + 1 == next).copied();
     let waiting: Vec<_> = layout
         .segments
         .iter()
-        .filter(|l| (next..=upto).contains(&l.n))
-        .copied()
+        .zip(next..)
+        .take_while(|(l, n)| l.n == *n && l.n <= upto)
+        .map(|(l, _)| *l)
         .collect();
     if (waiting.len() as u64) < policy.min_segments.max(1) {
         return Ok(CompactionReport::default());
@@ -259,13 +269,16 @@ async fn compact_round(
     let mut taken: Vec<Segment> = Vec::new();
     let mut doomed: Vec<Doomed> = Vec::new();
     let mut events = 0u64;
-    for l in &waiting {
-        let seg = read_segment(store.as_ref(), shard, l.n)
-            .await?
-            .ok_or(LogError::Gap {
+    let mut reads = futures::stream::iter(waiting)
+        .map(|l| async move {
+            let seg = read_segment(store.as_ref(), shard, l.n).await?;
+            seg.map(|seg| (l, seg)).ok_or(LogError::Gap {
                 shard,
                 missing: l.n,
-            })?;
+            })
+        })
+        .buffered(READ_AHEAD);
+    while let Some((l, seg)) = reads.try_next().await? {
         if !taken.is_empty() && events + seg.meta.event_count > policy.max_events {
             break;
         }
@@ -276,6 +289,7 @@ async fn compact_round(
             size: l.size,
         });
     }
+    drop(reads);
     if (taken.len() as u64) < policy.min_segments.max(1) && events < policy.max_events {
         return Ok(CompactionReport::default());
     }
