@@ -204,6 +204,23 @@ async fn settled(log: &Log, store: &Arc<dyn ObjectStore>) {
     assert!(report.ok, "{:?}", report.problems);
 }
 
+/// Opens the log again on the store: it reads what it read before; a compaction finishes
+/// whatever was left unfinished, and it still reads the same.
+async fn reopen_and_settle(
+    ts: &keepsake_tests::TestStore,
+    users: &[UserId],
+    t: DateTime<Utc>,
+    before: &Reads,
+) {
+    let log = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(&reads(&log, &ts.store, users, t).await, before);
+    settled(&log, &ts.store).await;
+    assert_eq!(&reads(&log, &ts.store, users, t).await, before);
+    log.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_that_fail_leave_every_read_right_and_are_finished_later() {
     let (ts, faulty, log, users, t) = faulty().await;
@@ -241,15 +258,9 @@ async fn a_history_write_that_fails_after_landing_is_verified_before_use() {
     assert_eq!(layout.history.len(), 1, "the object landed: {layout:?}");
     assert!(!layout.segments.is_empty(), "its sources were not deleted");
     assert_eq!(reads(&log, &store, &users, t).await, before);
-    // A restart finds it unverified: the segments are still read.
     log.shutdown().await;
-    let reopened = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
-    settled(&reopened, &ts.store).await;
-    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
-    reopened.shutdown().await;
+    // A restart finds it unverified: the segments are still read.
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,13 +285,7 @@ async fn a_damaged_history_object_is_never_read_while_its_sources_are_there() {
         "{:?}",
         report.problems
     );
-    let log = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    settled(&log, &ts.store).await;
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    log.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 /// Plants a well-formed history object of segments `1..=head` whose first event's document
@@ -309,13 +314,7 @@ async fn a_history_object_that_differs_from_its_sources_is_not_trusted() {
     let before = reads(&log, &ts.store, &users, t).await;
     log.shutdown().await;
     plant_tampered(&ts.store, head).await;
-    let log = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    settled(&log, &ts.store).await;
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    log.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 /// An unfinished merge: verified history objects (their segments deleted), and a wider one
@@ -334,13 +333,7 @@ async fn an_unfinished_merge_reads_the_narrower_verified_objects() {
         layout.history.len() >= 2 && !layout.segments.is_empty(),
         "{layout:?}"
     );
-    let log = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    settled(&log, &ts.store).await;
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    log.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 /// A correct history object of segments in the middle of the log (as a compaction with other
@@ -362,13 +355,7 @@ async fn a_history_object_in_the_middle_is_adopted() {
         .put(&keys::history(0, 4, 7), PutPayload::from(bytes))
         .await
         .expect("put");
-    let log = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    settled(&log, &ts.store).await;
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
-    log.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 /// The read-back of a new history object fails: nothing is deleted, the object is not used.

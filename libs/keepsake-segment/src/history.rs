@@ -9,7 +9,7 @@
 //!   gives back each source [`Segment`] exactly (its rows in `(user_id, seq)` order, as the
 //!   segment held them): a history object is a container of segments, never a rewrite of events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::codec::{DECODE_BATCH_ROWS, Segment, decode_batch, event_columns, writer_properties};
 use crate::error::{SegmentError, invalid};
-use crate::schema::{KNOWN_VERSIONS, SegmentMeta, arrow_schema};
+use crate::schema::{KNOWN_VERSIONS, Kv, SegmentMeta, arrow_schema};
 
 /// The history format version this build writes.
 pub const HISTORY_VERSION: u32 = 1;
@@ -134,29 +134,8 @@ impl HistoryMeta {
 
     /// Reads the metadata from a Parquet footer's key-value pairs (the sources unparsed).
     pub fn from_key_values(kvs: Option<&Vec<KeyValue>>) -> Result<Self, SegmentError> {
-        let map: HashMap<&str, &str> = kvs
-            .map(|v| {
-                v.iter()
-                    .filter_map(|kv| Some((kv.key.as_str(), kv.value.as_deref()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let get = |k: &str| {
-            map.get(k)
-                .copied()
-                .ok_or_else(|| invalid(format!("history metadata key {k} is missing")))
-        };
-        fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, SegmentError> {
-            v.parse()
-                .map_err(|_| invalid(format!("metadata key {k} is not a number: {v:?}")))
-        }
-        let time = |k: &str| -> Result<DateTime<Utc>, SegmentError> {
-            let v = get(k)?;
-            DateTime::parse_from_rfc3339(v)
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|_| invalid(format!("metadata key {k} is not an RFC 3339 time: {v:?}")))
-        };
-        let format_version: u32 = num(K_VERSION, get(K_VERSION)?)?;
+        let kv = Kv::new(kvs);
+        let format_version: u32 = kv.num(K_VERSION)?;
         if !HISTORY_VERSIONS.contains(&format_version) {
             return Err(SegmentError::UnknownVersion {
                 found: format_version,
@@ -165,13 +144,13 @@ impl HistoryMeta {
         }
         let meta = Self {
             format_version,
-            shard: num(K_SHARD, get(K_SHARD)?)?,
-            first: num(K_FIRST, get(K_FIRST)?)?,
-            last: num(K_LAST, get(K_LAST)?)?,
-            event_count: num(K_COUNT, get(K_COUNT)?)?,
-            first_recorded_at: time(K_FIRST_AT)?,
-            last_recorded_at: time(K_LAST_AT)?,
-            sources: get(K_SOURCES)?.to_owned(),
+            shard: kv.num(K_SHARD)?,
+            first: kv.num(K_FIRST)?,
+            last: kv.num(K_LAST)?,
+            event_count: kv.num(K_COUNT)?,
+            first_recorded_at: kv.time(K_FIRST_AT)?,
+            last_recorded_at: kv.time(K_LAST_AT)?,
+            sources: kv.get(K_SOURCES)?.to_owned(),
         };
         if meta.first == 0 || meta.first > meta.last {
             return Err(invalid(format!(

@@ -121,29 +121,8 @@ impl SegmentMeta {
 
     /// Reads the metadata from a Parquet footer's key-value pairs.
     pub fn from_key_values(kvs: Option<&Vec<KeyValue>>) -> Result<Self, SegmentError> {
-        let map: HashMap<&str, &str> = kvs
-            .map(|v| {
-                v.iter()
-                    .filter_map(|kv| Some((kv.key.as_str(), kv.value.as_deref()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let get = |k: &str| {
-            map.get(k)
-                .copied()
-                .ok_or_else(|| invalid(format!("metadata key {k} is missing")))
-        };
-        fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, SegmentError> {
-            v.parse()
-                .map_err(|_| invalid(format!("metadata key {k} is not a number: {v:?}")))
-        }
-        let time = |k: &str| -> Result<DateTime<Utc>, SegmentError> {
-            let v = get(k)?;
-            DateTime::parse_from_rfc3339(v)
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|_| invalid(format!("metadata key {k} is not an RFC 3339 time: {v:?}")))
-        };
-        let format_version: u32 = num(K_VERSION, get(K_VERSION)?)?;
+        let kv = Kv::new(kvs);
+        let format_version: u32 = kv.num(K_VERSION)?;
         if !KNOWN_VERSIONS.contains(&format_version) {
             return Err(SegmentError::UnknownVersion {
                 found: format_version,
@@ -152,16 +131,53 @@ impl SegmentMeta {
         }
         Ok(Self {
             format_version,
-            shard: num(K_SHARD, get(K_SHARD)?)?,
-            segment: num(K_SEGMENT, get(K_SEGMENT)?)?,
-            writer_epoch: num(K_EPOCH, get(K_EPOCH)?)?,
-            batch_id: get(K_BATCH)?
+            shard: kv.num(K_SHARD)?,
+            segment: kv.num(K_SEGMENT)?,
+            writer_epoch: kv.num(K_EPOCH)?,
+            batch_id: kv
+                .get(K_BATCH)?
                 .parse()
                 .map_err(|_| invalid("metadata key keepsake.batch_id is not a UUID"))?,
-            event_count: num(K_COUNT, get(K_COUNT)?)?,
-            first_recorded_at: time(K_FIRST)?,
-            last_recorded_at: time(K_LAST)?,
+            event_count: kv.num(K_COUNT)?,
+            first_recorded_at: kv.time(K_FIRST)?,
+            last_recorded_at: kv.time(K_LAST)?,
         })
+    }
+}
+
+/// A Parquet footer's key-value metadata, read by key.
+pub(crate) struct Kv<'a>(HashMap<&'a str, &'a str>);
+
+impl<'a> Kv<'a> {
+    pub(crate) fn new(kvs: Option<&'a Vec<KeyValue>>) -> Self {
+        Self(
+            kvs.map(|v| {
+                v.iter()
+                    .filter_map(|kv| Some((kv.key.as_str(), kv.value.as_deref()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn get(&self, k: &str) -> Result<&'a str, SegmentError> {
+        self.0
+            .get(k)
+            .copied()
+            .ok_or_else(|| invalid(format!("metadata key {k} is missing")))
+    }
+
+    pub(crate) fn num<T: std::str::FromStr>(&self, k: &str) -> Result<T, SegmentError> {
+        let v = self.get(k)?;
+        v.parse()
+            .map_err(|_| invalid(format!("metadata key {k} is not a number: {v:?}")))
+    }
+
+    pub(crate) fn time(&self, k: &str) -> Result<DateTime<Utc>, SegmentError> {
+        let v = self.get(k)?;
+        DateTime::parse_from_rfc3339(v)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|_| invalid(format!("metadata key {k} is not an RFC 3339 time: {v:?}")))
     }
 }
 
