@@ -14,7 +14,8 @@ use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use keepsake_model::{Event, IdMap, ItemId, UserId};
 use keepsake_segment::{
     EventKey, HistoryMeta, KEY_COLUMNS, ReadPlan, Segment, SegmentMeta, decode, decode_batch,
-    decode_keys, decode_segment_numbers, plan_user_read, split_selection,
+    decode_keys, decode_rows, decode_segment_numbers, plan_user_read, rows_of_user,
+    split_selection,
 };
 use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -1207,19 +1208,17 @@ impl RowFilter {
             decoded += batch.num_rows() as u64;
             let numbers =
                 decode_segment_numbers(&batch).map_err(|e| LogError::corrupt(shard, n, e))?;
-            // Pages are shared: the batch may hold neighbours' rows; a history object's rows of
-            // segments not asked for are not part of this read.
-            for (i, e) in decode_batch(&batch)
+            // Pages are shared: the batch may hold neighbours' rows, which are not decoded; a
+            // history object's rows of segments not asked for are not part of this read.
+            let mine = rows_of_user(&batch, &self.user)
                 .map_err(|e| LogError::corrupt(shard, n, e))?
                 .into_iter()
-                .enumerate()
-            {
-                let other_segment = numbers
-                    .as_ref()
-                    .is_some_and(|s| !self.wanted.contains(&s[i]));
-                if e.user_id != self.user || other_segment {
-                    continue;
-                }
+                .filter(|i| {
+                    numbers
+                        .as_ref()
+                        .is_none_or(|s| s.get(*i).is_some_and(|k| self.wanted.contains(k)))
+                });
+            for e in decode_rows(&batch, mine).map_err(|e| LogError::corrupt(shard, n, e))? {
                 if self.up_to.includes(&e) {
                     if !past_end {
                         events.push(e);

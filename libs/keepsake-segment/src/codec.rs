@@ -300,6 +300,24 @@ pub fn decode_keys(batch: &RecordBatch) -> Result<Vec<EventKey>, SegmentError> {
 /// Decodes one record batch of a segment or a history object (or of a projection-free read of
 /// one); a history object's extra `segment` column is read by [`crate::decode_segment_numbers`].
 pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<Event>, SegmentError> {
+    decode_rows(batch, 0..batch.num_rows())
+}
+
+/// The rows of `user` in a batch (by position): what a reader of one user's events keeps of a
+/// page it shares with other users, found before any of those rows is decoded.
+pub fn rows_of_user(batch: &RecordBatch, user: &UserId) -> Result<Vec<usize>, SegmentError> {
+    let users = uuids(batch, col::USER_ID)?;
+    Ok((0..batch.num_rows())
+        .filter(|i| uuid_at(users, *i).is_some_and(|u| u == *user.as_bytes()))
+        .collect())
+}
+
+/// [`decode_batch`] of only the rows at `rows` (positions in the batch, ascending): a reader of
+/// one user's events builds events (and copies documents) for that user's rows only.
+pub fn decode_rows(
+    batch: &RecordBatch,
+    rows: impl IntoIterator<Item = usize>,
+) -> Result<Vec<Event>, SegmentError> {
     let fields = batch.schema().fields().clone();
     if fields != *arrow_schema().fields() && fields != *crate::history::history_schema().fields() {
         return Err(invalid("the file's columns are not the segment schema"));
@@ -328,8 +346,12 @@ pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<Event>, SegmentError> {
         .ok_or_else(|| invalid("recorded_at is not a microsecond timestamp"))?;
     let document = strings(batch, col::DOCUMENT)?;
 
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
+    let rows = rows.into_iter();
+    let mut out = Vec::with_capacity(rows.size_hint().0);
+    for i in rows {
+        if i >= batch.num_rows() {
+            return Err(invalid(format!("row {i} is beyond the batch")));
+        }
         let positive = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
         out.push(Event {
             user_id: UserId::from_bytes(required(uuid_at(user, i), "user_id", i)?),

@@ -22,8 +22,8 @@ pub use checkpoint::{
     encode_checkpoint,
 };
 pub use codec::{
-    DECODE_BATCH_ROWS, EventKey, KEY_COLUMNS, Segment, decode, decode_batch, decode_keys, encode,
-    writer_properties,
+    DECODE_BATCH_ROWS, EventKey, KEY_COLUMNS, Segment, decode, decode_batch, decode_keys,
+    decode_rows, encode, rows_of_user, writer_properties,
 };
 pub use error::SegmentError;
 pub use history::{

@@ -545,3 +545,27 @@ mod history {
         assert_eq!(h.segments, vec![seg]);
     }
 }
+
+#[test]
+fn decoding_one_users_rows_gives_what_filtering_every_row_gives() {
+    let events = fixtures::history(12, 30, 20, t(0));
+    let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .expect("reader")
+        .with_batch_size(100)
+        .build()
+        .expect("build");
+    let user = events[17].user_id;
+    let mut all = Vec::new();
+    let mut mine = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("batch");
+        all.extend(decode_batch(&batch).expect("decode"));
+        let rows = keepsake_segment::rows_of_user(&batch, &user).expect("rows");
+        mine.extend(keepsake_segment::decode_rows(&batch, rows).expect("decode rows"));
+        assert!(keepsake_segment::decode_rows(&batch, [batch.num_rows()]).is_err());
+    }
+    let expected: Vec<_> = all.into_iter().filter(|e| e.user_id == user).collect();
+    assert_eq!(expected.len(), 20);
+    assert_eq!(mine, expected);
+}
