@@ -534,3 +534,49 @@ async fn the_checkpointer_compacts_in_the_background() {
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
 }
+
+/// A stale patch whose base lies before the checkpoint before the newest, inside a history
+/// object: found by its seq, and merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_patch_finds_its_base_in_a_history_object() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    let it = keepsake_model::ItemId(uuid::Uuid::from_u128(7));
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    push(&log, u, vec![put(it, json!({"a": 1, "b": 1}))])
+        .await
+        .expect("v1");
+    push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    let others: Vec<UserId> = (0..3).map(|_| user()).collect();
+    rounds(&log, &others, 0, 3).await;
+    log.compact_now().await.expect("compact");
+    rounds(&log, &others, 3, 6).await;
+    log.compact_now().await.expect("compact again");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(layout.segments.is_empty() && !layout.history.is_empty());
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], keepsake_model::Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    let doc = log
+        .user(&u, |s| {
+            keepsake_model::StateRead::item(s, &it).and_then(|i| i.document.clone())
+        })
+        .await
+        .expect("user");
+    assert_eq!(
+        doc.map(|d| d.as_str().to_string()).as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    assert_eq!(
+        keepsake_log::LogStats::get(&log.stats().writer_ancestor_reads),
+        0
+    );
+    log.shutdown().await;
+}

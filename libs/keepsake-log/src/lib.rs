@@ -26,7 +26,7 @@ pub mod writer;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use keepsake_model::{
     Ancestors, Change, ChangeBody, Clock, Event, EventMeta, IdGenerator, ItemId, Outcome,
     StateRead, UserId, UserState,
@@ -324,10 +324,12 @@ impl Log {
     /// Documents of committed versions of a user's items (`None` for a tombstone). Versions not
     /// found are absent.
     ///
-    /// A version whose seq is known and lies after the newest checkpoint is read from the one
-    /// segment the view's index says holds it. The rest are searched newest segment first (a
-    /// stale base is usually recent): the user's tail segments in groups of 4, 32, 256...,
-    /// then every segment before the checkpoint.
+    /// A version whose seq the view's index covers (after the checkpoint before the newest) is
+    /// read from the one segment that holds it. An older one, whose seq is known, is found by
+    /// its seq in the segments up to the newest checkpoint (key columns first, then that one
+    /// row: [`reader::read_user_seqs`]). A version whose seq is not known (none should be: every
+    /// event has a change id) is searched newest segment first: the user's tail segments in
+    /// groups of 4, 32, 256..., then every segment before the checkpoint.
     async fn find_versions(
         &self,
         user: &UserId,
@@ -335,17 +337,26 @@ impl Log {
     ) -> Result<Ancestors, LogError> {
         let shard = self.shard_of(user);
         let head = self.head(shard);
-        let (checkpoint, tail, exact) = {
-            let view = self.shards[shard as usize]
-                .state
-                .read()
-                .map_err(|_| poisoned(shard))?;
+        let state = &self.shards[shard as usize].state;
+        let (checkpoint, tail, exact, by_seq) = {
+            let view = state.read().map_err(|_| poisoned(shard))?;
             let from = view.checkpoint.map_or(1, |c| c + 1);
-            let exact: HashSet<u64> = needs
-                .iter()
-                .filter_map(|(_, _, seq)| view.segment_holding(user, (*seq)?))
-                .collect();
-            (view.checkpoint, view.segments_of(user, from, head), exact)
+            let mut exact = HashSet::new();
+            let mut by_seq = Vec::new();
+            for seq in needs.iter().filter_map(|(_, _, seq)| *seq) {
+                match view.segment_holding(user, seq) {
+                    Some(n) => {
+                        exact.insert(n);
+                    }
+                    None => by_seq.push(seq),
+                }
+            }
+            (
+                view.checkpoint,
+                view.segments_of(user, from, head),
+                exact,
+                by_seq,
+            )
         };
         let mut wanted: HashSet<(ItemId, u64)> = needs.iter().map(|(i, v, _)| (*i, *v)).collect();
         let mut found = Ancestors::new();
@@ -360,6 +371,24 @@ impl Log {
             let mut numbers: Vec<u64> = exact.iter().copied().collect();
             numbers.sort_unstable();
             let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
+            take(&events, &mut wanted);
+        }
+        if let Some(c) = checkpoint
+            && !by_seq.is_empty()
+            && !wanted.is_empty()
+        {
+            let numbers: Vec<u64> = (1..=c).collect();
+            let sources = segment_sources(&self.store, shard, state, numbers).await?;
+            let relocate = by_view(self.store.clone(), shard, state.clone());
+            let events = reader::read_user_seqs(
+                self.store.clone(),
+                shard,
+                *user,
+                sources,
+                by_seq,
+                &relocate,
+            )
+            .await?;
             take(&events, &mut wanted);
         }
         let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
@@ -525,9 +554,17 @@ impl Log {
                 let after = state.last_seq();
                 let view = &self.shards[shard as usize].state;
                 let segs = segment_sources(store, shard, view, numbers).await?;
-                let latest =
-                    reader::read_user_latest_sized(store.clone(), shard, *user, segs, at, after)
-                        .await?;
+                let relocate = by_view(store.clone(), shard, view.clone());
+                let latest = reader::read_user_latest_relocating(
+                    store.clone(),
+                    shard,
+                    *user,
+                    segs,
+                    at,
+                    after,
+                    &relocate,
+                )
+                .await?;
                 state
                     .advance_items(&latest.events, latest.last_seq)
                     .map_err(|err| LogError::corrupt(shard, head, err))?;
@@ -847,17 +884,32 @@ async fn segment_sources(
     }
 }
 
+/// A [`reader::Relocate`] that asks the view first (compaction updates it before deleting),
+/// then the store.
+fn by_view(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    state: Arc<RwLock<ShardState>>,
+) -> reader::Relocate {
+    Arc::new(move |numbers| {
+        let (store, state) = (store.clone(), state.clone());
+        async move { segment_sources(&store, shard, &state, numbers).await }.boxed()
+    })
+}
+
 /// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sources`]).
 async fn read_segments(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
-    state: &RwLock<ShardState>,
+    state: &Arc<RwLock<ShardState>>,
     user: UserId,
     numbers: Vec<u64>,
     up_to: UpTo,
 ) -> Result<Vec<Event>, LogError> {
     let segs = segment_sources(store, shard, state, numbers).await?;
-    let (events, _) = reader::read_user_sized(store.clone(), shard, user, segs, up_to).await?;
+    let relocate = by_view(store.clone(), shard, state.clone());
+    let (events, _) =
+        reader::read_user_relocating(store.clone(), shard, user, segs, up_to, &relocate).await?;
     Ok(events)
 }
 
@@ -866,7 +918,7 @@ async fn read_segments(
 pub(crate) async fn load_user(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
-    state: &RwLock<ShardState>,
+    state: &Arc<RwLock<ShardState>>,
     user: UserId,
 ) -> Result<(), LogError> {
     'start: loop {

@@ -253,18 +253,21 @@ impl Layout {
 /// segments between the two listings. So a gap is listed again before it is reported. A real
 /// gap (a lost segment) is there every time.
 pub async fn list_layout(store: &dyn ObjectStore, shard: u32) -> Result<Layout, LogError> {
+    const LISTINGS: u32 = 6;
     let mut attempt = 0;
     loop {
         attempt += 1;
         match list_layout_once(store, shard).await {
-            Err(LogError::Gap { missing, .. }) if attempt < 4 => {
+            // 20, 40, ... 320 ms: a directory that compaction is emptying lists unreliably for
+            // a while on the local file system.
+            Err(LogError::Gap { missing, .. }) if attempt < LISTINGS => {
                 tracing::warn!(
                     shard,
                     missing,
                     attempt,
                     "a listing showed a gap; listing again"
                 );
-                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
             }
             other => return other,
         }
@@ -272,9 +275,9 @@ pub async fn list_layout(store: &dyn ObjectStore, shard: u32) -> Result<Layout, 
 }
 
 async fn list_layout_once(store: &dyn ObjectStore, shard: u32) -> Result<Layout, LogError> {
-    // History first: a compaction deletes segments only after their history object is there,
-    // so a segment missing from the second listing is in the first.
-    let history = list_history(store, shard).await?;
+    // Segments first: a segment missing from this listing was deleted before it, so the history
+    // object holding it was written before it too, and the history listing that follows shows
+    // it (or the wider object that replaced it, written before it was deleted).
     let segments = list_numbered(
         store,
         keys::segments_prefix(shard),
@@ -286,6 +289,7 @@ async fn list_layout_once(store: &dyn ObjectStore, shard: u32) -> Result<Layout,
         },
     )
     .await?;
+    let history = list_history(store, shard).await?;
     let layout = Layout { segments, history };
     match layout.gap() {
         Some(missing) => Err(LogError::Gap { shard, missing }),
@@ -858,12 +862,30 @@ pub(crate) async fn listed_sources(
 /// a read fails this way only under a store that loses objects.
 const RELISTS: usize = 8;
 
+/// Where segments are now: asked again when a read finds a source gone. The log's readers ask
+/// its view (compaction tells the view before it deletes anything); others list the store.
+pub type Relocate =
+    Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<Vec<Source>, LogError>> + Send + Sync>;
+
+/// A [`Relocate`] that lists the store.
+pub fn by_listing(store: Arc<dyn ObjectStore>, shard: u32) -> Relocate {
+    Arc::new(move |numbers| {
+        let store = store.clone();
+        async move {
+            list_layout(store.as_ref(), shard)
+                .await?
+                .sources(shard, numbers)
+        }
+        .boxed()
+    })
+}
+
 /// Runs a read of `sources`; when one of them is gone (compacted since the caller learned
-/// where it was), lists the shard and runs the read again on where those segments are now.
+/// where it was), asks `relocate` where those segments are now and runs the read again.
 async fn with_relisting<T, F, Fut>(
-    store: &Arc<dyn ObjectStore>,
     shard: u32,
     sources: Vec<Source>,
+    relocate: &Relocate,
     read: F,
 ) -> Result<T, LogError>
 where
@@ -878,12 +900,9 @@ where
                 tracing::debug!(
                     shard,
                     missing,
-                    "a segment moved during a read; listing again"
+                    "a segment moved during a read; locating again"
                 );
-                let again = list_layout(store.as_ref(), shard)
-                    .await?
-                    .sources(shard, numbers.iter().copied())?;
-                result = read(again).await;
+                result = read(relocate(numbers.clone()).await?).await;
             }
             other => return other,
         }
@@ -962,7 +981,20 @@ pub async fn read_user_sized(
     sources: Vec<Source>,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    with_relisting(&store, shard, sources, |sources| {
+    let relocate = by_listing(store.clone(), shard);
+    read_user_relocating(store, shard, user, sources, up_to, &relocate).await
+}
+
+/// [`read_user_sized`], asking `relocate` where a source that vanished has gone.
+pub async fn read_user_relocating(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+    relocate: &Relocate,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    with_relisting(shard, sources, relocate, |sources| {
         read_user_sources(store.clone(), shard, user, sources, up_to)
     })
     .await
@@ -1422,7 +1454,21 @@ pub async fn read_user_latest_sized(
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    with_relisting(&store, shard, sources, |sources| {
+    let relocate = by_listing(store.clone(), shard);
+    read_user_latest_relocating(store, shard, user, sources, up_to, after, &relocate).await
+}
+
+/// [`read_user_latest_sized`], asking `relocate` where a source that vanished has gone.
+pub async fn read_user_latest_relocating(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+    after: u64,
+    relocate: &Relocate,
+) -> Result<LatestItems, LogError> {
+    with_relisting(shard, sources, relocate, |sources| {
         read_user_latest_sources(store.clone(), shard, user, sources, up_to, after)
     })
     .await
@@ -1500,4 +1546,53 @@ async fn read_user_latest_sources(
         last_seq,
         stats,
     })
+}
+
+/// One user's events with the given seqs, from `sources` (ascending): the key columns of the
+/// user's rows first (no documents), then whole rows only for the wanted seqs, from only the
+/// pages that hold them. How a stale patch's base version from long ago is found: its seq is
+/// known (the user's change ids say it), its segment is not.
+pub async fn read_user_seqs(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    seqs: Vec<u64>,
+    relocate: &Relocate,
+) -> Result<Vec<Event>, LogError> {
+    let seqs: std::collections::HashSet<u64> = seqs.into_iter().collect();
+    with_relisting(shard, sources, relocate, |sources| {
+        let (store, seqs) = (store.clone(), seqs.clone());
+        async move {
+            let keys = read_ahead(shard, sources, |src| {
+                read_user_keys(store.clone(), shard, user, src, UpTo::End)
+            });
+            futures::pin_mut!(keys);
+            let mut chosen = Vec::new();
+            while let Some(read) = keys.next().await {
+                if let KeyedRead::Rows(seg) = read? {
+                    let rows: Vec<(usize, u64)> = seg
+                        .rows
+                        .iter()
+                        .filter(|(k, _)| seqs.contains(&k.seq))
+                        .map(|(k, pos)| (*pos, k.seq))
+                        .collect();
+                    if !rows.is_empty() {
+                        chosen.push((seg, rows));
+                    }
+                }
+            }
+            let fetches = read_ahead(shard, chosen, |(seg, rows)| {
+                read_rows_whole(seg, shard, user, rows)
+            });
+            futures::pin_mut!(fetches);
+            let mut events = Vec::new();
+            while let Some(read) = fetches.next().await {
+                events.extend(read?);
+            }
+            events.sort_unstable_by_key(|e| e.seq);
+            Ok(events)
+        }
+    })
+    .await
 }

@@ -6,8 +6,10 @@
 //!   absent, and loading reads the newest checkpoint and the segments after it up to `head`.
 //! - Users of a batch being committed are pinned: never evicted until their callers are answered,
 //!   so staging and applying see the same state.
-//! - The tail index lists, per user, the segments after the newest checkpoint that hold their
-//!   events, for every segment up to `head`: loads read only those.
+//! - The tail index lists, per user, the segments that hold their events, for every segment
+//!   after the checkpoint before the newest (or since recovery) up to `head`: loads read only
+//!   those after the newest checkpoint, and a stale patch's base from just before it is still
+//!   found in one segment.
 //! - When resident bytes exceed the budget, the least recently used unpinned users are evicted
 //!   down to 80% of it. Evicting loses nothing: the log has everything.
 
@@ -47,9 +49,11 @@ pub struct ShardState {
     pub misses: u64,
     /// Users evicted.
     pub evictions: u64,
-    /// For each user, the segments after the newest checkpoint that hold their events, with
-    /// the user's first seq in each (ascending in both): loading a user reads only those, not
-    /// every segment of the tail, and one event is found by its seq in one segment.
+    /// For each user, the segments that hold their events, with the user's first seq in each
+    /// (ascending in both), for every segment after the previous checkpoint (one generation
+    /// back, so that a version from just before the newest checkpoint is still found by its
+    /// seq in one segment): loading a user reads only those after the newest checkpoint, not
+    /// every segment of the tail.
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
@@ -190,23 +194,25 @@ impl ShardState {
             .unwrap_or_default()
     }
 
-    /// The segment after the newest checkpoint that holds the user's event `seq`, if the
-    /// event is after the newest checkpoint.
+    /// The segment that holds the user's event `seq`, if the index covers it (the event is
+    /// after the previous checkpoint).
     pub fn segment_holding(&self, user: &UserId, seq: u64) -> Option<u64> {
         let segs = self.tail_index.get(user)?;
         // The last segment whose first seq of the user is at most `seq`.
         let i = segs.partition_point(|(_, first)| *first <= seq);
-        // i == 0: the event is older than every tail segment of the user (before the checkpoint).
+        // i == 0: the event is older than every indexed segment of the user.
         i.checked_sub(1).map(|i| segs[i].0)
     }
 
-    /// A checkpoint now covers segments up to `upto`: forget them in the index.
+    /// A checkpoint now covers segments up to `upto`: the index forgets the segments the
+    /// previous checkpoint covered, keeping one generation for lookups by seq.
     pub fn checkpointed(&mut self, upto: u64) {
-        self.checkpoint = Some(upto);
-        self.tail_index.retain(|_, segs| {
-            segs.retain(|(n, _)| *n > upto);
-            !segs.is_empty()
-        });
+        if let Some(previous) = self.checkpoint.replace(upto) {
+            self.tail_index.retain(|_, segs| {
+                segs.retain(|(n, _)| *n > previous);
+                !segs.is_empty()
+            });
+        }
     }
 
     /// Puts a loaded user in memory (unless another load got there first).
@@ -317,11 +323,15 @@ mod tests {
             );
         }
         view.checkpointed(2);
+        // One generation is kept: versions just before the checkpoint are still found.
+        assert_eq!(view.segment_holding(&user, 20), Some(2));
+        assert_eq!(view.segments_of(&user, 3, 5), vec![3, 4, 5]);
+        view.checkpointed(4);
         assert_eq!(view.segments_of(&user, 1, 5), vec![3, 4, 5]);
         assert_eq!(
             view.segment_holding(&user, 20),
             None,
-            "covered by the checkpoint"
+            "covered by the checkpoint before the newest"
         );
         assert_eq!(view.segment_holding(&user, 21), Some(3));
         assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
