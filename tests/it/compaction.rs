@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use keepsake_log::{
     CompactionPolicy, Log, LogConfig, UpTo, list_layout, read_user, verify::verify_store,
 };
-use keepsake_model::{ChangeBody, Event, Kind, UserId, UserState};
+use keepsake_model::{ChangeBody, Event, Kind, StateRead, UserId, UserState};
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
 use keepsake_store::keys;
 use keepsake_tests::{Backend, store};
@@ -67,13 +67,24 @@ async fn rounds(log: &Log, users: &[UserId], from: u64, to: u64) {
     }
 }
 
+/// The items of a state, by id, and its last seq.
+type Items = (u64, Vec<keepsake_model::ItemState>);
+
+fn items_of(s: &UserState) -> Items {
+    let mut items: Vec<_> = s.items().cloned().collect();
+    items.sort_by_key(|i| i.item_id);
+    (s.last_seq(), items)
+}
+
 /// Everything a reader can ask of the log about these users.
 #[derive(Debug, PartialEq)]
 struct Reads {
     events: HashMap<UserId, Vec<Event>>,
     listed: HashMap<UserId, Vec<Event>>,
     at_seq: HashMap<UserId, UserState>,
-    items_at_time: HashMap<UserId, UserState>,
+    /// Items reads: the items and last seq (what `items_at` promises; which checkpoint it
+    /// started from may change the rest).
+    items_at_time: HashMap<UserId, Items>,
     state_at_time: HashMap<UserId, UserState>,
     fleet_at_time: HashMap<UserId, UserState>,
     live: HashMap<UserId, UserState>,
@@ -104,8 +115,8 @@ async fn reads(
         r.listed.insert(*u, listed);
         r.at_seq
             .insert(*u, log.user_at(u, UpTo::Seq(17)).await.expect("at seq"));
-        r.items_at_time
-            .insert(*u, log.items_at(u, UpTo::Time(t)).await.expect("items at"));
+        let items = log.items_at(u, UpTo::Time(t)).await.expect("items at");
+        r.items_at_time.insert(*u, items_of(&items));
         r.state_at_time
             .insert(*u, log.user_at(u, UpTo::Time(t)).await.expect("user at"));
         r.live
@@ -565,9 +576,7 @@ async fn a_stale_patch_finds_its_base_in_a_history_object() {
         "{merged:?}"
     );
     let doc = log
-        .user(&u, |s| {
-            keepsake_model::StateRead::item(s, &it).and_then(|i| i.document.clone())
-        })
+        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
         .await
         .expect("user");
     assert_eq!(
@@ -579,4 +588,28 @@ async fn a_stale_patch_finds_its_base_in_a_history_object() {
         0
     );
     log.shutdown().await;
+}
+
+/// Two processes on one store: one compacts; the other, whose view still knows the segments,
+/// reads the same by finding them in the history objects; then it compacts too, and both agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_reads_what_another_process_compacted() {
+    let ts = store(Backend::File).await.expect("store");
+    let a = open(ts.store.clone(), 1, cfg()).await.expect("open a");
+    let users: Vec<UserId> = (0..4).map(|_| user()).collect();
+    rounds(&a, &users, 0, 10).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    let b = open(ts.reopen().expect("reopen"), 1, cfg())
+        .await
+        .expect("open b");
+    let before = reads(&b, &ts.store, &users, t).await;
+    a.compact_now().await.expect("a compacts");
+    assert_eq!(reads(&b, &ts.store, &users, t).await, before);
+    b.compact_now().await.expect("b compacts");
+    assert_eq!(reads(&a, &ts.store, &users, t).await, before);
+    assert_eq!(reads(&b, &ts.store, &users, t).await, before);
+    a.shutdown().await;
+    b.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
 }

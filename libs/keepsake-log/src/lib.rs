@@ -11,7 +11,9 @@
 //! checkpoint and folds every segment after it with [`keepsake_model::apply`]. Users whose state
 //! is evicted from memory ([`view`]) are loaded again the same way, one user at a time. A
 //! checkpointer per shard writes a new checkpoint (previous checkpoint + segments since) every
-//! `checkpoint_every_events` events or `checkpoint_interval`.
+//! `checkpoint_every_events` events or `checkpoint_interval`, then moves the segments up to it
+//! into history objects ([`compact`]). A process reading segments that another process on the
+//! same store compacted finds them again by listing.
 
 pub mod compact;
 mod config;
@@ -884,14 +886,20 @@ async fn segment_sources(
     }
 }
 
-/// A [`reader::Relocate`] that asks the view first (compaction updates it before deleting),
-/// then the store.
+/// A [`reader::Relocate`] that asks the view first (compaction in this process updates it
+/// before deleting anything), then, if asked again within the same read, lists the store (the
+/// segments may have been compacted by another process on the same store).
 fn by_view(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     state: Arc<RwLock<ShardState>>,
 ) -> reader::Relocate {
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listing = reader::by_listing(store.clone(), shard);
     Arc::new(move |numbers| {
+        if asked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return listing(numbers);
+        }
         let (store, state) = (store.clone(), state.clone());
         async move { segment_sources(&store, shard, &state, numbers).await }.boxed()
     })

@@ -1,8 +1,11 @@
 //! Reading the log: a shard's segments, or one user's events.
 //!
-//! Readers never read past a gap: segment `n + 1` counts only when every segment up to `n`
-//! exists. A listing that shows a missing number followed by later ones is reported as
-//! [`LogError::Gap`] rather than silently returning a partial history.
+//! Segment `n` is read from its own object while that exists, else from the narrowest history
+//! object holding it ([`Layout`]; compaction keeps both readings equal). Readers never read past
+//! a gap: segment `n + 1` counts only when every segment up to `n` is somewhere. A listing that
+//! shows a missing number followed by later ones is reported as [`LogError::Gap`] rather than
+//! silently returning a partial history; a source that vanishes during a read (compacted) is
+//! located again and the read run again.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -118,10 +121,6 @@ pub enum Source {
 impl Source {
     /// The object's key.
     pub fn key(&self, shard: u32) -> object_store::path::Path {
-        self.path(shard)
-    }
-
-    fn path(&self, shard: u32) -> object_store::path::Path {
         match self {
             Source::Segment { n, .. } => keys::segment(shard, *n),
             Source::History { object, .. } => keys::history(shard, object.first, object.last),
@@ -1063,7 +1062,7 @@ async fn open_for_user(
 ) -> Result<Opened, LogError> {
     let (n, size) = (src.label(), src.size());
     let context = || format!("read segment {n} of shard {shard}");
-    let path = src.path(shard);
+    let path = src.key(shard);
     // Listed but gone: a gap, like a missing number (the caller lists again: it may have been
     // compacted).
     let gone = LogError::Gap { shard, missing: n };
