@@ -383,8 +383,9 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
     log.shutdown().await;
 }
 
-/// The ancestor of a stale patch lies before the newest checkpoint (the index of tail segments
-/// does not know it), and many segments of other users lie between: still found, still merged.
+/// The ancestor of a stale patch lies before the newest checkpoints (the index of recent
+/// segments may not know it), and many segments of other users lie between: still found, still
+/// merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_patch_finds_an_ancestor_from_before_the_newest_checkpoint() {
     let ts = store(Backend::Memory).await.expect("store");
