@@ -1595,3 +1595,86 @@ pub async fn read_user_seqs(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(n: u64) -> Listed {
+        Listed {
+            n,
+            size: 100 + n,
+            modified: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn hist(first: u64, last: u64) -> HistoryListed {
+        HistoryListed {
+            first,
+            last,
+            size: 1000 * first + last,
+        }
+    }
+
+    #[test]
+    fn a_segment_is_read_from_its_own_object_else_the_narrowest_history_object() {
+        // 1..=4 compacted twice over (an unfinished merge), 3 still also a segment, 5..=6 plain.
+        let layout = Layout {
+            segments: vec![seg(3), seg(5), seg(6)],
+            history: vec![hist(1, 4), hist(1, 2), hist(3, 4)],
+        };
+        assert_eq!(layout.head(), 6);
+        assert_eq!(layout.gap(), None);
+        assert_eq!(layout.place(1), Some(Place::History(hist(1, 2))));
+        assert_eq!(layout.place(3), Some(Place::Segment(103)));
+        assert_eq!(layout.place(4), Some(Place::History(hist(3, 4))));
+        assert_eq!(layout.place(7), None);
+        // Consecutive numbers in one object make one source; a segment object splits them.
+        let sources = layout.sources(0, 1..=6).expect("sources");
+        assert_eq!(
+            sources,
+            vec![
+                Source::History {
+                    object: hist(1, 2),
+                    lo: 1,
+                    hi: 2
+                },
+                Source::Segment { n: 3, size: 103 },
+                Source::History {
+                    object: hist(3, 4),
+                    lo: 4,
+                    hi: 4
+                },
+                Source::Segment { n: 5, size: 105 },
+                Source::Segment { n: 6, size: 106 },
+            ]
+        );
+        assert_eq!(
+            sources.iter().flat_map(Source::numbers).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn a_number_in_no_object_is_a_gap() {
+        let layout = Layout {
+            segments: vec![seg(1), seg(6)],
+            history: vec![hist(2, 4)],
+        };
+        assert_eq!(layout.gap(), Some(5));
+        assert!(matches!(
+            layout.sources(3, 1..=6),
+            Err(LogError::Gap {
+                shard: 3,
+                missing: 5
+            })
+        ));
+        let empty = Layout::default();
+        assert_eq!((empty.head(), empty.gap()), (0, None));
+        let starts_late = Layout {
+            segments: vec![seg(2)],
+            history: vec![],
+        };
+        assert_eq!(starts_late.gap(), Some(1));
+    }
+}
