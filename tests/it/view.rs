@@ -279,3 +279,52 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
     );
     reopened.shutdown().await;
 }
+
+/// A user evicted between being loaded and being read is loaded again: the read answers, it is
+/// never refused (it was answered "state lock poisoned", 503, in a 400 s load run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_evictions_always_answer() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let cfg = LogConfig {
+        view_memory_bytes: 1,
+        ..fast_config()
+    };
+    let log = Arc::new(open(store, 1, cfg).await.expect("open"));
+    let users: Vec<_> = (0..6).map(|_| user()).collect();
+    for u in &users {
+        push(&log, *u, vec![put(item(), json!({"n": 1}))])
+            .await
+            .expect("push");
+    }
+    // Every commit evicts every user but its own.
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                push(&log, user(), vec![put(item(), json!({}))])
+                    .await
+                    .expect("push");
+            }
+        })
+    };
+    let readers: Vec<_> = (0..8)
+        .map(|r| {
+            let (log, users) = (log.clone(), users.clone());
+            tokio::spawn(async move {
+                for i in 0..2000 {
+                    let u = users[(i + r) % users.len()];
+                    let seq = log
+                        .user(&u, |s| keepsake_model::StateRead::last_seq(s))
+                        .await
+                        .expect("a read answers");
+                    assert_eq!(seq, 1);
+                }
+            })
+        })
+        .collect();
+    writer.await.expect("writer");
+    for r in readers {
+        r.await.expect("reader");
+    }
+    log.shutdown().await;
+}

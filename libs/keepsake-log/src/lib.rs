@@ -436,12 +436,12 @@ impl Log {
         loop {
             load_user(&self.store, shard, state, *user).await?;
             let guard = state.read().map_err(|_| poisoned(shard))?;
-            // An eviction between the load and the lock sends us round again.
-            if let (Some(s), Some(f)) = (guard.get(user), f.take()) {
+            // An eviction between the load and the lock sends us round again. (Taking `f` before
+            // looking the user up answered such a race "state lock poisoned".)
+            if let Some(s) = guard.get(user)
+                && let Some(f) = f.take()
+            {
                 return Ok(f(s));
-            }
-            if f.is_none() {
-                return Err(poisoned(shard));
             }
         }
     }
