@@ -314,7 +314,7 @@ async fn reads_racing_evictions_always_answer() {
                 for i in 0..2000 {
                     let u = users[(i + r) % users.len()];
                     let seq = log
-                        .user(&u, |s| keepsake_model::StateRead::last_seq(s))
+                        .user(&u, keepsake_model::StateRead::last_seq)
                         .await
                         .expect("a read answers");
                     assert_eq!(seq, 1);
