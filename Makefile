@@ -46,6 +46,10 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (infra/loadtest.sh); JSON in loadtest-results/
 	infra/loadtest.sh
 
+.PHONY: sustained
+sustained: ## One long load phase (SUSTAINED_SECS, default 120) with events/s and view evictions every 10 s (infra/sustained.sh)
+	infra/sustained.sh
+
 .PHONY: bless
 bless: ## Rewrite the golden segment file (only with a new format version: old ones must stay)
 	KEEPSAKE_BLESS=1 $(CARGO) test -p keepsake-segment --test segment golden
