@@ -32,7 +32,7 @@ enum Command {
     /// exits 1 if there are any.
     Verify(VerifyArgs),
     /// Operator commands against a running server (state, events, diff, restore, restore-all,
-    /// rebuild).
+    /// rebuild, compact).
     #[command(flatten)]
     Operator(crate::operator::Op),
 }

@@ -1,4 +1,4 @@
-//! The operator CLI: `keepsake state | events | diff | restore | restore-all | rebuild` talk to a
+//! The operator CLI: `keepsake state | events | diff | restore | restore-all | rebuild | compact` talk to a
 //! running server's admin API (URL and operator token from flags or `KEEPSAKE_URL` /
 //! `KEEPSAKE_ADMIN_TOKEN`). Data goes to stdout — a readable table, or the server's JSON with
 //! `--json`; progress and errors go to stderr.
