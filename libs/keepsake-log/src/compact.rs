@@ -319,8 +319,8 @@ async fn compact_round(
         reason: format!("encoding history {first}-{last_n} failed: {e}"),
     })?
     .map_err(|e| LogError::corrupt(shard, first, format!("encode history: {e}")))?;
-    let size = bytes.len() as u64;
-    match store
+    let written = bytes.len() as u64;
+    let size = match store
         .put_opts(
             &path,
             PutPayload::from(bytes),
@@ -328,10 +328,18 @@ async fn compact_round(
         )
         .await
     {
-        // Already there: an earlier attempt wrote it; it is compared like a new one.
-        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+        Ok(_) => written,
+        // Already there: an earlier attempt wrote it, maybe other bytes; it is compared like a
+        // new one.
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            store
+                .head(&path)
+                .await
+                .map_err(store_err(format!("read {path}")))?
+                .size
+        }
         Err(e) => return Err(store_err(format!("write {path}"))(e)),
-    }
+    };
     let object = HistoryListed {
         first,
         last: last_n,
@@ -340,14 +348,6 @@ async fn compact_round(
     // Read back and compare, segment by segment, before anything relies on it. Unreadable
     // counts as differing.
     let back = read_history(store, shard, object).await.ok().flatten();
-    let object = HistoryListed {
-        size: store
-            .head(&path)
-            .await
-            .map_err(store_err(format!("read {path}")))?
-            .size,
-        ..object
-    };
     if back.as_ref().map(|h| &h.segments) != Some(&taken) {
         warn!(
             shard,
@@ -389,17 +389,30 @@ async fn delete_all(
     shard: u32,
     doomed: &[Doomed],
 ) -> Result<CompactionReport, LogError> {
+    // One bulk request where the store has one (S3 DeleteObjects), not a round trip per object.
+    let sizes: std::collections::HashMap<object_store::path::Path, u64> =
+        doomed.iter().map(|d| (d.path(shard), d.size())).collect();
+    let paths: Vec<_> = sizes.keys().cloned().map(Ok).collect();
+    let mut deleted = store.delete_stream(futures::stream::iter(paths).boxed());
     let mut report = CompactionReport::default();
-    for d in doomed {
-        let path = d.path(shard);
-        match store.delete(&path).await {
-            Ok(()) => {
+    let mut failed = None;
+    while let Some(result) = deleted.next().await {
+        match result {
+            Ok(path) => {
                 report.deleted += 1;
-                report.bytes_deleted += d.size();
+                report.bytes_deleted += sizes.get(&path).copied().unwrap_or(0);
             }
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(format!("delete {path}"))(e)),
+            // Keep draining: the other deletes may still have gone through.
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(report)
+    match failed {
+        Some(e) => Err(store_err(format!(
+            "delete compacted objects of shard {shard}"
+        ))(e)),
+        None => Ok(report),
+    }
 }

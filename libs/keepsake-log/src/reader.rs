@@ -152,27 +152,53 @@ impl Source {
     }
 }
 
-/// The sources of segments `numbers` (ascending), given where each one is: consecutive wanted
-/// numbers in one history object make one source. `Err(n)`: segment `n` is nowhere.
+/// The sources of segments `numbers` (ascending), given where each one is: the wanted numbers
+/// up to the end of a history object make one source. `Err(n)`: segment `n` is nowhere.
 pub fn sources_of(
     numbers: impl IntoIterator<Item = u64>,
     place: impl Fn(u64) -> Option<Place>,
 ) -> Result<Vec<Source>, u64> {
+    let mut first_missing = None;
+    let out = collect_sources(numbers, place, |n| {
+        first_missing.get_or_insert(n);
+    });
+    match first_missing {
+        Some(n) => Err(n),
+        None => Ok(out),
+    }
+}
+
+/// [`sources_of`], calling `missing` for each number that is nowhere (and leaving it out).
+///
+/// Once a number is read from a history object, the wanted numbers up to that object's end are
+/// too, without asking `place` again: the object was chosen because no segment object or
+/// narrower history object holds the number, so it is verified (an unverified one's sources are
+/// all still there) and holds exact copies of all its segments. This keeps resolving a long
+/// compacted range one lookup per object, not one per segment.
+fn collect_sources(
+    numbers: impl IntoIterator<Item = u64>,
+    place: impl Fn(u64) -> Option<Place>,
+    mut missing: impl FnMut(u64),
+) -> Vec<Source> {
     let mut out: Vec<Source> = Vec::new();
     for n in numbers {
-        match place(n).ok_or(n)? {
-            Place::Segment(size) => out.push(Source::Segment { n, size }),
-            Place::History(object) => match out.last_mut() {
-                Some(Source::History { object: o, hi, .. }) if *o == object => *hi = n,
-                _ => out.push(Source::History {
-                    object,
-                    lo: n,
-                    hi: n,
-                }),
-            },
+        if let Some(Source::History { object, hi, .. }) = out.last_mut()
+            && n <= object.last
+        {
+            *hi = n;
+            continue;
+        }
+        match place(n) {
+            Some(Place::Segment(size)) => out.push(Source::Segment { n, size }),
+            Some(Place::History(object)) => out.push(Source::History {
+                object,
+                lo: n,
+                hi: n,
+            }),
+            None => missing(n),
         }
     }
-    Ok(out)
+    out
 }
 
 /// The narrowest history object holding segment `n`. While a compaction that merges history
@@ -222,6 +248,20 @@ impl Layout {
         numbers: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<Source>, LogError> {
         sources_of(numbers, |n| self.place(n)).map_err(|missing| LogError::Gap { shard, missing })
+    }
+
+    /// The sources of every segment from 1 to the head that is somewhere, and the first number
+    /// that is nowhere (what verify reads and reports).
+    pub fn all_sources(&self) -> (Vec<Source>, Option<u64>) {
+        let mut first_missing = None;
+        let sources = collect_sources(
+            1..=self.head(),
+            |n| self.place(n),
+            |n| {
+                first_missing.get_or_insert(n);
+            },
+        );
+        (sources, first_missing)
     }
 
     /// The first number in `1..=head` that is nowhere.
@@ -1652,6 +1692,37 @@ mod tests {
         assert_eq!(
             sources.iter().flat_map(Source::numbers).collect::<Vec<_>>(),
             vec![1, 2, 3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn a_compacted_range_costs_one_lookup_per_history_object() {
+        let object = hist(1, 1000);
+        let asked = std::cell::Cell::new(0);
+        let place = |n: u64| {
+            asked.set(asked.get() + 1);
+            (n <= 1000).then_some(Place::History(object))
+        };
+        let sources = sources_of(1..=1000, place).expect("sources");
+        assert_eq!(
+            sources,
+            vec![Source::History {
+                object,
+                lo: 1,
+                hi: 1000
+            }]
+        );
+        assert_eq!(asked.get(), 1);
+        // Verify's walk: everything that is somewhere, and the first number that is not.
+        let layout = Layout {
+            segments: vec![seg(5), seg(7)],
+            history: vec![hist(1, 4)],
+        };
+        let (sources, missing) = layout.all_sources();
+        assert_eq!(missing, Some(6));
+        assert_eq!(
+            sources.iter().flat_map(Source::numbers).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 7]
         );
     }
 

@@ -270,15 +270,14 @@ async fn fold_shard(
         users: IdMap::default(),
     };
     let head = layout.head();
-    let present: Vec<u64> = (1..=head).filter(|n| layout.place(*n).is_some()).collect();
-    if let Some(missing) = (1..=head).find(|n| layout.place(*n).is_none()) {
+    let (sources, missing) = layout.all_sources();
+    if let Some(missing) = missing {
         out.problems.push(problem(
             "gap",
             keys::segment(shard, missing).to_string(),
             format!("missing while segment {head} exists"),
         ));
     }
-    let sources = layout.sources(shard, present)?;
     let used: Vec<HistoryListed> = sources
         .iter()
         .filter_map(|s| match s {
