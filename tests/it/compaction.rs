@@ -150,7 +150,12 @@ async fn compaction_changes_no_read(backend: Backend) {
             layout.segments.is_empty(),
             "every segment moved: {layout:?}"
         );
-        assert!(!layout.history.is_empty());
+        // Random users may all hash to one shard (~3% of runs): an empty shard has no history.
+        assert_eq!(
+            layout.history.is_empty(),
+            log.head(shard) == 0,
+            "{layout:?}"
+        );
         // History objects cover 1..=head without overlapping.
         let mut next = 1;
         for h in &layout.history {
