@@ -42,6 +42,9 @@ pub struct BaselineConfig {
     pub batch: usize,
     /// Concurrent writers.
     pub clients: usize,
+    /// More numbers of writers at which only the append rate is measured, on both sides (each
+    /// system's best is what the append target compares).
+    pub sweep_clients: Vec<usize>,
     /// Events of the user whose reads are measured.
     pub reader_events: usize,
     /// Repetitions of each read.
@@ -116,6 +119,30 @@ pub struct BeforeCompaction {
     pub compaction_secs: f64,
 }
 
+/// The append rate of both sides at one number of writers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppendAt {
+    /// Concurrent writers.
+    pub clients: usize,
+    /// Keepsake's log.
+    pub keepsake: AppendFigures,
+    /// Postgres, multi-row INSERT.
+    pub pg_insert: Option<AppendFigures>,
+    /// Postgres, binary COPY.
+    pub pg_copy: Option<AppendFigures>,
+}
+
+impl AppendAt {
+    /// The faster of Postgres's two ways, if measured.
+    fn pg_best(&self) -> Option<f64> {
+        let rate = |f: &Option<AppendFigures>| f.as_ref().map(|f| f.events_per_s);
+        match (rate(&self.pg_insert), rate(&self.pg_copy)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// Both sides and the ratios that the targets are stated in.
 #[derive(Clone, Debug, Serialize)]
 pub struct BaselineReport {
@@ -133,8 +160,14 @@ pub struct BaselineReport {
     pub keepsake: SideReport,
     /// PostgreSQL, when a connection string was given.
     pub postgres: Option<SideReport>,
-    /// Keepsake append rate / best of Postgres INSERT and COPY (target ≥ 3).
+    /// The append rate at each number of writers: `clients` (the run above) first, then the
+    /// sweep's.
+    pub append_sweep: Vec<AppendAt>,
+    /// Keepsake's best append rate over the sweep / the best of Postgres's INSERT and COPY
+    /// over the sweep (target ≥ 3).
     pub append_ratio: Option<f64>,
+    /// The same ratio at `clients` writers only.
+    pub append_ratio_same_clients: Option<f64>,
     /// Keepsake bytes per event (every object) / Postgres's (target ≤ 0.25).
     pub bytes_ratio: Option<f64>,
     /// Keepsake's log bytes per event (no checkpoints) / Postgres's.
@@ -164,35 +197,52 @@ impl BaselineReport {
         let p = self.postgres.as_ref();
         let pg = |f: &dyn Fn(&SideReport) -> String| p.map_or("-".to_string(), f);
         let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+        let best_k = self
+            .append_sweep
+            .iter()
+            .max_by(|a, b| a.keepsake.events_per_s.total_cmp(&b.keepsake.events_per_s));
+        let best_p = self
+            .append_sweep
+            .iter()
+            .filter_map(|a| a.pg_best().map(|r| (a.clients, r)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
         let _ = writeln!(
             t,
-            "  {:<46} {:>14.0} {:>14} {:>9}",
-            "durable appends, events/s",
-            k.append.events_per_s,
-            pg(&|p| {
-                let copy = p.copy.as_ref().map_or(0.0, |c| c.events_per_s);
-                format!("{:.0}", p.append.events_per_s.max(copy))
-            }),
+            "  {:<46} {:>14} {:>14} {:>9}",
+            "durable appends, events/s, best (writers)",
+            best_k.map_or("-".into(), |a| format!(
+                "{:.0} ({})",
+                a.keepsake.events_per_s, a.clients
+            )),
+            best_p.map_or("-".into(), |(c, r)| format!("{r:.0} ({c})")),
             ratio(self.append_ratio)
         );
-        if let Some(p) = p {
+        for a in &self.append_sweep {
+            let pg_rate = |f: &Option<AppendFigures>| {
+                f.as_ref()
+                    .map_or("-".into(), |f| format!("{:.0}", f.events_per_s))
+            };
             let _ = writeln!(
                 t,
-                "  {:<46} {:>14} {:>14.0}",
-                "  Postgres INSERT (multi-row)", "", p.append.events_per_s
+                "  {:<46} {:>14.0} {:>14} {:>9}",
+                format!(
+                    "  {} writers (Postgres INSERT {} / COPY {})",
+                    a.clients,
+                    pg_rate(&a.pg_insert),
+                    pg_rate(&a.pg_copy)
+                ),
+                a.keepsake.events_per_s,
+                a.pg_best().map_or("-".into(), |b| format!("{b:.0}")),
+                ratio(
+                    a.pg_best()
+                        .and_then(|b| (b > 0.0).then(|| a.keepsake.events_per_s / b))
+                )
             );
-            if let Some(c) = &p.copy {
-                let _ = writeln!(
-                    t,
-                    "  {:<46} {:>14} {:>14.0}",
-                    "  Postgres COPY (binary)", "", c.events_per_s
-                );
-            }
         }
         let _ = writeln!(
             t,
             "  {:<46} {:>14.1} {:>14}",
-            "ack p99, ms",
+            format!("ack p99 at {} writers, ms", self.clients),
             k.append.ack_p99_ms,
             pg(&|p| format!("{:.1}", p.append.ack_p99_ms))
         );
@@ -259,8 +309,11 @@ struct Push {
     items: Vec<(Kind, Uuid, Uuid, usize)>,
 }
 
-/// The dataset as pushes, split over writers: writer `c` owns the users `u % clients == c`, so
-/// that per-user order (and Postgres's client-side seq) needs no coordination.
+/// The dataset as pushes, split over writers: each user belongs to one writer, so that
+/// per-user order (and Postgres's client-side seq) needs no coordination. Users go to writers
+/// so that every writer has about as many pushes (the reader's alone if it has more than a
+/// writer's share): a writer left with more would run on alone at the end, and the rate would
+/// measure its latency rather than the store.
 fn dataset(cfg: &BaselineConfig) -> Vec<Vec<Push>> {
     let mut rng = Rng::new(cfg.seed);
     let batch = cfg.batch.max(1);
@@ -268,20 +321,23 @@ fn dataset(cfg: &BaselineConfig) -> Vec<Vec<Push>> {
     let reader_pushes = (cfg.reader_events / batch).min(pushes);
     let mut out: Vec<Vec<Push>> = (0..cfg.clients.max(1)).map(|_| Vec::new()).collect();
     let others = cfg.users.max(2) - 1;
-    for p in 0..pushes {
-        let user = if p < reader_pushes {
+    let user_of = |p: usize| {
+        if p < reader_pushes {
             0
         } else {
             1 + (p - reader_pushes) % others
-        };
+        }
+    };
+    let writer_of = balance(pushes, others + 1, out.len(), user_of);
+    for p in 0..pushes {
+        let user = user_of(p);
         let items = (0..batch)
             .map(|i| {
                 let kind = Kind::ALL[(p + i) % Kind::ALL.len()];
                 (kind, rng.uuid(), rng.uuid(), rng.below(1 << 20) as usize)
             })
             .collect();
-        let writers = out.len();
-        out[user % writers].push(Push { user, items });
+        out[writer_of[user]].push(Push { user, items });
     }
     // The reader's pushes are spread over its writer's run, not all first.
     for w in &mut out {
@@ -293,6 +349,34 @@ fn dataset(cfg: &BaselineConfig) -> Vec<Vec<Push>> {
     }
     // Within a user the order of pushes does not matter: every event is a new item.
     out
+}
+
+/// Assigns users to `writers` writers so that push counts are even: the users with the most
+/// pushes first, each to the writer with the fewest so far. Returns each user's writer.
+fn balance(
+    pushes: usize,
+    users: usize,
+    writers: usize,
+    user_of: impl Fn(usize) -> usize,
+) -> Vec<usize> {
+    let mut count = vec![0usize; users];
+    for p in 0..pushes {
+        count[user_of(p)] += 1;
+    }
+    let mut order: Vec<usize> = (0..users).collect();
+    order.sort_by_key(|&u| (std::cmp::Reverse(count[u]), u));
+    let mut load: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = (0..writers
+        .max(1))
+        .map(|w| std::cmp::Reverse((0, w)))
+        .collect();
+    let mut writer_of = vec![0; users];
+    for u in order {
+        if let Some(std::cmp::Reverse((n, w))) = load.pop() {
+            writer_of[u] = w;
+            load.push(std::cmp::Reverse((n + count[u], w)));
+        }
+    }
+    writer_of
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -326,10 +410,61 @@ fn user_uuid(seed: u64, u: usize) -> Uuid {
     rng.uuid()
 }
 
+/// The dataset of a sweep run: the same number of events spread evenly over the users, with no
+/// reader user (at many writers its serial pushes would run on alone at the end).
+fn sweep_cfg(cfg: &BaselineConfig, clients: usize) -> BaselineConfig {
+    BaselineConfig {
+        clients,
+        reader_events: 0,
+        ..cfg.clone()
+    }
+}
+
+/// Refuses a Postgres that is not as durable as Keepsake's ack, or that cannot take as many
+/// connections as the runs have writers, before anything is measured.
+async fn check_postgres(cfg: &BaselineConfig, conn: &str) -> anyhow::Result<()> {
+    let client = connect(conn).await?;
+    let show = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .with_context(|| format!("reading {name}"))?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+    let (sync, fsync) = (show("synchronous_commit").await?, show("fsync").await?);
+    if sync != "on" || fsync != "on" {
+        bail!(
+            "PostgreSQL must run with synchronous_commit = on and fsync = on to be as durable as Keepsake's ack (it has synchronous_commit = {sync}, fsync = {fsync})"
+        );
+    }
+    let max: usize = show("max_connections")
+        .await?
+        .parse()
+        .context("max_connections")?;
+    let writers = cfg
+        .sweep_clients
+        .iter()
+        .copied()
+        .chain([cfg.clients])
+        .max()
+        .unwrap_or(1);
+    // The writers, the control connection, and the superuser-reserved slots.
+    if writers + 1 + 3 > max {
+        bail!(
+            "PostgreSQL allows {max} connections; {writers} writers need max_connections of at least {} (or lower --clients / --sweep-clients)",
+            writers + 4
+        );
+    }
+    Ok(())
+}
+
 /// Runs both sides.
 pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
-    if cfg.batch == 0 || cfg.clients == 0 || cfg.users < 2 {
-        bail!("--batch and --clients must be at least 1, --users at least 2");
+    if cfg.batch == 0 || cfg.clients == 0 || cfg.users < 2 || cfg.sweep_clients.contains(&0) {
+        bail!("--batch and --clients (and --sweep-clients) must be at least 1, --users at least 2");
     }
     if cfg.reader_events > cfg.events {
         bail!(
@@ -339,37 +474,85 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
         );
     }
     let docs = Arc::new(Documents::new(cfg.seed, 512, cfg.doc_bytes));
+    if let Some(conn) = &cfg.pg {
+        check_postgres(&cfg, conn).await?;
+    }
+    eprintln!("Keepsake: appending at {} writers, then reads", cfg.clients);
     let keepsake = keepsake_side(&cfg, &docs)
         .await
         .context("the Keepsake side")?;
     let postgres = match &cfg.pg {
-        Some(conn) => Some(
-            postgres_side(&cfg, conn, &docs)
-                .await
-                .context("the PostgreSQL side")?,
-        ),
+        Some(conn) => {
+            eprintln!(
+                "PostgreSQL: appending at {} writers, then reads",
+                cfg.clients
+            );
+            Some(
+                postgres_side(&cfg, conn, &docs)
+                    .await
+                    .context("the PostgreSQL side")?,
+            )
+        }
         None => None,
     };
+    let mut append_sweep = vec![AppendAt {
+        clients: cfg.clients,
+        keepsake: keepsake.append.clone(),
+        pg_insert: postgres.as_ref().map(|p| p.append.clone()),
+        pg_copy: postgres.as_ref().and_then(|p| p.copy.clone()),
+    }];
+    for &clients in &cfg.sweep_clients {
+        let sweep = sweep_cfg(&cfg, clients);
+        eprintln!("Keepsake: appending at {clients} writers");
+        let k = keepsake_append(&sweep, &docs)
+            .await
+            .with_context(|| format!("Keepsake appending at {clients} writers"))?;
+        k.log.shutdown().await;
+        let (pg_insert, pg_copy) = match &cfg.pg {
+            Some(conn) => {
+                eprintln!("PostgreSQL: appending at {clients} writers");
+                let (insert, copy) = pg_append_both(&sweep, conn, &docs)
+                    .await
+                    .with_context(|| format!("PostgreSQL appending at {clients} writers"))?;
+                (Some(insert), Some(copy))
+            }
+            None => (None, None),
+        };
+        append_sweep.push(AppendAt {
+            clients,
+            keepsake: k.append,
+            pg_insert,
+            pg_copy,
+        });
+    }
     let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
     let log_bytes_ratio = postgres.as_ref().and_then(|p| {
         keepsake
             .log_bytes_per_event
             .and_then(|k| ratio(k, p.bytes_per_event))
     });
-    let (append_ratio, bytes_ratio, read_ratio, as_of_ratio) = match &postgres {
-        Some(p) => {
-            let best = p
-                .append
-                .events_per_s
-                .max(p.copy.as_ref().map_or(0.0, |c| c.events_per_s));
-            (
-                ratio(keepsake.append.events_per_s, best),
-                ratio(keepsake.bytes_per_event, p.bytes_per_event),
-                ratio(p.read_user.p50_ms, keepsake.read_user.p50_ms),
-                ratio(p.as_of.p50_ms, keepsake.as_of.p50_ms),
-            )
-        }
-        None => (None, None, None, None),
+    let best_keepsake = append_sweep
+        .iter()
+        .map(|a| a.keepsake.events_per_s)
+        .fold(0.0, f64::max);
+    let best_pg = append_sweep
+        .iter()
+        .filter_map(AppendAt::pg_best)
+        .fold(0.0, f64::max);
+    let (append_ratio, append_ratio_same_clients) = match append_sweep[0].pg_best() {
+        Some(same) => (
+            ratio(best_keepsake, best_pg),
+            ratio(keepsake.append.events_per_s, same),
+        ),
+        None => (None, None),
+    };
+    let (bytes_ratio, read_ratio, as_of_ratio) = match &postgres {
+        Some(p) => (
+            ratio(keepsake.bytes_per_event, p.bytes_per_event),
+            ratio(p.read_user.p50_ms, keepsake.read_user.p50_ms),
+            ratio(p.as_of.p50_ms, keepsake.as_of.p50_ms),
+        ),
+        None => (None, None, None),
     };
     Ok(BaselineReport {
         events: cfg.events / cfg.batch * cfg.batch,
@@ -379,7 +562,9 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
         doc_bytes: cfg.doc_bytes,
         keepsake,
         postgres,
+        append_sweep,
         append_ratio,
+        append_ratio_same_clients,
         bytes_ratio,
         log_bytes_ratio,
         read_ratio,
@@ -387,7 +572,22 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
     })
 }
 
-async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::Result<SideReport> {
+/// A log that the dataset was appended to, in a fresh file store.
+struct KeepsakeAppend {
+    /// The store's directory, removed when dropped.
+    _dir: tempfile::TempDir,
+    store: Arc<dyn object_store::ObjectStore>,
+    log: Arc<Log>,
+    append: AppendFigures,
+    /// When the reader user was half written.
+    mid: Option<DateTime<Utc>>,
+}
+
+/// Opens a log on a fresh file store and appends the dataset to it from `cfg.clients` writers.
+async fn keepsake_append(
+    cfg: &BaselineConfig,
+    docs: &Arc<Documents>,
+) -> anyhow::Result<KeepsakeAppend> {
     std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
     let dir = tempfile::tempdir_in(&cfg.dir).context("a store directory")?;
     let url = format!("file://{}", dir.path().display());
@@ -481,14 +681,31 @@ async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::R
         mid_time = mid_time.or(mid);
     }
     let secs = started.elapsed().as_secs_f64();
+    let events = LogStats::get(&log.stats().events);
+    Ok(KeepsakeAppend {
+        _dir: dir,
+        store,
+        log,
+        append: append_figures(events as usize, secs, lat),
+        mid: mid_time,
+    })
+}
+
+async fn keepsake_side(cfg: &BaselineConfig, docs: &Arc<Documents>) -> anyhow::Result<SideReport> {
+    let KeepsakeAppend {
+        _dir,
+        store,
+        log,
+        append,
+        mid,
+    } = keepsake_append(cfg, docs).await?;
     let stats = log.stats();
     let events = LogStats::get(&stats.events);
     let segment_bytes = LogStats::get(&stats.bytes);
-    let append = append_figures(events as usize, secs, lat);
     let per_event = |bytes: u64| bytes as f64 / events.max(1) as f64;
 
     let reader = UserId(user_uuid(cfg.seed, 0));
-    let mid = mid_time.unwrap_or_else(|| SystemClock.now());
+    let mid = mid.unwrap_or_else(|| SystemClock.now());
     let fresh_bytes = stored_bytes(store.as_ref()).await?;
     let (fresh_read, fresh_as_of) = keepsake_reads(&log, reader, mid, cfg.reads).await?;
     let started = Instant::now();
@@ -757,27 +974,30 @@ async fn pg_append(
     Ok((append_figures(events, secs, lat), mid_time))
 }
 
+/// Appends the dataset with INSERT into an empty table, then with COPY into an empty table.
+async fn pg_append_both(
+    cfg: &BaselineConfig,
+    conn: &str,
+    docs: &Arc<Documents>,
+) -> anyhow::Result<(AppendFigures, AppendFigures)> {
+    let client = connect(conn).await?;
+    reset_table(&client).await?;
+    let (insert, _) = pg_append(cfg, conn, docs, PgMode::Insert).await?;
+    reset_table(&client).await?;
+    let (copy, _) = pg_append(cfg, conn, docs, PgMode::Copy).await?;
+    client
+        .batch_execute("DROP TABLE events")
+        .await
+        .context("dropping the table")?;
+    Ok((insert, copy))
+}
+
 async fn postgres_side(
     cfg: &BaselineConfig,
     conn: &str,
     docs: &Arc<Documents>,
 ) -> anyhow::Result<SideReport> {
     let client = connect(conn).await?;
-    let sync: String = client
-        .query_one("SHOW synchronous_commit", &[])
-        .await
-        .context("reading synchronous_commit")?
-        .get(0);
-    let fsync: String = client
-        .query_one("SHOW fsync", &[])
-        .await
-        .context("reading fsync")?
-        .get(0);
-    if sync != "on" || fsync != "on" {
-        bail!(
-            "PostgreSQL must run with synchronous_commit = on and fsync = on to be as durable as Keepsake's ack (it has synchronous_commit = {sync}, fsync = {fsync})"
-        );
-    }
     reset_table(&client).await?;
     let (insert, _) = pg_append(cfg, conn, docs, PgMode::Insert).await?;
     reset_table(&client).await?;
@@ -897,6 +1117,7 @@ mod tests {
             users: 5,
             batch: 100,
             clients: 3,
+            sweep_clients: vec![5],
             reader_events: 1_000,
             reads: 2,
             doc_bytes: (300, 700),
@@ -912,15 +1133,52 @@ mod tests {
         let writers = dataset(&cfg);
         assert_eq!(writers.len(), 3);
         let mut per_user = std::collections::HashMap::new();
+        let mut writer_of = std::collections::HashMap::new();
         for (w, pushes) in writers.iter().enumerate() {
             for p in pushes {
-                assert_eq!(p.user % 3, w, "a user is always written by the same writer");
+                assert_eq!(
+                    *writer_of.entry(p.user).or_insert(w),
+                    w,
+                    "a user is always written by the same writer"
+                );
                 assert_eq!(p.items.len(), 100);
                 *per_user.entry(p.user).or_insert(0) += p.items.len();
             }
         }
         assert_eq!(per_user[&0], 1_000);
         assert_eq!(per_user.values().sum::<usize>(), 2_000);
+    }
+
+    #[test]
+    fn writers_get_even_shares_of_pushes() {
+        // 200 pushes: the reader's 10, then 190 over 19 users (10 each); 8 writers.
+        let user_of = |p: usize| if p < 10 { 0 } else { 1 + (p - 10) % 19 };
+        let writer_of = balance(200, 20, 8, user_of);
+        let mut load = [0usize; 8];
+        for p in 0..200 {
+            load[writer_of[user_of(p)]] += 1;
+        }
+        // 20 users of 10 pushes each over 8 writers: four writers get three users, four two.
+        let mut sorted = load;
+        sorted.sort_unstable();
+        assert_eq!(sorted, [20, 20, 20, 20, 30, 30, 30, 30]);
+        // The reader alone when it has more than a share: 100 of 200 pushes over 4 writers.
+        let user_of = |p: usize| if p < 100 { 0 } else { 1 + (p - 100) % 50 };
+        let writer_of = balance(200, 51, 4, user_of);
+        let mut load = [0usize; 4];
+        for p in 0..200 {
+            load[writer_of[user_of(p)]] += 1;
+        }
+        assert_eq!(
+            load[writer_of[0]], 100,
+            "the reader's writer has nobody else"
+        );
+        let mut rest: Vec<_> = (0..4)
+            .filter(|&w| w != writer_of[0])
+            .map(|w| load[w])
+            .collect();
+        rest.sort_unstable();
+        assert!(rest[2] - rest[0] <= 2, "{rest:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -937,5 +1195,30 @@ mod tests {
         // Every put is of a new item: as of the middle, about half of the reader's items exist.
         assert!(r.as_of.rows > 0 && r.as_of.rows < 1_000, "{}", r.as_of.rows);
         assert!(r.bytes_per_event > 50.0, "{}", r.bytes_per_event);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_measures_appends_at_every_number_of_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = run(BaselineConfig {
+            dir: dir.path().to_path_buf(),
+            sweep_clients: vec![5, 8],
+            ..cfg()
+        })
+        .await
+        .expect("run");
+        let writers: Vec<_> = r.append_sweep.iter().map(|a| a.clients).collect();
+        assert_eq!(writers, [3, 5, 8]);
+        for a in &r.append_sweep {
+            assert!(a.keepsake.events_per_s > 0.0 && a.pg_copy.is_none());
+        }
+        assert!(r.append_ratio.is_none(), "no Postgres, no ratio");
+        assert!(r.table().contains("  8 writers"), "{}", r.table());
+        // The sweep's dataset: the same events, evenly spread, no reader user.
+        let sweep = dataset(&sweep_cfg(&cfg(), 4));
+        let loads: Vec<usize> = sweep.iter().map(Vec::len).collect();
+        assert_eq!(loads.iter().sum::<usize>(), 20);
+        assert!(loads.iter().all(|&n| n == 5), "{loads:?}");
+        assert!(sweep.iter().flatten().all(|p| p.user != 0));
     }
 }

@@ -145,6 +145,11 @@ struct BaselineArgs {
     /// Concurrent writers.
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// More numbers of writers at which both sides append the same number of events again
+    /// (spread evenly over the users), to find each one's best rate; comma-separated, or the
+    /// flag alone for none. Postgres needs max_connections above the largest.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "128,256")]
+    sweep_clients: Vec<usize>,
     /// Events of the user whose reads are measured.
     #[arg(long, default_value_t = 10_000)]
     reader_events: usize,
@@ -238,6 +243,7 @@ pub fn main() -> anyhow::Result<()> {
                 users: a.users,
                 batch: a.batch,
                 clients: a.clients,
+                sweep_clients: a.sweep_clients,
                 reader_events: a.reader_events,
                 reads: a.reads,
                 doc_bytes: a.doc_bytes,
