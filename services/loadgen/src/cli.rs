@@ -109,6 +109,10 @@ struct HttpArgs {
     /// Items per pull.
     #[arg(long, default_value_t = 100)]
     pull_limit: usize,
+    /// Items each handset creates at most; past that, changes that would create items replace
+    /// known ones (puts naming their version), so users' states stop growing. Unbounded if absent.
+    #[arg(long)]
+    items_per_handset: Option<usize>,
     /// Seed: the same seed gives the same users and requests.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -224,6 +228,7 @@ pub fn main() -> anyhow::Result<()> {
                     retry_share: a.retry_share,
                     doc_bytes: a.doc_bytes,
                     pull_limit: a.pull_limit,
+                    items_per_handset: a.items_per_handset,
                 },
                 seed: a.seed,
                 label: a.label,

@@ -204,7 +204,7 @@ pub fn user_ids(seed: u64, users: usize) -> Vec<Uuid> {
 
 async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec<Handset>> {
     let users = user_ids(cfg.seed, cfg.users.max(1));
-    let docs_cap = 50_000 / cfg.handsets.max(1) + 100;
+    let docs_cap = (50_000 / cfg.handsets.max(1) + 100).max(cfg.mix.items_per_handset.unwrap_or(0));
     let results: Vec<anyhow::Result<Handset>> = futures::stream::iter(0..cfg.handsets)
         .map(|h| {
             let user = users[h % users.len()];

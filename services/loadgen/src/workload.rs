@@ -39,6 +39,11 @@ pub struct Mix {
     pub doc_bytes: (usize, usize),
     /// `limit` of each pull.
     pub pull_limit: usize,
+    /// Items a handset creates at most: once it knows this many, a change that would create an
+    /// item replaces a known one instead (a put naming its version), as a handset that has
+    /// synced its address book edits it. `None`: every such change creates an item, and users'
+    /// states grow without bound.
+    pub items_per_handset: Option<usize>,
 }
 
 impl Default for Mix {
@@ -55,6 +60,7 @@ impl Default for Mix {
             retry_share: 0.02,
             doc_bytes: (300, 700),
             pull_limit: 100,
+            items_per_handset: None,
         }
     }
 }
@@ -301,10 +307,24 @@ impl Generator {
             let change_id = self.rng.uuid();
             let r = self.rng.below(1_000_000) as f64 / 1_000_000.0;
             // Each change touches a distinct item, so the versions it names are the ones known.
-            let target = self
+            let mut target = self
                 .known
                 .random(&mut self.rng)
                 .filter(|k| used.insert(k.item_id));
+            // A full handset looks a little harder for an item not yet in this push, so that
+            // it does not create one instead.
+            let full = mix
+                .items_per_handset
+                .is_some_and(|cap| self.known.len() >= cap);
+            for _ in 0..8 {
+                if target.is_some() || !full {
+                    break;
+                }
+                target = self
+                    .known
+                    .random(&mut self.rng)
+                    .filter(|k| used.insert(k.item_id));
+            }
             let stale = self.chance(mix.stale_share);
             match target {
                 Some(k) if r < mix.patch_share + mix.delete_share => {
@@ -340,6 +360,19 @@ impl Generator {
                             None,
                         );
                     }
+                }
+                Some(k) if full => {
+                    self.pending.insert(k.item_id, (k.kind, false));
+                    let doc = docs.pick(k.kind, &mut self.rng);
+                    push_change(
+                        &mut body,
+                        change_id,
+                        k.kind,
+                        k.item_id,
+                        "put",
+                        Some(k.version),
+                        Some(doc),
+                    );
                 }
                 _ => {
                     let kind = match mix.kinds.len() {
@@ -518,6 +551,73 @@ mod tests {
         );
         let stale_share = f64::from(stale) / f64::from(patches + deletes);
         assert!((0.4..0.6).contains(&stale_share), "stale {stale_share}");
+    }
+
+    #[test]
+    fn a_full_handset_replaces_known_items_instead_of_creating_more() {
+        let mix = Mix {
+            retry_share: 0.0,
+            items_per_handset: Some(300),
+            ..Mix::default()
+        };
+        let docs = Documents::new(1, 4, (300, 700));
+        let mut g = Generator::new(7, 1000);
+        let mut created = std::collections::HashSet::new();
+        let mut replaced = 0;
+        for _ in 0..40 {
+            let p = g.push(&mix, &docs);
+            let changes = parse(&p.body);
+            let mut outcomes = Vec::new();
+            for c in &changes {
+                let item_id: Uuid = c["item_id"].as_str().expect("id").parse().expect("uuid");
+                let known = g.known.get(&item_id).map(|k| k.version);
+                let version = match (c["op"].as_str(), known) {
+                    (Some("put"), None) => {
+                        assert!(c.get("base_version").is_none(), "a new item names no version");
+                        created.insert(item_id);
+                        1
+                    }
+                    (Some("put"), Some(v)) => {
+                        assert_eq!(c["base_version"], v, "a replacement names the known version");
+                        assert!(c["document"].is_object());
+                        replaced += 1;
+                        v + 1
+                    }
+                    (_, v) => v.unwrap_or(1) + 1,
+                };
+                outcomes.push(PushOutcome {
+                    status: "applied".into(),
+                    item_id,
+                    version: Some(version),
+                });
+            }
+            g.pushed(&outcomes, false);
+            assert!(g.known.len() <= 300 + 100, "{}", g.known.len());
+        }
+        // 4,000 changes: about 300 creations, then deletes refilled; the rest edit what exists.
+        assert!(created.len() < 600, "{} items created", created.len());
+        assert!(replaced > 2_000, "{replaced} replacements");
+        // Without the bound, every change that is not a patch or a delete creates an item.
+        let mut g = Generator::new(7, 100_000);
+        let mut created = 0;
+        for _ in 0..40 {
+            let p = g.push(&Mix { items_per_handset: None, ..mix.clone() }, &docs);
+            let changes = parse(&p.body);
+            let mut outcomes = Vec::new();
+            for c in &changes {
+                let item_id: Uuid = c["item_id"].as_str().expect("id").parse().expect("uuid");
+                if c["op"] == "put" {
+                    created += 1;
+                }
+                outcomes.push(PushOutcome {
+                    status: "applied".into(),
+                    item_id,
+                    version: Some(g.known.get(&item_id).map_or(1, |k| k.version + 1)),
+                });
+            }
+            g.pushed(&outcomes, false);
+        }
+        assert!(created > 3_000, "{created}");
     }
 
     #[test]
