@@ -436,6 +436,73 @@ async fn stale_patch_finds_an_ancestor_from_before_the_newest_checkpoint() {
     log.shutdown().await;
 }
 
+/// A user loaded from a checkpoint knows its items' newest versions but not the links to
+/// earlier ones: a patch naming a version from before the checkpoint still merges against that
+/// version, and one naming a version applied since the load too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_patches_merge_after_the_user_is_loaded_from_a_checkpoint() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let log = open(ts.store.clone(), 1, fast_config())
+        .await
+        .expect("open");
+    let u = user();
+    let it = item();
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    push(&log, u, vec![put(it, json!({"a": 1, "b": 1, "c": 1}))])
+        .await
+        .expect("v1");
+    push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    push(&log, u, vec![patch(2, json!({"a": 3}))])
+        .await
+        .expect("v3");
+    log.compact_now().await.expect("checkpoint");
+    log.shutdown().await;
+
+    let log = open(ts.store.clone(), 1, fast_config())
+        .await
+        .expect("reopen");
+    async fn doc(
+        log: &keepsake_log::Log,
+        u: keepsake_model::UserId,
+        it: keepsake_model::ItemId,
+    ) -> Option<String> {
+        log.user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+            .await
+            .expect("user")
+            .map(|d| d.as_str().to_string())
+    }
+    // Version 1 is older than the checkpoint the user was loaded from.
+    let r = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v4");
+    assert!(
+        matches!(r.outcomes[0], Outcome::Applied(c) if c.version == 4),
+        "{r:?}"
+    );
+    assert_eq!(
+        doc(&log, u, it).await.as_deref(),
+        Some(r#"{"a":3,"b":2,"c":1}"#)
+    );
+    // Version 4 was applied since the load: found by the link from version 5.
+    push(&log, u, vec![patch(4, json!({"a": 5}))])
+        .await
+        .expect("v5");
+    let r = push(&log, u, vec![patch(4, json!({"c": 6}))])
+        .await
+        .expect("v6");
+    assert!(
+        matches!(r.outcomes[0], Outcome::Applied(c) if c.version == 6),
+        "{r:?}"
+    );
+    assert_eq!(
+        doc(&log, u, it).await.as_deref(),
+        Some(r#"{"a":5,"b":2,"c":6}"#)
+    );
+    log.shutdown().await;
+}
+
 #[tokio::test]
 async fn mass_delete_guard_refuses_then_accepts_when_confirmed() {
     let ts = store(Backend::Memory).await.expect("store");

@@ -298,12 +298,21 @@ impl Log {
                 if wanted.is_empty() {
                     return (Vec::new(), ready);
                 }
-                // Every event has a change id, and the state keeps each one's (item, version,
-                // seq) for idempotency: that gives the seq of each wanted version.
+                // The state links each version it applied to the one before: that gives the
+                // seq of a recent version in a few lookups. Versions from before the checkpoint
+                // the user was loaded from are found in the change ids, which the state keeps
+                // (item, version, seq) for idempotency: one scan of them all.
                 let mut seqs = HashMap::new();
-                for (_, r) in s.changes() {
-                    if wanted.contains(&(r.item_id, r.version)) {
-                        seqs.insert((r.item_id, r.version), r.seq);
+                for &(item, version) in &wanted {
+                    if let Some(seq) = s.seq_of_version(&item, version) {
+                        seqs.insert((item, version), seq);
+                    }
+                }
+                if seqs.len() < wanted.len() {
+                    for (_, r) in s.changes() {
+                        if wanted.contains(&(r.item_id, r.version)) {
+                            seqs.insert((r.item_id, r.version), r.seq);
+                        }
                     }
                 }
                 let needs = wanted

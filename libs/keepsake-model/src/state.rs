@@ -80,7 +80,10 @@ pub trait StateWrite: StateRead {
 /// The full state of one user: every item (tombstones included) and every change id ever applied.
 ///
 /// Change ids are kept for the life of the log: idempotency is promised forever, not for a window.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Equality compares what the log determines (items, change ids, last seq), not `prev`, an
+/// index of what this copy has applied.
+#[derive(Clone, Debug, Default)]
 pub struct UserState {
     last_seq: u64,
     /// Bytes of the documents held, kept up to date by `put_item`.
@@ -90,7 +93,24 @@ pub struct UserState {
     by_seq: std::collections::BTreeMap<u64, ItemId>,
     items: GrowingMap<ItemId, ItemState>,
     changes: GrowingMap<ChangeId, ChangeRef>,
+    /// For each event this state applied to an existing item, the seq of the item's event
+    /// before it: walking back from an item's newest seq gives the seqs of its earlier versions
+    /// (what a stale patch's base is found by) without scanning every change id. Links older
+    /// than a checkpoint the state was loaded from are not here; callers fall back to a scan.
+    prev: GrowingMap<u64, u64>,
 }
+
+impl PartialEq for UserState {
+    fn eq(&self, other: &Self) -> bool {
+        self.last_seq == other.last_seq
+            && self.doc_bytes == other.doc_bytes
+            && self.by_seq == other.by_seq
+            && self.items == other.items
+            && self.changes == other.changes
+    }
+}
+
+impl Eq for UserState {}
 
 impl UserState {
     /// Iterates over every item, tombstones included, in no particular order.
@@ -98,11 +118,31 @@ impl UserState {
         self.items.values()
     }
 
-    /// Approximate memory held: documents plus a fixed cost per item and per change id.
+    /// Approximate memory held: documents plus a fixed cost per item, per change id and per
+    /// link to an earlier version.
     pub fn approx_bytes(&self) -> usize {
         const PER_ITEM: usize = 128;
         const PER_CHANGE: usize = 48;
-        self.doc_bytes + self.items.len() * PER_ITEM + self.changes.len() * PER_CHANGE
+        const PER_LINK: usize = 24;
+        self.doc_bytes
+            + self.items.len() * PER_ITEM
+            + self.changes.len() * PER_CHANGE
+            + self.prev.len() * PER_LINK
+    }
+
+    /// The seq of version `version` of an item, found by walking back from its newest event
+    /// over the links this state recorded; `None` if the item has no such version, or a link
+    /// is missing (the version is older than the checkpoint this state was loaded from).
+    pub fn seq_of_version(&self, item: &ItemId, version: u64) -> Option<u64> {
+        let current = self.items.get(item)?;
+        if version == 0 || version > current.version {
+            return None;
+        }
+        let mut seq = current.seq;
+        for _ in version..current.version {
+            seq = *self.prev.get(&seq)?;
+        }
+        Some(seq)
     }
 
     /// Items whose last change is after `seq`, in seq order (each item once, at its latest).
@@ -220,11 +260,15 @@ impl StateWrite for UserState {
     fn put_item(&mut self, item: ItemState) {
         self.doc_bytes += item.document.as_ref().map_or(0, Document::len);
         self.by_seq.insert(item.seq, item.item_id);
-        let (id, seq) = (item.item_id, item.seq);
+        let (id, seq, version) = (item.item_id, item.seq, item.version);
         if let Some(old) = self.items.insert(id, item) {
             self.doc_bytes -= old.document.as_ref().map_or(0, Document::len);
             if old.seq != seq {
                 self.by_seq.remove(&old.seq);
+            }
+            // Only a next version links back: `advance_items` may skip versions.
+            if version == old.version + 1 && seq > old.seq {
+                self.prev.insert(seq, old.seq);
             }
         }
     }

@@ -535,6 +535,33 @@ proptest! {
         let replayed = UserState::replay(&h.log);
         prop_assert_eq!(replayed.as_ref(), Ok(&h.state));
         prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
+        // Every version's seq is found by walking back from the item's newest event.
+        for e in &h.log {
+            prop_assert_eq!(h.state.seq_of_version(&e.item_id, e.version), Some(e.seq));
+            prop_assert_eq!(h.state.seq_of_version(&e.item_id, 0), None);
+        }
+        // A state loaded from a checkpoint at j links only the versions applied after j: it
+        // finds those, and never gives a wrong seq for older ones.
+        let j = h.log.len() / 2;
+        let at_j = UserState::replay(&h.log[..j]).expect("replay");
+        let mut loaded = UserState::from_parts(
+            at_j.last_seq(),
+            at_j.items().cloned(),
+            at_j.changes().map(|(c, r)| (*c, *r)),
+        );
+        for e in &h.log[j..] {
+            crate::apply(&mut loaded, e).expect("apply");
+        }
+        prop_assert_eq!(&loaded, &h.state);
+        for e in &h.log {
+            let got = loaded.seq_of_version(&e.item_id, e.version);
+            let newest = h.state.item(&e.item_id).map_or(0, |i| i.version);
+            if e.seq > j as u64 || e.version == newest {
+                prop_assert_eq!(got, Some(e.seq), "linked after the load, or the newest");
+            } else {
+                prop_assert!(got.is_none() || got == Some(e.seq));
+            }
+        }
         // Items at any moment k from a state at j ≤ k and only each item's newest event in
         // between, as reads of items at a moment build them, equal a replay to k.
         let items = |s: &UserState| {
@@ -554,6 +581,11 @@ proptest! {
             got.advance_items(newest, k as u64).expect("advance");
             let want = UserState::replay(&h.log[..k]).expect("replay");
             prop_assert_eq!(items(&got), items(&want), "from {} to {}", j, k);
+            // Skipped versions are not linked: a walk back never lands on a wrong seq.
+            for e in &h.log[..k] {
+                let found = got.seq_of_version(&e.item_id, e.version);
+                prop_assert!(found.is_none() || found == Some(e.seq));
+            }
         }
     }
 }

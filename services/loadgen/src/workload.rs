@@ -575,12 +575,18 @@ mod tests {
                 let known = g.known.get(&item_id).map(|k| k.version);
                 let version = match (c["op"].as_str(), known) {
                     (Some("put"), None) => {
-                        assert!(c.get("base_version").is_none(), "a new item names no version");
+                        assert!(
+                            c.get("base_version").is_none(),
+                            "a new item names no version"
+                        );
                         created.insert(item_id);
                         1
                     }
                     (Some("put"), Some(v)) => {
-                        assert_eq!(c["base_version"], v, "a replacement names the known version");
+                        assert_eq!(
+                            c["base_version"], v,
+                            "a replacement names the known version"
+                        );
                         assert!(c["document"].is_object());
                         replaced += 1;
                         v + 1
@@ -610,7 +616,13 @@ mod tests {
         let mut g = Generator::new(7, 100_000);
         let mut created = 0;
         for _ in 0..40 {
-            let p = g.push(&Mix { items_per_handset: None, ..mix.clone() }, &docs);
+            let p = g.push(
+                &Mix {
+                    items_per_handset: None,
+                    ..mix.clone()
+                },
+                &docs,
+            );
             let changes = parse(&p.body);
             let mut outcomes = Vec::new();
             for c in &changes {
