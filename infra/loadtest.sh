@@ -103,7 +103,7 @@ if [ "$(id -u)" = 0 ]; then chown -R postgres "$WORK"; chmod 755 "$WORK"; fi
 echo "== PostgreSQL $("$INITDB" --version | awk '{print $NF}') in $PGDATA on 127.0.0.1:$PGPORT (synchronous_commit = on, fsync = on)"
 as_pg "$INITDB" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >/dev/null
 as_pg "$PG_CTL" -D "$PGDATA" -l "$WORK/pg.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$WORK/pgsock -c synchronous_commit=on -c fsync=on -c shared_buffers=1GB -c max_wal_size=4GB -c max_connections=300" \
+    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$WORK/pgsock -c synchronous_commit=on -c fsync=on -c shared_buffers=1GB -c max_wal_size=4GB -c max_connections=600" \
     start >/dev/null
 # Keepsake's store goes in the same directory as Postgres's data: the same disk for both.
 "$BIN/keepsake-loadgen" baseline --pg "host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres" \

@@ -160,8 +160,8 @@ pub struct BaselineReport {
     pub keepsake: SideReport,
     /// PostgreSQL, when a connection string was given.
     pub postgres: Option<SideReport>,
-    /// The append rate at each number of writers: `clients` (the run above) first, then the
-    /// sweep's.
+    /// The append rate at each number of writers (`clients`, the run above, and the sweep's),
+    /// by number of writers.
     pub append_sweep: Vec<AppendAt>,
     /// Keepsake's best append rate over the sweep / the best of Postgres's INSERT and COPY
     /// over the sweep (target ≥ 3).
@@ -531,6 +531,11 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
             .log_bytes_per_event
             .and_then(|k| ratio(k, p.bytes_per_event))
     });
+    append_sweep.sort_by_key(|a| a.clients);
+    let same = append_sweep
+        .iter()
+        .find(|a| a.clients == cfg.clients)
+        .and_then(AppendAt::pg_best);
     let best_keepsake = append_sweep
         .iter()
         .map(|a| a.keepsake.events_per_s)
@@ -539,7 +544,7 @@ pub async fn run(cfg: BaselineConfig) -> anyhow::Result<BaselineReport> {
         .iter()
         .filter_map(AppendAt::pg_best)
         .fold(0.0, f64::max);
-    let (append_ratio, append_ratio_same_clients) = match append_sweep[0].pg_best() {
+    let (append_ratio, append_ratio_same_clients) = match same {
         Some(same) => (
             ratio(best_keepsake, best_pg),
             ratio(keepsake.append.events_per_s, same),
@@ -1202,13 +1207,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = run(BaselineConfig {
             dir: dir.path().to_path_buf(),
-            sweep_clients: vec![5, 8],
+            sweep_clients: vec![8, 5],
             ..cfg()
         })
         .await
         .expect("run");
         let writers: Vec<_> = r.append_sweep.iter().map(|a| a.clients).collect();
-        assert_eq!(writers, [3, 5, 8]);
+        assert_eq!(writers, [3, 5, 8], "by number of writers");
         for a in &r.append_sweep {
             assert!(a.keepsake.events_per_s > 0.0 && a.pg_copy.is_none());
         }

@@ -152,7 +152,7 @@ struct BaselineArgs {
     /// More numbers of writers at which both sides append the same number of events again
     /// (spread evenly over the users), to find each one's best rate; comma-separated, or the
     /// flag alone for none. Postgres needs max_connections above the largest.
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "128,256")]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "8,16,128,256,512")]
     sweep_clients: Vec<usize>,
     /// Events of the user whose reads are measured.
     #[arg(long, default_value_t = 10_000)]
