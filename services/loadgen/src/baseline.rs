@@ -979,17 +979,29 @@ async fn pg_append(
     Ok((append_figures(events, secs, lat), mid_time))
 }
 
-/// Appends the dataset with INSERT into an empty table, then with COPY into an empty table.
+/// Appends the dataset with INSERT into an empty table, then with COPY into an empty table,
+/// which keeps the events. Returns both figures and when the reader user was half written.
+async fn pg_insert_then_copy(
+    cfg: &BaselineConfig,
+    conn: &str,
+    docs: &Arc<Documents>,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<(AppendFigures, AppendFigures, Option<DateTime<Utc>>)> {
+    reset_table(client).await?;
+    let (insert, _) = pg_append(cfg, conn, docs, PgMode::Insert).await?;
+    reset_table(client).await?;
+    let (copy, mid) = pg_append(cfg, conn, docs, PgMode::Copy).await?;
+    Ok((insert, copy, mid))
+}
+
+/// The append figures alone, at `cfg.clients` writers; the table is dropped afterwards.
 async fn pg_append_both(
     cfg: &BaselineConfig,
     conn: &str,
     docs: &Arc<Documents>,
 ) -> anyhow::Result<(AppendFigures, AppendFigures)> {
     let client = connect(conn).await?;
-    reset_table(&client).await?;
-    let (insert, _) = pg_append(cfg, conn, docs, PgMode::Insert).await?;
-    reset_table(&client).await?;
-    let (copy, _) = pg_append(cfg, conn, docs, PgMode::Copy).await?;
+    let (insert, copy, _) = pg_insert_then_copy(cfg, conn, docs, &client).await?;
     client
         .batch_execute("DROP TABLE events")
         .await
@@ -1003,10 +1015,7 @@ async fn postgres_side(
     docs: &Arc<Documents>,
 ) -> anyhow::Result<SideReport> {
     let client = connect(conn).await?;
-    reset_table(&client).await?;
-    let (insert, _) = pg_append(cfg, conn, docs, PgMode::Insert).await?;
-    reset_table(&client).await?;
-    let (copy, mid) = pg_append(cfg, conn, docs, PgMode::Copy).await?;
+    let (insert, copy, mid) = pg_insert_then_copy(cfg, conn, docs, &client).await?;
     client
         .batch_execute("ANALYZE events")
         .await
