@@ -1102,10 +1102,20 @@ pub async fn write_checkpoint(
         if k > n {
             break;
         }
-        for e in &seg.events {
-            keepsake_model::apply(users.entry(e.user_id).or_default(), e)
-                .map_err(|err| LogError::corrupt(shard, k, err))?;
-        }
+        // The fold is CPU work: on a blocking thread (the map moves, it is not copied), so
+        // that a checkpoint does not hold the runtime's workers from pushes and pulls.
+        users = tokio::task::spawn_blocking(move || {
+            for e in &seg.events {
+                keepsake_model::apply(users.entry(e.user_id).or_default(), e)
+                    .map_err(|err| LogError::corrupt(shard, k, err))?;
+            }
+            Ok::<_, LogError>(users)
+        })
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("folding segment {k} into the checkpoint failed: {e}"),
+        })??;
     }
     let count = users.len() as u64;
     let meta = keepsake_segment::CheckpointMeta {

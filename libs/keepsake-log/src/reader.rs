@@ -397,7 +397,15 @@ pub async fn read_segment_sized(
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
     let size = bytes.len() as u64;
-    decode_checked(shard, n, bytes).map(|seg| Some((seg, size)))
+    // Decoding is milliseconds of CPU (the documents' pages): on a blocking thread, so that
+    // scans (checkpoints, rebuilds) do not hold the runtime's workers from pushes and pulls.
+    tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("decoding segment {n}: {e}"),
+        })?
+        .map(|seg| Some((seg, size)))
 }
 
 /// Decodes segment bytes and checks that the file is the segment its key says it is.
