@@ -348,7 +348,14 @@ async fn compact_round(
     // Read back and compare, segment by segment, before anything relies on it. Unreadable
     // counts as differing.
     let back = read_history(store, shard, object).await.ok().flatten();
-    if back.as_ref().map(|h| &h.segments) != Some(&taken) {
+    // Comparing (and dropping) a whole object's events is CPU work: off the runtime's workers.
+    let same = tokio::task::spawn_blocking(move || back.map(|h| h.segments) == Some(taken))
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("comparing history {first}-{last_n} failed: {e}"),
+        })?;
+    if !same {
         warn!(
             shard,
             first,
