@@ -1081,6 +1081,9 @@ async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Events folded into a checkpoint per hand-off to a blocking thread.
+const FOLD_RUN_EVENTS: usize = 4096;
+
 /// Builds and writes (create-only) the checkpoint of `shard` after segment `n`. Returns its user
 /// count. Another writer having written the same checkpoint is success: both are folds of the
 /// same log.
@@ -1097,25 +1100,42 @@ pub async fn write_checkpoint(
     };
     let mut segments =
         scan_shard(store.clone(), shard, prev.map_or(1, |c| c + 1), concurrency).await?;
-    while let Some(seg) = segments.try_next().await? {
-        let k = seg.meta.segment;
-        if k > n {
+    // The fold is CPU work: on a blocking thread (the map moves, it is not copied), so that a
+    // checkpoint does not hold the runtime's workers from pushes and pulls; in runs of
+    // segments, so that small ones do not each pay the hand-off.
+    let mut run: Vec<keepsake_segment::Segment> = Vec::new();
+    let mut run_events = 0;
+    loop {
+        let next = segments
+            .try_next()
+            .await?
+            .filter(|seg| seg.meta.segment <= n);
+        let done = next.is_none();
+        if let Some(seg) = next {
+            run_events += seg.events.len();
+            run.push(seg);
+        }
+        if run_events >= FOLD_RUN_EVENTS || (done && !run.is_empty()) {
+            let folding = std::mem::take(&mut run);
+            run_events = 0;
+            users = tokio::task::spawn_blocking(move || {
+                for seg in &folding {
+                    for e in &seg.events {
+                        keepsake_model::apply(users.entry(e.user_id).or_default(), e)
+                            .map_err(|err| LogError::corrupt(shard, seg.meta.segment, err))?;
+                    }
+                }
+                Ok::<_, LogError>(users)
+            })
+            .await
+            .map_err(|e| LogError::Unavailable {
+                shard,
+                reason: format!("folding segments into checkpoint {n} failed: {e}"),
+            })??;
+        }
+        if done {
             break;
         }
-        // The fold is CPU work: on a blocking thread (the map moves, it is not copied), so
-        // that a checkpoint does not hold the runtime's workers from pushes and pulls.
-        users = tokio::task::spawn_blocking(move || {
-            for e in &seg.events {
-                keepsake_model::apply(users.entry(e.user_id).or_default(), e)
-                    .map_err(|err| LogError::corrupt(shard, k, err))?;
-            }
-            Ok::<_, LogError>(users)
-        })
-        .await
-        .map_err(|e| LogError::Unavailable {
-            shard,
-            reason: format!("folding segment {k} into the checkpoint failed: {e}"),
-        })??;
     }
     let count = users.len() as u64;
     let meta = keepsake_segment::CheckpointMeta {

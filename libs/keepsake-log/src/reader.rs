@@ -371,6 +371,9 @@ pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Li
     Ok(list_layout(store, shard).await?.segments)
 }
 
+/// Segments up to this size are decoded on the calling task (a fraction of a millisecond).
+const INLINE_DECODE_BYTES: usize = 32 << 10;
+
 /// Reads and decodes segment `n`; `None` if it does not exist.
 pub async fn read_segment(
     store: &dyn ObjectStore,
@@ -397,8 +400,12 @@ pub async fn read_segment_sized(
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
     let size = bytes.len() as u64;
-    // Decoding is milliseconds of CPU (the documents' pages): on a blocking thread, so that
-    // scans (checkpoints, rebuilds) do not hold the runtime's workers from pushes and pulls.
+    // Decoding a large segment is milliseconds of CPU (the documents' pages): on a blocking
+    // thread, so that scans (checkpoints, rebuilds) do not hold the runtime's workers from
+    // pushes and pulls. A small one decodes in less than the hand-off to a thread costs.
+    if bytes.len() <= INLINE_DECODE_BYTES {
+        return decode_checked(shard, n, bytes).map(|seg| Some((seg, size)));
+    }
     tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
         .await
         .map_err(|e| LogError::Unavailable {
