@@ -953,6 +953,8 @@ pub(crate) async fn load_user(
             Some(c) => read_checkpoint_user(store.clone(), shard, c, user).await?,
             None => UserState::default(),
         };
+        // Before the tail is applied: its versions are the ones stale patches name most.
+        loaded.enable_version_links();
         loop {
             if !segments.is_empty() {
                 let wanted = std::mem::take(&mut segments);

@@ -216,10 +216,12 @@ impl ShardState {
     }
 
     /// Puts a loaded user in memory (unless another load got there first).
-    pub fn insert(&mut self, user: UserId, state: UserState) {
+    pub fn insert(&mut self, user: UserId, mut state: UserState) {
         if self.users.contains_key(&user) {
             return;
         }
+        // Stale patches find their bases' seqs by these links (see `Log::push`).
+        state.enable_version_links();
         let bytes = state.approx_bytes();
         self.bytes += bytes;
         let last_used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
@@ -335,5 +337,36 @@ mod tests {
         );
         assert_eq!(view.segment_holding(&user, 21), Some(3));
         assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
+    }
+
+    /// Users the view holds link their items' versions, so that stale patches find a base's
+    /// seq without scanning change ids; a state folded elsewhere does not pay for the links.
+    #[test]
+    fn resident_users_link_versions() {
+        use keepsake_model::StateRead;
+        let events = history(1, 1, 200, chrono::DateTime::UNIX_EPOCH);
+        let user = events[0].user_id;
+        let mut view = ShardState::default();
+        view.insert(user, UserState::default());
+        view.apply_events(&events).expect("apply");
+        let mut plain = UserState::default();
+        for e in &events {
+            keepsake_model::apply(&mut plain, e).expect("apply");
+        }
+        let state = view.get(&user).expect("resident");
+        assert_eq!(state, &plain);
+        let older: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                plain
+                    .item(&e.item_id)
+                    .is_some_and(|i| i.version > e.version)
+            })
+            .collect();
+        assert!(!older.is_empty());
+        for e in older {
+            assert_eq!(state.seq_of_version(&e.item_id, e.version), Some(e.seq));
+            assert_eq!(plain.seq_of_version(&e.item_id, e.version), None);
+        }
     }
 }

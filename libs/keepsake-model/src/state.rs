@@ -82,7 +82,7 @@ pub trait StateWrite: StateRead {
 /// Change ids are kept for the life of the log: idempotency is promised forever, not for a window.
 ///
 /// Equality compares what the log determines (items, change ids, last seq), not `prev`, an
-/// index of what this copy has applied.
+/// index of what this copy has applied, kept only by states that serve pushes.
 #[derive(Clone, Debug, Default)]
 pub struct UserState {
     last_seq: u64,
@@ -97,7 +97,10 @@ pub struct UserState {
     /// before it: walking back from an item's newest seq gives the seqs of its earlier versions
     /// (what a stale patch's base is found by) without scanning every change id. Links older
     /// than a checkpoint the state was loaded from are not here; callers fall back to a scan.
+    /// Recorded only once [`UserState::enable_version_links`] was called: folds that never take
+    /// a stale patch (checkpoints, replays, restores) do not pay for them.
     prev: GrowingMap<u64, u64>,
+    links: bool,
 }
 
 impl PartialEq for UserState {
@@ -128,6 +131,12 @@ impl UserState {
             + self.items.len() * PER_ITEM
             + self.changes.len() * PER_CHANGE
             + self.prev.len() * PER_LINK
+    }
+
+    /// From now on, record each applied event's link to its item's previous event (what
+    /// [`UserState::seq_of_version`] walks). The live view enables it for the users it holds.
+    pub fn enable_version_links(&mut self) {
+        self.links = true;
     }
 
     /// The seq of version `version` of an item, found by walking back from its newest event
@@ -267,7 +276,7 @@ impl StateWrite for UserState {
                 self.by_seq.remove(&old.seq);
             }
             // Only a next version links back: `advance_items` may skip versions.
-            if version == old.version + 1 && seq > old.seq {
+            if self.links && version == old.version + 1 && seq > old.seq {
                 self.prev.insert(seq, old.seq);
             }
         }

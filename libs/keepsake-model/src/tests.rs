@@ -535,10 +535,19 @@ proptest! {
         let replayed = UserState::replay(&h.log);
         prop_assert_eq!(replayed.as_ref(), Ok(&h.state));
         prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
-        // Every version's seq is found by walking back from the item's newest event.
+        // With links on, every version's seq is found by walking back from the item's newest
+        // event; without them only the newest, and never a wrong seq.
+        let mut linked = UserState::default();
+        linked.enable_version_links();
         for e in &h.log {
-            prop_assert_eq!(h.state.seq_of_version(&e.item_id, e.version), Some(e.seq));
-            prop_assert_eq!(h.state.seq_of_version(&e.item_id, 0), None);
+            crate::apply(&mut linked, e).expect("apply");
+        }
+        prop_assert_eq!(&linked, &h.state);
+        for e in &h.log {
+            prop_assert_eq!(linked.seq_of_version(&e.item_id, e.version), Some(e.seq));
+            prop_assert_eq!(linked.seq_of_version(&e.item_id, 0), None);
+            let plain = h.state.seq_of_version(&e.item_id, e.version);
+            prop_assert!(plain.is_none() || plain == Some(e.seq));
         }
         // A state loaded from a checkpoint at j links only the versions applied after j: it
         // finds those, and never gives a wrong seq for older ones.
@@ -549,6 +558,7 @@ proptest! {
             at_j.items().cloned(),
             at_j.changes().map(|(c, r)| (*c, *r)),
         );
+        loaded.enable_version_links();
         for e in &h.log[j..] {
             crate::apply(&mut loaded, e).expect("apply");
         }
@@ -578,6 +588,7 @@ proptest! {
             let mut newest: Vec<&Event> = newest.into_values().collect();
             newest.sort_by_key(|e| e.seq);
             let mut got = UserState::replay(&h.log[..j]).expect("replay");
+            got.enable_version_links();
             got.advance_items(newest, k as u64).expect("advance");
             let want = UserState::replay(&h.log[..k]).expect("replay");
             prop_assert_eq!(items(&got), items(&want), "from {} to {}", j, k);
