@@ -256,11 +256,7 @@ async fn deletes_that_fail_leave_every_read_right_and_are_finished_later() {
     settled(&log, &store).await;
     assert_eq!(reads(&log, &store, &users, t).await, before);
     log.shutdown().await;
-    let reopened = open(ts.reopen().expect("reopen"), 1, cfg())
-        .await
-        .expect("reopen");
-    assert_eq!(reads(&reopened, &ts.store, &users, t).await, before);
-    reopened.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -463,43 +463,29 @@ async fn stale_patches_merge_after_the_user_is_loaded_from_a_checkpoint() {
     let log = open(ts.store.clone(), 1, fast_config())
         .await
         .expect("reopen");
-    async fn doc(
-        log: &keepsake_log::Log,
-        u: keepsake_model::UserId,
-        it: keepsake_model::ItemId,
-    ) -> Option<String> {
-        log.user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+    // Each stale patch merges against its base and gives the version and document expected.
+    let merges = async |base, patch_doc, version, want: &str| {
+        let r = push(&log, u, vec![patch(base, patch_doc)])
+            .await
+            .expect("patch");
+        assert!(
+            matches!(r.outcomes[0], Outcome::Applied(c) if c.version == version),
+            "{r:?}"
+        );
+        let doc = log
+            .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
             .await
             .expect("user")
-            .map(|d| d.as_str().to_string())
-    }
+            .map(|d| d.as_str().to_string());
+        assert_eq!(doc.as_deref(), Some(want));
+    };
     // Version 1 is older than the checkpoint the user was loaded from.
-    let r = push(&log, u, vec![patch(1, json!({"b": 2}))])
-        .await
-        .expect("v4");
-    assert!(
-        matches!(r.outcomes[0], Outcome::Applied(c) if c.version == 4),
-        "{r:?}"
-    );
-    assert_eq!(
-        doc(&log, u, it).await.as_deref(),
-        Some(r#"{"a":3,"b":2,"c":1}"#)
-    );
+    merges(1, json!({"b": 2}), 4, r#"{"a":3,"b":2,"c":1}"#).await;
     // Version 4 was applied since the load: found by the link from version 5.
     push(&log, u, vec![patch(4, json!({"a": 5}))])
         .await
         .expect("v5");
-    let r = push(&log, u, vec![patch(4, json!({"c": 6}))])
-        .await
-        .expect("v6");
-    assert!(
-        matches!(r.outcomes[0], Outcome::Applied(c) if c.version == 6),
-        "{r:?}"
-    );
-    assert_eq!(
-        doc(&log, u, it).await.as_deref(),
-        Some(r#"{"a":5,"b":2,"c":6}"#)
-    );
+    merges(4, json!({"c": 6}), 6, r#"{"a":5,"b":2,"c":6}"#).await;
     log.shutdown().await;
 }
 
