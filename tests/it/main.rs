@@ -11,5 +11,6 @@ mod faults;
 mod log_backends;
 mod race;
 mod restart;
+mod two_processes;
 mod verify;
 mod view;

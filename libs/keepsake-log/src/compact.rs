@@ -171,16 +171,18 @@ async fn settle(
         for d in &doomed {
             sources.extend(read_doomed(store, shard, *d).await?);
         }
-        // Unreadable counts as differing: it is deleted only if every source is still there.
-        let written: BTreeMap<u64, Segment> = read_history(store, shard, h)
-            .await
-            .ok()
-            .flatten()
-            .map(|x| x.segments)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.meta.segment, s))
-            .collect();
+        // A read that fails is an error, never "differs": deleting on a failed read once
+        // deleted the only copy of segments whose sources another process had removed.
+        let written: BTreeMap<u64, Segment> = match read_back(store, shard, h).await? {
+            // Gone since the listing: another process merged it into a wider object.
+            ReadBack::Gone => continue,
+            ReadBack::Bad => BTreeMap::new(),
+            ReadBack::Good(held) => held
+                .segments
+                .into_iter()
+                .map(|s| (s.meta.segment, s))
+                .collect(),
+        };
         let agrees = sources
             .iter()
             .all(|s| written.get(&s.meta.segment) == Some(s));
@@ -200,7 +202,7 @@ async fn settle(
                 deleted = doomed.len(),
                 "interrupted compaction finished"
             );
-        } else if sources.len() as u64 == h.last - h.first + 1 {
+        } else if covers_every_number(&sources, h) && still_present(store, shard, &doomed).await? {
             warn!(
                 shard,
                 first = h.first,
@@ -220,6 +222,60 @@ async fn settle(
         }
     }
     Ok(report)
+}
+
+/// True when `sources` hold every segment number of `h`, each counted once: overlapping
+/// history objects (left by failed deletes) hold some numbers twice, and a count of segments
+/// would then match while others are missing.
+fn covers_every_number(sources: &[Segment], h: HistoryListed) -> bool {
+    let numbers: std::collections::BTreeSet<u64> = sources
+        .iter()
+        .map(|s| s.meta.segment)
+        .filter(|n| (h.first..=h.last).contains(n))
+        .collect();
+    numbers.len() as u64 == h.last - h.first + 1
+}
+
+/// True when a fresh listing shows every one of `doomed` still in the store: only then is a
+/// history object that differs from them known to be relied on by no reader, and deletable.
+async fn still_present(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    doomed: &[Doomed],
+) -> Result<bool, LogError> {
+    let layout = list_layout(store.as_ref(), shard).await?;
+    Ok(doomed.iter().all(|d| match *d {
+        Doomed::Segment { n, .. } => layout.segments.binary_search_by_key(&n, |l| l.n).is_ok(),
+        Doomed::History(x) => layout.history.contains(&x),
+    }))
+}
+
+/// A history object read back for comparison.
+enum ReadBack {
+    /// Not there (any more).
+    Gone,
+    /// Fetched, but not a valid history object of its key: known bad, so it differs.
+    Bad,
+    /// Fetched and decoded.
+    Good(keepsake_segment::History),
+}
+
+/// Reads a history object back. Only bytes that were fetched and do not decode count as bad; a
+/// fetch that fails is an error (the object may be fine, and another process may rely on it).
+async fn read_back(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    h: HistoryListed,
+) -> Result<ReadBack, LogError> {
+    match read_history(store, shard, h).await {
+        Ok(None) => Ok(ReadBack::Gone),
+        Ok(Some(x)) => Ok(ReadBack::Good(x)),
+        Err(LogError::Corrupt { detail, .. }) => {
+            warn!(shard, first = h.first, last = h.last, %detail, "a history object does not decode");
+            Ok(ReadBack::Bad)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The segments a doomed object holds.
@@ -345,24 +401,40 @@ async fn compact_round(
         last: last_n,
         size,
     };
-    // Read back and compare, segment by segment, before anything relies on it. Unreadable
-    // counts as differing.
-    let back = read_history(store, shard, object).await.ok().flatten();
+    // Read back and compare, segment by segment, before anything relies on it. A read that
+    // fails is an error, never "differs": when another process wrote this object (already
+    // there) and deleted its sources, it is the only copy.
+    let back = match read_back(store, shard, object).await? {
+        ReadBack::Gone => {
+            return Err(LogError::Unavailable {
+                shard,
+                reason: format!("history {first}-{last_n} vanished right after it was written"),
+            });
+        }
+        ReadBack::Bad => None,
+        ReadBack::Good(h) => Some(h.segments),
+    };
     // Comparing (and dropping) a whole object's events is CPU work: off the runtime's workers.
-    let same = tokio::task::spawn_blocking(move || back.map(|h| h.segments) == Some(taken))
+    let same = tokio::task::spawn_blocking(move || back == Some(taken))
         .await
         .map_err(|e| LogError::Unavailable {
             shard,
             reason: format!("comparing history {first}-{last_n} failed: {e}"),
         })?;
     if !same {
+        // Deleted only while a fresh listing shows every source still there: then no reader
+        // relies on it. Otherwise it stays, and the corruption is reported.
+        let deletable = still_present(store, shard, &doomed).await?;
         warn!(
             shard,
             first,
             last = last_n,
-            "a history object read back differs from its sources; deleting it"
+            deletable,
+            "a history object read back differs from its sources"
         );
-        delete_all(store, shard, &[Doomed::History(object)]).await?;
+        if deletable {
+            delete_all(store, shard, &[Doomed::History(object)]).await?;
+        }
         return Err(LogError::corrupt(
             shard,
             first,

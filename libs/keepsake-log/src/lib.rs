@@ -835,8 +835,12 @@ pub async fn recover_shard(
         .into_iter()
         .rfind(|c| *c <= head);
     let mut state = ShardState::default();
+    // Only segment objects that readers read (not ones inside a history object readers rely
+    // on: a source not yet deleted, or a late write into a freed number).
     for l in &layout.segments {
-        state.record_segment_size(l.n, l.size);
+        if layout.place(l.n) == Some(reader::Place::Segment(l.size)) {
+            state.record_segment_size(l.n, l.size);
+        }
     }
     for h in &layout.history {
         state.record_history(*h);
@@ -1107,6 +1111,10 @@ pub async fn write_checkpoint(
     // segments, so that small ones do not each pay the hand-off.
     let mut run: Vec<keepsake_segment::Segment> = Vec::new();
     let mut run_events = 0;
+    // The last segment folded: the checkpoint is written only if the fold reached `n`, one
+    // segment after another. A listing that missed the newest segments would otherwise give a
+    // checkpoint "after n" without them, and recovery from it would drop acknowledged events.
+    let mut folded = prev.unwrap_or(0);
     loop {
         let next = segments
             .try_next()
@@ -1114,6 +1122,13 @@ pub async fn write_checkpoint(
             .filter(|seg| seg.meta.segment <= n);
         let done = next.is_none();
         if let Some(seg) = next {
+            if seg.meta.segment != folded + 1 {
+                return Err(LogError::Gap {
+                    shard,
+                    missing: folded + 1,
+                });
+            }
+            folded = seg.meta.segment;
             run_events += seg.events.len();
             run.push(seg);
         }
@@ -1138,6 +1153,14 @@ pub async fn write_checkpoint(
         if done {
             break;
         }
+    }
+    if folded != n {
+        return Err(LogError::Unavailable {
+            shard,
+            reason: format!(
+                "checkpoint {n} not written: the listing of the log reached only segment {folded}"
+            ),
+        });
     }
     let count = users.len() as u64;
     let meta = keepsake_segment::CheckpointMeta {

@@ -233,12 +233,59 @@ impl Layout {
         s.max(h)
     }
 
-    /// Where segment `n` is read from.
+    /// Where segment `n` is read from: the narrowest history object holding it that readers
+    /// already rely on; else its own object; else the narrowest history object holding it.
+    ///
+    /// A relied-on history object wins over a segment object of the same number because a
+    /// segment object there is either a source not yet deleted (the same events) or a late
+    /// write by a writer that was behind, into a number compaction had freed: such a writer
+    /// sees the history object after its PUT, never acknowledges, and deletes its object, but
+    /// until it does, only the history object holds what was acknowledged under that number.
     pub fn place(&self, n: u64) -> Option<Place> {
+        let relied = self
+            .history
+            .iter()
+            .filter(|h| h.holds(n) && self.relied_on(h))
+            .min_by_key(|h| h.last - h.first);
+        if let Some(h) = relied {
+            return Some(Place::History(*h));
+        }
         match self.segments.binary_search_by_key(&n, |l| l.n) {
             Ok(i) => Some(Place::Segment(self.segments[i].size)),
             Err(_) => narrowest(&self.history, n).map(Place::History),
         }
+    }
+
+    /// True when some segment of `h` is in no segment object and no narrower history object:
+    /// compaction deletes the sources of a history object only after reading it back and
+    /// comparing it with them, so such an object was verified and readers depend on it.
+    pub fn relied_on(&self, h: &HistoryListed) -> bool {
+        let inner: Vec<&HistoryListed> = self
+            .history
+            .iter()
+            .filter(|x| *x != h && h.first <= x.first && x.last <= h.last)
+            .collect();
+        let (mut next, mut i) = (h.first, 0);
+        while next <= h.last {
+            if let Some(x) = inner.get(i)
+                && x.first <= next
+            {
+                next = next.max(x.last + 1);
+                i += 1;
+                continue;
+            }
+            match self.segments.binary_search_by_key(&next, |l| l.n) {
+                Ok(mut j) => {
+                    // Over the run of segment objects from here.
+                    while self.segments.get(j).is_some_and(|l| l.n == next) && next <= h.last {
+                        next += 1;
+                        j += 1;
+                    }
+                }
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// The sources of segments `numbers` (ascending).
@@ -1672,7 +1719,7 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_is_read_from_its_own_object_else_the_narrowest_history_object() {
+    fn a_segment_is_read_from_a_relied_on_history_object_else_its_own_else_the_narrowest() {
         // 1..=4 compacted twice over (an unfinished merge), 3 still also a segment, 5..=6 plain.
         let layout = Layout {
             segments: vec![seg(3), seg(5), seg(6)],
@@ -1681,10 +1728,16 @@ mod tests {
         assert_eq!(layout.head(), 6);
         assert_eq!(layout.gap(), None);
         assert_eq!(layout.place(1), Some(Place::History(hist(1, 2))));
-        assert_eq!(layout.place(3), Some(Place::Segment(103)));
+        // 4 is only in 3-4: readers rely on it, so 3 is read from it too (the segment object
+        // is a source not deleted yet, or a late write into a freed number).
+        assert!(layout.relied_on(&hist(3, 4)));
+        assert!(
+            !layout.relied_on(&hist(1, 4)),
+            "its narrower objects hold all of it"
+        );
+        assert_eq!(layout.place(3), Some(Place::History(hist(3, 4))));
         assert_eq!(layout.place(4), Some(Place::History(hist(3, 4))));
         assert_eq!(layout.place(7), None);
-        // Consecutive numbers in one object make one source; a segment object splits them.
         let sources = layout.sources(0, 1..=6).expect("sources");
         assert_eq!(
             sources,
@@ -1694,10 +1747,9 @@ mod tests {
                     lo: 1,
                     hi: 2
                 },
-                Source::Segment { n: 3, size: 103 },
                 Source::History {
                     object: hist(3, 4),
-                    lo: 4,
+                    lo: 3,
                     hi: 4
                 },
                 Source::Segment { n: 5, size: 105 },
@@ -1708,6 +1760,23 @@ mod tests {
             sources.iter().flat_map(Source::numbers).collect::<Vec<_>>(),
             vec![1, 2, 3, 4, 5, 6]
         );
+        // A history object whose sources are all still there is not relied on (maybe not yet
+        // verified): its segments are read from their own objects.
+        let unverified = Layout {
+            segments: vec![seg(1), seg(2), seg(3)],
+            history: vec![hist(1, 3)],
+        };
+        assert!(!unverified.relied_on(&hist(1, 3)));
+        assert_eq!(unverified.place(2), Some(Place::Segment(102)));
+        // A merge not yet verified: 1-2 is relied on, 1-4 is not; 3 from its own object.
+        let merging = Layout {
+            segments: vec![seg(3), seg(4)],
+            history: vec![hist(1, 2), hist(1, 4)],
+        };
+        assert!(merging.relied_on(&hist(1, 2)));
+        assert!(!merging.relied_on(&hist(1, 4)));
+        assert_eq!(merging.place(1), Some(Place::History(hist(1, 2))));
+        assert_eq!(merging.place(3), Some(Place::Segment(103)));
     }
 
     #[test]

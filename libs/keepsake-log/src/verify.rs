@@ -21,13 +21,14 @@ use tracing::info;
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Source, decode_checked, read_checkpoint, read_history,
+    HistoryListed, Layout, Listed, Place, Source, decode_checked, read_checkpoint, read_history,
 };
 
 /// One thing wrong with a store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// `gap`, `unreadable`, `log`, `checkpoint_mismatch`, `unreadable_checkpoint`, `foreign_object`.
+    /// `gap`, `unreadable`, `log`, `checkpoint_mismatch`, `unreadable_checkpoint`, `foreign_object`,
+    /// `stray_segment`.
     pub kind: &'static str,
     /// The object concerned.
     pub key: String,
@@ -294,6 +295,7 @@ async fn fold_shard(
             ));
         }
     }
+    check_shadowed(&store, shard, &layout, &mut out.problems).await;
     let mut folded_to = 0;
     let mut next_ck = cks.iter().peekable();
     let mut broken = false;
@@ -395,6 +397,61 @@ async fn fold_shard(
         "shard folded"
     );
     Ok(out)
+}
+
+/// Segment objects that readers do not read, because a history object they rely on holds the
+/// same number: each is either a source compaction has not deleted yet (the same events) or a
+/// write into a number used before, by a writer that was behind (see `writer.rs`, invariant 8), which
+/// that writer removes at once unless it stopped first. The second kind is reported.
+async fn check_shadowed(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    layout: &Layout,
+    problems: &mut Vec<Problem>,
+) {
+    let mut copies: BTreeMap<(u64, u64), BTreeMap<u64, keepsake_segment::Segment>> =
+        BTreeMap::new();
+    for l in &layout.segments {
+        let Some(Place::History(h)) = layout.place(l.n) else {
+            continue;
+        };
+        let key = keys::segment(shard, l.n).to_string();
+        let own = match crate::reader::read_segment(store.as_ref(), shard, l.n).await {
+            Ok(Some(seg)) => seg,
+            // Deleted since the listing: compaction finished.
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(problem("unreadable", key, e.to_string()));
+                continue;
+            }
+        };
+        let copy = match copies.entry((h.first, h.last)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                match read_history(store, shard, h).await {
+                    Ok(Some(held)) => e.insert(
+                        held.segments
+                            .into_iter()
+                            .map(|s| (s.meta.segment, s))
+                            .collect(),
+                    ),
+                    // Reported where the history object is read as a source.
+                    Ok(None) | Err(_) => continue,
+                }
+            }
+        };
+        if copy.get(&l.n) != Some(&own) {
+            problems.push(problem(
+                "stray_segment",
+                key,
+                format!(
+                    "differs from segment {} in history {}-{}, which readers use: written into a \
+                     number already used, by a writer that was behind; never acknowledged",
+                    l.n, h.first, h.last
+                ),
+            ));
+        }
+    }
 }
 
 async fn check_checkpoint(

@@ -22,8 +22,17 @@
 //! 6. `AlreadyExists` is read back the same way (an earlier attempt of ours may have landed).
 //! 7. Only after the PUT is confirmed are the events applied to committed state and the callers
 //!    answered. Every failure answers with a retryable error and never an acknowledgement.
-//! 8. After a fence or an unresolved failure the writer re-reads the shard from `head + 1` before
-//!    its next batch, so its state includes whatever landed, and retried change ids answer
+//! 8. A create-only PUT also succeeds on a number that was used and then freed by compaction
+//!    (its segment moved into a history object and deleted) — which is what a writer that is
+//!    behind another process targets. So a PUT counts as committed only once a listing of the
+//!    shard's history objects, taken after it, shows none holding its number: compaction writes
+//!    the history object before it deletes a segment, so if the number had been used, the
+//!    listing shows it. Otherwise the writer deletes its own object (never acknowledged), fails
+//!    the batch as fenced, and re-reads the shard. A segment number, once used, is never
+//!    usable again.
+//! 9. After a fence or an unresolved failure the writer re-reads the shard from `head + 1` before
+//!    its next batch (from a listing, so that a compacted range counts as taken, not as the end
+//!    of the log), so its state includes whatever landed, and retried change ids answer
 //!    `duplicate`.
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +53,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::LogConfig;
 use crate::error::LogError;
-use crate::reader::{UpTo, read_meta, read_segment_sized, read_user};
+use crate::reader::{
+    Source, UpTo, list_history, list_layout, read_meta, read_source_segments, read_user,
+};
 use crate::stats::LogStats;
 use crate::view::ShardState;
 use crate::{PushRequest, PushResult};
@@ -84,6 +95,8 @@ pub(crate) struct Writer {
 enum Put {
     Committed,
     Fenced,
+    /// The number had been used before and compacted away: the PUT landed in a freed name.
+    Reused,
     NotCommitted(String),
 }
 
@@ -303,10 +316,15 @@ impl Writer {
                 self.answer(batch, staging.results, Some(n));
                 self.answered_at = Some(Instant::now());
             }
-            Put::Fenced => {
+            fenced @ (Put::Fenced | Put::Reused) => {
                 self.stats
                     .fenced
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if matches!(fenced, Put::Reused) {
+                    self.stats
+                        .reused_numbers
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 warn!(
                     shard,
                     segment = n,
@@ -491,8 +509,52 @@ impl Writer {
         Ok(Staging { results, events })
     }
 
-    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
+    /// Writes segment `n` create-only ([`Self::write_segment`]), then makes sure the number was
+    /// not used before (invariant 8).
     async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
+        match self.write_segment(n, batch_id, bytes).await {
+            Put::Committed => {}
+            other => return other,
+        }
+        let history = match list_history(self.store.as_ref(), self.shard).await {
+            Ok(h) => h,
+            // Not known to be committed: failed (retryable) and re-read before the next batch,
+            // which folds the segment in if it is the log's, so a resend answers `duplicate`.
+            Err(e) => {
+                return Put::NotCommitted(format!(
+                    "segment {n} written, but listing history objects to confirm its number was new failed: {e}"
+                ));
+            }
+        };
+        let Some(h) = history.iter().find(|h| h.first <= n && n <= h.last) else {
+            return Put::Committed;
+        };
+        error!(
+            shard = self.shard,
+            segment = n,
+            history_first = h.first,
+            history_last = h.last,
+            "segment number was used before and compacted: this writer was behind; removing its object"
+        );
+        // Ours (read back to be sure), never acknowledged, and shadowing the history object's
+        // copy of this number for readers that list: removed at once.
+        match self.read_back(n).await {
+            Ok(Some(found)) if found == batch_id => {
+                let path = keys::segment(self.shard, n);
+                if let Err(e) = self.store.delete(&path).await {
+                    error!(shard = self.shard, segment = n, error = %e, "removing a segment written into a used number failed; compaction reports it");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(shard = self.shard, segment = n, error = %e, "reading back a segment written into a used number failed; compaction reports it");
+            }
+        }
+        Put::Reused
+    }
+
+    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
+    async fn write_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
         let path = keys::segment(self.shard, n);
         let mut last_error = String::new();
         for attempt in 1..=self.cfg.put_attempts.max(1) {
@@ -581,32 +643,45 @@ impl Writer {
         })
     }
 
-    /// Applies every segment after `head` that exists, in order.
+    /// Applies every segment after `head` that the store holds, in order, from a listing: a
+    /// range that compaction moved into a history object is read from there (it is taken, not
+    /// the end of the log).
     async fn catch_up(&mut self) -> Result<(), LogError> {
-        loop {
-            let n = self.state.read().map_or(0, |s| s.head) + 1;
-            let Some((seg, size)) = read_segment_sized(self.store.as_ref(), self.shard, n).await?
-            else {
-                break;
-            };
-            let mut state = self.state.write().map_err(|_| LogError::Unavailable {
-                shard: self.shard,
-                reason: "state lock poisoned".into(),
-            })?;
-            state
-                .apply_events(&seg.events)
-                .map_err(|e| LogError::corrupt(self.shard, n, e))?;
-            state.index_segment(n, &seg.events);
-            state.record_segment_size(n, size);
-            state.head = n;
+        let shard = self.shard;
+        let from = self.state.read().map_or(0, |s| s.head) + 1;
+        let layout = list_layout(self.store.as_ref(), shard).await?;
+        let sources = if layout.head() >= from {
+            layout.sources(shard, from..=layout.head())?
+        } else {
+            Vec::new()
+        };
+        for src in sources {
+            let segs = read_source_segments(self.store.clone(), shard, src).await?;
+            let mut state = self.state.write().map_err(|_| crate::poisoned(shard))?;
+            for seg in &segs {
+                let n = seg.meta.segment;
+                state
+                    .apply_events(&seg.events)
+                    .map_err(|e| LogError::corrupt(shard, n, e))?;
+                state.index_segment(n, &seg.events);
+                state.head = n;
+                // recorded_at never goes backwards within the shard, whoever wrote last.
+                let last = seg.meta.last_recorded_at;
+                state.last_recorded_at = Some(state.last_recorded_at.map_or(last, |l| l.max(last)));
+                info!(
+                    shard,
+                    segment = n,
+                    events = seg.events.len(),
+                    "applied a segment written elsewhere"
+                );
+            }
+            match src {
+                Source::Segment { n, size } => state.record_segment_size(n, size),
+                Source::History { object, .. } => state.compacted(object),
+            }
+            let head = state.head;
             drop(state);
-            self.head_tx.send_replace(n);
-            info!(
-                shard = self.shard,
-                segment = n,
-                events = seg.events.len(),
-                "applied a segment written elsewhere"
-            );
+            self.head_tx.send_replace(head);
         }
         self.needs_resync = false;
         Ok(())

@@ -5,6 +5,10 @@
 //! - [`Fault::Fail`]: the operation fails before reaching the store (a PUT that never landed);
 //! - [`Fault::FailAfter`]: a PUT lands, then the caller sees an error (an ambiguous write);
 //! - [`Fault::Delay`]: the operation waits first (a slow PUT, or one that outlives a timeout).
+//!
+//! [`FaultyStore::hold`] stops the next matching operation until the test releases it, and lets
+//! the test wait until the operation got there: a rendezvous that orders two processes' steps
+//! exactly (no sleeps standing in for synchronisation).
 
 use std::fmt;
 use std::ops::Range;
@@ -14,8 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -44,6 +48,9 @@ pub enum Fault {
     FailAfter,
     /// Waits, then proceeds.
     Delay(Duration),
+    /// LIST only: the listing leaves out its last object (a listing that missed the newest
+    /// write, as eventually consistent listings and busy directories can).
+    OmitLast,
 }
 
 #[derive(Debug)]
@@ -54,10 +61,46 @@ struct Rule {
     remaining: usize,
 }
 
+/// An operation held by [`FaultyStore::hold`]: the test waits for it to arrive, then lets it go.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    reached: Arc<tokio::sync::Semaphore>,
+    released: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self {
+            reached: Arc::new(tokio::sync::Semaphore::new(0)),
+            released: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    /// Waits until the held operation has arrived (and is waiting).
+    pub async fn reached(&self) {
+        if let Ok(p) = self.reached.acquire().await {
+            p.forget();
+        }
+    }
+
+    /// Lets the held operation go on.
+    pub fn release(&self) {
+        self.released.add_permits(1);
+    }
+
+    async fn pass(&self) {
+        self.reached.add_permits(1);
+        if let Ok(p) = self.released.acquire().await {
+            p.forget();
+        }
+    }
+}
+
 /// Wraps a store and injects the faults its rules describe.
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     rules: Arc<Mutex<Vec<Rule>>>,
+    holds: Mutex<Vec<(FaultOp, String, Gate)>>,
     puts: AtomicU64,
     gets: AtomicU64,
     injected: Arc<AtomicU64>,
@@ -81,6 +124,7 @@ impl FaultyStore {
         Arc::new(Self {
             inner,
             rules: Arc::new(Mutex::new(Vec::new())),
+            holds: Mutex::new(Vec::new()),
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             injected: Arc::new(AtomicU64::new(0)),
@@ -96,6 +140,28 @@ impl FaultyStore {
                 fault,
                 remaining: times,
             });
+        }
+    }
+
+    /// Holds the next operation `op` on a path containing `path_contains` (PUT or GET) until
+    /// the returned gate is released; then it proceeds (and meets any fault rule) as usual.
+    pub fn hold(&self, op: FaultOp, path_contains: &str) -> Gate {
+        let gate = Gate::new();
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.push((op, path_contains.to_string(), gate.clone()));
+        }
+        gate
+    }
+
+    async fn wait_if_held(&self, op: FaultOp, path: &Path) {
+        let gate = self.holds.lock().ok().and_then(|mut holds| {
+            let i = holds
+                .iter()
+                .position(|(o, p, _)| *o == op && path.as_ref().contains(p.as_str()))?;
+            Some(holds.remove(i).2)
+        });
+        if let Some(gate) = gate {
+            gate.pass().await;
         }
     }
 
@@ -159,8 +225,9 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.puts.fetch_add(1, Ordering::Relaxed);
+        self.wait_if_held(FaultOp::Put, location).await;
         match self.take(FaultOp::Put, location) {
-            Some(Fault::Fail) => Err(injected("put", location)),
+            Some(Fault::Fail | Fault::OmitLast) => Err(injected("put", location)),
             Some(Fault::FailAfter) => {
                 self.inner.put_opts(location, payload, opts).await?;
                 Err(injected("put (after landing)", location))
@@ -183,8 +250,11 @@ impl ObjectStore for FaultyStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        self.wait_if_held(FaultOp::Get, location).await;
         match self.take(FaultOp::Get, location) {
-            Some(Fault::Fail | Fault::FailAfter) => Err(injected("get", location)),
+            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
+                Err(injected("get", location))
+            }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.get_opts(location, options).await
@@ -196,7 +266,9 @@ impl ObjectStore for FaultyStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         match self.take(FaultOp::Get, location) {
-            Some(Fault::Fail | Fault::FailAfter) => Err(injected("get", location)),
+            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
+                Err(injected("get", location))
+            }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.get_ranges(location, ranges).await
@@ -235,6 +307,17 @@ impl ObjectStore for FaultyStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let at = prefix.cloned().unwrap_or_default();
         match self.take(FaultOp::List, &at) {
+            Some(Fault::OmitLast) => {
+                let inner = self.inner.list(prefix);
+                futures::stream::once(async move {
+                    let mut all: Vec<ObjectMeta> = inner.try_collect().await?;
+                    all.sort_by(|a, b| a.location.cmp(&b.location));
+                    all.pop();
+                    Ok::<_, object_store::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+                })
+                .try_flatten()
+                .boxed()
+            }
             Some(_) => futures::stream::once(async move { Err(injected("list", &at)) }).boxed(),
             None => self.inner.list(prefix),
         }

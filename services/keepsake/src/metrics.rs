@@ -224,6 +224,12 @@ pub async fn render(State(state): State<Shared>) -> Response {
         );
         counter(
             &mut out,
+            "keepsake_segment_numbers_reused_refused",
+            "Segment PUTs that landed in a number used before and compacted; removed, never acknowledged",
+            g(&s.reused_numbers),
+        );
+        counter(
+            &mut out,
             "keepsake_mass_delete_refusals",
             "Pushes refused by the mass-delete guard",
             g(&s.mass_delete_refusals),

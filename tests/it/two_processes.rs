@@ -1,0 +1,351 @@
+//! Two processes on one store, with compaction between them (the audit's holes 1, 2 and 9):
+//! a segment number, once used, is never usable again; compaction never deletes on a failed
+//! read, nor on a count of sources that holds some numbers twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use keepsake_log::{
+    CompactionPolicy, LogConfig, LogError, UpTo, compact_shard, list_layout, scan_shard,
+    verify::verify_store, write_checkpoint,
+};
+use keepsake_model::{ChangeId, ChangeRef, Outcome, StateRead, UserId, UserState};
+use keepsake_segment::Segment;
+use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+use keepsake_store::keys;
+use keepsake_tests::{Backend, store};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::json;
+
+use futures::TryStreamExt;
+
+use crate::common::*;
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
+        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
+    };
+}
+
+on_every_backend!(
+    a_writer_behind_never_writes_into_a_compacted_number,
+    a_failed_read_back_never_deletes_the_only_copy,
+    overlapping_history_objects_are_not_counted_as_every_source,
+    a_checkpoint_is_written_only_when_its_fold_reached_its_segment,
+);
+
+/// No background checkpoints or compaction: the tests run them.
+fn cfg() -> LogConfig {
+    LogConfig {
+        checkpoint_every_events: u64::MAX,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 1000,
+        },
+        ..fast_config()
+    }
+}
+
+fn acked(outcome: &Outcome) -> ChangeRef {
+    match outcome {
+        Outcome::Applied(x) | Outcome::Duplicate(x) => *x,
+        other => panic!("not acknowledged: {other:?}"),
+    }
+}
+
+/// Every acknowledged change is in the log exactly once, with the seq and version it was
+/// acknowledged with, read by a process that opens the store afresh.
+async fn assert_log_holds(
+    store: Arc<dyn ObjectStore>,
+    user: UserId,
+    acks: &HashMap<ChangeId, ChangeRef>,
+) {
+    let fresh = open(store.clone(), 1, cfg()).await.expect("fresh open");
+    let events = fresh.user_events(&user, UpTo::End).await.expect("events");
+    assert!(UserState::replay(&events).is_ok(), "seq dense: {events:?}");
+    let mut seen: HashMap<ChangeId, (u64, u64)> = HashMap::new();
+    for e in &events {
+        assert!(
+            seen.insert(e.change_id, (e.seq, e.version)).is_none(),
+            "change {:?} in the log twice",
+            e.change_id
+        );
+    }
+    for (id, r) in acks {
+        assert_eq!(
+            seen.get(id),
+            Some(&(r.seq, r.version)),
+            "acknowledged change {id:?} is in the log as acknowledged: {events:?}"
+        );
+    }
+    let live = fresh
+        .user(&user, |s| s.last_seq())
+        .await
+        .expect("live state");
+    assert_eq!(live, events.len() as u64);
+    fresh.shutdown().await;
+    let (report, _) = verify_store(&store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A pushes (segment 1); B pushes, is fenced, catches up, writes segment 2; B compacts 1-2
+/// (their objects deleted); A, still at head 1, pushes: its create-only PUT of segment 2 used
+/// to succeed, and A acknowledged seq 2 a second time. Now the number counts as taken: A's
+/// push is refused as fenced, A catches up through the history object, and the device's
+/// resend lands as segment 3.
+async fn a_writer_behind_never_writes_into_a_compacted_number(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let a = open(ts.store.clone(), 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("second handle"), 1, cfg())
+        .await
+        .expect("b");
+    let u = user();
+    let mut acks = HashMap::new();
+
+    let c1 = put(item(), json!({"by": "a", "n": 1}));
+    let r1 = push(&a, u, vec![c1.clone()]).await.expect("a pushes");
+    acks.insert(c1.change_id, acked(&r1.outcomes[0]));
+    let c2 = put(item(), json!({"by": "b", "n": 2}));
+    let (r2, _) = push_as_device(&b, u, vec![c2.clone()]).await;
+    acks.insert(c2.change_id, acked(&r2.outcomes[0]));
+    assert_eq!(acked(&r2.outcomes[0]).seq, 2);
+    let report = b.compact_now().await.expect("b compacts");
+    assert_eq!(report.segments, 2, "{report:?}");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(layout.segments.is_empty(), "{layout:?}");
+
+    let c3 = put(item(), json!({"by": "a", "n": 3}));
+    let first = push(&a, u, vec![c3.clone()]).await;
+    assert!(
+        matches!(first, Err(LogError::Fenced { .. })),
+        "a writer behind is fenced by the compacted number, not acknowledged: {first:?}"
+    );
+    assert_eq!(reused_numbers(&a), 1);
+    let (r3, _) = push_as_device(&a, u, vec![c3.clone()]).await;
+    let r3 = acked(&r3.outcomes[0]);
+    assert_eq!(r3.seq, 3, "seq 2 was B's");
+    acks.insert(c3.change_id, r3);
+    // B sees A's segment 3 on its next push (fenced, caught up).
+    let c4 = put(item(), json!({"by": "b", "n": 4}));
+    let (r4, _) = push_as_device(&b, u, vec![c4.clone()]).await;
+    acks.insert(c4.change_id, acked(&r4.outcomes[0]));
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // No object is left in a used number: 1-2 in history, 3 and 4 as segments.
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.segments.iter().map(|l| l.n).collect::<Vec<_>>(),
+        vec![3, 4],
+        "{layout:?}"
+    );
+    assert_log_holds(ts.store.clone(), u, &acks).await;
+
+    // A writer that stopped between such a PUT and its removal leaves its object behind:
+    // readers read the history object's copy of the number, and verify reports the stray.
+    let mut rogue: Segment = scan_shard(ts.store.clone(), 0, 2, 1)
+        .await
+        .expect("scan")
+        .try_next()
+        .await
+        .expect("read")
+        .expect("segment 2");
+    rogue.meta.batch_id = keepsake_model::BatchId(uuid());
+    rogue.events[0].change_id = ChangeId(uuid());
+    let bytes = keepsake_segment::encode(&rogue.events, &rogue.meta).expect("encode");
+    ts.store
+        .put_opts(
+            &keys::segment(0, 2),
+            PutPayload::from(bytes),
+            keepsake_store::create_only(),
+        )
+        .await
+        .expect("plant a stray segment 2");
+    let fresh = open(ts.reopen().expect("handle"), 1, cfg())
+        .await
+        .expect("fresh open");
+    let events = fresh.user_events(&u, UpTo::End).await.expect("events");
+    assert!(
+        events.iter().any(|e| e.change_id == c2.change_id),
+        "B's acknowledged change is read from the history object: {events:?}"
+    );
+    fresh.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert_eq!(
+        report
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.key.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("stray_segment", keys::segment(0, 2).as_ref())],
+        "{:?}",
+        report.problems
+    );
+}
+
+fn reused_numbers(log: &keepsake_log::Log) -> u64 {
+    keepsake_log::LogStats::get(&log.stats().reused_numbers)
+}
+
+/// Pushes `n` single-change segments for `u`, and returns what was acknowledged.
+async fn fill(log: &keepsake_log::Log, u: UserId, n: usize) -> HashMap<ChangeId, ChangeRef> {
+    let mut acks = HashMap::new();
+    for i in 0..n {
+        let c = put(item(), json!({"i": i}));
+        let r = push(log, u, vec![c.clone()]).await.expect("push");
+        acks.insert(c.change_id, acked(&r.outcomes[0]));
+    }
+    acks
+}
+
+/// Two processes compact the same range. B read the segments and is about to write the history
+/// object when A writes it, verifies it and deletes the segments. B's PUT then finds the object
+/// there, and reading it back fails: B used to count that as "differs" and delete it — the only
+/// copy. Now a failed read is an error and nothing is deleted.
+async fn a_failed_read_back_never_deletes_the_only_copy(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    let acks = fill(&log, u, 3).await;
+    log.shutdown().await;
+    write_checkpoint(&ts.store, 0, None, 3, 2)
+        .await
+        .expect("checkpoint");
+
+    let faulty = FaultyStore::new(ts.reopen().expect("b's handle"));
+    let b_store: Arc<dyn ObjectStore> = faulty.clone();
+    let history_put = faulty.hold(FaultOp::Put, "/history/");
+    let policy = CompactionPolicy {
+        enabled: true,
+        min_segments: 1,
+        max_events: 1000,
+    };
+    let b = tokio::spawn({
+        let b_store = b_store.clone();
+        async move { compact_shard(&b_store, 0, 3, None, &policy).await }
+    });
+    history_put.reached().await;
+    // A compacts the same range to the end: the segments are gone, the history object holds
+    // the only copy.
+    let a = compact_shard(&ts.store, 0, 3, None, &policy)
+        .await
+        .expect("a compacts");
+    assert_eq!(a.segments, 3);
+    // B's HEAD of the object it found there goes through; every read after it fails.
+    faulty.inject(
+        FaultOp::Get,
+        "/history/",
+        Fault::Delay(std::time::Duration::ZERO),
+        1,
+    );
+    faulty.inject(FaultOp::Get, "/history/", Fault::Fail, 100);
+    history_put.release();
+    let b = b.await.expect("b's task");
+    assert!(b.is_err(), "a read that failed is an error: {b:?}");
+    faulty.clear();
+
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.history.len(),
+        1,
+        "the history object is kept: {layout:?}"
+    );
+    assert_log_holds(ts.store.clone(), u, &acks).await;
+}
+
+/// History objects 1-2 and 2-3 (overlapping, as failed deletes can leave them) and 1-4 that
+/// differs from them; no segment objects. Settling 1-4 read four segments from its narrower
+/// objects (2 twice) and took that for "every source is still there", then deleted 1-4 — the
+/// only holder of segment 4. Now the numbers are counted once each, and 1-4 stays.
+async fn overlapping_history_objects_are_not_counted_as_every_source(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    fill(&log, u, 4).await;
+    log.shutdown().await;
+    let segs: Vec<Segment> = scan_shard(ts.store.clone(), 0, 1, 2)
+        .await
+        .expect("scan")
+        .try_collect()
+        .await
+        .expect("segments");
+    assert_eq!(segs.len(), 4);
+    let history = |first: usize, last: usize, segments: Vec<Segment>| {
+        let store = ts.store.clone();
+        async move {
+            let bytes = keepsake_segment::encode_history(0, &segments).expect("encode");
+            store
+                .put_opts(
+                    &keys::history(0, first as u64, last as u64),
+                    PutPayload::from(bytes),
+                    keepsake_store::create_only(),
+                )
+                .await
+                .expect("put history");
+        }
+    };
+    history(1, 2, segs[0..2].to_vec()).await;
+    history(2, 3, segs[1..3].to_vec()).await;
+    // 1-4 with a different copy of segment 1 (another batch id): it differs from 1-2.
+    let mut other = segs.clone();
+    other[0].meta.batch_id = keepsake_model::BatchId(uuid());
+    history(1, 4, other).await;
+    for n in 1..=4 {
+        ts.store
+            .delete(&keys::segment(0, n))
+            .await
+            .expect("delete segment");
+    }
+    let policy = CompactionPolicy {
+        enabled: true,
+        min_segments: 1,
+        max_events: 1000,
+    };
+    let settled = compact_shard(&ts.store, 0, 4, None, &policy).await;
+    assert!(
+        matches!(settled, Err(LogError::Corrupt { .. })),
+        "reported, not deleted: {settled:?}"
+    );
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(
+        layout.history.iter().any(|h| h.first == 1 && h.last == 4),
+        "the only holder of segment 4 is kept: {layout:?}"
+    );
+}
+
+/// A listing that misses the newest segment must not give a checkpoint "after n" that stops
+/// before it: recovery from it would drop acknowledged events and reuse their seqs.
+async fn a_checkpoint_is_written_only_when_its_fold_reached_its_segment(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    let acks = fill(&log, u, 3).await;
+    log.shutdown().await;
+
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    let written = write_checkpoint(&as_store, 0, None, 3, 2).await;
+    assert!(
+        written.is_err(),
+        "the fold stopped at segment 2, so no checkpoint after 3: {written:?}"
+    );
+    assert_eq!(
+        faulty.injected(),
+        1,
+        "the listing did miss the last segment"
+    );
+    let checkpoints = keepsake_log::list_checkpoints(ts.store.as_ref(), 0)
+        .await
+        .expect("checkpoints");
+    assert!(checkpoints.is_empty(), "{checkpoints:?}");
+    // Without the fault it is written, and a restart from it holds everything.
+    write_checkpoint(&as_store, 0, None, 3, 2)
+        .await
+        .expect("checkpoint");
+    assert_log_holds(ts.store.clone(), u, &acks).await;
+}
