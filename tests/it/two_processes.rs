@@ -9,7 +9,7 @@ use keepsake_log::{
     CompactionPolicy, LogConfig, LogError, UpTo, compact_shard, list_layout, scan_shard,
     verify::verify_store, write_checkpoint,
 };
-use keepsake_model::{ChangeId, ChangeRef, Outcome, StateRead, UserId, UserState};
+use keepsake_model::{ChangeBody, ChangeId, ChangeRef, Outcome, StateRead, UserId, UserState};
 use keepsake_segment::Segment;
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
 use keepsake_store::keys;
@@ -34,6 +34,7 @@ on_every_backend!(
     a_failed_read_back_never_deletes_the_only_copy,
     overlapping_history_objects_are_not_counted_as_every_source,
     a_checkpoint_is_written_only_when_its_fold_reached_its_segment,
+    an_answer_that_writes_nothing_is_not_decided_on_a_stale_view,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -348,4 +349,53 @@ async fn a_checkpoint_is_written_only_when_its_fold_reached_its_segment(backend:
         .await
         .expect("checkpoint");
     assert_log_holds(ts.store.clone(), u, &acks).await;
+}
+
+/// B's view of a user is behind A's commits. A delete through B of an item created through A
+/// used to be answered `rejected not_found` from B's view — final: the device drops its user's
+/// delete. And the mass-delete guard counted the user's items in B's stale view. Now a batch
+/// that writes nothing checks the store's head first, and B re-reads the shard and stages again.
+async fn an_answer_that_writes_nothing_is_not_decided_on_a_stale_view(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let a = open(ts.store.clone(), 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("second handle"), 1, cfg())
+        .await
+        .expect("b");
+    let u = user();
+    let x = item();
+    push(&a, u, vec![put(x, json!({"n": 1}))])
+        .await
+        .expect("a creates the item");
+    let del = change(keepsake_model::Kind::Note, x, None, ChangeBody::Delete);
+    let r = push(&b, u, vec![del]).await.expect("b answers");
+    match r.outcomes[0] {
+        Outcome::Applied(c) => assert_eq!((c.seq, c.version), (2, 2)),
+        ref other => panic!("the delete is decided on the current log: {other:?}"),
+    }
+    assert!(keepsake_log::LogStats::get(&b.stats().stale_answers_avoided) >= 1);
+
+    // 30 items through A; B, behind again, is asked to delete 25 of them without confirming.
+    let items: Vec<_> = (0..30).map(|_| item()).collect();
+    push_as_device(
+        &a,
+        u,
+        items.iter().map(|i| put(*i, json!({"k": 1}))).collect(),
+    )
+    .await;
+    let deletes = items[..25]
+        .iter()
+        .map(|i| change(keepsake_model::Kind::Note, *i, None, ChangeBody::Delete))
+        .collect();
+    let guarded = push(&b, u, deletes).await;
+    assert!(
+        matches!(guarded, Err(LogError::MassDelete(_))),
+        "the guard counts the user's items in the current log: {guarded:?}"
+    );
+    // Sync: once it returns, B's view holds everything committed before it.
+    let y = item();
+    push_as_device(&a, u, vec![put(y, json!({"n": 2}))]).await;
+    b.sync(&u).await.expect("sync");
+    assert!(b.user(&u, |s| s.item(&y).is_some()).await.expect("view"));
+    a.shutdown().await;
+    b.shutdown().await;
 }

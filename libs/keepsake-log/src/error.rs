@@ -33,6 +33,19 @@ pub enum LogError {
     /// The push would delete too many items and did not confirm it.
     #[error(transparent)]
     MassDelete(#[from] MassDeleteRefused),
+    /// A restore's push would not apply whole: some of its changes conflicted (an item moved on
+    /// since the restore read it) or were rejected. Nothing of it was written.
+    #[error(
+        "shard {shard}: {refused} of the restore's changes would not apply ({first}); nothing was written"
+    )]
+    Incomplete {
+        /// The shard.
+        shard: u32,
+        /// How many changes would not apply.
+        refused: usize,
+        /// What happened to the first of them.
+        first: String,
+    },
     /// The log is shutting down and takes no more pushes.
     #[error("the log is shutting down")]
     ShuttingDown,

@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, TryStreamExt};
 use keepsake_model::{
-    Ancestors, Change, ChangeBody, Clock, Event, EventMeta, IdGenerator, ItemId, Outcome,
+    Ancestors, Change, ChangeBody, Clock, Event, EventMeta, IdGenerator, ItemId, Origin, Outcome,
     StateRead, UserId, UserState,
 };
 use keepsake_store::{Descriptor, keys, open_or_create_descriptor};
@@ -258,6 +258,27 @@ impl Log {
                 mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
             })?;
         answer.await.map_err(|_| LogError::ShuttingDown)?
+    }
+
+    /// Makes this process's view of `user`'s shard current: once it returns, everything any
+    /// process committed to the shard before the call is in the view (an empty push: the
+    /// writer checks the store's head before answering a batch that writes nothing, and
+    /// re-reads the shard if another process moved it on). For decisions taken outside the
+    /// writer on the view, such as a restore's targets.
+    pub async fn sync(&self, user: &UserId) -> Result<(), LogError> {
+        self.push(PushRequest {
+            user_id: *user,
+            meta: EventMeta {
+                device_id: None,
+                origin: Origin::Restore,
+                request_id: None,
+                restore_id: None,
+            },
+            changes: Vec::new(),
+            confirm_mass_delete: false,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The earlier documents that the stale patches of a push will be merged against: a patch

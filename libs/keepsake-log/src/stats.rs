@@ -22,6 +22,8 @@ pub struct LogStats {
     pub fenced: AtomicU64,
     /// Of those, PUTs that landed in a number used before and compacted (a writer behind).
     pub reused_numbers: AtomicU64,
+    /// Batches that wrote nothing and found their view stale before answering (re-staged).
+    pub stale_answers_avoided: AtomicU64,
     /// Pushes refused by the mass-delete guard.
     pub mass_delete_refusals: AtomicU64,
     /// Reads of a user's history for earlier documents that stale patches need: by the
@@ -112,6 +114,7 @@ impl Default for LogStats {
             ambiguous_resolved: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             reused_numbers: AtomicU64::new(0),
+            stale_answers_avoided: AtomicU64::new(0),
             mass_delete_refusals: AtomicU64::new(0),
             ancestor_reads: AtomicU64::new(0),
             writer_ancestor_reads: AtomicU64::new(0),

@@ -34,6 +34,16 @@
 //!    its next batch (from a listing, so that a compacted range counts as taken, not as the end
 //!    of the log), so its state includes whatever landed, and retried change ids answer
 //!    `duplicate`.
+//! 10. A batch that writes nothing (every change a duplicate, a conflict or a rejection, or a
+//!     push refused by the mass-delete guard) has no PUT to prove its view current, so before
+//!     it is answered the writer checks the store: segment `head + 1` exists or a history
+//!     object holds it means another process moved the shard on; the writer re-reads the shard
+//!     and stages the batch again. An answer that writes nothing is never decided on a stale
+//!     view (a `not_found` would make a device drop its user's delete for good).
+//! 11. A push of origin `restore` is all or nothing: if any of its changes would conflict or be
+//!     rejected, none of it is staged and it is refused (`LogError::Incomplete`). Its changes
+//!     name the versions the restore computed them from, so an edit that lands in between is
+//!     never silently overwritten: the restore recomputes or reports it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -41,8 +51,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::{
-    Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Outcome, StageContext,
-    Staged, StateRead, UserId,
+    Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Origin, Outcome,
+    StageContext, Staged, StateRead, UserId,
 };
 use keepsake_segment::{FORMAT_VERSION, SegmentMeta, encode};
 use keepsake_store::{create_only, keys};
@@ -194,35 +204,12 @@ impl Writer {
 
     async fn commit_batch(&mut self, batch: Vec<Queued>, filled: Instant) {
         let shard = self.shard;
-        if self.needs_resync
-            && let Err(e) = self.catch_up().await
-        {
-            warn!(shard, error = %e, "re-reading the shard failed; refusing the batch");
-            let reason = e.to_string();
-            Self::fail_all(batch, || LogError::Unavailable {
-                shard,
-                reason: reason.clone(),
-            });
-            return;
-        }
-        if let Err(e) = self.ensure_resident(&batch).await {
-            warn!(shard, error = %e, "loading the batch's users failed; refusing the batch");
-            let reason = e.to_string();
-            Self::fail_all(batch, || LogError::Unavailable {
-                shard,
-                reason: reason.clone(),
-            });
-            return;
-        }
-        let recorded_at = {
-            let now = truncate_to_micros(self.clock.now());
-            let last = self.state.read().ok().and_then(|s| s.last_recorded_at);
-            last.map_or(now, |l| l.max(now))
-        };
-        let staging = match self.stage_with_ancestors(&batch, recorded_at).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(shard, error = %e, "staging failed");
+        let mut resyncs = 0;
+        let (staging, recorded_at) = loop {
+            if self.needs_resync
+                && let Err(e) = self.catch_up().await
+            {
+                warn!(shard, error = %e, "re-reading the shard failed; refusing the batch");
                 let reason = e.to_string();
                 Self::fail_all(batch, || LogError::Unavailable {
                     shard,
@@ -230,11 +217,72 @@ impl Writer {
                 });
                 return;
             }
+            if let Err(e) = self.ensure_resident(&batch).await {
+                warn!(shard, error = %e, "loading the batch's users failed; refusing the batch");
+                let reason = e.to_string();
+                Self::fail_all(batch, || LogError::Unavailable {
+                    shard,
+                    reason: reason.clone(),
+                });
+                return;
+            }
+            let recorded_at = {
+                let now = truncate_to_micros(self.clock.now());
+                let last = self.state.read().ok().and_then(|s| s.last_recorded_at);
+                last.map_or(now, |l| l.max(now))
+            };
+            let staging = match self.stage_with_ancestors(&batch, recorded_at).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(shard, error = %e, "staging failed");
+                    let reason = e.to_string();
+                    Self::fail_all(batch, || LogError::Unavailable {
+                        shard,
+                        reason: reason.clone(),
+                    });
+                    return;
+                }
+            };
+            if !staging.events.is_empty() {
+                // The create-only PUT of `head + 1` proves the view current (invariants 4-8).
+                break (staging, recorded_at);
+            }
+            // Nothing to write, so no PUT will tell whether another process moved the shard
+            // on: answers that write nothing (not_found, conflict, duplicate, the mass-delete
+            // guard) are given only from a view the store shows is current (invariant 10).
+            match self.is_current().await {
+                Ok(true) => {
+                    self.answer(batch, staging.results, None);
+                    return;
+                }
+                Ok(false) if resyncs < 3 => {
+                    resyncs += 1;
+                    self.stats
+                        .stale_answers_avoided
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    debug!(
+                        shard,
+                        "the shard moved on elsewhere; re-reading before answering"
+                    );
+                    self.needs_resync = true;
+                }
+                Ok(false) => {
+                    Self::fail_all(batch, || LogError::Unavailable {
+                        shard,
+                        reason: "the shard kept moving on in another process; retry".into(),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!("checking the shard's head before answering: {e}");
+                    Self::fail_all(batch, || LogError::Unavailable {
+                        shard,
+                        reason: reason.clone(),
+                    });
+                    return;
+                }
+            }
         };
-        if staging.events.is_empty() {
-            self.answer(batch, staging.results, None);
-            return;
-        }
         let n = self.state.read().map_or(0, |s| s.head) + 1;
         let batch_id = BatchId(self.ids.random());
         let meta = SegmentMeta {
@@ -485,6 +533,8 @@ impl Writer {
                 policy: &self.cfg.policy,
                 ancestors: ancestors.get(&user).unwrap_or(&none),
             };
+            // A restore is all or nothing (invariant 11): staged on a copy kept aside.
+            let before = (q.req.meta.origin == Origin::Restore).then(|| staged.clone());
             let mut outcomes = Vec::with_capacity(q.req.changes.len());
             for c in &q.req.changes {
                 match staged.stage(user, c, &cx) {
@@ -494,6 +544,21 @@ impl Writer {
                         break;
                     }
                 }
+            }
+            let refused: Vec<&Outcome> = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Conflict(_) | Outcome::Rejected { .. }))
+                .collect();
+            if let (Some(before), Some(first)) = (before, refused.first()) {
+                let first = format!("{first:?}");
+                let refused = refused.len();
+                *staged = before;
+                results.push(Err(LogError::Incomplete {
+                    shard: self.shard,
+                    refused,
+                    first,
+                }));
+                continue;
             }
             results.push(Ok(outcomes));
         }
@@ -641,6 +706,31 @@ impl Writer {
                 last.map_or_else(String::new, |e| e.to_string())
             ),
         })
+    }
+
+    /// True when no other process has committed past this writer's head: segment `head + 1`
+    /// is neither an object nor held by a history object (compaction writes one before
+    /// deleting a segment, so a used number always shows in one or the other).
+    async fn is_current(&self) -> Result<bool, LogError> {
+        let n = self
+            .state
+            .read()
+            .map_err(|_| crate::poisoned(self.shard))?
+            .head
+            + 1;
+        let path = keys::segment(self.shard, n);
+        match self.store.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("look for {path}"),
+                    source: e,
+                });
+            }
+        }
+        let history = list_history(self.store.as_ref(), self.shard).await?;
+        Ok(!history.iter().any(|h| h.first <= n && n <= h.last))
     }
 
     /// Applies every segment after `head` that the store holds, in order, from a listing: a

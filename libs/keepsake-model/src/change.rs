@@ -261,7 +261,7 @@ pub struct NeedAncestor {
 pub type Ancestors = HashMap<(ItemId, u64), Option<Document>>;
 
 /// A user's state as a batch sees it: committed state plus the batch's staged events.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Staged<'a> {
     base: &'a UserState,
     last_seq: u64,

@@ -230,6 +230,12 @@ pub async fn render(State(state): State<Shared>) -> Response {
         );
         counter(
             &mut out,
+            "keepsake_stale_answers_avoided",
+            "Batches that wrote nothing and were staged again after the shard moved on in another process",
+            g(&s.stale_answers_avoided),
+        );
+        counter(
+            &mut out,
             "keepsake_mass_delete_refusals",
             "Pushes refused by the mass-delete guard",
             g(&s.mass_delete_refusals),

@@ -3,12 +3,20 @@
 //!
 //! - The changes are the diff of current and target live items: a put for each item brought back
 //!   (restored) or changed back (reverted), a delete for each item created since (removed); all in
-//!   one push, so one segment: all or nothing. The mass-delete guard does not apply.
+//!   one push, which the writer commits all or nothing. The mass-delete guard does not apply.
+//! - The current state is read after the log has synced with the store (another process may have
+//!   committed this user's changes), and every change names the version it was computed from: an
+//!   edit that lands in between makes the push refuse whole, and the restore is computed again
+//!   (a few times, then `restore_conflict`). A device's edit is never overwritten unseen.
+//! - The answer counts what was written (changes answered `applied`), not what was planned.
 //! - Every change of a restore carries its `restore_id`, and its change id is
 //!   UUIDv5(restore_id, item_id): sending the same restore again is answered `duplicate`.
 //! - After the events are committed, `restores/<restore_id>.json` records the request (with the
-//!   operator's reason) and the result; a restore sent again under the same id answers from it.
-//!   A fleet job's users are recorded by the job, in batches ([`crate::fleet`]), not one by one.
+//!   operator's reason) and the result; a restore sent again under the same id answers from it,
+//!   or, when the record is missing (its write failed), from the restore's events in the log.
+//!   Either way it is not computed again: a second run would delete items created since.
+//!   A fleet job's users are recorded by the job, in batches ([`crate::fleet`]), not one by one;
+//!   a resumed job counts a user whose restore committed from the log in the same way.
 
 use std::collections::BTreeMap;
 
@@ -81,15 +89,27 @@ pub(crate) fn live_items<'a>(
         .collect()
 }
 
-/// The changes that make `current` equal `target`, with the counts (restored, reverted, removed).
+/// What one change of a restore does to its item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// Brought back from deletion (or from before it existed).
+    Restored,
+    /// Its document changed back.
+    Reverted,
+    /// Created after the moment: deleted.
+    Removed,
+}
+
+/// The changes that make `current` equal `target`, each with what it does. Every change names
+/// the version of its item in `current` (`base_version`), so that an edit that lands after
+/// `current` was read makes the restore's push conflict instead of being overwritten unseen.
 fn compensating(
     current: &UserState,
     target: &UserState,
     kinds: &Option<Vec<Kind>>,
     restore_id: RestoreId,
-) -> (Vec<Change>, u64, u64, u64) {
+) -> Vec<(Change, Effect)> {
     let (cur, tgt) = (live_items(current, kinds), live_items(target, kinds));
-    let (mut restored, mut reverted, mut removed) = (0, 0, 0);
     let mut changes = Vec::new();
     for (id, t) in &tgt {
         let Some(document) = t.document.clone() else {
@@ -99,34 +119,50 @@ fn compensating(
             change_id: restore_id.change_id_for(*id),
             kind: t.kind,
             item_id: *id,
-            base_version: None,
+            // A deleted item's tombstone version; none for an item the user never had.
+            base_version: current.item(id).map(|i| i.version),
             body: ChangeBody::Put { document },
         };
         match cur.get(id) {
-            None => {
-                restored += 1;
-                changes.push(put(document));
-            }
+            None => changes.push((put(document), Effect::Restored)),
             Some(c) if c.document.as_ref() != Some(&document) => {
-                reverted += 1;
-                changes.push(put(document));
+                changes.push((put(document), Effect::Reverted));
             }
             Some(_) => {}
         }
     }
     for (id, c) in &cur {
         if !tgt.contains_key(id) {
-            removed += 1;
-            changes.push(Change {
-                change_id: restore_id.change_id_for(*id),
-                kind: c.kind,
-                item_id: *id,
-                base_version: None,
-                body: ChangeBody::Delete,
-            });
+            changes.push((
+                Change {
+                    change_id: restore_id.change_id_for(*id),
+                    kind: c.kind,
+                    item_id: *id,
+                    base_version: Some(c.version),
+                    body: ChangeBody::Delete,
+                },
+                Effect::Removed,
+            ));
         }
     }
-    (changes, restored, reverted, removed)
+    changes
+}
+
+/// Counts (restored, reverted, removed) of the changes whose outcome says they were written now.
+fn count<'a>(effects: impl IntoIterator<Item = (Effect, Option<&'a Outcome>)>) -> (u64, u64, u64) {
+    let (mut restored, mut reverted, mut removed) = (0, 0, 0);
+    for (effect, outcome) in effects {
+        // A dry run counts what it would write; a push counts what it wrote.
+        if outcome.is_some_and(|o| !matches!(o, Outcome::Applied(_))) {
+            continue;
+        }
+        match effect {
+            Effect::Restored => restored += 1,
+            Effect::Reverted => reverted += 1,
+            Effect::Removed => removed += 1,
+        }
+    }
+    (restored, reverted, removed)
 }
 
 /// Reads a restore's record, if there is one.
@@ -184,9 +220,28 @@ pub async fn restore_user(
             seq: n("seq"),
         });
     }
+    // The record may be missing (its write failed, or a crash came first) while the restore's
+    // events are in the log: the answer is then the original one, from the log, and nothing is
+    // computed again (a second run would delete items created since the first).
+    if let Some(id) = restore_id
+        && !dry_run
+        && let Some(done) = counted_from_log(log, user, id).await?
+    {
+        write_record(log, clock, user, spec, &done).await;
+        return Ok(done);
+    }
     let (done, pushed) =
         restore_changes(log, user, spec, restore_id, dry_run, request_id, target).await?;
     if pushed.is_some() {
+        write_record(log, clock, user, spec, &done).await;
+    }
+    Ok(done)
+}
+
+/// Records a single-user restore (create-only; an existing record is kept). A failed write is
+/// logged: the events are committed, and a retry under the same id answers from the log.
+async fn write_record(log: &Log, clock: &dyn Clock, user: UserId, spec: &Spec, done: &Done) {
+    {
         let record = json!({
             "restore_id": done.restore_id, "scope": "user", "user_id": user, "as_of": spec.as_of, "as_of_seq": spec.as_of_seq,
             "kinds": spec.kinds, "reason": spec.reason, "restored": done.restored, "reverted": done.reverted, "removed": done.removed,
@@ -203,10 +258,9 @@ pub async fn restore_user(
         if let Err(e) = put
             && !matches!(e, object_store::Error::AlreadyExists { .. })
         {
-            tracing::warn!(user_id = %user, restore_id = %done.restore_id, error = %e, "recording the restore failed; its events are committed");
+            tracing::warn!(user_id = %user, restore_id = %done.restore_id, error = %e, "recording the restore failed; its events are committed, and a retry answers from them");
         }
     }
-    Ok(done)
 }
 
 /// Restores one user of a fleet job under `restore_id` without a record of its own: the job
@@ -221,13 +275,13 @@ pub(crate) async fn restore_fleet_user(
     target: UserState,
     again: bool,
 ) -> Result<Done, RestoreError> {
-    let (done, pushed) =
-        restore_changes(log, user, spec, Some(restore_id), false, None, Some(target)).await?;
-    if again && pushed != Some(true) {
-        return Ok(counted_from_log(log, user, restore_id)
-            .await?
-            .unwrap_or(done));
+    // A resumed job: a user whose restore committed before the crash is counted from its
+    // events, never computed again (that would delete items created since).
+    if again && let Some(done) = counted_from_log(log, user, restore_id).await? {
+        return Ok(done);
     }
+    let (done, _) =
+        restore_changes(log, user, spec, Some(restore_id), false, None, Some(target)).await?;
     Ok(done)
 }
 
@@ -263,9 +317,14 @@ async fn counted_from_log(
     }))
 }
 
+/// How often a restore is computed again when the user's items moved on between reading them
+/// and pushing the changes (the push is all or nothing, so a refused one wrote nothing).
+const RESTORE_ATTEMPTS: usize = 4;
+
 /// Computes and (unless `dry_run`) pushes one user's restore. Answers the result and, when it
 /// pushed changes, whether any event was committed (`Some(false)`: every change was answered as
-/// a duplicate of one committed before).
+/// a duplicate of one committed before). The counts are of what was written, not of what was
+/// planned; the push is all or nothing.
 async fn restore_changes(
     log: &Log,
     user: UserId,
@@ -275,29 +334,47 @@ async fn restore_changes(
     request_id: Option<RequestId>,
     target: Option<UserState>,
 ) -> Result<(Done, Option<bool>), RestoreError> {
-    let current = log.user(&user, UserState::clone).await?;
+    // Another process may have committed changes of this user that this one has not read yet:
+    // the restore is computed from the current log, not from a stale view.
+    log.sync(&user).await?;
     let target = match target {
         Some(t) => t,
         None => log.items_at(&user, spec.at).await?,
     };
-    let kinds_key = spec
-        .kinds
-        .as_ref()
-        .map(|k| k.iter().map(Kind::as_str).collect::<Vec<_>>().join(","));
-    let key = format!(
-        "{:?}|{}|{}",
-        spec.at,
-        current.last_seq(),
-        kinds_key.unwrap_or_default()
-    );
-    let restore_id =
-        restore_id.unwrap_or_else(|| RestoreId(uuid::Uuid::new_v5(&user.0, key.as_bytes())));
-    let (changes, restored, reverted, removed) =
-        compensating(&current, &target, &spec.kinds, restore_id);
-    let mut seq = current.last_seq();
-    let mut pushed = None;
-    if !dry_run && !changes.is_empty() {
-        let result = log
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = log.user(&user, UserState::clone).await?;
+        let kinds_key = spec
+            .kinds
+            .as_ref()
+            .map(|k| k.iter().map(Kind::as_str).collect::<Vec<_>>().join(","));
+        let key = format!(
+            "{:?}|{}|{}",
+            spec.at,
+            current.last_seq(),
+            kinds_key.unwrap_or_default()
+        );
+        let restore_id =
+            restore_id.unwrap_or_else(|| RestoreId(uuid::Uuid::new_v5(&user.0, key.as_bytes())));
+        let planned = compensating(&current, &target, &spec.kinds, restore_id);
+        let effects: Vec<Effect> = planned.iter().map(|(_, e)| *e).collect();
+        let changes: Vec<Change> = planned.into_iter().map(|(c, _)| c).collect();
+        let done = |(restored, reverted, removed): (u64, u64, u64), seq| Done {
+            restore_id,
+            dry_run,
+            duplicate: false,
+            restored,
+            reverted,
+            removed,
+            seq,
+        };
+        if dry_run || changes.is_empty() {
+            let counts = count(effects.iter().map(|e| (*e, None)));
+            tracing::info!(user_id = %user, %restore_id, dry_run, restored = counts.0, reverted = counts.1, removed = counts.2, "restore");
+            return Ok((done(counts, current.last_seq()), None));
+        }
+        let pushed = log
             .push(PushRequest {
                 user_id: user,
                 meta: EventMeta {
@@ -309,28 +386,237 @@ async fn restore_changes(
                 changes,
                 confirm_mass_delete: true,
             })
-            .await?;
-        if let Some(bad) = result
-            .outcomes
-            .iter()
-            .find(|o| matches!(o, Outcome::Rejected { .. } | Outcome::Conflict(_)))
-        {
-            tracing::warn!(user_id = %user, %restore_id, outcome = ?bad, "a restore change was not applied");
+            .await;
+        match pushed {
+            Ok(result) => {
+                let counts = count(
+                    effects
+                        .iter()
+                        .zip(&result.outcomes)
+                        .map(|(e, o)| (*e, Some(o))),
+                );
+                tracing::info!(user_id = %user, %restore_id, restored = counts.0, reverted = counts.1, removed = counts.2, "restore");
+                return Ok((
+                    done(counts, result.last_seq),
+                    Some(result.segment.is_some()),
+                ));
+            }
+            // An item moved on since `current` was read: nothing was written; compute again.
+            Err(e @ LogError::Incomplete { .. }) if attempt < RESTORE_ATTEMPTS => {
+                tracing::info!(user_id = %user, %restore_id, attempt, error = %e, "restore met newer versions; computing it again");
+            }
+            Err(e) => return Err(e.into()),
         }
-        pushed = Some(result.segment.is_some());
-        seq = result.last_seq;
     }
-    tracing::info!(user_id = %user, %restore_id, dry_run, restored, reverted, removed, "restore");
-    Ok((
-        Done {
-            restore_id,
-            dry_run,
-            duplicate: false,
-            restored,
-            reverted,
-            removed,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use keepsake_log::LogConfig;
+    use keepsake_model::{ChangeId, Document, RandomIds, SystemClock};
+
+    use super::*;
+
+    fn id() -> uuid::Uuid {
+        keepsake_model::IdGenerator::random(&RandomIds)
+    }
+
+    async fn open() -> Log {
+        let store = keepsake_store::open_store("memory://")
+            .expect("store")
+            .inner;
+        Log::open(
+            store,
+            Some(1),
+            LogConfig::default(),
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+        )
+        .await
+        .expect("log")
+    }
+
+    fn doc(n: u64) -> ChangeBody {
+        let mut m = serde_json::Map::new();
+        m.insert("n".into(), n.into());
+        ChangeBody::Put {
+            document: Document::from_object(&m),
+        }
+    }
+
+    fn change(item: ItemId, body: ChangeBody) -> Change {
+        Change {
+            change_id: ChangeId(id()),
+            kind: Kind::Note,
+            item_id: item,
+            base_version: None,
+            body,
+        }
+    }
+
+    async fn push(log: &Log, user: UserId, changes: Vec<Change>, origin: Origin) -> u64 {
+        log.push(PushRequest {
+            user_id: user,
+            meta: EventMeta {
+                device_id: None,
+                origin,
+                request_id: None,
+                restore_id: None,
+            },
+            changes,
+            confirm_mass_delete: true,
+        })
+        .await
+        .expect("push")
+        .last_seq
+    }
+
+    fn spec(seq: u64) -> Spec {
+        Spec {
+            at: UpTo::Seq(seq),
+            as_of: None,
+            as_of_seq: Some(seq),
+            kinds: None,
+            reason: "test".into(),
+        }
+    }
+
+    async fn live(log: &Log, user: UserId) -> Vec<(ItemId, u64)> {
+        log.user(&user, |s| {
+            let mut v: Vec<_> = s
+                .items()
+                .filter(|i| !i.deleted)
+                .map(|i| (i.item_id, i.version))
+                .collect();
+            v.sort();
+            v
+        })
+        .await
+        .expect("state")
+    }
+
+    /// A restore sent again under its id after its record was lost (the write failed, or a
+    /// crash came first) answers the original result and writes nothing: it used to compute the
+    /// restore again and delete the items created since the first run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_sent_again_without_its_record_answers_the_original_and_deletes_nothing() {
+        let log = open().await;
+        let u = UserId(id());
+        let (x1, x2, x3) = (ItemId(id()), ItemId(id()), ItemId(id()));
+        push(&log, u, vec![change(x1, doc(1))], Origin::Device).await;
+        push(
+            &log,
+            u,
+            vec![change(x2, doc(2)), change(x1, doc(11))],
+            Origin::Device,
+        )
+        .await;
+        let rid = RestoreId(id());
+        let first = restore_user(
+            &log,
+            &SystemClock,
+            u,
+            &spec(1),
+            Some(rid),
+            false,
+            None,
+            None,
+        )
+        .await
+        .expect("restore");
+        assert_eq!(
+            (first.restored, first.reverted, first.removed),
+            (0, 1, 1),
+            "{first:?}"
+        );
+        log.store()
+            .delete(&keepsake_store::keys::restore_job(rid))
+            .await
+            .expect("lose the record");
+        push(&log, u, vec![change(x3, doc(3))], Origin::Device).await;
+        let before = live(&log, u).await;
+        let again = restore_user(
+            &log,
+            &SystemClock,
+            u,
+            &spec(1),
+            Some(rid),
+            false,
+            None,
+            None,
+        )
+        .await
+        .expect("restore again");
+        assert_eq!(
+            (again.restored, again.reverted, again.removed, again.seq),
+            (first.restored, first.reverted, first.removed, first.seq),
+            "the original answer: {again:?} vs {first:?}"
+        );
+        assert_eq!(live(&log, u).await, before, "nothing written: x3 stays");
+        assert!(before.iter().any(|(i, _)| *i == x3));
+        // The record is written again, and answers next time.
+        assert!(read_record(&log, rid).await.expect("read").is_some());
+    }
+
+    /// A restore computed from a state that a device then edits must not overwrite the edit
+    /// unseen: its changes name the versions they were computed from, and its push is all or
+    /// nothing. The restore then computes again from the newer state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_never_overwrites_an_edit_made_while_it_ran() {
+        let log = open().await;
+        let u = UserId(id());
+        let (x1, x2) = (ItemId(id()), ItemId(id()));
+        push(&log, u, vec![change(x1, doc(1))], Origin::Device).await;
+        push(
+            &log,
+            u,
+            vec![change(x1, doc(2)), change(x2, doc(20))],
+            Origin::Device,
+        )
+        .await;
+        let current = log.user(&u, UserState::clone).await.expect("current");
+        let target = log.items_at(&u, UpTo::Seq(1)).await.expect("target");
+        let rid = RestoreId(id());
+        let planned = compensating(&current, &target, &None, rid);
+        assert_eq!(planned.len(), 2, "revert x1, remove x2");
+        // A device edits x1 after the restore read the state.
+        let seq = push(&log, u, vec![change(x1, doc(3))], Origin::Device).await;
+        let pushed = log
+            .push(PushRequest {
+                user_id: u,
+                meta: EventMeta {
+                    device_id: None,
+                    origin: Origin::Restore,
+                    request_id: None,
+                    restore_id: Some(rid),
+                },
+                changes: planned.into_iter().map(|(c, _)| c).collect(),
+                confirm_mass_delete: true,
+            })
+            .await;
+        assert!(
+            matches!(pushed, Err(LogError::Incomplete { refused: 1, .. })),
+            "{pushed:?}"
+        );
+        assert_eq!(
+            log.last_seq(&u).await.expect("seq"),
             seq,
-        },
-        pushed,
-    ))
+            "nothing of the restore was written, not even x2's delete"
+        );
+        // Run whole, the restore computes from the edited state and says what it wrote.
+        let done = restore_user(&log, &SystemClock, u, &spec(1), None, false, None, None)
+            .await
+            .expect("restore");
+        assert_eq!((done.restored, done.reverted, done.removed), (0, 1, 1));
+        let x1_now = log
+            .user(&u, |s| s.item(&x1).and_then(|i| i.document.clone()))
+            .await
+            .expect("state");
+        let target_x1 = target.item(&x1).and_then(|i| i.document.clone());
+        assert_eq!(x1_now, target_x1);
+    }
 }

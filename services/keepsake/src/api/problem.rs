@@ -86,6 +86,11 @@ impl From<LogError> for ApiError {
                     "{r}; send the push again with \"confirm_mass_delete\": true if this is intended"
                 ),
             ),
+            LogError::Incomplete { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "restore_conflict",
+                format!("{e}: the user's items kept changing while the restore ran; run it again"),
+            ),
             LogError::Unavailable { .. }
             | LogError::Fenced { .. }
             | LogError::ShuttingDown
