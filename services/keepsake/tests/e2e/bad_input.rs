@@ -268,3 +268,123 @@ async fn bad_input_is_refused_with_its_code_and_writes_nothing() {
         "the device list never shows tokens"
     );
 }
+
+/// Documents that strict JSON parsers refuse, as a device writes them, with what the rejection
+/// must say. JavaScript clients produce the first by cutting a string inside an emoji.
+fn refused_documents() -> Vec<(&'static str, String, &'static str)> {
+    vec![
+        (
+            "lone surrogate in a value",
+            r#"{"@type": "Card", "name": "Ada \ud83d"}"#.into(),
+            "lone surrogate",
+        ),
+        (
+            "lone surrogate in a key",
+            r#"{"@type": "Card", "x": {"\ud83d": 1}}"#.into(),
+            "lone surrogate",
+        ),
+        (
+            "1e400",
+            r#"{"@type": "Card", "n": 1e400}"#.into(),
+            "number out of range",
+        ),
+        (
+            "-1e400",
+            r#"{"@type": "Card", "n": -1e400}"#.into(),
+            "number out of range",
+        ),
+        (
+            "200 levels of nesting",
+            format!(
+                r#"{{"@type": "Card", "x": {}{}}}"#,
+                "[".repeat(199),
+                "]".repeat(199)
+            ),
+            "nested deeper than 127 levels",
+        ),
+    ]
+}
+
+/// A GET that reports a dropped connection instead of panicking.
+async fn get(s: &Server, path: &str, token: &str) -> Result<(StatusCode, String), String> {
+    let resp = s
+        .client
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: no answer ({e})"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("GET {path}: {e}"))?;
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_strict_parsers_refuse_are_rejected_per_change_and_write_nothing() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let patched = uuid();
+    let r = s
+        .push(
+            &phone,
+            json!([put(
+                &patched,
+                "contact",
+                json!({"@type": "Card", "name": "Ada"})
+            )]),
+        )
+        .await;
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    let segments = s.segments().await;
+
+    let mut wrong = Vec::new();
+    for (what, document, says) in refused_documents() {
+        let item = uuid();
+        for (op, target) in [("put", item.as_str()), ("patch", patched.as_str())] {
+            // Raw text: a serde_json `Value` could not even hold these documents.
+            let body = format!(
+                r#"{{"changes": [{{"change_id": "{}", "kind": "contact", "item_id": "{target}", "op": "{op}", "document": {document}}}]}}"#,
+                uuid()
+            );
+            let (status, v) = s.raw(Method::POST, "/v1/changes", Some(&phone), body).await;
+            let result = &v["results"][0];
+            let detail = result["error"]["detail"].as_str().unwrap_or("");
+            if status != StatusCode::OK
+                || result["status"] != "rejected"
+                || result["error"]["code"] != "invalid_document"
+                || !detail.contains(says)
+            {
+                wrong.push(format!(
+                    "{op} of {what}: {status} {result}, want rejected invalid_document saying {says:?}"
+                ));
+            }
+        }
+        // The refused put wrote nothing: the item does not exist, and has no history.
+        for path in [
+            format!("/v1/items/{item}"),
+            format!("/v1/items/{item}/history"),
+        ] {
+            match get(&s, &path, &phone).await {
+                Ok((StatusCode::NOT_FOUND, _)) => {}
+                Ok((st, text)) => wrong.push(format!("{what}: GET {path}: {st} {text}")),
+                Err(e) => wrong.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The patched item is untouched, and nothing was written at all.
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{patched}"),
+            Some(&phone),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["document"], json!({"@type": "Card", "name": "Ada"}));
+    assert_eq!(s.segments().await, segments, "the log is unchanged");
+}
