@@ -70,6 +70,18 @@ impl ApiError {
             "internal error; see the server log",
         )
     }
+
+    /// 500 `internal` for an answer that could not be written: what the serialiser said, which
+    /// for a stored document strict parsers refuse names the item, its version and what is
+    /// wrong (never content), so the operator can find it.
+    pub fn unwritable(e: &serde_json::Error) -> Self {
+        tracing::error!(error = %e, "an answer could not be written");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the answer could not be written: {e}"),
+        )
+    }
 }
 
 impl From<LogError> for ApiError {

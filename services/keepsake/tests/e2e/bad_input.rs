@@ -388,3 +388,231 @@ async fn documents_strict_parsers_refuse_are_rejected_per_change_and_write_nothi
     assert_eq!(v["document"], json!({"@type": "Card", "name": "Ada"}));
     assert_eq!(s.segments().await, segments, "the log is unchanged");
 }
+
+/// Appends to a stopped server's file store one segment holding a put of `item` with `text` as
+/// its document, continuing the user's log, bypassing staging: what a log written before
+/// documents were validated, or damaged, holds.
+async fn plant_document(env: &Env, user: &str, item: &str, text: &str) {
+    use futures::TryStreamExt as _;
+    use keepsake_model::{ChangeId, Document, EventId, IdGenerator as _, RandomIds, UserId};
+    use keepsake_store::keys;
+
+    let store = keepsake_store::open_store(&env.url)
+        .expect("open store")
+        .inner;
+    let shards = keepsake_store::read_descriptor(store.as_ref())
+        .await
+        .expect("read descriptor")
+        .expect("descriptor")
+        .shard_count;
+    let user: UserId = user.parse().expect("user id");
+    let shard = keys::shard_for(&user, shards);
+    let segments: Vec<keepsake_segment::Segment> =
+        keepsake_log::scan_shard(store.clone(), shard, 1, 4)
+            .await
+            .expect("scan")
+            .try_collect()
+            .await
+            .expect("segments");
+    let last = segments.last().expect("the user's shard has segments");
+    let events = segments
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter(|e| e.user_id == user);
+    let last_seq = events
+        .clone()
+        .map(|e| e.seq)
+        .max()
+        .expect("the user has events");
+    let item_last = events
+        .filter(|e| e.item_id.to_string() == item)
+        .max_by_key(|e| e.version)
+        .expect("the item has events");
+    let ids = RandomIds;
+    let event = keepsake_model::Event {
+        seq: last_seq + 1,
+        event_id: EventId(ids.random()),
+        change_id: ChangeId(ids.random()),
+        request_id: None,
+        op: keepsake_model::Op::Put,
+        version: item_last.version + 1,
+        // Later than everything before it, so a diff from before it shows it.
+        recorded_at: last.meta.last_recorded_at + chrono::Duration::milliseconds(1),
+        document: Some(Document::from_stored(text)),
+        ..item_last.clone()
+    };
+    let number = last.meta.segment + 1;
+    let meta = keepsake_segment::SegmentMeta {
+        segment: number,
+        writer_epoch: number,
+        batch_id: keepsake_model::BatchId(ids.random()),
+        event_count: 1,
+        first_recorded_at: event.recorded_at,
+        last_recorded_at: event.recorded_at,
+        ..last.meta.clone()
+    };
+    let bytes = keepsake_segment::encode(&[event], &meta).expect("encode");
+    store
+        .put_opts(
+            &keys::segment(shard, number),
+            bytes.into(),
+            keepsake_store::create_only(),
+        )
+        .await
+        .expect("put segment");
+}
+
+/// Every answer is whole JSON: 200, or a 500 problem+json naming `item`; never a dropped
+/// connection or text strict parsers refuse.
+async fn answer(
+    s: &Server,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), String> {
+    let mut req = s
+        .client
+        .request(method.clone(), format!("{}{path}", s.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{method} {path}: no answer ({e})"))?;
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{method} {path}: {status} {content_type}: not JSON ({e}): {text}"))?;
+    let want = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    if content_type != want {
+        return Err(format!("{method} {path}: {status} {content_type}: {text}"));
+    }
+    Ok((status, v))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_document_strict_parsers_refuse_is_answered_without_dropping_the_connection() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let (bad, good) = (uuid(), uuid());
+    let card = |name: &str| json!({"@type": "Card", "name": name});
+    s.push(
+        &phone,
+        json!([
+            put(&bad, "contact", card("Ada")),
+            put(&good, "contact", card("Bob"))
+        ]),
+    )
+    .await;
+    let (_, from) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{good}/history"),
+            Some(&phone),
+            None,
+        )
+        .await;
+    let from = from["versions"][0]["recorded_at"]
+        .as_str()
+        .expect("recorded_at")
+        .to_string();
+    assert_eq!(s.stop().code(), Some(0));
+    // Version 2 of `bad`, as a device could push it before documents were validated.
+    plant_document(
+        &env,
+        &user,
+        &bad,
+        r#"{"@type": "Card", "name": "Ada \ud83d"}"#,
+    )
+    .await;
+    let s = Server::start(&env, &[]).await;
+
+    let to = "2999-01-01T00:00:00Z";
+    let stale_put = json!({"changes": [{"change_id": uuid(), "kind": "contact", "item_id": bad, "op": "put", "base_version": 1, "document": card("Eve")}]});
+    let admin = |p: &str| format!("/admin/v1/users/{user}/{p}");
+    let names_bad: Vec<(Method, String, &str, Option<Value>)> = vec![
+        (
+            Method::GET,
+            format!("/v1/items/{bad}"),
+            phone.as_str(),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/items/{bad}/history"),
+            &phone,
+            None,
+        ),
+        (Method::GET, "/v1/changes".into(), &phone, None),
+        (Method::POST, "/v1/changes".into(), &phone, Some(stale_put)),
+        (Method::GET, admin("items?as_of_seq=3"), ADMIN, None),
+        (Method::GET, admin("events"), ADMIN, None),
+        (
+            Method::GET,
+            admin(&format!("diff?from={from}&to={to}")),
+            ADMIN,
+            None,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, token, body) in names_bad {
+        match answer(&s, method.clone(), &path, token, body).await {
+            Ok((StatusCode::INTERNAL_SERVER_ERROR, v))
+                if v["detail"].as_str().is_some_and(|d| {
+                    d.contains(&format!("item {bad} version 2")) && d.contains("lone surrogate")
+                }) => {}
+            Ok((st, v)) => wrong.push(format!(
+                "{method} {path}: {st} {v}, want a 500 naming {bad} version 2 and what is wrong"
+            )),
+            Err(e) => wrong.push(e),
+        }
+    }
+    // Answers that do not hold the bad document are unaffected.
+    let fine: Vec<(String, &str)> = vec![
+        (format!("/v1/items/{good}"), phone.as_str()),
+        (format!("/v1/items/{good}/history"), &phone),
+        (admin("items?as_of_seq=2"), ADMIN),
+        (admin("events?limit=2"), ADMIN),
+    ];
+    for (path, token) in fine {
+        match answer(&s, Method::GET, &path, token, None).await {
+            Ok((StatusCode::OK, _)) => {}
+            Ok((st, v)) => wrong.push(format!("GET {path}: {st} {v}")),
+            Err(e) => wrong.push(e),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The device can put the item right; then it shows again.
+    let r = s
+        .push(&phone, json!([put(&bad, "contact", card("Ada"))]))
+        .await;
+    assert_eq!(r["results"][0]["version"], 3, "{r}");
+    let (st, v) = s
+        .call(Method::GET, &format!("/v1/items/{bad}"), Some(&phone), None)
+        .await;
+    assert_eq!((st, &v["document"]), (StatusCode::OK, &card("Ada")), "{v}");
+    assert!(
+        !s.logged().iter().any(|l| l.contains("panicked")),
+        "no handler panicked"
+    );
+}
