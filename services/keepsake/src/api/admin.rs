@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keepsake_model::{DeviceId, UserId};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{ApiError, OperatorAuth, Shared, json, parse_id, parse_json, read_body};
 use crate::devices::{DeviceRecord, RegistryError};
@@ -58,7 +57,10 @@ pub(super) async fn register_device(
     let token = state.keys.sign(user, record.device_id);
     Ok(json(
         StatusCode::CREATED,
-        &json!({"device_id": record.device_id, "token": token}),
+        &wire::Registered {
+            device_id: record.device_id,
+            token,
+        },
     ))
 }
 
@@ -76,7 +78,10 @@ pub(super) async fn list_devices(
         .map_err(registry_error)?;
     Ok(json(
         StatusCode::OK,
-        &json!({"user_id": user, "devices": devices}),
+        &wire::Devices {
+            user_id: user,
+            devices,
+        },
     ))
 }
 
@@ -347,10 +352,14 @@ pub(super) async fn rebuild(
     let (before, after, report) = log.rebuild().await?;
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "state_hash_before": before, "state_hash_after": after, "equal": before == after,
-            "users": report.users, "events": report.events, "problems": report.problems,
-        }),
+        &wire::Rebuilt {
+            equal: before == after,
+            state_hash_before: before,
+            state_hash_after: after,
+            users: report.users,
+            events: report.events,
+            problems: report.problems,
+        },
     ))
 }
 
@@ -370,11 +379,14 @@ pub(super) async fn compact(
     );
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "history_objects_written": r.written, "segments_compacted": r.segments,
-            "events_compacted": r.events, "bytes_written": r.bytes_written,
-            "objects_deleted": r.deleted, "bytes_deleted": r.bytes_deleted,
-        }),
+        &wire::Compacted {
+            history_objects_written: r.written,
+            segments_compacted: r.segments,
+            events_compacted: r.events,
+            bytes_written: r.bytes_written,
+            objects_deleted: r.deleted,
+            bytes_deleted: r.bytes_deleted,
+        },
     ))
 }
 
@@ -443,7 +455,10 @@ pub(super) async fn start_fleet_restore(
         .await
         .map_err(ApiError::unavailable)?;
     tracing::info!(restore_id = %id, "fleet restore started");
-    Ok(json(StatusCode::ACCEPTED, &json!({"restore_id": id})))
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &wire::FleetStarted { restore_id: id },
+    ))
 }
 
 pub(super) async fn fleet_restore_progress(

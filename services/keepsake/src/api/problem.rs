@@ -3,7 +3,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keepsake_log::LogError;
-use serde_json::json;
+
+use super::wire;
 
 /// An error answer: status, stable code, and a detail for humans (never secrets or documents).
 #[derive(Debug)]
@@ -116,14 +117,16 @@ impl From<LogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("https://keepsake.dev/problems/{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-        });
-        let mut resp = (self.status, body.to_string()).into_response();
+        let body = serde_json::to_string(&wire::Problem {
+            type_uri: format!("https://keepsake.dev/problems/{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+        })
+        // Strings and a number always serialise; this is never taken.
+        .unwrap_or_else(|_| String::from(r#"{"status":500,"code":"internal"}"#));
+        let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -1,5 +1,6 @@
-//! The JSON shapes of the answers that carry documents, and of the push and session answers, as
-//! typed structs.
+//! The JSON shapes the API answers with, as typed structs (those not already typed where they
+//! are made: restore results, fleet progress and the verify report). Handlers build these, never
+//! `serde_json::json!`.
 //!
 //! Documents are written as their stored text through [`Doc`], which first checks that strict
 //! parsers read it ([`Document::to_raw`]). A stored document that fails (one written before
@@ -291,4 +292,57 @@ pub struct Events<'a> {
     pub user_id: UserId,
     pub events: Vec<EventView<'a>>,
     pub has_more: bool,
+}
+
+/// `POST /admin/v1/users/{id}/devices`.
+#[derive(Debug, Serialize)]
+pub struct Registered {
+    pub device_id: DeviceId,
+    pub token: String,
+}
+
+/// `GET /admin/v1/users/{id}/devices`.
+#[derive(Debug, Serialize)]
+pub struct Devices {
+    pub user_id: UserId,
+    pub devices: Vec<crate::devices::DeviceRecord>,
+}
+
+/// `POST /admin/v1/rebuild`.
+#[derive(Debug, Serialize)]
+pub struct Rebuilt {
+    pub state_hash_before: String,
+    pub state_hash_after: String,
+    pub equal: bool,
+    pub users: u64,
+    pub events: u64,
+    pub problems: Vec<keepsake_log::verify::Problem>,
+}
+
+/// `POST /admin/v1/compact`.
+#[derive(Debug, Serialize)]
+pub struct Compacted {
+    pub history_objects_written: u64,
+    pub segments_compacted: u64,
+    pub events_compacted: u64,
+    pub bytes_written: u64,
+    pub objects_deleted: u64,
+    pub bytes_deleted: u64,
+}
+
+/// `POST /admin/v1/restores`.
+#[derive(Debug, Serialize)]
+pub struct FleetStarted {
+    pub restore_id: RestoreId,
+}
+
+/// Every error answer (RFC 9457 `application/problem+json`).
+#[derive(Debug, Serialize)]
+pub struct Problem<'a> {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'a str,
+    pub status: u16,
+    pub detail: &'a str,
+    pub code: &'a str,
 }
