@@ -155,7 +155,9 @@ pub struct EventMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectCode {
-    /// Not a JSON object, or `@type` does not fit the kind.
+    /// Not a JSON object, not JSON that strict parsers accept (`DocumentError`: a lone surrogate
+    /// escape, a number beyond a 64-bit float, nesting deeper than `MAX_DEPTH`), or `@type` does
+    /// not fit the kind.
     InvalidDocument,
     /// The resulting document exceeds the document limit.
     DocumentTooLarge,
@@ -527,6 +529,18 @@ fn decide(
             let Some(item) = live else {
                 return answer(RejectCode::NotFound, "no such item, or it is deleted");
             };
+            // The same door as a put's document: what strict parsers refuse is refused here,
+            // with what is wrong, before it is parsed into a tree.
+            match patch.probe() {
+                Probe::Invalid(e) => return answer(RejectCode::InvalidDocument, e.to_string()),
+                Probe::NotAnObject => {
+                    return answer(
+                        RejectCode::InvalidDocument,
+                        "a merge patch must be a JSON object",
+                    );
+                }
+                Probe::Object { .. } | Probe::BadType => {}
+            }
             let Ok(Value::Object(patch_fields)) = serde_json::from_str::<Value>(patch.as_str())
             else {
                 return answer(
@@ -573,7 +587,8 @@ fn decide(
     }
 }
 
-/// Checks a resulting document against the kind and the size limit.
+/// Checks a resulting document against the kind and the size limit, and that strict JSON
+/// parsers accept it ([`Document::probe`]).
 fn check_document(
     doc: Document,
     kind: Kind,
@@ -590,6 +605,7 @@ fn check_document(
         );
     }
     match doc.probe() {
+        Probe::Invalid(e) => answer(RejectCode::InvalidDocument, e.to_string()),
         Probe::NotAnObject => answer(
             RejectCode::InvalidDocument,
             "the document must be a JSON object",

@@ -21,7 +21,7 @@ pub use change::{
     Outcome, RejectCode, StageContext, StagePolicy, Staged,
 };
 pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
-pub use document::{Document, Probe};
+pub use document::{Document, DocumentError, MAX_DEPTH, Probe};
 pub use event::Event;
 pub use ids::{
     BatchId, ChangeId, DeviceId, EventId, ItemId, RequestId, RestoreId, StoreId, UserId,

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keepsake_model::{DeviceId, UserId};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{ApiError, OperatorAuth, Shared, json, parse_id, parse_json, read_body};
 use crate::devices::{DeviceRecord, RegistryError};
@@ -58,7 +57,10 @@ pub(super) async fn register_device(
     let token = state.keys.sign(user, record.device_id);
     Ok(json(
         StatusCode::CREATED,
-        &json!({"device_id": record.device_id, "token": token}),
+        &wire::Registered {
+            device_id: record.device_id,
+            token,
+        },
     ))
 }
 
@@ -76,7 +78,10 @@ pub(super) async fn list_devices(
         .map_err(registry_error)?;
     Ok(json(
         StatusCode::OK,
-        &json!({"user_id": user, "devices": devices}),
+        &wire::Devices {
+            user_id: user,
+            devices,
+        },
     ))
 }
 
@@ -104,7 +109,7 @@ use std::collections::HashMap;
 use axum::extract::Query;
 use chrono::{DateTime, Utc};
 use keepsake_log::UpTo;
-use keepsake_model::{ItemState, Kind, RestoreId, StateRead};
+use keepsake_model::{Kind, RestoreId, StateRead};
 use serde_json::Value;
 
 fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -140,13 +145,8 @@ fn kind_filter(kinds: Option<&str>) -> Result<Option<Vec<Kind>>, ApiError> {
         .transpose()
 }
 
+use super::wire::{self, ItemAt};
 use crate::restore::live_items;
-
-fn item_json(i: &ItemState) -> Value {
-    json!({"item_id": i.item_id, "kind": i.kind, "version": i.version, "seq": i.seq,
-           "changed_at": i.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-           "document": i.document})
-}
 
 pub(super) async fn items_as_of(
     State(state): State<Shared>,
@@ -161,18 +161,17 @@ pub(super) async fn items_as_of(
     )?;
     let kinds = kind_filter(q.get("kind").map(String::as_str))?;
     let s = state.ready()?.log.items_at(&user, at).await?;
-    let items: Vec<Value> = live_items(&s, &kinds)
-        .values()
-        .map(|i| item_json(i))
-        .collect();
-    let as_of = match at {
-        UpTo::Time(t) => Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        _ => Value::Null,
+    let live = live_items(&s, &kinds);
+    let answer = wire::ItemsAt {
+        user_id: user,
+        as_of: match at {
+            UpTo::Time(t) => Some(wire::time(&t)),
+            _ => None,
+        },
+        seq: s.last_seq(),
+        items: live.values().map(|i| ItemAt::of(i)).collect(),
     };
-    Ok(json(
-        StatusCode::OK,
-        &json!({"user_id": user, "as_of": as_of, "seq": s.last_seq(), "items": items}),
-    ))
+    Ok(json(StatusCode::OK, &answer))
 }
 
 pub(super) async fn events(
@@ -199,22 +198,17 @@ pub(super) async fn events(
     let log = &state.ready()?.log;
     let upto = after.saturating_add(limit);
     let events = log.user_events(&user, UpTo::Seq(upto)).await?;
-    let events: Vec<Value> = events
-        .iter()
-        .filter(|e| e.seq > after)
-        .map(|e| json!({
-            "seq": e.seq, "event_id": e.event_id, "change_id": e.change_id, "device_id": e.device_id,
-            "origin": e.origin, "request_id": e.request_id, "restore_id": e.restore_id, "kind": e.kind,
-            "item_id": e.item_id, "op": e.op, "version": e.version,
-            "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "document": e.document,
-        }))
-        .collect();
     let last = log.last_seq(&user).await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({"user_id": user, "events": events, "has_more": upto < last}),
-    ))
+    let answer = wire::Events {
+        user_id: user,
+        events: events
+            .iter()
+            .filter(|e| e.seq > after)
+            .map(wire::EventView::of)
+            .collect(),
+        has_more: upto < last,
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 pub(super) async fn diff(
@@ -240,28 +234,31 @@ pub(super) async fn diff(
         log.items_at(&user, UpTo::Time(to)).await?,
     );
     let (a, b) = (live_items(&a, &None), live_items(&b, &None));
-    let added: Vec<Value> = b
-        .iter()
-        .filter(|(id, _)| !a.contains_key(id))
-        .map(|(_, i)| item_json(i))
-        .collect();
-    let removed: Vec<Value> = a
-        .iter()
-        .filter(|(id, _)| !b.contains_key(id))
-        .map(|(_, i)| item_json(i))
-        .collect();
-    let changed: Vec<Value> = b
-        .iter()
-        .filter_map(|(id, new)| {
-            a.get(id)
-                .filter(|old| old.version != new.version)
-                .map(|old| json!({"before": item_json(old), "after": item_json(new)}))
-        })
-        .collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({"user_id": user, "added": added, "removed": removed, "changed": changed}),
-    ))
+    let answer = wire::Diff {
+        user_id: user,
+        added: b
+            .iter()
+            .filter(|(id, _)| !a.contains_key(id))
+            .map(|(_, i)| ItemAt::of(i))
+            .collect(),
+        removed: a
+            .iter()
+            .filter(|(id, _)| !b.contains_key(id))
+            .map(|(_, i)| ItemAt::of(i))
+            .collect(),
+        changed: b
+            .iter()
+            .filter_map(|(id, new)| {
+                a.get(id)
+                    .filter(|old| old.version != new.version)
+                    .map(|old| wire::ItemChange {
+                        before: ItemAt::of(old),
+                        after: ItemAt::of(new),
+                    })
+            })
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 #[derive(Deserialize)]
@@ -355,10 +352,14 @@ pub(super) async fn rebuild(
     let (before, after, report) = log.rebuild().await?;
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "state_hash_before": before, "state_hash_after": after, "equal": before == after,
-            "users": report.users, "events": report.events, "problems": report.problems,
-        }),
+        &wire::Rebuilt {
+            equal: before == after,
+            state_hash_before: before,
+            state_hash_after: after,
+            users: report.users,
+            events: report.events,
+            problems: report.problems,
+        },
     ))
 }
 
@@ -378,11 +379,14 @@ pub(super) async fn compact(
     );
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "history_objects_written": r.written, "segments_compacted": r.segments,
-            "events_compacted": r.events, "bytes_written": r.bytes_written,
-            "objects_deleted": r.deleted, "bytes_deleted": r.bytes_deleted,
-        }),
+        &wire::Compacted {
+            history_objects_written: r.written,
+            segments_compacted: r.segments,
+            events_compacted: r.events,
+            bytes_written: r.bytes_written,
+            objects_deleted: r.deleted,
+            bytes_deleted: r.bytes_deleted,
+        },
     ))
 }
 
@@ -451,7 +455,10 @@ pub(super) async fn start_fleet_restore(
         .await
         .map_err(ApiError::unavailable)?;
     tracing::info!(restore_id = %id, "fleet restore started");
-    Ok(json(StatusCode::ACCEPTED, &json!({"restore_id": id})))
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &wire::FleetStarted { restore_id: id },
+    ))
 }
 
 pub(super) async fn fleet_restore_progress(

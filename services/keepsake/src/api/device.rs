@@ -9,12 +9,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keepsake_log::{PushRequest, UpTo};
 use keepsake_model::{
-    Change, ChangeBody, ChangeId, Document, Event, EventMeta, ItemId, ItemState, Kind, Origin,
-    Outcome, RequestId, StateRead,
+    Change, ChangeBody, ChangeId, Event, EventMeta, ItemId, ItemState, Kind, Origin, Outcome,
+    RequestId, StateRead,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
+use super::wire::{self, ChangeResult, ItemView};
 use super::{ApiError, DeviceAuth, Shared, json, parse_id, parse_json, read_body};
 use crate::sync_token::SyncToken;
 
@@ -25,13 +26,13 @@ pub(super) async fn session(
     let ready = state.ready()?;
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "user_id": auth.user,
-            "device_id": auth.device,
-            "store_id": ready.log.descriptor().store_id,
-            "kinds": Kind::ALL,
-            "limits": state.limits,
-        }),
+        &wire::Session {
+            user_id: auth.user,
+            device_id: auth.device,
+            store_id: ready.log.descriptor().store_id,
+            kinds: Kind::ALL,
+            limits: state.limits,
+        },
     ))
 }
 
@@ -43,43 +44,34 @@ struct PushBody {
     confirm_mass_delete: bool,
 }
 
-/// An item as answers show it.
-#[derive(Serialize)]
-struct ItemView<'a> {
-    item_id: ItemId,
-    kind: Kind,
-    version: u64,
-    seq: u64,
-    deleted: bool,
-    document: Option<&'a Document>,
-}
-
-fn item_view(i: &ItemState) -> ItemView<'_> {
-    ItemView {
-        item_id: i.item_id,
-        kind: i.kind,
-        version: i.version,
-        seq: i.seq,
-        deleted: i.deleted,
-        document: i.document.as_ref(),
-    }
-}
-
-fn result_json(change: &Change, outcome: &Outcome) -> Value {
+fn change_result<'a>(change: &Change, outcome: &'a Outcome) -> ChangeResult<'a> {
     let (change_id, item_id) = (change.change_id, change.item_id);
     match outcome {
-        Outcome::Applied(r) => {
-            json!({"change_id": change_id, "status": "applied", "item_id": item_id, "version": r.version, "seq": r.seq})
-        }
-        Outcome::Duplicate(r) => {
-            json!({"change_id": change_id, "status": "duplicate", "item_id": r.item_id, "version": r.version, "seq": r.seq})
-        }
-        Outcome::Conflict(cur) => {
-            json!({"change_id": change_id, "status": "conflict", "item_id": item_id, "current": item_view(cur)})
-        }
-        Outcome::Rejected { code, detail } => {
-            json!({"change_id": change_id, "status": "rejected", "item_id": item_id, "error": {"code": code.as_str(), "detail": detail}})
-        }
+        Outcome::Applied(r) => ChangeResult::Applied {
+            change_id,
+            item_id,
+            version: r.version,
+            seq: r.seq,
+        },
+        Outcome::Duplicate(r) => ChangeResult::Duplicate {
+            change_id,
+            item_id: r.item_id,
+            version: r.version,
+            seq: r.seq,
+        },
+        Outcome::Conflict(current) => ChangeResult::Conflict {
+            change_id,
+            item_id,
+            current: ItemView::of(current),
+        },
+        Outcome::Rejected { code, detail } => ChangeResult::Rejected {
+            change_id,
+            item_id,
+            error: wire::ChangeError {
+                code: code.as_str(),
+                detail,
+            },
+        },
     }
 }
 
@@ -107,19 +99,19 @@ async fn commit(
         })
         .await?;
     state.metrics.observe_push(changes.len(), started.elapsed());
-    let results: Vec<Value> = changes
-        .iter()
-        .zip(&result.outcomes)
-        .map(|(c, o)| result_json(c, o))
-        .collect();
     let token = SyncToken {
         store_id: ready.log.descriptor().store_id,
         seq: result.last_seq,
     };
-    Ok(json(
-        StatusCode::OK,
-        &json!({"results": results, "token": token.encode()}),
-    ))
+    let answer = wire::PushAnswer {
+        results: changes
+            .iter()
+            .zip(&result.outcomes)
+            .map(|(c, o)| change_result(c, o))
+            .collect(),
+        token: token.encode(),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 pub(super) async fn push(
@@ -161,23 +153,12 @@ fn query_number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, 
 struct Page {
     /// The page's changes, already serialised as a JSON array: built while the user's state is
     /// borrowed, with each stored document written as it is (no `Value` trees). An error means
-    /// a stored document is not JSON: a damaged log, which the answer must not hide.
+    /// a stored document is not JSON strict parsers accept (written before documents were
+    /// validated, or damaged), which the answer must not hide; it names the item.
     changes: Result<String, serde_json::Error>,
     count: usize,
     token_seq: u64,
     has_more: bool,
-}
-
-/// One item of a pull answer, borrowing the item's state.
-#[derive(serde::Serialize)]
-struct Pulled<'a> {
-    item_id: &'a keepsake_model::ItemId,
-    kind: keepsake_model::Kind,
-    op: &'static str,
-    version: u64,
-    seq: u64,
-    changed_at: String,
-    document: Option<&'a keepsake_model::Document>,
 }
 
 fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> Page {
@@ -195,20 +176,7 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
     } else {
         user.last_seq()
     };
-    let pulled: Vec<Pulled<'_>> = items
-        .iter()
-        .map(|i| Pulled {
-            item_id: &i.item_id,
-            kind: i.kind,
-            op: if i.deleted { "delete" } else { "put" },
-            version: i.version,
-            seq: i.seq,
-            changed_at: i
-                .changed_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            document: i.document.as_ref(),
-        })
-        .collect();
+    let pulled: Vec<wire::Pulled<'_>> = items.iter().map(|i| wire::Pulled::of(i)).collect();
     let changes = serde_json::to_string(&pulled);
     Page {
         changes,
@@ -307,14 +275,7 @@ pub(super) async fn pull(
         store_id,
         seq: result.token_seq,
     };
-    let changes = result.changes.map_err(|e| {
-        tracing::error!(error = %e, "a stored document could not be written into a pull answer");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "a stored document could not be written into the answer",
-        )
-    })?;
+    let changes = result.changes.map_err(|e| ApiError::unwritable(&e))?;
     let body = format!(
         r#"{{"changes":{},"token":{},"has_more":{}}}"#,
         changes,
@@ -361,7 +322,7 @@ pub(super) async fn item(
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        json(StatusCode::OK, &item_view(&item))
+        json(StatusCode::OK, &ItemView::of(&item))
     };
     if let Ok(v) = HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -395,20 +356,11 @@ pub(super) async fn history(
 ) -> Result<Response, ApiError> {
     let item_id: ItemId = parse_id("item_id", &item_id)?;
     let versions = item_history(&state, auth, item_id).await?;
-    let versions: Vec<Value> = versions
-        .iter()
-        .map(|e| {
-            json!({
-                "version": e.version, "seq": e.seq, "op": e.op,
-                "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "device_id": e.device_id, "origin": e.origin, "document": e.document,
-            })
-        })
-        .collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({"item_id": item_id, "versions": versions}),
-    ))
+    let answer = wire::History {
+        item_id,
+        versions: versions.iter().map(wire::HistoryVersion::of).collect(),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 #[derive(Deserialize)]

@@ -6,17 +6,18 @@
 mod admin;
 mod device;
 pub mod problem;
+pub mod wire;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use axum::{Json, Router};
 use keepsake_log::Log;
 use keepsake_model::{Clock, DeviceId, IdGenerator, RequestId, UserId};
 use serde::Serialize;
@@ -368,7 +369,19 @@ pub fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError
         .map_err(|_| ApiError::malformed(format!("{what} {s:?} is not a UUID")))
 }
 
-/// A JSON answer.
+/// A JSON answer; a 500 problem if the body cannot be written (a stored document strict parsers
+/// refuse: the problem names the item).
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    (status, Json(body)).into_response()
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::unwritable(&e).into_response(),
+    }
 }

@@ -3,7 +3,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keepsake_log::LogError;
-use serde_json::json;
+
+use super::wire;
 
 /// An error answer: status, stable code, and a detail for humans (never secrets or documents).
 #[derive(Debug)]
@@ -70,6 +71,18 @@ impl ApiError {
             "internal error; see the server log",
         )
     }
+
+    /// 500 `internal` for an answer that could not be written: what the serialiser said, which
+    /// for a stored document strict parsers refuse names the item, its version and what is
+    /// wrong (never content), so the operator can find it.
+    pub fn unwritable(e: &serde_json::Error) -> Self {
+        tracing::error!(error = %e, "an answer could not be written");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the answer could not be written: {e}"),
+        )
+    }
 }
 
 impl From<LogError> for ApiError {
@@ -109,14 +122,16 @@ impl From<LogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("https://keepsake.dev/problems/{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-        });
-        let mut resp = (self.status, body.to_string()).into_response();
+        let body = serde_json::to_string(&wire::Problem {
+            type_uri: format!("https://keepsake.dev/problems/{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+        })
+        // Strings and a number always serialise; this is never taken.
+        .unwrap_or_else(|_| String::from(r#"{"status":500,"code":"internal"}"#));
+        let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -268,3 +268,351 @@ async fn bad_input_is_refused_with_its_code_and_writes_nothing() {
         "the device list never shows tokens"
     );
 }
+
+/// Documents that strict JSON parsers refuse, as a device writes them, with what the rejection
+/// must say. JavaScript clients produce the first by cutting a string inside an emoji.
+fn refused_documents() -> Vec<(&'static str, String, &'static str)> {
+    vec![
+        (
+            "lone surrogate in a value",
+            r#"{"@type": "Card", "name": "Ada \ud83d"}"#.into(),
+            "lone surrogate",
+        ),
+        (
+            "lone surrogate in a key",
+            r#"{"@type": "Card", "x": {"\ud83d": 1}}"#.into(),
+            "lone surrogate",
+        ),
+        (
+            "1e400",
+            r#"{"@type": "Card", "n": 1e400}"#.into(),
+            "number out of range",
+        ),
+        (
+            "-1e400",
+            r#"{"@type": "Card", "n": -1e400}"#.into(),
+            "number out of range",
+        ),
+        (
+            "200 levels of nesting",
+            format!(
+                r#"{{"@type": "Card", "x": {}{}}}"#,
+                "[".repeat(199),
+                "]".repeat(199)
+            ),
+            "nested deeper than 127 levels",
+        ),
+    ]
+}
+
+/// A GET that reports a dropped connection instead of panicking.
+async fn get(s: &Server, path: &str, token: &str) -> Result<(StatusCode, String), String> {
+    let resp = s
+        .client
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: no answer ({e})"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("GET {path}: {e}"))?;
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_strict_parsers_refuse_are_rejected_per_change_and_write_nothing() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let patched = uuid();
+    let r = s
+        .push(
+            &phone,
+            json!([put(
+                &patched,
+                "contact",
+                json!({"@type": "Card", "name": "Ada"})
+            )]),
+        )
+        .await;
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    let segments = s.segments().await;
+
+    let mut wrong = Vec::new();
+    for (what, document, says) in refused_documents() {
+        let item = uuid();
+        for (op, target) in [("put", item.as_str()), ("patch", patched.as_str())] {
+            // Raw text: a serde_json `Value` could not even hold these documents.
+            let body = format!(
+                r#"{{"changes": [{{"change_id": "{}", "kind": "contact", "item_id": "{target}", "op": "{op}", "document": {document}}}]}}"#,
+                uuid()
+            );
+            let (status, v) = s.raw(Method::POST, "/v1/changes", Some(&phone), body).await;
+            let result = &v["results"][0];
+            let detail = result["error"]["detail"].as_str().unwrap_or("");
+            if status != StatusCode::OK
+                || result["status"] != "rejected"
+                || result["error"]["code"] != "invalid_document"
+                || !detail.contains(says)
+            {
+                wrong.push(format!(
+                    "{op} of {what}: {status} {result}, want rejected invalid_document saying {says:?}"
+                ));
+            }
+        }
+        // The refused put wrote nothing: the item does not exist, and has no history.
+        for path in [
+            format!("/v1/items/{item}"),
+            format!("/v1/items/{item}/history"),
+        ] {
+            match get(&s, &path, &phone).await {
+                Ok((StatusCode::NOT_FOUND, _)) => {}
+                Ok((st, text)) => wrong.push(format!("{what}: GET {path}: {st} {text}")),
+                Err(e) => wrong.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The patched item is untouched, and nothing was written at all.
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{patched}"),
+            Some(&phone),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["document"], json!({"@type": "Card", "name": "Ada"}));
+    assert_eq!(s.segments().await, segments, "the log is unchanged");
+}
+
+/// Appends to a stopped server's file store one segment holding a put of `item` with `text` as
+/// its document, continuing the user's log, bypassing staging: what a log written before
+/// documents were validated, or damaged, holds.
+async fn plant_document(env: &Env, user: &str, item: &str, text: &str) {
+    use futures::TryStreamExt as _;
+    use keepsake_model::{ChangeId, Document, EventId, IdGenerator as _, RandomIds, UserId};
+    use keepsake_store::keys;
+
+    let store = keepsake_store::open_store(&env.url)
+        .expect("open store")
+        .inner;
+    let shards = keepsake_store::read_descriptor(store.as_ref())
+        .await
+        .expect("read descriptor")
+        .expect("descriptor")
+        .shard_count;
+    let user: UserId = user.parse().expect("user id");
+    let shard = keys::shard_for(&user, shards);
+    let segments: Vec<keepsake_segment::Segment> =
+        keepsake_log::scan_shard(store.clone(), shard, 1, 4)
+            .await
+            .expect("scan")
+            .try_collect()
+            .await
+            .expect("segments");
+    let last = segments.last().expect("the user's shard has segments");
+    let events = segments
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter(|e| e.user_id == user);
+    let last_seq = events
+        .clone()
+        .map(|e| e.seq)
+        .max()
+        .expect("the user has events");
+    let item_last = events
+        .filter(|e| e.item_id.to_string() == item)
+        .max_by_key(|e| e.version)
+        .expect("the item has events");
+    let ids = RandomIds;
+    let event = keepsake_model::Event {
+        seq: last_seq + 1,
+        event_id: EventId(ids.random()),
+        change_id: ChangeId(ids.random()),
+        request_id: None,
+        op: keepsake_model::Op::Put,
+        version: item_last.version + 1,
+        // Later than everything before it, so a diff from before it shows it.
+        recorded_at: last.meta.last_recorded_at + chrono::Duration::milliseconds(1),
+        document: Some(Document::from_stored(text)),
+        ..item_last.clone()
+    };
+    let number = last.meta.segment + 1;
+    let meta = keepsake_segment::SegmentMeta {
+        segment: number,
+        writer_epoch: number,
+        batch_id: keepsake_model::BatchId(ids.random()),
+        event_count: 1,
+        first_recorded_at: event.recorded_at,
+        last_recorded_at: event.recorded_at,
+        ..last.meta.clone()
+    };
+    let bytes = keepsake_segment::encode(&[event], &meta).expect("encode");
+    store
+        .put_opts(
+            &keys::segment(shard, number),
+            bytes.into(),
+            keepsake_store::create_only(),
+        )
+        .await
+        .expect("put segment");
+}
+
+/// Every answer is whole JSON: 200, or a 500 problem+json naming `item`; never a dropped
+/// connection or text strict parsers refuse.
+async fn answer(
+    s: &Server,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), String> {
+    let mut req = s
+        .client
+        .request(method.clone(), format!("{}{path}", s.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{method} {path}: no answer ({e})"))?;
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{method} {path}: {status} {content_type}: not JSON ({e}): {text}"))?;
+    let want = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    if content_type != want {
+        return Err(format!("{method} {path}: {status} {content_type}: {text}"));
+    }
+    Ok((status, v))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_document_strict_parsers_refuse_is_answered_without_dropping_the_connection() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let (bad, good) = (uuid(), uuid());
+    let card = |name: &str| json!({"@type": "Card", "name": name});
+    s.push(
+        &phone,
+        json!([
+            put(&bad, "contact", card("Ada")),
+            put(&good, "contact", card("Bob"))
+        ]),
+    )
+    .await;
+    let (_, from) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{good}/history"),
+            Some(&phone),
+            None,
+        )
+        .await;
+    let from = from["versions"][0]["recorded_at"]
+        .as_str()
+        .expect("recorded_at")
+        .to_string();
+    assert_eq!(s.stop().code(), Some(0));
+    // Version 2 of `bad`, as a device could push it before documents were validated.
+    plant_document(
+        &env,
+        &user,
+        &bad,
+        r#"{"@type": "Card", "name": "Ada \ud83d"}"#,
+    )
+    .await;
+    let s = Server::start(&env, &[]).await;
+
+    let to = "2999-01-01T00:00:00Z";
+    let stale_put = json!({"changes": [{"change_id": uuid(), "kind": "contact", "item_id": bad, "op": "put", "base_version": 1, "document": card("Eve")}]});
+    let admin = |p: &str| format!("/admin/v1/users/{user}/{p}");
+    let names_bad: Vec<(Method, String, &str, Option<Value>)> = vec![
+        (
+            Method::GET,
+            format!("/v1/items/{bad}"),
+            phone.as_str(),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/items/{bad}/history"),
+            &phone,
+            None,
+        ),
+        (Method::GET, "/v1/changes".into(), &phone, None),
+        (Method::POST, "/v1/changes".into(), &phone, Some(stale_put)),
+        (Method::GET, admin("items?as_of_seq=3"), ADMIN, None),
+        (Method::GET, admin("events"), ADMIN, None),
+        (
+            Method::GET,
+            admin(&format!("diff?from={from}&to={to}")),
+            ADMIN,
+            None,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, token, body) in names_bad {
+        match answer(&s, method.clone(), &path, token, body).await {
+            Ok((StatusCode::INTERNAL_SERVER_ERROR, v))
+                if v["detail"].as_str().is_some_and(|d| {
+                    d.contains(&format!("item {bad} version 2")) && d.contains("lone surrogate")
+                }) => {}
+            Ok((st, v)) => wrong.push(format!(
+                "{method} {path}: {st} {v}, want a 500 naming {bad} version 2 and what is wrong"
+            )),
+            Err(e) => wrong.push(e),
+        }
+    }
+    // Answers that do not hold the bad document are unaffected.
+    let fine: Vec<(String, &str)> = vec![
+        (format!("/v1/items/{good}"), phone.as_str()),
+        (format!("/v1/items/{good}/history"), &phone),
+        (admin("items?as_of_seq=2"), ADMIN),
+        (admin("events?limit=2"), ADMIN),
+    ];
+    for (path, token) in fine {
+        match answer(&s, Method::GET, &path, token, None).await {
+            Ok((StatusCode::OK, _)) => {}
+            Ok((st, v)) => wrong.push(format!("GET {path}: {st} {v}")),
+            Err(e) => wrong.push(e),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The device can put the item right; then it shows again.
+    let r = s
+        .push(&phone, json!([put(&bad, "contact", card("Ada"))]))
+        .await;
+    assert_eq!(r["results"][0]["version"], 3, "{r}");
+    let (st, v) = s
+        .call(Method::GET, &format!("/v1/items/{bad}"), Some(&phone), None)
+        .await;
+    assert_eq!((st, &v["document"]), (StatusCode::OK, &card("Ada")), "{v}");
+    assert!(
+        !s.logged().iter().any(|l| l.contains("panicked")),
+        "no handler panicked"
+    );
+}
