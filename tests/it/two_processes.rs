@@ -35,6 +35,7 @@ on_every_backend!(
     overlapping_history_objects_are_not_counted_as_every_source,
     a_checkpoint_is_written_only_when_its_fold_reached_its_segment,
     an_answer_that_writes_nothing_is_not_decided_on_a_stale_view,
+    a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -396,6 +397,116 @@ async fn an_answer_that_writes_nothing_is_not_decided_on_a_stale_view(backend: B
     push_as_device(&a, u, vec![put(y, json!({"n": 2}))]).await;
     b.sync(&u).await.expect("sync");
     assert!(b.user(&u, |s| s.item(&y).is_some()).await.expect("view"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A batch takes its `recorded_at` before its PUT. While one is in flight, the state at "now"
+/// used to be read without it, and then the batch was acknowledged with a `recorded_at` before
+/// that moment: the state at the moment changed after it was read (a restore to it would have
+/// overwritten the change). Now a read at such a moment waits for the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moment_is_read_only_once_its_state_is_final() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = Arc::new(open(as_store, 1, cfg()).await.expect("open"));
+    let u = user();
+    push(&log, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("first push");
+    let put_held = faulty.hold(FaultOp::Put, "/segments/");
+    let x = item();
+    let pushing = tokio::spawn({
+        let log = log.clone();
+        async move { push(&log, u, vec![put(x, json!({"n": 2}))]).await }
+    });
+    put_held.reached().await;
+    // Staged and recorded, not yet durable: the moment is after its recorded_at.
+    let moment = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    let reading = tokio::spawn({
+        let log = log.clone();
+        async move { log.items_at(&u, UpTo::Time(moment)).await }
+    });
+    // Give an unsynchronised read every chance to finish first.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    put_held.release();
+    pushing.await.expect("task").expect("second push");
+    let at = reading.await.expect("task").expect("items at");
+    assert!(
+        at.item(&x).is_some(),
+        "the state at a moment after an acknowledged change's recorded_at holds it"
+    );
+    log.shutdown().await;
+}
+
+/// A's retention deletes the checkpoint B's view starts user loads from. B used to answer
+/// 503 for every cold user until restarted, and its own checkpoints failed. Now B adopts a
+/// newer checkpoint (or reads from the first segment), and checkpoints from what is left.
+async fn a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let keep_newest_only = keepsake_log::retention::RetentionPolicy {
+        keep_all_for: chrono::Duration::zero(),
+        keep_daily_for_days: 0,
+    };
+    let a = open(
+        ts.store.clone(),
+        1,
+        LogConfig {
+            retention: keep_newest_only,
+            ..cfg()
+        },
+    )
+    .await
+    .expect("a");
+    let (u, v) = (user(), user());
+    push(&a, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("push");
+    push(&a, v, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("push");
+    a.compact_now().await.expect("checkpoint 2");
+    // B starts from checkpoint 2, with no room for users in memory: every user is cold.
+    let b = open(
+        ts.reopen().expect("handle"),
+        1,
+        LogConfig {
+            view_memory_bytes: 0,
+            ..cfg()
+        },
+    )
+    .await
+    .expect("b");
+    assert_eq!(b.checkpoint(0), Some(2));
+    push_as_device(&a, u, vec![put(item(), json!({"n": 2}))]).await;
+    a.compact_now()
+        .await
+        .expect("checkpoint 3, and checkpoint 2 deleted");
+    assert_eq!(
+        keepsake_log::list_checkpoints(ts.store.as_ref(), 0)
+            .await
+            .expect("list"),
+        vec![3]
+    );
+    // A checkpoint folded from a previous one that is gone folds from what is left.
+    write_checkpoint(&ts.store, 0, Some(2), 3, 2)
+        .await
+        .expect("a checkpoint after a deleted one");
+    // B, behind: no checkpoint at or below its head is left; v is read from the first segment.
+    let seq = b.last_seq(&v).await.expect("a cold user is served");
+    assert_eq!(seq, 1);
+    // B catches up: it adopts checkpoint 3.
+    b.sync(&u).await.expect("sync");
+    assert_eq!(b.last_seq(&u).await.expect("cold user after sync"), 2);
+    assert_eq!(b.checkpoint(0), Some(3));
+    push_as_device(&b, v, vec![put(item(), json!({"n": 3}))]).await;
+    b.compact_now()
+        .await
+        .expect("b checkpoints from what is left");
     a.shutdown().await;
     b.shutdown().await;
 }

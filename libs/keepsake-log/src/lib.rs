@@ -34,7 +34,7 @@ use keepsake_model::{
     StateRead, UserId, UserState,
 };
 use keepsake_store::{Descriptor, keys, open_or_create_descriptor};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
@@ -281,6 +281,32 @@ impl Log {
         .map(|_| ())
     }
 
+    /// Waits until the state at moment `t` can no longer change in this process. A batch takes
+    /// its `recorded_at` before its PUT, so while one is in flight, the state at a moment after
+    /// it is not final: a restore to "now" could be computed without a change that is about to
+    /// be acknowledged, and overwrite it. A moment before the shard's newest committed
+    /// `recorded_at` is final (later batches are recorded no earlier); otherwise an empty push
+    /// queued behind every batch staged so far ([`Log::sync`]) waits them out, and batches
+    /// staged after it are recorded at the clock's now, later than a moment in the past (a
+    /// moment in the future is refused by the API). Across processes this holds as far as
+    /// their clocks agree.
+    async fn settle_moment(
+        &self,
+        user: &UserId,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), LogError> {
+        let shard = self.shard_of(user);
+        let last = self.shards[shard as usize]
+            .state
+            .read()
+            .map_err(|_| poisoned(shard))?
+            .last_recorded_at;
+        if last.is_some_and(|l| t < l) {
+            return Ok(());
+        }
+        self.sync(user).await
+    }
+
     /// The earlier documents that the stale patches of a push will be merged against: a patch
     /// naming `base_version` b of an item now at a later version needs the document of b.
     ///
@@ -524,6 +550,9 @@ impl Log {
         at: UpTo,
         with_changes: bool,
     ) -> Result<UserState, LogError> {
+        if let UpTo::Time(t) = at {
+            self.settle_moment(user, t).await?;
+        }
         let shard = self.shard_of(user);
         let head = self.head(shard);
         let store = &self.store;
@@ -975,7 +1004,19 @@ pub(crate) async fn load_user(
             (s.head, s.checkpoint, s.segments_of(&user, from, s.head))
         };
         let mut loaded = match checkpoint {
-            Some(c) => read_checkpoint_user(store.clone(), shard, c, user).await?,
+            Some(c) => match read_checkpoint_user(store.clone(), shard, c, user).await {
+                Ok(s) => s,
+                Err(e) => match replace_checkpoint(store, shard, state, c).await? {
+                    Replaced::Present => return Err(e),
+                    Replaced::Adopted => continue 'start,
+                    // No checkpoint at or below the head is left: the user's rows from the
+                    // first segment (pruned by each source's statistics).
+                    Replaced::None => {
+                        segments = (1..=read_to).collect();
+                        UserState::default()
+                    }
+                },
+            },
             None => UserState::default(),
         };
         // Before the tail is applied: its versions are the ones stale patches name most.
@@ -1005,6 +1046,48 @@ pub(crate) async fn load_user(
             segments = s.segments_of(&user, read_to + 1, s.head);
             read_to = s.head;
         }
+    }
+}
+
+/// What [`replace_checkpoint`] did.
+enum Replaced {
+    /// The checkpoint is there: the read failed for another reason.
+    Present,
+    /// Gone; the view now starts from a newer one at or below its head.
+    Adopted,
+    /// Gone, and no other checkpoint at or below the view's head is left.
+    None,
+}
+
+/// The view's checkpoint `c` could not be read. If it is gone — another process's retention
+/// deleted it (that process is ahead and wrote newer ones) — the view adopts the newest
+/// checkpoint at or below its head that is left; without one, loads read from the first
+/// segment. Before this, a process answered 503 for every cold user until it was restarted.
+async fn replace_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    c: u64,
+) -> Result<Replaced, LogError> {
+    match store.head(&keys::checkpoint(shard, c)).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        _ => return Ok(Replaced::Present),
+    }
+    let head = state.read().map_err(|_| poisoned(shard))?.head;
+    let newer = list_checkpoints(store.as_ref(), shard)
+        .await?
+        .into_iter()
+        .rfind(|x| *x <= head && *x > c);
+    warn!(shard, checkpoint = c, adopted = ?newer, "the view's checkpoint was deleted by another process");
+    match newer {
+        Some(n) => {
+            let mut s = state.write().map_err(|_| poisoned(shard))?;
+            if s.checkpoint == Some(c) {
+                s.checkpointed(n);
+            }
+            Ok(Replaced::Adopted)
+        }
+        None => Ok(Replaced::None),
     }
 }
 
@@ -1121,6 +1204,19 @@ pub async fn write_checkpoint(
     n: u64,
     concurrency: usize,
 ) -> Result<u64, LogError> {
+    // The previous checkpoint may be gone (another process's retention deleted it): then the
+    // newest one left at or below `n`, or the log from its start.
+    let prev = match prev {
+        Some(c) if store.head(&keys::checkpoint(shard, c)).await.is_err() => {
+            let left = list_checkpoints(store.as_ref(), shard)
+                .await?
+                .into_iter()
+                .rfind(|x| *x <= n);
+            warn!(shard, checkpoint = c, instead = ?left, "the previous checkpoint is gone; folding from another");
+            left
+        }
+        other => other,
+    };
     let mut users = match prev {
         Some(c) => read_checkpoint(store.as_ref(), shard, c).await?,
         None => keepsake_model::IdMap::default(),

@@ -7,8 +7,10 @@
 //! `done.json` or `failed.json`. A user's restore id is UUIDv5(job, user) and each change id
 //! UUIDv5(restore id, item), so after a crash a user whose events landed but whose batch did not
 //! writes nothing again (the changes answer `duplicate`), and its result is counted from the
-//! restore's events in the log: nobody is restored twice, no event is written twice, and the job
-//! reports what was written once. Jobs without an end marker are resumed when the server starts.
+//! restore's events in the log (never computed again): nobody is restored twice, no event is
+//! written twice, and the job reports what was written once. A job stopped by a fault resumes in
+//! the same process ([`JOB_ATTEMPTS`] times); `failed.json` records that the faults outlasted
+//! that, but only `done.json` ends a job: every job without it resumes when a server starts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,10 @@ use crate::restore::{Done, Spec, restore_fleet_user};
 pub const BATCH_USERS: usize = 256;
 /// A batch is recorded at least this often while users finish.
 const BATCH_EVERY: Duration = Duration::from_secs(1);
+/// Times a job stopped by a fault is resumed in the same process (waits of 0.2 s doubling to
+/// 51 s, about 100 s in all) before it is reported failed; a failed job resumes when a server
+/// starts.
+const JOB_ATTEMPTS: u32 = 9;
 
 /// What an operator asked for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -212,14 +218,10 @@ impl Fleet {
             let Some(job) = dir.filename().and_then(|j| j.parse::<RestoreId>().ok()) else {
                 continue;
             };
+            // Only `done.json` ends a job. One that failed (its faults outlasted the retries) is
+            // resumed too: it is idempotent, and a fleet left half-restored is what to avoid.
             let ended =
                 get_json::<serde_json::Value>(store.as_ref(), &keys::fleet(job, FleetPart::Done))
-                    .await?
-                    .is_some()
-                    || get_json::<serde_json::Value>(
-                        store.as_ref(),
-                        &keys::fleet(job, FleetPart::Failed),
-                    )
                     .await?
                     .is_some();
             if ended {
@@ -243,8 +245,21 @@ impl Fleet {
             p.state = "running".into();
             p.started_at = Some(spec.created_at);
         });
-        if let Err(e) = self.run_inner(&spec).await {
-            error!(restore_id = %job, error = %e, "fleet restore failed");
+        // A job stopped by a fault (a batch record or a user's restore that failed) resumes:
+        // it is idempotent by construction, so running it again finishes each user once.
+        let mut result = self.run_inner(&spec).await;
+        for attempt in 1..=JOB_ATTEMPTS {
+            let Err(e) = &result else {
+                break;
+            };
+            let wait = Duration::from_millis(100u64 << attempt.min(9));
+            warn!(restore_id = %job, attempt, error = %e, ?wait, "fleet restore stopped; resuming it");
+            self.set(job, |p| p.error = Some(format!("resuming after: {e}")));
+            tokio::time::sleep(wait).await;
+            result = self.run_inner(&spec).await;
+        }
+        if let Err(e) = result {
+            error!(restore_id = %job, error = %e, "fleet restore failed; it resumes when a server starts");
             let now = self.clock.now();
             let _ = put_once(
                 self.log.store().as_ref(),
@@ -261,6 +276,7 @@ impl Fleet {
     }
 
     async fn run_inner(&self, spec: &JobSpec) -> Result<(), String> {
+        self.set(spec.restore_id, |p| p.state = "running".into());
         let job = spec.restore_id;
         let store = self.log.store().clone();
         let plan_path = keys::fleet(job, FleetPart::Plan);
@@ -349,6 +365,14 @@ impl Fleet {
         let mut last_batch = tokio::time::Instant::now();
         for (shard, users) in by_shard {
             let wanted: HashSet<UserId> = users.iter().copied().collect();
+            // Another process may have committed to this shard what this one has not read:
+            // the targets are folded from the current log, not from this process's head.
+            if let Some(u) = users.first()
+                && let Err(e) = self.log.sync(u).await
+            {
+                record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
+                return Err(format!("shard {shard}: {e}"));
+            }
             let mut targets = match self.log.users_at(shard, &wanted, spec.as_of).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -655,6 +679,89 @@ mod tests {
         }
         assert!(batches.contains(&1) && batches.len() >= 2, "{batches:?}");
         assert_eq!(recorded, 7);
+        log.shutdown().await;
+    }
+
+    /// A job whose batch record fails to write used to be marked failed for good (and resume
+    /// skipped failed jobs), leaving the fleet half-restored. Now it resumes, and finishes with
+    /// each user restored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_stopped_by_a_store_fault_resumes_and_restores_each_user_once() {
+        use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+        let faulty = FaultyStore::new(
+            keepsake_store::open_store("memory://")
+                .expect("store")
+                .inner,
+        );
+        let store: Arc<dyn object_store::ObjectStore> = faulty.clone();
+        let log = Arc::new(
+            Log::open(
+                store.clone(),
+                Some(1),
+                LogConfig::default(),
+                Arc::new(SystemClock),
+                Arc::new(RandomIds),
+            )
+            .await
+            .expect("log"),
+        );
+        let users: Vec<UserId> = (0..6).map(|_| UserId(id())).collect();
+        let change = |item: ItemId, body: ChangeBody| Change {
+            change_id: ChangeId(id()),
+            kind: Kind::Note,
+            item_id: item,
+            base_version: None,
+            body,
+        };
+        let items: Vec<ItemId> = users.iter().map(|_| ItemId(id())).collect();
+        for (u, i) in users.iter().zip(&items) {
+            let doc = ChangeBody::Put {
+                document: Document::from_object(&serde_json::Map::new()),
+            };
+            push(&log, *u, vec![change(*i, doc)]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = SystemClock.now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for (u, i) in users.iter().zip(&items) {
+            push(&log, *u, vec![change(*i, ChangeBody::Delete)]).await;
+        }
+        // The first three batch records fail to write.
+        faulty.inject(FaultOp::Put, "/batches/", Fault::Fail, 3);
+        let job = RestoreId(id());
+        let spec = JobSpec {
+            restore_id: job,
+            scope: "fleet".into(),
+            as_of: t,
+            users: Some(users.clone()),
+            kinds: None,
+            reason: "test".into(),
+            created_at: t,
+        };
+        let fleet = Fleet::new(log.clone(), Arc::new(SystemClock), 2, 0);
+        fleet.start(spec).await.expect("start");
+        let mut p = Progress::default();
+        for _ in 0..1500 {
+            p = fleet.progress(job).await.expect("progress").expect("job");
+            if p.state == "done" || p.state == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(faulty.injected(), 3, "the faults were met");
+        assert_eq!(
+            (p.state.as_str(), p.users_done, p.changes_written),
+            ("done", 6, 6),
+            "{p:?}"
+        );
+        for u in &users {
+            let events = log.user_events(u, UpTo::End).await.expect("events");
+            let restores = events
+                .iter()
+                .filter(|e| e.origin == Origin::Restore)
+                .count();
+            assert_eq!(restores, 1, "user {u} restored once");
+        }
         log.shutdown().await;
     }
 }
