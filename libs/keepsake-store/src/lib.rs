@@ -14,7 +14,10 @@ pub mod faults;
 pub mod keys;
 mod open;
 
-pub use descriptor::{DESCRIPTOR_VERSION, Descriptor, open_or_create_descriptor, read_descriptor};
+pub use descriptor::{
+    DESCRIPTOR_VERSION, Descriptor, create_descriptor, find_data, open_or_create_descriptor,
+    read_descriptor,
+};
 pub use error::StoreError;
 pub use open::{Store, open_store, open_store_with_env};
 
