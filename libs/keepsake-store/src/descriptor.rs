@@ -9,7 +9,8 @@
 //! A store that holds Keepsake objects but no descriptor lost it: it is never given a new one
 //! implicitly (that would be a new store, with a new id and perhaps another shard count, on top
 //! of the old one's data). Opening refuses with [`StoreError::DescriptorMissing`], and an
-//! operator writes the descriptor back on purpose (`keepsake recover-descriptor`).
+//! operator writes the descriptor back on purpose (`keepsake recover-descriptor`, built on
+//! [`crate::recover`]).
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
