@@ -23,6 +23,7 @@ on_every_backend!(
     pushes_are_durable_and_recovered,
     descriptor_mismatch_refuses_to_open,
     gap_in_segments_refuses_to_open,
+    a_lost_descriptor_refuses_to_open,
 );
 
 /// Concurrent pushes of several users across two shards: acks carry dense seqs; a second log
@@ -146,6 +147,98 @@ async fn descriptor_mismatch_refuses_to_open(backend: Backend) {
         msg.contains("has 2 shards") && msg.contains("configured with 3"),
         "{msg}"
     );
+}
+
+/// `keepsake.json` lost while the shards still hold the log: opening must not start a new store
+/// on top of the old one (a new store id sends every device into an initial sync; another shard
+/// count looks users up in shards that do not hold their data). The open is refused whatever
+/// shard count is asked for, says how to recover, and writes nothing.
+async fn a_lost_descriptor_refuses_to_open(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 2, fast_config())
+        .await
+        .expect("open");
+    let original = log.descriptor().clone();
+    push(&log, user(), vec![put(item(), json!({"keep": "me"}))])
+        .await
+        .expect("push");
+    log.shutdown().await;
+    ts.store
+        .delete(&keepsake_store::keys::descriptor())
+        .await
+        .expect("delete keepsake.json");
+    for shards in [Some(2), Some(3), None] {
+        let opened = keepsake_log::Log::open(
+            ts.reopen().expect("reopen"),
+            shards,
+            fast_config(),
+            Arc::new(keepsake_model::SystemClock),
+            Arc::new(keepsake_model::RandomIds),
+        )
+        .await;
+        match opened {
+            Err(keepsake_log::LogError::Open(
+                e @ keepsake_store::StoreError::DescriptorMissing { .. },
+            )) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("keepsake verify") && msg.contains("keepsake recover-descriptor"),
+                    "the refusal says how to recover: {msg}"
+                );
+            }
+            Ok(log) => panic!(
+                "with {shards:?} shards: opened a new store {} with {} shards on top of store {} \
+                 ({} shards)",
+                log.descriptor().store_id,
+                log.descriptor().shard_count,
+                original.store_id,
+                original.shard_count
+            ),
+            Err(other) => panic!("with {shards:?} shards: refused for another reason: {other}"),
+        }
+        assert_eq!(
+            keepsake_store::read_descriptor(ts.store.as_ref())
+                .await
+                .expect("read descriptor"),
+            None,
+            "a refused open writes no descriptor"
+        );
+    }
+}
+
+/// A server that found no descriptor and then finds data: another server created the store
+/// meanwhile (servers write data only once the descriptor exists). It reads the descriptor again
+/// and opens that store rather than refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_created_while_another_server_looks_for_data_opens() {
+    use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+    let ts = store(Backend::Memory).await.expect("store");
+    let slow = FaultyStore::new(ts.store.clone());
+    let delay = std::time::Duration::from_secs(3);
+    slow.inject(FaultOp::List, "shards", Fault::Delay(delay), 1);
+    let started = std::time::Instant::now();
+    let late = tokio::spawn({
+        let slow: Arc<dyn object_store::ObjectStore> = slow.clone();
+        async move { open(slow, 2, fast_config()).await }
+    });
+    // The late server has read no descriptor and is listing the store.
+    while slow.injected() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let first = open(ts.store.clone(), 2, fast_config())
+        .await
+        .expect("open");
+    push(&first, user(), vec![put(item(), json!({"first": true}))])
+        .await
+        .expect("push");
+    assert!(
+        started.elapsed() < delay,
+        "the first server wrote its data while the late one was listing"
+    );
+    let late = late.await.expect("join").expect("the late server opens");
+    assert_eq!(late.descriptor(), first.descriptor());
+    late.shutdown().await;
+    first.shutdown().await;
 }
 
 async fn gap_in_segments_refuses_to_open(backend: Backend) {

@@ -82,6 +82,38 @@ async fn a_clean_store_verifies() {
     );
 }
 
+/// Verified with another shard count than the store was written with (as after a lost
+/// descriptor), users are found in shards they do not hash to: one problem per shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_wrong_shard_count() {
+    let (store, _) = populated().await;
+    for wrong in [3, 4] {
+        let (report, _) = verify_store(&store, wrong).await.expect("verify");
+        let wrong_shard: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| p.kind == "wrong_shard")
+            .collect();
+        assert!(!wrong_shard.is_empty(), "{wrong}: {:?}", report.problems);
+        assert!(wrong_shard.len() <= 2, "one per shard: {wrong_shard:?}");
+        assert!(
+            wrong_shard[0]
+                .detail
+                .contains(&format!("not written with {wrong} shards")),
+            "{wrong_shard:?}"
+        );
+    }
+    // Fewer shards: the shards past the count are foreign, and users hash elsewhere.
+    let (report, _) = verify_store(&store, 1).await.expect("verify");
+    assert!(
+        report.problems.iter().any(|p| p.kind == "foreign_object"),
+        "{:?}",
+        report.problems
+    );
+    let (report, _) = verify_store(&store, 2).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_deleted_segment() {
     let (store, head) = populated().await;

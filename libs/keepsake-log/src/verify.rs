@@ -5,8 +5,10 @@
 //! a history object, see [`crate::reader::Layout`]), decode, name the shard and number of their
 //! key, and continue each user's log (seq dense from 1, no change id twice, see
 //! `apply`); each checkpoint must decode and equal the fold of the segments up to it; and every
-//! object must be one the key layout knows. Problems are reported, never repaired: repair is an
-//! operator's decision.
+//! object must be one the key layout knows; and every user of a shard must hash to that shard
+//! with the shard count given (with another count, most would not: this is how a shard count is
+//! checked when a lost descriptor is recovered, see [`check_placement`] for a cheap sample).
+//! Problems are reported, never repaired: repair is an operator's decision.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::reader::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// `gap`, `unreadable`, `log`, `checkpoint_mismatch`, `unreadable_checkpoint`, `foreign_object`,
-    /// `stray_segment`.
+    /// `stray_segment`, `wrong_shard`.
     pub kind: &'static str,
     /// The object concerned.
     pub key: String,
@@ -203,7 +205,7 @@ pub async fn fold_store(
             };
             cks.sort_unstable();
             let store = store.clone();
-            tokio::spawn(fold_shard(store, shard, layout, cks, opts))
+            tokio::spawn(fold_shard(store, shard, shard_count, layout, cks, opts))
         })
         .buffered(opts.shards_at_once.max(1));
     let mut all_users: IdMap<UserId, UserState> = IdMap::default();
@@ -257,6 +259,7 @@ struct ShardFold {
 async fn fold_shard(
     store: Arc<dyn ObjectStore>,
     shard: u32,
+    shard_count: u32,
     layout: Layout,
     cks: Vec<u64>,
     opts: FoldOptions,
@@ -386,6 +389,24 @@ async fn fold_shard(
             ));
         }
     }
+    // Every user of the shard hashes to it; with another shard count, most would not.
+    let mut misplaced = out
+        .users
+        .keys()
+        .filter(|u| keys::shard_for(u, shard_count) != shard);
+    if let Some(first) = misplaced.next() {
+        let n = 1 + misplaced.count();
+        out.problems.push(problem(
+            "wrong_shard",
+            format!("{}/", keys::shard_prefix(shard)),
+            format!(
+                "{n} of the shard's {} users hash to other shards with {shard_count} shards \
+                 (user {first} to shard {}): the store was not written with {shard_count} shards",
+                out.users.len(),
+                keys::shard_for(first, shard_count)
+            ),
+        ));
+    }
     info!(
         shard,
         segments = out.segments,
@@ -452,6 +473,100 @@ async fn check_shadowed(
             ));
         }
     }
+}
+
+/// What [`check_placement`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// Shards whose sample was read.
+    pub shards_checked: u32,
+    /// Shards with neither a segment nor a history object to read (checkpoints only).
+    pub shards_unchecked: Vec<u32>,
+    /// Users read.
+    pub users_checked: u64,
+    /// Users in a shard they do not hash to: (shard, user, the shard they hash to).
+    pub misplaced: Vec<(u32, UserId, u32)>,
+}
+
+/// Shards [`check_placement`] reads at once.
+const PLACEMENT_CONCURRENCY: usize = 8;
+
+/// A cheap check that a store was written with `shard_count` shards: reads one segment of each
+/// of `shards` (one LIST, one GET), or where the shard has none its first history object, and
+/// checks that every user in it hashes to that shard. A wrong count sends most users elsewhere,
+/// so a few users per shard tell; [`verify_store`] checks every user.
+pub async fn check_placement(
+    store: &Arc<dyn ObjectStore>,
+    shard_count: u32,
+    shards: impl IntoIterator<Item = u32>,
+) -> Result<Placement, LogError> {
+    let mut sampled = futures::stream::iter(shards)
+        .map(|shard| {
+            let store = store.clone();
+            async move { sample_users(&store, shard).await.map(|u| (shard, u)) }
+        })
+        .buffered(PLACEMENT_CONCURRENCY);
+    let mut out = Placement::default();
+    while let Some(sample) = sampled.next().await {
+        let (shard, users) = sample?;
+        let Some(users) = users else {
+            out.shards_unchecked.push(shard);
+            continue;
+        };
+        out.shards_checked += 1;
+        out.users_checked += users.len() as u64;
+        for u in users {
+            let to = keys::shard_for(&u, shard_count);
+            if to != shard {
+                out.misplaced.push((shard, u, to));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The users of one segment of `shard`, else of its first history object; `None` if it has
+/// neither.
+async fn sample_users(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+) -> Result<Option<Vec<UserId>>, LogError> {
+    let users = |events: &[keepsake_model::Event]| {
+        let mut u: Vec<UserId> = events.iter().map(|e| e.user_id).collect();
+        u.dedup();
+        u
+    };
+    let first = |prefix| {
+        let store = store.clone();
+        async move {
+            store
+                .list(Some(&prefix))
+                .try_next()
+                .await
+                .map_err(store_err(format!("list {prefix}")))
+        }
+    };
+    if let Some(o) = first(keys::segments_prefix(shard)).await?
+        && let Some(Key::Segment { n, .. }) = keys::parse(&o.location)
+        && let Some(seg) = crate::reader::read_segment(store.as_ref(), shard, n).await?
+    {
+        return Ok(Some(users(&seg.events)));
+    }
+    if let Some(o) = first(keys::history_prefix(shard)).await?
+        && let Some(Key::History { first, last, .. }) = keys::parse(&o.location)
+    {
+        let object = HistoryListed {
+            first,
+            last,
+            size: o.size,
+        };
+        if let Some(h) = read_history(store, shard, object).await? {
+            return Ok(Some(
+                h.segments.iter().flat_map(|s| users(&s.events)).collect(),
+            ));
+        }
+    }
+    Ok(None)
 }
 
 async fn check_checkpoint(

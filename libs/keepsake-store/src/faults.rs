@@ -318,6 +318,15 @@ impl ObjectStore for FaultyStore {
                 .try_flatten()
                 .boxed()
             }
+            Some(Fault::Delay(d)) => {
+                let inner = self.inner.clone();
+                futures::stream::once(async move {
+                    tokio::time::sleep(d).await;
+                    inner.list(Some(&at))
+                })
+                .flatten()
+                .boxed()
+            }
             Some(_) => futures::stream::once(async move { Err(injected("list", &at)) }).boxed(),
             None => self.inner.list(prefix),
         }
@@ -326,6 +335,10 @@ impl ObjectStore for FaultyStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         let at = prefix.cloned().unwrap_or_default();
         match self.take(FaultOp::List, &at) {
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.list_with_delimiter(prefix).await
+            }
             Some(_) => Err(injected("list", &at)),
             None => self.inner.list_with_delimiter(prefix).await,
         }

@@ -124,6 +124,41 @@ pub fn descriptor() -> Path {
     Path::from(DESCRIPTOR)
 }
 
+/// The prefix under which every shard's objects live.
+pub fn shards_prefix() -> Path {
+    Path::from("shards")
+}
+
+/// The prefix under which one shard's objects (segments, checkpoints, history) live.
+pub fn shard_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}"))
+}
+
+/// The shard a [`shard_prefix`] names (as a delimiter listing of [`shards_prefix`] returns it);
+/// `None` for anything else.
+pub fn parse_shard_prefix(path: &Path) -> Option<u32> {
+    match path.as_ref().split('/').collect::<Vec<_>>().as_slice() {
+        ["shards", s] => parse_shard(s),
+        _ => None,
+    }
+}
+
+/// The prefix of every registered device.
+pub fn all_devices_prefix() -> Path {
+    Path::from("devices")
+}
+
+/// The prefixes under which every object Keepsake writes lives, but the descriptor: a store with
+/// nothing under any of them holds no Keepsake data.
+pub fn data_prefixes() -> [Path; 4] {
+    [
+        shards_prefix(),
+        all_devices_prefix(),
+        revocations_prefix(),
+        restores_prefix(),
+    ]
+}
+
 /// The prefix under which a shard's segments live.
 pub fn segments_prefix(shard: u32) -> Path {
     Path::from(format!("shards/{shard}/segments"))
@@ -341,6 +376,33 @@ mod tests {
         ];
         for k in keys {
             assert_eq!(parse(&format(&k)), Some(k), "{}", format(&k));
+            // Every key but the descriptor lies under one of the data prefixes, and a shard's
+            // keys under its shard prefix: an emptiness check or a shard survey sees them all.
+            let path = format(&k);
+            let under = data_prefixes()
+                .iter()
+                .filter(|p| path.prefix_matches(p))
+                .count();
+            assert_eq!(under, usize::from(k != Key::Descriptor), "{path}");
+            if let Key::Segment { shard, .. }
+            | Key::Checkpoint { shard, .. }
+            | Key::History { shard, .. } = k
+            {
+                assert!(path.prefix_matches(&shard_prefix(shard)), "{path}");
+                assert!(path.prefix_matches(&shards_prefix()), "{path}");
+            }
+        }
+        for shard in [0, 1, 17, MAX_SHARD_FOR_TEST] {
+            assert_eq!(parse_shard_prefix(&shard_prefix(shard)), Some(shard));
+        }
+        for p in [
+            "shards",
+            "shards/01",
+            "shards/x",
+            "shards/1/segments",
+            "devices/1",
+        ] {
+            assert_eq!(parse_shard_prefix(&Path::from(p)), None, "{p}");
         }
         assert_eq!(
             segment(2, 7).as_ref(),
@@ -389,6 +451,8 @@ mod tests {
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
+
+    const MAX_SHARD_FOR_TEST: u32 = u32::MAX;
 
     // FNV-1a of the 16 big-endian bytes of 0..4, modulo 8, computed independently (Python).
     const PINNED: [u32; 4] = [5, 2, 7, 4];

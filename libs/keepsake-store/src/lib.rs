@@ -5,6 +5,8 @@
 //! - [`keys`] is the one module that knows the object-key layout.
 //! - [`descriptor`] is `keepsake.json`, created once with a create-only put; it fixes the store id,
 //!   the format version and the shard count.
+//! - [`recover`] writes a lost descriptor back, on an operator's word (`keepsake recover-descriptor`);
+//!   a store with data and no descriptor is never given a new one implicitly.
 //! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
 
 pub mod descriptor;
@@ -13,9 +15,13 @@ mod error;
 pub mod faults;
 pub mod keys;
 mod open;
+pub mod recover;
 
-pub use descriptor::{DESCRIPTOR_VERSION, Descriptor, open_or_create_descriptor, read_descriptor};
-pub use error::StoreError;
+pub use descriptor::{
+    DESCRIPTOR_VERSION, Descriptor, create_descriptor, find_data, open_or_create_descriptor,
+    read_descriptor,
+};
+pub use error::{RecoverError, StoreError};
 pub use open::{Store, open_store, open_store_with_env};
 
 /// Puts that must never replace an object: segments, checkpoints, descriptors, job records.

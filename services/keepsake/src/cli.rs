@@ -31,6 +31,9 @@ enum Command {
     /// Read every segment and checkpoint of a store directly (no server) and report problems;
     /// exits 1 if there are any.
     Verify(VerifyArgs),
+    /// Write a lost store descriptor (keepsake.json) back, on a store that holds data: the shard
+    /// count from the shards present (or --shards), the store id given (directly, no server).
+    RecoverDescriptor(crate::recover::RecoverArgs),
     /// Operator commands against a running server (state, events, diff, restore, restore-all,
     /// rebuild, compact).
     #[command(flatten)]
@@ -43,6 +46,56 @@ struct VerifyArgs {
     /// Store URL (as for serve).
     #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
     store: String,
+    /// The store's shard count: checked against keepsake.json; on a store that lost it, the
+    /// count to verify with (default: the highest shard holding data, plus one, when every shard
+    /// below it holds data). Every user must hash to the shard holding it.
+    #[arg(long, env = "KEEPSAKE_SHARDS")]
+    shards: Option<u32>,
+}
+
+/// The shard count to verify with: the descriptor's, or on a store that lost it, the operator's
+/// or the one the listing tells.
+async fn shard_count_to_verify(store: &keepsake_store::Store, asked: Option<u32>) -> Result<u32> {
+    let inner = store.inner.as_ref();
+    match (keepsake_store::read_descriptor(inner).await?, asked) {
+        (Some(d), Some(n)) if n != d.shard_count => anyhow::bail!(
+            "{} has {} shards (keepsake.json), not {n}",
+            store.description,
+            d.shard_count
+        ),
+        (Some(d), _) => Ok(d.shard_count),
+        (None, asked) => {
+            if keepsake_store::find_data(inner).await?.is_none() {
+                anyhow::bail!(
+                    "{} has no keepsake.json and no Keepsake data: not a Keepsake store",
+                    store.description
+                );
+            }
+            let survey = keepsake_store::recover::survey_shards(inner).await?;
+            let (n, from) = keepsake_store::recover::recovered_shard_count(&survey, asked)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} has data but no keepsake.json (the descriptor was lost), and {e}",
+                        store.description
+                    )
+                })?;
+            let mut err = std::io::stderr().lock();
+            use std::io::Write as _;
+            writeln!(
+                err,
+                "{} has data but no keepsake.json (the descriptor was lost): verifying as a \
+                 store of {n} shards ({}); shards holding data: {:?}",
+                store.description,
+                match from {
+                    keepsake_store::recover::CountFrom::Listing =>
+                        "the highest shard holding data, plus one",
+                    keepsake_store::recover::CountFrom::Operator => "--shards",
+                },
+                survey.present
+            )?;
+            Ok(n)
+        }
+    }
 }
 
 fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
@@ -51,16 +104,8 @@ fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
         .build()?;
     let report = rt.block_on(async {
         let store = keepsake_store::open_store(&a.store)?;
-        let descriptor = keepsake_store::read_descriptor(store.inner.as_ref())
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{} has no keepsake.json: not a Keepsake store",
-                    store.description
-                )
-            })?;
-        let (report, _) =
-            keepsake_log::verify::verify_store(&store.inner, descriptor.shard_count).await?;
+        let shard_count = shard_count_to_verify(&store, a.shards).await?;
+        let (report, _) = keepsake_log::verify::verify_store(&store.inner, shard_count).await?;
         anyhow::Ok(report)
     })?;
     let mut out = std::io::stdout().lock();
@@ -222,6 +267,7 @@ pub fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Verify(a) => verify(a, cli.conn.json),
+        Command::RecoverDescriptor(a) => crate::recover::main(a),
         Command::Operator(op) => {
             crate::operator::run(&cli.conn, op)?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
+//! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.
 
 pub mod api;
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod devices;
 pub mod fleet;
 pub mod metrics;
 pub mod operator;
+pub mod recover;
 pub mod restore;
 pub mod server;
 pub mod sync_token;

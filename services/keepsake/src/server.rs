@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use keepsake_log::{Log, LogConfig};
+use keepsake_log::{Log, LogConfig, LogError};
 use keepsake_model::{Clock, IdGenerator, MassDeleteGuard, RandomIds, StagePolicy, SystemClock};
 use keepsake_store::{open_store, read_descriptor};
 use tokio::net::TcpListener;
@@ -194,17 +194,18 @@ pub async fn run(
     });
 
     let recovered = async {
-        let shards = match cfg.shards {
-            Some(n) => Some(n),
-            None if read_descriptor(store.inner.as_ref()).await?.is_none() => Some(DEFAULT_SHARDS),
-            None => None,
+        // A store keeps its own shard count; a new one gets the configured count, else the
+        // default. Only an empty store is new: one that holds data but lost its descriptor is
+        // refused by `Log::open` (`StoreError::DescriptorMissing`), whatever is configured.
+        let existing = read_descriptor(store.inner.as_ref()).await?;
+        let shards = match (cfg.shards, &existing) {
+            (Some(n), _) => Some(n),
+            (None, None) => Some(DEFAULT_SHARDS),
+            (None, Some(_)) => None,
         };
-        let shards_now = match shards {
-            Some(n) => n,
-            None => read_descriptor(store.inner.as_ref())
-                .await?
-                .map_or(DEFAULT_SHARDS, |d| d.shard_count),
-        };
+        let shards_now = shards
+            .or(existing.map(|d| d.shard_count))
+            .unwrap_or(DEFAULT_SHARDS);
         let log_cfg = LogConfig {
             commit_window: cfg.commit_window,
             queue_depth: cfg.queue_depth,
@@ -227,7 +228,12 @@ pub async fn run(
                 clock.clone(),
                 ids.clone(),
             )
-            .await?,
+            .await
+            // Name the store in the recovery commands the error shows.
+            .map_err(|e| match e {
+                LogError::Open(e) => LogError::Open(e.for_store(&cfg.store)),
+                other => other,
+            })?,
         );
         let registry = Registry::open(store.inner.clone()).await?;
         let fleet = crate::fleet::Fleet::new(

@@ -242,6 +242,56 @@ impl Server {
     }
 }
 
+/// Runs `keepsake serve` on `env` expecting it to stop by itself (within 60 s) rather than
+/// become ready; returns how it exited and what it wrote to stderr.
+pub fn serve_expecting_exit(
+    env: &Env,
+    extra: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .arg("serve")
+        .env("KEEPSAKE_STORE", &env.url)
+        .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
+        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
+        .env("KEEPSAKE_TOKEN_KEYS", KEYS)
+        .env("KEEPSAKE_SHARDS", "2")
+        .env("KEEPSAKE_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .envs(env.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keepsake");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for keepsake") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return (status, err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keepsake serve kept running; it was expected to stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a `keepsake` command (not serve) on `env`'s store settings; returns its output.
+pub fn keepsake(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("KEEPSAKE_SHARDS")
+        .envs(env.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run keepsake")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -7,5 +7,6 @@
 mod bad_input;
 mod compaction;
 mod harness;
+mod recover;
 mod restore;
 mod sync;
