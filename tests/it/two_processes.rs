@@ -462,15 +462,14 @@ async fn a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage(backe
     )
     .await
     .expect("a");
-    let (u, v) = (user(), user());
-    push(&a, u, vec![put(item(), json!({"n": 1}))])
-        .await
-        .expect("push");
-    push(&a, v, vec![put(item(), json!({"n": 1}))])
-        .await
-        .expect("push");
-    a.compact_now().await.expect("checkpoint 2");
-    // B starts from checkpoint 2, with no room for users in memory: every user is cold.
+    let (u, v, w) = (user(), user(), user());
+    for x in [u, v, w] {
+        push(&a, x, vec![put(item(), json!({"n": 1}))])
+            .await
+            .expect("push");
+    }
+    a.compact_now().await.expect("checkpoint 3");
+    // B starts from checkpoint 3, with no room for users in memory: every user is cold.
     let b = open(
         ts.reopen().expect("handle"),
         1,
@@ -481,28 +480,29 @@ async fn a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage(backe
     )
     .await
     .expect("b");
-    assert_eq!(b.checkpoint(0), Some(2));
+    assert_eq!(b.checkpoint(0), Some(3));
     push_as_device(&a, u, vec![put(item(), json!({"n": 2}))]).await;
     a.compact_now()
         .await
-        .expect("checkpoint 3, and checkpoint 2 deleted");
+        .expect("checkpoint 4, and checkpoint 3 deleted");
     assert_eq!(
         keepsake_log::list_checkpoints(ts.store.as_ref(), 0)
             .await
             .expect("list"),
-        vec![3]
+        vec![4]
     );
     // A checkpoint folded from a previous one that is gone folds from what is left.
-    write_checkpoint(&ts.store, 0, Some(2), 3, 2)
+    write_checkpoint(&ts.store, 0, Some(3), 4, 2)
         .await
         .expect("a checkpoint after a deleted one");
     // B, behind: no checkpoint at or below its head is left; v is read from the first segment.
     let seq = b.last_seq(&v).await.expect("a cold user is served");
     assert_eq!(seq, 1);
-    // B catches up: it adopts checkpoint 3.
+    // B catches up; a user it has not loaded since is read from checkpoint 4, which it adopts.
     b.sync(&u).await.expect("sync");
-    assert_eq!(b.last_seq(&u).await.expect("cold user after sync"), 2);
-    assert_eq!(b.checkpoint(0), Some(3));
+    assert_eq!(b.last_seq(&u).await.expect("user after sync"), 2);
+    assert_eq!(b.last_seq(&w).await.expect("cold user after sync"), 1);
+    assert_eq!(b.checkpoint(0), Some(4));
     push_as_device(&b, v, vec![put(item(), json!({"n": 3}))]).await;
     b.compact_now()
         .await
