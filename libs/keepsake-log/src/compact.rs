@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use keepsake_segment::Segment;
 use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
 use crate::reader::{HistoryListed, Layout, list_layout, read_history, read_segment};
@@ -167,10 +167,14 @@ async fn settle(
         if doomed.is_empty() {
             continue;
         }
-        let mut sources = Vec::new();
+        let mut per_doomed = Vec::with_capacity(doomed.len());
         for d in &doomed {
-            sources.extend(read_doomed(store, shard, *d).await?);
+            per_doomed.push((*d, read_doomed(store, shard, *d).await?));
         }
+        let sources: Vec<Segment> = per_doomed
+            .iter()
+            .flat_map(|(_, segs)| segs.iter().cloned())
+            .collect();
         // A read that fails is an error, never "differs": deleting on a failed read once
         // deleted the only copy of segments whose sources another process had removed.
         let written: BTreeMap<u64, Segment> = match read_back(store, shard, h).await? {
@@ -186,7 +190,33 @@ async fn settle(
         let agrees = sources
             .iter()
             .all(|s| written.get(&s.meta.segment) == Some(s));
+        let marked = layout.verified.contains(&(h.first, h.last));
+        if !agrees && marked {
+            // Verified before: readers rely on it. What differs is a stray written into a used
+            // number by a writer that was behind (never acknowledged); it stays for the
+            // operator (verify reports it), and the sources that match are deleted.
+            let (matching, strays): (Vec<_>, Vec<_>) =
+                per_doomed.into_iter().partition(|(_, segs)| {
+                    segs.iter().all(|s| written.get(&s.meta.segment) == Some(s))
+                });
+            error!(
+                shard,
+                first = h.first,
+                last = h.last,
+                strays = ?strays.iter().map(|(d, _)| d.path(shard).to_string()).collect::<Vec<_>>(),
+                "objects inside a verified history object differ from it; left for the operator"
+            );
+            let matching: Vec<Doomed> = matching.into_iter().map(|(d, _)| d).collect();
+            if let Some(v) = view {
+                v.write().map_err(|_| crate::poisoned(shard))?.compacted(h);
+            }
+            report.add(delete_all(store, shard, &matching).await?);
+            continue;
+        }
         if agrees {
+            if !marked {
+                mark_verified(store, shard, h).await?;
+            }
             if let Some(v) = view {
                 v.write().map_err(|_| crate::poisoned(shard))?.compacted(h);
             }
@@ -248,6 +278,23 @@ async fn still_present(
         Doomed::Segment { n, .. } => layout.segments.binary_search_by_key(&n, |l| l.n).is_ok(),
         Doomed::History(x) => layout.history.contains(&x),
     }))
+}
+
+/// Marks history object `h` verified (read back and equal to its sources), create-only, before
+/// any of its sources is deleted: readers then rely on it even if strays fill its numbers.
+async fn mark_verified(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    h: HistoryListed,
+) -> Result<(), LogError> {
+    let path = keys::history_verified(shard, h.first, h.last);
+    match store
+        .put_opts(&path, PutPayload::default(), keepsake_store::create_only())
+        .await
+    {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(store_err(format!("write {path}"))(e)),
+    }
 }
 
 /// A history object read back for comparison.
@@ -441,6 +488,7 @@ async fn compact_round(
             format!("history {first}-{last_n} read back differs from its sources"),
         ));
     }
+    mark_verified(store, shard, object).await?;
     if let Some(v) = view {
         v.write()
             .map_err(|_| crate::poisoned(shard))?
@@ -469,14 +517,26 @@ async fn delete_all(
     doomed: &[Doomed],
 ) -> Result<CompactionReport, LogError> {
     // One bulk request where the store has one (S3 DeleteObjects), not a round trip per object.
-    let sizes: std::collections::HashMap<object_store::path::Path, u64> =
+    let mut sizes: std::collections::HashMap<object_store::path::Path, u64> =
         doomed.iter().map(|d| (d.path(shard), d.size())).collect();
+    // A history object's verified mark goes with it (not counted as an object deleted).
+    let marks: Vec<object_store::path::Path> = doomed
+        .iter()
+        .filter_map(|d| match d {
+            Doomed::History(h) => Some(keys::history_verified(shard, h.first, h.last)),
+            Doomed::Segment { .. } => None,
+        })
+        .collect();
+    for m in &marks {
+        sizes.insert(m.clone(), 0);
+    }
     let paths: Vec<_> = sizes.keys().cloned().map(Ok).collect();
     let mut deleted = store.delete_stream(futures::stream::iter(paths).boxed());
     let mut report = CompactionReport::default();
     let mut failed = None;
     while let Some(result) = deleted.next().await {
         match result {
+            Ok(path) if marks.contains(&path) => {}
             Ok(path) => {
                 report.deleted += 1;
                 report.bytes_deleted += sizes.get(&path).copied().unwrap_or(0);

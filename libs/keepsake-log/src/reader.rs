@@ -223,6 +223,8 @@ pub struct Layout {
     pub segments: Vec<Listed>,
     /// History objects, ascending by first segment.
     pub history: Vec<HistoryListed>,
+    /// `(first, last)` of the history objects marked verified (`keys::history_verified`).
+    pub verified: Vec<(u64, u64)>,
 }
 
 impl Layout {
@@ -260,6 +262,11 @@ impl Layout {
     /// compaction deletes the sources of a history object only after reading it back and
     /// comparing it with them, so such an object was verified and readers depend on it.
     pub fn relied_on(&self, h: &HistoryListed) -> bool {
+        // Marked verified: a stray in each of its numbers (a writer behind whose confirmation
+        // failed) must not make it look unverified.
+        if self.verified.contains(&(h.first, h.last)) {
+            return true;
+        }
         let inner: Vec<&HistoryListed> = self
             .history
             .iter()
@@ -375,12 +382,52 @@ async fn list_layout_once(store: &dyn ObjectStore, shard: u32) -> Result<Layout,
         },
     )
     .await?;
-    let history = list_history(store, shard).await?;
-    let layout = Layout { segments, history };
+    let (history, verified) = list_history_marked(store, shard).await?;
+    let layout = Layout {
+        segments,
+        history,
+        verified,
+    };
     match layout.gap() {
         Some(missing) => Err(LogError::Gap { shard, missing }),
         None => Ok(layout),
     }
+}
+
+/// A shard's history objects, ascending by first segment, and the `(first, last)` of those
+/// marked verified (one listing: the marks live beside the objects).
+pub async fn list_history_marked(
+    store: &dyn ObjectStore,
+    shard: u32,
+) -> Result<(Vec<HistoryListed>, Vec<(u64, u64)>), LogError> {
+    let metas: Vec<_> = store
+        .list(Some(&keys::history_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list history of shard {shard}")))?;
+    let mut objects = Vec::new();
+    let mut verified = Vec::new();
+    for m in &metas {
+        match keys::parse(&m.location) {
+            Some(Key::History {
+                shard: s,
+                first,
+                last,
+            }) if s == shard => objects.push(HistoryListed {
+                first,
+                last,
+                size: m.size,
+            }),
+            Some(Key::HistoryVerified {
+                shard: s,
+                first,
+                last,
+            }) if s == shard => verified.push((first, last)),
+            _ => {}
+        }
+    }
+    objects.sort_by_key(|h| (h.first, h.last));
+    Ok((objects, verified))
 }
 
 /// A shard's history objects, ascending by first segment.
@@ -1724,6 +1771,7 @@ mod tests {
         let layout = Layout {
             segments: vec![seg(3), seg(5), seg(6)],
             history: vec![hist(1, 4), hist(1, 2), hist(3, 4)],
+            ..Layout::default()
         };
         assert_eq!(layout.head(), 6);
         assert_eq!(layout.gap(), None);
@@ -1765,13 +1813,23 @@ mod tests {
         let unverified = Layout {
             segments: vec![seg(1), seg(2), seg(3)],
             history: vec![hist(1, 3)],
+            ..Layout::default()
         };
         assert!(!unverified.relied_on(&hist(1, 3)));
         assert_eq!(unverified.place(2), Some(Place::Segment(102)));
+        // Unless it is marked verified: then segment objects in every one of its numbers (strays
+        // written by writers that were behind) do not hide it.
+        let marked = Layout {
+            verified: vec![(1, 3)],
+            ..unverified.clone()
+        };
+        assert!(marked.relied_on(&hist(1, 3)));
+        assert_eq!(marked.place(2), Some(Place::History(hist(1, 3))));
         // A merge not yet verified: 1-2 is relied on, 1-4 is not; 3 from its own object.
         let merging = Layout {
             segments: vec![seg(3), seg(4)],
             history: vec![hist(1, 2), hist(1, 4)],
+            ..Layout::default()
         };
         assert!(merging.relied_on(&hist(1, 2)));
         assert!(!merging.relied_on(&hist(1, 4)));
@@ -1801,6 +1859,7 @@ mod tests {
         let layout = Layout {
             segments: vec![seg(5), seg(7)],
             history: vec![hist(1, 4)],
+            ..Layout::default()
         };
         let (sources, missing) = layout.all_sources();
         assert_eq!(missing, Some(6));
@@ -1815,6 +1874,7 @@ mod tests {
         let layout = Layout {
             segments: vec![seg(1), seg(6)],
             history: vec![hist(2, 4)],
+            ..Layout::default()
         };
         assert_eq!(layout.gap(), Some(5));
         assert!(matches!(
@@ -1829,6 +1889,7 @@ mod tests {
         let starts_late = Layout {
             segments: vec![seg(2)],
             history: vec![],
+            ..Layout::default()
         };
         assert_eq!(starts_late.gap(), Some(1));
     }

@@ -174,16 +174,24 @@ pub async fn fold_store(
                     last,
                     size: o.size,
                 }),
+            Some(Key::HistoryVerified { shard, first, last }) if shard < shard_count => layouts
+                .entry(shard)
+                .or_default()
+                .verified
+                .push((first, last)),
             Some(Key::Checkpoint { shard, n }) if shard < shard_count => {
                 checkpoints.entry(shard).or_default().push(n)
             }
-            Some(Key::Segment { .. } | Key::Checkpoint { .. } | Key::History { .. }) => {
-                report.problems.push(problem(
-                    "foreign_object",
-                    o.location.as_ref(),
-                    "a shard beyond the store's shard count",
-                ))
-            }
+            Some(
+                Key::Segment { .. }
+                | Key::Checkpoint { .. }
+                | Key::History { .. }
+                | Key::HistoryVerified { .. },
+            ) => report.problems.push(problem(
+                "foreign_object",
+                o.location.as_ref(),
+                "a shard beyond the store's shard count",
+            )),
             Some(_) => {}
             None if o.location.as_ref().starts_with(".secrets/") => {}
             None => report.problems.push(problem(

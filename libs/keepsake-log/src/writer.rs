@@ -581,10 +581,22 @@ impl Writer {
             Put::Committed => {}
             other => return other,
         }
-        let history = match list_history(self.store.as_ref(), self.shard).await {
+        // Confirmed with a few tries: an object left in a used number is a stray that only a
+        // confirmation can tell from a committed segment (and so remove).
+        let mut listed = list_history(self.store.as_ref(), self.shard).await;
+        for attempt in 1..3u32 {
+            if listed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+            listed = list_history(self.store.as_ref(), self.shard).await;
+        }
+        let history = match listed {
             Ok(h) => h,
             // Not known to be committed: failed (retryable) and re-read before the next batch,
             // which folds the segment in if it is the log's, so a resend answers `duplicate`.
+            // If it is a stray, readers do not read it (the history object holding its number
+            // is marked verified) and verify reports it.
             Err(e) => {
                 return Put::NotCommitted(format!(
                     "segment {n} written, but listing history objects to confirm its number was new failed: {e}"
@@ -601,19 +613,11 @@ impl Writer {
             history_last = h.last,
             "segment number was used before and compacted: this writer was behind; removing its object"
         );
-        // Ours (read back to be sure), never acknowledged, and shadowing the history object's
-        // copy of this number for readers that list: removed at once.
-        match self.read_back(n).await {
-            Ok(Some(found)) if found == batch_id => {
-                let path = keys::segment(self.shard, n);
-                if let Err(e) = self.store.delete(&path).await {
-                    error!(shard = self.shard, segment = n, error = %e, "removing a segment written into a used number failed; compaction reports it");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                error!(shard = self.shard, segment = n, error = %e, "reading back a segment written into a used number failed; compaction reports it");
-            }
+        // Ours (our create-only PUT made it; anything there since is another stray), never
+        // acknowledged: removed at once, without a read-back that could fail and leave it.
+        let path = keys::segment(self.shard, n);
+        if let Err(e) = self.store.delete(&path).await {
+            error!(shard = self.shard, segment = n, error = %e, "removing a segment written into a used number failed; verify reports it as a stray");
         }
         Put::Reused
     }

@@ -5,6 +5,7 @@
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
 //! shards/<s>/history/<a:020>-<b:020>.parquet      segments a..=b compacted, sorted by (user_id, seq)
+//! shards/<s>/history/<a:020>-<b:020>.verified     empty: that object was read back and matched its sources
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
@@ -51,6 +52,16 @@ pub enum Key {
         /// The first segment it holds.
         first: u64,
         /// The last segment it holds.
+        last: u64,
+    },
+    /// The mark that history object `first..=last` was read back and compared equal with its
+    /// sources (written by compaction before it deletes any of them, create-only, empty).
+    HistoryVerified {
+        /// Shard.
+        shard: u32,
+        /// The first segment the object holds.
+        first: u64,
+        /// The last segment the object holds.
         last: u64,
     },
     /// A checkpoint of a shard after segment `n`.
@@ -181,6 +192,13 @@ pub fn history(shard: u32, first: u64, last: u64) -> Path {
     ))
 }
 
+/// The path of the mark that history object `first..=last` of `shard` was verified.
+pub fn history_verified(shard: u32, first: u64, last: u64) -> Path {
+    Path::from(format!(
+        "shards/{shard}/history/{first:020}-{last:020}.verified"
+    ))
+}
+
 /// The prefix under which a shard's checkpoints live.
 pub fn checkpoints_prefix(shard: u32) -> Path {
     Path::from(format!("shards/{shard}/checkpoints"))
@@ -250,12 +268,17 @@ pub fn parse(path: &Path) -> Option<Key> {
             n: parse_n(file, ".parquet")?,
         }),
         ["shards", s, "history", file] => {
-            let (first, last) = file.strip_suffix(".parquet")?.split_once('-')?;
+            let (range, verified) = match file.strip_suffix(".parquet") {
+                Some(r) => (r, false),
+                None => (file.strip_suffix(".verified")?, true),
+            };
+            let (first, last) = range.split_once('-')?;
             let (first, last) = (parse_n(first, "")?, parse_n(last, "")?);
-            (first >= 1 && first <= last).then_some(Key::History {
-                shard: parse_shard(s)?,
-                first,
-                last,
+            let shard = parse_shard(s)?;
+            (first >= 1 && first <= last).then_some(if verified {
+                Key::HistoryVerified { shard, first, last }
+            } else {
+                Key::History { shard, first, last }
             })
         }
         ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
@@ -300,6 +323,7 @@ pub fn format(key: &Key) -> Path {
         Key::Segment { shard, n } => segment(shard, n),
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
         Key::History { shard, first, last } => history(shard, first, last),
+        Key::HistoryVerified { shard, first, last } => history_verified(shard, first, last),
         Key::RestoreJob(id) => restore_job(id),
         Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
@@ -342,6 +366,11 @@ mod tests {
                 shard: 0,
                 first: 9,
                 last: 9,
+            },
+            Key::HistoryVerified {
+                shard: 3,
+                first: 1,
+                last: 42,
             },
             Key::RestoreJob(RestoreId(Uuid::from_u128(0xabc))),
             Key::Device {
@@ -386,7 +415,8 @@ mod tests {
             assert_eq!(under, usize::from(k != Key::Descriptor), "{path}");
             if let Key::Segment { shard, .. }
             | Key::Checkpoint { shard, .. }
-            | Key::History { shard, .. } = k
+            | Key::History { shard, .. }
+            | Key::HistoryVerified { shard, .. } = k
             {
                 assert!(path.prefix_matches(&shard_prefix(shard)), "{path}");
                 assert!(path.prefix_matches(&shards_prefix()), "{path}");

@@ -92,7 +92,10 @@ async fn holds_shard_data(store: &dyn ObjectStore, s: u32) -> Result<bool, Store
         .map_err(StoreError::os("list a shard"))?
     {
         if let Some(
-            Key::Segment { shard, .. } | Key::Checkpoint { shard, .. } | Key::History { shard, .. },
+            Key::Segment { shard, .. }
+            | Key::Checkpoint { shard, .. }
+            | Key::History { shard, .. }
+            | Key::HistoryVerified { shard, .. },
         ) = keys::parse(&o.location)
             && shard == s
         {
