@@ -24,6 +24,7 @@ use tracing::info;
 use crate::error::{LogError, store_err};
 use crate::reader::{
     HistoryListed, Layout, Listed, Place, Source, decode_checked, read_checkpoint, read_history,
+    read_source_segments,
 };
 
 /// One thing wrong with a store.
@@ -320,6 +321,11 @@ async fn fold_shard(
                         let key = keys::segment(shard, n);
                         let bytes = match store.get(&key).await {
                             Ok(g) => g.bytes().await.map_err(store_err(format!("read {key}")))?,
+                            // Compacted since the listing: read where a new listing says.
+                            Err(object_store::Error::NotFound { .. }) => {
+                                let moved = read_source_segments(store.clone(), shard, src).await;
+                                return Ok((src, moved));
+                            }
                             Err(e) => return Err(store_err(format!("read {key}"))(e)),
                         };
                         tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
@@ -330,15 +336,18 @@ async fn fold_shard(
                             })?
                             .map(|s| vec![s])
                     }
-                    Source::History { object, lo, hi } => read_history(&store, shard, object)
-                        .await
-                        .and_then(|h| h.ok_or(LogError::Gap { shard, missing: lo }))
-                        .map(|h| {
-                            h.segments
+                    Source::History { object, lo, hi } => {
+                        match read_history(&store, shard, object).await {
+                            Ok(Some(h)) => Ok(h
+                                .segments
                                 .into_iter()
                                 .filter(|s| (lo..=hi).contains(&s.meta.segment))
-                                .collect()
-                        }),
+                                .collect()),
+                            // Merged into a wider object since the listing.
+                            Ok(None) => read_source_segments(store.clone(), shard, src).await,
+                            Err(e) => Err(e),
+                        }
+                    }
                 };
                 Ok::<_, LogError>((src, segs))
             }
