@@ -1350,42 +1350,10 @@ fn sim_seeds() {
             deletes a segment it listed (tests/it/sim.rs)"]
 async fn verify_reads_through_a_concurrent_compaction() {
     let ts = store(Backend::Memory).await.expect("store");
-    let cfg = LogConfig {
-        commit_window: Duration::from_millis(1),
-        checkpoint_every_events: u64::MAX,
-        checkpoint_interval: Duration::from_secs(3600),
-        ..LogConfig::default()
-    };
-    let log = Log::open(
-        ts.store.clone(),
-        Some(1),
-        cfg,
-        Arc::new(SystemClock),
-        Arc::new(RandomIds),
-    )
-    .await
-    .expect("open");
+    let log = open_quiet(ts.store.clone()).await;
     let u = UserId(Uuid::from_u128(1));
-    for i in 0..3u128 {
-        let c = Change {
-            change_id: ChangeId(Uuid::from_u128(100 + i)),
-            kind: Kind::Note,
-            item_id: ItemId(Uuid::from_u128(200 + i)),
-            base_version: None,
-            body: ChangeBody::put(json!({"i": i as u64})),
-        };
-        let req = PushRequest {
-            user_id: u,
-            meta: EventMeta {
-                device_id: None,
-                origin: Origin::Device,
-                request_id: None,
-                restore_id: None,
-            },
-            changes: vec![c],
-            confirm_mass_delete: false,
-        };
-        log.push(req).await.expect("push");
+    for i in 0..3 {
+        put_note(&log, u, i).await;
     }
     let faulty = FaultyStore::new(ts.store.clone());
     let gate = faulty.hold(FaultOp::Get, "/segments/");
@@ -1401,4 +1369,83 @@ async fn verify_reads_through_a_concurrent_compaction() {
         .expect("verify reads a compacted segment from its history object");
     assert!(report.ok, "{:?}", report.problems);
     log.shutdown().await;
+}
+
+/// A log with no background checkpoints or compaction.
+async fn open_quiet(store: Arc<dyn ObjectStore>) -> Log {
+    let cfg = LogConfig {
+        commit_window: Duration::from_millis(1),
+        checkpoint_every_events: u64::MAX,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LogConfig::default()
+    };
+    Log::open(
+        store,
+        Some(1),
+        cfg,
+        Arc::new(SystemClock),
+        Arc::new(RandomIds),
+    )
+    .await
+    .expect("open")
+}
+
+/// Pushes a put of note `i` for `u`; returns its outcome.
+async fn put_note(log: &Log, u: UserId, i: u128) -> Outcome {
+    let c = Change {
+        change_id: ChangeId(Uuid::from_u128(100 + i)),
+        kind: Kind::Note,
+        item_id: ItemId(Uuid::from_u128(200 + i)),
+        base_version: None,
+        body: ChangeBody::put(json!({"i": i as u64})),
+    };
+    let req = PushRequest {
+        user_id: u,
+        meta: EventMeta {
+            device_id: None,
+            origin: Origin::Device,
+            request_id: None,
+            restore_id: None,
+        },
+        changes: vec![c],
+        confirm_mass_delete: false,
+    };
+    let r = log.push(req).await.expect("push");
+    r.outcomes[0].clone()
+}
+
+/// Found by the simulation (`KEEPSAKE_SIM_STRICT=1`, seeds 3, 11, 19 of 0..24): a restore of
+/// one user run by a process that is behind the store diffs the target against its own view.
+/// Here B writes a note the moment after which A has seen nothing; restoring the user on A "to
+/// seq 0" finds nothing to change and answers success with seq 0, and the note stays. (In the
+/// simulation the same leaves items created elsewhere undeleted, or documents not reverted.)
+/// The open issue names this for fleet restores; a single user's restore has it too.
+#[tokio::test]
+#[ignore = "bug found by the simulation: a restore by a process that is behind computes the \
+            diff from its own view and answers success short of the target (tests/it/sim.rs)"]
+async fn a_restore_by_a_process_that_is_behind_reaches_its_target() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let a = open_quiet(ts.store.clone()).await;
+    let b = open_quiet(ts.reopen().expect("second handle")).await;
+    let u = UserId(Uuid::from_u128(1));
+    assert!(matches!(put_note(&b, u, 0).await, Outcome::Applied(_)));
+    let spec = Spec {
+        at: UpTo::Seq(0),
+        as_of: None,
+        as_of_seq: Some(0),
+        kinds: None,
+        reason: "to before the note".into(),
+    };
+    let done = restore_user(&a, &SystemClock, u, &spec, None, false, None, None)
+        .await
+        .expect("restore");
+    let fresh = open_quiet(ts.reopen().expect("third handle")).await;
+    let now = fresh.user(&u, UserState::clone).await.expect("state");
+    assert!(
+        live(&now).is_empty(),
+        "restored to seq 0, the user has no live item (restore answered {done:?})"
+    );
+    for log in [a, b, fresh] {
+        log.shutdown().await;
+    }
 }
