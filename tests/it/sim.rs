@@ -1290,7 +1290,15 @@ fn sim_seeds() {
     let mut failures = Vec::new();
     let mut total = Tally::default();
     for seed in settings.seeds.clone() {
-        match run_seed(seed, &settings) {
+        let began = std::time::Instant::now();
+        let result = run_seed(seed, &settings);
+        // Progress, for long runs (shown with --nocapture).
+        eprintln!(
+            "seed {seed}: {} in {:.1} s",
+            if result.is_ok() { "clean" } else { "FAILED" },
+            began.elapsed().as_secs_f64()
+        );
+        match result {
             Ok(t) => {
                 total.pushes += t.pushes;
                 total.acked += t.acked;
