@@ -30,6 +30,11 @@ moto: ## Install moto[server] (the S3 server the tests start) if it is missing
 test: moto ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
 	$(CARGO) test --workspace
 
+.PHONY: soak
+soak: ## The log simulation over many seeds in release mode (SIM_SEEDS, default 0..500; SIM_STEPS, default 400)
+	KEEPSAKE_SIM_SEEDS=$${SIM_SEEDS:-0..500} KEEPSAKE_SIM_STEPS=$${SIM_STEPS:-400} \
+		$(CARGO) test --release -p keepsake-tests --test it sim_seeds -- --nocapture
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -11,6 +11,7 @@ mod faults;
 mod log_backends;
 mod race;
 mod restart;
+mod sim;
 mod two_processes;
 mod verify;
 mod view;
