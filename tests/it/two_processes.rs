@@ -510,3 +510,65 @@ async fn a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage(backe
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A writer behind writes into a compacted number and cannot confirm it (every listing of
+/// history objects fails): its object stays, as a stray. The history object was marked verified
+/// when it was written, so readers keep reading it (the stray fills every number it holds, which
+/// once made it look unverified), compaction keeps it, and verify reports the stray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_that_could_not_be_removed_never_hides_a_verified_history_object() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let a = open(as_store, 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("handle"), 1, cfg())
+        .await
+        .expect("b");
+    let u = user();
+    let c1 = put(item(), json!({"by": "b"}));
+    let r1 = push(&b, u, vec![c1.clone()]).await.expect("b pushes");
+    let mut acks = HashMap::new();
+    acks.insert(c1.change_id, acked(&r1.outcomes[0]));
+    b.compact_now()
+        .await
+        .expect("b compacts segment 1 into 1-1");
+    faulty.inject(FaultOp::List, "/history", Fault::Fail, 100);
+    let stray = push(&a, u, vec![put(item(), json!({"by": "a"}))]).await;
+    assert!(
+        matches!(&stray, Err(e) if e.is_retryable()),
+        "not acknowledged: {stray:?}"
+    );
+    faulty.clear();
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.segments.iter().map(|l| l.n).collect::<Vec<_>>(),
+        vec![1],
+        "the stray is there: {layout:?}"
+    );
+    b.compact_now()
+        .await
+        .expect("settling keeps the verified object");
+    a.shutdown().await;
+    b.shutdown().await;
+    let fresh = open(ts.reopen().expect("handle"), 1, cfg())
+        .await
+        .expect("fresh");
+    let events = fresh.user_events(&u, UpTo::End).await.expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.change_id).collect::<Vec<_>>(),
+        vec![c1.change_id],
+        "readers read the history object, not the stray"
+    );
+    fresh.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert_eq!(
+        report
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.key.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("stray_segment", keys::segment(0, 1).as_ref())],
+        "{:?}",
+        report.problems
+    );
+}

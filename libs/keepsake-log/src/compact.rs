@@ -27,7 +27,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
-use crate::reader::{HistoryListed, Layout, list_layout, read_history, read_segment};
+use crate::reader::{
+    HistoryListed, Layout, Listed, Place, list_layout, read_history, read_segment,
+};
 use crate::view::ShardState;
 
 /// Segments read at once by a compaction.
@@ -355,12 +357,19 @@ async fn compact_round(
 ) -> Result<CompactionReport, LogError> {
     // The oldest run of segments still in their own objects, and the history object just
     // before it (which a settled store always has, unless the run starts at 1).
-    let Some(next) = layout.segments.first().map(|l| l.n) else {
+    // Segment objects inside a history object readers rely on are not waiting: they are
+    // sources settle has not deleted, or strays left in used numbers (kept for the operator).
+    let own: Vec<Listed> = layout
+        .segments
+        .iter()
+        .filter(|l| matches!(layout.place(l.n), Some(Place::Segment(_))))
+        .copied()
+        .collect();
+    let Some(next) = own.first().map(|l| l.n) else {
         return Ok(CompactionReport::default());
     };
     let last = layout.history.iter().find(|h| h.last + 1 == next).copied();
-    let waiting: Vec<_> = layout
-        .segments
+    let waiting: Vec<_> = own
         .iter()
         .zip(next..)
         .take_while(|(l, n)| l.n == *n && l.n <= upto)
