@@ -506,6 +506,20 @@ mod tests {
         keepsake_model::IdGenerator::random(&RandomIds)
     }
 
+    async fn open_log(store: Arc<dyn object_store::ObjectStore>) -> Arc<Log> {
+        Arc::new(
+            Log::open(
+                store,
+                Some(1),
+                LogConfig::default(),
+                Arc::new(SystemClock),
+                Arc::new(RandomIds),
+            )
+            .await
+            .expect("log"),
+        )
+    }
+
     async fn push(log: &Log, user: UserId, changes: Vec<Change>) {
         log.push(PushRequest {
             user_id: user,
@@ -531,17 +545,7 @@ mod tests {
         let store = keepsake_store::open_store("memory://")
             .expect("store")
             .inner;
-        let log = Arc::new(
-            Log::open(
-                store.clone(),
-                Some(1),
-                LogConfig::default(),
-                Arc::new(SystemClock),
-                Arc::new(RandomIds),
-            )
-            .await
-            .expect("log"),
-        );
+        let log = open_log(store.clone()).await;
         let users: Vec<UserId> = (0..10).map(|_| UserId(id())).collect();
         let items: Vec<Vec<ItemId>> = users
             .iter()
@@ -694,17 +698,7 @@ mod tests {
                 .inner,
         );
         let store: Arc<dyn object_store::ObjectStore> = faulty.clone();
-        let log = Arc::new(
-            Log::open(
-                store.clone(),
-                Some(1),
-                LogConfig::default(),
-                Arc::new(SystemClock),
-                Arc::new(RandomIds),
-            )
-            .await
-            .expect("log"),
-        );
+        let log = open_log(store.clone()).await;
         let users: Vec<UserId> = (0..6).map(|_| UserId(id())).collect();
         let change = |item: ItemId, body: ChangeBody| Change {
             change_id: ChangeId(id()),
