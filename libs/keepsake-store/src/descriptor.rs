@@ -25,8 +25,7 @@ use crate::{create_only, keys};
 /// The descriptor format version this build writes.
 pub const DESCRIPTOR_VERSION: u32 = 1;
 const KNOWN_VERSIONS: &[u32] = &[1];
-/// Most shards a store may have.
-pub const MAX_SHARDS: u32 = 4096;
+pub use crate::keys::MAX_SHARDS;
 
 /// The contents of `keepsake.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,13 +118,13 @@ pub enum RecoverError {
         highest: u32,
     },
     /// The operator's shard count is not one a store may have.
-    #[error("a shard count of {0} is outside 1..={max}", max = crate::descriptor::MAX_SHARDS)]
+    #[error("a shard count of {0} is outside 1..={max}", max = crate::keys::MAX_SHARDS)]
     ShardCountOutOfRange(u32),
     /// A shard beyond the most a store may have holds data.
     #[error(
         "shard {shard} holds data, beyond the {max} shards a store may have: not a store this \
          build can recover",
-        max = crate::descriptor::MAX_SHARDS
+        max = crate::keys::MAX_SHARDS
     )]
     ShardBeyondMax {
         /// The shard.

@@ -331,6 +331,9 @@ pub fn format(key: &Key) -> Path {
     }
 }
 
+/// Most shards a store may have (shard numbers are below it).
+pub const MAX_SHARDS: u32 = 4096;
+
 /// The shard that holds a user's log: FNV-1a (64-bit) of the id's 16 bytes, modulo the count.
 pub fn shard_for(user: &UserId, shard_count: u32) -> u32 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
