@@ -567,3 +567,29 @@ async fn a_stray_that_could_not_be_removed_never_hides_a_verified_history_object
     fresh.shutdown().await;
     assert_only_stray(&ts.store, 1).await;
 }
+
+/// Retention in another process deletes a checkpoint after verify listed it: that is no damage
+/// (checkpoints are derived, and only retention deletes them), so verify reports nothing. It
+/// used to report the checkpoint unreadable (found by the simulation with retention on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_is_not_fooled_by_retention_deleting_a_checkpoint_it_listed() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    fill(&log, user(), 2).await;
+    log.shutdown().await;
+    write_checkpoint(&ts.store, 0, None, 2, 2)
+        .await
+        .expect("checkpoint");
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let read = faulty.hold(FaultOp::Get, "/checkpoints/");
+    let verifying = tokio::spawn(async move { verify_store(&as_store, 1).await });
+    read.reached().await;
+    ts.store
+        .delete(&keys::checkpoint(0, 2))
+        .await
+        .expect("retention deletes it");
+    read.release();
+    let (report, _) = verifying.await.expect("task").expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}

@@ -608,6 +608,12 @@ async fn check_checkpoint(
                 ));
             }
         }
+        // Deleted since the listing: retention (the only deleter of checkpoints, which are
+        // derived) removed it; there is nothing left to check.
+        Err(LogError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => {}
         Err(e) => problems.push(problem("unreadable_checkpoint", key, e.to_string())),
     }
 }
