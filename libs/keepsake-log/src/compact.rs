@@ -263,7 +263,7 @@ fn covers_every_number(sources: &[Segment], h: HistoryListed) -> bool {
     let numbers: std::collections::BTreeSet<u64> = sources
         .iter()
         .map(|s| s.meta.segment)
-        .filter(|n| (h.first..=h.last).contains(n))
+        .filter(|n| h.holds(*n))
         .collect();
     numbers.len() as u64 == h.last - h.first + 1
 }

@@ -83,7 +83,8 @@ pub struct HistoryListed {
 }
 
 impl HistoryListed {
-    fn holds(&self, n: u64) -> bool {
+    /// True when it holds segment `n`.
+    pub fn holds(&self, n: u64) -> bool {
         (self.first..=self.last).contains(&n)
     }
 }

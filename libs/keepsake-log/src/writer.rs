@@ -603,7 +603,7 @@ impl Writer {
                 ));
             }
         };
-        let Some(h) = history.iter().find(|h| h.first <= n && n <= h.last) else {
+        let Some(h) = history.iter().find(|h| h.holds(n)) else {
             return Put::Committed;
         };
         error!(
@@ -734,7 +734,7 @@ impl Writer {
             }
         }
         let history = list_history(self.store.as_ref(), self.shard).await?;
-        Ok(!history.iter().any(|h| h.first <= n && n <= h.last))
+        Ok(!history.iter().any(|h| h.holds(n)))
     }
 
     /// Applies every segment after `head` that the store holds, in order, from a listing: a
