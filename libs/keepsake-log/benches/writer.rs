@@ -66,7 +66,7 @@ fn main() {
         let mut rng = Rng::new(42);
         // Documents arrive from devices as JSON text; the log carries them as text.
         let docs: Vec<Document> = (0..1000)
-            .map(|i| Document::from_object(&document(Kind::ALL[i % 4], &mut rng)))
+            .map(|i| Document::from_object(&document(Kind::DATA[i % 4], &mut rng)))
             .collect();
         let docs = Arc::new(docs);
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -91,7 +91,7 @@ fn main() {
                             let i = rng.below(docs.len() as u64) as usize;
                             Change {
                                 change_id: ChangeId(rng.uuid()),
-                                kind: Kind::ALL[i % 4],
+                                kind: Kind::DATA[i % 4],
                                 item_id: ItemId(rng.uuid()),
                                 base_version: None,
                                 body: ChangeBody::Put { document: docs[i].clone() },

@@ -1281,7 +1281,7 @@ pub async fn write_checkpoint(
     }
     let count = users.len() as u64;
     let meta = keepsake_segment::CheckpointMeta {
-        format_version: keepsake_segment::CHECKPOINT_VERSION,
+        format_version: keepsake_segment::checkpoint_version(users.values()),
         shard,
         segment: n,
         user_count: count,

@@ -54,7 +54,7 @@ use keepsake_model::{
     Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Origin, Outcome,
     StageContext, Staged, StateRead, UserId,
 };
-use keepsake_segment::{FORMAT_VERSION, SegmentMeta, encode};
+use keepsake_segment::{SegmentMeta, encode, segment_version};
 use keepsake_store::{create_only, keys};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -286,7 +286,7 @@ impl Writer {
         let n = self.state.read().map_or(0, |s| s.head) + 1;
         let batch_id = BatchId(self.ids.random());
         let meta = SegmentMeta {
-            format_version: FORMAT_VERSION,
+            format_version: segment_version(&staging.events),
             shard,
             segment: n,
             writer_epoch: self.epoch,

@@ -141,7 +141,7 @@ impl ChangeBody {
 /// Who is making the changes of a batch entry; copied into every event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventMeta {
-    /// The pushing device; `None` for restores.
+    /// The pushing device; `None` for restores and operator events.
     pub device_id: Option<DeviceId>,
     /// Who caused the changes.
     pub origin: Origin,
@@ -488,6 +488,19 @@ fn decide(
 ) -> Result<Decision, NeedAncestor> {
     if change.base_version == Some(0) {
         return answer(RejectCode::InvalidChange, "base_version starts at 1");
+    }
+    if change.kind.written_by_operator() != (cx.meta.origin == Origin::Operator) {
+        return answer(
+            RejectCode::InvalidChange,
+            if change.kind.written_by_operator() {
+                format!(
+                    "kind {} is written by the operator alone (device registration and revocation)",
+                    change.kind
+                )
+            } else {
+                format!("the operator writes kind device alone, not {}", change.kind)
+            },
+        );
     }
     let current = state.item(&change.item_id);
     if let Some(item) = current

@@ -52,6 +52,11 @@ text_enum!(
         Task => "task",
         /// A note.
         Note => "note",
+        /// One of the user's devices, as the operator registered it: written only by the
+        /// operator (origin `operator`), a put when it is registered and a delete when it is
+        /// revoked, so the log records who could reach the user's data and when. Never served
+        /// to devices, never restored. Segment format 2 and checkpoint format 2.
+        Device => "device",
     }
 );
 
@@ -74,10 +79,22 @@ text_enum!(
         Device => "device",
         /// An operator's restore wrote it as a compensating change.
         Restore => "restore",
+        /// An operator registered or revoked a device (kind `device`). Segment format 2.
+        Operator => "operator",
     }
 );
 
 impl Kind {
+    /// The kinds of the user's data: what devices push, pull and restore (every kind but
+    /// `device`).
+    pub const DATA: &'static [Kind] = &[Kind::Contact, Kind::Event, Kind::Task, Kind::Note];
+
+    /// True for the kinds of the user's data; false for `device`, which only the operator
+    /// writes.
+    pub fn is_data(&self) -> bool {
+        !matches!(self, Kind::Device)
+    }
+
     /// The `@type` a document of this kind may carry (JSContact / JSCalendar names).
     pub fn json_type(&self) -> &'static str {
         match self {
@@ -85,7 +102,13 @@ impl Kind {
             Kind::Event => "Event",
             Kind::Task => "Task",
             Kind::Note => "Note",
+            Kind::Device => "Device",
         }
+    }
+
+    /// The origin that may write this kind: `operator` for devices, anything else for data.
+    pub fn written_by_operator(&self) -> bool {
+        !self.is_data()
     }
 }
 
@@ -105,6 +128,9 @@ mod tests {
             assert_eq!(Origin::parse(o.as_str()), Some(*o));
         }
         assert_eq!(Kind::parse("Contact"), None);
+        assert!(Kind::DATA.iter().all(Kind::is_data));
+        assert_eq!(Kind::DATA.len() + 1, Kind::ALL.len());
+        assert!(!Kind::Device.is_data());
         assert_eq!(
             serde_json::to_string(&Kind::Contact).ok().as_deref(),
             Some("\"contact\"")

@@ -7,7 +7,8 @@
 //! - versions are dense per item: 1 for a new item, previous + 1 after that;
 //! - an item never changes kind;
 //! - a change id appears at most once per user;
-//! - put and patch carry a document, delete does not.
+//! - put and patch carry a document, delete does not;
+//! - `device` items are written by origin `operator`, and `operator` writes nothing else.
 
 /// Maps keyed by ids: ahash is keyed per process (ids are chosen by devices, so the hasher
 /// must resist crafted collisions) and several times faster than SipHash on 16-byte keys.
@@ -25,7 +26,7 @@ use serde::Serialize;
 use crate::document::Document;
 use crate::event::Event;
 use crate::ids::{ChangeId, ItemId};
-use crate::kind::{Kind, Op};
+use crate::kind::{Kind, Op, Origin};
 
 /// The current state of one item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -330,6 +331,16 @@ pub enum ApplyError {
         /// Whether it carried a document.
         has_document: bool,
     },
+    /// A `device` event not written by the operator, or an operator event of a data kind.
+    #[error("item {item_id}: a {kind} event with origin {origin}")]
+    OriginMismatch {
+        /// The item.
+        item_id: ItemId,
+        /// The event's kind.
+        kind: Kind,
+        /// The event's origin.
+        origin: Origin,
+    },
 }
 
 /// Folds one event into a user's state. The only code that gives events their meaning.
@@ -368,8 +379,16 @@ pub fn apply<S: StateWrite + ?Sized>(state: &mut S, event: &Event) -> Result<(),
 }
 
 /// The checks an item's event must pass whatever came between it and the item's current state:
-/// the kind never changes, and put and patch carry a document where delete does not.
+/// the kind never changes, put and patch carry a document where delete does not, and `device`
+/// items are written by the operator alone (a device cannot forge the audit trail of devices).
 fn check_item(current: Option<&ItemState>, event: &Event) -> Result<(), ApplyError> {
+    if event.kind.written_by_operator() != (event.origin == Origin::Operator) {
+        return Err(ApplyError::OriginMismatch {
+            item_id: event.item_id,
+            kind: event.kind,
+            origin: event.origin,
+        });
+    }
     if let Some(item) = current
         && item.kind != event.kind
     {

@@ -21,6 +21,7 @@ struct Harness {
     policy: StagePolicy,
     log: Vec<Event>,
     next_change: u128,
+    origin: Origin,
 }
 
 impl Harness {
@@ -32,6 +33,7 @@ impl Harness {
             policy: StagePolicy::default(),
             log: Vec::new(),
             next_change: 0,
+            origin: Origin::Device,
         }
     }
 
@@ -52,8 +54,9 @@ impl Harness {
         loop {
             let cx = StageContext {
                 meta: EventMeta {
-                    device_id: Some(DeviceId(Uuid::from_u128(5))),
-                    origin: Origin::Device,
+                    device_id: (self.origin == Origin::Device)
+                        .then(|| DeviceId(Uuid::from_u128(5))),
+                    origin: self.origin,
                     request_id: None,
                     restore_id: None,
                 },
@@ -380,6 +383,42 @@ fn apply_reports_a_damaged_log() {
     ));
 }
 
+#[test]
+fn device_items_are_written_by_the_operator_alone() {
+    let mut h = Harness::new();
+    let doc = json!({"@type": "Device", "name": "Ada's phone"});
+    let forged = h.change(Kind::Device, item(7), None, put(doc.clone()));
+    assert_eq!(rejected(&h.one(forged)), RejectCode::InvalidChange);
+    assert!(
+        h.log.is_empty(),
+        "a device cannot write the audit trail of devices"
+    );
+    h.origin = Origin::Operator;
+    let note = h.change(Kind::Note, item(1), None, put(json!({})));
+    assert_eq!(rejected(&h.one(note)), RejectCode::InvalidChange);
+    let card = h.change(Kind::Device, item(7), None, put(json!({"@type": "Card"})));
+    assert_eq!(rejected(&h.one(card)), RejectCode::InvalidDocument);
+    let registered = h.change(Kind::Device, item(7), None, put(doc));
+    assert_eq!(applied(&h.one(registered)).version, 1);
+    let revoked = h.change(Kind::Device, item(7), Some(1), ChangeBody::Delete);
+    assert_eq!(applied(&h.one(revoked)).version, 2);
+    assert!(h.state.item(&item(7)).is_some_and(|i| i.deleted));
+    // A log in which a device wrote a device item, or the operator a note, is damaged.
+    let mut log = h.log.clone();
+    log[0].origin = Origin::Device;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::OriginMismatch { .. })
+    ));
+    let mut log = h.log.clone();
+    log[0].kind = Kind::Note;
+    log[1].kind = Kind::Note;
+    assert!(matches!(
+        UserState::replay(&log),
+        Err(ApplyError::OriginMismatch { .. })
+    ));
+}
+
 // ---- properties over random change sequences ----
 
 #[derive(Clone, Debug)]
@@ -440,7 +479,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn to_change(h: &mut Harness, s: &Step, sent: &[Change]) -> Option<Change> {
-    let kinds = Kind::ALL;
+    let kinds = Kind::DATA;
     let field = |f: u8| format!("f{f}");
     Some(match *s {
         Step::Put {

@@ -31,9 +31,17 @@ use serde_json::{Value, json};
 use crate::codec::writer_properties;
 use crate::error::{SegmentError, invalid};
 
-/// The checkpoint format version this build writes.
-pub const CHECKPOINT_VERSION: u32 = 1;
-const KNOWN: &[u32] = &[1];
+/// The newest checkpoint format version this build writes. Version 2 has the columns of
+/// version 1 and one more `kind`: `device`. A checkpoint is stamped with the lowest version that
+/// holds its rows ([`checkpoint_version`]), for the reason segments are.
+pub const CHECKPOINT_VERSION: u32 = 2;
+const KNOWN: &[u32] = &[1, 2];
+
+/// The lowest checkpoint format version that can hold these users' states.
+pub fn checkpoint_version<'a>(users: impl IntoIterator<Item = &'a UserState>) -> u32 {
+    let device = |s: &UserState| s.items().any(|i| !i.kind.is_data());
+    if users.into_iter().any(device) { 2 } else { 1 }
+}
 
 /// The Arrow schema of a checkpoint.
 pub fn checkpoint_schema() -> Arc<Schema> {
@@ -76,8 +84,27 @@ pub const ENTRY_COLUMN: usize = 1;
 /// rows in a long history; readers of items skip their pages.
 pub const ENTRY_CHANGE: &str = "change";
 
-/// The schema as the machine-readable description in `schemas/checkpoint-v1.json`.
-pub fn checkpoint_description() -> Value {
+/// The machine-readable description of checkpoint format `version`, as in
+/// `schemas/checkpoint-v<version>.json`; `None` for a version this build does not know.
+/// Version 2 adds `kinds`: the spellings of the `kind` column (version 1 had all but `device`).
+pub fn checkpoint_description(version: u32) -> Option<Value> {
+    let mut d = checkpoint_description_v1();
+    match version {
+        1 => {}
+        2 => {
+            let kinds: Vec<&str> = keepsake_model::Kind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect();
+            d["format_version"] = 2.into();
+            d["kinds"] = Value::from(kinds);
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
+fn checkpoint_description_v1() -> Value {
     let columns: Vec<Value> = checkpoint_schema()
         .fields()
         .iter()
@@ -85,7 +112,7 @@ pub fn checkpoint_description() -> Value {
         .collect();
     json!({
         "format": "keepsake-checkpoint",
-        "format_version": CHECKPOINT_VERSION,
+        "format_version": 1,
         "sort_order": ["user_id", "entry", "key"],
         "entries": ["change", "item", "user"],
         "columns": columns,
@@ -131,6 +158,13 @@ pub fn encode_checkpoint<'a>(
 ) -> Result<Bytes, SegmentError> {
     let mut users: Vec<_> = users.into_iter().collect();
     users.sort_by_key(|(u, _)| **u);
+    let needed = checkpoint_version(users.iter().map(|(_, s)| *s));
+    if meta.format_version < needed {
+        return Err(invalid(format!(
+            "checkpoint format version {} cannot hold these users (version {needed} is needed)",
+            meta.format_version
+        )));
+    }
     let mut r = Rows::default();
     for (user, state) in &users {
         let u = *user.as_bytes();

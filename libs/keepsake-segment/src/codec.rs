@@ -22,7 +22,8 @@ use parquet::schema::types::ColumnPath;
 
 use crate::error::{SegmentError, invalid};
 use crate::schema::{
-    NO_STATISTICS_COLUMNS, PLAIN_COLUMNS, SegmentMeta, UUID, ZSTD_COLUMNS, arrow_schema, col,
+    NO_STATISTICS_COLUMNS, PLAIN_COLUMNS, SegmentMeta, UUID, ZSTD_COLUMNS, arrow_schema,
+    check_version, col,
 };
 
 /// Rows per data page: small enough that the page index narrows one user's read to a few pages.
@@ -96,6 +97,7 @@ pub fn encode(events: &[Event], meta: &SegmentMeta) -> Result<Bytes, SegmentErro
             events.len()
         )));
     }
+    check_version(meta.format_version, events)?;
     let mut order: Vec<&Event> = events.iter().collect();
     if !order.is_sorted_by_key(|e| (e.user_id, e.seq)) {
         order.sort_by_key(|e| (e.user_id, e.seq));
@@ -207,6 +209,7 @@ pub fn decode(bytes: Bytes) -> Result<Segment, SegmentError> {
     if !events.is_sorted_by_key(|e| (e.user_id, e.seq)) {
         return Err(invalid("rows are not sorted by (user_id, seq)"));
     }
+    check_version(meta.format_version, &events)?;
     Ok(Segment { meta, events })
 }
 

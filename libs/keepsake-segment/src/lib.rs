@@ -18,8 +18,8 @@ mod schema;
 
 pub use checkpoint::{
     CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, checkpoint_description,
-    checkpoint_meta, checkpoint_schema, decode_checkpoint, decode_checkpoint_batches,
-    encode_checkpoint,
+    checkpoint_meta, checkpoint_schema, checkpoint_version, decode_checkpoint,
+    decode_checkpoint_batches, encode_checkpoint,
 };
 pub use codec::{
     DECODE_BATCH_ROWS, EventKey, KEY_COLUMNS, Segment, decode, decode_batch, decode_keys,
@@ -33,4 +33,5 @@ pub use history::{
 pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping, split_selection};
 pub use schema::{
     FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,
+    segment_version,
 };

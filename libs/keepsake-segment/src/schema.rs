@@ -1,20 +1,51 @@
-//! The segment schema (format version 1) and its key-value metadata.
+//! The segment schema (format versions 1 and 2: the same columns) and its key-value metadata.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Utc};
-use keepsake_model::BatchId;
+use keepsake_model::{BatchId, Event, Origin};
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
 use crate::error::{SegmentError, invalid};
 
-/// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes. A segment is stamped with the lowest version
+/// that holds its rows ([`segment_version`]), so that a build that reads only version 1 (one
+/// being rolled back to, or still running beside this one during a deploy) refuses only the
+/// segments it cannot read, and refuses them by version rather than by a value it does not know.
+pub const FORMAT_VERSION: u32 = 2;
 /// Every format version this build reads.
-pub const KNOWN_VERSIONS: &[u32] = &[1];
+pub const KNOWN_VERSIONS: &[u32] = &[1, 2];
+
+/// The lowest segment format version that can hold `events`. Version 2 has the columns of
+/// version 1 and two more values: kind `device` and origin `operator` (device registrations
+/// and revocations recorded in the user's log).
+pub fn segment_version(events: &[Event]) -> u32 {
+    if events.iter().any(needs_version_2) {
+        2
+    } else {
+        1
+    }
+}
+
+fn needs_version_2(e: &Event) -> bool {
+    !e.kind.is_data() || e.origin == Origin::Operator
+}
+
+/// Refuses a segment stamped with a version too old to hold its rows. (Decoding refuses a
+/// version this build does not know before it reads a row.)
+pub(crate) fn check_version(format_version: u32, events: &[Event]) -> Result<(), SegmentError> {
+    let needed = segment_version(events);
+    if format_version < needed {
+        return Err(invalid(format!(
+            "format version {format_version} cannot hold these rows (kind device or origin \
+             operator need version {needed})"
+        )));
+    }
+    Ok(())
+}
 /// Prefix of every key-value metadata key Keepsake writes.
 pub const META_PREFIX: &str = "keepsake.";
 
@@ -193,8 +224,29 @@ fn type_name(t: &DataType) -> String {
     }
 }
 
-/// The schema as the machine-readable description in `schemas/segment-v1.json`.
-pub fn schema_description() -> Value {
+/// The machine-readable description of segment format `version`, as in
+/// `schemas/segment-v<version>.json`; `None` for a version this build does not know. Version 2
+/// adds `values`: the spellings of `kind`, `origin` and `op` (version 1 had every value but kind
+/// `device` and origin `operator`).
+pub fn schema_description(version: u32) -> Option<Value> {
+    let mut d = schema_description_v1();
+    match version {
+        1 => {}
+        2 => {
+            let spell = |all: &[&str]| Value::from(all.to_vec());
+            d["format_version"] = 2.into();
+            d["values"] = json!({
+                "kind": spell(&keepsake_model::Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+                "origin": spell(&Origin::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()),
+                "op": spell(&keepsake_model::Op::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()),
+            });
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
+fn schema_description_v1() -> Value {
     let columns: Vec<Value> = arrow_schema()
         .fields()
         .iter()
@@ -202,7 +254,7 @@ pub fn schema_description() -> Value {
         .collect();
     json!({
         "format": "keepsake-segment",
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "encoding": {
             "container": "parquet", "compression": "none", "statistics": "page", "page_index": true,
             "zstd(1)_columns": ZSTD_COLUMNS,

@@ -10,8 +10,8 @@ use keepsake_model::{
     RestoreId, UserId, fixtures,
 };
 use keepsake_segment::{
-    FORMAT_VERSION, SegmentError, SegmentMeta, decode, decode_batch, encode, plan_user_read,
-    schema_description,
+    KNOWN_VERSIONS, SegmentError, SegmentMeta, decode, decode_batch, encode, plan_user_read,
+    schema_description, segment_version,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ fn meta_for(events: &[Event], segment: u64) -> SegmentMeta {
         .max()
         .unwrap_or_default();
     SegmentMeta {
-        format_version: FORMAT_VERSION,
+        format_version: segment_version(events),
         shard: 3,
         segment,
         writer_epoch: 1,
@@ -91,16 +91,96 @@ fn decode_refuses_truncated_foreign_and_future_files() {
     }
 }
 
+/// Reads a checked-in file under `schemas/`. Tests never write them: `make bless` writes the
+/// files of a new version once (`bless_missing_schema_files`), and never rewrites one.
+fn checked_in(name: &str) -> Vec<u8> {
+    std::fs::read(schemas_dir().join(name)).unwrap_or_else(|e| panic!("schemas/{name}: {e}"))
+}
+
+fn json_file(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&checked_in(name)).unwrap_or_else(|e| panic!("schemas/{name}: {e}"))
+}
+
 #[test]
-fn schema_file_matches_the_code() {
-    let path = schemas_dir().join("segment-v1.json");
-    let text = std::fs::read_to_string(&path).expect("schemas/segment-v1.json exists");
-    let file: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
-    assert_eq!(
-        file,
-        schema_description(),
-        "schemas/segment-v1.json and the code disagree; a change to the segment format needs a \
-         new format version, a new schema file and a new golden file"
+fn schema_files_match_the_code() {
+    for &v in KNOWN_VERSIONS {
+        let name = format!("segment-v{v}.json");
+        assert_eq!(
+            Some(json_file(&name)),
+            schema_description(v),
+            "schemas/{name} and the code disagree; a change to the segment format needs a new \
+             format version, a new schema file and a new golden file"
+        );
+    }
+    assert_eq!(schema_description(KNOWN_VERSIONS.len() as u32 + 1), None);
+}
+
+#[test]
+fn make_test_refuses_to_run_with_keepsake_bless_set() {
+    // Goldens are written by `make bless` alone; a test run that could rewrite them would pass
+    // whatever the code does.
+    assert!(
+        std::env::var_os("KEEPSAKE_BLESS").is_none(),
+        "KEEPSAKE_BLESS is set: unset it (goldens are written by `make bless`, never by tests)"
+    );
+}
+
+/// Writes the schema and golden files of the current versions that do not exist yet. Run by
+/// `make bless` when a format version is added; a file that exists is never rewritten, so an old
+/// version's golden stays what that version wrote.
+#[test]
+#[ignore = "writes files: run by `make bless`"]
+fn bless_missing_schema_files() {
+    use keepsake_segment::{
+        checkpoint_description, encode_checkpoint, encode_history, history_description,
+    };
+    let write_new = |name: &str, bytes: &[u8]| {
+        let path = schemas_dir().join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, bytes).expect("write");
+                eprintln!("wrote schemas/{name}");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("schemas/{name}: {e}"),
+        }
+    };
+    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json") + "\n";
+    for &v in KNOWN_VERSIONS {
+        write_new(
+            &format!("segment-v{v}.json"),
+            pretty(schema_description(v).expect("known")).as_bytes(),
+        );
+        write_new(
+            &format!("checkpoint-v{v}.json"),
+            pretty(checkpoint_description(v).expect("known")).as_bytes(),
+        );
+    }
+    write_new("history-v1.json", pretty(history_description()).as_bytes());
+    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+        let meta = meta_for(&events, 1);
+        assert_eq!(meta.format_version, v);
+        write_new(
+            &format!("golden/segment-v{v}.parquet"),
+            &encode(&events, &meta).expect("encode"),
+        );
+        let users = checkpoints::fold(&events);
+        write_new(
+            &format!("golden/checkpoint-v{v}.parquet"),
+            &encode_checkpoint(users.iter(), &checkpoints::meta(v, users.len())).expect("encode"),
+        );
+    }
+    let seg = keepsake_segment::Segment {
+        meta: meta_for(&golden_events(), 1),
+        events: golden_events(),
+    };
+    write_new(
+        "golden/history-v1.parquet",
+        &encode_history(3, std::slice::from_ref(&seg)).expect("encode"),
     );
 }
 
@@ -112,7 +192,8 @@ fn segments_are_written_as_the_schema_file_says() {
     let events = fixtures::history(3, 5, 400, t(0));
     let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
-    let enc = &schema_description()["encoding"];
+    let description = schema_description(keepsake_segment::FORMAT_VERSION).expect("known");
+    let enc = &description["encoding"];
     let named = |key: &str| -> Vec<String> {
         enc[key]
             .as_array()
@@ -229,19 +310,76 @@ fn golden_events() -> Vec<Event> {
     ]
 }
 
+/// The golden events of format 2: those of format 1, and user 1's device registered by the
+/// operator and later revoked.
+fn golden_events_v2() -> Vec<Event> {
+    let mut events = golden_events();
+    let id = |n: u128| Uuid::from_u128(0x1000 + n);
+    let registered = Event {
+        user_id: UserId(Uuid::from_u128(1)),
+        seq: 5,
+        event_id: EventId(id(6)),
+        change_id: ChangeId(id(16)),
+        device_id: None,
+        origin: Origin::Operator,
+        request_id: Some(RequestId(id(22))),
+        restore_id: None,
+        kind: Kind::Device,
+        item_id: ItemId(id(99)),
+        op: Op::Put,
+        version: 1,
+        recorded_at: t(4),
+        document: Some(Document::from_stored(
+            r#"{"@type":"Device","name":"Ada's phone"}"#,
+        )),
+    };
+    let revoked = Event {
+        seq: 6,
+        event_id: EventId(id(7)),
+        change_id: ChangeId(id(17)),
+        request_id: Some(RequestId(id(23))),
+        op: Op::Delete,
+        version: 2,
+        recorded_at: t(5),
+        document: None,
+        ..registered.clone()
+    };
+    events.splice(4..4, [registered, revoked]);
+    events
+}
+
 #[test]
-fn golden_segment_v1_still_decodes() {
-    let path = schemas_dir().join("golden/segment-v1.parquet");
-    let events = golden_events();
-    if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-        let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
-        std::fs::write(&path, &bytes).expect("write golden file");
+fn golden_segments_of_every_version_still_decode() {
+    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+        let name = format!("golden/segment-v{v}.parquet");
+        let seg = decode(Bytes::from(checked_in(&name)))
+            .unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
+        assert_eq!(seg.meta.format_version, v, "{name}");
+        assert_eq!(seg.meta, meta_for(&events, 1), "{name}");
+        assert_eq!(seg.events, events, "{name}");
     }
-    let bytes = std::fs::read(&path).expect("schemas/golden/segment-v1.parquet exists");
-    let seg = decode(Bytes::from(bytes)).expect("the golden v1 segment decodes");
-    assert_eq!(seg.meta.format_version, 1);
-    assert_eq!(seg.meta, meta_for(&events, 1));
-    assert_eq!(seg.events, events);
+    assert_eq!(
+        KNOWN_VERSIONS,
+        &[1, 2],
+        "a new version needs its golden file here"
+    );
+}
+
+#[test]
+fn a_segment_is_stamped_with_the_lowest_version_that_holds_it() {
+    assert_eq!(segment_version(&golden_events()), 1);
+    assert_eq!(segment_version(&golden_events_v2()), 2);
+    // A device row in a segment stamped 1 would be refused by a build that reads only 1 by
+    // a value it does not know: encode refuses to write it.
+    let events = golden_events_v2();
+    let mut meta = meta_for(&events, 1);
+    meta.format_version = 1;
+    match encode(&events, &meta) {
+        Err(SegmentError::Invalid(m)) => assert!(m.contains("version 2"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    meta.format_version = 2;
+    assert!(encode(&events, &meta).is_ok());
 }
 
 #[test]
@@ -303,9 +441,9 @@ mod checkpoints {
         CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint, encode_checkpoint,
     };
 
-    use super::{golden_events, schemas_dir, t};
+    use super::{KNOWN_VERSIONS, checked_in, golden_events, golden_events_v2, json_file, t};
 
-    fn fold(events: &[keepsake_model::Event]) -> HashMap<UserId, UserState> {
+    pub(super) fn fold(events: &[keepsake_model::Event]) -> HashMap<UserId, UserState> {
         let mut users: HashMap<UserId, UserState> = HashMap::new();
         for e in events {
             keepsake_model::apply(users.entry(e.user_id).or_default(), e).expect("valid history");
@@ -313,9 +451,9 @@ mod checkpoints {
         users
     }
 
-    fn meta(users: usize) -> CheckpointMeta {
+    pub(super) fn meta(version: u32, users: usize) -> CheckpointMeta {
         CheckpointMeta {
-            format_version: 1,
+            format_version: version,
             shard: 2,
             segment: 9,
             user_count: users as u64,
@@ -325,14 +463,14 @@ mod checkpoints {
     #[test]
     fn a_checkpoint_round_trips_the_fold_of_the_log() {
         let users = fold(&fixtures::history(11, 30, 60, t(0)));
-        let bytes = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
+        let bytes = encode_checkpoint(users.iter(), &meta(1, users.len())).expect("encode");
         let (m, decoded) = decode_checkpoint(bytes).expect("decode");
-        assert_eq!(m, meta(users.len()));
+        assert_eq!(m, meta(1, users.len()));
         assert_eq!(decoded, users);
         // an empty shard has an empty checkpoint
-        let empty = encode_checkpoint(std::iter::empty(), &meta(0)).expect("encode");
+        let empty = encode_checkpoint(std::iter::empty(), &meta(1, 0)).expect("encode");
         assert!(decode_checkpoint(empty).expect("decode").1.is_empty());
-        let truncated = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
+        let truncated = encode_checkpoint(users.iter(), &meta(1, users.len())).expect("encode");
         assert!(matches!(
             decode_checkpoint(truncated.slice(..truncated.len() - 8)),
             Err(SegmentError::Parquet(_))
@@ -340,32 +478,39 @@ mod checkpoints {
     }
 
     #[test]
-    fn checkpoint_schema_file_matches_the_code() {
-        let path = schemas_dir().join("checkpoint-v1.json");
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            let text = serde_json::to_string_pretty(&checkpoint_description()).expect("json");
-            std::fs::write(&path, text + "\n").expect("write");
+    fn checkpoint_schema_files_match_the_code() {
+        for &v in &[1, 2] {
+            let name = format!("checkpoint-v{v}.json");
+            assert_eq!(Some(json_file(&name)), checkpoint_description(v), "{name}");
         }
-        let file: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&path).expect("schemas/checkpoint-v1.json"),
-        )
-        .expect("json");
-        assert_eq!(file, checkpoint_description());
+        assert_eq!(checkpoint_description(3), None);
     }
 
     #[test]
-    fn golden_checkpoint_v1_still_decodes() {
-        let path = schemas_dir().join("golden/checkpoint-v1.parquet");
-        let users = fold(&golden_events());
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            let bytes = encode_checkpoint(users.iter(), &meta(users.len())).expect("encode");
-            std::fs::write(&path, &bytes).expect("write golden checkpoint");
+    fn golden_checkpoints_of_every_version_still_decode() {
+        for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+            let name = format!("golden/checkpoint-v{v}.parquet");
+            let users = fold(&events);
+            let (m, decoded) = decode_checkpoint(Bytes::from(checked_in(&name)))
+                .unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
+            assert_eq!(m, meta(v, users.len()), "{name}");
+            assert_eq!(decoded, users, "{name}");
         }
-        let bytes = std::fs::read(&path).expect("schemas/golden/checkpoint-v1.parquet");
-        let (m, decoded) =
-            decode_checkpoint(Bytes::from(bytes)).expect("the golden v1 checkpoint decodes");
-        assert_eq!(m.format_version, 1);
-        assert_eq!(decoded, users);
+        assert_eq!(KNOWN_VERSIONS.len(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_is_stamped_with_the_lowest_version_that_holds_it() {
+        use keepsake_segment::checkpoint_version;
+        assert_eq!(checkpoint_version(fold(&golden_events()).values()), 1);
+        let users = fold(&golden_events_v2());
+        assert_eq!(checkpoint_version(users.values()), 2);
+        // user 1's revoked device is a tombstone of kind device: still version 2
+        assert!(matches!(
+            encode_checkpoint(users.iter(), &meta(1, users.len())),
+            Err(SegmentError::Invalid(_))
+        ));
+        assert!(encode_checkpoint(users.iter(), &meta(2, users.len())).is_ok());
     }
 }
 
@@ -516,33 +661,49 @@ mod history {
 
     #[test]
     fn history_schema_file_matches_the_code() {
-        let path = schemas_dir().join("history-v1.json");
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            let text = serde_json::to_string_pretty(&history_description()).expect("json");
-            std::fs::write(&path, text + "\n").expect("write");
-        }
-        let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("schemas/history-v1.json"))
-                .expect("json");
-        assert_eq!(file, history_description());
+        assert_eq!(json_file("history-v1.json"), history_description());
     }
 
     #[test]
     fn golden_history_v1_still_decodes() {
-        let path = schemas_dir().join("golden/history-v1.parquet");
         let events = golden_events();
         let seg = Segment {
             meta: meta_for(&events, 1),
             events: events.clone(),
         };
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            let bytes = encode_history(3, std::slice::from_ref(&seg)).expect("encode");
-            std::fs::write(&path, &bytes).expect("write golden history");
-        }
-        let bytes = std::fs::read(&path).expect("schemas/golden/history-v1.parquet");
+        let bytes = checked_in("golden/history-v1.parquet");
         let h = decode_history(Bytes::from(bytes)).expect("the golden v1 history decodes");
         assert_eq!(h.meta.format_version, 1);
         assert_eq!(h.segments, vec![seg]);
+    }
+
+    /// History format 1 holds segments of either format: each source keeps its version, so a
+    /// build that reads only segment format 1 refuses a history holding format 2 by version.
+    #[test]
+    fn a_history_object_keeps_each_segments_format_version() {
+        let v1 = golden_events();
+        let v2: Vec<Event> = golden_events_v2()
+            .into_iter()
+            .filter(|e| e.kind == Kind::Device)
+            .collect();
+        let segs = vec![
+            Segment {
+                meta: meta_for(&v1, 1),
+                events: v1,
+            },
+            Segment {
+                meta: SegmentMeta {
+                    segment: 2,
+                    ..meta_for(&v2, 2)
+                },
+                events: v2,
+            },
+        ];
+        let bytes = encode_history(3, &segs).expect("encode");
+        let h = decode_history(bytes).expect("decode");
+        assert_eq!(h.segments, segs);
+        let versions: Vec<u32> = h.segments.iter().map(|s| s.meta.format_version).collect();
+        assert_eq!(versions, vec![1, 2]);
     }
 }
 

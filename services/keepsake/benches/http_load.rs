@@ -107,7 +107,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut rng = Rng::new(7);
-        let docs: Arc<Vec<Value>> = Arc::new((0..500).map(|i| Value::Object(document(Kind::ALL[i % 4], &mut rng))).collect());
+        let docs: Arc<Vec<Value>> = Arc::new((0..500).map(|i| Value::Object(document(Kind::DATA[i % 4], &mut rng))).collect());
         let mut tokens = Vec::new();
         for _ in 0..clients {
             let user = RandomIds.random();
@@ -130,7 +130,7 @@ fn main() {
             async move {
                 // Document j was made for kind j % 4: pick one of the change's kind.
                 let changes: Vec<Value> = (0..100).map(|i| json!({
-                    "change_id": RandomIds.random(), "kind": Kind::ALL[i % 4], "item_id": RandomIds.random(),
+                    "change_id": RandomIds.random(), "kind": Kind::DATA[i % 4], "item_id": RandomIds.random(),
                     "op": "put", "document": d[((i * 7 + c) % (d.len() / 4)) * 4 + i % 4],
                 })).collect();
                 let r: Value = h.post(format!("{b}/v1/changes")).bearer_auth(&t[c])

@@ -68,7 +68,7 @@ fn put(rng: &mut Rng, docs: &[Document], item: ItemId, kind_index: usize) -> Cha
     let i = rng.below((docs.len() / 4) as u64) as usize * 4 + kind_index % 4;
     Change {
         change_id: ChangeId(rng.uuid()),
-        kind: Kind::ALL[kind_index % 4],
+        kind: Kind::DATA[kind_index % 4],
         item_id: item,
         base_version: None,
         body: ChangeBody::Put {
@@ -103,7 +103,7 @@ fn main() {
         };
         let log = Arc::new(Log::open(store.clone(), Some(2), cfg, Arc::new(SystemClock), Arc::new(RandomIds)).await.expect("log"));
         let mut rng = Rng::new(11);
-        let docs: Vec<Document> = (0..400).map(|i| Document::from_object(&document(Kind::ALL[i % 4], &mut rng))).collect();
+        let docs: Vec<Document> = (0..400).map(|i| Document::from_object(&document(Kind::DATA[i % 4], &mut rng))).collect();
         println!("point in time: file store (fsync), 2 shards, release build");
 
         // As-of reads: one user with 10k and one with 100k events (200 items rewritten over and over).
@@ -152,7 +152,7 @@ fn main() {
                 let changes: Vec<Change> = items
                     .iter()
                     .enumerate()
-                    .map(|(k, it)| Change { change_id: ChangeId(rng.uuid()), kind: Kind::ALL[k % 4], item_id: *it, base_version: None, body: ChangeBody::Delete })
+                    .map(|(k, it)| Change { change_id: ChangeId(rng.uuid()), kind: Kind::DATA[k % 4], item_id: *it, base_version: None, body: ChangeBody::Delete })
                     .collect();
                 let (log, u) = (log.clone(), *u);
                 tasks.push(tokio::spawn(async move { push(&log, u, changes).await }));

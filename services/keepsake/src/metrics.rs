@@ -15,6 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -46,6 +47,17 @@ pub struct Metrics {
     push_changes: Counter,
     pull_seconds: Histogram,
     pull_items: Counter,
+    polls_waiting: Gauge,
+}
+
+/// Counts one long poll as waiting while it is held.
+#[derive(Debug)]
+pub struct Waiting(Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -59,6 +71,7 @@ impl Default for Metrics {
         let push_changes = Counter::default();
         let pull_seconds = latency_histogram();
         let pull_items = Counter::default();
+        let polls_waiting = Gauge::default();
         registry.register(
             "keepsake_http_requests",
             "HTTP requests by method, route and status",
@@ -89,6 +102,11 @@ impl Default for Metrics {
             "Items sent in pulls",
             pull_items.clone(),
         );
+        registry.register(
+            "keepsake_long_polls_waiting",
+            "Pulls waiting for a change (long polls) right now",
+            polls_waiting.clone(),
+        );
         Self {
             registry,
             requests,
@@ -97,11 +115,18 @@ impl Default for Metrics {
             push_changes,
             pull_seconds,
             pull_items,
+            polls_waiting,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a long poll as waiting until the guard is dropped.
+    pub fn waiting(&self) -> Waiting {
+        self.polls_waiting.inc();
+        Waiting(self.polls_waiting.clone())
+    }
+
     /// Counts one HTTP request.
     pub fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
         self.requests

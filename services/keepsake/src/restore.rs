@@ -78,13 +78,19 @@ pub enum RestoreError {
     Record(String),
 }
 
-/// The user's live items of the chosen kinds, by id.
+/// The user's live items of the chosen kinds, by id; without a choice, of every data kind
+/// (devices, kind `device`, only when asked for by name: they are never restored).
 pub(crate) fn live_items<'a>(
     s: &'a UserState,
     kinds: &Option<Vec<Kind>>,
 ) -> BTreeMap<ItemId, &'a ItemState> {
     s.items()
-        .filter(|i| !i.deleted && kinds.as_ref().is_none_or(|k| k.contains(&i.kind)))
+        .filter(|i| {
+            !i.deleted
+                && kinds
+                    .as_ref()
+                    .map_or(i.kind.is_data(), |k| k.contains(&i.kind))
+        })
         .map(|i| (i.item_id, i))
         .collect()
 }
@@ -109,7 +115,11 @@ fn compensating(
     kinds: &Option<Vec<Kind>>,
     restore_id: RestoreId,
 ) -> Vec<(Change, Effect)> {
-    let (cur, tgt) = (live_items(current, kinds), live_items(target, kinds));
+    let (mut cur, mut tgt) = (live_items(current, kinds), live_items(target, kinds));
+    // Devices are registered and revoked, never restored (the handlers refuse kind `device`;
+    // this keeps a job that names it from writing one).
+    cur.retain(|_, i| i.kind.is_data());
+    tgt.retain(|_, i| i.kind.is_data());
     let mut changes = Vec::new();
     for (id, t) in &tgt {
         let Some(document) = t.document.clone() else {

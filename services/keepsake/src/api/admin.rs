@@ -8,7 +8,7 @@ use keepsake_model::{DeviceId, UserId};
 use serde::Deserialize;
 
 use super::{ApiError, OperatorAuth, Shared, json, parse_id, parse_json, read_body};
-use crate::devices::{DeviceRecord, RegistryError};
+use crate::devices::{DeviceRecord, RegistryError, registration_change, revocation_change};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,9 +27,53 @@ fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
+/// Records device registrations and revocations in the user's log (origin `operator`). Every
+/// change must be applied, or a duplicate of one applied before (a retry): anything else is an
+/// error, and the operator's request fails.
+async fn record_device_events(
+    log: &keepsake_log::Log,
+    user: UserId,
+    request_id: keepsake_model::RequestId,
+    changes: Vec<keepsake_model::Change>,
+) -> Result<(), ApiError> {
+    use keepsake_model::{EventMeta, Origin, Outcome};
+    let result = log
+        .push(keepsake_log::PushRequest {
+            user_id: user,
+            meta: EventMeta {
+                device_id: None,
+                origin: Origin::Operator,
+                request_id: Some(request_id),
+                restore_id: None,
+            },
+            changes,
+            confirm_mass_delete: false,
+        })
+        .await?;
+    for outcome in &result.outcomes {
+        match outcome {
+            Outcome::Applied(_) | Outcome::Duplicate(_) => {}
+            Outcome::Conflict(item) => {
+                return Err(ApiError::internal(
+                    "device event",
+                    format!("item {} changed under the operator", item.item_id),
+                ));
+            }
+            Outcome::Rejected { code, detail } => {
+                return Err(ApiError::internal(
+                    "device event",
+                    format!("{}: {detail}", code.as_str()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn register_device(
     State(state): State<Shared>,
     _op: OperatorAuth,
+    Extension(request_id): Extension<keepsake_model::RequestId>,
     Path(user_id): Path<String>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
@@ -48,6 +92,10 @@ pub(super) async fn register_device(
         created_at: state.clock.now(),
         revoked_at: None,
     };
+    // The event first: a token is handed out only once the log says the device could reach
+    // the user's data.
+    let change = registration_change(&record).map_err(|e| ApiError::internal("device", e))?;
+    record_device_events(&ready.log, user, request_id, vec![change]).await?;
     ready
         .registry
         .register(&record)
@@ -88,16 +136,28 @@ pub(super) async fn list_devices(
 pub(super) async fn revoke_device(
     State(state): State<Shared>,
     _op: OperatorAuth,
+    Extension(request_id): Extension<keepsake_model::RequestId>,
     Path((user_id, device_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let user: UserId = parse_id("user_id", &user_id)?;
     let device: DeviceId = parse_id("device_id", &device_id)?;
-    state
-        .ready()?
+    let ready = state.ready()?;
+    // The revocation takes effect first (the token stops working), then it is recorded. The
+    // registration goes with it: a duplicate when it was recorded, and the record of a device
+    // registered before registrations were recorded otherwise.
+    let record = ready
         .registry
         .revoke(user, device, state.clock.now())
         .await
         .map_err(registry_error)?;
+    let registered = registration_change(&record).map_err(|e| ApiError::internal("device", e))?;
+    record_device_events(
+        &ready.log,
+        user,
+        request_id,
+        vec![registered, revocation_change(device)],
+    )
+    .await?;
     tracing::info!(user_id = %user, device_id = %device, "device revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -129,6 +189,16 @@ fn moment(as_of: Option<&str>, as_of_seq: Option<&str>) -> Result<UpTo, ApiError
         _ => Err(ApiError::malformed(
             "give exactly one of as_of (RFC 3339) and as_of_seq",
         )),
+    }
+}
+
+/// Restores bring back the user's data; devices are registered and revoked, not restored.
+fn data_kinds_only(kinds: &Option<Vec<Kind>>) -> Result<(), ApiError> {
+    match kinds.iter().flatten().find(|k| !k.is_data()) {
+        Some(k) => Err(ApiError::malformed(format!(
+            "kind {k} is not restored: devices are registered and revoked"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -288,6 +358,7 @@ pub(super) async fn restore_user(
     if b.reason.trim().is_empty() {
         return Err(ApiError::malformed("a restore needs a reason"));
     }
+    data_kinds_only(&b.kinds)?;
     let at = moment(
         b.as_of.as_deref(),
         b.as_of_seq.map(|n| n.to_string()).as_deref(),
@@ -411,6 +482,7 @@ pub(super) async fn start_fleet_restore(
     if b.reason.trim().is_empty() {
         return Err(ApiError::malformed("a restore needs a reason"));
     }
+    data_kinds_only(&b.kinds)?;
     let as_of = parse_time("as_of", &b.as_of)?;
     // The job folds each shard up to the moment once; a moment still to come has no state yet.
     if as_of > state.clock.now() {

@@ -30,7 +30,7 @@ pub(super) async fn session(
             user_id: auth.user,
             device_id: auth.device,
             store_id: ready.log.descriptor().store_id,
-            kinds: Kind::ALL,
+            kinds: Kind::DATA,
             limits: state.limits,
         },
     ))
@@ -166,7 +166,9 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
     // The index yields items in seq order: take one more than the page to know if there is more.
     let mut items: Vec<&ItemState> = user
         .items_changed_after(after)
-        .filter(|i| since.is_some() || !i.deleted)
+        // Devices (kind `device`, the operator's record of who could reach the data) are not
+        // the user's data: never served to a device.
+        .filter(|i| i.kind.is_data() && (since.is_some() || !i.deleted))
         .take(limit + 1)
         .collect();
     let has_more = items.len() > limit;
@@ -255,21 +257,31 @@ pub(super) async fn pull(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut head = log.watch_head(log.shard_of(&auth.user));
     let mut shutdown = state.shutdown.clone();
+    // A long poll outlives its token's check at the door: a device revoked while its poll waits
+    // is refused when the poll wakes, never answered with changes pushed after the revocation.
+    let revoked = || ready.registry.is_revoked(&auth.device);
     let result = loop {
         if let Some(h) = head.as_mut() {
             h.mark_unchanged();
+        }
+        if revoked() {
+            return Err(ApiError::unauthorized());
         }
         let p = log.user(&auth.user, |u| page(u, since, limit)).await?;
         if p.count > 0 || wait == 0 || since.is_none() || *shutdown.borrow() {
             break p;
         }
         let Some(h) = head.as_mut() else { break p };
+        let _waiting = state.metrics.waiting();
         tokio::select! {
             changed = h.changed() => { if changed.is_err() { break p; } }
             _ = tokio::time::sleep_until(deadline) => { break log.user(&auth.user, |u| page(u, since, limit)).await?; }
             _ = shutdown.changed() => { break p; }
         }
     };
+    if revoked() {
+        return Err(ApiError::unauthorized());
+    }
     state.metrics.observe_pull(result.count, started.elapsed());
     let token = SyncToken {
         store_id,
@@ -305,7 +317,7 @@ pub(super) async fn item(
         .log
         .user(&auth.user, |u| u.item(&item_id).cloned())
         .await?;
-    let Some(item) = found else {
+    let Some(item) = found.filter(|i| i.kind.is_data()) else {
         return Err(ApiError::not_found("not_found", "no such item"));
     };
     if item.deleted {
@@ -341,7 +353,7 @@ async fn item_history(
     let events = log.user_events(&auth.user, up_to).await?;
     let versions: Vec<Event> = events
         .into_iter()
-        .filter(|e| e.item_id == item_id)
+        .filter(|e| e.item_id == item_id && e.kind.is_data())
         .collect();
     if versions.is_empty() {
         return Err(ApiError::not_found("not_found", "no such item"));

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod compaction;
+mod devices;
 mod harness;
 mod recover;
 mod restore;

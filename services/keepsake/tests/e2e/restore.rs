@@ -480,16 +480,17 @@ async fn the_operator_cli_drives_the_admin_api() {
         |args: &[&str]| -> Value { serde_json::from_str(&cli(args)).expect("--json prints JSON") };
     let state = json_of(&["state", "--user", &user, "--as-of", &t, "--json"]);
     assert_eq!(state["items"][0]["document"], json!({"t": "keep"}));
-    let table = cli(&["state", "--user", &user, "--as-of-seq", "1"]);
+    // seq 1 is the phone's registration, 2 the put, 3 the delete
+    let table = cli(&["state", "--user", &user, "--as-of-seq", "2"]);
     assert!(
         table.starts_with("ITEM") && table.contains(&item),
         "{table}"
     );
     let events = json_of(&["events", "--user", &user, "--json"]);
-    assert_eq!(events["events"].as_array().map(Vec::len), Some(2));
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(3));
     assert!(
-        cli(&["events", "--user", &user]).lines().count() == 3,
-        "header and two events"
+        cli(&["events", "--user", &user]).lines().count() == 4,
+        "header and three events"
     );
     let dry = json_of(&[
         "restore",
