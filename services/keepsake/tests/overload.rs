@@ -5,63 +5,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use keepsake::api::{AppState, Limits, Ready, router};
-use keepsake::auth::{SigningKey, TokenKeys};
-use keepsake::devices::Registry;
-use keepsake::metrics::Metrics;
-use keepsake_log::{Log, LogConfig};
-use keepsake_model::{DeviceId, IdGenerator, RandomIds, SystemClock, UserId};
-use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
-use object_store::ObjectStore;
-use object_store::memory::InMemory;
-use serde_json::{Value, json};
+mod common;
 
-async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, String, UserId) {
-    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let log = Arc::new(
-        Log::open(
-            store.clone(),
-            Some(1),
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(RandomIds),
-        )
-        .await
-        .expect("log"),
-    );
-    let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
-    let user = UserId(RandomIds.random());
-    let token = keys.sign(user, DeviceId(RandomIds.random()));
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AppState {
-        ready: OnceLock::new(),
-        keys,
-        operator_token: "operator-token-for-tests".into(),
-        limits: Limits::default(),
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
-        metrics: Metrics::default(),
-        shutdown: stop_rx,
-    });
-    let registry = Registry::open(store).await.expect("registry");
-    let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
-    state
-        .ready
-        .set(Ready {
-            log: log.clone(),
-            registry,
-            fleet,
-        })
-        .expect("set once");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    std::mem::forget(_stop);
-    (format!("http://{addr}"), faulty, log, token, user)
-}
+use common::serve;
+use keepsake_log::LogConfig;
+use keepsake_model::{IdGenerator, RandomIds};
+use keepsake_store::faults::{Fault, FaultOp};
+use serde_json::{Value, json};
 
 fn change() -> Value {
     json!({"change_id": RandomIds.random(), "kind": "note", "item_id": RandomIds.random(), "op": "put", "document": {"t": 1}})

@@ -1,0 +1,66 @@
+//! The real router on 127.0.0.1:0 over a store that fails or stalls on demand, in process.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::sync::{Arc, OnceLock};
+
+use keepsake::api::{AppState, Limits, Ready, router};
+use keepsake::auth::{SigningKey, TokenKeys};
+use keepsake::devices::Registry;
+use keepsake::metrics::Metrics;
+use keepsake_log::{Log, LogConfig};
+use keepsake_model::{DeviceId, IdGenerator, RandomIds, SystemClock, UserId};
+use keepsake_store::faults::FaultyStore;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+
+/// The operator token of [`serve`]'s server.
+pub const OPERATOR: &str = "operator-token-for-tests";
+
+/// Serves a fresh one-shard memory store behind a [`FaultyStore`]: the base URL, the fault
+/// switch, the log, a device token, and its user.
+pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, String, UserId) {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = Arc::new(
+        Log::open(
+            store.clone(),
+            Some(1),
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+        )
+        .await
+        .expect("log"),
+    );
+    let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
+    let user = UserId(RandomIds.random());
+    let token = keys.sign(user, DeviceId(RandomIds.random()));
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        ready: OnceLock::new(),
+        keys,
+        operator_token: OPERATOR.into(),
+        limits: Limits::default(),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        metrics: Metrics::default(),
+        shutdown: stop_rx,
+    });
+    let registry = Registry::open(store).await.expect("registry");
+    let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
+    state
+        .ready
+        .set(Ready {
+            log: log.clone(),
+            registry,
+            fleet,
+        })
+        .expect("set once");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    std::mem::forget(_stop);
+    (format!("http://{addr}"), faulty, log, token, user)
+}
