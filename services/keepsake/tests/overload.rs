@@ -2,7 +2,7 @@
 //! on 127.0.0.1:0, over a store that fails or stalls on demand.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 mod common;
