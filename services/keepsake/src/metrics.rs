@@ -48,9 +48,10 @@ pub struct Metrics {
     pull_seconds: Histogram,
     pull_items: Counter,
     polls_waiting: Gauge,
+    pushes_in_flight: Gauge,
 }
 
-/// Counts one long poll as waiting while it is held.
+/// Counts one long poll as waiting, or one push as in flight, while it is held.
 #[derive(Debug)]
 pub struct Waiting(Gauge);
 
@@ -72,6 +73,7 @@ impl Default for Metrics {
         let pull_seconds = latency_histogram();
         let pull_items = Counter::default();
         let polls_waiting = Gauge::default();
+        let pushes_in_flight = Gauge::default();
         registry.register(
             "keepsake_http_requests",
             "HTTP requests by method, route and status",
@@ -107,6 +109,11 @@ impl Default for Metrics {
             "Pulls waiting for a change (long polls) right now",
             polls_waiting.clone(),
         );
+        registry.register(
+            "keepsake_pushes_in_flight",
+            "Pushes received and not yet answered (waiting for their commit)",
+            pushes_in_flight.clone(),
+        );
         Self {
             registry,
             requests,
@@ -116,6 +123,7 @@ impl Default for Metrics {
             pull_seconds,
             pull_items,
             polls_waiting,
+            pushes_in_flight,
         }
     }
 }
@@ -125,6 +133,12 @@ impl Metrics {
     pub fn waiting(&self) -> Waiting {
         self.polls_waiting.inc();
         Waiting(self.polls_waiting.clone())
+    }
+
+    /// Counts a push as in flight until the guard is dropped.
+    pub fn push_in_flight(&self) -> Waiting {
+        self.pushes_in_flight.inc();
+        Waiting(self.pushes_in_flight.clone())
     }
 
     /// Counts one HTTP request.

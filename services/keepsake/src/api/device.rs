@@ -84,6 +84,7 @@ async fn commit(
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let started = std::time::Instant::now();
+    let _in_flight = state.metrics.push_in_flight();
     let result = ready
         .log
         .push(PushRequest {

@@ -343,10 +343,14 @@ async fn evicted_views_reload_with_identical_answers(backend: Backend) {
 
 async fn sigterm_answers_in_flight_pushes_and_loses_none(backend: Backend) {
     let env = Env::new(backend).await;
-    let s = std::sync::Arc::new(Server::start(&env, &[]).await);
+    // A long commit window: the registration's segment starts it, so the pushes below wait in
+    // the writer's queue, in flight, when SIGTERM arrives.
+    let s =
+        std::sync::Arc::new(Server::start(&env, &[("KEEPSAKE_COMMIT_WINDOW_MS", "3000")]).await);
     let user = uuid();
     let phone = s.register(&user, "phone").await;
-    let pushes: Vec<_> = (0..40)
+    const PUSHES: u64 = 40;
+    let pushes: Vec<_> = (0..PUSHES)
         .map(|i| {
             let (s, phone) = (s.clone(), phone.clone());
             let item = uuid();
@@ -359,25 +363,32 @@ async fn sigterm_answers_in_flight_pushes_and_loses_none(backend: Backend) {
                     .body(body.to_string())
                     .send()
                     .await;
-                let acked = match sent {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let v: Value = r.json().await.expect("json");
-                        v["results"][0]["status"] == "applied"
+                let answer = match sent {
+                    Ok(r) => {
+                        let status = r.status();
+                        (status, r.json::<Value>().await.unwrap_or(Value::Null))
                     }
-                    _ => false,
+                    Err(e) => panic!("push {i}: no answer: {e}"),
                 };
-                (item, acked)
+                (item, answer)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.metric("keepsake_pushes_in_flight").await < PUSHES {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pushes never were all in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     s.terminate();
     let mut acked = Vec::new();
     for p in pushes {
-        let (item, ok) = p.await.expect("join");
-        if ok {
-            acked.push(item);
-        }
+        let (item, (status, v)) = p.await.expect("join");
+        assert_eq!(status, StatusCode::OK, "an in-flight push is answered: {v}");
+        assert_eq!(v["results"][0]["status"], "applied", "{v}");
+        acked.push(item);
     }
     let s = std::sync::Arc::try_unwrap(s).ok().expect("no other handle");
     assert!(s.wait().success(), "SIGTERM ends the server cleanly");
