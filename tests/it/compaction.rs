@@ -43,8 +43,16 @@ fn cfg() -> LogConfig {
 }
 
 /// Every user pushes once per round, concurrently (segments hold several users): a new item,
-/// a patch of their first item, and every third round a delete of the previous round's item.
+/// a patch of their first item, and every third round a delete of the previous round's item, so
+/// history objects, reads through them and verify hold tombstones. Every change must apply.
 async fn rounds(log: &Log, users: &[UserId], from: u64, to: u64) {
+    // Rounds continue where the previous call stopped, so round r - 1's item exists.
+    let round_item = |u: &UserId, round: u64| {
+        keepsake_model::ItemId(uuid::Uuid::new_v5(
+            &u.0,
+            format!("round {round}").as_bytes(),
+        ))
+    };
     for round in from..to {
         let pushes = users.iter().map(|u| async move {
             let first = keepsake_model::ItemId(uuid::Uuid::from_u128(u.0.as_u128() ^ 1));
@@ -56,12 +64,26 @@ async fn rounds(log: &Log, users: &[UserId], from: u64, to: u64) {
                     None,
                     ChangeBody::patch(json!({"round": round})),
                 ),
-                put(item(), json!({"n": round, "user": u.to_string()})),
+                put(
+                    round_item(u, round),
+                    json!({"n": round, "user": u.to_string()}),
+                ),
             ];
             if round % 3 == 2 {
-                changes.push(change(Kind::Note, item(), None, ChangeBody::Delete));
+                changes.push(change(
+                    Kind::Note,
+                    round_item(u, round - 1),
+                    None,
+                    ChangeBody::Delete,
+                ));
             }
-            push(log, *u, changes).await.expect("push");
+            let r = push(log, *u, changes).await.expect("push");
+            for o in &r.outcomes {
+                assert!(
+                    matches!(o, keepsake_model::Outcome::Applied(_)),
+                    "round {round}: {o:?}"
+                );
+            }
         });
         join_all(pushes).await;
     }
@@ -164,7 +186,12 @@ async fn compaction_changes_no_read(backend: Backend) {
         }
         assert_eq!(next, log.head(shard) + 1);
     }
-    assert_eq!(reads(&log, &ts.store, &users, t).await, before);
+    let after = reads(&log, &ts.store, &users, t).await;
+    assert_eq!(after, before);
+    // Read through history objects, every user's log holds tombstones.
+    for events in after.events.values() {
+        assert!(events.iter().any(|e| e.op == keepsake_model::Op::Delete));
+    }
     let (report, _) = verify_store(&ts.store, 2).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
     assert!(report.history_objects >= 2);
