@@ -57,7 +57,25 @@ pub fn fast_config() -> LogConfig {
     LogConfig {
         commit_window: std::time::Duration::from_millis(2),
         retry_backoff: std::time::Duration::from_millis(5),
+        upkeep_tick: std::time::Duration::from_millis(10),
         ..LogConfig::default()
+    }
+}
+
+/// Waits (at most 20 s) until the background checkpointer has checkpointed shard `shard` at
+/// its head, and returns that segment number. Call it only once a checkpoint is due.
+pub async fn until_checkpointed(log: &Log, shard: u32) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let head = log.head(shard);
+        if log.checkpoint(shard) == Some(head) {
+            return head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shard {shard} was never checkpointed at {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

@@ -31,14 +31,23 @@ async fn evicted_users_reload_with_identical_state() {
             let c = put(it, json!({"round": round}));
             first.entry(*u).or_insert_with(|| c.clone());
             push(&log, *u, vec![c]).await.expect("push");
-            // a stale patch against a version written before the user was evicted
+            push(&log, *u, vec![put(it, json!({"round": round, "v": 2}))])
+                .await
+                .expect("second version");
+            // A stale patch (base 1, the item is at 2) of a field no version touched: it merges,
+            // with version 1 read from the log, written before the user was evicted.
             let p = change(
                 Kind::Note,
                 it,
                 Some(1),
                 ChangeBody::patch(json!({"x": round})),
             );
-            push(&log, *u, vec![p]).await.expect("patch");
+            let r = push(&log, *u, vec![p]).await.expect("patch");
+            assert!(
+                matches!(r.outcomes[0], Outcome::Applied(a) if a.version == 3),
+                "{:?}",
+                r.outcomes
+            );
         }
     }
     assert!(
@@ -168,6 +177,7 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
         let log = open(store.clone(), 1, cfg).await.expect("open");
         let u = user();
         let items: Vec<_> = (0..4).map(|_| item()).collect();
+        let mut since_checkpoint = 0;
         for round in 0..12u64 {
             let it = items[(round % 4) as usize];
             let c = if round % 5 == 4 {
@@ -179,13 +189,19 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
             push(&log, user(), vec![put(item(), json!({}))])
                 .await
                 .expect("other");
-            let _ = push(&log, u, vec![c]).await.expect("push");
-            tokio::time::sleep(Duration::from_millis(if checkpoint_every == 7 {
-                600
-            } else {
-                2
-            }))
-            .await;
+            let r = push(&log, u, vec![c]).await.expect("push");
+            assert!(
+                matches!(r.outcomes[0], Outcome::Applied(_)),
+                "{:?}",
+                r.outcomes
+            );
+            // Two events, one segment each: checkpoints fall inside and between this user's
+            // events.
+            since_checkpoint += 2;
+            if since_checkpoint >= checkpoint_every {
+                until_checkpointed(&log, 0).await;
+                since_checkpoint = 0;
+            }
         }
         if checkpoint_every == 7 {
             assert!(
@@ -241,6 +257,7 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
     let log = open(store.clone(), 1, cfg.clone()).await.expect("open");
     let u = user();
     let mut written = std::collections::HashSet::new();
+    let mut since_checkpoint = 0;
     for round in 0..8 {
         push(
             &log,
@@ -251,9 +268,10 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
         )
         .await
         .expect("push");
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if let Some(c) = log.checkpoint(0) {
-            written.insert(c);
+        since_checkpoint += 3;
+        if since_checkpoint >= 5 {
+            written.insert(until_checkpointed(&log, 0).await);
+            since_checkpoint = 0;
         }
     }
     assert!(

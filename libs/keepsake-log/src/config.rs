@@ -29,6 +29,9 @@ pub struct LogConfig {
     pub checkpoint_every_events: u64,
     /// ...or once this much time passed with any events committed.
     pub checkpoint_interval: Duration,
+    /// How often the shard's upkeep task looks whether a checkpoint is due (a checkpoint is
+    /// written at most this long after it became due).
+    pub upkeep_tick: Duration,
     /// Which older checkpoints to keep after writing a new one.
     pub retention: crate::retention::RetentionPolicy,
     /// Moving checkpointed segments into history objects (after each checkpoint).
@@ -49,6 +52,7 @@ impl Default for LogConfig {
             view_memory_bytes: 256 * 1024 * 1024,
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
+            upkeep_tick: Duration::from_millis(500),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),
         }

@@ -1158,7 +1158,7 @@ async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(cfg.upkeep_tick) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
         let Ok((head, prev, since)) = upkeep
