@@ -264,7 +264,7 @@ pub async fn run(
     info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
 
     match fleet.resume_all().await {
-        Ok(0) => {}
+        // Logged even when there is nothing to resume: the line says the look was made.
         Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
         Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
     }

@@ -113,6 +113,26 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Waits (at most 20 s) for a log line containing every one of `needles`, and returns it.
+    /// Lines read while waiting are consumed.
+    pub async fn until_logged(&self, needles: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self
+                .logged()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never logged {needles:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate();

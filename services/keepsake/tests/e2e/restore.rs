@@ -414,7 +414,12 @@ async fn fleet_restore_resumes_after_a_crash_and_restores_everyone_once() {
         (Some("done"), Some(24), Some(72)),
         "{p}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has looked for unfinished jobs (and found none) before this is read.
+    let looked = s.until_logged(&["resumed unfinished fleet restores"]).await;
+    assert!(
+        looked.contains("jobs=0") || looked.contains("\"jobs\":0"),
+        "{looked}"
+    );
     assert_eq!(s.segments().await, 0, "a finished job is not run again");
     let (st, p) = s
         .call(
