@@ -23,7 +23,13 @@ pub struct Env {
 impl Env {
     pub async fn new(backend: Backend) -> Env {
         match backend {
-            Backend::File | Backend::Memory => {
+            // The server is another process, restarted by many tests: a memory store would not
+            // outlive it. Say so rather than run on the file store under the name "memory".
+            Backend::Memory => panic!(
+                "the e2e harness has no memory backend (the server process owns its memory): \
+                 use Backend::File"
+            ),
+            Backend::File => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 Env {
                     url: dir.path().join("data").display().to_string(),
