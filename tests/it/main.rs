@@ -8,6 +8,7 @@ mod as_of_prop;
 mod common;
 mod compaction;
 mod faults;
+mod fsync;
 mod log_backends;
 mod race;
 mod restart;
