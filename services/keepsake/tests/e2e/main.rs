@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod compaction;
 mod devices;
+mod endpoints;
 mod harness;
 mod recover;
 mod restore;
