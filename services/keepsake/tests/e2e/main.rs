@@ -13,3 +13,4 @@ mod harness;
 mod recover;
 mod restore;
 mod sync;
+mod tokens;
