@@ -209,3 +209,80 @@ async fn verify_finds_a_checkpoint_that_disagrees_with_the_log() {
     let found = kinds(&store).await;
     assert_eq!(found, vec!["checkpoint_mismatch"], "{found:?}");
 }
+
+/// Rewrites segment `n` of shard 0 with `damage` done to its events (the test plays a buggy
+/// writer: the file stays readable, its metadata consistent).
+async fn rewrite_segment(
+    store: &Arc<dyn ObjectStore>,
+    n: u64,
+    damage: impl FnOnce(&mut Vec<keepsake_model::Event>),
+) {
+    let mut seg = keepsake_log::read_segment(store.as_ref(), 0, n)
+        .await
+        .expect("read")
+        .expect("the segment exists");
+    damage(&mut seg.events);
+    let bytes = keepsake_segment::encode(&seg.events, &seg.meta).expect("encode");
+    store
+        .put(&keys::segment(0, n), bytes.into())
+        .await
+        .expect("overwrite (the test plays a buggy writer)");
+}
+
+/// Every push of the fixture is one user's three events in one segment: damage inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_seq_hole_inside_a_readable_segment() {
+    let (store, head) = populated().await;
+    rewrite_segment(&store, head, |events| {
+        let last = events.len() - 1;
+        events[last].seq += 1;
+    })
+    .await;
+    let found = kinds(&store).await;
+    assert!(found.contains(&"log"), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_change_id_used_twice() {
+    let (store, head) = populated().await;
+    rewrite_segment(&store, head, |events| {
+        let (first, second) = (&events[0], &events[1]);
+        assert_eq!(first.user_id, second.user_id, "one user's push");
+        events[1].change_id = events[0].change_id;
+    })
+    .await;
+    let found = kinds(&store).await;
+    assert!(found.contains(&"log"), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_checkpoint_beyond_the_readable_log() {
+    let (store, head) = populated().await;
+    let c = *keepsake_log::list_checkpoints(store.as_ref(), 0)
+        .await
+        .expect("list")
+        .last()
+        .expect("a checkpoint");
+    let bytes = store
+        .get(&keys::checkpoint(0, c))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    store
+        .put(&keys::checkpoint(0, head + 5), bytes.into())
+        .await
+        .expect("put");
+    let (report, _) = verify_store(&store, 2).await.expect("verify");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == "checkpoint_mismatch"
+                && p.key == keys::checkpoint(0, head + 5).to_string()
+                && p.detail.contains("beyond")),
+        "{:?}",
+        report.problems
+    );
+}
