@@ -62,18 +62,20 @@ pub fn fast_config() -> LogConfig {
     }
 }
 
-/// Waits (at most 20 s) until the background checkpointer has checkpointed shard `shard` at
-/// its head, and returns that segment number. Call it only once a checkpoint is due.
-pub async fn until_checkpointed(log: &Log, shard: u32) -> u64 {
+/// Waits (at most 20 s) until the background checkpointer has written a checkpoint of shard
+/// `shard` newer than `after`, and returns its segment number. Call it only once one is due.
+/// (It may fall before the head: the checkpointer runs on its own tick while pushes go on.)
+pub async fn until_checkpointed(log: &Log, shard: u32, after: Option<u64>) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let head = log.head(shard);
-        if log.checkpoint(shard) == Some(head) {
-            return head;
+        if let Some(c) = log.checkpoint(shard)
+            && Some(c) > after
+        {
+            return c;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "shard {shard} was never checkpointed at {head}"
+            "shard {shard} was never checkpointed after {after:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

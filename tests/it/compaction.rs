@@ -19,14 +19,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
-        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
-        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
-    };
-}
-
 on_every_backend!(compaction_changes_no_read);
 
 /// Compaction only when asked (`compact_now`), into small history objects so that a few rounds

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use object_store::{ObjectStoreExt as _, PutPayload};
+use object_store::{ObjectStore as _, PutPayload};
 
 const HELPER_DIR: &str = "KEEPSAKE_FSYNC_HELPER_DIR";
 const RETURNED: &str = "keepsake-fsync-helper: the put returned";

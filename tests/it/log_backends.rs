@@ -11,14 +11,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
-        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
-        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
-    };
-}
-
 on_every_backend!(
     pushes_are_durable_and_recovered,
     descriptor_mismatch_refuses_to_open,

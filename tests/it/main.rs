@@ -4,9 +4,19 @@
 // Tests panic on purpose, with a message saying what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+/// Runs each named `async fn(Backend)` as a test on memory, on the file store and on S3 (moto).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
+        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
+    };
+}
+
 mod as_of_prop;
 mod common;
 mod compaction;
+mod duplicates;
 mod faults;
 mod fsync;
 mod log_backends;

@@ -21,14 +21,6 @@ use futures::TryStreamExt;
 
 use crate::common::*;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::Memory).await } )* }
-        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
-        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
-    };
-}
-
 on_every_backend!(
     a_writer_behind_never_writes_into_a_compacted_number,
     a_failed_read_back_never_deletes_the_only_copy,

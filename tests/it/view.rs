@@ -177,7 +177,6 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
         let log = open(store.clone(), 1, cfg).await.expect("open");
         let u = user();
         let items: Vec<_> = (0..4).map(|_| item()).collect();
-        let mut since_checkpoint = 0;
         for round in 0..12u64 {
             let it = items[(round % 4) as usize];
             let c = if round % 5 == 4 {
@@ -197,10 +196,8 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
             );
             // Two events, one segment each: checkpoints fall inside and between this user's
             // events.
-            since_checkpoint += 2;
-            if since_checkpoint >= checkpoint_every {
-                until_checkpointed(&log, 0).await;
-                since_checkpoint = 0;
+            if checkpoint_every != u64::MAX {
+                until_due_checkpoint(&log, 1, checkpoint_every).await;
             }
         }
         if checkpoint_every == 7 {
@@ -241,6 +238,21 @@ async fn as_of_reads_equal_a_replay_at_every_moment() {
     }
 }
 
+/// When a checkpoint of shard 0 is due — its segments after the newest checkpoint hold
+/// `every` events or more, at `per_segment` events each — waits for it and returns it.
+async fn until_due_checkpoint(
+    log: &keepsake_log::Log,
+    per_segment: u64,
+    every: u64,
+) -> Option<u64> {
+    let newest = log.checkpoint(0).unwrap_or(0);
+    let segments = every.div_ceil(per_segment);
+    if log.head(0) < newest + segments {
+        return None;
+    }
+    Some(until_checkpointed(log, 0, Some(newest + segments - 1)).await)
+}
+
 /// Retention deletes old checkpoints (derived), never segments, and keeps the newest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
@@ -257,7 +269,6 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
     let log = open(store.clone(), 1, cfg.clone()).await.expect("open");
     let u = user();
     let mut written = std::collections::HashSet::new();
-    let mut since_checkpoint = 0;
     for round in 0..8 {
         push(
             &log,
@@ -268,10 +279,8 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
         )
         .await
         .expect("push");
-        since_checkpoint += 3;
-        if since_checkpoint >= 5 {
-            written.insert(until_checkpointed(&log, 0).await);
-            since_checkpoint = 0;
+        if let Some(c) = until_due_checkpoint(&log, 3, 5).await {
+            written.insert(c);
         }
     }
     assert!(
