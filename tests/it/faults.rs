@@ -9,8 +9,9 @@ use futures::future::join_all;
 use keepsake_log::{LogConfig, LogError, LogStats, UpTo, read_user};
 use keepsake_model::{ChangeBody, Outcome, StateRead, UserState};
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
-use object_store::ObjectStore;
+use keepsake_store::keys;
 use object_store::memory::InMemory;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde_json::json;
 
 use crate::common::*;
@@ -302,4 +303,177 @@ async fn reads_of_one_user_do_not_list_the_segments() {
         faulty.clear();
         log.shutdown().await;
     }
+}
+
+/// A PUT that lands after the writer gave up on it (the request outlives its timeout, as one on
+/// a slow network does): every attempt of the batch times out and the push is refused, retryable,
+/// with nothing acknowledged. Then the PUTs land: the first one, the others refused (the name is
+/// taken). The device sends the change again: it is in the log once, and answered with that
+/// event's seq; a fresh open and verify agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_lands_after_the_writer_gave_up_is_in_the_log_once() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        put_timeout: Duration::from_millis(50),
+        put_attempts: 2,
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg.clone()).await.expect("open");
+    let u = user();
+    faulty.inject(
+        FaultOp::Put,
+        SEGMENTS,
+        Fault::LandLate(Duration::from_millis(300)),
+        2,
+    );
+    let c = put(item(), json!({"late": true}));
+    let refused = push(&log, u, vec![c.clone()])
+        .await
+        .expect_err("nothing acknowledged");
+    assert!(refused.is_retryable(), "{refused:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.head(&keys::segment(0, 1)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the PUT never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Sent again with a new change: the batch may not claim the late segment as its own.
+    let d = put(item(), json!({"after": true}));
+    let (answer, _) = push_as_device(&log, u, vec![c.clone(), d.clone()]).await;
+    let events = log_of(&store, u).await;
+    for (change, outcome) in [&c, &d].iter().zip(&answer.outcomes) {
+        let seq = match outcome {
+            Outcome::Applied(r) | Outcome::Duplicate(r) => r.seq,
+            other => panic!("{other:?}"),
+        };
+        let copies: Vec<_> = events
+            .iter()
+            .filter(|e| e.change_id == change.change_id)
+            .collect();
+        assert_eq!(copies.len(), 1, "{events:?}");
+        assert_eq!(copies[0].seq, seq);
+    }
+    let seq = events
+        .iter()
+        .find(|e| e.change_id == c.change_id)
+        .map_or(0, |e| e.seq);
+    log.shutdown().await;
+    let reopened = open(store.clone(), 1, cfg).await.expect("reopen");
+    let again = push(&reopened, u, vec![c.clone()]).await.expect("push");
+    assert!(
+        matches!(again.outcomes[0], Outcome::Duplicate(r) if r.seq == seq),
+        "{:?}",
+        again.outcomes
+    );
+    let (report, _) = keepsake_log::verify::verify_store(&store, 1)
+        .await
+        .expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+    reopened.shutdown().await;
+}
+
+fn checkpointing() -> LogConfig {
+    LogConfig {
+        checkpoint_every_events: 3,
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: false,
+            ..Default::default()
+        },
+        ..fast_config()
+    }
+}
+
+/// Four changes of one user in one push: a checkpoint is due after it.
+async fn four_changes(log: &keepsake_log::Log, u: keepsake_model::UserId) {
+    push(
+        log,
+        u,
+        (0..4).map(|i| put(item(), json!({"i": i}))).collect(),
+    )
+    .await
+    .expect("push");
+}
+
+/// Checkpoint PUTs that fail before landing are retried on the next tick; one that landed but
+/// answered an error is found on the next try (create-only: it exists, and it is the same fold).
+/// The checkpoints equal the fold of the log and verify finds nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_puts_that_fail_or_land_ambiguously_are_retried_to_the_same_checkpoint() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, checkpointing()).await.expect("open");
+    let u = user();
+    faulty.inject(FaultOp::Put, "/checkpoints/", Fault::Fail, 2);
+    four_changes(&log, u).await;
+    let first = until_checkpointed(&log, 0, None).await;
+    faulty.inject(FaultOp::Put, "/checkpoints/", Fault::FailAfter, 1);
+    four_changes(&log, u).await;
+    let second = until_checkpointed(&log, 0, Some(first)).await;
+    assert!(faulty.injected() >= 3, "every fault was met");
+    let (events, _) = read_user(store.clone(), 0, u, UpTo::End)
+        .await
+        .expect("read");
+    let saved = keepsake_log::read_checkpoint(store.as_ref(), 0, second)
+        .await
+        .expect("read checkpoint");
+    assert_eq!(
+        saved.get(&u),
+        Some(&UserState::replay(&events).expect("fold"))
+    );
+    let (report, _) = keepsake_log::verify::verify_store(&store, 1)
+        .await
+        .expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+    log.shutdown().await;
+}
+
+/// A retention delete that fails leaves that checkpoint (derived: keeping it is harmless) for
+/// the next round, which deletes it; the newest checkpoint and every segment stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_retention_delete_is_finished_by_the_next_round() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        retention: keepsake_log::retention::RetentionPolicy {
+            keep_all_for: chrono::Duration::zero(),
+            keep_daily_for_days: 0,
+        },
+        ..checkpointing()
+    };
+    let log = open(store.clone(), 1, cfg).await.expect("open");
+    let u = user();
+    four_changes(&log, u).await;
+    let first = until_checkpointed(&log, 0, None).await;
+    faulty.inject(FaultOp::Delete, "/checkpoints/", Fault::Fail, 1);
+    four_changes(&log, u).await;
+    let second = until_checkpointed(&log, 0, Some(first)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while faulty.injected() < 1 {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listed = keepsake_log::list_checkpoints(store.as_ref(), 0)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed,
+        vec![first, second],
+        "the failed delete left the first"
+    );
+    four_changes(&log, u).await;
+    let third = until_checkpointed(&log, 0, Some(second)).await;
+    // Retention runs right after the checkpoint is recorded: wait for its deletes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = keepsake_log::list_checkpoints(store.as_ref(), 0)
+            .await
+            .expect("list");
+        if listed == vec![third] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let segments = keepsake_log::list_segments(store.as_ref(), 0)
+        .await
+        .expect("segments");
+    assert_eq!(segments.len() as u64, log.head(0), "no segment deleted");
+    log.shutdown().await;
 }

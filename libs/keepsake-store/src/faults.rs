@@ -5,6 +5,9 @@
 //! - [`Fault::Fail`]: the operation fails before reaching the store (a PUT that never landed);
 //! - [`Fault::FailAfter`]: a PUT lands, then the caller sees an error (an ambiguous write);
 //! - [`Fault::Delay`]: the operation waits first (a slow PUT, or one that outlives a timeout).
+//! - [`Fault::LandLate`]: a PUT that lands after its caller gave up: the request goes on without
+//!   the caller (as a request on a slow network does), so a writer that timed out on it may see
+//!   the object appear later.
 //!
 //! [`FaultyStore::hold`] stops the next matching operation until the test releases it, and lets
 //! the test wait until the operation got there: a rendezvous that orders two processes' steps
@@ -48,6 +51,10 @@ pub enum Fault {
     FailAfter,
     /// Waits, then proceeds.
     Delay(Duration),
+    /// PUT: the request goes on in the background and lands after the delay, whether or not the
+    /// caller still waits for it (a caller that gave up, for example on a timeout, is not told).
+    /// Other operations: as `Delay`.
+    LandLate(Duration),
     /// LIST only: the listing leaves out its last object (a listing that missed the newest
     /// write, as eventually consistent listings and busy directories can).
     OmitLast,
@@ -236,6 +243,17 @@ impl ObjectStore for FaultyStore {
                 tokio::time::sleep(d).await;
                 self.inner.put_opts(location, payload, opts).await
             }
+            Some(Fault::LandLate(d)) => {
+                let (inner, at) = (self.inner.clone(), location.clone());
+                let landing = tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    inner.put_opts(&at, payload, opts).await
+                });
+                match landing.await {
+                    Ok(result) => result,
+                    Err(_) => Err(injected("put (the late landing task failed)", location)),
+                }
+            }
             None => self.inner.put_opts(location, payload, opts).await,
         }
     }
@@ -255,7 +273,7 @@ impl ObjectStore for FaultyStore {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
                 Err(injected("get", location))
             }
-            Some(Fault::Delay(d)) => {
+            Some(Fault::Delay(d) | Fault::LandLate(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.get_opts(location, options).await
             }
@@ -269,7 +287,7 @@ impl ObjectStore for FaultyStore {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
                 Err(injected("get", location))
             }
-            Some(Fault::Delay(d)) => {
+            Some(Fault::Delay(d) | Fault::LandLate(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.get_ranges(location, ranges).await
             }
@@ -318,7 +336,7 @@ impl ObjectStore for FaultyStore {
                 .try_flatten()
                 .boxed()
             }
-            Some(Fault::Delay(d)) => {
+            Some(Fault::Delay(d) | Fault::LandLate(d)) => {
                 let inner = self.inner.clone();
                 futures::stream::once(async move {
                     tokio::time::sleep(d).await;
@@ -335,7 +353,7 @@ impl ObjectStore for FaultyStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         let at = prefix.cloned().unwrap_or_default();
         match self.take(FaultOp::List, &at) {
-            Some(Fault::Delay(d)) => {
+            Some(Fault::Delay(d) | Fault::LandLate(d)) => {
                 tokio::time::sleep(d).await;
                 self.inner.list_with_delimiter(prefix).await
             }
