@@ -143,3 +143,108 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_model::{Kind, MassDeleteRefused};
+
+    /// Every log error answers with the status and code of API.md, and the retryable ones say
+    /// when to retry.
+    #[test]
+    fn every_log_error_answers_its_contract_code() {
+        let store = || object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        };
+        let cases: Vec<(LogError, StatusCode, &str, Option<u32>)> = vec![
+            (
+                LogError::Overloaded { shard: 0 },
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                Some(1),
+            ),
+            (
+                LogError::Unavailable {
+                    shard: 0,
+                    reason: "down".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (
+                LogError::Fenced {
+                    shard: 0,
+                    segment: 3,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (
+                LogError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (
+                LogError::Store {
+                    context: "read".into(),
+                    source: store(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (
+                LogError::MassDelete(MassDeleteRefused {
+                    kind: Kind::Note,
+                    deletes: 30,
+                    live: 40,
+                }),
+                StatusCode::CONFLICT,
+                "mass_delete_guard",
+                None,
+            ),
+            (
+                LogError::Incomplete {
+                    shard: 0,
+                    refused: 1,
+                    first: "conflict".into(),
+                },
+                StatusCode::CONFLICT,
+                "restore_conflict",
+                None,
+            ),
+            (
+                LogError::Gap {
+                    shard: 0,
+                    missing: 2,
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+            ),
+            (
+                LogError::Corrupt {
+                    shard: 0,
+                    segment: 2,
+                    detail: "bad".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+            ),
+        ];
+        for (e, status, code, retry) in cases {
+            let what = e.to_string();
+            let a = ApiError::from(e);
+            assert_eq!(
+                (a.status, a.code, a.retry_after),
+                (status, code, retry),
+                "{what}"
+            );
+        }
+    }
+}
