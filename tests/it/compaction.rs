@@ -278,6 +278,49 @@ async fn deletes_that_fail_leave_every_read_right_and_are_finished_later() {
     reopen_and_settle(&ts, &users, t, &before).await;
 }
 
+/// Compacting again merges new segments into the last history object and deletes the narrower
+/// one it replaces; when that delete fails, both objects stay (the narrower one is never
+/// preferred), every read is right, and the next compaction deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_delete_that_fails_leaves_every_read_right_and_is_finished_later() {
+    // History objects large enough that the new segments fit into the last one.
+    let ts = store(Backend::File).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let roomy = LogConfig {
+        compaction: CompactionPolicy {
+            max_events: 100_000,
+            ..cfg().compaction
+        },
+        ..cfg()
+    };
+    let log = open(store.clone(), 1, roomy).await.expect("open");
+    let users: Vec<UserId> = (0..4).map(|_| user()).collect();
+    rounds(&log, &users, 0, 6).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    rounds(&log, &users, 6, 10).await;
+    settled(&log, &store).await;
+    rounds(&log, &users, 10, 14).await;
+    let before = reads(&log, &store, &users, t).await;
+    faulty.inject(FaultOp::Delete, "/history/", Fault::Fail, 5);
+    let _reported = log.compact_now().await;
+    assert!(
+        faulty.injected() >= 1,
+        "the merge deleted the object it replaced"
+    );
+    let layout = list_layout(store.as_ref(), 0).await.expect("layout");
+    assert!(
+        layout.history.len() >= 2,
+        "the narrower object is left: {layout:?}"
+    );
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    faulty.clear();
+    settled(&log, &store).await;
+    assert_eq!(reads(&log, &store, &users, t).await, before);
+    log.shutdown().await;
+    reopen_and_settle(&ts, &users, t, &before).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_write_that_fails_after_landing_is_verified_before_use() {
     let (ts, faulty, log, users, t) = faulty().await;
