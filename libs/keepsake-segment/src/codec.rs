@@ -322,7 +322,7 @@ pub fn decode_rows(
     rows: impl IntoIterator<Item = usize>,
 ) -> Result<Vec<Event>, SegmentError> {
     let fields = batch.schema().fields().clone();
-    if fields != *arrow_schema().fields() && fields != *crate::history::history_schema().fields() {
+    if fields != *arrow_schema().fields() && fields != *crate::schema::history_schema().fields() {
         return Err(invalid("the file's columns are not the segment schema"));
     }
     let user = uuids(batch, col::USER_ID)?;

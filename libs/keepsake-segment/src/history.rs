@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::datatypes::Int64Type;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::Event;
@@ -24,24 +24,10 @@ use serde_json::{Value, json};
 
 use crate::codec::{DECODE_BATCH_ROWS, Segment, decode_batch, event_columns, writer_properties};
 use crate::error::{SegmentError, invalid};
-use crate::schema::{KNOWN_VERSIONS, Kv, SegmentMeta, arrow_schema};
+use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_schema};
 
 /// The history format version this build writes.
 pub const HISTORY_VERSION: u32 = 1;
-
-/// The column that says which segment a row came from.
-pub const SEGMENT_COLUMN: &str = "segment";
-
-/// The Arrow schema of a history object: the segment schema plus [`SEGMENT_COLUMN`].
-pub fn history_schema() -> Arc<Schema> {
-    let mut fields: Vec<Field> = arrow_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(SEGMENT_COLUMN, DataType::Int64, false));
-    Arc::new(Schema::new(fields))
-}
 
 /// What a history object says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,11 +27,11 @@ pub use codec::{
 };
 pub use error::SegmentError;
 pub use history::{
-    HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, SEGMENT_COLUMN, decode_history,
-    decode_segment_numbers, encode_history, history_description, history_schema,
+    HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, decode_history,
+    decode_segment_numbers, encode_history, history_description,
 };
 pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping, split_selection};
 pub use schema::{
-    FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SegmentMeta, arrow_schema, schema_description,
-    segment_version,
+    FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SEGMENT_COLUMN, SegmentMeta, arrow_schema,
+    history_schema, schema_description, segment_version,
 };

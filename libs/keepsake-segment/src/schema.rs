@@ -105,6 +105,22 @@ pub fn arrow_schema() -> Arc<Schema> {
     ]))
 }
 
+/// The column of a history object that says which segment a row came from.
+pub const SEGMENT_COLUMN: &str = "segment";
+
+/// The Arrow schema of a history object: the segment schema plus [`SEGMENT_COLUMN`]. (Here,
+/// beside the segment schema it extends, so that the codec, which decodes both, does not import
+/// the history module that imports it.)
+pub fn history_schema() -> Arc<Schema> {
+    let mut fields: Vec<Field> = arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(SEGMENT_COLUMN, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
 /// What a segment says about itself, in its Parquet key-value metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentMeta {

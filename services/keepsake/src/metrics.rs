@@ -1,4 +1,4 @@
-//! Prometheus metrics at `/metrics` (OpenMetrics text).
+//! Prometheus metrics (OpenMetrics text; served at `/metrics` by `api/ops.rs`).
 //!
 //! HTTP requests and latencies by route come from prometheus-client families; the log's own
 //! counters (segments, PUTs and their latency, batch sizes, retries, fences) are read from
@@ -7,9 +7,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use keepsake_log::LogStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -18,8 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::api::Shared;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -206,18 +201,19 @@ fn histogram(
     );
 }
 
-/// `GET /metrics`.
-pub async fn render(State(state): State<Shared>) -> Response {
+/// The OpenMetrics text of `/metrics`: these metrics, then the log's counters (read from
+/// `LogStats` now) when the log is open.
+pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
     let mut out = String::new();
-    if encode(&mut out, &state.metrics.registry).is_err() {
+    if encode(&mut out, &metrics.registry).is_err() {
         out.clear();
     }
     // prometheus-client ends with "# EOF"; the log's metrics go before it.
     if let Some(stripped) = out.strip_suffix("# EOF\n") {
         out.truncate(stripped.len());
     }
-    if let Some(ready) = state.ready.get() {
-        let s = ready.log.stats();
+    if let Some(log) = log {
+        let s = log.stats();
         let g = |c: &std::sync::atomic::AtomicU64| LogStats::get(c);
         counter(
             &mut out,
@@ -339,7 +335,7 @@ pub async fn render(State(state): State<Shared>) -> Response {
             &s.batch_events,
             1.0,
         );
-        let (hits, misses, evictions) = ready.log.view_counters();
+        let (hits, misses, evictions) = log.view_counters();
         counter(
             &mut out,
             "keepsake_view_hits",
@@ -362,20 +358,15 @@ pub async fn render(State(state): State<Shared>) -> Response {
             &mut out,
             "keepsake_view_users",
             "Users whose state is in memory",
-            ready.log.resident_users() as u64,
+            log.resident_users() as u64,
         );
         gauge(
             &mut out,
             "keepsake_view_bytes",
             "Approximate bytes of user state in memory",
-            ready.log.resident_bytes() as u64,
+            log.resident_bytes() as u64,
         );
     }
     out.push_str("# EOF\n");
-    let mut resp = out.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    resp
+    out
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod device;
+mod ops;
 pub mod problem;
 pub mod wire;
 
@@ -139,9 +140,9 @@ impl Routes {
 pub fn routes() -> Routes {
     use axum::routing::{delete, post};
     Routes::new()
-        .add("/healthz", &[Method::GET], get(healthz))
-        .add("/readyz", &[Method::GET], get(readyz))
-        .add("/metrics", &[Method::GET], get(crate::metrics::render))
+        .add("/healthz", &[Method::GET], get(ops::healthz))
+        .add("/readyz", &[Method::GET], get(ops::readyz))
+        .add("/metrics", &[Method::GET], get(ops::metrics))
         .add("/v1/session", &[Method::GET], get(device::session))
         .add(
             "/v1/changes",
@@ -219,14 +220,6 @@ pub fn router(state: Shared) -> Router {
             request_context,
         ))
         .with_state(state)
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<Shared>) -> Result<&'static str, ApiError> {
-    state.ready().map(|_| "ready\n")
 }
 
 /// Gives every request an id (the client's `x-request-id` if it is a UUID, else a new one), a
