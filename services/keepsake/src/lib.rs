@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod operator;
 pub mod recover;
 pub mod restore;
+pub mod restore_record;
 pub mod server;
 pub mod sync_token;

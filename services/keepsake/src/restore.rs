@@ -27,7 +27,8 @@ use keepsake_model::{
 };
 use object_store::ObjectStoreExt as _;
 use serde::Serialize;
-use serde_json::{Value, json};
+
+use crate::restore_record::{RECORD_VERSION, RestoreRecord};
 
 /// What to restore to.
 #[derive(Clone, Debug)]
@@ -176,7 +177,10 @@ fn count<'a>(effects: impl IntoIterator<Item = (Effect, Option<&'a Outcome>)>) -
 }
 
 /// Reads a restore's record, if there is one.
-pub(crate) async fn read_record(log: &Log, id: RestoreId) -> Result<Option<Value>, RestoreError> {
+pub(crate) async fn read_record(
+    log: &Log,
+    id: RestoreId,
+) -> Result<Option<RestoreRecord>, RestoreError> {
     match log
         .store()
         .get(&keepsake_store::keys::restore_job(id))
@@ -187,9 +191,9 @@ pub(crate) async fn read_record(log: &Log, id: RestoreId) -> Result<Option<Value
                 .bytes()
                 .await
                 .map_err(|e| RestoreError::Record(e.to_string()))?;
-            serde_json::from_slice(&bytes)
+            RestoreRecord::decode(&bytes)
                 .map(Some)
-                .map_err(|e| RestoreError::Record(e.to_string()))
+                .map_err(RestoreError::Record)
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(RestoreError::Record(e.to_string())),
@@ -216,18 +220,17 @@ pub async fn restore_user(
         && !dry_run
         && let Some(rec) = read_record(log, id).await?
     {
-        if rec["user_id"] != json!(user) {
+        if rec.user_id != user {
             return Err(RestoreError::OtherUser);
         }
-        let n = |k: &str| rec[k].as_u64().unwrap_or(0);
         return Ok(Done {
             restore_id: id,
             dry_run: false,
             duplicate: true,
-            restored: n("restored"),
-            reverted: n("reverted"),
-            removed: n("removed"),
-            seq: n("seq"),
+            restored: rec.restored,
+            reverted: rec.reverted,
+            removed: rec.removed,
+            seq: rec.seq,
         });
     }
     // The record may be missing (its write failed, or a crash came first) while the restore's
@@ -252,16 +255,33 @@ pub async fn restore_user(
 /// logged: the events are committed, and a retry under the same id answers from the log.
 async fn write_record(log: &Log, clock: &dyn Clock, user: UserId, spec: &Spec, done: &Done) {
     {
-        let record = json!({
-            "restore_id": done.restore_id, "scope": "user", "user_id": user, "as_of": spec.as_of, "as_of_seq": spec.as_of_seq,
-            "kinds": spec.kinds, "reason": spec.reason, "restored": done.restored, "reverted": done.reverted, "removed": done.removed,
-            "seq": done.seq, "recorded_at": clock.now(),
-        });
+        let record = RestoreRecord {
+            format_version: RECORD_VERSION,
+            restore_id: done.restore_id,
+            scope: "user".into(),
+            user_id: user,
+            as_of: spec.as_of.clone(),
+            as_of_seq: spec.as_of_seq,
+            kinds: spec.kinds.clone(),
+            reason: spec.reason.clone(),
+            restored: done.restored,
+            reverted: done.reverted,
+            removed: done.removed,
+            seq: done.seq,
+            recorded_at: clock.now(),
+        };
+        let bytes = match record.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(restore_id = %done.restore_id, error = %e, "encoding the restore record failed; a retry answers from the events");
+                return;
+            }
+        };
         let put = log
             .store()
             .put_opts(
                 &keepsake_store::keys::restore_job(done.restore_id),
-                object_store::PutPayload::from(record.to_string().into_bytes()),
+                object_store::PutPayload::from(bytes),
                 keepsake_store::create_only(),
             )
             .await;
