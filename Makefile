@@ -26,13 +26,18 @@ moto: ## Install moto[server] (the S3 server the tests start) if it is missing
 	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 	@python3 -c 'import moto.server' || { echo "moto[server] is not importable after pip install" >&2; exit 1; }
 
+.PHONY: schemathesis
+schemathesis: ## Install schemathesis (the contract fuzzer the e2e tests run) if it is missing
+	@command -v schemathesis >/dev/null || python3 -m pip install --quiet 'schemathesis>=4,<5'
+	@command -v schemathesis >/dev/null || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
+
 .PHONY: strace
 strace: ## Install strace (the fsync test traces a file-store PUT) if it is missing
 	@command -v strace >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace; }
 	@command -v strace >/dev/null || { echo "strace is required by make test" >&2; exit 1; }
 
 .PHONY: test
-test: moto strace ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
+test: moto strace schemathesis ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
 	@if [ -n "$${KEEPSAKE_BLESS:-}" ]; then echo "KEEPSAKE_BLESS is set: tests never write goldens (make bless does); unset it" >&2; exit 1; fi
 	$(CARGO) test --workspace
 

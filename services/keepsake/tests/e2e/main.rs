@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod compaction;
+mod contract;
 mod devices;
 mod endpoints;
 mod harness;
