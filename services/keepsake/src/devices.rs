@@ -1,25 +1,18 @@
 //! The device registry, kept in the store: registrations and revocations are create-only
 //! objects, so they survive restarts and are never rewritten.
 //!
-//! Registering and revoking are also recorded in the user's log as events of kind `device`
-//! (origin `operator`, item id = the device id): a put when the device is registered, a delete
-//! when it is revoked ([`registration_change`], [`revocation_change`]). The log then says who
-//! could reach the user's data and when, and the state at any moment lists the devices live
-//! then. Ordering keeps the trail on the safe side: a registration's event is durable before the
-//! token is handed out; a revocation takes effect (its object is written) before its event, and
-//! a revoke that failed to record is answered with an error and recorded when it is sent again.
-//! Change ids are derived from the device id, so a retry writes nothing twice.
-//!
 //! Verifying a token never reads the store: revocations are held in memory, loaded at start and
 //! refreshed periodically (so a revocation made through another server takes effect here within
 //! the refresh interval; through this server, at once).
+//!
+//! Registering and revoking are also recorded in the user's log ([`crate::device_events`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use keepsake_model::{Change, ChangeBody, ChangeId, DeviceId, Document, ItemId, Kind, UserId};
+use keepsake_model::{DeviceId, UserId};
 use keepsake_store::{create_only, keys};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -38,52 +31,6 @@ pub struct DeviceRecord {
     /// When it was revoked, if it was (filled in when listing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// The document of a `device` item: what the registry holds about it, never its token.
-#[derive(Serialize)]
-struct DeviceDocument<'a> {
-    #[serde(rename = "@type")]
-    ty: &'static str,
-    name: &'a str,
-    #[serde(rename = "registeredAt")]
-    registered_at: String,
-}
-
-/// The change that records a device's registration in its user's log (kind `device`, a put).
-/// Its change id is derived from the device id: recording it twice writes it once.
-pub fn registration_change(record: &DeviceRecord) -> Result<Change, serde_json::Error> {
-    let document = serde_json::to_value(DeviceDocument {
-        ty: Kind::Device.json_type(),
-        name: &record.name,
-        registered_at: record
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    })?;
-    Ok(Change {
-        change_id: ChangeId(uuid::Uuid::new_v5(
-            &record.device_id.0,
-            b"device-registered",
-        )),
-        kind: Kind::Device,
-        item_id: ItemId(record.device_id.0),
-        base_version: None,
-        body: ChangeBody::Put {
-            document: Document::from_value(&document),
-        },
-    })
-}
-
-/// The change that records a device's revocation (kind `device`, a delete), with a change id
-/// derived from the device id.
-pub fn revocation_change(device: DeviceId) -> Change {
-    Change {
-        change_id: ChangeId(uuid::Uuid::new_v5(&device.0, b"device-revoked")),
-        kind: Kind::Device,
-        item_id: ItemId(device.0),
-        base_version: None,
-        body: ChangeBody::Delete,
-    }
 }
 
 #[derive(Serialize, Deserialize)]

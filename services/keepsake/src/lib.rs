@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod device_events;
 pub mod devices;
 pub mod fleet;
 pub mod metrics;

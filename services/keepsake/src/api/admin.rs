@@ -8,7 +8,8 @@ use keepsake_model::{DeviceId, UserId};
 use serde::Deserialize;
 
 use super::{ApiError, OperatorAuth, Shared, json, parse_id, parse_json, read_body};
-use crate::devices::{DeviceRecord, RegistryError, registration_change, revocation_change};
+use crate::device_events::{DeviceEventError, record_registration, record_revocation};
+use crate::devices::{DeviceRecord, RegistryError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,47 +28,11 @@ fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
-/// Records device registrations and revocations in the user's log (origin `operator`). Every
-/// change must be applied, or a duplicate of one applied before (a retry): anything else is an
-/// error, and the operator's request fails.
-async fn record_device_events(
-    log: &keepsake_log::Log,
-    user: UserId,
-    request_id: keepsake_model::RequestId,
-    changes: Vec<keepsake_model::Change>,
-) -> Result<(), ApiError> {
-    use keepsake_model::{EventMeta, Origin, Outcome};
-    let result = log
-        .push(keepsake_log::PushRequest {
-            user_id: user,
-            meta: EventMeta {
-                device_id: None,
-                origin: Origin::Operator,
-                request_id: Some(request_id),
-                restore_id: None,
-            },
-            changes,
-            confirm_mass_delete: false,
-        })
-        .await?;
-    for outcome in &result.outcomes {
-        match outcome {
-            Outcome::Applied(_) | Outcome::Duplicate(_) => {}
-            Outcome::Conflict(item) => {
-                return Err(ApiError::internal(
-                    "device event",
-                    format!("item {} changed under the operator", item.item_id),
-                ));
-            }
-            Outcome::Rejected { code, detail } => {
-                return Err(ApiError::internal(
-                    "device event",
-                    format!("{}: {detail}", code.as_str()),
-                ));
-            }
-        }
+fn device_event_error(e: DeviceEventError) -> ApiError {
+    match e {
+        DeviceEventError::Log(e) => e.into(),
+        DeviceEventError::Refused(why) => ApiError::internal("device event", why),
     }
-    Ok(())
 }
 
 pub(super) async fn register_device(
@@ -94,13 +59,19 @@ pub(super) async fn register_device(
     };
     // The event first: a token is handed out only once the log says the device could reach
     // the user's data.
-    let change = registration_change(&record).map_err(|e| ApiError::internal("device", e))?;
-    record_device_events(&ready.log, user, request_id, vec![change]).await?;
-    ready
-        .registry
-        .register(&record)
+    record_registration(&ready.log, state.ids.as_ref(), &record, Some(request_id))
         .await
-        .map_err(registry_error)?;
+        .map_err(device_event_error)?;
+    if let Err(e) = ready.registry.register(&record).await {
+        // No token was handed out: record the device as revoked at once, so the log does not
+        // keep a device live that nobody can revoke (best effort; the registration failed).
+        if let Err(again) =
+            record_revocation(&ready.log, state.ids.as_ref(), &record, Some(request_id)).await
+        {
+            tracing::error!(user_id = %user, device_id = %record.device_id, error = %again, "a registration that failed stays live in the log");
+        }
+        return Err(registry_error(e));
+    }
     tracing::info!(user_id = %user, device_id = %record.device_id, "device registered");
     let token = state.keys.sign(user, record.device_id);
     Ok(json(
@@ -142,22 +113,15 @@ pub(super) async fn revoke_device(
     let user: UserId = parse_id("user_id", &user_id)?;
     let device: DeviceId = parse_id("device_id", &device_id)?;
     let ready = state.ready()?;
-    // The revocation takes effect first (the token stops working), then it is recorded. The
-    // registration goes with it: a duplicate when it was recorded, and the record of a device
-    // registered before registrations were recorded otherwise.
+    // The revocation takes effect first (the token stops working), then it is recorded.
     let record = ready
         .registry
         .revoke(user, device, state.clock.now())
         .await
         .map_err(registry_error)?;
-    let registered = registration_change(&record).map_err(|e| ApiError::internal("device", e))?;
-    record_device_events(
-        &ready.log,
-        user,
-        request_id,
-        vec![registered, revocation_change(device)],
-    )
-    .await?;
+    record_revocation(&ready.log, state.ids.as_ref(), &record, Some(request_id))
+        .await
+        .map_err(device_event_error)?;
     tracing::info!(user_id = %user, device_id = %device, "device revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -67,8 +67,12 @@ async fn every_route_answers_every_credential_as_the_contract_says() {
             None,
         )
         .await;
-    let old_phone = listed["devices"][1]["device_id"]
-        .as_str()
+    let old_phone = listed["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["name"] == "old phone")
+        .and_then(|d| d["device_id"].as_str())
         .expect("the old phone")
         .to_string();
     let (st, _) = s

@@ -23,6 +23,12 @@ mod file {
         )
         .await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_cannot_keep_its_revocation_out_of_the_log() {
+        super::a_device_cannot_keep_its_revocation_out_of_the_log(keepsake_tests::Backend::File)
+            .await
+    }
 }
 mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,4 +361,48 @@ async fn a_revoked_device_is_refused_everywhere_even_mid_long_poll(backend: Back
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {path}: {v}");
     }
     assert_eq!(s.metric("keepsake_long_polls_waiting").await, 0);
+}
+
+/// Change ids are the device's idempotency keys: a device that guessed the change id of the
+/// operator's event could push it first, and the operator's event would be answered
+/// "duplicate" and never written. (Derived ids were guessable: UUIDv5 of the device id.)
+async fn a_device_cannot_keep_its_revocation_out_of_the_log(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let (phone, phone_token, _) = register(&s, &user, "phone").await;
+    let device: uuid::Uuid = phone.parse().expect("uuid");
+    let guesses: Vec<Value> = ["device-revoked", "device-registered", "revoke", "revoked"]
+        .iter()
+        .map(|what| {
+            let id = uuid::Uuid::new_v5(&device, what.as_bytes());
+            put(&uuid(), "note", json!({"guess": what}))
+                .as_object()
+                .map_or(json!({}), |o| {
+                    let mut o = o.clone();
+                    o.insert("change_id".into(), json!(id));
+                    Value::Object(o)
+                })
+        })
+        .collect();
+    s.push(&phone_token, Value::Array(guesses)).await;
+    revoke(&s, &user, &phone).await;
+    let log = events(&s, &user).await;
+    let device_events: Vec<(&Value, &Value)> = log
+        .iter()
+        .filter(|e| e["kind"] == "device")
+        .map(|e| (&e["op"], &e["item_id"]))
+        .collect();
+    assert_eq!(
+        device_events,
+        vec![
+            (&json!("put"), &json!(phone)),
+            (&json!("delete"), &json!(phone))
+        ],
+        "{log:?}"
+    );
+    assert_eq!(
+        devices_at(&s, &user, "as_of_seq=6").await,
+        Vec::<String>::new()
+    );
 }
