@@ -407,5 +407,11 @@ pub fn decode_checkpoint(
             users.len()
         )));
     }
+    if meta.format_version < checkpoint_version(users.values()) {
+        return Err(invalid(format!(
+            "a checkpoint of version {} holds a device item (version 2)",
+            meta.format_version
+        )));
+    }
     Ok((meta, users))
 }

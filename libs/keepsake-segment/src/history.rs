@@ -27,7 +27,12 @@ use crate::error::{SegmentError, invalid};
 use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_schema};
 
 /// The history format version this build writes.
-pub const HISTORY_VERSION: u32 = 1;
+/// The newest history format version this build writes. Version 2 is version 1 holding at least
+/// one segment of format 2 (kind `device`, origin `operator`): a history object is stamped 2
+/// exactly then, so that a build that reads only version 1 refuses it by version — also on its
+/// one-user reads, which do not read the sources' versions — rather than by a value it does not
+/// know.
+pub const HISTORY_VERSION: u32 = 2;
 
 /// What a history object says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +91,11 @@ impl HistoryMeta {
             })
             .collect();
         Ok(Self {
-            format_version: HISTORY_VERSION,
+            format_version: if segments.iter().any(|s| s.meta.format_version >= 2) {
+                2
+            } else {
+                1
+            },
             shard,
             first: first.meta.segment,
             last: last.meta.segment,
@@ -199,7 +208,7 @@ impl HistoryMeta {
 }
 
 /// Every history format version this build reads.
-pub const HISTORY_VERSIONS: &[u32] = &[1];
+pub const HISTORY_VERSIONS: &[u32] = &[1, 2];
 
 /// Encodes segments `first..=last` of `shard` (ascending, dense) as one history object.
 pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, SegmentError> {
@@ -328,14 +337,36 @@ pub fn decode_history(bytes: Bytes) -> Result<History, SegmentError> {
                     m.event_count
                 )));
             }
+            crate::schema::check_version(m.format_version, &events)?;
             Ok(Segment { meta: m, events })
         })
         .collect::<Result<Vec<_>, SegmentError>>()?;
+    let newest_source = segments.iter().map(|s| s.meta.format_version).max();
+    if meta.format_version < 2 && newest_source >= Some(2) {
+        return Err(invalid(
+            "a history object of version 1 holds a segment of format 2",
+        ));
+    }
     Ok(History { meta, segments })
 }
 
-/// The history format as the machine-readable description in `schemas/history-v1.json`.
-pub fn history_description() -> Value {
+/// The machine-readable description of history format `version`, as in
+/// `schemas/history-v<version>.json`; `None` for a version this build does not know.
+pub fn history_description(version: u32) -> Option<Value> {
+    let mut d = history_description_v1();
+    match version {
+        1 => {}
+        2 => {
+            d["format_version"] = 2.into();
+            d["segment_format_versions"] = json!([1, 2]);
+            d["stamped"] = "2 when at least one source segment is format 2, else 1".into();
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
+fn history_description_v1() -> Value {
     let columns: Vec<Value> = history_schema()
         .fields()
         .iter()
@@ -343,7 +374,7 @@ pub fn history_description() -> Value {
         .collect();
     json!({
         "format": "keepsake-history",
-        "format_version": HISTORY_VERSION,
+        "format_version": 1,
         "columns": "the segment schema (schemas/segment-v1.json), same types and encodings, then `segment`",
         "column_names": columns,
         "segment_column": {"name": SEGMENT_COLUMN, "type": "int64", "meaning": "the number of the segment the row came from"},

@@ -160,7 +160,12 @@ fn bless_missing_schema_files() {
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
         );
     }
-    write_new("history-v1.json", pretty(history_description()).as_bytes());
+    for v in [1, 2] {
+        write_new(
+            &format!("history-v{v}.json"),
+            pretty(history_description(v).expect("known")).as_bytes(),
+        );
+    }
     for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
         let meta = meta_for(&events, 1);
         assert_eq!(meta.format_version, v);
@@ -174,14 +179,16 @@ fn bless_missing_schema_files() {
             &encode_checkpoint(users.iter(), &checkpoints::meta(v, users.len())).expect("encode"),
         );
     }
-    let seg = keepsake_segment::Segment {
-        meta: meta_for(&golden_events(), 1),
-        events: golden_events(),
-    };
-    write_new(
-        "golden/history-v1.parquet",
-        &encode_history(3, std::slice::from_ref(&seg)).expect("encode"),
-    );
+    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+        let seg = keepsake_segment::Segment {
+            meta: meta_for(&events, 1),
+            events,
+        };
+        write_new(
+            &format!("golden/history-v{v}.parquet"),
+            &encode_history(3, std::slice::from_ref(&seg)).expect("encode"),
+        );
+    }
 }
 
 /// Every column chunk of a new segment is written the way the schema file says: compressed only
@@ -660,25 +667,32 @@ mod history {
     }
 
     #[test]
-    fn history_schema_file_matches_the_code() {
-        assert_eq!(json_file("history-v1.json"), history_description());
+    fn history_schema_files_match_the_code() {
+        for v in [1, 2] {
+            let name = format!("history-v{v}.json");
+            assert_eq!(Some(json_file(&name)), history_description(v), "{name}");
+        }
+        assert_eq!(history_description(3), None);
     }
 
     #[test]
-    fn golden_history_v1_still_decodes() {
-        let events = golden_events();
-        let seg = Segment {
-            meta: meta_for(&events, 1),
-            events: events.clone(),
-        };
-        let bytes = checked_in("golden/history-v1.parquet");
-        let h = decode_history(Bytes::from(bytes)).expect("the golden v1 history decodes");
-        assert_eq!(h.meta.format_version, 1);
-        assert_eq!(h.segments, vec![seg]);
+    fn golden_histories_of_every_version_still_decode() {
+        for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+            let name = format!("golden/history-v{v}.parquet");
+            let seg = Segment {
+                meta: meta_for(&events, 1),
+                events,
+            };
+            let h = decode_history(Bytes::from(checked_in(&name)))
+                .unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
+            assert_eq!(h.meta.format_version, v, "{name}");
+            assert_eq!(h.segments, vec![seg], "{name}");
+        }
     }
 
-    /// History format 1 holds segments of either format: each source keeps its version, so a
-    /// build that reads only segment format 1 refuses a history holding format 2 by version.
+    /// A history object keeps each source segment's version, and is itself stamped 2 when it
+    /// holds a format-2 segment (1 otherwise), so that a build that reads only version 1 refuses
+    /// it by version on every read path.
     #[test]
     fn a_history_object_keeps_each_segments_format_version() {
         let v1 = golden_events();
@@ -704,6 +718,15 @@ mod history {
         assert_eq!(h.segments, segs);
         let versions: Vec<u32> = h.segments.iter().map(|s| s.meta.format_version).collect();
         assert_eq!(versions, vec![1, 2]);
+        assert_eq!(
+            h.meta.format_version, 2,
+            "stamped 2: it holds a format-2 segment"
+        );
+        let only_v1 = encode_history(3, &segs[..1]).expect("encode");
+        assert_eq!(
+            decode_history(only_v1).expect("decode").meta.format_version,
+            1
+        );
     }
 }
 
