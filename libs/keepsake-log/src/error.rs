@@ -103,6 +103,26 @@ impl LogError {
         }
     }
 
+    /// An error of a user read (run under `with_relisting`): an object that went away after it
+    /// was listed — compaction moved it into a wider history object — is a gap, which the read
+    /// answers by locating the segments again; never an error for the caller while the data is
+    /// in the store. Anything else as [`LogError::segment`].
+    pub(crate) fn user_read(shard: u32, segment: u64, e: SegmentError) -> Self {
+        match e {
+            SegmentError::Parquet(parquet::errors::ParquetError::External(source))
+                if source
+                    .downcast_ref::<object_store::Error>()
+                    .is_some_and(|e| matches!(e, object_store::Error::NotFound { .. })) =>
+            {
+                LogError::Gap {
+                    shard,
+                    missing: segment,
+                }
+            }
+            other => LogError::segment(shard, segment, other),
+        }
+    }
+
     pub(crate) fn segment(shard: u32, segment: u64, e: SegmentError) -> Self {
         match e {
             // A store error surfaced through the Parquet reader: not corruption.

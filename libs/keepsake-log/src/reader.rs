@@ -1236,7 +1236,7 @@ async fn open_for_user(
         match ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options()).await {
             Ok(b) => b,
             Err(e) if not_found(&e) => return Err(gone),
-            Err(e) => return Err(LogError::segment(shard, n, e.into())),
+            Err(e) => return Err(LogError::user_read(shard, n, e.into())),
         };
     let kvs = builder.metadata().file_metadata().key_value_metadata();
     let first_recorded_at = if src.is_history() {
@@ -1309,12 +1309,12 @@ async fn read_user_segment(
             .with_row_groups(plan.row_groups)
             .with_row_selection(plan.selection)
             .build()
-            .map_err(|e| LogError::segment(shard, n, e.into()))?;
+            .map_err(|e| LogError::user_read(shard, n, e.into()))?;
         return filter.read(stream).await;
     }
     // A long run of the user's rows (a history object's): decoded in parts, one per core.
     let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), read_options())
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+        .map_err(|e| LogError::user_read(shard, n, e.into()))?;
     let reads = split_selection(&plan.selection, parts)
         .into_iter()
         .map(|selection| {
@@ -1323,7 +1323,7 @@ async fn read_user_segment(
                     .with_row_groups(plan.row_groups.clone())
                     .with_row_selection(selection)
                     .build()
-                    .map_err(|e| LogError::segment(shard, n, e.into()));
+                    .map_err(|e| LogError::user_read(shard, n, e.into()));
             let filter = filter.clone();
             Aborting(tokio::spawn(async move { filter.read(stream?).await }))
         })
@@ -1494,7 +1494,7 @@ async fn read_user_keys(
         .with_row_groups(plan.row_groups.clone())
         .with_row_selection(plan.selection)
         .build()
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+        .map_err(|e| LogError::user_read(shard, n, e.into()))?;
     let mut rows = Vec::new();
     let mut decoded = 0;
     let mut past_end = false;
@@ -1548,12 +1548,12 @@ async fn read_rows_whole(
     }
     selectors.push(RowSelector::skip(seg.rows_in_groups.saturating_sub(at)));
     let metadata = ArrowReaderMetadata::try_new(seg.metadata, read_options())
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+        .map_err(|e| LogError::user_read(shard, n, e.into()))?;
     let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(seg.again, metadata)
         .with_row_groups(seg.row_groups)
         .with_row_selection(RowSelection::from(selectors))
         .build()
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+        .map_err(|e| LogError::user_read(shard, n, e.into()))?;
     let mut events = Vec::with_capacity(positions.len());
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(pages_err(shard, n))?;
