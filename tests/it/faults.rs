@@ -153,23 +153,34 @@ async fn a_slow_put_lets_the_next_batch_fill() {
     let (faulty, store) = faulty();
     let log = Arc::new(open(store.clone(), 1, fast_config()).await.expect("open"));
     let u = user();
-    faulty.inject(
-        FaultOp::Put,
-        SEGMENTS,
-        Fault::Delay(Duration::from_millis(300)),
-        1,
-    );
+    // The first push's PUT is held until the other 50 wait in the writer's queue.
+    let gate = faulty.hold(FaultOp::Put, SEGMENTS);
     let first = {
         let log = log.clone();
         tokio::spawn(async move { push(&log, u, vec![put(item(), json!({}))]).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let others = join_all((0..50).map(|_| {
+    gate.reached().await;
+    let others = {
         let log = log.clone();
-        let v = user();
-        async move { push(&log, v, vec![put(item(), json!({}))]).await }
-    }))
-    .await;
+        tokio::spawn(async move {
+            join_all((0..50).map(|_| {
+                let log = log.clone();
+                let v = user();
+                async move { push(&log, v, vec![put(item(), json!({}))]).await }
+            }))
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.queued() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pushes never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    gate.release();
+    let others = others.await.expect("join");
     assert!(first.await.expect("join").is_ok());
     for r in others {
         r.expect("acknowledged");

@@ -642,6 +642,8 @@ async fn patches_made_stale_inside_one_batch_merge_without_failing_the_batch() {
             .await
         })
     };
+    // Orders the two pushes inside the 300 ms window (the writer takes the first into its
+    // batch at once, so no queue shows it); the assertion below fails if they split.
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     let patches = items
         .iter()

@@ -839,6 +839,15 @@ impl Log {
             .unwrap_or(0)
     }
 
+    /// Pushes waiting in the writer queues of every shard now (how close the log is to
+    /// answering `overloaded`).
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .sum()
+    }
+
     /// Stops every writer at once, without answering queued pushes: what a crash does.
     #[cfg(feature = "testing")]
     pub fn abort_writers(&self) {

@@ -356,6 +356,12 @@ pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
         );
         gauge(
             &mut out,
+            "keepsake_writer_queued",
+            "Pushes waiting in the shard writers' queues",
+            log.queued() as u64,
+        );
+        gauge(
+            &mut out,
             "keepsake_view_users",
             "Users whose state is in memory",
             log.resident_users() as u64,

@@ -283,18 +283,6 @@ async fn registrations_and_revocations_are_events_in_the_users_log(backend: Back
     assert_eq!(devices_at(&s, &user, "as_of_seq=5").await, vec![laptop]);
 }
 
-/// Waits (polling, with a timeout) until `metric` reads at least `want`.
-async fn until_metric(s: &Server, metric: &str, want: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while s.metric(metric).await < want {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{metric} never reached {want}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 async fn a_revoked_device_is_refused_everywhere_even_mid_long_poll(backend: Backend) {
     let env = Env::new(backend).await;
     let s = std::sync::Arc::new(Server::start(&env, &[]).await);
@@ -319,7 +307,7 @@ async fn a_revoked_device_is_refused_everywhere_even_mid_long_poll(backend: Back
             .await
         })
     };
-    until_metric(&s, "keepsake_long_polls_waiting", 1).await;
+    s.until_metric("keepsake_long_polls_waiting", 1).await;
     revoke(&s, &user, &phone).await;
     // ... and the tablet then pushes: the poll wakes, and must not hand the new data over.
     let secret = uuid();

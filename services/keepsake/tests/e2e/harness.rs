@@ -119,6 +119,18 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Waits (at most 20 s) until the `/metrics` value `name` reads at least `want`.
+    pub async fn until_metric(&self, name: &str, want: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.metric(name).await < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never reached {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits (at most 20 s) for a log line containing every one of `needles`, and returns it.
     /// Lines read while waiting are consumed.
     pub async fn until_logged(&self, needles: &[&str]) -> String {

@@ -185,7 +185,7 @@ async fn a_long_poll_wakes_on_another_devices_push(backend: Backend) {
         let tablet = tablet.clone();
         tokio::spawn(async move { s.pull(&tablet, &format!("?since={tok}&wait=30")).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.until_metric("keepsake_long_polls_waiting", 1).await;
     assert!(!waiter.is_finished(), "with nothing new the pull waits");
     let item = uuid();
     s.push(
