@@ -1056,7 +1056,15 @@ where
             other => return other,
         }
     }
-    result
+    // Still moving after every relisting (another process compacting this shard as fast as we
+    // locate): nothing is lost — the segments were listed — so the caller may retry.
+    match result {
+        Err(LogError::Gap { missing, .. }) => Err(LogError::Unavailable {
+            shard,
+            reason: format!("segment {missing} kept moving while it was read; retry"),
+        }),
+        other => other,
+    }
 }
 
 /// True when a Parquet read failed because the object is not there.

@@ -50,7 +50,10 @@ fn parse_range(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn parse_kind(k: &str) -> Result<Kind, String> {
-    Kind::parse(k.trim()).ok_or_else(|| format!("unknown kind {k:?} (contact, event, task, note)"))
+    // `device` is the operator's record of a device, never pushed by one.
+    Kind::parse(k.trim())
+        .filter(Kind::is_data)
+        .ok_or_else(|| format!("unknown kind {k:?} (contact, event, task, note)"))
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +295,17 @@ mod tests {
                 "t",
                 "--kinds",
                 "pony"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "keepsake-loadgen",
+                "http",
+                "--admin-token",
+                "t",
+                "--kinds",
+                "device"
             ])
             .is_err()
         );
