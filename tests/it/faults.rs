@@ -488,3 +488,28 @@ async fn a_failed_retention_delete_is_finished_by_the_next_round() {
     assert_eq!(segments.len() as u64, log.head(0), "no segment deleted");
     log.shutdown().await;
 }
+
+/// A slow checkpoint PUT (held until the test lets it go) holds up nothing: pushes are
+/// acknowledged while it hangs, and the checkpoint is recorded once it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_checkpoint_put_holds_up_no_push() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, checkpointing()).await.expect("open");
+    let u = user();
+    let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
+    four_changes(&log, u).await;
+    gate.reached().await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..5 {
+            four_changes(&log, u).await;
+        }
+    })
+    .await
+    .expect("pushes are acknowledged while the checkpoint PUT hangs");
+    assert_eq!(log.checkpoint(0), None, "still held");
+    gate.release();
+    let c = until_checkpointed(&log, 0, None).await;
+    assert!(c >= 1);
+    assert_eq!(log.last_seq(&u).await.expect("seq"), 24);
+    log.shutdown().await;
+}

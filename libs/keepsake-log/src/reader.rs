@@ -834,15 +834,17 @@ pub async fn read_segment_meta(
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
     let mut reader = SegmentReader {
-        store,
+        store: store.clone(),
         path,
         size,
         whole: None,
     };
-    let meta = reader
-        .get_metadata(None)
-        .await
-        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let meta = match reader.get_metadata(None).await {
+        Ok(meta) => meta,
+        // Compacted between the HEAD and the read: its metadata is in the history object now.
+        Err(e) if not_found(&e) => return history_segment_meta(store, shard, n).await,
+        Err(e) => return Err(LogError::segment(shard, n, e.into())),
+    };
     SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
         .map(Some)
         .map_err(|e| LogError::corrupt(shard, n, e))
