@@ -489,10 +489,10 @@ fn decide(
     if change.base_version == Some(0) {
         return answer(RejectCode::InvalidChange, "base_version starts at 1");
     }
-    if change.kind.written_by_operator() != (cx.meta.origin == Origin::Operator) {
+    if !cx.meta.origin.may_write(change.kind) {
         return answer(
             RejectCode::InvalidChange,
-            if change.kind.written_by_operator() {
+            if !change.kind.is_data() {
                 format!(
                     "kind {} is written by the operator alone (device registration and revocation)",
                     change.kind

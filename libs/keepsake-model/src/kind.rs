@@ -105,10 +105,14 @@ impl Kind {
             Kind::Device => "Device",
         }
     }
+}
 
-    /// The origin that may write this kind: `operator` for devices, anything else for data.
-    pub fn written_by_operator(&self) -> bool {
-        !self.is_data()
+impl Origin {
+    /// The one rule on who writes what: the operator writes `device` items and nothing else;
+    /// devices and restores write the user's data and never `device` items (so a device cannot
+    /// forge the audit trail of devices). Staging and `apply` both ask this.
+    pub fn may_write(&self, kind: Kind) -> bool {
+        (*self == Origin::Operator) != kind.is_data()
     }
 }
 

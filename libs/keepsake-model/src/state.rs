@@ -382,7 +382,7 @@ pub fn apply<S: StateWrite + ?Sized>(state: &mut S, event: &Event) -> Result<(),
 /// the kind never changes, put and patch carry a document where delete does not, and `device`
 /// items are written by the operator alone (a device cannot forge the audit trail of devices).
 fn check_item(current: Option<&ItemState>, event: &Event) -> Result<(), ApplyError> {
-    if event.kind.written_by_operator() != (event.origin == Origin::Operator) {
+    if !event.origin.may_write(event.kind) {
         return Err(ApplyError::OriginMismatch {
             item_id: event.item_id,
             kind: event.kind,

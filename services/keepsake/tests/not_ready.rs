@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::serve;
-use keepsake::api::{AppState, Limits, router};
-use keepsake::auth::{SigningKey, TokenKeys};
-use keepsake::metrics::Metrics;
 use keepsake_log::LogConfig;
-use keepsake_model::{DeviceId, IdGenerator, RandomIds, SystemClock, UserId};
+use keepsake_model::{IdGenerator, RandomIds, UserId};
 use keepsake_store::faults::{Fault, FaultOp};
 use serde_json::{Value, json};
 
@@ -40,24 +36,8 @@ async fn get(url: String, token: &str) -> (u16, Option<String>, Value) {
 /// The router before the log has opened (what a starting server serves while it recovers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_still_recovering_answers_503_on_every_data_route() {
-    let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
-    let token = keys.sign(UserId(RandomIds.random()), DeviceId(RandomIds.random()));
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AppState {
-        ready: OnceLock::new(),
-        keys,
-        operator_token: common::OPERATOR.into(),
-        limits: Limits::default(),
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
-        metrics: Metrics::default(),
-        shutdown: stop_rx,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let (state, token, _) = common::unready_state();
+    let base = common::listen(state).await;
     for (path, token) in [
         ("/readyz", token.as_str()),
         ("/v1/changes", token.as_str()),
@@ -73,7 +53,6 @@ async fn a_server_still_recovering_answers_503_on_every_data_route() {
     }
     let (status, _, _) = get(format!("{base}/healthz"), "").await;
     assert_eq!(status, 200, "alive while not ready");
-    drop(_stop);
 }
 
 /// A user whose state must be loaded from a store that fails: the pull is refused, retryable,

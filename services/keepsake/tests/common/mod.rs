@@ -32,20 +32,7 @@ pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, Strin
         .await
         .expect("log"),
     );
-    let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
-    let user = UserId(RandomIds.random());
-    let token = keys.sign(user, DeviceId(RandomIds.random()));
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AppState {
-        ready: OnceLock::new(),
-        keys,
-        operator_token: OPERATOR.into(),
-        limits: Limits::default(),
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
-        metrics: Metrics::default(),
-        shutdown: stop_rx,
-    });
+    let (state, token, user) = unready_state();
     let registry = Registry::open(store).await.expect("registry");
     let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
     state
@@ -56,11 +43,37 @@ pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, Strin
             fleet,
         })
         .expect("set once");
+    (listen(state).await, faulty, log, token, user)
+}
+
+/// The server's state before its log has opened (what a starting server serves while it
+/// recovers), with a device token and its user.
+pub fn unready_state() -> (Arc<AppState>, String, UserId) {
+    let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
+    let user = UserId(RandomIds.random());
+    let token = keys.sign(user, DeviceId(RandomIds.random()));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    // Never shut down: the server lives as long as the test.
+    std::mem::forget(stop);
+    let state = Arc::new(AppState {
+        ready: OnceLock::new(),
+        keys,
+        operator_token: OPERATOR.into(),
+        limits: Limits::default(),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        metrics: Metrics::default(),
+        shutdown: stop_rx,
+    });
+    (state, token, user)
+}
+
+/// Serves the real router over `state` on 127.0.0.1:0; returns its base URL.
+pub async fn listen(state: Arc<AppState>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    std::mem::forget(_stop);
-    (format!("http://{addr}"), faulty, log, token, user)
+    format!("http://{addr}")
 }

@@ -21,6 +21,16 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+async fn pull_since(s: &Server, device: &str, token: &str) -> (StatusCode, serde_json::Value) {
+    s.call(
+        Method::GET,
+        &format!("/v1/changes?since={token}"),
+        Some(device),
+        None,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_tokens_are_refused_for_their_real_causes() {
     let env = Env::new(Backend::File).await;
@@ -52,14 +62,7 @@ async fn sync_tokens_are_refused_for_their_real_causes() {
     std::fs::remove_dir_all(&data).expect("remove");
     copy_dir(backup.path(), &data);
     let s = Server::start(&env, &[]).await;
-    let (st, v) = s
-        .call(
-            Method::GET,
-            &format!("/v1/changes?since={token}"),
-            Some(&phone),
-            None,
-        )
-        .await;
+    let (st, v) = pull_since(&s, &phone, &token).await;
     assert_eq!(
         (st, v["code"].as_str()),
         (StatusCode::CONFLICT, Some("server_behind")),
@@ -87,14 +90,7 @@ async fn sync_tokens_are_refused_for_their_real_causes() {
     // Another store (same signing keys, so the device token itself is accepted).
     let other = Env::new(Backend::File).await;
     let s = Server::start(&other, &[]).await;
-    let (st, v) = s
-        .call(
-            Method::GET,
-            &format!("/v1/changes?since={token}"),
-            Some(&phone),
-            None,
-        )
-        .await;
+    let (st, v) = pull_since(&s, &phone, &token).await;
     assert_eq!(
         (st, v["code"].as_str()),
         (StatusCode::GONE, Some("token_from_other_store")),
