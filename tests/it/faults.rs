@@ -513,3 +513,65 @@ async fn a_slow_checkpoint_put_holds_up_no_push() {
     assert_eq!(log.last_seq(&u).await.expect("seq"), 24);
     log.shutdown().await;
 }
+
+/// A listing that lags behind the store (misses the newest object) is not where the log ends.
+/// A read whose segments were compacted under it lists again to find them; when that listing
+/// does not reach a segment the reader knows was committed, it lists again, and if the store
+/// keeps lagging the answer is retryable, never a gap (a gap refuses the push for good). Found
+/// by the simulation: seed 37, 400 steps, where a push was refused with `Gap` after such a
+/// listing.
+#[tokio::test]
+async fn a_listing_that_lags_behind_the_head_is_listed_again_not_a_gap() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 100,
+        },
+        ..fast_config()
+    };
+    let log = open(store.clone(), 1, cfg).await.expect("open");
+    let u = user();
+    let push_one = |i: u32| push(&log, u, vec![put(item(), json!({ "i": i }))]);
+    push_one(1).await.expect("push");
+    push_one(2).await.expect("push");
+    let listed = || keepsake_log::list_layout(store.as_ref(), 0);
+    let mut sources = listed()
+        .await
+        .expect("layout")
+        .sources(0, 1..=2)
+        .expect("1, 2");
+    let report = log.compact_now().await.expect("compact");
+    assert_eq!(
+        report.deleted, 2,
+        "segments 1 and 2 now live in a history object"
+    );
+    push_one(3).await.expect("push");
+    sources.extend(listed().await.expect("layout").sources(0, [3]).expect("3"));
+    assert!(
+        sources
+            .iter()
+            .all(|s| matches!(s, keepsake_log::Source::Segment { .. })),
+        "{sources:?}"
+    );
+
+    // Segments 1 and 2 are gone from where the reader knew them; the listing that locates them
+    // again misses segment 3, the newest.
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    let (events, _) =
+        keepsake_log::read_user_sized(store.clone(), 0, u, sources.clone(), UpTo::End)
+            .await
+            .expect("read after listing again");
+    assert_eq!(events.len(), 3);
+    assert_eq!(faulty.injected(), 1, "the listing did lag once");
+
+    // A store whose listings keep lagging: retryable, and says so.
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1_000);
+    let e = keepsake_log::read_user_sized(store.clone(), 0, u, sources, UpTo::End)
+        .await
+        .expect_err("segment 3 never shows in a listing");
+    assert!(matches!(e, LogError::Unavailable { .. }), "{e:?}");
+    faulty.clear();
+    log.shutdown().await;
+}

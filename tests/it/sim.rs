@@ -716,7 +716,8 @@ impl Sim {
                 let changes = self.changes_for(u);
                 let r = self.push_step(p, u, changes).await;
                 self.clear_faults();
-                Ok(format!("fault on p{p}: {fault}; {}", r?))
+                let r = r.map_err(|e| format!("with a fault on p{p} ({fault}): {e}"))?;
+                Ok(format!("fault on p{p}: {fault}; {r}"))
             }
             70..=77 => {
                 let fault = self.inject_compaction_fault(p);

@@ -44,8 +44,8 @@ pub use config::LogConfig;
 pub use error::LogError;
 pub use reader::{
     HistoryListed, LatestItems, Layout, Place, ReadStats, Source, UpTo, list_checkpoint_objects,
-    list_checkpoints, list_history, list_layout, list_segments, read_checkpoint,
-    read_checkpoint_user, read_checkpoint_user_items, read_history, read_segment,
+    list_checkpoints, list_history, list_layout, list_layout_reaching, list_segments,
+    read_checkpoint, read_checkpoint_user, read_checkpoint_user_items, read_history, read_segment,
     read_segment_meta, read_segment_sized, read_source_segments, read_user, read_user_in,
     read_user_latest_in, read_user_latest_sized, read_user_sized, scan_shard,
 };
@@ -953,7 +953,8 @@ async fn segment_sources(
         Some(sources) => Ok(sources),
         None => {
             let wanted = |n| numbers.binary_search(&n).is_ok();
-            reader::listed_sources(store.as_ref(), shard, wanted).await
+            let reach = numbers.last().copied().unwrap_or(0);
+            reader::listed_sources(store.as_ref(), shard, reach, wanted).await
         }
     }
 }

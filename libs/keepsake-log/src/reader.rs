@@ -347,23 +347,51 @@ impl Layout {
 /// segments between the two listings. So a gap is listed again before it is reported. A real
 /// gap (a lost segment) is there every time.
 pub async fn list_layout(store: &dyn ObjectStore, shard: u32) -> Result<Layout, LogError> {
+    list_layout_reaching(store, shard, 0).await
+}
+
+/// [`list_layout`] by a caller that knows segment `reach` was committed: a listing that ends
+/// before it shows the log as it was, not where it ends (a store whose listings lag behind its
+/// writes, or one that missed the newest object), so the store is listed again. Still short
+/// after every listing: `Unavailable`, which the caller may retry; never a gap, which would
+/// refuse for good a push or a read of segments that exist.
+pub async fn list_layout_reaching(
+    store: &dyn ObjectStore,
+    shard: u32,
+    reach: u64,
+) -> Result<Layout, LogError> {
     const LISTINGS: u32 = 6;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match list_layout_once(store, shard).await {
+        let listed = list_layout_once(store, shard).await;
+        let short = match &listed {
+            Err(LogError::Gap { missing, .. }) => Some(*missing),
+            Ok(layout) if layout.head() < reach => Some(layout.head() + 1),
+            _ => None,
+        };
+        match short {
             // 20, 40, ... 320 ms: a directory that compaction is emptying lists unreliably for
             // a while on the local file system.
-            Err(LogError::Gap { missing, .. }) if attempt < LISTINGS => {
+            Some(missing) if attempt < LISTINGS => {
                 tracing::warn!(
                     shard,
                     missing,
+                    reach,
                     attempt,
-                    "a listing showed a gap; listing again"
+                    "a listing showed a gap or ended early; listing again"
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
             }
-            other => return other,
+            Some(missing) if listed.is_ok() => {
+                return Err(LogError::Unavailable {
+                    shard,
+                    reason: format!(
+                        "the store's listings end before segment {missing}, and segment {reach} was committed; retry"
+                    ),
+                });
+            }
+            _ => return listed,
         }
     }
 }
@@ -998,13 +1026,15 @@ impl<T> std::future::Future for Aborting<T> {
     }
 }
 
-/// The sources of the shard's segments that `segments` accepts, from a listing.
+/// The sources of the shard's segments that `segments` accepts, from a listing that reaches
+/// segment `reach` ([`list_layout_reaching`]).
 pub(crate) async fn listed_sources(
     store: &dyn ObjectStore,
     shard: u32,
+    reach: u64,
     segments: impl Fn(u64) -> bool,
 ) -> Result<Vec<Source>, LogError> {
-    let layout = list_layout(store, shard).await?;
+    let layout = list_layout_reaching(store, shard, reach).await?;
     layout.sources(shard, (1..=layout.head()).filter(|n| segments(*n)))
 }
 
@@ -1023,7 +1053,8 @@ pub fn by_listing(store: Arc<dyn ObjectStore>, shard: u32) -> Relocate {
     Arc::new(move |numbers| {
         let store = store.clone();
         async move {
-            list_layout(store.as_ref(), shard)
+            let reach = numbers.iter().copied().max().unwrap_or(0);
+            list_layout_reaching(store.as_ref(), shard, reach)
                 .await?
                 .sources(shard, numbers)
         }
@@ -1127,7 +1158,7 @@ pub async fn read_user_in(
     segments: impl Fn(u64) -> bool,
     up_to: UpTo,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
-    let wanted = listed_sources(store.as_ref(), shard, segments).await?;
+    let wanted = listed_sources(store.as_ref(), shard, 0, segments).await?;
     read_user_sized(store, shard, user, wanted, up_to).await
 }
 
@@ -1600,7 +1631,7 @@ pub async fn read_user_latest_in(
     up_to: UpTo,
     after: u64,
 ) -> Result<LatestItems, LogError> {
-    let wanted = listed_sources(store.as_ref(), shard, segments).await?;
+    let wanted = listed_sources(store.as_ref(), shard, 0, segments).await?;
     read_user_latest_sized(store, shard, user, wanted, up_to, after).await
 }
 
