@@ -45,27 +45,29 @@
 //!     name the versions the restore computed them from, so an edit that lands in between is
 //!     never silently overwritten: the restore recomputes or reports it.
 
+mod claim;
+mod window;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::{
     Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Origin, Outcome,
     StageContext, Staged, StateRead, UserId,
 };
 use keepsake_segment::{SegmentMeta, encode, segment_version};
-use keepsake_store::{create_only, keys};
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use claim::Put;
+use window::{fill_deadline, next_estimate};
+
 use crate::config::LogConfig;
 use crate::error::LogError;
-use crate::reader::{
-    Source, UpTo, list_history, list_layout, read_meta, read_source_segments, read_user,
-};
+use crate::reader::{UpTo, read_user};
 use crate::stats::LogStats;
 use crate::view::ShardState;
 use crate::{PushRequest, PushResult};
@@ -99,15 +101,9 @@ pub(crate) struct Writer {
     pub answered_at: Option<Instant>,
     /// Publishes the head after every commit or catch-up, for long polls.
     pub head_tx: watch::Sender<u64>,
-}
-
-/// What happened to a segment PUT.
-enum Put {
-    Committed,
-    Fenced,
-    /// The number had been used before and compacted away: the PUT landed in a freed name.
-    Reused,
-    NotCommitted(String),
+    /// The segment number and batch of a PUT that may have landed but was not confirmed:
+    /// settled at the next re-read of the shard.
+    pub unconfirmed: Option<(u64, BatchId)>,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.
@@ -134,6 +130,14 @@ impl Writer {
                 _ = self.shutdown.changed() => {
                     // Stop taking pushes; the loop drains what is already queued.
                     self.rx.close();
+                    continue;
+                }
+                // Idle with a PUT that may have landed unsettled: settle it now, not at the
+                // next push, so that a stray it left does not wait for traffic.
+                _ = tokio::time::sleep(self.cfg.retry_backoff * 4), if self.unconfirmed.is_some() => {
+                    if let Err(e) = self.catch_up().await {
+                        warn!(shard = self.shard, error = %e, "re-reading the shard to settle an unconfirmed PUT failed; will retry");
+                    }
                     continue;
                 }
             };
@@ -386,8 +390,10 @@ impl Writer {
             }
             Put::NotCommitted(reason) => {
                 warn!(shard, segment = n, %reason, "segment not committed; failing the batch");
-                // A timed-out PUT may still land later: re-read before the next batch.
+                // A timed-out PUT may still land later: re-read before the next batch, and
+                // settle what it left then.
                 self.needs_resync = true;
+                self.unconfirmed = Some((n, batch_id));
                 Self::fail_all(batch, || LogError::Unavailable {
                     shard,
                     reason: reason.clone(),
@@ -572,280 +578,5 @@ impl Writer {
             }
         }
         Ok(Staging { results, events })
-    }
-
-    /// Writes segment `n` create-only ([`Self::write_segment`]), then makes sure the number was
-    /// not used before (invariant 8).
-    async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
-        match self.write_segment(n, batch_id, bytes).await {
-            Put::Committed => {}
-            other => return other,
-        }
-        // Confirmed with a few tries: an object left in a used number is a stray that only a
-        // confirmation can tell from a committed segment (and so remove).
-        let mut listed = list_history(self.store.as_ref(), self.shard).await;
-        for attempt in 1..3u32 {
-            if listed.is_ok() {
-                break;
-            }
-            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
-            listed = list_history(self.store.as_ref(), self.shard).await;
-        }
-        let history = match listed {
-            Ok(h) => h,
-            // Not known to be committed: failed (retryable) and re-read before the next batch,
-            // which folds the segment in if it is the log's, so a resend answers `duplicate`.
-            // If it is a stray, readers do not read it (the history object holding its number
-            // is marked verified) and verify reports it.
-            Err(e) => {
-                return Put::NotCommitted(format!(
-                    "segment {n} written, but listing history objects to confirm its number was new failed: {e}"
-                ));
-            }
-        };
-        let Some(h) = history.iter().find(|h| h.holds(n)) else {
-            return Put::Committed;
-        };
-        error!(
-            shard = self.shard,
-            segment = n,
-            history_first = h.first,
-            history_last = h.last,
-            "segment number was used before and compacted: this writer was behind; removing its object"
-        );
-        // Ours (our create-only PUT made it; anything there since is another stray), never
-        // acknowledged: removed at once, without a read-back that could fail and leave it.
-        let path = keys::segment(self.shard, n);
-        if let Err(e) = self.store.delete(&path).await {
-            error!(shard = self.shard, segment = n, error = %e, "removing a segment written into a used number failed; verify reports it as a stray");
-        }
-        Put::Reused
-    }
-
-    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
-    async fn write_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
-        let path = keys::segment(self.shard, n);
-        let mut last_error = String::new();
-        for attempt in 1..=self.cfg.put_attempts.max(1) {
-            let put = tokio::time::timeout(
-                self.cfg.put_timeout,
-                self.store
-                    .put_opts(&path, PutPayload::from(bytes.clone()), create_only()),
-            )
-            .await;
-            match put {
-                Ok(Ok(_)) => return Put::Committed,
-                Ok(Err(object_store::Error::AlreadyExists { .. })) => {
-                    last_error = "segment already exists".into();
-                }
-                Ok(Err(e)) => {
-                    last_error = e.to_string();
-                    self.stats
-                        .put_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(shard = self.shard, segment = n, attempt, error = %e, "segment PUT failed; reading back");
-                }
-                Err(_) => {
-                    last_error = format!("PUT timed out after {:?}", self.cfg.put_timeout);
-                    self.stats
-                        .put_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(
-                        shard = self.shard,
-                        segment = n,
-                        attempt,
-                        "segment PUT timed out; reading back"
-                    );
-                }
-            }
-            match self.read_back(n).await {
-                Ok(Some(found)) if found == batch_id => {
-                    self.stats
-                        .ambiguous_resolved
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    info!(
-                        shard = self.shard,
-                        segment = n,
-                        "the PUT had landed: batch committed"
-                    );
-                    return Put::Committed;
-                }
-                Ok(Some(_)) => return Put::Fenced,
-                Ok(None) => {
-                    // Not there: not committed. Trying the same number again is safe.
-                    self.stats
-                        .put_retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
-                }
-                Err(e) => {
-                    return Put::NotCommitted(format!(
-                        "{last_error}; and reading it back failed: {e}"
-                    ));
-                }
-            }
-        }
-        Put::NotCommitted(last_error)
-    }
-
-    /// The batch id of segment `n`, `None` if it does not exist.
-    async fn read_back(&self, n: u64) -> Result<Option<BatchId>, LogError> {
-        let path = keys::segment(self.shard, n);
-        let mut last = None;
-        for attempt in 1..=3u32 {
-            match self.store.get(&path).await {
-                Ok(got) => match got.bytes().await {
-                    Ok(bytes) => return read_meta(self.shard, n, &bytes).map(|m| Some(m.batch_id)),
-                    Err(e) => last = Some(e),
-                },
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
-        }
-        Err(LogError::Unavailable {
-            shard: self.shard,
-            reason: format!(
-                "read back segment {n}: {}",
-                last.map_or_else(String::new, |e| e.to_string())
-            ),
-        })
-    }
-
-    /// True when no other process has committed past this writer's head: segment `head + 1`
-    /// is neither an object nor held by a history object (compaction writes one before
-    /// deleting a segment, so a used number always shows in one or the other).
-    async fn is_current(&self) -> Result<bool, LogError> {
-        let n = self
-            .state
-            .read()
-            .map_err(|_| crate::poisoned(self.shard))?
-            .head
-            + 1;
-        let path = keys::segment(self.shard, n);
-        match self.store.head(&path).await {
-            Ok(_) => return Ok(false),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(LogError::Store {
-                    context: format!("look for {path}"),
-                    source: e,
-                });
-            }
-        }
-        let history = list_history(self.store.as_ref(), self.shard).await?;
-        Ok(!history.iter().any(|h| h.holds(n)))
-    }
-
-    /// Applies every segment after `head` that the store holds, in order, from a listing: a
-    /// range that compaction moved into a history object is read from there (it is taken, not
-    /// the end of the log).
-    async fn catch_up(&mut self) -> Result<(), LogError> {
-        let shard = self.shard;
-        let from = self.state.read().map_or(0, |s| s.head) + 1;
-        let layout = list_layout(self.store.as_ref(), shard).await?;
-        let sources = if layout.head() >= from {
-            layout.sources(shard, from..=layout.head())?
-        } else {
-            Vec::new()
-        };
-        for src in sources {
-            let segs = read_source_segments(self.store.clone(), shard, src).await?;
-            let mut state = self.state.write().map_err(|_| crate::poisoned(shard))?;
-            for seg in &segs {
-                let n = seg.meta.segment;
-                state
-                    .apply_events(&seg.events)
-                    .map_err(|e| LogError::corrupt(shard, n, e))?;
-                state.index_segment(n, &seg.events);
-                state.head = n;
-                // recorded_at never goes backwards within the shard, whoever wrote last.
-                let last = seg.meta.last_recorded_at;
-                state.last_recorded_at = Some(state.last_recorded_at.map_or(last, |l| l.max(last)));
-                info!(
-                    shard,
-                    segment = n,
-                    events = seg.events.len(),
-                    "applied a segment written elsewhere"
-                );
-            }
-            match src {
-                Source::Segment { n, size } => state.record_segment_size(n, size),
-                Source::History { object, .. } => state.compacted(object),
-            }
-            let head = state.head;
-            drop(state);
-            self.head_tx.send_replace(head);
-        }
-        self.needs_resync = false;
-        Ok(())
-    }
-}
-
-/// When a batch stops filling. Its PUT may start one commit window after the previous one, and
-/// preparing it (load, stage, encode) takes about `prepare_estimate`, so filling stops that long
-/// before the window ends. But devices answered by the previous batch get a quarter window to
-/// send their next push: closing right after the answers (after a slow batch) would send them
-/// all to the batch after, a whole cycle later. With no previous PUT, a batch closes at once.
-fn fill_deadline(
-    first_enqueued: Instant,
-    last_put: Option<Instant>,
-    prepare_estimate: std::time::Duration,
-    answered_at: Option<Instant>,
-    window: std::time::Duration,
-) -> Instant {
-    let by_window = last_put.map_or(first_enqueued, |t| {
-        t + window - prepare_estimate.min(window)
-    });
-    answered_at.map_or(by_window, |a| by_window.max(a + window / 4))
-}
-
-/// The preparation time estimate after a batch that took `sample`: a moving average, so that
-/// one slow batch does not close the next fill early.
-fn next_estimate(
-    estimate: std::time::Duration,
-    sample: std::time::Duration,
-) -> std::time::Duration {
-    if estimate.is_zero() {
-        sample
-    } else {
-        (estimate * 3 + sample) / 4
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn a_fill_closes_before_the_window_by_the_preparation_time_but_not_right_after_answers() {
-        let ms = Duration::from_millis;
-        let t0 = Instant::now();
-        let w = ms(10);
-        // No previous PUT: close at once.
-        assert_eq!(fill_deadline(t0 + ms(3), None, ms(4), None, w), t0 + ms(3));
-        // Previous PUT at t0, preparing takes 4 ms: stop filling at 6 ms.
-        assert_eq!(
-            fill_deadline(t0 + ms(3), Some(t0), ms(4), Some(t0 + ms(2)), w),
-            t0 + ms(6)
-        );
-        // A slow preparation estimate (9 ms) would close at 1 ms, before the answers of the
-        // previous batch went out at 2 ms: those devices get until 2 + 2.5 ms.
-        assert_eq!(
-            fill_deadline(t0 + ms(3), Some(t0), ms(9), Some(t0 + ms(2)), w),
-            t0 + ms(2) + w / 4
-        );
-        // An estimate beyond the window is capped at it.
-        assert_eq!(fill_deadline(t0 + ms(3), Some(t0), ms(50), None, w), t0);
-    }
-
-    #[test]
-    fn one_slow_batch_moves_the_estimate_a_quarter_of_the_way() {
-        let ms = Duration::from_millis;
-        assert_eq!(next_estimate(Duration::ZERO, ms(5)), ms(5));
-        assert_eq!(next_estimate(ms(4), ms(8)), ms(5));
-        assert_eq!(next_estimate(ms(8), ms(4)), ms(7));
     }
 }

@@ -1,0 +1,228 @@
+//! Point-in-time reads: a user's state, or many users' of one shard, as it was after a seq or
+//! at a moment. Each starts from the newest checkpoint wholly before the moment
+//! ([`Candidates`]) and folds the events after it up to the moment; equal to a
+//! replay from the first event (tested).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use keepsake_model::{StateRead, UserId, UserState};
+use object_store::ObjectStore;
+
+use crate::load::{by_view, segment_sources};
+use crate::{
+    Log, LogError, UpTo, list_checkpoints, poisoned, read_checkpoint, read_checkpoint_user,
+    read_segment_meta, reader, scan_shard,
+};
+
+impl Log {
+    /// Waits until the state at moment `t` can no longer change in this process. A batch takes
+    /// its `recorded_at` before its PUT, so while one is in flight, the state at a moment after
+    /// it is not final: a restore to "now" could be computed without a change that is about to
+    /// be acknowledged, and overwrite it. A moment before the shard's newest committed
+    /// `recorded_at` is final (later batches are recorded no earlier); otherwise an empty push
+    /// queued behind every batch staged so far ([`Log::sync`]) waits them out, and batches
+    /// staged after it are recorded at the clock's now, later than a moment in the past (a
+    /// moment in the future is refused by the API). Across processes this holds as far as
+    /// their clocks agree.
+    async fn settle_moment(
+        &self,
+        user: &UserId,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), LogError> {
+        let shard = self.shard_of(user);
+        let last = self.shards[shard as usize]
+            .state
+            .read()
+            .map_err(|_| poisoned(shard))?
+            .last_recorded_at;
+        if last.is_some_and(|l| t < l) {
+            return Ok(());
+        }
+        self.sync(user).await
+    }
+
+    /// The user's state as it was at a moment: after every event with `seq <= n`
+    /// ([`UpTo::Seq`]) or `recorded_at <= t` ([`UpTo::Time`]).
+    ///
+    /// Starts from the newest checkpoint that lies wholly before the moment (by seq: the user's
+    /// seq in it is at most `n`; by time: its segment was recorded at or before `t`), then folds
+    /// the user's events after it up to the moment. Equal to a replay from the first event
+    /// (tested).
+    pub async fn user_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
+        self.state_at(user, at, true).await
+    }
+
+    /// [`Log::user_at`] for readers of items (as-of reads, diffs, restores): the same items,
+    /// tombstones and last seq, without change ids. Reading a checkpoint skips the pages of
+    /// change ids, which in a long history are most of the user's rows; after the checkpoint,
+    /// only each item's newest event is read whole ([`read_user_latest_in`]), so a history that
+    /// rewrites its items does not fetch every document it ever had. Not for idempotency: that
+    /// is the live view's.
+    pub async fn items_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
+        self.state_at(user, at, false).await
+    }
+
+    async fn state_at(
+        &self,
+        user: &UserId,
+        at: UpTo,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
+        if let UpTo::Time(t) = at {
+            self.settle_moment(user, t).await?;
+        }
+        let shard = self.shard_of(user);
+        let head = self.head(shard);
+        let store = &self.store;
+        let mut base = None;
+        let mut candidates = Candidates::list(store, shard, head, at).await?;
+        while let Some(c) = candidates.next().await? {
+            let state = if with_changes {
+                read_checkpoint_user(store.clone(), shard, c, *user).await?
+            } else {
+                reader::read_checkpoint_user_items(store.clone(), shard, c, *user).await?
+            };
+            // By seq, a checkpoint fits when the user's seq in it is at most `n`.
+            if let UpTo::Seq(n) = at
+                && state.last_seq() > n
+            {
+                continue;
+            }
+            base = Some((c, state));
+            break;
+        }
+        let base_checkpoint = base.as_ref().map(|(c, _)| *c);
+        let (from, mut state) = base.map_or((1, UserState::default()), |(c, s)| (c + 1, s));
+        if head >= from {
+            let indexed = self.shards[shard as usize]
+                .state
+                .read()
+                .ok()
+                .filter(|v| v.checkpoint == base_checkpoint)
+                .map(|v| match at {
+                    // Segments whose first event of the user is past the seq hold nothing needed.
+                    UpTo::Seq(n) => v.segments_until(user, from, head, n),
+                    UpTo::End | UpTo::Time(_) => v.segments_of(user, from, head),
+                });
+            // The base is the view's newest checkpoint: the index knows the user's segments.
+            let numbers = indexed.unwrap_or_else(|| (from..=head).collect());
+            if with_changes {
+                let events = self.read_segments(shard, user, numbers, at).await?;
+                for e in &events {
+                    keepsake_model::apply(&mut state, e)
+                        .map_err(|err| LogError::corrupt(shard, head, err))?;
+                }
+            } else {
+                // Items only: each item's newest event, not every document it ever had.
+                let after = state.last_seq();
+                let view = &self.shards[shard as usize].state;
+                let segs = segment_sources(store, shard, view, numbers).await?;
+                let relocate = by_view(store.clone(), shard, view.clone());
+                let latest = reader::read_user_latest_relocating(
+                    store.clone(),
+                    shard,
+                    *user,
+                    segs,
+                    at,
+                    after,
+                    &relocate,
+                )
+                .await?;
+                state
+                    .advance_items(&latest.events, latest.last_seq)
+                    .map_err(|err| LogError::corrupt(shard, head, err))?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// The states of many users of one shard as they were at time `t`, folding the shard once:
+    /// the newest checkpoint recorded at or before `t`, then every segment after it up to `t`.
+    /// Equal, user by user, to [`Log::user_at`] with [`UpTo::Time`] (tested); used by fleet
+    /// restores, where one read per user would read the same checkpoint and segments again
+    /// for every user. Holds the wanted users' states only (one shard at a time).
+    pub async fn users_at(
+        &self,
+        shard: u32,
+        users: &HashSet<UserId>,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<HashMap<UserId, UserState>, LogError> {
+        let head = self.head(shard);
+        let store = &self.store;
+        let base = Candidates::list(store, shard, head, UpTo::Time(t))
+            .await?
+            .next()
+            .await?;
+        let mut states: HashMap<UserId, UserState> = match base {
+            Some(c) => read_checkpoint(store.as_ref(), shard, c)
+                .await?
+                .into_iter()
+                .filter(|(u, _)| users.contains(u))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let from = base.map_or(1, |c| c + 1);
+        if head >= from {
+            let mut segments =
+                scan_shard(store.clone(), shard, from, self.cfg.read_concurrency).await?;
+            while let Some(seg) = segments.try_next().await? {
+                let n = seg.meta.segment;
+                // recorded_at is one per segment and never goes backwards within a shard.
+                if n > head || seg.meta.first_recorded_at > t {
+                    break;
+                }
+                for e in seg.events.iter().filter(|e| users.contains(&e.user_id)) {
+                    keepsake_model::apply(states.entry(e.user_id).or_default(), e)
+                        .map_err(|err| LogError::corrupt(shard, n, err))?;
+                }
+            }
+        }
+        Ok(states)
+    }
+}
+
+/// The checkpoints a read of the moment `at` may start from, newest first: those at or below
+/// the head the read started at that lie wholly before the moment (by time: the checkpoint's
+/// segment was recorded at or before `t`, which is read only for the candidates asked for).
+/// A caller takes the first that also fits by its own measure (a user's seq); none fitting
+/// means reading from segment 1. The one place that picks a checkpoint for a moment.
+struct Candidates<'a> {
+    store: &'a Arc<dyn ObjectStore>,
+    shard: u32,
+    at: UpTo,
+    newest_first: std::vec::IntoIter<u64>,
+}
+
+impl<'a> Candidates<'a> {
+    async fn list(
+        store: &'a Arc<dyn ObjectStore>,
+        shard: u32,
+        head: u64,
+        at: UpTo,
+    ) -> Result<Self, LogError> {
+        let mut listed = list_checkpoints(store.as_ref(), shard).await?;
+        listed.retain(|c| *c <= head);
+        listed.reverse();
+        Ok(Self {
+            store,
+            shard,
+            at,
+            newest_first: listed.into_iter(),
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<u64>, LogError> {
+        for c in self.newest_first.by_ref() {
+            if let UpTo::Time(t) = self.at {
+                let meta = read_segment_meta(self.store.clone(), self.shard, c).await?;
+                if meta.is_none_or(|m| m.last_recorded_at > t) {
+                    continue;
+                }
+            }
+            return Ok(Some(c));
+        }
+        Ok(None)
+    }
+}

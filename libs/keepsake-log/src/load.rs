@@ -1,0 +1,247 @@
+//! Loading a user into the view, and reading one user's events through it: where segments
+//! are comes from the view (it knows every committed segment and the history objects), and
+//! from a listing when a source moved (another process compacted it).
+//!
+//! Invariant: a user is inserted into the view only with every committed event up to the
+//! view's head folded in; a commit or a new checkpoint that lands during the load sends the
+//! load round again.
+
+use std::sync::{Arc, RwLock};
+
+use futures::FutureExt;
+use keepsake_model::{Event, StateRead, UserId, UserState};
+use keepsake_store::keys;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tracing::warn;
+
+use crate::{
+    Log, LogError, ShardState, Source, UpTo, list_checkpoints, poisoned, read_checkpoint_user,
+    reader,
+};
+
+impl Log {
+    /// One user's events in segments `numbers` (ascending) of `shard`: see [`read_segments`].
+    pub(crate) async fn read_segments(
+        &self,
+        shard: u32,
+        user: &UserId,
+        numbers: Vec<u64>,
+        up_to: UpTo,
+    ) -> Result<Vec<Event>, LogError> {
+        let state = &self.shards[shard as usize].state;
+        read_segments(&self.store, shard, state, *user, numbers, up_to).await
+    }
+
+    /// Reads a user's committed state, loading it from the log if it is not in memory.
+    pub async fn user<R>(
+        &self,
+        user: &UserId,
+        f: impl FnOnce(&UserState) -> R,
+    ) -> Result<R, LogError> {
+        let shard = self.shard_of(user);
+        let state = &self.shards[shard as usize].state;
+        let mut f = Some(f);
+        loop {
+            load_user(&self.store, shard, state, *user).await?;
+            let guard = state.read().map_err(|_| poisoned(shard))?;
+            // An eviction between the load and the lock sends us round again. (Taking `f` before
+            // looking the user up answered such a race "state lock poisoned".)
+            if let Some(s) = guard.get(user)
+                && let Some(f) = f.take()
+            {
+                return Ok(f(s));
+            }
+        }
+    }
+
+    /// One user's events, oldest first, up to a moment: the segments up to the newest checkpoint
+    /// (pruned by their statistics), then only the tail segments the index says hold the user.
+    /// What the audit and item history read.
+    pub async fn user_events(&self, user: &UserId, up_to: UpTo) -> Result<Vec<Event>, LogError> {
+        let shard = self.shard_of(user);
+        let (checkpoint, tail) = {
+            let v = self.shards[shard as usize]
+                .state
+                .read()
+                .map_err(|_| poisoned(shard))?;
+            let from = v.checkpoint.map_or(1, |c| c + 1);
+            let tail = match up_to {
+                UpTo::Seq(n) => v.segments_until(user, from, v.head, n),
+                UpTo::End | UpTo::Time(_) => v.segments_of(user, from, v.head),
+            };
+            (v.checkpoint.unwrap_or(0), tail)
+        };
+        let numbers = (1..=checkpoint).chain(tail).collect();
+        self.read_segments(shard, user, numbers, up_to).await
+    }
+
+    /// The user's last committed seq (0 for a user with no events).
+    pub async fn last_seq(&self, user: &UserId) -> Result<u64, LogError> {
+        self.user(user, StateRead::last_seq).await
+    }
+}
+
+/// Where segments `numbers` (ascending) of `shard` are read from: from the view, which knows
+/// every committed segment's size and the history objects, so that the store is not listed;
+/// from a listing when it does not.
+pub(crate) async fn segment_sources(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &RwLock<ShardState>,
+    numbers: Vec<u64>,
+) -> Result<Vec<Source>, LogError> {
+    let known = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .sources(numbers.iter().copied());
+    match known {
+        Some(sources) => Ok(sources),
+        None => {
+            let wanted = |n| numbers.binary_search(&n).is_ok();
+            let reach = numbers.last().copied().unwrap_or(0);
+            reader::listed_sources(store.as_ref(), shard, reach, wanted).await
+        }
+    }
+}
+
+/// A [`reader::Relocate`] that asks the view first (compaction in this process updates it
+/// before deleting anything), then, if asked again within the same read, lists the store (the
+/// segments may have been compacted by another process on the same store).
+pub(crate) fn by_view(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    state: Arc<RwLock<ShardState>>,
+) -> reader::Relocate {
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listing = reader::by_listing(store.clone(), shard);
+    Arc::new(move |numbers| {
+        if asked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return listing(numbers);
+        }
+        let (store, state) = (store.clone(), state.clone());
+        async move { segment_sources(&store, shard, &state, numbers).await }.boxed()
+    })
+}
+
+/// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sources`]).
+async fn read_segments(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    user: UserId,
+    numbers: Vec<u64>,
+    up_to: UpTo,
+) -> Result<Vec<Event>, LogError> {
+    let segs = segment_sources(store, shard, state, numbers).await?;
+    let relocate = by_view(store.clone(), shard, state.clone());
+    let (events, _) =
+        reader::read_user_relocating(store.clone(), shard, user, segs, up_to, &relocate).await?;
+    Ok(events)
+}
+
+/// Makes a user resident: the newest checkpoint's rows for the user, then the segments after
+/// it up to the head. A commit that lands meanwhile is folded in before the user is inserted.
+pub(crate) async fn load_user(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    user: UserId,
+) -> Result<(), LogError> {
+    'start: loop {
+        // One snapshot: the head, the newest checkpoint, and the segments after it that the
+        // index says hold the user.
+        let (mut read_to, checkpoint, mut segments) = {
+            let s = state.read().map_err(|_| poisoned(shard))?;
+            if s.is_resident(&user) {
+                return Ok(());
+            }
+            let from = s.checkpoint.map_or(1, |c| c + 1);
+            (s.head, s.checkpoint, s.segments_of(&user, from, s.head))
+        };
+        let mut loaded = match checkpoint {
+            Some(c) => match read_checkpoint_user(store.clone(), shard, c, user).await {
+                Ok(s) => s,
+                Err(e) => match replace_checkpoint(store, shard, state, c).await? {
+                    Replaced::Present => return Err(e),
+                    Replaced::Adopted => continue 'start,
+                    // No checkpoint at or below the head is left: the user's rows from the
+                    // first segment (pruned by each source's statistics).
+                    Replaced::None => {
+                        segments = (1..=read_to).collect();
+                        UserState::default()
+                    }
+                },
+            },
+            None => UserState::default(),
+        };
+        // Before the tail is applied: its versions are the ones stale patches name most.
+        loaded.enable_version_links();
+        loop {
+            if !segments.is_empty() {
+                let wanted = std::mem::take(&mut segments);
+                let events = read_segments(store, shard, state, user, wanted, UpTo::End).await?;
+                for e in &events {
+                    keepsake_model::apply(&mut loaded, e)
+                        .map_err(|err| LogError::corrupt(shard, read_to, err))?;
+                }
+            }
+            let mut s = state.write().map_err(|_| poisoned(shard))?;
+            if s.is_resident(&user) {
+                return Ok(());
+            }
+            if s.checkpoint != checkpoint {
+                // A new checkpoint pruned the index under us: start over from it.
+                continue 'start;
+            }
+            if s.head == read_to {
+                s.misses += 1;
+                s.insert(user, loaded);
+                return Ok(());
+            }
+            segments = s.segments_of(&user, read_to + 1, s.head);
+            read_to = s.head;
+        }
+    }
+}
+
+/// What [`replace_checkpoint`] did.
+enum Replaced {
+    /// The checkpoint is there: the read failed for another reason.
+    Present,
+    /// Gone; the view now starts from a newer one at or below its head.
+    Adopted,
+    /// Gone, and no other checkpoint at or below the view's head is left.
+    None,
+}
+
+/// The view's checkpoint `c` could not be read. If it is gone — another process's retention
+/// deleted it (that process is ahead and wrote newer ones) — the view adopts the newest
+/// checkpoint at or below its head that is left; without one, loads read from the first
+/// segment. Before this, a process answered 503 for every cold user until it was restarted.
+async fn replace_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    c: u64,
+) -> Result<Replaced, LogError> {
+    match store.head(&keys::checkpoint(shard, c)).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        _ => return Ok(Replaced::Present),
+    }
+    let head = state.read().map_err(|_| poisoned(shard))?.head;
+    let newer = list_checkpoints(store.as_ref(), shard)
+        .await?
+        .into_iter()
+        .rfind(|x| *x <= head && *x > c);
+    warn!(shard, checkpoint = c, adopted = ?newer, "the view's checkpoint was deleted by another process");
+    match newer {
+        Some(n) => {
+            let mut s = state.write().map_err(|_| poisoned(shard))?;
+            if s.checkpoint == Some(c) {
+                s.checkpointed(n);
+            }
+            Ok(Replaced::Adopted)
+        }
+        None => Ok(Replaced::None),
+    }
+}

@@ -1,0 +1,245 @@
+//! A push, from the request to the writer's queue: the request and its answer, and the
+//! earlier documents its stale patches merge against, read on the pushing task so that a slow
+//! read of history never holds up the shard's writer and the other pushes of its batch.
+
+use std::collections::{HashMap, HashSet};
+
+use keepsake_model::{
+    Ancestors, Change, ChangeBody, EventMeta, ItemId, Origin, Outcome, StateRead, UserId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::load::{by_view, segment_sources};
+use crate::writer::Queued;
+use crate::{Log, LogError, UpTo, poisoned, reader};
+
+/// One push: a device's changes for one user, applied in order and committed together.
+#[derive(Clone, Debug)]
+pub struct PushRequest {
+    /// Whose data.
+    pub user_id: UserId,
+    /// Who is pushing; copied into every event.
+    pub meta: EventMeta,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
+    /// Lets the push delete more than the mass-delete guard allows.
+    pub confirm_mass_delete: bool,
+}
+
+/// The answer to a push, sent only once its events are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushResult {
+    /// One outcome per change, in request order.
+    pub outcomes: Vec<Outcome>,
+    /// The user's last seq after the push.
+    pub last_seq: u64,
+    /// The segment that holds the push's events; `None` if it wrote none.
+    pub segment: Option<u64>,
+}
+
+impl Log {
+    /// Commits a push; answers once its events are durable.
+    pub async fn push(&self, req: PushRequest) -> Result<PushResult, LogError> {
+        let shard = self.shard_of(&req.user_id);
+        // Read here, by this push's own task, so that a slow read of history never holds up
+        // the shard's writer and every other push of its batch.
+        let ancestors = self.prefetch_ancestors(&req).await?;
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            req,
+            ancestors,
+            enqueued: tokio::time::Instant::now(),
+            reply,
+        };
+        self.shards[shard as usize]
+            .tx
+            .try_send(queued)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LogError::Overloaded { shard },
+                mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
+            })?;
+        answer.await.map_err(|_| LogError::ShuttingDown)?
+    }
+
+    /// Makes this process's view of `user`'s shard current: once it returns, everything any
+    /// process committed to the shard before the call is in the view (an empty push: the
+    /// writer checks the store's head before answering a batch that writes nothing, and
+    /// re-reads the shard if another process moved it on). For decisions taken outside the
+    /// writer on the view, such as a restore's targets.
+    pub async fn sync(&self, user: &UserId) -> Result<(), LogError> {
+        self.push(PushRequest {
+            user_id: *user,
+            meta: EventMeta {
+                device_id: None,
+                origin: Origin::Restore,
+                request_id: None,
+                restore_id: None,
+            },
+            changes: Vec::new(),
+            confirm_mass_delete: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The earlier documents that the stale patches of a push will be merged against: a patch
+    /// naming `base_version` b of an item now at a later version needs the document of b.
+    ///
+    /// Versions a push produces itself, or that become stale only while the push waits, are not
+    /// fetched here; the writer reads those (rare) itself.
+    async fn prefetch_ancestors(&self, req: &PushRequest) -> Result<Ancestors, LogError> {
+        let based_patch =
+            |c: &Change| matches!(c.body, ChangeBody::Patch { .. }) && c.base_version.is_some();
+        if !req.changes.iter().any(based_patch) {
+            return Ok(Ancestors::new());
+        }
+        let (needs, mut ready): (Vec<(ItemId, u64, Option<u64>)>, Ancestors) = self
+            .user(&req.user_id, |s| {
+                let mut ready = Ancestors::new();
+                let mut wanted = HashSet::new();
+                for c in &req.changes {
+                    let (ChangeBody::Patch { .. }, Some(b)) = (&c.body, c.base_version) else {
+                        continue;
+                    };
+                    // A retry of an applied change answers `duplicate` and merges nothing.
+                    if s.change(&c.change_id).is_some() {
+                        continue;
+                    }
+                    match s.item(&c.item_id) {
+                        // Current now, but another push of the same batch may move it on before
+                        // this one is staged: its document is in memory, so take it anyway.
+                        Some(i) if i.version == b => {
+                            ready.insert((c.item_id, b), i.document.clone());
+                        }
+                        Some(i) if b > 0 && i.version > b => {
+                            wanted.insert((c.item_id, b));
+                        }
+                        _ => {}
+                    }
+                }
+                if wanted.is_empty() {
+                    return (Vec::new(), ready);
+                }
+                // The state links each version it applied to the one before: that gives the
+                // seq of a recent version in a few lookups. Versions from before the checkpoint
+                // the user was loaded from are found in the change ids, which the state keeps
+                // (item, version, seq) for idempotency: one scan of them all.
+                let mut seqs = HashMap::new();
+                for &(item, version) in &wanted {
+                    if let Some(seq) = s.seq_of_version(&item, version) {
+                        seqs.insert((item, version), seq);
+                    }
+                }
+                if seqs.len() < wanted.len() {
+                    for (_, r) in s.changes() {
+                        if wanted.contains(&(r.item_id, r.version)) {
+                            seqs.insert((r.item_id, r.version), r.seq);
+                        }
+                    }
+                }
+                let needs = wanted
+                    .into_iter()
+                    .map(|k: (ItemId, u64)| (k.0, k.1, seqs.get(&k).copied()))
+                    .collect();
+                (needs, ready)
+            })
+            .await?;
+        if needs.is_empty() {
+            return Ok(ready);
+        }
+        self.stats
+            .ancestor_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ready.extend(self.find_versions(&req.user_id, needs).await?);
+        Ok(ready)
+    }
+
+    /// Documents of committed versions of a user's items (`None` for a tombstone). Versions not
+    /// found are absent.
+    ///
+    /// A version whose seq the view's index covers (after the checkpoint before the newest) is
+    /// read from the one segment that holds it. An older one, whose seq is known, is found by
+    /// its seq in the segments up to the newest checkpoint (key columns first, then that one
+    /// row: [`reader::read_user_seqs`]). A version whose seq is not known (none should be: every
+    /// event has a change id) is searched newest segment first: the user's tail segments in
+    /// groups of 4, 32, 256..., then every segment before the checkpoint.
+    async fn find_versions(
+        &self,
+        user: &UserId,
+        needs: Vec<(ItemId, u64, Option<u64>)>,
+    ) -> Result<Ancestors, LogError> {
+        let shard = self.shard_of(user);
+        let head = self.head(shard);
+        let state = &self.shards[shard as usize].state;
+        let (checkpoint, tail, exact, by_seq) = {
+            let view = state.read().map_err(|_| poisoned(shard))?;
+            let from = view.checkpoint.map_or(1, |c| c + 1);
+            let mut exact = HashSet::new();
+            let mut by_seq = Vec::new();
+            for seq in needs.iter().filter_map(|(_, _, seq)| *seq) {
+                match view.segment_holding(user, seq) {
+                    Some(n) => {
+                        exact.insert(n);
+                    }
+                    None => by_seq.push(seq),
+                }
+            }
+            (
+                view.checkpoint,
+                view.segments_of(user, from, head),
+                exact,
+                by_seq,
+            )
+        };
+        let mut wanted: HashSet<(ItemId, u64)> = needs.iter().map(|(i, v, _)| (*i, *v)).collect();
+        let mut found = Ancestors::new();
+        let mut take = |events: &[keepsake_model::Event], wanted: &mut HashSet<(ItemId, u64)>| {
+            for e in events {
+                if wanted.remove(&(e.item_id, e.version)) {
+                    found.insert((e.item_id, e.version), e.document.clone());
+                }
+            }
+        };
+        if !exact.is_empty() {
+            let mut numbers: Vec<u64> = exact.iter().copied().collect();
+            numbers.sort_unstable();
+            let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
+            take(&events, &mut wanted);
+        }
+        if let Some(c) = checkpoint
+            && !by_seq.is_empty()
+            && !wanted.is_empty()
+        {
+            let numbers: Vec<u64> = (1..=c).collect();
+            let sources = segment_sources(&self.store, shard, state, numbers).await?;
+            let relocate = by_view(self.store.clone(), shard, state.clone());
+            let events = reader::read_user_seqs(
+                self.store.clone(),
+                shard,
+                *user,
+                sources,
+                by_seq,
+                &relocate,
+            )
+            .await?;
+            take(&events, &mut wanted);
+        }
+        let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
+        let mut group = 4;
+        while !wanted.is_empty() && !rest.is_empty() {
+            let newest = rest.split_off(rest.len() - group.min(rest.len()));
+            let events = self.read_segments(shard, user, newest, UpTo::End).await?;
+            take(&events, &mut wanted);
+            group *= 8;
+        }
+        if let Some(c) = checkpoint
+            && !wanted.is_empty()
+        {
+            let events = self
+                .read_segments(shard, user, (1..=c).collect(), UpTo::End)
+                .await?;
+            take(&events, &mut wanted);
+        }
+        Ok(found)
+    }
+}

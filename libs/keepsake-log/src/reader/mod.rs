@@ -1,0 +1,21 @@
+//! Reading the log: a shard's segments, or one user's events.
+//!
+//! Segment `n` is read from its own object while that exists, else from the narrowest history
+//! object holding it ([`Layout`]; compaction keeps both readings equal). Readers never read past
+//! a gap: segment `n + 1` counts only when every segment up to `n` is somewhere. A listing that
+//! shows a missing number followed by later ones is reported as [`LogError::Gap`] rather than
+//! silently returning a partial history; a source that vanishes during a read (compacted) is
+//! located again and the read run again.
+//!
+//! The files, by job: [`catalog`] (listing and layout), [`objects`] (whole-object reads),
+//! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first).
+
+mod catalog;
+mod keyed;
+mod objects;
+mod user;
+
+pub use catalog::*;
+pub use keyed::*;
+pub use objects::*;
+pub use user::*;

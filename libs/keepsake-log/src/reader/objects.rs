@@ -1,0 +1,450 @@
+//! Whole-object reads: segments, history objects (by the segments they hold) and checkpoints,
+//! decoded and checked against their keys; the Parquet reader over a store object.
+//!
+//! Invariant: an object is accepted only if its metadata names the shard and segment its key
+//! does (a misplaced or corrupt object is an error, never folded).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use keepsake_model::UserId;
+use keepsake_segment::{HistoryMeta, Segment, SegmentMeta, decode, plan_user_read};
+use keepsake_store::keys::{self};
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use crate::error::{LogError, store_err};
+
+use super::*;
+
+/// Segments up to this size are decoded on the calling task (a fraction of a millisecond).
+pub(super) const INLINE_DECODE_BYTES: usize = 32 << 10;
+
+/// Reads and decodes segment `n`; `None` if it does not exist.
+pub async fn read_segment(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<Option<Segment>, LogError> {
+    Ok(read_segment_sized(store, shard, n)
+        .await?
+        .map(|(seg, _)| seg))
+}
+
+/// [`read_segment`], with the object's size.
+pub async fn read_segment_sized(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<Option<(Segment, u64)>, LogError> {
+    let bytes = match store.get(&keys::segment(shard, n)).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map_err(store_err(format!("read segment {n} of shard {shard}")))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
+    };
+    let size = bytes.len() as u64;
+    // Decoding a large segment is milliseconds of CPU (the documents' pages): on a blocking
+    // thread, so that scans (checkpoints, rebuilds) do not hold the runtime's workers from
+    // pushes and pulls. A small one decodes in less than the hand-off to a thread costs.
+    if bytes.len() <= INLINE_DECODE_BYTES {
+        return decode_checked(shard, n, bytes).map(|seg| Some((seg, size)));
+    }
+    tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("decoding segment {n}: {e}"),
+        })?
+        .map(|seg| Some((seg, size)))
+}
+
+/// Decodes segment bytes and checks that the file is the segment its key says it is.
+pub(crate) fn decode_checked(shard: u32, n: u64, bytes: Bytes) -> Result<Segment, LogError> {
+    let seg = decode(bytes).map_err(|e| LogError::segment(shard, n, e))?;
+    if seg.meta.shard != shard || seg.meta.segment != n {
+        return Err(LogError::corrupt(
+            shard,
+            n,
+            format!(
+                "the file says it is segment {} of shard {}",
+                seg.meta.segment, seg.meta.shard
+            ),
+        ));
+    }
+    Ok(seg)
+}
+
+/// Reads the metadata of segment bytes without decoding rows.
+pub(crate) fn read_meta(shard: u32, n: u64, bytes: &Bytes) -> Result<SegmentMeta, LogError> {
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(bytes)
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// Every segment of a shard from `from` on, in order, read `concurrency` sources at a time
+/// (a history object is one source: it is fetched once and gives back each segment it holds).
+pub async fn scan_shard(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    from: u64,
+    concurrency: usize,
+) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
+    let layout = list_layout(store.as_ref(), shard).await?;
+    let sources = layout.sources(shard, from.max(1)..=layout.head())?;
+    Ok(futures::stream::iter(sources)
+        .map(move |src| read_source_segments(store.clone(), shard, src))
+        .buffered(concurrency.max(1))
+        .map_ok(|segs| futures::stream::iter(segs.into_iter().map(Ok)))
+        .try_flatten())
+}
+
+/// The whole segments a source stands for, in order. A source compacted away since it was
+/// listed (a segment into a history object, or a history object into a wider one) is read
+/// from where a new listing says it is.
+pub async fn read_source_segments(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+) -> Result<Vec<Segment>, LogError> {
+    if let Some(segs) = read_source_segments_once(&store, shard, src).await? {
+        return Ok(segs);
+    }
+    'relist: for _ in 0..RELISTS {
+        let layout = list_layout(store.as_ref(), shard).await?;
+        let mut out = Vec::new();
+        for again in layout.sources(shard, src.numbers())? {
+            match read_source_segments_once(&store, shard, again).await? {
+                Some(segs) => out.extend(segs),
+                None => continue 'relist,
+            }
+        }
+        return Ok(out);
+    }
+    Err(LogError::Gap {
+        shard,
+        missing: src.label(),
+    })
+}
+
+pub(super) async fn read_source_segments_once(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+) -> Result<Option<Vec<Segment>>, LogError> {
+    match src {
+        Source::Segment { n, .. } => Ok(read_segment(store.as_ref(), shard, n)
+            .await?
+            .map(|seg| vec![seg])),
+        Source::History { object, lo, hi } => {
+            Ok(read_history(store, shard, object).await?.map(|h| {
+                h.segments
+                    .into_iter()
+                    .filter(|s| (lo..=hi).contains(&s.meta.segment))
+                    .collect()
+            }))
+        }
+    }
+}
+
+/// Reads and decodes a whole history object (on a blocking thread), checking that it is the
+/// object its key says; `None` if it does not exist.
+pub async fn read_history(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    object: HistoryListed,
+) -> Result<Option<keepsake_segment::History>, LogError> {
+    let (first, last) = (object.first, object.last);
+    let context = || format!("read history {first}-{last} of shard {shard}");
+    let bytes = match store.get(&keys::history(shard, first, last)).await {
+        Ok(got) => got.bytes().await.map_err(store_err(context()))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(context())(e)),
+    };
+    let h = tokio::task::spawn_blocking(move || keepsake_segment::decode_history(bytes))
+        .await
+        .map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("decoding history {first}-{last} failed: {e}"),
+        })?
+        .map_err(|e| LogError::corrupt(shard, first, format!("history {first}-{last}: {e}")))?;
+    if (h.meta.shard, h.meta.first, h.meta.last) != (shard, first, last) {
+        return Err(LogError::corrupt(
+            shard,
+            first,
+            format!(
+                "the history object {first}-{last} says it holds {}-{} of shard {}",
+                h.meta.first, h.meta.last, h.meta.shard
+            ),
+        ));
+    }
+    Ok(Some(h))
+}
+
+/// Range reads of one segment object, for the async Parquet reader. The size comes from the
+/// listing, so the footer (and page index) is fetched with one suffix-sized range read. When the
+/// object was fetched whole (`whole`), the same reads are served from memory.
+#[derive(Clone, Debug)]
+pub(super) struct SegmentReader {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) path: object_store::path::Path,
+    pub(super) size: u64,
+    pub(super) whole: Option<Bytes>,
+}
+
+/// A slice of a fetched object, or an error for a range beyond it.
+pub(super) fn slice_of(whole: &Bytes, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+    let (start, end) = (
+        usize::try_from(range.start).unwrap_or(usize::MAX),
+        usize::try_from(range.end).unwrap_or(usize::MAX),
+    );
+    if start > end || end > whole.len() {
+        return Err(parquet::errors::ParquetError::EOF(format!(
+            "range {start}..{end} beyond an object of {} bytes",
+            whole.len()
+        )));
+    }
+    Ok(whole.slice(start..end))
+}
+
+/// Bytes fetched with the footer: enough for the metadata and page index of large segments.
+pub(super) const FOOTER_PREFETCH: usize = 64 * 1024;
+
+pub(super) fn external(e: object_store::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for SegmentReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        if let Some(whole) = &self.whole {
+            return futures::future::ready(slice_of(whole, range)).boxed();
+        }
+        self.store
+            .get_range(&self.path, range)
+            .map_err(external)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            if let Some(whole) = &self.whole {
+                return ranges.into_iter().map(|r| slice_of(whole, r)).collect();
+            }
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
+/// A user with no rows in it has the empty state.
+pub async fn read_checkpoint_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<keepsake_model::UserState, LogError> {
+    checkpoint_user(store, shard, checkpoint, user, true).await
+}
+
+/// [`read_checkpoint_user`] without the user's change ids: items, tombstones and last seq only.
+/// The pages holding nothing but change ids (most of a long history's rows) are not read.
+pub async fn read_checkpoint_user_items(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<keepsake_model::UserState, LogError> {
+    checkpoint_user(store, shard, checkpoint, user, false).await
+}
+
+pub(super) async fn checkpoint_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+    with_changes: bool,
+) -> Result<keepsake_model::UserState, LogError> {
+    let path = keys::checkpoint(shard, checkpoint);
+    let size = store
+        .head(&path)
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?
+        .size;
+    let reader = SegmentReader {
+        store: store.clone(),
+        path,
+        size,
+        whole: None,
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let corrupt = |e: parquet::errors::ParquetError| match e {
+        parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+            shard,
+            reason: format!("read checkpoint {checkpoint}: {e}"),
+        },
+        other => LogError::corrupt(shard, checkpoint, format!("checkpoint: {other}")),
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(corrupt)?;
+    let meta =
+        keepsake_segment::checkpoint_meta(builder.metadata().file_metadata().key_value_metadata())
+            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    if meta.shard != shard || meta.segment != checkpoint {
+        return Err(LogError::corrupt(
+            shard,
+            checkpoint,
+            "the checkpoint names another shard or segment",
+        ));
+    }
+    let plan = if with_changes {
+        plan_user_read(builder.metadata(), &user)
+    } else {
+        keepsake_segment::plan_user_read_skipping(
+            builder.metadata(),
+            &user,
+            keepsake_segment::ENTRY_COLUMN,
+            keepsake_segment::ENTRY_CHANGE.as_bytes(),
+        )
+    };
+    let Some(plan) = plan else {
+        return Ok(keepsake_model::UserState::default());
+    };
+    let batches: Vec<_> = builder
+        .with_row_groups(plan.row_groups)
+        .with_row_selection(plan.selection)
+        .build()
+        .map_err(corrupt)?
+        .try_collect()
+        .await
+        .map_err(corrupt)?;
+    let mut users = keepsake_segment::decode_checkpoint_batches(batches, Some(&user))
+        .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    Ok(users.remove(&user).unwrap_or_default())
+}
+
+/// Reads only the footer of segment `n` (its metadata), not its rows; `None` if it does not exist.
+pub async fn read_segment_meta(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let path = keys::segment(shard, n);
+    let size = match store.head(&path).await {
+        Ok(m) => m.size,
+        Err(object_store::Error::NotFound { .. }) => {
+            return history_segment_meta(store, shard, n).await;
+        }
+        Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
+    };
+    let mut reader = SegmentReader {
+        store: store.clone(),
+        path,
+        size,
+        whole: None,
+    };
+    let meta = match reader.get_metadata(None).await {
+        Ok(meta) => meta,
+        // Compacted between the HEAD and the read: its metadata is in the history object now.
+        Err(e) if not_found(&e) => return history_segment_meta(store, shard, n).await,
+        Err(e) => return Err(LogError::segment(shard, n, e.into())),
+    };
+    SegmentMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map(Some)
+        .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// The metadata of compacted segment `n`, from the footer of the history object holding it;
+/// `None` when no history object holds it.
+pub(crate) async fn history_segment_meta(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let Some(object) = narrowest(&list_history(store.as_ref(), shard).await?, n) else {
+        return Ok(None);
+    };
+    let mut reader = SegmentReader {
+        store,
+        path: keys::history(shard, object.first, object.last),
+        size: object.size,
+        whole: None,
+    };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| LogError::segment(shard, n, e.into()))?;
+    let history = HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    let sources = history
+        .sources()
+        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    Ok(sources.into_iter().find(|m| m.segment == n))
+}
+
+/// Reads and decodes a whole checkpoint.
+pub async fn read_checkpoint(
+    store: &dyn ObjectStore,
+    shard: u32,
+    checkpoint: u64,
+) -> Result<keepsake_model::IdMap<UserId, keepsake_model::UserState>, LogError> {
+    let bytes = store
+        .get(&keys::checkpoint(shard, checkpoint))
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?
+        .bytes()
+        .await
+        .map_err(store_err(format!(
+            "read checkpoint {checkpoint} of shard {shard}"
+        )))?;
+    let (meta, users) =
+        tokio::task::spawn_blocking(move || keepsake_segment::decode_checkpoint(bytes))
+            .await
+            .map_err(|e| LogError::corrupt(shard, checkpoint, e))?
+            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+    if meta.shard != shard || meta.segment != checkpoint {
+        return Err(LogError::corrupt(
+            shard,
+            checkpoint,
+            "the checkpoint names another shard or segment",
+        ));
+    }
+    Ok(users.into_iter().collect())
+}

@@ -1,0 +1,472 @@
+//! One user's events from a list of sources, in one pass: each source pruned by its statistics
+//! and page index to the user's rows, read ahead on every core, in order.
+//!
+//! Invariant: a source that vanishes under a read (compacted since the caller located it) is
+//! located again and the read run again ([`with_relisting`]); a read never answers with a
+//! partial history.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use keepsake_model::{Event, UserId};
+use keepsake_segment::{HistoryMeta, ReadPlan, SegmentMeta, plan_user_read, split_selection};
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::file::metadata::PageIndexPolicy;
+
+use crate::error::{LogError, store_err};
+
+use super::*;
+
+/// Where a read of one user's history stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpTo {
+    /// Everything.
+    End,
+    /// Events with `seq <= n`.
+    Seq(u64),
+    /// Events with `recorded_at <= t`.
+    Time(DateTime<Utc>),
+}
+
+impl UpTo {
+    pub(super) fn includes(&self, e: &Event) -> bool {
+        self.includes_at(e.seq, e.recorded_at)
+    }
+
+    pub(super) fn includes_at(&self, seq: u64, recorded_at: DateTime<Utc>) -> bool {
+        match *self {
+            UpTo::End => true,
+            UpTo::Seq(n) => seq <= n,
+            UpTo::Time(t) => recorded_at <= t,
+        }
+    }
+}
+
+/// What reading one user's events cost: for tests and benchmarks of pruning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Segments whose footer was read.
+    pub segments_opened: u64,
+    /// Segments skipped by their statistics.
+    pub segments_pruned: u64,
+    /// Rows decoded (the user's and neighbours' on the same pages); for a read of items, their
+    /// key columns only.
+    pub rows_decoded: u64,
+    /// For a read of items: rows then read whole, documents included (one per item kept).
+    pub rows_read_whole: u64,
+}
+
+/// Reads one user's events, oldest first, stopping at `up_to`.
+///
+/// Per segment, only the footer and the pages that may hold the user are fetched (row-group
+/// statistics and the page index; rows are sorted by user). Reading stops at the first segment
+/// recorded after `up_to`.
+pub async fn read_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    read_user_in(store, shard, user, |_| true, up_to).await
+}
+
+/// Segments of one user's read opened at once. A read is mostly waiting on range GETs (footer,
+/// page index, pages), so several in flight hide the latency; results are still taken in
+/// segment order, and reading stops at the first segment past `up_to` (at most this many
+/// segments are opened beyond it).
+pub(super) const USER_READ_AHEAD: usize = 8;
+
+/// A spawned task that is aborted when its handle is dropped.
+pub(super) struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Aborting<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// The sources of the shard's segments that `segments` accepts, from a listing that reaches
+/// segment `reach` ([`list_layout_reaching`]).
+pub(crate) async fn listed_sources(
+    store: &dyn ObjectStore,
+    shard: u32,
+    reach: u64,
+    segments: impl Fn(u64) -> bool,
+) -> Result<Vec<Source>, LogError> {
+    let layout = list_layout_reaching(store, shard, reach).await?;
+    layout.sources(shard, (1..=layout.head()).filter(|n| segments(*n)))
+}
+
+/// How many times a read is run again on a new listing when a source vanished under it. Each
+/// time, compaction has moved on (it only ever moves segments forward into history objects), so
+/// a read fails this way only under a store that loses objects.
+pub(super) const RELISTS: usize = 8;
+
+/// Where segments are now: asked again when a read finds a source gone. The log's readers ask
+/// its view (compaction tells the view before it deletes anything); others list the store.
+pub type Relocate =
+    Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<Vec<Source>, LogError>> + Send + Sync>;
+
+/// A [`Relocate`] that lists the store.
+pub fn by_listing(store: Arc<dyn ObjectStore>, shard: u32) -> Relocate {
+    Arc::new(move |numbers| {
+        let store = store.clone();
+        async move {
+            let reach = numbers.iter().copied().max().unwrap_or(0);
+            list_layout_reaching(store.as_ref(), shard, reach)
+                .await?
+                .sources(shard, numbers)
+        }
+        .boxed()
+    })
+}
+
+/// Runs a read of `sources`; when one of them is gone (compacted since the caller learned
+/// where it was), asks `relocate` where those segments are now and runs the read again.
+pub(super) async fn with_relisting<T, F, Fut>(
+    shard: u32,
+    sources: Vec<Source>,
+    relocate: &Relocate,
+    read: F,
+) -> Result<T, LogError>
+where
+    F: Fn(Vec<Source>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let numbers: Vec<u64> = sources.iter().flat_map(|s| s.numbers()).collect();
+    let mut result = read(sources).await;
+    for _ in 0..RELISTS {
+        match result {
+            Err(LogError::Gap { missing, .. }) => {
+                tracing::debug!(
+                    shard,
+                    missing,
+                    "a segment moved during a read; locating again"
+                );
+                result = read(relocate(numbers.clone()).await?).await;
+            }
+            other => return other,
+        }
+    }
+    // Still moving after every relisting (another process compacting this shard as fast as we
+    // locate): nothing is lost — the segments were listed — so the caller may retry.
+    match result {
+        Err(LogError::Gap { missing, .. }) => Err(LogError::Unavailable {
+            shard,
+            reason: format!("segment {missing} kept moving while it was read; retry"),
+        }),
+        other => other,
+    }
+}
+
+/// True when a Parquet read failed because the object is not there.
+pub(super) fn not_found(e: &parquet::errors::ParquetError) -> bool {
+    match e {
+        parquet::errors::ParquetError::External(inner) => inner
+            .downcast_ref::<object_store::Error>()
+            .is_some_and(|e| matches!(e, object_store::Error::NotFound { .. })),
+        _ => false,
+    }
+}
+
+/// Runs `read` over `items` (segments) each on its own task, so that decoding uses every core,
+/// [`USER_READ_AHEAD`] at a time; results come in order, and reads still ahead when the caller
+/// stops are aborted.
+pub(super) fn read_ahead<I, T, F, Fut>(
+    shard: u32,
+    items: I,
+    mut read: F,
+) -> impl futures::Stream<Item = Result<T, LogError>>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>> + Send + 'static,
+    T: Send + 'static,
+{
+    futures::stream::iter(items)
+        .map(move |item| Aborting(tokio::spawn(read(item))))
+        .buffered(USER_READ_AHEAD)
+        .map(move |joined| {
+            joined.map_err(|e| LogError::Unavailable {
+                shard,
+                reason: format!("reading a segment failed: {e}"),
+            })?
+        })
+}
+
+/// What one segment holds for one user's read.
+pub(super) enum UserSegment {
+    /// Recorded after the moment read up to: this and every later segment are skipped.
+    After,
+    /// No rows of the user, by the statistics.
+    Pruned,
+    /// The user's rows up to the moment; `past_end` when some were after it.
+    Rows {
+        events: Vec<Event>,
+        decoded: u64,
+        past_end: bool,
+    },
+}
+
+/// [`read_user`] over the segments whose numbers `segments` accepts only (for example, those
+/// after a checkpoint up to the head a reader has seen, or those an index says hold the user).
+pub async fn read_user_in(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    segments: impl Fn(u64) -> bool,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    let wanted = listed_sources(store.as_ref(), shard, 0, segments).await?;
+    read_user_sized(store, shard, user, wanted, up_to).await
+}
+
+/// [`read_user_in`] over sources (ascending) the caller knows, as the log's view does: no
+/// listing of the store, unless one of them has moved.
+pub async fn read_user_sized(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    let relocate = by_listing(store.clone(), shard);
+    read_user_relocating(store, shard, user, sources, up_to, &relocate).await
+}
+
+/// [`read_user_sized`], asking `relocate` where a source that vanished has gone.
+pub async fn read_user_relocating(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+    relocate: &Relocate,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    with_relisting(shard, sources, relocate, |sources| {
+        read_user_sources(store.clone(), shard, user, sources, up_to)
+    })
+    .await
+}
+
+pub(super) async fn read_user_sources(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+) -> Result<(Vec<Event>, ReadStats), LogError> {
+    let reads = read_ahead(shard, sources, |l| {
+        read_user_segment(store.clone(), shard, user, l, up_to)
+    });
+    futures::pin_mut!(reads);
+    let mut events = Vec::new();
+    let mut stats = ReadStats::default();
+    while let Some(read) = reads.next().await {
+        stats.segments_opened += 1;
+        match read? {
+            UserSegment::After => break,
+            UserSegment::Pruned => stats.segments_pruned += 1,
+            UserSegment::Rows {
+                events: mine,
+                decoded,
+                past_end,
+            } => {
+                stats.rows_decoded += decoded;
+                events.extend(mine);
+                if past_end {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((events, stats))
+}
+
+/// Segments up to this size are fetched whole, with one GET, rather than as a footer, a page
+/// index and pages (three or more range reads, each a round trip to the store).
+pub(super) const WHOLE_READ_BYTES: u64 = 1024 * 1024;
+
+/// A segment opened for one user's read.
+pub(super) enum Opened {
+    /// Recorded after the moment read up to.
+    After,
+    /// No rows of the user, by the statistics.
+    Pruned,
+    /// The pages that may hold the user, and a reader for a second read of the same object.
+    Plan {
+        builder: Box<ParquetRecordBatchStreamBuilder<SegmentReader>>,
+        plan: ReadPlan,
+        again: SegmentReader,
+    },
+}
+
+/// Opens a segment (or a history object) for one user's read: fetches it whole when small,
+/// else its footer and page index, and plans which pages may hold the user.
+pub(super) async fn open_for_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    src: Source,
+    up_to: UpTo,
+) -> Result<Opened, LogError> {
+    let (n, size) = (src.label(), src.size());
+    let context = || format!("read segment {n} of shard {shard}");
+    let path = src.key(shard);
+    // Listed but gone: a gap, like a missing number (the caller lists again: it may have been
+    // compacted).
+    let gone = LogError::Gap { shard, missing: n };
+    let whole = if size <= WHOLE_READ_BYTES {
+        match store.get(&path).await {
+            Ok(got) => Some(got.bytes().await.map_err(store_err(context()))?),
+            Err(object_store::Error::NotFound { .. }) => return Err(gone),
+            Err(e) => return Err(store_err(context())(e)),
+        }
+    } else {
+        None
+    };
+    let reader = SegmentReader {
+        store,
+        path,
+        size: whole.as_ref().map_or(size, |b| b.len() as u64),
+        whole,
+    };
+    let again = reader.clone();
+    let builder =
+        match ParquetRecordBatchStreamBuilder::new_with_options(reader, read_options()).await {
+            Ok(b) => b,
+            Err(e) if not_found(&e) => return Err(gone),
+            Err(e) => return Err(LogError::user_read(shard, n, e.into())),
+        };
+    let kvs = builder.metadata().file_metadata().key_value_metadata();
+    let first_recorded_at = if src.is_history() {
+        HistoryMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
+    } else {
+        SegmentMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
+    }
+    .map_err(|e| LogError::corrupt(shard, n, e))?;
+    if let UpTo::Time(t) = up_to
+        && first_recorded_at > t
+    {
+        return Ok(Opened::After);
+    }
+    Ok(match plan_user_read(builder.metadata(), &user) {
+        None => Opened::Pruned,
+        Some(plan) => Opened::Plan {
+            builder: Box::new(builder),
+            plan,
+            again,
+        },
+    })
+}
+
+pub(super) fn read_options() -> ArrowReaderOptions {
+    ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional)
+}
+
+/// A failed read of segment pages: a vanished object is a gap (listed again), the store's
+/// failure is retryable, anything else is damage.
+pub(super) fn pages_err(shard: u32, n: u64) -> impl Fn(parquet::errors::ParquetError) -> LogError {
+    move |e| match e {
+        e if not_found(&e) => LogError::Gap { shard, missing: n },
+        parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+            shard,
+            reason: format!("read segment {n} of shard {shard}: {e}"),
+        },
+        other => LogError::corrupt(shard, n, other),
+    }
+}
+
+/// One segment's part of a user's read: only the footer and the pages that may hold the user
+/// (from memory, for a segment small enough to fetch whole).
+pub(super) async fn read_user_segment(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    src: Source,
+    up_to: UpTo,
+) -> Result<UserSegment, LogError> {
+    let n = src.label();
+    let filter = RowFilter {
+        user,
+        wanted: src.numbers(),
+        up_to,
+        shard,
+        n,
+    };
+    let (builder, plan, again) = match open_for_user(store, shard, user, src, up_to).await? {
+        Opened::After => return Ok(UserSegment::After),
+        Opened::Pruned => return Ok(UserSegment::Pruned),
+        Opened::Plan {
+            builder,
+            plan,
+            again,
+        } => (*builder, plan, again),
+    };
+    let parts = (plan.rows_selected / PART_ROWS).clamp(1, parallelism());
+    if parts == 1 {
+        let stream = builder
+            .with_row_groups(plan.row_groups)
+            .with_row_selection(plan.selection)
+            .build()
+            .map_err(|e| LogError::user_read(shard, n, e.into()))?;
+        return filter.read(stream).await;
+    }
+    // A long run of the user's rows (a history object's): decoded in parts, one per core.
+    let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), read_options())
+        .map_err(|e| LogError::user_read(shard, n, e.into()))?;
+    let reads = split_selection(&plan.selection, parts)
+        .into_iter()
+        .map(|selection| {
+            let stream =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(again.clone(), metadata.clone())
+                    .with_row_groups(plan.row_groups.clone())
+                    .with_row_selection(selection)
+                    .build()
+                    .map_err(|e| LogError::user_read(shard, n, e.into()));
+            let filter = filter.clone();
+            Aborting(tokio::spawn(async move { filter.read(stream?).await }))
+        })
+        .collect::<Vec<_>>();
+    let mut events = Vec::new();
+    let (mut decoded, mut past_end) = (0, false);
+    for read in futures::future::join_all(reads).await {
+        let part = read.map_err(|e| LogError::Unavailable {
+            shard,
+            reason: format!("reading a segment failed: {e}"),
+        })??;
+        if let UserSegment::Rows {
+            events: mine,
+            decoded: d,
+            past_end: p,
+        } = part
+        {
+            decoded += d;
+            // Parts are in row order: rows after the first part past the end are past it too.
+            if !past_end {
+                events.extend(mine);
+            }
+            past_end |= p;
+        }
+    }
+    Ok(UserSegment::Rows {
+        events,
+        decoded,
+        past_end,
+    })
+}

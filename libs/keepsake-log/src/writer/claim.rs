@@ -1,0 +1,270 @@
+//! Claiming a segment number in the store for a batch (invariants 4 to 9 of [`super`]): the
+//! create-only PUT, resolving an ambiguous answer by reading the number back, refusing a
+//! number that compaction had freed, and catching up with segments another writer committed.
+
+use bytes::Bytes;
+use keepsake_model::BatchId;
+use keepsake_store::{create_only, keys};
+use object_store::{ObjectStoreExt, PutPayload};
+use tracing::{error, info, warn};
+
+use super::Writer;
+use crate::error::LogError;
+use crate::reader::{
+    Layout, Source, history_segment_meta, list_history, list_layout, read_meta,
+    read_source_segments,
+};
+
+/// What happened to a segment PUT.
+pub(super) enum Put {
+    Committed,
+    Fenced,
+    /// The number had been used before and compacted away: the PUT landed in a freed name.
+    Reused,
+    NotCommitted(String),
+}
+
+impl Writer {
+    /// Writes segment `n` create-only ([`Self::write_segment`]), then makes sure the number was
+    /// not used before (invariant 8).
+    pub(super) async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
+        match self.write_segment(n, batch_id, bytes).await {
+            Put::Committed => {}
+            other => return other,
+        }
+        // Confirmed with a few tries: an object left in a used number is a stray that only a
+        // confirmation can tell from a committed segment (and so remove).
+        let mut listed = list_history(self.store.as_ref(), self.shard).await;
+        for attempt in 1..3u32 {
+            if listed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+            listed = list_history(self.store.as_ref(), self.shard).await;
+        }
+        let history = match listed {
+            Ok(h) => h,
+            // Not known to be committed: failed (retryable) and re-read before the next batch,
+            // which folds the segment in if it is the log's, so a resend answers `duplicate`.
+            // If it is a stray, readers do not read it (the history object holding its number
+            // is marked verified) and verify reports it.
+            Err(e) => {
+                return Put::NotCommitted(format!(
+                    "segment {n} written, but listing history objects to confirm its number was new failed: {e}"
+                ));
+            }
+        };
+        let Some(h) = history.iter().find(|h| h.holds(n)) else {
+            return Put::Committed;
+        };
+        error!(
+            shard = self.shard,
+            segment = n,
+            history_first = h.first,
+            history_last = h.last,
+            "segment number was used before and compacted: this writer was behind; removing its object"
+        );
+        // Ours (our create-only PUT made it; anything there since is another stray), never
+        // acknowledged: removed at once, without a read-back that could fail and leave it.
+        self.remove_own_object(n).await;
+        Put::Reused
+    }
+
+    /// Removes this writer's object in segment number `n`, which a history object holds with
+    /// another batch: never acknowledged, and read by no one (the history object is relied on).
+    async fn remove_own_object(&self, n: u64) {
+        let path = keys::segment(self.shard, n);
+        if let Err(e) = self.store.delete(&path).await {
+            error!(shard = self.shard, segment = n, error = %e, "removing a segment written into a used number failed; verify reports it as a stray");
+        }
+    }
+
+    /// Settles a PUT that may have landed but was never confirmed (its answer or read-back, or
+    /// the listing of invariant 8, failed), from a listing taken after it. No history object
+    /// holding its number: the number was new when the PUT landed, so an object there is the
+    /// log's segment, folded in by the re-read like any other. A history object holding it with
+    /// another batch: this writer was behind and wrote into a freed number; its object, never
+    /// acknowledged, is removed (before, it stayed for good and verify reported it). While that
+    /// cannot be told (a read fails), it stays to settle at the next re-read.
+    async fn settle_unconfirmed(&mut self, layout: &Layout) -> Result<(), LogError> {
+        let Some((n, ours)) = self.unconfirmed else {
+            return Ok(());
+        };
+        if layout.history.iter().any(|h| h.holds(n)) {
+            let kept = history_segment_meta(self.store.clone(), self.shard, n).await?;
+            if kept.is_some_and(|m| m.batch_id != ours) && self.read_back(n).await? == Some(ours) {
+                error!(
+                    shard = self.shard,
+                    segment = n,
+                    "an unconfirmed segment PUT had landed in a number used before and compacted: this writer was behind; removing its object"
+                );
+                self.stats
+                    .reused_numbers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.remove_own_object(n).await;
+            }
+        }
+        self.unconfirmed = None;
+        Ok(())
+    }
+
+    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
+    async fn write_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
+        let path = keys::segment(self.shard, n);
+        let mut last_error = String::new();
+        for attempt in 1..=self.cfg.put_attempts.max(1) {
+            let put = tokio::time::timeout(
+                self.cfg.put_timeout,
+                self.store
+                    .put_opts(&path, PutPayload::from(bytes.clone()), create_only()),
+            )
+            .await;
+            match put {
+                Ok(Ok(_)) => return Put::Committed,
+                Ok(Err(object_store::Error::AlreadyExists { .. })) => {
+                    last_error = "segment already exists".into();
+                }
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    self.stats
+                        .put_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(shard = self.shard, segment = n, attempt, error = %e, "segment PUT failed; reading back");
+                }
+                Err(_) => {
+                    last_error = format!("PUT timed out after {:?}", self.cfg.put_timeout);
+                    self.stats
+                        .put_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(
+                        shard = self.shard,
+                        segment = n,
+                        attempt,
+                        "segment PUT timed out; reading back"
+                    );
+                }
+            }
+            match self.read_back(n).await {
+                Ok(Some(found)) if found == batch_id => {
+                    self.stats
+                        .ambiguous_resolved
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(
+                        shard = self.shard,
+                        segment = n,
+                        "the PUT had landed: batch committed"
+                    );
+                    return Put::Committed;
+                }
+                Ok(Some(_)) => return Put::Fenced,
+                Ok(None) => {
+                    // Not there: not committed. Trying the same number again is safe.
+                    self.stats
+                        .put_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+                }
+                Err(e) => {
+                    return Put::NotCommitted(format!(
+                        "{last_error}; and reading it back failed: {e}"
+                    ));
+                }
+            }
+        }
+        Put::NotCommitted(last_error)
+    }
+
+    /// The batch id of segment `n`, `None` if it does not exist.
+    async fn read_back(&self, n: u64) -> Result<Option<BatchId>, LogError> {
+        let path = keys::segment(self.shard, n);
+        let mut last = None;
+        for attempt in 1..=3u32 {
+            match self.store.get(&path).await {
+                Ok(got) => match got.bytes().await {
+                    Ok(bytes) => return read_meta(self.shard, n, &bytes).map(|m| Some(m.batch_id)),
+                    Err(e) => last = Some(e),
+                },
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
+        }
+        Err(LogError::Unavailable {
+            shard: self.shard,
+            reason: format!(
+                "read back segment {n}: {}",
+                last.map_or_else(String::new, |e| e.to_string())
+            ),
+        })
+    }
+
+    /// True when no other process has committed past this writer's head: segment `head + 1`
+    /// is neither an object nor held by a history object (compaction writes one before
+    /// deleting a segment, so a used number always shows in one or the other).
+    pub(super) async fn is_current(&self) -> Result<bool, LogError> {
+        let n = self
+            .state
+            .read()
+            .map_err(|_| crate::poisoned(self.shard))?
+            .head
+            + 1;
+        let path = keys::segment(self.shard, n);
+        match self.store.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("look for {path}"),
+                    source: e,
+                });
+            }
+        }
+        let history = list_history(self.store.as_ref(), self.shard).await?;
+        Ok(!history.iter().any(|h| h.holds(n)))
+    }
+
+    /// Applies every segment after `head` that the store holds, in order, from a listing: a
+    /// range that compaction moved into a history object is read from there (it is taken, not
+    /// the end of the log).
+    pub(super) async fn catch_up(&mut self) -> Result<(), LogError> {
+        let shard = self.shard;
+        let from = self.state.read().map_or(0, |s| s.head) + 1;
+        let layout = list_layout(self.store.as_ref(), shard).await?;
+        self.settle_unconfirmed(&layout).await?;
+        let sources = if layout.head() >= from {
+            layout.sources(shard, from..=layout.head())?
+        } else {
+            Vec::new()
+        };
+        for src in sources {
+            let segs = read_source_segments(self.store.clone(), shard, src).await?;
+            let mut state = self.state.write().map_err(|_| crate::poisoned(shard))?;
+            for seg in &segs {
+                let n = seg.meta.segment;
+                state
+                    .apply_events(&seg.events)
+                    .map_err(|e| LogError::corrupt(shard, n, e))?;
+                state.index_segment(n, &seg.events);
+                state.head = n;
+                // recorded_at never goes backwards within the shard, whoever wrote last.
+                let last = seg.meta.last_recorded_at;
+                state.last_recorded_at = Some(state.last_recorded_at.map_or(last, |l| l.max(last)));
+                info!(
+                    shard,
+                    segment = n,
+                    events = seg.events.len(),
+                    "applied a segment written elsewhere"
+                );
+            }
+            match src {
+                Source::Segment { n, size } => state.record_segment_size(n, size),
+                Source::History { object, .. } => state.compacted(object),
+            }
+            let head = state.head;
+            drop(state);
+            self.head_tx.send_replace(head);
+        }
+        self.needs_resync = false;
+        Ok(())
+    }
+}
