@@ -1,0 +1,6 @@
+//! The crate's integration tests, one binary (one link step): golden files of the common
+//! clients' shapes, the splitter's behaviour on whole files, and property tests.
+
+mod golden;
+mod props;
+mod splitting;
