@@ -136,7 +136,7 @@ use keepsake_log::UpTo;
 use keepsake_model::{Kind, RestoreId, StateRead};
 use serde_json::Value;
 
-fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(super) fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| ApiError::malformed(format!("{what} {s:?} is not an RFC 3339 time")))

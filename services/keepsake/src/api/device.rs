@@ -75,16 +75,20 @@ fn change_result<'a>(change: &Change, outcome: &'a Outcome) -> ChangeResult<'a> 
     }
 }
 
-async fn commit(
+/// Pushes `changes` as one device-attributed push through the log (durable before it returns),
+/// with the push metrics; returns the outcomes and the sync token after the push. Every write a
+/// device makes goes through here: pushes, item restores and imports.
+pub(super) async fn push_as_device(
     state: &Shared,
     auth: DeviceAuth,
     request_id: RequestId,
     changes: Vec<Change>,
     confirm_mass_delete: bool,
-) -> Result<Response, ApiError> {
+) -> Result<(keepsake_log::PushResult, String), ApiError> {
     let ready = state.ready()?;
     let started = std::time::Instant::now();
     let _in_flight = state.metrics.push_in_flight();
+    let count = changes.len();
     let result = ready
         .log
         .push(PushRequest {
@@ -95,22 +99,40 @@ async fn commit(
                 request_id: Some(request_id),
                 restore_id: None,
             },
-            changes: changes.clone(),
+            changes,
             confirm_mass_delete,
         })
         .await?;
-    state.metrics.observe_push(changes.len(), started.elapsed());
+    state.metrics.observe_push(count, started.elapsed());
     let token = SyncToken {
         store_id: ready.log.descriptor().store_id,
         seq: result.last_seq,
     };
+    Ok((result, token.encode()))
+}
+
+async fn commit(
+    state: &Shared,
+    auth: DeviceAuth,
+    request_id: RequestId,
+    changes: Vec<Change>,
+    confirm_mass_delete: bool,
+) -> Result<Response, ApiError> {
+    let (result, token) = push_as_device(
+        state,
+        auth,
+        request_id,
+        changes.clone(),
+        confirm_mass_delete,
+    )
+    .await?;
     let answer = wire::PushAnswer {
         results: changes
             .iter()
             .zip(&result.outcomes)
             .map(|(c, o)| change_result(c, o))
             .collect(),
-        token: token.encode(),
+        token,
     };
     Ok(json(StatusCode::OK, &answer))
 }
@@ -332,11 +354,22 @@ pub(super) async fn item(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    // `Accept: text/vcard` / `text/calendar`: the item in that format, with the same ETag.
+    let text = super::formats::negotiated(&item, &headers).transpose()?;
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
+    } else if let Some((media_type, text)) = text {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
+            text,
+        )
+            .into_response()
     } else {
         json(StatusCode::OK, &ItemView::of(&item))
     };
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
     }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod device;
+mod formats;
 mod ops;
 pub mod problem;
 pub mod wire;
@@ -149,6 +150,8 @@ pub fn routes() -> Routes {
             &[Method::GET, Method::POST],
             get(device::pull).post(device::push),
         )
+        .add("/v1/import", &[Method::POST], post(formats::import))
+        .add("/v1/export", &[Method::GET], get(formats::export))
         .add("/v1/items/{item_id}", &[Method::GET], get(device::item))
         .add(
             "/v1/items/{item_id}/history",
@@ -174,6 +177,11 @@ pub fn routes() -> Routes {
             "/admin/v1/users/{user_id}/items",
             &[Method::GET],
             get(admin::items_as_of),
+        )
+        .add(
+            "/admin/v1/users/{user_id}/export",
+            &[Method::GET],
+            get(formats::admin_export),
         )
         .add(
             "/admin/v1/users/{user_id}/events",

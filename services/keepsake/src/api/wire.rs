@@ -346,3 +346,46 @@ pub struct Problem<'a> {
     pub detail: &'a str,
     pub code: &'a str,
 }
+
+/// What became of one entry of `POST /v1/import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    Applied,
+    Duplicate,
+    Rejected,
+}
+
+/// Why an entry of an import was rejected.
+#[derive(Debug, Serialize)]
+pub struct ImportError {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+/// One entry of `POST /v1/import`, in file order.
+#[derive(Debug, Serialize)]
+pub struct ImportResult {
+    /// 1-based line where the entry starts.
+    pub line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    pub status: ImportStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<ItemId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ImportError>,
+}
+
+/// `POST /v1/import`.
+#[derive(Debug, Serialize)]
+pub struct ImportAnswer {
+    pub results: Vec<ImportResult>,
+    pub token: String,
+}

@@ -10,6 +10,7 @@ mod compaction;
 mod contract;
 mod devices;
 mod endpoints;
+mod formats;
 mod harness;
 mod recover;
 mod restore;

@@ -1,0 +1,495 @@
+//! vCard and iCalendar over HTTP (issue 16): `POST /v1/import`, `GET /v1/export`,
+//! `GET /admin/v1/users/{user_id}/export`, and the `Accept` negotiation of `GET /v1/items/{id}`.
+//!
+//! The handlers only translate: `keepsake_formats` splits, converts and exports; writes go
+//! through the device push ([`super::device::push_as_device`]), reads through the live view or
+//! the as-of read of the operator's items endpoint. `docs/FORMATS.md` is the contract.
+//!
+//! - An import is ONE push: every entry that splits and converts becomes a `put` with the
+//!   change id and item id `keepsake_formats` derives from the user and the entry, so a second
+//!   import of the same file is all `duplicate` and writes nothing. An entry that does not
+//!   split or convert is `rejected` alone, with its line; the others are pushed. Whole-request
+//!   refusals (wrong content type, invalid UTF-8, more entries than a push may hold, too large a
+//!   body) write nothing.
+//! - An export is the items' texts one after another (iCalendar: one VCALENDAR per item, which
+//!   RFC 5545 allows in one stream); an item whose document cannot be exported is skipped and
+//!   counted in `x-keepsake-skipped`.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keepsake_formats::{EntryError, Format};
+use keepsake_log::UpTo;
+use keepsake_model::{
+    Change, ChangeBody, Document, ItemState, Kind, Outcome, RequestId, UserId, UserState,
+};
+use serde_json::Value;
+
+use super::admin::parse_time;
+use super::wire::{ImportAnswer, ImportError, ImportResult, ImportStatus};
+use super::{ApiError, DeviceAuth, OperatorAuth, Shared, json, parse_id, read_body};
+
+/// The response header that counts the items an export left out (documents that cannot be
+/// written in the format).
+pub const SKIPPED_HEADER: &str = "x-keepsake-skipped";
+
+/// The problem code of an entry that does not split or convert.
+const INVALID_ENTRY: &str = "invalid_entry";
+
+fn unsupported_media_type(got: Option<&str>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "an import is text/vcard or text/calendar, not {}",
+            got.map_or_else(
+                || "a body without Content-Type".to_string(),
+                |t| format!("{t:?}")
+            )
+        ),
+    )
+}
+
+/// What became of one entry before the push.
+enum Slot {
+    /// Refused while splitting or converting.
+    Refused(ImportResult),
+    /// Pushed as the change at this index.
+    Pushed {
+        index: usize,
+        line: usize,
+        uid: Option<String>,
+        kind: Kind,
+    },
+}
+
+fn refused(line: usize, uid: Option<String>, detail: String) -> ImportResult {
+    ImportResult {
+        line,
+        uid,
+        status: ImportStatus::Rejected,
+        item_id: None,
+        kind: None,
+        version: None,
+        seq: None,
+        error: Some(ImportError {
+            code: INVALID_ENTRY,
+            detail,
+        }),
+    }
+}
+
+fn entry_error(e: EntryError) -> Slot {
+    Slot::Refused(refused(e.line, e.uid, e.reason.to_string()))
+}
+
+/// The answer of one pushed entry from its push outcome.
+fn pushed(
+    change: &Change,
+    outcome: &Outcome,
+    line: usize,
+    uid: Option<String>,
+    kind: Kind,
+) -> ImportResult {
+    let mut r = ImportResult {
+        line,
+        uid,
+        status: ImportStatus::Rejected,
+        item_id: Some(change.item_id),
+        kind: Some(kind),
+        version: None,
+        seq: None,
+        error: None,
+    };
+    match outcome {
+        Outcome::Applied(c) | Outcome::Duplicate(c) => {
+            r.status = if matches!(outcome, Outcome::Applied(_)) {
+                ImportStatus::Applied
+            } else {
+                ImportStatus::Duplicate
+            };
+            r.item_id = Some(c.item_id);
+            r.version = Some(c.version);
+            r.seq = Some(c.seq);
+        }
+        // An import has no base version, so it never conflicts; said as a rejection if it did.
+        Outcome::Conflict(current) => {
+            r.error = Some(ImportError {
+                code: "conflict",
+                detail: format!("the item is at version {}", current.version),
+            });
+        }
+        Outcome::Rejected { code, detail } => {
+            r.error = Some(ImportError {
+                code: code.as_str(),
+                detail: detail.clone(),
+            });
+        }
+    }
+    r
+}
+
+/// The changes an import pushes, and a slot per entry saying what became of it: refused
+/// while splitting or converting, or pushed as the change at an index. Whole-request refusals:
+/// invalid UTF-8 (naming the line), and more entries than one push may hold.
+fn plan(
+    bytes: &[u8],
+    format: Format,
+    user: UserId,
+    limit: usize,
+) -> Result<(Vec<Slot>, Vec<Change>), ApiError> {
+    let text = keepsake_formats::utf8_text(bytes).map_err(|line| {
+        ApiError::malformed(format!(
+            "line {line} is not valid UTF-8; the file must be UTF-8"
+        ))
+    })?;
+    let mut slots = Vec::new();
+    let mut changes = Vec::new();
+    for entry in keepsake_formats::entries(text, format) {
+        // Every entry counts, rejected ones too: a file is imported whole or refused whole.
+        if slots.len() == limit {
+            return Err(ApiError::malformed(format!(
+                "the file holds more than {limit} entries, the limit of one push; split it"
+            )));
+        }
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                slots.push(entry_error(e));
+                continue;
+            }
+        };
+        let (kind, document) = match keepsake_formats::to_document(&entry) {
+            Ok(converted) => converted,
+            Err(e) => {
+                slots.push(Slot::Refused(refused(
+                    entry.line,
+                    entry.uid.clone(),
+                    e.to_string(),
+                )));
+                continue;
+            }
+        };
+        slots.push(Slot::Pushed {
+            index: changes.len(),
+            line: entry.line,
+            uid: entry.uid.clone(),
+            kind,
+        });
+        changes.push(Change {
+            change_id: keepsake_formats::import_change_id(user, &entry),
+            kind,
+            item_id: keepsake_formats::import_item_id(user, &entry),
+            base_version: None,
+            body: ChangeBody::Put {
+                document: Document::from_value(&document),
+            },
+        });
+    }
+    Ok((slots, changes))
+}
+
+/// `POST /v1/import`.
+pub(super) async fn import(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let format = content_type
+        .and_then(Format::from_media_type)
+        .ok_or_else(|| unsupported_media_type(content_type))?;
+    let bytes = read_body(body, state.limits.max_request_bytes).await?;
+    let (user, limit) = (auth.user, state.limits.max_changes_per_push);
+    // Splitting and converting is CPU work (up to a whole request body): off the async workers.
+    let (slots, changes) = tokio::task::spawn_blocking(move || plan(&bytes, format, user, limit))
+        .await
+        .map_err(|e| ApiError::internal("import: converting the entries", e))??;
+    let (result, token) =
+        super::device::push_as_device(&state, auth, request_id, changes.clone(), false).await?;
+    let results = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Refused(r) => r,
+            Slot::Pushed {
+                index,
+                line,
+                uid,
+                kind,
+            } => match (changes.get(index), result.outcomes.get(index)) {
+                (Some(change), Some(outcome)) => pushed(change, outcome, line, uid, kind),
+                // The log answers one outcome per change; never taken.
+                _ => refused(line, uid, "the push gave no outcome for this entry".into()),
+            },
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &ImportAnswer { results, token }))
+}
+
+/// What an export asks for.
+struct ExportQuery {
+    format: Format,
+    kinds: Vec<Kind>,
+    as_of: Option<UpTo>,
+}
+
+fn export_query(q: &HashMap<String, String>) -> Result<ExportQuery, ApiError> {
+    let format = match q.get("format").map(String::as_str) {
+        Some("vcard") => Format::VCard,
+        Some("icalendar") => Format::ICalendar,
+        Some(other) => {
+            return Err(ApiError::malformed(format!(
+                "format {other:?} is neither vcard nor icalendar"
+            )));
+        }
+        None => return Err(ApiError::malformed("give format=vcard or format=icalendar")),
+    };
+    let of_format: Vec<Kind> = Kind::DATA
+        .iter()
+        .copied()
+        .filter(|k| Format::of_kind(*k) == Some(format))
+        .collect();
+    let kinds = match q.get("kind") {
+        None => of_format,
+        Some(k) => {
+            let kind = Kind::parse(k.trim())
+                .ok_or_else(|| ApiError::malformed(format!("unknown kind {k:?}")))?;
+            if !of_format.contains(&kind) {
+                return Err(ApiError::malformed(format!(
+                    "kind {kind} is not written as {format}"
+                )));
+            }
+            vec![kind]
+        }
+    };
+    let as_of = q
+        .get("as_of")
+        .map(|t| parse_time("as_of", t).map(UpTo::Time))
+        .transpose()?;
+    Ok(ExportQuery {
+        format,
+        kinds,
+        as_of,
+    })
+}
+
+/// The live items of `kinds` in `s`, in item id order, with their documents (cheap clones).
+fn exportable(s: &UserState, kinds: &[Kind]) -> Vec<(Kind, Document)> {
+    let mut items: Vec<&ItemState> = s
+        .items()
+        .filter(|i| !i.deleted && kinds.contains(&i.kind))
+        .collect();
+    items.sort_by_key(|i| i.item_id);
+    items
+        .into_iter()
+        .filter_map(|i| Some((i.kind, i.document.clone()?)))
+        .collect()
+}
+
+/// One item's text, ending with a line end.
+fn item_text(kind: Kind, document: &Document, format: Format) -> Option<String> {
+    let object = document.to_object().ok()?;
+    let mut text = keepsake_formats::export(kind, &Value::Object(object), format).ok()?;
+    if !text.ends_with('\n') {
+        text.push_str("\r\n");
+    }
+    Some(text)
+}
+
+async fn export_user(
+    state: &Shared,
+    user: UserId,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let query = export_query(q)?;
+    let log = &state.ready()?.log;
+    let items = match query.as_of {
+        // The same as-of read as `GET /admin/v1/users/{id}/items`.
+        Some(at) => exportable(&log.items_at(&user, at).await?, &query.kinds),
+        None => log.user(&user, |u| exportable(u, &query.kinds)).await?,
+    };
+    let format = query.format;
+    // Converting every item is CPU work: off the async workers.
+    let (body, skipped) = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        let mut skipped = 0u64;
+        for (kind, document) in &items {
+            match item_text(*kind, document, format) {
+                Some(text) => body.push_str(&text),
+                None => skipped += 1,
+            }
+        }
+        (body, skipped)
+    })
+    .await
+    .map_err(|e| ApiError::internal("export: writing the items", e))?;
+    if skipped > 0 {
+        tracing::warn!(user_id = %user, skipped, format = %query.format, "export skipped items that cannot be written");
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media_type_utf8(query.format)),
+            ),
+            (
+                header::HeaderName::from_static(SKIPPED_HEADER),
+                HeaderValue::from(skipped),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn media_type_utf8(format: Format) -> &'static str {
+    match format {
+        Format::VCard => "text/vcard; charset=utf-8",
+        Format::ICalendar => "text/calendar; charset=utf-8",
+    }
+}
+
+/// `GET /v1/export`.
+pub(super) async fn export(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    export_user(&state, auth.user, &q).await
+}
+
+/// `GET /admin/v1/users/{user_id}/export`.
+pub(super) async fn admin_export(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(user_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    export_user(&state, user, &q).await
+}
+
+/// The text format an `Accept` header asks for, if it names one: the first of `text/vcard`
+/// and `text/calendar` it lists (parameters and quality ignored), and whether it also takes
+/// JSON (`application/json`, `application/*` or `*/*`).
+fn accepted(headers: &HeaderMap) -> (Option<Format>, bool) {
+    let mut format = None;
+    let mut json = false;
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let essence = range
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            match essence.as_str() {
+                "application/json" | "application/*" | "*/*" => json = true,
+                other => {
+                    if format.is_none() {
+                        format = Format::from_media_type(other);
+                    }
+                }
+            }
+        }
+    }
+    (format, json)
+}
+
+/// `GET /v1/items/{id}` with `Accept: text/vcard` or `text/calendar`: the item's text, or 406
+/// `not_acceptable` when its kind has no such format (or its document cannot be written) and
+/// the client takes no JSON. `None`: answer JSON as usual.
+pub(super) fn negotiated(
+    item: &ItemState,
+    headers: &HeaderMap,
+) -> Option<Result<(&'static str, String), ApiError>> {
+    let (format, takes_json) = accepted(headers);
+    let format = format?;
+    if Format::of_kind(item.kind) != Some(format) {
+        if takes_json {
+            return None;
+        }
+        return Some(Err(not_acceptable(format!(
+            "a {} item has no {} form; ask for {} or application/json",
+            item.kind,
+            format.media_type(),
+            Format::of_kind(item.kind).map_or("application/json", |f| f.media_type()),
+        ))));
+    }
+    let text = item
+        .document
+        .as_ref()
+        .and_then(|d| item_text(item.kind, d, format));
+    match text {
+        Some(text) => Some(Ok((media_type_utf8(format), text))),
+        None if takes_json => None,
+        None => Some(Err(not_acceptable(format!(
+            "the item's document cannot be written as {}; ask for application/json",
+            format.media_type()
+        )))),
+    }
+}
+
+fn not_acceptable(detail: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored document that is not a JSON object calcard can read (damaged, or stored before
+    /// validation) has no text: an export skips it and an item read answers 406, never a 500.
+    /// (calcard writes something for every JSON object staging accepts.)
+    #[test]
+    fn a_document_that_cannot_be_written_has_no_text() {
+        for text in ["not json", "[1,2]", r#"{"@type":"Card","#] {
+            let doc = Document::from_stored(text);
+            assert_eq!(
+                item_text(Kind::Contact, &doc, Format::VCard),
+                None,
+                "{text}"
+            );
+        }
+        let card = Document::from_stored(r#"{"@type":"Card","name":{"full":"Ada"}}"#);
+        let text = item_text(Kind::Contact, &card, Format::VCard).unwrap_or_default();
+        assert!(
+            text.starts_with("BEGIN:VCARD\r\n") && text.ends_with("\r\n"),
+            "{text}"
+        );
+        assert_eq!(item_text(Kind::Contact, &card, Format::ICalendar), None);
+    }
+
+    /// `Accept` picks the first text format it lists, and says whether JSON would do.
+    #[test]
+    fn accept_names_a_format_and_whether_json_will_do() {
+        let cases = [
+            ("text/vcard", (Some(Format::VCard), false)),
+            (
+                "text/calendar; charset=utf-8",
+                (Some(Format::ICalendar), false),
+            ),
+            (
+                "text/calendar, application/json;q=0.5",
+                (Some(Format::ICalendar), true),
+            ),
+            ("application/json", (None, true)),
+            ("*/*", (None, true)),
+            ("text/html", (None, false)),
+        ];
+        for (accept, want) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            assert_eq!(accepted(&headers), want, "{accept}");
+        }
+    }
+}
