@@ -8,9 +8,9 @@ use keepsake_model::{
     Ancestors, Change, ChangeBody, EventMeta, ItemId, Origin, Outcome, StateRead, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::load::{by_view, segment_sources};
-use crate::writer::Queued;
 use crate::{Log, LogError, UpTo, poisoned, reader};
 
 /// One push: a device's changes for one user, applied in order and committed together.
@@ -37,6 +37,15 @@ pub struct PushResult {
     pub segment: Option<u64>,
 }
 
+/// A push waiting in its shard writer's queue.
+pub(crate) struct Queued {
+    pub req: PushRequest,
+    /// Earlier documents its stale patches need, read before it was queued.
+    pub ancestors: Ancestors,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<PushResult, LogError>>,
+}
+
 impl Log {
     /// Commits a push; answers once its events are durable.
     pub async fn push(&self, req: PushRequest) -> Result<PushResult, LogError> {
@@ -48,7 +57,7 @@ impl Log {
         let queued = Queued {
             req,
             ancestors,
-            enqueued: tokio::time::Instant::now(),
+            enqueued: Instant::now(),
             reply,
         };
         self.shards[shard as usize]

@@ -10,7 +10,7 @@ use object_store::ObjectStore;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
-use crate::writer::Queued;
+use crate::push::Queued;
 use crate::{
     LogConfig, LogError, ShardState, list_checkpoints, read_checkpoint, read_segment_meta, reader,
     scan_shard,

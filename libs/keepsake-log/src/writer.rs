@@ -58,27 +58,20 @@ use keepsake_model::{
 };
 use keepsake_segment::{SegmentMeta, encode, segment_version};
 use object_store::ObjectStore;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use claim::Put;
 use window::{fill_deadline, next_estimate};
 
+use crate::PushResult;
 use crate::config::LogConfig;
 use crate::error::LogError;
+use crate::push::Queued;
 use crate::reader::{UpTo, read_user};
 use crate::stats::LogStats;
 use crate::view::ShardState;
-use crate::{PushRequest, PushResult};
-
-pub(crate) struct Queued {
-    pub req: PushRequest,
-    /// Earlier documents its stale patches need, read before it was queued.
-    pub ancestors: Ancestors,
-    pub enqueued: Instant,
-    pub reply: oneshot::Sender<Result<PushResult, LogError>>,
-}
 
 pub(crate) struct Writer {
     pub shard: u32,
