@@ -28,6 +28,7 @@ on_every_backend!(
     a_checkpoint_is_written_only_when_its_fold_reached_its_segment,
     an_answer_that_writes_nothing_is_not_decided_on_a_stale_view,
     a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage,
+    a_view_never_goes_back_to_an_older_checkpoint,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -504,6 +505,80 @@ async fn a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage(backe
     b.compact_now()
         .await
         .expect("b checkpoints from what is left");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// B writes checkpoint 2 slowly; meanwhile A checkpoints at 3 and its retention deletes
+/// checkpoint 1, which B's view starts from, so a cold load in B adopts checkpoint 3. When B's
+/// checkpoint 2 lands, B's view used to go back to it, with its index already pruned up to 3:
+/// a user loaded after that missed their events in segment 3 (the view served a state older
+/// than its head; found by the simulation, seed 51). A view's checkpoint only moves forward.
+async fn a_view_never_goes_back_to_an_older_checkpoint(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let keep_newest_only = keepsake_log::retention::RetentionPolicy {
+        keep_all_for: chrono::Duration::zero(),
+        keep_daily_for_days: 0,
+    };
+    let a = open(
+        ts.store.clone(),
+        1,
+        LogConfig {
+            retention: keep_newest_only,
+            ..cfg()
+        },
+    )
+    .await
+    .expect("a");
+    let (u, v) = (user(), user());
+    push(&a, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("push");
+    a.compact_now().await.expect("checkpoint 1");
+    // B starts from checkpoint 1 with no room for users in memory: every user is cold.
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let b_store: Arc<dyn ObjectStore> = faulty.clone();
+    let b = Arc::new(
+        open(
+            b_store,
+            1,
+            LogConfig {
+                view_memory_bytes: 0,
+                ..cfg()
+            },
+        )
+        .await
+        .expect("b"),
+    );
+    push(&a, v, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("push");
+    b.sync(&v).await.expect("b at segment 2");
+    let held = faulty.hold(FaultOp::Put, "/checkpoints/");
+    let checkpointing = tokio::spawn({
+        let b = b.clone();
+        async move { b.compact_now().await }
+    });
+    held.reached().await;
+    // A goes on: u's second change in segment 3, checkpoint 3; checkpoint 1 is deleted.
+    push_as_device(&a, u, vec![put(item(), json!({"n": 2}))]).await;
+    a.compact_now().await.expect("checkpoint 3");
+    b.sync(&v).await.expect("b at segment 3");
+    // A cold user (one with events: an empty one takes no memory and stays): checkpoint 1 is
+    // gone, so B adopts checkpoint 3.
+    assert_eq!(b.last_seq(&v).await.expect("cold user"), 1);
+    assert_eq!(b.checkpoint(0), Some(3));
+    held.release();
+    checkpointing
+        .await
+        .expect("task")
+        .expect("b's checkpoint 2 and compaction");
+    assert_eq!(
+        b.last_seq(&u).await.expect("u, cold"),
+        2,
+        "u's change in segment 3 is in B's view"
+    );
+    assert_eq!(b.checkpoint(0), Some(3), "the view's checkpoint went back");
     a.shutdown().await;
     b.shutdown().await;
 }

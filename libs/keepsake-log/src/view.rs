@@ -206,7 +206,14 @@ impl ShardState {
 
     /// A checkpoint now covers segments up to `upto`: the index forgets the segments the
     /// previous checkpoint covered, keeping one generation for lookups by seq.
+    ///
+    /// Only forward: a checkpoint written slowly can land after the view adopted a newer one
+    /// (another process's retention deleted the view's), and going back to it, with the index
+    /// pruned for the newer one, would load users without the segments between the two.
     pub fn checkpointed(&mut self, upto: u64) {
+        if self.checkpoint.is_some_and(|c| c >= upto) {
+            return;
+        }
         if let Some(previous) = self.checkpoint.replace(upto) {
             self.tail_index.retain(|_, segs| {
                 segs.retain(|(n, _)| *n > previous);
@@ -336,6 +343,10 @@ mod tests {
             "covered by the checkpoint before the newest"
         );
         assert_eq!(view.segment_holding(&user, 21), Some(3));
+        // A checkpoint older than the view's changes nothing.
+        view.checkpointed(3);
+        assert_eq!(view.checkpoint, Some(4));
+        assert_eq!(view.segments_of(&user, 1, 5), vec![3, 4, 5]);
         assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
     }
 
