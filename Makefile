@@ -57,6 +57,7 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 	$(CARGO) bench -p keepsake-segment --bench codec
 	$(CARGO) bench -p keepsake-log --bench writer
 	$(CARGO) bench -p keepsake --bench http_load
+	$(CARGO) bench -p keepsake --bench formats
 
 .PHONY: loadtest
 loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (infra/loadtest.sh); JSON in loadtest-results/

@@ -81,6 +81,9 @@ text_enum!(
         Restore => "restore",
         /// An operator registered or revoked a device (kind `device`). Segment format 2.
         Operator => "operator",
+        /// An operator imported it from a vCard or iCalendar file (`keepsake import`). Segment
+        /// format 3.
+        Import => "import",
     }
 );
 

@@ -26,13 +26,13 @@ use crate::codec::{DECODE_BATCH_ROWS, Segment, decode_batch, event_columns, writ
 use crate::error::{SegmentError, invalid};
 use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_schema};
 
-/// The history format version this build writes.
-/// The newest history format version this build writes. Version 2 is version 1 holding at least
-/// one segment of format 2 (kind `device`, origin `operator`): a history object is stamped 2
-/// exactly then, so that a build that reads only version 1 refuses it by version — also on its
-/// one-user reads, which do not read the sources' versions — rather than by a value it does not
-/// know.
-pub const HISTORY_VERSION: u32 = 2;
+/// The newest history format version this build writes. A history object is stamped with the
+/// newest format version among its source segments: version 2 holds at least one segment of
+/// format 2 (kind `device`, origin `operator`), version 3 at least one of format 3 (origin
+/// `import`); the layout is version 1's throughout. So a build that reads only older versions
+/// refuses the object by version — also on its one-user reads, which do not read the sources'
+/// versions — rather than by a value it does not know.
+pub const HISTORY_VERSION: u32 = 3;
 
 /// What a history object says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,11 +91,11 @@ impl HistoryMeta {
             })
             .collect();
         Ok(Self {
-            format_version: if segments.iter().any(|s| s.meta.format_version >= 2) {
-                2
-            } else {
-                1
-            },
+            format_version: segments
+                .iter()
+                .map(|s| s.meta.format_version)
+                .max()
+                .unwrap_or(1),
             shard,
             first: first.meta.segment,
             last: last.meta.segment,
@@ -208,7 +208,7 @@ impl HistoryMeta {
 }
 
 /// Every history format version this build reads.
-pub const HISTORY_VERSIONS: &[u32] = &[1, 2];
+pub const HISTORY_VERSIONS: &[u32] = &[1, 2, 3];
 
 /// Encodes segments `first..=last` of `shard` (ascending, dense) as one history object.
 pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, SegmentError> {
@@ -342,10 +342,13 @@ pub fn decode_history(bytes: Bytes) -> Result<History, SegmentError> {
         })
         .collect::<Result<Vec<_>, SegmentError>>()?;
     let newest_source = segments.iter().map(|s| s.meta.format_version).max();
-    if meta.format_version < 2 && newest_source >= Some(2) {
-        return Err(invalid(
-            "a history object of version 1 holds a segment of format 2",
-        ));
+    if let Some(newest) = newest_source
+        && newest > meta.format_version
+    {
+        return Err(invalid(format!(
+            "a history object of version {} holds a segment of format {newest}",
+            meta.format_version
+        )));
     }
     Ok(History { meta, segments })
 }
@@ -360,6 +363,11 @@ pub fn history_description(version: u32) -> Option<Value> {
             d["format_version"] = 2.into();
             d["segment_format_versions"] = json!([1, 2]);
             d["stamped"] = "2 when at least one source segment is format 2, else 1".into();
+        }
+        3 => {
+            d["format_version"] = 3.into();
+            d["segment_format_versions"] = json!([1, 2, 3]);
+            d["stamped"] = "the newest format version among its source segments (1, 2 or 3)".into();
         }
         _ => return None,
     }

@@ -1,4 +1,5 @@
-//! The segment schema (format versions 1 and 2: the same columns) and its key-value metadata.
+//! The segment schema (format versions 1, 2 and 3: the same columns) and its key-value
+//! metadata.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,26 +13,25 @@ use serde_json::{Value, json};
 use crate::error::{SegmentError, invalid};
 
 /// The newest format version this build writes. A segment is stamped with the lowest version
-/// that holds its rows ([`segment_version`]), so that a build that reads only version 1 (one
+/// that holds its rows ([`segment_version`]), so that a build that reads only older versions (one
 /// being rolled back to, or still running beside this one during a deploy) refuses only the
 /// segments it cannot read, and refuses them by version rather than by a value it does not know.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Every format version this build reads.
-pub const KNOWN_VERSIONS: &[u32] = &[1, 2];
+pub const KNOWN_VERSIONS: &[u32] = &[1, 2, 3];
 
-/// The lowest segment format version that can hold `events`. Version 2 has the columns of
-/// version 1 and two more values: kind `device` and origin `operator` (device registrations
-/// and revocations recorded in the user's log).
+/// The lowest segment format version that can hold `events`. Every version has the columns of
+/// version 1; version 2 adds two values, kind `device` and origin `operator` (device
+/// registrations and revocations recorded in the user's log); version 3 adds origin `import`
+/// (an operator's import of a vCard or iCalendar file).
 pub fn segment_version(events: &[Event]) -> u32 {
-    if events.iter().any(needs_version_2) {
-        2
-    } else {
-        1
-    }
-}
-
-fn needs_version_2(e: &Event) -> bool {
-    !e.kind.is_data() || e.origin == Origin::Operator
+    let needed = |e: &Event| match e.origin {
+        Origin::Import => 3,
+        Origin::Operator => 2,
+        Origin::Device | Origin::Restore if !e.kind.is_data() => 2,
+        Origin::Device | Origin::Restore => 1,
+    };
+    events.iter().map(needed).max().unwrap_or(1)
 }
 
 /// Refuses a segment stamped with a version too old to hold its rows. (Decoding refuses a
@@ -41,7 +41,7 @@ pub(crate) fn check_version(format_version: u32, events: &[Event]) -> Result<(),
     if format_version < needed {
         return Err(invalid(format!(
             "format version {format_version} cannot hold these rows (kind device or origin \
-             operator need version {needed})"
+             operator need version 2, origin import version 3: these need version {needed})"
         )));
     }
     Ok(())
@@ -248,12 +248,19 @@ pub fn schema_description(version: u32) -> Option<Value> {
     let mut d = schema_description_v1();
     match version {
         1 => {}
-        2 => {
+        2 | 3 => {
             let spell = |all: &[&str]| Value::from(all.to_vec());
-            d["format_version"] = 2.into();
+            // Each version's values spelled out: a value added later must not change the
+            // description (and so the checked-in file) of an older version.
+            let origins: &[&str] = if version == 2 {
+                &["device", "restore", "operator"]
+            } else {
+                &["device", "restore", "operator", "import"]
+            };
+            d["format_version"] = version.into();
             d["values"] = json!({
                 "kind": spell(&keepsake_model::Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
-                "origin": spell(&Origin::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()),
+                "origin": spell(origins),
                 "op": spell(&keepsake_model::Op::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()),
             });
         }

@@ -10,8 +10,8 @@ use keepsake_model::{
     RestoreId, UserId, fixtures,
 };
 use keepsake_segment::{
-    KNOWN_VERSIONS, SegmentError, SegmentMeta, decode, decode_batch, encode, plan_user_read,
-    schema_description, segment_version,
+    FORMAT_VERSION, KNOWN_VERSIONS, SegmentError, SegmentMeta, decode, decode_batch, encode,
+    plan_user_read, schema_description, segment_version,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use uuid::Uuid;
@@ -132,7 +132,8 @@ fn make_test_refuses_to_run_with_keepsake_bless_set() {
 #[ignore = "writes files: run by `make bless`"]
 fn bless_missing_schema_files() {
     use keepsake_segment::{
-        checkpoint_description, encode_checkpoint, encode_history, history_description,
+        HISTORY_VERSIONS, checkpoint_description, encode_checkpoint, encode_history,
+        history_description,
     };
     let write_new = |name: &str, bytes: &[u8]| {
         let path = schemas_dir().join(name);
@@ -155,31 +156,38 @@ fn bless_missing_schema_files() {
             &format!("segment-v{v}.json"),
             pretty(schema_description(v).expect("known")).as_bytes(),
         );
+    }
+    // Checkpoints have versions of their own (segment version 3 added an origin, and a
+    // checkpoint holds no origin: it did not change). A history object is stamped with its
+    // newest source's version, so it has one version per segment version.
+    for v in [1, 2] {
         write_new(
             &format!("checkpoint-v{v}.json"),
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
         );
     }
-    for v in [1, 2] {
+    for &v in HISTORY_VERSIONS {
         write_new(
             &format!("history-v{v}.json"),
             pretty(history_description(v).expect("known")).as_bytes(),
         );
     }
-    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+    for (v, events) in golden_segments() {
         let meta = meta_for(&events, 1);
         assert_eq!(meta.format_version, v);
         write_new(
             &format!("golden/segment-v{v}.parquet"),
             &encode(&events, &meta).expect("encode"),
         );
+    }
+    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
         let users = checkpoints::fold(&events);
         write_new(
             &format!("golden/checkpoint-v{v}.parquet"),
             &encode_checkpoint(users.iter(), &checkpoints::meta(v, users.len())).expect("encode"),
         );
     }
-    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+    for (v, events) in golden_segments() {
         let seg = keepsake_segment::Segment {
             meta: meta_for(&events, 1),
             events,
@@ -355,9 +363,54 @@ fn golden_events_v2() -> Vec<Event> {
     events
 }
 
+/// The golden events of format 3: those of format 2, and a contact user 2 had imported by
+/// the operator (origin `import`: no device).
+fn golden_events_v3() -> Vec<Event> {
+    let mut events = golden_events_v2();
+    let id = |n: u128| Uuid::from_u128(0x3000 + n);
+    let user = UserId(Uuid::from_u128(2));
+    let seq = events
+        .iter()
+        .filter(|e| e.user_id == user)
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let last = events.iter().map(|e| e.recorded_at).max().unwrap_or(t(0));
+    events.push(Event {
+        user_id: user,
+        seq,
+        event_id: EventId(id(1)),
+        change_id: ChangeId(id(2)),
+        device_id: None,
+        origin: Origin::Import,
+        request_id: Some(RequestId(id(3))),
+        restore_id: None,
+        kind: Kind::Contact,
+        item_id: ItemId(id(4)),
+        op: Op::Put,
+        version: 1,
+        recorded_at: last,
+        document: Some(Document::from_stored(
+            r#"{"@type":"Card","name":{"full":"Grace Hopper"}}"#,
+        )),
+    });
+    events.sort_by_key(|e| (e.user_id, e.seq));
+    events
+}
+
+/// Every segment format version with its golden events.
+fn golden_segments() -> [(u32, Vec<Event>); 3] {
+    [
+        (1, golden_events()),
+        (2, golden_events_v2()),
+        (3, golden_events_v3()),
+    ]
+}
+
 #[test]
 fn golden_segments_of_every_version_still_decode() {
-    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+    for (v, events) in golden_segments() {
         let name = format!("golden/segment-v{v}.parquet");
         let seg = decode(Bytes::from(checked_in(&name)))
             .unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
@@ -367,9 +420,16 @@ fn golden_segments_of_every_version_still_decode() {
     }
     assert_eq!(
         KNOWN_VERSIONS,
-        &[1, 2],
+        &[1, 2, 3],
         "a new version needs its golden file here"
     );
+    // The newest version names every origin this build writes.
+    let newest = schema_description(FORMAT_VERSION).expect("newest");
+    let origins: Vec<&str> = keepsake_model::Origin::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
+    assert_eq!(newest["values"]["origin"], serde_json::json!(origins));
 }
 
 #[test]
@@ -387,6 +447,15 @@ fn a_segment_is_stamped_with_the_lowest_version_that_holds_it() {
     }
     meta.format_version = 2;
     assert!(encode(&events, &meta).is_ok());
+    // An imported row needs version 3; stamped 2 it is refused the same way.
+    let events = golden_events_v3();
+    assert_eq!(segment_version(&events), 3);
+    let mut meta = meta_for(&events, 1);
+    meta.format_version = 2;
+    match encode(&events, &meta) {
+        Err(SegmentError::Invalid(m)) => assert!(m.contains("version 3"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]
@@ -448,7 +517,7 @@ mod checkpoints {
         CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint, encode_checkpoint,
     };
 
-    use super::{KNOWN_VERSIONS, checked_in, golden_events, golden_events_v2, json_file, t};
+    use super::{checked_in, golden_events, golden_events_v2, json_file, t};
 
     pub(super) fn fold(events: &[keepsake_model::Event]) -> HashMap<UserId, UserState> {
         let mut users: HashMap<UserId, UserState> = HashMap::new();
@@ -503,7 +572,12 @@ mod checkpoints {
             assert_eq!(m, meta(v, users.len()), "{name}");
             assert_eq!(decoded, users, "{name}");
         }
-        assert_eq!(KNOWN_VERSIONS.len(), 2);
+        // Checkpoint versions are their own (segment version 3 added no checkpoint version).
+        assert_eq!(
+            keepsake_segment::CHECKPOINT_VERSION,
+            2,
+            "a new checkpoint version needs its golden file here"
+        );
     }
 
     #[test]
@@ -668,16 +742,16 @@ mod history {
 
     #[test]
     fn history_schema_files_match_the_code() {
-        for v in [1, 2] {
+        for v in [1, 2, 3] {
             let name = format!("history-v{v}.json");
             assert_eq!(Some(json_file(&name)), history_description(v), "{name}");
         }
-        assert_eq!(history_description(3), None);
+        assert_eq!(history_description(4), None);
     }
 
     #[test]
     fn golden_histories_of_every_version_still_decode() {
-        for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+        for (v, events) in golden_segments() {
             let name = format!("golden/history-v{v}.parquet");
             let seg = Segment {
                 meta: meta_for(&events, 1),
@@ -688,6 +762,11 @@ mod history {
             assert_eq!(h.meta.format_version, v, "{name}");
             assert_eq!(h.segments, vec![seg], "{name}");
         }
+        assert_eq!(
+            keepsake_segment::HISTORY_VERSIONS,
+            &[1, 2, 3],
+            "a new history version needs its golden file here"
+        );
     }
 
     /// A history object keeps each source segment's version, and is itself stamped 2 when it
@@ -726,6 +805,40 @@ mod history {
         assert_eq!(
             decode_history(only_v1).expect("decode").meta.format_version,
             1
+        );
+    }
+
+    /// A history object holding a segment of format 3 (origin `import`) is stamped 3: a build
+    /// that reads history up to version 2 reads one user's rows without the sources' versions,
+    /// and must refuse the object by its version rather than meet an origin it does not know.
+    #[test]
+    fn a_history_object_holding_an_import_is_stamped_3() {
+        let v2 = golden_events_v2();
+        let v3: Vec<Event> = golden_events_v3()
+            .into_iter()
+            .filter(|e| e.origin == Origin::Import)
+            .collect();
+        let segs = vec![
+            Segment {
+                meta: meta_for(&v2, 1),
+                events: v2,
+            },
+            Segment {
+                meta: SegmentMeta {
+                    segment: 2,
+                    ..meta_for(&v3, 2)
+                },
+                events: v3,
+            },
+        ];
+        assert_eq!(segs[1].meta.format_version, 3);
+        let h = decode_history(encode_history(3, &segs).expect("encode")).expect("decode");
+        assert_eq!(h.meta.format_version, 3, "stamped with its newest source");
+        assert_eq!(h.segments, segs);
+        let only_v2 = encode_history(3, &segs[..1]).expect("encode");
+        assert_eq!(
+            decode_history(only_v2).expect("decode").meta.format_version,
+            2
         );
     }
 }

@@ -19,3 +19,4 @@ pub mod restore;
 pub mod restore_record;
 pub mod server;
 pub mod sync_token;
+pub mod transfer;

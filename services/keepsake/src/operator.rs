@@ -1,14 +1,18 @@
-//! The operator CLI: `keepsake state | events | diff | restore | restore-all | rebuild | compact` talk to a
-//! running server's admin API (URL and operator token from flags or `KEEPSAKE_URL` /
-//! `KEEPSAKE_ADMIN_TOKEN`). Data goes to stdout — a readable table, or the server's JSON with
-//! `--json`; progress and errors go to stderr.
+//! The operator CLI: `keepsake state | events | diff | export | import | restore | restore-all |
+//! rebuild | compact` talk to a running server's admin API (URL and operator token from flags or
+//! `KEEPSAKE_URL` / `KEEPSAKE_ADMIN_TOKEN`). Data goes to stdout — a readable table, or the
+//! server's JSON with `--json`; `export` writes the vCard/iCalendar text itself (`transfer.rs`).
+//! Progress and errors go to stderr.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+
+use crate::transfer;
 
 /// Where the server is and how to authenticate.
 #[derive(Args, Debug, Clone)]
@@ -78,6 +82,44 @@ pub enum Op {
         #[arg(long)]
         to: String,
     },
+    /// A user's items as one vCard or iCalendar file, live or as they were at a moment, written
+    /// as the server sends it to stdout (or to --output).
+    Export {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// vcard (contacts) or icalendar (events, tasks, notes).
+        #[arg(long)]
+        format: String,
+        /// Only this kind (of the format's kinds).
+        #[arg(long)]
+        kind: Option<String>,
+        /// RFC 3339 time: the items as they were then.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Write to this file instead of stdout. It appears only once the export is complete
+        /// (written beside it as FILE.partial, then renamed), so a failed export never leaves a
+        /// truncated file that looks whole.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Import .vcf and .ics files into a user's items, recorded with origin `import`. Safe to
+    /// run again: an entry imported before is a duplicate and writes nothing. Exits 1 if an
+    /// entry was rejected or a file could not be imported.
+    Import {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// vcard or icalendar (default: from each file's extension: .vcf, .vcard; .ics, .ical).
+        #[arg(long)]
+        format: Option<String>,
+        /// Entries per request (one push each); at most the server's max_changes_per_push.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Restore one user to a moment (appends changes; never rewrites).
     Restore {
         /// The user.
@@ -123,14 +165,14 @@ pub enum Op {
     Compact,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     url: String,
     token: String,
 }
 
 impl Client {
-    fn new(c: &Conn) -> Result<Self> {
+    pub(crate) fn new(c: &Conn) -> Result<Self> {
         let token = match &c.admin_token {
             Some(t) => t.clone(),
             None => std::fs::read_to_string("data/.secrets/admin-token")
@@ -166,18 +208,64 @@ impl Client {
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!(
-                "{status}: {} ({})",
-                v["detail"].as_str().unwrap_or("no detail"),
-                v["code"].as_str().unwrap_or("?")
-            );
+            return Err(refused(status, &v));
+        }
+        Ok(v)
+    }
+
+    /// A GET whose body is not JSON: the response, to read as it arrives.
+    pub(crate) async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("reach {}", self.url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(refused(status, &v));
+        }
+        Ok(resp)
+    }
+
+    /// A POST of a text body (`content_type`) whose answer is JSON.
+    pub(crate) async fn post_text(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("reach {}", self.url))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(refused(status, &v));
         }
         Ok(v)
     }
 }
 
+/// The server's refusal (a problem document) as an error.
+fn refused(status: reqwest::StatusCode, v: &Value) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{status}: {} ({})",
+        v["detail"].as_str().unwrap_or("no detail"),
+        v["code"].as_str().unwrap_or("?")
+    )
+}
+
 /// A query-string value, percent-encoded (times carry '+' and ':').
-fn enc(v: &str) -> String {
+pub(crate) fn enc(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
@@ -189,7 +277,7 @@ fn moment_query(as_of: &Option<String>, as_of_seq: Option<u64>) -> Result<String
     }
 }
 
-fn print_table(rows: &[Vec<String>]) -> Result<()> {
+pub(crate) fn print_table(rows: &[Vec<String>]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
         .map(|c| {
@@ -260,6 +348,14 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                     rows.push(vec!["~".into(), s(&ch["after"]["item_id"]), s(&ch["after"]["kind"]), format!("{} -> {}", s(&ch["before"]["version"]), s(&ch["after"]["version"]))]);
                 }
                 (v, rows)
+            }
+            Op::Export { user, format, kind, as_of, output } => {
+                let args = transfer::ExportArgs { user, format, kind, as_of, output };
+                return transfer::export(&c, args).await;
+            }
+            Op::Import { user, format, batch, files } => {
+                let args = transfer::ImportArgs { user, format, batch, files, json: conn.json };
+                return transfer::import(&c, args).await;
             }
             Op::Restore { user, as_of, as_of_seq, reason, kinds, dry_run } => {
                 moment_query(&as_of, as_of_seq)?;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use keepsake_log::{PushRequest, UpTo};
 use keepsake_model::{
     Change, ChangeBody, ChangeId, Event, EventMeta, ItemId, ItemState, Kind, Origin, Outcome,
-    RequestId, StateRead,
+    RequestId, StateRead, UserId,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -85,6 +85,24 @@ pub(super) async fn push_as_device(
     changes: Vec<Change>,
     confirm_mass_delete: bool,
 ) -> Result<(keepsake_log::PushResult, String), ApiError> {
+    let meta = EventMeta {
+        device_id: Some(auth.device),
+        origin: Origin::Device,
+        request_id: Some(request_id),
+        restore_id: None,
+    };
+    push_with(state, auth.user, meta, changes, confirm_mass_delete).await
+}
+
+/// One push for `user` with `meta` (who is writing), counted in the push metrics; the result
+/// and the sync token after it.
+pub(super) async fn push_with(
+    state: &Shared,
+    user: UserId,
+    meta: EventMeta,
+    changes: Vec<Change>,
+    confirm_mass_delete: bool,
+) -> Result<(keepsake_log::PushResult, String), ApiError> {
     let ready = state.ready()?;
     let started = std::time::Instant::now();
     let _in_flight = state.metrics.push_in_flight();
@@ -92,13 +110,8 @@ pub(super) async fn push_as_device(
     let result = ready
         .log
         .push(PushRequest {
-            user_id: auth.user,
-            meta: EventMeta {
-                device_id: Some(auth.device),
-                origin: Origin::Device,
-                request_id: Some(request_id),
-                restore_id: None,
-            },
+            user_id: user,
+            meta,
             changes,
             confirm_mass_delete,
         })

@@ -1,11 +1,12 @@
-//! vCard and iCalendar over HTTP (issue 16): `POST /v1/import`, `GET /v1/export`,
+//! vCard and iCalendar over HTTP (issue 16): `POST /v1/import`,
+//! `POST /admin/v1/users/{user_id}/import`, `GET /v1/export`,
 //! `GET /admin/v1/users/{user_id}/export`, and the `Accept` negotiation of `GET /v1/items/{id}`.
 //!
 //! The handlers only translate: `keepsake_formats` splits, converts and exports; writes go
 //! through the device push ([`super::device::push_as_device`]), reads through the live view or
 //! the as-of read of the operator's items endpoint. `docs/FORMATS.md` is the contract.
 //!
-//! - An import is ONE push: every entry that splits and converts becomes a `put` with the
+//! - An import is ONE push (a device's, or with origin `import` the operator's): every entry that splits and converts becomes a `put` with the
 //!   change id and item id `keepsake_formats` derives from the user and the entry, so a second
 //!   import of the same file is all `duplicate` and writes nothing. An entry that does not
 //!   split or convert is `rejected` alone, with its line; the others are pushed. Whole-request
@@ -24,7 +25,8 @@ use axum::response::{IntoResponse, Response};
 use keepsake_formats::{EntryError, Format};
 use keepsake_log::UpTo;
 use keepsake_model::{
-    Change, ChangeBody, Document, ItemState, Kind, Outcome, RequestId, UserId, UserState,
+    Change, ChangeBody, Document, EventMeta, ItemState, Kind, Origin, Outcome, RequestId, UserId,
+    UserState,
 };
 use serde_json::Value;
 
@@ -192,12 +194,49 @@ fn plan(
     Ok((slots, changes))
 }
 
-/// `POST /v1/import`.
+/// `POST /v1/import`: written as the device's push.
 pub(super) async fn import(
     State(state): State<Shared>,
     auth: DeviceAuth,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let meta = EventMeta {
+        device_id: Some(auth.device),
+        origin: Origin::Device,
+        request_id: Some(request_id),
+        restore_id: None,
+    };
+    import_as(&state, auth.user, meta, &headers, body).await
+}
+
+/// `POST /admin/v1/users/{user_id}/import`: the operator's import, recorded with origin
+/// `import` (no device), so that history and audits tell it from a device's writes.
+pub(super) async fn admin_import(
+    State(state): State<Shared>,
+    _op: OperatorAuth,
+    Path(user_id): Path<String>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse_id("user_id", &user_id)?;
+    let meta = EventMeta {
+        device_id: None,
+        origin: Origin::Import,
+        request_id: Some(request_id),
+        restore_id: None,
+    };
+    import_as(&state, user, meta, &headers, body).await
+}
+
+/// An import of the request's body for `user`, written with `meta`: one push.
+async fn import_as(
+    state: &Shared,
+    user: UserId,
+    meta: EventMeta,
+    headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let content_type = headers
@@ -207,13 +246,13 @@ pub(super) async fn import(
         .and_then(Format::from_media_type)
         .ok_or_else(|| unsupported_media_type(content_type))?;
     let bytes = read_body(body, state.limits.max_request_bytes).await?;
-    let (user, limit) = (auth.user, state.limits.max_changes_per_push);
+    let limit = state.limits.max_changes_per_push;
     // Splitting and converting is CPU work (up to a whole request body): off the async workers.
     let (slots, changes) = tokio::task::spawn_blocking(move || plan(&bytes, format, user, limit))
         .await
         .map_err(|e| ApiError::internal("import: converting the entries", e))??;
     let (result, token) =
-        super::device::push_as_device(&state, auth, request_id, changes.clone(), false).await?;
+        super::device::push_with(state, user, meta, changes.clone(), false).await?;
     let results = slots
         .into_iter()
         .map(|slot| match slot {

@@ -184,6 +184,11 @@ pub fn routes() -> Routes {
             get(formats::admin_export),
         )
         .add(
+            "/admin/v1/users/{user_id}/import",
+            &[Method::POST],
+            post(formats::admin_import),
+        )
+        .add(
             "/admin/v1/users/{user_id}/events",
             &[Method::GET],
             get(admin::events),

@@ -23,6 +23,7 @@ file_and_s3!(
     an_ics_imports_and_exports_by_kind,
     items_are_read_as_vcard_or_icalendar_with_the_same_etag,
     bad_files_are_refused_with_their_line_and_the_good_entries_still_import,
+    an_operator_imports_large_files_in_batches_with_origin_import,
 );
 
 const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nEMAIL;TYPE=INTERNET:ada@example.org\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
@@ -50,6 +51,27 @@ fn statuses(v: &Value) -> Vec<&str> {
         .iter()
         .map(|r| r["status"].as_str().unwrap_or(""))
         .collect()
+}
+
+/// `keepsake export ARGS` against the server: (exit success, stdout, stderr).
+fn cli_export(s: &Server, args: &[&str]) -> (bool, Vec<u8>, String) {
+    cli(s, "export", args)
+}
+
+/// `keepsake COMMAND ARGS` against the server: (exit success, stdout, stderr).
+fn cli(s: &Server, command: &str, args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .arg(command)
+        .args(args)
+        .env("KEEPSAKE_URL", &s.base)
+        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("run keepsake");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `POST /v1/import` with a content type and a body.
@@ -263,6 +285,19 @@ async fn an_export_as_of_before_a_json_change_gives_back_the_original_text(backe
     .await;
     assert_eq!(admin.status, StatusCode::OK, "{}", admin.body);
     assert_eq!(admin.body, then.body);
+    // The operator's `keepsake export`: the same text, to a file or to stdout.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("contacts.vcf");
+    let path = file.to_str().expect("utf-8 path");
+    let (ok, _, err) = cli_export(
+        &s,
+        &[
+            "--user", &user, "--format", "vcard", "--as-of", &before, "--output", path,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("the file"), then.body);
+    assert!(!dir.path().join("contacts.vcf.partial").exists());
     // The operator's export of now equals the device's.
     let admin_now = get_text(
         &s,
@@ -272,6 +307,29 @@ async fn an_export_as_of_before_a_json_change_gives_back_the_original_text(backe
     )
     .await;
     assert_eq!(admin_now.body, now.body);
+    let (ok, out, err) = cli_export(&s, &["--user", &user, "--format", "vcard"]);
+    assert!(ok, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), now.body);
+    // A refused export says why, exits non-zero, and leaves no file.
+    let refused = dir.path().join("refused.vcf");
+    let (ok, out, err) = cli_export(
+        &s,
+        &[
+            "--user",
+            &user,
+            "--format",
+            "pdf",
+            "--output",
+            refused.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(!ok && out.is_empty(), "{err}");
+    assert!(
+        err.contains("malformed_request") && err.contains("pdf"),
+        "{err}"
+    );
+    assert!(!refused.exists());
+    assert!(!dir.path().join("refused.vcf.partial").exists());
 
     // Bad queries are 400 malformed_request; tokens on the wrong API are refused.
     for q in [
@@ -626,4 +684,173 @@ END:VCALENDAR\r\n";
         ["Ada Lovelace", "Alan Turing", "Fine", "Grace Hopper"],
         "{pulled}"
     );
+}
+
+/// `keepsake import` of a file larger than one push may hold: split here into requests of
+/// `--batch` entries, each entry answered with its line in the file; recorded with origin
+/// `import` and no device; running it again writes nothing; a card without END is reported with
+/// its line and the rest still import. The entries a device imported before (a card without a
+/// UID, identified by its text, and a calendar) are duplicates: cutting a file into batches
+/// keeps every entry's derived id.
+async fn an_operator_imports_large_files_in_batches_with_origin_import(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "phone").await;
+    let (st, v) = import(&s, &phone, "text/vcard", ALAN).await;
+    assert_eq!((st, statuses(&v)), (StatusCode::OK, vec!["applied"]), "{v}");
+    let (st, v) = import(&s, &phone, "text/calendar", CALENDAR).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(statuses(&v), ["applied"; 3], "{v}");
+
+    let card = |i: usize| {
+        format!("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:bulk-{i}\r\nFN:Person {i}\r\nEND:VCARD\r\n")
+    };
+    let mut vcf: String = (0..1100).map(card).collect();
+    // Line 5501: a card without END (cut off by the next card).
+    vcf.push_str("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:cut-short\r\nFN:Cut Short\r\n");
+    vcf.push_str(ALAN);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vcf_path = dir.path().join("bulk.vcf");
+    std::fs::write(&vcf_path, &vcf).expect("write");
+    let ics_path = dir.path().join("calendar.ics");
+    std::fs::write(&ics_path, CALENDAR).expect("write");
+    let (vcf_arg, ics_arg) = (
+        vcf_path.to_str().expect("utf-8"),
+        ics_path.to_str().expect("utf-8"),
+    );
+
+    let (ok, out, err) = cli(
+        &s,
+        "import",
+        &[
+            "--user", &user, "--batch", "400", "--json", vcf_arg, ics_arg,
+        ],
+    );
+    assert!(!ok, "a rejected entry makes the exit status 1: {err}");
+    let answer: Value = serde_json::from_slice(&out).expect("--json prints JSON");
+    let rows = results(&answer);
+    let by_status = |st: &str| rows.iter().filter(|r| r["status"] == st).count();
+    assert_eq!(
+        (
+            by_status("applied"),
+            by_status("duplicate"),
+            by_status("rejected")
+        ),
+        (1100, 4, 1),
+        "{err}"
+    );
+    assert!(err.contains("400 of 1101 entries sent"), "progress: {err}");
+    let cut = rows
+        .iter()
+        .find(|r| r["status"] == "rejected")
+        .expect("the cut card");
+    assert_eq!(
+        (cut["line"].as_u64(), cut["file"].as_str()),
+        (Some(5501), Some(vcf_arg)),
+        "{cut}"
+    );
+    let alan = rows
+        .iter()
+        .find(|r| r["line"] == 5505)
+        .expect("Alan, the last card");
+    assert_eq!(alan["status"], "duplicate", "{alan}");
+    let last_bulk = rows
+        .iter()
+        .find(|r| r["line"] == 5496)
+        .expect("the last bulk card");
+    assert_eq!(
+        (last_bulk["status"].as_str(), last_bulk["uid"].as_str()),
+        (Some("applied"), Some("bulk-1099")),
+        "{last_bulk}"
+    );
+
+    // Recorded as the operator's import: origin import, no device.
+    let (st, events) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/events?after_seq=5&limit=3"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{events}");
+    for e in events["events"].as_array().expect("events") {
+        assert_eq!(
+            (e["origin"].as_str(), &e["device_id"]),
+            (Some("import"), &Value::Null),
+            "{e}"
+        );
+    }
+    let all = get_text(&s, "/v1/export?format=vcard", &phone, None).await;
+    assert_eq!(all.body.matches("BEGIN:VCARD").count(), 1101);
+
+    // Again: nothing new is written; the table names the rejected card's file and line.
+    let (ok, out, err) = cli(&s, "import", &["--user", &user, "--batch", "400", vcf_arg]);
+    assert!(!ok);
+    let table = String::from_utf8_lossy(&out);
+    assert!(
+        table.contains("5501") && table.contains("cut-short"),
+        "{table}"
+    );
+    assert!(
+        err.contains("1102 entries: 0 applied, 1101 duplicate, 1 rejected"),
+        "{err}"
+    );
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/events?after_seq=1105&limit=10"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["events"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{v}"
+    );
+
+    // A file without a known extension needs --format; a user id that is not one is refused.
+    let odd = dir.path().join("contacts.txt");
+    std::fs::write(&odd, ALAN).expect("write");
+    let (ok, _, err) = cli(
+        &s,
+        "import",
+        &["--user", &user, odd.to_str().expect("utf-8")],
+    );
+    assert!(!ok && err.contains("--format"), "{err}");
+    let (ok, _, err) = cli(
+        &s,
+        "import",
+        &[
+            "--user",
+            &user,
+            "--format",
+            "vcard",
+            odd.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&s, "import", &["--user", "nobody", vcf_arg]);
+    assert!(!ok && err.contains("malformed_request"), "{err}");
+
+    // Over HTTP: the operator's token only, the same content types.
+    let path = format!("/admin/v1/users/{user}/import");
+    let with = |token: &str, content_type: &str| {
+        s.client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(token.to_string())
+            .header("content-type", content_type)
+            .body(ALAN)
+            .send()
+    };
+    let r = with(ADMIN, "application/json").await.expect("send");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = with(&phone, "text/vcard").await.expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = with(ADMIN, "text/vcard").await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(statuses(&v), ["duplicate"], "{v}");
 }
