@@ -366,12 +366,13 @@ async fn a_damaged_history_object_is_never_read_while_its_sources_are_there() {
 /// was changed: what a compaction that wrote wrong bytes, and was interrupted before comparing
 /// them with the sources, would leave.
 async fn plant_tampered(store: &Arc<dyn ObjectStore>, head: u64) {
-    let mut segs: Vec<keepsake_segment::Segment> = keepsake_log::scan_shard(store.clone(), 0, 1, 4)
-        .await
-        .expect("scan")
-        .try_collect()
-        .await
-        .expect("segments");
+    let mut segs: Vec<keepsake_segment::Segment> =
+        keepsake_log::scan_shard(store.clone(), 0, 1, 0, 4)
+            .await
+            .expect("scan")
+            .try_collect()
+            .await
+            .expect("segments");
     assert_eq!(segs.len() as u64, head);
     segs[0].events[0].document = Some(keepsake_model::Document::from_stored("{\"tampered\":true}"));
     let bytes = keepsake_segment::encode_history(0, &segs).expect("encode");
@@ -417,13 +418,14 @@ async fn a_history_object_in_the_middle_is_adopted() {
     let (ts, _faulty, log, users, t) = faulty().await;
     let before = reads(&log, &ts.store, &users, t).await;
     log.shutdown().await;
-    let segs: Vec<keepsake_segment::Segment> = keepsake_log::scan_shard(ts.store.clone(), 0, 4, 4)
-        .await
-        .expect("scan")
-        .take(4)
-        .try_collect()
-        .await
-        .expect("segments 4..=7");
+    let segs: Vec<keepsake_segment::Segment> =
+        keepsake_log::scan_shard(ts.store.clone(), 0, 4, 0, 4)
+            .await
+            .expect("scan")
+            .take(4)
+            .try_collect()
+            .await
+            .expect("segments 4..=7");
     let bytes = keepsake_segment::encode_history(0, &segs).expect("encode");
     ts.store
         .put(&keys::history(0, 4, 7), PutPayload::from(bytes))

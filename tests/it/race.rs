@@ -97,7 +97,7 @@ async fn race(backend: Backend) {
     b.shutdown().await;
 
     // The log, read by a third party: segments dense, one batch per number, every change once.
-    let segments: Vec<_> = scan_shard(ts.store.clone(), 0, 1, 4)
+    let segments: Vec<_> = scan_shard(ts.store.clone(), 0, 1, 0, 4)
         .await
         .expect("scan")
         .try_collect()

@@ -984,14 +984,23 @@ impl Sim {
     /// A process's reads against the log: a user's events and items at a seq.
     async fn read_step(&mut self, p: usize) -> Step<String> {
         let u = self.random_user();
-        let truth = self.read_truth().await?;
         let log = self.procs[p].log.clone();
-        let head = log.head(self.shard_of(&u));
-        let expected = truth.user_events(&u, head);
+        let shard = self.shard_of(&u);
         let events = log
             .user_events(&u, UpTo::End)
             .await
             .map_err(|e| format!("p{p}: user_events failed: {e:?}"))?;
+        // A read to the end holds everything committed before it, by any process: the
+        // process is now at the store's head (no step writes while this one runs).
+        let truth = self.read_truth().await?;
+        let head = log.head(shard);
+        if head != truth.heads[shard as usize] {
+            return Err(format!(
+                "p{p}: after a read to the end it is at segment {head} of shard {shard}, the store at {}",
+                truth.heads[shard as usize]
+            ));
+        }
+        let expected = truth.user_events(&u, head);
         if events != expected {
             return Err(format!(
                 "p{p} (head {head}): user_events of {} differ from the log: {} events, the log has {}",
@@ -1024,12 +1033,13 @@ impl Sim {
         let mut heads = Vec::new();
         let mut events: HashMap<UserId, Vec<(u64, Event)>> = HashMap::new();
         for shard in 0..self.shards {
-            let segs: Vec<keepsake_segment::Segment> = scan_shard(self.base.clone(), shard, 1, 4)
-                .await
-                .map_err(|e| format!("third reader: scan of shard {shard} failed: {e:?}"))?
-                .try_collect()
-                .await
-                .map_err(|e| format!("third reader: scan of shard {shard} failed: {e:?}"))?;
+            let segs: Vec<keepsake_segment::Segment> =
+                scan_shard(self.base.clone(), shard, 1, 0, 4)
+                    .await
+                    .map_err(|e| format!("third reader: scan of shard {shard} failed: {e:?}"))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| format!("third reader: scan of shard {shard} failed: {e:?}"))?;
             for (i, seg) in segs.iter().enumerate() {
                 if seg.meta.segment != i as u64 + 1 {
                     return Err(format!(

@@ -29,6 +29,9 @@ on_every_backend!(
     an_answer_that_writes_nothing_is_not_decided_on_a_stale_view,
     a_checkpoint_deleted_by_another_process_is_replaced_not_an_outage,
     a_view_never_goes_back_to_an_older_checkpoint,
+    every_user_another_process_wrote_is_listed,
+    a_short_listing_never_gives_a_target_without_committed_events,
+    a_read_by_seq_sees_what_another_process_committed,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -142,7 +145,7 @@ async fn a_writer_behind_never_writes_into_a_compacted_number(backend: Backend) 
 
     // A writer that stopped between such a PUT and its removal leaves its object behind:
     // readers read the history object's copy of the number, and verify reports the stray.
-    let mut rogue: Segment = scan_shard(ts.store.clone(), 0, 2, 1)
+    let mut rogue: Segment = scan_shard(ts.store.clone(), 0, 2, 0, 1)
         .await
         .expect("scan")
         .try_next()
@@ -267,7 +270,7 @@ async fn overlapping_history_objects_are_not_counted_as_every_source(backend: Ba
     let u = user();
     fill(&log, u, 4).await;
     log.shutdown().await;
-    let segs: Vec<Segment> = scan_shard(ts.store.clone(), 0, 1, 2)
+    let segs: Vec<Segment> = scan_shard(ts.store.clone(), 0, 1, 0, 2)
         .await
         .expect("scan")
         .try_collect()
@@ -318,7 +321,8 @@ async fn overlapping_history_objects_are_not_counted_as_every_source(backend: Ba
 }
 
 /// A listing that misses the newest segment must not give a checkpoint "after n" that stops
-/// before it: recovery from it would drop acknowledged events and reuse their seqs.
+/// before it: recovery from it would drop acknowledged events and reuse their seqs. A listing
+/// that ends before `n` is taken again; one that keeps ending there refuses the checkpoint.
 async fn a_checkpoint_is_written_only_when_its_fold_reached_its_segment(backend: Backend) {
     let ts = store(backend).await.expect("store");
     let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
@@ -328,25 +332,35 @@ async fn a_checkpoint_is_written_only_when_its_fold_reached_its_segment(backend:
 
     let faulty = FaultyStore::new(ts.reopen().expect("handle"));
     let as_store: Arc<dyn ObjectStore> = faulty.clone();
-    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 100);
     let written = write_checkpoint(&as_store, 0, None, 3, 2).await;
     assert!(
         written.is_err(),
-        "the fold stopped at segment 2, so no checkpoint after 3: {written:?}"
+        "every listing stopped at segment 2, so no checkpoint after 3: {written:?}"
     );
-    assert_eq!(
-        faulty.injected(),
-        1,
-        "the listing did miss the last segment"
+    assert!(
+        faulty.injected() >= 2,
+        "the listings did miss the last segment"
     );
     let checkpoints = keepsake_log::list_checkpoints(ts.store.as_ref(), 0)
         .await
         .expect("checkpoints");
     assert!(checkpoints.is_empty(), "{checkpoints:?}");
-    // Without the fault it is written, and a restart from it holds everything.
+    // One short listing: listed again, and the checkpoint holds segment 3.
+    faulty.clear();
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    let before = faulty.injected();
     write_checkpoint(&as_store, 0, None, 3, 2)
         .await
         .expect("checkpoint");
+    assert_eq!(faulty.injected(), before + 1, "the first listing was short");
+    assert_eq!(
+        keepsake_log::list_checkpoints(ts.store.as_ref(), 0)
+            .await
+            .expect("checkpoints"),
+        vec![3]
+    );
+    // A restart from it holds everything.
     assert_log_holds(ts.store.clone(), u, &acks).await;
 }
 
@@ -564,6 +578,9 @@ async fn a_view_never_goes_back_to_an_older_checkpoint(backend: Backend) {
     push_as_device(&a, u, vec![put(item(), json!({"n": 2}))]).await;
     a.compact_now().await.expect("checkpoint 3");
     b.sync(&v).await.expect("b at segment 3");
+    // The writer answers the sync before it evicts v (it loaded v for the sync's batch): wait
+    // for that, or v is still resident and nothing makes B look for its checkpoint.
+    all_cold(&b).await;
     // A cold user (one with events: an empty one takes no memory and stays): checkpoint 1 is
     // gone, so B adopts checkpoint 3.
     assert_eq!(b.last_seq(&v).await.expect("cold user"), 1);
@@ -581,6 +598,18 @@ async fn a_view_never_goes_back_to_an_older_checkpoint(backend: Backend) {
     assert_eq!(b.checkpoint(0), Some(3), "the view's checkpoint went back");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Waits until no user is resident in `log`'s view (a view of zero bytes evicts every user
+/// after each batch, just after answering it).
+async fn all_cold(log: &keepsake_log::Log) {
+    for _ in 0..500 {
+        if log.resident_users() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{} users still resident after 5 s", log.resident_users());
 }
 
 /// A writer behind writes into a compacted number and cannot confirm it (every listing of
@@ -659,4 +688,96 @@ async fn verify_is_not_fooled_by_retention_deleting_a_checkpoint_it_listed() {
     read.release();
     let (report, _) = verifying.await.expect("task").expect("verify");
     assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A fleet restore plans its users with `all_users`. It used to list only up to this process's
+/// own head, so a user whose every event another process wrote was left out of the plan (and
+/// never restored). Now every shard is made current first.
+async fn every_user_another_process_wrote_is_listed(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let a = open(ts.store.clone(), 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("second handle"), 1, cfg())
+        .await
+        .expect("b");
+    let (u, x) = (user(), user());
+    push(&a, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("a writes u");
+    // B is behind A: its first PUT is fenced, and it writes segment 2 on the retry.
+    push_as_device(&b, x, vec![put(item(), json!({"n": 1}))]).await;
+    let listed = a.all_users().await.expect("all users");
+    assert!(listed.contains(&u), "{listed:?}");
+    assert!(
+        listed.contains(&x),
+        "x, written only by B before the call, is listed by A: {listed:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `users_at` (a fleet restore's targets) and `all_users` (its plan) folded whatever one
+/// listing of the segments showed. A listing that missed the newest segment gave a target
+/// without the user's last change (a restore to "now" would have reverted it) and a plan
+/// without a user whose only event was there. Now a listing that ends before the head is
+/// taken again.
+async fn a_short_listing_never_gives_a_target_without_committed_events(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(as_store, 1, cfg()).await.expect("open");
+    let u = user();
+    push(&log, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("seq 1");
+    push(&log, u, vec![put(item(), json!({"n": 2}))])
+        .await
+        .expect("seq 2");
+    let now = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    let wanted = std::collections::HashSet::from([u]);
+    let states = log.users_at(0, &wanted, now).await.expect("users at");
+    assert_eq!(
+        states.get(&u).map(StateRead::last_seq),
+        Some(2),
+        "the target holds every event committed by the moment"
+    );
+    let w = user();
+    push(&log, w, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("w's only event, in the newest segment");
+    faulty.inject(FaultOp::List, "/segments", Fault::OmitLast, 1);
+    let listed = log.all_users().await.expect("all users");
+    assert!(listed.contains(&w), "{listed:?}");
+    log.shutdown().await;
+}
+
+/// A read by seq (an as-of read, a diff, a restore by seq, an audit) in a process behind
+/// another used to answer from its own head: B's seq 2 was not there, and A answered the state
+/// at seq 1 as the state at seq 2, silently. Now such a read first makes the shard current.
+async fn a_read_by_seq_sees_what_another_process_committed(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let a = open(ts.store.clone(), 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("second handle"), 1, cfg())
+        .await
+        .expect("b");
+    let u = user();
+    let (x, y) = (item(), item());
+    push(&a, u, vec![put(x, json!({"n": 1}))])
+        .await
+        .expect("a: seq 1");
+    assert_eq!(a.last_seq(&u).await.expect("a has u"), 1);
+    push_as_device(&b, u, vec![put(y, json!({"n": 2}))]).await;
+    let at = a.items_at(&u, UpTo::Seq(2)).await.expect("items at 2");
+    assert_eq!(at.last_seq(), 2, "A's read by seq holds B's seq 2");
+    assert!(at.item(&y).is_some());
+    let events = a.user_events(&u, UpTo::Seq(2)).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    // And to the end: B's seq 3.
+    push_as_device(&b, u, vec![put(x, json!({"n": 3}))]).await;
+    let end = a.user_at(&u, UpTo::End).await.expect("user at end");
+    assert_eq!(end.last_seq(), 3, "A's read to the end holds B's seq 3");
+    let events = a.user_events(&u, UpTo::End).await.expect("events");
+    assert_eq!(events.len(), 3);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -64,15 +64,49 @@ impl Log {
         self.state_at(user, at, false).await
     }
 
+    /// Makes a read up to `at` hold everything any process committed up to `at` before the
+    /// call, where this process's view may lack it. A moment: [`Log::settle_moment`]. The end:
+    /// the shard is synced. A seq: nothing before reading — seqs never change once committed,
+    /// so a read that reaches seq `n` is final, and only one that falls short syncs and reads
+    /// again ([`Log::settled_by_seq`]).
+    pub(crate) async fn settle(&self, user: &UserId, at: UpTo) -> Result<(), LogError> {
+        match at {
+            UpTo::Time(t) => self.settle_moment(user, t).await,
+            UpTo::End => self.sync(user).await,
+            UpTo::Seq(_) => Ok(()),
+        }
+    }
+
+    /// True when a read up to `at` that reached `last_seq` needs no second read: by seq, only
+    /// a read that fell short of `n` may be missing what another process committed (or the
+    /// user has no seq `n` yet); otherwise [`Log::settle`] already made it current.
+    pub(crate) fn settled_by_seq(at: UpTo, last_seq: u64) -> bool {
+        !matches!(at, UpTo::Seq(n) if last_seq < n)
+    }
+
     async fn state_at(
         &self,
         user: &UserId,
         at: UpTo,
         with_changes: bool,
     ) -> Result<UserState, LogError> {
-        if let UpTo::Time(t) = at {
-            self.settle_moment(user, t).await?;
+        self.settle(user, at).await?;
+        let state = self.state_at_in_view(user, at, with_changes).await?;
+        if Self::settled_by_seq(at, state.last_seq()) {
+            return Ok(state);
         }
+        // Seq `n` may be committed by a process this one has not read yet.
+        self.sync(user).await?;
+        self.state_at_in_view(user, at, with_changes).await
+    }
+
+    /// [`Log::state_at`] from this process's view of the shard, as far as its head.
+    async fn state_at_in_view(
+        &self,
+        user: &UserId,
+        at: UpTo,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
         let shard = self.shard_of(user);
         let head = self.head(shard);
         let store = &self.store;
@@ -166,7 +200,7 @@ impl Log {
         let from = base.map_or(1, |c| c + 1);
         if head >= from {
             let mut segments =
-                scan_shard(store.clone(), shard, from, self.cfg.read_concurrency).await?;
+                scan_shard(store.clone(), shard, from, head, self.cfg.read_concurrency).await?;
             while let Some(seg) = segments.try_next().await? {
                 let n = seg.meta.segment;
                 // recorded_at is one per segment and never goes backwards within a shard.

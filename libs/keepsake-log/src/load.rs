@@ -56,8 +56,25 @@ impl Log {
 
     /// One user's events, oldest first, up to a moment: the segments up to the newest checkpoint
     /// (pruned by their statistics), then only the tail segments the index says hold the user.
-    /// What the audit and item history read.
+    /// What the audit and item history read. Holds everything any process committed up to the
+    /// moment before the call ([`Log::settle`]).
     pub async fn user_events(&self, user: &UserId, up_to: UpTo) -> Result<Vec<Event>, LogError> {
+        self.settle(user, up_to).await?;
+        let events = self.user_events_in_view(user, up_to).await?;
+        let last = events.last().map_or(0, |e| e.seq);
+        if Self::settled_by_seq(up_to, last) {
+            return Ok(events);
+        }
+        self.sync(user).await?;
+        self.user_events_in_view(user, up_to).await
+    }
+
+    /// [`Log::user_events`] from this process's view of the shard, as far as its head.
+    async fn user_events_in_view(
+        &self,
+        user: &UserId,
+        up_to: UpTo,
+    ) -> Result<Vec<Event>, LogError> {
         let shard = self.shard_of(user);
         let (checkpoint, tail) = {
             let v = self.shards[shard as usize]

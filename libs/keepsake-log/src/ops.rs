@@ -107,11 +107,14 @@ impl Log {
         Ok((before, after, report))
     }
 
-    /// Every user with at least one event, over all shards: the newest checkpoint's users plus
-    /// those in the segments after it.
+    /// Every user with at least one event committed, by any process, before the call, over all
+    /// shards: the newest checkpoint's users plus those in the segments after it. Each shard is
+    /// made current first ([`Log::sync_shard`]): a user whose every event another process
+    /// wrote is in no segment this process has read.
     pub async fn all_users(&self) -> Result<Vec<UserId>, LogError> {
         let mut out = std::collections::BTreeSet::new();
         for shard in 0..self.descriptor.shard_count {
+            self.sync_shard(shard).await?;
             let head = self.head(shard);
             let checkpoint = self.checkpoint(shard);
             if let Some(c) = checkpoint {
@@ -122,7 +125,7 @@ impl Log {
                 );
             }
             let from = checkpoint.map_or(1, |c| c + 1);
-            let mut segments = scan_shard(self.store.clone(), shard, from, 4).await?;
+            let mut segments = scan_shard(self.store.clone(), shard, from, head, 4).await?;
             while let Some(seg) = segments.try_next().await? {
                 if seg.meta.segment > head {
                     break;

@@ -91,6 +91,24 @@ impl Log {
         .map(|_| ())
     }
 
+    /// [`Log::sync`] for a whole shard: once it returns, everything any process committed to
+    /// `shard` before the call is in this process's view, and [`Log::head`] is at least the
+    /// store's head then. For reads of a whole shard outside the writer (the users of a fleet
+    /// restore's plan).
+    pub async fn sync_shard(&self, shard: u32) -> Result<(), LogError> {
+        // An empty push for a user of the shard; the first of the ids 0, 1, 2, ... that falls
+        // in it (about `shard_count` tries: the shard hash spreads them evenly). Loading it
+        // costs one ranged read of the checkpoint; a real user with that id is synced too.
+        let probe = (0..u128::from(self.descriptor.shard_count.max(1)) << 16)
+            .map(|i| UserId(uuid::Uuid::from_u128(i)))
+            .find(|u| self.shard_of(u) == shard)
+            .ok_or_else(|| LogError::Unavailable {
+                shard,
+                reason: "no user id falls in this shard".into(),
+            })?;
+        self.sync(&probe).await
+    }
+
     /// The earlier documents that the stale patches of a push will be merged against: a patch
     /// naming `base_version` b of an item now at a later version needs the document of b.
     ///

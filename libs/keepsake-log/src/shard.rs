@@ -62,8 +62,14 @@ pub async fn recover_shard(
         }
     }
     state.head = checkpoint.unwrap_or(0);
-    let mut segments =
-        scan_shard(store.clone(), shard, state.head + 1, cfg.read_concurrency).await?;
+    let mut segments = scan_shard(
+        store.clone(),
+        shard,
+        state.head + 1,
+        head,
+        cfg.read_concurrency,
+    )
+    .await?;
     while let Some(seg) = segments.try_next().await? {
         let n = seg.meta.segment;
         // Every user is in memory during recovery: one absent from the checkpoint had no events.

@@ -147,8 +147,14 @@ pub async fn write_checkpoint(
         Some(c) => read_checkpoint(store.as_ref(), shard, c).await?,
         None => keepsake_model::IdMap::default(),
     };
-    let mut segments =
-        scan_shard(store.clone(), shard, prev.map_or(1, |c| c + 1), concurrency).await?;
+    let mut segments = scan_shard(
+        store.clone(),
+        shard,
+        prev.map_or(1, |c| c + 1),
+        n,
+        concurrency,
+    )
+    .await?;
     // The fold is CPU work: on a blocking thread (the map moves, it is not copied), so that a
     // checkpoint does not hold the runtime's workers from pushes and pulls; in runs of
     // segments, so that small ones do not each pay the hand-off.

@@ -94,13 +94,19 @@ pub(crate) fn read_meta(shard: u32, n: u64, bytes: &Bytes) -> Result<SegmentMeta
 
 /// Every segment of a shard from `from` on, in order, read `concurrency` sources at a time
 /// (a history object is one source: it is fetched once and gives back each segment it holds).
+///
+/// `reach` is a segment the caller knows was committed (its view's head; 0 when it knows
+/// none): the listing is taken again while it ends before it ([`list_layout_reaching`]), so
+/// the stream gives every segment `from..=reach` or fails — a listing that missed the newest
+/// objects never passes for the end of the log.
 pub async fn scan_shard(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     from: u64,
+    reach: u64,
     concurrency: usize,
 ) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
-    let layout = list_layout(store.as_ref(), shard).await?;
+    let layout = list_layout_reaching(store.as_ref(), shard, reach).await?;
     let sources = layout.sources(shard, from.max(1)..=layout.head())?;
     Ok(futures::stream::iter(sources)
         .map(move |src| read_source_segments(store.clone(), shard, src))

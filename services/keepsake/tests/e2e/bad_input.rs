@@ -410,7 +410,7 @@ async fn plant_document(env: &Env, user: &str, item: &str, text: &str) {
     let user: UserId = user.parse().expect("user id");
     let shard = keys::shard_for(&user, shards);
     let segments: Vec<keepsake_segment::Segment> =
-        keepsake_log::scan_shard(store.clone(), shard, 1, 4)
+        keepsake_log::scan_shard(store.clone(), shard, 1, 0, 4)
             .await
             .expect("scan")
             .try_collect()
