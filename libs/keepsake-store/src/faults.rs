@@ -5,6 +5,7 @@
 //! - [`Fault::Fail`]: the operation fails before reaching the store (a PUT that never landed);
 //! - [`Fault::FailAfter`]: a PUT lands, then the caller sees an error (an ambiguous write);
 //! - [`Fault::Delay`]: the operation waits first (a slow PUT, or one that outlives a timeout).
+//! - [`Fault::OmitLast`], [`Fault::OmitHistory`]: a listing that misses objects that exist;
 //! - [`Fault::LandLate`]: a PUT that lands after its caller gave up: the request goes on without
 //!   the caller (as a request on a slow network does), so a writer that timed out on it may see
 //!   the object appear later.
@@ -58,6 +59,10 @@ pub enum Fault {
     /// LIST only: the listing leaves out its last object (a listing that missed the newest
     /// write, as eventually consistent listings and busy directories can).
     OmitLast,
+    /// LIST only: the listing leaves out every history object — what one listing of a whole
+    /// shard shows when another process's compaction writes a history object after the
+    /// listing passed the history keys and deletes its sources before it reaches theirs.
+    OmitHistory,
 }
 
 #[derive(Debug)]
@@ -234,7 +239,9 @@ impl ObjectStore for FaultyStore {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.wait_if_held(FaultOp::Put, location).await;
         match self.take(FaultOp::Put, location) {
-            Some(Fault::Fail | Fault::OmitLast) => Err(injected("put", location)),
+            Some(Fault::Fail | Fault::OmitLast | Fault::OmitHistory) => {
+                Err(injected("put", location))
+            }
             Some(Fault::FailAfter) => {
                 self.inner.put_opts(location, payload, opts).await?;
                 Err(injected("put (after landing)", location))
@@ -270,7 +277,7 @@ impl ObjectStore for FaultyStore {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.wait_if_held(FaultOp::Get, location).await;
         match self.take(FaultOp::Get, location) {
-            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
+            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))
             }
             Some(Fault::Delay(d) | Fault::LandLate(d)) => {
@@ -284,7 +291,7 @@ impl ObjectStore for FaultyStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         match self.take(FaultOp::Get, location) {
-            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast) => {
+            Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))
             }
             Some(Fault::Delay(d) | Fault::LandLate(d)) => {
@@ -336,6 +343,16 @@ impl ObjectStore for FaultyStore {
                 .try_flatten()
                 .boxed()
             }
+            Some(Fault::OmitHistory) => self
+                .inner
+                .list(prefix)
+                .try_filter(|m| {
+                    futures::future::ready(!matches!(
+                        crate::keys::parse(&m.location),
+                        Some(crate::keys::Key::History { .. })
+                    ))
+                })
+                .boxed(),
             Some(Fault::Delay(d) | Fault::LandLate(d)) => {
                 let inner = self.inner.clone();
                 futures::stream::once(async move {
