@@ -6,15 +6,16 @@
 //! through the device push ([`super::device::push_as_device`]), reads through the live view or
 //! the as-of read of the operator's items endpoint. `docs/FORMATS.md` is the contract.
 //!
-//! - An import is ONE push (a device's, or with origin `import` the operator's): every entry that splits and converts becomes a `put` with the
-//!   change id and item id `keepsake_formats` derives from the user and the entry, so a second
+//! - An import is ONE push (a device's, or with origin `import` the operator's): every entry
+//!   that splits and converts becomes a `put` with the change id and item id `keepsake_formats` derives from the user and the entry, so a second
 //!   import of the same file is all `duplicate` and writes nothing. An entry that does not
 //!   split or convert is `rejected` alone, with its line; the others are pushed. Whole-request
 //!   refusals (wrong content type, invalid UTF-8, more entries than a push may hold, too large a
 //!   body) write nothing.
 //! - An export is the items' texts one after another (iCalendar: one VCALENDAR per item, which
 //!   RFC 5545 allows in one stream); an item whose document cannot be exported is skipped and
-//!   counted in `x-keepsake-skipped`.
+//!   counted in `x-keepsake-skipped`. The body is streamed with bounded memory
+//!   ([`super::export_body`]).
 
 use std::collections::HashMap;
 
@@ -31,6 +32,7 @@ use keepsake_model::{
 use serde_json::Value;
 
 use super::admin::parse_time;
+use super::export_body;
 use super::wire::{ImportAnswer, ImportError, ImportResult, ImportStatus};
 use super::{ApiError, DeviceAuth, OperatorAuth, Shared, json, parse_id, read_body};
 
@@ -333,7 +335,7 @@ fn exportable(s: &UserState, kinds: &[Kind]) -> Vec<(Kind, Document)> {
 }
 
 /// One item's text, ending with a line end.
-fn item_text(kind: Kind, document: &Document, format: Format) -> Option<String> {
+pub(super) fn item_text(kind: Kind, document: &Document, format: Format) -> Option<String> {
     let object = document.to_object().ok()?;
     let mut text = keepsake_formats::export(kind, &Value::Object(object), format).ok()?;
     if !text.ends_with('\n') {
@@ -356,19 +358,12 @@ async fn export_user(
     };
     let format = query.format;
     // Converting every item is CPU work: off the async workers.
-    let (body, skipped) = tokio::task::spawn_blocking(move || {
-        let mut body = String::new();
-        let mut skipped = 0u64;
-        for (kind, document) in &items {
-            match item_text(*kind, document, format) {
-                Some(text) => body.push_str(&text),
-                None => skipped += 1,
-            }
-        }
-        (body, skipped)
+    let pass = tokio::task::spawn_blocking(move || {
+        export_body::first_pass(items, format, export_body::BUFFER_BYTES)
     })
     .await
     .map_err(|e| ApiError::internal("export: writing the items", e))?;
+    let skipped = pass.skipped;
     if skipped > 0 {
         tracing::warn!(user_id = %user, skipped, format = %query.format, "export skipped items that cannot be written");
     }
@@ -384,7 +379,7 @@ async fn export_user(
                 HeaderValue::from(skipped),
             ),
         ],
-        body,
+        pass.into_body(format),
     )
         .into_response())
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod device;
+mod export_body;
 mod formats;
 mod ops;
 pub mod problem;
