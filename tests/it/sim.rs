@@ -20,7 +20,9 @@
 //! - every event is one that was sent (or written by a restore that was asked for);
 //! - `verify_store` reports nothing once every writer has re-read its shards (an empty push
 //!   each; a writer settles a PUT it could not confirm then): a `stray_segment` only after a
-//!   crash between a segment PUT that landed and its answer, the one way a writer leaves one;
+//!   crash between a segment PUT that landed and its answer, or while a writer held a PUT it
+//!   could not confirm (seed 243 of 0..500), the ways a writer leaves one (compaction then
+//!   removes it);
 //! - each process's view of every user equals the fold of the log up to that process's head.
 //!
 //! At the end every pending change is resent until answered, both processes restart, and both
@@ -797,6 +799,11 @@ impl Sim {
         let variant = self.rng.below(6);
         let log = self.procs[p].log.clone();
         let faulty = self.procs[p].faulty.clone();
+        // A writer holding a PUT it could not confirm settles it at its next re-read; stopping
+        // it now may leave a stray (never acknowledged), which only a compaction removes.
+        if keepsake_log::LogStats::get(&log.stats().unconfirmed_puts) > 0 {
+            self.crashed_after_landing = true;
+        }
         let what = match variant {
             0 => {
                 log.abort_writers();

@@ -72,6 +72,9 @@ pub struct CompactionReport {
     pub deleted: u64,
     /// Bytes of the objects deleted.
     pub bytes_deleted: u64,
+    /// Of the objects deleted, strays: segments of another batch in numbers a verified
+    /// history object holds (never acknowledged).
+    pub strays: u64,
 }
 
 impl CompactionReport {
@@ -82,6 +85,7 @@ impl CompactionReport {
         self.bytes_written += o.bytes_written;
         self.deleted += o.deleted;
         self.bytes_deleted += o.bytes_deleted;
+        self.strays += o.strays;
     }
 }
 
@@ -194,25 +198,51 @@ async fn settle(
             .all(|s| written.get(&s.meta.segment) == Some(s));
         let marked = layout.verified.contains(&(h.first, h.last));
         if !agrees && marked {
-            // Verified before: readers rely on it. What differs is a stray written into a used
-            // number by a writer that was behind (never acknowledged); it stays for the
-            // operator (verify reports it), and the sources that match are deleted.
-            let (matching, strays): (Vec<_>, Vec<_>) =
+            // Verified before: readers rely on it, and its copy of each number is the segment
+            // that was committed there. A segment object of another batch in one of its numbers
+            // was written after that segment was deleted (create-only), into a number this
+            // object already held, by a writer that was behind; such a writer lists history
+            // objects after its PUT and never acknowledges a number one holds. So it is a
+            // stray, read by no one: removed with the matching sources (its writer removes it
+            // itself unless it stopped first). Anything else that differs (same batch, other
+            // bytes; a narrower history object) is damage: left for the operator.
+            let (matching, differing): (Vec<_>, Vec<_>) =
                 per_doomed.into_iter().partition(|(_, segs)| {
                     segs.iter().all(|s| written.get(&s.meta.segment) == Some(s))
                 });
-            error!(
-                shard,
-                first = h.first,
-                last = h.last,
-                strays = ?strays.iter().map(|(d, _)| d.path(shard).to_string()).collect::<Vec<_>>(),
-                "objects inside a verified history object differ from it; left for the operator"
-            );
-            let matching: Vec<Doomed> = matching.into_iter().map(|(d, _)| d).collect();
+            let (strays, damaged): (Vec<_>, Vec<_>) =
+                differing
+                    .into_iter()
+                    .partition(|(d, segs)| match (d, segs.as_slice()) {
+                        (Doomed::Segment { n, .. }, [seg]) => written
+                            .get(n)
+                            .is_some_and(|kept| kept.meta.batch_id != seg.meta.batch_id),
+                        _ => false,
+                    });
+            if !strays.is_empty() {
+                error!(
+                    shard,
+                    first = h.first,
+                    last = h.last,
+                    strays = ?strays.iter().map(|(d, _)| d.path(shard).to_string()).collect::<Vec<_>>(),
+                    "segments of another batch in numbers a verified history object holds: written by a writer that was behind, never acknowledged; removing them"
+                );
+            }
+            if !damaged.is_empty() {
+                error!(
+                    shard,
+                    first = h.first,
+                    last = h.last,
+                    damaged = ?damaged.iter().map(|(d, _)| d.path(shard).to_string()).collect::<Vec<_>>(),
+                    "objects inside a verified history object differ from it; left for the operator"
+                );
+            }
+            report.strays += strays.len() as u64;
+            let doomed: Vec<Doomed> = matching.into_iter().chain(strays).map(|(d, _)| d).collect();
             if let Some(v) = view {
                 v.write().map_err(|_| crate::poisoned(shard))?.compacted(h);
             }
-            report.add(delete_all(store, shard, &matching).await?);
+            report.add(delete_all(store, shard, &doomed).await?);
             continue;
         }
         if agrees {
@@ -358,7 +388,7 @@ async fn compact_round(
     // The oldest run of segments still in their own objects, and the history object just
     // before it (which a settled store always has, unless the run starts at 1).
     // Segment objects inside a history object readers rely on are not waiting: they are
-    // sources settle has not deleted, or strays left in used numbers (kept for the operator).
+    // sources settle has not deleted yet, or strays left in used numbers (settle removes them).
     let own: Vec<Listed> = layout
         .segments
         .iter()

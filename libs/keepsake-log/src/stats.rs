@@ -22,6 +22,13 @@ pub struct LogStats {
     pub fenced: AtomicU64,
     /// Of those, PUTs that landed in a number used before and compacted (a writer behind).
     pub reused_numbers: AtomicU64,
+    /// Shard writers holding a segment PUT that may have landed and is not settled yet (gauge):
+    /// settled at the writer's next re-read of its shard. A process that stops meanwhile may
+    /// leave a stray segment (never acknowledged), which compaction removes.
+    pub unconfirmed_puts: AtomicU64,
+    /// Strays compaction removed: segment objects in numbers a verified history object holds,
+    /// of another batch (written by a writer that was behind, never acknowledged).
+    pub strays_removed: AtomicU64,
     /// Batches that wrote nothing and found their view stale before answering (re-staged).
     pub stale_answers_avoided: AtomicU64,
     /// Pushes refused by the mass-delete guard.
@@ -114,6 +121,8 @@ impl Default for LogStats {
             ambiguous_resolved: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             reused_numbers: AtomicU64::new(0),
+            unconfirmed_puts: AtomicU64::new(0),
+            strays_removed: AtomicU64::new(0),
             stale_answers_avoided: AtomicU64::new(0),
             mass_delete_refusals: AtomicU64::new(0),
             ancestor_reads: AtomicU64::new(0),
@@ -154,6 +163,7 @@ impl LogStats {
             .fetch_add(r.bytes_written, Ordering::Relaxed);
         self.compaction_bytes_deleted
             .fetch_add(r.bytes_deleted, Ordering::Relaxed);
+        self.strays_removed.fetch_add(r.strays, Ordering::Relaxed);
     }
 
     /// Reads a counter.

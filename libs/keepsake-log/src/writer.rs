@@ -166,6 +166,22 @@ impl Writer {
         batch
     }
 
+    /// Records the PUT this writer could not confirm (or that it settled it), keeping the
+    /// `unconfirmed_puts` gauge in step.
+    fn set_unconfirmed(&mut self, now: Option<(u64, BatchId)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (self.unconfirmed.is_some(), now.is_some()) {
+            (false, true) => {
+                self.stats.unconfirmed_puts.fetch_add(1, Relaxed);
+            }
+            (true, false) => {
+                self.stats.unconfirmed_puts.fetch_sub(1, Relaxed);
+            }
+            _ => {}
+        }
+        self.unconfirmed = now;
+    }
+
     fn fail_all(batch: Vec<Queued>, err: impl Fn() -> LogError) {
         for q in batch {
             let _ = q.reply.send(Err(err()));
@@ -386,7 +402,7 @@ impl Writer {
                 // A timed-out PUT may still land later: re-read before the next batch, and
                 // settle what it left then.
                 self.needs_resync = true;
-                self.unconfirmed = Some((n, batch_id));
+                self.set_unconfirmed(Some((n, batch_id)));
                 Self::fail_all(batch, || LogError::Unavailable {
                     shard,
                     reason: reason.clone(),

@@ -263,6 +263,18 @@ pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
             "Segment PUTs that landed in a number used before and compacted; removed, never acknowledged",
             g(&s.reused_numbers),
         );
+        gauge(
+            &mut out,
+            "keepsake_segment_puts_unconfirmed",
+            "Shard writers holding a segment PUT that may have landed and is not settled yet",
+            g(&s.unconfirmed_puts),
+        );
+        counter(
+            &mut out,
+            "keepsake_compaction_strays_removed",
+            "Segment objects in numbers a verified history object holds, of another batch (never acknowledged), removed by compaction",
+            g(&s.strays_removed),
+        );
         counter(
             &mut out,
             "keepsake_stale_answers_avoided",

@@ -104,7 +104,7 @@ impl Writer {
                 self.remove_own_object(n).await;
             }
         }
-        self.unconfirmed = None;
+        self.set_unconfirmed(None);
         Ok(())
     }
 
