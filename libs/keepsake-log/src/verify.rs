@@ -19,7 +19,7 @@ use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
@@ -276,21 +276,15 @@ async fn fold_shard(
     let started = std::time::Instant::now();
     // The whole-store listing passed this shard's history keys before its segment keys: a
     // compaction in between (history object written after the one, sources deleted before the
-    // other) shows neither. So a gap is listed again, segments first, before it is reported;
-    // a real gap is there every time.
-    let layout = match layout.all_sources().1 {
-        None => layout,
-        Some(missing) => match crate::reader::list_layout(store.as_ref(), shard).await {
-            Ok(relisted) => {
-                warn!(
-                    shard,
-                    missing, "a gap in the store's listing was not there when listed again"
-                );
-                relisted
-            }
-            Err(LogError::Gap { .. }) => layout,
-            Err(e) => return Err(e),
-        },
+    // other) hid a range from it — in the middle (a gap that is not there) or up to the head
+    // (a log that looks shorter than its checkpoints). So the shard is listed again, segments
+    // first, then history objects (`list_layout`, which lists again on a gap itself); only a
+    // gap that is there every time is reported, from the first listing. Checkpoints come from
+    // the first listing: the head only grows, so none is beyond the second.
+    let layout = match crate::reader::list_layout(store.as_ref(), shard).await {
+        Ok(relisted) => relisted,
+        Err(LogError::Gap { .. }) => layout,
+        Err(e) => return Err(e),
     };
     let mut out = ShardFold {
         segments: 0,
