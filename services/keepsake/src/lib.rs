@@ -6,6 +6,7 @@
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
 //! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.
 
+pub mod admin_client;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use keepsake_formats::Format;
 use serde_json::{Value, json};
 
-use crate::operator::{Client, enc, print_table};
+use crate::admin_client::{Client, enc, print_table};
 
 /// What `keepsake export` asks for.
 pub(crate) struct ExportArgs {

@@ -368,7 +368,7 @@ pub(super) async fn item(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     // `Accept: text/vcard` / `text/calendar`: the item in that format, with the same ETag.
-    let text = super::formats::negotiated(&item, &headers).transpose()?;
+    let text = super::negotiate::negotiated(&item, &headers).transpose()?;
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else if let Some((media_type, text)) = text {

@@ -14,7 +14,7 @@ use keepsake_formats::Format;
 use keepsake_model::{Document, Kind};
 use tokio::sync::mpsc;
 
-use super::formats::item_text;
+use super::negotiate::item_text;
 
 /// Text kept from the first pass before the rest is streamed.
 pub(super) const BUFFER_BYTES: usize = 8 << 20;

@@ -7,6 +7,7 @@ mod admin;
 mod device;
 mod export_body;
 mod formats;
+mod negotiate;
 mod ops;
 pub mod problem;
 pub mod wire;
