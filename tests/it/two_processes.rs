@@ -33,6 +33,12 @@ on_every_backend!(
     a_short_listing_never_gives_a_target_without_committed_events,
     a_read_by_seq_sees_what_another_process_committed,
     verify_reports_no_gap_for_a_compaction_during_its_listing,
+    a_fold_never_reads_a_stray_put_after_its_listing,
+    a_catch_up_never_applies_a_stray_put_after_its_listing,
+    a_tag_names_one_write_of_an_object,
+    a_load_from_the_view_never_reads_a_stray,
+    a_load_by_ranges_from_the_view_never_reads_a_stray,
+    segment_metadata_is_never_a_strays,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -831,4 +837,244 @@ async fn verify_reports_no_gap_for_a_compaction_during_its_listing(backend: Back
     assert!(report.ok, "{:?}", report.problems);
     assert_eq!(report.events, 4);
     assert_log_holds(ts.store.clone(), u, &acks).await;
+}
+
+/// A copy of segment `n` as a writer that was behind would have written it: another batch,
+/// other changes to other items, with the same number and seqs. Read before `n` is compacted.
+async fn stray_of(store: &Arc<dyn ObjectStore>, n: u64) -> PutPayload {
+    let mut stray = keepsake_log::read_segment(store.as_ref(), 0, n)
+        .await
+        .expect("read")
+        .expect("segment");
+    stray.meta.batch_id = keepsake_model::BatchId(uuid());
+    for e in &mut stray.events {
+        e.change_id = ChangeId(uuid());
+        e.item_id = item();
+    }
+    PutPayload::from(keepsake_segment::encode(&stray.events, &stray.meta).expect("encode"))
+}
+
+/// Another process compacts `1..=n` (a verified history object; the segments are deleted),
+/// then a writer that was behind puts `stray` into the freed number `n` (it removes it once it
+/// sees the history object; here it has not yet).
+async fn compact_then_stray(store: &Arc<dyn ObjectStore>, n: u64, stray: PutPayload) {
+    let policy = CompactionPolicy {
+        enabled: true,
+        min_segments: 1,
+        max_events: 1000,
+    };
+    let report = compact_shard(store, 0, n, None, &policy)
+        .await
+        .expect("compacts");
+    assert_eq!(report.segments, n, "{report:?}");
+    store
+        .put_opts(&keys::segment(0, n), stray, keepsake_store::create_only())
+        .await
+        .expect("the stray lands in the freed number");
+}
+
+/// What a process that opens the store afresh reads for `u` (the history object's copies).
+async fn state_in_log(store: &Arc<dyn ObjectStore>, u: UserId) -> UserState {
+    let fresh = open(store.clone(), 1, cfg()).await.expect("fresh open");
+    let events = fresh.user_events(&u, UpTo::End).await.expect("events");
+    fresh.shutdown().await;
+    UserState::replay(&events).expect("replay")
+}
+
+/// A checkpoint's fold lists segment 2 and, before its GET, another process compacts 1-2 and
+/// deletes the segments, and a writer that was behind puts its batch into the freed number 2.
+/// The fold used to read that stray: checkpoint 2 held a change never acknowledged in place of
+/// the acknowledged one, and every restart from it lost it. Now an object that is not the one
+/// listed (its e-tag differs) is read from where a new listing says the number is.
+async fn a_fold_never_reads_a_stray_put_after_its_listing(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    fill(&log, u, 2).await;
+    log.shutdown().await;
+    let stray = stray_of(&ts.store, 2).await;
+    let expected = state_in_log(&ts.store, u).await;
+    assert_eq!(expected.last_seq(), 2);
+
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let get = faulty.hold(FaultOp::Get, keys::segment(0, 2).as_ref());
+    let folding = tokio::spawn(async move { write_checkpoint(&as_store, 0, None, 2, 1).await });
+    get.reached().await;
+    compact_then_stray(&ts.store, 2, stray).await;
+    get.release();
+    let users = folding.await.expect("task").expect("checkpoint 2");
+    assert_eq!(users, 1);
+
+    let checkpointed = keepsake_log::read_checkpoint_user(ts.store.clone(), 0, 2, u)
+        .await
+        .expect("checkpoint 2");
+    assert_eq!(
+        checkpointed, expected,
+        "checkpoint 2 holds the acknowledged changes, not the stray's"
+    );
+    assert_eq!(
+        state_in_log(&ts.store, u).await,
+        expected,
+        "a restart reads them"
+    );
+}
+
+/// The same race in a writer's catch-up: A, behind, lists segments 2 and 3 that B wrote; before
+/// A's GET of 3, B's range is compacted and a stray lands in 3. A used to apply the stray to its
+/// view and answer from it (and checkpoint it). Now A reads the history object's copy.
+async fn a_catch_up_never_applies_a_stray_put_after_its_listing(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let a = open(as_store, 1, cfg()).await.expect("a");
+    let b = open(ts.store.clone(), 1, cfg()).await.expect("b");
+    let u = user();
+    push(&a, u, vec![put(item(), json!({"by": "a"}))])
+        .await
+        .expect("a pushes segment 1");
+    b.sync(&u).await.expect("b at segment 1");
+    fill(&b, u, 2).await;
+    b.shutdown().await;
+    let stray = stray_of(&ts.store, 3).await;
+
+    let get = faulty.hold(FaultOp::Get, keys::segment(0, 3).as_ref());
+    let pushing = tokio::spawn({
+        let c = put(item(), json!({"by": "a", "n": 2}));
+        async move {
+            let r = push_as_device(&a, u, vec![c]).await;
+            (a, r)
+        }
+    });
+    get.reached().await;
+    compact_then_stray(&ts.store, 3, stray).await;
+    get.release();
+    let (a, (r, _)) = pushing.await.expect("task");
+    assert_eq!(acked(&r.outcomes[0]).seq, 4);
+    let in_view = a.user(&u, Clone::clone).await.expect("a's view");
+    a.shutdown().await;
+    assert_eq!(
+        in_view,
+        state_in_log(&ts.store, u).await,
+        "A's view holds what the log holds, not the stray"
+    );
+}
+
+/// The check above rests on the store naming one write of an object the same way in a PUT's
+/// answer, a listing and a GET, and another write under the same name differently. If a store
+/// did not, every read would list again (correct, but a LIST per read on the bill).
+async fn a_tag_names_one_write_of_an_object(backend: Backend) {
+    use keepsake_log::reader::Tag;
+    let ts = store(backend).await.expect("store");
+    let path = keys::segment(0, 1);
+    let write = |body: &'static str| {
+        let store = ts.store.clone();
+        let path = path.clone();
+        async move {
+            let put = store
+                .put_opts(&path, PutPayload::from(body), keepsake_store::create_only())
+                .await
+                .expect("put");
+            Tag::of(put.e_tag.as_deref())
+        }
+    };
+    let seen = |store: Arc<dyn ObjectStore>| async move {
+        let listed = list_layout(store.as_ref(), 0)
+            .await
+            .expect("layout")
+            .segments[0]
+            .tag;
+        let got = store.get(&keys::segment(0, 1)).await.expect("get");
+        (listed, Tag::of_meta(&got.meta))
+    };
+    let first = write("a segment").await;
+    assert_ne!(first, Tag::ANY, "the store names its objects' writes");
+    assert_eq!(seen(ts.store.clone()).await, (first, first));
+    ts.store.delete(&path).await.expect("delete");
+    let second = write("a stray, put in the freed name").await;
+    assert_eq!(seen(ts.store.clone()).await, (second, second));
+    assert!(!first.admits(second), "another write is another object");
+}
+
+/// The same race in a load from the view: A wrote segments 1 and 2 and knows them as its own
+/// objects; its view holds no user (a view of zero bytes), and u's change is in segment 2.
+/// Another process compacts 1-2 and a
+/// stray lands in 2. A's load of the user used to read the stray; now it finds another object
+/// than the one it wrote, lists the store, and reads the history object.
+async fn a_load_from_the_view_never_reads_a_stray(backend: Backend) {
+    load_from_the_view_past_a_stray(backend, false).await;
+}
+
+/// [`a_load_from_the_view_never_reads_a_stray`] with a segment read by ranges.
+async fn a_load_by_ranges_from_the_view_never_reads_a_stray(backend: Backend) {
+    load_from_the_view_past_a_stray(backend, true).await;
+}
+
+async fn load_from_the_view_past_a_stray(backend: Backend, by_ranges: bool) {
+    let ts = store(backend).await.expect("store");
+    let a = open(
+        ts.store.clone(),
+        1,
+        LogConfig {
+            view_memory_bytes: 0,
+            ..cfg()
+        },
+    )
+    .await
+    .expect("a");
+    let u = user();
+    // u's change is in segment 2 only, so the load reads no other object (one compacted away
+    // would send it to list the store before it meets the stray).
+    fill(&a, user(), 1).await;
+    if by_ranges {
+        // Over the 1 MiB read whole: the footer, page index and pages are range reads.
+        let noise = |_| {
+            (0..1200)
+                .map(|_| uuid().simple().to_string())
+                .collect::<String>()
+        };
+        let big = (0..80).map(|i| put(item(), json!({"i": i, "noise": noise(i)})));
+        push(&a, u, big.collect()).await.expect("a large segment 2");
+    } else {
+        fill(&a, u, 1).await;
+    }
+    all_cold(&a).await;
+    let expected = state_in_log(&ts.store, u).await;
+    let stray = stray_of(&ts.store, 2).await;
+    if by_ranges {
+        let size = list_layout(ts.store.as_ref(), 0)
+            .await
+            .expect("layout")
+            .segments[1]
+            .size;
+        assert!(size > 1 << 20, "segment 2 is read by ranges: {size} bytes");
+    }
+    compact_then_stray(&ts.store, 2, stray).await;
+    let loaded = a.user(&u, Clone::clone).await.expect("load");
+    a.shutdown().await;
+    assert_eq!(
+        loaded, expected,
+        "A loads what was acknowledged, not the stray"
+    );
+}
+
+/// A stray left in a compacted number (its writer stopped before removing it) is not what the
+/// number's metadata is read from: the moment a checkpoint covers, for reads as of a time, and
+/// the recovered head's time come from the history object's copy.
+async fn segment_metadata_is_never_a_strays(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    fill(&log, user(), 2).await;
+    log.shutdown().await;
+    let committed = keepsake_log::read_segment_meta(ts.store.clone(), 0, 2)
+        .await
+        .expect("meta")
+        .expect("segment 2");
+    let stray = stray_of(&ts.store, 2).await;
+    compact_then_stray(&ts.store, 2, stray).await;
+    let read = keepsake_log::read_segment_meta(ts.store.clone(), 0, 2)
+        .await
+        .expect("meta")
+        .expect("segment 2");
+    assert_eq!(read.batch_id, committed.batch_id, "{read:?}");
 }

@@ -28,7 +28,8 @@ use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, list_layout, read_history, read_segment,
+    HistoryListed, Layout, Listed, Place, list_layout, read_history, read_seen_segment,
+    read_segment,
 };
 use crate::view::ShardState;
 
@@ -392,7 +393,7 @@ async fn compact_round(
     let own: Vec<Listed> = layout
         .segments
         .iter()
-        .filter(|l| matches!(layout.place(l.n), Some(Place::Segment(_))))
+        .filter(|l| matches!(layout.place(l.n), Some(Place::Segment(..))))
         .copied()
         .collect();
     let Some(next) = own.first().map(|l| l.n) else {
@@ -413,8 +414,10 @@ async fn compact_round(
     let mut events = 0u64;
     let mut reads = futures::stream::iter(waiting)
         .map(|l| async move {
-            let seg = read_segment(store.as_ref(), shard, l.n).await?;
-            seg.map(|seg| (l, seg)).ok_or(LogError::Gap {
+            // The object listed, or a gap: the round stops, and the next one lists again (a
+            // stray put in a number compacted since the listing is never taken in).
+            let seg = read_seen_segment(store.as_ref(), shard, l.n, l.tag).await?;
+            seg.map(|(seg, _)| (l, seg)).ok_or(LogError::Gap {
                 shard,
                 missing: l.n,
             })

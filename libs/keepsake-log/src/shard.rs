@@ -48,8 +48,8 @@ pub async fn recover_shard(
     // Only segment objects that readers read (not ones inside a history object readers rely
     // on: a source not yet deleted, or a late write into a freed number).
     for l in &layout.segments {
-        if layout.place(l.n) == Some(reader::Place::Segment(l.size)) {
-            state.record_segment_size(l.n, l.size);
+        if layout.place(l.n) == Some(reader::Place::Segment(l.size, l.tag)) {
+            state.record_segment_size(l.n, l.size, l.tag);
         }
     }
     for h in &layout.history {

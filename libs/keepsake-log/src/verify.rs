@@ -164,6 +164,7 @@ pub async fn fold_store(
                     n,
                     size: o.size,
                     modified: o.last_modified,
+                    tag: crate::reader::Tag::of_meta(o),
                 })
             }
             Some(Key::History { shard, first, last }) if shard < shard_count => layouts

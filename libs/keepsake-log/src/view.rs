@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
-use crate::reader::{HistoryListed, Place, Source, narrowest, sources_of};
+use crate::reader::{HistoryListed, Place, Source, Tag, narrowest, sources_of};
 
 #[derive(Debug)]
 struct Resident {
@@ -58,8 +58,9 @@ pub struct ShardState {
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
     /// on a local store reads every file's metadata (a fifth of the server's time under pushes
-    /// with stale patches).
-    segment_sizes: Vec<u64>,
+    /// with stale patches). With each, which write of the object was seen (its tag): a read
+    /// that finds another object in the name lists the store instead.
+    segment_sizes: Vec<(u64, Tag)>,
     /// The shard's history objects that reads may use (verified by this process's compactor,
     /// or found at recovery), ascending by first segment.
     history: Vec<HistoryListed>,
@@ -92,15 +93,15 @@ impl ShardState {
         self.bytes
     }
 
-    /// Records the size of committed segment `n` (numbers start at 1).
-    pub fn record_segment_size(&mut self, n: u64, size: u64) {
+    /// Records the size of committed segment `n` (numbers start at 1), and the object's tag.
+    pub fn record_segment_size(&mut self, n: u64, size: u64, tag: Tag) {
         let Some(i) = n.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
             return;
         };
         if self.segment_sizes.len() <= i {
-            self.segment_sizes.resize(i + 1, 0);
+            self.segment_sizes.resize(i + 1, (0, Tag::ANY));
         }
-        self.segment_sizes[i] = size;
+        self.segment_sizes[i] = (size, tag);
     }
 
     /// Records a history object (found at recovery, or written and verified by compaction).
@@ -122,7 +123,7 @@ impl ShardState {
                 .ok()
                 .and_then(|i| self.segment_sizes.get_mut(i))
             {
-                *size = 0;
+                *size = (0, Tag::ANY);
             }
         }
         self.history
@@ -143,13 +144,13 @@ impl ShardState {
             if n == 0 || n > self.head {
                 return None;
             }
-            let size = usize::try_from(n - 1)
+            let (size, tag) = usize::try_from(n - 1)
                 .ok()
                 .and_then(|i| self.segment_sizes.get(i))
                 .copied()
-                .unwrap_or(0);
+                .unwrap_or((0, Tag::ANY));
             if size > 0 {
-                Some(Place::Segment(size))
+                Some(Place::Segment(size, tag))
             } else {
                 narrowest(&self.history, n).map(Place::History)
             }

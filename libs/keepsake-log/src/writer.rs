@@ -342,7 +342,7 @@ impl Writer {
         let started = Instant::now();
         self.last_put = Some(started);
         match self.put_segment(n, batch_id, bytes.clone()).await {
-            Put::Committed => {
+            Put::Committed(tag) => {
                 self.stats.record_segment(
                     events.len() as u64,
                     bytes.len() as u64,
@@ -351,7 +351,7 @@ impl Writer {
                 let applied = self.state.write().map(|mut s| {
                     let r = s.apply_events(&events);
                     s.index_segment(n, &events);
-                    s.record_segment_size(n, bytes.len() as u64);
+                    s.record_segment_size(n, bytes.len() as u64, tag);
                     s.head = n;
                     s.last_recorded_at = Some(recorded_at);
                     r

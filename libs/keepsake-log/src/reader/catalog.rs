@@ -14,6 +14,40 @@ use object_store::ObjectStore;
 
 use crate::error::{LogError, store_err};
 
+/// Which write of an object was seen: a hash of the e-tag the store gave for it (0 when it gave
+/// none, or nothing was seen). An object put later under the same name — a writer that was
+/// behind, putting its batch into a number compaction freed after the listing — has another, so
+/// a read checks that it got the object that was listed, not whatever the name holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tag(u64);
+
+impl Tag {
+    /// Nothing known: any object is admitted.
+    pub const ANY: Tag = Tag(0);
+
+    /// The tag of an e-tag.
+    pub fn of(e_tag: Option<&str>) -> Tag {
+        use std::hash::{Hash, Hasher};
+        let Some(e_tag) = e_tag else {
+            return Tag::ANY;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        e_tag.hash(&mut h);
+        // 0 means "unknown": an e-tag that hashes to it is taken as 1.
+        Tag(h.finish().max(1))
+    }
+
+    /// The tag of an object as listed or fetched.
+    pub fn of_meta(meta: &object_store::ObjectMeta) -> Tag {
+        Tag::of(meta.e_tag.as_deref())
+    }
+
+    /// True unless both tags are known and differ (the object read is not the one seen).
+    pub fn admits(self, got: Tag) -> bool {
+        self == Tag::ANY || got == Tag::ANY || self == got
+    }
+}
+
 /// A segment as listed: its number and size in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -23,6 +57,8 @@ pub struct Listed {
     pub size: u64,
     /// When the object was written.
     pub modified: DateTime<Utc>,
+    /// Which write of the object was listed.
+    pub tag: Tag,
 }
 
 /// Lists the numbered objects of a shard under `prefix` (segments or checkpoints), ascending by
@@ -47,6 +83,7 @@ pub(super) async fn list_numbered(
                 n,
                 size: m.size,
                 modified: m.last_modified,
+                tag: Tag::of_meta(m),
             })
         })
         .collect();
@@ -75,8 +112,8 @@ impl HistoryListed {
 /// Where one segment's events are read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    /// Its own object, of this size.
-    Segment(u64),
+    /// Its own object, of this size, as seen (listed or written).
+    Segment(u64, Tag),
     /// A history object.
     History(HistoryListed),
 }
@@ -90,6 +127,10 @@ pub enum Source {
         n: u64,
         /// Its size.
         size: u64,
+        /// Which write of the object was seen: a read that finds another (the number was
+        /// compacted and a writer that was behind put a stray there since) reads the number
+        /// from where a new listing says it is.
+        tag: Tag,
     },
     /// The rows of segments `lo..=hi` of a history object.
     History {
@@ -173,7 +214,7 @@ pub(super) fn collect_sources(
             continue;
         }
         match place(n) {
-            Some(Place::Segment(size)) => out.push(Source::Segment { n, size }),
+            Some(Place::Segment(size, tag)) => out.push(Source::Segment { n, size, tag }),
             Some(Place::History(object)) => out.push(Source::History {
                 object,
                 lo: n,
@@ -237,7 +278,7 @@ impl Layout {
             return Some(Place::History(*h));
         }
         match self.segments.binary_search_by_key(&n, |l| l.n) {
-            Ok(i) => Some(Place::Segment(self.segments[i].size)),
+            Ok(i) => Some(Place::Segment(self.segments[i].size, self.segments[i].tag)),
             Err(_) => narrowest(&self.history, n).map(Place::History),
         }
     }
@@ -516,6 +557,7 @@ mod tests {
             n,
             size: 100 + n,
             modified: DateTime::UNIX_EPOCH,
+            tag: Tag::ANY,
         }
     }
 
@@ -562,8 +604,16 @@ mod tests {
                     lo: 3,
                     hi: 4
                 },
-                Source::Segment { n: 5, size: 105 },
-                Source::Segment { n: 6, size: 106 },
+                Source::Segment {
+                    n: 5,
+                    size: 105,
+                    tag: Tag::ANY
+                },
+                Source::Segment {
+                    n: 6,
+                    size: 106,
+                    tag: Tag::ANY
+                },
             ]
         );
         assert_eq!(
@@ -578,7 +628,7 @@ mod tests {
             ..Layout::default()
         };
         assert!(!unverified.relied_on(&hist(1, 3)));
-        assert_eq!(unverified.place(2), Some(Place::Segment(102)));
+        assert_eq!(unverified.place(2), Some(Place::Segment(102, Tag::ANY)));
         // Unless it is marked verified: then segment objects in every one of its numbers (strays
         // written by writers that were behind) do not hide it.
         let marked = Layout {
@@ -596,7 +646,7 @@ mod tests {
         assert!(merging.relied_on(&hist(1, 2)));
         assert!(!merging.relied_on(&hist(1, 4)));
         assert_eq!(merging.place(1), Some(Place::History(hist(1, 2))));
-        assert_eq!(merging.place(3), Some(Place::Segment(103)));
+        assert_eq!(merging.place(3), Some(Place::Segment(103, Tag::ANY)));
     }
 
     #[test]

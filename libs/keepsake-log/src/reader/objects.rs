@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use keepsake_model::UserId;
 use keepsake_segment::{HistoryMeta, Segment, SegmentMeta, decode, plan_user_read};
 use keepsake_store::keys::{self};
@@ -20,6 +20,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{LogError, store_err};
+use tracing::warn;
 
 use super::*;
 
@@ -43,7 +44,24 @@ pub async fn read_segment_sized(
     shard: u32,
     n: u64,
 ) -> Result<Option<(Segment, u64)>, LogError> {
+    read_seen_segment(store, shard, n, Tag::ANY).await
+}
+
+/// [`read_segment_sized`] of the object seen (listed or written) as `tag`; `None` also when
+/// the name holds another object now. That happens when the number was compacted since and a
+/// writer that was behind put a stray there (never acknowledged): the caller lists again, as
+/// for a segment compacted away, and reads the number from the history object.
+pub async fn read_seen_segment(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+    tag: Tag,
+) -> Result<Option<(Segment, u64)>, LogError> {
     let bytes = match store.get(&keys::segment(shard, n)).await {
+        Ok(got) if !tag.admits(Tag::of_meta(&got.meta)) => {
+            replaced(shard, n);
+            return Ok(None);
+        }
         Ok(got) => got
             .bytes()
             .await
@@ -65,6 +83,15 @@ pub async fn read_segment_sized(
             reason: format!("decoding segment {n}: {e}"),
         })?
         .map(|seg| Some((seg, size)))
+}
+
+/// Logs a read that found another object than the one seen in segment `n`'s name.
+fn replaced(shard: u32, n: u64) {
+    warn!(
+        shard,
+        segment = n,
+        "segment object is not the one listed (compacted since, and a writer that was behind put a stray in its number); reading where a new listing says"
+    );
 }
 
 /// Decodes segment bytes and checks that the file is the segment its key says it is.
@@ -149,9 +176,9 @@ pub(super) async fn read_source_segments_once(
     src: Source,
 ) -> Result<Option<Vec<Segment>>, LogError> {
     match src {
-        Source::Segment { n, .. } => Ok(read_segment(store.as_ref(), shard, n)
+        Source::Segment { n, tag, .. } => Ok(read_seen_segment(store.as_ref(), shard, n, tag)
             .await?
-            .map(|seg| vec![seg])),
+            .map(|(seg, _)| vec![seg])),
         Source::History { object, lo, hi } => {
             Ok(read_history(store, shard, object).await?.map(|h| {
                 h.segments
@@ -206,6 +233,29 @@ pub(super) struct SegmentReader {
     pub(super) path: object_store::path::Path,
     pub(super) size: u64,
     pub(super) whole: Option<Bytes>,
+    /// The object seen: a range read of another one (put in the name since) fails as not
+    /// found, like a read of an object compacted away.
+    pub(super) tag: Tag,
+}
+
+impl SegmentReader {
+    async fn fetch(&self, range: Range<u64>) -> object_store::Result<Bytes> {
+        if self.tag == Tag::ANY {
+            return self.store.get_range(&self.path, range).await;
+        }
+        let opts = object_store::GetOptions {
+            range: Some(range.into()),
+            ..Default::default()
+        };
+        let got = self.store.get_opts(&self.path, opts).await?;
+        if !self.tag.admits(Tag::of_meta(&got.meta)) {
+            return Err(object_store::Error::NotFound {
+                path: self.path.to_string(),
+                source: "the object is not the one listed: it was replaced since".into(),
+            });
+        }
+        got.bytes().await
+    }
 }
 
 /// A slice of a fetched object, or an error for a range beyond it.
@@ -235,10 +285,7 @@ impl AsyncFileReader for SegmentReader {
         if let Some(whole) = &self.whole {
             return futures::future::ready(slice_of(whole, range)).boxed();
         }
-        self.store
-            .get_range(&self.path, range)
-            .map_err(external)
-            .boxed()
+        async move { self.fetch(range).await.map_err(external) }.boxed()
     }
 
     fn get_byte_ranges(
@@ -249,10 +296,21 @@ impl AsyncFileReader for SegmentReader {
             if let Some(whole) = &self.whole {
                 return ranges.into_iter().map(|r| slice_of(whole, r)).collect();
             }
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(external)
+            if self.tag == Tag::ANY {
+                return self
+                    .store
+                    .get_ranges(&self.path, &ranges)
+                    .await
+                    .map_err(external);
+            }
+            let this = &*self;
+            object_store::coalesce_ranges(
+                &ranges,
+                |r| this.fetch(r),
+                object_store::OBJECT_STORE_COALESCE_DEFAULT,
+            )
+            .await
+            .map_err(external)
         }
         .boxed()
     }
@@ -316,6 +374,7 @@ pub(super) async fn checkpoint_user(
         path,
         size,
         whole: None,
+        tag: Tag::ANY,
     };
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let corrupt = |e: parquet::errors::ParquetError| match e {
@@ -365,7 +424,31 @@ pub(super) async fn checkpoint_user(
 }
 
 /// Reads only the footer of segment `n` (its metadata), not its rows; `None` if it does not exist.
+///
+/// A history object marked verified holds the number's committed copy: an object in the
+/// segment's own name then is a source not yet deleted (the same batch) or a stray put into
+/// the number by a writer that was behind (another batch, never acknowledged). The history
+/// objects are listed after the segment is read, so a stray read — put only after the mark
+/// was written — is always replaced by the history object's copy.
 pub async fn read_segment_meta(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let own = read_own_segment_meta(store.clone(), shard, n).await?;
+    let (history, verified) = list_history_marked(store.as_ref(), shard).await?;
+    let relied = history
+        .iter()
+        .filter(|h| h.holds(n) && verified.contains(&(h.first, h.last)))
+        .min_by_key(|h| h.last - h.first);
+    match relied {
+        Some(h) => history_meta_of(store, shard, *h, n).await,
+        None => Ok(own),
+    }
+}
+
+/// The footer of segment `n`'s own object, else of the history object holding it.
+async fn read_own_segment_meta(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     n: u64,
@@ -383,6 +466,7 @@ pub async fn read_segment_meta(
         path,
         size,
         whole: None,
+        tag: Tag::ANY,
     };
     let meta = match reader.get_metadata(None).await {
         Ok(meta) => meta,
@@ -405,11 +489,22 @@ pub(crate) async fn history_segment_meta(
     let Some(object) = narrowest(&list_history(store.as_ref(), shard).await?, n) else {
         return Ok(None);
     };
+    history_meta_of(store, shard, object, n).await
+}
+
+/// The metadata of segment `n` from the footer of history object `object`.
+async fn history_meta_of(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    object: HistoryListed,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
     let mut reader = SegmentReader {
         store,
         path: keys::history(shard, object.first, object.last),
         size: object.size,
         whole: None,
+        tag: Tag::ANY,
     };
     let meta = reader
         .get_metadata(None)

@@ -331,8 +331,15 @@ pub(super) async fn open_for_user(
     // Listed but gone: a gap, like a missing number (the caller lists again: it may have been
     // compacted).
     let gone = LogError::Gap { shard, missing: n };
+    // The object seen in the listing or view (a segment put in a freed number since, a stray,
+    // is another object: read as gone, the caller lists again).
+    let tag = match src {
+        Source::Segment { tag, .. } => tag,
+        Source::History { .. } => Tag::ANY,
+    };
     let whole = if size <= WHOLE_READ_BYTES {
         match store.get(&path).await {
+            Ok(got) if !tag.admits(Tag::of_meta(&got.meta)) => return Err(gone),
             Ok(got) => Some(got.bytes().await.map_err(store_err(context()))?),
             Err(object_store::Error::NotFound { .. }) => return Err(gone),
             Err(e) => return Err(store_err(context())(e)),
@@ -345,6 +352,7 @@ pub(super) async fn open_for_user(
         path,
         size: whole.as_ref().map_or(size, |b| b.len() as u64),
         whole,
+        tag,
     };
     let again = reader.clone();
     let builder =

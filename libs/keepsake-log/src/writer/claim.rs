@@ -11,13 +11,14 @@ use tracing::{error, info, warn};
 use super::Writer;
 use crate::error::LogError;
 use crate::reader::{
-    Layout, Source, history_segment_meta, list_history, list_layout, read_meta,
+    Layout, Source, Tag, history_segment_meta, list_history, list_layout, read_meta,
     read_source_segments,
 };
 
 /// What happened to a segment PUT.
 pub(super) enum Put {
-    Committed,
+    /// Committed; the tag of the object written.
+    Committed(Tag),
     Fenced,
     /// The number had been used before and compacted away: the PUT landed in a freed name.
     Reused,
@@ -28,10 +29,10 @@ impl Writer {
     /// Writes segment `n` create-only ([`Self::write_segment`]), then makes sure the number was
     /// not used before (invariant 8).
     pub(super) async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
-        match self.write_segment(n, batch_id, bytes).await {
-            Put::Committed => {}
+        let tag = match self.write_segment(n, batch_id, bytes).await {
+            Put::Committed(tag) => tag,
             other => return other,
-        }
+        };
         // Confirmed with a few tries: an object left in a used number is a stray that only a
         // confirmation can tell from a committed segment (and so remove).
         let mut listed = list_history(self.store.as_ref(), self.shard).await;
@@ -55,7 +56,7 @@ impl Writer {
             }
         };
         let Some(h) = history.iter().find(|h| h.holds(n)) else {
-            return Put::Committed;
+            return Put::Committed(tag);
         };
         error!(
             shard = self.shard,
@@ -92,7 +93,9 @@ impl Writer {
         };
         if layout.history.iter().any(|h| h.holds(n)) {
             let kept = history_segment_meta(self.store.clone(), self.shard, n).await?;
-            if kept.is_some_and(|m| m.batch_id != ours) && self.read_back(n).await? == Some(ours) {
+            if kept.is_some_and(|m| m.batch_id != ours)
+                && self.read_back(n).await?.map(|(id, _)| id) == Some(ours)
+            {
                 error!(
                     shard = self.shard,
                     segment = n,
@@ -120,7 +123,7 @@ impl Writer {
             )
             .await;
             match put {
-                Ok(Ok(_)) => return Put::Committed,
+                Ok(Ok(put)) => return Put::Committed(Tag::of(put.e_tag.as_deref())),
                 Ok(Err(object_store::Error::AlreadyExists { .. })) => {
                     last_error = "segment already exists".into();
                 }
@@ -145,7 +148,7 @@ impl Writer {
                 }
             }
             match self.read_back(n).await {
-                Ok(Some(found)) if found == batch_id => {
+                Ok(Some((found, tag))) if found == batch_id => {
                     self.stats
                         .ambiguous_resolved
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -154,7 +157,7 @@ impl Writer {
                         segment = n,
                         "the PUT had landed: batch committed"
                     );
-                    return Put::Committed;
+                    return Put::Committed(tag);
                 }
                 Ok(Some(_)) => return Put::Fenced,
                 Ok(None) => {
@@ -174,15 +177,17 @@ impl Writer {
         Put::NotCommitted(last_error)
     }
 
-    /// The batch id of segment `n`, `None` if it does not exist.
-    async fn read_back(&self, n: u64) -> Result<Option<BatchId>, LogError> {
+    /// The batch id of segment `n` and the object's tag, `None` if it does not exist.
+    async fn read_back(&self, n: u64) -> Result<Option<(BatchId, Tag)>, LogError> {
         let path = keys::segment(self.shard, n);
         let mut last = None;
         for attempt in 1..=3u32 {
             match self.store.get(&path).await {
-                Ok(got) => match got.bytes().await {
-                    Ok(bytes) => return read_meta(self.shard, n, &bytes).map(|m| Some(m.batch_id)),
-                    Err(e) => last = Some(e),
+                Ok(got) => match (Tag::of_meta(&got.meta), got.bytes().await) {
+                    (tag, Ok(bytes)) => {
+                        return read_meta(self.shard, n, &bytes).map(|m| Some((m.batch_id, tag)));
+                    }
+                    (_, Err(e)) => last = Some(e),
                 },
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 Err(e) => last = Some(e),
@@ -257,7 +262,7 @@ impl Writer {
                 );
             }
             match src {
-                Source::Segment { n, size } => state.record_segment_size(n, size),
+                Source::Segment { n, size, tag } => state.record_segment_size(n, size, tag),
                 Source::History { object, .. } => state.compacted(object),
             }
             let head = state.head;
