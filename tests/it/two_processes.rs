@@ -39,6 +39,8 @@ on_every_backend!(
     a_load_from_the_view_never_reads_a_stray,
     a_load_by_ranges_from_the_view_never_reads_a_stray,
     segment_metadata_is_never_a_strays,
+    a_settle_never_deletes_a_history_object_for_a_stray,
+    verify_never_folds_a_stray_put_after_its_listing,
 );
 
 /// No background checkpoints or compaction: the tests run them.
@@ -1077,4 +1079,98 @@ async fn segment_metadata_is_never_a_strays(backend: Backend) {
         .expect("meta")
         .expect("segment 2");
     assert_eq!(read.batch_id, committed.batch_id, "{read:?}");
+}
+
+/// Review of the read checks (helper 9, finding 1). B's settle lists segment 1 and history
+/// object 1-1, not yet marked verified (its round stopped before the mark). Before B reads
+/// segment 1, A settles 1-1 (marks it, deletes segment 1) and a writer that was behind puts a
+/// stray into 1. B read the stray, found 1-1 "differs from sources all still there" and
+/// deleted it with its mark: the only copy of segment 1. Now B sees that the object it read
+/// is not the one it listed, and leaves 1-1 for a later pass.
+async fn a_settle_never_deletes_a_history_object_for_a_stray(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    fill(&log, u, 1).await;
+    log.shutdown().await;
+    let expected = state_in_log(&ts.store, u).await;
+    let stray = stray_of(&ts.store, 1).await;
+    let policy = CompactionPolicy {
+        enabled: true,
+        min_segments: 1,
+        max_events: 1000,
+    };
+    // A round that wrote 1-1 and stopped before marking it.
+    let stopped = FaultyStore::new(ts.reopen().expect("handle"));
+    let stopped_store: Arc<dyn ObjectStore> = stopped.clone();
+    stopped.inject(
+        FaultOp::Put,
+        keys::history_verified(0, 1, 1).as_ref(),
+        Fault::Fail,
+        1,
+    );
+    assert!(
+        compact_shard(&stopped_store, 0, 1, None, &policy)
+            .await
+            .is_err()
+    );
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        (layout.segments.len(), layout.history.len()),
+        (1, 1),
+        "{layout:?}"
+    );
+    assert!(layout.verified.is_empty(), "{layout:?}");
+
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let b_store: Arc<dyn ObjectStore> = faulty.clone();
+    let get = faulty.hold(FaultOp::Get, keys::segment(0, 1).as_ref());
+    let b = tokio::spawn(async move { compact_shard(&b_store, 0, 1, None, &policy).await });
+    get.reached().await;
+    let a = compact_shard(&ts.store, 0, 1, None, &policy)
+        .await
+        .expect("a settles 1-1");
+    assert_eq!(a.deleted, 1, "{a:?}");
+    ts.store
+        .put_opts(&keys::segment(0, 1), stray, keepsake_store::create_only())
+        .await
+        .expect("the stray lands in the freed number");
+    get.release();
+    let _ = b.await.expect("task");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.verified,
+        vec![(1, 1)],
+        "1-1 is kept, and relied on: {layout:?}"
+    );
+    assert_eq!(state_in_log(&ts.store, u).await, expected);
+}
+
+/// Review of the read checks (helper 9, finding 2): verify lists segment 2; before its GET the
+/// number is compacted and a stray lands there. Verify used to fold the stray and report the
+/// good checkpoint 2 as not matching the log. Now it reads the history object's copy, and
+/// reports the one real problem: the stray.
+async fn verify_never_folds_a_stray_put_after_its_listing(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    fill(&log, user(), 2).await;
+    log.shutdown().await;
+    write_checkpoint(&ts.store, 0, None, 2, 1)
+        .await
+        .expect("checkpoint 2");
+    let stray = stray_of(&ts.store, 2).await;
+    let faulty = FaultyStore::new(ts.reopen().expect("handle"));
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let get = faulty.hold(FaultOp::Get, keys::segment(0, 2).as_ref());
+    let verifying = tokio::spawn(async move { verify_store(&as_store, 1).await });
+    get.reached().await;
+    compact_then_stray(&ts.store, 2, stray).await;
+    get.release();
+    let (report, _) = verifying.await.expect("task").expect("verify");
+    let problems: Vec<_> = report.problems.iter().map(|p| p.kind).collect();
+    assert!(
+        !problems.iter().any(|k| *k != "stray_segment"),
+        "{:?}",
+        report.problems
+    );
 }

@@ -28,8 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, list_layout, read_history, read_seen_segment,
-    read_segment,
+    HistoryListed, Layout, Listed, Place, Tag, list_layout, read_history, read_seen_segment,
 };
 use crate::view::ShardState;
 
@@ -93,7 +92,12 @@ impl CompactionReport {
 /// An object compaction may delete.
 #[derive(Clone, Copy, Debug)]
 enum Doomed {
-    Segment { n: u64, size: u64 },
+    /// Segment object `n` as listed (`tag`: which write of it was seen).
+    Segment {
+        n: u64,
+        size: u64,
+        tag: Tag,
+    },
     History(HistoryListed),
 }
 
@@ -162,6 +166,7 @@ async fn settle(
             .map(|l| Doomed::Segment {
                 n: l.n,
                 size: l.size,
+                tag: l.tag,
             })
             .chain(
                 layout
@@ -174,9 +179,25 @@ async fn settle(
         if doomed.is_empty() {
             continue;
         }
+        // Every object as listed, or this object waits for a later pass: one gone since the
+        // listing was settled by another process, and one replaced since (a stray put into a
+        // number another process's settle freed) must never be compared as a source — that
+        // once deleted a verified object, the only copy of its segment, for "differing".
         let mut per_doomed = Vec::with_capacity(doomed.len());
         for d in &doomed {
-            per_doomed.push((*d, read_doomed(store, shard, *d).await?));
+            match read_doomed(store, shard, *d).await? {
+                Some(segs) => per_doomed.push((*d, segs)),
+                None => break,
+            }
+        }
+        if per_doomed.len() < doomed.len() {
+            info!(
+                shard,
+                first = h.first,
+                last = h.last,
+                "an object inside a history object changed since the listing; settled on a later pass"
+            );
+            continue;
         }
         let sources: Vec<Segment> = per_doomed
             .iter()
@@ -265,7 +286,9 @@ async fn settle(
                 deleted = doomed.len(),
                 "interrupted compaction finished"
             );
-        } else if covers_every_number(&sources, h) && still_present(store, shard, &doomed).await? {
+        } else if covers_every_number(&sources, h)
+            && still_present(store, shard, h, &doomed).await?
+        {
             warn!(
                 shard,
                 first = h.first,
@@ -299,16 +322,25 @@ fn covers_every_number(sources: &[Segment], h: HistoryListed) -> bool {
     numbers.len() as u64 == h.last - h.first + 1
 }
 
-/// True when a fresh listing shows every one of `doomed` still in the store: only then is a
-/// history object that differs from them known to be relied on by no reader, and deletable.
+/// True when a fresh listing shows every one of `doomed` still in the store, each the object
+/// that was read, and `h` not marked verified: only then is `h`, which differs from them,
+/// known to be relied on by no reader, and deletable. (A mark written since — another
+/// process verified `h` against the same sources — makes it the copy readers rely on.)
 async fn still_present(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
+    h: HistoryListed,
     doomed: &[Doomed],
 ) -> Result<bool, LogError> {
     let layout = list_layout(store.as_ref(), shard).await?;
+    if layout.verified.contains(&(h.first, h.last)) {
+        return Ok(false);
+    }
     Ok(doomed.iter().all(|d| match *d {
-        Doomed::Segment { n, .. } => layout.segments.binary_search_by_key(&n, |l| l.n).is_ok(),
+        Doomed::Segment { n, tag, .. } => layout
+            .segments
+            .binary_search_by_key(&n, |l| l.n)
+            .is_ok_and(|i| layout.segments[i].tag == tag),
         Doomed::History(x) => layout.history.contains(&x),
     }))
 }
@@ -358,21 +390,18 @@ async fn read_back(
     }
 }
 
-/// The segments a doomed object holds.
+/// The segments a doomed object holds; `None` when it is gone, or (a segment) is not the
+/// object listed.
 async fn read_doomed(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
     d: Doomed,
-) -> Result<Vec<Segment>, LogError> {
+) -> Result<Option<Vec<Segment>>, LogError> {
     match d {
-        Doomed::Segment { n, .. } => Ok(read_segment(store.as_ref(), shard, n)
+        Doomed::Segment { n, tag, .. } => Ok(read_seen_segment(store.as_ref(), shard, n, tag)
             .await?
-            .into_iter()
-            .collect()),
-        Doomed::History(h) => Ok(read_history(store, shard, h)
-            .await?
-            .map(|x| x.segments)
-            .unwrap_or_default()),
+            .map(|(seg, _)| vec![seg])),
+        Doomed::History(h) => Ok(read_history(store, shard, h).await?.map(|x| x.segments)),
     }
 }
 
@@ -432,6 +461,7 @@ async fn compact_round(
         doomed.push(Doomed::Segment {
             n: l.n,
             size: l.size,
+            tag: l.tag,
         });
     }
     drop(reads);
@@ -513,7 +543,7 @@ async fn compact_round(
     if !same {
         // Deleted only while a fresh listing shows every source still there: then no reader
         // relies on it. Otherwise it stays, and the corruption is reported.
-        let deletable = still_present(store, shard, &doomed).await?;
+        let deletable = still_present(store, shard, object, &doomed).await?;
         warn!(
             shard,
             first,

@@ -25,14 +25,17 @@ impl Tag {
     /// Nothing known: any object is admitted.
     pub const ANY: Tag = Tag(0);
 
-    /// The tag of an e-tag.
+    /// The tag of an e-tag. Quotes and a weak `W/` are left out: S3-compatible stores do not
+    /// all spell one e-tag the same way in a listing and in a header.
     pub fn of(e_tag: Option<&str>) -> Tag {
         use std::hash::{Hash, Hasher};
         let Some(e_tag) = e_tag else {
             return Tag::ANY;
         };
+        let bare = e_tag.trim();
+        let bare = bare.strip_prefix("W/").unwrap_or(bare).trim_matches('"');
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        e_tag.hash(&mut h);
+        bare.hash(&mut h);
         // 0 means "unknown": an e-tag that hashes to it is taken as 1.
         Tag(h.finish().max(1))
     }
@@ -559,6 +562,24 @@ mod tests {
             modified: DateTime::UNIX_EPOCH,
             tag: Tag::ANY,
         }
+    }
+
+    #[test]
+    fn a_tag_is_one_spelling_of_an_e_tag() {
+        let quoted = Tag::of(Some("\"9b2cf535f27731c974343645a3985328\""));
+        assert_eq!(quoted, Tag::of(Some("9b2cf535f27731c974343645a3985328")));
+        assert_eq!(
+            quoted,
+            Tag::of(Some("W/\"9b2cf535f27731c974343645a3985328\""))
+        );
+        assert_ne!(
+            quoted,
+            Tag::of(Some("\"9b2cf535f27731c974343645a3985329\""))
+        );
+        assert_ne!(quoted, Tag::ANY);
+        assert_eq!(Tag::of(None), Tag::ANY);
+        assert!(Tag::ANY.admits(quoted) && quoted.admits(Tag::ANY) && quoted.admits(quoted));
+        assert!(!quoted.admits(Tag::of(Some("other"))));
     }
 
     fn hist(first: u64, last: u64) -> HistoryListed {

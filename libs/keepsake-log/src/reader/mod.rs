@@ -5,7 +5,9 @@
 //! a gap: segment `n + 1` counts only when every segment up to `n` is somewhere. A listing that
 //! shows a missing number followed by later ones is reported as [`LogError::Gap`] rather than
 //! silently returning a partial history; a source that vanishes during a read (compacted) is
-//! located again and the read run again.
+//! located again and the read run again. A segment object read is the one listed (or written):
+//! one put under the name since — a stray in a number compacted after the listing — counts as
+//! vanished ([`Tag`]).
 //!
 //! The files, by job: [`catalog`] (listing and layout), [`objects`] (whole-object reads),
 //! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first).

@@ -150,19 +150,30 @@ pub async fn read_source_segments(
     shard: u32,
     src: Source,
 ) -> Result<Vec<Segment>, LogError> {
+    Ok(read_source_located(store, shard, src).await?.0)
+}
+
+/// [`read_source_segments`], with the sources they were read from (`src`, or where a new
+/// listing placed its numbers): a view records those, not the object that was replaced.
+pub(crate) async fn read_source_located(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+) -> Result<(Vec<Segment>, Vec<Source>), LogError> {
     if let Some(segs) = read_source_segments_once(&store, shard, src).await? {
-        return Ok(segs);
+        return Ok((segs, vec![src]));
     }
     'relist: for _ in 0..RELISTS {
         let layout = list_layout(store.as_ref(), shard).await?;
         let mut out = Vec::new();
-        for again in layout.sources(shard, src.numbers())? {
-            match read_source_segments_once(&store, shard, again).await? {
+        let located = layout.sources(shard, src.numbers())?;
+        for again in &located {
+            match read_source_segments_once(&store, shard, *again).await? {
                 Some(segs) => out.extend(segs),
                 None => continue 'relist,
             }
         }
-        return Ok(out);
+        return Ok((out, located));
     }
     Err(LogError::Gap {
         shard,
@@ -435,7 +446,9 @@ pub async fn read_segment_meta(
     shard: u32,
     n: u64,
 ) -> Result<Option<SegmentMeta>, LogError> {
-    let own = read_own_segment_meta(store.clone(), shard, n).await?;
+    // Its error waits: with a verified copy in a history object, what the name held (a stray
+    // replaced mid-read, so a footer that does not parse) does not matter.
+    let own = read_own_segment_meta(store.clone(), shard, n).await;
     let (history, verified) = list_history_marked(store.as_ref(), shard).await?;
     let relied = history
         .iter()
@@ -443,7 +456,7 @@ pub async fn read_segment_meta(
         .min_by_key(|h| h.last - h.first);
     match relied {
         Some(h) => history_meta_of(store, shard, *h, n).await,
-        None => Ok(own),
+        None => own,
     }
 }
 
@@ -454,19 +467,20 @@ async fn read_own_segment_meta(
     n: u64,
 ) -> Result<Option<SegmentMeta>, LogError> {
     let path = keys::segment(shard, n);
-    let size = match store.head(&path).await {
-        Ok(m) => m.size,
+    let (size, tag) = match store.head(&path).await {
+        Ok(m) => (m.size, Tag::of_meta(&m)),
         Err(object_store::Error::NotFound { .. }) => {
             return history_segment_meta(store, shard, n).await;
         }
         Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
     };
+    // The footer of the object the HEAD saw: another one put since reads as gone.
     let mut reader = SegmentReader {
         store: store.clone(),
         path,
         size,
         whole: None,
-        tag: Tag::ANY,
+        tag,
     };
     let meta = match reader.get_metadata(None).await {
         Ok(meta) => meta,

@@ -12,7 +12,7 @@ use super::Writer;
 use crate::error::LogError;
 use crate::reader::{
     Layout, Source, Tag, history_segment_meta, list_history, list_layout, read_meta,
-    read_source_segments,
+    read_source_located,
 };
 
 /// What happened to a segment PUT.
@@ -242,7 +242,7 @@ impl Writer {
             Vec::new()
         };
         for src in sources {
-            let segs = read_source_segments(self.store.clone(), shard, src).await?;
+            let (segs, read_from) = read_source_located(self.store.clone(), shard, src).await?;
             let mut state = self.state.write().map_err(|_| crate::poisoned(shard))?;
             for seg in &segs {
                 let n = seg.meta.segment;
@@ -261,9 +261,13 @@ impl Writer {
                     "applied a segment written elsewhere"
                 );
             }
-            match src {
-                Source::Segment { n, size, tag } => state.record_segment_size(n, size, tag),
-                Source::History { object, .. } => state.compacted(object),
+            // Where they were read from: a segment found replaced since the listing (a stray in
+            // a number compacted meanwhile) is recorded as its history object, not the stray.
+            for from in read_from {
+                match from {
+                    Source::Segment { n, size, tag } => state.record_segment_size(n, size, tag),
+                    Source::History { object, .. } => state.compacted(object),
+                }
             }
             let head = state.head;
             drop(state);
