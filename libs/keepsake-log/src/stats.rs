@@ -1,4 +1,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use keepsake_store::AtomicHistogram;
 use std::time::Duration;
 
 /// Counters of what the log did; read by metrics and by tests.
@@ -57,57 +59,8 @@ pub struct LogStats {
     pub batch_events: AtomicHistogram,
 }
 
-/// A fixed-bucket histogram of whole numbers, lock-free.
-#[derive(Debug)]
-pub struct AtomicHistogram {
-    bounds: &'static [u64],
-    counts: Vec<AtomicU64>,
-    sum: AtomicU64,
-    count: AtomicU64,
-}
-
 const MS_BOUNDS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
 const EVENT_BOUNDS: &[u64] = &[1, 10, 100, 1_000, 10_000, 100_000];
-
-impl AtomicHistogram {
-    fn new(bounds: &'static [u64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records a value.
-    pub fn observe(&self, v: u64) {
-        let idx = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get(idx) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum.fetch_add(v, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Per bucket (upper bound, `None` for +Inf) its own count; then the sum and the count.
-    pub fn snapshot(&self) -> (Vec<(Option<u64>, u64)>, u64, u64) {
-        let buckets = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (self.bounds.get(i).copied(), c.load(Ordering::Relaxed)))
-            .collect();
-        (
-            buckets,
-            self.sum.load(Ordering::Relaxed),
-            self.count.load(Ordering::Relaxed),
-        )
-    }
-}
 
 impl Default for LogStats {
     fn default() -> Self {

@@ -7,12 +7,16 @@
 //!   the format version and the shard count.
 //! - [`recover`] writes a lost descriptor back, on an operator's word (`keepsake recover-descriptor`);
 //!   a store with data and no descriptor is never given a new one implicitly.
+//! - [`instrumented`] counts every request sent to the store (by kind and outcome, with latency
+//!   and bytes); [`open_store`] puts it over every backend, and `/metrics` shows it.
 //! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
 
 pub mod descriptor;
 mod error;
 #[cfg(feature = "testing")]
 pub mod faults;
+mod histogram;
+pub mod instrumented;
 pub mod keys;
 mod open;
 pub mod recover;
@@ -22,6 +26,8 @@ pub use descriptor::{
     read_descriptor,
 };
 pub use error::{RecoverError, StoreError};
+pub use histogram::AtomicHistogram;
+pub use instrumented::{InstrumentedStore, StoreOp, StoreOutcome, StoreStats};
 pub use open::{Store, open_store, open_store_with_env};
 
 /// Puts that must never replace an object: segments, checkpoints, descriptors, job records.

@@ -10,12 +10,15 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 
 use crate::error::StoreError;
+use crate::instrumented::{InstrumentedStore, StoreStats};
 
 /// An opened store and a description of it that is safe to log (no credentials).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The object store.
+    /// The object store (the backend under an [`InstrumentedStore`]).
     pub inner: Arc<dyn ObjectStore>,
+    /// What was sent to it: requests by kind and outcome, latency, bytes.
+    pub stats: Arc<StoreStats>,
     /// For logs and `/v1/session`-style reports: scheme and location, never secrets.
     pub description: String,
     /// The directory, for a local file-system store.
@@ -48,6 +51,23 @@ pub fn open_store_with_env(
     url: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Store, StoreError> {
+    let (inner, description, local_dir) = open_backend(url, env)?;
+    let stats = Arc::new(StoreStats::default());
+    Ok(Store {
+        inner: Arc::new(InstrumentedStore::new(inner, stats.clone())),
+        stats,
+        description,
+        local_dir,
+    })
+}
+
+/// The backend a URL names, its description, and its directory (file stores).
+type Backend = (Arc<dyn ObjectStore>, String, Option<PathBuf>);
+
+fn open_backend(
+    url: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Backend, StoreError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return open_dir(url, PathBuf::from(url));
     };
@@ -66,11 +86,7 @@ pub fn open_store_with_env(
             if !rest.is_empty() {
                 return Err(bad(url, "memory:// takes no location"));
             }
-            Ok(Store {
-                inner: Arc::new(InMemory::new()),
-                description: "memory://".into(),
-                local_dir: None,
-            })
+            Ok((Arc::new(InMemory::new()), "memory://".into(), None))
         }
         "s3" => {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -95,11 +111,7 @@ pub fn open_store_with_env(
             } else {
                 Arc::new(PrefixStore::new(s3, prefix))
             };
-            Ok(Store {
-                inner,
-                description: format!("s3://{bucket}/{prefix}"),
-                local_dir: None,
-            })
+            Ok((inner, format!("s3://{bucket}/{prefix}"), None))
         }
         other => Err(bad(
             url,
@@ -108,7 +120,7 @@ pub fn open_store_with_env(
     }
 }
 
-fn open_dir(url: &str, path: PathBuf) -> Result<Store, StoreError> {
+fn open_dir(url: &str, path: PathBuf) -> Result<Backend, StoreError> {
     std::fs::create_dir_all(&path).map_err(|e| {
         bad(
             url,
@@ -119,11 +131,11 @@ fn open_dir(url: &str, path: PathBuf) -> Result<Store, StoreError> {
         .map_err(|e| bad(url, e.to_string()))?
         .with_fsync(true);
     let shown = std::fs::canonicalize(&path).unwrap_or(path);
-    Ok(Store {
-        inner: Arc::new(fs),
-        description: format!("file://{}", shown.display()),
-        local_dir: Some(shown),
-    })
+    Ok((
+        Arc::new(fs),
+        format!("file://{}", shown.display()),
+        Some(shown),
+    ))
 }
 
 #[cfg(test)]

@@ -2,12 +2,15 @@
 //!
 //! HTTP requests and latencies by route come from prometheus-client families; the log's own
 //! counters (segments, PUTs and their latency, batch sizes, retries, fences) are read from
-//! `LogStats` at scrape time.
+//! `LogStats` at scrape time, and the store's (every request by kind and outcome, latency,
+//! bytes: `keepsake_store_*`) from the store's `StoreStats`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_log::LogStats;
+use keepsake_store::{StoreOp, StoreOutcome, StoreStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +47,7 @@ pub struct Metrics {
     pull_items: Counter,
     polls_waiting: Gauge,
     pushes_in_flight: Gauge,
+    store: Option<Arc<StoreStats>>,
 }
 
 /// Counts one long poll as waiting, or one push as in flight, while it is held.
@@ -119,11 +123,20 @@ impl Default for Metrics {
             pull_items,
             polls_waiting,
             pushes_in_flight,
+            store: None,
         }
     }
 }
 
 impl Metrics {
+    /// The server's metrics, with the store's requests counted in `store`.
+    pub fn with_store(store: Arc<StoreStats>) -> Self {
+        Self {
+            store: Some(store),
+            ..Self::default()
+        }
+    }
+
     /// Counts a long poll as waiting until the guard is dropped.
     pub fn waiting(&self) -> Waiting {
         self.polls_waiting.inc();
@@ -187,17 +200,75 @@ fn histogram(
     scale: f64,
 ) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+    histogram_lines(out, name, "", h, scale);
+}
+
+/// The sample lines of one histogram; `labels` (`op="put",`) go before `le`.
+fn histogram_lines(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &keepsake_log::AtomicHistogram,
+    scale: f64,
+) {
     let (buckets, sum, count) = h.snapshot();
     let mut cumulative = 0;
     for (le, n) in buckets {
         cumulative += n;
         let le = le.map_or_else(|| "+Inf".to_string(), |v| format!("{}", v as f64 * scale));
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
     }
+    let plain = match labels.trim_end_matches(',') {
+        "" => String::new(),
+        l => format!("{{{l}}}"),
+    };
     let _ = write!(
         out,
-        "{name}_sum {}\n{name}_count {count}\n",
+        "{name}_sum{plain} {}\n{name}_count{plain} {count}\n",
         sum as f64 * scale
+    );
+}
+
+/// The store's requests by kind and outcome, their latency by kind, and bytes each way.
+fn store_metrics(out: &mut String, s: &StoreStats) {
+    let name = "keepsake_store_requests";
+    let _ = write!(
+        out,
+        "# HELP {name} Requests sent to the object store, by kind and outcome (a listing counts once however many pages; a delete once per object)\n# TYPE {name} counter\n"
+    );
+    for op in StoreOp::ALL {
+        for outcome in StoreOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "{name}_total{{op=\"{}\",outcome=\"{}\"}} {}",
+                op.as_str(),
+                outcome.as_str(),
+                s.requests(op, outcome)
+            );
+        }
+    }
+    let name = "keepsake_store_request_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Store request latency by kind (deletes are not timed)\n# TYPE {name} histogram\n"
+    );
+    for op in StoreOp::ALL {
+        if let Some(h) = s.latency_micros(op) {
+            let labels = format!("op=\"{}\",", op.as_str());
+            histogram_lines(out, name, &labels, h, 1e-6);
+        }
+    }
+    counter(
+        out,
+        "keepsake_store_written_bytes",
+        "Bytes of the store PUTs that succeeded",
+        s.bytes_written(),
+    );
+    counter(
+        out,
+        "keepsake_store_read_bytes",
+        "Bytes of the store GETs answered",
+        s.bytes_read(),
     );
 }
 
@@ -211,6 +282,9 @@ pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
     // prometheus-client ends with "# EOF"; the log's metrics go before it.
     if let Some(stripped) = out.strip_suffix("# EOF\n") {
         out.truncate(stripped.len());
+    }
+    if let Some(store) = &metrics.store {
+        store_metrics(&mut out, store);
     }
     if let Some(log) = log {
         let s = log.stats();

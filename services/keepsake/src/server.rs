@@ -176,7 +176,7 @@ pub async fn run(
         limits: cfg.limits,
         clock: clock.clone(),
         ids: ids.clone(),
-        metrics: Metrics::default(),
+        metrics: Metrics::with_store(store.stats.clone()),
         shutdown: stop_rx.clone(),
     });
     let app = api::router(state.clone());

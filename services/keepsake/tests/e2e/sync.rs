@@ -24,6 +24,7 @@ file_and_s3!(
     restart_keeps_data_and_tokens,
     evicted_views_reload_with_identical_answers,
     sigterm_answers_in_flight_pushes_and_loses_none,
+    every_store_request_is_counted_on_metrics,
 );
 
 fn token(v: &Value) -> String {
@@ -406,4 +407,45 @@ async fn sigterm_answers_in_flight_pushes_and_loses_none(backend: Backend) {
             "an acknowledged push survived the shutdown"
         );
     }
+}
+
+/// `/metrics` counts the requests the server sends to its store, by kind and outcome: each
+/// push is a segment PUT, confirmed by a listing of history objects, and the bytes written
+/// hold the segments'.
+async fn every_store_request_is_counted_on_metrics(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let phone = s.register(&uuid(), "phone").await;
+    const PUT_OK: &str = "keepsake_store_requests_total{op=\"put\",outcome=\"ok\"}";
+    const LIST_OK: &str = "keepsake_store_requests_total{op=\"list\",outcome=\"ok\"}";
+    const WRITTEN: &str = "keepsake_store_written_bytes_total";
+    let before = (
+        s.segments().await,
+        s.metric(PUT_OK).await,
+        s.metric(LIST_OK).await,
+        s.metric(WRITTEN).await,
+        s.metric("keepsake_segment_bytes_total").await,
+    );
+    for i in 0..3 {
+        s.push(&phone, json!([put(&uuid(), "note", json!({"i": i}))]))
+            .await;
+    }
+    let segments = s.segments().await - before.0;
+    assert_eq!(segments, 3);
+    assert!(s.metric(PUT_OK).await - before.1 >= segments);
+    assert!(
+        s.metric(LIST_OK).await - before.2 >= segments,
+        "each segment PUT is confirmed by a listing"
+    );
+    let segment_bytes = s.metric("keepsake_segment_bytes_total").await - before.4;
+    assert!(s.metric(WRITTEN).await - before.3 >= segment_bytes);
+    let timed = s
+        .metric("keepsake_store_request_seconds_count{op=\"put\"}")
+        .await;
+    assert!(timed >= s.metric(PUT_OK).await, "every PUT is timed");
+    assert_eq!(
+        s.metric("keepsake_store_requests_total{op=\"copy\",outcome=\"ok\"}")
+            .await,
+        0
+    );
 }

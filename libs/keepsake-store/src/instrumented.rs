@@ -1,0 +1,448 @@
+//! Counting every request sent to the store, by operation and outcome, with latency and bytes:
+//! what `/metrics` shows of the store, and what an object-storage bill is made of.
+//!
+//! [`open_store`](crate::open_store) puts this layer directly over the backend, so it sees
+//! each call the rest of the stack makes (retries included, each counted). Counts are per call
+//! of the `ObjectStore` API, which is one HTTP request on S3 except:
+//! - a listing is counted once, though S3 pages it (one LIST per 1,000 keys);
+//! - a delete is counted per object, though object_store's S3 client sends up to 1,000 keys
+//!   per `DeleteObjects` request;
+//! - `get_ranges` is counted once per call, though it may be several ranged GETs.
+//!
+//! A listing is counted when its stream ends or is dropped (an early drop still made the
+//! request); its latency is until then. Deletes have no latency (they are streamed).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+use crate::histogram::AtomicHistogram;
+
+/// A kind of store request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    /// An object written (`put_opts`).
+    Put,
+    /// An object or a range of it read (`get_opts`, `get_ranges`).
+    Get,
+    /// An object's metadata read (`get_opts` with `head`).
+    Head,
+    /// A listing (`list`, `list_with_offset`, `list_with_delimiter`).
+    List,
+    /// An object deleted.
+    Delete,
+    /// An object copied.
+    Copy,
+    /// A multipart upload started.
+    Multipart,
+}
+
+impl StoreOp {
+    /// Every kind, in the order metrics show them.
+    pub const ALL: [StoreOp; 7] = [
+        StoreOp::Put,
+        StoreOp::Get,
+        StoreOp::Head,
+        StoreOp::List,
+        StoreOp::Delete,
+        StoreOp::Copy,
+        StoreOp::Multipart,
+    ];
+
+    /// The label metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Put => "put",
+            StoreOp::Get => "get",
+            StoreOp::Head => "head",
+            StoreOp::List => "list",
+            StoreOp::Delete => "delete",
+            StoreOp::Copy => "copy",
+            StoreOp::Multipart => "multipart",
+        }
+    }
+}
+
+/// How a store request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreOutcome {
+    /// It succeeded.
+    Ok,
+    /// The object was not there.
+    NotFound,
+    /// A create-only PUT found the name taken.
+    AlreadyExists,
+    /// A conditional request's condition did not hold.
+    Precondition,
+    /// Any other error (network, server, permissions, timeouts).
+    Error,
+}
+
+impl StoreOutcome {
+    /// Every outcome, in the order metrics show them.
+    pub const ALL: [StoreOutcome; 5] = [
+        StoreOutcome::Ok,
+        StoreOutcome::NotFound,
+        StoreOutcome::AlreadyExists,
+        StoreOutcome::Precondition,
+        StoreOutcome::Error,
+    ];
+
+    /// The label metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOutcome::Ok => "ok",
+            StoreOutcome::NotFound => "not_found",
+            StoreOutcome::AlreadyExists => "already_exists",
+            StoreOutcome::Precondition => "precondition",
+            StoreOutcome::Error => "error",
+        }
+    }
+
+    fn of<T>(result: &Result<T>) -> StoreOutcome {
+        match result {
+            Ok(_) => StoreOutcome::Ok,
+            Err(object_store::Error::NotFound { .. }) => StoreOutcome::NotFound,
+            Err(object_store::Error::AlreadyExists { .. }) => StoreOutcome::AlreadyExists,
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotModified { .. },
+            ) => StoreOutcome::Precondition,
+            Err(_) => StoreOutcome::Error,
+        }
+    }
+}
+
+/// Latency buckets, in microseconds: 250 µs to 10 s.
+const MICROS_BOUNDS: &[u64] = &[
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+
+/// What the store was sent: requests by kind and outcome, latency by kind, bytes each way.
+#[derive(Debug)]
+pub struct StoreStats {
+    requests: Vec<AtomicU64>,
+    latency_micros: Vec<AtomicHistogram>,
+    bytes_written: AtomicU64,
+    bytes_read: AtomicU64,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        let n = StoreOp::ALL.len() * StoreOutcome::ALL.len();
+        Self {
+            requests: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            latency_micros: StoreOp::ALL
+                .iter()
+                .map(|_| AtomicHistogram::new(MICROS_BOUNDS))
+                .collect(),
+            bytes_written: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+        }
+    }
+}
+
+fn op_index(op: StoreOp) -> usize {
+    StoreOp::ALL.iter().position(|o| *o == op).unwrap_or(0)
+}
+
+fn outcome_index(outcome: StoreOutcome) -> usize {
+    StoreOutcome::ALL
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or(0)
+}
+
+impl StoreStats {
+    /// Requests of kind `op` that ended with `outcome`.
+    pub fn requests(&self, op: StoreOp, outcome: StoreOutcome) -> u64 {
+        self.requests
+            .get(op_index(op) * StoreOutcome::ALL.len() + outcome_index(outcome))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Requests of kind `op`, whatever their outcome.
+    pub fn requests_of(&self, op: StoreOp) -> u64 {
+        StoreOutcome::ALL
+            .iter()
+            .map(|o| self.requests(op, *o))
+            .sum()
+    }
+
+    /// The latency of requests of kind `op`, in microseconds.
+    pub fn latency_micros(&self, op: StoreOp) -> Option<&AtomicHistogram> {
+        self.latency_micros.get(op_index(op))
+    }
+
+    /// Bytes sent in PUTs that succeeded.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received in GETs (the ranges answered).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, op: StoreOp, outcome: StoreOutcome) {
+        if let Some(c) = self
+            .requests
+            .get(op_index(op) * StoreOutcome::ALL.len() + outcome_index(outcome))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn record<T>(&self, op: StoreOp, result: &Result<T>, started: Instant) {
+        self.count(op, StoreOutcome::of(result));
+        if let Some(h) = self.latency_micros(op) {
+            h.observe(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// A store that counts what it is sent into a [`StoreStats`].
+pub struct InstrumentedStore {
+    inner: Arc<dyn ObjectStore>,
+    stats: Arc<StoreStats>,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner`, counting into `stats`.
+    pub fn new(inner: Arc<dyn ObjectStore>, stats: Arc<StoreStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl fmt::Debug for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstrumentedStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The backend's own description: logs and errors name the store, not the layer.
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+/// Counts one listing when dropped: at the end of its stream, or when its reader stops early.
+struct ListCount {
+    stats: Arc<StoreStats>,
+    started: Instant,
+    outcome: StoreOutcome,
+}
+
+impl Drop for ListCount {
+    fn drop(&mut self) {
+        self.stats.count(StoreOp::List, self.outcome);
+        if let Some(h) = self.stats.latency_micros(StoreOp::List) {
+            h.observe(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+impl InstrumentedStore {
+    fn counted_listing(
+        &self,
+        listing: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let mut count = ListCount {
+            stats: self.stats.clone(),
+            started: Instant::now(),
+            outcome: StoreOutcome::Ok,
+        };
+        listing
+            .map(move |item| {
+                if item.is_err() && count.outcome == StoreOutcome::Ok {
+                    count.outcome = StoreOutcome::of(&item);
+                }
+                item
+            })
+            .boxed()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let (started, len) = (Instant::now(), payload.content_length() as u64);
+        let result = self.inner.put_opts(location, payload, opts).await;
+        self.stats.record(StoreOp::Put, &result, started);
+        if result.is_ok() {
+            self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        let started = Instant::now();
+        let result = self.inner.put_multipart_opts(location, opts).await;
+        self.stats.record(StoreOp::Multipart, &result, started);
+        result
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let op = if options.head {
+            StoreOp::Head
+        } else {
+            StoreOp::Get
+        };
+        let started = Instant::now();
+        let result = self.inner.get_opts(location, options).await;
+        self.stats.record(op, &result, started);
+        if op == StoreOp::Get
+            && let Ok(got) = &result
+        {
+            let len = got.range.end.saturating_sub(got.range.start);
+            self.stats.bytes_read.fetch_add(len, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let started = Instant::now();
+        let result = self.inner.get_ranges(location, ranges).await;
+        self.stats.record(StoreOp::Get, &result, started);
+        if let Ok(parts) = &result {
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            self.stats
+                .bytes_read
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let stats = self.stats.clone();
+        self.inner
+            .delete_stream(locations)
+            .map(move |deleted| {
+                stats.count(StoreOp::Delete, StoreOutcome::of(&deleted));
+                deleted
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.counted_listing(self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.counted_listing(self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let started = Instant::now();
+        let result = self.inner.list_with_delimiter(prefix).await;
+        self.stats.record(StoreOp::List, &result, started);
+        result
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        let started = Instant::now();
+        let result = self.inner.copy_opts(from, to, options).await;
+        self.stats.record(StoreOp::Copy, &result, started);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutMode};
+
+    use super::*;
+
+    fn store() -> (Arc<dyn ObjectStore>, Arc<StoreStats>) {
+        let stats = Arc::new(StoreStats::default());
+        let store = InstrumentedStore::new(Arc::new(InMemory::new()), stats.clone());
+        (Arc::new(store), stats)
+    }
+
+    #[tokio::test]
+    async fn every_request_is_counted_by_kind_and_outcome() {
+        use futures::TryStreamExt;
+        let (store, stats) = store();
+        let a = Path::from("a/1");
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        store
+            .put_opts(&a, PutPayload::from("hello"), create.clone())
+            .await
+            .expect("put");
+        let taken = store.put_opts(&a, PutPayload::from("again"), create).await;
+        assert!(matches!(
+            taken,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+        assert_eq!(stats.requests(StoreOp::Put, StoreOutcome::Ok), 1);
+        assert_eq!(stats.requests(StoreOp::Put, StoreOutcome::AlreadyExists), 1);
+        assert_eq!(stats.bytes_written(), 5, "only the PUT that landed");
+
+        let got = store
+            .get(&a)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(got.as_ref(), b"hello");
+        store.get_range(&a, 1..3).await.expect("range");
+        store.get_ranges(&a, &[0..1, 2..4]).await.expect("ranges");
+        assert!(store.get(&Path::from("a/none")).await.is_err());
+        store.head(&a).await.expect("head");
+        assert_eq!(stats.requests(StoreOp::Get, StoreOutcome::Ok), 3);
+        assert_eq!(stats.requests(StoreOp::Get, StoreOutcome::NotFound), 1);
+        assert_eq!(stats.requests(StoreOp::Head, StoreOutcome::Ok), 1);
+        assert_eq!(stats.bytes_read(), 5 + 2 + 3);
+
+        let listed: Vec<_> = store
+            .list(Some(&Path::from("a")))
+            .try_collect()
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+        // A listing dropped before its end was still sent.
+        drop(store.list(None));
+        store.list_with_delimiter(None).await.expect("list");
+        assert_eq!(stats.requests(StoreOp::List, StoreOutcome::Ok), 3);
+
+        store.delete(&a).await.expect("delete");
+        assert_eq!(stats.requests_of(StoreOp::Delete), 1);
+        let latency = stats.latency_micros(StoreOp::Get).expect("histogram");
+        assert_eq!(latency.snapshot().2, 4, "one latency per GET");
+        assert_eq!(stats.requests_of(StoreOp::Copy), 0);
+    }
+}
