@@ -32,6 +32,9 @@ use crate::reader::{
 };
 use crate::view::ShardState;
 
+/// Rounds listed again when a segment moved under them (another process compacting).
+const RELISTS_ON_MOVE: u32 = 3;
+
 /// Segments read at once by a compaction.
 const READ_AHEAD: usize = 4;
 
@@ -130,9 +133,24 @@ pub async fn compact_shard(
 ) -> Result<CompactionReport, LogError> {
     let mut report = CompactionReport::default();
     report.add(settle(store, shard, view).await?);
+    let mut moved = 0;
     loop {
         let layout = list_layout(store.as_ref(), shard).await?;
-        let round = compact_round(store, shard, upto, view, policy, &layout).await?;
+        let round = match compact_round(store, shard, upto, view, policy, &layout).await {
+            Ok(round) => round,
+            // A segment it listed was compacted by another process (or replaced by a stray)
+            // before it read it: nothing was written; list again, a few times.
+            Err(LogError::Gap { missing, .. }) if moved < RELISTS_ON_MOVE => {
+                moved += 1;
+                info!(
+                    shard,
+                    segment = missing,
+                    "a segment moved while compacting; listing again"
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if round.written == 0 {
             break;
         }

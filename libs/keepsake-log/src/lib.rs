@@ -130,9 +130,10 @@ impl Log {
                 head_tx,
                 unconfirmed: None,
             };
-            tasks.push(tokio::spawn(
+            tasks.push(tokio::spawn(keepsake_store::with_cause(
+                keepsake_store::Cause::Push,
                 writer.run().instrument(info_span!("shard_writer", shard)),
-            ));
+            )));
             let maintenance = Arc::new(tokio::sync::Mutex::new(()));
             let upkeep = Upkeep {
                 store: store.clone(),

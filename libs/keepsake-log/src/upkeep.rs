@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt;
 use keepsake_model::Clock;
-use keepsake_store::keys;
+use keepsake_store::{Cause, keys, with_cause};
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -42,16 +42,18 @@ impl Upkeep {
         if head == 0 || prev == Some(head) {
             return Ok(prev);
         }
-        let users =
-            write_checkpoint(&self.store, shard, prev, head, self.cfg.read_concurrency).await?;
+        let users = with_cause(
+            Cause::Checkpoint,
+            write_checkpoint(&self.store, shard, prev, head, self.cfg.read_concurrency),
+        )
+        .await?;
         if let Ok(mut s) = self.state.write() {
             s.checkpointed(head);
             s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
         }
         info!(shard, segment = head, users, "checkpoint written");
-        if let Err(e) =
-            apply_retention(&self.store, shard, &self.cfg.retention, self.clock.now()).await
-        {
+        let retention = apply_retention(&self.store, shard, &self.cfg.retention, self.clock.now());
+        if let Err(e) = with_cause(Cause::Retention, retention).await {
             warn!(shard, error = %e, "applying checkpoint retention failed; will retry after the next checkpoint");
         }
         Ok(Some(head))
@@ -63,7 +65,11 @@ impl Upkeep {
         upto: u64,
         policy: &compact::CompactionPolicy,
     ) -> Result<compact::CompactionReport, LogError> {
-        let done = compact_shard(&self.store, self.shard, upto, Some(&self.state), policy).await;
+        let done = with_cause(
+            Cause::Compaction,
+            compact_shard(&self.store, self.shard, upto, Some(&self.state), policy),
+        )
+        .await;
         match &done {
             Ok(r) => self.stats.record_compaction(r),
             Err(_) => {

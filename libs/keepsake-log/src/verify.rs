@@ -215,7 +215,14 @@ pub async fn fold_store(
             };
             cks.sort_unstable();
             let store = store.clone();
-            tokio::spawn(fold_shard(store, shard, shard_count, layout, cks, opts))
+            tokio::spawn(keepsake_store::inherit(fold_shard(
+                store,
+                shard,
+                shard_count,
+                layout,
+                cks,
+                opts,
+            )))
         })
         .buffered(opts.shards_at_once.max(1));
     let mut all_users: IdMap<UserId, UserState> = IdMap::default();

@@ -11,6 +11,9 @@
 //!
 //! A listing is counted when its stream ends or is dropped (an early drop still made the
 //! request); its latency is until then. Deletes have no latency (they are streamed).
+//!
+//! Each request is also counted under its [`Cause`] (the work it was for), taken when the
+//! call is made.
 
 use std::fmt;
 use std::ops::Range;
@@ -28,6 +31,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
+use crate::cause::{Cause, current};
 use crate::histogram::AtomicHistogram;
 
 /// A kind of store request.
@@ -130,9 +134,11 @@ const MICROS_BOUNDS: &[u64] = &[
     10_000_000,
 ];
 
-/// What the store was sent: requests by kind and outcome, latency by kind, bytes each way.
+/// What the store was sent: requests by cause, kind and outcome, latency by kind, bytes each
+/// way.
 #[derive(Debug)]
 pub struct StoreStats {
+    /// Indexed by cause, then kind, then outcome.
     requests: Vec<AtomicU64>,
     latency_micros: Vec<AtomicHistogram>,
     bytes_written: AtomicU64,
@@ -141,7 +147,7 @@ pub struct StoreStats {
 
 impl Default for StoreStats {
     fn default() -> Self {
-        let n = StoreOp::ALL.len() * StoreOutcome::ALL.len();
+        let n = Cause::ALL.len() * StoreOp::ALL.len() * StoreOutcome::ALL.len();
         Self {
             requests: (0..n).map(|_| AtomicU64::new(0)).collect(),
             latency_micros: StoreOp::ALL
@@ -152,6 +158,11 @@ impl Default for StoreStats {
             bytes_read: AtomicU64::new(0),
         }
     }
+}
+
+fn slot(cause: Cause, op: StoreOp, outcome: StoreOutcome) -> usize {
+    (cause.index() * StoreOp::ALL.len() + op_index(op)) * StoreOutcome::ALL.len()
+        + outcome_index(outcome)
 }
 
 fn op_index(op: StoreOp) -> usize {
@@ -166,10 +177,22 @@ fn outcome_index(outcome: StoreOutcome) -> usize {
 }
 
 impl StoreStats {
-    /// Requests of kind `op` that ended with `outcome`.
+    /// Requests of kind `op` that ended with `outcome`, for any cause.
     pub fn requests(&self, op: StoreOp, outcome: StoreOutcome) -> u64 {
+        Cause::ALL.iter().map(|c| self.load(*c, op, outcome)).sum()
+    }
+
+    /// Requests of kind `op` made for `cause`, whatever their outcome.
+    pub fn requests_for(&self, cause: Cause, op: StoreOp) -> u64 {
+        StoreOutcome::ALL
+            .iter()
+            .map(|o| self.load(cause, op, *o))
+            .sum()
+    }
+
+    fn load(&self, cause: Cause, op: StoreOp, outcome: StoreOutcome) -> u64 {
         self.requests
-            .get(op_index(op) * StoreOutcome::ALL.len() + outcome_index(outcome))
+            .get(slot(cause, op, outcome))
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -196,17 +219,14 @@ impl StoreStats {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
-    fn count(&self, op: StoreOp, outcome: StoreOutcome) {
-        if let Some(c) = self
-            .requests
-            .get(op_index(op) * StoreOutcome::ALL.len() + outcome_index(outcome))
-        {
+    fn count(&self, cause: Cause, op: StoreOp, outcome: StoreOutcome) {
+        if let Some(c) = self.requests.get(slot(cause, op, outcome)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn record<T>(&self, op: StoreOp, result: &Result<T>, started: Instant) {
-        self.count(op, StoreOutcome::of(result));
+    fn record<T>(&self, cause: Cause, op: StoreOp, result: &Result<T>, started: Instant) {
+        self.count(cause, op, StoreOutcome::of(result));
         if let Some(h) = self.latency_micros(op) {
             h.observe(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
@@ -242,13 +262,14 @@ impl fmt::Display for InstrumentedStore {
 /// Counts one listing when dropped: at the end of its stream, or when its reader stops early.
 struct ListCount {
     stats: Arc<StoreStats>,
+    cause: Cause,
     started: Instant,
     outcome: StoreOutcome,
 }
 
 impl Drop for ListCount {
     fn drop(&mut self) {
-        self.stats.count(StoreOp::List, self.outcome);
+        self.stats.count(self.cause, StoreOp::List, self.outcome);
         if let Some(h) = self.stats.latency_micros(StoreOp::List) {
             h.observe(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
@@ -262,6 +283,7 @@ impl InstrumentedStore {
     ) -> BoxStream<'static, Result<ObjectMeta>> {
         let mut count = ListCount {
             stats: self.stats.clone(),
+            cause: current(),
             started: Instant::now(),
             outcome: StoreOutcome::Ok,
         };
@@ -286,7 +308,7 @@ impl ObjectStore for InstrumentedStore {
     ) -> Result<PutResult> {
         let (started, len) = (Instant::now(), payload.content_length() as u64);
         let result = self.inner.put_opts(location, payload, opts).await;
-        self.stats.record(StoreOp::Put, &result, started);
+        self.stats.record(current(), StoreOp::Put, &result, started);
         if result.is_ok() {
             self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         }
@@ -300,7 +322,8 @@ impl ObjectStore for InstrumentedStore {
     ) -> Result<Box<dyn MultipartUpload>> {
         let started = Instant::now();
         let result = self.inner.put_multipart_opts(location, opts).await;
-        self.stats.record(StoreOp::Multipart, &result, started);
+        self.stats
+            .record(current(), StoreOp::Multipart, &result, started);
         result
     }
 
@@ -312,7 +335,7 @@ impl ObjectStore for InstrumentedStore {
         };
         let started = Instant::now();
         let result = self.inner.get_opts(location, options).await;
-        self.stats.record(op, &result, started);
+        self.stats.record(current(), op, &result, started);
         if op == StoreOp::Get
             && let Ok(got) = &result
         {
@@ -325,7 +348,7 @@ impl ObjectStore for InstrumentedStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let started = Instant::now();
         let result = self.inner.get_ranges(location, ranges).await;
-        self.stats.record(StoreOp::Get, &result, started);
+        self.stats.record(current(), StoreOp::Get, &result, started);
         if let Ok(parts) = &result {
             let len: usize = parts.iter().map(Bytes::len).sum();
             self.stats
@@ -339,11 +362,11 @@ impl ObjectStore for InstrumentedStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        let stats = self.stats.clone();
+        let (stats, cause) = (self.stats.clone(), current());
         self.inner
             .delete_stream(locations)
             .map(move |deleted| {
-                stats.count(StoreOp::Delete, StoreOutcome::of(&deleted));
+                stats.count(cause, StoreOp::Delete, StoreOutcome::of(&deleted));
                 deleted
             })
             .boxed()
@@ -364,14 +387,16 @@ impl ObjectStore for InstrumentedStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         let started = Instant::now();
         let result = self.inner.list_with_delimiter(prefix).await;
-        self.stats.record(StoreOp::List, &result, started);
+        self.stats
+            .record(current(), StoreOp::List, &result, started);
         result
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         let started = Instant::now();
         let result = self.inner.copy_opts(from, to, options).await;
-        self.stats.record(StoreOp::Copy, &result, started);
+        self.stats
+            .record(current(), StoreOp::Copy, &result, started);
         result
     }
 }
@@ -444,5 +469,33 @@ mod tests {
         let latency = stats.latency_micros(StoreOp::Get).expect("histogram");
         assert_eq!(latency.snapshot().2, 4, "one latency per GET");
         assert_eq!(stats.requests_of(StoreOp::Copy), 0);
+        assert_eq!(stats.requests_for(Cause::Other, StoreOp::Get), 4);
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_under_their_cause() {
+        use crate::cause::{inherit, with_cause};
+        use futures::TryStreamExt;
+        let (store, stats) = store();
+        let a = Path::from("a/1");
+        with_cause(Cause::Checkpoint, async {
+            store.put(&a, PutPayload::from("x")).await.expect("put");
+            // A listing made here and read in a spawned task is still the checkpoint's.
+            let listing = store.list(None);
+            let spawned = tokio::spawn(inherit(
+                async move { listing.try_collect::<Vec<_>>().await },
+            ));
+            assert!(spawned.await.is_ok());
+        })
+        .await;
+        with_cause(Cause::Devices, async {
+            store.get(&a).await.expect("get");
+        })
+        .await;
+        assert_eq!(stats.requests_for(Cause::Checkpoint, StoreOp::Put), 1);
+        assert_eq!(stats.requests_for(Cause::Checkpoint, StoreOp::List), 1);
+        assert_eq!(stats.requests_for(Cause::Devices, StoreOp::Get), 1);
+        assert_eq!(stats.requests_for(Cause::Other, StoreOp::Get), 0);
+        assert_eq!(stats.requests_of(StoreOp::Put), 1);
     }
 }

@@ -14,6 +14,8 @@
 //! restores/<job>/done.json, failed.json           how it ended (create-only)
 //! devices/<user_id>/<device_id>.json              a registered device (create-only; no token)
 //! revocations/<device_id>.json                    a device's revocation (create-only)
+//! revocation-log/<ms:020>-<device_id>             empty: that device revoked at ms since the epoch,
+//!                                                 in time order, so servers list only new ones
 //! ```
 //!
 //! A file-system store may also hold `.secrets/` (the embedded default's generated operator
@@ -89,6 +91,13 @@ pub enum Key {
     },
     /// A device's revocation.
     Revocation(DeviceId),
+    /// A revocation's entry in the time-ordered revocation log.
+    RevocationLog {
+        /// When it was revoked, in milliseconds since the Unix epoch.
+        at_ms: u64,
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// The objects of a fleet restore job.
@@ -161,11 +170,12 @@ pub fn all_devices_prefix() -> Path {
 
 /// The prefixes under which every object Keepsake writes lives, but the descriptor: a store with
 /// nothing under any of them holds no Keepsake data.
-pub fn data_prefixes() -> [Path; 4] {
+pub fn data_prefixes() -> [Path; 5] {
     [
         shards_prefix(),
         all_devices_prefix(),
         revocations_prefix(),
+        revocation_log_prefix(),
         restores_prefix(),
     ]
 }
@@ -227,6 +237,21 @@ pub fn revocations_prefix() -> Path {
 /// The path of a device's revocation.
 pub fn revocation(device: DeviceId) -> Path {
     Path::from(format!("revocations/{device}.json"))
+}
+
+/// The prefix of the time-ordered revocation log.
+pub fn revocation_log_prefix() -> Path {
+    Path::from("revocation-log")
+}
+
+/// The revocation log's entry for `device`, revoked at `at_ms` (milliseconds since the epoch).
+pub fn revocation_log(at_ms: u64, device: DeviceId) -> Path {
+    Path::from(format!("revocation-log/{at_ms:020}-{device}"))
+}
+
+/// The key a listing of the revocation log starts after to see every entry from `at_ms` on.
+pub fn revocation_log_from(at_ms: u64) -> Path {
+    Path::from(format!("revocation-log/{at_ms:020}"))
 }
 
 /// The path of a fleet restore job record.
@@ -312,6 +337,14 @@ pub fn parse(path: &Path) -> Option<Key> {
             device: parse_id(file.strip_suffix(".json")?)?,
         }),
         ["revocations", file] => Some(Key::Revocation(parse_id(file.strip_suffix(".json")?)?)),
+        ["revocation-log", file] => {
+            let (at, device) = file.split_at_checked(20)?;
+            let device = device.strip_prefix('-')?;
+            Some(Key::RevocationLog {
+                at_ms: parse_n(at, "")?,
+                device: parse_id(device)?,
+            })
+        }
         _ => None,
     }
 }
@@ -328,6 +361,7 @@ pub fn format(key: &Key) -> Path {
         Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
         Key::Revocation(d) => revocation(d),
+        Key::RevocationLog { at_ms, device } => revocation_log(at_ms, device),
     }
 }
 
@@ -381,6 +415,10 @@ mod tests {
                 device: DeviceId(Uuid::from_u128(2)),
             },
             Key::Revocation(DeviceId(Uuid::from_u128(3))),
+            Key::RevocationLog {
+                at_ms: 1_764_547_200_000,
+                device: DeviceId(Uuid::from_u128(3)),
+            },
             Key::Fleet {
                 job: RestoreId(Uuid::from_u128(4)),
                 part: FleetPart::Spec,

@@ -9,8 +9,11 @@
 //!   a store with data and no descriptor is never given a new one implicitly.
 //! - [`instrumented`] counts every request sent to the store (by kind and outcome, with latency
 //!   and bytes); [`open_store`] puts it over every backend, and `/metrics` shows it.
+//! - [`cause`] says what work a request was for (set around each task), so the counts split by
+//!   cause: pushes, reads, checkpoints, compaction, the device registry's refresh.
 //! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
 
+pub mod cause;
 pub mod descriptor;
 mod error;
 #[cfg(feature = "testing")]
@@ -21,6 +24,7 @@ pub mod keys;
 mod open;
 pub mod recover;
 
+pub use cause::{Cause, inherit, with_cause};
 pub use descriptor::{
     DESCRIPTOR_VERSION, Descriptor, create_descriptor, find_data, open_or_create_descriptor,
     read_descriptor,

@@ -202,7 +202,10 @@ impl Fleet {
         )
         .await?;
         let me = self.clone();
-        tokio::spawn(async move { me.run(spec).await });
+        tokio::spawn(keepsake_store::with_cause(
+            keepsake_store::Cause::Restore,
+            async move { me.run(spec).await },
+        ));
         Ok(())
     }
 
@@ -232,7 +235,10 @@ impl Fleet {
             {
                 info!(restore_id = %job, "resuming a fleet restore");
                 let me = self.clone();
-                tokio::spawn(async move { me.run(spec).await });
+                tokio::spawn(keepsake_store::with_cause(
+                    keepsake_store::Cause::Restore,
+                    async move { me.run(spec).await },
+                ));
                 resumed += 1;
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_log::LogStats;
-use keepsake_store::{StoreOp, StoreOutcome, StoreStats};
+use keepsake_store::{Cause, StoreOp, StoreOutcome, StoreStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -245,6 +245,25 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
                 outcome.as_str(),
                 s.requests(op, outcome)
             );
+        }
+    }
+    // By cause: only the pairs that occurred (ten causes by seven kinds would be mostly zeros).
+    let name = "keepsake_store_requests_by_cause";
+    let _ = write!(
+        out,
+        "# HELP {name} Requests sent to the object store, by the work they were for and kind\n# TYPE {name} counter\n"
+    );
+    for cause in Cause::ALL {
+        for op in StoreOp::ALL {
+            let n = s.requests_for(cause, op);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}_total{{cause=\"{}\",op=\"{}\"}} {n}",
+                    cause.as_str(),
+                    op.as_str()
+                );
+            }
         }
     }
     let name = "keepsake_store_request_seconds";

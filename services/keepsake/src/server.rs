@@ -193,7 +193,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let recovered = async {
+    // Counted as start-up: recovering every shard and the registry's first load.
+    let recovered = keepsake_store::with_cause(keepsake_store::Cause::Startup, async {
         // A store keeps its own shard count; a new one gets the configured count, else the
         // default. Only an empty store is new: one that holds data but lost its descriptor is
         // refused by `Log::open` (`StoreError::DescriptorMissing`), whatever is configured.
@@ -235,7 +236,7 @@ pub async fn run(
                 other => other,
             })?,
         );
-        let registry = Registry::open(store.inner.clone()).await?;
+        let registry = Registry::open(store.inner.clone(), clock.now()).await?;
         let fleet = crate::fleet::Fleet::new(
             log.clone(),
             clock.clone(),
@@ -247,7 +248,7 @@ pub async fn run(
             registry,
             fleet,
         })
-    }
+    })
     .await;
     let ready = match recovered {
         Ok(r) => r,
@@ -263,21 +264,27 @@ pub async fn run(
     let _ = state.ready.set(ready);
     info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
 
-    match fleet.resume_all().await {
+    match keepsake_store::with_cause(keepsake_store::Cause::Restore, fleet.resume_all()).await {
         // Logged even when there is nothing to resume: the line says the look was made.
         Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
         Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
     }
     let refresh = cfg.revocation_refresh;
     let mut refresh_stop = stop_rx.clone();
+    let refresh_clock = clock.clone();
     let refresher = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(refresh) => {}
                 _ = refresh_stop.wait_for(|s| *s) => break,
             }
-            if let Err(e) = registry.refresh().await {
-                warn!(error = %e, "refreshing revocations failed");
+            let refreshed = keepsake_store::with_cause(
+                keepsake_store::Cause::Devices,
+                registry.refresh(refresh_clock.now()),
+            );
+            match refreshed.await {
+                Ok(r) => tracing::debug!(full = r.full, listed = r.listed, "revocations refreshed"),
+                Err(e) => warn!(error = %e, "refreshing revocations failed"),
             }
         }
     });

@@ -199,7 +199,7 @@ where
     T: Send + 'static,
 {
     futures::stream::iter(items)
-        .map(move |item| Aborting(tokio::spawn(read(item))))
+        .map(move |item| Aborting(tokio::spawn(keepsake_store::inherit(read(item)))))
         .buffered(USER_READ_AHEAD)
         .map(move |joined| {
             joined.map_err(|e| LogError::Unavailable {
@@ -448,7 +448,9 @@ pub(super) async fn read_user_segment(
                     .build()
                     .map_err(|e| LogError::user_read(shard, n, e.into()));
             let filter = filter.clone();
-            Aborting(tokio::spawn(async move { filter.read(stream?).await }))
+            Aborting(tokio::spawn(keepsake_store::inherit(async move {
+                filter.read(stream?).await
+            })))
         })
         .collect::<Vec<_>>();
     let mut events = Vec::new();

@@ -263,7 +263,8 @@ async fn request_context(State(state): State<Shared>, mut req: Request, next: Ne
         shard = field::Empty,
     );
     let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let cause = cause_of(&route);
+    let mut resp = keepsake_store::with_cause(cause, next.run(req).instrument(span.clone())).await;
     let elapsed = started.elapsed();
     let status = resp.status();
     span.in_scope(|| {
@@ -288,6 +289,22 @@ async fn request_context(State(state): State<Shared>, mut req: Request, next: Ne
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// What the store requests a route makes are counted under. (A push's segment PUT is made by
+/// the shard writer, under `push`; a streamed export body is read after its handler returned,
+/// under `other`.)
+fn cause_of(route: &str) -> keepsake_store::Cause {
+    use keepsake_store::Cause;
+    if route.contains("/restore") {
+        Cause::Restore
+    } else if route.contains("/devices") {
+        Cause::Devices
+    } else if route.starts_with("/admin") {
+        Cause::Operator
+    } else {
+        Cause::Read
+    }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

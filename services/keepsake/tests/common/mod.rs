@@ -33,7 +33,9 @@ pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, Strin
         .expect("log"),
     );
     let (state, token, user) = unready_state();
-    let registry = Registry::open(store).await.expect("registry");
+    let registry = Registry::open(store, keepsake_model::Clock::now(&SystemClock))
+        .await
+        .expect("registry");
     let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 4, 0);
     state
         .ready

@@ -448,4 +448,13 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
             .await,
         0
     );
+    // By cause: the segment PUTs are the writers', start-up listed every shard, and the
+    // registration went through the device registry.
+    let by_cause = |cause: &str, op: &str| {
+        format!("keepsake_store_requests_by_cause_total{{cause=\"{cause}\",op=\"{op}\"}}")
+    };
+    assert!(s.metric(&by_cause("push", "put")).await >= segments);
+    assert!(s.metric(&by_cause("push", "list")).await >= segments);
+    assert!(s.metric(&by_cause("startup", "list")).await > 0);
+    assert!(s.metric(&by_cause("devices", "put")).await >= 1);
 }
