@@ -72,6 +72,10 @@ echo "== phase 3: warm pulls (two handsets per user; 2% small pushes so that the
 echo "== phase 4: the default mix (pushes with patches, deletes, stale versions and retries; pulls; long polls)"
 "${LOADGEN[@]}" --label mixed --handsets 64 --users 32 --seed 4 --report "$OUT/mixed.json"
 
+echo "== phase 5: the bill of a million active users (10 pushes of 3 changes and 50 pulls a day each)"
+"$BIN/keepsake-loadgen" cost --url "$URL" --duration "$SECS" --warmup 2 --store "$WORK/data" \
+    --seed 5 --report "$OUT/cost.json"
+
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" || true
 SERVER_PID=

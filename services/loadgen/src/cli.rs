@@ -1,4 +1,5 @@
-//! Command line: `keepsake-loadgen http …` and `keepsake-loadgen baseline …`.
+//! Command line: `keepsake-loadgen http …`, `keepsake-loadgen baseline …` and
+//! `keepsake-loadgen cost …`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use keepsake_model::Kind;
 
 use crate::baseline::{self, BaselineConfig};
+use crate::cost::{self, LoadModel, Prices};
 use crate::http::{self, RunConfig};
 use crate::workload::Mix;
 
@@ -26,6 +28,165 @@ enum Command {
     Http(HttpArgs),
     /// Append, read and rebuild the same events in Keepsake's log and in PostgreSQL.
     Baseline(BaselineArgs),
+    /// Run a load model against a running server and price its store requests (and, with
+    /// --store, the bytes it keeps): the monthly bill per million active users, by cause.
+    Cost(CostArgs),
+}
+
+#[derive(Debug, Args)]
+struct CostArgs {
+    /// The server.
+    #[arg(long, env = "KEEPSAKE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Operator token, to register one device per handset.
+    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Active users the load stands for (it sets the request rate).
+    #[arg(long, default_value_t = 1_000_000.0)]
+    model_users: f64,
+    /// Pushes per user per day.
+    #[arg(long, default_value_t = 10.0)]
+    pushes_per_day: f64,
+    /// Pulls per user per day.
+    #[arg(long, default_value_t = 50.0)]
+    pulls_per_day: f64,
+    /// Changes per push.
+    #[arg(long, default_value_t = 3)]
+    changes_per_push: usize,
+    /// Simulated handsets sending that load.
+    #[arg(long, default_value_t = 64)]
+    handsets: usize,
+    /// Users those handsets belong to.
+    #[arg(long, default_value_t = 64)]
+    users: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// A price table (JSON: name, tier1_per_1000, tier2_per_1000, storage_gb_month); S3
+    /// Standard list prices if absent.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// The server's store URL, listed before and after the run to measure the bytes it keeps
+    /// (S3 settings from the AWS_* environment, as the server's).
+    #[arg(long)]
+    store: Option<String>,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "cost-report.json")]
+    report: PathBuf,
+}
+
+/// The bytes every object of a store holds.
+async fn bytes_kept(store: &keepsake_store::Store) -> anyhow::Result<f64> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore as _;
+    let mut listing = store.inner.list(None);
+    let mut total = 0u64;
+    while let Some(meta) = listing
+        .try_next()
+        .await
+        .with_context(|| format!("listing {}", store.description))?
+    {
+        total += meta.size;
+    }
+    Ok(total as f64)
+}
+
+async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
+    let prices = match &a.prices {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Prices>(&text)
+                .with_context(|| format!("{}: a price table", path.display()))?
+        }
+        None => Prices::default(),
+    };
+    prices.check().map_err(anyhow::Error::msg)?;
+    if !(a.model_users > 0.0 && a.model_users.is_finite()) {
+        bail!("--model-users must be positive");
+    }
+    if !(a.pushes_per_day >= 0.0
+        && a.pulls_per_day >= 0.0
+        && a.pushes_per_day + a.pulls_per_day > 0.0)
+    {
+        bail!("--pushes-per-day and --pulls-per-day must not be negative, and not both 0");
+    }
+    if a.duration <= 0.0 || a.changes_per_push == 0 {
+        bail!("--duration must be positive and --changes-per-push at least 1");
+    }
+    let model = LoadModel {
+        users: a.model_users,
+        pushes_per_day: a.pushes_per_day,
+        pulls_per_day: a.pulls_per_day,
+        changes_per_push: a.changes_per_push,
+    };
+    let store = match &a.store {
+        Some(url) => Some(
+            keepsake_store::open_store(url).with_context(|| format!("opening the store {url}"))?,
+        ),
+        None => None,
+    };
+    let cfg = RunConfig {
+        url: a.url.trim_end_matches('/').to_string(),
+        admin_token: a.admin_token,
+        handsets: a.handsets,
+        users: a.users,
+        duration: seconds("duration", a.duration)?,
+        warmup: seconds("warmup", a.warmup)?,
+        rate: Some(model.rate()),
+        mix: Mix {
+            push_share: model.push_share(),
+            long_poll_share: 0.0,
+            long_poll_wait: 0,
+            changes_per_push: model.changes_per_push,
+            kinds: vec![Kind::Contact, Kind::Event, Kind::Task, Kind::Note],
+            patch_share: 0.15,
+            delete_share: 0.03,
+            stale_share: 0.1,
+            retry_share: 0.02,
+            doc_bytes: (300, 700),
+            pull_limit: 100,
+            items_per_handset: None,
+        },
+        seed: a.seed,
+        label: "cost".into(),
+        timeout: seconds("timeout", 70.0)?,
+    };
+    let started = std::time::Instant::now();
+    let kept_before = match &store {
+        Some(s) => Some(bytes_kept(s).await?),
+        None => None,
+    };
+    let run = http::run(cfg).await?;
+    let kept_per_s = match (&store, kept_before) {
+        (Some(s), Some(before)) => {
+            Some((bytes_kept(s).await? - before) / started.elapsed().as_secs_f64().max(1e-9))
+        }
+        _ => None,
+    };
+    let bill = cost::bill(&model, &prices, &run.server, kept_per_s);
+    let table = format!("{}{}", run.table(), bill.table(&model, run.requests_per_s));
+    #[derive(serde::Serialize)]
+    struct CostReport<'a> {
+        model: &'a LoadModel,
+        run: &'a http::RunReport,
+        bill: &'a cost::Bill,
+    }
+    write_report(
+        &a.report,
+        &table,
+        &CostReport {
+            model: &model,
+            run: &run,
+            bill: &bill,
+        },
+    )
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -262,6 +423,7 @@ pub fn main() -> anyhow::Result<()> {
             let report = rt.block_on(baseline::run(cfg))?;
             write_report(&a.report, &report.table(), &report)
         }
+        Command::Cost(a) => rt.block_on(cost_run(a)),
     }
 }
 
@@ -325,5 +487,19 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["keepsake-loadgen", "baseline"]).is_ok());
+        let cli = Cli::try_parse_from(["keepsake-loadgen", "cost", "--admin-token", "t"])
+            .expect("cost parses with its defaults");
+        let Command::Cost(a) = cli.command else {
+            panic!("cost")
+        };
+        assert_eq!(
+            (
+                a.model_users,
+                a.pushes_per_day,
+                a.pulls_per_day,
+                a.changes_per_push
+            ),
+            (1_000_000.0, 10.0, 50.0, 3)
+        );
     }
 }

@@ -1,12 +1,13 @@
 //! `keepsake-loadgen`: simulated handsets against a running Keepsake server over HTTP
-//! ([`http`]), and the storage path of the same events side by side with PostgreSQL
-//! ([`baseline`]).
+//! ([`http`]), the storage path of the same events side by side with PostgreSQL
+//! ([`baseline`]), and the object-storage bill of a load model ([`cost`]).
 //!
 //! Measurements are reported, never asserted: these machines are noisy, and a number means
 //! something only next to another measured in the same run.
 
 pub mod baseline;
 pub mod cli;
+pub mod cost;
 pub mod http;
 pub mod stats;
 pub mod workload;

@@ -126,7 +126,7 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// The server's counters that the report turns into rates.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerCounters {
     /// Segment PUTs (one per committed segment).
     pub segments: f64,
@@ -134,15 +134,47 @@ pub struct ServerCounters {
     pub events: f64,
     /// Bytes of committed segments.
     pub bytes: f64,
+    /// Store requests by cause, then kind (`keepsake_store_requests_by_cause_total`).
+    pub store: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Bytes of store PUTs that succeeded.
+    pub store_written: f64,
 }
+
+/// The prefix of the store's requests by cause in `/metrics`.
+const BY_CAUSE: &str = "keepsake_store_requests_by_cause_total{";
 
 impl ServerCounters {
     /// Parses `/metrics`.
     pub fn parse(text: &str) -> Self {
+        let mut store: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(BY_CAUSE) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let (mut cause, mut op) = (None, None);
+            for pair in labels.split(',') {
+                match pair.split_once('=') {
+                    Some(("cause", v)) => cause = Some(v.trim_matches('"')),
+                    Some(("op", v)) => op = Some(v.trim_matches('"')),
+                    _ => {}
+                }
+            }
+            if let (Some(cause), Some(op), Ok(v)) = (cause, op, value.trim().parse::<f64>()) {
+                store
+                    .entry(cause.to_string())
+                    .or_default()
+                    .insert(op.to_string(), v);
+            }
+        }
         Self {
             segments: metric(text, "keepsake_segments_total").unwrap_or(0.0),
             events: metric(text, "keepsake_segment_events_total").unwrap_or(0.0),
             bytes: metric(text, "keepsake_segment_bytes_total").unwrap_or(0.0),
+            store,
+            store_written: metric(text, "keepsake_store_written_bytes_total").unwrap_or(0.0),
         }
     }
 }
@@ -158,6 +190,10 @@ pub struct ServerSummary {
     pub events_per_segment: f64,
     /// Segment bytes per event.
     pub bytes_per_event: f64,
+    /// Store requests per second, by cause, then kind.
+    pub store_requests_per_s: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Bytes of store PUTs per second.
+    pub store_written_per_s: f64,
 }
 
 impl ServerSummary {
@@ -165,7 +201,27 @@ impl ServerSummary {
     pub fn between(start: ServerCounters, end: ServerCounters, secs: f64) -> Self {
         let segments = end.segments - start.segments;
         let events = end.events - start.events;
+        let secs = secs.max(1e-9);
+        let store_requests_per_s = end
+            .store
+            .iter()
+            .map(|(cause, ops)| {
+                let before = start.store.get(cause);
+                let rates = ops
+                    .iter()
+                    .map(|(op, n)| {
+                        let was = before.and_then(|b| b.get(op)).copied().unwrap_or(0.0);
+                        (op.clone(), (n - was).max(0.0) / secs)
+                    })
+                    .filter(|(_, r)| *r > 0.0)
+                    .collect::<BTreeMap<_, _>>();
+                (cause.clone(), rates)
+            })
+            .filter(|(_, rates)| !rates.is_empty())
+            .collect();
         Self {
+            store_requests_per_s,
+            store_written_per_s: (end.store_written - start.store_written).max(0.0) / secs,
             segment_puts_per_s: segments / secs.max(1e-9),
             events_committed: events,
             events_per_segment: if segments > 0.0 {
@@ -208,25 +264,50 @@ mod tests {
 
     #[test]
     fn server_figures_are_deltas_of_the_exposition() {
-        let text = "# HELP keepsake_segments Segments\n# TYPE keepsake_segments counter\nkeepsake_segments_total 10\nkeepsake_segment_events_total 1000\nkeepsake_segment_bytes_total 150000\nkeepsake_segments_created 1.0\n# EOF\n";
+        let text = "# HELP keepsake_segments Segments\n# TYPE keepsake_segments counter\nkeepsake_segments_total 10\nkeepsake_segment_events_total 1000\nkeepsake_segment_bytes_total 150000\nkeepsake_segments_created 1.0\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"put\"} 10\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"list\"} 12\nkeepsake_store_requests_by_cause_total{cause=\"devices\",op=\"list\"} 4\nkeepsake_store_written_bytes_total 160000\n# EOF\n";
         let end = ServerCounters::parse(text);
+        let by_cause = |pairs: &[(&str, &str, f64)]| {
+            let mut m: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+            for (c, o, v) in pairs {
+                m.entry((*c).into()).or_default().insert((*o).into(), *v);
+            }
+            m
+        };
         assert_eq!(
             end,
             ServerCounters {
                 segments: 10.0,
                 events: 1000.0,
-                bytes: 150000.0
+                bytes: 150000.0,
+                store: by_cause(&[
+                    ("push", "put", 10.0),
+                    ("push", "list", 12.0),
+                    ("devices", "list", 4.0)
+                ]),
+                store_written: 160000.0,
             }
         );
         let start = ServerCounters {
             segments: 5.0,
             events: 500.0,
             bytes: 50000.0,
+            store: by_cause(&[
+                ("push", "put", 5.0),
+                ("push", "list", 6.0),
+                ("devices", "list", 4.0),
+            ]),
+            store_written: 60000.0,
         };
         let s = ServerSummary::between(start, end, 2.0);
         assert_eq!(s.segment_puts_per_s, 2.5);
         assert_eq!(s.events_per_segment, 100.0);
         assert_eq!(s.bytes_per_event, 200.0);
+        assert_eq!(
+            s.store_requests_per_s,
+            by_cause(&[("push", "put", 2.5), ("push", "list", 3.0)]),
+            "causes with no request in the interval are left out"
+        );
+        assert_eq!(s.store_written_per_s, 50000.0);
         assert_eq!(metric(text, "missing_total"), None);
     }
 }
