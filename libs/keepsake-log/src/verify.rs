@@ -16,14 +16,14 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use keepsake_model::{IdMap, StateRead, UserId, UserState, apply};
 use keepsake_store::keys::{self, Key};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, Source, decode_checked, read_checkpoint, read_history,
+    HistoryListed, Layout, Listed, Place, Source, read_checkpoint, read_history, read_seen_segment,
     read_source_segments,
 };
 
@@ -338,29 +338,18 @@ async fn fold_shard(
             async move {
                 let segs = match src {
                     Source::Segment { n, tag, .. } => {
-                        let key = keys::segment(shard, n);
-                        let bytes = match store.get(&key).await {
-                            // Compacted since the listing, and a stray put in the freed name:
-                            // read where a new listing says, like a segment gone.
-                            Ok(g) if !tag.admits(crate::reader::Tag::of_meta(&g.meta)) => {
-                                let moved = read_source_segments(store.clone(), shard, src).await;
-                                return Ok((src, moved));
+                        match read_seen_segment(store.as_ref(), shard, n, tag).await {
+                            Ok(Some((seg, _))) => Ok(vec![seg]),
+                            // Compacted since the listing (or replaced there by a stray put
+                            // into the freed number): read where a new listing says.
+                            Ok(None) => read_source_segments(store.clone(), shard, src).await,
+                            // The store failing is not damage: verify stops with the error.
+                            Err(e @ (LogError::Store { .. } | LogError::Unavailable { .. })) => {
+                                return Err(e);
                             }
-                            Ok(g) => g.bytes().await.map_err(store_err(format!("read {key}")))?,
-                            // Compacted since the listing: read where a new listing says.
-                            Err(object_store::Error::NotFound { .. }) => {
-                                let moved = read_source_segments(store.clone(), shard, src).await;
-                                return Ok((src, moved));
-                            }
-                            Err(e) => return Err(store_err(format!("read {key}"))(e)),
-                        };
-                        tokio::task::spawn_blocking(move || decode_checked(shard, n, bytes))
-                            .await
-                            .map_err(|e| LogError::Unavailable {
-                                shard,
-                                reason: format!("decoding segment {n} failed: {e}"),
-                            })?
-                            .map(|s| vec![s])
+                            // Bytes that are not the segment their key names: reported.
+                            Err(e) => Err(e),
+                        }
                     }
                     Source::History { object, lo, hi } => {
                         match read_history(&store, shard, object).await {
