@@ -10,17 +10,21 @@ use keepsake::metrics::Metrics;
 use keepsake_log::{Log, LogConfig};
 use keepsake_model::{DeviceId, IdGenerator, RandomIds, SystemClock, UserId};
 use keepsake_store::faults::FaultyStore;
+use keepsake_store::{InstrumentedStore, StoreStats};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 
 /// The operator token of [`serve`]'s server.
 pub const OPERATOR: &str = "operator-token-for-tests";
 
-/// Serves a fresh one-shard memory store behind a [`FaultyStore`]: the base URL, the fault
-/// switch, the log, a device token, and its user.
+/// Serves a fresh one-shard memory store behind a [`FaultyStore`] (under the request counter a
+/// server puts over its store, as `open_store` does): the base URL, the fault switch, the log,
+/// a device token, and its user.
 pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, String, UserId) {
     let faulty = FaultyStore::new(Arc::new(InMemory::new()));
-    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let stats = Arc::new(StoreStats::default());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(InstrumentedStore::new(faulty.clone(), stats.clone()));
     let log = Arc::new(
         Log::open(
             store.clone(),
@@ -32,7 +36,7 @@ pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, Strin
         .await
         .expect("log"),
     );
-    let (state, token, user) = unready_state();
+    let (state, token, user) = unready_state_with(Metrics::with_store(stats));
     let registry = Registry::open(store, keepsake_model::Clock::now(&SystemClock))
         .await
         .expect("registry");
@@ -51,6 +55,11 @@ pub async fn serve(cfg: LogConfig) -> (String, Arc<FaultyStore>, Arc<Log>, Strin
 /// The server's state before its log has opened (what a starting server serves while it
 /// recovers), with a device token and its user.
 pub fn unready_state() -> (Arc<AppState>, String, UserId) {
+    unready_state_with(Metrics::default())
+}
+
+/// [`unready_state`] with these metrics.
+pub fn unready_state_with(metrics: Metrics) -> (Arc<AppState>, String, UserId) {
     let keys = TokenKeys::new(vec![SigningKey::new("k", vec![7; 32]).expect("key")]).expect("keys");
     let user = UserId(RandomIds.random());
     let token = keys.sign(user, DeviceId(RandomIds.random()));
@@ -64,7 +73,7 @@ pub fn unready_state() -> (Arc<AppState>, String, UserId) {
         limits: Limits::default(),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
-        metrics: Metrics::default(),
+        metrics,
         shutdown: stop_rx,
     });
     (state, token, user)
