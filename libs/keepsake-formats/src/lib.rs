@@ -54,13 +54,7 @@ impl Format {
     /// The format of a media type (parameters such as `; charset=utf-8` are ignored; the old
     /// `text/x-vcard` and `text/directory` name vCard too); `None` for anything else.
     pub fn from_media_type(media_type: &str) -> Option<Self> {
-        let essence = media_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
+        match media_type_essence(media_type).as_str() {
             "text/vcard" | "text/x-vcard" | "text/directory" => Some(Format::VCard),
             "text/calendar" => Some(Format::ICalendar),
             _ => None,
@@ -85,4 +79,15 @@ impl fmt::Display for Format {
             Format::ICalendar => "icalendar",
         })
     }
+}
+
+/// A media type without its parameters, trimmed and lowercase: `Text/VCard; charset=utf-8`
+/// is `text/vcard`.
+pub fn media_type_essence(media_type: &str) -> String {
+    media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }

@@ -9,8 +9,9 @@
 //!   per `DeleteObjects` request;
 //! - `get_ranges` is counted once per call, though it may be several ranged GETs.
 //!
-//! A listing is counted when its stream ends or is dropped (an early drop still made the
-//! request); its latency is until then. Deletes have no latency (they are streamed).
+//! A listing is counted when its stream ends or is dropped (one dropped after its first page
+//! made the request; one dropped before it was read is counted too, though a lazy backend never
+//! sent it); its latency is until then. Deletes have no latency (they are streamed).
 //!
 //! Each request is also counted under its [`Cause`] (the work it was for), taken when the
 //! call is made.

@@ -61,15 +61,24 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
+        self.json_answer(req).await
+    }
+
+    /// A request to `path` with the operator token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends `req`; its JSON answer, or the server's refusal as an error.
+    async fn json_answer(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let resp = req
             .send()
             .await
@@ -85,9 +94,7 @@ impl Client {
     /// A GET whose body is not JSON: the response, to read as it arrives.
     pub(crate) async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
         let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .with_context(|| format!("reach {}", self.url))?;
@@ -106,21 +113,11 @@ impl Client {
         content_type: &str,
         body: String,
     ) -> Result<Value> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+        let req = self
+            .request(reqwest::Method::POST, path)
             .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("reach {}", self.url))?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(refused(status, &v));
-        }
-        Ok(v)
+            .body(body);
+        self.json_answer(req).await
     }
 }
 

@@ -33,14 +33,21 @@ enum Command {
     Cost(CostArgs),
 }
 
+/// The server a run drives, and the operator token that registers its handsets.
 #[derive(Debug, Args)]
-struct CostArgs {
+struct ServerArgs {
     /// The server.
     #[arg(long, env = "KEEPSAKE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Operator token, to register one device per handset.
     #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+}
+
+#[derive(Debug, Args)]
+struct CostArgs {
+    #[command(flatten)]
+    server: ServerArgs,
     /// Active users the load stands for (it sets the request rate).
     #[arg(long, default_value_t = 1_000_000.0)]
     model_users: f64,
@@ -133,26 +140,21 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cfg = RunConfig {
-        url: a.url.trim_end_matches('/').to_string(),
-        admin_token: a.admin_token,
+        url: a.server.url.trim_end_matches('/').to_string(),
+        admin_token: a.server.admin_token,
         handsets: a.handsets,
         users: a.users,
         duration: seconds("duration", a.duration)?,
         warmup: seconds("warmup", a.warmup)?,
         rate: Some(model.rate()),
+        // The default mix (patches, deletes, stale versions, retries), with the model's shares
+        // and no long polls (the model's pulls are plain ones).
         mix: Mix {
             push_share: model.push_share(),
             long_poll_share: 0.0,
             long_poll_wait: 0,
             changes_per_push: model.changes_per_push,
-            kinds: vec![Kind::Contact, Kind::Event, Kind::Task, Kind::Note],
-            patch_share: 0.15,
-            delete_share: 0.03,
-            stale_share: 0.1,
-            retry_share: 0.02,
-            doc_bytes: (300, 700),
-            pull_limit: 100,
-            items_per_handset: None,
+            ..Mix::default()
         },
         seed: a.seed,
         label: "cost".into(),
@@ -219,12 +221,8 @@ fn parse_kind(k: &str) -> Result<Kind, String> {
 
 #[derive(Debug, Args)]
 struct HttpArgs {
-    /// The server.
-    #[arg(long, env = "KEEPSAKE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Operator token, to register one device per handset.
-    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Simulated handsets (concurrent clients).
     #[arg(long, default_value_t = 64)]
     handsets: usize,
@@ -373,8 +371,8 @@ pub fn main() -> anyhow::Result<()> {
                 bail!("--changes-per-push and --pull-limit must be at least 1");
             }
             let cfg = RunConfig {
-                url: a.url.trim_end_matches('/').to_string(),
-                admin_token: a.admin_token,
+                url: a.server.url.trim_end_matches('/').to_string(),
+                admin_token: a.server.admin_token,
                 handsets: a.handsets,
                 users: a.users,
                 duration: seconds("duration", a.duration)?,

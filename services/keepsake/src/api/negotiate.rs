@@ -35,13 +35,7 @@ fn accepted(headers: &HeaderMap) -> (Option<Format>, bool) {
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
         for range in value.split(',') {
-            let essence = range
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            match essence.as_str() {
+            match keepsake_formats::media_type_essence(range).as_str() {
                 "application/json" | "application/*" | "*/*" => json = true,
                 other => {
                     if format.is_none() {
