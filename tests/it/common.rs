@@ -53,10 +53,19 @@ pub fn push_of(user_id: UserId, changes: Vec<Change>) -> PushRequest {
     }
 }
 
+/// Requests the store layer sends per call at most (a fault injected this many times is one
+/// that retrying does not get past).
+pub const STORE_ATTEMPTS: usize = keepsake_store::retrying::DEFAULT_ATTEMPTS as usize;
+
 pub fn fast_config() -> LogConfig {
     LogConfig {
         commit_window: std::time::Duration::from_millis(2),
         retry_backoff: std::time::Duration::from_millis(5),
+        store: keepsake_store::RetryPolicy {
+            backoff: std::time::Duration::from_millis(5),
+            max_backoff: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
         upkeep_tick: std::time::Duration::from_millis(10),
         ..LogConfig::default()
     }

@@ -442,7 +442,7 @@ async fn a_history_object_that_cannot_be_read_back_is_not_relied_on() {
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let before = reads(&log, &store, &users, t).await;
     let listed = list_layout(store.as_ref(), 0).await.expect("layout");
-    faulty.inject(FaultOp::Get, "/history/", Fault::Fail, 1);
+    faulty.inject(FaultOp::Get, "/history/", Fault::Fail, STORE_ATTEMPTS);
     assert!(
         log.compact_now().await.is_err(),
         "an unverified object is an error"

@@ -128,7 +128,10 @@ async fn landed_put_whose_read_back_fails_is_not_acked_then_found_on_retry() {
 async fn put_that_times_out_is_resolved_and_retried() {
     let (faulty, store) = faulty();
     let cfg = LogConfig {
-        put_timeout: Duration::from_millis(50),
+        store: keepsake_store::RetryPolicy {
+            put_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
         ..fast_config()
     };
     let log = open(store.clone(), 1, cfg).await.expect("open");
@@ -201,12 +204,19 @@ async fn failing_reads_during_recovery_refuse_to_open() {
         .await
         .expect("push");
     log.shutdown().await;
+    // One failed read is tried again by the store layer; a read that keeps failing refuses.
     faulty.inject(FaultOp::Get, SEGMENTS, Fault::Fail, 1);
+    open(store.clone(), 1, fast_config())
+        .await
+        .expect("a blip is retried")
+        .shutdown()
+        .await;
+    faulty.inject(FaultOp::Get, SEGMENTS, Fault::Fail, STORE_ATTEMPTS);
     let err = open(store.clone(), 1, fast_config())
         .await
         .expect_err("recovery fails");
     assert!(err.is_retryable(), "{err:?}");
-    faulty.inject(FaultOp::List, "shards", Fault::Fail, 1);
+    faulty.inject(FaultOp::List, "shards", Fault::Fail, STORE_ATTEMPTS);
     assert!(open(store.clone(), 1, fast_config()).await.is_err());
     let log = open(store, 1, fast_config())
         .await
@@ -325,7 +335,10 @@ async fn reads_of_one_user_do_not_list_the_segments() {
 async fn a_put_that_lands_after_the_writer_gave_up_is_in_the_log_once() {
     let (faulty, store) = faulty();
     let cfg = LogConfig {
-        put_timeout: Duration::from_millis(50),
+        store: keepsake_store::RetryPolicy {
+            put_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
         put_attempts: 2,
         ..fast_config()
     };

@@ -290,6 +290,11 @@ impl Sim {
             let cfg = LogConfig {
                 commit_window: Duration::from_millis(1),
                 retry_backoff: Duration::from_millis(1),
+                store: keepsake_store::RetryPolicy {
+                    backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(4),
+                    ..Default::default()
+                },
                 view_memory_bytes: if tiny_view { 4 * 1024 } else { 64 << 20 },
                 checkpoint_every_events: if background { 6 } else { u64::MAX },
                 checkpoint_interval: Duration::from_secs(3600),

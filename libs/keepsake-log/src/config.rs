@@ -13,11 +13,14 @@ pub struct LogConfig {
     pub max_batch_changes: usize,
     /// Pushes that may wait per shard; beyond it pushes are refused as overloaded.
     pub queue_depth: usize,
-    /// A segment PUT that takes longer is treated as ambiguous and resolved by reading back.
-    pub put_timeout: Duration,
-    /// PUT attempts per batch when the store fails before the segment lands.
+    /// How each store request is retried and timed out (the layer `Log::open` puts over the
+    /// store). A segment PUT is create-only, so it is sent once per attempt below, under
+    /// `store.put_timeout`; a failed or timed-out one is resolved by reading it back.
+    pub store: keepsake_store::RetryPolicy,
+    /// Segment PUT attempts per batch: after a failed one whose read-back finds nothing there
+    /// (it did not land), the same number is tried again.
     pub put_attempts: u32,
-    /// Wait between attempts (multiplied by the attempt number).
+    /// Wait between those attempts (multiplied by the attempt number).
     pub retry_backoff: Duration,
     /// Segments read at once during recovery and scans.
     pub read_concurrency: usize,
@@ -44,7 +47,7 @@ impl Default for LogConfig {
             commit_window: Duration::from_millis(10),
             max_batch_changes: 20_000,
             queue_depth: 4096,
-            put_timeout: Duration::from_secs(10),
+            store: keepsake_store::RetryPolicy::default(),
             put_attempts: 3,
             retry_backoff: Duration::from_millis(50),
             read_concurrency: 4,

@@ -85,7 +85,8 @@ impl std::fmt::Debug for Log {
 
 impl Log {
     /// Opens (or creates) the store's descriptor, recovers every shard from its segments, and
-    /// starts one writer per shard.
+    /// starts one writer per shard. Every request the log sends goes through the retrying layer
+    /// ([`keepsake_store::retrying`], with `cfg.store`) put over `store` here.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         shard_count: Option<u32>,
@@ -93,6 +94,7 @@ impl Log {
         clock: Arc<dyn Clock>,
         ids: Arc<dyn IdGenerator>,
     ) -> Result<Self, LogError> {
+        let store = keepsake_store::RetryingStore::wrap(store, cfg.store.clone());
         let descriptor =
             open_or_create_descriptor(store.as_ref(), shard_count, clock.as_ref(), ids.as_ref())
                 .await?;

@@ -91,18 +91,22 @@ pub enum StoreOutcome {
     AlreadyExists,
     /// A conditional request's condition did not hold.
     Precondition,
-    /// Any other error (network, server, permissions, timeouts).
+    /// Any other error (network, server, permissions).
     Error,
+    /// The caller stopped waiting before an answer (the retrying layer's timeout): the request
+    /// was probably sent, and billed.
+    Abandoned,
 }
 
 impl StoreOutcome {
     /// Every outcome, in the order metrics show them.
-    pub const ALL: [StoreOutcome; 5] = [
+    pub const ALL: [StoreOutcome; 6] = [
         StoreOutcome::Ok,
         StoreOutcome::NotFound,
         StoreOutcome::AlreadyExists,
         StoreOutcome::Precondition,
         StoreOutcome::Error,
+        StoreOutcome::Abandoned,
     ];
 
     /// The label metrics use.
@@ -113,6 +117,7 @@ impl StoreOutcome {
             StoreOutcome::AlreadyExists => "already_exists",
             StoreOutcome::Precondition => "precondition",
             StoreOutcome::Error => "error",
+            StoreOutcome::Abandoned => "abandoned",
         }
     }
 
@@ -277,6 +282,42 @@ impl Drop for ListCount {
     }
 }
 
+/// One request on its way: recorded with its outcome when it ends, or as abandoned if the
+/// caller drops it first.
+struct Pending {
+    stats: Arc<StoreStats>,
+    cause: Cause,
+    op: StoreOp,
+    started: Instant,
+    done: bool,
+}
+
+impl Pending {
+    fn start(stats: &Arc<StoreStats>, op: StoreOp) -> Self {
+        Self {
+            stats: stats.clone(),
+            cause: current(),
+            op,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish<T>(mut self, result: &Result<T>) {
+        self.done = true;
+        self.stats.record(self.cause, self.op, result, self.started);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats
+                .count(self.cause, self.op, StoreOutcome::Abandoned);
+        }
+    }
+}
+
 impl InstrumentedStore {
     fn counted_listing(
         &self,
@@ -307,9 +348,12 @@ impl ObjectStore for InstrumentedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        let (started, len) = (Instant::now(), payload.content_length() as u64);
+        let (pending, len) = (
+            Pending::start(&self.stats, StoreOp::Put),
+            payload.content_length() as u64,
+        );
         let result = self.inner.put_opts(location, payload, opts).await;
-        self.stats.record(current(), StoreOp::Put, &result, started);
+        pending.finish(&result);
         if result.is_ok() {
             self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         }
@@ -321,10 +365,9 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        let started = Instant::now();
+        let pending = Pending::start(&self.stats, StoreOp::Multipart);
         let result = self.inner.put_multipart_opts(location, opts).await;
-        self.stats
-            .record(current(), StoreOp::Multipart, &result, started);
+        pending.finish(&result);
         result
     }
 
@@ -334,9 +377,9 @@ impl ObjectStore for InstrumentedStore {
         } else {
             StoreOp::Get
         };
-        let started = Instant::now();
+        let pending = Pending::start(&self.stats, op);
         let result = self.inner.get_opts(location, options).await;
-        self.stats.record(current(), op, &result, started);
+        pending.finish(&result);
         if op == StoreOp::Get
             && let Ok(got) = &result
         {
@@ -347,9 +390,9 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        let started = Instant::now();
+        let pending = Pending::start(&self.stats, StoreOp::Get);
         let result = self.inner.get_ranges(location, ranges).await;
-        self.stats.record(current(), StoreOp::Get, &result, started);
+        pending.finish(&result);
         if let Ok(parts) = &result {
             let len: usize = parts.iter().map(Bytes::len).sum();
             self.stats
@@ -386,18 +429,16 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let started = Instant::now();
+        let pending = Pending::start(&self.stats, StoreOp::List);
         let result = self.inner.list_with_delimiter(prefix).await;
-        self.stats
-            .record(current(), StoreOp::List, &result, started);
+        pending.finish(&result);
         result
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        let started = Instant::now();
+        let pending = Pending::start(&self.stats, StoreOp::Copy);
         let result = self.inner.copy_opts(from, to, options).await;
-        self.stats
-            .record(current(), StoreOp::Copy, &result, started);
+        pending.finish(&result);
         result
     }
 }

@@ -9,6 +9,9 @@
 //!   a store with data and no descriptor is never given a new one implicitly.
 //! - [`instrumented`] counts every request sent to the store (by kind and outcome, with latency
 //!   and bytes); [`open_store`] puts it over every backend, and `/metrics` shows it.
+//! - [`retrying`] is the one retry policy for store requests (bounded, jittered, a timeout on
+//!   every operation, never retrying an answer about the object); it sits above the counting
+//!   layer, and each user of the store puts it on top (`Log::open` for the log).
 //! - [`cause`] says what work a request was for (set around each task), so the counts split by
 //!   cause: pushes, reads, checkpoints, compaction, the device registry's refresh.
 //! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
@@ -23,6 +26,7 @@ pub mod instrumented;
 pub mod keys;
 mod open;
 pub mod recover;
+pub mod retrying;
 
 pub use cause::{Cause, inherit, with_cause};
 pub use descriptor::{
@@ -33,6 +37,7 @@ pub use error::{RecoverError, StoreError};
 pub use histogram::AtomicHistogram;
 pub use instrumented::{InstrumentedStore, StoreOp, StoreOutcome, StoreStats};
 pub use open::{Store, open_store, open_store_with_env};
+pub use retrying::{RetryPolicy, RetryingStore};
 
 /// Puts that must never replace an object: segments, checkpoints, descriptors, job records.
 pub fn create_only() -> object_store::PutOptions {

@@ -25,6 +25,14 @@ pub struct Store {
     pub local_dir: Option<PathBuf>,
 }
 
+impl Store {
+    /// The store with the retrying layer over it ([`crate::retrying`]): what every user of the
+    /// store but the log (which puts its own on, `Log::open`) sends its requests through.
+    pub fn retrying(&self, policy: crate::RetryPolicy) -> Arc<dyn ObjectStore> {
+        crate::RetryingStore::wrap(self.inner.clone(), policy)
+    }
+}
+
 fn bad(url: &str, reason: impl Into<String>) -> StoreError {
     StoreError::BadUrl {
         url: url.to_string(),
@@ -93,7 +101,12 @@ fn open_backend(
             if bucket.is_empty() {
                 return Err(bad(url, "s3:// needs a bucket: s3://bucket/prefix"));
             }
-            let mut builder = AmazonS3Builder::new();
+            // One retry policy for every request: the retrying layer's, above the counting
+            // layer (so `/metrics` counts each attempt). The client's own retries are off.
+            let mut builder = AmazonS3Builder::new().with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            });
             for (key, value) in env {
                 if key.starts_with("AWS_")
                     && let Ok(config) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()

@@ -56,7 +56,8 @@ struct VerifyArgs {
 /// The shard count to verify with: the descriptor's, or on a store that lost it, the operator's
 /// or the one the listing tells.
 async fn shard_count_to_verify(store: &keepsake_store::Store, asked: Option<u32>) -> Result<u32> {
-    let inner = store.inner.as_ref();
+    let retried = store.retrying(keepsake_store::RetryPolicy::default());
+    let inner = retried.as_ref();
     match (keepsake_store::read_descriptor(inner).await?, asked) {
         (Some(d), Some(n)) if n != d.shard_count => anyhow::bail!(
             "{} has {} shards (keepsake.json), not {n}",
@@ -105,7 +106,11 @@ fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
     let report = rt.block_on(async {
         let store = keepsake_store::open_store(&a.store)?;
         let shard_count = shard_count_to_verify(&store, a.shards).await?;
-        let (report, _) = keepsake_log::verify::verify_store(&store.inner, shard_count).await?;
+        let (report, _) = keepsake_log::verify::verify_store(
+            &store.retrying(keepsake_store::RetryPolicy::default()),
+            shard_count,
+        )
+        .await?;
         anyhow::Ok(report)
     })?;
     let mut out = std::io::stdout().lock();
@@ -142,6 +147,20 @@ struct ServeArgs {
     /// Store URL: a path or file:///dir, memory://, or s3://bucket/prefix (S3 settings from AWS_*).
     #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
     store: String,
+    /// Requests per store call at most when the store fails transiently (5xx, timeouts);
+    /// create-only writes are sent once and resolved by reading back.
+    #[arg(long, env = "KEEPSAKE_STORE_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    store_attempts: u32,
+    /// A store PUT that takes longer than this many milliseconds is dropped (and resolved).
+    #[arg(long, env = "KEEPSAKE_STORE_PUT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    store_put_timeout_ms: u64,
+    /// A store GET, HEAD or listing page that takes longer than this many milliseconds is
+    /// dropped (and tried again).
+    #[arg(long, env = "KEEPSAKE_STORE_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    store_read_timeout_ms: u64,
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -288,6 +307,13 @@ pub fn main() -> Result<std::process::ExitCode> {
             }
             let cfg = ServerConfig {
                 store: a.store,
+                store_retry: keepsake_store::RetryPolicy {
+                    attempts: a.store_attempts,
+                    put_timeout: Duration::from_millis(a.store_put_timeout_ms),
+                    read_timeout: Duration::from_millis(a.store_read_timeout_ms),
+                    list_timeout: Duration::from_millis(a.store_read_timeout_ms),
+                    ..keepsake_store::RetryPolicy::default()
+                },
                 listen: a.listen,
                 admin_token: cli.conn.admin_token.clone(),
                 token_keys: a.token_keys,

@@ -169,9 +169,14 @@ pub fn main(args: RecoverArgs) -> Result<std::process::ExitCode> {
     let report = rt.block_on(async {
         let store = keepsake_store::open_store(&args.store)
             .with_context(|| format!("open store {}", args.store))?;
-        recover(&store.inner, &args, &SystemClock, &RandomIds)
-            .await
-            .with_context(|| format!("recover the descriptor of {}", store.description))
+        recover(
+            &store.retrying(keepsake_store::RetryPolicy::default()),
+            &args,
+            &SystemClock,
+            &RandomIds,
+        )
+        .await
+        .with_context(|| format!("recover the descriptor of {}", store.description))
     })?;
     let mut err = std::io::stderr().lock();
     let d = &report.recovered.descriptor;

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 pub struct ServerConfig {
     /// Store URL.
     pub store: String,
+    /// How store requests are retried and timed out.
+    pub store_retry: keepsake_store::RetryPolicy,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Operator token; generated for a file store when absent.
@@ -198,7 +200,8 @@ pub async fn run(
         // A store keeps its own shard count; a new one gets the configured count, else the
         // default. Only an empty store is new: one that holds data but lost its descriptor is
         // refused by `Log::open` (`StoreError::DescriptorMissing`), whatever is configured.
-        let existing = read_descriptor(store.inner.as_ref()).await?;
+        let retried = store.retrying(cfg.store_retry.clone());
+        let existing = read_descriptor(retried.as_ref()).await?;
         let shards = match (cfg.shards, &existing) {
             (Some(n), _) => Some(n),
             (None, None) => Some(DEFAULT_SHARDS),
@@ -219,6 +222,7 @@ pub async fn run(
             checkpoint_interval: cfg.checkpoint_interval,
             retention: cfg.checkpoint_retention,
             compaction: cfg.compaction,
+            store: cfg.store_retry.clone(),
             ..LogConfig::default()
         };
         let log = Arc::new(
@@ -236,7 +240,7 @@ pub async fn run(
                 other => other,
             })?,
         );
-        let registry = Registry::open(store.inner.clone(), clock.now()).await?;
+        let registry = Registry::open(retried, clock.now()).await?;
         let fleet = crate::fleet::Fleet::new(
             log.clone(),
             clock.clone(),

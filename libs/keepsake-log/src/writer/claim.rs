@@ -33,17 +33,9 @@ impl Writer {
             Put::Committed(tag) => tag,
             other => return other,
         };
-        // Confirmed with a few tries: an object left in a used number is a stray that only a
-        // confirmation can tell from a committed segment (and so remove).
-        let mut listed = list_history(self.store.as_ref(), self.shard).await;
-        for attempt in 1..3u32 {
-            if listed.is_ok() {
-                break;
-            }
-            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
-            listed = list_history(self.store.as_ref(), self.shard).await;
-        }
-        let history = match listed {
+        // An object left in a used number is a stray that only this confirmation can tell from
+        // a committed segment (and so remove); the store layer retries the listing.
+        let history = match list_history(self.store.as_ref(), self.shard).await {
             Ok(h) => h,
             // Not known to be committed: failed (retryable) and re-read before the next batch,
             // which folds the segment in if it is the log's, so a resend answers `duplicate`.
@@ -111,40 +103,28 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back.
+    /// Writes segment `n` create-only and resolves every ambiguous answer by reading it back:
+    /// the store layer sends a create-only PUT once (under its put timeout), so this is where a
+    /// PUT that did not land is sent again.
     async fn write_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
         let path = keys::segment(self.shard, n);
         let mut last_error = String::new();
         for attempt in 1..=self.cfg.put_attempts.max(1) {
-            let put = tokio::time::timeout(
-                self.cfg.put_timeout,
-                self.store
-                    .put_opts(&path, PutPayload::from(bytes.clone()), create_only()),
-            )
-            .await;
+            let put = self
+                .store
+                .put_opts(&path, PutPayload::from(bytes.clone()), create_only())
+                .await;
             match put {
-                Ok(Ok(put)) => return Put::Committed(Tag::of(put.e_tag.as_deref())),
-                Ok(Err(object_store::Error::AlreadyExists { .. })) => {
+                Ok(put) => return Put::Committed(Tag::of(put.e_tag.as_deref())),
+                Err(object_store::Error::AlreadyExists { .. }) => {
                     last_error = "segment already exists".into();
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     last_error = e.to_string();
                     self.stats
                         .put_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(shard = self.shard, segment = n, attempt, error = %e, "segment PUT failed; reading back");
-                }
-                Err(_) => {
-                    last_error = format!("PUT timed out after {:?}", self.cfg.put_timeout);
-                    self.stats
-                        .put_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(
-                        shard = self.shard,
-                        segment = n,
-                        attempt,
-                        "segment PUT timed out; reading back"
-                    );
+                    warn!(shard = self.shard, segment = n, attempt, error = %e, "segment PUT failed or timed out; reading back");
                 }
             }
             match self.read_back(n).await {
@@ -177,30 +157,22 @@ impl Writer {
         Put::NotCommitted(last_error)
     }
 
-    /// The batch id of segment `n` and the object's tag, `None` if it does not exist.
+    /// The batch id of segment `n` and the object's tag, `None` if it does not exist (the
+    /// store layer retries the read).
     async fn read_back(&self, n: u64) -> Result<Option<(BatchId, Tag)>, LogError> {
         let path = keys::segment(self.shard, n);
-        let mut last = None;
-        for attempt in 1..=3u32 {
-            match self.store.get(&path).await {
-                Ok(got) => match (Tag::of_meta(&got.meta), got.bytes().await) {
-                    (tag, Ok(bytes)) => {
-                        return read_meta(self.shard, n, &bytes).map(|m| Some((m.batch_id, tag)));
-                    }
-                    (_, Err(e)) => last = Some(e),
-                },
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(self.cfg.retry_backoff * attempt).await;
-        }
-        Err(LogError::Unavailable {
+        let unavailable = |e: object_store::Error| LogError::Unavailable {
             shard: self.shard,
-            reason: format!(
-                "read back segment {n}: {}",
-                last.map_or_else(String::new, |e| e.to_string())
-            ),
-        })
+            reason: format!("read back segment {n}: {e}"),
+        };
+        let got = match self.store.get(&path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let tag = Tag::of_meta(&got.meta);
+        let bytes = got.bytes().await.map_err(unavailable)?;
+        read_meta(self.shard, n, &bytes).map(|m| Some((m.batch_id, tag)))
     }
 
     /// True when no other process has committed past this writer's head: segment `head + 1`
