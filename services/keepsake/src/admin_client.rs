@@ -12,25 +12,14 @@ use serde_json::Value;
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// The server's base URL.
-    #[arg(
-        long,
-        env = "KEEPSAKE_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "KEEPSAKE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// The operator token (at least 16 characters). `serve` uses it as the operator token (a
-    /// local file store generates one if unset); the operator commands send it (default:
+    /// The operator token the server was started with (default:
     /// ./data/.secrets/admin-token, as the embedded default writes).
-    #[arg(
-        long,
-        env = "KEEPSAKE_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Print the server's JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
 }
 

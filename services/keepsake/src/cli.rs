@@ -1,14 +1,12 @@
 //! Command-line interface. Every flag also reads an environment variable.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use keepsake_model::MassDeleteGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::api::Limits;
+use crate::config::{ApiArgs, AuthArgs, FleetArgs, LogArgs, StoreArgs};
 use crate::server::{ServerConfig, run};
 
 #[derive(Parser, Debug)]
@@ -20,8 +18,6 @@ use crate::server::{ServerConfig, run};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    conn: crate::operator::Conn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,20 +39,26 @@ enum Command {
 /// `keepsake verify` flags.
 #[derive(Args, Debug)]
 struct VerifyArgs {
-    /// Store URL (as for serve).
-    #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
-    store: String,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The store's shard count: checked against keepsake.json; on a store that lost it, the
     /// count to verify with (default: the highest shard holding data, plus one, when every shard
     /// below it holds data). Every user must hash to the shard holding it.
     #[arg(long, env = "KEEPSAKE_SHARDS")]
     shards: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The shard count to verify with: the descriptor's, or on a store that lost it, the operator's
 /// or the one the listing tells.
-async fn shard_count_to_verify(store: &keepsake_store::Store, asked: Option<u32>) -> Result<u32> {
-    let retried = store.retrying(keepsake_store::RetryPolicy::default());
+async fn shard_count_to_verify(
+    store: &keepsake_store::Store,
+    retry: keepsake_store::RetryPolicy,
+    asked: Option<u32>,
+) -> Result<u32> {
+    let retried = store.retrying(retry);
     let inner = retried.as_ref();
     match (keepsake_store::read_descriptor(inner).await?, asked) {
         (Some(d), Some(n)) if n != d.shard_count => anyhow::bail!(
@@ -99,18 +101,17 @@ async fn shard_count_to_verify(store: &keepsake_store::Store, asked: Option<u32>
     }
 }
 
-fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
+fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
+    let as_json = a.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let store = keepsake_store::open_store(&a.store)?;
-        let shard_count = shard_count_to_verify(&store, a.shards).await?;
-        let (report, _) = keepsake_log::verify::verify_store(
-            &store.retrying(keepsake_store::RetryPolicy::default()),
-            shard_count,
-        )
-        .await?;
+        let store = keepsake_store::open_store(&a.store.url)?;
+        let shard_count = shard_count_to_verify(&store, a.store.retry(), a.shards).await?;
+        let (report, _) =
+            keepsake_log::verify::verify_store(&store.retrying(a.store.retry()), shard_count)
+                .await?;
         anyhow::Ok(report)
     })?;
     let mut out = std::io::stdout().lock();
@@ -141,124 +142,32 @@ fn verify(a: VerifyArgs, as_json: bool) -> Result<std::process::ExitCode> {
     })
 }
 
-/// `keepsake serve` flags.
+/// `keepsake serve` flags, by concern ([`crate::config`]).
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Store URL: a path or file:///dir, memory://, or s3://bucket/prefix (S3 settings from AWS_*).
-    #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
-    store: String,
-    /// Requests per store call at most when the store fails transiently (5xx, timeouts);
-    /// create-only writes are sent once and resolved by reading back.
-    #[arg(long, env = "KEEPSAKE_STORE_ATTEMPTS", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=20))]
-    store_attempts: u32,
-    /// A store PUT that takes longer than this many milliseconds is dropped (and resolved).
-    #[arg(long, env = "KEEPSAKE_STORE_PUT_TIMEOUT_MS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    store_put_timeout_ms: u64,
-    /// A store GET, HEAD or listing page that takes longer than this many milliseconds is
-    /// dropped (and tried again).
-    #[arg(long, env = "KEEPSAKE_STORE_READ_TIMEOUT_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    store_read_timeout_ms: u64,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Device-token keys, `id:base64url-secret` separated by commas; the first signs.
-    /// A local file store generates one if unset.
-    #[arg(
-        long,
-        env = "KEEPSAKE_TOKEN_KEYS",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
-    token_keys: Vec<String>,
-    /// Shards of a new store (default 4); an existing store keeps its own.
-    #[arg(long, env = "KEEPSAKE_SHARDS")]
-    shards: Option<u32>,
-    /// Least milliseconds between two segment PUTs of a shard.
-    #[arg(long, env = "KEEPSAKE_COMMIT_WINDOW_MS", default_value_t = 10)]
-    commit_window_ms: u64,
-    /// Pushes that may wait per shard before pushes are refused with 429.
-    #[arg(long, env = "KEEPSAKE_QUEUE_DEPTH", default_value_t = 4096)]
-    queue_depth: usize,
-    /// Changes in one push.
-    #[arg(long, env = "KEEPSAKE_MAX_CHANGES_PER_PUSH", default_value_t = 1000)]
-    max_changes_per_push: usize,
-    /// Bytes of one document.
-    #[arg(long, env = "KEEPSAKE_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024)]
-    max_document_bytes: usize,
-    /// Bytes of one request body.
-    #[arg(long, env = "KEEPSAKE_MAX_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_request_bytes: usize,
-    /// Largest page of a pull.
-    #[arg(long, env = "KEEPSAKE_MAX_PAGE_SIZE", default_value_t = 1000)]
-    max_page_size: usize,
-    /// Page of a pull without `limit`.
-    #[arg(long, env = "KEEPSAKE_DEFAULT_PAGE_SIZE", default_value_t = 500)]
-    default_page_size: usize,
-    /// Mass-delete guard: deletes of one kind at or below this are always allowed.
-    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MIN_ITEMS", default_value_t = 20)]
-    mass_delete_min_items: usize,
-    /// Mass-delete guard: share of a kind's live items one push may delete unconfirmed.
-    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MAX_SHARE", default_value_t = 0.5)]
-    mass_delete_max_share: f64,
-    /// Seconds between re-reads of revocations made through other servers.
-    #[arg(long, env = "KEEPSAKE_REVOCATION_REFRESH_SECS", default_value_t = 5)]
-    revocation_refresh_secs: u64,
-    /// Memory for user state in the views, in MiB (least recently used users are evicted).
-    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_MB", default_value_t = 1024)]
-    view_memory_mb: usize,
-    /// Bytes instead of MiB, for tests that force eviction.
-    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_BYTES", hide = true)]
-    view_memory_bytes: Option<usize>,
-    /// Write a checkpoint of a shard every this many events...
-    #[arg(
-        long,
-        env = "KEEPSAKE_CHECKPOINT_EVERY_EVENTS",
-        default_value_t = 1_000_000
-    )]
-    checkpoint_every_events: u64,
-    /// ...or every this many seconds when anything was committed.
-    #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300)]
-    checkpoint_interval_secs: u64,
-    /// Keep every checkpoint younger than this many hours...
-    #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_ALL_HOURS", default_value_t = 24)]
-    checkpoint_keep_all_hours: i64,
-    /// ...and beyond that one per day for this many days (events are never deleted).
-    #[arg(
-        long,
-        env = "KEEPSAKE_CHECKPOINT_KEEP_DAILY_DAYS",
-        default_value_t = 365
-    )]
-    checkpoint_keep_daily_days: i64,
-    /// Move checkpointed segments into per-shard history objects after each checkpoint (one
-    /// user's history then reads as a few objects instead of every segment holding it).
-    #[arg(long, env = "KEEPSAKE_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
-    compaction: bool,
-    /// Leave fewer checkpointed segments than this for a later compaction.
-    #[arg(long, env = "KEEPSAKE_COMPACTION_MIN_SEGMENTS", default_value_t = 64)]
-    compaction_min_segments: u64,
-    /// Events per history object at most (what a compaction holds in memory: ~1 KB an event).
-    #[arg(
-        long,
-        env = "KEEPSAKE_COMPACTION_MAX_EVENTS",
-        default_value_t = 131_072
-    )]
-    compaction_max_events: u64,
-    /// Users a fleet restore restores at once.
-    #[arg(long, env = "KEEPSAKE_FLEET_RESTORE_CONCURRENCY", default_value_t = 32)]
-    fleet_restore_concurrency: usize,
-    /// Users a fleet restore starts per second at most, to spare device traffic (0: no limit).
-    #[arg(
-        long,
-        env = "KEEPSAKE_FLEET_RESTORE_USERS_PER_SEC",
-        default_value_t = 0
-    )]
-    fleet_restore_users_per_sec: u32,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
     /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
-    #[arg(long, env = "KEEPSAKE_LOG", default_value = "info")]
-    log: String,
+    #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
+    log_filter: String,
+}
+
+/// A tracing filter that parses.
+fn log_filter(s: &str) -> std::result::Result<String, String> {
+    EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -285,70 +194,27 @@ async fn shutdown_signal() {
 pub fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Verify(a) => verify(a, cli.conn.json),
+        Command::Verify(a) => verify(a),
         Command::RecoverDescriptor(a) => crate::recover::main(a),
         Command::Operator(op) => {
-            crate::operator::run(&cli.conn, op)?;
+            crate::operator::run(op)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Serve(a) => {
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_new(&a.log).unwrap_or_else(|_| EnvFilter::new("info")),
-                )
+                .with_env_filter(EnvFilter::new(&a.log_filter))
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
                 .init();
-            if !(0.0..=1.0).contains(&a.mass_delete_max_share) {
-                anyhow::bail!("--mass-delete-max-share must be between 0 and 1");
-            }
-            if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
-                anyhow::bail!("--default-page-size must be between 1 and --max-page-size");
-            }
+            let (limits, policy) = a.api.limits()?;
             let cfg = ServerConfig {
+                log: a.log.log_config(policy, a.store.retry()),
+                shards: a.log.shards,
                 store: a.store,
-                store_retry: keepsake_store::RetryPolicy {
-                    attempts: a.store_attempts,
-                    put_timeout: Duration::from_millis(a.store_put_timeout_ms),
-                    read_timeout: Duration::from_millis(a.store_read_timeout_ms),
-                    list_timeout: Duration::from_millis(a.store_read_timeout_ms),
-                    ..keepsake_store::RetryPolicy::default()
-                },
                 listen: a.listen,
-                admin_token: cli.conn.admin_token.clone(),
-                token_keys: a.token_keys,
-                shards: a.shards,
-                commit_window: Duration::from_millis(a.commit_window_ms),
-                queue_depth: a.queue_depth,
-                limits: Limits {
-                    max_changes_per_push: a.max_changes_per_push,
-                    max_document_bytes: a.max_document_bytes,
-                    max_request_bytes: a.max_request_bytes,
-                    max_page_size: a.max_page_size,
-                    default_page_size: a.default_page_size,
-                    ..Limits::default()
-                },
-                mass_delete: MassDeleteGuard {
-                    min_items: a.mass_delete_min_items,
-                    max_share: a.mass_delete_max_share,
-                },
-                revocation_refresh: Duration::from_secs(a.revocation_refresh_secs.max(1)),
-                view_memory_bytes: a
-                    .view_memory_bytes
-                    .unwrap_or(a.view_memory_mb.saturating_mul(1024 * 1024)),
-                checkpoint_every_events: a.checkpoint_every_events.max(1),
-                checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs.max(1)),
-                checkpoint_retention: keepsake_log::retention::RetentionPolicy {
-                    keep_all_for: chrono::Duration::hours(a.checkpoint_keep_all_hours.max(0)),
-                    keep_daily_for_days: a.checkpoint_keep_daily_days.max(0),
-                },
-                compaction: keepsake_log::CompactionPolicy {
-                    enabled: a.compaction,
-                    min_segments: a.compaction_min_segments.max(1),
-                    max_events: a.compaction_max_events.max(1),
-                },
-                fleet_concurrency: a.fleet_restore_concurrency.max(1),
-                fleet_users_per_second: a.fleet_restore_users_per_sec,
+                auth: a.auth,
+                limits,
+                fleet: a.fleet,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

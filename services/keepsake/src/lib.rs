@@ -10,6 +10,7 @@ pub mod admin_client;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod device_events;
 pub mod devices;
 pub mod fleet;

@@ -22,6 +22,8 @@ pub use crate::admin_client::Conn;
 pub enum Op {
     /// A user's live items as they were at a moment.
     State {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -37,6 +39,8 @@ pub enum Op {
     },
     /// A user's raw events, oldest first.
     Events {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -49,6 +53,8 @@ pub enum Op {
     },
     /// Items added, removed and changed between two moments.
     Diff {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -62,6 +68,8 @@ pub enum Op {
     /// A user's items as one vCard or iCalendar file, live or as they were at a moment, written
     /// as the server sends it to stdout (or to --output).
     Export {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -84,6 +92,8 @@ pub enum Op {
     /// run again: an entry imported before is a duplicate and writes nothing. Exits 1 if an
     /// entry was rejected or a file could not be imported.
     Import {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -99,6 +109,8 @@ pub enum Op {
     },
     /// Restore one user to a moment (appends changes; never rewrites).
     Restore {
+        #[command(flatten)]
+        conn: Conn,
         /// The user.
         #[arg(long)]
         user: String,
@@ -120,6 +132,8 @@ pub enum Op {
     },
     /// Restore every user (or a list) to a moment, as a background job, with progress.
     RestoreAll {
+        #[command(flatten)]
+        conn: Conn,
         /// RFC 3339 time.
         #[arg(long)]
         as_of: String,
@@ -137,9 +151,32 @@ pub enum Op {
         no_wait: bool,
     },
     /// Rebuild every view from the log and compare state hashes.
-    Rebuild,
+    Rebuild {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Checkpoint every shard now and move every segment up to it into history objects.
-    Compact,
+    Compact {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+impl Op {
+    /// The server this command talks to.
+    fn conn(&self) -> &Conn {
+        match self {
+            Op::State { conn, .. }
+            | Op::Events { conn, .. }
+            | Op::Diff { conn, .. }
+            | Op::Export { conn, .. }
+            | Op::Import { conn, .. }
+            | Op::Restore { conn, .. }
+            | Op::RestoreAll { conn, .. }
+            | Op::Rebuild { conn }
+            | Op::Compact { conn } => conn,
+        }
+    }
 }
 
 fn moment_query(as_of: &Option<String>, as_of_seq: Option<u64>) -> Result<String> {
@@ -159,7 +196,9 @@ fn s(v: &Value) -> String {
 }
 
 /// Runs an operator command.
-pub fn run(conn: &Conn, op: Op) -> Result<()> {
+pub fn run(op: Op) -> Result<()> {
+    let conn = op.conn().clone();
+    let conn = &conn;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -168,7 +207,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
         let get = reqwest::Method::GET;
         let post = reqwest::Method::POST;
         let (v, rows): (Value, Vec<Vec<String>>) = match op {
-            Op::State { user, as_of, as_of_seq, kind } => {
+            Op::State { user, as_of, as_of_seq, kind, .. } => {
                 let mut q = moment_query(&as_of, as_of_seq)?;
                 if let Some(k) = kind {
                     q.push_str(&format!("&kind={}", enc(&k)));
@@ -180,7 +219,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                 }
                 (v, rows)
             }
-            Op::Events { user, after_seq, limit } => {
+            Op::Events { user, after_seq, limit, .. } => {
                 let v = c.call(get, &format!("/admin/v1/users/{user}/events?after_seq={after_seq}&limit={limit}"), None).await?;
                 let mut rows = vec![vec!["SEQ".into(), "OP".into(), "KIND".into(), "ITEM".into(), "VERSION".into(), "ORIGIN".into(), "DEVICE".into(), "RECORDED AT".into()]];
                 for e in v["events"].as_array().into_iter().flatten() {
@@ -188,7 +227,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                 }
                 (v, rows)
             }
-            Op::Diff { user, from, to } => {
+            Op::Diff { user, from, to, .. } => {
                 let v = c.call(get, &format!("/admin/v1/users/{user}/diff?from={}&to={}", enc(&from), enc(&to)), None).await?;
                 let mut rows = vec![vec!["".into(), "ITEM".into(), "KIND".into(), "VERSION".into()]];
                 for (mark, key) in [("+", "added"), ("-", "removed")] {
@@ -201,15 +240,15 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                 }
                 (v, rows)
             }
-            Op::Export { user, format, kind, as_of, output } => {
+            Op::Export { user, format, kind, as_of, output, .. } => {
                 let args = transfer::ExportArgs { user, format, kind, as_of, output };
                 return transfer::export(&c, args).await;
             }
-            Op::Import { user, format, batch, files } => {
+            Op::Import { user, format, batch, files, .. } => {
                 let args = transfer::ImportArgs { user, format, batch, files, json: conn.json };
                 return transfer::import(&c, args).await;
             }
-            Op::Restore { user, as_of, as_of_seq, reason, kinds, dry_run } => {
+            Op::Restore { user, as_of, as_of_seq, reason, kinds, dry_run, .. } => {
                 moment_query(&as_of, as_of_seq)?;
                 let mut body = json!({"reason": reason, "dry_run": dry_run});
                 if let Some(t) = as_of {
@@ -228,7 +267,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                 ];
                 (v, rows)
             }
-            Op::RestoreAll { as_of, reason, users, kinds, no_wait } => {
+            Op::RestoreAll { as_of, reason, users, kinds, no_wait, .. } => {
                 let mut body = json!({"as_of": as_of, "reason": reason, "users": if users.is_empty() { json!("all") } else { json!(users) }});
                 if !kinds.is_empty() {
                     body["kinds"] = json!(kinds);
@@ -264,7 +303,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                     (v, rows)
                 }
             }
-            Op::Compact => {
+            Op::Compact { .. } => {
                 let v = c.call(post.clone(), "/admin/v1/compact", None).await?;
                 let rows = vec![
                     vec!["HISTORY OBJECTS".into(), "SEGMENTS".into(), "EVENTS".into(), "BYTES WRITTEN".into(), "OBJECTS DELETED".into(), "BYTES DELETED".into()],
@@ -272,7 +311,7 @@ pub fn run(conn: &Conn, op: Op) -> Result<()> {
                 ];
                 (v, rows)
             }
-            Op::Rebuild => {
+            Op::Rebuild { .. } => {
                 let v = c.call(post, "/admin/v1/rebuild", None).await?;
                 let rows = vec![
                     vec!["EQUAL".into(), "USERS".into(), "EVENTS".into(), "HASH BEFORE".into(), "HASH AFTER".into()],

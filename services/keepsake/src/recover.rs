@@ -34,9 +34,8 @@ use crate::sync_token::SyncToken;
 /// `keepsake recover-descriptor` flags.
 #[derive(Args, Debug, Clone)]
 pub struct RecoverArgs {
-    /// Store URL (as for serve).
-    #[arg(long, env = "KEEPSAKE_STORE", default_value = "./data")]
-    pub store: String,
+    #[command(flatten)]
+    pub store: crate::config::StoreArgs,
     /// The store's old id, so that devices' sync tokens keep working (every server start logged
     /// it as store_id).
     #[arg(long, env = "KEEPSAKE_RECOVER_STORE_ID")]
@@ -167,10 +166,10 @@ pub fn main(args: RecoverArgs) -> Result<std::process::ExitCode> {
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let store = keepsake_store::open_store(&args.store)
-            .with_context(|| format!("open store {}", args.store))?;
+        let store = keepsake_store::open_store(&args.store.url)
+            .with_context(|| format!("open store {}", args.store.url))?;
         recover(
-            &store.retrying(keepsake_store::RetryPolicy::default()),
+            &store.retrying(args.store.retry()),
             &args,
             &SystemClock,
             &RandomIds,

@@ -8,61 +8,41 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use keepsake_log::{Log, LogConfig, LogError};
-use keepsake_model::{Clock, IdGenerator, MassDeleteGuard, RandomIds, StagePolicy, SystemClock};
+use keepsake_model::{Clock, IdGenerator, RandomIds, SystemClock};
 use keepsake_store::{open_store, read_descriptor};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::api::{self, AppState, Limits, Ready};
 use crate::auth::{SigningKey, TokenKeys};
+use crate::config::{AuthArgs, FleetArgs, StoreArgs};
 use crate::devices::Registry;
 use crate::metrics::Metrics;
 
-/// Everything `keepsake serve` is configured with.
+/// Everything `keepsake serve` is configured with: one value per concern, each built once from
+/// its flags ([`crate::config`]).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Store URL.
-    pub store: String,
-    /// How store requests are retried and timed out.
-    pub store_retry: keepsake_store::RetryPolicy,
+    /// The store and its retry policy.
+    pub store: StoreArgs,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Operator token; generated for a file store when absent.
-    pub admin_token: Option<String>,
-    /// Device-token keys (`id:base64url-secret`); generated for a file store when absent.
-    pub token_keys: Vec<String>,
+    /// The operator token, device-token keys, the revocation refresh.
+    pub auth: AuthArgs,
     /// Shards of a new store (an existing store keeps its own; a different value refuses).
     pub shards: Option<u32>,
-    /// Least time between two segment PUTs of a shard.
-    pub commit_window: Duration,
-    /// Pushes that may wait per shard.
-    pub queue_depth: usize,
+    /// The log's configuration; its `view_memory_bytes` is the whole server's (divided among
+    /// the shards at start).
+    pub log: LogConfig,
     /// Request limits.
     pub limits: Limits,
-    /// The mass-delete guard.
-    pub mass_delete: MassDeleteGuard,
-    /// How often revocations made through other servers are picked up.
-    pub revocation_refresh: Duration,
-    /// Memory for user state in the views, in bytes, over all shards.
-    pub view_memory_bytes: usize,
-    /// Checkpoint every this many events per shard...
-    pub checkpoint_every_events: u64,
-    /// ...or this often when anything was committed.
-    pub checkpoint_interval: Duration,
-    /// Which older checkpoints to keep.
-    pub checkpoint_retention: keepsake_log::retention::RetentionPolicy,
-    /// Moving checkpointed segments into history objects.
-    pub compaction: keepsake_log::CompactionPolicy,
-    /// Users a fleet restore restores at once.
-    pub fleet_concurrency: usize,
-    /// Users a fleet restore starts per second at most (0: no limit).
-    pub fleet_users_per_second: u32,
+    /// Fleet restores.
+    pub fleet: FleetArgs,
 }
 
 /// Shards a new store gets when none are configured.
@@ -110,7 +90,7 @@ fn secrets(
     ids: &dyn IdGenerator,
 ) -> Result<(String, TokenKeys)> {
     let dir: Option<PathBuf> = local_dir.map(|d| d.join(".secrets"));
-    let admin = match (&cfg.admin_token, &dir) {
+    let admin = match (&cfg.auth.admin_token, &dir) {
         (Some(t), _) if t.len() >= 16 => t.clone(),
         (Some(_), _) => bail!("KEEPSAKE_ADMIN_TOKEN must be at least 16 characters"),
         (None, Some(dir)) => {
@@ -125,8 +105,8 @@ fn secrets(
         }
         (None, None) => bail!("set KEEPSAKE_ADMIN_TOKEN: only a local file store generates one"),
     };
-    let specs: Vec<String> = match (cfg.token_keys.is_empty(), &dir) {
-        (false, _) => cfg.token_keys.clone(),
+    let specs: Vec<String> = match (cfg.auth.token_keys.is_empty(), &dir) {
+        (false, _) => cfg.auth.token_keys.clone(),
         (true, Some(dir)) => {
             let path = dir.join("token-keys");
             let (text, _) = secret_file(&path, || {
@@ -160,7 +140,8 @@ pub async fn run(
 ) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ids: Arc<dyn IdGenerator> = Arc::new(RandomIds);
-    let store = open_store(&cfg.store).with_context(|| format!("open store {}", cfg.store))?;
+    let store =
+        open_store(&cfg.store.url).with_context(|| format!("open store {}", cfg.store.url))?;
     let (operator_token, keys) = secrets(&cfg, store.local_dir.as_deref(), ids.as_ref())?;
 
     let listener = TcpListener::bind(cfg.listen)
@@ -200,7 +181,7 @@ pub async fn run(
         // A store keeps its own shard count; a new one gets the configured count, else the
         // default. Only an empty store is new: one that holds data but lost its descriptor is
         // refused by `Log::open` (`StoreError::DescriptorMissing`), whatever is configured.
-        let retried = store.retrying(cfg.store_retry.clone());
+        let retried = store.retrying(cfg.store.retry());
         let existing = read_descriptor(retried.as_ref()).await?;
         let shards = match (cfg.shards, &existing) {
             (Some(n), _) => Some(n),
@@ -211,19 +192,8 @@ pub async fn run(
             .or(existing.map(|d| d.shard_count))
             .unwrap_or(DEFAULT_SHARDS);
         let log_cfg = LogConfig {
-            commit_window: cfg.commit_window,
-            queue_depth: cfg.queue_depth,
-            policy: StagePolicy {
-                max_document_bytes: cfg.limits.max_document_bytes,
-                mass_delete: cfg.mass_delete,
-            },
-            view_memory_bytes: cfg.view_memory_bytes / shards_now.max(1) as usize,
-            checkpoint_every_events: cfg.checkpoint_every_events,
-            checkpoint_interval: cfg.checkpoint_interval,
-            retention: cfg.checkpoint_retention,
-            compaction: cfg.compaction,
-            store: cfg.store_retry.clone(),
-            ..LogConfig::default()
+            view_memory_bytes: cfg.log.view_memory_bytes / shards_now.max(1) as usize,
+            ..cfg.log.clone()
         };
         let log = Arc::new(
             Log::open(
@@ -236,7 +206,7 @@ pub async fn run(
             .await
             // Name the store in the recovery commands the error shows.
             .map_err(|e| match e {
-                LogError::Open(e) => LogError::Open(e.for_store(&cfg.store)),
+                LogError::Open(e) => LogError::Open(e.for_store(&cfg.store.url)),
                 other => other,
             })?,
         );
@@ -244,8 +214,8 @@ pub async fn run(
         let fleet = crate::fleet::Fleet::new(
             log.clone(),
             clock.clone(),
-            cfg.fleet_concurrency,
-            cfg.fleet_users_per_second,
+            usize::try_from(cfg.fleet.concurrency).unwrap_or(usize::MAX),
+            cfg.fleet.users_per_second,
         );
         anyhow::Ok(Ready {
             log,
@@ -273,7 +243,7 @@ pub async fn run(
         Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
         Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
     }
-    let refresh = cfg.revocation_refresh;
+    let refresh = cfg.auth.revocation_refresh();
     let mut refresh_stop = stop_rx.clone();
     let refresh_clock = clock.clone();
     let refresher = tokio::spawn(async move {

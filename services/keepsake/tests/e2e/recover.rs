@@ -221,7 +221,7 @@ fn meta() -> EventMeta {
 
 fn args(url: &str) -> RecoverArgs {
     RecoverArgs {
-        store: url.to_string(),
+        store: keepsake::config::StoreArgs::with_url(url),
         store_id: None,
         from_sync_token: None,
         new_store_id: false,

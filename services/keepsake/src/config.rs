@@ -1,0 +1,363 @@
+//! The server's configuration, one type per concern, each read once from clap (a flag, or its
+//! `KEEPSAKE_*` variable) and turned into what the code it configures takes: [`StoreArgs`] →
+//! the store and its [`RetryPolicy`], [`AuthArgs`] → tokens, [`LogArgs`] and [`ApiArgs`] →
+//! [`LogConfig`] and [`Limits`], [`FleetArgs`] → fleet restores.
+//!
+//! Invariant: a value that cannot work is refused at start with a message naming the flag
+//! (clap's range checks, or [`ApiArgs::limits`] for values that depend on each other); nothing
+//! is clamped silently.
+
+use std::time::Duration;
+
+use clap::Args;
+use keepsake_log::LogConfig;
+use keepsake_model::{MassDeleteGuard, StagePolicy};
+use keepsake_store::RetryPolicy;
+
+use crate::api::Limits;
+
+/// Where the log lives, and how requests to it are retried. `serve`, `verify` and
+/// `recover-descriptor` take these flags.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Store URL: a path or file:///dir, memory://, or s3://bucket/prefix (S3 settings from AWS_*).
+    #[arg(long = "store", env = "KEEPSAKE_STORE", default_value = "./data")]
+    pub url: String,
+    /// Requests per store call at most when the store fails transiently (5xx, timeouts);
+    /// create-only writes are sent once and resolved by reading back.
+    #[arg(long, env = "KEEPSAKE_STORE_ATTEMPTS", default_value_t = keepsake_store::retrying::DEFAULT_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub store_attempts: u32,
+    /// A store PUT that takes longer than this many milliseconds is dropped (and resolved).
+    #[arg(long, env = "KEEPSAKE_STORE_PUT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_put_timeout_ms: u64,
+    /// A store GET, HEAD or listing page that takes longer than this many milliseconds is
+    /// dropped (and tried again).
+    #[arg(long, env = "KEEPSAKE_STORE_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_read_timeout_ms: u64,
+}
+
+impl StoreArgs {
+    /// The store at `url` with the default retry policy (what the flags' defaults give).
+    pub fn with_url(url: &str) -> Self {
+        let d = RetryPolicy::default();
+        let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            url: url.to_string(),
+            store_attempts: d.attempts,
+            store_put_timeout_ms: millis(d.put_timeout),
+            store_read_timeout_ms: millis(d.read_timeout),
+        }
+    }
+
+    /// The retry policy these flags give.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.store_attempts,
+            put_timeout: Duration::from_millis(self.store_put_timeout_ms),
+            read_timeout: Duration::from_millis(self.store_read_timeout_ms),
+            list_timeout: Duration::from_millis(self.store_read_timeout_ms),
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+/// Who may call: the operator token, the keys device tokens are signed with, and how soon a
+/// revocation made through another server takes effect here.
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// The operator token (at least 16 characters). A local file store generates one if unset
+    /// (`<store>/.secrets/admin-token`).
+    #[arg(long, env = "KEEPSAKE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Device-token keys, `id:base64url-secret` separated by commas; the first signs.
+    /// A local file store generates one if unset.
+    #[arg(
+        long,
+        env = "KEEPSAKE_TOKEN_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub token_keys: Vec<String>,
+    /// Seconds between re-reads of revocations made through other servers.
+    #[arg(long, env = "KEEPSAKE_REVOCATION_REFRESH_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub revocation_refresh_secs: u64,
+}
+
+impl AuthArgs {
+    /// How often revocations made elsewhere are read.
+    pub fn revocation_refresh(&self) -> Duration {
+        Duration::from_secs(self.revocation_refresh_secs)
+    }
+}
+
+/// How the log commits, keeps views, checkpoints and compacts.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Shards of a new store (default 4); an existing store keeps its own.
+    #[arg(long, env = "KEEPSAKE_SHARDS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: Option<u32>,
+    /// Least milliseconds between two segment PUTs of a shard.
+    #[arg(long, env = "KEEPSAKE_COMMIT_WINDOW_MS", default_value_t = 10)]
+    pub commit_window_ms: u64,
+    /// Pushes that may wait per shard before pushes are refused with 429.
+    #[arg(long, env = "KEEPSAKE_QUEUE_DEPTH", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub queue_depth: u64,
+    /// Memory for user state in the views, in MiB (least recently used users are evicted).
+    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_MB", default_value_t = 1024)]
+    pub view_memory_mb: usize,
+    /// Bytes instead of MiB, for tests that force eviction.
+    #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_BYTES", hide = true)]
+    pub view_memory_bytes: Option<usize>,
+    /// Write a checkpoint of a shard every this many events...
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_EVERY_EVENTS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every_events: u64,
+    /// ...or every this many seconds when anything was committed.
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_interval_secs: u64,
+    /// Keep every checkpoint younger than this many hours...
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_ALL_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(i64).range(0..=24 * 365 * 100))]
+    pub checkpoint_keep_all_hours: i64,
+    /// ...and beyond that one per day for this many days (events are never deleted).
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_DAILY_DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(i64).range(0..=365 * 100))]
+    pub checkpoint_keep_daily_days: i64,
+    /// Move checkpointed segments into per-shard history objects after each checkpoint (one
+    /// user's history then reads as a few objects instead of every segment holding it).
+    #[arg(long, env = "KEEPSAKE_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compaction: bool,
+    /// Leave fewer checkpointed segments than this for a later compaction.
+    #[arg(long, env = "KEEPSAKE_COMPACTION_MIN_SEGMENTS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compaction_min_segments: u64,
+    /// Events per history object at most (what a compaction holds in memory: ~1 KB an event).
+    #[arg(long, env = "KEEPSAKE_COMPACTION_MAX_EVENTS", default_value_t = 131_072,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compaction_max_events: u64,
+}
+
+impl LogArgs {
+    /// The log's configuration, with `policy` (from [`ApiArgs`]) and the store's retry policy.
+    /// `view_memory_bytes` is the whole server's: the server divides it among the shards once
+    /// it knows their count.
+    pub fn log_config(&self, policy: StagePolicy, store: RetryPolicy) -> LogConfig {
+        LogConfig {
+            commit_window: Duration::from_millis(self.commit_window_ms),
+            queue_depth: usize::try_from(self.queue_depth).unwrap_or(usize::MAX),
+            policy,
+            view_memory_bytes: self
+                .view_memory_bytes
+                .unwrap_or(self.view_memory_mb.saturating_mul(1024 * 1024)),
+            checkpoint_every_events: self.checkpoint_every_events,
+            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs),
+            retention: keepsake_log::retention::RetentionPolicy {
+                keep_all_for: chrono::Duration::hours(self.checkpoint_keep_all_hours),
+                keep_daily_for_days: self.checkpoint_keep_daily_days,
+            },
+            compaction: keepsake_log::CompactionPolicy {
+                enabled: self.compaction,
+                min_segments: self.compaction_min_segments,
+                max_events: self.compaction_max_events,
+            },
+            store,
+            ..LogConfig::default()
+        }
+    }
+}
+
+/// What one request may carry, and the mass-delete guard.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Changes in one push.
+    #[arg(long, env = "KEEPSAKE_MAX_CHANGES_PER_PUSH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_changes_per_push: u64,
+    /// Bytes of one document.
+    #[arg(long, env = "KEEPSAKE_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_document_bytes: u64,
+    /// Bytes of one request body.
+    #[arg(long, env = "KEEPSAKE_MAX_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub max_request_bytes: u64,
+    /// Largest page of a pull.
+    #[arg(long, env = "KEEPSAKE_MAX_PAGE_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_page_size: u64,
+    /// Page of a pull without `limit` (at most --max-page-size).
+    #[arg(long, env = "KEEPSAKE_DEFAULT_PAGE_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub default_page_size: u64,
+    /// Mass-delete guard: deletes of one kind at or below this are always allowed.
+    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MIN_ITEMS", default_value_t = 20)]
+    pub mass_delete_min_items: usize,
+    /// Mass-delete guard: share of a kind's live items one push may delete unconfirmed (0 to 1).
+    #[arg(long, env = "KEEPSAKE_MASS_DELETE_MAX_SHARE", default_value_t = 0.5,
+          value_parser = share)]
+    pub mass_delete_max_share: f64,
+}
+
+/// A share: a number from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0 and 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl ApiArgs {
+    /// The request limits and the staging policy, or what is wrong with them together.
+    pub fn limits(&self) -> anyhow::Result<(Limits, StagePolicy)> {
+        if self.default_page_size > self.max_page_size {
+            anyhow::bail!(
+                "--default-page-size ({}) must be at most --max-page-size ({})",
+                self.default_page_size,
+                self.max_page_size
+            );
+        }
+        if self.max_document_bytes > self.max_request_bytes {
+            anyhow::bail!(
+                "--max-document-bytes ({}) must be at most --max-request-bytes ({}): a push must be able to carry a document",
+                self.max_document_bytes,
+                self.max_request_bytes
+            );
+        }
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let limits = Limits {
+            max_changes_per_push: size(self.max_changes_per_push),
+            max_document_bytes: size(self.max_document_bytes),
+            max_request_bytes: size(self.max_request_bytes),
+            max_page_size: size(self.max_page_size),
+            default_page_size: size(self.default_page_size),
+            ..Limits::default()
+        };
+        let policy = StagePolicy {
+            max_document_bytes: limits.max_document_bytes,
+            mass_delete: MassDeleteGuard {
+                min_items: self.mass_delete_min_items,
+                max_share: self.mass_delete_max_share,
+            },
+        };
+        Ok((limits, policy))
+    }
+}
+
+/// Fleet restores: how many users at once, and how fast.
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Users a fleet restore restores at once.
+    #[arg(long = "fleet-restore-concurrency", env = "KEEPSAKE_FLEET_RESTORE_CONCURRENCY",
+          default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+    /// Users a fleet restore starts per second at most, to spare device traffic (0: no limit).
+    #[arg(
+        long = "fleet-restore-users-per-sec",
+        env = "KEEPSAKE_FLEET_RESTORE_USERS_PER_SEC",
+        default_value_t = 0
+    )]
+    pub users_per_second: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct All {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<All, String> {
+        All::try_parse_from(std::iter::once("keepsake").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_the_flag() {
+        for (args, flag) in [
+            (&["--store-attempts", "0"][..], "--store-attempts"),
+            (&["--store-put-timeout-ms", "0"], "--store-put-timeout-ms"),
+            (&["--queue-depth", "0"], "--queue-depth"),
+            (
+                &["--checkpoint-every-events", "0"],
+                "--checkpoint-every-events",
+            ),
+            (
+                &["--checkpoint-interval-secs", "0"],
+                "--checkpoint-interval-secs",
+            ),
+            (
+                &["--checkpoint-keep-all-hours=-1"],
+                "--checkpoint-keep-all-hours",
+            ),
+            (
+                &["--compaction-min-segments", "0"],
+                "--compaction-min-segments",
+            ),
+            (&["--compaction-max-events", "0"], "--compaction-max-events"),
+            (
+                &["--revocation-refresh-secs", "0"],
+                "--revocation-refresh-secs",
+            ),
+            (
+                &["--fleet-restore-concurrency", "0"],
+                "--fleet-restore-concurrency",
+            ),
+            (
+                &["--mass-delete-max-share", "1.5"],
+                "--mass-delete-max-share",
+            ),
+            (&["--max-page-size", "0"], "--max-page-size"),
+            (&["--shards", "0"], "--shards"),
+        ] {
+            let e = parse(args).expect_err("refused");
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        let together = parse(&["--default-page-size", "600", "--max-page-size", "500"])
+            .expect("each alone is fine")
+            .api
+            .limits()
+            .expect_err("refused together")
+            .to_string();
+        assert!(together.contains("--default-page-size"), "{together}");
+    }
+
+    #[test]
+    fn the_defaults_give_the_documented_configuration() {
+        let all = parse(&[]).expect("defaults");
+        let (limits, policy) = all.api.limits().expect("limits");
+        assert_eq!(limits.max_changes_per_push, 1000);
+        assert_eq!(limits.default_page_size, 500);
+        let log = all.log.log_config(policy, all.store.retry());
+        assert_eq!(log.commit_window, Duration::from_millis(10));
+        assert_eq!(log.view_memory_bytes, 1024 * 1024 * 1024);
+        assert_eq!(log.store, RetryPolicy::default());
+        assert_eq!(log.policy.max_document_bytes, 256 * 1024);
+        assert_eq!(all.auth.revocation_refresh(), Duration::from_secs(5));
+        assert_eq!(all.fleet.concurrency, 32);
+        assert_eq!(all.store.url, "./data");
+        assert_eq!(
+            StoreArgs::with_url("./data").retry(),
+            RetryPolicy::default()
+        );
+    }
+}
