@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keepsake_log::{Log, LogConfig, UpTo, list_checkpoints, write_checkpoint};
+use keepsake_log::{Log, LogConfig, Pick, UpTo, list_checkpoints, write_checkpoint};
 use keepsake_model::{
     ChangeBody, ChangeId, ItemId, Kind, ManualClock, Op, Outcome, RandomIds, RejectCode, StateRead,
     UserId, UserState,
@@ -409,6 +409,31 @@ async fn check(steps: Vec<Step>, background: bool, evict: bool, moments: Vec<pro
             let want_events: Vec<ModelEvent> =
                 m.events.iter().filter(|e| e.seq <= k).cloned().collect();
             assert_eq!(events_view(&read), want_events, "user_events seq {k}");
+            // Picked reads (a page of the audit, one item's history) are the same events,
+            // filtered.
+            let after = k / 2;
+            let page = log
+                .user_events_picked(u, UpTo::Seq(k), Pick::After(after))
+                .await
+                .expect("page");
+            let want_page: Vec<ModelEvent> = want_events
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect();
+            assert_eq!(events_view(&page), want_page, "page after {after} to {k}");
+            if let Some(item) = want_events.last().map(|e| e.item) {
+                let history = log
+                    .user_events_picked(u, UpTo::Seq(k), Pick::Item(item))
+                    .await
+                    .expect("item history");
+                let want_item: Vec<ModelEvent> = want_events
+                    .iter()
+                    .filter(|e| e.item == item)
+                    .cloned()
+                    .collect();
+                assert_eq!(events_view(&history), want_item, "item {item} to {k}");
+            }
             // By time: at an event's time, and just before it.
             let Some(e) = m.events.get(k.saturating_sub(1) as usize) else {
                 continue;

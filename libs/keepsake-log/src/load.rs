@@ -76,20 +76,72 @@ impl Log {
         up_to: UpTo,
     ) -> Result<Vec<Event>, LogError> {
         let shard = self.shard_of(user);
-        let (checkpoint, tail) = {
-            let v = self.shards[shard as usize]
-                .state
-                .read()
-                .map_err(|_| poisoned(shard))?;
-            let from = v.checkpoint.map_or(1, |c| c + 1);
-            let tail = match up_to {
-                UpTo::Seq(n) => v.segments_until(user, from, v.head, n),
-                UpTo::End | UpTo::Time(_) => v.segments_of(user, from, v.head),
-            };
-            (v.checkpoint.unwrap_or(0), tail)
-        };
-        let numbers = (1..=checkpoint).chain(tail).collect();
+        let numbers = self.user_segments_in_view(shard, user, up_to)?;
         self.read_segments(shard, user, numbers, up_to).await
+    }
+
+    /// The segments that may hold the user's events up to `up_to`, by this process's view:
+    /// every segment up to its checkpoint, then the tail segments its index says hold the user.
+    fn user_segments_in_view(
+        &self,
+        shard: u32,
+        user: &UserId,
+        up_to: UpTo,
+    ) -> Result<Vec<u64>, LogError> {
+        let v = self.shards[shard as usize]
+            .state
+            .read()
+            .map_err(|_| poisoned(shard))?;
+        let from = v.checkpoint.map_or(1, |c| c + 1);
+        let tail = match up_to {
+            UpTo::Seq(n) => v.segments_until(user, from, v.head, n),
+            UpTo::End | UpTo::Time(_) => v.segments_of(user, from, v.head),
+        };
+        Ok((1..=v.checkpoint.unwrap_or(0)).chain(tail).collect())
+    }
+
+    /// One user's events up to a moment that `pick` keeps, oldest first: what
+    /// [`Log::user_events`] holds, filtered, but read in two passes
+    /// ([`reader::read_user_picked`]) so that only the picked events' documents are fetched
+    /// and decoded — a page of the audit (`Pick::After`) or one item's history (`Pick::Item`)
+    /// costs its own events, not the user's whole log.
+    pub async fn user_events_picked(
+        &self,
+        user: &UserId,
+        up_to: UpTo,
+        pick: reader::Pick,
+    ) -> Result<Vec<Event>, LogError> {
+        self.settle(user, up_to).await?;
+        let picked = self.picked_in_view(user, up_to, &pick).await?;
+        if Self::settled_by_seq(up_to, picked.last_seq) {
+            return Ok(picked.events);
+        }
+        self.sync(user).await?;
+        Ok(self.picked_in_view(user, up_to, &pick).await?.events)
+    }
+
+    /// [`Log::user_events_picked`] from this process's view of the shard, as far as its head.
+    async fn picked_in_view(
+        &self,
+        user: &UserId,
+        up_to: UpTo,
+        pick: &reader::Pick,
+    ) -> Result<reader::Picked, LogError> {
+        let shard = self.shard_of(user);
+        let numbers = self.user_segments_in_view(shard, user, up_to)?;
+        let view = &self.shards[shard as usize].state;
+        let sources = segment_sources(&self.store, shard, view, numbers).await?;
+        let relocate = by_view(self.store.clone(), shard, view.clone());
+        reader::read_user_picked(
+            self.store.clone(),
+            shard,
+            *user,
+            sources,
+            up_to,
+            pick,
+            &relocate,
+        )
+        .await
     }
 
     /// The user's last committed seq (0 for a user with no events).

@@ -1,6 +1,7 @@
 //! One user's events in two passes: the key columns of the user's rows first (no documents),
 //! then whole rows only where they are needed: each item's newest event (point-in-time items),
-//! or the events of given seqs (ancestors of stale patches).
+//! or the events a [`Pick`] keeps (ancestors of stale patches by seq, a page of the audit, one
+//! item's history).
 //!
 //! Invariant: the user's seqs are checked to run densely, as [`keepsake_model::apply`] would.
 
@@ -362,9 +363,39 @@ pub(super) async fn read_user_latest_sources(
     })
 }
 
-/// One user's events with the given seqs, from `sources` (ascending): the key columns of the
-/// user's rows first (no documents), then whole rows only for the wanted seqs, from only the
-/// pages that hold them. How a stale patch's base version from long ago is found: its seq is
+/// Which of a user's events a two-pass read keeps ([`read_user_picked`]), told from the key
+/// columns alone.
+#[derive(Clone, Debug)]
+pub enum Pick {
+    /// The events with these seqs.
+    Seqs(std::collections::HashSet<u64>),
+    /// The events after this seq (a page of the audit).
+    After(u64),
+    /// The events of one item (its history).
+    Item(ItemId),
+}
+
+impl Pick {
+    fn keeps(&self, k: &EventKey) -> bool {
+        match self {
+            Pick::Seqs(seqs) => seqs.contains(&k.seq),
+            Pick::After(n) => k.seq > *n,
+            Pick::Item(item) => k.item_id == *item,
+        }
+    }
+}
+
+/// What a [`read_user_picked`] found.
+#[derive(Debug, Default)]
+pub struct Picked {
+    /// The events picked, ascending by seq.
+    pub events: Vec<Event>,
+    /// The user's last seq up to the moment in the sources read (picked or not); 0 if none.
+    pub last_seq: u64,
+}
+
+/// One user's events with the given seqs, from `sources` (ascending): [`read_user_picked`]
+/// with [`Pick::Seqs`]. How a stale patch's base version from long ago is found: its seq is
 /// known (the user's change ids say it), its segment is not.
 pub async fn read_user_seqs(
     store: Arc<dyn ObjectStore>,
@@ -374,21 +405,40 @@ pub async fn read_user_seqs(
     seqs: Vec<u64>,
     relocate: &Relocate,
 ) -> Result<Vec<Event>, LogError> {
-    let seqs: std::collections::HashSet<u64> = seqs.into_iter().collect();
+    let pick = Pick::Seqs(seqs.into_iter().collect());
+    let picked = read_user_picked(store, shard, user, sources, UpTo::End, &pick, relocate).await?;
+    Ok(picked.events)
+}
+
+/// One user's events up to a moment that `pick` keeps, from `sources` (ascending): the key
+/// columns of the user's rows first (pruned by statistics and page index; no documents), then
+/// whole rows only for the events picked, from only the pages that hold them. A page of the
+/// audit or one item's history decodes the documents it answers with, not the user's whole log.
+pub async fn read_user_picked(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+    pick: &Pick,
+    relocate: &Relocate,
+) -> Result<Picked, LogError> {
     with_relisting(shard, sources, relocate, |sources| {
-        let (store, seqs) = (store.clone(), seqs.clone());
+        let store = store.clone();
         async move {
             let keys = read_ahead(shard, sources, |src| {
-                read_user_keys(store.clone(), shard, user, src, UpTo::End)
+                read_user_keys(store.clone(), shard, user, src, up_to)
             });
             futures::pin_mut!(keys);
             let mut chosen = Vec::new();
+            let mut last_seq = 0;
             while let Some(read) = keys.next().await {
                 if let KeyedRead::Rows(seg) = read? {
+                    last_seq = seg.rows.iter().map(|(k, _)| k.seq).fold(last_seq, u64::max);
                     let rows: Vec<(usize, u64)> = seg
                         .rows
                         .iter()
-                        .filter(|(k, _)| seqs.contains(&k.seq))
+                        .filter(|(k, _)| pick.keeps(k))
                         .map(|(k, pos)| (*pos, k.seq))
                         .collect();
                     if !rows.is_empty() {
@@ -405,7 +455,7 @@ pub async fn read_user_seqs(
                 events.extend(read?);
             }
             events.sort_unstable_by_key(|e| e.seq);
-            Ok(events)
+            Ok(Picked { events, last_seq })
         }
     })
     .await

@@ -397,11 +397,11 @@ async fn item_history(
     let ready = state.ready()?;
     let log = &ready.log;
     let up_to = UpTo::Seq(log.last_seq(&auth.user).await?);
-    let events = log.user_events(&auth.user, up_to).await?;
-    let versions: Vec<Event> = events
-        .into_iter()
-        .filter(|e| e.item_id == item_id && e.kind.is_data())
-        .collect();
+    // Only this item's events are read whole (key columns pick them), not the user's log.
+    let events = log
+        .user_events_picked(&auth.user, up_to, keepsake_log::Pick::Item(item_id))
+        .await?;
+    let versions: Vec<Event> = events.into_iter().filter(|e| e.kind.is_data()).collect();
     if versions.is_empty() {
         return Err(ApiError::not_found("not_found", "no such item"));
     }
