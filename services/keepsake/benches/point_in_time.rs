@@ -178,7 +178,7 @@ fn main() {
         let fleet = keepsake::fleet::Fleet::new(log.clone(), Arc::new(SystemClock), 64, 0);
         let rest: Vec<UserId> = users.iter().skip(30).copied().collect();
         let job = keepsake_model::RestoreId(rng.uuid());
-        let spec = keepsake::fleet::JobSpec { restore_id: job, scope: "fleet".into(), as_of: t, users: Some(rest.clone()), kinds: None, reason: "bench".into(), created_at: SystemClock.now() };
+        let spec = keepsake::fleet::JobSpec { format_version: keepsake::fleet_record::FLEET_RECORD_VERSION, restore_id: job, scope: "fleet".into(), as_of: t, users: Some(rest.clone()), kinds: None, reason: "bench".into(), created_at: SystemClock.now() };
         let s = Instant::now();
         fleet.start(spec).await.expect("start");
         loop {

@@ -19,12 +19,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use keepsake_log::{Log, UpTo};
-use keepsake_model::{Clock, Kind, RestoreId, UserId};
+use keepsake_model::{Clock, RestoreId, UserId};
 use keepsake_store::keys::{self, FleetPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+pub use crate::fleet_record::JobSpec;
+use crate::fleet_record::{
+    Batch, FLEET_RECORD_VERSION, Failed, Finished, Plan, Record, UserResult, decode, encode,
+};
 use crate::restore::{Done, Spec, restore_fleet_user};
 
 /// Finished users recorded per batch object, at most.
@@ -35,25 +39,6 @@ const BATCH_EVERY: Duration = Duration::from_secs(1);
 /// 51 s, about 100 s in all) before it is reported failed; a failed job resumes when a server
 /// starts.
 const JOB_ATTEMPTS: u32 = 9;
-
-/// What an operator asked for.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobSpec {
-    /// The job.
-    pub restore_id: RestoreId,
-    /// `fleet`.
-    pub scope: String,
-    /// The moment.
-    pub as_of: DateTime<Utc>,
-    /// `None`: every user.
-    pub users: Option<Vec<UserId>>,
-    /// Only these kinds, if given.
-    pub kinds: Option<Vec<Kind>>,
-    /// Why.
-    pub reason: String,
-    /// When the job was created.
-    pub created_at: DateTime<Utc>,
-}
 
 /// Progress of a job, as `GET /admin/v1/restores/{id}` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -87,25 +72,6 @@ pub struct Fleet {
     progress: Mutex<HashMap<RestoreId, Progress>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Plan {
-    users: Vec<UserId>,
-}
-
-/// One finished user in a batch.
-#[derive(Serialize, Deserialize)]
-struct UserResult {
-    user_id: UserId,
-    #[serde(flatten)]
-    result: Done,
-}
-
-/// `batches/<n>.json`.
-#[derive(Serialize, Deserialize, Default)]
-struct Batch {
-    users: Vec<UserResult>,
-}
-
 /// Writes the finished users not yet recorded as batch `next` (the next free number, if another
 /// run took it), and empties `pending`.
 async fn record_batch(
@@ -118,9 +84,10 @@ async fn record_batch(
         return Ok(());
     }
     let batch = Batch {
+        format_version: FLEET_RECORD_VERSION,
         users: std::mem::take(pending),
     };
-    let body = serde_json::to_vec(&batch).map_err(|e| e.to_string())?;
+    let body = encode(&batch)?;
     loop {
         let path = keys::fleet(job, FleetPart::Batch(*next));
         *next += 1;
@@ -139,16 +106,15 @@ async fn record_batch(
     }
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
+/// A job record, `None` if it is not there ([`decode`]: typed and version-checked).
+async fn get_record<T: Record>(
     store: &dyn ObjectStore,
     path: &object_store::path::Path,
 ) -> Result<Option<T>, String> {
     match store.get(path).await {
         Ok(g) => {
             let bytes = g.bytes().await.map_err(|e| e.to_string())?;
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{path}: {e}"))
+            decode(&bytes).map(Some).map_err(|e| format!("{path}: {e}"))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),
@@ -158,9 +124,9 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 async fn put_once(
     store: &dyn ObjectStore,
     path: &object_store::path::Path,
-    value: &impl Serialize,
+    value: &impl Record,
 ) -> Result<(), String> {
-    let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let body = encode(value)?;
     match store
         .put_opts(path, PutPayload::from(body), keepsake_store::create_only())
         .await
@@ -223,15 +189,14 @@ impl Fleet {
             };
             // Only `done.json` ends a job. One that failed (its faults outlasted the retries) is
             // resumed too: it is idempotent, and a fleet left half-restored is what to avoid.
-            let ended =
-                get_json::<serde_json::Value>(store.as_ref(), &keys::fleet(job, FleetPart::Done))
-                    .await?
-                    .is_some();
+            let ended = get_record::<Finished>(store.as_ref(), &keys::fleet(job, FleetPart::Done))
+                .await?
+                .is_some();
             if ended {
                 continue;
             }
             if let Some(spec) =
-                get_json::<JobSpec>(store.as_ref(), &keys::fleet(job, FleetPart::Spec)).await?
+                get_record::<JobSpec>(store.as_ref(), &keys::fleet(job, FleetPart::Spec)).await?
             {
                 info!(restore_id = %job, "resuming a fleet restore");
                 let me = self.clone();
@@ -270,7 +235,11 @@ impl Fleet {
             let _ = put_once(
                 self.log.store().as_ref(),
                 &keys::fleet(job, FleetPart::Failed),
-                &serde_json::json!({"error": e, "finished_at": now}),
+                &Failed {
+                    format_version: FLEET_RECORD_VERSION,
+                    error: e.clone(),
+                    finished_at: now,
+                },
             )
             .await;
             self.set(job, |p| {
@@ -288,7 +257,7 @@ impl Fleet {
         let plan_path = keys::fleet(job, FleetPart::Plan);
         // A job whose plan exists ran before, and may have committed users it did not record.
         let mut again = true;
-        let plan = match get_json::<Plan>(store.as_ref(), &plan_path).await? {
+        let plan = match get_record::<Plan>(store.as_ref(), &plan_path).await? {
             Some(p) => p,
             None => {
                 again = false;
@@ -296,8 +265,16 @@ impl Fleet {
                     Some(u) => u.clone(),
                     None => self.log.all_users().await.map_err(|e| e.to_string())?,
                 };
-                put_once(store.as_ref(), &plan_path, &Plan { users }).await?;
-                get_json::<Plan>(store.as_ref(), &plan_path)
+                put_once(
+                    store.as_ref(),
+                    &plan_path,
+                    &Plan {
+                        format_version: FLEET_RECORD_VERSION,
+                        users,
+                    },
+                )
+                .await?;
+                get_record::<Plan>(store.as_ref(), &plan_path)
                     .await?
                     .ok_or("the plan vanished")?
             }
@@ -320,16 +297,18 @@ impl Fleet {
             let results = match part {
                 FleetPart::Batch(n) => {
                     next_batch = next_batch.max(n + 1);
-                    get_json::<Batch>(store.as_ref(), &keys::fleet(job, part))
+                    get_record::<Batch>(store.as_ref(), &keys::fleet(job, part))
                         .await?
+                        .map(|b| b.users)
                         .unwrap_or_default()
-                        .users
                 }
-                FleetPart::UserDone(u) => get_json::<Done>(store.as_ref(), &keys::fleet(job, part))
-                    .await?
-                    .map(|result| UserResult { user_id: u, result })
-                    .into_iter()
-                    .collect(),
+                FleetPart::UserDone(u) => {
+                    get_record::<Done>(store.as_ref(), &keys::fleet(job, part))
+                        .await?
+                        .map(|result| UserResult { user_id: u, result })
+                        .into_iter()
+                        .collect()
+                }
                 _ => continue,
             };
             for r in results {
@@ -452,7 +431,19 @@ impl Fleet {
             .ok()
             .and_then(|p| p.get(&job).map(|p| (p.users_done, p.changes_written)))
             .unwrap_or((total, 0));
-        put_once(store.as_ref(), &keys::fleet(job, FleetPart::Done), &serde_json::json!({"finished_at": now, "users_total": total, "users_done": users_done, "changes_written": changes_written})).await?;
+        let finished = Finished {
+            format_version: FLEET_RECORD_VERSION,
+            finished_at: now,
+            users_total: total,
+            users_done,
+            changes_written,
+        };
+        put_once(
+            store.as_ref(),
+            &keys::fleet(job, FleetPart::Done),
+            &finished,
+        )
+        .await?;
         self.set(job, |p| {
             p.state = "done".into();
             p.finished_at = Some(now);
@@ -465,7 +456,7 @@ impl Fleet {
     pub async fn progress(&self, job: RestoreId) -> Result<Option<Progress>, String> {
         let store = self.log.store();
         let Some(spec) =
-            get_json::<JobSpec>(store.as_ref(), &keys::fleet(job, FleetPart::Spec)).await?
+            get_record::<JobSpec>(store.as_ref(), &keys::fleet(job, FleetPart::Spec)).await?
         else {
             return Ok(None);
         };
@@ -478,20 +469,19 @@ impl Fleet {
             ..Progress::default()
         };
         if let Some(done) =
-            get_json::<serde_json::Value>(store.as_ref(), &keys::fleet(job, FleetPart::Done))
-                .await?
+            get_record::<Finished>(store.as_ref(), &keys::fleet(job, FleetPart::Done)).await?
         {
             p.state = "done".into();
-            p.users_total = done["users_total"].as_u64().unwrap_or(0);
-            p.users_done = done["users_done"].as_u64().unwrap_or(0);
-            p.changes_written = done["changes_written"].as_u64().unwrap_or(0);
-            p.finished_at = serde_json::from_value(done["finished_at"].clone()).ok();
+            p.users_total = done.users_total;
+            p.users_done = done.users_done;
+            p.changes_written = done.changes_written;
+            p.finished_at = Some(done.finished_at);
         } else if let Some(failed) =
-            get_json::<serde_json::Value>(store.as_ref(), &keys::fleet(job, FleetPart::Failed))
-                .await?
+            get_record::<Failed>(store.as_ref(), &keys::fleet(job, FleetPart::Failed)).await?
         {
             p.state = "failed".into();
-            p.error = failed["error"].as_str().map(String::from);
+            p.error = Some(failed.error);
+            p.finished_at = Some(failed.finished_at);
         }
         Ok(Some(p))
     }
@@ -504,8 +494,8 @@ mod tests {
     use super::*;
     use keepsake_log::{LogConfig, PushRequest};
     use keepsake_model::{
-        Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Origin, RandomIds, SystemClock,
-        UserState,
+        Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Kind, Origin, RandomIds,
+        SystemClock, UserState,
     };
 
     fn id() -> uuid::Uuid {
@@ -591,6 +581,7 @@ mod tests {
         }
         let job = RestoreId(id());
         let spec = JobSpec {
+            format_version: FLEET_RECORD_VERSION,
             restore_id: job,
             scope: "fleet".into(),
             as_of: t,
@@ -605,6 +596,7 @@ mod tests {
             store.as_ref(),
             &keys::fleet(job, FleetPart::Plan),
             &Plan {
+                format_version: FLEET_RECORD_VERSION,
                 users: users.clone(),
             },
         )
@@ -679,7 +671,7 @@ mod tests {
             .expect("list");
         let mut recorded = 0;
         for n in &batches {
-            let b: Batch = get_json(store.as_ref(), &keys::fleet(job, FleetPart::Batch(*n)))
+            let b: Batch = get_record(store.as_ref(), &keys::fleet(job, FleetPart::Batch(*n)))
                 .await
                 .expect("read")
                 .expect("batch");
@@ -730,6 +722,7 @@ mod tests {
         faulty.inject(FaultOp::Put, "/batches/", Fault::Fail, 3);
         let job = RestoreId(id());
         let spec = JobSpec {
+            format_version: FLEET_RECORD_VERSION,
             restore_id: job,
             scope: "fleet".into(),
             as_of: t,

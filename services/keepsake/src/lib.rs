@@ -14,6 +14,7 @@ pub mod config;
 pub mod device_events;
 pub mod devices;
 pub mod fleet;
+pub mod fleet_record;
 pub mod metrics;
 pub mod operator;
 pub mod recover;

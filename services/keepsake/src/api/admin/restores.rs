@@ -131,6 +131,7 @@ pub(in crate::api) async fn start_fleet_restore(
     };
     let ready = state.ready()?;
     let spec = crate::fleet::JobSpec {
+        format_version: crate::fleet_record::FLEET_RECORD_VERSION,
         restore_id: RestoreId(state.ids.random()),
         scope: "fleet".into(),
         as_of,
