@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_log::{LogConfig, UpTo, list_checkpoints, read_checkpoint, read_user};
-use keepsake_model::{ChangeBody, Kind, Outcome, UserState};
+use keepsake_model::{ChangeBody, Kind, Outcome, StateRead, UserState};
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -361,4 +361,47 @@ async fn reads_racing_evictions_always_answer() {
         r.await.expect("reader");
     }
     log.shutdown().await;
+}
+
+/// A reader's code never runs under the shard lock: while a `Log::user` closure is still
+/// running (a pull serialising a large page, say), the shard writer commits another push to
+/// the same user, and the reader sees the state as it was when it took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_never_holds_up_a_commit() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let log = Arc::new(open(store, 1, fast_config()).await.expect("open"));
+    let u = user();
+    push(&log, u, vec![put(item(), json!({"n": 1}))])
+        .await
+        .expect("first push");
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.user(&u, move |s| {
+                let seen = s.last_seq();
+                let _ = started_tx.send(());
+                // Held until the test has committed another push.
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                (seen, s.last_seq())
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("the reader's closure started");
+    let committed = tokio::time::timeout(
+        Duration::from_secs(10),
+        push(&log, u, vec![put(item(), json!({"n": 2}))]),
+    )
+    .await;
+    let _ = release_tx.send(());
+    let committed = committed.expect("the commit was not held up by the reader");
+    assert_eq!(committed.expect("second push").last_seq, 2);
+    let (seen, still) = reader.await.expect("join").expect("read");
+    assert_eq!((seen, still), (1, 1), "the reader keeps the state it took");
+    assert_eq!(log.last_seq(&u).await.expect("seq"), 2);
 }

@@ -32,7 +32,8 @@ impl Log {
         read_segments(&self.store, shard, state, *user, numbers, up_to).await
     }
 
-    /// Reads a user's committed state, loading it from the log if it is not in memory.
+    /// Reads a user's committed state, loading it from the log if it is not in memory. `f` runs
+    /// on the state as committed when it was taken, outside the shard lock.
     pub async fn user<R>(
         &self,
         user: &UserId,
@@ -43,13 +44,14 @@ impl Log {
         let mut f = Some(f);
         loop {
             load_user(&self.store, shard, state, *user).await?;
-            let guard = state.read().map_err(|_| poisoned(shard))?;
+            // The state is taken out of the lock before `f` runs: no caller code under it.
+            let shared = state.read().map_err(|_| poisoned(shard))?.get_shared(user);
             // An eviction between the load and the lock sends us round again. (Taking `f` before
             // looking the user up answered such a race "state lock poisoned".)
-            if let Some(s) = guard.get(user)
+            if let Some(s) = shared
                 && let Some(f) = f.take()
             {
-                return Ok(f(s));
+                return Ok(f(&s));
             }
         }
     }

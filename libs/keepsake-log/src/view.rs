@@ -14,16 +14,20 @@
 //!   down to 80% of it. Evicting loses nothing: the log has everything.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
+
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
 use crate::reader::{HistoryListed, Place, Source, Tag, narrowest, sources_of};
 
 #[derive(Debug)]
 struct Resident {
-    state: UserState,
+    /// Shared so that a reader takes it out of the lock ([`ShardState::get_shared`]); a commit
+    /// applies copy-on-write (`Arc::make_mut`), copying only while a reader still holds it.
+    state: Arc<UserState>,
     bytes: usize,
     last_used: AtomicU64,
 }
@@ -76,6 +80,14 @@ impl ShardState {
             Ordering::Relaxed,
         );
         Some(&r.state)
+    }
+
+    /// The user's state, if resident, as a handle the caller keeps after releasing the lock:
+    /// caller code (serialising a page, say) never runs under the shard lock, so it never
+    /// holds up the writer's commit. The handle is the state as of this call.
+    pub fn get_shared(&self, user: &UserId) -> Option<Arc<UserState>> {
+        self.get(user)?;
+        self.users.get(user).map(|r| r.state.clone())
     }
 
     /// True when the user is in memory.
@@ -236,7 +248,7 @@ impl ShardState {
         self.users.insert(
             user,
             Resident {
-                state,
+                state: Arc::new(state),
                 bytes,
                 last_used,
             },
@@ -263,7 +275,7 @@ impl ShardState {
                 self.last_recorded_at = Some(e.recorded_at);
             }
             if let Some(r) = self.users.get_mut(&e.user_id) {
-                if let Err(err) = apply(&mut r.state, e) {
+                if let Err(err) = apply(Arc::make_mut(&mut r.state), e) {
                     result = Err(err);
                     break;
                 }

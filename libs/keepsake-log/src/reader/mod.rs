@@ -10,14 +10,17 @@
 //! vanished ([`Tag`]).
 //!
 //! The files, by job: [`catalog`] (listing and layout), [`objects`] (whole-object reads),
-//! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first).
+//! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first),
+//! [`tag`] (which write of an object was seen).
 
 mod catalog;
 mod keyed;
 mod objects;
+mod tag;
 mod user;
 
 pub use catalog::*;
 pub use keyed::*;
 pub use objects::*;
+pub use tag::Tag;
 pub use user::*;
