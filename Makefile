@@ -63,6 +63,10 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (infra/loadtest.sh); JSON in loadtest-results/
 	infra/loadtest.sh
 
+.PHONY: ab
+ab: ## Interleaved A/B of this checkout against OLD=<rev>: codec, writer and point-in-time benches, three load phases (infra/ab.sh)
+	infra/ab.sh $(OLD)
+
 .PHONY: sustained
 sustained: ## One long load phase (SUSTAINED_SECS, default 120) with events/s and view evictions every 10 s (infra/sustained.sh)
 	infra/sustained.sh

@@ -150,3 +150,69 @@ async fn crash_and_restart_on_file() {
 async fn crash_and_restart_on_s3() {
     crash_and_restart(Backend::S3).await;
 }
+
+/// Restart loads no user (issue 15): the shard's state comes from the layout, the newest
+/// checkpoint's number and the tail, and every user loads on first use with the same state,
+/// whether it lives in the checkpoint, in the tail, or in both; a resend of a change id from
+/// before the restart is still a duplicate.
+async fn a_restart_loads_no_user_and_answers_the_same(backend: Backend) {
+    let ts = store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 2, fast_config())
+        .await
+        .expect("open");
+    let users: Vec<_> = (0..40).map(|_| user()).collect();
+    let mut first = HashMap::new();
+    for (i, u) in users.iter().enumerate() {
+        let c = put(item(), json!({"n": i}));
+        first.insert(*u, c.clone());
+        push(&log, *u, vec![c]).await.expect("push");
+    }
+    log.compact_now().await.expect("checkpoint and compact");
+    // After the checkpoint: half the users change again, and a few new ones arrive.
+    let mut all = users.clone();
+    for u in users.iter().step_by(2) {
+        push(&log, *u, vec![put(item(), json!({"again": true}))])
+            .await
+            .expect("push after");
+    }
+    for _ in 0..5 {
+        let u = user();
+        push(&log, u, vec![put(item(), json!({"new": true}))])
+            .await
+            .expect("new user");
+        all.push(u);
+    }
+    let mut before = HashMap::new();
+    for u in &all {
+        before.insert(*u, log.user(u, UserState::clone).await.expect("state"));
+    }
+    log.shutdown().await;
+
+    let log = open(ts.store.clone(), 2, fast_config())
+        .await
+        .expect("reopen");
+    assert_eq!(log.resident_users(), 0, "a restart loads no user");
+    for u in &all {
+        let after = log.user(u, UserState::clone).await.expect("state");
+        assert_eq!(Some(&after), before.get(u), "user {u}");
+    }
+    let (u, c) = first.iter().next().expect("a user");
+    let r = push(&log, *u, vec![c.clone()]).await.expect("resend");
+    assert!(matches!(r.outcomes[0], Outcome::Duplicate(_)), "{r:?}");
+    log.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_no_user_memory() {
+    a_restart_loads_no_user_and_answers_the_same(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_no_user_file() {
+    a_restart_loads_no_user_and_answers_the_same(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_no_user_s3() {
+    a_restart_loads_no_user_and_answers_the_same(Backend::S3).await;
+}
