@@ -54,7 +54,7 @@ pub use reader::{
 pub use shard::recover_shard;
 pub use stats::{AtomicHistogram, LogStats};
 pub use upkeep::{apply_retention, write_checkpoint};
-pub use view::ShardState;
+pub use view::{ReadPlan, ShardState};
 
 pub(crate) use load::load_user;
 use shard::Shard;

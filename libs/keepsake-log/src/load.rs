@@ -14,6 +14,7 @@ use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::warn;
 
+use crate::view::ReadPlan;
 use crate::{
     Log, LogError, ShardState, Source, UpTo, list_checkpoints, poisoned, read_checkpoint_user,
     reader,
@@ -94,12 +95,7 @@ impl Log {
             .state
             .read()
             .map_err(|_| poisoned(shard))?;
-        let from = v.checkpoint.map_or(1, |c| c + 1);
-        let tail = match up_to {
-            UpTo::Seq(n) => v.segments_until(user, from, v.head, n),
-            UpTo::End | UpTo::Time(_) => v.segments_of(user, from, v.head),
-        };
-        Ok((1..=v.checkpoint.unwrap_or(0)).chain(tail).collect())
+        Ok(v.read_plan(user, up_to).numbers())
     }
 
     /// One user's events up to a moment that `pick` keeps, oldest first: what
@@ -221,13 +217,16 @@ pub(crate) async fn load_user(
     'start: loop {
         // One snapshot: the head, the newest checkpoint, and the segments after it that the
         // index says hold the user.
-        let (mut read_to, checkpoint, mut segments) = {
+        let ReadPlan {
+            head: mut read_to,
+            checkpoint,
+            tail: mut segments,
+        } = {
             let s = state.read().map_err(|_| poisoned(shard))?;
             if s.is_resident(&user) {
                 return Ok(());
             }
-            let from = s.checkpoint.map_or(1, |c| c + 1);
-            (s.head, s.checkpoint, s.segments_of(&user, from, s.head))
+            s.read_plan(&user, UpTo::End)
         };
         let mut loaded = match checkpoint {
             Some(c) => match read_checkpoint_user(store.clone(), shard, c, user).await {

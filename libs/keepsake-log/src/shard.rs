@@ -88,12 +88,11 @@ pub async fn recover_shard(
                 ));
             }
         }
-        // No user is resident: this records the time and the count since the checkpoint.
+        // No user is resident: this indexes the segment and moves the head and the time. Its
+        // place was recorded from the layout above.
         state
-            .apply_events(&seg.events)
+            .commit_segment(n, &seg.events, seg.meta.last_recorded_at, None)
             .map_err(|e| LogError::corrupt(shard, n, e))?;
-        state.index_segment(n, &seg.events);
-        state.head = n;
     }
     if state.last_recorded_at.is_none() && head > 0 {
         let last = read_segment_meta(store.clone(), shard, head).await?;

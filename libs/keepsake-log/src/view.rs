@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
-use crate::reader::{HistoryListed, Place, Source, Tag, narrowest, sources_of};
+use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
 #[derive(Debug)]
 struct Resident {
@@ -30,6 +30,30 @@ struct Resident {
     state: Arc<UserState>,
     bytes: usize,
     last_used: AtomicU64,
+}
+
+/// What a read of one user up to a moment needs from the view, taken in one snapshot (one
+/// lock): the head it reads to, the checkpoint it starts from, and the tail segments after that
+/// checkpoint that the index says hold the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// The last segment the view holds.
+    pub head: u64,
+    /// The newest checkpoint the view knows.
+    pub checkpoint: Option<u64>,
+    /// The segments after the checkpoint, up to the head, that may hold the user's events up to
+    /// the moment (ascending).
+    pub tail: Vec<u64>,
+}
+
+impl ReadPlan {
+    /// Every segment number the read covers: those up to the checkpoint (a reader prunes them
+    /// by their statistics), then the tail.
+    pub fn numbers(&self) -> Vec<u64> {
+        (1..=self.checkpoint.unwrap_or(0))
+            .chain(self.tail.iter().copied())
+            .collect()
+    }
 }
 
 /// Committed state of one shard.
@@ -265,6 +289,47 @@ impl ShardState {
         self.pinned.clear();
     }
 
+    /// The [`ReadPlan`] of `user` up to `up_to`: by seq, tail segments whose first event of the
+    /// user is past the seq are left out.
+    pub fn read_plan(&self, user: &UserId, up_to: UpTo) -> ReadPlan {
+        let from = self.checkpoint.map_or(1, |c| c + 1);
+        let tail = match up_to {
+            UpTo::Seq(n) => self.segments_until(user, from, self.head, n),
+            UpTo::End | UpTo::Time(_) => self.segments_of(user, from, self.head),
+        };
+        ReadPlan {
+            head: self.head,
+            checkpoint: self.checkpoint,
+            tail,
+        }
+    }
+
+    /// Moves the view to segment `n`, the next one, committed with `events` (by this writer,
+    /// by another process, or found at recovery): folds them into resident users, indexes which
+    /// users it holds, records where it is read from (`placed`: its size and tag, when it is an
+    /// object of its own), and advances the head and `last_recorded_at` (never backwards). The
+    /// one way the head moves. A fold error is returned after the view has moved: the segment is
+    /// durable, so the caller re-reads the shard (writer) or refuses (recovery, catch-up).
+    pub fn commit_segment(
+        &mut self,
+        n: u64,
+        events: &[Event],
+        last_recorded_at: DateTime<Utc>,
+        placed: Option<(u64, Tag)>,
+    ) -> Result<(), ApplyError> {
+        let folded = self.apply_events(events);
+        self.index_segment(n, events);
+        if let Some((size, tag)) = placed {
+            self.record_segment_size(n, size, tag);
+        }
+        self.head = n;
+        self.last_recorded_at = Some(
+            self.last_recorded_at
+                .map_or(last_recorded_at, |t| t.max(last_recorded_at)),
+        );
+        folded
+    }
+
     /// Folds committed events into the resident users they belong to; others are skipped (they
     /// will be loaded from the log). Every event advances `last_recorded_at`.
     pub fn apply_events(&mut self, events: &[Event]) -> Result<(), ApplyError> {
@@ -361,6 +426,63 @@ mod tests {
         assert_eq!(view.checkpoint, Some(4));
         assert_eq!(view.segments_of(&user, 1, 5), vec![3, 4, 5]);
         assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
+    }
+
+    /// The one way the head moves: folded into resident users, indexed, placed, and
+    /// `last_recorded_at` never backwards; a fold error still moves the view.
+    #[test]
+    fn commit_segment_advances_the_view_once() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let events = history(1, 1, 30, start);
+        let user = events[0].user_id;
+        let mut view = ShardState::default();
+        view.insert(user, UserState::default());
+        let late = start + chrono::Duration::days(1);
+        for (i, chunk) in events.chunks(10).enumerate() {
+            let n = i as u64 + 1;
+            let at = if n == 2 { late } else { start };
+            view.commit_segment(n, chunk, at, Some((100 * n, Tag::ANY)))
+                .expect("folds");
+            assert_eq!(view.head, n);
+        }
+        assert_eq!(view.last_recorded_at, Some(late), "never backwards");
+        assert_eq!(view.segments_of(&user, 1, 3), vec![1, 2, 3]);
+        use keepsake_model::StateRead;
+        assert_eq!(view.get(&user).map(|s| s.last_seq()), Some(30));
+        // Events that do not fold (seq 11 again) are reported, and the view still moves on.
+        let again = &events[10..20];
+        assert!(view.commit_segment(4, again, start, None).is_err());
+        assert_eq!(view.head, 4);
+    }
+
+    /// A read plan is one snapshot: head, checkpoint and the user's tail, cut at a seq.
+    #[test]
+    fn read_plan_takes_head_checkpoint_and_tail_together() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let events = history(1, 1, 50, start);
+        let user = events[0].user_id;
+        let mut view = ShardState::default();
+        for (i, chunk) in events.chunks(10).enumerate() {
+            view.commit_segment(i as u64 + 1, chunk, start, None)
+                .expect("folds");
+        }
+        let plan = view.read_plan(&user, UpTo::End);
+        assert_eq!(
+            plan,
+            ReadPlan {
+                head: 5,
+                checkpoint: None,
+                tail: vec![1, 2, 3, 4, 5]
+            }
+        );
+        assert_eq!(view.read_plan(&user, UpTo::Seq(25)).tail, vec![1, 2, 3]);
+        view.checkpointed(2);
+        let plan = view.read_plan(&user, UpTo::End);
+        assert_eq!((plan.head, plan.checkpoint), (5, Some(2)));
+        assert_eq!(plan.tail, vec![3, 4, 5]);
+        assert_eq!(plan.numbers(), vec![1, 2, 3, 4, 5]);
+        let nobody = UserId(uuid::Uuid::nil());
+        assert_eq!(view.read_plan(&nobody, UpTo::End).numbers(), vec![1, 2]);
     }
 
     /// Users the view holds link their items' versions, so that stale patches find a base's

@@ -349,12 +349,7 @@ impl Writer {
                     started.elapsed(),
                 );
                 let applied = self.state.write().map(|mut s| {
-                    let r = s.apply_events(&events);
-                    s.index_segment(n, &events);
-                    s.record_segment_size(n, bytes.len() as u64, tag);
-                    s.head = n;
-                    s.last_recorded_at = Some(recorded_at);
-                    r
+                    s.commit_segment(n, &events, recorded_at, Some((bytes.len() as u64, tag)))
                 });
                 if !matches!(applied, Ok(Ok(()))) {
                     // Cannot happen: staging produced these events against this state. If it

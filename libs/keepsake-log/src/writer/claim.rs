@@ -218,14 +218,10 @@ impl Writer {
             let mut state = self.state.write().map_err(|_| crate::poisoned(shard))?;
             for seg in &segs {
                 let n = seg.meta.segment;
+                // Placed below, from where it was read.
                 state
-                    .apply_events(&seg.events)
+                    .commit_segment(n, &seg.events, seg.meta.last_recorded_at, None)
                     .map_err(|e| LogError::corrupt(shard, n, e))?;
-                state.index_segment(n, &seg.events);
-                state.head = n;
-                // recorded_at never goes backwards within the shard, whoever wrote last.
-                let last = seg.meta.last_recorded_at;
-                state.last_recorded_at = Some(state.last_recorded_at.map_or(last, |l| l.max(last)));
                 info!(
                     shard,
                     segment = n,
