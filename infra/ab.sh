@@ -8,7 +8,8 @@
 # file per side, bench and round; a summary table of the load phases on stdout.
 #
 # AB_ROUNDS (default 2), AB_SECS (seconds per load phase, default 15), AB_PIT_USERS (the
-# point-in-time bench's fleet, default 2000: its fleet restore dominates its run time).
+# point-in-time bench's fleet, default 2000: its fleet restore dominates its run time),
+# AB_BENCHES (default "codec writer point_in_time"), AB_LOAD=0 to skip the load phases.
 set -euo pipefail
 
 OLD=${1:-${OLD:-}}
@@ -16,6 +17,8 @@ OLD=${1:-${OLD:-}}
 ROUNDS=${AB_ROUNDS:-2}
 SECS=${AB_SECS:-15}
 PIT_USERS=${AB_PIT_USERS:-2000}
+BENCHES=${AB_BENCHES:-codec writer point_in_time}
+LOAD=${AB_LOAD:-1}
 : "${CARGO_TARGET_DIR:=$HOME/.cache/keepsake-target}"
 export CARGO_TARGET_DIR
 OUT=${AB_OUT:-$PWD/ab-results}
@@ -99,15 +102,19 @@ load() {
 for round in $(seq 1 "$ROUNDS"); do
     for side in old new; do
         echo "== round $round, $side: $(date -u +%H:%M:%S)"
-        (cd "$WORK" && "$WORK/$side/bench-codec" --bench >"$OUT/$side-codec-$round.txt" 2>&1)
-        (cd "$WORK" && "$WORK/$side/bench-writer" >"$OUT/$side-writer-$round.txt" 2>&1)
-        (cd "$WORK" && KEEPSAKE_PIT_USERS=$PIT_USERS "$WORK/$side/bench-point_in_time" \
-            >"$OUT/$side-point_in_time-$round.txt" 2>&1)
-        load "$side" "$round"
+        for bench in $BENCHES; do
+            case $bench in
+                codec) args=(--bench) ;;
+                *) args=() ;;
+            esac
+            (cd "$WORK" && KEEPSAKE_PIT_USERS=$PIT_USERS "$WORK/$side/bench-$bench" "${args[@]}" \
+                >"$OUT/$side-$bench-$round.txt" 2>&1)
+        done
+        [ "$LOAD" = 0 ] || load "$side" "$round"
     done
 done
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
+[ "$LOAD" = 0 ] || python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 print("load phases: requests/s and changes/s, then p99 ms of each kind of request, per round")
