@@ -308,8 +308,10 @@ impl ShardState {
     /// by another process, or found at recovery): folds them into resident users, indexes which
     /// users it holds, records where it is read from (`placed`: its size and tag, when it is an
     /// object of its own), and advances the head and `last_recorded_at` (never backwards). The
-    /// one way the head moves. A fold error is returned after the view has moved: the segment is
-    /// durable, so the caller re-reads the shard (writer) or refuses (recovery, catch-up).
+    /// one way the head moves. A fold error (which staging rules out) is returned after the view
+    /// has moved, and every user the segment touches leaves the view: the segment is durable,
+    /// so those users load again from the log, which refuses them if it does not fold — the view
+    /// never keeps a state that missed part of a committed segment.
     pub fn commit_segment(
         &mut self,
         n: u64,
@@ -318,6 +320,13 @@ impl ShardState {
         placed: Option<(u64, Tag)>,
     ) -> Result<(), ApplyError> {
         let folded = self.apply_events(events);
+        if folded.is_err() {
+            for e in events {
+                if let Some(r) = self.users.remove(&e.user_id) {
+                    self.bytes = self.bytes.saturating_sub(r.bytes);
+                }
+            }
+        }
         self.index_segment(n, events);
         if let Some((size, tag)) = placed {
             self.record_segment_size(n, size, tag);
@@ -449,10 +458,12 @@ mod tests {
         assert_eq!(view.segments_of(&user, 1, 3), vec![1, 2, 3]);
         use keepsake_model::StateRead;
         assert_eq!(view.get(&user).map(|s| s.last_seq()), Some(30));
-        // Events that do not fold (seq 11 again) are reported, and the view still moves on.
+        // Events that do not fold (seq 11 again) are reported, the view still moves on, and the
+        // user leaves the view (to load again from the log) rather than keep a partial fold.
         let again = &events[10..20];
         assert!(view.commit_segment(4, again, start, None).is_err());
         assert_eq!(view.head, 4);
+        assert!(!view.is_resident(&user));
     }
 
     /// A read plan is one snapshot: head, checkpoint and the user's tail, cut at a seq.
