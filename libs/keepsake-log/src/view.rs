@@ -97,21 +97,25 @@ pub struct ShardState {
 impl ShardState {
     /// The user's state, if resident (and marks it recently used).
     pub fn get(&self, user: &UserId) -> Option<&UserState> {
-        let r = self.users.get(user)?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        r.last_used.store(
-            self.clock.fetch_add(1, Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        Some(&r.state)
+        self.touch(user).map(|r| r.state.as_ref())
     }
 
     /// The user's state, if resident, as a handle the caller keeps after releasing the lock:
     /// caller code (serialising a page, say) never runs under the shard lock, so it never
     /// holds up the writer's commit. The handle is the state as of this call.
     pub fn get_shared(&self, user: &UserId) -> Option<Arc<UserState>> {
-        self.get(user)?;
-        self.users.get(user).map(|r| r.state.clone())
+        self.touch(user).map(|r| r.state.clone())
+    }
+
+    /// A resident user, counted as a hit and marked recently used.
+    fn touch(&self, user: &UserId) -> Option<&Resident> {
+        let r = self.users.get(user)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        r.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        Some(r)
     }
 
     /// True when the user is in memory.

@@ -1,12 +1,10 @@
 //! Command-line interface. Every flag also reads an environment variable.
 
-use std::net::SocketAddr;
-
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ApiArgs, AuthArgs, FleetArgs, LogArgs, StoreArgs};
+use crate::config::{ServeArgs, StoreArgs};
 use crate::server::{ServerConfig, run};
 
 #[derive(Parser, Debug)]
@@ -140,34 +138,6 @@ fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::FAILURE
     })
-}
-
-/// `keepsake serve` flags, by concern ([`crate::config`]).
-#[derive(Args, Debug)]
-struct ServeArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Address to listen on (port 0 picks a free port; the log says which).
-    #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    auth: AuthArgs,
-    #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    api: ApiArgs,
-    #[command(flatten)]
-    fleet: FleetArgs,
-    /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
-    #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
-    log_filter: String,
-}
-
-/// A tracing filter that parses.
-fn log_filter(s: &str) -> std::result::Result<String, String> {
-    EnvFilter::try_new(s)
-        .map(|_| s.to_string())
-        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -5,14 +5,16 @@
 //!
 //! Invariant: a value that cannot work is refused at start with a message naming the flag
 //! (clap's range checks, or [`ApiArgs::limits`] for values that depend on each other); nothing
-//! is clamped silently.
+//! is clamped silently. [`ServeArgs`] gathers them for `keepsake serve`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 use keepsake_log::LogConfig;
 use keepsake_model::{MassDeleteGuard, StagePolicy};
 use keepsake_store::RetryPolicy;
+use tracing_subscriber::EnvFilter;
 
 use crate::api::Limits;
 
@@ -266,28 +268,50 @@ pub struct FleetArgs {
     pub users_per_second: u32,
 }
 
+/// `keepsake serve` flags: one group per concern, and the two the server alone takes.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
+    #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
+    pub log_filter: String,
+}
+
+/// A tracing filter that parses.
+fn log_filter(s: &str) -> std::result::Result<String, String> {
+    EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::*;
 
+    /// `keepsake serve`'s flags, as the binary parses them.
     #[derive(Parser, Debug)]
     struct All {
         #[command(flatten)]
-        store: StoreArgs,
-        #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
-        log: LogArgs,
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        fleet: FleetArgs,
+        serve: ServeArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<All, String> {
+    fn parse(args: &[&str]) -> Result<ServeArgs, String> {
         All::try_parse_from(std::iter::once("keepsake").chain(args.iter().copied()))
+            .map(|a| a.serve)
             .map_err(|e| e.to_string())
     }
 
@@ -328,6 +352,7 @@ mod tests {
             ),
             (&["--max-page-size", "0"], "--max-page-size"),
             (&["--shards", "0"], "--shards"),
+            (&["--log", "nonsense["], "--log"),
         ] {
             let e = parse(args).expect_err("refused");
             assert!(e.contains(flag), "{args:?}: {e}");
