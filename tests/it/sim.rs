@@ -585,11 +585,16 @@ impl Sim {
     fn inject_push_fault(&mut self, p: usize) -> String {
         self.tally.faults += 1;
         let f = &self.procs[p].faulty;
-        match self.rng.below(7) {
+        match self.rng.below(8) {
             0 => {
                 let n = 1 + self.rng.below(2) as usize;
                 f.inject(FaultOp::Put, "/segments/", Fault::Fail, n);
                 format!("segment PUT fails x{n}")
+            }
+            7 => {
+                let n = 1 + self.rng.below(3) as usize;
+                f.inject(FaultOp::Get, "/frontier/", Fault::Fail, n);
+                format!("frontier GET (the PUT's confirmation) fails x{n}")
             }
             1 => {
                 f.inject(FaultOp::Put, "/segments/", Fault::Fail, 3);
@@ -623,7 +628,7 @@ impl Sim {
 
     fn inject_compaction_fault(&mut self, p: usize) -> Option<String> {
         let f = &self.procs[p].faulty;
-        let what = match self.rng.below(9) {
+        let what = match self.rng.below(11) {
             0 => {
                 f.inject(FaultOp::Put, "/history/", Fault::Fail, 1);
                 "history PUT fails"
@@ -651,6 +656,14 @@ impl Sim {
             6 => {
                 f.inject(FaultOp::List, "", Fault::OmitLast, 1);
                 "LIST omits its last object"
+            }
+            7 => {
+                f.inject(FaultOp::Put, "/frontier/", Fault::Fail, 1);
+                "frontier PUT fails"
+            }
+            8 => {
+                f.inject(FaultOp::Put, "/frontier/", Fault::FailAfter, 1);
+                "frontier PUT lands then errors"
             }
             _ => return None,
         };
@@ -1498,7 +1511,8 @@ async fn a_restore_by_a_process_that_is_behind_reaches_its_target() {
 /// Found by the simulation (seed 60; also 56 and 57 of 24..64): B writes segment 1 and compacts
 /// it into history object 1-1, deleting the segment; A, behind at head 0, writes its batch into
 /// the freed number 1, and the listing of history objects that would confirm the number was
-/// new fails (a LIST error: no crash). A answers retryable but leaves its object behind. History
+/// new fails (a LIST error: no crash; the confirmation is now a read of the compaction
+/// frontier, which fails here instead). A answers retryable but leaves its object behind. History
 /// 1-1 holds no number that no segment object holds, so it is no longer "relied on", and
 /// readers take the stray segment 1 for the log: B's acknowledged change at seq 1 is gone from
 /// every read, and B's next push continues the user at seq 2 behind A's unacknowledged one.
@@ -1517,7 +1531,7 @@ async fn an_unconfirmed_write_into_a_compacted_number_never_hides_acknowledged_c
     assert_eq!(acked.seq, 1);
     let compacted = b.compact_now().await.expect("B compacts");
     assert_eq!(compacted.segments, 1);
-    faulty.inject(FaultOp::List, "/history", Fault::Fail, 1);
+    faulty.inject(FaultOp::Get, "/frontier/", Fault::Fail, 1);
     let answer = a.push(note_push(u, 50)).await;
     assert!(
         matches!(&answer, Err(e) if e.is_retryable()),

@@ -621,8 +621,8 @@ async fn all_cold(log: &keepsake_log::Log) {
     panic!("{} users still resident after 5 s", log.resident_users());
 }
 
-/// A writer behind writes into a compacted number and cannot confirm it (every listing of
-/// history objects fails), and stops before it settles it: its object stays, as a stray. The
+/// A writer behind writes into a compacted number and cannot confirm it (every read of the
+/// compaction frontier fails), and stops before it settles it: its object stays, as a stray. The
 /// history object was marked verified when it was written, so readers keep reading it (the
 /// stray fills every number it holds, which once made it look unverified). Compaction then
 /// removes the stray: an object of another batch in a number a verified history object holds
@@ -644,7 +644,7 @@ async fn a_stray_never_hides_a_verified_history_object_and_compaction_removes_it
     b.compact_now()
         .await
         .expect("b compacts segment 1 into 1-1");
-    faulty.inject(FaultOp::List, "/history", Fault::Fail, 100);
+    faulty.inject(FaultOp::Get, "/frontier/", Fault::Fail, 100);
     let stray = push(&a, u, vec![put(item(), json!({"by": "a"}))]).await;
     assert!(
         matches!(&stray, Err(e) if e.is_retryable()),

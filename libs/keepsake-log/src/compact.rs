@@ -9,6 +9,8 @@
 //!   object merged into a wider one) is deleted only after the history object holding it was
 //!   written, read back and its segments compared equal, one by one, with the source's; the
 //!   view reads from a history object only after that comparison.
+//! - No segment object is deleted before the shard's compaction frontier holds its number
+//!   ([`crate::frontier::advance`]): that is how a writer behind learns the number was used.
 //! - A round takes the oldest run of segments still in their own objects, up to the checkpoint
 //!   and `max_events`, and merges it with the history object just before it when the result
 //!   stays within `max_events`; so history objects grow from segment 1 without gaps.
@@ -606,6 +608,18 @@ async fn delete_all(
     shard: u32,
     doomed: &[Doomed],
 ) -> Result<CompactionReport, LogError> {
+    // A writer behind learns that a number was used from the frontier, so it moves past every
+    // segment before one is deleted ([`crate::frontier`]).
+    let last_segment = doomed
+        .iter()
+        .filter_map(|d| match d {
+            Doomed::Segment { n, .. } => Some(*n),
+            Doomed::History(_) => None,
+        })
+        .max();
+    if let Some(n) = last_segment {
+        crate::frontier::advance(store.as_ref(), shard, n).await?;
+    }
     // One bulk request where the store has one (S3 DeleteObjects), not a round trip per object.
     let mut sizes: std::collections::HashMap<object_store::path::Path, u64> =
         doomed.iter().map(|d| (d.path(shard), d.size())).collect();

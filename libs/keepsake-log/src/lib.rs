@@ -19,6 +19,7 @@ mod as_of;
 pub mod compact;
 mod config;
 mod error;
+pub mod frontier;
 mod load;
 mod ops;
 mod push;
@@ -131,6 +132,7 @@ impl Log {
                 answered_at: None,
                 head_tx,
                 unconfirmed: None,
+                frontier: None,
             };
             tasks.push(tokio::spawn(keepsake_store::with_cause(
                 keepsake_store::Cause::Push,

@@ -328,6 +328,7 @@ async fn fold_shard(
         }
     }
     check_shadowed(&store, shard, &layout, &mut out.problems).await;
+    check_frontier(&store, shard, &layout, &mut out.problems).await;
     let mut folded_to = 0;
     let mut next_ck = cks.iter().peekable();
     let mut broken = false;
@@ -450,6 +451,50 @@ async fn fold_shard(
         "shard folded"
     );
     Ok(out)
+}
+
+/// Checks the shard's compaction frontier ([`crate::frontier`]), read after `layout` was
+/// listed: its generations read back, and it holds every number whose segment object is gone
+/// (compaction advances it before deleting one, so a number missing from the listing was
+/// already held when the frontier was read). A store compacted only by versions before the
+/// frontier has none, which is no damage.
+async fn check_frontier(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    layout: &Layout,
+    problems: &mut Vec<Problem>,
+) {
+    let frontier = match crate::frontier::find_written(store.as_ref(), shard).await {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(problem(
+                "unreadable",
+                keys::frontier_prefix(shard).to_string(),
+                e.to_string(),
+            ));
+            return;
+        }
+    };
+    if frontier.generation == 0 {
+        return;
+    }
+    let present: std::collections::HashSet<u64> = layout.segments.iter().map(|l| l.n).collect();
+    let compacted = layout
+        .history
+        .iter()
+        .flat_map(|h| h.first..=h.last)
+        .filter(|n| !present.contains(n))
+        .max();
+    if let Some(n) = compacted.filter(|n| !frontier.holds(*n)) {
+        problems.push(problem(
+            "frontier_behind",
+            keys::frontier(shard, frontier.generation).to_string(),
+            format!(
+                "segment {n} was compacted away but the frontier holds only up to {}: a writer behind could take the number for new",
+                frontier.through
+            ),
+        ));
+    }
 }
 
 /// Segment objects that readers do not read, because a history object they rely on holds the

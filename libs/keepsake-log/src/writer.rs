@@ -24,20 +24,20 @@
 //!    answered. Every failure answers with a retryable error and never an acknowledgement.
 //! 8. A create-only PUT also succeeds on a number that was used and then freed by compaction
 //!    (its segment moved into a history object and deleted) — which is what a writer that is
-//!    behind another process targets. So a PUT counts as committed only once a listing of the
-//!    shard's history objects, taken after it, shows none holding its number: compaction writes
-//!    the history object before it deletes a segment, so if the number had been used, the
-//!    listing shows it. Otherwise the writer deletes its own object (never acknowledged), fails
-//!    the batch as fenced, and re-reads the shard. A segment number, once used, is never
-//!    usable again.
+//!    behind another process targets. So a PUT counts as committed only once the shard's
+//!    compaction frontier, read after it, is below its number: compaction advances the frontier
+//!    past a segment before it deletes it, so if the number had been used, the frontier shows
+//!    it ([`crate::frontier`]: one GET per PUT, where a listing of history objects cost a LIST).
+//!    Otherwise the writer deletes its own object (never acknowledged), fails the batch as
+//!    fenced, and re-reads the shard. A segment number, once used, is never usable again.
 //! 9. After a fence or an unresolved failure the writer re-reads the shard from `head + 1` before
 //!    its next batch (from a listing, so that a compacted range counts as taken, not as the end
 //!    of the log), so its state includes whatever landed, and retried change ids answer
 //!    `duplicate`.
 //! 10. A batch that writes nothing (every change a duplicate, a conflict or a rejection, or a
 //!     push refused by the mass-delete guard) has no PUT to prove its view current, so before
-//!     it is answered the writer checks the store: segment `head + 1` exists or a history
-//!     object holds it means another process moved the shard on; the writer re-reads the shard
+//!     it is answered the writer checks the store: segment `head + 1` exists or the compaction
+//!     frontier holds it means another process moved the shard on; the writer re-reads the shard
 //!     and stages the batch again. An answer that writes nothing is never decided on a stale
 //!     view (a `not_found` would make a device drop its user's delete for good).
 //! 11. A push of origin `restore` is all or nothing: if any of its changes would conflict or be
@@ -97,6 +97,8 @@ pub(crate) struct Writer {
     /// The segment number and batch of a PUT that may have landed but was not confirmed:
     /// settled at the next re-read of the shard.
     pub unconfirmed: Option<(u64, BatchId)>,
+    /// The shard's compaction frontier as last read (`None` until the first PUT).
+    pub frontier: Option<crate::frontier::Frontier>,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.

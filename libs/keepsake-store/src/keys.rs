@@ -6,6 +6,7 @@
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
 //! shards/<s>/history/<a:020>-<b:020>.parquet      segments a..=b compacted, sorted by (user_id, seq)
 //! shards/<s>/history/<a:020>-<b:020>.verified     empty: that object was read back and matched its sources
+//! shards/<s>/frontier/<g:020>.json                generation g of the compaction frontier (create-only)
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
@@ -65,6 +66,14 @@ pub enum Key {
         first: u64,
         /// The last segment the object holds.
         last: u64,
+    },
+    /// Generation `generation` of a shard's compaction frontier: how far compaction may have
+    /// deleted segment objects (written create-only, generations dense from 1).
+    Frontier {
+        /// Shard.
+        shard: u32,
+        /// The generation, from 1.
+        generation: u64,
     },
     /// A checkpoint of a shard after segment `n`.
     Checkpoint {
@@ -209,6 +218,16 @@ pub fn history_verified(shard: u32, first: u64, last: u64) -> Path {
     ))
 }
 
+/// The prefix under which a shard's compaction frontier lives.
+pub fn frontier_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}/frontier"))
+}
+
+/// The path of generation `generation` of `shard`'s compaction frontier.
+pub fn frontier(shard: u32, generation: u64) -> Path {
+    Path::from(format!("shards/{shard}/frontier/{generation:020}.json"))
+}
+
 /// The prefix under which a shard's checkpoints live.
 pub fn checkpoints_prefix(shard: u32) -> Path {
     Path::from(format!("shards/{shard}/checkpoints"))
@@ -306,6 +325,13 @@ pub fn parse(path: &Path) -> Option<Key> {
                 Key::History { shard, first, last }
             })
         }
+        ["shards", s, "frontier", file] => {
+            let generation = parse_n(file, ".json")?;
+            (generation >= 1).then_some(Key::Frontier {
+                shard: parse_shard(s)?,
+                generation,
+            })
+        }
         ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
             shard: parse_shard(s)?,
             n: parse_n(file, ".parquet")?,
@@ -357,6 +383,7 @@ pub fn format(key: &Key) -> Path {
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
         Key::History { shard, first, last } => history(shard, first, last),
         Key::HistoryVerified { shard, first, last } => history_verified(shard, first, last),
+        Key::Frontier { shard, generation } => frontier(shard, generation),
         Key::RestoreJob(id) => restore_job(id),
         Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
@@ -394,6 +421,14 @@ mod tests {
                 n: u64::MAX,
             },
             Key::Checkpoint { shard: 3, n: 42 },
+            Key::Frontier {
+                shard: 2,
+                generation: 1,
+            },
+            Key::Frontier {
+                shard: 0,
+                generation: u64::MAX,
+            },
             Key::History {
                 shard: 3,
                 first: 1,
@@ -457,7 +492,8 @@ mod tests {
             if let Key::Segment { shard, .. }
             | Key::Checkpoint { shard, .. }
             | Key::History { shard, .. }
-            | Key::HistoryVerified { shard, .. } = k
+            | Key::HistoryVerified { shard, .. }
+            | Key::Frontier { shard, .. } = k
             {
                 assert!(path.prefix_matches(&shard_prefix(shard)), "{path}");
                 assert!(path.prefix_matches(&shards_prefix()), "{path}");
@@ -495,6 +531,8 @@ mod tests {
             "shards/2/history/00000000000000000007-00000000000000000005.parquet",
             "shards/2/history/00000000000000000000-00000000000000000005.parquet",
             "shards/2/history/7-9.parquet",
+            "shards/2/frontier/00000000000000000000.json",
+            "shards/2/frontier/00000000000000000001.parquet",
             "restores/ABC.json",
             "restores/00000000-0000-0000-0000-000000000ABC.json",
             "devices/00000000-0000-0000-0000-000000000001/x.json",

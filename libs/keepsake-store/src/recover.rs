@@ -95,7 +95,8 @@ async fn holds_shard_data(store: &dyn ObjectStore, s: u32) -> Result<bool, Store
             Key::Segment { shard, .. }
             | Key::Checkpoint { shard, .. }
             | Key::History { shard, .. }
-            | Key::HistoryVerified { shard, .. },
+            | Key::HistoryVerified { shard, .. }
+            | Key::Frontier { shard, .. },
         ) = keys::parse(&o.location)
             && shard == s
         {

@@ -1,6 +1,7 @@
 //! Claiming a segment number in the store for a batch (invariants 4 to 9 of [`super`]): the
 //! create-only PUT, resolving an ambiguous answer by reading the number back, refusing a
-//! number that compaction had freed, and catching up with segments another writer committed.
+//! number that compaction had freed (the compaction frontier, [`crate::frontier`]), and
+//! catching up with segments another writer committed.
 
 use bytes::Bytes;
 use keepsake_model::BatchId;
@@ -10,9 +11,9 @@ use tracing::{error, info, warn};
 
 use super::Writer;
 use crate::error::LogError;
+use crate::frontier::{self, Frontier};
 use crate::reader::{
-    Layout, Source, Tag, history_segment_meta, list_history, list_layout, read_meta,
-    read_source_located,
+    Layout, Source, Tag, history_segment_meta, list_layout, read_meta, read_source_located,
 };
 
 /// What happened to a segment PUT.
@@ -28,39 +29,50 @@ pub(super) enum Put {
 impl Writer {
     /// Writes segment `n` create-only ([`Self::write_segment`]), then makes sure the number was
     /// not used before (invariant 8).
-    pub(super) async fn put_segment(&self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
+    pub(super) async fn put_segment(&mut self, n: u64, batch_id: BatchId, bytes: Bytes) -> Put {
         let tag = match self.write_segment(n, batch_id, bytes).await {
             Put::Committed(tag) => tag,
             other => return other,
         };
         // An object left in a used number is a stray that only this confirmation can tell from
-        // a committed segment (and so remove); the store layer retries the listing.
-        let history = match list_history(self.store.as_ref(), self.shard).await {
-            Ok(h) => h,
+        // a committed segment (and so remove); the store layer retries the read.
+        let frontier = match self.frontier().await {
+            Ok(f) => f,
             // Not known to be committed: failed (retryable) and re-read before the next batch,
             // which folds the segment in if it is the log's, so a resend answers `duplicate`.
             // If it is a stray, readers do not read it (the history object holding its number
             // is marked verified) and verify reports it.
             Err(e) => {
                 return Put::NotCommitted(format!(
-                    "segment {n} written, but listing history objects to confirm its number was new failed: {e}"
+                    "segment {n} written, but reading the compaction frontier to confirm its number was new failed: {e}"
                 ));
             }
         };
-        let Some(h) = history.iter().find(|h| h.holds(n)) else {
+        if !frontier.holds(n) {
             return Put::Committed(tag);
-        };
+        }
         error!(
             shard = self.shard,
             segment = n,
-            history_first = h.first,
-            history_last = h.last,
+            frontier_generation = frontier.generation,
+            frontier_through = frontier.through,
             "segment number was used before and compacted: this writer was behind; removing its object"
         );
         // Ours (our create-only PUT made it; anything there since is another stray), never
         // acknowledged: removed at once, without a read-back that could fail and leave it.
         self.remove_own_object(n).await;
         Put::Reused
+    }
+
+    /// The shard's compaction frontier as it is now: the one this writer knows, followed (one
+    /// GET when it has not moved), or found from a listing the first time.
+    async fn frontier(&mut self) -> Result<Frontier, LogError> {
+        let now = match self.frontier {
+            Some(known) => frontier::follow(self.store.as_ref(), self.shard, known).await?,
+            None => frontier::find(self.store.as_ref(), self.shard).await?,
+        };
+        self.frontier = Some(now);
+        Ok(now)
     }
 
     /// Removes this writer's object in segment number `n`, which a history object holds with
@@ -176,9 +188,9 @@ impl Writer {
     }
 
     /// True when no other process has committed past this writer's head: segment `head + 1`
-    /// is neither an object nor held by a history object (compaction writes one before
+    /// is neither an object nor within the compaction frontier (compaction advances it before
     /// deleting a segment, so a used number always shows in one or the other).
-    pub(super) async fn is_current(&self) -> Result<bool, LogError> {
+    pub(super) async fn is_current(&mut self) -> Result<bool, LogError> {
         let n = self
             .state
             .read()
@@ -196,8 +208,7 @@ impl Writer {
                 });
             }
         }
-        let history = list_history(self.store.as_ref(), self.shard).await?;
-        Ok(!history.iter().any(|h| h.holds(n)))
+        Ok(!self.frontier().await?.holds(n))
     }
 
     /// Applies every segment after `head` that the store holds, in order, from a listing: a
@@ -207,6 +218,13 @@ impl Writer {
         let shard = self.shard;
         let from = self.state.read().map_or(0, |s| s.head) + 1;
         let layout = list_layout(self.store.as_ref(), shard).await?;
+        if let (Some(f), Some(last)) = (
+            self.frontier.as_mut(),
+            layout.history.iter().map(|h| h.last).max(),
+        ) {
+            // Numbers a history object holds were used, whatever compacted them.
+            f.through = f.through.max(last);
+        }
         self.settle_unconfirmed(&layout).await?;
         let sources = if layout.head() >= from {
             layout.sources(shard, from..=layout.head())?

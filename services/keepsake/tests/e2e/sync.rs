@@ -410,21 +410,27 @@ async fn sigterm_answers_in_flight_pushes_and_loses_none(backend: Backend) {
 }
 
 /// `/metrics` counts the requests the server sends to its store, by kind and outcome: each
-/// push is a segment PUT, confirmed by a listing of history objects, and the bytes written
-/// hold the segments'.
+/// push is a segment PUT, confirmed by one GET of the compaction frontier (not found: nothing
+/// was compacted since) and no listing, and the bytes written hold the segments'.
 async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     let env = Env::new(backend).await;
     let s = Server::start(&env, &[]).await;
     let phone = s.register(&uuid(), "phone").await;
     const PUT_OK: &str = "keepsake_store_requests_total{op=\"put\",outcome=\"ok\"}";
-    const LIST_OK: &str = "keepsake_store_requests_total{op=\"list\",outcome=\"ok\"}";
+    const GET_NOT_FOUND: &str =
+        "keepsake_store_requests_total{op=\"get\",outcome=\"not_found\"}";
     const WRITTEN: &str = "keepsake_store_written_bytes_total";
+    let by_cause = |cause: &str, op: &str| {
+        format!("keepsake_store_requests_by_cause_total{{cause=\"{cause}\",op=\"{op}\"}}")
+    };
+    // The registration was a push to the same user's shard: its writer knows the frontier.
     let before = (
         s.segments().await,
         s.metric(PUT_OK).await,
-        s.metric(LIST_OK).await,
+        s.metric(GET_NOT_FOUND).await,
         s.metric(WRITTEN).await,
         s.metric("keepsake_segment_bytes_total").await,
+        s.metric(&by_cause("push", "list")).await,
     );
     for i in 0..3 {
         s.push(&phone, json!([put(&uuid(), "note", json!({"i": i}))]))
@@ -434,8 +440,13 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     assert_eq!(segments, 3);
     assert!(s.metric(PUT_OK).await - before.1 >= segments);
     assert!(
-        s.metric(LIST_OK).await - before.2 >= segments,
-        "each segment PUT is confirmed by a listing"
+        s.metric(GET_NOT_FOUND).await - before.2 >= segments,
+        "each segment PUT is confirmed by a read of the compaction frontier"
+    );
+    assert_eq!(
+        s.metric(&by_cause("push", "list")).await - before.5,
+        0,
+        "and by no listing"
     );
     let segment_bytes = s.metric("keepsake_segment_bytes_total").await - before.4;
     assert!(s.metric(WRITTEN).await - before.3 >= segment_bytes);
@@ -448,13 +459,10 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
             .await,
         0
     );
-    // By cause: the segment PUTs are the writers', start-up listed every shard, and the
-    // registration went through the device registry.
-    let by_cause = |cause: &str, op: &str| {
-        format!("keepsake_store_requests_by_cause_total{{cause=\"{cause}\",op=\"{op}\"}}")
-    };
+    // By cause: the segment PUTs and their confirmations are the writers', start-up listed
+    // every shard, and the registration went through the device registry.
     assert!(s.metric(&by_cause("push", "put")).await >= segments);
-    assert!(s.metric(&by_cause("push", "list")).await >= segments);
+    assert!(s.metric(&by_cause("push", "get")).await >= segments);
     assert!(s.metric(&by_cause("startup", "list")).await > 0);
     assert!(s.metric(&by_cause("devices", "put")).await >= 1);
 }
