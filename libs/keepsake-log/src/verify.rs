@@ -184,11 +184,14 @@ pub async fn fold_store(
             Some(Key::Checkpoint { shard, n }) if shard < shard_count => {
                 checkpoints.entry(shard).or_default().push(n)
             }
+            // Read after the shard's listing ([`check_frontier`]).
+            Some(Key::Frontier { shard, .. }) if shard < shard_count => {}
             Some(
                 Key::Segment { .. }
                 | Key::Checkpoint { .. }
                 | Key::History { .. }
-                | Key::HistoryVerified { .. },
+                | Key::HistoryVerified { .. }
+                | Key::Frontier { .. },
             ) => report.problems.push(problem(
                 "foreign_object",
                 o.location.as_ref(),
