@@ -9,6 +9,14 @@ pub struct LogConfig {
     /// second (what object storage bills). Pushes arriving within it share one segment; an idle
     /// shard commits a push at once.
     pub commit_window: Duration,
+    /// How long a push may wait for company on a quiet shard (object storage bills per PUT): a
+    /// batch holding fewer than `commit_enough_changes` changes stays open until this long after
+    /// its first push arrived, so that one PUT carries several devices' pushes. A batch with
+    /// enough changes closes by the window as before, so a busy shard is not slowed. Zero (the
+    /// default): a quiet shard commits each push at once.
+    pub commit_latency_budget: Duration,
+    /// Changes that make a batch worth its PUT: it then stops waiting out the latency budget.
+    pub commit_enough_changes: usize,
     /// A batch closes early once it holds this many changes.
     pub max_batch_changes: usize,
     /// Pushes that may wait per shard; beyond it pushes are refused as overloaded.
@@ -45,6 +53,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             commit_window: Duration::from_millis(10),
+            commit_latency_budget: Duration::ZERO,
+            commit_enough_changes: 64,
             max_batch_changes: 20_000,
             queue_depth: 4096,
             store: keepsake_store::RetryPolicy::default(),

@@ -9,7 +9,10 @@
 //!    batch took) before the window ends, and the PUT then waits for the window if it is early.
 //!    So at low load a push costs one PUT and no waiting, and at high load one PUT carries
 //!    thousands of events every window rather than every window plus the preparation, while
-//!    PUTs per second stay bounded by the window.
+//!    PUTs per second stay bounded by the window. With a latency budget, a batch holding fewer
+//!    than `commit_enough_changes` changes stays open until the budget after its first push
+//!    (never closing before the window): at low load one PUT then carries every push of the
+//!    budget, not one each; a batch with enough changes closes by the window as without one.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -63,7 +66,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use claim::Put;
-use window::{fill_deadline, next_estimate};
+use window::{budget_deadline, fill_deadline, next_estimate};
 
 use crate::PushResult;
 use crate::config::LogConfig;
@@ -145,16 +148,37 @@ impl Writer {
     }
 
     async fn fill(&mut self, first: Queued) -> Vec<Queued> {
-        let deadline = fill_deadline(
-            first.enqueued,
-            self.last_put,
-            self.prepare_estimate,
-            self.answered_at,
-            self.cfg.commit_window,
-        );
+        let (deadline, budgeted) = if first.req.changes.is_empty() {
+            // A sync (an empty push: a read waiting out the batches before it) writes nothing,
+            // so it waits for neither the window nor the budget, which bound PUTs; a push that
+            // joins it still waits out the window before its PUT.
+            (first.enqueued, first.enqueued)
+        } else {
+            let deadline = fill_deadline(
+                first.enqueued,
+                self.last_put,
+                self.prepare_estimate,
+                self.answered_at,
+                self.cfg.commit_window,
+            );
+            let budgeted = budget_deadline(
+                first.enqueued,
+                deadline,
+                self.prepare_estimate,
+                self.cfg.commit_latency_budget,
+            );
+            (deadline, budgeted)
+        };
         let mut changes = first.req.changes.len();
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
+            // A small batch waits for company up to the latency budget; one with enough changes
+            // closes by the window (invariant 1).
+            let deadline = if changes < self.cfg.commit_enough_changes {
+                budgeted
+            } else {
+                deadline
+            };
             // `timeout_at` polls the queue before the deadline, so pushes already queued (during
             // the previous PUT) join this batch even when the deadline has passed.
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {

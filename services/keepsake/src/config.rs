@@ -105,6 +105,17 @@ pub struct LogArgs {
     /// Least milliseconds between two segment PUTs of a shard.
     #[arg(long, env = "KEEPSAKE_COMMIT_WINDOW_MS", default_value_t = 10)]
     pub commit_window_ms: u64,
+    /// Milliseconds a push may wait for other pushes on a quiet shard, so that one segment PUT
+    /// carries several (object storage bills per PUT; docs/BENCHMARKS.md, "The bill", has the
+    /// trade). 0: each push on a quiet shard is committed at once.
+    #[arg(long, env = "KEEPSAKE_COMMIT_LATENCY_BUDGET_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub commit_latency_budget_ms: u64,
+    /// Changes that make a batch worth its PUT: it stops waiting out the latency budget and
+    /// commits by the window (a busy shard is not slowed by the budget).
+    #[arg(long, env = "KEEPSAKE_COMMIT_ENOUGH_CHANGES", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub commit_enough_changes: u64,
     /// Pushes that may wait per shard before pushes are refused with 429.
     #[arg(long, env = "KEEPSAKE_QUEUE_DEPTH", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -152,6 +163,9 @@ impl LogArgs {
     pub fn log_config(&self, policy: StagePolicy, store: RetryPolicy) -> LogConfig {
         LogConfig {
             commit_window: Duration::from_millis(self.commit_window_ms),
+            commit_latency_budget: Duration::from_millis(self.commit_latency_budget_ms),
+            commit_enough_changes: usize::try_from(self.commit_enough_changes)
+                .unwrap_or(usize::MAX),
             queue_depth: usize::try_from(self.queue_depth).unwrap_or(usize::MAX),
             policy,
             view_memory_bytes: self
@@ -351,6 +365,11 @@ mod tests {
                 "--mass-delete-max-share",
             ),
             (&["--max-page-size", "0"], "--max-page-size"),
+            (
+                &["--commit-latency-budget-ms", "60001"],
+                "--commit-latency-budget-ms",
+            ),
+            (&["--commit-enough-changes", "0"], "--commit-enough-changes"),
             (&["--shards", "0"], "--shards"),
             (&["--log", "nonsense["], "--log"),
         ] {
@@ -374,6 +393,16 @@ mod tests {
         assert_eq!(limits.default_page_size, 500);
         let log = all.log.log_config(policy, all.store.retry());
         assert_eq!(log.commit_window, Duration::from_millis(10));
+        assert_eq!(log.commit_latency_budget, Duration::ZERO);
+        assert_eq!(log.commit_enough_changes, 64);
+        let budget = parse(&["--commit-latency-budget-ms", "250"]).expect("budget");
+        assert_eq!(
+            budget
+                .log
+                .log_config(policy, all.store.retry())
+                .commit_latency_budget,
+            Duration::from_millis(250)
+        );
         assert_eq!(log.view_memory_bytes, 1024 * 1024 * 1024);
         assert_eq!(log.store, RetryPolicy::default());
         assert_eq!(log.policy.max_document_bytes, 256 * 1024);

@@ -21,6 +21,19 @@ pub(super) fn fill_deadline(
     answered_at.map_or(by_window, |a| by_window.max(a + window / 4))
 }
 
+/// When a batch that has not reached enough changes stops filling: `by_window` (from
+/// [`fill_deadline`]) or, with a latency budget, as late as the budget allows its first push to
+/// wait before its PUT starts (the preparation estimate comes out of the budget). Never
+/// earlier than the window.
+pub(super) fn budget_deadline(
+    first_enqueued: Instant,
+    by_window: Instant,
+    prepare_estimate: std::time::Duration,
+    budget: std::time::Duration,
+) -> Instant {
+    by_window.max(first_enqueued + budget.saturating_sub(prepare_estimate))
+}
+
 /// The preparation time estimate after a batch that took `sample`: a moving average, so that
 /// one slow batch does not close the next fill early.
 pub(super) fn next_estimate(
@@ -60,6 +73,24 @@ mod tests {
         );
         // An estimate beyond the window is capped at it.
         assert_eq!(fill_deadline(t0 + ms(3), Some(t0), ms(50), None, w), t0);
+    }
+
+    #[test]
+    fn a_budget_holds_a_small_batch_open_after_its_first_push_but_never_below_the_window() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // No budget: the window's deadline.
+        assert_eq!(budget_deadline(t0, t0 + ms(6), ms(4), ms(0)), t0 + ms(6));
+        // 200 ms budget, 4 ms to prepare: filling may go on until 196 ms after the first push.
+        assert_eq!(
+            budget_deadline(t0, t0 + ms(6), ms(4), ms(200)),
+            t0 + ms(196)
+        );
+        // Preparing takes longer than the budget: the window's deadline.
+        assert_eq!(
+            budget_deadline(t0, t0 + ms(6), ms(300), ms(200)),
+            t0 + ms(6)
+        );
     }
 
     #[test]

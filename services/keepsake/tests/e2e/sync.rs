@@ -417,8 +417,7 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     let s = Server::start(&env, &[]).await;
     let phone = s.register(&uuid(), "phone").await;
     const PUT_OK: &str = "keepsake_store_requests_total{op=\"put\",outcome=\"ok\"}";
-    const GET_NOT_FOUND: &str =
-        "keepsake_store_requests_total{op=\"get\",outcome=\"not_found\"}";
+    const GET_NOT_FOUND: &str = "keepsake_store_requests_total{op=\"get\",outcome=\"not_found\"}";
     const WRITTEN: &str = "keepsake_store_written_bytes_total";
     let by_cause = |cause: &str, op: &str| {
         format!("keepsake_store_requests_by_cause_total{{cause=\"{cause}\",op=\"{op}\"}}")
