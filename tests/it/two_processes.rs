@@ -1174,3 +1174,62 @@ async fn verify_never_folds_a_stray_put_after_its_listing(backend: Backend) {
         report.problems
     );
 }
+
+/// Review of the compaction frontier (helper 10, finding 1; the listing it replaced had the same
+/// hole). A is behind and writes into number 1, which B compacted into a verified history
+/// object; A cannot confirm it (every read of the frontier fails) and holds it unconfirmed.
+/// A's next re-read lists the shard, and the listing leaves out every history object (a file
+/// store's listing can while compaction empties a directory). A used to settle from it: no
+/// history object holds 1, so its stray was taken for the log's segment 1, and the device's
+/// resend was answered `duplicate` — an acknowledgement of a change no reader reads (they read
+/// B's, from the history object). Now the frontier, read before the listing, says a history
+/// object reaches 1: the listing is refused (retryable), and the next complete one settles the
+/// stray (removed) and commits the resend for real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_leaves_out_history_objects_never_settles_a_stray_as_committed() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let a = open(as_store, 1, cfg()).await.expect("a");
+    let b = open(ts.reopen().expect("handle"), 1, cfg())
+        .await
+        .expect("b");
+    let u = user();
+    let mut acks = HashMap::new();
+    let c1 = put(item(), json!({"by": "b"}));
+    let r1 = push(&b, u, vec![c1.clone()]).await.expect("b pushes");
+    acks.insert(c1.change_id, acked(&r1.outcomes[0]));
+    b.compact_now().await.expect("b compacts segment 1");
+    faulty.inject(FaultOp::Get, "/frontier/", Fault::Fail, 100);
+    let c2 = put(item(), json!({"by": "a"}));
+    let first = push(&a, u, vec![c2.clone()]).await;
+    assert!(
+        matches!(&first, Err(e) if e.is_retryable()),
+        "not acknowledged: {first:?}"
+    );
+    faulty.clear();
+    faulty.inject(FaultOp::List, "/history", Fault::OmitHistory, 1000);
+    for _ in 0..3 {
+        match push(&a, u, vec![c2.clone()]).await {
+            Err(e) if e.is_retryable() => {}
+            Ok(r) => {
+                acks.insert(c2.change_id, acked(&r.outcomes[0]));
+                a.shutdown().await;
+                b.shutdown().await;
+                assert_log_holds(ts.store.clone(), u, &acks).await;
+                panic!("answered from a listing without its history objects: {r:?}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    faulty.clear();
+    let (r2, _) = push_as_device(&a, u, vec![c2.clone()]).await;
+    let r2 = acked(&r2.outcomes[0]);
+    assert_eq!(r2.seq, 2, "seq 1 is B's");
+    acks.insert(c2.change_id, r2);
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_log_holds(ts.store.clone(), u, &acks).await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}

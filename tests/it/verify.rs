@@ -321,6 +321,7 @@ async fn verify_finds_a_frontier_behind_its_compaction_or_unreadable() {
     let behind = keepsake_log::frontier::Frontier {
         generation: written.generation,
         through: 2,
+        written: 2,
     };
     let path = keys::frontier(0, written.generation);
     store
@@ -344,10 +345,9 @@ async fn verify_finds_a_frontier_behind_its_compaction_or_unreadable() {
         .expect("damage");
     let (report, _) = verify_store(&store, 1).await.expect("verify");
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.kind == "unreadable" && p.detail.contains("generation 1")),
+        report.problems.iter().any(|p| p.kind == "unreadable"
+            && p.detail
+                .contains(&format!("generation {}", written.generation))),
         "{:?}",
         report.problems
     );

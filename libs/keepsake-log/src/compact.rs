@@ -618,7 +618,12 @@ async fn delete_all(
         })
         .max();
     if let Some(n) = last_segment {
-        crate::frontier::advance(store.as_ref(), shard, n).await?;
+        // As far as the verified history objects reach (at least `n`: its holder is verified
+        // before any delete): a store an older version compacted gets a frontier that holds
+        // what that version deleted too.
+        let (_, verified) = crate::reader::list_history_marked(store.as_ref(), shard).await?;
+        let reach = verified.iter().map(|(_, last)| *last).max().unwrap_or(0);
+        crate::frontier::advance(store.as_ref(), shard, n.max(reach)).await?;
     }
     // One bulk request where the store has one (S3 DeleteObjects), not a round trip per object.
     let mut sizes: std::collections::HashMap<object_store::path::Path, u64> =

@@ -3,20 +3,29 @@
 //! had been used before (writer invariant 8).
 //!
 //! Invariants:
-//! - Generation `g` is the object `shards/<s>/frontier/<g>.json` holding `through`, written
-//!   create-only, and only by a process that read generation `g - 1` (none, for `g = 1`): the
-//!   generations are dense from 1, and `through` never decreases from one to the next.
+//! - Generation `g` is the object `shards/<s>/frontier/<g / 1000>/<g>.json` holding `through`,
+//!   written create-only, and only by a process that read generation `g - 1` (none, for
+//!   `g = 1`): the generations are dense from 1, and `through` never decreases from one to the
+//!   next. The newest is found by listing the buckets, then the newest bucket.
 //! - No segment object is deleted unless a generation with `through` at least its number exists
-//!   ([`advance`] returns only then; compaction calls it before every delete of segments).
+//!   ([`advance`] returns only then; compaction calls it before every delete of segments, with
+//!   the highest number a verified history object holds). So a verified history object
+//!   reaching a generation's `through` exists, and a listing of history objects that does not
+//!   reach it is missing one (the writer's catch-up refuses such a listing).
 //! - So a writer whose create-only PUT of segment `n` succeeded, whose known frontier is below
 //!   `n`, and who then finds no generation after the newest it knows (a GET that answers not
 //!   found), knows `n` was never used: had it been, its object was deleted after a generation
 //!   of at least `n` was written, before the PUT landed, and so before the GET.
 //! - Frontier objects are never deleted: a process following the chain from an old generation
 //!   must find every one after it. One is written per compaction that deletes segments.
-//! - Stores compacted before the frontier existed hold history objects and no frontier: a
-//!   writer's [`find`] takes the highest number a history object holds as a floor (every number
-//!   one holds was used). Compaction never takes that floor for a frontier written.
+//! - Versions before the frontier compacted without one. A shard with no generation is
+//!   confirmed as they did, with a listing of history objects after each PUT, until a
+//!   compaction of this version writes generation 1; a shard that nothing ever compacted gets
+//!   generation 1 (holding nothing) from its writer ([`start`]). A writer also takes the
+//!   highest number a listed history object holds as a floor (every number one holds was used).
+//!   Compaction never takes a floor for a frontier written. What is left: a process of an
+//!   older version compacting a shard after this version started its chain (a deploy that
+//!   mixes versions for longer than a checkpoint interval): see `docs/ARCHITECTURE.md`.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -40,8 +49,13 @@ const ADVANCE_ATTEMPTS: u32 = 8;
 pub struct Frontier {
     /// The newest generation read (0: none).
     pub generation: u64,
-    /// Segment numbers up to this may have been used and their objects deleted.
+    /// Segment numbers up to this may have been used and their objects deleted: the chain's
+    /// value, raised by floors from history objects listed (see [`find`]).
     pub through: u64,
+    /// The chain's own value: a verified history object holding every number up to it exists
+    /// (compaction wrote it before advancing), so a listing of history objects that does not
+    /// reach it is missing some.
+    pub written: u64,
 }
 
 impl Frontier {
@@ -97,6 +111,7 @@ pub fn decode(shard: u32, generation: u64, bytes: &[u8]) -> Result<Frontier, Str
     Ok(Frontier {
         generation,
         through: r.through,
+        written: r.through,
     })
 }
 
@@ -139,28 +154,46 @@ pub async fn follow(
         known = Frontier {
             generation: next.generation,
             through: next.through.max(known.through),
+            written: next.written.max(known.written),
         };
     }
     Ok(known)
 }
 
-/// The newest generation, from a listing (then followed, so one written since is found).
+/// The newest generation, from two listings (the buckets, then the newest bucket: however long
+/// the chain), then followed, so one written since is found.
 pub async fn find_written(store: &dyn ObjectStore, shard: u32) -> Result<Frontier, LogError> {
-    let listed: Vec<_> = store
-        .list(Some(&keys::frontier_prefix(shard)))
-        .try_collect()
+    let buckets = store
+        .list_with_delimiter(Some(&keys::frontier_prefix(shard)))
         .await
         .map_err(store_err(format!("list the frontier of shard {shard}")))?;
-    let newest = listed
+    let newest_bucket = buckets
+        .common_prefixes
         .iter()
-        .filter_map(|m| match keys::parse(&m.location)? {
-            Key::Frontier {
-                shard: s,
-                generation,
-            } if s == shard => Some(generation),
-            _ => None,
-        })
+        .filter_map(keys::parse_frontier_bucket)
+        .filter(|(s, _)| *s == shard)
+        .map(|(_, b)| b)
         .max();
+    let newest = match newest_bucket {
+        None => None,
+        Some(b) => {
+            let listed: Vec<_> = store
+                .list(Some(&keys::frontier_bucket(shard, b)))
+                .try_collect()
+                .await
+                .map_err(store_err(format!("list the frontier of shard {shard}")))?;
+            listed
+                .iter()
+                .filter_map(|m| match keys::parse(&m.location)? {
+                    Key::Frontier {
+                        shard: s,
+                        generation,
+                    } if s == shard => Some(generation),
+                    _ => None,
+                })
+                .max()
+        }
+    };
     let known = match newest {
         None => Frontier::default(),
         Some(g) => read(store, shard, g).await?.ok_or_else(|| {
@@ -186,6 +219,31 @@ pub async fn find(store: &dyn ObjectStore, shard: u32) -> Result<Frontier, LogEr
     })
 }
 
+/// Starts the chain of a shard that nothing ever compacted (no generation, no history object):
+/// generation 1, holding nothing. Until a shard has a generation, its writers confirm each PUT
+/// with a listing of history objects as versions before the frontier did (they cannot know
+/// whether such a version still compacts the store); a shard that nothing compacted needs no
+/// such listing from then on.
+pub async fn start(store: &dyn ObjectStore, shard: u32) -> Result<Frontier, LogError> {
+    let first = Frontier {
+        generation: 1,
+        through: 0,
+        written: 0,
+    };
+    match store
+        .put_opts(
+            &keys::frontier(shard, 1),
+            PutPayload::from(encode(shard, first)),
+            create_only(),
+        )
+        .await
+    {
+        Ok(_) => Ok(first),
+        // Another process's first generation, or ours if the answer was lost.
+        Err(_) => follow(store, shard, Frontier::default()).await,
+    }
+}
+
 /// Makes the frontier hold every number up to `through` before the caller deletes segment
 /// objects up to it: writes the next generation create-only unless one already holds it. A
 /// write that fails or loses to another process is resolved by reading the chain again.
@@ -202,6 +260,7 @@ pub async fn advance(
         let next = Frontier {
             generation: known.generation + 1,
             through,
+            written: through,
         };
         let path = keys::frontier(shard, next.generation);
         match store
@@ -248,7 +307,8 @@ mod tests {
             decode(3, 2, &bytes),
             Ok(Frontier {
                 generation: 2,
-                through: 4096
+                through: 4096,
+                written: 4096,
             })
         );
         assert!(decode(3, 1, &bytes).is_err(), "another generation's key");
@@ -256,6 +316,7 @@ mod tests {
         let f = Frontier {
             generation: 2,
             through: 4096,
+            written: 4096,
         };
         assert_eq!(decode(3, 2, &encode(3, f)), Ok(f));
     }
@@ -280,7 +341,8 @@ mod tests {
             first,
             Frontier {
                 generation: 1,
-                through: 10
+                through: 10,
+                written: 10,
             }
         );
         // Already held: nothing written.
@@ -319,6 +381,7 @@ mod tests {
                     Frontier {
                         generation: newest.generation + 1,
                         through: 1,
+                        written: 1,
                     },
                 )),
                 create_only(),
@@ -359,6 +422,46 @@ mod tests {
                 .generation,
             1
         );
+    }
+
+    #[tokio::test]
+    async fn the_newest_generation_is_found_across_buckets_with_two_listings() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = store.as_ref();
+        // A long chain: generations 1..=2500 span buckets 0, 1 and 2.
+        for g in 1..=2500u64 {
+            let f = Frontier {
+                generation: g,
+                through: g * 10,
+                written: g * 10,
+            };
+            store
+                .put_opts(
+                    &keys::frontier(0, g),
+                    PutPayload::from(encode(0, f)),
+                    create_only(),
+                )
+                .await
+                .expect("generation");
+        }
+        let newest = find_written(s, 0).await.expect("find");
+        assert_eq!((newest.generation, newest.written), (2500, 25_000));
+        assert_eq!(
+            advance(s, 0, 25_001).await.expect("advance").generation,
+            2501
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_nothing_compacted_starts_its_chain_once() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = store.as_ref();
+        let (a, b) = tokio::join!(start(s, 0), start(s, 0));
+        assert_eq!(a.expect("a").generation, 1);
+        assert_eq!(b.expect("b").generation, 1);
+        let f = find_written(s, 0).await.expect("find");
+        assert_eq!((f.generation, f.through), (1, 0));
+        assert!(!f.holds(1));
     }
 
     #[tokio::test]

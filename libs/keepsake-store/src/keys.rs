@@ -6,7 +6,8 @@
 //! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
 //! shards/<s>/history/<a:020>-<b:020>.parquet      segments a..=b compacted, sorted by (user_id, seq)
 //! shards/<s>/history/<a:020>-<b:020>.verified     empty: that object was read back and matched its sources
-//! shards/<s>/frontier/<g:020>.json                generation g of the compaction frontier (create-only)
+//! shards/<s>/frontier/<b:020>/<g:020>.json        generation g of the compaction frontier (create-only),
+//!                                                 in bucket b = g / 1000 (the newest: two listings)
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
@@ -218,14 +219,36 @@ pub fn history_verified(shard: u32, first: u64, last: u64) -> Path {
     ))
 }
 
-/// The prefix under which a shard's compaction frontier lives.
+/// Generations per bucket of a shard's compaction frontier: the chain grows by one per
+/// compaction for the store's life, and the newest is found by listing the buckets and then
+/// the newest bucket, never the whole chain.
+pub const FRONTIER_BUCKET: u64 = 1000;
+
+/// The prefix under which a shard's compaction frontier lives (its buckets).
 pub fn frontier_prefix(shard: u32) -> Path {
     Path::from(format!("shards/{shard}/frontier"))
 }
 
+/// The prefix of bucket `bucket` of a shard's compaction frontier.
+pub fn frontier_bucket(shard: u32, bucket: u64) -> Path {
+    Path::from(format!("shards/{shard}/frontier/{bucket:020}"))
+}
+
+/// The bucket a [`frontier_bucket`] prefix names (as a delimiter listing of
+/// [`frontier_prefix`] returns it); `None` for anything else.
+pub fn parse_frontier_bucket(path: &Path) -> Option<(u32, u64)> {
+    match path.as_ref().split('/').collect::<Vec<_>>().as_slice() {
+        ["shards", s, "frontier", bucket] => Some((parse_shard(s)?, parse_n(bucket, "")?)),
+        _ => None,
+    }
+}
+
 /// The path of generation `generation` of `shard`'s compaction frontier.
 pub fn frontier(shard: u32, generation: u64) -> Path {
-    Path::from(format!("shards/{shard}/frontier/{generation:020}.json"))
+    let bucket = generation / FRONTIER_BUCKET;
+    Path::from(format!(
+        "shards/{shard}/frontier/{bucket:020}/{generation:020}.json"
+    ))
 }
 
 /// The prefix under which a shard's checkpoints live.
@@ -325,9 +348,10 @@ pub fn parse(path: &Path) -> Option<Key> {
                 Key::History { shard, first, last }
             })
         }
-        ["shards", s, "frontier", file] => {
+        ["shards", s, "frontier", bucket, file] => {
             let generation = parse_n(file, ".json")?;
-            (generation >= 1).then_some(Key::Frontier {
+            let in_its_bucket = parse_n(bucket, "")? == generation / FRONTIER_BUCKET;
+            (generation >= 1 && in_its_bucket).then_some(Key::Frontier {
                 shard: parse_shard(s)?,
                 generation,
             })
@@ -502,6 +526,18 @@ mod tests {
         for shard in [0, 1, 17, MAX_SHARD_FOR_TEST] {
             assert_eq!(parse_shard_prefix(&shard_prefix(shard)), Some(shard));
         }
+        for g in [1, 999, 1000, 123_456] {
+            let path = frontier(3, g);
+            assert!(
+                path.prefix_matches(&frontier_bucket(3, g / FRONTIER_BUCKET)),
+                "{path}"
+            );
+            assert_eq!(
+                parse_frontier_bucket(&frontier_bucket(3, g / FRONTIER_BUCKET)),
+                Some((3, g / FRONTIER_BUCKET))
+            );
+        }
+        assert_eq!(parse_frontier_bucket(&frontier_prefix(3)), None);
         for p in [
             "shards",
             "shards/01",
@@ -531,8 +567,10 @@ mod tests {
             "shards/2/history/00000000000000000007-00000000000000000005.parquet",
             "shards/2/history/00000000000000000000-00000000000000000005.parquet",
             "shards/2/history/7-9.parquet",
-            "shards/2/frontier/00000000000000000000.json",
-            "shards/2/frontier/00000000000000000001.parquet",
+            "shards/2/frontier/00000000000000000000/00000000000000000000.json",
+            "shards/2/frontier/00000000000000000000/00000000000000000001.parquet",
+            "shards/2/frontier/00000000000000000001/00000000000000000001.json",
+            "shards/2/frontier/00000000000000000001.json",
             "restores/ABC.json",
             "restores/00000000-0000-0000-0000-000000000ABC.json",
             "devices/00000000-0000-0000-0000-000000000001/x.json",

@@ -13,7 +13,8 @@ use super::Writer;
 use crate::error::LogError;
 use crate::frontier::{self, Frontier};
 use crate::reader::{
-    Layout, Source, Tag, history_segment_meta, list_layout, read_meta, read_source_located,
+    Layout, Source, Tag, history_segment_meta, list_history, list_layout, read_meta,
+    read_source_located,
 };
 
 /// What happened to a segment PUT.
@@ -36,26 +37,22 @@ impl Writer {
         };
         // An object left in a used number is a stray that only this confirmation can tell from
         // a committed segment (and so remove); the store layer retries the read.
-        let frontier = match self.frontier().await {
-            Ok(f) => f,
+        match self.used_before(n).await {
+            Ok(false) => return Put::Committed(tag),
+            Ok(true) => {}
             // Not known to be committed: failed (retryable) and re-read before the next batch,
             // which folds the segment in if it is the log's, so a resend answers `duplicate`.
             // If it is a stray, readers do not read it (the history object holding its number
             // is marked verified) and verify reports it.
             Err(e) => {
                 return Put::NotCommitted(format!(
-                    "segment {n} written, but reading the compaction frontier to confirm its number was new failed: {e}"
+                    "segment {n} written, but confirming its number was new failed: {e}"
                 ));
             }
-        };
-        if !frontier.holds(n) {
-            return Put::Committed(tag);
         }
         error!(
             shard = self.shard,
             segment = n,
-            frontier_generation = frontier.generation,
-            frontier_through = frontier.through,
             "segment number was used before and compacted: this writer was behind; removing its object"
         );
         // Ours (our create-only PUT made it; anything there since is another stray), never
@@ -64,15 +61,42 @@ impl Writer {
         Put::Reused
     }
 
+    /// True when segment number `n` may have been used before and its object compacted away:
+    /// the compaction frontier holds it; or, on a shard whose chain no compaction has started
+    /// (compacted only by versions before the frontier), a history object holds it, from a
+    /// listing as those versions confirmed a PUT.
+    async fn used_before(&mut self, n: u64) -> Result<bool, LogError> {
+        let f = self.frontier().await?;
+        if f.holds(n) || f.generation > 0 {
+            return Ok(f.holds(n));
+        }
+        let history = list_history(self.store.as_ref(), self.shard).await?;
+        self.raise_floor(history.iter().map(|h| h.last).max());
+        Ok(history.iter().any(|h| h.holds(n)))
+    }
+
     /// The shard's compaction frontier as it is now: the one this writer knows, followed (one
-    /// GET when it has not moved), or found from a listing the first time.
+    /// GET when it has not moved), or found from listings the first time (and started, on a
+    /// shard nothing ever compacted).
     async fn frontier(&mut self) -> Result<Frontier, LogError> {
+        let (store, shard) = (self.store.as_ref(), self.shard);
         let now = match self.frontier {
-            Some(known) => frontier::follow(self.store.as_ref(), self.shard, known).await?,
-            None => frontier::find(self.store.as_ref(), self.shard).await?,
+            Some(known) => frontier::follow(store, shard, known).await?,
+            None => match frontier::find(store, shard).await? {
+                f if f.generation == 0 && f.through == 0 => frontier::start(store, shard).await?,
+                f => f,
+            },
         };
         self.frontier = Some(now);
         Ok(now)
+    }
+
+    /// Raises the known frontier to the highest number a listed history object holds: every
+    /// number one holds was used, whatever compacted it.
+    fn raise_floor(&mut self, last: Option<u64>) {
+        if let (Some(f), Some(last)) = (self.frontier.as_mut(), last) {
+            f.through = f.through.max(last);
+        }
     }
 
     /// Removes this writer's object in segment number `n`, which a history object holds with
@@ -208,7 +232,7 @@ impl Writer {
                 });
             }
         }
-        Ok(!self.frontier().await?.holds(n))
+        Ok(!self.used_before(n).await?)
     }
 
     /// Applies every segment after `head` that the store holds, in order, from a listing: a
@@ -217,14 +241,23 @@ impl Writer {
     pub(super) async fn catch_up(&mut self) -> Result<(), LogError> {
         let shard = self.shard;
         let from = self.state.read().map_or(0, |s| s.head) + 1;
+        // Read before the listing: a verified history object reaching the chain's value was
+        // written before it was, so a listing that does not reach it left objects out (a file
+        // store's listing can, while compaction empties a directory), and a stray in a number
+        // it holds would pass for the log's segment — or settle an unconfirmed PUT as
+        // committed. Such a listing is refused (retryable), never used.
+        let written = self.frontier().await?.written;
         let layout = list_layout(self.store.as_ref(), shard).await?;
-        if let (Some(f), Some(last)) = (
-            self.frontier.as_mut(),
-            layout.history.iter().map(|h| h.last).max(),
-        ) {
-            // Numbers a history object holds were used, whatever compacted them.
-            f.through = f.through.max(last);
+        let held = layout.history.iter().map(|h| h.last).max();
+        if written > held.unwrap_or(0) {
+            return Err(LogError::Unavailable {
+                shard,
+                reason: format!(
+                    "a listing of the shard's history objects ends before segment {written}, which the compaction frontier says a history object holds; retry"
+                ),
+            });
         }
+        self.raise_floor(held);
         self.settle_unconfirmed(&layout).await?;
         let sources = if layout.head() >= from {
             layout.sources(shard, from..=layout.head())?
