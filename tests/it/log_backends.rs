@@ -796,3 +796,54 @@ async fn a_sync_does_not_wait_for_the_commit_window() {
         .expect("sync");
     log.shutdown().await;
 }
+
+/// A sync that joins a batch waiting out its latency budget closes it: the read behind the
+/// sync does not wait the budget (30 s here), and neither does the push it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_joining_a_budgeted_batch_closes_it() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let cfg = LogConfig {
+        commit_latency_budget: std::time::Duration::from_secs(30),
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let u = user();
+    let pushed = {
+        let log = log.clone();
+        tokio::spawn(async move { push(&log, u, vec![put(item(), json!({}))]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), log.sync(&u))
+        .await
+        .expect("the sync closes the batch")
+        .expect("sync");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), pushed)
+        .await
+        .expect("the push went with it")
+        .expect("task")
+        .expect("push");
+    assert!(matches!(r.outcomes[0], Outcome::Applied(_)), "{r:?}");
+    log.shutdown().await;
+}
+
+/// Shutting down does not wait out a batch's latency budget: the waiting push is committed
+/// and answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_out_a_latency_budget() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let cfg = LogConfig {
+        commit_latency_budget: std::time::Duration::from_secs(30),
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let pushed = {
+        let log = log.clone();
+        tokio::spawn(async move { push(&log, user(), vec![put(item(), json!({}))]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), log.shutdown())
+        .await
+        .expect("shutdown does not wait the budget");
+    let r = pushed.await.expect("task").expect("push");
+    assert!(matches!(r.outcomes[0], Outcome::Applied(_)), "{r:?}");
+}

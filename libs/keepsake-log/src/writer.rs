@@ -148,45 +148,52 @@ impl Writer {
     }
 
     async fn fill(&mut self, first: Queued) -> Vec<Queued> {
-        let (deadline, budgeted) = if first.req.changes.is_empty() {
-            // A sync (an empty push: a read waiting out the batches before it) writes nothing,
-            // so it waits for neither the window nor the budget, which bound PUTs; a push that
-            // joins it still waits out the window before its PUT.
-            (first.enqueued, first.enqueued)
-        } else {
-            let deadline = fill_deadline(
-                first.enqueued,
-                self.last_put,
-                self.prepare_estimate,
-                self.answered_at,
-                self.cfg.commit_window,
-            );
-            let budgeted = budget_deadline(
-                first.enqueued,
-                deadline,
-                self.prepare_estimate,
-                self.cfg.commit_latency_budget,
-            );
-            (deadline, budgeted)
-        };
+        let deadline = fill_deadline(
+            first.enqueued,
+            self.last_put,
+            self.prepare_estimate,
+            self.answered_at,
+            self.cfg.commit_window,
+        );
+        let budgeted = budget_deadline(
+            first.enqueued,
+            deadline,
+            self.prepare_estimate,
+            self.cfg.commit_latency_budget,
+        );
+        // A sync (an empty push: a read waiting out the batches before it) writes nothing, so
+        // a batch holding one waits for neither the window nor the budget, which bound PUTs:
+        // it closes with what is queued (a push in it still sleeps out the window before its
+        // PUT). Nor does a batch wait when the writer is stopping.
+        let mut sync_in = first.req.changes.is_empty();
+        let mut shutdown = self.shutdown.clone();
+        let mut stopping = *shutdown.borrow();
         let mut changes = first.req.changes.len();
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
             // A small batch waits for company up to the latency budget; one with enough changes
             // closes by the window (invariant 1).
-            let deadline = if changes < self.cfg.commit_enough_changes {
+            let deadline = if sync_in || stopping {
+                Instant::now()
+            } else if changes < self.cfg.commit_enough_changes {
                 budgeted
             } else {
                 deadline
             };
             // `timeout_at` polls the queue before the deadline, so pushes already queued (during
             // the previous PUT) join this batch even when the deadline has passed.
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(q)) => {
-                    changes += q.req.changes.len();
-                    batch.push(q);
-                }
-                Ok(None) | Err(_) => break,
+            tokio::select! {
+                biased;
+                next = tokio::time::timeout_at(deadline, self.rx.recv()) => match next {
+                    Ok(Some(q)) => {
+                        sync_in |= q.req.changes.is_empty();
+                        changes += q.req.changes.len();
+                        batch.push(q);
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                // Changed, or its sender gone: either way the writer is stopping.
+                _ = shutdown.changed() => stopping = true,
             }
         }
         batch
