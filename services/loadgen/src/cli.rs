@@ -76,6 +76,11 @@ struct CostArgs {
     /// Standard list prices if absent.
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// After the run, ask the server to checkpoint and compact (`POST /admin/v1/compact`) and
+    /// measure the bytes kept after it, as they are within a day of the load (`false`: the
+    /// run's segments as they are).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    compact: bool,
     /// The server's store URL, listed before and after the run to measure the bytes it keeps
     /// (S3 settings from the AWS_* environment, as the server's).
     #[arg(long)]
@@ -88,20 +93,40 @@ struct CostArgs {
     report: PathBuf,
 }
 
-/// The bytes every object of a store holds.
-async fn bytes_kept(store: &keepsake_store::Store) -> anyhow::Result<f64> {
+/// The bytes a store keeps, by what they are.
+async fn kept(store: &keepsake_store::Store) -> anyhow::Result<cost::Kept> {
     use futures::TryStreamExt;
     use object_store::ObjectStore as _;
     let mut listing = store.inner.list(None);
-    let mut total = 0u64;
+    let mut kept = cost::Kept::default();
     while let Some(meta) = listing
         .try_next()
         .await
         .with_context(|| format!("listing {}", store.description))?
     {
-        total += meta.size;
+        kept.add(keepsake_store::keys::parse(&meta.location), meta.size);
     }
-    Ok(total as f64)
+    Ok(kept)
+}
+
+/// Asks the server for a checkpoint and compaction of every shard now (what a day of the load
+/// would have run many times).
+async fn compact(url: &str, admin_token: &str) -> anyhow::Result<()> {
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/admin/v1/compact"))
+        .bearer_auth(admin_token)
+        .timeout(std::time::Duration::from_secs(3600))
+        .send()
+        .await
+        .context("POST /admin/v1/compact")?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        bail!(
+            "POST /admin/v1/compact answered {status}: {}",
+            answer.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
@@ -160,24 +185,52 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
         label: "cost".into(),
         timeout: seconds("timeout", 70.0)?,
     };
+    let (url, admin_token) = (cfg.url.clone(), cfg.admin_token.clone());
     let started = std::time::Instant::now();
+    let events_before = http::server_counters(&url).await.events;
     let kept_before = match &store {
-        Some(s) => Some(bytes_kept(s).await?),
+        Some(s) => Some(kept(s).await?),
         None => None,
     };
     let run = http::run(cfg).await?;
-    let kept_per_s = match (&store, kept_before) {
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let kept = match (&store, kept_before) {
         (Some(s), Some(before)) => {
-            Some((bytes_kept(s).await? - before) / started.elapsed().as_secs_f64().max(1e-9))
+            let events = http::server_counters(&url).await.events - events_before;
+            let added = cost::kept_since(kept(s).await?, before);
+            let added_after_compaction = if a.compact {
+                compact(&url, &admin_token).await?;
+                Some(cost::kept_since(kept(s).await?, before))
+            } else {
+                None
+            };
+            Some(cost::KeptReport {
+                events,
+                added,
+                added_after_compaction,
+            })
         }
         _ => None,
     };
+    // The month's growth is what the log keeps once compacted (as it is within a day of the
+    // load), not the run's small segments; checkpoints are replaced, not accumulated.
+    let kept_per_s = kept
+        .as_ref()
+        .map(|k| k.added_after_compaction.unwrap_or(k.added).growing() as f64 / elapsed);
     let bill = cost::bill(&model, &prices, &run.server, kept_per_s);
-    let table = format!("{}{}", run.table(), bill.table(&model, run.requests_per_s));
+    let table = format!(
+        "{}{}{}",
+        run.table(),
+        kept.as_ref()
+            .map(cost::KeptReport::table)
+            .unwrap_or_default(),
+        bill.table(&model, run.requests_per_s)
+    );
     #[derive(serde::Serialize)]
     struct CostReport<'a> {
         model: &'a LoadModel,
         run: &'a http::RunReport,
+        kept: Option<&'a cost::KeptReport>,
         bill: &'a cost::Bill,
     }
     write_report(
@@ -186,6 +239,7 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
         &CostReport {
             model: &model,
             run: &run,
+            kept: kept.as_ref(),
             bill: &bill,
         },
     )

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use keepsake_store::keys::Key;
+
 use crate::stats::ServerSummary;
 
 /// Seconds in a billing month (30 days).
@@ -97,6 +99,87 @@ impl Prices {
             }
         }
         Ok(())
+    }
+}
+
+/// The bytes a store keeps, by what they are.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Kept {
+    /// Segment objects: the log not yet compacted.
+    pub segments: u64,
+    /// History objects (and their marks): the log after compaction.
+    pub history: u64,
+    /// Checkpoints: derived state, bounded by retention (not growth of the log).
+    pub checkpoints: u64,
+    /// Everything else (devices, revocations, restores, frontiers, the descriptor).
+    pub other: u64,
+}
+
+impl Kept {
+    /// Counts one object.
+    pub fn add(&mut self, key: Option<Key>, size: u64) {
+        let into = match key {
+            Some(Key::Segment { .. }) => &mut self.segments,
+            Some(Key::History { .. } | Key::HistoryVerified { .. }) => &mut self.history,
+            Some(Key::Checkpoint { .. }) => &mut self.checkpoints,
+            _ => &mut self.other,
+        };
+        *into += size;
+    }
+
+    /// What grows with the load: the log and the small records, not the checkpoints.
+    pub fn growing(&self) -> u64 {
+        self.segments + self.history + self.other
+    }
+}
+
+/// What the run added to the store, before and after the log was compacted.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct KeptReport {
+    /// Events the server committed during the run (warm-up included).
+    pub events: f64,
+    /// Bytes added by the run, when the load stopped.
+    pub added: Kept,
+    /// Bytes added by the run, after a checkpoint and compaction (`--compact`).
+    pub added_after_compaction: Option<Kept>,
+}
+
+impl KeptReport {
+    /// Log bytes (segments and history objects) per event: at the end of the run, and after
+    /// compaction.
+    pub fn log_bytes_per_event(&self) -> (f64, Option<f64>) {
+        let per = |k: &Kept| (k.segments + k.history) as f64 / self.events.max(1.0);
+        (
+            per(&self.added),
+            self.added_after_compaction.as_ref().map(per),
+        )
+    }
+
+    /// The table's lines.
+    pub fn table(&self) -> String {
+        let (now, compacted) = self.log_bytes_per_event();
+        let mut t = format!(
+            "kept: {:.0} events; {:.0} log bytes per event as segments",
+            self.events, now
+        );
+        match (compacted, &self.added_after_compaction) {
+            (Some(c), Some(k)) => t.push_str(&format!(
+                ", {c:.0} after compaction (history objects); checkpoints {} bytes (state, replaced, not growth)\n",
+                k.checkpoints
+            )),
+            _ => t.push_str(" (not compacted)\n"),
+        }
+        t
+    }
+}
+
+/// Subtracts `b` from `a` field by field (a store that shrank counts 0).
+pub fn kept_since(a: Kept, b: Kept) -> Kept {
+    Kept {
+        segments: a.segments.saturating_sub(b.segments),
+        history: a.history.saturating_sub(b.history),
+        checkpoints: a.checkpoints.saturating_sub(b.checkpoints),
+        other: a.other.saturating_sub(b.other),
     }
 }
 
@@ -326,6 +409,53 @@ mod tests {
         assert!((b.total_usd_per_month - total).abs() < 1e-6);
         assert!((b.per_million_users_usd - 2.0 * total).abs() < 1e-6);
         assert!(b.table(&m, 347.0).contains("per million active users"));
+    }
+
+    #[test]
+    fn kept_bytes_are_split_by_what_they_are() {
+        use keepsake_store::keys;
+        let mut k = Kept::default();
+        for (path, size) in [
+            (keys::segment(0, 1), 100),
+            (keys::segment(1, 7), 50),
+            (keys::history(0, 1, 9), 400),
+            (keys::history_verified(0, 1, 9), 0),
+            (keys::checkpoint(0, 9), 1000),
+            (keys::frontier(0, 1), 60),
+            (keys::descriptor(), 90),
+        ] {
+            k.add(keys::parse(&path), size);
+        }
+        assert_eq!(
+            k,
+            Kept {
+                segments: 150,
+                history: 400,
+                checkpoints: 1000,
+                other: 150
+            }
+        );
+        assert_eq!(k.growing(), 700);
+        let before = Kept {
+            segments: 100,
+            ..Kept::default()
+        };
+        let report = KeptReport {
+            events: 10.0,
+            added: kept_since(k, before),
+            added_after_compaction: Some(Kept {
+                segments: 0,
+                history: 300,
+                checkpoints: 1000,
+                other: 150,
+            }),
+        };
+        assert_eq!(report.log_bytes_per_event(), (45.0, Some(30.0)));
+        assert!(
+            report.table().contains("30 after compaction"),
+            "{}",
+            report.table()
+        );
     }
 
     #[test]

@@ -246,6 +246,11 @@ async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec
     results.into_iter().collect()
 }
 
+/// The server's counters now (`/metrics`), for a caller outside a run.
+pub async fn server_counters(url: &str) -> ServerCounters {
+    scrape(&reqwest::Client::new(), url).await
+}
+
 async fn scrape(http: &reqwest::Client, url: &str) -> ServerCounters {
     match http.get(format!("{url}/metrics")).send().await {
         Ok(r) => ServerCounters::parse(&r.text().await.unwrap_or_default()),
