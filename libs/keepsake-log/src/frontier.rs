@@ -32,7 +32,7 @@ use futures::TryStreamExt;
 use keepsake_store::create_only;
 use keepsake_store::keys::{self, Key};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::info;
 
 use crate::error::{LogError, store_err};
@@ -66,25 +66,25 @@ impl Frontier {
 }
 
 /// The persisted record (`schemas/README.md`, "Compaction frontier").
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Record {
-    format_version: u32,
+    /// Checked before the record is read (an unknown version may have other fields).
+    #[serde(rename = "format_version")]
+    _format_version: u32,
     shard: u32,
     generation: u64,
     through: u64,
 }
 
-/// Encodes generation `f` of `shard`'s frontier.
+/// Encodes generation `f` of `shard`'s frontier. Written out by hand: every field is an
+/// integer, so there is no failure to handle (an empty object written create-only would block
+/// the shard for good).
 pub fn encode(shard: u32, f: Frontier) -> Bytes {
-    let record = Record {
-        format_version: FRONTIER_VERSION,
-        shard,
-        generation: f.generation,
-        through: f.through,
-    };
-    // A struct of integers always serializes.
-    Bytes::from(serde_json::to_vec(&record).unwrap_or_default())
+    Bytes::from(format!(
+        "{{\"format_version\":{FRONTIER_VERSION},\"shard\":{shard},\"generation\":{},\"through\":{}}}",
+        f.generation, f.through
+    ))
 }
 
 /// Decodes the frontier object of `shard` at `generation`: a record of another version, shard
