@@ -17,6 +17,9 @@
 //! - **The original text** ([`crate::original`]): attached on import, given back by export while
 //!   the document is unchanged.
 //!
+//! - **Daylight-saving changes.** A local time that is ambiguous or nonexistent in its zone is
+//!   carried through calcard (which would drop it) by [`crate::zones`].
+//!
 //! Invariants: no input panics (calcard is called behind [`guard`], which turns a panic into
 //! [`ConvertError::ConverterPanicked`]); a document's `@type` is always the kind's
 //! (`Kind::json_type`), as staging requires.
@@ -32,6 +35,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ConvertError;
 use crate::original::{CALENDAR_PROPERTY, ORIGINAL_PROPERTY, attach, unchanged_original};
+use crate::zones::{self, StandIns};
 use crate::{Entry, Format};
 
 /// The item an entry becomes: its kind and its JSON document (a JSON object), with the
@@ -138,10 +142,15 @@ fn calendar_document(text: &str, kind: Kind) -> Result<Map<String, Value>, Conve
             ICalendarComponentType::VEvent,
         );
     }
+    let stand_ins = StandIns::for_icalendar(&mut ical);
     let value = guard("iCalendar", || {
         let calendar: JSCalendar<'static, String, String> = ical.into_jscalendar();
         serde_json::to_value(&calendar.0)
-    })?;
+    })?
+    .map(|mut value| {
+        stand_ins.restore_document(&mut value);
+        value
+    });
     let mut group = to_object(value, kind)?;
     let items = match group.remove("entries") {
         Some(Value::Array(items)) => items,
@@ -201,6 +210,8 @@ fn export_calendar(kind: Kind, mut document: Map<String, Value>) -> Result<Strin
         _ => "Event",
     };
     document.insert("@type".into(), Value::from(json_type));
+    let item = document.clone();
+    let stand_ins = StandIns::for_document(&mut document);
     group.insert("@type".into(), Value::from("Group"));
     group.insert(
         "entries".into(),
@@ -214,6 +225,10 @@ fn export_calendar(kind: Kind, mut document: Map<String, Value>) -> Result<Strin
             kind,
             reason: "calcard wrote no iCalendar".into(),
         })?;
+    stand_ins.restore_icalendar(&mut ical);
+    if let Some(reason) = zones::dropped(&item, &ical) {
+        return Err(ConvertError::Document { kind, reason });
+    }
     if kind == Kind::Note {
         rename(
             &mut ical,

@@ -13,6 +13,8 @@
 //!   ([`export`]), which gives back the original text while the document is unchanged.
 //! - [`original`]: how the original text travels inside the document, and its digest.
 //! - [`ids`]: the change id and item id of an imported entry (UUIDv5, pure).
+//! - `zones`: local times a daylight-saving change makes ambiguous or nonexistent, carried
+//!   through calcard (which would drop them) by a fixed-offset stand-in zone.
 //! - [`error`]: the errors of all of the above.
 //!
 //! Invariants: no input makes any function here panic (proptests feed arbitrary text); nothing
@@ -23,6 +25,7 @@ pub mod error;
 pub mod ids;
 pub mod original;
 pub mod split;
+mod zones;
 
 pub use convert::{export, to_document};
 pub use error::{ConvertError, EntryError, EntryErrorReason};
