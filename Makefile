@@ -31,13 +31,18 @@ schemathesis: ## Install schemathesis (the contract fuzzer the e2e tests run) if
 	@command -v schemathesis >/dev/null || python3 -m pip install --quiet 'schemathesis>=4,<5'
 	@command -v schemathesis >/dev/null || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
 
+.PHONY: dav-clients
+dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer) if they are missing
+	@command -v vdirsyncer >/dev/null || python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22'
+	@command -v vdirsyncer >/dev/null || { echo "vdirsyncer is not on PATH after pip install" >&2; exit 1; }
+
 .PHONY: strace
 strace: ## Install strace (the fsync test traces a file-store PUT) if it is missing
 	@command -v strace >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace; }
 	@command -v strace >/dev/null || { echo "strace is required by make test" >&2; exit 1; }
 
 .PHONY: test
-test: moto strace schemathesis ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
+test: moto strace schemathesis dav-clients ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
 	@if [ -n "$${KEEPSAKE_BLESS:-}" ]; then echo "KEEPSAKE_BLESS is set: tests never write goldens (make bless does); unset it" >&2; exit 1; fi
 	$(CARGO) test --workspace
 

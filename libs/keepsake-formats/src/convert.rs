@@ -34,7 +34,9 @@ use keepsake_model::Kind;
 use serde_json::{Map, Value};
 
 use crate::error::ConvertError;
-use crate::original::{CALENDAR_PROPERTY, ORIGINAL_PROPERTY, attach, unchanged_original};
+use crate::original::{
+    CALENDAR_PROPERTY, ORIGINAL_PROPERTY, RESOURCE_PROPERTY, attach, unchanged_original,
+};
 use crate::zones::{self, StandIns};
 use crate::{Entry, Format};
 
@@ -68,6 +70,7 @@ pub fn export(kind: Kind, document: &Value, format: Format) -> Result<String, Co
     }
     let mut document = object.clone();
     document.remove(ORIGINAL_PROPERTY);
+    document.remove(RESOURCE_PROPERTY);
     match kind {
         Kind::Contact => export_contact(document),
         _ => export_calendar(kind, document),

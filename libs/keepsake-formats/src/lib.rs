@@ -30,7 +30,7 @@ mod zones;
 pub use convert::{export, to_document};
 pub use error::{ConvertError, EntryError, EntryErrorReason};
 pub use ids::{import_change_id, import_item_id};
-pub use original::{CALENDAR_PROPERTY, ORIGINAL_PROPERTY, document_digest};
+pub use original::{CALENDAR_PROPERTY, ORIGINAL_PROPERTY, RESOURCE_PROPERTY, document_digest};
 pub use split::{Entries, Entry, Limits, entries, entries_with_limits, utf8_text};
 
 use std::fmt;

@@ -11,7 +11,8 @@
 //! }
 //! ```
 //!
-//! `digest` is the SHA-256 of the document *without* this property, in canonical JSON
+//! `digest` is the SHA-256 of the document *without* this property (nor
+//! [`RESOURCE_PROPERTY`], a DAV resource's name, which is not data), in canonical JSON
 //! ([`canonical_json`]: object keys sorted by their UTF-8 bytes, no
 //! whitespace, serde_json's escapes and numbers). Invariant: export gives back `text`
 //! unchanged exactly while the document minus this property still has that digest, whatever
@@ -31,16 +32,22 @@ use crate::Format;
 /// The vendor property holding the original text.
 pub const ORIGINAL_PROPERTY: &str = "keepsake.app:original";
 
+/// The vendor property holding the name a CardDAV/CalDAV client gave the item's resource
+/// (`{"name": "<name>"}`), when it is not `<item id>.vcf` / `.ics`: listings give the client
+/// back the name it chose. It is not part of the item's data: the digest leaves it out (so
+/// keeping a name never makes the original text stale) and export never writes it.
+pub const RESOURCE_PROPERTY: &str = "keepsake.app:resource";
+
 /// The vendor property of an `event`/`task`/`note` holding what its VCALENDAR carried beside
 /// the item (calendar properties such as `PRODID` and `X-WR-CALNAME`, and its VTIMEZONEs), as
 /// calcard converts them: the JSCalendar Group around the item, without `entries`.
 pub const CALENDAR_PROPERTY: &str = "keepsake.app:calendar";
 
 /// The digest recorded for a document: `sha256:` and the hex SHA-256 of its canonical JSON
-/// without [`ORIGINAL_PROPERTY`].
+/// without [`ORIGINAL_PROPERTY`] and [`RESOURCE_PROPERTY`].
 pub fn document_digest(document: &Map<String, Value>) -> String {
     let mut text = String::new();
-    write_object(&mut text, document, Some(ORIGINAL_PROPERTY));
+    write_object(&mut text, document, &[ORIGINAL_PROPERTY, RESOURCE_PROPERTY]);
     let hash = Sha256::digest(text.as_bytes());
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
@@ -62,7 +69,7 @@ pub fn canonical_json(value: &Value) -> String {
 
 fn write_value(out: &mut String, value: &Value) {
     match value {
-        Value::Object(map) => write_object(out, map, None),
+        Value::Object(map) => write_object(out, map, &[]),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -80,8 +87,8 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
-fn write_object(out: &mut String, map: &Map<String, Value>, skip: Option<&str>) {
-    let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
+fn write_object(out: &mut String, map: &Map<String, Value>, skip: &[&str]) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
     keys.sort();
     out.push('{');
     for (i, key) in keys.into_iter().enumerate() {

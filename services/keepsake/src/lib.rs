@@ -1,6 +1,7 @@
 //! The Keepsake server: REST sync for handsets over the event log (`keepsake-log`).
 //!
 //! - [`api`]: routes, authentication, handlers, problem+json errors.
+//! - [`dav`]: CardDAV and CalDAV on the same log.
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
@@ -11,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dav;
 pub mod device_events;
 pub mod devices;
 pub mod fleet;

@@ -78,7 +78,7 @@ fn change_result<'a>(change: &Change, outcome: &'a Outcome) -> ChangeResult<'a> 
 /// Pushes `changes` as one device-attributed push through the log (durable before it returns),
 /// with the push metrics; returns the outcomes and the sync token after the push. Every write a
 /// device makes goes through here: pushes, item restores and imports.
-pub(super) async fn push_as_device(
+pub(crate) async fn push_as_device(
     state: &Shared,
     auth: DeviceAuth,
     request_id: RequestId,

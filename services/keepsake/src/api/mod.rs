@@ -30,6 +30,8 @@ use tracing::{Instrument, field};
 use crate::auth::{TokenKeys, operator_token_matches};
 use crate::devices::Registry;
 use crate::metrics::Metrics;
+pub(crate) use device::push_as_device;
+pub(crate) use negotiate::item_text;
 pub use problem::ApiError;
 
 /// Limits a device can read from `/v1/session`.
@@ -229,6 +231,7 @@ pub fn route_list() -> Vec<(Method, &'static str)> {
 pub fn router(state: Shared) -> Router {
     routes()
         .router
+        .merge(crate::dav::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -330,25 +333,32 @@ impl FromRequestParts<Shared> for DeviceAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        if operator_token_matches(token, &state.operator_token) {
-            return Err(ApiError::forbidden(
-                "the operator token does not open the device API",
-            ));
-        }
-        let (user, device) = state
-            .keys
-            .verify(token)
-            .map_err(|_| ApiError::unauthorized())?;
-        let ready = state.ready()?;
-        if ready.registry.is_revoked(&device) {
-            return Err(ApiError::unauthorized());
-        }
-        let span = tracing::Span::current();
-        span.record("user_id", field::display(user));
-        span.record("device_id", field::display(device));
-        span.record("shard", ready.log.shard_of(&user));
-        Ok(Self { user, device })
+        device_of_token(state, token)
     }
+}
+
+/// The device a token belongs to, if it is a device token of a device not revoked; records
+/// the user and device in the request's span. (The REST API reads the token from `Bearer`;
+/// CardDAV/CalDAV also from HTTP Basic's password.)
+pub(crate) fn device_of_token(state: &Shared, token: &str) -> Result<DeviceAuth, ApiError> {
+    if operator_token_matches(token, &state.operator_token) {
+        return Err(ApiError::forbidden(
+            "the operator token does not open the device API",
+        ));
+    }
+    let (user, device) = state
+        .keys
+        .verify(token)
+        .map_err(|_| ApiError::unauthorized())?;
+    let ready = state.ready()?;
+    if ready.registry.is_revoked(&device) {
+        return Err(ApiError::unauthorized());
+    }
+    let span = tracing::Span::current();
+    span.record("user_id", field::display(user));
+    span.record("device_id", field::display(device));
+    span.record("shard", ready.log.shard_of(&user));
+    Ok(DeviceAuth { user, device })
 }
 
 /// The operator, authenticated by the operator token.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::ApiError;
 
 /// One item's text, ending with a line end.
-pub(super) fn item_text(kind: Kind, document: &Document, format: Format) -> Option<String> {
+pub(crate) fn item_text(kind: Kind, document: &Document, format: Format) -> Option<String> {
     let object = document.to_object().ok()?;
     let mut text = keepsake_formats::export(kind, &Value::Object(object), format).ok()?;
     if !text.ends_with('\n') {

@@ -8,6 +8,8 @@ mod auth;
 mod bad_input;
 mod compaction;
 mod contract;
+mod dav;
+mod dav_clients;
 mod devices;
 mod endpoints;
 mod formats;

@@ -1,0 +1,395 @@
+//! One `.vcf` / `.ics` resource: GET, HEAD, PUT, DELETE.
+//!
+//! - GET gives the item's text as `keepsake_formats` exports it: the client's own text while
+//!   the document is unchanged since it was written, else the document converted.
+//! - PUT is one `put` through the device push: the text is split (exactly one entry: a
+//!   VCARD, or one VCALENDAR holding one item with its exceptions) and converted; the
+//!   resource name is kept in the document when it is not `<item id>.<ext>`.
+//! - DELETE is one `delete` through the device push: a tombstone, restorable.
+//!
+//! Concurrency as the REST API's `base_version`: `If-Match: "<version>"` is the base version
+//! (a stale one is 412, and so is one on a missing item); `If-None-Match: *` refuses (412) a
+//! resource that exists. Without either, the last writer wins.
+//!
+//! Change ids: a DAV client sends none, so the id is derived from the request:
+//! UUIDv5(user, "keepsake-dav/v1/<op>/<item>/<version seen>/<sha256 of the body>"). Two
+//! identical requests made against the same version are one change (the second answers as
+//! the first, `duplicate`); a retry that arrives after its own change applied writes the same
+//! content again as a new version (harmless: no data changes, the version moves on).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keepsake_formats::{Format, ORIGINAL_PROPERTY, RESOURCE_PROPERTY};
+use keepsake_model::{
+    Change, ChangeBody, ChangeId, Document, Kind, Outcome, RejectCode, RequestId, UserState,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::paths::{self, Collection};
+use super::props::Row;
+use super::xml::{CALDAV, CARDDAV};
+use super::{error, precondition};
+use crate::api::{ApiError, DeviceAuth, Shared};
+
+/// One resource a request names.
+pub(crate) struct Resource {
+    pub auth: DeviceAuth,
+    pub collection: Collection,
+    pub name: String,
+    pub request_id: RequestId,
+}
+
+impl Resource {
+    fn item_id(&self) -> keepsake_model::ItemId {
+        paths::item_of(self.auth.user, self.collection, &self.name)
+    }
+}
+
+/// The `Content-Type` of an item's text.
+pub(crate) fn content_type(c: Collection, kind: Kind) -> &'static str {
+    match (c, kind) {
+        (Collection::Contacts, _) => "text/vcard; charset=utf-8",
+        (Collection::Calendar, Kind::Task) => "text/calendar; charset=utf-8; component=vtodo",
+        (Collection::Calendar, Kind::Note) => "text/calendar; charset=utf-8; component=vjournal",
+        (Collection::Calendar, _) => "text/calendar; charset=utf-8; component=vevent",
+    }
+}
+
+/// The item's text in its collection's format; `None` when its document cannot be written.
+pub(crate) fn text(c: Collection, kind: Kind, document: &Document) -> Option<String> {
+    crate::api::item_text(kind, document, c.format())
+}
+
+/// The resource name a client chose for the item, kept in its document.
+pub(crate) fn resource_name(document: &Document) -> Option<String> {
+    // Most documents have none: look before parsing.
+    if !document.as_str().contains(RESOURCE_PROPERTY) {
+        return None;
+    }
+    let object = document.to_object().ok()?;
+    object
+        .get(RESOURCE_PROPERTY)?
+        .get("name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The resource name a deleted item had: a tombstone holds no document, so it is read from the
+/// item's newest event that set the document (a put, or a patch that names it).
+pub(crate) async fn name_before_delete(
+    state: &Shared,
+    user: keepsake_model::UserId,
+    item: keepsake_model::ItemId,
+) -> Result<Option<String>, ApiError> {
+    let log = &state.ready()?.log;
+    let up_to = keepsake_log::UpTo::Seq(log.last_seq(&user).await?);
+    let events = log
+        .user_events_picked(&user, up_to, keepsake_log::Pick::Item(item))
+        .await?;
+    for event in events.iter().rev() {
+        let Some(document) = &event.document else {
+            continue;
+        };
+        match event.op {
+            keepsake_model::Op::Put => return Ok(resource_name(document)),
+            keepsake_model::Op::Patch => {
+                if let Some(name) = resource_name(document) {
+                    return Ok(Some(name));
+                }
+            }
+            keepsake_model::Op::Delete => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The item a resource names, as it is now (a tombstone included); `None` if it never existed.
+pub(crate) async fn current(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
+    let item_id = r.item_id();
+    let c = r.collection;
+    let log = &state.ready()?.log;
+    Ok(log
+        .user(&r.auth.user, |u: &UserState| {
+            use keepsake_model::StateRead as _;
+            u.item(&item_id).filter(|i| c.holds(i.kind)).map(Row::of)
+        })
+        .await?)
+}
+
+pub(crate) async fn get(state: &Shared, r: &Resource, with_body: bool) -> Response {
+    let row = match current(state, r).await {
+        Ok(Some(row)) if !row.deleted => row,
+        Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),
+        Err(e) => return error(e),
+    };
+    let Some(text) = row
+        .document
+        .as_ref()
+        .and_then(|d| text(r.collection, row.kind, d))
+    else {
+        return error(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unwritable",
+            format!(
+                "item {} cannot be written as {}",
+                row.item_id,
+                r.collection.format().media_type()
+            ),
+        ));
+    };
+    let mut resp = if with_body {
+        (StatusCode::OK, text).into_response()
+    } else {
+        let mut resp = StatusCode::OK.into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        resp
+    };
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(r.collection, row.kind)),
+    );
+    if let Ok(etag) = HeaderValue::from_str(&row.etag()) {
+        headers.insert(header::ETAG, etag);
+    }
+    resp
+}
+
+/// The version an `If-Match` names: `Some(None)` when absent or `*`; `Err` when it names no
+/// version of ours (answered 412: it cannot match).
+fn if_match(headers: &HeaderMap) -> Result<Option<Option<u64>>, ()> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ())?.trim();
+    if value == "*" {
+        return Ok(Some(None));
+    }
+    let tag = value.trim_start_matches("W/").trim_matches('"');
+    tag.parse::<u64>().map(|v| Some(Some(v))).map_err(|_| ())
+}
+
+fn if_none_match_any(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*")
+}
+
+fn change_id(r: &Resource, op: &str, seen: Option<u64>, body: &[u8]) -> ChangeId {
+    let digest: String = Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let seen = seen.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let name = format!("keepsake-dav/v1/{op}/{}/{seen}/{digest}", r.item_id());
+    ChangeId(Uuid::new_v5(&r.auth.user.0, name.as_bytes()))
+}
+
+fn precondition_failed(detail: &str) -> Response {
+    error(ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        detail.to_string(),
+    ))
+}
+
+/// The `DAV:error` precondition for text that is not one valid item of the collection.
+fn invalid_data(c: Collection) -> Response {
+    match c {
+        Collection::Contacts => precondition(StatusCode::FORBIDDEN, CARDDAV, "valid-address-data"),
+        Collection::Calendar => precondition(StatusCode::FORBIDDEN, CALDAV, "valid-calendar-data"),
+    }
+}
+
+/// The one item a PUT's text holds, as a document carrying the resource name when it must
+/// be kept; or the answer refusing it.
+fn document_of(
+    r: &Resource,
+    item: keepsake_model::ItemId,
+    text: &str,
+) -> Result<(Kind, Document), Box<Response>> {
+    let format = r.collection.format();
+    let mut entries = keepsake_formats::entries(text, format);
+    let entry = match (entries.next(), entries.next()) {
+        (Some(Ok(entry)), None) => entry,
+        (Some(Err(e)), _) => {
+            tracing::debug!(error = %e, "DAV PUT: the text does not split");
+            return Err(Box::new(invalid_data(r.collection)));
+        }
+        _ => return Err(Box::new(invalid_data(r.collection))),
+    };
+    if !r.collection.holds(entry.kind) {
+        return Err(Box::new(match r.collection {
+            Collection::Calendar => precondition(
+                StatusCode::FORBIDDEN,
+                CALDAV,
+                "supported-calendar-component",
+            ),
+            Collection::Contacts => invalid_data(r.collection),
+        }));
+    }
+    let (kind, mut document) = keepsake_formats::to_document(&entry).map_err(|e| {
+        tracing::debug!(error = %e, "DAV PUT: the text does not convert");
+        Box::new(invalid_data(r.collection))
+    })?;
+    if paths::is_chosen_name(r.collection, item, &r.name)
+        && let Some(object) = document.as_object_mut()
+    {
+        let mut resource = serde_json::Map::new();
+        resource.insert("name".into(), Value::String(r.name.clone()));
+        object.insert(RESOURCE_PROPERTY.into(), Value::Object(resource));
+    }
+    debug_assert!(document.get(ORIGINAL_PROPERTY).is_some());
+    Ok((kind, Document::from_value(&document)))
+}
+
+fn etag_header(resp: &mut Response, version: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+/// The answer to a pushed change.
+fn answer(outcome: &Outcome, created: bool) -> Response {
+    match outcome {
+        Outcome::Applied(c) | Outcome::Duplicate(c) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::NO_CONTENT
+            };
+            let mut resp = status.into_response();
+            etag_header(&mut resp, c.version);
+            resp
+        }
+        Outcome::Conflict(_) => {
+            precondition_failed("the resource changed since the version the request names")
+        }
+        Outcome::Rejected { code, detail } => {
+            let status = match code {
+                RejectCode::DocumentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                RejectCode::KindMismatch => StatusCode::CONFLICT,
+                RejectCode::NotFound => StatusCode::NOT_FOUND,
+                RejectCode::InvalidDocument | RejectCode::InvalidChange => StatusCode::FORBIDDEN,
+            };
+            error(ApiError::new(status, code.as_str(), detail.clone()))
+        }
+    }
+}
+
+pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body: Body) -> Response {
+    let bytes = match crate::api::read_body(body, state.limits.max_request_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    if let Some(media) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        && Format::from_media_type(media) != Some(r.collection.format())
+    {
+        return error(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "this collection takes {}, not {media:?}",
+                r.collection.format().media_type()
+            ),
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return invalid_data(r.collection);
+    };
+    let item_id = r.item_id();
+    let now = match current(state, r).await {
+        Ok(now) => now,
+        Err(e) => return error(e),
+    };
+    let live = now.as_ref().filter(|row| !row.deleted);
+    let base_version = match if_match(headers) {
+        Err(()) => return precondition_failed("If-Match names no version of this resource"),
+        Ok(Some(named)) => match (live, named) {
+            (None, _) => return precondition_failed("If-Match on a resource that does not exist"),
+            (Some(row), None) => Some(row.version),
+            (Some(_), Some(v)) => Some(v),
+        },
+        Ok(None) => None,
+    };
+    if if_none_match_any(headers) && live.is_some() {
+        return precondition_failed("If-None-Match: * on a resource that exists");
+    }
+    let (kind, document) = match document_of(r, item_id, text) {
+        Ok(d) => d,
+        Err(resp) => return *resp,
+    };
+    if let Some(row) = &now
+        && row.kind != kind
+    {
+        return error(ApiError::new(
+            StatusCode::CONFLICT,
+            "kind_mismatch",
+            format!("the resource is a {}, not a {kind}", row.kind),
+        ));
+    }
+    // A tombstone is written over at its version, so a create never conflicts with a delete.
+    let base_version = base_version.or(if_none_match_any(headers)
+        .then(|| now.as_ref().map(|row| row.version))
+        .flatten());
+    let seen = base_version.or(now.as_ref().map(|row| row.version));
+    let change = Change {
+        change_id: change_id(r, "put", seen, &bytes),
+        kind,
+        item_id,
+        base_version,
+        body: ChangeBody::Put { document },
+    };
+    match crate::api::push_as_device(state, r.auth, r.request_id, vec![change], false).await {
+        Ok((result, _)) => match result.outcomes.first() {
+            Some(outcome) => answer(outcome, live.is_none()),
+            None => error(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the push gave no outcome",
+            )),
+        },
+        Err(e) => error(e),
+    }
+}
+
+pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) -> Response {
+    let now = match current(state, r).await {
+        Ok(Some(row)) if !row.deleted => row,
+        Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),
+        Err(e) => return error(e),
+    };
+    let base_version = match if_match(headers) {
+        Err(()) => return precondition_failed("If-Match names no version of this resource"),
+        Ok(Some(Some(v))) => v,
+        Ok(_) => now.version,
+    };
+    let change = Change {
+        change_id: change_id(r, "delete", Some(base_version), b""),
+        kind: now.kind,
+        item_id: now.item_id,
+        base_version: Some(base_version),
+        body: ChangeBody::Delete,
+    };
+    match crate::api::push_as_device(state, r.auth, r.request_id, vec![change], false).await {
+        Ok((result, _)) => match result.outcomes.first() {
+            Some(Outcome::Applied(_) | Outcome::Duplicate(_)) => {
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Some(outcome) => answer(outcome, false),
+            None => error(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the push gave no outcome",
+            )),
+        },
+        Err(e) => error(e),
+    }
+}

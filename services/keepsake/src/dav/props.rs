@@ -1,0 +1,463 @@
+//! PROPFIND, and the properties of each kind of resource.
+//!
+//! What a request asks for is read once ([`Wanted`]); each resource answers the properties it
+//! has, and a `404` propstat lists those it does not (RFC 4918 9.1). `allprop` gives every
+//! live property except the data ones (`address-data`, `calendar-data`), as RFC 4791 asks.
+
+use std::fmt::Write as _;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use keepsake_model::{Document, ItemId, Kind, StateRead as _, UserId, UserState};
+
+use super::items::Resource;
+use super::paths::{self, Collection};
+use super::xml::{self, CALDAV, CALSERVER, CARDDAV, DAV, Element};
+use super::{error, items};
+use crate::api::{ApiError, DeviceAuth, Shared};
+use crate::sync_token::SyncToken;
+
+/// The prefix of a sync token URI; the rest is the REST API's token.
+pub(crate) const SYNC_TOKEN_PREFIX: &str = "https://keepsake.app/ns/sync/";
+
+/// What a PROPFIND or REPORT asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Wanted {
+    /// Every live property (no data).
+    All,
+    /// The names only.
+    Names,
+    /// These, as (namespace, local name).
+    Props(Vec<(String, String)>),
+}
+
+impl Wanted {
+    /// From a `propfind` (or a report) element: its `prop`, `propname` or `allprop`; nothing
+    /// is `allprop` (RFC 4918 9.1).
+    pub(crate) fn of(request: Option<&Element>) -> Wanted {
+        let Some(request) = request else {
+            return Wanted::All;
+        };
+        if request.child(DAV, "propname").is_some() {
+            return Wanted::Names;
+        }
+        match request.child(DAV, "prop") {
+            Some(prop) => Wanted::Props(
+                prop.children
+                    .iter()
+                    .map(|c| (c.ns.clone(), c.name.clone()))
+                    .collect(),
+            ),
+            None => Wanted::All,
+        }
+    }
+
+    /// Whether the data (address-data / calendar-data) is asked for.
+    pub(crate) fn wants_data(&self) -> bool {
+        match self {
+            Wanted::Props(props) => props.iter().any(|(ns, n)| {
+                matches!(
+                    (ns.as_str(), n.as_str()),
+                    (CARDDAV, "address-data") | (CALDAV, "calendar-data")
+                )
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// One resource's properties: each known one with its inner XML.
+pub(crate) struct Props {
+    known: Vec<(&'static str, &'static str, String)>,
+    /// Names of data properties this resource would have (listed under `allprop` as absent
+    /// from it, and given when asked for by name).
+    data: Option<(&'static str, &'static str, String)>,
+}
+
+impl Props {
+    fn new() -> Self {
+        Self {
+            known: Vec::new(),
+            data: None,
+        }
+    }
+
+    fn add(&mut self, ns: &'static str, name: &'static str, inner: impl Into<String>) {
+        self.known.push((ns, name, inner.into()));
+    }
+
+    /// Writes one `response` for `href` with the properties `wanted`.
+    pub(crate) fn write(&self, out: &mut String, href: &str, wanted: &Wanted) {
+        let _ = write!(out, "<d:response><d:href>{}</d:href>", xml::escape(href));
+        let mut found = String::new();
+        let mut missing = String::new();
+        let all = || self.known.iter().chain(self.data.iter());
+        match wanted {
+            Wanted::All => {
+                for (ns, name, inner) in &self.known {
+                    property(&mut found, ns, name, inner);
+                }
+            }
+            Wanted::Names => {
+                for (ns, name, _) in all() {
+                    found.push_str(&xml::open_tag(ns, name, true));
+                }
+            }
+            Wanted::Props(props) => {
+                for (ns, name) in props {
+                    match all().find(|(n, m, _)| n == ns && m == name) {
+                        Some((ns, name, inner)) => property(&mut found, ns, name, inner),
+                        None => missing.push_str(&xml::open_tag(ns, name, true)),
+                    }
+                }
+            }
+        }
+        if !found.is_empty() || missing.is_empty() {
+            let _ = write!(
+                out,
+                "<d:propstat><d:prop>{found}</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>"
+            );
+        }
+        if !missing.is_empty() {
+            let _ = write!(
+                out,
+                "<d:propstat><d:prop>{missing}</d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat>"
+            );
+        }
+        out.push_str("</d:response>");
+    }
+}
+
+fn property(out: &mut String, ns: &str, name: &str, inner: &str) {
+    if inner.is_empty() {
+        out.push_str(&xml::open_tag(ns, name, true));
+    } else {
+        out.push_str(&xml::open_tag(ns, name, false));
+        out.push_str(inner);
+        out.push_str(&xml::close_tag(ns, name));
+    }
+}
+
+/// A `207 Multi-Status` answer.
+pub(crate) fn multistatus(body: String) -> Response {
+    (
+        StatusCode::MULTI_STATUS,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn href_element(href: &str) -> String {
+    format!("<d:href>{}</d:href>", xml::escape(href))
+}
+
+fn privileges() -> String {
+    [
+        "read",
+        "write",
+        "write-properties",
+        "write-content",
+        "bind",
+        "unbind",
+        "read-current-user-privilege-set",
+    ]
+    .iter()
+    .map(|p| format!("<d:privilege><d:{p}/></d:privilege>"))
+    .collect()
+}
+
+fn root_props(user: UserId) -> Props {
+    let mut p = Props::new();
+    p.add(DAV, "resourcetype", "<d:collection/>");
+    p.add(
+        DAV,
+        "current-user-principal",
+        href_element(&paths::home(user)),
+    );
+    p.add(DAV, "displayname", "Keepsake");
+    p
+}
+
+fn home_props(user: UserId) -> Props {
+    let home = href_element(&paths::home(user));
+    let mut p = Props::new();
+    p.add(DAV, "resourcetype", "<d:collection/><d:principal/>");
+    p.add(DAV, "current-user-principal", home.clone());
+    p.add(DAV, "principal-URL", home.clone());
+    p.add(DAV, "owner", home.clone());
+    p.add(CARDDAV, "addressbook-home-set", home.clone());
+    p.add(CALDAV, "calendar-home-set", home);
+    p.add(DAV, "displayname", user.to_string());
+    p.add(DAV, "current-user-privilege-set", privileges());
+    p
+}
+
+/// The sync token of a user at `seq`, as a URI.
+pub(crate) fn sync_token(state: &Shared, seq: u64) -> Result<String, ApiError> {
+    let store_id = state.ready()?.log.descriptor().store_id;
+    Ok(format!(
+        "{SYNC_TOKEN_PREFIX}{}",
+        SyncToken { store_id, seq }.encode()
+    ))
+}
+
+fn collection_props(
+    state: &Shared,
+    user: UserId,
+    c: Collection,
+    last_seq: u64,
+) -> Result<Props, ApiError> {
+    let token = sync_token(state, last_seq)?;
+    let home = href_element(&paths::home(user));
+    let mut p = Props::new();
+    let (kind, reports) = match c {
+        Collection::Contacts => (
+            "<d:collection/><card:addressbook/>",
+            ["<card:addressbook-multiget/>", "<card:addressbook-query/>"],
+        ),
+        Collection::Calendar => (
+            "<d:collection/><cal:calendar/>",
+            ["<cal:calendar-multiget/>", "<cal:calendar-query/>"],
+        ),
+    };
+    p.add(DAV, "resourcetype", kind);
+    p.add(
+        DAV,
+        "displayname",
+        match c {
+            Collection::Contacts => "Contacts",
+            Collection::Calendar => "Calendar",
+        },
+    );
+    let reports: String = reports
+        .iter()
+        .chain(["<d:sync-collection/>"].iter())
+        .map(|r| format!("<d:supported-report><d:report>{r}</d:report></d:supported-report>"))
+        .collect();
+    p.add(DAV, "supported-report-set", reports);
+    p.add(DAV, "sync-token", xml::escape(&token).into_owned());
+    // The ctag changes whenever the user's log grows (a little more often than needed: a
+    // change to the other collection moves it too).
+    p.add(CALSERVER, "getctag", xml::escape(&token).into_owned());
+    p.add(DAV, "current-user-principal", home.clone());
+    p.add(DAV, "owner", home);
+    p.add(DAV, "current-user-privilege-set", privileges());
+    match c {
+        Collection::Contacts => {
+            p.add(
+                CARDDAV,
+                "supported-address-data",
+                "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/><card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>",
+            );
+            p.add(
+                CARDDAV,
+                "max-resource-size",
+                state.limits.max_document_bytes.to_string(),
+            );
+        }
+        Collection::Calendar => {
+            p.add(
+                CALDAV,
+                "supported-calendar-component-set",
+                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/><cal:comp name=\"VJOURNAL\"/>",
+            );
+            p.add(
+                CALDAV,
+                "supported-calendar-data",
+                "<cal:calendar-data content-type=\"text/calendar\" version=\"2.0\"/>",
+            );
+            p.add(
+                CALDAV,
+                "max-resource-size",
+                state.limits.max_document_bytes.to_string(),
+            );
+        }
+    }
+    Ok(p)
+}
+
+/// One item as the DAV side sees it, taken from the user's state.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    pub item_id: ItemId,
+    pub kind: Kind,
+    pub version: u64,
+    pub seq: u64,
+    pub deleted: bool,
+    pub changed_at: DateTime<Utc>,
+    /// The resource name a client chose, when it is kept.
+    pub name: Option<String>,
+    pub document: Option<Document>,
+}
+
+impl Row {
+    pub(crate) fn of(item: &keepsake_model::ItemState) -> Row {
+        Row {
+            item_id: item.item_id,
+            kind: item.kind,
+            version: item.version,
+            seq: item.seq,
+            deleted: item.deleted,
+            changed_at: item.changed_at,
+            name: item.document.as_ref().and_then(items::resource_name),
+            document: item.document.clone(),
+        }
+    }
+
+    /// The strong ETag: the item's version.
+    pub(crate) fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
+    pub(crate) fn href(&self, user: UserId, c: Collection) -> String {
+        c.href_of(user, self.item_id, self.name.as_deref())
+    }
+
+    /// The item's properties; the text is exported only when `with_data`.
+    pub(crate) fn props(&self, c: Collection, with_data: bool) -> Props {
+        let mut p = Props::new();
+        p.add(DAV, "resourcetype", "");
+        p.add(DAV, "getetag", xml::escape(&self.etag()).into_owned());
+        p.add(DAV, "getcontenttype", items::content_type(c, self.kind));
+        p.add(
+            DAV,
+            "getlastmodified",
+            self.changed_at
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string(),
+        );
+        if with_data
+            && let Some(text) = self
+                .document
+                .as_ref()
+                .and_then(|d| items::text(c, self.kind, d))
+        {
+            p.add(DAV, "getcontentlength", text.len().to_string());
+            let (ns, name) = match c {
+                Collection::Contacts => (CARDDAV, "address-data"),
+                Collection::Calendar => (CALDAV, "calendar-data"),
+            };
+            p.data = Some((ns, name, xml::escape(&text).into_owned()));
+        }
+        p
+    }
+}
+
+/// The live items of a collection, in seq order, and the user's last seq.
+pub(crate) async fn rows(
+    state: &Shared,
+    user: UserId,
+    c: Collection,
+) -> Result<(Vec<Row>, u64), ApiError> {
+    let log = &state.ready()?.log;
+    Ok(log
+        .user(&user, |u: &UserState| {
+            let rows = u
+                .items_changed_after(0)
+                .filter(|i| !i.deleted && c.holds(i.kind))
+                .map(Row::of)
+                .collect();
+            (rows, u.last_seq())
+        })
+        .await?)
+}
+
+pub(crate) fn propfind_root(auth: DeviceAuth, request: Option<&Element>, _depth: u8) -> Response {
+    let wanted = Wanted::of(request);
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    root_props(auth.user).write(&mut out, paths::ROOT, &wanted);
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+pub(crate) async fn propfind_home(
+    state: &Shared,
+    auth: DeviceAuth,
+    request: Option<&Element>,
+    depth: u8,
+) -> Response {
+    let wanted = Wanted::of(request);
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
+    if depth > 0 {
+        let last_seq = match state.ready() {
+            Ok(ready) => match ready.log.last_seq(&auth.user).await {
+                Ok(seq) => seq,
+                Err(e) => return error(e.into()),
+            },
+            Err(e) => return error(e),
+        };
+        for c in Collection::ALL {
+            match collection_props(state, auth.user, c, last_seq) {
+                Ok(p) => p.write(&mut out, &c.href(auth.user), &wanted),
+                Err(e) => return error(e),
+            }
+        }
+    }
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+pub(crate) async fn propfind_collection(
+    state: &Shared,
+    auth: DeviceAuth,
+    c: Collection,
+    request: Option<&Element>,
+    depth: u8,
+) -> Response {
+    let wanted = Wanted::of(request);
+    let (rows, last_seq) = if depth > 0 {
+        match rows(state, auth.user, c).await {
+            Ok(r) => r,
+            Err(e) => return error(e),
+        }
+    } else {
+        match state.ready() {
+            Ok(ready) => match ready.log.last_seq(&auth.user).await {
+                Ok(seq) => (Vec::new(), seq),
+                Err(e) => return error(e.into()),
+            },
+            Err(e) => return error(e),
+        }
+    };
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    match collection_props(state, auth.user, c, last_seq) {
+        Ok(p) => p.write(&mut out, &c.href(auth.user), &wanted),
+        Err(e) => return error(e),
+    }
+    let with_data = wanted.wants_data()
+        || matches!(&wanted, Wanted::Props(p) if p.iter().any(|(ns, n)| ns == DAV && n == "getcontentlength"));
+    for row in &rows {
+        row.props(c, with_data)
+            .write(&mut out, &row.href(auth.user, c), &wanted);
+    }
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+pub(crate) async fn propfind_item(
+    state: &Shared,
+    resource: &Resource,
+    request: Option<&Element>,
+) -> Response {
+    let wanted = Wanted::of(request);
+    let row = match items::current(state, resource).await {
+        Ok(Some(row)) if !row.deleted => row,
+        Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),
+        Err(e) => return error(e),
+    };
+    let with_data = !matches!(wanted, Wanted::All);
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    row.props(resource.collection, with_data).write(
+        &mut out,
+        &row.href(resource.auth.user, resource.collection),
+        &wanted,
+    );
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}

@@ -1,0 +1,307 @@
+//! REPORT on a collection: `sync-collection` (RFC 6578), `addressbook-multiget` /
+//! `calendar-multiget`, and `addressbook-query` / `calendar-query`.
+//!
+//! `sync-collection` reads the user's items changed after the token's seq (the view keeps
+//! them in seq order), keeps those of the collection, and answers each at its latest: a live
+//! item with its properties, a deleted one with `404`. With `DAV:limit`, a partial answer
+//! ends with a token at the last item it includes (never past one it left out) and a `507`
+//! for the collection, as RFC 6578 3.6 says. The token is the REST API's, so the two never
+//! disagree about what a position is.
+//!
+//! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL); a `time-range`
+//! and `addressbook-query`'s `prop-filter`s are not evaluated here (every item of the
+//! component is answered, a superset the client filters again). docs/DAV.md says so.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use keepsake_model::{Kind, StateRead as _, UserState};
+
+use super::paths::{self, Collection, Target};
+use super::props::{Row, SYNC_TOKEN_PREFIX, Wanted, multistatus, sync_token};
+use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
+use super::{error, precondition};
+use crate::api::{ApiError, DeviceAuth, Shared};
+use crate::sync_token::SyncToken;
+
+/// Most hrefs one multiget may name.
+const MAX_HREFS: usize = 10_000;
+
+pub(crate) async fn report(
+    state: &Shared,
+    auth: DeviceAuth,
+    c: Collection,
+    request: &Element,
+) -> Response {
+    match (request.ns.as_str(), request.name.as_str(), c) {
+        (DAV, "sync-collection", _) => sync_collection(state, auth, c, request).await,
+        (CARDDAV, "addressbook-multiget", Collection::Contacts)
+        | (CALDAV, "calendar-multiget", Collection::Calendar) => {
+            multiget(state, auth, c, request).await
+        }
+        (CARDDAV, "addressbook-query", Collection::Contacts)
+        | (CALDAV, "calendar-query", Collection::Calendar) => query(state, auth, c, request).await,
+        _ => precondition(StatusCode::FORBIDDEN, DAV, "supported-report"),
+    }
+}
+
+/// The seq a `sync-token` element names: `None` for an initial sync (empty); `Err` for a
+/// token this store did not issue or one ahead of the user's log.
+fn token_seq(
+    state: &Shared,
+    text: &str,
+    have: u64,
+    user: keepsake_model::UserId,
+) -> Result<Option<u64>, ()> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let token = text
+        .strip_prefix(SYNC_TOKEN_PREFIX)
+        .and_then(SyncToken::decode)
+        .ok_or(())?;
+    let store_id = state.ready().map_err(|_| ())?.log.descriptor().store_id;
+    if token.store_id != store_id {
+        return Err(());
+    }
+    if token.seq > have {
+        tracing::warn!(
+            %user,
+            token_seq = token.seq,
+            server_seq = have,
+            "a DAV client is ahead of the server"
+        );
+        return Err(());
+    }
+    Ok(Some(token.seq))
+}
+
+/// The `DAV:limit` of a report: its `nresults`, if given.
+fn limit(request: &Element) -> Result<Option<usize>, ApiError> {
+    let Some(n) = request
+        .child(DAV, "limit")
+        .and_then(|l| l.child(DAV, "nresults"))
+    else {
+        return Ok(None);
+    };
+    match n.text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(ApiError::malformed(
+            "DAV:nresults must be a positive whole number",
+        )),
+    }
+}
+
+async fn sync_collection(
+    state: &Shared,
+    auth: DeviceAuth,
+    c: Collection,
+    request: &Element,
+) -> Response {
+    let wanted = Wanted::of(Some(request));
+    let limit = match limit(request) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let ready = match state.ready() {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let token_text = request
+        .child(DAV, "sync-token")
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    let have = match ready.log.last_seq(&auth.user).await {
+        Ok(seq) => seq,
+        Err(e) => return error(e.into()),
+    };
+    let since = match token_seq(state, &token_text, have, auth.user) {
+        Ok(s) => s,
+        Err(()) => return precondition(StatusCode::FORBIDDEN, DAV, "valid-sync-token"),
+    };
+    let after = since.unwrap_or(0);
+    let taken = ready
+        .log
+        .user(&auth.user, |u: &UserState| {
+            let mut rows: Vec<Row> = u
+                .items_changed_after(after)
+                .filter(|i| c.holds(i.kind) && (since.is_some() || !i.deleted))
+                .take(limit.map_or(usize::MAX, |l| l.saturating_add(1)))
+                .map(Row::of)
+                .collect();
+            let more = limit.is_some_and(|l| rows.len() > l);
+            if let Some(l) = limit {
+                rows.truncate(l);
+            }
+            let seq = if more {
+                rows.last().map_or(after, |r| r.seq)
+            } else {
+                u.last_seq()
+            };
+            (rows, more, seq)
+        })
+        .await;
+    let (mut rows, more, seq) = match taken {
+        Ok(t) => t,
+        Err(e) => return error(e.into()),
+    };
+    // A tombstone has no document: its name comes from the events before the delete, so the
+    // client is told about the resource it knows.
+    for row in rows.iter_mut().filter(|r| r.deleted && r.name.is_none()) {
+        match super::items::name_before_delete(state, auth.user, row.item_id).await {
+            Ok(name) => row.name = name,
+            Err(e) => return error(e),
+        }
+    }
+    let token = match sync_token(state, seq) {
+        Ok(t) => t,
+        Err(e) => return error(e),
+    };
+    let with_data = wanted.wants_data();
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    for row in &rows {
+        let href = row.href(auth.user, c);
+        if row.deleted {
+            out.push_str(&format!(
+                "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
+                xml::escape(&href)
+            ));
+        } else {
+            row.props(c, with_data).write(&mut out, &href, &wanted);
+        }
+    }
+    if more {
+        out.push_str(&format!(
+            "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 507 Insufficient Storage</d:status><d:error><d:number-of-matches-within-limits/></d:error></d:response>",
+            xml::escape(&c.href(auth.user))
+        ));
+    }
+    out.push_str(&format!(
+        "<d:sync-token>{}</d:sync-token>",
+        xml::escape(&token)
+    ));
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
+    let wanted = Wanted::of(Some(request));
+    let hrefs: Vec<&str> = request
+        .children_named(DAV, "href")
+        .map(|h| h.text.trim())
+        .collect();
+    if hrefs.len() > MAX_HREFS {
+        return error(ApiError::malformed(format!(
+            "{} hrefs in one multiget; the limit is {MAX_HREFS}",
+            hrefs.len()
+        )));
+    }
+    let ids: Vec<Option<keepsake_model::ItemId>> = hrefs
+        .iter()
+        .map(|href| match paths::parse_href(href) {
+            Some(Target::Item(user, col, name)) if user == auth.user && col == c => {
+                Some(paths::item_of(user, c, &name))
+            }
+            _ => None,
+        })
+        .collect();
+    let log = match state.ready() {
+        Ok(r) => &r.log,
+        Err(e) => return error(e),
+    };
+    let rows = match log
+        .user(&auth.user, |u: &UserState| {
+            ids.iter()
+                .map(|id| {
+                    id.and_then(|id| u.item(&id))
+                        .filter(|i| !i.deleted && c.holds(i.kind))
+                        .map(Row::of)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return error(e.into()),
+    };
+    let with_data = wanted.wants_data();
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    for (href, row) in hrefs.iter().zip(rows) {
+        match row {
+            Some(row) => row.props(c, with_data).write(&mut out, href, &wanted),
+            None => out.push_str(&format!(
+                "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
+                xml::escape(href)
+            )),
+        }
+    }
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+/// The kinds a `calendar-query` filter asks for: those of the components named under
+/// `VCALENDAR` (every calendar kind when it names none).
+fn filtered_kinds(request: &Element) -> Vec<Kind> {
+    let all = vec![Kind::Event, Kind::Task, Kind::Note];
+    let Some(calendar) = request
+        .child(CALDAV, "filter")
+        .and_then(|f| f.child(CALDAV, "comp-filter"))
+        .filter(|f| {
+            f.attr("name")
+                .is_some_and(|n| n.eq_ignore_ascii_case("VCALENDAR"))
+        })
+    else {
+        return all;
+    };
+    let kinds: Vec<Kind> = calendar
+        .children_named(CALDAV, "comp-filter")
+        .filter_map(|f| match f.attr("name")?.to_ascii_uppercase().as_str() {
+            "VEVENT" => Some(Kind::Event),
+            "VTODO" => Some(Kind::Task),
+            "VJOURNAL" => Some(Kind::Note),
+            _ => None,
+        })
+        .collect();
+    if kinds.is_empty()
+        && calendar
+            .children_named(CALDAV, "comp-filter")
+            .next()
+            .is_none()
+    {
+        all
+    } else {
+        kinds
+    }
+}
+
+async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
+    let wanted = Wanted::of(Some(request));
+    let kinds = match c {
+        Collection::Contacts => vec![Kind::Contact],
+        Collection::Calendar => filtered_kinds(request),
+    };
+    let limit = match limit(request) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let (rows, _) = match super::props::rows(state, auth.user, c).await {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let with_data = wanted.wants_data();
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    let matching = rows.iter().filter(|r| kinds.contains(&r.kind));
+    for (answered, row) in matching.enumerate() {
+        if limit.is_some_and(|l| answered >= l) {
+            out.push_str(&format!(
+                "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 507 Insufficient Storage</d:status><d:error><d:number-of-matches-within-limits/></d:error></d:response>",
+                xml::escape(&c.href(auth.user))
+            ));
+            break;
+        }
+        row.props(c, with_data)
+            .write(&mut out, &row.href(auth.user, c), &wanted);
+    }
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}

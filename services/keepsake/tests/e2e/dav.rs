@@ -1,0 +1,593 @@
+//! CardDAV and CalDAV (issue 17) through the real server, as a DAV client speaks them:
+//! discovery, PUT / GET / DELETE with ETags and preconditions, sync-collection with tokens
+//! that are log positions (limits, deletes, tokens from elsewhere), multiget and query, and a
+//! REST device and a DAV client of one user seeing each other's changes; a delete made from
+//! the DAV side restored by the operator comes back in the next sync.
+
+use base64::Engine as _;
+use keepsake_tests::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+macro_rules! file_and_s3 {
+    ($($name:ident),* $(,)?) => {
+        mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::S3).await } )* }
+    };
+}
+
+file_and_s3!(
+    a_dav_client_discovers_writes_reads_and_syncs,
+    sync_tokens_are_log_positions_and_foreign_ones_are_refused,
+    calendars_answer_multiget_and_component_queries,
+);
+
+const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
+const ADA_2: &str =
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada King\r\nN:King;Ada;;;\r\nEND:VCARD\r\n";
+
+fn basic(token: &str) -> String {
+    let pair = format!("any-name:{token}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// A DAV request with Basic auth: status, headers, body text.
+async fn dav(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let method = Method::from_bytes(method.as_bytes()).expect("method");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut req = client
+        .request(method, format!("{}{path}", s.base))
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", basic(t));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.expect("body"))
+}
+
+/// The texts of every `<tag>` in a multistatus body (tag as written, e.g. `d:href`).
+fn all<'a>(body: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    body.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split(&close).next())
+        .collect()
+}
+
+fn sync_body(token: &str, limit: Option<u32>, data: bool) -> String {
+    let limit = limit.map_or(String::new(), |n| {
+        format!("<d:limit><d:nresults>{n}</d:nresults></d:limit>")
+    });
+    let data = if data { "<card:address-data/>" } else { "" };
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><d:sync-collection xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>{limit}<d:prop><d:getetag/>{data}</d:prop></d:sync-collection>"#
+    )
+}
+
+/// (hrefs with a 200 propstat, hrefs answered 404, the new token) of a sync-collection body.
+fn sync_parts(body: &str) -> (Vec<String>, Vec<String>, String) {
+    let mut live = Vec::new();
+    let mut gone = Vec::new();
+    for response in all(body, "d:response") {
+        let href = all(response, "d:href")
+            .first()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        if response.contains("HTTP/1.1 404 Not Found") && !response.contains("<d:propstat>") {
+            gone.push(href);
+        } else if response.contains("HTTP/1.1 200 OK") {
+            live.push(href);
+        }
+    }
+    let token = all(body, "d:sync-token")
+        .first()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    (live, gone, token)
+}
+
+async fn a_dav_client_discovers_writes_reads_and_syncs(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let rest = s.register(&user, "rest tablet").await;
+    let home = format!("/dav/users/{user}/");
+    let book = format!("{home}contacts/");
+
+    // Discovery (RFC 6764, RFC 5397, RFC 6352 7.1.1).
+    let (st, h, _) = dav(&s, "PROPFIND", "/.well-known/carddav", None, &[], "").await;
+    assert_eq!(st, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(h["location"], "/dav/");
+    let (st, h, _) = dav(&s, "PROPFIND", "/dav/", None, &[], "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(
+        h["www-authenticate"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("Basic realm=\"Keepsake\""),
+        "{h:?}"
+    );
+    let (st, _, body) = dav(
+        &s,
+        "PROPFIND",
+        "/dav/",
+        Some("not-a-token"),
+        &[("depth", "0")],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+    let principal =
+        r#"<d:propfind xmlns:d="DAV:"><d:prop><d:current-user-principal/></d:prop></d:propfind>"#;
+    let (st, _, body) = dav(
+        &s,
+        "PROPFIND",
+        "/dav/",
+        Some(&phone),
+        &[("depth", "0")],
+        principal,
+    )
+    .await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(
+        all(&body, "d:current-user-principal"),
+        [format!("<d:href>{home}</d:href>")]
+    );
+    let homes = r#"<d:propfind xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><card:addressbook-home-set/><cal:calendar-home-set/><d:resourcetype/><d:displayname/><d:unknown-thing/></d:prop></d:propfind>"#;
+    let (st, _, body) = dav(
+        &s,
+        "PROPFIND",
+        &home,
+        Some(&phone),
+        &[("depth", "1")],
+        homes,
+    )
+    .await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(
+        all(&body, "card:addressbook-home-set"),
+        [format!("<d:href>{home}</d:href>")]
+    );
+    assert!(
+        body.contains("<card:addressbook/>") && body.contains("<cal:calendar/>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<d:unknown-thing/></d:prop><d:status>HTTP/1.1 404 Not Found"),
+        "{body}"
+    );
+    // Another user's home is not this device's.
+    let (st, _, _) = dav(
+        &s,
+        "PROPFIND",
+        &format!("/dav/users/{}/", uuid()),
+        Some(&phone),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // An initial sync of the empty address book.
+    let (st, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body("", None, false),
+    )
+    .await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    let (live, gone, first_token) = sync_parts(&body);
+    assert!(live.is_empty() && gone.is_empty(), "{body}");
+
+    // PUT a new contact under a name the client chose; a second create of it is refused.
+    // Written with `@` percent-encoded; listings give the name back with `@` as it is.
+    let ada = format!("{book}ada@home.vcf");
+    let ada_encoded = format!("{book}ada%40home.vcf");
+    let created = [
+        ("content-type", "text/vcard; charset=utf-8"),
+        ("if-none-match", "*"),
+    ];
+    let (st, h, body) = dav(&s, "PUT", &ada_encoded, Some(&phone), &created, ADA).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(h["etag"], "\"1\"");
+    let (st, _, _) = dav(&s, "PUT", &ada, Some(&phone), &created, ADA).await;
+    assert_eq!(st, StatusCode::PRECONDITION_FAILED);
+    // GET gives back the client's own text, with the same ETag.
+    let (st, h, text) = dav(&s, "GET", &ada, Some(&phone), &[], "").await;
+    assert_eq!((st, text.as_str()), (StatusCode::OK, ADA));
+    assert_eq!(h["etag"], "\"1\"");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/vcard")
+    );
+    // Not a vCard, or two of them: refused with CardDAV's precondition, nothing written.
+    let (st, _, body) = dav(
+        &s,
+        "PUT",
+        &format!("{book}x.vcf"),
+        Some(&phone),
+        &[],
+        "hello",
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(body.contains("valid-address-data"), "{body}");
+    let two = format!("{ADA}{ADA_2}");
+    let (st, _, _) = dav(&s, "PUT", &format!("{book}y.vcf"), Some(&phone), &[], &two).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // The REST tablet sees the contact; what it pushes, the DAV client's next sync sees.
+    let pulled = s.pull(&rest, "").await;
+    let contacts: Vec<&Value> = pulled["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .collect();
+    assert_eq!(contacts.len(), 1, "{pulled}");
+    assert_eq!(contacts[0]["kind"], "contact");
+    let ada_id = contacts[0]["item_id"].as_str().expect("id").to_string();
+    let grace = uuid();
+    s.push(&rest, json!([put(&grace, "contact", json!({"@type": "Card", "version": "1.0", "uid": "grace", "name": {"full": "Grace Hopper"}}))])).await;
+    let (st, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body(&first_token, None, true),
+    )
+    .await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    let (live, _, token) = sync_parts(&body);
+    assert_eq!(live, [ada.clone(), format!("{book}{grace}.vcf")], "{body}");
+    assert!(
+        body.contains("FN:Grace Hopper"),
+        "the REST contact is served as a vCard: {body}"
+    );
+    // Depth-1 PROPFIND lists both with their ETags.
+    let (_, _, body) = dav(&s, "PROPFIND", &book, Some(&phone), &[("depth", "1")], "").await;
+    assert_eq!(all(&body, "d:getetag").len(), 2, "{body}");
+
+    // An update with a stale ETag is refused; with the current one it applies.
+    let (st, _, _) = dav(
+        &s,
+        "PUT",
+        &ada,
+        Some(&phone),
+        &[("if-match", "\"7\"")],
+        ADA_2,
+    )
+    .await;
+    assert_eq!(st, StatusCode::PRECONDITION_FAILED);
+    let (st, h, _) = dav(
+        &s,
+        "PUT",
+        &ada,
+        Some(&phone),
+        &[("if-match", "\"1\"")],
+        ADA_2,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(h["etag"], "\"2\"");
+    let (st, _, _) = dav(&s, "PUT", &ada, Some(&phone), &[("if-match", "\"1\"")], ADA).await;
+    assert_eq!(
+        st,
+        StatusCode::PRECONDITION_FAILED,
+        "a lost update is refused"
+    );
+    let (_, _, text) = dav(&s, "GET", &ada, Some(&phone), &[], "").await;
+    assert_eq!(text, ADA_2);
+
+    // DELETE: the next sync says 404 for it; the REST tablet sees the tombstone.
+    let (st, _, _) = dav(
+        &s,
+        "DELETE",
+        &ada,
+        Some(&phone),
+        &[("if-match", "\"1\"")],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::PRECONDITION_FAILED);
+    let before_delete = s.pull(&rest, "").await["token"].clone();
+    let (st, _, _) = dav(
+        &s,
+        "DELETE",
+        &ada,
+        Some(&phone),
+        &[("if-match", "\"2\"")],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _, _) = dav(&s, "GET", &ada, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body(&token, None, false),
+    )
+    .await;
+    let (live, gone, token) = sync_parts(&body);
+    assert!(live.is_empty(), "{body}");
+    assert_eq!(gone, std::slice::from_ref(&ada), "{body}");
+    let since = before_delete.as_str().expect("token");
+    let pulled = s.pull(&rest, &format!("?since={since}")).await;
+    assert_eq!(pulled["changes"][0]["op"], "delete", "{pulled}");
+
+    // The operator restores the user to before the delete: the next DAV sync has it back,
+    // under the name the client chose, with the text it last wrote.
+    let seq_before = pulled["changes"][0]["seq"].as_u64().expect("seq") - 1;
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/admin/v1/users/{user}/restore"),
+            Some(ADMIN),
+            Some(
+                json!({"as_of_seq": seq_before, "reason": "deleted from the DAV side by mistake"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body(&token, None, true),
+    )
+    .await;
+    let (live, _, _) = sync_parts(&body);
+    assert_eq!(live, std::slice::from_ref(&ada), "{body}");
+    assert!(body.contains("FN:Ada King"), "{body}");
+    let (st, _, text) = dav(&s, "GET", &ada, Some(&phone), &[], "").await;
+    assert_eq!((st, text.as_str()), (StatusCode::OK, ADA_2));
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/items/{ada_id}/history"),
+            Some(&rest),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // A revoked device is refused at once.
+    let devices = s
+        .call(
+            Method::GET,
+            &format!("/admin/v1/users/{user}/devices"),
+            Some(ADMIN),
+            None,
+        )
+        .await
+        .1;
+    let phone_id = devices["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "dav phone"))
+        .and_then(|d| d["device_id"].as_str())
+        .expect("the phone is listed")
+        .to_string();
+    let (st, v) = s
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/users/{user}/devices/{phone_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let (st, _, _) = dav(&s, "GET", &ada, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.stop();
+}
+
+async fn sync_tokens_are_log_positions_and_foreign_ones_are_refused(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let book = format!("/dav/users/{user}/contacts/");
+    for i in 0..5 {
+        let card =
+            format!("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:c{i}\r\nFN:Contact {i}\r\nEND:VCARD\r\n");
+        let (st, _, body) = dav(
+            &s,
+            "PUT",
+            &format!("{book}c{i}.vcf"),
+            Some(&phone),
+            &[],
+            &card,
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+    }
+    // Pages of 2: each ends with a 507 for the collection and a token at its last item; the
+    // pages together hold every contact once.
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    for page in 0..10 {
+        let (st, _, body) = dav(
+            &s,
+            "REPORT",
+            &book,
+            Some(&phone),
+            &[],
+            &sync_body(&token, Some(2), false),
+        )
+        .await;
+        assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+        let truncated = body.contains("507 Insufficient Storage");
+        let (live, _, next) = sync_parts(&body);
+        assert!(live.len() <= 2, "page {page}: {body}");
+        seen.extend(live);
+        token = next;
+        if !truncated {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("{book}c{i}.vcf")).collect();
+    assert_eq!(seen, want);
+    // Nothing new: an empty answer, the same position.
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body(&token, None, false),
+    )
+    .await;
+    let (live, gone, same) = sync_parts(&body);
+    assert!(
+        live.is_empty() && gone.is_empty() && same == token,
+        "{body}"
+    );
+
+    // A token of another store, one ahead of the user's log, and garbage: valid-sync-token.
+    let other = Env::new(Backend::File).await;
+    let t = Server::start(&other, &[]).await;
+    let other_phone = t.register(&user, "elsewhere").await;
+    let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:z\r\nFN:Z\r\nEND:VCARD\r\n";
+    for i in 0..9 {
+        dav(
+            &t,
+            "PUT",
+            &format!("{book}z{i}.vcf"),
+            Some(&other_phone),
+            &[],
+            card,
+        )
+        .await;
+    }
+    let (_, _, body) = dav(
+        &t,
+        "REPORT",
+        &book,
+        Some(&other_phone),
+        &[],
+        &sync_body("", None, false),
+    )
+    .await;
+    let (_, _, foreign) = sync_parts(&body);
+    t.stop();
+    for bad in [
+        foreign.as_str(),
+        "https://keepsake.app/ns/sync/garbage",
+        "urn:x",
+    ] {
+        let (st, _, body) = dav(
+            &s,
+            "REPORT",
+            &book,
+            Some(&phone),
+            &[],
+            &sync_body(bad, None, false),
+        )
+        .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{bad}: {body}");
+        assert!(body.contains("<d:valid-sync-token/>"), "{body}");
+    }
+    s.stop();
+}
+
+const STANDUP: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Keepsake e2e//EN\r\nBEGIN:VEVENT\r\nUID:standup@example.org\r\nDTSTAMP:20261101T090000Z\r\nDTSTART:20261102T090000Z\r\nDURATION:PT15M\r\nSUMMARY:Standup\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+const PASSPORT: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Keepsake e2e//EN\r\nBEGIN:VTODO\r\nUID:passport@example.org\r\nDTSTAMP:20261101T090000Z\r\nSUMMARY:Renew passport\r\nEND:VTODO\r\nEND:VCALENDAR\r\n";
+
+async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav laptop").await;
+    let cal = format!("/dav/users/{user}/calendar/");
+    let ics = [("content-type", "text/calendar")];
+    let (st, _, body) = dav(
+        &s,
+        "PUT",
+        &format!("{cal}standup.ics"),
+        Some(&phone),
+        &ics,
+        STANDUP,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let (st, _, body) = dav(
+        &s,
+        "PUT",
+        &format!("{cal}passport.ics"),
+        Some(&phone),
+        &ics,
+        PASSPORT,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    // A vCard is not a calendar item.
+    let (st, _, _) = dav(&s, "PUT", &format!("{cal}ada.ics"), Some(&phone), &[], ADA).await;
+    assert!(
+        st == StatusCode::FORBIDDEN || st == StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{st}"
+    );
+
+    let multiget = format!(
+        r#"<cal:calendar-multiget xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/><cal:calendar-data/></d:prop><d:href>{cal}standup.ics</d:href><d:href>{cal}missing.ics</d:href></cal:calendar-multiget>"#
+    );
+    let (st, _, body) = dav(&s, "REPORT", &cal, Some(&phone), &[], &multiget).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    let data = all(&body, "cal:calendar-data");
+    assert_eq!(data.len(), 1, "{body}");
+    assert_eq!(data[0], STANDUP, "the client's own text, as it wrote it");
+    assert!(
+        body.contains(&format!(
+            "<d:href>{cal}missing.ics</d:href><d:status>HTTP/1.1 404 Not Found"
+        )),
+        "{body}"
+    );
+
+    let query = r#"<cal:calendar-query xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><cal:filter><cal:comp-filter name="VCALENDAR"><cal:comp-filter name="VTODO"/></cal:comp-filter></cal:filter></cal:calendar-query>"#;
+    let (st, _, body) = dav(&s, "REPORT", &cal, Some(&phone), &[], query).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(
+        all(&body, "d:href"),
+        [format!("{cal}passport.ics")],
+        "{body}"
+    );
+    // The collection says what it holds.
+    let props = r#"<d:propfind xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav" xmlns:cs="http://calendarserver.org/ns/"><d:prop><cal:supported-calendar-component-set/><cs:getctag/><d:sync-token/></d:prop></d:propfind>"#;
+    let (st, _, body) = dav(&s, "PROPFIND", &cal, Some(&phone), &[("depth", "0")], props).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert!(body.contains("<cal:comp name=\"VTODO\"/>"), "{body}");
+    assert_eq!(all(&body, "cs:getctag"), all(&body, "d:sync-token"));
+    s.stop();
+}
