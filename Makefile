@@ -5,6 +5,11 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keepsake-target
 CARGO ?= cargo
 
+# The DAV clients live in a venv of their own: the caldav library brings urllib3-future, which
+# shadows the urllib3 that schemathesis (through requests) needs.
+DAV_CLIENTS ?= $(HOME)/.cache/keepsake-dav-clients
+export KEEPSAKE_DAV_CLIENTS := $(DAV_CLIENTS)
+
 .PHONY: help
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -32,9 +37,11 @@ schemathesis: ## Install schemathesis (the contract fuzzer the e2e tests run) if
 	@command -v schemathesis >/dev/null || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
 
 .PHONY: dav-clients
-dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer) if they are missing
-	@command -v vdirsyncer >/dev/null || python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22'
-	@command -v vdirsyncer >/dev/null || { echo "vdirsyncer is not on PATH after pip install" >&2; exit 1; }
+dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer, the caldav library) in their own venv ($(DAV_CLIENTS))
+	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav' 2>/dev/null || { \
+		python3 -m venv $(DAV_CLIENTS) && \
+		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22' 'caldav>=2,<4'; }
+	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav' || { echo "the DAV clients are not installed in $(DAV_CLIENTS)" >&2; exit 1; }
 
 .PHONY: strace
 strace: ## Install strace (the fsync test traces a file-store PUT) if it is missing
@@ -63,6 +70,7 @@ bench: ## Criterion benches (apply, segment codec) and the writer throughput run
 	$(CARGO) bench -p keepsake-log --bench writer
 	$(CARGO) bench -p keepsake --bench http_load
 	$(CARGO) bench -p keepsake --bench formats
+	$(CARGO) bench -p keepsake --bench dav_sync
 
 .PHONY: loadtest
 loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (infra/loadtest.sh); JSON in loadtest-results/

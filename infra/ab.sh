@@ -9,7 +9,8 @@
 #
 # AB_ROUNDS (default 2), AB_SECS (seconds per load phase, default 15), AB_PIT_USERS (the
 # point-in-time bench's fleet, default 2000: its fleet restore dominates its run time),
-# AB_BENCHES (default "codec writer point_in_time"), AB_LOAD=0 to skip the load phases.
+# AB_BENCHES (default "codec writer point_in_time"), AB_LOAD=0 to skip the load phases,
+# AB_KEEP_BINS=1 to keep both sides' binaries in $AB_OUT/old-bin and new-bin.
 set -euo pipefail
 
 OLD=${1:-${OLD:-}}
@@ -74,6 +75,12 @@ build "$WORK/old-src" "$WORK/old"
 echo "== building this checkout (new)"
 build "$ROOT" "$WORK/new"
 LOADGEN=$WORK/new/keepsake-loadgen
+if [ "${AB_KEEP_BINS:-0}" = 1 ]; then
+    # Both sides' binaries outlive the run, for a follow-up probe of one bench or server.
+    rm -rf "$OUT/old-bin" "$OUT/new-bin"
+    cp -r "$WORK/old" "$OUT/old-bin"
+    cp -r "$WORK/new" "$OUT/new-bin"
+fi
 
 # load SIDE ROUND: a fresh server of that side, three load phases.
 load() {

@@ -41,7 +41,7 @@ use paths::Collection;
 /// The `DAV` header: WebDAV class 1 and 3, CardDAV, CalDAV, and RFC 6578's report.
 const DAV_HEADER: &str = "1, 3, addressbook, calendar-access";
 /// The methods every DAV resource answers.
-const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT";
+const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT";
 /// Largest XML request body (PROPFIND, REPORT): a multiget of a few thousand hrefs.
 const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
 
@@ -51,6 +51,8 @@ pub(crate) fn router() -> Router<Shared> {
     Router::new()
         .route("/.well-known/carddav", any(well_known))
         .route("/.well-known/caldav", any(well_known))
+        // Clients given the bare server URL ask its root for the principal.
+        .route("/", any(root))
         .route("/dav", any(root))
         .route("/dav/", any(root))
         .route("/dav/users/{user}", any(home))
@@ -233,6 +235,10 @@ async fn home(
             }
             Err(resp) => resp,
         },
+        "PROPPATCH" => match xml_body(body).await {
+            Ok(request) => props::proppatch(&paths::home(auth.user), request.as_ref()),
+            Err(resp) => resp,
+        },
         _ => not_allowed(),
     }
 }
@@ -269,6 +275,10 @@ async fn collection(
                 )
                 .await
             }
+            Err(resp) => resp,
+        },
+        "PROPPATCH" => match xml_body(body).await {
+            Ok(request) => props::proppatch(&collection.href(auth.user), request.as_ref()),
             Err(resp) => resp,
         },
         "REPORT" => match xml_body(body).await {

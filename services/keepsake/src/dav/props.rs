@@ -461,3 +461,34 @@ pub(crate) async fn propfind_item(
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)
 }
+
+/// PROPPATCH: no property here is writable yet (a collection's name and colour wait for
+/// collections in the model), so every property named is answered `403` in one multistatus,
+/// as RFC 4918 9.2 allows; clients keep their local value.
+pub(crate) fn proppatch(href: &str, request: Option<&Element>) -> Response {
+    let Some(request) = request.filter(|r| r.is(DAV, "propertyupdate")) else {
+        return error(ApiError::malformed(
+            "a PROPPATCH body is a DAV:propertyupdate",
+        ));
+    };
+    let mut names = String::new();
+    for update in request
+        .children
+        .iter()
+        .filter(|c| c.is(DAV, "set") || c.is(DAV, "remove"))
+    {
+        for prop in update.children_named(DAV, "prop") {
+            for p in &prop.children {
+                names.push_str(&xml::open_tag(&p.ns, &p.name, true));
+            }
+        }
+    }
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    let _ = write!(
+        out,
+        "<d:response><d:href>{}</d:href><d:propstat><d:prop>{names}</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat></d:response>",
+        xml::escape(href)
+    );
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}

@@ -589,5 +589,13 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
     assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
     assert!(body.contains("<cal:comp name=\"VTODO\"/>"), "{body}");
     assert_eq!(all(&body, "cs:getctag"), all(&body, "d:sync-token"));
+    // Nothing is writable yet: a rename is answered 403 per property, in a 207.
+    let rename = r#"<d:propertyupdate xmlns:d="DAV:"><d:set><d:prop><d:displayname>Work</d:displayname></d:prop></d:set></d:propertyupdate>"#;
+    let (st, _, body) = dav(&s, "PROPPATCH", &cal, Some(&phone), &[], rename).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert!(
+        body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 403 Forbidden"),
+        "{body}"
+    );
     s.stop();
 }
