@@ -24,7 +24,8 @@
 use calcard::common::PartialDateTime;
 use calcard::icalendar::{
     ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarDuration, ICalendarEntry,
-    ICalendarParameterName, ICalendarParameterValue, ICalendarProperty, ICalendarValue,
+    ICalendarParameter, ICalendarParameterName, ICalendarParameterValue, ICalendarProperty,
+    ICalendarValue,
 };
 use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use serde_json::{Map, Value};
@@ -149,6 +150,15 @@ impl StandIns {
         if stand_ins.is_empty() {
             return stand_ins;
         }
+        // calcard keeps the TZID of a date-time it converted (a DUE in the start's zone, an
+        // EXDATE) among the item's converted properties and writes the value through it from
+        // the instant it resolved in the item's zone: those TZIDs must name the stand-in too,
+        // and one naming any other zone would be written from a shifted instant.
+        let mut kept = Vec::new();
+        kept_tzids(&Value::Object(item.clone()), &mut kept);
+        if kept.iter().any(|z| stand_ins.by_real(z).is_none()) {
+            return StandIns::default();
+        }
         for key in ZONE_PROPERTIES {
             let stand_in = item
                 .get(key)
@@ -158,7 +168,29 @@ impl StandIns {
                 item.insert(key.into(), Value::from(stand_in.name));
             }
         }
+        for value in item.values_mut() {
+            stand_ins.rename_tzids(value);
+        }
         stand_ins
+    }
+
+    /// Renames every `tzid` naming a real zone to its stand-in, anywhere in `value`.
+    fn rename_tzids(&self, value: &mut Value) {
+        match value {
+            Value::Array(values) => values.iter_mut().for_each(|v| self.rename_tzids(v)),
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if key.eq_ignore_ascii_case("tzid")
+                        && let Some(stand_in) = v.as_str().and_then(|z| self.by_real(z))
+                    {
+                        *v = Value::from(stand_in.name);
+                    } else {
+                        self.rename_tzids(v);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// After export: TZID parameters naming a stand-in name the real zone again, and an UNTIL
@@ -229,6 +261,24 @@ impl StandIns {
         if stand_ins.is_empty() {
             return stand_ins;
         }
+        // calcard converts an item's other date-times through its start's zone: a component
+        // that uses a stood-in zone must start in it (or not start at all: an exception with
+        // only a RECURRENCE-ID), or the stand-in would shift them.
+        for component in items(ical) {
+            let uses = component
+                .entries
+                .iter()
+                .any(|e| entry_tzid(e).is_some_and(|n| stand_ins.by_real(n).is_some()));
+            let has_start = component
+                .entries
+                .iter()
+                .any(|e| e.name == ICalendarProperty::Dtstart);
+            let starts_in =
+                component_zone(component).is_some_and(|name| stand_ins.by_real(&name).is_some());
+            if uses && has_start && !starts_in {
+                return StandIns::default();
+            }
+        }
         let mut durations = Vec::new();
         for (index, component) in ical.components.iter().enumerate() {
             if !is_item(component) {
@@ -255,6 +305,23 @@ impl StandIns {
                     durations.push((index, end, finish - start));
                 }
                 _ => return StandIns::default(),
+            }
+        }
+        // A DUE, RECURRENCE-ID, EXDATE or RDATE given in UTC or in another zone is read by
+        // calcard into the start's zone (the stand-in's +14): it is written in the real zone's
+        // local time first, the same instant.
+        for component in &mut ical.components {
+            if !is_item(component) {
+                continue;
+            }
+            let Some(stand_in) = component_zone(component).and_then(|n| stand_ins.by_real(&n))
+            else {
+                continue;
+            };
+            for entry in &mut component.entries {
+                if RETIMED.contains(&entry.name) {
+                    retime(entry, stand_in);
+                }
             }
         }
         for (index, end, length) in durations {
@@ -319,6 +386,75 @@ impl StandIns {
     }
 }
 
+/// The properties whose values calcard converts through the start's zone on import.
+const RETIMED: [ICalendarProperty; 4] = [
+    ICalendarProperty::Due,
+    ICalendarProperty::RecurrenceId,
+    ICalendarProperty::Exdate,
+    ICalendarProperty::Rdate,
+];
+
+/// Writes an entry's date-times that are in UTC, at an offset, or in another IANA zone as the
+/// same instants in `stand_in`'s real zone, with that zone's TZID. Floating times and dates are
+/// left alone (calcard reads them in the start's zone, which they already are).
+fn retime(entry: &mut ICalendarEntry, stand_in: &StandIn) {
+    if entry_tzid(entry) == Some(stand_in.real.as_str()) {
+        return;
+    }
+    let from_zone = entry_tzid(entry).and_then(parse_zone);
+    let mut changed = false;
+    for value in &mut entry.values {
+        let ICalendarValue::PartialDateTime(dt) = value else {
+            continue;
+        };
+        if dt.hour.is_none() {
+            continue;
+        }
+        let Some(result) = dt.to_date_time() else {
+            continue;
+        };
+        let at = match (result.offset, from_zone) {
+            (Some(offset), _) => result
+                .date_time
+                .checked_sub_signed(TimeDelta::seconds(offset.local_minus_utc().into()))
+                .map(|t| t.and_utc()),
+            (None, Some(zone)) => instant(zone, result.date_time),
+            (None, None) => None,
+        };
+        let Some(at) = at else { continue };
+        let local = stand_in
+            .zone
+            .from_utc_datetime(&at.naive_utc())
+            .naive_local();
+        **dt = PartialDateTime::from_naive_timestamp(local.and_utc().timestamp());
+        changed = true;
+    }
+    if changed {
+        entry
+            .params
+            .retain(|p| p.name != ICalendarParameterName::Tzid);
+        entry
+            .params
+            .push(ICalendarParameter::tzid(stand_in.real.clone()));
+    }
+}
+
+/// Every string under a `tzid` key in a JSCalendar value (calcard's converted properties).
+fn kept_tzids(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Array(values) => values.iter().for_each(|v| kept_tzids(v, out)),
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v.as_str() {
+                    Some(zone) if key.eq_ignore_ascii_case("tzid") => out.push(zone.to_string()),
+                    _ => kept_tzids(v, out),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Why an export must fail rather than serve the item: the item has a `start` (or a task's
 /// `due`) and the iCalendar calcard wrote has no DTSTART (DUE) for it. `None` when nothing
 /// was dropped.
@@ -335,15 +471,15 @@ pub(crate) fn dropped(item: &Map<String, Value>, ical: &ICalendar) -> Option<Str
         .unwrap_or("no time zone");
     if item.get("start").is_some_and(Value::is_string) && !has(ICalendarProperty::Dtstart) {
         return Some(format!(
-            "its start cannot be written in iCalendar in {zone} (a daylight-saving change \
-             makes it ambiguous or nonexistent and the item has an endTimeZone)"
+            "its start cannot be written in iCalendar in {zone} (calcard dropped it: a \
+             daylight-saving change makes it ambiguous or nonexistent, or it is not a date-time)"
         ));
     }
     let is_task = main.component_type == ICalendarComponentType::VTodo;
     if is_task && item.get("due").is_some_and(Value::is_string) && !has(ICalendarProperty::Due) {
         return Some(format!(
-            "its due time cannot be written in iCalendar in {zone} (a daylight-saving change \
-             makes it ambiguous or nonexistent and the item has an endTimeZone)"
+            "its due time cannot be written in iCalendar in {zone} (calcard dropped it: a \
+             daylight-saving change makes it ambiguous or nonexistent, or it is not a date-time)"
         ));
     }
     None

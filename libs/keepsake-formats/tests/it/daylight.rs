@@ -265,3 +265,66 @@ fn every_early_hour_of_the_year_round_trips() {
     }
     assert_eq!(checked, 4 * 365 * 8);
 }
+
+#[test]
+fn other_times_of_an_item_with_a_stand_in_keep_their_instants() {
+    // A task starting in the repeated hour, due at a UTC time: the due time is that instant
+    // in the task's zone (12:00Z on 2026-10-26 is 12:00 WET in Lisbon), not shifted by the
+    // stand-in's offset.
+    let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VTODO\r\nUID:t\r\n\
+        DTSTART;TZID=Europe/Lisbon:20261025T013000\r\nDUE:20261026T120000Z\r\n\
+        SUMMARY:s\r\nEND:VTODO\r\nEND:VCALENDAR\r\n";
+    let back = import(text);
+    assert_eq!(
+        back.get("due"),
+        Some(&json!("2026-10-26T12:00:00")),
+        "{back}"
+    );
+    assert_eq!(
+        back.get("timeZone"),
+        Some(&json!("Europe/Lisbon")),
+        "{back}"
+    );
+
+    // A daily 01:30 series from the repeated hour, one occurrence excluded by a UTC EXDATE
+    // (01:30 in Lisbon on 2026-10-27 is 01:30Z): the exclusion stays on that occurrence.
+    let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:e\r\n\
+        DTSTART;TZID=Europe/Lisbon:20261025T013000\r\nDURATION:PT30M\r\n\
+        RRULE:FREQ=DAILY;COUNT=5\r\nEXDATE:20261027T013000Z\r\nSUMMARY:s\r\n\
+        END:VEVENT\r\nEND:VCALENDAR\r\n";
+    let back = import(text);
+    let overrides = back
+        .get("recurrenceOverrides")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        overrides.pointer("/2026-10-27T01:30:00/excluded"),
+        Some(&json!(true)),
+        "{back}"
+    );
+}
+
+#[test]
+fn a_due_time_calcard_keeps_with_its_zone_is_written_back_in_that_zone() {
+    // Imported with DTSTART and DUE in the same zone, calcard keeps DUE's TZID among its
+    // converted properties; after a JSON change the export must write the same local due time.
+    let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VTODO\r\nUID:t\r\n\
+        DTSTART;TZID=Europe/Lisbon:20261025T013000\r\n\
+        DUE;TZID=Europe/Lisbon:20261025T030000\r\nSUMMARY:s\r\nEND:VTODO\r\nEND:VCALENDAR\r\n";
+    let mut doc = import(text);
+    assert_eq!(doc.get("due"), Some(&json!("2026-10-25T03:00:00")), "{doc}");
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("title".into(), json!("changed"));
+    }
+    let out = export_text(Kind::Task, &doc);
+    assert_eq!(
+        line(&out, "DUE"),
+        ["DUE;TZID=Europe/Lisbon:20261025T030000"],
+        "{out}"
+    );
+    assert_eq!(
+        line(&out, "DTSTART"),
+        ["DTSTART;TZID=Europe/Lisbon:20261025T013000"],
+        "{out}"
+    );
+}

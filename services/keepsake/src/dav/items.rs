@@ -93,12 +93,10 @@ pub(crate) async fn name_before_delete(
         let Some(document) = &event.document else {
             continue;
         };
+        // A put's and a patch's event both hold the whole document that resulted.
         match event.op {
-            keepsake_model::Op::Put => return Ok(resource_name(document)),
-            keepsake_model::Op::Patch => {
-                if let Some(name) = resource_name(document) {
-                    return Ok(Some(name));
-                }
+            keepsake_model::Op::Put | keepsake_model::Op::Patch => {
+                return Ok(resource_name(document));
             }
             keepsake_model::Op::Delete => {}
         }
@@ -106,8 +104,19 @@ pub(crate) async fn name_before_delete(
     Ok(None)
 }
 
-/// The item a resource names, as it is now (a tombstone included); `None` if it never existed.
+/// The item a resource names, as it is now (a tombstone included); `None` if it never existed,
+/// or if it is listed under another name now (a REST put left the kept name out): a name a
+/// client holds from before reads and deletes nothing then, rather than the item it no longer
+/// lists under that name.
 pub(crate) async fn current(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
+    Ok(current_any(state, r).await?.filter(|row| {
+        paths::listed_name(r.auth.user, r.collection, row.item_id, row.name.as_deref()) == r.name
+    }))
+}
+
+/// [`current`] whatever name the item is listed under (a PUT writes to the item its name
+/// derives, taking the name back).
+async fn current_any(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
     let item_id = r.item_id();
     let c = r.collection;
     let log = &state.ready()?.log;
@@ -305,7 +314,7 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
         return invalid_data(r.collection);
     };
     let item_id = r.item_id();
-    let now = match current(state, r).await {
+    let now = match current_any(state, r).await {
         Ok(now) => now,
         Err(e) => return error(e),
     };

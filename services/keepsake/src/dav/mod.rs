@@ -134,6 +134,19 @@ async fn owner(state: &Shared, headers: &HeaderMap, user: &str) -> Result<Device
     Ok(auth)
 }
 
+/// Most of a refused request's body read before answering.
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Answers `resp` to a request refused before its body was read, reading a small body first
+/// (the REST API's extractors refuse before the body too; its clients have not needed this):
+/// a body left unread makes the server close the connection, and clients that send the
+/// request again on it right after a 401 (the caldav library does) see it closed without an
+/// answer. A body larger than [`DRAIN_BYTES`] is not read for an unauthenticated client.
+async fn refused(resp: Response, body: Body) -> Response {
+    let _ = axum::body::to_bytes(body, DRAIN_BYTES).await;
+    resp
+}
+
 fn options() -> Response {
     (
         StatusCode::OK,
@@ -202,7 +215,7 @@ async fn root(
     }
     let auth = match authenticate(&state, &headers).await {
         Ok(auth) => auth,
-        Err(resp) => return resp,
+        Err(resp) => return refused(resp, body).await,
     };
     match method.as_str() {
         "PROPFIND" => match xml_body(body).await {
@@ -226,7 +239,7 @@ async fn home(
     }
     let auth = match owner(&state, &headers, &user).await {
         Ok(auth) => auth,
-        Err(resp) => return resp,
+        Err(resp) => return refused(resp, body).await,
     };
     match method.as_str() {
         "PROPFIND" => match xml_body(body).await {
@@ -255,13 +268,14 @@ async fn collection(
     }
     let auth = match owner(&state, &headers, &user).await {
         Ok(auth) => auth,
-        Err(resp) => return resp,
+        Err(resp) => return refused(resp, body).await,
     };
     let Some(collection) = Collection::parse(&collection) else {
-        return error(ApiError::not_found(
+        let resp = error(ApiError::not_found(
             "not_found",
             "a user has two collections: contacts/ and calendar/",
         ));
+        return refused(resp, body).await;
     };
     match method.as_str() {
         "PROPFIND" => match xml_body(body).await {
@@ -311,11 +325,14 @@ async fn item(
     }
     let auth = match owner(&state, &headers, &user).await {
         Ok(auth) => auth,
-        Err(resp) => return resp,
+        Err(resp) => return refused(resp, body).await,
     };
-    let (Some(collection), Some(name)) = (Collection::parse(&collection), paths::decode(&name))
+    // The router has percent-decoded the name already (decoding again would read `%25` as
+    // a second escape).
+    let (Some(collection), Some(name)) = (Collection::parse(&collection), paths::valid_name(&name))
     else {
-        return error(ApiError::not_found("not_found", "no such resource"));
+        let resp = error(ApiError::not_found("not_found", "no such resource"));
+        return refused(resp, body).await;
     };
     let request_id = match request_id {
         Some(axum::Extension(id)) => id,

@@ -90,11 +90,11 @@ impl Collection {
 
     /// The href of an item: its kept resource name if it has one, else `<item id>.<ext>`.
     pub fn href_of(self, user: UserId, item: ItemId, name: Option<&str>) -> String {
-        let name = match name {
-            Some(name) if item_of(user, self, name) == item => name.to_string(),
-            _ => format!("{item}.{}", self.extension()),
-        };
-        format!("{}{}", self.href(user), encode(&name))
+        format!(
+            "{}{}",
+            self.href(user),
+            encode(&listed_name(user, self, item, name))
+        )
     }
 }
 
@@ -150,6 +150,22 @@ pub fn decode(segment: &str) -> Option<String> {
     }
     let name = String::from_utf8(out).ok()?;
     (!name.is_empty() && name != "." && name != ".." && !name.contains('/')).then_some(name)
+}
+
+/// A resource name as the router gives it (already percent-decoded): `None` when it is empty,
+/// `.` or `..`, or holds a `/`.
+pub fn valid_name(name: &str) -> Option<String> {
+    (!name.is_empty() && name != "." && name != ".." && !name.contains('/'))
+        .then(|| name.to_string())
+}
+
+/// The name an item is listed under: its kept name when that name is the item's, else
+/// `<item id>.<ext>` ([`Collection::href_of`] without the collection).
+pub fn listed_name(user: UserId, c: Collection, item: ItemId, name: Option<&str>) -> String {
+    match name {
+        Some(name) if item_of(user, c, name) == item => name.to_string(),
+        _ => format!("{item}.{}", c.extension()),
+    }
 }
 
 /// What an href (from a multiget, or a request path) points at.

@@ -18,6 +18,9 @@ use super::{error, items};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
 
+/// Most distinct properties one request may ask for.
+pub(crate) const MAX_PROPS: usize = 100;
+
 /// The prefix of a sync token URI; the rest is the REST API's token.
 pub(crate) const SYNC_TOKEN_PREFIX: &str = "https://keepsake.app/ns/sync/";
 
@@ -34,23 +37,31 @@ pub(crate) enum Wanted {
 
 impl Wanted {
     /// From a `propfind` (or a report) element: its `prop`, `propname` or `allprop`; nothing
-    /// is `allprop` (RFC 4918 9.1).
-    pub(crate) fn of(request: Option<&Element>) -> Wanted {
+    /// is `allprop` (RFC 4918 9.1). More than [`MAX_PROPS`] distinct properties is refused:
+    /// each is answered for every resource listed.
+    pub(crate) fn of(request: Option<&Element>) -> Result<Wanted, ApiError> {
         let Some(request) = request else {
-            return Wanted::All;
+            return Ok(Wanted::All);
         };
         if request.child(DAV, "propname").is_some() {
-            return Wanted::Names;
+            return Ok(Wanted::Names);
         }
-        match request.child(DAV, "prop") {
-            Some(prop) => Wanted::Props(
-                prop.children
-                    .iter()
-                    .map(|c| (c.ns.clone(), c.name.clone()))
-                    .collect(),
-            ),
-            None => Wanted::All,
+        let Some(prop) = request.child(DAV, "prop") else {
+            return Ok(Wanted::All);
+        };
+        let mut props: Vec<(String, String)> = Vec::new();
+        for c in &prop.children {
+            let name = (c.ns.clone(), c.name.clone());
+            if !props.contains(&name) {
+                props.push(name);
+            }
+            if props.len() > MAX_PROPS {
+                return Err(ApiError::malformed(format!(
+                    "more than {MAX_PROPS} properties asked for"
+                )));
+            }
         }
+        Ok(Wanted::Props(props))
     }
 
     /// Whether the data (address-data / calendar-data) is asked for.
@@ -254,11 +265,7 @@ fn collection_props(
                 "supported-address-data",
                 "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/><card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>",
             );
-            p.add(
-                CARDDAV,
-                "max-resource-size",
-                state.limits.max_document_bytes.to_string(),
-            );
+            p.add(CARDDAV, "max-resource-size", max_resource_size(state));
         }
         Collection::Calendar => {
             p.add(
@@ -271,14 +278,16 @@ fn collection_props(
                 "supported-calendar-data",
                 "<cal:calendar-data content-type=\"text/calendar\" version=\"2.0\"/>",
             );
-            p.add(
-                CALDAV,
-                "max-resource-size",
-                state.limits.max_document_bytes.to_string(),
-            );
+            p.add(CALDAV, "max-resource-size", max_resource_size(state));
         }
     }
     Ok(p)
+}
+
+/// The largest text a PUT may hold: the stored document carries both the converted JSON and
+/// the original text, and is limited as a whole, so about half of the document limit.
+fn max_resource_size(state: &Shared) -> String {
+    (state.limits.max_document_bytes / 2).to_string()
 }
 
 /// One item as the DAV side sees it, taken from the user's state.
@@ -368,7 +377,10 @@ pub(crate) async fn rows(
 }
 
 pub(crate) fn propfind_root(auth: DeviceAuth, request: Option<&Element>, _depth: u8) -> Response {
-    let wanted = Wanted::of(request);
+    let wanted = match Wanted::of(request) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     root_props(auth.user).write(&mut out, paths::ROOT, &wanted);
     out.push_str(xml::MULTISTATUS_CLOSE);
@@ -381,7 +393,10 @@ pub(crate) async fn propfind_home(
     request: Option<&Element>,
     depth: u8,
 ) -> Response {
-    let wanted = Wanted::of(request);
+    let wanted = match Wanted::of(request) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
     if depth > 0 {
@@ -410,7 +425,10 @@ pub(crate) async fn propfind_collection(
     request: Option<&Element>,
     depth: u8,
 ) -> Response {
-    let wanted = Wanted::of(request);
+    let wanted = match Wanted::of(request) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let (rows, last_seq) = if depth > 0 {
         match rows(state, auth.user, c).await {
             Ok(r) => r,
@@ -430,10 +448,10 @@ pub(crate) async fn propfind_collection(
         Ok(p) => p.write(&mut out, &c.href(auth.user), &wanted),
         Err(e) => return error(e),
     }
-    let with_data = wanted.wants_data()
-        || matches!(&wanted, Wanted::Props(p) if p.iter().any(|(ns, n)| ns == DAV && n == "getcontentlength"));
+    // Members are listed without their text (address-data / calendar-data are for REPORTs,
+    // RFC 6352 / RFC 4791): a Depth 1 PROPFIND of a large collection stays small.
     for row in &rows {
-        row.props(c, with_data)
+        row.props(c, false)
             .write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
@@ -445,7 +463,10 @@ pub(crate) async fn propfind_item(
     resource: &Resource,
     request: Option<&Element>,
 ) -> Response {
-    let wanted = Wanted::of(request);
+    let wanted = match Wanted::of(request) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let row = match items::current(state, resource).await {
         Ok(Some(row)) if !row.deleted => row,
         Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),

@@ -23,8 +23,12 @@ use super::{error, precondition};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
 
-/// Most hrefs one multiget may name.
-const MAX_HREFS: usize = 10_000;
+/// Most hrefs one multiget may name (clients send pages of 10 to 500).
+const MAX_HREFS: usize = 1_000;
+/// Most items one answer carries with their text: a sync-collection or query asking for the
+/// data of more is cut there (a `507` and a token that continues, RFC 6578 3.6), so one
+/// answer holds at most this many documents.
+const MAX_DATA_RESULTS: usize = 1_000;
 
 pub(crate) async fn report(
     state: &Shared,
@@ -78,10 +82,12 @@ fn token_seq(
 
 /// The `DAV:limit` of a report: its `nresults`, if given.
 fn limit(request: &Element) -> Result<Option<usize>, ApiError> {
-    let Some(n) = request
-        .child(DAV, "limit")
-        .and_then(|l| l.child(DAV, "nresults"))
-    else {
+    // RFC 6578 puts it in DAV:, RFC 6352's addressbook-query in CardDAV's namespace.
+    let Some(n) = [DAV, CARDDAV].iter().find_map(|ns| {
+        request
+            .child(ns, "limit")
+            .and_then(|l| l.child(ns, "nresults"))
+    }) else {
         return Ok(None);
     };
     match n.text.trim().parse::<usize>() {
@@ -98,10 +104,18 @@ async fn sync_collection(
     c: Collection,
     request: &Element,
 ) -> Response {
-    let wanted = Wanted::of(Some(request));
+    let wanted = match Wanted::of(Some(request)) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let limit = match limit(request) {
         Ok(l) => l,
         Err(e) => return error(e),
+    };
+    let limit = if wanted.wants_data() {
+        Some(limit.map_or(MAX_DATA_RESULTS, |l| l.min(MAX_DATA_RESULTS)))
+    } else {
+        limit
     };
     let ready = match state.ready() {
         Ok(r) => r,
@@ -129,6 +143,16 @@ async fn sync_collection(
                 .take(limit.map_or(usize::MAX, |l| l.saturating_add(1)))
                 .map(Row::of)
                 .collect();
+            // For each tombstone, the seq of the event before its delete (its name is there),
+            // from the links the view keeps; `None` where a link is older than the view.
+            let before: Vec<Option<u64>> = rows
+                .iter()
+                .map(|r| {
+                    r.deleted
+                        .then(|| u.seq_of_version(&r.item_id, r.version.saturating_sub(1)))
+                        .flatten()
+                })
+                .collect();
             let more = limit.is_some_and(|l| rows.len() > l);
             if let Some(l) = limit {
                 rows.truncate(l);
@@ -138,20 +162,18 @@ async fn sync_collection(
             } else {
                 u.last_seq()
             };
-            (rows, more, seq)
+            let before = before.into_iter().take(rows.len()).collect::<Vec<_>>();
+            (rows, before, more, seq)
         })
         .await;
-    let (mut rows, more, seq) = match taken {
+    let (mut rows, before, more, seq) = match taken {
         Ok(t) => t,
         Err(e) => return error(e.into()),
     };
-    // A tombstone has no document: its name comes from the events before the delete, so the
-    // client is told about the resource it knows.
-    for row in rows.iter_mut().filter(|r| r.deleted && r.name.is_none()) {
-        match super::items::name_before_delete(state, auth.user, row.item_id).await {
-            Ok(name) => row.name = name,
-            Err(e) => return error(e),
-        }
+    // A tombstone has no document: its name comes from the event before the delete, so the
+    // client is told about the resource it knows. One read picks every such event.
+    if let Err(e) = name_tombstones(state, auth.user, have, &mut rows, &before).await {
+        return error(e);
     }
     let token = match sync_token(state, seq) {
         Ok(t) => t,
@@ -184,12 +206,61 @@ async fn sync_collection(
     multistatus(out)
 }
 
+/// Gives each tombstone in `rows` the name its item had before the delete: the events at the
+/// seqs in `before` are read in one pass; an item whose link is missing reads its history.
+async fn name_tombstones(
+    state: &Shared,
+    user: keepsake_model::UserId,
+    have: u64,
+    rows: &mut [Row],
+    before: &[Option<u64>],
+) -> Result<(), ApiError> {
+    let seqs: std::collections::HashSet<u64> = before.iter().flatten().copied().collect();
+    let mut names = std::collections::HashMap::new();
+    if !seqs.is_empty() {
+        let log = &state.ready()?.log;
+        let events = log
+            .user_events_picked(
+                &user,
+                keepsake_log::UpTo::Seq(have),
+                keepsake_log::Pick::Seqs(seqs),
+            )
+            .await?;
+        for event in events {
+            let name = event
+                .document
+                .as_ref()
+                .and_then(super::items::resource_name);
+            names.insert(event.seq, name);
+        }
+    }
+    for (row, before) in rows.iter_mut().zip(before) {
+        if !row.deleted {
+            continue;
+        }
+        row.name = match before.and_then(|seq| names.remove(&seq)) {
+            Some(name) => name,
+            None => super::items::name_before_delete(state, user, row.item_id).await?,
+        };
+    }
+    Ok(())
+}
+
 async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
-    let wanted = Wanted::of(Some(request));
-    let hrefs: Vec<&str> = request
-        .children_named(DAV, "href")
-        .map(|h| h.text.trim())
-        .collect();
+    let wanted = match Wanted::of(Some(request)) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
+    let mut hrefs: Vec<&str> = Vec::new();
+    for h in request.children_named(DAV, "href") {
+        let href = h.text.trim();
+        if !hrefs.contains(&href) {
+            hrefs.push(href);
+        }
+        if hrefs.len() > MAX_HREFS {
+            break;
+        }
+    }
     if hrefs.len() > MAX_HREFS {
         return error(ApiError::malformed(format!(
             "{} hrefs in one multiget; the limit is {MAX_HREFS}",
@@ -275,7 +346,10 @@ fn filtered_kinds(request: &Element) -> Vec<Kind> {
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
-    let wanted = Wanted::of(Some(request));
+    let wanted = match Wanted::of(Some(request)) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
     let kinds = match c {
         Collection::Contacts => vec![Kind::Contact],
         Collection::Calendar => filtered_kinds(request),
@@ -283,6 +357,11 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
     let limit = match limit(request) {
         Ok(l) => l,
         Err(e) => return error(e),
+    };
+    let limit = if wanted.wants_data() {
+        Some(limit.map_or(MAX_DATA_RESULTS, |l| l.min(MAX_DATA_RESULTS)))
+    } else {
+        limit
     };
     let (rows, _) = match super::props::rows(state, auth.user, c).await {
         Ok(r) => r,

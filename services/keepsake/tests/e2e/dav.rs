@@ -22,6 +22,8 @@ file_and_s3!(
     a_dav_client_discovers_writes_reads_and_syncs,
     sync_tokens_are_log_positions_and_foreign_ones_are_refused,
     calendars_answer_multiget_and_component_queries,
+    names_survive_rest_puts_and_requests_are_bounded,
+    a_refused_request_keeps_its_connection_open,
 );
 
 const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
@@ -596,6 +598,198 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
     assert!(
         body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 403 Forbidden"),
         "{body}"
+    );
+    s.stop();
+}
+
+async fn names_survive_rest_puts_and_requests_are_bounded(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let rest = s.register(&user, "rest tablet").await;
+    let book = format!("/dav/users/{user}/contacts/");
+
+    // A name with a literal `%`: written, read back, and listed under the same name.
+    let odd = format!("{book}a%25b.vcf");
+    let (st, _, body) = dav(&s, "PUT", &odd, Some(&phone), &[], ADA).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let (st, _, text) = dav(&s, "GET", &odd, Some(&phone), &[], "").await;
+    assert_eq!((st, text.as_str()), (StatusCode::OK, ADA));
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body("", None, false),
+    )
+    .await;
+    let (live, _, _) = sync_parts(&body);
+    assert_eq!(live, std::slice::from_ref(&odd), "{body}");
+
+    // A REST put that leaves the DAV name out moves the item to its id's name: the old name
+    // no longer reads or deletes it (a client deleting what looks like a stale copy must not
+    // delete the item), and the item is listed once.
+    let chosen = format!("{book}foo.vcf");
+    let (st, _, _) = dav(&s, "PUT", &chosen, Some(&phone), &[], ADA_2).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let pulled = s.pull(&rest, "").await;
+    let item = pulled["changes"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["document"]["keepsake.app:resource"]["name"] == "foo.vcf")
+        })
+        .expect("the item named foo.vcf")
+        .clone();
+    let id = item["item_id"].as_str().expect("id").to_string();
+    let version = item["version"].as_u64().expect("version");
+    s.push(&rest, json!([{"change_id": uuid(), "kind": "contact", "item_id": id, "op": "put",
+        "base_version": version,
+        "document": {"@type": "Card", "version": "1.0", "uid": "ada-1815", "name": {"full": "Ada via REST"}}}])).await;
+    let (st, _, _) = dav(&s, "GET", &chosen, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _, _) = dav(&s, "DELETE", &chosen, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let by_id = format!("{book}{id}.vcf");
+    let (st, _, text) = dav(&s, "GET", &by_id, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::OK, "the item is still there under its id");
+    assert!(text.contains("Ada via REST"), "{text}");
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body("", None, false),
+    )
+    .await;
+    let (live, _, token) = sync_parts(&body);
+    assert_eq!(live, [odd.clone(), by_id.clone()], "{body}");
+    // Deleted under its id, it is reported gone under its id (not under its old name).
+    let (st, _, _) = dav(&s, "DELETE", &by_id, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &book,
+        Some(&phone),
+        &[],
+        &sync_body(&token, None, false),
+    )
+    .await;
+    let (_, gone, _) = sync_parts(&body);
+    assert_eq!(gone, [by_id], "{body}");
+
+    // Bounded requests: a multiget of more hrefs than the limit, or asking for too many
+    // properties, is refused; an addressbook-query's CardDAV limit is honoured.
+    let many: String = (0..1001)
+        .map(|i| format!("<d:href>{book}{i}.vcf</d:href>"))
+        .collect();
+    let multiget = format!(
+        r#"<card:addressbook-multiget xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop>{many}</card:addressbook-multiget>"#
+    );
+    let (st, _, _) = dav(&s, "REPORT", &book, Some(&phone), &[], &multiget).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let props: String = (0..200).map(|i| format!("<x{i}/>")).collect();
+    let propfind = format!(r#"<d:propfind xmlns:d="DAV:"><d:prop>{props}</d:prop></d:propfind>"#);
+    let (st, _, _) = dav(
+        &s,
+        "PROPFIND",
+        &book,
+        Some(&phone),
+        &[("depth", "1")],
+        &propfind,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = dav(&s, "PUT", &format!("{book}c.vcf"), Some(&phone), &[], ADA).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let query = r#"<card:addressbook-query xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><card:limit><card:nresults>1</card:nresults></card:limit></card:addressbook-query>"#;
+    let (st, _, body) = dav(&s, "REPORT", &book, Some(&phone), &[], query).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(all(&body, "d:getetag").len(), 1, "{body}");
+    assert!(body.contains("507 Insufficient Storage"), "{body}");
+    s.stop();
+}
+
+/// Reads one HTTP/1.1 response (headers and a Content-Length body) from `stream`; `None` if
+/// the connection closes first.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some(head);
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn a_refused_request_keeps_its_connection_open(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    // Clients such as the caldav library send a PROPFIND without credentials, read the 401,
+    // and send it again with them on the same connection at once.
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let body =
+        r#"<d:propfind xmlns:d="DAV:"><d:prop><d:current-user-principal/></d:prop></d:propfind>"#;
+    let request = |auth: &str| {
+        format!(
+            "PROPFIND /dav/ HTTP/1.1\r\nHost: {addr}\r\nDepth: 0\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n{auth}\r\n",
+            body.len()
+        )
+    };
+    // The body follows the headers a moment later, as it does from a client under load.
+    stream
+        .write_all(request("").as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream.write_all(body.as_bytes()).await.expect("write");
+    let first = read_response(&mut stream).await.expect("an answer");
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    let auth = format!("Authorization: {}\r\n", basic(&phone));
+    let sent = stream.write_all(request(&auth).as_bytes()).await.is_ok()
+        && stream.write_all(body.as_bytes()).await.is_ok();
+    let second = if sent {
+        read_response(&mut stream).await
+    } else {
+        None
+    };
+    assert!(
+        second
+            .as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 207")),
+        "the connection was closed after the 401: {second:?}"
     );
     s.stop();
 }
