@@ -37,11 +37,15 @@ schemathesis: ## Install schemathesis (the contract fuzzer the e2e tests run) if
 	@command -v schemathesis >/dev/null || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
 
 .PHONY: dav-clients
-dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer, the caldav library) in their own venv ($(DAV_CLIENTS))
-	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav' 2>/dev/null || { \
+dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer, the caldav library, caldav-server-tester) in their own venv ($(DAV_CLIENTS))
+	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && [ -x $(DAV_CLIENTS)/bin/caldav-server-tester ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav, vobject' 2>/dev/null || { \
 		python3 -m venv $(DAV_CLIENTS) && \
-		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22' 'caldav>=2,<4'; }
-	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav' || { echo "the DAV clients are not installed in $(DAV_CLIENTS)" >&2; exit 1; }
+		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22' 'caldav==3.6.0' 'caldav-server-tester==1.7.0' 'vobject>=0.9,<1'; }
+	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && [ -x $(DAV_CLIENTS)/bin/caldav-server-tester ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav, vobject' || { echo "the DAV clients are not installed in $(DAV_CLIENTS)" >&2; exit 1; }
+
+.PHONY: dav-profiles
+dav-profiles: dav-clients ## caldav-server-tester against Keepsake and Radicale; profiles and a side-by-side table in docs/dav/ (infra/dav_profiles.sh)
+	infra/dav_profiles.sh
 
 .PHONY: strace
 strace: ## Install strace (the fsync test traces a file-store PUT) if it is missing

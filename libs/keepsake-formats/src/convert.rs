@@ -78,8 +78,16 @@ pub fn export(kind: Kind, document: &Value, format: Format) -> Result<String, Co
 }
 
 /// Runs calcard, turning a panic into an error.
-fn guard<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, ConvertError> {
+pub(crate) fn guard<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, ConvertError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| ConvertError::ConverterPanicked(what))
+}
+
+/// Parses iCalendar text behind [`guard`]: a panic or a parse error is `Err(())`.
+pub(crate) fn guarded_parse(text: &str) -> Result<ICalendar, ()> {
+    match guard("iCalendar", || ICalendar::parse(text)) {
+        Ok(Ok(ical)) => Ok(ical),
+        _ => Err(()),
+    }
 }
 
 fn parse_reason(entry: &calcard::Entry) -> String {

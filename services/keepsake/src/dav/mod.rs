@@ -7,7 +7,8 @@
 //! - [`xml`]: request bodies read with quick-xml; multistatus answers written.
 //! - [`props`]: PROPFIND, and the properties of the root, a home, a collection and an item.
 //! - [`items`]: GET / HEAD / PUT / DELETE of one `.vcf` / `.ics` resource.
-//! - [`report`]: REPORT: `sync-collection` (RFC 6578), the multigets, and the queries.
+//! - [`report`]: REPORT: `sync-collection` (RFC 6578), the multigets, and the queries;
+//!   [`time_range`]: which items a query's time range holds.
 //!
 //! Invariants:
 //! - Authentication is the device's: HTTP Basic with the device token as the password (any
@@ -23,6 +24,7 @@ mod items;
 pub(crate) mod paths;
 mod props;
 mod report;
+mod time_range;
 pub(crate) mod xml;
 
 use axum::Router;

@@ -8,8 +8,9 @@
 //! for the collection, as RFC 6578 3.6 says. The token is the REST API's, so the two never
 //! disagree about what a position is.
 //!
-//! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL); a `time-range`
-//! and `addressbook-query`'s `prop-filter`s are not evaluated here (every item of the
+//! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL) and by a
+//! component's `time-range` (recurrences expanded, [`super::time_range`]); property and text
+//! filters, and `addressbook-query`'s `prop-filter`s, are not evaluated here (every item of the
 //! component is answered, a superset the client filters again). docs/DAV.md says so.
 
 use axum::http::StatusCode;
@@ -18,6 +19,7 @@ use keepsake_model::{Kind, StateRead as _, UserState};
 
 use super::paths::{self, Collection, Target};
 use super::props::{Row, SYNC_TOKEN_PREFIX, Wanted, multistatus, sync_token};
+use super::time_range::{self, Range};
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
 use super::{error, precondition};
 use crate::api::{ApiError, DeviceAuth, Shared};
@@ -310,10 +312,11 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
     multistatus(out)
 }
 
-/// The kinds a `calendar-query` filter asks for: those of the components named under
-/// `VCALENDAR` (every calendar kind when it names none).
-fn filtered_kinds(request: &Element) -> Vec<Kind> {
-    let all = vec![Kind::Event, Kind::Task, Kind::Note];
+/// The kinds a `calendar-query` filter asks for, each with its time range: those of the
+/// components named under `VCALENDAR` (every calendar kind, any time, when it names none).
+/// `Err` for a time range that cannot be read.
+fn filtered_kinds(request: &Element) -> Result<Vec<(Kind, Option<Range>)>, String> {
+    let all = vec![(Kind::Event, None), (Kind::Task, None), (Kind::Note, None)];
     let Some(calendar) = request
         .child(CALDAV, "filter")
         .and_then(|f| f.child(CALDAV, "comp-filter"))
@@ -322,27 +325,21 @@ fn filtered_kinds(request: &Element) -> Vec<Kind> {
                 .is_some_and(|n| n.eq_ignore_ascii_case("VCALENDAR"))
         })
     else {
-        return all;
+        return Ok(all);
     };
-    let kinds: Vec<Kind> = calendar
-        .children_named(CALDAV, "comp-filter")
-        .filter_map(|f| match f.attr("name")?.to_ascii_uppercase().as_str() {
-            "VEVENT" => Some(Kind::Event),
-            "VTODO" => Some(Kind::Task),
-            "VJOURNAL" => Some(Kind::Note),
-            _ => None,
-        })
-        .collect();
-    if kinds.is_empty()
-        && calendar
-            .children_named(CALDAV, "comp-filter")
-            .next()
-            .is_none()
-    {
-        all
-    } else {
-        kinds
+    let mut kinds = Vec::new();
+    let mut named = false;
+    for filter in calendar.children_named(CALDAV, "comp-filter") {
+        named = true;
+        let kind = match filter.attr("name").map(str::to_ascii_uppercase).as_deref() {
+            Some("VEVENT") => Kind::Event,
+            Some("VTODO") => Kind::Task,
+            Some("VJOURNAL") => Kind::Note,
+            _ => continue,
+        };
+        kinds.push((kind, time_range::of(filter)?));
     }
+    Ok(if named { kinds } else { all })
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
@@ -351,8 +348,14 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
         Err(e) => return error(e),
     };
     let kinds = match c {
-        Collection::Contacts => vec![Kind::Contact],
-        Collection::Calendar => filtered_kinds(request),
+        Collection::Contacts => vec![(Kind::Contact, None)],
+        Collection::Calendar => match filtered_kinds(request) {
+            Ok(k) => k,
+            Err(detail) => {
+                tracing::debug!(%detail, "calendar-query refused");
+                return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
+            }
+        },
     };
     let limit = match limit(request) {
         Ok(l) => l,
@@ -369,7 +372,19 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
     };
     let with_data = wanted.wants_data();
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    let matching = rows.iter().filter(|r| kinds.contains(&r.kind));
+    // An item of a kind asked for, in its time range if the filter gives one (its text, which
+    // the expansion reads, is exported only then).
+    let matching = rows.iter().filter(|r| {
+        kinds.iter().any(|(kind, range)| {
+            *kind == r.kind
+                && range.is_none_or(|range| {
+                    r.document
+                        .as_ref()
+                        .and_then(|d| super::items::text(c, r.kind, d))
+                        .is_none_or(|text| time_range::overlaps(&text, range))
+                })
+        })
+    });
     for (answered, row) in matching.enumerate() {
         if limit.is_some_and(|l| answered >= l) {
             out.push_str(&format!(

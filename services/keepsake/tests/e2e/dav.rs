@@ -585,6 +585,48 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
         [format!("{cal}passport.ics")],
         "{body}"
     );
+    // A time range: the standup (2026-11-02 09:00Z) is in November, not in December; the task
+    // has no times and matches any range (RFC 4791 9.9).
+    let ranged = |start: &str, end: &str| {
+        format!(
+            r#"<cal:calendar-query xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><cal:filter><cal:comp-filter name="VCALENDAR"><cal:comp-filter name="VEVENT"><cal:time-range start="{start}" end="{end}"/></cal:comp-filter></cal:comp-filter></cal:filter></cal:calendar-query>"#
+        )
+    };
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &ranged("20261101T000000Z", "20261201T000000Z"),
+    )
+    .await;
+    assert_eq!(
+        all(&body, "d:href"),
+        [format!("{cal}standup.ics")],
+        "{body}"
+    );
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &ranged("20261201T000000Z", "20270101T000000Z"),
+    )
+    .await;
+    assert!(all(&body, "d:href").is_empty(), "{body}");
+    let (st, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &ranged("soon", "later"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(body.contains("valid-filter"), "{body}");
     // The collection says what it holds.
     let props = r#"<d:propfind xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav" xmlns:cs="http://calendarserver.org/ns/"><d:prop><cal:supported-calendar-component-set/><cs:getctag/><d:sync-token/></d:prop></d:propfind>"#;
     let (st, _, body) = dav(&s, "PROPFIND", &cal, Some(&phone), &[("depth", "0")], props).await;

@@ -20,6 +20,11 @@ file_and_s3!(
     the_caldav_library_saves_searches_and_syncs
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caldav_server_tester_finds_no_feature_worse_than_its_recorded_profile() {
+    caldav_server_tester_profile(Backend::File).await
+}
+
 /// The venv holding the DAV clients.
 fn clients_venv() -> std::path::PathBuf {
     match std::env::var_os("KEEPSAKE_DAV_CLIENTS") {
@@ -82,4 +87,95 @@ async fn vdirsyncer_syncs_a_vdir_both_ways(backend: Backend) {
 async fn the_caldav_library_saves_searches_and_syncs(backend: Backend) {
     let out = run_client(backend, "caldav_library.py", "caldav library").await;
     assert!(out.contains("ok: caldav discovery"), "{out}");
+}
+
+/// How good a caldav-server-tester support level is; `None` for `unknown` (not probed).
+fn rank(support: &str) -> Option<u8> {
+    match support {
+        "full" => Some(4),
+        "quirk" => Some(3),
+        "fragile" => Some(2),
+        "unsupported" | "ungraceful" => Some(1),
+        "broken" => Some(0),
+        _ => None,
+    }
+}
+
+/// caldav-server-tester (PyPI, on the caldav library) probes the server's CalDAV features; its
+/// profile is recorded in `docs/dav/caldav-server-tester.json`. The test fails on any feature
+/// that is worse than recorded (a `full` that is no longer `full`, or a lower level), and
+/// prints what improved, so the recorded profile is moved up with the code.
+async fn caldav_server_tester_profile(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let token = s.register(&uuid(), "caldav-server-tester").await;
+    let tester = clients_venv().join("bin/caldav-server-tester");
+    assert!(
+        tester.exists(),
+        "{} is missing: `make dav-clients` installs it",
+        tester.display()
+    );
+    let base = format!("{}/", s.base);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(tester)
+            .args(["--caldav-url", &base, "--caldav-username", "tester"])
+            .args(["--caldav-password", &token, "--caldav-calendar", "Calendar"])
+            .args(["--format", "json"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("caldav-server-tester runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "caldav-server-tester failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let observed: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON profile");
+    let recorded_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/dav/caldav-server-tester.json"
+    );
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(recorded_path).expect("the recorded profile"),
+    )
+    .expect("the recorded profile is JSON");
+    let support = |profile: &serde_json::Value, feature: &str| -> String {
+        profile["features"][feature]["support"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    let mut worse = Vec::new();
+    let mut better = Vec::new();
+    let features = recorded["features"].as_object().expect("features");
+    for feature in features.keys() {
+        let (was, now) = (support(&recorded, feature), support(&observed, feature));
+        let regressed = match (rank(&was), rank(&now)) {
+            (Some(4), _) => now != "full",
+            (Some(a), Some(b)) => b < a,
+            _ => false,
+        };
+        if regressed {
+            worse.push(format!(
+                "{feature}: {was} -> {now} ({})",
+                observed["features"][feature]
+            ));
+        } else if rank(&now) > rank(&was) {
+            better.push(format!("{feature}: {was} -> {now}"));
+        }
+    }
+    if !better.is_empty() {
+        eprintln!(
+            "better than recorded (move docs/dav/caldav-server-tester.json up):\n{}",
+            better.join("\n")
+        );
+    }
+    assert!(
+        worse.is_empty(),
+        "features worse than recorded in docs/dav/caldav-server-tester.json:\n{}",
+        worse.join("\n")
+    );
+    s.stop();
 }

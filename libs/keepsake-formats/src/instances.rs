@@ -1,0 +1,113 @@
+//! Which instances a calendar item has: whether one overlaps a time range (a CalDAV
+//! `calendar-query` `time-range`, RFC 4791 9.9), its recurrences and exceptions expanded by
+//! calcard.
+//!
+//! An instance overlaps `[start, end)` when it begins before `end` and ends after `start` (an
+//! instance without length: when it begins in the range). Invariants: an item is said not to
+//! overlap only when its expansion shows no instance in the range; one whose times cannot be
+//! read, that has no times (a task without DTSTART or DUE matches every range, as RFC 4791
+//! says), or whose expansion stops at [`MAX_INSTANCES`] before the range ends is said to
+//! overlap (a superset, which clients filter again), so a query never silently drops an item.
+
+use calcard::common::timezone::Tz;
+use calcard::icalendar::dates::TimeOrDelta;
+use chrono::{DateTime, Utc};
+
+/// Most instances of one item expanded.
+pub const MAX_INSTANCES: usize = 10_000;
+
+/// Whether the item whose iCalendar text is `text` has an instance in `[start, end)` (either
+/// bound open when `None`).
+pub fn overlaps(text: &str, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> bool {
+    let Ok(ical) = crate::convert::guarded_parse(text) else {
+        return true;
+    };
+    let Ok(expanded) =
+        crate::convert::guard("iCalendar", || ical.expand_dates(Tz::UTC, MAX_INSTANCES))
+    else {
+        return true;
+    };
+    if !expanded.errors.is_empty() || expanded.events.is_empty() {
+        return true;
+    }
+    let truncated = expanded.events.len() >= MAX_INSTANCES;
+    let mut last_start = None;
+    for event in &expanded.events {
+        let from = event.start.with_timezone(&Utc);
+        let to = match &event.end {
+            TimeOrDelta::Time(t) => t.with_timezone(&Utc),
+            TimeOrDelta::Delta(d) => from.checked_add_signed(*d).unwrap_or(from),
+        };
+        let begins_before_end = end.is_none_or(|e| from < e);
+        let ends_after_start = start.is_none_or(|s| if to > from { to > s } else { from >= s });
+        if begins_before_end && ends_after_start {
+            return true;
+        }
+        last_start = last_start.max(Some(from));
+    }
+    // The expansion stopped early: later instances may fall in the range.
+    truncated && end.is_none_or(|e| last_start.is_some_and(|l| l < e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDateTime;
+
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%S")
+            .ok()
+            .map(|t| t.and_utc())
+    }
+
+    fn within(text: &str, start: &str, end: &str) -> bool {
+        overlaps(text, at(start), at(end))
+    }
+
+    const WEEKLY: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:w\r\n\
+        DTSTART:20261102T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\n\
+        SUMMARY:s\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+    #[test]
+    fn recurrences_are_expanded() {
+        // Instances on Nov 2, 9, 16, 23 at 09:00-10:00Z.
+        assert!(within(WEEKLY, "20261116T093000", "20261116T094000"));
+        assert!(!within(WEEKLY, "20261110T000000", "20261115T000000"));
+        assert!(!within(WEEKLY, "20261124T000000", "20261231T000000"));
+        // Touching is not overlapping: [10:00, 11:00) after an instance ending at 10:00.
+        assert!(!within(WEEKLY, "20261102T100000", "20261102T110000"));
+        // Open bounds.
+        assert!(overlaps(WEEKLY, at("20261123T000000"), None));
+        assert!(!overlaps(WEEKLY, None, at("20261102T090000")));
+    }
+
+    #[test]
+    fn an_exception_moves_its_instance() {
+        let moved = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:w\r\n\
+            DTSTART:20261102T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=2\r\n\
+            SUMMARY:s\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:w\r\nRECURRENCE-ID:20261109T090000Z\r\n\
+            DTSTART:20261120T090000Z\r\nDURATION:PT1H\r\nSUMMARY:moved\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+        assert!(!within(moved, "20261109T000000", "20261110T000000"));
+        assert!(within(moved, "20261120T000000", "20261121T000000"));
+    }
+
+    #[test]
+    fn items_without_times_or_unreadable_match_every_range() {
+        let todo = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VTODO\r\nUID:t\r\nSUMMARY:s\r\n\
+            END:VTODO\r\nEND:VCALENDAR\r\n";
+        assert!(within(todo, "20300101T000000", "20300102T000000"));
+        assert!(within(
+            "not a calendar",
+            "20300101T000000",
+            "20300102T000000"
+        ));
+    }
+
+    #[test]
+    fn an_endless_rule_past_the_expansion_limit_is_answered() {
+        let hourly = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:d\r\n\
+            DTSTART:20000101T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=HOURLY\r\nSUMMARY:s\r\n\
+            END:VEVENT\r\nEND:VCALENDAR\r\n";
+        assert!(within(hourly, "20900101T000000", "20900102T000000"));
+    }
+}
