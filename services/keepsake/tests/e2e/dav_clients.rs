@@ -1,6 +1,7 @@
 //! CardDAV and CalDAV proven by clients no one here wrote (issue 17): vdirsyncer (PyPI) syncs
-//! a local vdir both ways with the real server, and the `caldav` library (PyPI) discovers,
-//! saves, searches and syncs by token. `make test` installs both in a venv of their own
+//! a local vdir both ways with the real server, the `caldav` library (PyPI) discovers, saves,
+//! searches and syncs by token, tsdav (npm) creates, updates, deletes and syncs contacts and
+//! events, and caldav-server-tester's feature profile may not get worse. `make test` installs both in a venv of their own
 //! (`make dav-clients`; `KEEPSAKE_DAV_CLIENTS` names it, default
 //! `~/.cache/keepsake-dav-clients`); without them these tests fail rather than pass unseen.
 
@@ -17,7 +18,8 @@ macro_rules! file_and_s3 {
 
 file_and_s3!(
     vdirsyncer_syncs_a_vdir_both_ways,
-    the_caldav_library_saves_searches_and_syncs
+    the_caldav_library_saves_searches_and_syncs,
+    tsdav_creates_updates_deletes_and_syncs
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,12 +46,26 @@ async fn run_client(backend: Backend, script: &str, device: &str) -> String {
     let path = format!("{}/tests/dav/{script}", env!("CARGO_MANIFEST_DIR"));
     let base = s.base.clone();
     let work_path = work.path().to_path_buf();
-    let bin = clients_venv().join("bin");
-    let python = bin.join("python3");
+    let venv = clients_venv();
+    let bin = venv.join("bin");
+    // A `.py` script runs on the venv's Python; a `.js` one on node with tsdav on NODE_PATH.
+    let (program, node_path) = if script.ends_with(".js") {
+        (
+            std::path::PathBuf::from("node"),
+            venv.join("node/node_modules"),
+        )
+    } else {
+        (bin.join("python3"), std::path::PathBuf::new())
+    };
+    let needed = if script.ends_with(".js") {
+        &node_path
+    } else {
+        &program
+    };
     assert!(
-        python.exists(),
+        needed.exists(),
         "{} is missing: `make dav-clients` installs the DAV clients there",
-        python.display()
+        needed.display()
     );
     let search = format!(
         "{}:{}",
@@ -57,9 +73,10 @@ async fn run_client(backend: Backend, script: &str, device: &str) -> String {
         std::env::var("PATH").unwrap_or_default()
     );
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
+        std::process::Command::new(program)
             .arg(path)
             .env("PATH", search)
+            .env("NODE_PATH", node_path)
             .env("KEEPSAKE_URL", &base)
             .env("KEEPSAKE_TOKEN", &token)
             .env("KEEPSAKE_WORK", &work_path)
@@ -77,6 +94,11 @@ async fn run_client(backend: Backend, script: &str, device: &str) -> String {
     assert!(stdout.contains("ok: "), "{stdout}");
     s.stop();
     stdout
+}
+
+async fn tsdav_creates_updates_deletes_and_syncs(backend: Backend) {
+    let out = run_client(backend, "tsdav_client.js", "tsdav").await;
+    assert!(out.contains("ok: tsdav discovery"), "{out}");
 }
 
 async fn vdirsyncer_syncs_a_vdir_both_ways(backend: Backend) {
