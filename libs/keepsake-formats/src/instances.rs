@@ -1,6 +1,6 @@
 //! Which instances a calendar item has: whether one overlaps a time range (a CalDAV
-//! `calendar-query` `time-range`, RFC 4791 9.9), its recurrences and exceptions expanded by
-//! calcard.
+//! `calendar-query` `time-range`, RFC 4791 9.9), and its busy periods in a range (a
+//! `free-busy-query`, RFC 4791 7.10), its recurrences and exceptions expanded by calcard.
 //!
 //! An instance overlaps `[start, end)` when it begins before `end` and ends after `start` (an
 //! instance without length: when it begins in the range). Invariants: an item is said not to
@@ -11,6 +11,10 @@
 
 use calcard::common::timezone::Tz;
 use calcard::icalendar::dates::TimeOrDelta;
+use calcard::icalendar::{
+    ICalendarComponentType, ICalendarProperty, ICalendarStatus, ICalendarTransparency,
+    ICalendarValue,
+};
 use chrono::{DateTime, Utc};
 
 /// Most instances of one item expanded.
@@ -47,6 +51,62 @@ pub fn overlaps(text: &str, start: Option<DateTime<Utc>>, end: Option<DateTime<U
     }
     // The expansion stopped early: later instances may fall in the range.
     truncated && end.is_none_or(|e| last_start.is_some_and(|l| l < e))
+}
+
+/// The busy periods of an event in `[start, end)` (RFC 4791 7.10): each instance that
+/// overlaps the range, cut to it, except those of a component marked `TRANSP:TRANSPARENT` or
+/// `STATUS:CANCELLED`, and nothing for a text that is not an event with times.
+pub fn busy(
+    text: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let Ok(ical) = crate::convert::guarded_parse(text) else {
+        return Vec::new();
+    };
+    let Ok(expanded) =
+        crate::convert::guard("iCalendar", || ical.expand_dates(Tz::UTC, MAX_INSTANCES))
+    else {
+        return Vec::new();
+    };
+    let free = |comp_id: u32| {
+        let Some(component) = usize::try_from(comp_id)
+            .ok()
+            .and_then(|i| ical.components.get(i))
+        else {
+            return true;
+        };
+        component.component_type != ICalendarComponentType::VEvent
+            || component.entries.iter().any(|e| {
+                matches!(
+                    (&e.name, e.values.first()),
+                    (
+                        ICalendarProperty::Transp,
+                        Some(ICalendarValue::Transparency(
+                            ICalendarTransparency::Transparent
+                        ))
+                    ) | (
+                        ICalendarProperty::Status,
+                        Some(ICalendarValue::Status(ICalendarStatus::Cancelled))
+                    )
+                )
+            })
+    };
+    let mut periods = Vec::new();
+    for event in &expanded.events {
+        if free(event.comp_id) {
+            continue;
+        }
+        let from = event.start.with_timezone(&Utc);
+        let to = match &event.end {
+            TimeOrDelta::Time(t) => t.with_timezone(&Utc),
+            TimeOrDelta::Delta(d) => from.checked_add_signed(*d).unwrap_or(from),
+        };
+        if from < end && to > start && to > from {
+            periods.push((from.max(start), to.min(end)));
+        }
+    }
+    periods
 }
 
 #[cfg(test)]
@@ -101,6 +161,29 @@ mod tests {
             "20300101T000000",
             "20300102T000000"
         ));
+    }
+
+    #[test]
+    fn busy_periods_are_the_opaque_instances_in_the_range() {
+        let start = at("20261109T000000").unwrap_or_default();
+        let end = at("20261117T093000").unwrap_or_default();
+        let periods: Vec<String> = busy(WEEKLY, start, end)
+            .iter()
+            .map(|(a, b)| format!("{}-{}", a.format("%d %H:%M"), b.format("%d %H:%M")))
+            .collect();
+        // Nov 9 09:00-10:00 whole, Nov 16 cut at the range's end... which is Nov 17 09:30:
+        // both whole.
+        assert_eq!(periods, ["09 09:00-09 10:00", "16 09:00-16 10:00"]);
+        let cut = busy(WEEKLY, start, at("20261116T093000").unwrap_or_default());
+        assert_eq!(
+            cut.last().map(|(_, b)| b.format("%H:%M").to_string()),
+            Some("09:30".into())
+        );
+        let transparent = WEEKLY.replace("SUMMARY:s", "SUMMARY:s\r\nTRANSP:TRANSPARENT");
+        assert!(busy(&transparent, start, end).is_empty());
+        let cancelled = WEEKLY.replace("SUMMARY:s", "SUMMARY:s\r\nSTATUS:CANCELLED");
+        assert!(busy(&cancelled, start, end).is_empty());
+        assert!(busy("not a calendar", start, end).is_empty());
     }
 
     #[test]

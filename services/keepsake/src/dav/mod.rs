@@ -224,6 +224,13 @@ async fn root(
             Ok(request) => props::propfind_root(auth, request.as_ref(), depth(&headers)),
             Err(resp) => resp,
         },
+        "REPORT" => match xml_body(body).await {
+            Ok(Some(request)) if request.is(xml::DAV, "principal-property-search") => {
+                props::principal_search(auth, &request)
+            }
+            Ok(_) => precondition(StatusCode::FORBIDDEN, xml::DAV, "supported-report"),
+            Err(resp) => resp,
+        },
         "GET" | "HEAD" => (StatusCode::OK, "Keepsake CardDAV/CalDAV\n").into_response(),
         _ => not_allowed(),
     }
@@ -252,6 +259,13 @@ async fn home(
         },
         "PROPPATCH" => match xml_body(body).await {
             Ok(request) => props::proppatch(&paths::home(auth.user), request.as_ref()),
+            Err(resp) => resp,
+        },
+        "REPORT" => match xml_body(body).await {
+            Ok(Some(request)) if request.is(xml::DAV, "principal-property-search") => {
+                props::principal_search(auth, &request)
+            }
+            Ok(_) => precondition(StatusCode::FORBIDDEN, xml::DAV, "supported-report"),
             Err(resp) => resp,
         },
         _ => not_allowed(),

@@ -229,11 +229,15 @@ fn collection_props(
     let (kind, reports) = match c {
         Collection::Contacts => (
             "<d:collection/><card:addressbook/>",
-            ["<card:addressbook-multiget/>", "<card:addressbook-query/>"],
+            vec!["<card:addressbook-multiget/>", "<card:addressbook-query/>"],
         ),
         Collection::Calendar => (
             "<d:collection/><cal:calendar/>",
-            ["<cal:calendar-multiget/>", "<cal:calendar-query/>"],
+            vec![
+                "<cal:calendar-multiget/>",
+                "<cal:calendar-query/>",
+                "<cal:free-busy-query/>",
+            ],
         ),
     };
     p.add(DAV, "resourcetype", kind);
@@ -510,6 +514,36 @@ pub(crate) fn proppatch(href: &str, request: Option<&Element>) -> Response {
         "<d:response><d:href>{}</d:href><d:propstat><d:prop>{names}</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat></d:response>",
         xml::escape(href)
     );
+    out.push_str(xml::MULTISTATUS_CLOSE);
+    multistatus(out)
+}
+
+/// `principal-property-search` (RFC 3744 9.4) on the root or a home: a device sees one
+/// principal, its user's, which matches when every `property-search` matches its display name
+/// (the user id; case-insensitive substring); a search on any other property does not match.
+/// The answer lists it with the `prop` asked for.
+pub(crate) fn principal_search(auth: DeviceAuth, request: &Element) -> Response {
+    let display = auth.user.to_string().to_lowercase();
+    let matches = request
+        .children_named(DAV, "property-search")
+        .all(|search| {
+            let on_name = search
+                .child(DAV, "prop")
+                .is_some_and(|p| p.children.iter().any(|c| c.is(DAV, "displayname")));
+            let text = search
+                .child(DAV, "match")
+                .map(|m| m.text.trim().to_lowercase())
+                .unwrap_or_default();
+            on_name && display.contains(&text)
+        });
+    let wanted = match Wanted::of(Some(request)) {
+        Ok(w) => w,
+        Err(e) => return error(e),
+    };
+    let mut out = String::from(xml::MULTISTATUS_OPEN);
+    if matches {
+        home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
+    }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)
 }

@@ -14,7 +14,7 @@
 //! component is answered, a superset the client filters again). docs/DAV.md says so.
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use keepsake_model::{Kind, StateRead as _, UserState};
 
 use super::paths::{self, Collection, Target};
@@ -46,6 +46,7 @@ pub(crate) async fn report(
         }
         (CARDDAV, "addressbook-query", Collection::Contacts)
         | (CALDAV, "calendar-query", Collection::Calendar) => query(state, auth, c, request).await,
+        (CALDAV, "free-busy-query", Collection::Calendar) => free_busy(state, auth, request).await,
         _ => precondition(StatusCode::FORBIDDEN, DAV, "supported-report"),
     }
 }
@@ -246,6 +247,56 @@ async fn name_tombstones(
         };
     }
     Ok(())
+}
+
+/// `free-busy-query` (RFC 4791 7.10): a VFREEBUSY of the busy periods of the user's events
+/// in the time range, which must have both ends.
+async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Response {
+    let range = match time_range::of(request) {
+        Ok(Some(Range {
+            start: Some(start),
+            end: Some(end),
+        })) if start < end => (start, end),
+        _ => return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter"),
+    };
+    let (rows, _) = match super::props::rows(state, auth.user, Collection::Calendar).await {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let mut periods: Vec<_> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::Event)
+        .filter_map(|r| {
+            let text = super::items::text(Collection::Calendar, r.kind, r.document.as_ref()?)?;
+            Some(keepsake_formats::instances::busy(&text, range.0, range.1))
+        })
+        .flatten()
+        .collect();
+    periods.sort();
+    let utc = |t: chrono::DateTime<chrono::Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
+    let mut body = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Keepsake//CalDAV//EN\r\nBEGIN:VFREEBUSY\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n",
+        utc(state.clock.now()),
+        utc(range.0),
+        utc(range.1)
+    );
+    for (from, to) in periods {
+        body.push_str(&format!(
+            "FREEBUSY;FBTYPE=BUSY:{}/{}\r\n",
+            utc(from),
+            utc(to)
+        ));
+    }
+    body.push_str("END:VFREEBUSY\r\nEND:VCALENDAR\r\n");
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/calendar; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {

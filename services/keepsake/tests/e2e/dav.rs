@@ -180,6 +180,26 @@ async fn a_dav_client_discovers_writes_reads_and_syncs(backend: Backend) {
         body.contains("<d:unknown-thing/></d:prop><d:status>HTTP/1.1 404 Not Found"),
         "{body}"
     );
+    // A principal search finds this user's principal, by its name or with no filter, and
+    // nothing for another name.
+    let search = |text: &str| {
+        format!(
+            r#"<d:principal-property-search xmlns:d="DAV:"><d:property-search><d:prop><d:displayname/></d:prop><d:match>{text}</d:match></d:property-search><d:prop><d:displayname/></d:prop></d:principal-property-search>"#
+        )
+    };
+    let (st, _, body) = dav(&s, "REPORT", "/", Some(&phone), &[], &search(&user[..8])).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(all(&body, "d:href"), std::slice::from_ref(&home), "{body}");
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        "/dav/",
+        Some(&phone),
+        &[],
+        &search("somebody-else"),
+    )
+    .await;
+    assert!(all(&body, "d:href").is_empty(), "{body}");
     // Another user's home is not this device's.
     let (st, _, _) = dav(
         &s,
@@ -627,6 +647,45 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
     .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     assert!(body.contains("valid-filter"), "{body}");
+    // Free-busy: the standup's 15 minutes, and nothing on another day.
+    let fb = |start: &str, end: &str| {
+        format!(
+            r#"<cal:free-busy-query xmlns:cal="urn:ietf:params:xml:ns:caldav"><cal:time-range start="{start}" end="{end}"/></cal:free-busy-query>"#
+        )
+    };
+    let (st, h, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &fb("20261101T000000Z", "20261103T000000Z"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/calendar")
+    );
+    assert!(
+        body.contains("FREEBUSY;FBTYPE=BUSY:20261102T090000Z/20261102T091500Z"),
+        "{body}"
+    );
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &fb("20261103T000000Z", "20261104T000000Z"),
+    )
+    .await;
+    assert!(
+        body.contains("BEGIN:VFREEBUSY") && !body.contains("FREEBUSY;"),
+        "{body}"
+    );
     // The collection says what it holds.
     let props = r#"<d:propfind xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav" xmlns:cs="http://calendarserver.org/ns/"><d:prop><cal:supported-calendar-component-set/><cs:getctag/><d:sync-token/></d:prop></d:propfind>"#;
     let (st, _, body) = dav(&s, "PROPFIND", &cal, Some(&phone), &[("depth", "0")], props).await;
