@@ -214,6 +214,15 @@ impl Log {
             .sum()
     }
 
+    /// The indexes kept beside the users over all shards: (users in the tail indexes,
+    /// approximate bytes of the indexes) ([`ShardState::index_footprint`]).
+    pub fn index_footprint(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .map(|s| s.state.read().map_or((0, 0), |s| s.index_footprint()))
+            .fold((0, 0), |(u, b), (su, sb)| (u + su, b + sb))
+    }
+
     /// View counters over all shards: (hits, misses that loaded a user, evictions).
     pub fn view_counters(&self) -> (u64, u64, u64) {
         self.shards

@@ -198,6 +198,24 @@ impl ShardState {
         .ok()
     }
 
+    /// The indexes kept beside the users, which stay in memory whoever is resident: (users in
+    /// the tail index, approximate bytes of the tail index, the segment sizes and the history
+    /// objects). The tail index holds the users written since the checkpoint before the
+    /// newest, so it grows with recent writers, not with every user the shard has.
+    pub fn index_footprint(&self) -> (usize, usize) {
+        use std::mem::size_of;
+        // Key, value and a hash table's control byte and slack per entry.
+        const PER_USER: usize = size_of::<UserId>() + size_of::<Vec<(u64, u64)>>() + 8;
+        let tail: usize = self
+            .tail_index
+            .values()
+            .map(|segs| PER_USER + segs.capacity() * size_of::<(u64, u64)>())
+            .sum();
+        let sizes = self.segment_sizes.capacity() * size_of::<(u64, Tag)>();
+        let history = self.history.capacity() * size_of::<HistoryListed>();
+        (self.tail_index.len(), tail + sizes + history)
+    }
+
     /// Records which users segment `n` holds (call for every segment after the checkpoint).
     pub fn index_segment(&mut self, n: u64, events: &[Event]) {
         for e in events {
@@ -439,6 +457,37 @@ mod tests {
         assert_eq!(view.checkpoint, Some(4));
         assert_eq!(view.segments_of(&user, 1, 5), vec![3, 4, 5]);
         assert_eq!(view.segment_holding(&UserId(uuid::Uuid::nil()), 1), None);
+    }
+
+    /// The index footprint counts the tail's users and falls when checkpoints let them go.
+    #[test]
+    fn the_index_footprint_follows_the_tail() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let events = history(3, 1, 20, start);
+        let mut view = ShardState::default();
+        assert_eq!(view.index_footprint(), (0, 0));
+        for (i, chunk) in events.chunks(10).enumerate() {
+            view.index_segment(i as u64 + 1, chunk);
+        }
+        let users = events
+            .iter()
+            .map(|e| e.user_id)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let (indexed, bytes) = view.index_footprint();
+        assert_eq!(indexed, users);
+        assert!(
+            bytes >= users * (16 + 24 + 16),
+            "{bytes} bytes for {users} users"
+        );
+        let last = events.chunks(10).count() as u64;
+        view.checkpointed(last);
+        view.checkpointed(last + 1);
+        assert_eq!(
+            view.index_footprint(),
+            (0, 0),
+            "both generations checkpointed"
+        );
     }
 
     /// The one way the head moves: folded into resident users, indexed, placed, and

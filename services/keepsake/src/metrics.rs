@@ -477,6 +477,19 @@ pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
             "Approximate bytes of user state in memory",
             log.resident_bytes() as u64,
         );
+        let (indexed, index_bytes) = log.index_footprint();
+        gauge(
+            &mut out,
+            "keepsake_view_index_users",
+            "Users in the tail indexes (written since the checkpoint before the newest)",
+            indexed as u64,
+        );
+        gauge(
+            &mut out,
+            "keepsake_view_index_bytes",
+            "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects)",
+            index_bytes as u64,
+        );
     }
     out.push_str("# EOF\n");
     out

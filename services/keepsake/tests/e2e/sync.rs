@@ -437,6 +437,9 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     }
     let segments = s.segments().await - before.0;
     assert_eq!(segments, 3);
+    // The user is in its shard's tail index, which /metrics counts with its bytes.
+    assert!(s.metric("keepsake_view_index_users").await >= 1);
+    assert!(s.metric("keepsake_view_index_bytes").await > 0);
     assert!(s.metric(PUT_OK).await - before.1 >= segments);
     assert!(
         s.metric(GET_NOT_FOUND).await - before.2 >= segments,
