@@ -162,7 +162,7 @@ pub async fn run(
         metrics: Metrics::with_store(store.stats.clone()),
         shutdown: stop_rx.clone(),
     });
-    let app = api::router(state.clone());
+    let app = api::router(state.clone(), crate::dav::router());
     let mut graceful = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

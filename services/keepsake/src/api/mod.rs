@@ -227,11 +227,12 @@ pub fn route_list() -> Vec<(Method, &'static str)> {
     routes().listed
 }
 
-/// The router with its middleware.
-pub fn router(state: Shared) -> Router {
+/// The router with its middleware, over the REST routes and `beside` (the CardDAV/CalDAV
+/// routes the server adds; passed in so that this module does not depend on them).
+pub fn router(state: Shared, beside: Router<Shared>) -> Router {
     routes()
         .router
-        .merge(crate::dav::router())
+        .merge(beside)
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

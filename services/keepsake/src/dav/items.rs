@@ -28,10 +28,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::answer::{error, precondition};
 use super::paths::{self, Collection};
-use super::props::Row;
+use super::row::{Row, content_type, resource_name, text};
 use super::xml::{CALDAV, CARDDAV};
-use super::{error, precondition};
 use crate::api::{ApiError, DeviceAuth, Shared};
 
 /// One resource a request names.
@@ -46,35 +46,6 @@ impl Resource {
     fn item_id(&self) -> keepsake_model::ItemId {
         paths::item_of(self.auth.user, self.collection, &self.name)
     }
-}
-
-/// The `Content-Type` of an item's text.
-pub(crate) fn content_type(c: Collection, kind: Kind) -> &'static str {
-    match (c, kind) {
-        (Collection::Contacts, _) => "text/vcard; charset=utf-8",
-        (Collection::Calendar, Kind::Task) => "text/calendar; charset=utf-8; component=vtodo",
-        (Collection::Calendar, Kind::Note) => "text/calendar; charset=utf-8; component=vjournal",
-        (Collection::Calendar, _) => "text/calendar; charset=utf-8; component=vevent",
-    }
-}
-
-/// The item's text in its collection's format; `None` when its document cannot be written.
-pub(crate) fn text(c: Collection, kind: Kind, document: &Document) -> Option<String> {
-    crate::api::item_text(kind, document, c.format())
-}
-
-/// The resource name a client chose for the item, kept in its document.
-pub(crate) fn resource_name(document: &Document) -> Option<String> {
-    // Most documents have none: look before parsing.
-    if !document.as_str().contains(RESOURCE_PROPERTY) {
-        return None;
-    }
-    let object = document.to_object().ok()?;
-    object
-        .get(RESOURCE_PROPERTY)?
-        .get("name")?
-        .as_str()
-        .map(str::to_string)
 }
 
 /// The resource name a deleted item had: a tombstone holds no document, so it is read from the

@@ -5,7 +5,8 @@
 //! - [`paths`]: the tree (`/dav/users/<user>/contacts/`, `.../calendar/`) and which item a
 //!   resource name is.
 //! - [`xml`]: request bodies read with quick-xml; multistatus answers written.
-//! - [`props`]: PROPFIND, and the properties of the root, a home, a collection and an item.
+//! - [`props`]: PROPFIND, and the properties of the root, a home, a collection and an item;
+//!   [`row`]: one item's snapshot, text and media type; [`answer`]: errors and multistatus.
 //! - [`items`]: GET / HEAD / PUT / DELETE of one `.vcf` / `.ics` resource.
 //! - [`report`]: REPORT: `sync-collection` (RFC 6578), the multigets, and the queries;
 //!   [`time_range`]: which items a query's time range holds.
@@ -20,10 +21,12 @@
 //!   expires; one from another store, or ahead of the user's log, is refused with the
 //!   `DAV:valid-sync-token` precondition, never answered as an empty collection.
 
+mod answer;
 mod items;
 pub(crate) mod paths;
 mod props;
 mod report;
+mod row;
 mod time_range;
 pub(crate) mod xml;
 
@@ -38,6 +41,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use keepsake_model::UserId;
 
 use crate::api::{ApiError, DeviceAuth, Shared};
+use answer::{error, precondition};
 use paths::Collection;
 
 /// The `DAV` header: WebDAV class 1 and 3, CardDAV, CalDAV, and RFC 6578's report.
@@ -47,9 +51,9 @@ const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPOR
 /// Largest XML request body (PROPFIND, REPORT): a multiget of a few thousand hrefs.
 const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
 
-/// The DAV routes (added beside the REST routes; not in `schemas/openapi.yaml`, which
-/// describes the JSON API).
-pub(crate) fn router() -> Router<Shared> {
+/// The DAV routes (the server adds them beside the REST routes; not in
+/// `schemas/openapi.yaml`, which describes the JSON API).
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/.well-known/carddav", any(well_known))
         .route("/.well-known/caldav", any(well_known))
@@ -62,33 +66,6 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/dav/users/{user}/{collection}", any(collection))
         .route("/dav/users/{user}/{collection}/", any(collection))
         .route("/dav/users/{user}/{collection}/{name}", any(item))
-}
-
-/// An error answer for a DAV client: the API's problem body, with `WWW-Authenticate` on a 401
-/// (clients ask for the password only when they see it).
-pub(crate) fn error(e: ApiError) -> Response {
-    let unauthorized = e.status == StatusCode::UNAUTHORIZED;
-    let mut resp = e.into_response();
-    if unauthorized {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"Keepsake\", charset=\"UTF-8\""),
-        );
-    }
-    resp
-}
-
-/// A `DAV:error` answer naming a precondition.
-pub(crate) fn precondition(status: StatusCode, ns: &str, name: &str) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml; charset=utf-8"),
-        )],
-        xml::error_body(ns, name),
-    )
-        .into_response()
 }
 
 /// The device a request is made by: the password of HTTP Basic, or a Bearer token.

@@ -6,15 +6,14 @@
 
 use std::fmt::Write as _;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use keepsake_model::{Document, ItemId, Kind, StateRead as _, UserId, UserState};
+use axum::response::Response;
+use keepsake_model::{StateRead as _, UserId, UserState};
 
-use super::items::Resource;
+use super::answer::{error, multistatus};
+use super::items::{self, Resource};
 use super::paths::{self, Collection};
+use super::row::{Row, content_type, text};
 use super::xml::{self, CALDAV, CALSERVER, CARDDAV, DAV, Element};
-use super::{error, items};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
 
@@ -150,19 +149,6 @@ fn property(out: &mut String, ns: &str, name: &str, inner: &str) {
     }
 }
 
-/// A `207 Multi-Status` answer.
-pub(crate) fn multistatus(body: String) -> Response {
-    (
-        StatusCode::MULTI_STATUS,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
 fn href_element(href: &str) -> String {
     format!("<d:href>{}</d:href>", xml::escape(href))
 }
@@ -294,71 +280,33 @@ fn max_resource_size(state: &Shared) -> String {
     (state.limits.max_document_bytes / 2).to_string()
 }
 
-/// One item as the DAV side sees it, taken from the user's state.
-#[derive(Clone, Debug)]
-pub(crate) struct Row {
-    pub item_id: ItemId,
-    pub kind: Kind,
-    pub version: u64,
-    pub seq: u64,
-    pub deleted: bool,
-    pub changed_at: DateTime<Utc>,
-    /// The resource name a client chose, when it is kept.
-    pub name: Option<String>,
-    pub document: Option<Document>,
+/// An item's properties; the text is exported only when `with_data`.
+pub(crate) fn item_props(row: &Row, c: Collection, with_data: bool) -> Props {
+    let mut p = Props::new();
+    p.add(DAV, "resourcetype", "");
+    p.add(DAV, "getetag", xml::escape(&row.etag()).into_owned());
+    p.add(DAV, "getcontenttype", content_type(c, row.kind));
+    p.add(
+        DAV,
+        "getlastmodified",
+        row.changed_at
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+    );
+    if with_data && let Some(text) = row.document.as_ref().and_then(|d| text(c, row.kind, d)) {
+        p.add(DAV, "getcontentlength", text.len().to_string());
+        let (ns, name) = match c {
+            Collection::Contacts => (CARDDAV, "address-data"),
+            Collection::Calendar => (CALDAV, "calendar-data"),
+        };
+        p.data = Some((ns, name, xml::escape(&text).into_owned()));
+    }
+    p
 }
 
-impl Row {
-    pub(crate) fn of(item: &keepsake_model::ItemState) -> Row {
-        Row {
-            item_id: item.item_id,
-            kind: item.kind,
-            version: item.version,
-            seq: item.seq,
-            deleted: item.deleted,
-            changed_at: item.changed_at,
-            name: item.document.as_ref().and_then(items::resource_name),
-            document: item.document.clone(),
-        }
-    }
-
-    /// The strong ETag: the item's version.
-    pub(crate) fn etag(&self) -> String {
-        format!("\"{}\"", self.version)
-    }
-
-    pub(crate) fn href(&self, user: UserId, c: Collection) -> String {
-        c.href_of(user, self.item_id, self.name.as_deref())
-    }
-
-    /// The item's properties; the text is exported only when `with_data`.
-    pub(crate) fn props(&self, c: Collection, with_data: bool) -> Props {
-        let mut p = Props::new();
-        p.add(DAV, "resourcetype", "");
-        p.add(DAV, "getetag", xml::escape(&self.etag()).into_owned());
-        p.add(DAV, "getcontenttype", items::content_type(c, self.kind));
-        p.add(
-            DAV,
-            "getlastmodified",
-            self.changed_at
-                .format("%a, %d %b %Y %H:%M:%S GMT")
-                .to_string(),
-        );
-        if with_data
-            && let Some(text) = self
-                .document
-                .as_ref()
-                .and_then(|d| items::text(c, self.kind, d))
-        {
-            p.add(DAV, "getcontentlength", text.len().to_string());
-            let (ns, name) = match c {
-                Collection::Contacts => (CARDDAV, "address-data"),
-                Collection::Calendar => (CALDAV, "calendar-data"),
-            };
-            p.data = Some((ns, name, xml::escape(&text).into_owned()));
-        }
-        p
-    }
+/// The user's last seq (what the collections' sync-token and ctag stand for).
+async fn last_seq(state: &Shared, user: UserId) -> Result<u64, ApiError> {
+    Ok(state.ready()?.log.last_seq(&user).await?)
 }
 
 /// The live items of a collection, in seq order, and the user's last seq.
@@ -404,11 +352,8 @@ pub(crate) async fn propfind_home(
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
     if depth > 0 {
-        let last_seq = match state.ready() {
-            Ok(ready) => match ready.log.last_seq(&auth.user).await {
-                Ok(seq) => seq,
-                Err(e) => return error(e.into()),
-            },
+        let last_seq = match last_seq(state, auth.user).await {
+            Ok(seq) => seq,
             Err(e) => return error(e),
         };
         for c in Collection::ALL {
@@ -439,11 +384,8 @@ pub(crate) async fn propfind_collection(
             Err(e) => return error(e),
         }
     } else {
-        match state.ready() {
-            Ok(ready) => match ready.log.last_seq(&auth.user).await {
-                Ok(seq) => (Vec::new(), seq),
-                Err(e) => return error(e.into()),
-            },
+        match last_seq(state, auth.user).await {
+            Ok(seq) => (Vec::new(), seq),
             Err(e) => return error(e),
         }
     };
@@ -455,8 +397,7 @@ pub(crate) async fn propfind_collection(
     // Members are listed without their text (address-data / calendar-data are for REPORTs,
     // RFC 6352 / RFC 4791): a Depth 1 PROPFIND of a large collection stays small.
     for row in &rows {
-        row.props(c, false)
-            .write(&mut out, &row.href(auth.user, c), &wanted);
+        item_props(row, c, false).write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)
@@ -478,7 +419,7 @@ pub(crate) async fn propfind_item(
     };
     let with_data = !matches!(wanted, Wanted::All);
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    row.props(resource.collection, with_data).write(
+    item_props(&row, resource.collection, with_data).write(
         &mut out,
         &row.href(resource.auth.user, resource.collection),
         &wanted,

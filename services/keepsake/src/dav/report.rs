@@ -17,11 +17,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keepsake_model::{Kind, StateRead as _, UserState};
 
+use super::answer::{error, multistatus, precondition};
 use super::paths::{self, Collection, Target};
-use super::props::{Row, SYNC_TOKEN_PREFIX, Wanted, multistatus, sync_token};
+use super::props::{SYNC_TOKEN_PREFIX, Wanted, item_props, sync_token};
+use super::row::Row;
 use super::time_range::{self, Range};
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
-use super::{error, precondition};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
 
@@ -192,7 +193,7 @@ async fn sync_collection(
                 xml::escape(&href)
             ));
         } else {
-            row.props(c, with_data).write(&mut out, &href, &wanted);
+            item_props(row, c, with_data).write(&mut out, &href, &wanted);
         }
     }
     if more {
@@ -230,10 +231,7 @@ async fn name_tombstones(
             )
             .await?;
         for event in events {
-            let name = event
-                .document
-                .as_ref()
-                .and_then(super::items::resource_name);
+            let name = event.document.as_ref().and_then(super::row::resource_name);
             names.insert(event.seq, name);
         }
     }
@@ -267,7 +265,7 @@ async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Respo
         .iter()
         .filter(|r| r.kind == Kind::Event)
         .filter_map(|r| {
-            let text = super::items::text(Collection::Calendar, r.kind, r.document.as_ref()?)?;
+            let text = super::row::text(Collection::Calendar, r.kind, r.document.as_ref()?)?;
             Some(keepsake_formats::instances::busy(&text, range.0, range.1))
         })
         .flatten()
@@ -352,7 +350,7 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     for (href, row) in hrefs.iter().zip(rows) {
         match row {
-            Some(row) => row.props(c, with_data).write(&mut out, href, &wanted),
+            Some(row) => item_props(&row, c, with_data).write(&mut out, href, &wanted),
             None => out.push_str(&format!(
                 "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
                 xml::escape(href)
@@ -431,7 +429,7 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
                 && range.is_none_or(|range| {
                     r.document
                         .as_ref()
-                        .and_then(|d| super::items::text(c, r.kind, d))
+                        .and_then(|d| super::row::text(c, r.kind, d))
                         .is_none_or(|text| time_range::overlaps(&text, range))
                 })
         })
@@ -444,8 +442,7 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
             ));
             break;
         }
-        row.props(c, with_data)
-            .write(&mut out, &row.href(auth.user, c), &wanted);
+        item_props(row, c, with_data).write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)

@@ -85,6 +85,8 @@ pub async fn listen(state: Arc<AppState>) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(
+        async move { axum::serve(listener, router(state, keepsake::dav::router())).await },
+    );
     format!("http://{addr}")
 }
