@@ -1,7 +1,8 @@
 //! The Keepsake server: REST sync for handsets over the event log (`keepsake-log`).
 //!
 //! - [`api`]: routes, authentication, handlers, problem+json errors.
-//! - [`dav`]: CardDAV and CalDAV on the same log.
+//! - [`dav`]: CardDAV and CalDAV on the same log; [`delete_guard`]: the mass-delete guard
+//!   for clients that delete one item per request.
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dav;
+pub mod delete_guard;
 pub mod device_events;
 pub mod devices;
 pub mod fleet;

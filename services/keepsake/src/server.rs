@@ -161,6 +161,8 @@ pub async fn run(
         ids: ids.clone(),
         metrics: Metrics::with_store(store.stats.clone()),
         shutdown: stop_rx.clone(),
+        mass_delete: cfg.log.policy.mass_delete,
+        delete_guard: crate::delete_guard::DeleteGuard::default(),
     });
     let app = api::router(state.clone(), crate::dav::router());
     let mut graceful = stop_rx.clone();

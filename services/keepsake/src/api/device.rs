@@ -467,3 +467,26 @@ pub(super) async fn restore_item(
     };
     commit(&state, auth, request_id, vec![change], false).await
 }
+
+/// `POST /v1/mass-delete-confirmation`: the user confirms that their CardDAV/CalDAV clients may
+/// delete past the mass-delete guard for the next minutes (`crate::delete_guard`); a REST push
+/// says `confirm_mass_delete` instead.
+pub(super) async fn confirm_mass_delete(
+    State(state): State<Shared>,
+    auth: DeviceAuth,
+) -> Result<Response, ApiError> {
+    state.ready()?;
+    state
+        .delete_guard
+        .confirm(auth.user, std::time::Instant::now());
+    let minutes = crate::delete_guard::CONFIRMED_FOR.as_secs() / 60;
+    let until = state.clock.now() + chrono::Duration::minutes(minutes as i64);
+    tracing::info!(user = %auth.user, device = %auth.device, "mass deletes over DAV confirmed");
+    Ok(json(
+        StatusCode::OK,
+        &wire::MassDeleteConfirmation {
+            confirmed_until: until,
+            minutes,
+        },
+    ))
+}

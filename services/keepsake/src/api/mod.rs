@@ -94,6 +94,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Tells long polls to return early.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The mass-delete guard's bounds (the staging policy's).
+    pub mass_delete: keepsake_model::MassDeleteGuard,
+    /// Deletes made one per request (CardDAV/CalDAV), counted against those bounds.
+    pub delete_guard: crate::delete_guard::DeleteGuard,
 }
 
 /// Handle to shared state.
@@ -155,6 +159,11 @@ pub fn routes() -> Routes {
             get(device::pull).post(device::push),
         )
         .add("/v1/import", &[Method::POST], post(formats::import))
+        .add(
+            "/v1/mass-delete-confirmation",
+            &[Method::POST],
+            post(device::confirm_mass_delete),
+        )
         .add("/v1/export", &[Method::GET], get(formats::export))
         .add("/v1/items/{item_id}", &[Method::GET], get(device::item))
         .add(

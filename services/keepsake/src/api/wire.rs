@@ -389,3 +389,13 @@ pub struct ImportAnswer {
     pub results: Vec<ImportResult>,
     pub token: String,
 }
+
+/// `POST /v1/mass-delete-confirmation`: until when the user's DAV clients may delete past the
+/// mass-delete guard.
+#[derive(Debug, Serialize)]
+pub struct MassDeleteConfirmation {
+    /// The end of the confirmation.
+    pub confirmed_until: chrono::DateTime<chrono::Utc>,
+    /// Its length in minutes.
+    pub minutes: u64,
+}

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::answer::{error, precondition};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, resource_name, text};
-use super::xml::{CALDAV, CARDDAV};
+use super::xml::{CALDAV, CARDDAV, KEEPSAKE_NS};
 use crate::api::{ApiError, DeviceAuth, Shared};
 
 /// One resource a request names.
@@ -351,6 +351,38 @@ pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) ->
         Ok(Some(Some(v))) => v,
         Ok(_) => now.version,
     };
+    // One delete per request never meets the per-push guard: count them over a window.
+    let live = match state.ready() {
+        Ok(ready) => match ready
+            .log
+            .user(&r.auth.user, |u: &UserState| u.live_count(now.kind))
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => return error(e.into()),
+        },
+        Err(e) => return error(e),
+    };
+    if let Err(refused) = state.delete_guard.admit(
+        r.auth.user,
+        now.kind,
+        live,
+        &state.mass_delete,
+        std::time::Instant::now(),
+    ) {
+        tracing::warn!(
+            user = %r.auth.user,
+            device = %r.auth.device,
+            deletes = refused.deletes,
+            live = refused.live,
+            "DAV mass delete refused"
+        );
+        return precondition(
+            StatusCode::FORBIDDEN,
+            KEEPSAKE_NS,
+            "mass-delete-confirmation",
+        );
+    }
     let change = Change {
         change_id: change_id(r, "delete", Some(base_version), b""),
         kind: now.kind,

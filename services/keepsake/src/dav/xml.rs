@@ -14,6 +14,8 @@ pub const DAV: &str = "DAV:";
 pub const CARDDAV: &str = "urn:ietf:params:xml:ns:carddav";
 /// CalDAV, RFC 4791.
 pub const CALDAV: &str = "urn:ietf:params:xml:ns:caldav";
+/// Keepsake's own preconditions (`mass-delete-confirmation`).
+pub const KEEPSAKE_NS: &str = "https://keepsake.app/ns/dav";
 /// Apple's calendarserver extensions (`getctag`).
 pub const CALSERVER: &str = "http://calendarserver.org/ns/";
 
@@ -195,6 +197,7 @@ pub fn prefix(ns: &str) -> Option<&'static str> {
         CARDDAV => Some("card"),
         CALDAV => Some("cal"),
         CALSERVER => Some("cs"),
+        KEEPSAKE_NS => Some("ks"),
         _ => None,
     }
 }
@@ -227,7 +230,7 @@ pub const MULTISTATUS_CLOSE: &str = "</d:multistatus>\n";
 /// A `DAV:error` body naming one precondition (`d:valid-sync-token`, `cal:valid-calendar-data`).
 pub fn error_body(ns: &str, name: &str) -> String {
     format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\" xmlns:card=\"urn:ietf:params:xml:ns:carddav\" xmlns:cal=\"urn:ietf:params:xml:ns:caldav\">{}</d:error>\n",
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\" xmlns:card=\"urn:ietf:params:xml:ns:carddav\" xmlns:cal=\"urn:ietf:params:xml:ns:caldav\" xmlns:ks=\"https://keepsake.app/ns/dav\">{}</d:error>\n",
         open_tag(ns, name, true)
     )
 }

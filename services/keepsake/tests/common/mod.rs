@@ -75,6 +75,8 @@ pub fn unready_state_with(metrics: Metrics) -> (Arc<AppState>, String, UserId) {
         ids: Arc::new(RandomIds),
         metrics,
         shutdown: stop_rx,
+        mass_delete: keepsake_model::MassDeleteGuard::default(),
+        delete_guard: keepsake::delete_guard::DeleteGuard::default(),
     });
     (state, token, user)
 }

@@ -24,6 +24,7 @@ file_and_s3!(
     calendars_answer_multiget_and_component_queries,
     names_survive_rest_puts_and_requests_are_bounded,
     a_refused_request_keeps_its_connection_open,
+    a_dav_mass_delete_waits_for_the_users_confirmation,
 );
 
 const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
@@ -892,5 +893,76 @@ async fn a_refused_request_keeps_its_connection_open(backend: Backend) {
             .is_some_and(|h| h.starts_with("HTTP/1.1 207")),
         "the connection was closed after the 401: {second:?}"
     );
+    s.stop();
+}
+
+async fn a_dav_mass_delete_waits_for_the_users_confirmation(backend: Backend) {
+    // A wiped phone deleting its address book one resource at a time: with the guard at 3
+    // items and half of the live ones, 4 of 8 deletes go through and the 5th is refused until
+    // the user confirms from a REST device; every refused delete wrote nothing.
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[("KEEPSAKE_MASS_DELETE_MIN_ITEMS", "3")]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let app = s.register(&user, "keepsake app").await;
+    let book = format!("/dav/users/{user}/contacts/");
+    for i in 0..8 {
+        let card = format!("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:m{i}\r\nFN:M {i}\r\nEND:VCARD\r\n");
+        let (st, _, _) = dav(
+            &s,
+            "PUT",
+            &format!("{book}m{i}.vcf"),
+            Some(&phone),
+            &[],
+            &card,
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    for i in 0..4 {
+        let (st, _, body) = dav(
+            &s,
+            "DELETE",
+            &format!("{book}m{i}.vcf"),
+            Some(&phone),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "delete {i}: {body}");
+    }
+    let fifth = format!("{book}m4.vcf");
+    let (st, _, body) = dav(&s, "DELETE", &fifth, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("<ks:mass-delete-confirmation/>"), "{body}");
+    let (st, _, _) = dav(&s, "GET", &fifth, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::OK, "the refused delete wrote nothing");
+    // The user confirms from the app; the phone's deletes go through.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/v1/mass-delete-confirmation",
+            Some(&app),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["minutes"], 10, "{v}");
+    for i in 4..8 {
+        let (st, _, body) = dav(
+            &s,
+            "DELETE",
+            &format!("{book}m{i}.vcf"),
+            Some(&phone),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(
+            st,
+            StatusCode::NO_CONTENT,
+            "delete {i} after the confirmation: {body}"
+        );
+    }
     s.stop();
 }
