@@ -9,8 +9,9 @@
 //! ends.
 //!
 //! Invariants: the guard only refuses (it never deletes); a refused delete writes nothing;
-//! every delete it lets through is an ordinary, restorable event. Its counts are this
-//! process's: with several servers, each counts the deletes it serves.
+//! every delete it lets through is an ordinary, restorable event. A delete it admits counts
+//! even if the push then refuses it (a stale `If-Match`): the count errs towards asking. Its
+//! counts are this process's: with several servers, each counts the deletes it serves.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

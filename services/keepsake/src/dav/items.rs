@@ -20,7 +20,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keepsake_formats::{Format, ORIGINAL_PROPERTY, RESOURCE_PROPERTY};
+use keepsake_formats::{Format, RESOURCE_PROPERTY};
 use keepsake_model::{
     Change, ChangeBody, ChangeId, Document, Kind, Outcome, RejectCode, RequestId, UserState,
 };
@@ -224,7 +224,6 @@ fn document_of(
         resource.insert("name".into(), Value::String(r.name.clone()));
         object.insert(RESOURCE_PROPERTY.into(), Value::Object(resource));
     }
-    debug_assert!(document.get(ORIGINAL_PROPERTY).is_some());
     Ok((kind, Document::from_value(&document)))
 }
 
