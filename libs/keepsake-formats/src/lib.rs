@@ -12,6 +12,7 @@
 //! - [`convert`]: one entry -> `(Kind, document)` ([`to_document`]); one document -> text
 //!   ([`export`]), which gives back the original text while the document is unchanged.
 //! - [`original`]: how the original text travels inside the document, and its digest.
+//! - [`filters`]: CardDAV/CalDAV query property filters evaluated on an item's text.
 //! - [`instances`]: whether a calendar item has an instance in a time range (CalDAV queries).
 //! - [`ids`]: the change id and item id of an imported entry (UUIDv5, pure).
 //! - `zones`: local times a daylight-saving change makes ambiguous or nonexistent, carried
@@ -23,6 +24,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod filters;
 pub mod ids;
 pub mod instances;
 pub mod original;

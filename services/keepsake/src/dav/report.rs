@@ -8,10 +8,12 @@
 //! for the collection, as RFC 6578 3.6 says. The token is the REST API's, so the two never
 //! disagree about what a position is.
 //!
-//! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL) and by a
-//! component's `time-range` (recurrences expanded, [`super::time_range`]); property and text
-//! filters, and `addressbook-query`'s `prop-filter`s, are not evaluated here (every item of the
-//! component is answered, a superset the client filters again). docs/DAV.md says so.
+//! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL), by a component's
+//! `time-range` (recurrences expanded, [`super::time_range`]) and by its `prop-filter`s
+//! (`is-not-defined`, `text-match`); `addressbook-query` by its `prop-filter`s (anyof/allof,
+//! the four match types) — both through `keepsake_formats::filters`. A `param-filter` or a
+//! property's `time-range` is not evaluated (the property only has to be there: a superset,
+//! which clients filter again). docs/DAV.md says so.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +27,7 @@ use super::time_range::{self, Range};
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
+use keepsake_formats::filters::{self, MatchType, PropFilter, PropTest, TextMatch};
 
 /// Most hrefs one multiget may name (clients send pages of 10 to 500).
 const MAX_HREFS: usize = 1_000;
@@ -361,11 +364,67 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
     multistatus(out)
 }
 
-/// The kinds a `calendar-query` filter asks for, each with its time range: those of the
-/// components named under `VCALENDAR` (every calendar kind, any time, when it names none).
-/// `Err` for a time range that cannot be read.
-fn filtered_kinds(request: &Element) -> Result<Vec<(Kind, Option<Range>)>, String> {
-    let all = vec![(Kind::Event, None), (Kind::Task, None), (Kind::Note, None)];
+/// What a query asks of one kind: its time range, and its property filters.
+struct KindFilter {
+    kind: Kind,
+    range: Option<Range>,
+    props: Vec<PropFilter>,
+}
+
+/// A `text-match` element (CalDAV's and CardDAV's).
+fn text_match(el: &Element) -> TextMatch {
+    let match_type = match el.attr("match-type") {
+        Some("equals") => MatchType::Equals,
+        Some("starts-with") => MatchType::StartsWith,
+        Some("ends-with") => MatchType::EndsWith,
+        _ => MatchType::Contains,
+    };
+    TextMatch {
+        text: el.text.clone(),
+        negate: el
+            .attr("negate-condition")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        match_type,
+        caseless: el.attr("collation") != Some("i;octet"),
+    }
+}
+
+/// The `prop-filter`s under `parent` in namespace `ns`. A filter this server does not evaluate
+/// (`param-filter`, a property's `time-range`) counts as "the property is there": a superset.
+fn prop_filters(parent: &Element, ns: &str) -> Vec<PropFilter> {
+    parent
+        .children_named(ns, "prop-filter")
+        .filter_map(|f| {
+            let name = f.attr("name")?.to_string();
+            let matches: Vec<TextMatch> =
+                f.children_named(ns, "text-match").map(text_match).collect();
+            let test = if f.child(ns, "is-not-defined").is_some() {
+                PropTest::NotDefined
+            } else if matches.is_empty() {
+                PropTest::Defined
+            } else {
+                // CalDAV holds one text-match per prop-filter; CardDAV says anyof or allof.
+                let all = ns == CALDAV || f.attr("test") == Some("allof");
+                PropTest::Text { matches, all }
+            };
+            Some(PropFilter { name, test })
+        })
+        .collect()
+}
+
+/// The kinds a `calendar-query` filter asks for, each with its time range and property
+/// filters: those of the components named under `VCALENDAR` (every calendar kind, unfiltered,
+/// when it names none; none of a kind whose comp-filter says `is-not-defined`). `Err` for a
+/// time range that cannot be read.
+fn filtered_kinds(request: &Element) -> Result<Vec<KindFilter>, String> {
+    let all = [Kind::Event, Kind::Task, Kind::Note]
+        .into_iter()
+        .map(|kind| KindFilter {
+            kind,
+            range: None,
+            props: Vec::new(),
+        })
+        .collect();
     let Some(calendar) = request
         .child(CALDAV, "filter")
         .and_then(|f| f.child(CALDAV, "comp-filter"))
@@ -386,9 +445,25 @@ fn filtered_kinds(request: &Element) -> Result<Vec<(Kind, Option<Range>)>, Strin
             Some("VJOURNAL") => Kind::Note,
             _ => continue,
         };
-        kinds.push((kind, time_range::of(filter)?));
+        if filter.child(CALDAV, "is-not-defined").is_some() {
+            continue;
+        }
+        kinds.push(KindFilter {
+            kind,
+            range: time_range::of(filter)?,
+            props: prop_filters(filter, CALDAV),
+        });
     }
     Ok(if named { kinds } else { all })
+}
+
+/// The component an item of `kind` is in its iCalendar text.
+fn component_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Task => "VTODO",
+        Kind::Note => "VJOURNAL",
+        _ => "VEVENT",
+    }
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
@@ -396,8 +471,17 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
         Ok(w) => w,
         Err(e) => return error(e),
     };
+    // An address book query's filters, anyof unless the filter says allof.
+    let card_filter = request.child(CARDDAV, "filter");
+    let card_all = card_filter.is_some_and(|f| f.attr("test") == Some("allof"));
     let kinds = match c {
-        Collection::Contacts => vec![(Kind::Contact, None)],
+        Collection::Contacts => vec![KindFilter {
+            kind: Kind::Contact,
+            range: None,
+            props: card_filter
+                .map(|f| prop_filters(f, CARDDAV))
+                .unwrap_or_default(),
+        }],
         Collection::Calendar => match filtered_kinds(request) {
             Ok(k) => k,
             Err(detail) => {
@@ -421,17 +505,34 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
     };
     let with_data = wanted.wants_data();
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    // An item of a kind asked for, in its time range if the filter gives one (its text, which
-    // the expansion reads, is exported only then).
+    // An item of a kind asked for, in its time range and passing its property filters when the
+    // query gives them (its text, which they read, is exported only then; an item whose text
+    // cannot be written is answered: a superset).
     let matching = rows.iter().filter(|r| {
-        kinds.iter().any(|(kind, range)| {
-            *kind == r.kind
-                && range.is_none_or(|range| {
-                    r.document
-                        .as_ref()
-                        .and_then(|d| super::row::text(c, r.kind, d))
-                        .is_none_or(|text| time_range::overlaps(&text, range))
-                })
+        kinds.iter().any(|f| {
+            if f.kind != r.kind {
+                return false;
+            }
+            if f.range.is_none() && f.props.is_empty() {
+                return true;
+            }
+            let Some(text) = r
+                .document
+                .as_ref()
+                .and_then(|d| super::row::text(c, r.kind, d))
+            else {
+                return true;
+            };
+            let in_range = f
+                .range
+                .is_none_or(|range| time_range::overlaps(&text, range));
+            in_range
+                && match c {
+                    Collection::Contacts => filters::card_matches(&text, &f.props, card_all),
+                    Collection::Calendar => {
+                        filters::calendar_matches(&text, component_of(r.kind), &f.props)
+                    }
+                }
         })
     });
     for (answered, row) in matching.enumerate() {

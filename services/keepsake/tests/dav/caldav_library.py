@@ -90,6 +90,11 @@ def main():
         fail(f"after another client's event: updated {urls(updated)}, deleted {urls(deleted)}")
     if len(calendar.events()) != 2:
         fail(f"events at the end: {urls(calendar.events())}")
+    # Found by UID among two events (a calendar-query with a UID text-match).
+    if "Lunch" not in calendar.event_by_uid("lunch-1@example.org").data:
+        fail("event_by_uid found the wrong event for lunch-1")
+    if "Design review (moved)" not in calendar.event_by_uid("review-1@example.org").data:
+        fail("event_by_uid found the wrong event for review-1")
     print("ok: caldav discovery, save, search, sync by token, edit, delete")
 
 

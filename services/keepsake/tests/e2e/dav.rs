@@ -499,6 +499,19 @@ async fn sync_tokens_are_log_positions_and_foreign_ones_are_refused(backend: Bac
         "{body}"
     );
 
+    // An address book query: the contact whose FN equals "Contact 3", and those whose FN
+    // does not contain "contact" (none).
+    let query = |filter: &str| {
+        format!(
+            r#"<card:addressbook-query xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><card:filter>{filter}</card:filter></card:addressbook-query>"#
+        )
+    };
+    let (st, _, body) = dav(&s, "REPORT", &book, Some(&phone), &[], &query(r#"<card:prop-filter name="FN"><card:text-match match-type="equals">contact 3</card:text-match></card:prop-filter>"#)).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(all(&body, "d:href"), [format!("{book}c3.vcf")], "{body}");
+    let (_, _, body) = dav(&s, "REPORT", &book, Some(&phone), &[], &query(r#"<card:prop-filter name="FN"><card:text-match negate-condition="yes">contact</card:text-match></card:prop-filter>"#)).await;
+    assert!(all(&body, "d:href").is_empty(), "{body}");
+
     // A token of another store, one ahead of the user's log, and garbage: valid-sync-token.
     let other = Env::new(Backend::File).await;
     let t = Server::start(&other, &[]).await;
@@ -606,6 +619,36 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
         [format!("{cal}passport.ics")],
         "{body}"
     );
+    // A property filter: the event whose UID is the standup's (how clients find by UID).
+    let by_uid = |uid: &str| {
+        format!(
+            r#"<cal:calendar-query xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><cal:filter><cal:comp-filter name="VCALENDAR"><cal:comp-filter name="VEVENT"><cal:prop-filter name="UID"><cal:text-match collation="i;octet">{uid}</cal:text-match></cal:prop-filter></cal:comp-filter></cal:comp-filter></cal:filter></cal:calendar-query>"#
+        )
+    };
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &by_uid("standup@example.org"),
+    )
+    .await;
+    assert_eq!(
+        all(&body, "d:href"),
+        [format!("{cal}standup.ics")],
+        "{body}"
+    );
+    let (_, _, body) = dav(
+        &s,
+        "REPORT",
+        &cal,
+        Some(&phone),
+        &[],
+        &by_uid("nobody@example.org"),
+    )
+    .await;
+    assert!(all(&body, "d:href").is_empty(), "{body}");
     // A time range: the standup (2026-11-02 09:00Z) is in November, not in December; the task
     // has no times and matches any range (RFC 4791 9.9).
     let ranged = |start: &str, end: &str| {
