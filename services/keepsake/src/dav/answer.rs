@@ -46,3 +46,32 @@ pub(crate) fn multistatus(body: String) -> Response {
     )
         .into_response()
 }
+
+/// A `DAV:error` answer naming a precondition with the href it is about
+/// (`no-uid-conflict` names the resource that holds the UID).
+pub(crate) fn precondition_with_href(
+    status: StatusCode,
+    ns: &str,
+    name: &str,
+    href: &str,
+) -> Response {
+    let body = xml::error_body(ns, name).replacen(
+        &xml::open_tag(ns, name, true),
+        &format!(
+            "{}<d:href>{}</d:href>{}",
+            xml::open_tag(ns, name, false),
+            xml::escape(href),
+            xml::close_tag(ns, name)
+        ),
+        1,
+    );
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::answer::{error, precondition};
+use super::answer::{error, precondition, precondition_with_href};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, resource_name, text};
 use super::xml::{CALDAV, CARDDAV, KEEPSAKE_NS};
@@ -192,7 +192,7 @@ fn document_of(
     r: &Resource,
     item: keepsake_model::ItemId,
     text: &str,
-) -> Result<(Kind, Document), Box<Response>> {
+) -> Result<(Kind, Document, Option<String>), Box<Response>> {
     let format = r.collection.format();
     let mut entries = keepsake_formats::entries(text, format);
     let entry = match (entries.next(), entries.next()) {
@@ -224,7 +224,38 @@ fn document_of(
         resource.insert("name".into(), Value::String(r.name.clone()));
         object.insert(RESOURCE_PROPERTY.into(), Value::Object(resource));
     }
-    Ok((kind, Document::from_value(&document)))
+    Ok((kind, Document::from_value(&document), entry.uid.clone()))
+}
+
+/// Another live item of the collection with the same UID, if any (RFC 4791 5.3.2.1 and
+/// RFC 6352 6.3.2.1: a UID names one resource per collection). The documents are searched as
+/// stored text first (compact JSON), and only those holding the UID are parsed.
+async fn uid_holder(
+    state: &Shared,
+    r: &Resource,
+    item: keepsake_model::ItemId,
+    uid: &str,
+) -> Result<Option<Row>, ApiError> {
+    let Ok(quoted) = serde_json::to_string(uid) else {
+        return Ok(None);
+    };
+    let needle = format!("\"uid\":{quoted}");
+    let c = r.collection;
+    let log = &state.ready()?.log;
+    Ok(log
+        .user(&r.auth.user, |u: &UserState| {
+            u.items()
+                .filter(|i| !i.deleted && i.item_id != item && c.holds(i.kind))
+                .find(|i| {
+                    i.document.as_ref().is_some_and(|d| {
+                        d.as_str().contains(&needle)
+                            && d.to_object()
+                                .is_ok_and(|o| o.get("uid").and_then(Value::as_str) == Some(uid))
+                    })
+                })
+                .map(Row::of)
+        })
+        .await?)
 }
 
 fn etag_header(resp: &mut Response, version: u64) {
@@ -301,10 +332,28 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
     if if_none_match_any(headers) && live.is_some() {
         return precondition_failed("If-None-Match: * on a resource that exists");
     }
-    let (kind, document) = match document_of(r, item_id, text) {
+    let (kind, document, uid) = match document_of(r, item_id, text) {
         Ok(d) => d,
         Err(resp) => return *resp,
     };
+    if let Some(uid) = &uid {
+        match uid_holder(state, r, item_id, uid).await {
+            Ok(Some(other)) => {
+                let (ns, name) = match r.collection {
+                    Collection::Contacts => (CARDDAV, "no-uid-conflict"),
+                    Collection::Calendar => (CALDAV, "no-uid-conflict"),
+                };
+                return precondition_with_href(
+                    StatusCode::FORBIDDEN,
+                    ns,
+                    name,
+                    &other.href(r.auth.user, r.collection),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => return error(e),
+        }
+    }
     if let Some(row) = &now
         && row.kind != kind
     {

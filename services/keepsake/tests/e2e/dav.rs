@@ -589,6 +589,23 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
     )
     .await;
     assert_eq!(st, StatusCode::CREATED, "{body}");
+    // The standup's UID under another name is refused, naming the resource that holds it.
+    let (st, _, body) = dav(
+        &s,
+        "PUT",
+        &format!("{cal}standup-copy.ics"),
+        Some(&phone),
+        &ics,
+        STANDUP,
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains(&format!(
+            "<cal:no-uid-conflict><d:href>{cal}standup.ics</d:href>"
+        )),
+        "{body}"
+    );
     // A vCard is not a calendar item.
     let (st, _, _) = dav(&s, "PUT", &format!("{cal}ada.ics"), Some(&phone), &[], ADA).await;
     assert!(
@@ -777,7 +794,8 @@ async fn names_survive_rest_puts_and_requests_are_bounded(backend: Backend) {
     // no longer reads or deletes it (a client deleting what looks like a stale copy must not
     // delete the item), and the item is listed once.
     let chosen = format!("{book}foo.vcf");
-    let (st, _, _) = dav(&s, "PUT", &chosen, Some(&phone), &[], ADA_2).await;
+    let chosen_card = ADA_2.replace("UID:ada-1815", "UID:chosen-1");
+    let (st, _, _) = dav(&s, "PUT", &chosen, Some(&phone), &[], &chosen_card).await;
     assert_eq!(st, StatusCode::CREATED);
     let pulled = s.pull(&rest, "").await;
     let item = pulled["changes"]
@@ -849,7 +867,16 @@ async fn names_survive_rest_puts_and_requests_are_bounded(backend: Backend) {
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _, _) = dav(&s, "PUT", &format!("{book}c.vcf"), Some(&phone), &[], ADA).await;
+    let another = ADA.replace("UID:ada-1815", "UID:c-1");
+    let (st, _, _) = dav(
+        &s,
+        "PUT",
+        &format!("{book}c.vcf"),
+        Some(&phone),
+        &[],
+        &another,
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
     let query = r#"<card:addressbook-query xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><card:limit><card:nresults>1</card:nresults></card:limit></card:addressbook-query>"#;
     let (st, _, body) = dav(&s, "REPORT", &book, Some(&phone), &[], query).await;
