@@ -1,7 +1,8 @@
 //! Property tests: JSON -> vCard/iCalendar -> JSON keeps every field the mapping claims to
 //! keep (docs/FORMATS.md, "What is kept"); arbitrary text and arbitrary JSON never panic.
 
-use keepsake_formats::{Format, ORIGINAL_PROPERTY, entries, export, to_document};
+use keepsake_formats::filters::{self, PropFilter, PropTest};
+use keepsake_formats::{Format, ORIGINAL_PROPERTY, entries, export, instances, to_document};
 use keepsake_model::Kind;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -168,6 +169,18 @@ proptest! {
                     }
                 }
             }
+            // What CalDAV/CardDAV queries run on stored texts: never a panic.
+            let (start, end) = (
+                chrono::DateTime::from_timestamp(1_700_000_000, 0),
+                chrono::DateTime::from_timestamp(1_900_000_000, 0),
+            );
+            let _ = instances::overlaps(input, start, end);
+            if let (Some(s), Some(e)) = (start, end) {
+                let _ = instances::busy(input, s, e);
+            }
+            let filter = PropFilter { name: "UID".into(), test: PropTest::NotDefined };
+            let _ = filters::calendar_matches(input, "VEVENT", std::slice::from_ref(&filter));
+            let _ = filters::card_matches(input, &[filter], true);
         }
     }
 

@@ -275,4 +275,23 @@ mod tests {
         assert_eq!(parse_href(&format!("/dav/users/{u}/calendar/a%2Fb")), None);
         assert_eq!(parse_href("/other/"), None);
     }
+
+    proptest::proptest! {
+        /// Any name a client may give reads back, through its href, as the same name and item;
+        /// no href, however odd, panics the parser.
+        #[test]
+        fn any_name_round_trips_and_no_href_panics(
+            name in "[^/]{1,40}", href in ".{0,80}", chosen in proptest::bool::ANY,
+        ) {
+            let c = if chosen { Collection::Calendar } else { Collection::Contacts };
+            let _ = parse_href(&href);
+            let _ = decode(&href);
+            if let Some(name) = valid_name(&name) {
+                let item = item_of(user(), c, &name);
+                let href = c.href_of(user(), item, Some(&name));
+                proptest::prop_assert_eq!(parse_href(&href), Some(Target::Item(user(), c, name.clone())));
+                proptest::prop_assert_eq!(item_of(user(), c, &name), item);
+            }
+        }
+    }
 }

@@ -291,4 +291,13 @@ mod tests {
         assert_eq!(close_tag(CALDAV, "calendar-data"), "</cal:calendar-data>");
         assert_eq!(escape("<a&b>"), "&lt;a&amp;b&gt;");
     }
+
+    proptest::proptest! {
+        /// No body, however malformed, panics the reader.
+        #[test]
+        fn no_body_panics_the_reader(body in ".{0,200}", tags in proptest::collection::vec("</?[a-z:]{1,6}( [a-z:]{1,5}=\"[^\"]{0,5}\")?/?>|&[a-z#0-9]{0,5};?|[a-z ]{0,5}", 0..30)) {
+            let _ = parse(&body);
+            let _ = parse(&tags.concat());
+        }
+    }
 }
