@@ -9,16 +9,68 @@
 //! says), or whose expansion stops at [`MAX_INSTANCES`] before the range ends is said to
 //! overlap (a superset, which clients filter again), so a query never silently drops an item.
 
+use calcard::common::PartialDateTime;
 use calcard::common::timezone::Tz;
 use calcard::icalendar::dates::TimeOrDelta;
 use calcard::icalendar::{
-    ICalendarComponentType, ICalendarProperty, ICalendarStatus, ICalendarTransparency,
-    ICalendarValue,
+    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarEntry, ICalendarProperty,
+    ICalendarStatus, ICalendarTransparency, ICalendarValue,
 };
 use chrono::{DateTime, Utc};
 
 /// Most instances of one item expanded.
 pub const MAX_INSTANCES: usize = 10_000;
+
+/// One instance: where it starts and ends, and the component it comes from.
+struct Instance {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    comp_id: u32,
+}
+
+/// The instances calcard expanded, in time order, without the rule's instances that an
+/// exception replaces (calcard gives both when the exception carries a SEQUENCE).
+fn instances(
+    ical: &ICalendar,
+    expanded: &calcard::icalendar::dates::CalendarExpand,
+) -> Vec<Instance> {
+    let has_rid = |c: &ICalendarComponent| {
+        c.entries
+            .iter()
+            .find(|e| e.name == ICalendarProperty::RecurrenceId)
+            .and_then(crate::zones::entry_instant)
+    };
+    let replaced: Vec<DateTime<Utc>> = ical.components.iter().filter_map(has_rid).collect();
+    let is_exception = |comp_id: u32| {
+        usize::try_from(comp_id)
+            .ok()
+            .and_then(|i| ical.components.get(i))
+            .is_some_and(|c| {
+                c.entries
+                    .iter()
+                    .any(|e| e.name == ICalendarProperty::RecurrenceId)
+            })
+    };
+    let mut out: Vec<Instance> = expanded
+        .events
+        .iter()
+        .map(|event| {
+            let from = event.start.with_timezone(&Utc);
+            let to = match &event.end {
+                TimeOrDelta::Time(t) => t.with_timezone(&Utc),
+                TimeOrDelta::Delta(d) => from.checked_add_signed(*d).unwrap_or(from),
+            };
+            Instance {
+                from,
+                to,
+                comp_id: event.comp_id,
+            }
+        })
+        .filter(|i| is_exception(i.comp_id) || !replaced.contains(&i.from))
+        .collect();
+    out.sort_by_key(|i| i.from);
+    out
+}
 
 /// Whether the item whose iCalendar text is `text` has an instance in `[start, end)` (either
 /// bound open when `None`).
@@ -36,12 +88,7 @@ pub fn overlaps(text: &str, start: Option<DateTime<Utc>>, end: Option<DateTime<U
     }
     let truncated = expanded.events.len() >= MAX_INSTANCES;
     let mut last_start = None;
-    for event in &expanded.events {
-        let from = event.start.with_timezone(&Utc);
-        let to = match &event.end {
-            TimeOrDelta::Time(t) => t.with_timezone(&Utc),
-            TimeOrDelta::Delta(d) => from.checked_add_signed(*d).unwrap_or(from),
-        };
+    for Instance { from, to, .. } in instances(&ical, &expanded) {
         let begins_before_end = end.is_none_or(|e| from < e);
         let ends_after_start = start.is_none_or(|s| if to > from { to > s } else { from >= s });
         if begins_before_end && ends_after_start {
@@ -93,20 +140,101 @@ pub fn busy(
             })
     };
     let mut periods = Vec::new();
-    for event in &expanded.events {
-        if free(event.comp_id) {
+    for Instance { from, to, comp_id } in instances(&ical, &expanded) {
+        if free(comp_id) {
             continue;
         }
-        let from = event.start.with_timezone(&Utc);
-        let to = match &event.end {
-            TimeOrDelta::Time(t) => t.with_timezone(&Utc),
-            TimeOrDelta::Delta(d) => from.checked_add_signed(*d).unwrap_or(from),
-        };
         if from < end && to > start && to > from {
             periods.push((from.max(start), to.min(end)));
         }
     }
     periods
+}
+
+/// A recurring item's instances in `[start, end)` as separate components in UTC, the way a
+/// CalDAV `expand` asks (RFC 4791 9.6.5): each with the properties of the component it comes
+/// from (the item, or the exception that moved it), its own DTSTART and DTEND, and a
+/// RECURRENCE-ID; no RRULE, RDATE or EXDATE, no VTIMEZONE, and no nested alarms. `None` for an
+/// item that does not recur or whose times cannot be read (answered as it is).
+pub fn expand(text: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Option<String> {
+    use ICalendarProperty as P;
+    let ical = crate::convert::guarded_parse(text).ok()?;
+    let recurs = ical.components.iter().any(|c| {
+        c.entries
+            .iter()
+            .any(|e| matches!(e.name, P::Rrule | P::Rdate))
+    });
+    if !recurs {
+        return None;
+    }
+    let expanded =
+        crate::convert::guard("iCalendar", || ical.expand_dates(Tz::UTC, MAX_INSTANCES)).ok()?;
+    if !expanded.errors.is_empty() {
+        return None;
+    }
+    let root = ical
+        .components
+        .iter()
+        .find(|c| c.component_type == ICalendarComponentType::VCalendar)?;
+    let mut calendar = ICalendarComponent::new(ICalendarComponentType::VCalendar);
+    calendar.entries = root.entries.clone();
+    let mut out = ICalendar {
+        components: vec![calendar],
+    };
+    let utc = |name: ICalendarProperty, at: DateTime<Utc>| {
+        let mut entry = ICalendarEntry::new(name);
+        entry.values.push(ICalendarValue::PartialDateTime(Box::new(
+            PartialDateTime::from_utc_timestamp(at.timestamp()),
+        )));
+        entry
+    };
+    for Instance { from, to, comp_id } in instances(&ical, &expanded) {
+        let overlaps = from < end && if to > from { to > start } else { from >= start };
+        if !overlaps {
+            continue;
+        }
+        let Some(source) = usize::try_from(comp_id)
+            .ok()
+            .and_then(|i| ical.components.get(i))
+        else {
+            continue;
+        };
+        let recurrence_id = source
+            .entries
+            .iter()
+            .find(|e| e.name == P::RecurrenceId)
+            .and_then(crate::zones::entry_instant)
+            .unwrap_or(from);
+        let mut component = ICalendarComponent::new(source.component_type.clone());
+        component.entries = source
+            .entries
+            .iter()
+            .filter(|e| {
+                !matches!(
+                    e.name,
+                    P::Dtstart
+                        | P::Dtend
+                        | P::Due
+                        | P::Duration
+                        | P::Rrule
+                        | P::Rdate
+                        | P::Exdate
+                        | P::Exrule
+                        | P::RecurrenceId
+                )
+            })
+            .cloned()
+            .collect();
+        component.entries.push(utc(P::Dtstart, from));
+        if to > from {
+            component.entries.push(utc(P::Dtend, to));
+        }
+        component.entries.push(utc(P::RecurrenceId, recurrence_id));
+        let index = u32::try_from(out.components.len()).ok()?;
+        out.components.push(component);
+        out.components.first_mut()?.component_ids.push(index);
+    }
+    crate::convert::guard("iCalendar", || out.to_string()).ok()
 }
 
 #[cfg(test)]
@@ -184,6 +312,59 @@ mod tests {
         let cancelled = WEEKLY.replace("SUMMARY:s", "SUMMARY:s\r\nSTATUS:CANCELLED");
         assert!(busy(&cancelled, start, end).is_empty());
         assert!(busy("not a calendar", start, end).is_empty());
+    }
+
+    #[test]
+    fn expand_writes_each_instance_in_the_range_in_utc() {
+        let out = expand(
+            WEEKLY,
+            at("20261108T000000").unwrap_or_default(),
+            at("20261117T000000").unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        let starts: Vec<&str> = out.lines().filter(|l| l.starts_with("DTSTART")).collect();
+        assert_eq!(
+            starts,
+            ["DTSTART:20261109T090000Z", "DTSTART:20261116T090000Z"],
+            "{out}"
+        );
+        assert!(out.contains("RECURRENCE-ID:20261109T090000Z"), "{out}");
+        assert!(!out.contains("RRULE"), "{out}");
+        assert_eq!(out.matches("BEGIN:VEVENT").count(), 2, "{out}");
+        let single = WEEKLY.replace("RRULE:FREQ=WEEKLY;COUNT=4\r\n", "");
+        assert_eq!(
+            expand(
+                &single,
+                at("20261101T000000").unwrap_or_default(),
+                at("20261201T000000").unwrap_or_default()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_exception_replaces_its_instance_in_an_expansion() {
+        let moved = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:w\r\nSEQUENCE:1\r\n\
+            DTSTART:20261102T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n\
+            SUMMARY:s\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:w\r\nSEQUENCE:2\r\n\
+            RECURRENCE-ID:20261109T090000Z\r\nDTSTART:20261109T150000Z\r\nDURATION:PT1H\r\n\
+            SUMMARY:moved\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+        let out = expand(
+            moved,
+            at("20261101T000000").unwrap_or_default(),
+            at("20261201T000000").unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        let starts: Vec<&str> = out.lines().filter(|l| l.starts_with("DTSTART")).collect();
+        assert_eq!(
+            starts,
+            [
+                "DTSTART:20261102T090000Z",
+                "DTSTART:20261109T150000Z",
+                "DTSTART:20261116T090000Z"
+            ],
+            "{out}"
+        );
     }
 
     #[test]

@@ -580,7 +580,7 @@ fn floating_local(value: &ICalendarValue) -> Option<NaiveDateTime> {
 
 /// The instant a DTSTART / DTEND names: UTC or an offset as written, else its TZID's IANA zone
 /// read as RFC 5545 does. `None` for a floating time, a date, or an unknown zone.
-fn entry_instant(entry: &ICalendarEntry) -> Option<DateTime<Utc>> {
+pub(crate) fn entry_instant(entry: &ICalendarEntry) -> Option<DateTime<Utc>> {
     let ICalendarValue::PartialDateTime(dt) = entry.values.first()? else {
         return None;
     };

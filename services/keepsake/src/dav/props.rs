@@ -281,7 +281,14 @@ fn max_resource_size(state: &Shared) -> String {
 }
 
 /// An item's properties; the text is exported only when `with_data`.
-pub(crate) fn item_props(row: &Row, c: Collection, with_data: bool) -> Props {
+/// `expand`: the range a CalDAV `calendar-data` asks a recurring event's instances in
+/// (written as separate components in UTC, `keepsake_formats::instances::expand`).
+pub(crate) fn item_props(
+    row: &Row,
+    c: Collection,
+    with_data: bool,
+    expand: Option<super::time_range::Span>,
+) -> Props {
     let mut p = Props::new();
     p.add(DAV, "resourcetype", "");
     p.add(DAV, "getetag", xml::escape(&row.etag()).into_owned());
@@ -294,6 +301,12 @@ pub(crate) fn item_props(row: &Row, c: Collection, with_data: bool) -> Props {
             .to_string(),
     );
     if with_data && let Some(text) = row.document.as_ref().and_then(|d| text(c, row.kind, d)) {
+        let text = match expand {
+            Some((start, end)) if c == Collection::Calendar => {
+                keepsake_formats::instances::expand(&text, start, end).unwrap_or(text)
+            }
+            _ => text,
+        };
         p.add(DAV, "getcontentlength", text.len().to_string());
         let (ns, name) = match c {
             Collection::Contacts => (CARDDAV, "address-data"),
@@ -397,7 +410,7 @@ pub(crate) async fn propfind_collection(
     // Members are listed without their text (address-data / calendar-data are for REPORTs,
     // RFC 6352 / RFC 4791): a Depth 1 PROPFIND of a large collection stays small.
     for row in &rows {
-        item_props(row, c, false).write(&mut out, &row.href(auth.user, c), &wanted);
+        item_props(row, c, false, None).write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)
@@ -419,7 +432,7 @@ pub(crate) async fn propfind_item(
     };
     let with_data = !matches!(wanted, Wanted::All);
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    item_props(&row, resource.collection, with_data).write(
+    item_props(&row, resource.collection, with_data, None).write(
         &mut out,
         &row.href(resource.auth.user, resource.collection),
         &wanted,

@@ -115,6 +115,13 @@ async fn sync_collection(
         Ok(w) => w,
         Err(e) => return error(e),
     };
+    let expand = match time_range::expand_of(request) {
+        Ok(x) => x,
+        Err(detail) => {
+            tracing::debug!(%detail, "expand refused");
+            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
+        }
+    };
     let limit = match limit(request) {
         Ok(l) => l,
         Err(e) => return error(e),
@@ -196,7 +203,7 @@ async fn sync_collection(
                 xml::escape(&href)
             ));
         } else {
-            item_props(row, c, with_data).write(&mut out, &href, &wanted);
+            item_props(row, c, with_data, expand).write(&mut out, &href, &wanted);
         }
     }
     if more {
@@ -305,6 +312,13 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
         Ok(w) => w,
         Err(e) => return error(e),
     };
+    let expand = match time_range::expand_of(request) {
+        Ok(x) => x,
+        Err(detail) => {
+            tracing::debug!(%detail, "expand refused");
+            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
+        }
+    };
     let mut hrefs: Vec<&str> = Vec::new();
     for h in request.children_named(DAV, "href") {
         let href = h.text.trim();
@@ -353,7 +367,7 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     for (href, row) in hrefs.iter().zip(rows) {
         match row {
-            Some(row) => item_props(&row, c, with_data).write(&mut out, href, &wanted),
+            Some(row) => item_props(&row, c, with_data, expand).write(&mut out, href, &wanted),
             None => out.push_str(&format!(
                 "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
                 xml::escape(href)
@@ -471,6 +485,13 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
         Ok(w) => w,
         Err(e) => return error(e),
     };
+    let expand = match time_range::expand_of(request) {
+        Ok(x) => x,
+        Err(detail) => {
+            tracing::debug!(%detail, "expand refused");
+            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
+        }
+    };
     // An address book query's filters, anyof unless the filter says allof.
     let card_filter = request.child(CARDDAV, "filter");
     let card_all = card_filter.is_some_and(|f| f.attr("test") == Some("allof"));
@@ -543,7 +564,7 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
             ));
             break;
         }
-        item_props(row, c, with_data).write(&mut out, &row.href(auth.user, c), &wanted);
+        item_props(row, c, with_data, expand).write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)

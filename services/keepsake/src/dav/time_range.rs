@@ -38,6 +38,34 @@ pub(crate) fn of(filter: &Element) -> Result<Option<Range>, String> {
     Ok(Some(Range { start, end }))
 }
 
+/// A half-open range `[start, end)` of instants.
+pub(crate) type Span = (DateTime<Utc>, DateTime<Utc>);
+
+/// The range of a `calendar-data`'s `expand` (RFC 4791 9.6.5) in a report's `prop`, if any;
+/// `Err` when it lacks a bound or a bound is not a UTC date-time.
+pub(crate) fn expand_of(request: &Element) -> Result<Option<Span>, String> {
+    let Some(expand) = request
+        .child(super::xml::DAV, "prop")
+        .and_then(|p| p.child(CALDAV, "calendar-data"))
+        .and_then(|d| d.child(CALDAV, "expand"))
+    else {
+        return Ok(None);
+    };
+    let bound = |name: &str| {
+        expand
+            .attr(name)
+            .and_then(|v| v.trim().strip_suffix('Z').map(str::to_string))
+            .and_then(|v| NaiveDateTime::parse_from_str(&v, "%Y%m%dT%H%M%S").ok())
+            .map(|t| t.and_utc())
+            .ok_or_else(|| format!("expand needs {name} as a UTC date-time"))
+    };
+    let (start, end) = (bound("start")?, bound("end")?);
+    if start >= end {
+        return Err("expand's start is not before its end".into());
+    }
+    Ok(Some((start, end)))
+}
+
 /// Whether the item whose iCalendar text is `text` has an instance in `range`.
 pub(crate) fn overlaps(text: &str, range: Range) -> bool {
     keepsake_formats::instances::overlaps(text, range.start, range.end)

@@ -761,6 +761,37 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
         body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 403 Forbidden"),
         "{body}"
     );
+
+    // A recurring event expanded by the server (RFC 4791 9.6.5): the instances in the range,
+    // each a VEVENT in UTC with its RECURRENCE-ID, and no RRULE.
+    let weekly = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Keepsake e2e//EN\r\nBEGIN:VEVENT\r\n\
+        UID:weekly@example.org\r\nDTSTAMP:20261101T090000Z\r\nDTSTART:20270104T090000Z\r\n\
+        DURATION:PT30M\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\nSUMMARY:Weekly\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let (st, _, _) = dav(
+        &s,
+        "PUT",
+        &format!("{cal}weekly.ics"),
+        Some(&phone),
+        &ics,
+        weekly,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let expand = format!(
+        r#"<cal:calendar-multiget xmlns:d="DAV:" xmlns:cal="urn:ietf:params:xml:ns:caldav"><d:prop><cal:calendar-data><cal:expand start="20270110T000000Z" end="20270125T000000Z"/></cal:calendar-data></d:prop><d:href>{cal}weekly.ics</d:href></cal:calendar-multiget>"#
+    );
+    let (st, _, body) = dav(&s, "REPORT", &cal, Some(&phone), &[], &expand).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    let starts: Vec<&str> = body.lines().filter(|l| l.starts_with("DTSTART")).collect();
+    assert_eq!(
+        starts,
+        ["DTSTART:20270111T090000Z", "DTSTART:20270118T090000Z"],
+        "{body}"
+    );
+    assert!(
+        body.contains("RECURRENCE-ID:20270111T090000Z") && !body.contains("RRULE"),
+        "{body}"
+    );
     s.stop();
 }
 
