@@ -1,6 +1,7 @@
 //! Which instances a calendar item has: whether one overlaps a time range (a CalDAV
-//! `calendar-query` `time-range`, RFC 4791 9.9), and its busy periods in a range (a
-//! `free-busy-query`, RFC 4791 7.10), its recurrences and exceptions expanded by calcard.
+//! `calendar-query` `time-range`, RFC 4791 9.9), its busy periods in a range (a
+//! `free-busy-query`, RFC 4791 7.10), and those in a range written out one by one (a
+//! `calendar-data` `expand`, RFC 4791 9.6.5); its recurrences and exceptions expanded by calcard.
 //!
 //! An instance overlaps `[start, end)` when it begins before `end` and ends after `start` (an
 //! instance without length: when it begins in the range). Invariants: an item is said not to

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use axum::response::Response;
-use keepsake_model::{StateRead as _, UserId, UserState};
+use keepsake_model::{UserId, UserState};
 
 use super::answer::{error, multistatus};
 use super::items::{self, Resource};
@@ -242,8 +242,7 @@ fn collection_props(
         .collect();
     p.add(DAV, "supported-report-set", reports);
     p.add(DAV, "sync-token", xml::escape(&token).into_owned());
-    // The ctag changes whenever the user's log grows (a little more often than needed: a
-    // change to the other collection moves it too).
+    // The ctag is the sync-token: it moves exactly when the collection changes.
     p.add(CALSERVER, "getctag", xml::escape(&token).into_owned());
     p.add(DAV, "current-user-principal", home.clone());
     p.add(DAV, "owner", home);
@@ -317,12 +316,27 @@ pub(crate) fn item_props(
     p
 }
 
-/// The user's last seq (what the collections' sync-token and ctag stand for).
-async fn last_seq(state: &Shared, user: UserId) -> Result<u64, ApiError> {
-    Ok(state.ready()?.log.last_seq(&user).await?)
+/// The seq of the collection's newest change after `after` (a delete included), or `after`
+/// when there is none: what its sync-token and ctag stand for, so a change to the other
+/// collection moves neither. (The view keeps items by seq: one pass.)
+pub(crate) fn collection_seq(u: &UserState, c: Collection, after: u64) -> u64 {
+    u.items_changed_after(after)
+        .filter(|i| c.holds(i.kind))
+        .map(|i| i.seq)
+        .last()
+        .unwrap_or(after)
 }
 
-/// The live items of a collection, in seq order, and the user's last seq.
+/// [`collection_seq`] of a user's collection, read from the view.
+async fn seq_of(state: &Shared, user: UserId, c: Collection) -> Result<u64, ApiError> {
+    Ok(state
+        .ready()?
+        .log
+        .user(&user, |u: &UserState| collection_seq(u, c, 0))
+        .await?)
+}
+
+/// The live items of a collection, in seq order, and the collection's seq ([`collection_seq`]).
 pub(crate) async fn rows(
     state: &Shared,
     user: UserId,
@@ -336,7 +350,7 @@ pub(crate) async fn rows(
                 .filter(|i| !i.deleted && c.holds(i.kind))
                 .map(Row::of)
                 .collect();
-            (rows, u.last_seq())
+            (rows, collection_seq(u, c, 0))
         })
         .await?)
 }
@@ -365,12 +379,12 @@ pub(crate) async fn propfind_home(
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
     if depth > 0 {
-        let last_seq = match last_seq(state, auth.user).await {
-            Ok(seq) => seq,
-            Err(e) => return error(e),
-        };
         for c in Collection::ALL {
-            match collection_props(state, auth.user, c, last_seq) {
+            let seq = match seq_of(state, auth.user, c).await {
+                Ok(seq) => seq,
+                Err(e) => return error(e),
+            };
+            match collection_props(state, auth.user, c, seq) {
                 Ok(p) => p.write(&mut out, &c.href(auth.user), &wanted),
                 Err(e) => return error(e),
             }
@@ -397,7 +411,7 @@ pub(crate) async fn propfind_collection(
             Err(e) => return error(e),
         }
     } else {
-        match last_seq(state, auth.user).await {
+        match seq_of(state, auth.user, c).await {
             Ok(seq) => (Vec::new(), seq),
             Err(e) => return error(e),
         }

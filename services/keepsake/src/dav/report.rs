@@ -174,7 +174,7 @@ async fn sync_collection(
             let seq = if more {
                 rows.last().map_or(after, |r| r.seq)
             } else {
-                u.last_seq()
+                super::props::collection_seq(u, c, after)
             };
             let before = before.into_iter().take(rows.len()).collect::<Vec<_>>();
             (rows, before, more, seq)

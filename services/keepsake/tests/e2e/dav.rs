@@ -753,6 +753,46 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
     assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
     assert!(body.contains("<cal:comp name=\"VTODO\"/>"), "{body}");
     assert_eq!(all(&body, "cs:getctag"), all(&body, "d:sync-token"));
+    // Each collection's token (and ctag) is its own newest change: a contact moves the
+    // address book's, not the calendar's.
+    let ctags = || async {
+        let mut out = Vec::new();
+        for c in ["calendar", "contacts"] {
+            let (_, _, body) = dav(
+                &s,
+                "PROPFIND",
+                &format!("/dav/users/{user}/{c}/"),
+                Some(&phone),
+                &[("depth", "0")],
+                props,
+            )
+            .await;
+            out.push(
+                all(&body, "cs:getctag")
+                    .first()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        out
+    };
+    let before = ctags().await;
+    let (st, _, _) = dav(
+        &s,
+        "PUT",
+        &format!("/dav/users/{user}/contacts/ctag.vcf"),
+        Some(&phone),
+        &[],
+        ADA,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let after = ctags().await;
+    assert_eq!(
+        after[0], before[0],
+        "the calendar's ctag moved for a contact"
+    );
+    assert_ne!(after[1], before[1], "the address book's ctag did not move");
     // Nothing is writable yet: a rename is answered 403 per property, in a 207.
     let rename = r#"<d:propertyupdate xmlns:d="DAV:"><d:set><d:prop><d:displayname>Work</d:displayname></d:prop></d:set></d:propertyupdate>"#;
     let (st, _, body) = dav(&s, "PROPPATCH", &cal, Some(&phone), &[], rename).await;
