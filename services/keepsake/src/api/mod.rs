@@ -1,7 +1,9 @@
 //! The HTTP API: the device API (`/v1`), the operator API (`/admin/v1`) and service endpoints.
 //!
-//! Every route is registered through [`Routes`], which also records it, so a test can prove that
-//! the router and `schemas/openapi.yaml` list the same routes.
+//! Every REST route is registered through [`Routes`], which also records it, so a test can prove
+//! that those routes and `schemas/openapi.yaml` are the same. The CardDAV/CalDAV routes the
+//! server passes to [`router`] are not in it (OpenAPI has no PROPFIND or REPORT): docs/DAV.md
+//! describes them.
 
 mod admin;
 mod device;

@@ -80,21 +80,35 @@ pub(crate) async fn name_before_delete(
 /// client holds from before reads and deletes nothing then, rather than the item it no longer
 /// lists under that name.
 pub(crate) async fn current(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
-    Ok(current_any(state, r).await?.filter(|row| {
-        paths::listed_name(r.auth.user, r.collection, row.item_id, row.name.as_deref()) == r.name
-    }))
+    Ok(read(state, r)
+        .await?
+        .0
+        .filter(|row| listed_as_named(r, row)))
+}
+
+/// Whether `row` is listed under the name the request uses.
+fn listed_as_named(r: &Resource, row: &Row) -> bool {
+    paths::listed_name(r.auth.user, r.collection, row.item_id, row.name.as_deref()) == r.name
 }
 
 /// [`current`] whatever name the item is listed under (a PUT writes to the item its name
 /// derives, taking the name back).
 async fn current_any(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
+    Ok(read(state, r).await?.0)
+}
+
+/// The item a resource's name derives (a tombstone included), and how many live items of its
+/// kind the user has (what the mass-delete guard measures): one read of the view.
+async fn read(state: &Shared, r: &Resource) -> Result<(Option<Row>, usize), ApiError> {
     let item_id = r.item_id();
     let c = r.collection;
     let log = &state.ready()?.log;
     Ok(log
         .user(&r.auth.user, |u: &UserState| {
             use keepsake_model::StateRead as _;
-            u.item(&item_id).filter(|i| c.holds(i.kind)).map(Row::of)
+            let row = u.item(&item_id).filter(|i| c.holds(i.kind)).map(Row::of);
+            let live = row.as_ref().map_or(0, |row| u.live_count(row.kind));
+            (row, live)
         })
         .await?)
 }
@@ -389,8 +403,8 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
 }
 
 pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) -> Response {
-    let now = match current(state, r).await {
-        Ok(Some(row)) if !row.deleted => row,
+    let (now, live) = match read(state, r).await {
+        Ok((Some(row), live)) if !row.deleted && listed_as_named(r, &row) => (row, live),
         Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),
         Err(e) => return error(e),
     };
@@ -400,17 +414,6 @@ pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) ->
         Ok(_) => now.version,
     };
     // One delete per request never meets the per-push guard: count them over a window.
-    let live = match state.ready() {
-        Ok(ready) => match ready
-            .log
-            .user(&r.auth.user, |u: &UserState| u.live_count(now.kind))
-            .await
-        {
-            Ok(live) => live,
-            Err(e) => return error(e.into()),
-        },
-        Err(e) => return error(e),
-    };
     if let Err(refused) = state.delete_guard.admit(
         r.auth.user,
         now.kind,

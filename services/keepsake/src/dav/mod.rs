@@ -175,6 +175,17 @@ fn depth(headers: &HeaderMap) -> u8 {
     }
 }
 
+/// A REPORT on the root or a home: only a principal search is answered there.
+async fn principal_report(auth: DeviceAuth, body: Body) -> Response {
+    match xml_body(body).await {
+        Ok(Some(request)) if request.is(xml::DAV, "principal-property-search") => {
+            props::principal_search(auth, &request)
+        }
+        Ok(_) => precondition(StatusCode::FORBIDDEN, xml::DAV, "supported-report"),
+        Err(resp) => resp,
+    }
+}
+
 async fn well_known() -> Response {
     (
         StatusCode::MOVED_PERMANENTLY,
@@ -201,13 +212,7 @@ async fn root(
             Ok(request) => props::propfind_root(auth, request.as_ref(), depth(&headers)),
             Err(resp) => resp,
         },
-        "REPORT" => match xml_body(body).await {
-            Ok(Some(request)) if request.is(xml::DAV, "principal-property-search") => {
-                props::principal_search(auth, &request)
-            }
-            Ok(_) => precondition(StatusCode::FORBIDDEN, xml::DAV, "supported-report"),
-            Err(resp) => resp,
-        },
+        "REPORT" => principal_report(auth, body).await,
         "GET" | "HEAD" => (StatusCode::OK, "Keepsake CardDAV/CalDAV\n").into_response(),
         _ => not_allowed(),
     }
@@ -238,13 +243,7 @@ async fn home(
             Ok(request) => props::proppatch(&paths::home(auth.user), request.as_ref()),
             Err(resp) => resp,
         },
-        "REPORT" => match xml_body(body).await {
-            Ok(Some(request)) if request.is(xml::DAV, "principal-property-search") => {
-                props::principal_search(auth, &request)
-            }
-            Ok(_) => precondition(StatusCode::FORBIDDEN, xml::DAV, "supported-report"),
-            Err(resp) => resp,
-        },
+        "REPORT" => principal_report(auth, body).await,
         _ => not_allowed(),
     }
 }

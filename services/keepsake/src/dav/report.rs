@@ -87,8 +87,19 @@ fn token_seq(
     Ok(Some(token.seq))
 }
 
-/// The `DAV:limit` of a report: its `nresults`, if given.
-fn limit(request: &Element) -> Result<Option<usize>, ApiError> {
+/// How many items a report answers: its `limit`'s `nresults`, and at most
+/// [`MAX_DATA_RESULTS`] when it asks for the items' text.
+fn limit(request: &Element, with_data: bool) -> Result<Option<usize>, ApiError> {
+    let asked = nresults(request)?;
+    Ok(if with_data {
+        Some(asked.map_or(MAX_DATA_RESULTS, |l| l.min(MAX_DATA_RESULTS)))
+    } else {
+        asked
+    })
+}
+
+/// The `DAV:limit` (or CardDAV `limit`) of a report: its `nresults`, if given.
+fn nresults(request: &Element) -> Result<Option<usize>, ApiError> {
     // RFC 6578 puts it in DAV:, RFC 6352's addressbook-query in CardDAV's namespace.
     let Some(n) = [DAV, CARDDAV].iter().find_map(|ns| {
         request
@@ -122,14 +133,9 @@ async fn sync_collection(
             return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
         }
     };
-    let limit = match limit(request) {
+    let limit = match limit(request, wanted.wants_data()) {
         Ok(l) => l,
         Err(e) => return error(e),
-    };
-    let limit = if wanted.wants_data() {
-        Some(limit.map_or(MAX_DATA_RESULTS, |l| l.min(MAX_DATA_RESULTS)))
-    } else {
-        limit
     };
     let ready = match state.ready() {
         Ok(r) => r,
@@ -511,14 +517,9 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
             }
         },
     };
-    let limit = match limit(request) {
+    let limit = match limit(request, wanted.wants_data()) {
         Ok(l) => l,
         Err(e) => return error(e),
-    };
-    let limit = if wanted.wants_data() {
-        Some(limit.map_or(MAX_DATA_RESULTS, |l| l.min(MAX_DATA_RESULTS)))
-    } else {
-        limit
     };
     let (rows, _) = match super::props::rows(state, auth.user, c).await {
         Ok(r) => r,
