@@ -54,8 +54,13 @@ strace: ## Install strace (the fsync test traces a file-store PUT) if it is miss
 	@command -v strace >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace; }
 	@command -v strace >/dev/null || { echo "strace is required by make test" >&2; exit 1; }
 
+.PHONY: etcd
+etcd: ## Install etcd (Debian's etcd-server: the cluster tests start one on a free port) if it is missing
+	@command -v etcd >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends etcd-server; }
+	@command -v etcd >/dev/null || { echo "etcd is required by make test (Debian: etcd-server)" >&2; exit 1; }
+
 .PHONY: test
-test: moto strace schemathesis dav-clients ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
+test: moto strace schemathesis dav-clients etcd ## Run every test: unit, property, golden files, and integration on memory, file and S3 (moto)
 	@if [ -n "$${KEEPSAKE_BLESS:-}" ]; then echo "KEEPSAKE_BLESS is set: tests never write goldens (make bless does); unset it" >&2; exit 1; fi
 	$(CARGO) test --workspace
 

@@ -20,6 +20,7 @@ mod duplicates;
 mod faults;
 mod fsync;
 mod log_backends;
+mod ownership;
 mod race;
 mod restart;
 mod sim;

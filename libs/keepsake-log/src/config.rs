@@ -47,6 +47,10 @@ pub struct LogConfig {
     pub retention: crate::retention::RetentionPolicy,
     /// Moving checkpointed segments into history objects (after each checkpoint).
     pub compaction: crate::compact::CompactionPolicy,
+    /// This server's id in a cluster. When set, no shard is written (and no upkeep runs on it)
+    /// until [`crate::Log::acquire`] took it in the store's ownership fence ([`crate::owner`]);
+    /// `None` (one server, the default): every shard is this process's.
+    pub cluster_node: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -68,6 +72,7 @@ impl Default for LogConfig {
             upkeep_tick: Duration::from_millis(500),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),
+            cluster_node: None,
         }
     }
 }

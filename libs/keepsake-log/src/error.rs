@@ -30,6 +30,13 @@ pub enum LogError {
         /// The contested segment number.
         segment: u64,
     },
+    /// This server does not own the shard now (a cluster: another server took it, or it is
+    /// being handed over). Nothing was acknowledged; the request belongs to the owner.
+    #[error("shard {shard} is not owned by this server now; retry")]
+    NotOwner {
+        /// The shard.
+        shard: u32,
+    },
     /// The push would delete too many items and did not confirm it.
     #[error(transparent)]
     MassDelete(#[from] MassDeleteRefused),
@@ -90,6 +97,7 @@ impl LogError {
             LogError::Overloaded { .. }
                 | LogError::Unavailable { .. }
                 | LogError::Fenced { .. }
+                | LogError::NotOwner { .. }
                 | LogError::ShuttingDown
                 | LogError::Store { .. }
         )

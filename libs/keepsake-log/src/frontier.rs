@@ -28,9 +28,8 @@
 //!   mixes versions for longer than a checkpoint interval): see `docs/ARCHITECTURE.md`.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use keepsake_store::create_only;
-use keepsake_store::keys::{self, Key};
+use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 use tracing::info;
@@ -163,37 +162,7 @@ pub async fn follow(
 /// The newest generation, from two listings (the buckets, then the newest bucket: however long
 /// the chain), then followed, so one written since is found.
 pub async fn find_written(store: &dyn ObjectStore, shard: u32) -> Result<Frontier, LogError> {
-    let buckets = store
-        .list_with_delimiter(Some(&keys::frontier_prefix(shard)))
-        .await
-        .map_err(store_err(format!("list the frontier of shard {shard}")))?;
-    let newest_bucket = buckets
-        .common_prefixes
-        .iter()
-        .filter_map(keys::parse_frontier_bucket)
-        .filter(|(s, _)| *s == shard)
-        .map(|(_, b)| b)
-        .max();
-    let newest = match newest_bucket {
-        None => None,
-        Some(b) => {
-            let listed: Vec<_> = store
-                .list(Some(&keys::frontier_bucket(shard, b)))
-                .try_collect()
-                .await
-                .map_err(store_err(format!("list the frontier of shard {shard}")))?;
-            listed
-                .iter()
-                .filter_map(|m| match keys::parse(&m.location)? {
-                    Key::Frontier {
-                        shard: s,
-                        generation,
-                    } if s == shard => Some(generation),
-                    _ => None,
-                })
-                .max()
-        }
-    };
+    let newest = crate::chain::newest_listed(store, shard, keys::Chain::Frontier).await?;
     let known = match newest {
         None => Frontier::default(),
         Some(g) => read(store, shard, g).await?.ok_or_else(|| {

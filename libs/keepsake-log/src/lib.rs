@@ -16,12 +16,14 @@
 //! same store compacted finds them again by listing.
 
 mod as_of;
+mod chain;
 pub mod compact;
 mod config;
 mod error;
 pub mod frontier;
 mod load;
 mod ops;
+pub mod owner;
 mod push;
 pub mod reader;
 pub mod retention;
@@ -113,7 +115,9 @@ impl Log {
             let (head_tx, head) = watch::channel(state.head);
             let state = Arc::new(RwLock::new(state));
             let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+            let gate = Arc::new(owner::Gate::new(cfg.cluster_node.is_some()));
             let writer = Writer {
+                gate: gate.clone(),
                 shard,
                 store: store.clone(),
                 state: state.clone(),
@@ -147,6 +151,7 @@ impl Log {
                 clock: clock.clone(),
                 stats: stats.clone(),
                 maintenance: maintenance.clone(),
+                gate: gate.clone(),
             };
             tasks.push(tokio::spawn(
                 checkpointer(upkeep, shutdown_rx.clone())
@@ -157,6 +162,7 @@ impl Log {
                 state,
                 head,
                 maintenance,
+                gate,
             });
         }
         info!(store_id = %descriptor.store_id, shards = descriptor.shard_count, "log open");
@@ -259,6 +265,56 @@ impl Log {
             .iter()
             .map(|s| s.tx.max_capacity() - s.tx.capacity())
             .sum()
+    }
+
+    /// The owner generation this process holds for `shard`: `Some(0)` without a cluster
+    /// (every shard is this process's), `None` when it does not own the shard now.
+    pub fn owned(&self, shard: u32) -> Option<u64> {
+        self.shards.get(shard as usize).and_then(|s| s.gate.held())
+    }
+
+    /// Takes `shard` for this server (a cluster: [`LogConfig::cluster_node`]): writes the next
+    /// generation of its ownership fence ([`owner`]), then brings the shard's view up to
+    /// everything any server committed before that, and only then takes batches. Returns the
+    /// generation. From the moment it returns, a previous owner acknowledges no more batches of
+    /// the shard. Without a cluster, nothing to do (`0`).
+    pub async fn acquire(&self, shard: u32, assignment: u64) -> Result<u64, LogError> {
+        let Some(node) = self.cfg.cluster_node.as_deref() else {
+            return Ok(0);
+        };
+        let s = self
+            .shards
+            .get(shard as usize)
+            .ok_or(LogError::NotOwner { shard })?;
+        let taken = owner::take(self.store.as_ref(), shard, node, assignment).await?;
+        s.gate.hold(taken.generation);
+        // An empty push through the writer: it checks the store's head and re-reads the shard
+        // if another server moved it on (writer invariant 10), so the view is current before
+        // anything is answered from it.
+        if let Err(e) = self.sync_shard(shard).await {
+            s.gate.drop_generation(taken.generation);
+            return Err(e);
+        }
+        info!(shard, generation = taken.generation, "shard acquired");
+        Ok(taken.generation)
+    }
+
+    /// Hands `shard` over: new batches are refused (`NotOwner`), the batch in flight and those
+    /// queued before are answered, then the generation is let go. The next owner's
+    /// [`Log::acquire`] fences the store whether or not this ran (a crash); running it first
+    /// means no client sees a batch fail for the hand-over.
+    pub async fn release(&self, shard: u32) {
+        let Some(s) = self.shards.get(shard as usize) else {
+            return;
+        };
+        let Some(generation) = s.gate.held() else {
+            return;
+        };
+        s.gate.close();
+        // Queued after every push before it: answered (refused) only once those were.
+        let _ = self.sync_shard(shard).await;
+        s.gate.drop_generation(generation);
+        info!(shard, generation, "shard released");
     }
 
     /// Stops every writer at once, without answering queued pushes: what a crash does.

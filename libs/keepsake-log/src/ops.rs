@@ -18,6 +18,10 @@ impl Log {
     pub async fn compact_now(&self) -> Result<CompactionReport, LogError> {
         let mut total = CompactionReport::default();
         for (shard, s) in (0u32..).zip(&self.shards) {
+            if s.gate.held().is_none() {
+                // Another server's (a cluster): its owner keeps it.
+                continue;
+            }
             let upkeep = Upkeep {
                 store: self.store.clone(),
                 shard,
@@ -26,6 +30,7 @@ impl Log {
                 clock: self.clock.clone(),
                 stats: self.stats.clone(),
                 maintenance: s.maintenance.clone(),
+                gate: s.gate.clone(),
             };
             let _held = s.maintenance.lock().await;
             if let Some(c) = upkeep.checkpoint().await? {

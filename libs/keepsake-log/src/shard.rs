@@ -21,6 +21,8 @@ pub(crate) struct Shard {
     pub(crate) head: watch::Receiver<u64>,
     /// Held while a checkpoint or a compaction of the shard runs: one at a time.
     pub(crate) maintenance: Arc<tokio::sync::Mutex<()>>,
+    /// Whether this process may write the shard now (a cluster: only once taken).
+    pub(crate) gate: Arc<crate::owner::Gate>,
 }
 
 pub(crate) fn poisoned(shard: u32) -> LogError {

@@ -22,6 +22,8 @@ pub struct LogStats {
     pub ambiguous_resolved: AtomicU64,
     /// Batches lost to another writer.
     pub fenced: AtomicU64,
+    /// Batches written but not acknowledged because another server took the shard (a cluster).
+    pub deposed: AtomicU64,
     /// Of those, PUTs that landed in a number used before and compacted (a writer behind).
     pub reused_numbers: AtomicU64,
     /// Shard writers holding a segment PUT that may have landed and is not settled yet (gauge):
@@ -73,6 +75,7 @@ impl Default for LogStats {
             put_retries: AtomicU64::new(0),
             ambiguous_resolved: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
+            deposed: AtomicU64::new(0),
             reused_numbers: AtomicU64::new(0),
             unconfirmed_puts: AtomicU64::new(0),
             strays_removed: AtomicU64::new(0),

@@ -27,6 +27,8 @@ pub(crate) struct Upkeep {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) stats: Arc<LogStats>,
     pub(crate) maintenance: Arc<tokio::sync::Mutex<()>>,
+    /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
+    pub(crate) gate: Arc<crate::owner::Gate>,
 }
 
 impl Upkeep {
@@ -102,7 +104,7 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
         };
         let due = since >= cfg.checkpoint_every_events
             || (since > 0 && last.elapsed() >= cfg.checkpoint_interval);
-        if !due || prev == Some(head) {
+        if !due || prev == Some(head) || upkeep.gate.held().is_none() {
             continue;
         }
         let _held = upkeep.maintenance.lock().await;

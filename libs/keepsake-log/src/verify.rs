@@ -186,12 +186,15 @@ pub async fn fold_store(
             }
             // Read after the shard's listing ([`check_frontier`]).
             Some(Key::Frontier { shard, .. }) if shard < shard_count => {}
+            // Which server took the shard: read by servers in a cluster, not part of the log.
+            Some(Key::Owner { shard, .. }) if shard < shard_count => {}
             Some(
                 Key::Segment { .. }
                 | Key::Checkpoint { .. }
                 | Key::History { .. }
                 | Key::HistoryVerified { .. }
-                | Key::Frontier { .. },
+                | Key::Frontier { .. }
+                | Key::Owner { .. },
             ) => report.problems.push(problem(
                 "foreign_object",
                 o.location.as_ref(),

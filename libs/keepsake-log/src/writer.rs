@@ -43,6 +43,10 @@
 //!     frontier holds it means another process moved the shard on; the writer re-reads the shard
 //!     and stages the batch again. An answer that writes nothing is never decided on a stale
 //!     view (a `not_found` would make a device drop its user's delete for good).
+//! 12. In a cluster ([`crate::owner`]) a batch is staged only while the shard is held, and a
+//!     confirmed PUT is acknowledged only when the owner chain, read after it, shows no newer
+//!     generation than the one held; otherwise the batch fails as `not_owner` (retryable), the
+//!     shard is let go, and the writer re-reads it before any later batch.
 //! 11. A push of origin `restore` is all or nothing: if any of its changes would conflict or be
 //!     rejected, none of it is staged and it is refused (`LogError::Incomplete`). Its changes
 //!     name the versions the restore computed them from, so an edit that lands in between is
@@ -102,6 +106,8 @@ pub(crate) struct Writer {
     pub unconfirmed: Option<(u64, BatchId)>,
     /// The shard's compaction frontier as last read (`None` until the first PUT).
     pub frontier: Option<crate::frontier::Frontier>,
+    /// Whether this process may write the shard (invariant 12).
+    pub gate: Arc<crate::owner::Gate>,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.
@@ -252,6 +258,10 @@ impl Writer {
         let shard = self.shard;
         let mut resyncs = 0;
         let (staging, recorded_at) = loop {
+            if !self.gate.accepts() {
+                Self::fail_all(batch, || LogError::NotOwner { shard });
+                return;
+            }
             if self.needs_resync
                 && let Err(e) = self.catch_up().await
             {
@@ -404,6 +414,22 @@ impl Writer {
                 );
                 self.answer(batch, staging.results, Some(n));
                 self.answered_at = Some(Instant::now());
+            }
+            Put::Deposed(generation) => {
+                warn!(
+                    shard,
+                    segment = n,
+                    generation,
+                    "another server took the shard: the batch is not acknowledged, the shard let go"
+                );
+                self.gate.drop_generation(generation);
+                self.stats
+                    .deposed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // The segment is in the log (its PUT was confirmed): read back in, never
+                // applied here without the re-read, so a resend answers `duplicate`.
+                self.needs_resync = true;
+                Self::fail_all(batch, || LogError::NotOwner { shard });
             }
             fenced @ (Put::Fenced | Put::Reused) => {
                 self.stats

@@ -8,6 +8,8 @@
 //! shards/<s>/history/<a:020>-<b:020>.verified     empty: that object was read back and matched its sources
 //! shards/<s>/frontier/<b:020>/<g:020>.json        generation g of the compaction frontier (create-only),
 //!                                                 in bucket b = g / 1000 (the newest: two listings)
+//! shards/<s>/owners/<b:020>/<g:020>.json          generation g of the shard's ownership fence (create-only,
+//!                                                 by the server taking the shard), bucketed the same way
 //! restores/<restore_id>.json                      a single-user restore's record (create-only)
 //! restores/<job>/spec.json                        a fleet restore: what was asked (create-only)
 //! restores/<job>/plan.json                        its users, fixed when it starts (create-only)
@@ -71,6 +73,14 @@ pub enum Key {
     /// Generation `generation` of a shard's compaction frontier: how far compaction may have
     /// deleted segment objects (written create-only, generations dense from 1).
     Frontier {
+        /// Shard.
+        shard: u32,
+        /// The generation, from 1.
+        generation: u64,
+    },
+    /// Generation `generation` of a shard's ownership fence: the server that took the shard
+    /// then (written create-only by it, generations dense from 1).
+    Owner {
         /// Shard.
         shard: u32,
         /// The generation, from 1.
@@ -219,36 +229,99 @@ pub fn history_verified(shard: u32, first: u64, last: u64) -> Path {
     ))
 }
 
-/// Generations per bucket of a shard's compaction frontier: the chain grows by one per
-/// compaction for the store's life, and the newest is found by listing the buckets and then
-/// the newest bucket, never the whole chain.
+/// A chain of numbered create-only records per shard: generation `g` is written only by a
+/// process that read `g - 1`, so generations are dense from 1, and the newest is found by listing
+/// the buckets and then the newest bucket, never the whole chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chain {
+    /// The compaction frontier: how far compaction may have deleted segment objects.
+    Frontier,
+    /// The ownership fence: which server took the shard, generation by generation.
+    Owners,
+}
+
+impl Chain {
+    fn dir(self) -> &'static str {
+        match self {
+            Chain::Frontier => "frontier",
+            Chain::Owners => "owners",
+        }
+    }
+
+    fn from_dir(dir: &str) -> Option<Self> {
+        match dir {
+            "frontier" => Some(Chain::Frontier),
+            "owners" => Some(Chain::Owners),
+            _ => None,
+        }
+    }
+
+    fn key(self, shard: u32, generation: u64) -> Key {
+        match self {
+            Chain::Frontier => Key::Frontier { shard, generation },
+            Chain::Owners => Key::Owner { shard, generation },
+        }
+    }
+}
+
+/// Generations per bucket of a shard's chain: the compaction frontier grows by one per
+/// compaction for the store's life.
 pub const FRONTIER_BUCKET: u64 = 1000;
+
+/// The prefix under which a shard's chain lives (its buckets).
+pub fn chain_prefix(shard: u32, chain: Chain) -> Path {
+    Path::from(format!("shards/{shard}/{}", chain.dir()))
+}
+
+/// The prefix of bucket `bucket` of a shard's chain.
+pub fn chain_bucket(shard: u32, chain: Chain, bucket: u64) -> Path {
+    Path::from(format!("shards/{shard}/{}/{bucket:020}", chain.dir()))
+}
+
+/// The shard and bucket a [`chain_bucket`] prefix of `chain` names (as a delimiter listing of
+/// [`chain_prefix`] returns it); `None` for anything else.
+pub fn parse_chain_bucket(path: &Path, chain: Chain) -> Option<(u32, u64)> {
+    match path.as_ref().split('/').collect::<Vec<_>>().as_slice() {
+        ["shards", s, dir, bucket] if *dir == chain.dir() => {
+            Some((parse_shard(s)?, parse_n(bucket, "")?))
+        }
+        _ => None,
+    }
+}
+
+/// The path of generation `generation` of `shard`'s chain.
+pub fn chain_link(shard: u32, chain: Chain, generation: u64) -> Path {
+    let bucket = generation / FRONTIER_BUCKET;
+    Path::from(format!(
+        "shards/{shard}/{}/{bucket:020}/{generation:020}.json",
+        chain.dir()
+    ))
+}
 
 /// The prefix under which a shard's compaction frontier lives (its buckets).
 pub fn frontier_prefix(shard: u32) -> Path {
-    Path::from(format!("shards/{shard}/frontier"))
+    chain_prefix(shard, Chain::Frontier)
 }
 
 /// The prefix of bucket `bucket` of a shard's compaction frontier.
 pub fn frontier_bucket(shard: u32, bucket: u64) -> Path {
-    Path::from(format!("shards/{shard}/frontier/{bucket:020}"))
+    chain_bucket(shard, Chain::Frontier, bucket)
 }
 
 /// The bucket a [`frontier_bucket`] prefix names (as a delimiter listing of
 /// [`frontier_prefix`] returns it); `None` for anything else.
 pub fn parse_frontier_bucket(path: &Path) -> Option<(u32, u64)> {
-    match path.as_ref().split('/').collect::<Vec<_>>().as_slice() {
-        ["shards", s, "frontier", bucket] => Some((parse_shard(s)?, parse_n(bucket, "")?)),
-        _ => None,
-    }
+    parse_chain_bucket(path, Chain::Frontier)
 }
 
 /// The path of generation `generation` of `shard`'s compaction frontier.
 pub fn frontier(shard: u32, generation: u64) -> Path {
-    let bucket = generation / FRONTIER_BUCKET;
-    Path::from(format!(
-        "shards/{shard}/frontier/{bucket:020}/{generation:020}.json"
-    ))
+    chain_link(shard, Chain::Frontier, generation)
+}
+
+/// The path of generation `generation` of `shard`'s ownership fence.
+pub fn owner(shard: u32, generation: u64) -> Path {
+    chain_link(shard, Chain::Owners, generation)
 }
 
 /// The prefix under which a shard's checkpoints live.
@@ -348,13 +421,11 @@ pub fn parse(path: &Path) -> Option<Key> {
                 Key::History { shard, first, last }
             })
         }
-        ["shards", s, "frontier", bucket, file] => {
+        ["shards", s, dir, bucket, file] => {
+            let chain = Chain::from_dir(dir)?;
             let generation = parse_n(file, ".json")?;
             let in_its_bucket = parse_n(bucket, "")? == generation / FRONTIER_BUCKET;
-            (generation >= 1 && in_its_bucket).then_some(Key::Frontier {
-                shard: parse_shard(s)?,
-                generation,
-            })
+            (generation >= 1 && in_its_bucket).then_some(chain.key(parse_shard(s)?, generation))
         }
         ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
             shard: parse_shard(s)?,
@@ -408,6 +479,7 @@ pub fn format(key: &Key) -> Path {
         Key::History { shard, first, last } => history(shard, first, last),
         Key::HistoryVerified { shard, first, last } => history_verified(shard, first, last),
         Key::Frontier { shard, generation } => frontier(shard, generation),
+        Key::Owner { shard, generation } => owner(shard, generation),
         Key::RestoreJob(id) => restore_job(id),
         Key::Fleet { job, part } => fleet(job, part),
         Key::Device { user, device: d } => device(user, d),
@@ -452,6 +524,14 @@ mod tests {
             Key::Frontier {
                 shard: 0,
                 generation: u64::MAX,
+            },
+            Key::Owner {
+                shard: 5,
+                generation: 1,
+            },
+            Key::Owner {
+                shard: 0,
+                generation: 1_234_567,
             },
             Key::History {
                 shard: 3,
@@ -517,7 +597,8 @@ mod tests {
             | Key::Checkpoint { shard, .. }
             | Key::History { shard, .. }
             | Key::HistoryVerified { shard, .. }
-            | Key::Frontier { shard, .. } = k
+            | Key::Frontier { shard, .. }
+            | Key::Owner { shard, .. } = k
             {
                 assert!(path.prefix_matches(&shard_prefix(shard)), "{path}");
                 assert!(path.prefix_matches(&shards_prefix()), "{path}");
@@ -538,6 +619,20 @@ mod tests {
             );
         }
         assert_eq!(parse_frontier_bucket(&frontier_prefix(3)), None);
+        for g in [1, 999, 1000, 123_456] {
+            let path = owner(3, g);
+            let bucket = chain_bucket(3, Chain::Owners, g / FRONTIER_BUCKET);
+            assert!(path.prefix_matches(&bucket), "{path}");
+            assert!(
+                path.prefix_matches(&chain_prefix(3, Chain::Owners)),
+                "{path}"
+            );
+            assert_eq!(
+                parse_chain_bucket(&bucket, Chain::Owners),
+                Some((3, g / FRONTIER_BUCKET))
+            );
+            assert_eq!(parse_chain_bucket(&bucket, Chain::Frontier), None);
+        }
         for p in [
             "shards",
             "shards/01",

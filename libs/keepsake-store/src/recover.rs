@@ -96,7 +96,8 @@ async fn holds_shard_data(store: &dyn ObjectStore, s: u32) -> Result<bool, Store
             | Key::Checkpoint { shard, .. }
             | Key::History { shard, .. }
             | Key::HistoryVerified { shard, .. }
-            | Key::Frontier { shard, .. },
+            | Key::Frontier { shard, .. }
+            | Key::Owner { shard, .. },
         ) = keys::parse(&o.location)
             && shard == s
         {

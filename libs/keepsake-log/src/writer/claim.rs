@@ -24,6 +24,9 @@ pub(super) enum Put {
     Fenced,
     /// The number had been used before and compacted away: the PUT landed in a freed name.
     Reused,
+    /// Written and confirmed, but another server took the shard after the generation this
+    /// writer holds (writer invariant 12): never acknowledged.
+    Deposed(u64),
     NotCommitted(String),
 }
 
@@ -38,7 +41,7 @@ impl Writer {
         // An object left in a used number is a stray that only this confirmation can tell from
         // a committed segment (and so remove); the store layer retries the read.
         match self.used_before(n).await {
-            Ok(false) => return Put::Committed(tag),
+            Ok(false) => return self.still_owner(n, tag).await,
             Ok(true) => {}
             // Not known to be committed: failed (retryable) and re-read before the next batch,
             // which folds the segment in if it is the log's, so a resend answers `duplicate`.
@@ -59,6 +62,26 @@ impl Writer {
         // acknowledged: removed at once, without a read-back that could fail and leave it.
         self.remove_own_object(n).await;
         Put::Reused
+    }
+
+    /// A confirmed PUT of segment `n`, acknowledged only if no server took the shard after the
+    /// generation this writer holds ([`crate::owner`]: the taker reads the shard only after
+    /// writing its generation, so a GET that finds none proves the taker will see `n`).
+    async fn still_owner(&self, n: u64, tag: Tag) -> Put {
+        let generation = match self.gate.held() {
+            Some(0) => return Put::Committed(tag),
+            Some(g) => g,
+            // Let go while the PUT was in flight (the chain showed a newer owner to another
+            // batch's check): the caller may not be answered.
+            None => return Put::Deposed(0),
+        };
+        match crate::owner::superseded(self.store.as_ref(), self.shard, generation).await {
+            Ok(false) => Put::Committed(tag),
+            Ok(true) => Put::Deposed(generation),
+            Err(e) => Put::NotCommitted(format!(
+                "segment {n} written, but confirming this server still owns the shard failed: {e}"
+            )),
+        }
     }
 
     /// True when segment number `n` may have been used before and its object compacted away:

@@ -106,6 +106,7 @@ impl From<LogError> for ApiError {
             ),
             LogError::Unavailable { .. }
             | LogError::Fenced { .. }
+            | LogError::NotOwner { .. }
             | LogError::ShuttingDown
             | LogError::Store { .. } => {
                 tracing::warn!(error = %e, "answering unavailable");
@@ -178,6 +179,12 @@ mod tests {
                     shard: 0,
                     segment: 3,
                 },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (
+                LogError::NotOwner { shard: 2 },
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 Some(1),
