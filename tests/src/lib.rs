@@ -7,9 +7,13 @@
 //!   exits (it is started under a shell that kills it when its stdin, held by this process,
 //!   closes). No test depends on a server started by hand, and nothing but loopback is contacted.
 //!
+//! - [`etcd::Etcd`]: an etcd server for the cluster tests, one per test, on free loopback ports.
+//!
 //! `moto_server` comes from PyPI (`pip install 'moto[server]'`; `make test` installs it); without
 //! it on PATH the harness runs `python3 -m moto.server`. `KEEPSAKE_MOTO_SERVER` names another
 //! command.
+
+pub mod etcd;
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -139,7 +143,7 @@ pub fn moto() -> Result<&'static Moto> {
         .map_err(|e| anyhow::anyhow!("moto_server is needed for the S3 tests: {e}"))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

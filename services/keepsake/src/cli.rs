@@ -28,10 +28,24 @@ enum Command {
     /// Write a lost store descriptor (keepsake.json) back, on a store that holds data: the shard
     /// count from the shards present (or --shards), the store id given (directly, no server).
     RecoverDescriptor(crate::recover::RecoverArgs),
+    /// A cluster's servers and which shard each serves, as etcd holds them.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Operator commands against a running server (state, events, diff, restore, restore-all,
     /// rebuild, compact).
     #[command(flatten)]
     Operator(crate::operator::Op),
+}
+
+/// `keepsake cluster ...`.
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Every store's servers (id, URL, shards) and every shard's server and generation.
+    Status {
+        /// etcd://host:port[,host:port]
+        #[arg(long = "cluster", env = "KEEPSAKE_CLUSTER")]
+        cluster: String,
+    },
 }
 
 /// `keepsake verify` flags.
@@ -166,6 +180,16 @@ pub fn main() -> Result<std::process::ExitCode> {
     match cli.command {
         Command::Verify(a) => verify(a),
         Command::RecoverDescriptor(a) => crate::recover::main(a),
+        Command::Cluster(ClusterCommand::Status { cluster }) => {
+            let endpoints =
+                crate::config::parse_endpoints(&cluster).map_err(|e| anyhow::anyhow!(e))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = rt.block_on(crate::cluster::etcd::status(&endpoints))?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Operator(op) => {
             crate::operator::run(op)?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -177,7 +201,9 @@ pub fn main() -> Result<std::process::ExitCode> {
                 .with_ansi(false)
                 .init();
             let (limits, policy) = a.api.limits()?;
+            let membership = a.cluster.membership().map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ServerConfig {
+                membership,
                 log: a.log.log_config(policy, a.store.retry()),
                 shards: a.log.shards,
                 store: a.store,

@@ -282,6 +282,153 @@ pub struct FleetArgs {
     pub users_per_second: u32,
 }
 
+/// Many servers on one store (`docs/ARCHITECTURE.md`, "Many servers, one store").
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Coordinate shard ownership with other servers through etcd: etcd://host:port[,host:port].
+    #[arg(long = "cluster", env = "KEEPSAKE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This server's id in the cluster (letters, digits, '.', '_' and '-'; at most 64).
+    #[arg(long = "node-id", env = "KEEPSAKE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL other servers forward requests to (default: http:// and the listening
+    /// address, when that is not a wildcard).
+    #[arg(long, env = "KEEPSAKE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Serve only these shards (e.g. 0-3,7), assigned by the deployment rather than etcd.
+    #[arg(
+        long = "own-shards",
+        env = "KEEPSAKE_OWN_SHARDS",
+        conflicts_with = "cluster"
+    )]
+    pub own_shards: Option<String>,
+    /// The etcd lease's time to live: a server that stops answering loses its shards this long
+    /// after its last keep-alive.
+    #[arg(long = "cluster-lease-secs", env = "KEEPSAKE_CLUSTER_LEASE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(2..=60))]
+    pub lease_secs: u64,
+}
+
+/// How this server shares the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Alone: every shard (the default).
+    Alone,
+    /// The listed shards, assigned by the deployment.
+    Static {
+        /// `--node-id`.
+        node: String,
+        /// `--own-shards`.
+        shards: Vec<u32>,
+    },
+    /// Shards assigned through etcd.
+    Etcd {
+        /// `--node-id`.
+        node: String,
+        /// etcd's endpoints.
+        endpoints: Vec<String>,
+        /// `--advertise`, if given.
+        advertise: Option<String>,
+        /// The lease's TTL.
+        lease: Duration,
+    },
+}
+
+impl Membership {
+    /// The server's node id, when it is a member.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Membership::Alone => None,
+            Membership::Static { node, .. } | Membership::Etcd { node, .. } => Some(node),
+        }
+    }
+}
+
+/// Parses `--own-shards`: `0-3,7,9-10`.
+fn parse_shard_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| format!("{part:?}: shards are numbers or ranges like 0-3"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b {
+            return Err(format!("{part:?}: a range goes up"));
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err("no shard given".into());
+    }
+    Ok(out)
+}
+
+/// Parses `etcd://host:port[,host:port...]` into etcd endpoints.
+pub fn parse_endpoints(url: &str) -> Result<Vec<String>, String> {
+    let rest = url
+        .strip_prefix("etcd://")
+        .ok_or_else(|| format!("{url:?}: the cluster is given as etcd://host:port"))?;
+    let hosts: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("http://{}", h.trim_end_matches('/')))
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("{url:?}: no etcd host"));
+    }
+    Ok(hosts)
+}
+
+fn node_id(id: Option<&String>, why: &str) -> Result<String, String> {
+    let id = id.ok_or_else(|| format!("{why} needs --node-id (KEEPSAKE_NODE_ID)"))?;
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(format!(
+            "--node-id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(id.clone())
+}
+
+impl ClusterArgs {
+    /// Checks the flags together.
+    pub fn membership(&self) -> Result<Membership, String> {
+        if let Some(url) = &self.cluster {
+            let endpoints = parse_endpoints(url)?;
+            if let Some(a) = &self.advertise
+                && !(a.starts_with("http://") || a.starts_with("https://"))
+            {
+                return Err(format!("--advertise {a:?}: a base URL (http://host:port)"));
+            }
+            return Ok(Membership::Etcd {
+                node: node_id(self.node_id.as_ref(), "--cluster")?,
+                endpoints,
+                advertise: self.advertise.clone(),
+                lease: Duration::from_secs(self.lease_secs),
+            });
+        }
+        if let Some(list) = &self.own_shards {
+            return Ok(Membership::Static {
+                node: node_id(self.node_id.as_ref(), "--own-shards")?,
+                shards: parse_shard_list(list).map_err(|e| format!("--own-shards: {e}"))?,
+            });
+        }
+        Ok(Membership::Alone)
+    }
+}
+
 /// `keepsake serve` flags: one group per concern, and the two the server alone takes.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -298,6 +445,8 @@ pub struct ServeArgs {
     pub api: ApiArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Log filter (tracing EnvFilter syntax), e.g. info or keepsake_log=debug.
     #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
     pub log_filter: String,
@@ -315,6 +464,24 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn shard_lists_and_etcd_urls_parse() {
+        assert_eq!(parse_shard_list("0-3"), Ok(vec![0, 1, 2, 3]));
+        assert_eq!(parse_shard_list("7, 1-2,2"), Ok(vec![1, 2, 7]));
+        assert!(parse_shard_list("3-1").is_err());
+        assert!(parse_shard_list("a").is_err());
+        assert!(parse_shard_list("").is_err());
+        assert_eq!(
+            parse_endpoints("etcd://127.0.0.1:2379,10.0.0.2:2379/"),
+            Ok(vec![
+                "http://127.0.0.1:2379".to_string(),
+                "http://10.0.0.2:2379".to_string()
+            ])
+        );
+        assert!(parse_endpoints("http://x:1").is_err());
+        assert!(parse_endpoints("etcd://").is_err());
+    }
 
     /// `keepsake serve`'s flags, as the binary parses them.
     #[derive(Parser, Debug)]

@@ -6,12 +6,14 @@
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
+//! - [`cluster`]: many servers on one store (etcd or static shard ownership, forwarding).
 //! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.
 
 pub mod admin_client;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dav;
 pub mod delete_guard;

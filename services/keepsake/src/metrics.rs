@@ -293,7 +293,11 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
 
 /// The OpenMetrics text of `/metrics`: these metrics, then the log's counters (read from
 /// `LogStats` now) when the log is open.
-pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
+pub fn text(
+    metrics: &Metrics,
+    log: Option<&keepsake_log::Log>,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> String {
     let mut out = String::new();
     if encode(&mut out, &metrics.registry).is_err() {
         out.clear();
@@ -491,6 +495,85 @@ pub fn text(metrics: &Metrics, log: Option<&keepsake_log::Log>) -> String {
             index_bytes as u64,
         );
     }
+    if let Some(c) = cluster {
+        cluster_metrics(&mut out, c, log);
+    }
     out.push_str("# EOF\n");
     out
+}
+
+/// A cluster member's own figures: what it serves, under which generations, what it forwards.
+fn cluster_metrics(out: &mut String, c: &crate::cluster::Cluster, log: Option<&keepsake_log::Log>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let routes = c.routes();
+    let local: Vec<(u32, u64)> = (0u32..)
+        .zip(&routes)
+        .filter_map(|(s, r)| match r {
+            crate::cluster::Route::Local(g) => Some((s, *g)),
+            _ => None,
+        })
+        .collect();
+    gauge(
+        out,
+        "keepsake_cluster_owned_shards",
+        "Shards this server serves now",
+        local.len() as u64,
+    );
+    gauge(
+        out,
+        "keepsake_cluster_moving_shards",
+        "Shards no server serves now from this server's view (moving, or their server gone)",
+        routes
+            .iter()
+            .filter(|r| **r == crate::cluster::Route::Unavailable)
+            .count() as u64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keepsake_cluster_shard_generation The owner generation this server holds, per shard it serves\n# TYPE keepsake_cluster_shard_generation gauge"
+    );
+    for (s, g) in &local {
+        let _ = writeln!(
+            out,
+            "keepsake_cluster_shard_generation{{shard=\"{s}\"}} {g}"
+        );
+    }
+    counter(
+        out,
+        "keepsake_cluster_forwards",
+        "Requests forwarded to the server of their shard",
+        c.stats.forwards.load(Relaxed),
+    );
+    counter(
+        out,
+        "keepsake_cluster_forward_errors",
+        "Forwards the other server did not answer (answered 503)",
+        c.stats.forward_errors.load(Relaxed),
+    );
+    counter(
+        out,
+        "keepsake_cluster_moving_answers",
+        "Requests answered 503 because their shard was moving",
+        c.stats.moving.load(Relaxed),
+    );
+    counter(
+        out,
+        "keepsake_cluster_acquired",
+        "Shards this server took (fenced in the store)",
+        c.stats.acquired.load(Relaxed),
+    );
+    counter(
+        out,
+        "keepsake_cluster_released",
+        "Shards this server handed over",
+        c.stats.released.load(Relaxed),
+    );
+    if let Some(log) = log {
+        counter(
+            out,
+            "keepsake_cluster_deposed_batches",
+            "Batches written but not acknowledged because another server took the shard",
+            keepsake_log::LogStats::get(&log.stats().deposed),
+        );
+    }
 }

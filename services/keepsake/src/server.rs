@@ -18,9 +18,11 @@ use keepsake_store::{open_store, read_descriptor};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
+use crate::api::forward;
 use crate::api::{self, AppState, Limits, Ready};
 use crate::auth::{SigningKey, TokenKeys};
-use crate::config::{AuthArgs, FleetArgs, StoreArgs};
+use crate::cluster::Cluster;
+use crate::config::{AuthArgs, FleetArgs, Membership, StoreArgs};
 use crate::devices::Registry;
 use crate::metrics::Metrics;
 
@@ -43,6 +45,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Fleet restores.
     pub fleet: FleetArgs,
+    /// Alone, or which shards in a cluster.
+    pub membership: Membership,
 }
 
 /// Shards a new store gets when none are configured.
@@ -133,6 +137,63 @@ fn secrets(
     Ok((admin, keys))
 }
 
+/// Starts serving this member's shards: the listed ones (static), or etcd's coordinator, which
+/// hands every shard over when `leaving` is notified and then says so on `left`.
+async fn start_membership(
+    cluster: &Arc<Cluster>,
+    membership: &Membership,
+    log: &Arc<Log>,
+    addr: SocketAddr,
+    leaving: Arc<tokio::sync::Notify>,
+    left: tokio::sync::oneshot::Sender<()>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    match membership {
+        Membership::Alone => Ok(None),
+        Membership::Static { shards, .. } => {
+            crate::cluster::serve_static(cluster, log, shards).await?;
+            let (cluster, log) = (cluster.clone(), log.clone());
+            Ok(Some(tokio::spawn(async move {
+                leaving.notified().await;
+                for s in cluster.local_shards() {
+                    cluster.hand_over(&log, s).await;
+                }
+                let _ = left.send(());
+            })))
+        }
+        Membership::Etcd {
+            node,
+            endpoints,
+            advertise,
+            lease,
+        } => {
+            let advertise = match advertise {
+                Some(a) => a.clone(),
+                None if !addr.ip().is_unspecified() => format!("http://{addr}"),
+                None => bail!(
+                    "listening on {addr}: say where other servers reach this one with --advertise"
+                ),
+            };
+            let cfg = crate::cluster::etcd::EtcdConfig {
+                endpoints: endpoints.clone(),
+                node: node.clone(),
+                advertise,
+                lease: *lease,
+            };
+            let coordinator =
+                crate::cluster::etcd::Coordinator::connect(cfg, cluster.clone(), log.clone())
+                    .await?;
+            let flag = coordinator.leaving();
+            let run = tokio::spawn(coordinator.run());
+            Ok(Some(tokio::spawn(async move {
+                leaving.notified().await;
+                flag.store(true, std::sync::atomic::Ordering::Release);
+                let _ = run.await;
+                let _ = left.send(());
+            })))
+        }
+    }
+}
+
 /// Runs the server until `shutdown` resolves.
 pub async fn run(
     cfg: ServerConfig,
@@ -152,6 +213,7 @@ pub async fn run(
     info!(store = %store.description, "listening on http://{addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cluster = cfg.membership.node().map(|n| Cluster::new(n.to_string()));
     let state = Arc::new(AppState {
         ready: OnceLock::new(),
         keys,
@@ -163,8 +225,17 @@ pub async fn run(
         shutdown: stop_rx.clone(),
         mass_delete: cfg.log.policy.mass_delete,
         delete_guard: crate::delete_guard::DeleteGuard::default(),
+        cluster: cluster.clone(),
     });
-    let app = api::router(state.clone(), crate::dav::router());
+    let mut app = api::router(state.clone(), crate::dav::router());
+    if cluster.is_some() {
+        let routing = forward::Forwarding::new(state.clone())
+            .context("the client that forwards requests to other servers")?;
+        app = app.layer(axum::middleware::from_fn_with_state(
+            routing,
+            forward::route,
+        ));
+    }
     let mut graceful = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -173,8 +244,18 @@ pub async fn run(
             })
             .await
     });
+    // Set on SIGTERM before the HTTP server stops: a cluster member first hands its shards
+    // over (requests for them answer 503 meanwhile), then stops.
+    let leaving = Arc::new(tokio::sync::Notify::new());
+    let (left_tx, left_rx) = tokio::sync::oneshot::channel::<()>();
+    let membered = cluster.is_some();
+    let leave_now = leaving.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
+        if membered {
+            leave_now.notify_one();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(20), left_rx).await;
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -195,6 +276,7 @@ pub async fn run(
             .unwrap_or(DEFAULT_SHARDS);
         let log_cfg = LogConfig {
             view_memory_bytes: cfg.log.view_memory_bytes / shards_now.max(1) as usize,
+            cluster_node: cfg.membership.node().map(String::from),
             ..cfg.log.clone()
         };
         let log = Arc::new(
@@ -239,6 +321,22 @@ pub async fn run(
     let fleet = ready.fleet.clone();
     let _ = state.ready.set(ready);
     info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
+    let coordinator = match (&cluster, &cfg.membership) {
+        (Some(cluster), membership) => {
+            cluster.size(log.descriptor().shard_count);
+            let (registry, clock) = (registry.clone(), clock.clone());
+            cluster.before_serving(Arc::new(move || {
+                let (registry, clock) = (registry.clone(), clock.clone());
+                Box::pin(async move {
+                    if let Err(e) = registry.refresh(clock.now()).await {
+                        warn!(error = %e, "refreshing revocations before serving a shard failed");
+                    }
+                })
+            }));
+            start_membership(cluster, membership, &log, addr, leaving, left_tx).await?
+        }
+        _ => None,
+    };
 
     match keepsake_store::with_cause(keepsake_store::Cause::Restore, fleet.resume_all()).await {
         // Logged even when there is nothing to resume: the line says the look was made.
@@ -266,6 +364,9 @@ pub async fn run(
     });
 
     let served = server.await;
+    if let Some(c) = coordinator {
+        let _ = c.await;
+    }
     info!("HTTP server stopped; draining the writers");
     log.shutdown().await;
     refresher.abort();

@@ -9,6 +9,7 @@ mod admin;
 mod device;
 mod export_body;
 mod formats;
+pub mod forward;
 mod negotiate;
 mod ops;
 pub mod problem;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub mass_delete: keepsake_model::MassDeleteGuard,
     /// Deletes made one per request (CardDAV/CalDAV), counted against those bounds.
     pub delete_guard: crate::delete_guard::DeleteGuard,
+    /// This server's place in a cluster (`None`: alone, serving every shard).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Handle to shared state.

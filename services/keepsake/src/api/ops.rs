@@ -20,7 +20,8 @@ pub(super) async fn readyz(State(state): State<Shared>) -> Result<&'static str, 
 /// `GET /metrics`: OpenMetrics text.
 pub(super) async fn metrics(State(state): State<Shared>) -> Response {
     let log = state.ready.get().map(|r| r.log.as_ref());
-    let mut resp = crate::metrics::text(&state.metrics, log).into_response();
+    let mut resp =
+        crate::metrics::text(&state.metrics, log, state.cluster.as_deref()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

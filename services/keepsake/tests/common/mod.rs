@@ -77,6 +77,7 @@ pub fn unready_state_with(metrics: Metrics) -> (Arc<AppState>, String, UserId) {
         shutdown: stop_rx,
         mass_delete: keepsake_model::MassDeleteGuard::default(),
         delete_guard: keepsake::delete_guard::DeleteGuard::default(),
+        cluster: None,
     });
     (state, token, user)
 }

@@ -165,6 +165,19 @@ impl Server {
             .status();
     }
 
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, ...) without waiting.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// kill -9: what a crash does.
+    pub fn kill(&self) {
+        self.signal("KILL");
+    }
+
     /// Waits for the process to exit.
     pub fn wait(mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for the server")

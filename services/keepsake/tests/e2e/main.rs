@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod cluster;
 mod compaction;
 mod contract;
 mod dav;

@@ -1,0 +1,178 @@
+//! Getting a request to the server that serves its user's shard: served here, forwarded once
+//! to the owner, or answered 503 `unavailable` (with `Retry-After`) while the shard moves.
+//!
+//! The user comes from the path (`/admin/v1/users/{user}/...`, `/dav/users/{user}/...`) or
+//! from the device token (Bearer, or the password of HTTP Basic); requests with neither (health,
+//! metrics, store-wide operator calls) are served here. A token is verified before its user is
+//! trusted for routing; the owner checks it again with revocations. A forwarded request carries
+//! `x-keepsake-forwarded-by`, and is never forwarded again: two servers that disagree for a
+//! moment about a shard answer 503, not a loop.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use keepsake_model::UserId;
+use tracing::warn;
+
+use crate::api::{ApiError, Shared};
+use crate::cluster::{Cluster, Route};
+
+/// The header a forwarded request carries: the forwarding server's node id.
+pub const FORWARDED_BY: &str = "x-keepsake-forwarded-by";
+
+/// What the routing layer works with.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    /// The server's state (the log, once ready; the token keys).
+    pub state: Shared,
+    /// The routes.
+    cluster: Arc<Cluster>,
+    /// Connections to the other servers (no overall timeout: long polls are forwarded too).
+    pub client: reqwest::Client,
+}
+
+impl Forwarding {
+    /// A routing layer for the state's cluster (a server alone gets one that routes nothing).
+    pub fn new(state: Shared) -> Result<Self, reqwest::Error> {
+        let cluster = state
+            .cluster
+            .clone()
+            .unwrap_or_else(|| Cluster::new(String::new()));
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            state,
+            cluster,
+            client,
+        })
+    }
+}
+
+/// The user a request is for, if routing needs one.
+fn user_of(state: &Shared, req: &Request) -> Option<UserId> {
+    let mut parts = req.uri().path().split('/').skip(1);
+    let by_path = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("admin"), Some("v1"), Some("users"), Some(u)) => Some(u),
+        (Some("dav"), Some("users"), Some(u), _) => Some(u),
+        _ => None,
+    };
+    if let Some(u) = by_path {
+        return u.parse().ok();
+    }
+    token_user(state, req.headers())
+}
+
+fn token_user(state: &Shared, headers: &HeaderMap) -> Option<UserId> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let token = if let Some(t) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    {
+        t.trim().to_string()
+    } else {
+        let basic = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))?;
+        let pair = String::from_utf8(B64.decode(basic.trim()).ok()?).ok()?;
+        pair.split_once(':')?.1.to_string()
+    };
+    state.keys.verify(&token).ok().map(|(user, _)| user)
+}
+
+fn moving(f: &Forwarding, shard: u32) -> Response {
+    f.cluster.stats.moving.fetch_add(1, Ordering::Relaxed);
+    ApiError::unavailable(format!(
+        "shard {shard} is moving between servers; nothing was done; retry"
+    ))
+    .into_response()
+}
+
+/// The routing middleware.
+pub async fn route(State(f): State<Forwarding>, req: Request, next: Next) -> Response {
+    let Ok(ready) = f.state.ready() else {
+        return next.run(req).await;
+    };
+    let Some(user) = user_of(&f.state, &req) else {
+        return next.run(req).await;
+    };
+    let shard = ready.log.shard_of(&user);
+    match f.cluster.route(shard) {
+        // Served here only while the log still holds the generation: a writer that found
+        // itself deposed let it go before the coordinator noticed.
+        Route::Local(g) if ready.log.owned(shard) == Some(g) => next.run(req).await,
+        Route::Remote { node, url } if !req.headers().contains_key(FORWARDED_BY) => {
+            forward(&f, shard, &node, &url, req).await
+        }
+        _ => moving(&f, shard),
+    }
+}
+
+/// Hop-by-hop headers, which describe one connection and are not forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn forward(f: &Forwarding, shard: u32, node: &str, url: &str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let target = format!(
+        "{}{}",
+        url.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut out = f
+        .client
+        .request(parts.method.clone(), &target)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(FORWARDED_BY, f.cluster.node.as_str());
+    f.cluster.stats.forwards.fetch_add(1, Ordering::Relaxed);
+    match out.send().await {
+        Ok(resp) => {
+            let mut answer = Response::builder().status(resp.status());
+            for (name, value) in resp.headers() {
+                if !hop_by_hop(name) {
+                    answer = answer.header(name, value);
+                }
+            }
+            answer
+                .body(Body::from_stream(resp.bytes_stream()))
+                .unwrap_or_else(|_| moving(f, shard))
+        }
+        Err(e) => {
+            f.cluster
+                .stats
+                .forward_errors
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(shard, node, error = %e, "forwarding to the shard's server failed; answering unavailable");
+            ApiError::unavailable(format!(
+                "shard {shard}'s server did not answer; nothing was done here; retry"
+            ))
+            .into_response()
+        }
+    }
+}
