@@ -26,6 +26,10 @@ run: ## Run the server with the embedded default: ./data on the local file syste
 dev: ## Run MinIO and the server against it in Docker (infra/docker-compose.yml)
 	docker compose -f infra/docker-compose.yml up --build
 
+.PHONY: dev-cluster
+dev-cluster: ## Three servers, etcd and MinIO in Docker (infra/docker-compose.cluster.yml): 127.0.0.1:8081-8083
+	docker compose -f infra/docker-compose.cluster.yml up --build
+
 .PHONY: moto
 moto: ## Install moto[server] (the S3 server the tests start) if it is missing
 	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
