@@ -44,7 +44,8 @@ impl Log {
         Ok(total)
     }
 
-    /// Rebuilds every view from the log: folds every user from the first segment (checking the
+    /// Rebuilds every view this server holds from the log (in a cluster, those of the shards it
+    /// holds; alone, all): folds every user from the first segment (checking the
     /// log, but not the checkpoints: that is [`verify::verify_store`]'s job), compares with the
     /// state the server holds (views, loading evicted users through checkpoints), then empties
     /// the views so that every user is loaded again from the log.
@@ -60,6 +61,10 @@ impl Log {
         let (mut report, rebuilt) =
             verify::fold_store(&self.store, self.descriptor.shard_count, opts).await?;
         let folded = started.elapsed();
+        // In a cluster, the users of the shards this server holds (another's views are theirs
+        // to compare); alone, every user.
+        let mut rebuilt = rebuilt;
+        rebuilt.retain(|u, _| self.owned(self.shard_of(u)).is_some());
         let users: Vec<UserId> = rebuilt.keys().copied().collect();
         // The two hashes run side by side: the rebuilt state's while the views are gathered,
         // then the views'.

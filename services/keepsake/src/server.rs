@@ -137,6 +137,14 @@ fn secrets(
     Ok((admin, keys))
 }
 
+async fn resume_fleet(fleet: &Arc<crate::fleet::Fleet>) {
+    match keepsake_store::with_cause(keepsake_store::Cause::Restore, fleet.resume_all()).await {
+        // Logged even when there is nothing to resume: the line says the look was made.
+        Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
+        Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
+    }
+}
+
 /// Starts serving this member's shards: the listed ones (static), or etcd's coordinator, which
 /// hands every shard over when `leaving` is notified and then says so on `left`.
 async fn start_membership(
@@ -319,8 +327,8 @@ pub async fn run(
     let log = ready.log.clone();
     let registry = ready.registry.clone();
     let fleet = ready.fleet.clone();
-    let _ = state.ready.set(ready);
-    info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
+    // A member takes its shards (static) or starts its coordinator before it says it is ready:
+    // a static server is ready once it serves its shards.
     let coordinator = match (&cluster, &cfg.membership) {
         (Some(cluster), membership) => {
             cluster.size(log.descriptor().shard_count);
@@ -337,11 +345,13 @@ pub async fn run(
         }
         _ => None,
     };
+    let _ = state.ready.set(ready);
+    info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
 
-    match keepsake_store::with_cause(keepsake_store::Cause::Restore, fleet.resume_all()).await {
-        // Logged even when there is nothing to resume: the line says the look was made.
-        Ok(n) => info!(jobs = n, "resumed unfinished fleet restores"),
-        Err(e) => warn!(error = %e, "looking for unfinished fleet restores failed"),
+    if cluster.is_some() {
+        info!("a cluster member does not resume fleet restores (they run on a server alone)");
+    } else {
+        resume_fleet(&fleet).await;
     }
     let refresh = cfg.auth.revocation_refresh();
     let mut refresh_stop = stop_rx.clone();

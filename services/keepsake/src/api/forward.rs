@@ -116,6 +116,64 @@ pub async fn route(State(f): State<Forwarding>, req: Request, next: Next) -> Res
     }
 }
 
+/// Sends an operator request that spans shards (`POST /admin/v1/compact`, `/rebuild`) to every
+/// other server that serves shards now, and returns their JSON answers by node (empty: alone, or the
+/// request was itself forwarded). While any shard is moving it answers 503: a sum over the
+/// servers would leave that shard out.
+pub async fn fan_out(
+    state: &Shared,
+    method: axum::http::Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Vec<(String, serde_json::Value)>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(Vec::new());
+    };
+    if headers.contains_key(FORWARDED_BY) {
+        return Ok(Vec::new());
+    }
+    let routes = cluster.routes();
+    if routes.contains(&Route::Unavailable) {
+        return Err(ApiError::unavailable(
+            "a shard is moving between servers; run it again in a moment",
+        ));
+    }
+    let mut others: Vec<(String, String)> = routes
+        .into_iter()
+        .filter_map(|r| match r {
+            Route::Remote { node, url } => Some((node, url)),
+            _ => None,
+        })
+        .collect();
+    others.sort();
+    others.dedup();
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for (node, url) in others {
+        let mut req = client
+            .request(
+                method.clone(),
+                format!("{}{path}", url.trim_end_matches('/')),
+            )
+            .header(FORWARDED_BY, cluster.node.as_str());
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let failed = |why: String| {
+            ApiError::unavailable(format!(
+                "server {node} did not complete {path}: {why}; run it again"
+            ))
+        };
+        let resp = req.send().await.map_err(|e| failed(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(failed(format!("it answered {}", resp.status())));
+        }
+        let answer = resp.json().await.map_err(|e| failed(e.to_string()))?;
+        answers.push((node, answer));
+    }
+    Ok(answers)
+}
+
 /// Hop-by-hop headers, which describe one connection and are not forwarded.
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(

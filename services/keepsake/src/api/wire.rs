@@ -14,7 +14,7 @@ use keepsake_model::{
     ChangeId, DeviceId, Document, Event, EventId, ItemId, ItemState, Kind, Op, Origin, RequestId,
     RestoreId, StoreId, UserId,
 };
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::Limits;
 
@@ -308,19 +308,20 @@ pub struct Devices {
     pub devices: Vec<crate::devices::DeviceRecord>,
 }
 
-/// `POST /admin/v1/rebuild`.
-#[derive(Debug, Serialize)]
+/// `POST /admin/v1/rebuild` (read back too: a cluster server adds the others' answers).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Rebuilt {
     pub state_hash_before: String,
     pub state_hash_after: String,
     pub equal: bool,
     pub users: u64,
     pub events: u64,
-    pub problems: Vec<keepsake_log::verify::Problem>,
+    /// `keepsake_log::verify::Problem`s.
+    pub problems: Vec<serde_json::Value>,
 }
 
-/// `POST /admin/v1/compact`.
-#[derive(Debug, Serialize)]
+/// `POST /admin/v1/compact` (read back too: a cluster server adds the others' counts).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Compacted {
     pub history_objects_written: u64,
     pub segments_compacted: u64,

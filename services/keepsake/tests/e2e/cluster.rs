@@ -458,6 +458,135 @@ async fn a_revoked_device_is_refused_by_every_server(backend: Backend) {
     }
 }
 
+/// A rolling restart of all three servers (SIGTERM, start again, next) under load: clients see
+/// nothing but retryable 503s, and every acknowledged change is there at the end.
+async fn a_rolling_restart_under_load_loses_nothing(backend: Backend) {
+    let env = Env::new(backend).await;
+    let etcd = Etcd::start().expect("etcd");
+    let mut servers = vec![
+        node(&env, &etcd, "a", 3).await,
+        node(&env, &etcd, "b", 3).await,
+        node(&env, &etcd, "c", 3).await,
+    ];
+    until_served(&servers.iter().collect::<Vec<_>>(), Duration::from_secs(20)).await;
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        let user = uuid();
+        let token = register_retrying(&servers[0], &user).await;
+        users.push((user, token));
+    }
+    let mut acked: HashMap<String, Vec<String>> = HashMap::new();
+    let mut retried = 0;
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let old = servers.remove(i);
+        let stopping = tokio::task::spawn_blocking(move || old.stop());
+        // Load through the two others while it stops and comes back.
+        let mut round = 0;
+        while !stopping.is_finished() || round < 3 {
+            for (user, token) in &users {
+                let via = &servers[round % servers.len()];
+                let item = uuid();
+                let (r, n) =
+                    push_retrying(via, token, &put(&item, "note", json!({"@type": "Note"}))).await;
+                retried += n;
+                assert_eq!(r["results"][0]["status"], "applied", "{r}");
+                acked.entry(user.clone()).or_default().push(item);
+            }
+            round += 1;
+        }
+        assert!(
+            stopping.await.expect("stop").success(),
+            "{id} exits cleanly"
+        );
+        servers.insert(i, node(&env, &etcd, id, 3).await);
+        until_served(&servers.iter().collect::<Vec<_>>(), Duration::from_secs(20)).await;
+    }
+    eprintln!(
+        "rolling restart: {} changes acknowledged, {retried} retryable answers",
+        acked.values().map(Vec::len).sum::<usize>()
+    );
+    for (i, (user, token)) in users.iter().enumerate() {
+        let seen = items(&pull_retrying(&servers[i % 3], token).await);
+        for item in &acked[user] {
+            assert!(
+                seen.contains(item),
+                "acknowledged change {item} of {user} lost"
+            );
+        }
+    }
+    for s in servers {
+        assert!(s.stop().success());
+    }
+}
+
+/// `--own-shards`: each server takes its listed shards in the store and answers 503 for the
+/// others; together they serve every user.
+async fn static_ownership_serves_listed_shards(backend: Backend) {
+    let env = Env::new(backend).await;
+    let shards = SHARDS.to_string();
+    let first = Server::start(
+        &env,
+        &[
+            ("KEEPSAKE_NODE_ID", "s0"),
+            ("KEEPSAKE_OWN_SHARDS", "0-1"),
+            ("KEEPSAKE_SHARDS", shards.as_str()),
+        ],
+    )
+    .await;
+    let second = Server::start(
+        &env,
+        &[
+            ("KEEPSAKE_NODE_ID", "s1"),
+            ("KEEPSAKE_OWN_SHARDS", "2-3"),
+            ("KEEPSAKE_SHARDS", shards.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(first.metric("keepsake_cluster_owned_shards").await, 2);
+    assert_eq!(second.metric("keepsake_cluster_owned_shards").await, 2);
+    let (mut here, mut elsewhere) = (0, 0);
+    for _ in 0..12 {
+        let user = uuid();
+        // Registered through whichever serves the user's shard.
+        let mut token = None;
+        for s in [&first, &second] {
+            let (status, v) = s
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/users/{user}/devices"),
+                    Some(ADMIN),
+                    Some(json!({"name": "phone"})),
+                )
+                .await;
+            match status {
+                StatusCode::CREATED => {
+                    token = Some((s, v["token"].as_str().expect("token").to_string()))
+                }
+                StatusCode::SERVICE_UNAVAILABLE => elsewhere += 1,
+                other => panic!("{other}: {v}"),
+            }
+        }
+        let (owner, token) = token.expect("one of the two serves every shard");
+        here += 1;
+        let item = uuid();
+        owner
+            .push(
+                &token,
+                json!([put(&item, "note", json!({"@type": "Note"}))]),
+            )
+            .await;
+        assert!(items(&owner.pull(&token, "").await).contains(&item));
+    }
+    assert_eq!(
+        (here, elsewhere),
+        (12, 12),
+        "each user served by exactly one of the two"
+    );
+    for s in [first, second] {
+        assert!(s.stop().success());
+    }
+}
+
 macro_rules! cluster_tests {
     ($($name:ident),* $(,)?) => {
         mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
@@ -472,4 +601,6 @@ cluster_tests!(
     sigterm_hands_shards_over_without_waiting_for_the_lease,
     an_etcd_outage_stops_service_safely_and_it_resumes,
     a_revoked_device_is_refused_by_every_server,
+    a_rolling_restart_under_load_loses_nothing,
+    static_ownership_serves_listed_shards,
 );
