@@ -130,14 +130,55 @@ async fn snapshot(client: &mut Client, store_id: &str) -> Result<Snapshot> {
     Ok(snap)
 }
 
-/// A server's membership: its lease, kept alive.
+/// A server's membership: its lease, kept alive by its own task (so that a slow reconcile —
+/// a hand-over draining a queue, a take reading a shard — never delays a keep-alive).
 struct Membership {
     lease: i64,
-    keeper: LeaseKeeper,
-    answers: LeaseKeepAliveStream,
-    /// Serving is safe until then (the last answered keep-alive's sending time + TTL - margin).
-    safe_until: Instant,
-    last_keepalive: Instant,
+    keeper: tokio::task::JoinHandle<()>,
+    /// Set by the keep-alive task when etcd no longer knows the lease (or the stream broke).
+    lost: Arc<AtomicBool>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+/// Keeps `lease` alive every third of `ttl`. Each answered keep-alive moves the cluster's
+/// serving deadline to its sending time + `ttl` - [`LEASE_MARGIN`]; one not answered moves
+/// nothing (the deadline passes by itself); a lease etcd no longer knows sets `lost`.
+async fn keep_alive(
+    mut keeper: LeaseKeeper,
+    mut answers: LeaseKeepAliveStream,
+    ttl: Duration,
+    cluster: Arc<Cluster>,
+    lost: Arc<AtomicBool>,
+) {
+    loop {
+        let sent = Instant::now();
+        let answered = async {
+            keeper.keep_alive().await?;
+            answers.message().await
+        };
+        match timeout(CALL, answered).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                cluster.serve_until(Some(sent + ttl.saturating_sub(LEASE_MARGIN)));
+            }
+            Ok(Ok(_)) => {
+                warn!("etcd no longer knows this server's lease; registering again");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "keeping the lease alive failed; registering again");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(_) => warn!("etcd did not answer a keep-alive"),
+        }
+        tokio::time::sleep_until(sent + ttl / 3).await;
+    }
 }
 
 /// One server's coordinator.
@@ -207,55 +248,26 @@ impl Coordinator {
         .await?;
         let (keeper, answers) =
             call("keep the lease alive", self.client.lease_keep_alive(lease)).await?;
+        self.cluster
+            .serve_until(Some(sent + self.cfg.lease.saturating_sub(LEASE_MARGIN)));
+        let lost = Arc::new(AtomicBool::new(false));
         self.member = Some(Membership {
             lease,
-            keeper,
-            answers,
-            safe_until: sent + self.cfg.lease.saturating_sub(LEASE_MARGIN),
-            last_keepalive: sent,
+            keeper: tokio::spawn(keep_alive(
+                keeper,
+                answers,
+                self.cfg.lease,
+                self.cluster.clone(),
+                lost.clone(),
+            )),
+            lost,
         });
         info!(node = %self.cfg.node, lease, ttl, "registered in the cluster");
         Ok(())
     }
 
-    /// Keeps the lease alive (every third of its TTL). A lease etcd no longer knows is dropped,
-    /// so the next tick registers again.
-    async fn keep_alive(&mut self) {
-        let every = self.cfg.lease / 3;
-        let lease = self.cfg.lease;
-        let Some(m) = self.member.as_mut() else {
-            return;
-        };
-        if m.last_keepalive.elapsed() < every {
-            return;
-        }
-        let sent = Instant::now();
-        m.last_keepalive = sent;
-        let answered = async {
-            m.keeper.keep_alive().await?;
-            m.answers.message().await
-        };
-        match timeout(CALL, answered).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                m.safe_until = sent + lease.saturating_sub(LEASE_MARGIN);
-            }
-            Ok(Ok(_)) => {
-                warn!(node = %self.cfg.node, "etcd no longer knows this server's lease; registering again");
-                self.member = None;
-            }
-            Ok(Err(e)) => {
-                warn!(node = %self.cfg.node, error = %e, "keeping the lease alive failed");
-                // The stream is broken: a new one at the next registration.
-                self.member = None;
-            }
-            Err(_) => warn!(node = %self.cfg.node, "etcd did not answer a keep-alive"),
-        }
-    }
-
     fn lease_safe(&self) -> bool {
-        self.member
-            .as_ref()
-            .is_some_and(|m| Instant::now() < m.safe_until)
+        self.member.is_some() && self.cluster.lease_holds()
     }
 
     /// Stops serving every shard (503) and lets the log go of them.
@@ -275,12 +287,18 @@ impl Coordinator {
     pub async fn run(mut self) {
         let mut was_safe = false;
         while !self.leaving.load(Ordering::Acquire) {
+            if self
+                .member
+                .as_ref()
+                .is_some_and(|m| m.lost.load(Ordering::Acquire))
+            {
+                self.member = None;
+            }
             if self.member.is_none()
                 && let Err(e) = self.register().await
             {
                 warn!(node = %self.cfg.node, error = %format!("{e:#}"), "registering in the cluster failed; will retry");
             }
-            self.keep_alive().await;
             let safe = self.lease_safe();
             if !safe {
                 if was_safe {

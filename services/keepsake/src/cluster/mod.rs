@@ -73,6 +73,9 @@ pub struct Cluster {
     /// Counters.
     pub stats: ClusterStats,
     before_serving: std::sync::OnceLock<BeforeServing>,
+    /// With a lease (etcd): nothing is served here from this moment on, unless a keep-alive
+    /// moves it (`None`: no lease, static ownership).
+    serving_until: RwLock<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -92,6 +95,7 @@ impl Cluster {
             routes: RwLock::new(Vec::new()),
             stats: ClusterStats::default(),
             before_serving: std::sync::OnceLock::new(),
+            serving_until: RwLock::new(None),
         })
     }
 
@@ -107,18 +111,40 @@ impl Cluster {
         }
     }
 
-    /// Where a request for `shard` goes.
+    /// Where a request for `shard` goes. A shard served here is unavailable once the lease may
+    /// have expired, whatever the coordinator's loop has done yet.
     pub fn route(&self, shard: u32) -> Route {
-        self.routes
+        match self
+            .routes
             .read()
             .ok()
             .and_then(|r| r.get(shard as usize).cloned())
-            .unwrap_or(Route::Unavailable)
+        {
+            Some(Route::Local(_)) if !self.lease_holds() => Route::Unavailable,
+            Some(route) => route,
+            None => Route::Unavailable,
+        }
     }
 
-    /// Every shard's route (`keepsake cluster status`, `/metrics`).
+    /// Moves the serving deadline (a keep-alive was answered), or sets none (no lease).
+    pub(crate) fn serve_until(&self, deadline: Option<tokio::time::Instant>) {
+        if let Ok(mut d) = self.serving_until.write() {
+            *d = deadline;
+        }
+    }
+
+    /// False once this server's lease may have expired.
+    pub fn lease_holds(&self) -> bool {
+        self.serving_until
+            .read()
+            .map(|d| d.is_none_or(|d| tokio::time::Instant::now() < d))
+            .unwrap_or(false)
+    }
+
+    /// Every shard's route (`/metrics`, fan-out), as [`Cluster::route`] gives it.
     pub fn routes(&self) -> Vec<Route> {
-        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+        let n = self.routes.read().map(|r| r.len()).unwrap_or(0);
+        (0..n as u32).map(|s| self.route(s)).collect()
     }
 
     pub(crate) fn set(&self, shard: u32, route: Route) {
@@ -129,10 +155,11 @@ impl Cluster {
         }
     }
 
-    /// Shards served here now.
+    /// Shards this server holds (served, or held while its lease is in doubt).
     pub fn local_shards(&self) -> Vec<u32> {
+        // The table as set (not [`Cluster::route`]): what must be handed over, served or not.
         (0u32..)
-            .zip(self.routes())
+            .zip(self.routes.read().map(|r| r.clone()).unwrap_or_default())
             .filter(|(_, r)| matches!(r, Route::Local(_)))
             .map(|(s, _)| s)
             .collect()
