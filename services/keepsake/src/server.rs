@@ -145,6 +145,9 @@ async fn resume_fleet(fleet: &Arc<crate::fleet::Fleet>) {
     }
 }
 
+/// How often a static member looks whether another instance took one of its shards.
+const STATIC_FENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts serving this member's shards: the listed ones (static), or etcd's coordinator, which
 /// hands every shard over when `leaving` is notified and then says so on `left`.
 async fn start_membership(
@@ -161,7 +164,13 @@ async fn start_membership(
             crate::cluster::serve_static(cluster, log, shards).await?;
             let (cluster, log) = (cluster.clone(), log.clone());
             Ok(Some(tokio::spawn(async move {
-                leaving.notified().await;
+                // Every few seconds: a shard another instance took is let go (reads stop too).
+                loop {
+                    tokio::select! {
+                        _ = leaving.notified() => break,
+                        _ = tokio::time::sleep(STATIC_FENCE_CHECK) => cluster.check_fences(&log).await,
+                    }
+                }
                 for s in cluster.local_shards() {
                     cluster.hand_over(&log, s).await;
                 }
@@ -336,9 +345,11 @@ pub async fn run(
             cluster.before_serving(Arc::new(move || {
                 let (registry, clock) = (registry.clone(), clock.clone());
                 Box::pin(async move {
-                    if let Err(e) = registry.refresh(clock.now()).await {
-                        warn!(error = %e, "refreshing revocations before serving a shard failed");
-                    }
+                    registry
+                        .refresh(clock.now())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("refreshing revocations: {e}"))
                 })
             }));
             start_membership(cluster, membership, &log, addr, leaving, left_tx).await?

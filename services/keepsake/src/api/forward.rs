@@ -47,7 +47,12 @@ impl Forwarding {
             .unwrap_or_else(|| Cluster::new(String::new()));
         let client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(2))
+            // Longer than the longest long poll (60 s); a peer that goes silent is given up.
+            .read_timeout(std::time::Duration::from_secs(90))
+            .tcp_keepalive(std::time::Duration::from_secs(15))
             .pool_idle_timeout(std::time::Duration::from_secs(30))
+            // The owner's redirects (the DAV well-known ones) go back to the client as they are.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             state,
@@ -66,7 +71,12 @@ fn user_of(state: &Shared, req: &Request) -> Option<UserId> {
         _ => None,
     };
     if let Some(u) = by_path {
-        return u.parse().ok();
+        // Decoded as the router decodes it: `%30...` names the same user as `0...`.
+        return percent_encoding::percent_decode_str(u)
+            .decode_utf8()
+            .ok()?
+            .parse()
+            .ok();
     }
     token_user(state, req.headers())
 }
@@ -147,7 +157,13 @@ pub async fn fan_out(
         .collect();
     others.sort();
     others.dedup();
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        // A compaction or rebuild of a server's shards can take minutes; a silent peer not for ever.
+        .timeout(std::time::Duration::from_secs(30 * 60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ApiError::internal("the client for the other servers", e))?;
     let mut answers = Vec::new();
     for (node, url) in others {
         let mut req = client
@@ -174,8 +190,13 @@ pub async fn fan_out(
     Ok(answers)
 }
 
-/// Hop-by-hop headers, which describe one connection and are not forwarded.
+/// Hop-by-hop headers, which describe one connection and are not forwarded (a request's length
+/// is the streamed body's; an answer's is kept, a HEAD's included).
 fn hop_by_hop(name: &HeaderName) -> bool {
+    hop(name) || name == header::CONTENT_LENGTH
+}
+
+fn hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -187,7 +208,6 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "host"
-            | "content-length"
     )
 }
 
@@ -213,7 +233,7 @@ async fn forward(f: &Forwarding, shard: u32, node: &str, url: &str, req: Request
         Ok(resp) => {
             let mut answer = Response::builder().status(resp.status());
             for (name, value) in resp.headers() {
-                if !hop_by_hop(name) {
+                if !hop(name) {
                     answer = answer.header(name, value);
                 }
             }

@@ -147,35 +147,49 @@ impl Drop for Membership {
 
 /// Keeps `lease` alive every third of `ttl`. Each answered keep-alive moves the cluster's
 /// serving deadline to its sending time + `ttl` - [`LEASE_MARGIN`]; one not answered moves
-/// nothing (the deadline passes by itself); a lease etcd no longer knows sets `lost`.
+/// nothing (the deadline passes by itself), and its stream is dropped: an answer arriving late
+/// on it would otherwise be taken for the next one's, and move the deadline past the lease. A
+/// lease etcd no longer knows sets `lost`.
 async fn keep_alive(
-    mut keeper: LeaseKeeper,
-    mut answers: LeaseKeepAliveStream,
+    mut client: Client,
+    lease: i64,
     ttl: Duration,
     cluster: Arc<Cluster>,
     lost: Arc<AtomicBool>,
 ) {
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         let sent = Instant::now();
-        let answered = async {
-            keeper.keep_alive().await?;
-            answers.message().await
-        };
-        match timeout(CALL, answered).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                cluster.serve_until(Some(sent + ttl.saturating_sub(LEASE_MARGIN)));
+        if stream.is_none() {
+            match timeout(CALL, client.lease_keep_alive(lease)).await {
+                Ok(Ok(s)) => stream = Some(s),
+                Ok(Err(e)) => warn!(error = %e, "opening the keep-alive stream failed; will retry"),
+                Err(_) => warn!("etcd did not answer opening a keep-alive stream"),
             }
-            Ok(Ok(_)) => {
-                warn!("etcd no longer knows this server's lease; registering again");
-                lost.store(true, Ordering::Release);
-                return;
+        }
+        if let Some((keeper, answers)) = stream.as_mut() {
+            let answered = async {
+                keeper.keep_alive().await?;
+                answers.message().await
+            };
+            match timeout(CALL, answered).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    cluster.serve_until(Some(sent + ttl.saturating_sub(LEASE_MARGIN)));
+                }
+                Ok(Ok(_)) => {
+                    warn!("etcd no longer knows this server's lease; registering again");
+                    lost.store(true, Ordering::Release);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "a keep-alive failed; opening a new stream");
+                    stream = None;
+                }
+                Err(_) => {
+                    warn!("etcd did not answer a keep-alive; opening a new stream");
+                    stream = None;
+                }
             }
-            Ok(Err(e)) => {
-                warn!(error = %e, "keeping the lease alive failed; registering again");
-                lost.store(true, Ordering::Release);
-                return;
-            }
-            Err(_) => warn!("etcd did not answer a keep-alive"),
         }
         tokio::time::sleep_until(sent + ttl / 3).await;
     }
@@ -246,16 +260,14 @@ impl Coordinator {
                 .put(key, value, Some(PutOptions::new().with_lease(lease))),
         )
         .await?;
-        let (keeper, answers) =
-            call("keep the lease alive", self.client.lease_keep_alive(lease)).await?;
         self.cluster
             .serve_until(Some(sent + self.cfg.lease.saturating_sub(LEASE_MARGIN)));
         let lost = Arc::new(AtomicBool::new(false));
         self.member = Some(Membership {
             lease,
             keeper: tokio::spawn(keep_alive(
-                keeper,
-                answers,
+                self.client.clone(),
+                lease,
                 self.cfg.lease,
                 self.cluster.clone(),
                 lost.clone(),
@@ -293,6 +305,11 @@ impl Coordinator {
                 .is_some_and(|m| m.lost.load(Ordering::Acquire))
             {
                 self.member = None;
+            }
+            if self.member.is_none() {
+                // Whatever was held under the old lease is let go first: the new lease must not
+                // make stale routes servable again (another server may hold those shards now).
+                self.stop_serving().await;
             }
             if self.member.is_none()
                 && let Err(e) = self.register().await
@@ -353,14 +370,13 @@ impl Coordinator {
                         .await?;
                 // A take that failed is said released, so that no server waits on it.
                 if claimed && !self.cluster.take(&self.log, s, a.generation).await {
-                    self.put_holder(s, a.generation, true).await?;
+                    self.release_if_mine(s).await?;
                 }
             } else {
                 let mine = holder.is_some_and(|(h, _)| h.node == self.cfg.node && !h.released);
                 if here || self.log.owned(s).is_some() || mine {
                     self.cluster.hand_over(&self.log, s).await;
-                    let generation = holder.map_or(a.generation, |(h, _)| h.generation);
-                    self.put_holder(s, generation, true).await?;
+                    self.release_if_mine(s).await?;
                 }
                 let route = match snap.nodes.get(&a.node) {
                     Some(url) => Route::Remote {
@@ -421,28 +437,54 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn put_holder(&mut self, shard: u32, generation: u64, released: bool) -> Result<()> {
+    /// Marks `shard` released, only while etcd still names this server its unreleased holder
+    /// (a transaction on the key's revision): a server that lost its lease and whose shard
+    /// another server claimed meanwhile never writes over that claim.
+    async fn release_if_mine(&mut self, shard: u32) -> Result<()> {
         let key = format!("{}holders/{shard}", prefix(&self.store_id));
+        let got = call(
+            "read the shard's holder",
+            self.client.get(key.clone(), None),
+        )
+        .await?;
+        let Some(kv) = got.kvs().first() else {
+            return Ok(());
+        };
+        let Ok(held) = serde_json::from_slice::<Holder>(kv.value()) else {
+            return Ok(());
+        };
+        if held.node != self.cfg.node || held.released {
+            return Ok(());
+        }
         let value = serde_json::to_vec(&Holder {
-            node: self.cfg.node.clone(),
-            generation,
-            released,
+            released: true,
+            ..held
         })?;
-        call("say who holds the shard", self.client.put(key, value, None)).await?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        if !call("say the shard was released", self.client.txn(txn))
+            .await?
+            .succeeded()
+        {
+            info!(
+                shard,
+                "another server claimed the shard meanwhile; nothing to release"
+            );
+        }
         Ok(())
     }
 
     /// Graceful hand-off (SIGTERM): every shard drained and released, said so in etcd, and the
     /// lease revoked, so the next owners take over at once rather than after the TTL.
     async fn leave(mut self) {
-        let snap = snapshot(&mut self.client, &self.store_id).await.ok();
         for s in self.cluster.local_shards() {
             self.cluster.hand_over(&self.log, s).await;
-            let generation = snap
-                .as_ref()
-                .and_then(|n| n.assignment.shards.get(s as usize).cloned().flatten())
-                .map_or(0, |a| a.generation);
-            if let Err(e) = self.put_holder(s, generation, true).await {
+            if let Err(e) = self.release_if_mine(s).await {
                 warn!(shard = s, error = %format!("{e:#}"), "saying the shard was released failed; the next owner waits for the lease");
             }
         }
@@ -455,7 +497,8 @@ impl Coordinator {
     }
 }
 
-/// `keepsake cluster status`: every store's servers and assignment in etcd.
+/// `keepsake cluster status`: every store's servers, and each shard's server, generation and
+/// state (serving, or moving: which server still holds it).
 pub async fn status(endpoints: &[String]) -> Result<String> {
     let mut client = timeout(Duration::from_secs(5), Client::connect(endpoints, None))
         .await
@@ -493,10 +536,14 @@ pub async fn status(endpoints: &[String]) -> Result<String> {
         for (s, a) in snap.assignment.shards.iter().enumerate() {
             match a {
                 Some(a) => {
-                    let state = if snap.nodes.contains_key(&a.node) {
-                        "live"
-                    } else {
-                        "server gone: moving"
+                    let holder = snap.holders.get(&(s as u32)).map(|(h, _)| h);
+                    let state = match holder {
+                        _ if !snap.nodes.contains_key(&a.node) => "server gone: moving".to_string(),
+                        Some(h) if h.node == a.node && !h.released => "serving".to_string(),
+                        Some(h) if !h.released && snap.nodes.contains_key(&h.node) => {
+                            format!("moving: {} hands it over", h.node)
+                        }
+                        _ => "moving: being taken".to_string(),
                     };
                     out.push_str(&format!(
                         "    {s:>4}  {}  generation {}  {state}\n",

@@ -62,8 +62,9 @@ pub struct ClusterStats {
 
 /// Work done after a shard is taken and before it is served (the device registry's refresh,
 /// so that a revocation made through the previous owner holds here at once).
-pub type BeforeServing =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static>;
+pub type BeforeServing = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+>;
 
 /// This server's place in a cluster: its id and the route of every shard.
 pub struct Cluster {
@@ -169,8 +170,12 @@ impl Cluster {
     pub(crate) async fn take(&self, log: &Log, shard: u32, assignment: u64) -> bool {
         match log.acquire(shard, assignment).await {
             Ok(generation) => {
-                if let Some(hook) = self.before_serving.get() {
-                    hook().await;
+                if let Some(hook) = self.before_serving.get()
+                    && let Err(e) = hook().await
+                {
+                    warn!(shard, error = %e, "not serving the shard: the work before serving it failed; will retry");
+                    log.release(shard).await;
+                    return false;
                 }
                 self.set(shard, Route::Local(generation));
                 self.stats.acquired.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +196,35 @@ impl Cluster {
         log.release(shard).await;
         self.stats.released.fetch_add(1, Ordering::Relaxed);
         info!(shard, node = %self.node, "handed the shard over");
+    }
+}
+
+impl Cluster {
+    /// Lets go of every shard held here whose ownership fence shows a newer owner (static
+    /// ownership: another instance took it, as in a rolling update that starts the new one
+    /// first). One HEAD per held shard per call; writes were refused already (the fence), and
+    /// this stops reads too.
+    pub async fn check_fences(&self, log: &Log) {
+        let held: Vec<(u32, u64)> = (0u32..)
+            .zip(self.routes.read().map(|r| r.clone()).unwrap_or_default())
+            .filter_map(|(s, r)| match r {
+                Route::Local(g) => Some((s, g)),
+                _ => None,
+            })
+            .collect();
+        for (shard, generation) in held {
+            match keepsake_log::owner::superseded(log.store().as_ref(), shard, generation).await {
+                Ok(true) => {
+                    warn!(
+                        shard,
+                        generation, "another server took the shard; letting it go"
+                    );
+                    self.hand_over(log, shard).await;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(shard, error = %e, "checking the shard's ownership fence failed"),
+            }
+        }
     }
 }
 

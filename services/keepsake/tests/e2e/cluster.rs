@@ -187,6 +187,115 @@ async fn three_servers_serve_one_store(backend: Backend) {
         started.elapsed() < Duration::from_secs(15),
         "it woke for the push, not the timeout"
     );
+
+    // A user id written percent-encoded in the path is routed as the router reads it, and a
+    // DAV redirect from the owner goes back to the client as it is.
+    let (user, token) = tokens.iter().next().expect("a user");
+    let encoded = format!("%{:02X}{}", user.as_bytes()[0], &user[1..]);
+    for s in servers {
+        let (status, v) = s
+            .call(
+                Method::GET,
+                &format!("/admin/v1/users/{encoded}/events?after_seq=0&limit=1000"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let ids: Vec<&str> = v["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i["item_id"].as_str()).collect())
+            .unwrap_or_default();
+        for item in &acked[user] {
+            assert!(
+                ids.contains(&item.as_str()),
+                "{item} through {}: {v}",
+                s.base
+            );
+        }
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .request(
+                Method::from_bytes(b"PROPFIND").expect("method"),
+                format!("{}/.well-known/carddav", s.base),
+            )
+            .basic_auth("phone", Some(token))
+            .send()
+            .await
+            .expect("propfind");
+        assert_eq!(
+            resp.status(),
+            StatusCode::MOVED_PERMANENTLY,
+            "through {}",
+            s.base
+        );
+    }
+
+    // Operator calls that span shards, from any server.
+    let (status, compacted) = b
+        .call(Method::POST, "/admin/v1/compact", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{compacted}");
+    assert!(
+        compacted["segments_compacted"].as_u64() >= Some(u64::from(SHARDS)),
+        "every server compacted its shards, and b added them up: {compacted}"
+    );
+    let (status, rebuilt) = c
+        .call(Method::POST, "/admin/v1/rebuild", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rebuilt}");
+    assert_eq!(rebuilt["equal"], true, "{rebuilt}");
+    assert!(
+        rebuilt["users"].as_u64() >= Some(8),
+        "every server's users: {rebuilt}"
+    );
+    let (status, verified) = a
+        .call(Method::GET, "/admin/v1/verify", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert_eq!(verified["ok"], true, "{verified}");
+    let (status, refused) = a
+        .call(
+            Method::POST,
+            "/admin/v1/restores",
+            Some(ADMIN),
+            Some(json!({"as_of": "2026-01-01T00:00:00Z", "users": "all", "reason": "test"})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_in_a_cluster")),
+        "{refused}"
+    );
+    // Pulls still see everything after the compaction.
+    for (user, token) in &tokens {
+        let seen = items(&pull_retrying(&a, token).await);
+        for item in &acked[user] {
+            assert!(seen.contains(item), "{item} of {user} after the compaction");
+        }
+    }
+
+    // What an operator sees.
+    let out = keepsake(&env, &["cluster", "status", "--cluster", &etcd.url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("    {id}  http://127.0.0.1:")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        text.matches("  serving\n").count(),
+        SHARDS as usize,
+        "{text}"
+    );
     for s in [a, b, c] {
         assert!(s.stop().success());
     }
@@ -582,7 +691,27 @@ async fn static_ownership_serves_listed_shards(backend: Backend) {
         (12, 12),
         "each user served by exactly one of the two"
     );
-    for s in [first, second] {
+    // A new instance takes the first's shards (a rolling update that starts it first): the
+    // first lets them go within a few seconds, reads included, and the new one serves them.
+    let replacement = Server::start(
+        &env,
+        &[
+            ("KEEPSAKE_NODE_ID", "s0-new"),
+            ("KEEPSAKE_OWN_SHARDS", "0-1"),
+            ("KEEPSAKE_SHARDS", shards.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(replacement.metric("keepsake_cluster_owned_shards").await, 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while first.metric("keepsake_cluster_owned_shards").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced instance kept serving its shards"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in [first, second, replacement] {
         assert!(s.stop().success());
     }
 }
