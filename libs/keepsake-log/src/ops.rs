@@ -118,15 +118,27 @@ impl Log {
     }
 
     /// Every user with at least one event committed, by any process, before the call, over all
-    /// shards: the newest checkpoint's users plus those in the segments after it. Each shard is
-    /// made current first ([`Log::sync_shard`]): a user whose every event another process
-    /// wrote is in no segment this process has read.
+    /// shards: the newest checkpoint's users plus those in the segments after it. Each shard this
+    /// server holds is made current first ([`Log::sync_shard`]): a user whose every event
+    /// another process wrote is in no segment this process has read; one it does not hold (a
+    /// cluster) is read from a listing of the store.
     pub async fn all_users(&self) -> Result<Vec<UserId>, LogError> {
         let mut out = std::collections::BTreeSet::new();
         for shard in 0..self.descriptor.shard_count {
-            self.sync_shard(shard).await?;
-            let head = self.head(shard);
-            let checkpoint = self.checkpoint(shard);
+            let (head, checkpoint) = if self.owned(shard).is_some() {
+                self.sync_shard(shard).await?;
+                (self.head(shard), self.checkpoint(shard))
+            } else {
+                // Another server's (a cluster): this view is not kept up, so from a listing of
+                // the store, which shows everything committed before it.
+                let head = crate::list_layout(self.store.as_ref(), shard).await?.head();
+                let checkpoint = crate::list_checkpoints(self.store.as_ref(), shard)
+                    .await?
+                    .into_iter()
+                    .filter(|c| *c <= head)
+                    .max();
+                (head, checkpoint)
+            };
             if let Some(c) = checkpoint {
                 out.extend(
                     read_checkpoint(self.store.as_ref(), shard, c)

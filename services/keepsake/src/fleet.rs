@@ -70,6 +70,8 @@ pub struct Fleet {
     /// Users started per second at most (0: no limit).
     pub users_per_second: u32,
     progress: Mutex<HashMap<RestoreId, Progress>>,
+    /// In a cluster: restores users of shards other servers serve there.
+    remote: std::sync::OnceLock<crate::fleet_remote::Remote>,
 }
 
 /// Writes the finished users not yet recorded as batch `next` (the next free number, if another
@@ -150,7 +152,13 @@ impl Fleet {
             concurrency: concurrency.max(1),
             users_per_second,
             progress: Mutex::default(),
+            remote: std::sync::OnceLock::new(),
         })
+    }
+
+    /// In a cluster: users of shards other servers serve are restored there.
+    pub fn restore_elsewhere(&self, remote: crate::fleet_remote::Remote) {
+        let _ = self.remote.set(remote);
     }
 
     fn set(&self, job: RestoreId, f: impl FnOnce(&mut Progress)) {
@@ -348,17 +356,30 @@ impl Fleet {
         }
         let mut pending: Vec<UserResult> = Vec::new();
         let mut last_batch = tokio::time::Instant::now();
+        let remote_job = crate::fleet_remote::Job {
+            as_of: restore_spec.as_of.as_deref().unwrap_or_default(),
+            reason: &restore_spec.reason,
+            kinds: restore_spec.kinds.as_deref(),
+        };
         for (shard, users) in by_shard {
+            // In a cluster, a shard another server serves: its users are restored there, each
+            // folded by that server (`fleet_remote`).
+            let remote = self.remote.get().filter(|r| r.elsewhere(shard));
             let wanted: HashSet<UserId> = users.iter().copied().collect();
             // Another process may have committed to this shard what this one has not read:
             // the targets are folded from the current log, not from this process's head.
-            if let Some(u) = users.first()
+            if remote.is_none()
+                && let Some(u) = users.first()
                 && let Err(e) = self.log.sync(u).await
             {
                 record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
                 return Err(format!("shard {shard}: {e}"));
             }
-            let mut targets = match self.log.users_at(shard, &wanted, spec.as_of).await {
+            let targets = match remote {
+                Some(_) => Ok(Default::default()),
+                None => self.log.users_at(shard, &wanted, spec.as_of).await,
+            };
+            let mut targets = match targets {
                 Ok(t) => t,
                 Err(e) => {
                     record_batch(store.as_ref(), job, &mut next_batch, &mut pending).await?;
@@ -371,7 +392,7 @@ impl Fleet {
                 .into_iter()
                 .map(|u| {
                     let target = targets.remove(&u).unwrap_or_default();
-                    (u, target)
+                    (u, remote.is_none().then_some(target))
                 })
                 .collect();
             let results = futures::stream::iter(work)
@@ -382,12 +403,28 @@ impl Fleet {
                     w
                 })
                 .map(|(u, target)| {
-                    let spec = &restore_spec;
+                    let (spec, remote_job) = (&restore_spec, &remote_job);
                     async move {
                         let id = RestoreId(uuid::Uuid::new_v5(&job.0, u.as_bytes()));
                         let mut last = String::new();
                         for attempt in 1..=5u32 {
-                            match restore_fleet_user(&self.log, u, spec, id, target.clone(), again).await {
+                            let attempted = match (remote, &target) {
+                                (Some(r), _) => match r.restore(shard, u, remote_job, id).await {
+                                    Ok(Some(done)) => Ok(done),
+                                    // Served here now (a hand-over during the job): folded here.
+                                    Ok(None) => crate::restore::restore_user(
+                                        &self.log, self.clock.as_ref(), u, spec, Some(id), false, None, None,
+                                    )
+                                    .await
+                                    .map_err(|e| e.to_string()),
+                                    Err(e) => Err(e),
+                                },
+                                (None, Some(t)) => restore_fleet_user(&self.log, u, spec, id, t.clone(), again)
+                                    .await
+                                    .map_err(|e| e.to_string()),
+                                (None, None) => Err("no target state".to_string()),
+                            };
+                            match attempted {
                                 Ok(result) => return Ok(UserResult { user_id: u, result }),
                                 Err(e) => {
                                     last = e.to_string();

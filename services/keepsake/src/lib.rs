@@ -21,6 +21,7 @@ pub mod device_events;
 pub mod devices;
 pub mod fleet;
 pub mod fleet_record;
+pub mod fleet_remote;
 pub mod metrics;
 pub mod operator;
 pub mod recover;

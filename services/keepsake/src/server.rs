@@ -341,6 +341,10 @@ pub async fn run(
     let coordinator = match (&cluster, &cfg.membership) {
         (Some(cluster), membership) => {
             cluster.size(log.descriptor().shard_count);
+            fleet.restore_elsewhere(
+                crate::fleet_remote::Remote::new(cluster.clone(), state.operator_token.clone())
+                    .context("the client that sends restores to other servers")?,
+            );
             let (registry, clock) = (registry.clone(), clock.clone());
             cluster.before_serving(Arc::new(move || {
                 let (registry, clock) = (registry.clone(), clock.clone());
@@ -359,11 +363,10 @@ pub async fn run(
     let _ = state.ready.set(ready);
     info!(store_id = %log.descriptor().store_id, shards = log.descriptor().shard_count, "ready");
 
-    if cluster.is_some() {
-        info!("a cluster member does not resume fleet restores (they run on a server alone)");
-    } else {
-        resume_fleet(&fleet).await;
-    }
+    // In a cluster every member resumes unfinished jobs: each user's restore is idempotent
+    // (its restore id), and batch records take the next free number, so two runs of one job
+    // finish it once.
+    resume_fleet(&fleet).await;
     let refresh = cfg.auth.revocation_refresh();
     let mut refresh_stop = stop_rx.clone();
     let refresh_clock = clock.clone();

@@ -24,8 +24,7 @@ use tracing::warn;
 use crate::api::{ApiError, Shared};
 use crate::cluster::{Cluster, Route};
 
-/// The header a forwarded request carries: the forwarding server's node id.
-pub const FORWARDED_BY: &str = "x-keepsake-forwarded-by";
+pub use crate::cluster::FORWARDED_BY;
 
 /// What the routing layer works with.
 #[derive(Clone, Debug)]

@@ -29,6 +29,10 @@ use std::sync::{Arc, RwLock};
 use keepsake_log::Log;
 use tracing::{info, warn};
 
+/// The header a request forwarded by another server carries: that server's node id. Such a
+/// request is never forwarded again.
+pub const FORWARDED_BY: &str = "x-keepsake-forwarded-by";
+
 /// Where requests for one shard go now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {

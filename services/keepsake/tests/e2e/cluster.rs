@@ -256,19 +256,6 @@ async fn three_servers_serve_one_store(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{verified}");
     assert_eq!(verified["ok"], true, "{verified}");
-    let (status, refused) = a
-        .call(
-            Method::POST,
-            "/admin/v1/restores",
-            Some(ADMIN),
-            Some(json!({"as_of": "2026-01-01T00:00:00Z", "users": "all", "reason": "test"})),
-        )
-        .await;
-    assert_eq!(
-        (status, refused["code"].as_str()),
-        (StatusCode::CONFLICT, Some("not_in_a_cluster")),
-        "{refused}"
-    );
     // Pulls still see everything after the compaction.
     for (user, token) in &tokens {
         let seen = items(&pull_retrying(&a, token).await);
@@ -716,6 +703,108 @@ async fn static_ownership_serves_listed_shards(backend: Backend) {
     }
 }
 
+/// A fleet restore started on one server restores every user, whichever server serves each
+/// user's shard (those are restored there, one request each, idempotently).
+async fn a_fleet_restore_spans_every_server(backend: Backend) {
+    let env = Env::new(backend).await;
+    let etcd = Etcd::start().expect("etcd");
+    let a = node(&env, &etcd, "a", 3).await;
+    let b = node(&env, &etcd, "b", 3).await;
+    let c = node(&env, &etcd, "c", 3).await;
+    let servers = [&a, &b, &c];
+    until_served(&servers, Duration::from_secs(20)).await;
+    let mut users = Vec::new();
+    for i in 0..9 {
+        let user = uuid();
+        let token = register_retrying(servers[i % 3], &user).await;
+        let notes = [uuid(), uuid()];
+        for n in &notes {
+            push_retrying(
+                servers[(i + 1) % 3],
+                &token,
+                &put(n, "note", json!({"@type": "Note"})),
+            )
+            .await;
+        }
+        users.push((user, token, notes));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = keepsake_model::Clock::now(&keepsake_model::SystemClock)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A bad deploy deletes every note.
+    for (i, (_, token, notes)) in users.iter().enumerate() {
+        for n in notes {
+            let del = json!({"change_id": uuid(), "kind": "note", "item_id": n, "op": "delete"});
+            push_retrying(servers[(i + 2) % 3], token, &del).await;
+        }
+    }
+    let (status, started) = c
+        .call(
+            Method::POST,
+            "/admin/v1/restores",
+            Some(ADMIN),
+            Some(json!({"as_of": t, "users": "all", "reason": "bad deploy"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let job = started["restore_id"]
+        .as_str()
+        .expect("restore id")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let (_, p) = c
+            .call(
+                Method::GET,
+                &format!("/admin/v1/restores/{job}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        if p["state"] == "done" || p["state"] == "failed" {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet restore did not finish: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(progress["state"], "done", "{progress}");
+    assert_eq!(
+        progress["users_done"], progress["users_total"],
+        "{progress}"
+    );
+    assert!(progress["users_total"].as_u64() >= Some(9), "{progress}");
+    let mut forwarded = 0;
+    for s in servers {
+        forwarded += s.metric("keepsake_cluster_forwards_total").await;
+    }
+    assert!(forwarded > 0);
+    for (i, (user, token, notes)) in users.iter().enumerate() {
+        let pulled = pull_retrying(servers[i % 3], token).await;
+        let live: Vec<&str> = pulled["changes"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["op"] != "delete" && c["kind"] == "note")
+                    .filter_map(|c| c["item_id"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for n in notes {
+            assert!(
+                live.contains(&n.as_str()),
+                "note {n} of {user} restored: {pulled}"
+            );
+        }
+    }
+    for s in [a, b, c] {
+        assert!(s.stop().success());
+    }
+}
+
 macro_rules! cluster_tests {
     ($($name:ident),* $(,)?) => {
         mod file { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(keepsake_tests::Backend::File).await } )* }
@@ -732,4 +821,5 @@ cluster_tests!(
     a_revoked_device_is_refused_by_every_server,
     a_rolling_restart_under_load_loses_nothing,
     static_ownership_serves_listed_shards,
+    a_fleet_restore_spans_every_server,
 );

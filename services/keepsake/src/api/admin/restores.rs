@@ -96,15 +96,6 @@ pub(in crate::api) async fn start_fleet_restore(
     _op: OperatorAuth,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    if state.cluster.is_some() {
-        // Its job pushes every user's restore through this server's log, which writes only the
-        // shards it serves: refused rather than half done.
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "not_in_a_cluster",
-            "a fleet restore runs on a server alone for now: stop the cluster's servers, start one without --cluster, restore, then start them again (single-user restores work from any server)",
-        ));
-    }
     let bytes = read_body(body, 16 * 1024 * 1024).await?;
     let b: FleetBody = parse_json(&bytes)?;
     if b.reason.trim().is_empty() {
