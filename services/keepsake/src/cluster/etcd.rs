@@ -94,6 +94,8 @@ async fn call<T>(
 #[derive(Debug, Default)]
 struct Snapshot {
     nodes: BTreeMap<String, String>,
+    /// Each live server's lease id.
+    leases: BTreeMap<String, i64>,
     assignment: AssignmentRecord,
     revision: i64,
     /// Each shard's holder and the revision its key was last written at.
@@ -116,6 +118,7 @@ async fn snapshot(client: &mut Client, store_id: &str) -> Result<Snapshot> {
         if let Some(node) = rest.strip_prefix("nodes/") {
             if let Ok(r) = serde_json::from_slice::<NodeRecord>(kv.value()) {
                 snap.nodes.insert(node.to_string(), r.url);
+                snap.leases.insert(node.to_string(), kv.lease());
             }
         } else if rest == "assignment" {
             snap.assignment = serde_json::from_slice(kv.value())
@@ -530,7 +533,21 @@ pub async fn status(endpoints: &[String]) -> Result<String> {
                 .flatten()
                 .filter(|a| &a.node == node)
                 .count();
-            out.push_str(&format!("    {node}  {url}  {owned} shards\n"));
+            // How long since its last keep-alive: the lease's TTL less what is left of it.
+            let lag = match snap.leases.get(node) {
+                Some(id) => {
+                    match call("read a lease", client.lease_time_to_live(*id, None)).await {
+                        Ok(l) if l.ttl() >= 0 => format!(
+                            "last keep-alive {}s ago (lease {}s)",
+                            (l.granted_ttl() - l.ttl()).max(0),
+                            l.granted_ttl()
+                        ),
+                        _ => "lease expired".to_string(),
+                    }
+                }
+                None => "no lease".to_string(),
+            };
+            out.push_str(&format!("    {node}  {url}  {owned} shards  {lag}\n"));
         }
         out.push_str("  shards:\n");
         for (s, a) in snap.assignment.shards.iter().enumerate() {

@@ -283,6 +283,7 @@ async fn three_servers_serve_one_store(backend: Backend) {
         SHARDS as usize,
         "{text}"
     );
+    assert_eq!(text.matches("last keep-alive ").count(), 3, "{text}");
     for s in [a, b, c] {
         assert!(s.stop().success());
     }
