@@ -552,6 +552,7 @@ impl Sim {
             .map(|c| {
                 let op = match c.body {
                     ChangeBody::Put { .. } => "put",
+                    ChangeBody::Create { .. } => "create",
                     ChangeBody::Patch { .. } => "patch",
                     ChangeBody::Delete => "del",
                 };

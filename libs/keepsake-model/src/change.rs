@@ -7,6 +7,8 @@
 //!   top-level field it touches has the same value now as at `base_version` (the ancestor, which
 //!   the log has), and conflicts otherwise; no `base_version` means last writer wins;
 //! - `patch` and `delete` need a live item (`not_found` otherwise); `put` creates or re-creates;
+//!   a `create` (internal: CardDAV/CalDAV `If-None-Match: *`) puts only while the item is absent
+//!   and conflicts otherwise;
 //! - conflicts and rejections write nothing.
 //!
 //! Staging never touches committed state: it works on a [`Staged`] overlay which the caller
@@ -81,7 +83,9 @@ impl TryFrom<WireChange> for Change {
 impl From<Change> for WireChange {
     fn from(c: Change) -> Self {
         let (op, document) = match c.body {
-            ChangeBody::Put { document } => (Op::Put, Some(document)),
+            ChangeBody::Put { document } | ChangeBody::Create { document } => {
+                (Op::Put, Some(document))
+            }
             ChangeBody::Patch { document } => (Op::Patch, Some(document)),
             ChangeBody::Delete => (Op::Delete, None),
         };
@@ -101,6 +105,15 @@ impl From<Change> for WireChange {
 pub enum ChangeBody {
     /// Replace the whole document.
     Put {
+        /// The new document, as sent; must be a JSON object.
+        document: Document,
+    },
+    /// Put the document only if the item does not exist (never did, or is deleted): a
+    /// precondition decided in staging, against committed state and the batch, so that two
+    /// creates of one item at once make one item (CardDAV/CalDAV `If-None-Match: *`). Written
+    /// as a `put` event; not part of the REST wire format (a change written out as JSON is a
+    /// put).
+    Create {
         /// The new document, as sent; must be a JSON object.
         document: Document,
     },
@@ -131,7 +144,7 @@ impl ChangeBody {
     /// The op this body performs.
     pub fn op(&self) -> Op {
         match self {
-            ChangeBody::Put { .. } => Op::Put,
+            ChangeBody::Put { .. } | ChangeBody::Create { .. } => Op::Put,
             ChangeBody::Patch { .. } => Op::Patch,
             ChangeBody::Delete => Op::Delete,
         }
@@ -526,6 +539,10 @@ fn decide(
             }
             check_document(document.clone(), change.kind, cx.policy)
         }
+        ChangeBody::Create { document } => match live {
+            Some(item) => conflict(item),
+            None => check_document(document.clone(), change.kind, cx.policy),
+        },
         ChangeBody::Delete => {
             let Some(item) = live else {
                 return answer(

@@ -977,3 +977,42 @@ fn documents_at_the_edges_of_what_is_refused_are_kept_as_sent() {
         );
     }
 }
+
+/// A create puts only while the item is absent (never written, or deleted), decided against
+/// committed state and the batch: two creates of one item in one batch make one item.
+#[test]
+fn a_create_applies_only_while_the_item_is_absent() {
+    let create = |v: i64| ChangeBody::Create {
+        document: Document::from_value(&json!({"v": v})),
+    };
+    let mut h = Harness::new();
+    let first = h.change(Kind::Note, item(1), None, create(1));
+    let second = h.change(Kind::Note, item(1), None, create(2));
+    let out = h.push(&[first, second]);
+    assert_eq!(applied(&out[0]).version, 1);
+    match &out[1] {
+        Outcome::Conflict(cur) => assert_eq!((cur.version, cur.deleted), (1, false)),
+        other => panic!("the second create of one item conflicts, got {other:?}"),
+    }
+    assert_eq!(h.doc(item(1)), Some(json!({"v": 1})));
+    // Deleted: absent again, so a create writes over the tombstone, as a put.
+    let del = h.change(Kind::Note, item(1), None, ChangeBody::Delete);
+    h.one(del);
+    let again = h.change(Kind::Note, item(1), None, create(3));
+    assert_eq!(applied(&h.one(again)).version, 3);
+    assert_eq!(
+        h.log.last().map(|e| e.op),
+        Some(Op::Put),
+        "written as a put event"
+    );
+    // Its document is checked as a put's.
+    let bad = h.change(
+        Kind::Note,
+        item(2),
+        None,
+        ChangeBody::Create {
+            document: Document::from_value(&json!([1])),
+        },
+    );
+    assert!(matches!(h.one(bad), Outcome::Rejected { .. }));
+}

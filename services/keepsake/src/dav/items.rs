@@ -377,17 +377,23 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
             format!("the resource is a {}, not a {kind}", row.kind),
         ));
     }
-    // A tombstone is written over at its version, so a create never conflicts with a delete.
-    let base_version = base_version.or(if_none_match_any(headers)
-        .then(|| now.as_ref().map(|row| row.version))
-        .flatten());
+    // `If-None-Match: *` is decided in staging, against committed state and the batch (a
+    // create): two creates of one name at once make one resource, the other is refused 412.
+    // A tombstone counts as absent.
+    let create = if_none_match_any(headers);
     let seen = base_version.or(now.as_ref().map(|row| row.version));
     let change = Change {
+        // "put" for creates too: ids derived before creates were their own body stay the same,
+        // so a create resent across an upgrade answers as it was answered.
         change_id: change_id(r, "put", seen, &bytes),
         kind,
         item_id,
-        base_version,
-        body: ChangeBody::Put { document },
+        base_version: base_version.filter(|_| !create),
+        body: if create {
+            ChangeBody::Create { document }
+        } else {
+            ChangeBody::Put { document }
+        },
     };
     match crate::api::push_as_device(state, r.auth, r.request_id, vec![change], false).await {
         Ok((result, _)) => match result.outcomes.first() {

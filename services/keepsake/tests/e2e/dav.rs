@@ -25,6 +25,7 @@ file_and_s3!(
     names_survive_rest_puts_and_requests_are_bounded,
     a_refused_request_keeps_its_connection_open,
     a_dav_mass_delete_waits_for_the_users_confirmation,
+    simultaneous_creates_of_one_name_make_one_resource,
 );
 
 const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
@@ -1106,4 +1107,51 @@ async fn a_dav_mass_delete_waits_for_the_users_confirmation(backend: Backend) {
         );
     }
     s.stop();
+}
+
+/// `If-None-Match: *` is a precondition on the store, not on a read before it: eight clients
+/// creating one new name at once (each with its own card) make one resource; the seven others
+/// are refused with 412, and the resource is the one created (RFC 7232 3.2, RFC 4918 9.7).
+async fn simultaneous_creates_of_one_name_make_one_resource(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let phone = s.register(&user, "dav phone").await;
+    let path = format!("/dav/users/{user}/contacts/race.vcf");
+    for round in 0..3 {
+        let path = format!("{path}{round}");
+        let cards: Vec<String> = (0..8)
+            .map(|i| {
+                format!("BEGIN:VCARD\r\nVERSION:3.0\r\nUID:race-{round}-{i}\r\nFN:Racer {i}\r\nEND:VCARD\r\n")
+            })
+            .collect();
+        let puts = cards.iter().map(|card| {
+            let (s, phone, path) = (&s, &phone, &path);
+            async move {
+                let headers = [("content-type", "text/vcard"), ("if-none-match", "*")];
+                dav(s, "PUT", path, Some(phone), &headers, card).await
+            }
+        });
+        let answers = futures::future::join_all(puts).await;
+        let created: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, (st, _, _))| *st == StatusCode::CREATED)
+            .map(|(i, _)| i)
+            .collect();
+        let refused = answers
+            .iter()
+            .filter(|(st, _, _)| *st == StatusCode::PRECONDITION_FAILED)
+            .count();
+        assert_eq!(
+            (created.len(), refused),
+            (1, 7),
+            "round {round}: {:?}",
+            answers.iter().map(|a| a.0).collect::<Vec<_>>()
+        );
+        let (st, h, text) = dav(&s, "GET", &path, Some(&phone), &[], "").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h["etag"], "\"1\"", "created once, never overwritten");
+        assert_eq!(text, cards[created[0]]);
+    }
 }
