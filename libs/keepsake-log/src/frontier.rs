@@ -30,11 +30,11 @@
 use bytes::Bytes;
 use keepsake_store::create_only;
 use keepsake_store::keys;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 use tracing::info;
 
-use crate::error::{LogError, store_err};
+use crate::error::LogError;
 
 /// The frontier record's format version.
 pub const FRONTIER_VERSION: u32 = 1;
@@ -89,24 +89,13 @@ pub fn encode(shard: u32, f: Frontier) -> Bytes {
 /// Decodes the frontier object of `shard` at `generation`: a record of another version, shard
 /// or generation than its key is damage.
 pub fn decode(shard: u32, generation: u64, bytes: &[u8]) -> Result<Frontier, String> {
-    #[derive(Deserialize)]
-    struct Version {
-        format_version: u32,
-    }
-    let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if v.format_version != FRONTIER_VERSION {
-        return Err(format!(
-            "frontier format version {} is not one this build reads ({FRONTIER_VERSION})",
-            v.format_version
-        ));
-    }
-    let r: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if r.shard != shard || r.generation != generation {
-        return Err(format!(
-            "the record says shard {} generation {}, its key shard {shard} generation {generation}",
-            r.shard, r.generation
-        ));
-    }
+    let r: Record = crate::chain::decode_record(
+        bytes,
+        "frontier",
+        FRONTIER_VERSION,
+        (shard, generation),
+        |r: &Record| (r.shard, r.generation),
+    )?;
     Ok(Frontier {
         generation,
         through: r.through,
@@ -127,16 +116,11 @@ async fn read(
     shard: u32,
     generation: u64,
 ) -> Result<Option<Frontier>, LogError> {
-    let path = keys::frontier(shard, generation);
-    let got = match store.get(&path).await {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(store_err(format!("read {path}"))(e)),
+    let Some(bytes) =
+        crate::chain::read_link(store, shard, keys::Chain::Frontier, generation).await?
+    else {
+        return Ok(None);
     };
-    let bytes = got
-        .bytes()
-        .await
-        .map_err(store_err(format!("read {path}")))?;
     decode(shard, generation, &bytes)
         .map(Some)
         .map_err(|e| damaged(shard, generation, e))
@@ -261,6 +245,7 @@ pub async fn advance(
 mod tests {
     use std::sync::Arc;
 
+    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
     use super::*;

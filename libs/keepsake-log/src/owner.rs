@@ -58,25 +58,13 @@ pub struct Owner {
 /// Decodes generation `generation` of `shard`'s owner chain: another version, shard or
 /// generation than its key is damage.
 pub fn decode(shard: u32, generation: u64, bytes: &[u8]) -> Result<Owner, String> {
-    #[derive(Deserialize)]
-    struct Version {
-        format_version: u32,
-    }
-    let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if v.format_version != OWNER_VERSION {
-        return Err(format!(
-            "owner format version {} is not one this build reads ({OWNER_VERSION})",
-            v.format_version
-        ));
-    }
-    let o: Owner = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if o.shard != shard || o.generation != generation {
-        return Err(format!(
-            "the record says shard {} generation {}, its key shard {shard} generation {generation}",
-            o.shard, o.generation
-        ));
-    }
-    Ok(o)
+    crate::chain::decode_record(
+        bytes,
+        "owner",
+        OWNER_VERSION,
+        (shard, generation),
+        |o: &Owner| (o.shard, o.generation),
+    )
 }
 
 fn damaged(shard: u32, generation: u64, why: impl std::fmt::Display) -> LogError {
@@ -92,16 +80,10 @@ pub async fn read(
     shard: u32,
     generation: u64,
 ) -> Result<Option<Owner>, LogError> {
-    let path = keys::owner(shard, generation);
-    let got = match store.get(&path).await {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(store_err(format!("read {path}"))(e)),
+    let Some(bytes) = crate::chain::read_link(store, shard, Chain::Owners, generation).await?
+    else {
+        return Ok(None);
     };
-    let bytes = got
-        .bytes()
-        .await
-        .map_err(store_err(format!("read {path}")))?;
     decode(shard, generation, &bytes)
         .map(Some)
         .map_err(|e| damaged(shard, generation, e))

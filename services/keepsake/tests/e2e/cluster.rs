@@ -30,6 +30,41 @@ async fn node(env: &Env, etcd: &Etcd, id: &str, lease_secs: u32) -> Server {
     .await
 }
 
+/// Starts a server per id and waits (at most 20 s) until they serve every shard between them.
+async fn members<const N: usize>(
+    env: &Env,
+    etcd: &Etcd,
+    ids: [&str; N],
+    lease_secs: u32,
+) -> [Server; N] {
+    let mut started = Vec::new();
+    for id in ids {
+        started.push(node(env, etcd, id, lease_secs).await);
+    }
+    // Served, and balanced: every server has its share (a server that joined last may still
+    // be waiting for its shards when the others already serve all of them).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut each = Vec::new();
+        for s in &started {
+            each.push(s.metric("keepsake_cluster_owned_shards").await);
+        }
+        let share = u64::from(SHARDS) / N as u64;
+        if each.iter().sum::<u64>() == u64::from(SHARDS) && each.iter().all(|n| *n >= share) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not balanced after 20 s: {each:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match started.try_into() {
+        Ok(servers) => servers,
+        Err(_) => panic!("one server per id"),
+    }
+}
+
 /// Waits (at most `within`) until the live servers between them serve every shard, each once.
 async fn until_served(servers: &[&Server], within: Duration) -> Duration {
     let started = Instant::now();
@@ -86,6 +121,21 @@ async fn pull_retrying(s: &Server, token: &str) -> Value {
     panic!("a pull answered 503 for 20 s")
 }
 
+/// Stops every server with SIGTERM, each exiting cleanly.
+fn stop_all<const N: usize>(servers: [Server; N]) {
+    for s in servers {
+        assert!(s.stop().success());
+    }
+}
+
+/// A pull through `via` shows every one of `acked` (acknowledged, so never lost).
+async fn assert_seen(via: &Server, token: &str, acked: &[String]) {
+    let seen = items(&pull_retrying(via, token).await);
+    for item in acked {
+        assert!(seen.contains(item), "acknowledged change {item} lost");
+    }
+}
+
 fn items(pulled: &Value) -> Vec<String> {
     pulled["changes"]
         .as_array()
@@ -122,11 +172,8 @@ async fn register_retrying(s: &Server, user: &str) -> String {
 async fn three_servers_serve_one_store(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 3).await;
-    let b = node(&env, &etcd, "b", 3).await;
-    let c = node(&env, &etcd, "c", 3).await;
+    let [a, b, c] = members(&env, &etcd, ["a", "b", "c"], 3).await;
     let servers = [&a, &b, &c];
-    until_served(&servers, Duration::from_secs(20)).await;
     let mut acked: HashMap<String, Vec<String>> = HashMap::new();
     let mut tokens = HashMap::new();
     for u in 0..8 {
@@ -284,9 +331,7 @@ async fn three_servers_serve_one_store(backend: Backend) {
         "{text}"
     );
     assert_eq!(text.matches("last keep-alive ").count(), 3, "{text}");
-    for s in [a, b, c] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b, c]);
 }
 
 /// kill -9 of a server under load: its shards are served again by the others (the lease
@@ -294,10 +339,7 @@ async fn three_servers_serve_one_store(backend: Backend) {
 async fn a_killed_server_s_shards_move(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 3).await;
-    let b = node(&env, &etcd, "b", 3).await;
-    let c = node(&env, &etcd, "c", 3).await;
-    until_served(&[&a, &b, &c], Duration::from_secs(20)).await;
+    let [a, b, c] = members(&env, &etcd, ["a", "b", "c"], 3).await;
     let owned_by_c = c.metric("keepsake_cluster_owned_shards").await;
     assert!(owned_by_c > 0, "c serves some shards");
     let users: Vec<(String, String)> = {
@@ -336,17 +378,9 @@ async fn a_killed_server_s_shards_move(backend: Backend) {
     );
     for (i, (user, token)) in users.iter().enumerate() {
         let via = if i % 2 == 0 { &b } else { &a };
-        let seen = items(&pull_retrying(via, token).await);
-        for item in &acked[user] {
-            assert!(
-                seen.contains(item),
-                "acknowledged change {item} of {user} lost"
-            );
-        }
+        assert_seen(via, token, &acked[user]).await;
     }
-    for s in [a, b] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b]);
 }
 
 /// An owner paused past its lease (SIGSTOP), its shards taken by another, then resumed
@@ -354,9 +388,7 @@ async fn a_killed_server_s_shards_move(backend: Backend) {
 async fn a_paused_owner_never_acknowledges_after_losing_its_shards(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 2).await;
-    let b = node(&env, &etcd, "b", 2).await;
-    until_served(&[&a, &b], Duration::from_secs(20)).await;
+    let [a, b] = members(&env, &etcd, ["a", "b"], 2).await;
     // A user whose shard `a` serves: a push through `a` is not forwarded.
     let mut chosen = None;
     for _ in 0..64 {
@@ -414,9 +446,7 @@ async fn a_paused_owner_never_acknowledges_after_losing_its_shards(backend: Back
         seen.contains(&item),
         "b's acknowledged change is seen through a"
     );
-    for s in [a, b] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b]);
 }
 
 /// SIGTERM hands the shards over at once (the lease is 30 s: waiting for it would fail the
@@ -424,9 +454,7 @@ async fn a_paused_owner_never_acknowledges_after_losing_its_shards(backend: Back
 async fn sigterm_hands_shards_over_without_waiting_for_the_lease(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 30).await;
-    let b = node(&env, &etcd, "b", 30).await;
-    until_served(&[&a, &b], Duration::from_secs(20)).await;
+    let [a, b] = members(&env, &etcd, ["a", "b"], 30).await;
     let user = uuid();
     let token = register_retrying(&b, &user).await;
     assert!(a.metric("keepsake_cluster_owned_shards").await > 0);
@@ -451,11 +479,8 @@ async fn sigterm_hands_shards_over_without_waiting_for_the_lease(backend: Backen
     let (acked, status, moved) = tokio::join!(pushes, stop, served);
     assert!(status.success(), "a clean exit");
     eprintln!("after SIGTERM: every shard served by b {moved:?} after it (lease 30 s)");
-    let seen = items(&pull_retrying(&b, &token).await);
-    for item in &acked {
-        assert!(seen.contains(item), "acknowledged change {item} lost");
-    }
-    assert!(b.stop().success());
+    assert_seen(&b, &token, &acked).await;
+    stop_all([b]);
 }
 
 /// etcd stopped: servers keep serving until their leases would have expired, then refuse
@@ -463,9 +488,7 @@ async fn sigterm_hands_shards_over_without_waiting_for_the_lease(backend: Backen
 async fn an_etcd_outage_stops_service_safely_and_it_resumes(backend: Backend) {
     let env = Env::new(backend).await;
     let mut etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 3).await;
-    let b = node(&env, &etcd, "b", 3).await;
-    until_served(&[&a, &b], Duration::from_secs(20)).await;
+    let [a, b] = members(&env, &etcd, ["a", "b"], 3).await;
     let user = uuid();
     let token = register_retrying(&a, &user).await;
     let first = uuid();
@@ -505,9 +528,7 @@ async fn an_etcd_outage_stops_service_safely_and_it_resumes(backend: Backend) {
     push_retrying(&b, &token, &put(&second, "note", json!({"@type": "Note"}))).await;
     let seen = items(&pull_retrying(&a, &token).await);
     assert!(seen.contains(&first) && seen.contains(&second), "{seen:?}");
-    for s in [a, b] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b]);
 }
 
 /// A device revoked through one server is refused by every server at once (its requests reach
@@ -515,10 +536,7 @@ async fn an_etcd_outage_stops_service_safely_and_it_resumes(backend: Backend) {
 async fn a_revoked_device_is_refused_by_every_server(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 3).await;
-    let b = node(&env, &etcd, "b", 3).await;
-    let c = node(&env, &etcd, "c", 3).await;
-    until_served(&[&a, &b, &c], Duration::from_secs(20)).await;
+    let [a, b, c] = members(&env, &etcd, ["a", "b", "c"], 3).await;
     let user = uuid();
     let token = register_retrying(&a, &user).await;
     let (s, listed) = b
@@ -550,9 +568,7 @@ async fn a_revoked_device_is_refused_by_every_server(backend: Backend) {
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     }
-    for s in [a, b, c] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b, c]);
 }
 
 /// A rolling restart of all three servers (SIGTERM, start again, next) under load: clients see
@@ -603,16 +619,10 @@ async fn a_rolling_restart_under_load_loses_nothing(backend: Backend) {
         acked.values().map(Vec::len).sum::<usize>()
     );
     for (i, (user, token)) in users.iter().enumerate() {
-        let seen = items(&pull_retrying(&servers[i % 3], token).await);
-        for item in &acked[user] {
-            assert!(
-                seen.contains(item),
-                "acknowledged change {item} of {user} lost"
-            );
-        }
+        assert_seen(&servers[i % 3], token, &acked[user]).await;
     }
     for s in servers {
-        assert!(s.stop().success());
+        stop_all([s]);
     }
 }
 
@@ -699,9 +709,7 @@ async fn static_ownership_serves_listed_shards(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for s in [first, second, replacement] {
-        assert!(s.stop().success());
-    }
+    stop_all([first, second, replacement]);
 }
 
 /// A fleet restore started on one server restores every user, whichever server serves each
@@ -709,11 +717,8 @@ async fn static_ownership_serves_listed_shards(backend: Backend) {
 async fn a_fleet_restore_spans_every_server(backend: Backend) {
     let env = Env::new(backend).await;
     let etcd = Etcd::start().expect("etcd");
-    let a = node(&env, &etcd, "a", 3).await;
-    let b = node(&env, &etcd, "b", 3).await;
-    let c = node(&env, &etcd, "c", 3).await;
+    let [a, b, c] = members(&env, &etcd, ["a", "b", "c"], 3).await;
     let servers = [&a, &b, &c];
-    until_served(&servers, Duration::from_secs(20)).await;
     let mut users = Vec::new();
     for i in 0..9 {
         let user = uuid();
@@ -801,9 +806,7 @@ async fn a_fleet_restore_spans_every_server(backend: Backend) {
             );
         }
     }
-    for s in [a, b, c] {
-        assert!(s.stop().success());
-    }
+    stop_all([a, b, c]);
 }
 
 macro_rules! cluster_tests {
