@@ -404,7 +404,12 @@ impl Sim {
                 Kind::Note
             };
         }
-        let body = match (fresh, self.rng.below(10)) {
+        // A create (DAV's If-None-Match: *) now and then, new item or not: it applies only
+        // while the item is absent, across batches, processes and faults alike.
+        let body = match (fresh, self.rng.below(12)) {
+            (_, 10..=11) => ChangeBody::Create {
+                document: Document::from_value(&json!({"a": self.rng.below(3), "step": step})),
+            },
             (true, _) | (false, 0..=3) => ChangeBody::put(json!({
                 "a": self.rng.below(3), "b": self.rng.below(3), "step": step
             })),
