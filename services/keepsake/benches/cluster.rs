@@ -10,8 +10,9 @@
 //!   server alone, then spread over three servers of a cluster (same machine: two cores).
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,27 +61,15 @@ impl Drop for Server {
 }
 
 fn spawn(store: &str, extra: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .arg("serve")
-        .env("KEEPSAKE_STORE", store)
-        .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
-        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
-        .env("KEEPSAKE_TOKEN_KEYS", KEYS)
-        .env("KEEPSAKE_SHARDS", SHARDS.to_string())
-        .env("KEEPSAKE_LOG", "warn,keepsake::server=info")
-        .envs(extra.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keepsake");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let shards = SHARDS.to_string();
+    let mut envs = vec![
+        ("KEEPSAKE_STORE", store),
+        ("KEEPSAKE_ADMIN_TOKEN", ADMIN),
+        ("KEEPSAKE_TOKEN_KEYS", KEYS),
+        ("KEEPSAKE_SHARDS", shards.as_str()),
+    ];
+    envs.extend_from_slice(extra);
+    let (child, base) = support::serve(&envs);
     Server { base, child }
 }
 

@@ -11,8 +11,8 @@
 //! `KEEPSAKE_DAV_ITEMS` (default 10000) and `KEEPSAKE_DAV_ROUNDS` (default 30) change the run.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -152,24 +152,9 @@ fn main() {
     let items = env("KEEPSAKE_DAV_ITEMS", 10_000) as usize;
     let rounds = env("KEEPSAKE_DAV_ROUNDS", 30) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .arg("serve")
-        .env("KEEPSAKE_STORE", dir.path().join("data"))
-        .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
-        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
-        .env("KEEPSAKE_LOG", "warn,keepsake::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keepsake");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let store = dir.path().join("data").display().to_string();
+    let (mut child, base) =
+        support::serve(&[("KEEPSAKE_STORE", &store), ("KEEPSAKE_ADMIN_TOKEN", ADMIN)]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

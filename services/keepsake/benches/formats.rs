@@ -8,8 +8,9 @@
 //! `KEEPSAKE_FORMATS_ENTRIES` (default 10000) changes the size.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keepsake_formats::Format;
@@ -140,25 +141,10 @@ fn main() {
     let ics_path = dir.path().join("events.ics");
     std::fs::write(&vcf_path, &vcf).expect("write");
     std::fs::write(&ics_path, &ics).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .arg("serve")
-        .env("KEEPSAKE_STORE", dir.path().join("data"))
-        .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
-        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
-        .env("KEEPSAKE_LOG", "warn,keepsake::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keepsake");
+    let store = dir.path().join("data").display().to_string();
+    let (mut child, base) =
+        support::serve(&[("KEEPSAKE_STORE", &store), ("KEEPSAKE_ADMIN_TOKEN", ADMIN)]);
     let pid = child.id();
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

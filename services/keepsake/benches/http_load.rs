@@ -6,8 +6,9 @@
 //! `KEEPSAKE_LOAD_SECS` (default 5) and `KEEPSAKE_LOAD_CLIENTS` (default 32) change the run.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,24 +79,9 @@ fn main() {
     let secs = env("KEEPSAKE_LOAD_SECS", 5);
     let clients = env("KEEPSAKE_LOAD_CLIENTS", 32) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .arg("serve")
-        .env("KEEPSAKE_STORE", dir.path().join("data"))
-        .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
-        .env("KEEPSAKE_ADMIN_TOKEN", ADMIN)
-        .env("KEEPSAKE_LOG", "warn,keepsake::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keepsake");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let store = dir.path().join("data").display().to_string();
+    let (mut child, base) =
+        support::serve(&[("KEEPSAKE_STORE", &store), ("KEEPSAKE_ADMIN_TOKEN", ADMIN)]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -122,16 +122,9 @@ async fn sync_collection(
     c: Collection,
     request: &Element,
 ) -> Response {
-    let wanted = match Wanted::of(Some(request)) {
-        Ok(w) => w,
-        Err(e) => return error(e),
-    };
-    let expand = match time_range::expand_of(request) {
-        Ok(x) => x,
-        Err(detail) => {
-            tracing::debug!(%detail, "expand refused");
-            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
-        }
+    let (wanted, expand) = match asked(request) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
     let limit = match limit(request, wanted.wants_data()) {
         Ok(l) => l,
@@ -314,16 +307,9 @@ async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Respo
 }
 
 async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
-    let wanted = match Wanted::of(Some(request)) {
-        Ok(w) => w,
-        Err(e) => return error(e),
-    };
-    let expand = match time_range::expand_of(request) {
-        Ok(x) => x,
-        Err(detail) => {
-            tracing::debug!(%detail, "expand refused");
-            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
-        }
+    let (wanted, expand) = match asked(request) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
     let mut hrefs: Vec<&str> = Vec::new();
     for h in request.children_named(DAV, "href") {
@@ -477,6 +463,17 @@ fn filtered_kinds(request: &Element) -> Result<Vec<KindFilter>, String> {
     Ok(if named { kinds } else { all })
 }
 
+/// What a report asks of each item: its properties, and the range of a `calendar-data`
+/// `expand` (an `expand` without good bounds is refused with `valid-filter`).
+fn asked(request: &Element) -> Result<(Wanted, Option<time_range::Span>), Box<Response>> {
+    let wanted = Wanted::of(Some(request)).map_err(|e| Box::new(error(e)))?;
+    let expand = time_range::expand_of(request).map_err(|detail| {
+        tracing::debug!(%detail, "expand refused");
+        Box::new(precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter"))
+    })?;
+    Ok((wanted, expand))
+}
+
 /// The component an item of `kind` is in its iCalendar text.
 fn component_of(kind: Kind) -> &'static str {
     match kind {
@@ -487,16 +484,9 @@ fn component_of(kind: Kind) -> &'static str {
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
-    let wanted = match Wanted::of(Some(request)) {
-        Ok(w) => w,
-        Err(e) => return error(e),
-    };
-    let expand = match time_range::expand_of(request) {
-        Ok(x) => x,
-        Err(detail) => {
-            tracing::debug!(%detail, "expand refused");
-            return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter");
-        }
+    let (wanted, expand) = match asked(request) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
     // An address book query's filters, anyof unless the filter says allof.
     let card_filter = request.child(CARDDAV, "filter");
