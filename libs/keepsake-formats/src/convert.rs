@@ -71,6 +71,7 @@ pub fn export(kind: Kind, document: &Value, format: Format) -> Result<String, Co
     let mut document = object.clone();
     document.remove(ORIGINAL_PROPERTY);
     document.remove(RESOURCE_PROPERTY);
+    document.remove(keepsake_model::COLLECTION_PROPERTY);
     match kind {
         Kind::Contact => export_contact(document),
         _ => export_calendar(kind, document),

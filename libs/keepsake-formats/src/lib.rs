@@ -68,13 +68,13 @@ impl Format {
         }
     }
 
-    /// The format a kind is exported in; `None` for `device`, which has none.
+    /// The format a kind is exported in; `None` for `device` and `collection`, which have none.
     pub fn of_kind(kind: keepsake_model::Kind) -> Option<Self> {
         use keepsake_model::Kind;
         match kind {
             Kind::Contact => Some(Format::VCard),
             Kind::Event | Kind::Task | Kind::Note => Some(Format::ICalendar),
-            Kind::Device => None,
+            Kind::Collection | Kind::Device => None,
         }
     }
 }

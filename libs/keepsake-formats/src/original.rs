@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::Format;
+use keepsake_model::COLLECTION_PROPERTY;
 
 /// The vendor property holding the original text.
 pub const ORIGINAL_PROPERTY: &str = "keepsake.app:original";
@@ -44,10 +45,15 @@ pub const RESOURCE_PROPERTY: &str = "keepsake.app:resource";
 pub const CALENDAR_PROPERTY: &str = "keepsake.app:calendar";
 
 /// The digest recorded for a document: `sha256:` and the hex SHA-256 of its canonical JSON
-/// without [`ORIGINAL_PROPERTY`] and [`RESOURCE_PROPERTY`].
+/// without [`ORIGINAL_PROPERTY`], [`RESOURCE_PROPERTY`] and the collection the item is kept in
+/// ([`COLLECTION_PROPERTY`]: moving an item is not a change of its data).
 pub fn document_digest(document: &Map<String, Value>) -> String {
     let mut text = String::new();
-    write_object(&mut text, document, &[ORIGINAL_PROPERTY, RESOURCE_PROPERTY]);
+    write_object(
+        &mut text,
+        document,
+        &[ORIGINAL_PROPERTY, RESOURCE_PROPERTY, COLLECTION_PROPERTY],
+    );
     let hash = Sha256::digest(text.as_bytes());
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");

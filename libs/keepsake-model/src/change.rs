@@ -414,6 +414,28 @@ impl<'a> Staged<'a> {
             Decision::Write(doc) => doc,
             Decision::Answer(outcome) => return Ok(outcome),
         };
+        let document = match (document, cx.meta.origin) {
+            (Some(doc), Origin::Device) => {
+                match self.collection_rules(user_id, change, doc, cx.policy) {
+                    Ok(doc) => Some(doc),
+                    Err(outcome) => return Ok(outcome),
+                }
+            }
+            (None, Origin::Device) if change.kind == Kind::Collection => {
+                let members = self.live_members(change.item_id);
+                if members > 0 {
+                    return Ok(reject(
+                        RejectCode::InvalidChange,
+                        format!(
+                            "the collection holds {members} live items: delete them (or move \
+                             them) first, in this push or before"
+                        ),
+                    ));
+                }
+                None
+            }
+            (document, _) => document,
+        };
         let version = self.item(&change.item_id).map_or(0, |i| i.version) + 1;
         let event = Event {
             user_id,
@@ -443,6 +465,97 @@ impl<'a> Staged<'a> {
         };
         self.events.push(event);
         Ok(Outcome::Applied(result))
+    }
+
+    /// A device's document as the collection rules have it (`crate::collection`): a put that
+    /// leaves the item's collection out keeps it in the collection it is in, a collection says
+    /// what it holds, and an item names its collection by id. (Restores and imports write
+    /// what they were given.)
+    fn collection_rules(
+        &self,
+        user: crate::ids::UserId,
+        change: &Change,
+        doc: Document,
+        policy: &StagePolicy,
+    ) -> Result<Document, Outcome> {
+        let live = self.item(&change.item_id).filter(|i| !i.deleted);
+        let doc = match (&change.body, live.and_then(|i| i.document.as_ref())) {
+            (ChangeBody::Put { .. }, Some(current)) => {
+                crate::collection::carry_collection(&doc, current).unwrap_or(doc)
+            }
+            _ => doc,
+        };
+        let checked = if change.kind == Kind::Collection {
+            crate::collection::check_collection(&doc)
+        } else {
+            crate::collection::named_collection(&doc)
+                .and_then(|named| self.check_named(user, change.kind, named))
+        };
+        if let Err(detail) = checked {
+            return Err(reject(RejectCode::InvalidDocument, detail));
+        }
+        if doc.len() > policy.max_document_bytes {
+            return Err(reject(
+                RejectCode::DocumentTooLarge,
+                format!(
+                    "the document is {} bytes; the limit is {}",
+                    doc.len(),
+                    policy.max_document_bytes
+                ),
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// A device may keep an item only in a collection that exists and holds its kind (or in
+    /// the default one), so that every item a device writes is in a collection DAV clients see.
+    fn check_named(
+        &self,
+        user: crate::ids::UserId,
+        kind: Kind,
+        named: Option<ItemId>,
+    ) -> Result<(), String> {
+        let (Some(id), Some(holds)) = (named, crate::collection::Holds::of(kind)) else {
+            return Ok(());
+        };
+        if id == holds.default_id(user) {
+            return Ok(());
+        }
+        let collection = self
+            .item(&id)
+            .filter(|i| !i.deleted && i.kind == Kind::Collection);
+        match collection
+            .and_then(|c| c.document.as_ref())
+            .map(crate::collection::holds_of)
+        {
+            Some(Some(h)) if h == holds => Ok(()),
+            Some(_) => Err(format!(
+                "{} names collection {id}, which holds no {kind} items",
+                crate::collection::COLLECTION_PROPERTY
+            )),
+            None => Err(format!(
+                "{} names {id}, which is not a live collection",
+                crate::collection::COLLECTION_PROPERTY
+            )),
+        }
+    }
+
+    /// How many live items are kept in collection `id`, as the batch sees them.
+    fn live_members(&self, id: ItemId) -> usize {
+        let member = |i: &ItemState| {
+            !i.deleted
+                && i.kind != Kind::Collection
+                && i.document.as_ref().is_some_and(|d| {
+                    crate::collection::named_collection(d).ok().flatten() == Some(id)
+                })
+        };
+        let overlay = self.items.values().filter(|i| member(i)).count();
+        let base = self
+            .base
+            .items()
+            .filter(|i| !self.items.contains_key(&i.item_id) && member(i))
+            .count();
+        overlay + base
     }
 
     /// The document of `version` of an item: from this batch if it staged it, else from the

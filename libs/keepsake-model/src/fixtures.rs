@@ -98,6 +98,9 @@ pub fn document_sized(kind: Kind, rng: &mut Rng, target: usize) -> Map<String, V
             "progress": "needs-action", "priority": rng.below(9),
         }),
         Kind::Note => json!({"@type": "Note", "title": words(rng, 3)}),
+        Kind::Collection => {
+            json!({"@type": "Collection", "holds": "calendar", "name": words(rng, 2)})
+        }
         Kind::Device => json!({"@type": "Device", "name": words(rng, 2)}),
     };
     let len = serde_json::to_string(&doc).map_or(0, |s| s.len());
@@ -122,7 +125,7 @@ pub fn history(seed: u64, users: usize, per_user: usize, start: DateTime<Utc>) -
     let mut out = Vec::with_capacity(users * per_user);
     for (u, user_id) in user_ids.iter().enumerate() {
         let items: Vec<(ItemId, Kind)> = (0..(per_user / 4).max(1))
-            .map(|i| (ItemId(rng.uuid()), Kind::DATA[i % Kind::DATA.len()]))
+            .map(|i| (ItemId(rng.uuid()), Kind::ITEMS[i % Kind::ITEMS.len()]))
             .collect();
         let mut versions: HashMap<ItemId, (u64, bool)> = HashMap::new();
         for seq in 1..=per_user as u64 {

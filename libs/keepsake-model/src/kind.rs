@@ -52,6 +52,9 @@ text_enum!(
         Task => "task",
         /// A note.
         Note => "note",
+        /// An address book or a calendar: a named collection the user's items are kept in
+        /// (`crate::collection`). Segment format 4 and checkpoint format 3.
+        Collection => "collection",
         /// One of the user's devices, as the operator registered it: written only by the
         /// operator (origin `operator`), a put when it is registered and a delete when it is
         /// revoked, so the log records who could reach the user's data and when. Never served
@@ -90,7 +93,16 @@ text_enum!(
 impl Kind {
     /// The kinds of the user's data: what devices push, pull and restore (every kind but
     /// `device`).
-    pub const DATA: &'static [Kind] = &[Kind::Contact, Kind::Event, Kind::Task, Kind::Note];
+    pub const DATA: &'static [Kind] = &[
+        Kind::Contact,
+        Kind::Event,
+        Kind::Task,
+        Kind::Note,
+        Kind::Collection,
+    ];
+
+    /// The kinds of items a collection holds: the data kinds but `collection` itself.
+    pub const ITEMS: &'static [Kind] = &[Kind::Contact, Kind::Event, Kind::Task, Kind::Note];
 
     /// True for the kinds of the user's data; false for `device`, which only the operator
     /// writes.
@@ -105,6 +117,7 @@ impl Kind {
             Kind::Event => "Event",
             Kind::Task => "Task",
             Kind::Note => "Note",
+            Kind::Collection => "Collection",
             Kind::Device => "Device",
         }
     }

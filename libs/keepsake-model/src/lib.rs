@@ -4,10 +4,12 @@
 //! - [`change`]: what devices send, and staging — the conflict, merge and idempotency rules.
 //! - [`event`]: what the log stores. [`state`]: materialized state and [`state::apply`], the one
 //!   pure function that folds events into state.
+//! - [`collection`]: address books and calendars, and which one an item is kept in.
 //! - [`clock`]: time and id generation behind traits, for deterministic tests.
 
 pub mod change;
 pub mod clock;
+pub mod collection;
 pub mod document;
 pub mod event;
 #[cfg(any(test, feature = "fixtures"))]
@@ -21,6 +23,7 @@ pub use change::{
     Outcome, RejectCode, StageContext, StagePolicy, Staged,
 };
 pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
+pub use collection::{COLLECTION_PROPERTY, Holds};
 pub use document::{Document, DocumentError, MAX_DEPTH, Probe};
 pub use event::Event;
 pub use ids::{

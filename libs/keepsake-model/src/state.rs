@@ -155,6 +155,26 @@ impl UserState {
         Some(seq)
     }
 
+    /// The seq of the item's newest event at or before `seq`: what a reader that had the log
+    /// up to `seq` knew of it. `Some(None)` when the item had no event yet (or does not exist);
+    /// `None` when a link the walk needs is older than what this state applied (read the
+    /// item's history instead).
+    pub fn seq_seen_at(&self, item: &ItemId, seq: u64) -> Option<Option<u64>> {
+        let Some(current) = self.items.get(item) else {
+            return Some(None);
+        };
+        let mut at = current.seq;
+        let mut version = current.version;
+        while at > seq {
+            if version <= 1 {
+                return Some(None);
+            }
+            at = *self.prev.get(&at)?;
+            version -= 1;
+        }
+        Some(Some(at))
+    }
+
     /// Items whose last change is after `seq`, in seq order (each item once, at its latest).
     pub fn items_changed_after(&self, seq: u64) -> impl Iterator<Item = &ItemState> {
         self.by_seq

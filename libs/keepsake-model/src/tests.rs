@@ -479,7 +479,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn to_change(h: &mut Harness, s: &Step, sent: &[Change]) -> Option<Change> {
-    let kinds = Kind::DATA;
+    let kinds = Kind::ITEMS;
     let field = |f: u8| format!("f{f}");
     Some(match *s {
         Step::Put {
@@ -587,6 +587,21 @@ proptest! {
             prop_assert_eq!(linked.seq_of_version(&e.item_id, 0), None);
             let plain = h.state.seq_of_version(&e.item_id, e.version);
             prop_assert!(plain.is_none() || plain == Some(e.seq));
+        }
+        // What a reader with the log up to s knew of each item: its newest event at or before
+        // s, found by walking the links (never a wrong seq without them).
+        for e in &h.log {
+            for s in 0..=h.log.len() as u64 {
+                let want = h
+                    .log
+                    .iter()
+                    .filter(|x| x.item_id == e.item_id && x.seq <= s)
+                    .map(|x| x.seq)
+                    .max();
+                prop_assert_eq!(linked.seq_seen_at(&e.item_id, s), Some(want));
+                let plain = h.state.seq_seen_at(&e.item_id, s);
+                prop_assert!(plain.is_none() || plain == Some(want));
+            }
         }
         // A state loaded from a checkpoint at j links only the versions applied after j: it
         // finds those, and never gives a wrong seq for older ones.
@@ -1015,4 +1030,127 @@ fn a_create_applies_only_while_the_item_is_absent() {
         },
     );
     assert!(matches!(h.one(bad), Outcome::Rejected { .. }));
+}
+
+#[test]
+fn collections_and_the_collection_an_item_is_kept_in() {
+    use crate::COLLECTION_PROPERTY as C;
+    let mut h = Harness::new();
+    let work = item(50);
+    // A collection says what it holds.
+    let bad = h.change(Kind::Collection, work, None, put(json!({"name": "Work"})));
+    assert_eq!(rejected(&h.one(bad)), RejectCode::InvalidDocument);
+    let ok = h.change(
+        Kind::Collection,
+        work,
+        None,
+        put(json!({"@type": "Collection", "holds": "calendar", "name": "Work"})),
+    );
+    applied(&h.one(ok));
+    // An item names its collection by id, or null.
+    let bad = h.change(Kind::Event, item(1), None, put(json!({C: "work"})));
+    assert_eq!(rejected(&h.one(bad)), RejectCode::InvalidDocument);
+    let first = h.change(
+        Kind::Event,
+        item(1),
+        None,
+        put(json!({"title": "a", C: work.to_string()})),
+    );
+    applied(&h.one(first));
+    // A device's put that leaves it out keeps the item where it is...
+    let edit = h.change(Kind::Event, item(1), None, put(json!({"title": "b"})));
+    applied(&h.one(edit));
+    assert_eq!(
+        h.doc(item(1)),
+        Some(json!({"title": "b", C: work.to_string()}))
+    );
+    // ...a patch keeps it as patches keep every field, and null moves it to the default.
+    let moved = h.change(Kind::Event, item(1), None, patch(json!({C: null})));
+    applied(&h.one(moved));
+    assert_eq!(h.doc(item(1)), Some(json!({"title": "b"})));
+    let back = h.change(
+        Kind::Event,
+        item(1),
+        None,
+        put(json!({"title": "c", C: work.to_string()})),
+    );
+    applied(&h.one(back));
+    let to_default = h.change(
+        Kind::Event,
+        item(1),
+        None,
+        put(json!({"title": "d", C: null})),
+    );
+    applied(&h.one(to_default));
+    assert_eq!(h.doc(item(1)), Some(json!({"title": "d", C: null})));
+    // A re-created item starts where its put says.
+    let again = h.change(
+        Kind::Event,
+        item(1),
+        None,
+        put(json!({"title": "e", C: work.to_string()})),
+    );
+    applied(&h.one(again));
+    let del = h.change(Kind::Event, item(1), None, ChangeBody::Delete);
+    applied(&h.one(del));
+    let recreated = h.change(Kind::Event, item(1), None, put(json!({"title": "f"})));
+    applied(&h.one(recreated));
+    assert_eq!(h.doc(item(1)), Some(json!({"title": "f"})));
+    // Only a live collection that holds the kind, or the default.
+    let nowhere = h.change(
+        Kind::Event,
+        item(3),
+        None,
+        put(json!({C: item(77).to_string()})),
+    );
+    assert_eq!(rejected(&h.one(nowhere)), RejectCode::InvalidDocument);
+    let contact = h.change(
+        Kind::Contact,
+        item(3),
+        None,
+        put(json!({C: work.to_string()})),
+    );
+    assert_eq!(rejected(&h.one(contact)), RejectCode::InvalidDocument);
+    let default = crate::Holds::Contacts.default_id(user());
+    let contact = h.change(
+        Kind::Contact,
+        item(3),
+        None,
+        put(json!({C: default.to_string()})),
+    );
+    applied(&h.one(contact));
+    // A collection holding live items is not deleted; with them, in one push, it is.
+    let into_work = h.change(
+        Kind::Event,
+        item(1),
+        None,
+        patch(json!({C: work.to_string()})),
+    );
+    applied(&h.one(into_work));
+    let drop_work = h.change(Kind::Collection, work, None, ChangeBody::Delete);
+    assert_eq!(rejected(&h.one(drop_work)), RejectCode::InvalidChange);
+    let drop_item = h.change(Kind::Event, item(1), None, ChangeBody::Delete);
+    let drop_work = h.change(Kind::Collection, work, None, ChangeBody::Delete);
+    let out = h.push(&[drop_item, drop_work]);
+    applied(&out[0]);
+    applied(&out[1]);
+    let undo = h.change(
+        Kind::Collection,
+        work,
+        None,
+        put(json!({"holds": "calendar", "name": "Work"})),
+    );
+    applied(&h.one(undo));
+    // A restore writes the document it was given, as it was.
+    let kept = h.change(
+        Kind::Event,
+        item(2),
+        None,
+        put(json!({"title": "g", C: work.to_string()})),
+    );
+    applied(&h.one(kept));
+    h.origin = Origin::Restore;
+    let restored = h.change(Kind::Event, item(2), None, put(json!({"title": "old"})));
+    applied(&h.one(restored));
+    assert_eq!(h.doc(item(2)), Some(json!({"title": "old"})));
 }

@@ -32,15 +32,24 @@ use crate::codec::writer_properties;
 use crate::error::{SegmentError, invalid};
 
 /// The newest checkpoint format version this build writes. Version 2 has the columns of
-/// version 1 and one more `kind`: `device`. A checkpoint is stamped with the lowest version that
+/// version 1 and one more `kind`: `device`; version 3 one more again: `collection`. A checkpoint is stamped with the lowest version that
 /// holds its rows ([`checkpoint_version`]), for the reason segments are.
-pub const CHECKPOINT_VERSION: u32 = 2;
-const KNOWN: &[u32] = &[1, 2];
+pub const CHECKPOINT_VERSION: u32 = 3;
+const KNOWN: &[u32] = &[1, 2, 3];
 
 /// The lowest checkpoint format version that can hold these users' states.
 pub fn checkpoint_version<'a>(users: impl IntoIterator<Item = &'a UserState>) -> u32 {
-    let device = |s: &UserState| s.items().any(|i| !i.kind.is_data());
-    if users.into_iter().any(device) { 2 } else { 1 }
+    let needed = |s: &UserState| {
+        s.items()
+            .map(|i| match i.kind {
+                keepsake_model::Kind::Collection => 3,
+                keepsake_model::Kind::Device => 2,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1)
+    };
+    users.into_iter().map(needed).max().unwrap_or(1)
 }
 
 /// The Arrow schema of a checkpoint.
@@ -86,18 +95,22 @@ pub const ENTRY_CHANGE: &str = "change";
 
 /// The machine-readable description of checkpoint format `version`, as in
 /// `schemas/checkpoint-v<version>.json`; `None` for a version this build does not know.
-/// Version 2 adds `kinds`: the spellings of the `kind` column (version 1 had all but `device`).
+/// Version 2 adds `kinds`: the spellings of the `kind` column (version 1 had all but `device`);
+/// version 3 adds the kind `collection`.
 pub fn checkpoint_description(version: u32) -> Option<Value> {
     let mut d = checkpoint_description_v1();
     match version {
         1 => {}
-        2 => {
-            let kinds: Vec<&str> = keepsake_model::Kind::ALL
-                .iter()
-                .map(|k| k.as_str())
-                .collect();
-            d["format_version"] = 2.into();
-            d["kinds"] = Value::from(kinds);
+        2 | 3 => {
+            // Each version's kinds spelled out: a kind added later must not change the
+            // description (and so the checked-in file) of an older version.
+            let kinds: &[&str] = if version == 2 {
+                &["contact", "event", "task", "note", "device"]
+            } else {
+                &["contact", "event", "task", "note", "collection", "device"]
+            };
+            d["format_version"] = version.into();
+            d["kinds"] = Value::from(kinds.to_vec());
         }
         _ => return None,
     }

@@ -29,10 +29,11 @@ use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_sch
 /// The newest history format version this build writes. A history object is stamped with the
 /// newest format version among its source segments: version 2 holds at least one segment of
 /// format 2 (kind `device`, origin `operator`), version 3 at least one of format 3 (origin
-/// `import`); the layout is version 1's throughout. So a build that reads only older versions
+/// `import`), version 4 at least one of format 4 (kind `collection`); the layout is version 1's
+/// throughout. So a build that reads only older versions
 /// refuses the object by version — also on its one-user reads, which do not read the sources'
 /// versions — rather than by a value it does not know.
-pub const HISTORY_VERSION: u32 = 3;
+pub const HISTORY_VERSION: u32 = 4;
 
 /// What a history object says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,7 +209,7 @@ impl HistoryMeta {
 }
 
 /// Every history format version this build reads.
-pub const HISTORY_VERSIONS: &[u32] = &[1, 2, 3];
+pub const HISTORY_VERSIONS: &[u32] = &[1, 2, 3, 4];
 
 /// Encodes segments `first..=last` of `shard` (ascending, dense) as one history object.
 pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, SegmentError> {
@@ -368,6 +369,12 @@ pub fn history_description(version: u32) -> Option<Value> {
             d["format_version"] = 3.into();
             d["segment_format_versions"] = json!([1, 2, 3]);
             d["stamped"] = "the newest format version among its source segments (1, 2 or 3)".into();
+        }
+        4 => {
+            d["format_version"] = 4.into();
+            d["segment_format_versions"] = json!([1, 2, 3, 4]);
+            d["stamped"] =
+                "the newest format version among its source segments (1, 2, 3 or 4)".into();
         }
         _ => return None,
     }

@@ -1,4 +1,4 @@
-//! The segment schema (format versions 1, 2 and 3: the same columns) and its key-value
+//! The segment schema (format versions 1 to 4: the same columns) and its key-value
 //! metadata.
 
 use std::collections::HashMap;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Utc};
-use keepsake_model::{BatchId, Event, Origin};
+use keepsake_model::{BatchId, Event, Kind, Origin};
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
@@ -16,16 +16,18 @@ use crate::error::{SegmentError, invalid};
 /// that holds its rows ([`segment_version`]), so that a build that reads only older versions (one
 /// being rolled back to, or still running beside this one during a deploy) refuses only the
 /// segments it cannot read, and refuses them by version rather than by a value it does not know.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Every format version this build reads.
-pub const KNOWN_VERSIONS: &[u32] = &[1, 2, 3];
+pub const KNOWN_VERSIONS: &[u32] = &[1, 2, 3, 4];
 
 /// The lowest segment format version that can hold `events`. Every version has the columns of
 /// version 1; version 2 adds two values, kind `device` and origin `operator` (device
 /// registrations and revocations recorded in the user's log); version 3 adds origin `import`
-/// (an operator's import of a vCard or iCalendar file).
+/// (an operator's import of a vCard or iCalendar file); version 4 adds kind `collection` (an
+/// address book or calendar, `keepsake_model::collection`).
 pub fn segment_version(events: &[Event]) -> u32 {
     let needed = |e: &Event| match e.origin {
+        _ if e.kind == Kind::Collection => 4,
         Origin::Import => 3,
         Origin::Operator => 2,
         Origin::Device | Origin::Restore if !e.kind.is_data() => 2,
@@ -41,7 +43,8 @@ pub(crate) fn check_version(format_version: u32, events: &[Event]) -> Result<(),
     if format_version < needed {
         return Err(invalid(format!(
             "format version {format_version} cannot hold these rows (kind device or origin \
-             operator need version 2, origin import version 3: these need version {needed})"
+             operator need version 2, origin import version 3, kind collection version 4: these need \
+             version {needed})"
         )));
     }
     Ok(())
@@ -248,7 +251,7 @@ pub fn schema_description(version: u32) -> Option<Value> {
     let mut d = schema_description_v1();
     match version {
         1 => {}
-        2 | 3 => {
+        2..=4 => {
             let spell = |all: &[&str]| Value::from(all.to_vec());
             // Each version's values spelled out: a value added later must not change the
             // description (and so the checked-in file) of an older version.
@@ -257,9 +260,14 @@ pub fn schema_description(version: u32) -> Option<Value> {
             } else {
                 &["device", "restore", "operator", "import"]
             };
+            let kinds: &[&str] = if version < 4 {
+                &["contact", "event", "task", "note", "device"]
+            } else {
+                &["contact", "event", "task", "note", "collection", "device"]
+            };
             d["format_version"] = version.into();
             d["values"] = json!({
-                "kind": spell(&keepsake_model::Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+                "kind": spell(kinds),
                 "origin": spell(origins),
                 "op": spell(&keepsake_model::Op::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()),
             });

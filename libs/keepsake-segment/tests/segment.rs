@@ -160,7 +160,7 @@ fn bless_missing_schema_files() {
     // Checkpoints have versions of their own (segment version 3 added an origin, and a
     // checkpoint holds no origin: it did not change). A history object is stamped with its
     // newest source's version, so it has one version per segment version.
-    for v in [1, 2] {
+    for v in [1, 2, 3] {
         write_new(
             &format!("checkpoint-v{v}.json"),
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
@@ -180,7 +180,7 @@ fn bless_missing_schema_files() {
             &encode(&events, &meta).expect("encode"),
         );
     }
-    for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+    for (v, events) in golden_checkpoints() {
         let users = checkpoints::fold(&events);
         write_new(
             &format!("golden/checkpoint-v{v}.parquet"),
@@ -399,12 +399,72 @@ fn golden_events_v3() -> Vec<Event> {
     events
 }
 
+/// The golden events of format 4: those of format 3, and user 2's calendar "Work" (kind
+/// `collection`) with an event kept in it.
+fn golden_events_v4() -> Vec<Event> {
+    let mut events = golden_events_v3();
+    let id = |n: u128| Uuid::from_u128(0x4000 + n);
+    let user = UserId(Uuid::from_u128(2));
+    let seq = events
+        .iter()
+        .filter(|e| e.user_id == user)
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0);
+    let last = events.iter().map(|e| e.recorded_at).max().unwrap_or(t(0));
+    let event = |n: u128, seq: u64, kind: Kind, item: ItemId, document: &str| Event {
+        user_id: user,
+        seq,
+        event_id: EventId(id(n)),
+        change_id: ChangeId(id(n + 1)),
+        device_id: Some(DeviceId(id(9))),
+        origin: Origin::Device,
+        request_id: Some(RequestId(id(n + 2))),
+        restore_id: None,
+        kind,
+        item_id: item,
+        op: Op::Put,
+        version: 1,
+        recorded_at: last,
+        document: Some(Document::from_stored(document)),
+    };
+    let work = ItemId(id(100));
+    events.push(event(
+        1,
+        seq + 1,
+        Kind::Collection,
+        work,
+        r##"{"@type":"Collection","holds":"calendar","name":"Work","color":"#3366FF"}"##,
+    ));
+    events.push(event(
+        4,
+        seq + 2,
+        Kind::Event,
+        ItemId(id(101)),
+        &format!(
+            r#"{{"@type":"Event","title":"Standup","start":"2026-12-01T09:00:00","keepsake.app:collection":"{work}"}}"#
+        ),
+    ));
+    events.sort_by_key(|e| (e.user_id, e.seq));
+    events
+}
+
 /// Every segment format version with its golden events.
-fn golden_segments() -> [(u32, Vec<Event>); 3] {
+fn golden_segments() -> [(u32, Vec<Event>); 4] {
     [
         (1, golden_events()),
         (2, golden_events_v2()),
         (3, golden_events_v3()),
+        (4, golden_events_v4()),
+    ]
+}
+
+/// Every checkpoint format version with the golden events it is the fold of.
+fn golden_checkpoints() -> [(u32, Vec<Event>); 3] {
+    [
+        (1, golden_events()),
+        (2, golden_events_v2()),
+        (3, golden_events_v4()),
     ]
 }
 
@@ -420,7 +480,7 @@ fn golden_segments_of_every_version_still_decode() {
     }
     assert_eq!(
         KNOWN_VERSIONS,
-        &[1, 2, 3],
+        &[1, 2, 3, 4],
         "a new version needs its golden file here"
     );
     // The newest version names every origin this build writes.
@@ -430,6 +490,9 @@ fn golden_segments_of_every_version_still_decode() {
         .map(|o| o.as_str())
         .collect();
     assert_eq!(newest["values"]["origin"], serde_json::json!(origins));
+    // ...and every kind.
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(newest["values"]["kind"], serde_json::json!(kinds));
 }
 
 #[test]
@@ -454,6 +517,15 @@ fn a_segment_is_stamped_with_the_lowest_version_that_holds_it() {
     meta.format_version = 2;
     match encode(&events, &meta) {
         Err(SegmentError::Invalid(m)) => assert!(m.contains("version 3"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A collection needs version 4; stamped 3 it is refused the same way.
+    let events = golden_events_v4();
+    assert_eq!(segment_version(&events), 4);
+    let mut meta = meta_for(&events, 1);
+    meta.format_version = 3;
+    match encode(&events, &meta) {
+        Err(SegmentError::Invalid(m)) => assert!(m.contains("version 4"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -555,16 +627,16 @@ mod checkpoints {
 
     #[test]
     fn checkpoint_schema_files_match_the_code() {
-        for &v in &[1, 2] {
+        for &v in &[1, 2, 3] {
             let name = format!("checkpoint-v{v}.json");
             assert_eq!(Some(json_file(&name)), checkpoint_description(v), "{name}");
         }
-        assert_eq!(checkpoint_description(3), None);
+        assert_eq!(checkpoint_description(4), None);
     }
 
     #[test]
     fn golden_checkpoints_of_every_version_still_decode() {
-        for (v, events) in [(1, golden_events()), (2, golden_events_v2())] {
+        for (v, events) in super::golden_checkpoints() {
             let name = format!("golden/checkpoint-v{v}.parquet");
             let users = fold(&events);
             let (m, decoded) = decode_checkpoint(Bytes::from(checked_in(&name)))
@@ -575,7 +647,7 @@ mod checkpoints {
         // Checkpoint versions are their own (segment version 3 added no checkpoint version).
         assert_eq!(
             keepsake_segment::CHECKPOINT_VERSION,
-            2,
+            3,
             "a new checkpoint version needs its golden file here"
         );
     }
@@ -592,6 +664,14 @@ mod checkpoints {
             Err(SegmentError::Invalid(_))
         ));
         assert!(encode_checkpoint(users.iter(), &meta(2, users.len())).is_ok());
+        // A collection needs version 3.
+        let users = fold(&super::golden_events_v4());
+        assert_eq!(checkpoint_version(users.values()), 3);
+        assert!(matches!(
+            encode_checkpoint(users.iter(), &meta(2, users.len())),
+            Err(SegmentError::Invalid(_))
+        ));
+        assert!(encode_checkpoint(users.iter(), &meta(3, users.len())).is_ok());
     }
 }
 
@@ -742,11 +822,11 @@ mod history {
 
     #[test]
     fn history_schema_files_match_the_code() {
-        for v in [1, 2, 3] {
+        for v in [1, 2, 3, 4] {
             let name = format!("history-v{v}.json");
             assert_eq!(Some(json_file(&name)), history_description(v), "{name}");
         }
-        assert_eq!(history_description(4), None);
+        assert_eq!(history_description(5), None);
     }
 
     #[test]
@@ -764,7 +844,7 @@ mod history {
         }
         assert_eq!(
             keepsake_segment::HISTORY_VERSIONS,
-            &[1, 2, 3],
+            &[1, 2, 3, 4],
             "a new history version needs its golden file here"
         );
     }

@@ -56,6 +56,20 @@ impl DeleteGuard {
         bounds: &MassDeleteGuard,
         now: Instant,
     ) -> Result<(), Refused> {
+        self.admit_many(user, kind, 1, live, bounds, now)
+    }
+
+    /// Whether `count` more deletes of `kind` by `user` may go ahead together (a collection's
+    /// items); counts them when they may.
+    pub fn admit_many(
+        &self,
+        user: UserId,
+        kind: Kind,
+        count: usize,
+        live: usize,
+        bounds: &MassDeleteGuard,
+        now: Instant,
+    ) -> Result<(), Refused> {
         let confirmed = self
             .confirmed
             .lock()
@@ -71,7 +85,7 @@ impl DeleteGuard {
             live_at_start: live,
             deletes: 0,
         });
-        let after = window.deletes + 1;
+        let after = window.deletes + count;
         let too_many = after > bounds.min_items
             && (after as f64) > bounds.max_share * (window.live_at_start as f64);
         if too_many && !confirmed {

@@ -333,7 +333,7 @@ fn dataset(cfg: &BaselineConfig) -> Vec<Vec<Push>> {
         let user = user_of(p);
         let items = (0..batch)
             .map(|i| {
-                let kind = Kind::DATA[(p + i) % Kind::DATA.len()];
+                let kind = Kind::ITEMS[(p + i) % Kind::ITEMS.len()];
                 (kind, rng.uuid(), rng.uuid(), rng.below(1 << 20) as usize)
             })
             .collect();
@@ -616,7 +616,7 @@ async fn keepsake_append(
         .context("opening the log")?,
     );
     let docs_k: Arc<Vec<Vec<Document>>> = Arc::new(
-        Kind::DATA
+        Kind::ITEMS
             .iter()
             .map(|&k| {
                 docs.all(k)
@@ -789,13 +789,13 @@ async fn keepsake_reads(
             .await
             .context("the reader user as of mid-history")?;
         as_of_lat.push(t.elapsed());
-        items = Kind::DATA.iter().map(|&k| state.live_count(k)).sum();
+        items = Kind::ITEMS.iter().map(|&k| state.live_count(k)).sum();
     }
     Ok((read_figures(rows, read_lat), read_figures(items, as_of_lat)))
 }
 
 fn kind_index(kind: Kind) -> usize {
-    Kind::DATA.iter().position(|&k| k == kind).unwrap_or(0)
+    Kind::ITEMS.iter().position(|&k| k == kind).unwrap_or(0)
 }
 
 const COLUMNS: &str = "user_id, seq, event_id, change_id, device_id, origin, request_id, kind, item_id, op, version, recorded_at, document";
@@ -853,7 +853,7 @@ async fn pg_append(
     mode: PgMode,
 ) -> anyhow::Result<(AppendFigures, Option<DateTime<Utc>>)> {
     let raw: Arc<Vec<Vec<Box<RawValue>>>> = Arc::new(
-        Kind::DATA
+        Kind::ITEMS
             .iter()
             .map(|&k| {
                 docs.all(k)

@@ -53,7 +53,7 @@ impl Default for Mix {
             long_poll_share: 0.1,
             long_poll_wait: 2,
             changes_per_push: 100,
-            kinds: Kind::DATA.to_vec(),
+            kinds: Kind::ITEMS.to_vec(),
             patch_share: 0.15,
             delete_share: 0.03,
             stale_share: 0.1,
@@ -77,7 +77,7 @@ impl Documents {
     pub fn new(seed: u64, per_kind: usize, bytes: (usize, usize)) -> Self {
         let mut rng = Rng::new(seed);
         let (lo, hi) = (bytes.0.min(bytes.1), bytes.0.max(bytes.1));
-        let by_kind = Kind::DATA
+        let by_kind = Kind::ITEMS
             .iter()
             .map(|&k| {
                 let docs = (0..per_kind.max(1))
@@ -498,6 +498,7 @@ mod tests {
                     Kind::Event => "Event",
                     Kind::Task => "Task",
                     Kind::Note => "Note",
+                    Kind::Collection => "Collection",
                     Kind::Device => panic!("loadgen pushed kind device"),
                 }
             );

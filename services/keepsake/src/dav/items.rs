@@ -22,15 +22,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keepsake_formats::{Format, RESOURCE_PROPERTY};
 use keepsake_model::{
-    Change, ChangeBody, ChangeId, Document, Kind, Outcome, RejectCode, RequestId, UserState,
+    COLLECTION_PROPERTY, Change, ChangeBody, ChangeId, Document, Holds, Kind, Outcome, RejectCode,
+    RequestId, UserState,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::answer::{error, precondition, precondition_with_href};
+use super::collections::contains;
 use super::paths::{self, Collection};
-use super::row::{Row, content_type, resource_name, text};
+use super::row::{Row, content_type, text};
 use super::xml::{CALDAV, CARDDAV, KEEPSAKE_NS};
 use crate::api::{ApiError, DeviceAuth, Shared};
 
@@ -44,35 +46,8 @@ pub(crate) struct Resource {
 
 impl Resource {
     fn item_id(&self) -> keepsake_model::ItemId {
-        paths::item_of(self.auth.user, self.collection, &self.name)
+        paths::item_of(self.auth.user, &self.collection, &self.name)
     }
-}
-
-/// The resource name a deleted item had: a tombstone holds no document, so it is read from the
-/// item's newest event that set the document (a put, or a patch that names it).
-pub(crate) async fn name_before_delete(
-    state: &Shared,
-    user: keepsake_model::UserId,
-    item: keepsake_model::ItemId,
-) -> Result<Option<String>, ApiError> {
-    let log = &state.ready()?.log;
-    let up_to = keepsake_log::UpTo::Seq(log.last_seq(&user).await?);
-    let events = log
-        .user_events_picked(&user, up_to, keepsake_log::Pick::Item(item))
-        .await?;
-    for event in events.iter().rev() {
-        let Some(document) = &event.document else {
-            continue;
-        };
-        // A put's and a patch's event both hold the whole document that resulted.
-        match event.op {
-            keepsake_model::Op::Put | keepsake_model::Op::Patch => {
-                return Ok(resource_name(document));
-            }
-            keepsake_model::Op::Delete => {}
-        }
-    }
-    Ok(None)
 }
 
 /// The item a resource names, as it is now (a tombstone included); `None` if it never existed,
@@ -88,7 +63,7 @@ pub(crate) async fn current(state: &Shared, r: &Resource) -> Result<Option<Row>,
 
 /// Whether `row` is listed under the name the request uses.
 fn listed_as_named(r: &Resource, row: &Row) -> bool {
-    paths::listed_name(r.auth.user, r.collection, row.item_id, row.name.as_deref()) == r.name
+    paths::listed_name(r.auth.user, &r.collection, row.item_id, row.name.as_deref()) == r.name
 }
 
 /// [`current`] whatever name the item is listed under (a PUT writes to the item its name
@@ -97,16 +72,21 @@ async fn current_any(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiErr
     Ok(read(state, r).await?.0)
 }
 
-/// The item a resource's name derives (a tombstone included), and how many live items of its
-/// kind the user has (what the mass-delete guard measures): one read of the view.
+/// The item a resource's name derives, when it is in the resource's collection (a tombstone
+/// is in the collection its last document named), and how many live items of its kind the
+/// user has (what the mass-delete guard measures): one read of the view.
 async fn read(state: &Shared, r: &Resource) -> Result<(Option<Row>, usize), ApiError> {
     let item_id = r.item_id();
-    let c = r.collection;
+    let c = &r.collection;
+    let user = r.auth.user;
     let log = &state.ready()?.log;
     Ok(log
         .user(&r.auth.user, |u: &UserState| {
             use keepsake_model::StateRead as _;
-            let row = u.item(&item_id).filter(|i| c.holds(i.kind)).map(Row::of);
+            let row = u
+                .item(&item_id)
+                .filter(|i| c.holds(i.kind) && (i.deleted || contains(user, c, i)))
+                .map(Row::of);
             let live = row.as_ref().map_or(0, |row| u.live_count(row.kind));
             (row, live)
         })
@@ -122,7 +102,7 @@ pub(crate) async fn get(state: &Shared, r: &Resource, with_body: bool) -> Respon
     let Some(text) = row
         .document
         .as_ref()
-        .and_then(|d| text(r.collection, row.kind, d))
+        .and_then(|d| text(&r.collection, row.kind, d))
     else {
         return error(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,7 +125,7 @@ pub(crate) async fn get(state: &Shared, r: &Resource, with_body: bool) -> Respon
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(r.collection, row.kind)),
+        HeaderValue::from_static(content_type(&r.collection, row.kind)),
     );
     if let Ok(etag) = HeaderValue::from_str(&row.etag()) {
         headers.insert(header::ETAG, etag);
@@ -193,15 +173,15 @@ fn precondition_failed(detail: &str) -> Response {
 }
 
 /// The `DAV:error` precondition for text that is not one valid item of the collection.
-fn invalid_data(c: Collection) -> Response {
-    match c {
-        Collection::Contacts => precondition(StatusCode::FORBIDDEN, CARDDAV, "valid-address-data"),
-        Collection::Calendar => precondition(StatusCode::FORBIDDEN, CALDAV, "valid-calendar-data"),
+fn invalid_data(c: &Collection) -> Response {
+    match c.holds {
+        Holds::Contacts => precondition(StatusCode::FORBIDDEN, CARDDAV, "valid-address-data"),
+        Holds::Calendar => precondition(StatusCode::FORBIDDEN, CALDAV, "valid-calendar-data"),
     }
 }
 
 /// The one item a PUT's text holds, as a document carrying the resource name when it must
-/// be kept; or the answer refusing it.
+/// be kept and the collection it is kept in; or the answer refusing it.
 fn document_of(
     r: &Resource,
     item: keepsake_model::ItemId,
@@ -213,30 +193,41 @@ fn document_of(
         (Some(Ok(entry)), None) => entry,
         (Some(Err(e)), _) => {
             tracing::debug!(error = %e, "DAV PUT: the text does not split");
-            return Err(Box::new(invalid_data(r.collection)));
+            return Err(Box::new(invalid_data(&r.collection)));
         }
-        _ => return Err(Box::new(invalid_data(r.collection))),
+        _ => return Err(Box::new(invalid_data(&r.collection))),
     };
-    if !r.collection.holds(entry.kind) {
-        return Err(Box::new(match r.collection {
-            Collection::Calendar => precondition(
+    let taken = r.collection.holds(entry.kind)
+        && (r.collection.holds == Holds::Contacts
+            || super::collection_writes::components(r.collection.document.as_ref())
+                .iter()
+                .any(|c| c == super::report::component_of(entry.kind)));
+    if !taken {
+        return Err(Box::new(match r.collection.holds {
+            Holds::Calendar => precondition(
                 StatusCode::FORBIDDEN,
                 CALDAV,
                 "supported-calendar-component",
             ),
-            Collection::Contacts => invalid_data(r.collection),
+            Holds::Contacts => invalid_data(&r.collection),
         }));
     }
     let (kind, mut document) = keepsake_formats::to_document(&entry).map_err(|e| {
         tracing::debug!(error = %e, "DAV PUT: the text does not convert");
-        Box::new(invalid_data(r.collection))
+        Box::new(invalid_data(&r.collection))
     })?;
-    if paths::is_chosen_name(r.collection, item, &r.name)
-        && let Some(object) = document.as_object_mut()
-    {
-        let mut resource = serde_json::Map::new();
-        resource.insert("name".into(), Value::String(r.name.clone()));
-        object.insert(RESOURCE_PROPERTY.into(), Value::Object(resource));
+    if let Some(object) = document.as_object_mut() {
+        if paths::is_chosen_name(&r.collection, item, &r.name) {
+            let mut resource = serde_json::Map::new();
+            resource.insert("name".into(), Value::String(r.name.clone()));
+            object.insert(RESOURCE_PROPERTY.into(), Value::Object(resource));
+        }
+        // Named always, the default's id included: a put that left it out would keep the
+        // item in the collection it was in (`keepsake_model::collection`).
+        object.insert(
+            COLLECTION_PROPERTY.into(),
+            Value::String(r.collection.id.to_string()),
+        );
     }
     Ok((kind, Document::from_value(&document), entry.uid.clone()))
 }
@@ -254,12 +245,13 @@ async fn uid_holder(
         return Ok(None);
     };
     let needle = format!("\"uid\":{quoted}");
-    let c = r.collection;
+    let c = &r.collection;
+    let user = r.auth.user;
     let log = &state.ready()?.log;
     Ok(log
         .user(&r.auth.user, |u: &UserState| {
             u.items()
-                .filter(|i| !i.deleted && i.item_id != item && c.holds(i.kind))
+                .filter(|i| !i.deleted && i.item_id != item && contains(user, c, i))
                 .find(|i| {
                     i.document.as_ref().is_some_and(|d| {
                         d.as_str().contains(&needle)
@@ -326,7 +318,7 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
         ));
     }
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return invalid_data(r.collection);
+        return invalid_data(&r.collection);
     };
     let item_id = r.item_id();
     let now = match current_any(state, r).await {
@@ -353,15 +345,15 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
     if let Some(uid) = &uid {
         match uid_holder(state, r, item_id, uid).await {
             Ok(Some(other)) => {
-                let (ns, name) = match r.collection {
-                    Collection::Contacts => (CARDDAV, "no-uid-conflict"),
-                    Collection::Calendar => (CALDAV, "no-uid-conflict"),
+                let (ns, name) = match r.collection.holds {
+                    Holds::Contacts => (CARDDAV, "no-uid-conflict"),
+                    Holds::Calendar => (CALDAV, "no-uid-conflict"),
                 };
                 return precondition_with_href(
                     StatusCode::FORBIDDEN,
                     ns,
                     name,
-                    &other.href(r.auth.user, r.collection),
+                    &other.href(r.auth.user, &r.collection),
                 );
             }
             Ok(None) => {}

@@ -2,8 +2,10 @@
 //! phones and computers sync their address book and calendar with the clients they already
 //! have, and every change they make is an ordinary event (history, as-of reads, restores).
 //!
-//! - [`paths`]: the tree (`/dav/users/<user>/contacts/`, `.../calendar/`) and which item a
-//!   resource name is.
+//! - [`paths`]: the tree (`/dav/users/<user>/contacts/`, `.../calendar/`, and the
+//!   collections a user makes) and which item a resource name is; [`collections`]: which
+//!   collections a user has and what each holds, read from the view; [`collection_writes`]:
+//!   MKCOL, MKCALENDAR, PROPPATCH and DELETE of a collection.
 //! - [`xml`]: request bodies read with quick-xml; multistatus answers written.
 //! - [`props`]: PROPFIND, and the properties of the root, a home, a collection and an item;
 //!   [`row`]: one item's snapshot, text and media type; [`answer`]: errors and multistatus.
@@ -22,6 +24,8 @@
 //!   `DAV:valid-sync-token` precondition, never answered as an empty collection.
 
 mod answer;
+mod collection_writes;
+mod collections;
 mod items;
 pub(crate) mod paths;
 mod props;
@@ -42,12 +46,12 @@ use keepsake_model::UserId;
 
 use crate::api::{ApiError, DeviceAuth, Shared};
 use answer::{error, precondition};
-use paths::Collection;
 
 /// The `DAV` header: WebDAV class 1 and 3, CardDAV, CalDAV, and RFC 6578's report.
 const DAV_HEADER: &str = "1, 3, addressbook, calendar-access";
 /// The methods every DAV resource answers.
-const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT";
+const ALLOW: &str =
+    "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT, MKCOL, MKCALENDAR";
 /// Largest XML request body (PROPFIND, REPORT): a multiget of a few thousand hrefs.
 const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
 
@@ -140,7 +144,7 @@ fn options() -> Response {
         .into_response()
 }
 
-fn not_allowed() -> Response {
+pub(crate) fn not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         [(header::ALLOW, HeaderValue::from_static(ALLOW))],
@@ -153,14 +157,19 @@ async fn xml_body(body: Body) -> Result<Option<xml::Element>, Response> {
     let bytes = crate::api::read_body(body, MAX_XML_BYTES)
         .await
         .map_err(error)?;
+    xml_of(&bytes).map_err(error)
+}
+
+/// Parses a request body already read: empty is `None`; not UTF-8 or not XML is 400.
+fn xml_of(bytes: &[u8]) -> Result<Option<xml::Element>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| error(ApiError::malformed("the XML body is not UTF-8")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::malformed("the XML body is not UTF-8"))?;
     xml::parse(text)
         .map(Some)
-        .map_err(|e| error(ApiError::malformed(e.to_string())))
+        .map_err(|e| ApiError::malformed(e.to_string()))
 }
 
 /// `Depth`: 0 or 1 (default 1 for PROPFIND as RFC 4918 says infinity; infinity is answered as 1).
@@ -252,7 +261,8 @@ async fn collection(
     State(state): State<Shared>,
     method: Method,
     headers: HeaderMap,
-    Path((user, collection)): Path<(String, String)>,
+    Path((user, segment)): Path<(String, String)>,
+    request_id: Option<axum::Extension<keepsake_model::RequestId>>,
     body: Body,
 ) -> Response {
     if method == Method::OPTIONS {
@@ -262,10 +272,44 @@ async fn collection(
         Ok(auth) => auth,
         Err(resp) => return refused(resp, body).await,
     };
-    let Some(collection) = Collection::parse(&collection) else {
+    // The router has percent-decoded the segment already.
+    let Some(segment) = paths::valid_name(&segment) else {
+        return refused(
+            error(ApiError::not_found("not_found", "no such collection")),
+            body,
+        )
+        .await;
+    };
+    let request_id = request_id_of(&state, request_id);
+    let found = match collections::find(&state, auth.user, &segment).await {
+        Ok(found) => found,
+        Err(e) => return refused(error(e), body).await,
+    };
+    if matches!(method.as_str(), "MKCOL" | "MKCALENDAR") {
+        let bytes = match crate::api::read_body(body, MAX_XML_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return error(e),
+        };
+        return match xml_of(&bytes) {
+            Ok(request) => {
+                collection_writes::make(
+                    &state,
+                    auth,
+                    &segment,
+                    method.as_str(),
+                    request.as_ref(),
+                    &bytes,
+                    request_id,
+                )
+                .await
+            }
+            Err(e) => error(e),
+        };
+    }
+    let Some(collection) = found else {
         let resp = error(ApiError::not_found(
             "not_found",
-            "a user has two collections: contacts/ and calendar/",
+            "no such collection (MKCOL or MKCALENDAR makes one)",
         ));
         return refused(resp, body).await;
     };
@@ -275,7 +319,7 @@ async fn collection(
                 props::propfind_collection(
                     &state,
                     auth,
-                    collection,
+                    &collection,
                     request.as_ref(),
                     depth(&headers),
                 )
@@ -283,24 +327,46 @@ async fn collection(
             }
             Err(resp) => resp,
         },
-        "PROPPATCH" => match xml_body(body).await {
-            Ok(request) => props::proppatch(&collection.href(auth.user), request.as_ref()),
-            Err(resp) => resp,
-        },
+        "PROPPATCH" => {
+            let bytes = match crate::api::read_body(body, MAX_XML_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return error(e),
+            };
+            match xml_of(&bytes) {
+                Ok(request) => {
+                    collection_writes::proppatch(
+                        &state,
+                        auth,
+                        &collection,
+                        request.as_ref(),
+                        &bytes,
+                        request_id,
+                    )
+                    .await
+                }
+                Err(e) => error(e),
+            }
+        }
         "REPORT" => match xml_body(body).await {
-            Ok(Some(request)) => report::report(&state, auth, collection, &request).await,
+            Ok(Some(request)) => report::report(&state, auth, &collection, &request).await,
             Ok(None) => error(ApiError::malformed("a REPORT needs a body")),
             Err(resp) => resp,
         },
-        "GET" | "HEAD" => (
-            StatusCode::OK,
-            format!("Keepsake {}\n", collection.segment()),
-        )
-            .into_response(),
-        "MKCOL" | "MKCALENDAR" => error(ApiError::forbidden(
-            "this server has one address book and one calendar per user",
-        )),
+        "DELETE" => collection_writes::delete(&state, auth, &collection, request_id).await,
+        "GET" | "HEAD" => {
+            (StatusCode::OK, format!("Keepsake {}\n", collection.segment)).into_response()
+        }
         _ => not_allowed(),
+    }
+}
+
+fn request_id_of(
+    state: &Shared,
+    request_id: Option<axum::Extension<keepsake_model::RequestId>>,
+) -> keepsake_model::RequestId {
+    match request_id {
+        Some(axum::Extension(id)) => id,
+        None => keepsake_model::RequestId(state.ids.random()),
     }
 }
 
@@ -319,17 +385,28 @@ async fn item(
         Ok(auth) => auth,
         Err(resp) => return refused(resp, body).await,
     };
-    // The router has percent-decoded the name already (decoding again would read `%25` as
+    // The router has percent-decoded the names already (decoding again would read `%25` as
     // a second escape).
-    let (Some(collection), Some(name)) = (Collection::parse(&collection), paths::valid_name(&name))
+    let (Some(segment), Some(name)) = (paths::valid_name(&collection), paths::valid_name(&name))
     else {
         let resp = error(ApiError::not_found("not_found", "no such resource"));
         return refused(resp, body).await;
     };
-    let request_id = match request_id {
-        Some(axum::Extension(id)) => id,
-        None => keepsake_model::RequestId(state.ids.random()),
+    let collection = match collections::find(&state, auth.user, &segment).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            // RFC 4918 9.7.1: a PUT into a collection that does not exist is a conflict.
+            let status = if method == Method::PUT {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            let resp = error(ApiError::new(status, "not_found", "no such collection"));
+            return refused(resp, body).await;
+        }
+        Err(e) => return refused(error(e), body).await,
     };
+    let request_id = request_id_of(&state, request_id);
     let resource = items::Resource {
         auth,
         collection,

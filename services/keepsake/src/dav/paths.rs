@@ -18,7 +18,7 @@
 //! name it chose. Invariant: [`item_of`] and [`Collection::href_of`] agree, so the href a
 //! listing gives is the href that reads the item.
 
-use keepsake_model::{ItemId, Kind, UserId};
+use keepsake_model::{Holds, ItemId, Kind, UserId};
 use uuid::Uuid;
 
 /// The root every DAV path starts with.
@@ -29,67 +29,69 @@ pub fn home(user: UserId) -> String {
     format!("{ROOT}users/{user}/")
 }
 
-/// The two collections of every user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Collection {
-    /// The address book (`contacts/`): kind contact.
-    Contacts,
-    /// The calendar (`calendar/`): kinds event, task and note.
-    Calendar,
+/// One collection of a user: the default address book or calendar (`contacts/`,
+/// `calendar/`), or one the user made (`MKCOL`, `MKCALENDAR`, or a REST put of a
+/// `collection` item), at `<its name>/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collection {
+    /// What it holds.
+    pub holds: Holds,
+    /// Its item's id (a default's is [`Holds::default_id`], written or not).
+    pub id: ItemId,
+    /// Its path segment, decoded.
+    pub segment: String,
+    /// Whether it is the user's default of its sort.
+    pub default: bool,
+    /// Its item's document (what it is called, its colour): `None` for a default never
+    /// written.
+    pub document: Option<keepsake_model::Document>,
 }
 
 impl Collection {
-    /// Both, in the order listings give them.
-    pub const ALL: [Collection; 2] = [Collection::Contacts, Collection::Calendar];
-
-    /// The collection of a path segment.
-    pub fn parse(segment: &str) -> Option<Self> {
-        match segment {
-            "contacts" => Some(Collection::Contacts),
-            "calendar" => Some(Collection::Calendar),
-            _ => None,
+    /// The user's default collection of a sort.
+    pub fn default_of(user: UserId, holds: Holds) -> Self {
+        Collection {
+            holds,
+            id: holds.default_id(user),
+            segment: holds.as_str().to_string(),
+            default: true,
+            document: None,
         }
     }
 
-    /// Its path segment.
-    pub fn segment(self) -> &'static str {
-        match self {
-            Collection::Contacts => "contacts",
-            Collection::Calendar => "calendar",
-        }
+    /// The default collection a path segment names, if it names one.
+    pub fn parse_default(user: UserId, segment: &str) -> Option<Self> {
+        Holds::parse(segment).map(|h| Self::default_of(user, h))
     }
 
     /// Its href.
-    pub fn href(self, user: UserId) -> String {
-        format!("{}{}/", home(user), self.segment())
+    pub fn href(&self, user: UserId) -> String {
+        format!("{}{}/", home(user), encode(&self.segment))
     }
 
-    /// Whether it holds items of `kind`.
-    pub fn holds(self, kind: Kind) -> bool {
-        match self {
-            Collection::Contacts => kind == Kind::Contact,
-            Collection::Calendar => matches!(kind, Kind::Event | Kind::Task | Kind::Note),
-        }
+    /// Whether collections of its sort hold items of `kind`.
+    pub fn holds(&self, kind: Kind) -> bool {
+        self.holds.holds(kind)
     }
 
     /// The text format of its items.
-    pub fn format(self) -> keepsake_formats::Format {
-        match self {
-            Collection::Contacts => keepsake_formats::Format::VCard,
-            Collection::Calendar => keepsake_formats::Format::ICalendar,
+    pub fn format(&self) -> keepsake_formats::Format {
+        match self.holds {
+            Holds::Contacts => keepsake_formats::Format::VCard,
+            Holds::Calendar => keepsake_formats::Format::ICalendar,
         }
     }
 
     /// The extension of its items' names.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Collection::Contacts => "vcf",
-            Collection::Calendar => "ics",
+    pub fn extension(&self) -> &'static str {
+        match self.holds {
+            Holds::Contacts => "vcf",
+            Holds::Calendar => "ics",
         }
     }
 
     /// The href of an item: its kept resource name if it has one, else `<item id>.<ext>`.
-    pub fn href_of(self, user: UserId, item: ItemId, name: Option<&str>) -> String {
+    pub fn href_of(&self, user: UserId, item: ItemId, name: Option<&str>) -> String {
         format!(
             "{}{}",
             self.href(user),
@@ -98,23 +100,42 @@ impl Collection {
     }
 }
 
+/// The item id of the collection at a path segment: a default's for `contacts` and
+/// `calendar`, the id itself for `<collection id>`, else
+/// `UUIDv5(user, "keepsake-dav/v1/collection/<segment>")` (the segment is then kept in the
+/// collection's document, as an item's chosen name is).
+pub fn collection_id(user: UserId, segment: &str) -> ItemId {
+    if let Some(h) = Holds::parse(segment) {
+        return h.default_id(user);
+    }
+    if let Some(id) = uuid_named(segment) {
+        return ItemId(id);
+    }
+    let named = format!("keepsake-dav/v1/collection/{segment}");
+    ItemId(Uuid::new_v5(&user.0, named.as_bytes()))
+}
+
+/// The UUID a name is, when it is one in lower-case hyphenated form (anything else is a
+/// chosen name, given back as written).
+fn uuid_named(stem: &str) -> Option<Uuid> {
+    let id = stem.parse::<Uuid>().ok()?;
+    (stem.len() == 36 && stem == id.hyphenated().to_string()).then_some(id)
+}
+
 /// The item a resource name in `collection` is (see the module docs).
-pub fn item_of(user: UserId, collection: Collection, name: &str) -> ItemId {
+pub fn item_of(user: UserId, collection: &Collection, name: &str) -> ItemId {
     let stem = name
         .strip_suffix(&format!(".{}", collection.extension()))
         .unwrap_or(name);
-    if let Ok(id) = stem.parse::<Uuid>()
-        && stem.len() == 36
-        && stem == id.hyphenated().to_string()
-    {
+    if let Some(id) = uuid_named(stem) {
         return ItemId(id);
     }
-    let named = format!("keepsake-dav/v1/item/{}/{name}", collection.segment());
+    let named = format!("keepsake-dav/v1/item/{}/{name}", collection.segment);
     ItemId(Uuid::new_v5(&user.0, named.as_bytes()))
 }
 
 /// True when `name` is not the item's plain `<item id>.<ext>` and so must be kept.
-pub fn is_chosen_name(collection: Collection, item: ItemId, name: &str) -> bool {
+pub fn is_chosen_name(collection: &Collection, item: ItemId, name: &str) -> bool {
     name != format!("{item}.{}", collection.extension())
 }
 
@@ -161,7 +182,7 @@ pub fn valid_name(name: &str) -> Option<String> {
 
 /// The name an item is listed under: its kept name when that name is the item's, else
 /// `<item id>.<ext>` ([`Collection::href_of`] without the collection).
-pub fn listed_name(user: UserId, c: Collection, item: ItemId, name: Option<&str>) -> String {
+pub fn listed_name(user: UserId, c: &Collection, item: ItemId, name: Option<&str>) -> String {
     match name {
         Some(name) if item_of(user, c, name) == item => name.to_string(),
         _ => format!("{item}.{}", c.extension()),
@@ -175,10 +196,10 @@ pub enum Target {
     Root,
     /// A user's principal and home.
     Home(UserId),
-    /// A collection.
-    Collection(UserId, Collection),
-    /// An item resource, with its decoded name.
-    Item(UserId, Collection, String),
+    /// A collection, by its decoded path segment.
+    Collection(UserId, String),
+    /// An item resource: its collection's decoded segment, and its decoded name.
+    Item(UserId, String, String),
 }
 
 /// Parses an href or a path: absolute URLs are cut to their path first.
@@ -196,13 +217,12 @@ pub fn parse_href(href: &str) -> Option<Target> {
     match parts.as_slice() {
         [] => Some(Target::Root),
         ["users", user] => Some(Target::Home(user.parse().ok()?)),
-        ["users", user, collection] => Some(Target::Collection(
-            user.parse().ok()?,
-            Collection::parse(collection)?,
-        )),
+        ["users", user, collection] => {
+            Some(Target::Collection(user.parse().ok()?, decode(collection)?))
+        }
         ["users", user, collection, name] => Some(Target::Item(
             user.parse().ok()?,
-            Collection::parse(collection)?,
+            decode(collection)?,
             decode(name)?,
         )),
         _ => None,
@@ -217,46 +237,99 @@ mod tests {
         UserId(Uuid::from_u128(7))
     }
 
+    fn calendar() -> Collection {
+        Collection::default_of(user(), Holds::Calendar)
+    }
+
+    fn contacts() -> Collection {
+        Collection::default_of(user(), Holds::Contacts)
+    }
+
+    fn made(segment: &str) -> Collection {
+        Collection {
+            holds: Holds::Calendar,
+            id: collection_id(user(), segment),
+            segment: segment.to_string(),
+            default: false,
+            document: None,
+        }
+    }
+
     #[test]
     fn an_item_id_name_is_that_item_and_others_are_derived() {
         let id = ItemId(Uuid::from_u128(42));
-        let c = Collection::Calendar;
-        assert_eq!(item_of(user(), c, &format!("{id}.ics")), id);
-        let chosen = item_of(user(), c, "meeting@example.com.ics");
+        let c = calendar();
+        assert_eq!(item_of(user(), &c, &format!("{id}.ics")), id);
+        let chosen = item_of(user(), &c, "meeting@example.com.ics");
         assert_ne!(chosen, id);
-        assert_eq!(chosen, item_of(user(), c, "meeting@example.com.ics"));
+        assert_eq!(chosen, item_of(user(), &c, "meeting@example.com.ics"));
         // Another user, another collection: another item.
         assert_ne!(
             chosen,
-            item_of(UserId(Uuid::from_u128(8)), c, "meeting@example.com.ics")
+            item_of(UserId(Uuid::from_u128(8)), &c, "meeting@example.com.ics")
         );
         assert_ne!(
             chosen,
-            item_of(user(), Collection::Contacts, "meeting@example.com.ics")
+            item_of(user(), &contacts(), "meeting@example.com.ics")
+        );
+        assert_ne!(
+            chosen,
+            item_of(user(), &made("work"), "meeting@example.com.ics")
         );
         // An upper-case UUID is a chosen name (the listing must give it back as written).
         let upper = format!("{}.ics", id.0.hyphenated().to_string().to_uppercase());
-        assert_ne!(item_of(user(), c, &upper), id);
+        assert_ne!(item_of(user(), &c, &upper), id);
+    }
+
+    #[test]
+    fn collection_ids_are_the_defaults_an_id_or_derived() {
+        assert_eq!(
+            collection_id(user(), "calendar"),
+            Holds::Calendar.default_id(user())
+        );
+        assert_eq!(
+            collection_id(user(), "contacts"),
+            Holds::Contacts.default_id(user())
+        );
+        let id = ItemId(Uuid::from_u128(5));
+        assert_eq!(collection_id(user(), &id.to_string()), id);
+        let work = collection_id(user(), "Work");
+        assert_ne!(
+            work,
+            collection_id(user(), "work"),
+            "names are case-sensitive"
+        );
+        assert_ne!(work, collection_id(UserId(Uuid::from_u128(8)), "Work"));
     }
 
     #[test]
     fn hrefs_read_back_as_the_items_they_name() {
-        let c = Collection::Contacts;
-        for name in ["a b%c.vcf", "x@y.vcf", "ünï.vcf", "plain"] {
-            let item = item_of(user(), c, name);
-            let href = c.href_of(user(), item, Some(name));
+        for c in [contacts(), made("Work ä @ b")] {
+            for name in ["a b%c.vcf", "x@y.vcf", "ünï.vcf", "plain", "new\nline"] {
+                let item = item_of(user(), &c, name);
+                let href = c.href_of(user(), item, Some(name));
+                assert_eq!(
+                    parse_href(&href),
+                    Some(Target::Item(user(), c.segment.clone(), name.to_string())),
+                    "{href}"
+                );
+            }
             assert_eq!(
-                parse_href(&href),
-                Some(Target::Item(user(), c, name.to_string())),
-                "{href}"
+                parse_href(&c.href(user())),
+                Some(Target::Collection(user(), c.segment.clone()))
             );
         }
         // A kept name that is not the item's is ignored: the href is the item id's.
+        let c = contacts();
         let item = ItemId(Uuid::from_u128(1));
         let href = c.href_of(user(), item, Some("other.vcf"));
         assert_eq!(
             parse_href(&href),
-            Some(Target::Item(user(), c, format!("{item}.vcf")))
+            Some(Target::Item(
+                user(),
+                c.segment.clone(),
+                format!("{item}.vcf")
+            ))
         );
     }
 
@@ -268,29 +341,36 @@ mod tests {
         assert_eq!(parse_href(&home(u)), Some(Target::Home(u)));
         assert_eq!(
             parse_href(&format!("http://127.0.0.1:1/dav/users/{u}/calendar/")),
-            Some(Target::Collection(u, Collection::Calendar))
+            Some(Target::Collection(u, "calendar".into()))
         );
-        assert_eq!(parse_href(&format!("/dav/users/{u}/notes/")), None);
+        assert_eq!(
+            parse_href(&format!("/dav/users/{u}/My%20Notes/")),
+            Some(Target::Collection(u, "My Notes".into()))
+        );
+        assert_eq!(parse_href(&format!("/dav/users/{u}/%2e%2e/")), None);
         assert_eq!(parse_href(&format!("/dav/users/{u}/calendar/%2e%2e")), None);
         assert_eq!(parse_href(&format!("/dav/users/{u}/calendar/a%2Fb")), None);
         assert_eq!(parse_href("/other/"), None);
     }
 
     proptest::proptest! {
-        /// Any name a client may give reads back, through its href, as the same name and item;
-        /// no href, however odd, panics the parser.
+        /// Any name a client may give reads back, through its href, as the same name and item,
+        /// in a default collection and in one it made; no href, however odd, panics the parser.
         #[test]
         fn any_name_round_trips_and_no_href_panics(
-            name in "[^/]{1,40}", href in ".{0,80}", chosen in proptest::bool::ANY,
+            name in "[^/]{1,40}", segment in "[^/]{1,20}", href in ".{0,80}", chosen in proptest::bool::ANY,
         ) {
-            let c = if chosen { Collection::Calendar } else { Collection::Contacts };
             let _ = parse_href(&href);
             let _ = decode(&href);
+            let c = match valid_name(&segment) {
+                Some(s) if chosen => made(&s),
+                _ => calendar(),
+            };
             if let Some(name) = valid_name(&name) {
-                let item = item_of(user(), c, &name);
+                let item = item_of(user(), &c, &name);
                 let href = c.href_of(user(), item, Some(&name));
-                proptest::prop_assert_eq!(parse_href(&href), Some(Target::Item(user(), c, name.clone())));
-                proptest::prop_assert_eq!(item_of(user(), c, &name), item);
+                proptest::prop_assert_eq!(parse_href(&href), Some(Target::Item(user(), c.segment.clone(), name.clone())));
+                proptest::prop_assert_eq!(item_of(user(), &c, &name), item);
             }
         }
     }

@@ -7,9 +7,11 @@
 use std::fmt::Write as _;
 
 use axum::response::Response;
-use keepsake_model::{UserId, UserState};
+use keepsake_model::{Holds, UserId, UserState};
 
 use super::answer::{error, multistatus};
+use super::collection_writes;
+use super::collections::contains;
 use super::items::{self, Resource};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, text};
@@ -206,18 +208,18 @@ pub(crate) fn sync_token(state: &Shared, seq: u64) -> Result<String, ApiError> {
 fn collection_props(
     state: &Shared,
     user: UserId,
-    c: Collection,
+    c: &Collection,
     last_seq: u64,
 ) -> Result<Props, ApiError> {
     let token = sync_token(state, last_seq)?;
     let home = href_element(&paths::home(user));
     let mut p = Props::new();
-    let (kind, reports) = match c {
-        Collection::Contacts => (
+    let (kind, reports) = match c.holds {
+        Holds::Contacts => (
             "<d:collection/><card:addressbook/>",
             vec!["<card:addressbook-multiget/>", "<card:addressbook-query/>"],
         ),
-        Collection::Calendar => (
+        Holds::Calendar => (
             "<d:collection/><cal:calendar/>",
             vec![
                 "<cal:calendar-multiget/>",
@@ -227,14 +229,29 @@ fn collection_props(
         ),
     };
     p.add(DAV, "resourcetype", kind);
-    p.add(
-        DAV,
-        "displayname",
-        match c {
-            Collection::Contacts => "Contacts",
-            Collection::Calendar => "Calendar",
-        },
-    );
+    // What the collection's document keeps, as text, exactly as a client set it.
+    let fields = c.document.as_ref().and_then(|d| d.to_object().ok());
+    let kept = |f: &str| {
+        fields
+            .as_ref()
+            .and_then(|o| o.get(f))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let name = kept("name").unwrap_or_else(|| match (c.default, c.holds) {
+        (true, Holds::Contacts) => "Contacts".into(),
+        (true, Holds::Calendar) => "Calendar".into(),
+        (false, _) => c.segment.clone(),
+    });
+    p.add(DAV, "displayname", xml::escape(&name).into_owned());
+    for (ns, prop, f, holds) in collection_writes::FIELDS {
+        if *prop == "displayname" || holds.is_some_and(|h| h != c.holds) {
+            continue;
+        }
+        if let Some(value) = kept(f) {
+            p.add(ns, prop, xml::escape(&value).into_owned());
+        }
+    }
     let reports: String = reports
         .iter()
         .chain(["<d:sync-collection/>"].iter())
@@ -242,13 +259,13 @@ fn collection_props(
         .collect();
     p.add(DAV, "supported-report-set", reports);
     p.add(DAV, "sync-token", xml::escape(&token).into_owned());
-    // The ctag is the sync-token: it moves exactly when the collection changes.
+    // The ctag is the sync-token: it moves whenever the collection may have changed.
     p.add(CALSERVER, "getctag", xml::escape(&token).into_owned());
     p.add(DAV, "current-user-principal", home.clone());
     p.add(DAV, "owner", home);
     p.add(DAV, "current-user-privilege-set", privileges());
-    match c {
-        Collection::Contacts => {
+    match c.holds {
+        Holds::Contacts => {
             p.add(
                 CARDDAV,
                 "supported-address-data",
@@ -256,12 +273,12 @@ fn collection_props(
             );
             p.add(CARDDAV, "max-resource-size", max_resource_size(state));
         }
-        Collection::Calendar => {
-            p.add(
-                CALDAV,
-                "supported-calendar-component-set",
-                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/><cal:comp name=\"VJOURNAL\"/>",
-            );
+        Holds::Calendar => {
+            let comps: String = collection_writes::components(c.document.as_ref())
+                .iter()
+                .map(|comp| format!("<cal:comp name=\"{}\"/>", xml::escape(comp)))
+                .collect();
+            p.add(CALDAV, "supported-calendar-component-set", comps);
             p.add(
                 CALDAV,
                 "supported-calendar-data",
@@ -284,7 +301,7 @@ fn max_resource_size(state: &Shared) -> String {
 /// (written as separate components in UTC, `keepsake_formats::instances::expand`).
 pub(crate) fn item_props(
     row: &Row,
-    c: Collection,
+    c: &Collection,
     with_data: bool,
     expand: Option<super::time_range::Span>,
 ) -> Props {
@@ -301,34 +318,36 @@ pub(crate) fn item_props(
     );
     if with_data && let Some(text) = row.document.as_ref().and_then(|d| text(c, row.kind, d)) {
         let text = match expand {
-            Some((start, end)) if c == Collection::Calendar => {
+            Some((start, end)) if c.holds == Holds::Calendar => {
                 keepsake_formats::instances::expand(&text, start, end).unwrap_or(text)
             }
             _ => text,
         };
         p.add(DAV, "getcontentlength", text.len().to_string());
-        let (ns, name) = match c {
-            Collection::Contacts => (CARDDAV, "address-data"),
-            Collection::Calendar => (CALDAV, "calendar-data"),
+        let (ns, name) = match c.holds {
+            Holds::Contacts => (CARDDAV, "address-data"),
+            Holds::Calendar => (CALDAV, "calendar-data"),
         };
         p.data = Some((ns, name, xml::escape(&text).into_owned()));
     }
     p
 }
 
-/// The seq of the collection's newest change after `after` (a delete included), or `after`
-/// when there is none: what its sync-token and ctag stand for, so a change to the other
-/// collection moves neither. (The view keeps items by seq: one pass.)
-pub(crate) fn collection_seq(u: &UserState, c: Collection, after: u64) -> u64 {
+/// The seq of the newest change after `after` (a delete included) that may have changed the
+/// collection, or `after` when there is none: what its sync-token and ctag stand for. That is
+/// any change to an item of its kinds (an item moved out of it is in another collection now,
+/// and its clients must still hear that it left) or to the collection itself; so a change to
+/// a contact moves no calendar's token. (The view keeps items by seq: one pass.)
+pub(crate) fn collection_seq(u: &UserState, c: &Collection, after: u64) -> u64 {
     u.items_changed_after(after)
-        .filter(|i| c.holds(i.kind))
+        .filter(|i| c.holds(i.kind) || i.item_id == c.id)
         .map(|i| i.seq)
         .last()
         .unwrap_or(after)
 }
 
 /// [`collection_seq`] of a user's collection, read from the view.
-async fn seq_of(state: &Shared, user: UserId, c: Collection) -> Result<u64, ApiError> {
+async fn seq_of(state: &Shared, user: UserId, c: &Collection) -> Result<u64, ApiError> {
     Ok(state
         .ready()?
         .log
@@ -340,14 +359,14 @@ async fn seq_of(state: &Shared, user: UserId, c: Collection) -> Result<u64, ApiE
 pub(crate) async fn rows(
     state: &Shared,
     user: UserId,
-    c: Collection,
+    c: &Collection,
 ) -> Result<(Vec<Row>, u64), ApiError> {
     let log = &state.ready()?.log;
     Ok(log
         .user(&user, |u: &UserState| {
             let rows = u
                 .items_changed_after(0)
-                .filter(|i| !i.deleted && c.holds(i.kind))
+                .filter(|i| !i.deleted && contains(user, c, i))
                 .map(Row::of)
                 .collect();
             (rows, collection_seq(u, c, 0))
@@ -379,7 +398,11 @@ pub(crate) async fn propfind_home(
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     home_props(auth.user).write(&mut out, &paths::home(auth.user), &wanted);
     if depth > 0 {
-        for c in Collection::ALL {
+        let all = match super::collections::all(state, auth.user).await {
+            Ok(all) => all,
+            Err(e) => return error(e),
+        };
+        for c in &all {
             let seq = match seq_of(state, auth.user, c).await {
                 Ok(seq) => seq,
                 Err(e) => return error(e),
@@ -397,7 +420,7 @@ pub(crate) async fn propfind_home(
 pub(crate) async fn propfind_collection(
     state: &Shared,
     auth: DeviceAuth,
-    c: Collection,
+    c: &Collection,
     request: Option<&Element>,
     depth: u8,
 ) -> Response {
@@ -446,18 +469,18 @@ pub(crate) async fn propfind_item(
     };
     let with_data = !matches!(wanted, Wanted::All);
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    item_props(&row, resource.collection, with_data, None).write(
+    item_props(&row, &resource.collection, with_data, None).write(
         &mut out,
-        &row.href(resource.auth.user, resource.collection),
+        &row.href(resource.auth.user, &resource.collection),
         &wanted,
     );
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)
 }
 
-/// PROPPATCH: no property here is writable yet (a collection's name and colour wait for
-/// collections in the model), so every property named is answered `403` in one multistatus,
-/// as RFC 4918 9.2 allows; clients keep their local value.
+/// PROPPATCH of a principal: no property of it is writable, so every property named is
+/// answered `403` in one multistatus, as RFC 4918 9.2 allows; clients keep their local value.
+/// (A collection's are, `super::collection_writes::proppatch`.)
 pub(crate) fn proppatch(href: &str, request: Option<&Element>) -> Response {
     let Some(request) = request.filter(|r| r.is(DAV, "propertyupdate")) else {
         return error(ApiError::malformed(

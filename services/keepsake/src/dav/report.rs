@@ -17,12 +17,13 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keepsake_model::{Kind, StateRead as _, UserState};
+use keepsake_model::{Holds, Kind, StateRead as _, UserState};
 
 use super::answer::{error, multistatus, precondition};
+use super::collections::{contains, held};
 use super::paths::{self, Collection, Target};
 use super::props::{SYNC_TOKEN_PREFIX, Wanted, item_props, sync_token};
-use super::row::Row;
+use super::row::{Row, resource_name};
 use super::time_range::{self, Range};
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
 use crate::api::{ApiError, DeviceAuth, Shared};
@@ -39,20 +40,29 @@ const MAX_DATA_RESULTS: usize = 1_000;
 pub(crate) async fn report(
     state: &Shared,
     auth: DeviceAuth,
-    c: Collection,
+    c: &Collection,
     request: &Element,
 ) -> Response {
-    match (request.ns.as_str(), request.name.as_str(), c) {
+    match (request.ns.as_str(), request.name.as_str(), c.holds) {
         (DAV, "sync-collection", _) => sync_collection(state, auth, c, request).await,
-        (CARDDAV, "addressbook-multiget", Collection::Contacts)
-        | (CALDAV, "calendar-multiget", Collection::Calendar) => {
-            multiget(state, auth, c, request).await
-        }
-        (CARDDAV, "addressbook-query", Collection::Contacts)
-        | (CALDAV, "calendar-query", Collection::Calendar) => query(state, auth, c, request).await,
-        (CALDAV, "free-busy-query", Collection::Calendar) => free_busy(state, auth, request).await,
+        (CARDDAV, "addressbook-multiget", Holds::Contacts)
+        | (CALDAV, "calendar-multiget", Holds::Calendar) => multiget(state, auth, c, request).await,
+        (CARDDAV, "addressbook-query", Holds::Contacts)
+        | (CALDAV, "calendar-query", Holds::Calendar) => query(state, auth, c, request).await,
+        (CALDAV, "free-busy-query", Holds::Calendar) => free_busy(state, auth, c, request).await,
         _ => precondition(StatusCode::FORBIDDEN, DAV, "supported-report"),
     }
+}
+
+/// One entry of a `sync-collection` answer, as read from the view.
+enum Entry {
+    /// A live item of the collection: answered with its properties.
+    Show(Row),
+    /// An item changed since the token that is not a live item of the collection now (deleted,
+    /// or moved to another collection). It is answered `404` when what the client last saw of
+    /// it (its newest event at or before the token: at that seq, or `None` when the view's
+    /// links do not reach it) was a live item of this collection; else not at all.
+    Seen { row: Row, at: Option<u64> },
 }
 
 /// The seq a `sync-token` element names: `None` for an initial sync (empty); `Err` for a
@@ -119,7 +129,7 @@ fn nresults(request: &Element) -> Result<Option<usize>, ApiError> {
 async fn sync_collection(
     state: &Shared,
     auth: DeviceAuth,
-    c: Collection,
+    c: &Collection,
     request: &Element,
 ) -> Response {
     let (wanted, expand) = match asked(request) {
@@ -147,68 +157,85 @@ async fn sync_collection(
         Err(()) => return precondition(StatusCode::FORBIDDEN, DAV, "valid-sync-token"),
     };
     let after = since.unwrap_or(0);
+    let user = auth.user;
     let taken = ready
         .log
         .user(&auth.user, |u: &UserState| {
-            let mut rows: Vec<Row> = u
-                .items_changed_after(after)
-                .filter(|i| c.holds(i.kind) && (since.is_some() || !i.deleted))
-                .take(limit.map_or(usize::MAX, |l| l.saturating_add(1)))
-                .map(Row::of)
-                .collect();
-            // For each tombstone, the seq of the event before its delete (its name is there),
-            // from the links the view keeps; `None` where a link is older than the view.
-            let before: Vec<Option<u64>> = rows
-                .iter()
-                .map(|r| {
-                    r.deleted
-                        .then(|| u.seq_of_version(&r.item_id, r.version.saturating_sub(1)))
-                        .flatten()
-                })
-                .collect();
-            let more = limit.is_some_and(|l| rows.len() > l);
-            if let Some(l) = limit {
-                rows.truncate(l);
+            let cap = limit.unwrap_or(usize::MAX);
+            let (mut entries, mut counted, mut last, mut more) = (Vec::new(), 0usize, after, false);
+            // Every item of the collection's kinds changed after the token is a candidate: one
+            // moved out of this collection is answered here as gone.
+            for i in u.items_changed_after(after).filter(|i| c.holds(i.kind)) {
+                let shown = !i.deleted && contains(user, c, i);
+                if since.is_none() && !shown {
+                    continue;
+                }
+                if counted == cap {
+                    more = true;
+                    break;
+                }
+                counted += 1;
+                last = i.seq;
+                if shown {
+                    entries.push(Entry::Show(Row::of(i)));
+                } else {
+                    match u.seq_seen_at(&i.item_id, after) {
+                        // Made after the token: the client never saw it.
+                        Some(None) => {}
+                        Some(at) => entries.push(Entry::Seen {
+                            row: Row::of(i),
+                            at,
+                        }),
+                        None => entries.push(Entry::Seen {
+                            row: Row::of(i),
+                            at: None,
+                        }),
+                    }
+                }
             }
             let seq = if more {
-                rows.last().map_or(after, |r| r.seq)
+                last
             } else {
                 super::props::collection_seq(u, c, after)
             };
-            let before = before.into_iter().take(rows.len()).collect::<Vec<_>>();
-            (rows, before, more, seq)
+            (entries, more, seq)
         })
         .await;
-    let (mut rows, before, more, seq) = match taken {
+    let (entries, more, seq) = match taken {
         Ok(t) => t,
         Err(e) => return error(e.into()),
     };
-    // A tombstone has no document: its name comes from the event before the delete, so the
-    // client is told about the resource it knows. One read picks every such event.
-    if let Err(e) = name_tombstones(state, auth.user, have, &mut rows, &before).await {
-        return error(e);
-    }
+    // What the client last saw of each item no longer shown: one read picks those events.
+    let gone = match seen_hrefs(state, user, have, after, c, &entries).await {
+        Ok(g) => g,
+        Err(e) => return error(e),
+    };
     let token = match sync_token(state, seq) {
         Ok(t) => t,
         Err(e) => return error(e),
     };
     let with_data = wanted.wants_data();
     let mut out = String::from(xml::MULTISTATUS_OPEN);
-    for row in &rows {
-        let href = row.href(auth.user, c);
-        if row.deleted {
-            out.push_str(&format!(
-                "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
-                xml::escape(&href)
-            ));
-        } else {
-            item_props(row, c, with_data, expand).write(&mut out, &href, &wanted);
+    let mut gone = gone.into_iter();
+    for entry in &entries {
+        match entry {
+            Entry::Show(row) => {
+                item_props(row, c, with_data, expand).write(&mut out, &row.href(user, c), &wanted)
+            }
+            Entry::Seen { .. } => {
+                if let Some(Some(href)) = gone.next() {
+                    out.push_str(&format!(
+                        "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
+                        xml::escape(&href)
+                    ));
+                }
+            }
         }
     }
     if more {
         out.push_str(&format!(
             "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 507 Insufficient Storage</d:status><d:error><d:number-of-matches-within-limits/></d:error></d:response>",
-            xml::escape(&c.href(auth.user))
+            xml::escape(&c.href(user))
         ));
     }
     out.push_str(&format!(
@@ -219,46 +246,65 @@ async fn sync_collection(
     multistatus(out)
 }
 
-/// Gives each tombstone in `rows` the name its item had before the delete: the events at the
-/// seqs in `before` are read in one pass; an item whose link is missing reads its history.
-async fn name_tombstones(
+/// For each [`Entry::Seen`] in `entries`, in order: the href the client knows the item by,
+/// when what it last saw (the item's newest event at or before `after`) was a live item of
+/// `c`; else `None`. The events at known seqs are read in one pass; an item whose link the
+/// view lacks reads its own history.
+async fn seen_hrefs(
     state: &Shared,
     user: keepsake_model::UserId,
     have: u64,
-    rows: &mut [Row],
-    before: &[Option<u64>],
-) -> Result<(), ApiError> {
-    let seqs: std::collections::HashSet<u64> = before.iter().flatten().copied().collect();
-    let mut names = std::collections::HashMap::new();
+    after: u64,
+    c: &Collection,
+    entries: &[Entry],
+) -> Result<Vec<Option<String>>, ApiError> {
+    use keepsake_log::{Pick, UpTo};
+    let seqs: std::collections::HashSet<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Seen { at: Some(seq), .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let log = &state.ready()?.log;
+    let mut events = std::collections::HashMap::new();
     if !seqs.is_empty() {
-        let log = &state.ready()?.log;
-        let events = log
-            .user_events_picked(
-                &user,
-                keepsake_log::UpTo::Seq(have),
-                keepsake_log::Pick::Seqs(seqs),
-            )
-            .await?;
-        for event in events {
-            let name = event.document.as_ref().and_then(super::row::resource_name);
-            names.insert(event.seq, name);
+        for event in log
+            .user_events_picked(&user, UpTo::Seq(have), Pick::Seqs(seqs))
+            .await?
+        {
+            events.insert(event.seq, event);
         }
     }
-    for (row, before) in rows.iter_mut().zip(before) {
-        if !row.deleted {
+    let mut out = Vec::new();
+    for entry in entries {
+        let Entry::Seen { row, at } = entry else {
             continue;
-        }
-        row.name = match before.and_then(|seq| names.remove(&seq)) {
-            Some(name) => name,
-            None => super::items::name_before_delete(state, user, row.item_id).await?,
         };
+        let event = match at {
+            Some(seq) => events.get(seq).cloned(),
+            None => log
+                .user_events_picked(&user, UpTo::Seq(after), Pick::Item(row.item_id))
+                .await?
+                .pop(),
+        };
+        out.push(event.and_then(|e| {
+            let document = e.document.as_ref()?;
+            held(user, c, e.kind, document)
+                .then(|| c.href_of(user, e.item_id, resource_name(document).as_deref()))
+        }));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `free-busy-query` (RFC 4791 7.10): a VFREEBUSY of the busy periods of the user's events
 /// in the time range, which must have both ends.
-async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Response {
+async fn free_busy(
+    state: &Shared,
+    auth: DeviceAuth,
+    c: &Collection,
+    request: &Element,
+) -> Response {
     let range = match time_range::of(request) {
         Ok(Some(Range {
             start: Some(start),
@@ -266,7 +312,7 @@ async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Respo
         })) if start < end => (start, end),
         _ => return precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter"),
     };
-    let (rows, _) = match super::props::rows(state, auth.user, Collection::Calendar).await {
+    let (rows, _) = match super::props::rows(state, auth.user, c).await {
         Ok(r) => r,
         Err(e) => return error(e),
     };
@@ -274,7 +320,7 @@ async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Respo
         .iter()
         .filter(|r| r.kind == Kind::Event)
         .filter_map(|r| {
-            let text = super::row::text(Collection::Calendar, r.kind, r.document.as_ref()?)?;
+            let text = super::row::text(c, r.kind, r.document.as_ref()?)?;
             Some(keepsake_formats::instances::busy(&text, range.0, range.1))
         })
         .flatten()
@@ -306,7 +352,7 @@ async fn free_busy(state: &Shared, auth: DeviceAuth, request: &Element) -> Respo
         .into_response()
 }
 
-async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
+async fn multiget(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Element) -> Response {
     let (wanted, expand) = match asked(request) {
         Ok(a) => a,
         Err(refused) => return *refused,
@@ -330,7 +376,7 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
     let ids: Vec<Option<keepsake_model::ItemId>> = hrefs
         .iter()
         .map(|href| match paths::parse_href(href) {
-            Some(Target::Item(user, col, name)) if user == auth.user && col == c => {
+            Some(Target::Item(user, col, name)) if user == auth.user && col == c.segment => {
                 Some(paths::item_of(user, c, &name))
             }
             _ => None,
@@ -345,7 +391,7 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: Collection, request: &Ele
             ids.iter()
                 .map(|id| {
                     id.and_then(|id| u.item(&id))
-                        .filter(|i| !i.deleted && c.holds(i.kind))
+                        .filter(|i| !i.deleted && contains(auth.user, c, i))
                         .map(Row::of)
                 })
                 .collect::<Vec<_>>()
@@ -475,7 +521,7 @@ fn asked(request: &Element) -> Result<(Wanted, Option<time_range::Span>), Box<Re
 }
 
 /// The component an item of `kind` is in its iCalendar text.
-fn component_of(kind: Kind) -> &'static str {
+pub(crate) fn component_of(kind: Kind) -> &'static str {
     match kind {
         Kind::Task => "VTODO",
         Kind::Note => "VJOURNAL",
@@ -483,7 +529,7 @@ fn component_of(kind: Kind) -> &'static str {
     }
 }
 
-async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Element) -> Response {
+async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Element) -> Response {
     let (wanted, expand) = match asked(request) {
         Ok(a) => a,
         Err(refused) => return *refused,
@@ -491,15 +537,15 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
     // An address book query's filters, anyof unless the filter says allof.
     let card_filter = request.child(CARDDAV, "filter");
     let card_all = card_filter.is_some_and(|f| f.attr("test") == Some("allof"));
-    let kinds = match c {
-        Collection::Contacts => vec![KindFilter {
+    let kinds = match c.holds {
+        Holds::Contacts => vec![KindFilter {
             kind: Kind::Contact,
             range: None,
             props: card_filter
                 .map(|f| prop_filters(f, CARDDAV))
                 .unwrap_or_default(),
         }],
-        Collection::Calendar => match filtered_kinds(request) {
+        Holds::Calendar => match filtered_kinds(request) {
             Ok(k) => k,
             Err(detail) => {
                 tracing::debug!(%detail, "calendar-query refused");
@@ -539,9 +585,9 @@ async fn query(state: &Shared, auth: DeviceAuth, c: Collection, request: &Elemen
                 .range
                 .is_none_or(|range| time_range::overlaps(&text, range));
             in_range
-                && match c {
-                    Collection::Contacts => filters::card_matches(&text, &f.props, card_all),
-                    Collection::Calendar => {
+                && match c.holds {
+                    Holds::Contacts => filters::card_matches(&text, &f.props, card_all),
+                    Holds::Calendar => {
                         filters::calendar_matches(&text, component_of(r.kind), &f.props)
                     }
                 }

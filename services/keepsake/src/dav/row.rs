@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use keepsake_formats::RESOURCE_PROPERTY;
-use keepsake_model::{Document, ItemId, Kind, UserId};
+use keepsake_model::{Document, Holds, ItemId, Kind, UserId};
 
 use super::paths::Collection;
 
@@ -14,7 +14,6 @@ pub(crate) struct Row {
     pub item_id: ItemId,
     pub kind: Kind,
     pub version: u64,
-    pub seq: u64,
     pub deleted: bool,
     pub changed_at: DateTime<Utc>,
     /// The resource name a client chose, when it is kept.
@@ -28,7 +27,6 @@ impl Row {
             item_id: item.item_id,
             kind: item.kind,
             version: item.version,
-            seq: item.seq,
             deleted: item.deleted,
             changed_at: item.changed_at,
             name: item.document.as_ref().and_then(resource_name),
@@ -41,23 +39,23 @@ impl Row {
         format!("\"{}\"", self.version)
     }
 
-    pub(crate) fn href(&self, user: UserId, c: Collection) -> String {
+    pub(crate) fn href(&self, user: UserId, c: &Collection) -> String {
         c.href_of(user, self.item_id, self.name.as_deref())
     }
 }
 
 /// The `Content-Type` of an item's text.
-pub(crate) fn content_type(c: Collection, kind: Kind) -> &'static str {
-    match (c, kind) {
-        (Collection::Contacts, _) => "text/vcard; charset=utf-8",
-        (Collection::Calendar, Kind::Task) => "text/calendar; charset=utf-8; component=vtodo",
-        (Collection::Calendar, Kind::Note) => "text/calendar; charset=utf-8; component=vjournal",
-        (Collection::Calendar, _) => "text/calendar; charset=utf-8; component=vevent",
+pub(crate) fn content_type(c: &Collection, kind: Kind) -> &'static str {
+    match (c.holds, kind) {
+        (Holds::Contacts, _) => "text/vcard; charset=utf-8",
+        (Holds::Calendar, Kind::Task) => "text/calendar; charset=utf-8; component=vtodo",
+        (Holds::Calendar, Kind::Note) => "text/calendar; charset=utf-8; component=vjournal",
+        (Holds::Calendar, _) => "text/calendar; charset=utf-8; component=vevent",
     }
 }
 
 /// The item's text in its collection's format; `None` when its document cannot be written.
-pub(crate) fn text(c: Collection, kind: Kind, document: &Document) -> Option<String> {
+pub(crate) fn text(c: &Collection, kind: Kind, document: &Document) -> Option<String> {
     crate::api::item_text(kind, document, c.format())
 }
 

@@ -18,6 +18,8 @@ pub const CALDAV: &str = "urn:ietf:params:xml:ns:caldav";
 pub const KEEPSAKE_NS: &str = "https://keepsake.app/ns/dav";
 /// Apple's calendarserver extensions (`getctag`).
 pub const CALSERVER: &str = "http://calendarserver.org/ns/";
+/// Apple's iCal namespace: `calendar-color`, `calendar-order`.
+pub const APPLE_ICAL: &str = "http://apple.com/ns/ical/";
 
 /// Deepest element nesting read (a calendar-query filter is about 6 deep).
 const MAX_DEPTH: usize = 32;
@@ -198,6 +200,7 @@ pub fn prefix(ns: &str) -> Option<&'static str> {
         CALDAV => Some("cal"),
         CALSERVER => Some("cs"),
         KEEPSAKE_NS => Some("ks"),
+        APPLE_ICAL => Some("ical"),
         _ => None,
     }
 }
@@ -223,7 +226,7 @@ pub fn close_tag(ns: &str, name: &str) -> String {
 }
 
 /// The start of a multistatus document, binding every namespace the answers use.
-pub const MULTISTATUS_OPEN: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:multistatus xmlns:d=\"DAV:\" xmlns:card=\"urn:ietf:params:xml:ns:carddav\" xmlns:cal=\"urn:ietf:params:xml:ns:caldav\" xmlns:cs=\"http://calendarserver.org/ns/\">";
+pub const MULTISTATUS_OPEN: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:multistatus xmlns:d=\"DAV:\" xmlns:card=\"urn:ietf:params:xml:ns:carddav\" xmlns:cal=\"urn:ietf:params:xml:ns:caldav\" xmlns:cs=\"http://calendarserver.org/ns/\" xmlns:ical=\"http://apple.com/ns/ical/\">";
 /// Its end.
 pub const MULTISTATUS_CLOSE: &str = "</d:multistatus>\n";
 

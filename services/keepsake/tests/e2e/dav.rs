@@ -28,11 +28,11 @@ file_and_s3!(
     simultaneous_creates_of_one_name_make_one_resource,
 );
 
-const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
+pub(crate) const ADA: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada Lovelace\r\nN:Lovelace;Ada;;;\r\nX-CUSTOM-THING:kept as it is\r\nEND:VCARD\r\n";
 const ADA_2: &str =
     "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ada-1815\r\nFN:Ada King\r\nN:King;Ada;;;\r\nEND:VCARD\r\n";
 
-fn basic(token: &str) -> String {
+pub(crate) fn basic(token: &str) -> String {
     let pair = format!("any-name:{token}");
     format!(
         "Basic {}",
@@ -41,7 +41,7 @@ fn basic(token: &str) -> String {
 }
 
 /// A DAV request with Basic auth: status, headers, body text.
-async fn dav(
+pub(crate) async fn dav(
     s: &Server,
     method: &str,
     path: &str,
@@ -70,7 +70,7 @@ async fn dav(
 }
 
 /// The texts of every `<tag>` in a multistatus body (tag as written, e.g. `d:href`).
-fn all<'a>(body: &'a str, tag: &str) -> Vec<&'a str> {
+pub(crate) fn all<'a>(body: &'a str, tag: &str) -> Vec<&'a str> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     body.split(&open)
@@ -79,7 +79,7 @@ fn all<'a>(body: &'a str, tag: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn sync_body(token: &str, limit: Option<u32>, data: bool) -> String {
+pub(crate) fn sync_body(token: &str, limit: Option<u32>, data: bool) -> String {
     let limit = limit.map_or(String::new(), |n| {
         format!("<d:limit><d:nresults>{n}</d:nresults></d:limit>")
     });
@@ -90,7 +90,7 @@ fn sync_body(token: &str, limit: Option<u32>, data: bool) -> String {
 }
 
 /// (hrefs with a 200 propstat, hrefs answered 404, the new token) of a sync-collection body.
-fn sync_parts(body: &str) -> (Vec<String>, Vec<String>, String) {
+pub(crate) fn sync_parts(body: &str) -> (Vec<String>, Vec<String>, String) {
     let mut live = Vec::new();
     let mut gone = Vec::new();
     for response in all(body, "d:response") {
@@ -794,14 +794,26 @@ async fn calendars_answer_multiget_and_component_queries(backend: Backend) {
         "the calendar's ctag moved for a contact"
     );
     assert_ne!(after[1], before[1], "the address book's ctag did not move");
-    // Nothing is writable yet: a rename is answered 403 per property, in a 207.
+    // A rename is written (the default calendar's first put); a property that cannot be set
+    // fails the whole PROPPATCH (403 for it, 424 for the rest) and writes nothing.
     let rename = r#"<d:propertyupdate xmlns:d="DAV:"><d:set><d:prop><d:displayname>Work</d:displayname></d:prop></d:set></d:propertyupdate>"#;
     let (st, _, body) = dav(&s, "PROPPATCH", &cal, Some(&phone), &[], rename).await;
     assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
     assert!(
-        body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 403 Forbidden"),
+        body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 200 OK"),
         "{body}"
     );
+    let mixed = r#"<d:propertyupdate xmlns:d="DAV:"><d:set><d:prop><d:displayname>Other</d:displayname><d:getetag>x</d:getetag></d:prop></d:set></d:propertyupdate>"#;
+    let (st, _, body) = dav(&s, "PROPPATCH", &cal, Some(&phone), &[], mixed).await;
+    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
+    assert!(
+        body.contains("<d:displayname/></d:prop><d:status>HTTP/1.1 424 Failed Dependency")
+            && body.contains("<d:getetag/></d:prop><d:status>HTTP/1.1 403 Forbidden"),
+        "{body}"
+    );
+    let name = r#"<d:propfind xmlns:d="DAV:"><d:prop><d:displayname/></d:prop></d:propfind>"#;
+    let (_, _, body) = dav(&s, "PROPFIND", &cal, Some(&phone), &[("depth", "0")], name).await;
+    assert_eq!(all(&body, "d:displayname"), ["Work"], "{body}");
 
     // A recurring event expanded by the server (RFC 4791 9.6.5): the instances in the range,
     // each a VEVENT in UTC with its RECURRENCE-ID, and no RRULE.

@@ -11,6 +11,7 @@ mod compaction;
 mod contract;
 mod dav;
 mod dav_clients;
+mod dav_collections;
 mod devices;
 mod endpoints;
 mod formats;
