@@ -41,10 +41,14 @@ schemathesis: ## Install schemathesis (the contract fuzzer the e2e tests run) if
 	@command -v schemathesis >/dev/null || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
 
 .PHONY: dav-clients
-dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer, the caldav library, caldav-server-tester; tsdav from npm) under $(DAV_CLIENTS)
+dav-clients: ## Install the CardDAV/CalDAV clients the e2e tests drive (vdirsyncer and its own storage test suite, the caldav library, caldav-server-tester; tsdav from npm) under $(DAV_CLIENTS)
 	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && [ -x $(DAV_CLIENTS)/bin/caldav-server-tester ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav, vobject' 2>/dev/null || { \
 		python3 -m venv $(DAV_CLIENTS) && \
-		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'vdirsyncer>=0.19,<0.22' 'caldav==3.6.0' 'caldav-server-tester==1.7.0' 'vobject>=0.9,<1'; }
+		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'vdirsyncer==0.21.0' 'caldav==3.6.0' 'caldav-server-tester==1.7.0' 'vobject>=0.9,<1'; }
+	@[ -d $(DAV_CLIENTS)/vdirsyncer-0.21.0/tests/storage/dav ] && $(DAV_CLIENTS)/bin/python3 -c 'import pytest, pytest_asyncio, hypothesis, aioresponses, requests' 2>/dev/null || { \
+		$(DAV_CLIENTS)/bin/python3 -m pip install --quiet 'pytest==9.2.0' 'pytest-asyncio==1.5.0' 'hypothesis>=6,<7' 'aioresponses==0.7.9' 'requests>=2,<3' && \
+		$(DAV_CLIENTS)/bin/python3 -m pip download --quiet --no-deps --no-binary :all: 'vdirsyncer==0.21.0' -d $(DAV_CLIENTS) && \
+		tar -C $(DAV_CLIENTS) -xzf $(DAV_CLIENTS)/vdirsyncer-0.21.0.tar.gz; }
 	@[ -x $(DAV_CLIENTS)/bin/vdirsyncer ] && [ -x $(DAV_CLIENTS)/bin/caldav-server-tester ] && $(DAV_CLIENTS)/bin/python3 -c 'import caldav, vobject' || { echo "the DAV clients are not installed in $(DAV_CLIENTS)" >&2; exit 1; }
 	@[ -d $(DAV_CLIENTS)/node/node_modules/tsdav ] || npm install --silent --no-audit --no-fund --prefix $(DAV_CLIENTS)/node 'tsdav@2.3.4'
 	@[ -d $(DAV_CLIENTS)/node/node_modules/tsdav ] || { echo "tsdav is not installed in $(DAV_CLIENTS)/node (needs node and npm)" >&2; exit 1; }

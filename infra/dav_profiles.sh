@@ -33,7 +33,7 @@ wait_up "http://127.0.0.1:$KPORT/readyz"
 TOKEN=$(curl -s -X POST "http://127.0.0.1:$KPORT/admin/v1/users/$(python3 -c 'import uuid; print(uuid.uuid4())')/devices" \
     -H "Authorization: Bearer $ADMIN" -d '{"name": "caldav-server-tester"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
 "$V/bin/caldav-server-tester" --caldav-url "http://127.0.0.1:$KPORT/" --caldav-username tester \
-    --caldav-password "$TOKEN" --caldav-calendar Calendar --format json 2>"$WORK/keepsake-tester.log" \
+    --caldav-password "$TOKEN" --format json 2>"$WORK/keepsake-tester.log" \
     | strip_ts >"$OUT/caldav-server-tester.json"
 
 # Radicale: no authentication, a fresh collection root.

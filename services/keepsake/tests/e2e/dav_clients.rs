@@ -18,6 +18,7 @@ macro_rules! file_and_s3 {
 
 file_and_s3!(
     vdirsyncer_syncs_a_vdir_both_ways,
+    vdirsyncer_s_own_storage_suite_passes,
     the_caldav_library_saves_searches_and_syncs,
     tsdav_creates_updates_deletes_and_syncs
 );
@@ -106,6 +107,110 @@ async fn vdirsyncer_syncs_a_vdir_both_ways(backend: Backend) {
     assert!(out.contains("ok: discovery, two-way sync"), "{out}");
 }
 
+/// vdirsyncer's own storage test suite (`tests/storage/dav` of its 0.21.0 sdist, which
+/// `make dav-clients` unpacks), pointed at the server through `tests/dav/vdirsyncer_suite_server.py`:
+/// every test makes its own collection (extended MKCOL) and deletes it after. The suite
+/// deletes hundreds of items in a few seconds, which is what the mass-delete guard stops: the
+/// user confirms from a REST device first, as docs/DAV.md tells users to. Every test must pass;
+/// the only skips allowed are the four the suite makes for any named server (metadata left
+/// empty, and recurring events for VTODO and VCARD).
+async fn vdirsyncer_s_own_storage_suite_passes(backend: Backend) {
+    let env = Env::new(backend).await;
+    let s = Server::start(&env, &[]).await;
+    let user = uuid();
+    let token = s.register(&user, "vdirsyncer suite").await;
+    let (st, v) = s
+        .call(
+            reqwest::Method::POST,
+            "/v1/mass-delete-confirmation",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::OK, "{v}");
+    let venv = clients_venv();
+    let sdist = venv.join("vdirsyncer-0.21.0");
+    assert!(
+        sdist.join("tests/storage/dav").is_dir(),
+        "{} is missing: `make dav-clients` unpacks vdirsyncer's sdist there",
+        sdist.display()
+    );
+    let server_dir = sdist.join("tests/storage/servers/keepsake");
+    std::fs::create_dir_all(&server_dir).expect("server dir");
+    std::fs::copy(
+        format!(
+            "{}/tests/dav/vdirsyncer_suite_server.py",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        server_dir.join("__init__.py"),
+    )
+    .expect("install the server fixture");
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(venv.join("bin/python3"))
+            .args([
+                "-m",
+                "pytest",
+                "-o",
+                "addopts=",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "-rfEs",
+            ])
+            .args(["-p", "no:logging", "--tb=short", "tests/storage/dav"])
+            .current_dir(&sdist)
+            .env("DAV_SERVER", "keepsake")
+            .env("DETERMINISTIC_TESTS", "true")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("KEEPSAKE_DAV_URL", format!("{base}/"))
+            .env("KEEPSAKE_DAV_USER", &user)
+            .env("KEEPSAKE_DAV_TOKEN", &token)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("pytest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        out.status.success(),
+        "vdirsyncer's storage suite failed: {summary}\n{stdout}\n{stderr}"
+    );
+    // "131 passed, 4 skipped in 8.22s"
+    let counts = summary
+        .rsplit_once(" in ")
+        .map_or(summary.as_str(), |(c, _)| c);
+    let count = |what: &str| {
+        counts
+            .split(", ")
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(what)?
+                    .trim()
+                    .split(' ')
+                    .last()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    assert!(count("passed") >= 100, "too few tests ran: {summary}");
+    assert_eq!(
+        count("failed") + count("error") + count("errors"),
+        0,
+        "{summary}"
+    );
+    assert_eq!(
+        count("skipped"),
+        4,
+        "the suite skips four tests for any server, and no others: {summary}\n{stdout}"
+    );
+    s.stop();
+}
+
 async fn the_caldav_library_saves_searches_and_syncs(backend: Backend) {
     let out = run_client(backend, "caldav_library.py", "caldav library").await;
     assert!(out.contains("ok: caldav discovery"), "{out}");
@@ -141,7 +246,8 @@ async fn caldav_server_tester_profile(backend: Backend) {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(tester)
             .args(["--caldav-url", &base, "--caldav-username", "tester"])
-            .args(["--caldav-password", &token, "--caldav-calendar", "Calendar"])
+            // No calendar named: the tester makes its own (MKCALENDAR), probes it, deletes it.
+            .args(["--caldav-password", &token])
             .args(["--format", "json"])
             .output()
     })
@@ -163,16 +269,27 @@ async fn caldav_server_tester_profile(backend: Backend) {
         &std::fs::read_to_string(recorded_path).expect("the recorded profile"),
     )
     .expect("the recorded profile is JSON");
+    // A profile lists the features that differ from what the tester expects of a server,
+    // which is `full`: a feature it does not list is `full`.
     let support = |profile: &serde_json::Value, feature: &str| -> String {
-        profile["features"][feature]["support"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string()
+        match profile["features"].get(feature) {
+            None => "full".to_string(),
+            Some(f) => f["support"].as_str().unwrap_or("unknown").to_string(),
+        }
     };
     let mut worse = Vec::new();
     let mut better = Vec::new();
-    let features = recorded["features"].as_object().expect("features");
-    for feature in features.keys() {
+    let listed = |p: &serde_json::Value| -> Vec<String> {
+        p["features"]
+            .as_object()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut features = listed(&recorded);
+    features.extend(listed(&observed));
+    features.sort();
+    features.dedup();
+    for feature in &features {
         let (was, now) = (support(&recorded, feature), support(&observed, feature));
         let regressed = match (rank(&was), rank(&now)) {
             (Some(4), _) => now != "full",
