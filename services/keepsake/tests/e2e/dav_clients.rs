@@ -190,8 +190,8 @@ async fn vdirsyncer_s_own_storage_suite_passes(backend: Backend) {
                 part.trim()
                     .strip_suffix(what)?
                     .trim()
-                    .split(' ')
-                    .last()?
+                    .rsplit(' ')
+                    .next()?
                     .parse::<u32>()
                     .ok()
             })
