@@ -152,11 +152,168 @@ pub fn busy(
     periods
 }
 
+/// When an alarm of an instance `[from, to)` fires: its TRIGGER (a duration from the start, or
+/// from the end with `RELATED=END`, or a date-time), then `REPEAT` more times `DURATION` apart
+/// (at most 1,000). Nothing for an alarm without a trigger it can read.
+fn fire_times(
+    alarm: &ICalendarComponent,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    use calcard::icalendar::{ICalendarParameterName, ICalendarParameterValue, ICalendarRelated};
+    let find = |p: ICalendarProperty| alarm.entries.iter().find(move |e| e.name == p);
+    let Some(trigger) = find(ICalendarProperty::Trigger) else {
+        return Vec::new();
+    };
+    let first = match trigger.values.first() {
+        Some(ICalendarValue::Duration(d)) => {
+            let from_end = trigger.params.iter().any(|p| {
+                p.name == ICalendarParameterName::Related
+                    && p.value == ICalendarParameterValue::Related(ICalendarRelated::End)
+            });
+            let base = if from_end { to } else { from };
+            d.to_time_delta().and_then(|d| base.checked_add_signed(d))
+        }
+        Some(ICalendarValue::PartialDateTime(_)) => crate::zones::entry_instant(trigger),
+        _ => None,
+    };
+    let Some(first) = first else {
+        return Vec::new();
+    };
+    let repeat = match find(ICalendarProperty::Repeat).and_then(|e| e.values.first()) {
+        Some(ICalendarValue::Integer(n)) => (*n).clamp(0, 1_000),
+        _ => 0,
+    };
+    let every = match find(ICalendarProperty::Duration).and_then(|e| e.values.first()) {
+        Some(ICalendarValue::Duration(d)) => d.to_time_delta(),
+        _ => None,
+    };
+    let mut out = vec![first];
+    if let Some(every) = every {
+        let mut at = first;
+        for _ in 0..repeat {
+            match at.checked_add_signed(every) {
+                Some(next) => {
+                    at = next;
+                    out.push(at);
+                }
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// Whether an alarm of the item's components of type `component` fires in `[start, end)`
+/// (a CalDAV `comp-filter` on `VALARM` with a `time-range`, RFC 4791 9.9), each instance's
+/// alarms fired from that instance. An item without alarms never does; one with alarms whose
+/// times cannot be read, or whose expansion stops at [`MAX_INSTANCES`], is said to (a
+/// superset).
+pub fn alarm_fires(
+    text: &str,
+    component: &str,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> bool {
+    let Ok(ical) = crate::convert::guarded_parse(text) else {
+        return true;
+    };
+    if !alarmed(&ical, component) {
+        return false;
+    }
+    let Ok(expanded) =
+        crate::convert::guard("iCalendar", || ical.expand_dates(Tz::UTC, MAX_INSTANCES))
+    else {
+        return true;
+    };
+    if !expanded.errors.is_empty() || expanded.events.len() >= MAX_INSTANCES {
+        return true;
+    }
+    let of_type = |comp_id: u32| {
+        ical.component_by_id(comp_id)
+            .is_some_and(|c| c.component_type.as_str().eq_ignore_ascii_case(component))
+    };
+    instances(&ical, &expanded)
+        .into_iter()
+        .filter(|i| of_type(i.comp_id))
+        .any(|i| {
+            ical.alarms_for_id(i.comp_id).any(|alarm| {
+                fire_times(alarm, i.from, i.to)
+                    .into_iter()
+                    .any(|t| start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e))
+            })
+        })
+}
+
+/// Whether the item has an alarm in a component of type `component` (an unreadable text is
+/// said to: a superset).
+pub fn has_alarm(text: &str, component: &str) -> bool {
+    crate::convert::guarded_parse(text).map_or(true, |ical| alarmed(&ical, component))
+}
+
+fn alarmed(ical: &ICalendar, component: &str) -> bool {
+    ical.components.iter().enumerate().any(|(i, c)| {
+        c.component_type.as_str().eq_ignore_ascii_case(component)
+            && u32::try_from(i).is_ok_and(|i| ical.alarms_for_id(i).next().is_some())
+    })
+}
+
+/// A recurring item cut to the overridden instances that matter to `[start, end)` (a CalDAV
+/// `limit-recurrence-set`, RFC 4791 9.6.6): the master component(s) as they are, and only
+/// the exceptions whose instance overlaps the range or whose RECURRENCE-ID is in it. `None`
+/// for an item without exceptions or whose text cannot be read (answered as it is).
+pub fn limit_recurrence_set(
+    text: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Option<String> {
+    use ICalendarProperty as P;
+    let mut ical = crate::convert::guarded_parse(text).ok()?;
+    let rid = |c: &ICalendarComponent| {
+        c.entries
+            .iter()
+            .find(|e| e.name == P::RecurrenceId)
+            .and_then(crate::zones::entry_instant)
+    };
+    if !ical.components.iter().any(|c| rid(c).is_some()) {
+        return None;
+    }
+    let expanded =
+        crate::convert::guard("iCalendar", || ical.expand_dates(Tz::UTC, MAX_INSTANCES)).ok()?;
+    let in_range = |t: DateTime<Utc>| t >= start && t < end;
+    let overlapping: Vec<u32> = instances(&ical, &expanded)
+        .into_iter()
+        .filter(|i| {
+            i.from < end
+                && if i.to > i.from {
+                    i.to > start
+                } else {
+                    i.from >= start
+                }
+        })
+        .map(|i| i.comp_id)
+        .collect();
+    let dropped: Vec<u32> = (0u32..)
+        .zip(ical.components.iter())
+        .filter(|(i, c)| rid(c).is_some_and(|r| !in_range(r)) && !overlapping.contains(i))
+        .map(|(i, _)| i)
+        .collect();
+    if dropped.is_empty() {
+        return None;
+    }
+    // Unlink the dropped exceptions from the calendar; their own children go with them.
+    for c in &mut ical.components {
+        c.component_ids.retain(|id| !dropped.contains(id));
+    }
+    crate::convert::guard("iCalendar", || ical.to_string()).ok()
+}
+
 /// A recurring item's instances in `[start, end)` as separate components in UTC, the way a
 /// CalDAV `expand` asks (RFC 4791 9.6.5): each with the properties of the component it comes
 /// from (the item, or the exception that moved it), its own DTSTART and DTEND, and a
-/// RECURRENCE-ID; no RRULE, RDATE or EXDATE, no VTIMEZONE, and no nested alarms. `None` for an
-/// item that does not recur or whose times cannot be read (answered as it is).
+/// RECURRENCE-ID, and that component's alarms (relative triggers fire from the instance); no
+/// RRULE, RDATE or EXDATE, and no VTIMEZONE. `None` for an item that does not recur or whose
+/// times cannot be read (answered as it is).
 pub fn expand(text: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Option<String> {
     use ICalendarProperty as P;
     let ical = crate::convert::guarded_parse(text).ok()?;
@@ -234,6 +391,14 @@ pub fn expand(text: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Option<St
         let index = u32::try_from(out.components.len()).ok()?;
         out.components.push(component);
         out.components.first_mut()?.component_ids.push(index);
+        for alarm in ical.alarms_for_id(comp_id) {
+            let alarm_index = u32::try_from(out.components.len()).ok()?;
+            out.components.push(alarm.clone());
+            out.components
+                .get_mut(usize::try_from(index).ok()?)?
+                .component_ids
+                .push(alarm_index);
+        }
     }
     crate::convert::guard("iCalendar", || out.to_string()).ok()
 }
@@ -365,6 +530,93 @@ mod tests {
                 "DTSTART:20261116T090000Z"
             ],
             "{out}"
+        );
+    }
+
+    const ALARMED: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:w\r\n\
+        DTSTART:20261102T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n\
+        SUMMARY:s\r\nBEGIN:VALARM\r\nACTION:DISPLAY\r\nDESCRIPTION:soon\r\n\
+        TRIGGER:-PT15M\r\nEND:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+    #[test]
+    fn alarms_fire_from_each_instance() {
+        let fires = |start: &str, end: &str| alarm_fires(ALARMED, "VEVENT", at(start), at(end));
+        // Instances on Nov 2, 9 and 16 at 09:00: alarms at 08:45.
+        assert!(fires("20261109T084000", "20261109T085000"));
+        assert!(!fires("20261109T085000", "20261109T090000"));
+        assert!(!fires("20261123T000000", "20261130T000000"));
+        assert!(!alarm_fires(ALARMED, "VTODO", None, None));
+        // From the end, repeated.
+        let after = ALARMED.replace(
+            "TRIGGER:-PT15M",
+            "TRIGGER;RELATED=END:PT5M\r\nREPEAT:2\r\nDURATION:PT10M",
+        );
+        let fires = |start: &str, end: &str| alarm_fires(&after, "VEVENT", at(start), at(end));
+        assert!(fires("20261102T100400", "20261102T100600"));
+        assert!(
+            fires("20261102T102400", "20261102T102600"),
+            "the second repeat"
+        );
+        assert!(!fires("20261102T103000", "20261102T110000"));
+        // At a date-time.
+        let fixed = ALARMED.replace("TRIGGER:-PT15M", "TRIGGER;VALUE=DATE-TIME:20261101T120000Z");
+        assert!(alarm_fires(
+            &fixed,
+            "VEVENT",
+            at("20261101T115900"),
+            at("20261101T120100")
+        ));
+        assert!(has_alarm(ALARMED, "VEVENT"));
+        assert!(!has_alarm(WEEKLY, "VEVENT"));
+    }
+
+    #[test]
+    fn expanded_instances_keep_their_alarms() {
+        let out = expand(
+            ALARMED,
+            at("20261101T000000").unwrap_or_default(),
+            at("20261110T000000").unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        assert_eq!(out.matches("BEGIN:VEVENT").count(), 2, "{out}");
+        assert_eq!(out.matches("BEGIN:VALARM").count(), 2, "{out}");
+        assert_eq!(out.matches("TRIGGER:-PT15M").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn a_limited_recurrence_set_keeps_the_master_and_the_exceptions_in_range() {
+        let two = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:w\r\n\
+            DTSTART:20261102T090000Z\r\nDURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\n\
+            SUMMARY:s\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:w\r\nRECURRENCE-ID:20261109T090000Z\r\n\
+            DTSTART:20261109T150000Z\r\nDURATION:PT1H\r\nSUMMARY:first moved\r\nEND:VEVENT\r\n\
+            BEGIN:VEVENT\r\nUID:w\r\nRECURRENCE-ID:20261123T090000Z\r\n\
+            DTSTART:20261123T150000Z\r\nDURATION:PT1H\r\nSUMMARY:last moved\r\nEND:VEVENT\r\n\
+            END:VCALENDAR\r\n";
+        let out = limit_recurrence_set(
+            two,
+            at("20261120T000000").unwrap_or_default(),
+            at("20261201T000000").unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        assert!(out.contains("RRULE:FREQ=WEEKLY"), "the master: {out}");
+        assert!(out.contains("SUMMARY:last moved"), "{out}");
+        assert!(!out.contains("SUMMARY:first moved"), "{out}");
+        // Nothing to cut: answered as it is.
+        assert_eq!(
+            limit_recurrence_set(
+                two,
+                at("20261101T000000").unwrap_or_default(),
+                at("20261201T000000").unwrap_or_default()
+            ),
+            None
+        );
+        assert_eq!(
+            limit_recurrence_set(
+                WEEKLY,
+                at("20261101T000000").unwrap_or_default(),
+                at("20261102T000000").unwrap_or_default()
+            ),
+            None
         );
     }
 

@@ -178,7 +178,7 @@ proptest! {
             if let (Some(s), Some(e)) = (start, end) {
                 let _ = instances::busy(input, s, e);
             }
-            let filter = PropFilter { name: "UID".into(), test: PropTest::NotDefined };
+            let filter = PropFilter::new("UID", PropTest::NotDefined);
             let _ = filters::calendar_matches(input, "VEVENT", std::slice::from_ref(&filter));
             let _ = filters::card_matches(input, &[filter], true);
         }

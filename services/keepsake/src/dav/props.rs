@@ -297,13 +297,14 @@ fn max_resource_size(state: &Shared) -> String {
 }
 
 /// An item's properties; the text is exported only when `with_data`.
-/// `expand`: the range a CalDAV `calendar-data` asks a recurring event's instances in
-/// (written as separate components in UTC, `keepsake_formats::instances::expand`).
+/// `shape`: how a CalDAV `calendar-data` asks a recurring item to be written (its instances
+/// in a range, `keepsake_formats::instances::expand`; or only the exceptions that matter to
+/// it, `limit_recurrence_set`).
 pub(crate) fn item_props(
     row: &Row,
     c: &Collection,
     with_data: bool,
-    expand: Option<super::time_range::Span>,
+    shape: Option<super::time_range::Shape>,
 ) -> Props {
     let mut p = Props::new();
     p.add(DAV, "resourcetype", "");
@@ -317,9 +318,14 @@ pub(crate) fn item_props(
             .to_string(),
     );
     if with_data && let Some(text) = row.document.as_ref().and_then(|d| text(c, row.kind, d)) {
-        let text = match expand {
-            Some((start, end)) if c.holds == Holds::Calendar => {
-                keepsake_formats::instances::expand(&text, start, end).unwrap_or(text)
+        use super::time_range::Shape;
+        use keepsake_formats::instances::{expand, limit_recurrence_set};
+        let text = match shape {
+            Some(Shape::Expand((start, end))) if c.holds == Holds::Calendar => {
+                expand(&text, start, end).unwrap_or(text)
+            }
+            Some(Shape::Limit((start, end))) if c.holds == Holds::Calendar => {
+                limit_recurrence_set(&text, start, end).unwrap_or(text)
             }
             _ => text,
         };
@@ -528,6 +534,21 @@ pub(crate) fn principal_search(auth: DeviceAuth, request: &Element) -> Response 
             on_name && display.contains(&text)
         });
     let wanted = match Wanted::of(Some(request)) {
+        // The caldav library (3.x) writes the properties it wants beside an empty `prop`
+        // rather than inside it: read them there too, rather than answer none.
+        Ok(Wanted::Props(props)) if props.is_empty() => Wanted::Props(
+            request
+                .children
+                .iter()
+                .filter(|c| {
+                    !c.is(DAV, "prop")
+                        && !c.is(DAV, "property-search")
+                        && !c.is(DAV, "apply-to-principal-collection-set")
+                })
+                .map(|c| (c.ns.clone(), c.name.clone()))
+                .take(MAX_PROPS)
+                .collect(),
+        ),
         Ok(w) => w,
         Err(e) => return error(e),
     };

@@ -11,9 +11,8 @@
 //! Queries: `calendar-query` filters by component (VEVENT, VTODO, VJOURNAL), by a component's
 //! `time-range` (recurrences expanded, [`super::time_range`]) and by its `prop-filter`s
 //! (`is-not-defined`, `text-match`); `addressbook-query` by its `prop-filter`s (anyof/allof,
-//! the four match types) — both through `keepsake_formats::filters`. A `param-filter` or a
-//! property's `time-range` is not evaluated (the property only has to be there: a superset,
-//! which clients filter again). docs/DAV.md says so.
+//! the four match types) — both through `keepsake_formats::filters`, with their
+//! `param-filter`s and, in CalDAV, a property's own `time-range`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,7 +27,7 @@ use super::time_range::{self, Range};
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
-use keepsake_formats::filters::{self, MatchType, PropFilter, PropTest, TextMatch};
+use keepsake_formats::filters::{self, MatchType, ParamFilter, PropFilter, PropTest, TextMatch};
 
 /// Most hrefs one multiget may name (clients send pages of 10 to 500).
 const MAX_HREFS: usize = 1_000;
@@ -132,7 +131,7 @@ async fn sync_collection(
     c: &Collection,
     request: &Element,
 ) -> Response {
-    let (wanted, expand) = match asked(request) {
+    let (wanted, shape) = match asked(request) {
         Ok(a) => a,
         Err(refused) => return *refused,
     };
@@ -220,7 +219,7 @@ async fn sync_collection(
     for entry in &entries {
         match entry {
             Entry::Show(row) => {
-                item_props(row, c, with_data, expand).write(&mut out, &row.href(user, c), &wanted)
+                item_props(row, c, with_data, shape).write(&mut out, &row.href(user, c), &wanted)
             }
             Entry::Seen { .. } => {
                 if let Some(Some(href)) = gone.next() {
@@ -353,7 +352,7 @@ async fn free_busy(
 }
 
 async fn multiget(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Element) -> Response {
-    let (wanted, expand) = match asked(request) {
+    let (wanted, shape) = match asked(request) {
         Ok(a) => a,
         Err(refused) => return *refused,
     };
@@ -405,7 +404,7 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: &Collection, request: &El
     let mut out = String::from(xml::MULTISTATUS_OPEN);
     for (href, row) in hrefs.iter().zip(rows) {
         match row {
-            Some(row) => item_props(&row, c, with_data, expand).write(&mut out, href, &wanted),
+            Some(row) => item_props(&row, c, with_data, shape).write(&mut out, href, &wanted),
             None => out.push_str(&format!(
                 "<d:response><d:href>{}</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>",
                 xml::escape(href)
@@ -421,6 +420,33 @@ struct KindFilter {
     kind: Kind,
     range: Option<Range>,
     props: Vec<PropFilter>,
+    /// A nested `comp-filter` on `VALARM`: with a time range, an alarm must fire in it; with
+    /// `is-not-defined`, there must be no alarm; else there must be one.
+    alarm: Option<AlarmTest>,
+}
+
+#[derive(Clone, Copy)]
+enum AlarmTest {
+    Fires(Range),
+    Defined,
+    NotDefined,
+}
+
+/// The `VALARM` comp-filter inside a component's, if any.
+fn alarm_test(filter: &Element) -> Result<Option<AlarmTest>, String> {
+    let Some(alarm) = filter.children_named(CALDAV, "comp-filter").find(|f| {
+        f.attr("name")
+            .is_some_and(|n| n.eq_ignore_ascii_case("VALARM"))
+    }) else {
+        return Ok(None);
+    };
+    if alarm.child(CALDAV, "is-not-defined").is_some() {
+        return Ok(Some(AlarmTest::NotDefined));
+    }
+    Ok(Some(match time_range::of(alarm)? {
+        Some(range) => AlarmTest::Fires(range),
+        None => AlarmTest::Defined,
+    }))
 }
 
 /// A `text-match` element (CalDAV's and CardDAV's).
@@ -441,27 +467,53 @@ fn text_match(el: &Element) -> TextMatch {
     }
 }
 
-/// The `prop-filter`s under `parent` in namespace `ns`. A filter this server does not evaluate
-/// (`param-filter`, a property's `time-range`) counts as "the property is there": a superset.
-fn prop_filters(parent: &Element, ns: &str) -> Vec<PropFilter> {
-    parent
-        .children_named(ns, "prop-filter")
-        .filter_map(|f| {
-            let name = f.attr("name")?.to_string();
-            let matches: Vec<TextMatch> =
-                f.children_named(ns, "text-match").map(text_match).collect();
-            let test = if f.child(ns, "is-not-defined").is_some() {
-                PropTest::NotDefined
-            } else if matches.is_empty() {
-                PropTest::Defined
-            } else {
-                // CalDAV holds one text-match per prop-filter; CardDAV says anyof or allof.
-                let all = ns == CALDAV || f.attr("test") == Some("allof");
-                PropTest::Text { matches, all }
-            };
-            Some(PropFilter { name, test })
-        })
-        .collect()
+/// What a `prop-filter` or `param-filter` element asks: `is-not-defined`, its `text-match`es
+/// (all of them when `all`), or that the property or parameter is there.
+fn test_of(f: &Element, ns: &str, all: bool, more: bool) -> PropTest {
+    let matches: Vec<TextMatch> = f.children_named(ns, "text-match").map(text_match).collect();
+    if f.child(ns, "is-not-defined").is_some() {
+        PropTest::NotDefined
+    } else if matches.is_empty() && !more {
+        PropTest::Defined
+    } else {
+        PropTest::Text { matches, all }
+    }
+}
+
+/// The `prop-filter`s under `parent` in namespace `ns`, with their `param-filter`s and (CalDAV)
+/// `time-range`. CalDAV asks every test of a filter; CardDAV any, or all with `test="allof"`.
+/// A time range that cannot be read is `Err`.
+fn prop_filters(parent: &Element, ns: &str) -> Result<Vec<PropFilter>, String> {
+    let mut out = Vec::new();
+    for f in parent.children_named(ns, "prop-filter") {
+        let Some(name) = f.attr("name") else {
+            continue;
+        };
+        let all = ns == CALDAV || f.attr("test") == Some("allof");
+        let params: Vec<ParamFilter> = f
+            .children_named(ns, "param-filter")
+            .filter_map(|p| {
+                Some(ParamFilter {
+                    name: p.attr("name")?.to_string(),
+                    test: test_of(p, ns, true, false),
+                })
+            })
+            .collect();
+        let range = match time_range::of(f)? {
+            Some(r) if ns == CALDAV => Some((r.start, r.end)),
+            _ => None,
+        };
+        // Parameter filters or a range with no text-match still need the property there,
+        // and are combined as the filter's test says (a `Text` with no matches).
+        let more = !params.is_empty() || range.is_some();
+        out.push(PropFilter {
+            name: name.to_string(),
+            test: test_of(f, ns, all, more),
+            params,
+            range,
+        });
+    }
+    Ok(out)
 }
 
 /// The kinds a `calendar-query` filter asks for, each with its time range and property
@@ -475,6 +527,7 @@ fn filtered_kinds(request: &Element) -> Result<Vec<KindFilter>, String> {
             kind,
             range: None,
             props: Vec::new(),
+            alarm: None,
         })
         .collect();
     let Some(calendar) = request
@@ -503,21 +556,23 @@ fn filtered_kinds(request: &Element) -> Result<Vec<KindFilter>, String> {
         kinds.push(KindFilter {
             kind,
             range: time_range::of(filter)?,
-            props: prop_filters(filter, CALDAV),
+            props: prop_filters(filter, CALDAV)?,
+            alarm: alarm_test(filter)?,
         });
     }
     Ok(if named { kinds } else { all })
 }
 
-/// What a report asks of each item: its properties, and the range of a `calendar-data`
-/// `expand` (an `expand` without good bounds is refused with `valid-filter`).
-fn asked(request: &Element) -> Result<(Wanted, Option<time_range::Span>), Box<Response>> {
+/// What a report asks of each item: its properties, and how its `calendar-data` is shaped
+/// (`expand` or `limit-recurrence-set`; one without good bounds is refused with
+/// `valid-filter`).
+fn asked(request: &Element) -> Result<(Wanted, Option<time_range::Shape>), Box<Response>> {
     let wanted = Wanted::of(Some(request)).map_err(|e| Box::new(error(e)))?;
-    let expand = time_range::expand_of(request).map_err(|detail| {
-        tracing::debug!(%detail, "expand refused");
+    let shape = time_range::shape_of(request).map_err(|detail| {
+        tracing::debug!(%detail, "calendar-data shape refused");
         Box::new(precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter"))
     })?;
-    Ok((wanted, expand))
+    Ok((wanted, shape))
 }
 
 /// The component an item of `kind` is in its iCalendar text.
@@ -530,7 +585,7 @@ pub(crate) fn component_of(kind: Kind) -> &'static str {
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Element) -> Response {
-    let (wanted, expand) = match asked(request) {
+    let (wanted, shape) = match asked(request) {
         Ok(a) => a,
         Err(refused) => return *refused,
     };
@@ -543,7 +598,10 @@ async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Eleme
             range: None,
             props: card_filter
                 .map(|f| prop_filters(f, CARDDAV))
+                .transpose()
+                .unwrap_or_default()
                 .unwrap_or_default(),
+            alarm: None,
         }],
         Holds::Calendar => match filtered_kinds(request) {
             Ok(k) => k,
@@ -571,7 +629,7 @@ async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Eleme
             if f.kind != r.kind {
                 return false;
             }
-            if f.range.is_none() && f.props.is_empty() {
+            if f.range.is_none() && f.props.is_empty() && f.alarm.is_none() {
                 return true;
             }
             let Some(text) = r
@@ -584,7 +642,17 @@ async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Eleme
             let in_range = f
                 .range
                 .is_none_or(|range| time_range::overlaps(&text, range));
+            let comp = component_of(r.kind);
+            let alarmed = match f.alarm {
+                None => true,
+                Some(AlarmTest::Fires(range)) => {
+                    keepsake_formats::instances::alarm_fires(&text, comp, range.start, range.end)
+                }
+                Some(AlarmTest::Defined) => keepsake_formats::instances::has_alarm(&text, comp),
+                Some(AlarmTest::NotDefined) => !keepsake_formats::instances::has_alarm(&text, comp),
+            };
             in_range
+                && alarmed
                 && match c.holds {
                     Holds::Contacts => filters::card_matches(&text, &f.props, card_all),
                     Holds::Calendar => {
@@ -601,7 +669,7 @@ async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Eleme
             ));
             break;
         }
-        item_props(row, c, with_data, expand).write(&mut out, &row.href(auth.user, c), &wanted);
+        item_props(row, c, with_data, shape).write(&mut out, &row.href(auth.user, c), &wanted);
     }
     out.push_str(xml::MULTISTATUS_CLOSE);
     multistatus(out)

@@ -41,29 +41,47 @@ pub(crate) fn of(filter: &Element) -> Result<Option<Range>, String> {
 /// A half-open range `[start, end)` of instants.
 pub(crate) type Span = (DateTime<Utc>, DateTime<Utc>);
 
-/// The range of a `calendar-data`'s `expand` (RFC 4791 9.6.5) in a report's `prop`, if any;
-/// `Err` when it lacks a bound or a bound is not a UTC date-time.
-pub(crate) fn expand_of(request: &Element) -> Result<Option<Span>, String> {
-    let Some(expand) = request
+/// How a `calendar-data` asks a recurring item to be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `expand` (RFC 4791 9.6.5): its instances in the range, one component each, in UTC.
+    Expand(Span),
+    /// `limit-recurrence-set` (RFC 4791 9.6.6): the master, and only the exceptions that
+    /// matter to the range.
+    Limit(Span),
+}
+
+/// How a report's `prop` asks its `calendar-data` to be written, if it does: `expand` or
+/// `limit-recurrence-set` (`limit-freebusy-set` shapes VFREEBUSY components, which no item
+/// here holds: it changes nothing). `Err` when one lacks a bound, a bound is not a UTC
+/// date-time, or its start is not before its end.
+pub(crate) fn shape_of(request: &Element) -> Result<Option<Shape>, String> {
+    let Some(data) = request
         .child(super::xml::DAV, "prop")
         .and_then(|p| p.child(CALDAV, "calendar-data"))
-        .and_then(|d| d.child(CALDAV, "expand"))
     else {
         return Ok(None);
     };
+    let (el, shape): (_, fn(Span) -> Shape) = match (
+        data.child(CALDAV, "expand"),
+        data.child(CALDAV, "limit-recurrence-set"),
+    ) {
+        (Some(e), _) => (e, Shape::Expand),
+        (None, Some(l)) => (l, Shape::Limit),
+        (None, None) => return Ok(None),
+    };
     let bound = |name: &str| {
-        expand
-            .attr(name)
+        el.attr(name)
             .and_then(|v| v.trim().strip_suffix('Z').map(str::to_string))
             .and_then(|v| NaiveDateTime::parse_from_str(&v, "%Y%m%dT%H%M%S").ok())
             .map(|t| t.and_utc())
-            .ok_or_else(|| format!("expand needs {name} as a UTC date-time"))
+            .ok_or_else(|| format!("{} needs {name} as a UTC date-time", el.name))
     };
     let (start, end) = (bound("start")?, bound("end")?);
     if start >= end {
-        return Err("expand's start is not before its end".into());
+        return Err(format!("{}'s start is not before its end", el.name));
     }
-    Ok(Some((start, end)))
+    Ok(Some(shape((start, end))))
 }
 
 /// Whether the item whose iCalendar text is `text` has an instance in `range`.

@@ -202,6 +202,18 @@ async fn a_dav_client_discovers_writes_reads_and_syncs(backend: Backend) {
     )
     .await;
     assert!(all(&body, "d:href").is_empty(), "{body}");
+    // The caldav library writes the properties it wants beside an empty prop: they are
+    // answered all the same (its principal search found nothing before).
+    let quirky = format!(
+        r#"<D:principal-property-search xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:property-search><D:prop><D:displayname/></D:prop><D:match>{user}</D:match></D:property-search><D:prop/><C:calendar-home-set/><D:displayname/></D:principal-property-search>"#
+    );
+    let (_, _, body) = dav(&s, "REPORT", "/", Some(&phone), &[], &quirky).await;
+    assert_eq!(all(&body, "d:displayname"), [user.as_str()], "{body}");
+    assert_eq!(
+        all(&body, "cal:calendar-home-set"),
+        [format!("<d:href>{home}</d:href>")],
+        "{body}"
+    );
     // Another user's home is not this device's.
     let (st, _, _) = dav(
         &s,

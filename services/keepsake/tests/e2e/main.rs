@@ -12,6 +12,7 @@ mod contract;
 mod dav;
 mod dav_clients;
 mod dav_collections;
+mod dav_queries;
 mod devices;
 mod endpoints;
 mod formats;
