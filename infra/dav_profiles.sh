@@ -51,10 +51,11 @@ out = sys.argv[1]
 k = json.load(open(f"{out}/caldav-server-tester.json"))["features"]
 r = json.load(open(f"{out}/caldav-server-tester-radicale.json"))["features"]
 lines = ["# caldav-server-tester: Keepsake and Radicale side by side", "",
-         "Written by `make dav-profiles` (infra/dav_profiles.sh); docs/DAV.md says why Keepsake supports less where it does.", "",
+         "Written by `make dav-profiles` (infra/dav_profiles.sh); docs/DAV.md says why Keepsake supports less where it does.",
+         "A profile lists what differs from what the tester expects of a server; a feature it does not list is `full`.", "",
          "| feature | Keepsake | Radicale |", "| --- | --- | --- |"]
 for f in sorted(set(k) | set(r)):
-    a = k.get(f, {}).get("support", "-"); b = r.get(f, {}).get("support", "-")
+    a = k.get(f, {}).get("support", "full"); b = r.get(f, {}).get("support", "full")
     lines.append(f"| {f} | {a} | {b} |")
 open(f"{out}/PROFILES.md", "w").write("\n".join(lines) + "\n")
 count = lambda p, s: sum(1 for v in p.values() if v.get("support") == s)

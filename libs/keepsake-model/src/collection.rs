@@ -96,14 +96,15 @@ pub fn holds_of(document: &Document) -> Option<Holds> {
 /// The collection an item's document names: `Ok(None)` when it names none (absent or `null`),
 /// `Err` when the property is there but not an item id.
 pub fn named_collection(document: &Document) -> Result<Option<ItemId>, String> {
-    // Most documents name none: look before parsing.
+    // Most documents name none: look before parsing. Those that do are read for that one
+    // top-level value, skipping the rest unbuilt (a listing asks this of every item).
     if !document.as_str().contains(COLLECTION_PROPERTY) {
         return Ok(None);
     }
-    let Ok(object) = document.to_object() else {
+    let Ok(Named(value)) = serde_json::from_str::<Named>(document.as_str()) else {
         return Ok(None);
     };
-    match object.get(COLLECTION_PROPERTY) {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s
             .parse::<uuid::Uuid>()
@@ -112,6 +113,36 @@ pub fn named_collection(document: &Document) -> Result<Option<ItemId>, String> {
         Some(other) => Err(format!(
             "{COLLECTION_PROPERTY} must be an item id or null, not {other}"
         )),
+    }
+}
+
+/// A document's top level reduced to its [`COLLECTION_PROPERTY`] value.
+struct Named(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for Named {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = Named;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Named, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == COLLECTION_PROPERTY {
+                        found = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Named(found))
+            }
+        }
+        deserializer.deserialize_map(Top)
     }
 }
 
@@ -207,6 +238,17 @@ mod tests {
             Ok(Some(id))
         );
         assert!(named_collection(&doc(json!({COLLECTION_PROPERTY: "work"}))).is_err());
+        // Only the top level names it.
+        assert_eq!(
+            named_collection(&doc(json!({"x": {COLLECTION_PROPERTY: id.to_string()}}))),
+            Ok(None)
+        );
+        assert_eq!(
+            named_collection(&Document::from_stored(format!(
+                "{{ \"a\" : [1, {{\"b\": 2}}], \"keepsake.app:collection\" : \"{id}\" }}"
+            ))),
+            Ok(Some(id))
+        );
         assert!(named_collection(&doc(json!({COLLECTION_PROPERTY: 3}))).is_err());
     }
 
