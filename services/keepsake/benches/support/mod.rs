@@ -7,8 +7,11 @@ use std::process::{Child, Command, Stdio};
 /// whatever the bench sets); returns the process and its base URL once it says where it
 /// listens. Its later output is read and dropped so that it never blocks on a full pipe.
 pub fn serve(envs: &[(&str, &str)]) -> (Child, String) {
+    // `KEEPSAKE_BENCH_BIN` runs another build of the server (an A/B against an older commit).
+    let bin = std::env::var_os("KEEPSAKE_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_keepsake").into());
     #[allow(clippy::expect_used)]
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+    let mut child = Command::new(bin)
         .arg("serve")
         .env("KEEPSAKE_LISTEN", "127.0.0.1:0")
         .env("KEEPSAKE_LOG", "warn,keepsake::server=info")
