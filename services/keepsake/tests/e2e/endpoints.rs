@@ -24,7 +24,7 @@ async fn the_less_travelled_endpoints_answer_as_the_contract_says() {
     assert!(session["store_id"].as_str().is_some(), "{session}");
     assert_eq!(
         session["kinds"],
-        json!(["contact", "event", "task", "note"])
+        json!(["contact", "event", "task", "note", "collection"])
     );
     for limit in [
         "max_changes_per_push",
