@@ -113,9 +113,13 @@ impl ParamFilter {
             PropTest::Defined => !values.is_empty(),
             PropTest::NotDefined => values.is_empty(),
             PropTest::Text { matches, all } => {
-                // A parameter's value may list several, comma-separated (TYPE=home,work).
-                let one =
-                    |m: &TextMatch| values.iter().flat_map(|v| v.split(',')).any(|v| m.holds(v));
+                // A parameter's value may list several, comma-separated (TYPE=home,work); a
+                // quoted one may hold a comma (CN="Lovelace, Ada"): either matches.
+                let one = |m: &TextMatch| {
+                    values
+                        .iter()
+                        .any(|v| m.holds(v) || v.split(',').any(|part| m.holds(part)))
+                };
                 !values.is_empty()
                     && if *all {
                         matches.iter().all(one)
@@ -515,6 +519,22 @@ mod tests {
             cal,
             "VEVENT",
             &[stamp("20261101T130000", "20261102T000000")]
+        ));
+        // A quoted parameter value holding a comma matches whole.
+        let quoted = cal.replace("CN=Ada", "CN=\"Lovelace, Ada\"");
+        let cn = |t: &str| ParamFilter {
+            name: "CN".into(),
+            test: matching(t),
+        };
+        assert!(calendar_matches(
+            &quoted,
+            "VEVENT",
+            &[attendee(vec![cn("Lovelace, Ada")], some.clone())]
+        ));
+        assert!(calendar_matches(
+            &quoted,
+            "VEVENT",
+            &[attendee(vec![cn("Lovelace")], some.clone())]
         ));
         // vCard: TYPE among several, anyof and allof.
         let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:ada\r\nFN:Ada\r\n\

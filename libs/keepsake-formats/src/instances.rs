@@ -22,6 +22,10 @@ use chrono::{DateTime, Utc};
 /// Most instances of one item expanded.
 pub const MAX_INSTANCES: usize = 10_000;
 
+/// Most repeats of one alarm followed (RFC 5545 `REPEAT`), so a query's work per item stays
+/// bounded: instances x alarms x this.
+pub const MAX_REPEATS: i64 = 100;
+
 /// One instance: where it starts and ends, and the component it comes from.
 struct Instance {
     from: DateTime<Utc>,
@@ -154,7 +158,7 @@ pub fn busy(
 
 /// When an alarm of an instance `[from, to)` fires: its TRIGGER (a duration from the start, or
 /// from the end with `RELATED=END`, or a date-time), then `REPEAT` more times `DURATION` apart
-/// (at most 1,000). Nothing for an alarm without a trigger it can read.
+/// (at most [`MAX_REPEATS`]). Nothing for an alarm without a trigger it can read.
 fn fire_times(
     alarm: &ICalendarComponent,
     from: DateTime<Utc>,
@@ -181,7 +185,7 @@ fn fire_times(
         return Vec::new();
     };
     let repeat = match find(ICalendarProperty::Repeat).and_then(|e| e.values.first()) {
-        Some(ICalendarValue::Integer(n)) => (*n).clamp(0, 1_000),
+        Some(ICalendarValue::Integer(n)) => (*n).clamp(0, MAX_REPEATS),
         _ => 0,
     };
     let every = match find(ICalendarProperty::Duration).and_then(|e| e.values.first()) {
@@ -249,6 +253,12 @@ pub fn alarm_fires(
 /// said to: a superset).
 pub fn has_alarm(text: &str, component: &str) -> bool {
     crate::convert::guarded_parse(text).map_or(true, |ical| alarmed(&ical, component))
+}
+
+/// Whether the item has no alarm in a component of type `component` (an unreadable text is
+/// said to have none: a superset again, for a VALARM `is-not-defined`).
+pub fn lacks_alarm(text: &str, component: &str) -> bool {
+    crate::convert::guarded_parse(text).map_or(true, |ical| !alarmed(&ical, component))
 }
 
 fn alarmed(ical: &ICalendar, component: &str) -> bool {
@@ -568,6 +578,9 @@ mod tests {
         ));
         assert!(has_alarm(ALARMED, "VEVENT"));
         assert!(!has_alarm(WEEKLY, "VEVENT"));
+        assert!(lacks_alarm(WEEKLY, "VEVENT"));
+        assert!(!lacks_alarm(ALARMED, "VEVENT"));
+        assert!(has_alarm("not a calendar", "VEVENT") && lacks_alarm("not a calendar", "VEVENT"));
     }
 
     #[test]

@@ -283,6 +283,9 @@ pub struct Staged<'a> {
     items: IdMap<ItemId, ItemState>,
     changes: IdMap<ChangeId, ChangeRef>,
     events: Vec<Event>,
+    /// Committed state's items by the collection they name, read on a batch's first
+    /// collection delete.
+    members: Option<IdMap<ItemId, Vec<ItemId>>>,
 }
 
 impl StateRead for Staged<'_> {
@@ -336,6 +339,7 @@ impl<'a> Staged<'a> {
             items: IdMap::default(),
             changes: IdMap::default(),
             events: Vec::new(),
+            members: None,
         }
     }
 
@@ -421,7 +425,14 @@ impl<'a> Staged<'a> {
                     Err(outcome) => return Ok(outcome),
                 }
             }
-            (None, Origin::Device) if change.kind == Kind::Collection => {
+            // A default collection always exists: deleting its item only resets what it is
+            // called, and its items stay where they are.
+            (None, Origin::Device)
+                if change.kind == Kind::Collection
+                    && crate::collection::Holds::ALL
+                        .iter()
+                        .all(|h| h.default_id(user_id) != change.item_id) =>
+            {
                 let members = self.live_members(change.item_id);
                 if members > 0 {
                     return Ok(reject(
@@ -485,11 +496,35 @@ impl<'a> Staged<'a> {
             }
             _ => doc,
         };
+        let current = live.and_then(|i| i.document.as_ref());
         let checked = if change.kind == Kind::Collection {
-            crate::collection::check_collection(&doc)
+            // What a collection holds is fixed while it lives: its items would otherwise fall
+            // out of every listing and could no longer be edited.
+            let was = current.and_then(crate::collection::holds_of);
+            crate::collection::check_collection(&doc).and_then(|()| {
+                match (was, crate::collection::holds_of(&doc)) {
+                    (Some(a), Some(b)) if a != b => Err(format!(
+                        "a collection holds what it was made to hold ({}), not {}",
+                        a.as_str(),
+                        b.as_str()
+                    )),
+                    _ => Ok(()),
+                }
+            })
         } else {
-            crate::collection::named_collection(&doc)
-                .and_then(|named| self.check_named(user, change.kind, named))
+            crate::collection::named_collection(&doc).and_then(|named| {
+                // A collection the item already names (carried over, or kept by a patch) is
+                // not checked again: an item left in a collection deleted since (by a restore
+                // of some kinds) can still be edited by an app that knows no collections.
+                let unchanged = current
+                    .and_then(|d| crate::collection::named_collection(d).ok())
+                    .is_some_and(|was| was == named);
+                if unchanged {
+                    Ok(())
+                } else {
+                    self.check_named(user, change.kind, named)
+                }
+            })
         };
         if let Err(detail) = checked {
             return Err(reject(RejectCode::InvalidDocument, detail));
@@ -540,22 +575,36 @@ impl<'a> Staged<'a> {
         }
     }
 
-    /// How many live items are kept in collection `id`, as the batch sees them.
-    fn live_members(&self, id: ItemId) -> usize {
-        let member = |i: &ItemState| {
-            !i.deleted
-                && i.kind != Kind::Collection
-                && i.document.as_ref().is_some_and(|d| {
-                    crate::collection::named_collection(d).ok().flatten() == Some(id)
+    /// How many live items are kept in collection `id`, as the batch sees them. Committed
+    /// state is read once per batch (`members`), however many collections the batch deletes.
+    fn live_members(&mut self, id: ItemId) -> usize {
+        let named = |i: &ItemState| {
+            (!i.deleted && i.kind != Kind::Collection)
+                .then(|| {
+                    i.document
+                        .as_ref()
+                        .and_then(|d| crate::collection::named_collection(d).ok().flatten())
                 })
+                .flatten()
         };
-        let overlay = self.items.values().filter(|i| member(i)).count();
-        let base = self
-            .base
-            .items()
-            .filter(|i| !self.items.contains_key(&i.item_id) && member(i))
-            .count();
-        overlay + base
+        let base = self.base;
+        let members = self.members.get_or_insert_with(|| {
+            let mut by: IdMap<ItemId, Vec<ItemId>> = IdMap::default();
+            for i in base.items() {
+                if let Some(c) = named(i) {
+                    by.entry(c).or_default().push(i.item_id);
+                }
+            }
+            by
+        });
+        let in_base = members.get(&id).map_or(0, |items| {
+            items
+                .iter()
+                .filter(|item| !self.items.contains_key(item))
+                .count()
+        });
+        let in_batch = self.items.values().filter(|i| named(i) == Some(id)).count();
+        in_base + in_batch
     }
 
     /// The document of `version` of an item: from this batch if it staged it, else from the

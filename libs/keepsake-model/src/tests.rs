@@ -1141,6 +1141,62 @@ fn collections_and_the_collection_an_item_is_kept_in() {
         put(json!({"holds": "calendar", "name": "Work"})),
     );
     applied(&h.one(undo));
+    // What a collection holds does not change.
+    let flip = h.change(
+        Kind::Collection,
+        work,
+        None,
+        patch(json!({"holds": "contacts"})),
+    );
+    assert_eq!(rejected(&h.one(flip)), RejectCode::InvalidDocument);
+    // A written default's item may be deleted while items are in the default: that only
+    // resets its name.
+    let cal_default = crate::Holds::Calendar.default_id(user());
+    let named_default = h.change(
+        Kind::Collection,
+        cal_default,
+        None,
+        put(json!({"holds": "calendar", "name": "Mine"})),
+    );
+    applied(&h.one(named_default));
+    let in_default = h.change(
+        Kind::Event,
+        item(4),
+        None,
+        put(json!({C: cal_default.to_string()})),
+    );
+    applied(&h.one(in_default));
+    let reset = h.change(Kind::Collection, cal_default, None, ChangeBody::Delete);
+    applied(&h.one(reset));
+    // An item left naming a collection deleted alone (by a restore of some kinds) can still
+    // be edited by an app that leaves the property out, or patches something else.
+    let orphan_home = item(60);
+    let made = h.change(
+        Kind::Collection,
+        orphan_home,
+        None,
+        put(json!({"holds": "calendar"})),
+    );
+    applied(&h.one(made));
+    let orphan = h.change(
+        Kind::Event,
+        item(5),
+        None,
+        put(json!({"t": 1, C: orphan_home.to_string()})),
+    );
+    applied(&h.one(orphan));
+    h.origin = Origin::Restore;
+    let gone = h.change(Kind::Collection, orphan_home, None, ChangeBody::Delete);
+    applied(&h.one(gone));
+    h.origin = Origin::Device;
+    let edit = h.change(Kind::Event, item(5), None, put(json!({"t": 2})));
+    applied(&h.one(edit));
+    let edit = h.change(Kind::Event, item(5), None, patch(json!({"t": 3})));
+    applied(&h.one(edit));
+    assert_eq!(
+        h.doc(item(5)),
+        Some(json!({"t": 3, C: orphan_home.to_string()}))
+    );
     // A restore writes the document it was given, as it was.
     let kept = h.change(
         Kind::Event,

@@ -422,7 +422,8 @@ pub fn decode_checkpoint(
     }
     if meta.format_version < checkpoint_version(users.values()) {
         return Err(invalid(format!(
-            "a checkpoint of version {} holds a device item (version 2)",
+            "a checkpoint of version {} holds an item of a kind its version cannot (device \
+             needs version 2, collection version 3)",
             meta.format_version
         )));
     }

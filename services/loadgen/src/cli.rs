@@ -168,6 +168,7 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
         url: a.server.url.trim_end_matches('/').to_string(),
         admin_token: a.server.admin_token,
         handsets: a.handsets,
+        devices_per_handset: 1,
         users: a.users,
         duration: seconds("duration", a.duration)?,
         warmup: seconds("warmup", a.warmup)?,
@@ -283,6 +284,10 @@ struct HttpArgs {
     /// Users the handsets belong to (handset h is a device of user h % users).
     #[arg(long, default_value_t = 32)]
     users: usize,
+    /// Devices each handset stands for, one request each in turn (device d of all
+    /// handsets x this belongs to user d % users): many users over few connections.
+    #[arg(long, default_value_t = 1)]
+    devices_per_handset: usize,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -421,13 +426,16 @@ pub fn main() -> anyhow::Result<()> {
             if a.duration <= 0.0 {
                 bail!("--duration must be positive");
             }
-            if a.changes_per_push == 0 || a.pull_limit == 0 {
-                bail!("--changes-per-push and --pull-limit must be at least 1");
+            if a.changes_per_push == 0 || a.pull_limit == 0 || a.devices_per_handset == 0 {
+                bail!(
+                    "--changes-per-push, --pull-limit and --devices-per-handset must be at least 1"
+                );
             }
             let cfg = RunConfig {
                 url: a.server.url.trim_end_matches('/').to_string(),
                 admin_token: a.server.admin_token,
                 handsets: a.handsets,
+                devices_per_handset: a.devices_per_handset,
                 users: a.users,
                 duration: seconds("duration", a.duration)?,
                 warmup: seconds("warmup", a.warmup)?,

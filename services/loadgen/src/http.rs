@@ -1,7 +1,10 @@
 //! Simulated handsets against a running server, over HTTP.
 //!
 //! Each handset is a device of one of `users` users (handset `h` belongs to user `h % users`),
-//! registered through the admin API at start. Closed loop: every handset sends its next request
+//! registered through the admin API at start; with `devices_per_handset` K above 1, a handset
+//! stands for K devices of K users (device `d` of all `handsets * K` belongs to user
+//! `d % users`) and sends each request as the next of them in turn, so a run can touch many
+//! more users than it has connections. Closed loop: every handset sends its next request
 //! as soon as the previous one is answered. Open loop: requests are scheduled at a fixed total
 //! rate, round robin over handsets, and latency counts from the scheduled moment, so a slow
 //! server is not hidden by a client that waits for it (no coordinated omission).
@@ -27,8 +30,10 @@ pub struct RunConfig {
     pub url: String,
     /// Operator token, to register the handsets' devices.
     pub admin_token: String,
-    /// Simulated handsets (one device and one connection-pool slot each).
+    /// Simulated handsets (one connection-pool slot each).
     pub handsets: usize,
+    /// Devices each handset stands for, taking turns (1: a handset is one device).
+    pub devices_per_handset: usize,
     /// Users they belong to.
     pub users: usize,
     /// Measured time.
@@ -60,6 +65,8 @@ pub struct RunReport {
     pub target_rate: Option<f64>,
     /// Handsets.
     pub handsets: usize,
+    /// Devices each handset stands for.
+    pub devices_per_handset: usize,
     /// Users.
     pub users: usize,
     /// Seconds measured.
@@ -190,10 +197,30 @@ struct Registered {
     token: String,
 }
 
-struct Handset {
+/// One device: its token, what it last pulled, and what it sends.
+struct Device {
     token: String,
     since: Option<String>,
     generator: Generator,
+}
+
+/// A handset: one client connection, standing for its devices in turn.
+struct Handset {
+    devices: Vec<Device>,
+    next: usize,
+}
+
+impl Handset {
+    /// The device that sends the next request.
+    fn device(&mut self) -> Option<&mut Device> {
+        let n = self.devices.len();
+        if n == 0 {
+            return None;
+        }
+        let d = self.next % n;
+        self.next = self.next.wrapping_add(1);
+        self.devices.get_mut(d)
+    }
 }
 
 /// The users of a seed: the same seed names the same users in every run.
@@ -204,8 +231,10 @@ pub fn user_ids(seed: u64, users: usize) -> Vec<Uuid> {
 
 async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec<Handset>> {
     let users = user_ids(cfg.seed, cfg.users.max(1));
-    let docs_cap = (50_000 / cfg.handsets.max(1) + 100).max(cfg.mix.items_per_handset.unwrap_or(0));
-    let results: Vec<anyhow::Result<Handset>> = futures::stream::iter(0..cfg.handsets)
+    let per = cfg.devices_per_handset.max(1);
+    let devices = cfg.handsets.max(1).saturating_mul(per);
+    let docs_cap = (50_000 / devices + 100).max(cfg.mix.items_per_handset.unwrap_or(0));
+    let results: Vec<anyhow::Result<Device>> = futures::stream::iter(0..devices)
         .map(|h| {
             let user = users[h % users.len()];
             let url = format!("{}/admin/v1/users/{user}/devices", cfg.url);
@@ -230,7 +259,7 @@ async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec
                     .json()
                     .await
                     .context("the device registration answer")?;
-                Ok(Handset {
+                Ok(Device {
                     token: r.token,
                     since: None,
                     generator: Generator::new(
@@ -243,7 +272,20 @@ async fn register(http: &reqwest::Client, cfg: &RunConfig) -> anyhow::Result<Vec
         .buffered(16)
         .collect()
         .await;
-    results.into_iter().collect()
+    let mut all: Vec<Device> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    // Handset h stands for devices h, h + handsets, h + 2 * handsets, ...
+    let mut handsets: Vec<Handset> = (0..cfg.handsets.max(1))
+        .map(|_| Handset {
+            devices: Vec::with_capacity(per),
+            next: 0,
+        })
+        .collect();
+    for (i, d) in all.drain(..).enumerate() {
+        if let Some(h) = handsets.get_mut(i % cfg.handsets.max(1)) {
+            h.devices.push(d);
+        }
+    }
+    Ok(handsets)
 }
 
 /// The server's counters now (`/metrics`), for a caller outside a run.
@@ -268,7 +310,7 @@ enum Done {
 async fn act(
     http: &reqwest::Client,
     url: &str,
-    h: &mut Handset,
+    h: &mut Device,
     action: Action,
     stats: &mut Stats,
     started: Instant,
@@ -406,7 +448,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     if !ready.status().is_success() {
         bail!("the server at {} is not ready: {}", cfg.url, ready.status());
     }
+    let registering = Instant::now();
     let handsets = register(&http, &cfg).await?;
+    // Registering many devices takes a while: say when the load starts.
+    eprintln!(
+        "registered {} devices in {:.1} s; load starts",
+        handsets.iter().map(|h| h.devices.len()).sum::<usize>(),
+        registering.elapsed().as_secs_f64()
+    );
     let docs = Arc::new(Documents::new(cfg.seed, 256, cfg.mix.doc_bytes));
     let mix = Arc::new(cfg.mix.clone());
     let begin = Instant::now();
@@ -431,10 +480,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
                 None => {
                     while Instant::now() < end {
                         let started = Instant::now();
-                        let action = h.generator.next(&mix, &docs);
+                        let Some(d) = h.device() else { break };
+                        let action = d.generator.next(&mix, &docs);
                         let record = started >= measure_from;
                         if let Done::Backoff =
-                            act(&http, &url, &mut h, action, &mut stats, started, record).await
+                            act(&http, &url, d, action, &mut stats, started, record).await
                         {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
@@ -443,9 +493,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
                 // Open loop: each message is the moment the request was due.
                 Some(mut rx) => {
                     while let Some(due) = rx.recv().await {
-                        let action = h.generator.next(&mix, &docs);
+                        let Some(d) = h.device() else { break };
+                        let action = d.generator.next(&mix, &docs);
                         let record = due >= measure_from;
-                        let _ = act(&http, &url, &mut h, action, &mut stats, due, record).await;
+                        let _ = act(&http, &url, d, action, &mut stats, due, record).await;
                     }
                 }
             }
@@ -495,6 +546,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         mode: if cfg.rate.is_some() { "open" } else { "closed" },
         target_rate: cfg.rate,
         handsets: cfg.handsets,
+        devices_per_handset: cfg.devices_per_handset,
         users: cfg.users,
         duration_s: secs,
         warmup_s: cfg.warmup.as_secs_f64(),

@@ -69,6 +69,10 @@ pub(crate) const FIELDS: &[(&str, &str, &str, Option<Holds>)] = &[
     ),
 ];
 
+/// Most collections one user has (the defaults included): every listing of the home, and
+/// every sync token, is a pass over the user's items per collection.
+pub(crate) const MAX_COLLECTIONS: usize = 100;
+
 /// The components a calendar takes when it is made without saying.
 pub(crate) const COMPONENTS: [&str; 3] = ["VEVENT", "VTODO", "VJOURNAL"];
 
@@ -159,8 +163,21 @@ pub(crate) async fn make(
         Ok(found) => found.is_some(),
         Err(e) => return error(e),
     };
-    if exists || Holds::parse(segment).is_some() {
+    let id = paths::collection_id(auth.user, segment);
+    // A default's name, or its id: the defaults always exist.
+    if exists || Holds::ALL.iter().any(|h| h.default_id(auth.user) == id) {
         return super::not_allowed();
+    }
+    match collections::all(state, auth.user).await {
+        Ok(all) if all.len() >= MAX_COLLECTIONS => {
+            return error(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "too_many_collections",
+                format!("a user has at most {MAX_COLLECTIONS} address books and calendars"),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return error(e),
     }
     let props = request
         .into_iter()
@@ -187,7 +204,6 @@ pub(crate) async fn make(
             _ => return precondition(StatusCode::FORBIDDEN, DAV, "valid-resourcetype"),
         }
     };
-    let id = paths::collection_id(auth.user, segment);
     let mut document = Map::new();
     document.insert("@type".into(), "Collection".into());
     document.insert("holds".into(), holds.as_str().into());
@@ -433,7 +449,9 @@ pub(crate) async fn delete(
             change_id: change_id(user, "delete", id, Some(v), b"collection"),
             kind,
             item_id: id,
-            base_version: None,
+            // The version read: an item moved out of the collection, or edited, since is a
+            // conflict, and is neither deleted nor its edit lost.
+            base_version: Some(v),
             body: ChangeBody::Delete,
         })
         .collect();
@@ -460,9 +478,11 @@ pub(crate) async fn delete(
                 Outcome::Applied(_) | Outcome::Duplicate(_) => {}
                 Outcome::Conflict(_) => {
                     return error(ApiError::new(
-                        StatusCode::PRECONDITION_FAILED,
-                        "precondition_failed",
-                        "the collection changed since it was read",
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "an item of the collection changed while it was deleted; the items \
+                         deleted so far stay deleted (restorable), and a DELETE again deletes \
+                         the rest",
                     ));
                 }
                 Outcome::Rejected { code, detail } => {

@@ -11,7 +11,7 @@
 //! listing gives is the href that reaches it.
 
 use keepsake_model::collection::{holds_of, kept_in};
-use keepsake_model::{Document, ItemState, Kind, StateRead, UserId, UserState};
+use keepsake_model::{Document, ItemId, ItemState, Kind, StateRead, UserId, UserState};
 
 use super::paths::{self, Collection};
 use super::row::resource_name;
@@ -76,6 +76,32 @@ pub(crate) fn list(u: &UserState, user: UserId) -> Vec<Collection> {
         .collect();
     all.extend(made);
     all
+}
+
+/// The item a resource name in `c` is. A chosen name is its derived item
+/// ([`paths::derived_item`]). A `<uuid>.<ext>` name is the item with that id
+/// ([`paths::item_of`]), unless that item is live in another collection (or of another sort):
+/// then it is the derived item, a copy. So a client that puts a copy of an event into a second
+/// calendar, or moves it there (a put, then a delete of the first), under the `<uuid>.ics`
+/// name it had, makes a new item and never overwrites or moves the first; and once the first
+/// is deleted the copy stays what the name reads.
+pub(crate) fn item_at(u: &UserState, user: UserId, c: &Collection, name: &str) -> ItemId {
+    let id = paths::item_of(user, c, name);
+    let copy = paths::derived_item(user, c, name);
+    if id == copy {
+        return id;
+    }
+    let here = |i: &ItemState| !i.deleted && contains(user, c, i);
+    match (u.item(&id), u.item(&copy)) {
+        // A live copy here is what the name reads.
+        (_, Some(d)) if here(d) => copy,
+        (Some(i), _) if here(i) => id,
+        // The id's item lives elsewhere: the name is the copy's.
+        (Some(i), _) if !i.deleted => copy,
+        // Both gone: the name's last item was the copy.
+        (_, Some(_)) => copy,
+        _ => id,
+    }
 }
 
 /// Whether `item` is in `c`.
@@ -195,5 +221,50 @@ mod tests {
             !contains(user(), &listed[0], &plain),
             "an event is in no address book"
         );
+    }
+
+    #[test]
+    fn a_uuid_name_in_a_second_collection_is_a_copy_never_the_first() {
+        let mut u = UserState::default();
+        let work = paths::collection_id(user(), "work");
+        put(
+            &mut u,
+            work,
+            Kind::Collection,
+            json!({"holds": "calendar", "keepsake.app:resource": {"name": "work"}}),
+            1,
+        );
+        let cal = Collection::default_of(user(), Holds::Calendar);
+        let work_c = resolve(&u, user(), "work").expect("work");
+        let first = ItemId(Uuid::from_u128(0xabc));
+        let name = format!("{first}.ics");
+        // Nothing there yet: the name is the id's item, in either.
+        assert_eq!(item_at(&u, user(), &cal, &name), first);
+        put(&mut u, first, Kind::Event, json!({"title": "a"}), 2);
+        assert_eq!(item_at(&u, user(), &cal, &name), first);
+        // In the second calendar the same name is a copy.
+        let copy = paths::derived_item(user(), &work_c, &name);
+        assert_eq!(item_at(&u, user(), &work_c, &name), copy);
+        put(
+            &mut u,
+            copy,
+            Kind::Event,
+            json!({"title": "a", "keepsake.app:collection": work.to_string()}),
+            3,
+        );
+        assert_eq!(item_at(&u, user(), &work_c, &name), copy);
+        assert_eq!(item_at(&u, user(), &cal, &name), first);
+        // The first deleted (a move): the copy is still what the name reads there.
+        u.put_item(ItemState {
+            item_id: first,
+            kind: Kind::Event,
+            version: 2,
+            seq: 4,
+            deleted: true,
+            changed_at: DateTime::<Utc>::UNIX_EPOCH,
+            document: None,
+        });
+        assert_eq!(item_at(&u, user(), &work_c, &name), copy);
+        assert_eq!(item_at(&u, user(), &cal, &name), first);
     }
 }

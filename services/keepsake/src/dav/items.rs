@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::answer::{error, precondition, precondition_with_href};
-use super::collections::contains;
+use super::collections::{contains, item_at};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, text};
 use super::xml::{CALDAV, CARDDAV, KEEPSAKE_NS};
@@ -44,12 +44,6 @@ pub(crate) struct Resource {
     pub request_id: RequestId,
 }
 
-impl Resource {
-    fn item_id(&self) -> keepsake_model::ItemId {
-        paths::item_of(self.auth.user, &self.collection, &self.name)
-    }
-}
-
 /// The item a resource names, as it is now (a tombstone included); `None` if it never existed,
 /// or if it is listed under another name now (a REST put left the kept name out): a name a
 /// client holds from before reads and deletes nothing then, rather than the item it no longer
@@ -57,7 +51,7 @@ impl Resource {
 pub(crate) async fn current(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
     Ok(read(state, r)
         .await?
-        .0
+        .1
         .filter(|row| listed_as_named(r, row)))
 }
 
@@ -66,29 +60,28 @@ fn listed_as_named(r: &Resource, row: &Row) -> bool {
     paths::listed_name(r.auth.user, &r.collection, row.item_id, row.name.as_deref()) == r.name
 }
 
-/// [`current`] whatever name the item is listed under (a PUT writes to the item its name
-/// derives, taking the name back).
-async fn current_any(state: &Shared, r: &Resource) -> Result<Option<Row>, ApiError> {
-    Ok(read(state, r).await?.0)
-}
-
-/// The item a resource's name derives, when it is in the resource's collection (a tombstone
-/// is in the collection its last document named), and how many live items of its kind the
-/// user has (what the mass-delete guard measures): one read of the view.
-async fn read(state: &Shared, r: &Resource) -> Result<(Option<Row>, usize), ApiError> {
-    let item_id = r.item_id();
+/// The item a resource's name resolves to (`collections::item_at`: never an item kept in
+/// another collection), that item as it is now when it is in the resource's collection (a
+/// tombstone included), and how many live items of its kind the user has (what the
+/// mass-delete guard measures): one read of the view. A PUT writes to that item whatever name
+/// it is listed under, taking the name back.
+async fn read(
+    state: &Shared,
+    r: &Resource,
+) -> Result<(keepsake_model::ItemId, Option<Row>, usize), ApiError> {
     let c = &r.collection;
     let user = r.auth.user;
     let log = &state.ready()?.log;
     Ok(log
         .user(&r.auth.user, |u: &UserState| {
             use keepsake_model::StateRead as _;
+            let item_id = item_at(u, user, c, &r.name);
             let row = u
                 .item(&item_id)
                 .filter(|i| c.holds(i.kind) && (i.deleted || contains(user, c, i)))
                 .map(Row::of);
             let live = row.as_ref().map_or(0, |row| u.live_count(row.kind));
-            (row, live)
+            (item_id, row, live)
         })
         .await?)
 }
@@ -154,13 +147,19 @@ fn if_none_match_any(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim() == "*")
 }
 
-fn change_id(r: &Resource, op: &str, seen: Option<u64>, body: &[u8]) -> ChangeId {
+fn change_id(
+    r: &Resource,
+    item: keepsake_model::ItemId,
+    op: &str,
+    seen: Option<u64>,
+    body: &[u8],
+) -> ChangeId {
     let digest: String = Sha256::digest(body)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let seen = seen.map_or_else(|| "-".to_string(), |v| v.to_string());
-    let name = format!("keepsake-dav/v1/{op}/{}/{seen}/{digest}", r.item_id());
+    let name = format!("keepsake-dav/v1/{op}/{item}/{seen}/{digest}");
     ChangeId(Uuid::new_v5(&r.auth.user.0, name.as_bytes()))
 }
 
@@ -320,9 +319,8 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return invalid_data(&r.collection);
     };
-    let item_id = r.item_id();
-    let now = match current_any(state, r).await {
-        Ok(now) => now,
+    let (item_id, now) = match read(state, r).await {
+        Ok((item_id, now, _)) => (item_id, now),
         Err(e) => return error(e),
     };
     let live = now.as_ref().filter(|row| !row.deleted);
@@ -377,7 +375,7 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
     let change = Change {
         // "put" for creates too: ids derived before creates were their own body stay the same,
         // so a create resent across an upgrade answers as it was answered.
-        change_id: change_id(r, "put", seen, &bytes),
+        change_id: change_id(r, item_id, "put", seen, &bytes),
         kind,
         item_id,
         base_version: base_version.filter(|_| !create),
@@ -402,7 +400,7 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
 
 pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) -> Response {
     let (now, live) = match read(state, r).await {
-        Ok((Some(row), live)) if !row.deleted && listed_as_named(r, &row) => (row, live),
+        Ok((_, Some(row), live)) if !row.deleted && listed_as_named(r, &row) => (row, live),
         Ok(_) => return error(ApiError::not_found("not_found", "no such resource")),
         Err(e) => return error(e),
     };
@@ -433,7 +431,7 @@ pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) ->
         );
     }
     let change = Change {
-        change_id: change_id(r, "delete", Some(base_version), b""),
+        change_id: change_id(r, now.item_id, "delete", Some(base_version), b""),
         kind: now.kind,
         item_id: now.item_id,
         base_version: Some(base_version),

@@ -15,8 +15,11 @@
 //! REST is served under such a name); any other name is the item
 //! `UUIDv5(user, "keepsake-dav/v1/item/<collection>/<name>")`, and the name is kept in the
 //! document ([`keepsake_formats::RESOURCE_PROPERTY`]) so that listings give the client back the
-//! name it chose. Invariant: [`item_of`] and [`Collection::href_of`] agree, so the href a
-//! listing gives is the href that reads the item.
+//! name it chose. A `<uuid>.<ext>` name whose item is kept in another collection is the
+//! derived item instead ([`derived_item`]: a client copying or moving an item between its
+//! calendars under the same name makes a new item, never takes the other). Invariant: the
+//! item a name resolves to (`collections::item_at`) and [`Collection::href_of`] agree, so
+//! the href a listing gives is the href that reads the item.
 
 use keepsake_model::{Holds, ItemId, Kind, UserId};
 use uuid::Uuid;
@@ -122,7 +125,8 @@ fn uuid_named(stem: &str) -> Option<Uuid> {
     (stem.len() == 36 && stem == id.hyphenated().to_string()).then_some(id)
 }
 
-/// The item a resource name in `collection` is (see the module docs).
+/// The item a resource name in `collection` is while that item is not kept in another
+/// collection (see the module docs; `super::collections::item_at` is the whole rule).
 pub fn item_of(user: UserId, collection: &Collection, name: &str) -> ItemId {
     let stem = name
         .strip_suffix(&format!(".{}", collection.extension()))
@@ -130,6 +134,14 @@ pub fn item_of(user: UserId, collection: &Collection, name: &str) -> ItemId {
     if let Some(id) = uuid_named(stem) {
         return ItemId(id);
     }
+    derived_item(user, collection, name)
+}
+
+/// The item a name in `collection` derives: `UUIDv5(user, "keepsake-dav/v1/item/<collection>/<name>")`.
+/// Every chosen name is this item; a `<uuid>.<ext>` name is it when the item with that id is
+/// kept in another collection (a client putting a copy, or moving an item, under the name it
+/// had there).
+pub fn derived_item(user: UserId, collection: &Collection, name: &str) -> ItemId {
     let named = format!("keepsake-dav/v1/item/{}/{name}", collection.segment);
     ItemId(Uuid::new_v5(&user.0, named.as_bytes()))
 }
@@ -184,7 +196,9 @@ pub fn valid_name(name: &str) -> Option<String> {
 /// `<item id>.<ext>` ([`Collection::href_of`] without the collection).
 pub fn listed_name(user: UserId, c: &Collection, item: ItemId, name: Option<&str>) -> String {
     match name {
-        Some(name) if item_of(user, c, name) == item => name.to_string(),
+        Some(name) if item_of(user, c, name) == item || derived_item(user, c, name) == item => {
+            name.to_string()
+        }
         _ => format!("{item}.{}", c.extension()),
     }
 }
@@ -279,6 +293,19 @@ mod tests {
         // An upper-case UUID is a chosen name (the listing must give it back as written).
         let upper = format!("{}.ics", id.0.hyphenated().to_string().to_uppercase());
         assert_ne!(item_of(user(), &c, &upper), id);
+    }
+
+    #[test]
+    fn a_uuid_name_of_a_derived_item_is_listed_as_it_was_given() {
+        let c = made("work");
+        let name = format!("{}.ics", ItemId(Uuid::from_u128(42)));
+        let copy = derived_item(user(), &c, &name);
+        assert_ne!(copy, item_of(user(), &c, &name));
+        assert!(is_chosen_name(&c, copy, &name), "the name must be kept");
+        assert_eq!(
+            c.href_of(user(), copy, Some(&name)),
+            format!("{}{name}", c.href(user()))
+        );
     }
 
     #[test]

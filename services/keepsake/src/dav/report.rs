@@ -29,6 +29,9 @@ use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
 use keepsake_formats::filters::{self, MatchType, ParamFilter, PropFilter, PropTest, TextMatch};
 
+/// Most items of one sync answer whose last-seen version is read from their own history
+/// (past this, the user's log up to the token is read once instead).
+const MAX_HISTORY_READS: usize = 8;
 /// Most hrefs one multiget may name (clients send pages of 10 to 500).
 const MAX_HREFS: usize = 1_000;
 /// Most items one answer carries with their text: a sync-collection or query asking for the
@@ -275,6 +278,38 @@ async fn seen_hrefs(
             events.insert(event.seq, event);
         }
     }
+    // Items whose link the view lacks: a few read their own histories; more than that read
+    // the user's log up to the token once, rather than once each.
+    let unlinked: Vec<keepsake_model::ItemId> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Seen { row, at: None } => Some(row.item_id),
+            _ => None,
+        })
+        .collect();
+    let mut newest: std::collections::HashMap<keepsake_model::ItemId, keepsake_model::Event> =
+        std::collections::HashMap::new();
+    if unlinked.len() > MAX_HISTORY_READS {
+        let wanted: std::collections::HashSet<_> = unlinked.iter().copied().collect();
+        for event in log
+            .user_events_picked(&user, UpTo::Seq(after), Pick::After(0))
+            .await?
+        {
+            if wanted.contains(&event.item_id) {
+                newest.insert(event.item_id, event);
+            }
+        }
+    } else {
+        for id in unlinked {
+            if let Some(event) = log
+                .user_events_picked(&user, UpTo::Seq(after), Pick::Item(id))
+                .await?
+                .pop()
+            {
+                newest.insert(id, event);
+            }
+        }
+    }
     let mut out = Vec::new();
     for entry in entries {
         let Entry::Seen { row, at } = entry else {
@@ -282,10 +317,7 @@ async fn seen_hrefs(
         };
         let event = match at {
             Some(seq) => events.get(seq).cloned(),
-            None => log
-                .user_events_picked(&user, UpTo::Seq(after), Pick::Item(row.item_id))
-                .await?
-                .pop(),
+            None => newest.get(&row.item_id).cloned(),
         };
         out.push(event.and_then(|e| {
             let document = e.document.as_ref()?;
@@ -372,11 +404,11 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: &Collection, request: &El
             hrefs.len()
         )));
     }
-    let ids: Vec<Option<keepsake_model::ItemId>> = hrefs
+    let names: Vec<Option<String>> = hrefs
         .iter()
         .map(|href| match paths::parse_href(href) {
             Some(Target::Item(user, col, name)) if user == auth.user && col == c.segment => {
-                Some(paths::item_of(user, c, &name))
+                Some(name)
             }
             _ => None,
         })
@@ -387,9 +419,11 @@ async fn multiget(state: &Shared, auth: DeviceAuth, c: &Collection, request: &El
     };
     let rows = match log
         .user(&auth.user, |u: &UserState| {
-            ids.iter()
-                .map(|id| {
-                    id.and_then(|id| u.item(&id))
+            names
+                .iter()
+                .map(|name| {
+                    let id = super::collections::item_at(u, auth.user, c, name.as_deref()?);
+                    u.item(&id)
                         .filter(|i| !i.deleted && contains(auth.user, c, i))
                         .map(Row::of)
                 })
@@ -649,7 +683,9 @@ async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Eleme
                     keepsake_formats::instances::alarm_fires(&text, comp, range.start, range.end)
                 }
                 Some(AlarmTest::Defined) => keepsake_formats::instances::has_alarm(&text, comp),
-                Some(AlarmTest::NotDefined) => !keepsake_formats::instances::has_alarm(&text, comp),
+                Some(AlarmTest::NotDefined) => {
+                    keepsake_formats::instances::lacks_alarm(&text, comp)
+                }
             };
             in_range
                 && alarmed

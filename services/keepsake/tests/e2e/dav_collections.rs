@@ -252,6 +252,63 @@ async fn collections_are_made_renamed_synced_and_deleted_restorably(backend: Bac
         "{out}"
     );
 
+    // A client that names events by their UID (Thunderbird, the caldav library) moves one to
+    // another calendar by a PUT under the same `<uuid>.ics` name there, then a DELETE here:
+    // the PUT makes a new item, never overwrites or moves the first.
+    let other = format!("{home}other/");
+    let (st, _, _) = dav(&s, "MKCALENDAR", &other, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::CREATED);
+    let uid = "0f9e8d7c-6b5a-4938-8271-605f4e3d2c1b";
+    let named_event = EVENT.replace("UID:event-1@example.org", &format!("UID:{uid}"));
+    let here = format!("{cal}{uid}.ics");
+    let there = format!("{other}{uid}.ics");
+    let (st, _, _) = dav(&s, "PUT", &here, Some(&phone), &[], &named_event).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _, body) = dav(
+        &s,
+        "PUT",
+        &there,
+        Some(&phone),
+        &[("if-none-match", "*")],
+        &named_event.replace("SUMMARY:Review", "SUMMARY:Review, moved"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let (st, _, text) = dav(&s, "GET", &here, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        text.contains("SUMMARY:Review\r\n"),
+        "the first is untouched: {text}"
+    );
+    let (live, _, _) = sync(other.clone(), String::new()).await;
+    assert_eq!(
+        live,
+        std::slice::from_ref(&there),
+        "listed under the name it was put"
+    );
+    let (st, _, _) = dav(&s, "DELETE", &here, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _, text) = dav(&s, "GET", &there, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(text.contains("SUMMARY:Review, moved"), "{text}");
+    let (st, _, _) = dav(&s, "DELETE", &there, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _, _) = dav(&s, "DELETE", &other, Some(&phone), &[], "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // A default's id is not a name for a new collection.
+    let contacts_id = keepsake_model::Holds::Contacts
+        .default_id(keepsake_model::UserId(user.parse().expect("uuid")));
+    let (st, _, _) = dav(
+        &s,
+        "MKCALENDAR",
+        &format!("{home}{contacts_id}/"),
+        Some(&phone),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+
     // PROPPATCH: a new colour and name; removing a colour that is not set succeeds.
     let patch = r##"<d:propertyupdate xmlns:d="DAV:" xmlns:ical="http://apple.com/ns/ical/"><d:remove><d:prop><ical:calendar-order/></d:prop></d:remove><d:set><d:prop><ical:calendar-color>#00ff00</ical:calendar-color><d:displayname>Office</d:displayname></d:prop></d:set></d:propertyupdate>"##;
     let (st, _, body) = dav(&s, "PROPPATCH", &work, Some(&phone), &[], patch).await;
@@ -323,4 +380,32 @@ async fn collections_are_made_renamed_synced_and_deleted_restorably(backend: Bac
     assert_eq!(st, StatusCode::OK);
     assert!(text.contains("SUMMARY:File the report today"), "{text}");
     assert!(!text.contains("keepsake.app"), "{text}");
+
+    // A user has at most 100 collections, the defaults included (each is a pass over the
+    // user's items in every listing of the home).
+    let body = listed(&s, &home, &phone).await;
+    let have = all(&body, "d:href").len() - 1;
+    for n in have..100 {
+        let (st, _, body) = dav(
+            &s,
+            "MKCALENDAR",
+            &format!("{home}c{n}/"),
+            Some(&phone),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{n}: {body}");
+    }
+    let (st, _, body) = dav(
+        &s,
+        "MKCALENDAR",
+        &format!("{home}one-more/"),
+        Some(&phone),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(body.contains("too_many_collections"), "{body}");
 }
