@@ -26,89 +26,20 @@ use std::fmt::Write as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keepsake_model::{
-    Change, ChangeBody, ChangeId, Document, Holds, ItemId, Kind, Outcome, RequestId, UserState,
+    Change, ChangeBody, Document, Holds, ItemId, Kind, Outcome, RequestId, UserState,
 };
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::answer::{error, multistatus, precondition};
 use super::collections::{self, contains};
 use super::paths::{self, Collection};
-use super::xml::{self, APPLE_ICAL, CALDAV, CARDDAV, DAV, Element, KEEPSAKE_NS};
+use super::vocab::{COMPONENTS, change_id, field};
+use super::xml::{self, CALDAV, CARDDAV, DAV, Element, KEEPSAKE_NS};
 use crate::api::{ApiError, DeviceAuth, Shared};
-
-/// The properties a collection keeps: namespace, name, the document field it is kept in,
-/// and the sort of collection it belongs to (`None`: both).
-pub(crate) const FIELDS: &[(&str, &str, &str, Option<Holds>)] = &[
-    (DAV, "displayname", "name", None),
-    (
-        CALDAV,
-        "calendar-description",
-        "description",
-        Some(Holds::Calendar),
-    ),
-    (
-        CARDDAV,
-        "addressbook-description",
-        "description",
-        Some(Holds::Contacts),
-    ),
-    (APPLE_ICAL, "calendar-color", "color", Some(Holds::Calendar)),
-    (
-        APPLE_ICAL,
-        "calendar-order",
-        "sortOrder",
-        Some(Holds::Calendar),
-    ),
-    (
-        CALDAV,
-        "calendar-timezone",
-        "icalTimezone",
-        Some(Holds::Calendar),
-    ),
-];
 
 /// Most collections one user has (the defaults included): every listing of the home, and
 /// every sync token, is a pass over the user's items per collection.
 pub(crate) const MAX_COLLECTIONS: usize = 100;
-
-/// The components a calendar takes when it is made without saying.
-pub(crate) const COMPONENTS: [&str; 3] = ["VEVENT", "VTODO", "VJOURNAL"];
-
-/// The document field a property of a collection of `holds` is kept in.
-pub(crate) fn field(ns: &str, name: &str, holds: Holds) -> Option<&'static str> {
-    FIELDS
-        .iter()
-        .find(|(n, m, _, h)| *n == ns && *m == name && h.is_none_or(|h| h == holds))
-        .map(|(_, _, f, _)| *f)
-}
-
-/// The components a calendar's document takes.
-pub(crate) fn components(document: Option<&Document>) -> Vec<String> {
-    let listed: Option<Vec<String>> = document
-        .and_then(|d| d.to_object().ok())
-        .and_then(|o| o.get("components").cloned())
-        .and_then(|v| serde_json::from_value(v).ok());
-    listed.unwrap_or_else(|| COMPONENTS.iter().map(|c| c.to_string()).collect())
-}
-
-/// A change id derived from the request, as an item write's is.
-fn change_id(
-    user: keepsake_model::UserId,
-    op: &str,
-    id: ItemId,
-    seen: Option<u64>,
-    body: &[u8],
-) -> ChangeId {
-    let digest: String = Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let seen = seen.map_or_else(|| "-".to_string(), |v| v.to_string());
-    let name = format!("keepsake-dav/v1/{op}/{id}/{seen}/{digest}");
-    ChangeId(Uuid::new_v5(&user.0, name.as_bytes()))
-}
 
 /// Pushes one change as the device; its outcome.
 async fn pushed_one(
@@ -249,7 +180,7 @@ pub(crate) async fn make(
         Err(e) => return error(e),
     };
     let change = Change {
-        change_id: change_id(auth.user, "mkcol", id, seen, body),
+        change_id: change_id(auth.user, id, "mkcol", seen, body),
         kind: Kind::Collection,
         item_id: id,
         base_version: None,
@@ -332,7 +263,7 @@ pub(crate) async fn proppatch(
             }
         };
         let change = Change {
-            change_id: change_id(auth.user, "proppatch", c.id, seen, body),
+            change_id: change_id(auth.user, c.id, "proppatch", seen, body),
             kind: Kind::Collection,
             item_id: c.id,
             base_version: None,
@@ -446,7 +377,7 @@ pub(crate) async fn delete(
     let mut changes: Vec<Change> = members
         .iter()
         .map(|&(id, kind, v)| Change {
-            change_id: change_id(user, "delete", id, Some(v), b"collection"),
+            change_id: change_id(user, id, "delete", Some(v), b"collection"),
             kind,
             item_id: id,
             // The version read: an item moved out of the collection, or edited, since is a
@@ -456,7 +387,7 @@ pub(crate) async fn delete(
         })
         .collect();
     changes.push(Change {
-        change_id: change_id(user, "delete", c.id, Some(version), b""),
+        change_id: change_id(user, c.id, "delete", Some(version), b""),
         kind: Kind::Collection,
         item_id: c.id,
         base_version: Some(version),

@@ -22,17 +22,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keepsake_formats::{Format, RESOURCE_PROPERTY};
 use keepsake_model::{
-    COLLECTION_PROPERTY, Change, ChangeBody, ChangeId, Document, Holds, Kind, Outcome, RejectCode,
-    RequestId, UserState,
+    COLLECTION_PROPERTY, Change, ChangeBody, Document, Holds, Kind, Outcome, RejectCode, RequestId,
+    UserState,
 };
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::answer::{error, precondition, precondition_with_href};
 use super::collections::{contains, item_at};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, text};
+use super::vocab::change_id;
 use super::xml::{CALDAV, CARDDAV, KEEPSAKE_NS};
 use crate::api::{ApiError, DeviceAuth, Shared};
 
@@ -147,22 +146,6 @@ fn if_none_match_any(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim() == "*")
 }
 
-fn change_id(
-    r: &Resource,
-    item: keepsake_model::ItemId,
-    op: &str,
-    seen: Option<u64>,
-    body: &[u8],
-) -> ChangeId {
-    let digest: String = Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let seen = seen.map_or_else(|| "-".to_string(), |v| v.to_string());
-    let name = format!("keepsake-dav/v1/{op}/{item}/{seen}/{digest}");
-    ChangeId(Uuid::new_v5(&r.auth.user.0, name.as_bytes()))
-}
-
 fn precondition_failed(detail: &str) -> Response {
     error(ApiError::new(
         StatusCode::PRECONDITION_FAILED,
@@ -198,9 +181,9 @@ fn document_of(
     };
     let taken = r.collection.holds(entry.kind)
         && (r.collection.holds == Holds::Contacts
-            || super::collection_writes::components(r.collection.document.as_ref())
+            || super::vocab::components(r.collection.document.as_ref())
                 .iter()
-                .any(|c| c == super::report::component_of(entry.kind)));
+                .any(|c| c == super::vocab::component_of(entry.kind)));
     if !taken {
         return Err(Box::new(match r.collection.holds {
             Holds::Calendar => precondition(
@@ -375,7 +358,7 @@ pub(crate) async fn put(state: &Shared, r: &Resource, headers: &HeaderMap, body:
     let change = Change {
         // "put" for creates too: ids derived before creates were their own body stay the same,
         // so a create resent across an upgrade answers as it was answered.
-        change_id: change_id(r, item_id, "put", seen, &bytes),
+        change_id: change_id(r.auth.user, item_id, "put", seen, &bytes),
         kind,
         item_id,
         base_version: base_version.filter(|_| !create),
@@ -431,7 +414,7 @@ pub(crate) async fn delete(state: &Shared, r: &Resource, headers: &HeaderMap) ->
         );
     }
     let change = Change {
-        change_id: change_id(r, now.item_id, "delete", Some(base_version), b""),
+        change_id: change_id(r.auth.user, now.item_id, "delete", Some(base_version), b""),
         kind: now.kind,
         item_id: now.item_id,
         base_version: Some(base_version),

@@ -5,7 +5,8 @@
 //! - [`paths`]: the tree (`/dav/users/<user>/contacts/`, `.../calendar/`, and the
 //!   collections a user makes) and which item a resource name is; [`collections`]: which
 //!   collections a user has and what each holds, read from the view; [`collection_writes`]:
-//!   MKCOL, MKCALENDAR, PROPPATCH and DELETE of a collection.
+//!   MKCOL, MKCALENDAR, PROPPATCH and DELETE of a collection; [`vocab`]: what DAV names mean
+//!   in the model (a collection's properties, components, derived change ids).
 //! - [`xml`]: request bodies read with quick-xml; multistatus answers written.
 //! - [`props`]: PROPFIND, and the properties of the root, a home, a collection and an item;
 //!   [`row`]: one item's snapshot, text and media type; [`answer`]: errors and multistatus.
@@ -32,6 +33,7 @@ mod props;
 mod report;
 mod row;
 mod time_range;
+mod vocab;
 pub(crate) mod xml;
 
 use axum::Router;

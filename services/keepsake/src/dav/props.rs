@@ -10,11 +10,11 @@ use axum::response::Response;
 use keepsake_model::{Holds, UserId, UserState};
 
 use super::answer::{error, multistatus};
-use super::collection_writes;
 use super::collections::contains;
 use super::items::{self, Resource};
 use super::paths::{self, Collection};
 use super::row::{Row, content_type, text};
+use super::vocab;
 use super::xml::{self, CALDAV, CALSERVER, CARDDAV, DAV, Element};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
@@ -244,7 +244,7 @@ fn collection_props(
         (false, _) => c.segment.clone(),
     });
     p.add(DAV, "displayname", xml::escape(&name).into_owned());
-    for (ns, prop, f, holds) in collection_writes::FIELDS {
+    for (ns, prop, f, holds) in vocab::FIELDS {
         if *prop == "displayname" || holds.is_some_and(|h| h != c.holds) {
             continue;
         }
@@ -274,7 +274,7 @@ fn collection_props(
             p.add(CARDDAV, "max-resource-size", max_resource_size(state));
         }
         Holds::Calendar => {
-            let comps: String = collection_writes::components(c.document.as_ref())
+            let comps: String = vocab::components(c.document.as_ref())
                 .iter()
                 .map(|comp| format!("<cal:comp name=\"{}\"/>", xml::escape(comp)))
                 .collect();

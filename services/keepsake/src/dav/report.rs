@@ -24,6 +24,7 @@ use super::paths::{self, Collection, Target};
 use super::props::{SYNC_TOKEN_PREFIX, Wanted, item_props, sync_token};
 use super::row::{Row, resource_name};
 use super::time_range::{self, Range};
+use super::vocab::component_of;
 use super::xml::{self, CALDAV, CARDDAV, DAV, Element};
 use crate::api::{ApiError, DeviceAuth, Shared};
 use crate::sync_token::SyncToken;
@@ -607,15 +608,6 @@ fn asked(request: &Element) -> Result<(Wanted, Option<time_range::Shape>), Box<R
         Box::new(precondition(StatusCode::FORBIDDEN, CALDAV, "valid-filter"))
     })?;
     Ok((wanted, shape))
-}
-
-/// The component an item of `kind` is in its iCalendar text.
-pub(crate) fn component_of(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Task => "VTODO",
-        Kind::Note => "VJOURNAL",
-        _ => "VEVENT",
-    }
 }
 
 async fn query(state: &Shared, auth: DeviceAuth, c: &Collection, request: &Element) -> Response {
