@@ -50,9 +50,10 @@ pub use push::{PushRequest, PushResult};
 pub use reader::{
     HistoryListed, LatestItems, Layout, Pick, Place, ReadStats, Source, UpTo,
     list_checkpoint_objects, list_checkpoints, list_history, list_layout, list_layout_reaching,
-    list_segments, read_checkpoint, read_checkpoint_user, read_checkpoint_user_items, read_history,
-    read_segment, read_segment_meta, read_segment_sized, read_source_segments, read_user,
-    read_user_in, read_user_latest_in, read_user_latest_sized, read_user_sized, scan_shard,
+    list_layout_upto, list_segments, read_checkpoint, read_checkpoint_user,
+    read_checkpoint_user_items, read_history, read_segment, read_segment_meta, read_segment_sized,
+    read_source_segments, read_user, read_user_in, read_user_latest_in, read_user_latest_sized,
+    read_user_sized, scan_shard, scan_shard_upto,
 };
 pub use shard::recover_shard;
 pub use stats::{AtomicHistogram, LogStats};

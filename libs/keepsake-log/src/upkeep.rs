@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::{
     LogConfig, LogError, LogStats, ShardState, compact, compact_shard, list_checkpoint_objects,
-    list_checkpoints, poisoned, read_checkpoint, retention, scan_shard,
+    list_checkpoints, poisoned, read_checkpoint, retention, scan_shard_upto,
 };
 
 /// What the background upkeep of one shard (checkpoints, retention, compaction) works with.
@@ -155,7 +155,7 @@ pub async fn write_checkpoint(
         Some(c) => read_checkpoint(store.as_ref(), shard, c).await?,
         None => keepsake_model::IdMap::default(),
     };
-    let mut segments = scan_shard(
+    let mut segments = scan_shard_upto(
         store.clone(),
         shard,
         prev.map_or(1, |c| c + 1),

@@ -500,7 +500,12 @@ impl<'a> Staged<'a> {
         let checked = if change.kind == Kind::Collection {
             // What a collection holds is fixed while it lives: its items would otherwise fall
             // out of every listing and could no longer be edited.
-            let was = current.and_then(crate::collection::holds_of);
+            // A default's item holds what that default holds.
+            let was = current.and_then(crate::collection::holds_of).or_else(|| {
+                crate::collection::Holds::ALL
+                    .into_iter()
+                    .find(|h| h.default_id(user) == change.item_id)
+            });
             crate::collection::check_collection(&doc).and_then(|()| {
                 match (was, crate::collection::holds_of(&doc)) {
                     (Some(a), Some(b)) if a != b => Err(format!(

@@ -1150,8 +1150,15 @@ fn collections_and_the_collection_an_item_is_kept_in() {
     );
     assert_eq!(rejected(&h.one(flip)), RejectCode::InvalidDocument);
     // A written default's item may be deleted while items are in the default: that only
-    // resets its name.
+    // resets its name. It holds what its default holds.
     let cal_default = crate::Holds::Calendar.default_id(user());
+    let wrong = h.change(
+        Kind::Collection,
+        cal_default,
+        None,
+        put(json!({"holds": "contacts"})),
+    );
+    assert_eq!(rejected(&h.one(wrong)), RejectCode::InvalidDocument);
     let named_default = h.change(
         Kind::Collection,
         cal_default,

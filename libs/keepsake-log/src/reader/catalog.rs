@@ -351,11 +351,34 @@ pub async fn list_layout_reaching(
     shard: u32,
     reach: u64,
 ) -> Result<Layout, LogError> {
+    list_layout_within(store, shard, reach, None).await
+}
+
+/// [`list_layout_reaching`] `upto` by a reader that needs segments up to `upto` and none after
+/// (a checkpoint after `upto`): only numbers up to `upto` must be there, and the layout holds
+/// nothing past them. A busy shard adds segments while the store is listed, and a listing of a
+/// directory being written to (the local file system's) can show a later file and miss an
+/// earlier one: past `upto` that is no gap to this reader, and failing on it stopped every
+/// checkpoint of a busy shard.
+pub async fn list_layout_upto(
+    store: &dyn ObjectStore,
+    shard: u32,
+    upto: u64,
+) -> Result<Layout, LogError> {
+    list_layout_within(store, shard, upto, Some(upto)).await
+}
+
+async fn list_layout_within(
+    store: &dyn ObjectStore,
+    shard: u32,
+    reach: u64,
+    bound: Option<u64>,
+) -> Result<Layout, LogError> {
     const LISTINGS: u32 = 6;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let listed = list_layout_once(store, shard).await;
+        let listed = list_layout_once_within(store, shard, bound).await;
         let short = match &listed {
             Err(LogError::Gap { missing, .. }) => Some(*missing),
             Ok(layout) if layout.head() < reach => Some(layout.head() + 1),
@@ -391,6 +414,15 @@ pub(super) async fn list_layout_once(
     store: &dyn ObjectStore,
     shard: u32,
 ) -> Result<Layout, LogError> {
+    list_layout_once_within(store, shard, None).await
+}
+
+/// [`list_layout_once`], keeping only what holds numbers up to `bound` when there is one.
+async fn list_layout_once_within(
+    store: &dyn ObjectStore,
+    shard: u32,
+    bound: Option<u64>,
+) -> Result<Layout, LogError> {
     // Segments first: a segment missing from this listing was deleted before it, so the history
     // object holding it was written before it too, and the history listing that follows shows
     // it (or the wider object that replaced it, written before it was deleted).
@@ -406,11 +438,15 @@ pub(super) async fn list_layout_once(
     )
     .await?;
     let (history, verified) = list_history_marked(store, shard).await?;
-    let layout = Layout {
+    let mut layout = Layout {
         segments,
         history,
         verified,
     };
+    if let Some(bound) = bound {
+        layout.segments.retain(|l| l.n <= bound);
+        layout.history.retain(|h| h.first <= bound);
+    }
     match layout.gap() {
         Some(missing) => Err(LogError::Gap { shard, missing }),
         None => Ok(layout),

@@ -135,11 +135,35 @@ pub async fn scan_shard(
 ) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
     let layout = list_layout_reaching(store.as_ref(), shard, reach).await?;
     let sources = layout.sources(shard, from.max(1)..=layout.head())?;
-    Ok(futures::stream::iter(sources)
+    Ok(read_sources(store, shard, sources, concurrency))
+}
+
+/// [`scan_shard`] of segments `from..=upto` and none after (a checkpoint after `upto`): a
+/// listing must hold every number up to `upto` only ([`super::catalog::list_layout_upto`]),
+/// and nothing past it is read.
+pub async fn scan_shard_upto(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    from: u64,
+    upto: u64,
+    concurrency: usize,
+) -> Result<impl futures::Stream<Item = Result<Segment, LogError>>, LogError> {
+    let layout = super::catalog::list_layout_upto(store.as_ref(), shard, upto).await?;
+    let sources = layout.sources(shard, from.max(1)..=layout.head().min(upto))?;
+    Ok(read_sources(store, shard, sources, concurrency))
+}
+
+fn read_sources(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    sources: Vec<Source>,
+    concurrency: usize,
+) -> impl futures::Stream<Item = Result<Segment, LogError>> {
+    futures::stream::iter(sources)
         .map(move |src| read_source_segments(store.clone(), shard, src))
         .buffered(concurrency.max(1))
         .map_ok(|segs| futures::stream::iter(segs.into_iter().map(Ok)))
-        .try_flatten())
+        .try_flatten()
 }
 
 /// The whole segments a source stands for, in order. A source compacted away since it was
