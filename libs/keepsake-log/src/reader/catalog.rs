@@ -410,14 +410,8 @@ async fn list_layout_within(
     }
 }
 
-pub(super) async fn list_layout_once(
-    store: &dyn ObjectStore,
-    shard: u32,
-) -> Result<Layout, LogError> {
-    list_layout_once_within(store, shard, None).await
-}
-
-/// [`list_layout_once`], keeping only what holds numbers up to `bound` when there is one.
+/// One listing of a shard's segments and history objects, keeping only what holds numbers up
+/// to `bound` when there is one; a gap among what it keeps is `Gap`.
 async fn list_layout_once_within(
     store: &dyn ObjectStore,
     shard: u32,
