@@ -234,38 +234,39 @@ fn card_param_text(value: &VCardParameterValue) -> Option<String> {
     })
 }
 
-fn ical_found(e: &ICalendarEntry) -> Found {
-    Found {
-        texts: e
-            .values
-            .iter()
-            .filter_map(|v| v.as_text())
-            .map(str::to_string)
-            .collect(),
-        params: e
-            .params
-            .iter()
-            .map(|p| (p.name.as_str().to_string(), ical_param_text(&p.value)))
-            .collect(),
-        at: crate::zones::entry_instant(e),
+impl Found {
+    /// An instance from its text values, its parameters (name, written value) and its instant.
+    fn new<'a>(
+        texts: impl Iterator<Item = &'a str>,
+        params: impl Iterator<Item = (String, Option<String>)>,
+        at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Found {
+            texts: texts.map(str::to_string).collect(),
+            params: params.collect(),
+            at,
+        }
     }
 }
 
+fn ical_found(e: &ICalendarEntry) -> Found {
+    Found::new(
+        e.values.iter().filter_map(|v| v.as_text()),
+        e.params
+            .iter()
+            .map(|p| (p.name.as_str().to_string(), ical_param_text(&p.value))),
+        crate::zones::entry_instant(e),
+    )
+}
+
 fn card_found(e: &VCardEntry) -> Found {
-    Found {
-        texts: e
-            .values
+    Found::new(
+        e.values.iter().filter_map(|v| v.as_text()),
+        e.params
             .iter()
-            .filter_map(|v| v.as_text())
-            .map(str::to_string)
-            .collect(),
-        params: e
-            .params
-            .iter()
-            .map(|p| (p.name.as_str().to_string(), card_param_text(&p.value)))
-            .collect(),
-        at: None,
-    }
+            .map(|p| (p.name.as_str().to_string(), card_param_text(&p.value))),
+        None,
+    )
 }
 
 /// Whether a calendar item's text has a component of type `component` (`VEVENT`, `VTODO`,
