@@ -458,6 +458,7 @@ async fn a_failed_retention_delete_is_finished_by_the_next_round() {
         retention: keepsake_log::retention::RetentionPolicy {
             keep_all_for: chrono::Duration::zero(),
             keep_daily_for_days: 0,
+            ..Default::default()
         },
         ..checkpointing()
     };

@@ -14,6 +14,7 @@ macro_rules! on_every_backend {
 }
 
 mod as_of_prop;
+mod checkpoint_parts;
 mod common;
 mod compaction;
 mod duplicates;

@@ -302,6 +302,7 @@ impl Sim {
                     RetentionPolicy {
                         keep_all_for: chrono::Duration::zero(),
                         keep_daily_for_days: 0,
+                        ..Default::default()
                     }
                 } else {
                     RetentionPolicy::default()
@@ -771,6 +772,7 @@ impl Sim {
                 let policy = RetentionPolicy {
                     keep_all_for: chrono::Duration::zero(),
                     keep_daily_for_days: 0,
+                    ..Default::default()
                 };
                 let r = apply_retention(&store, shard, &policy, SystemClock.now()).await;
                 Ok(format!(

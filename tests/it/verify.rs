@@ -145,14 +145,27 @@ async fn verify_finds_flipped_bytes() {
     assert!(kinds(&store).await.contains(&"unreadable"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_finds_a_truncated_checkpoint() {
-    let (store, _) = populated().await;
+/// The parts the first manifest of shard 0 names, and its number.
+async fn first_manifest(store: &Arc<dyn ObjectStore>) -> (u64, keepsake_segment::Manifest) {
     let listed = keepsake_log::list_checkpoints(store.as_ref(), 0)
         .await
         .expect("list");
     let c = *listed.first().expect("a checkpoint");
-    let path = keys::checkpoint(0, c);
+    match keepsake_log::open_checkpoint(store.as_ref(), 0, c)
+        .await
+        .expect("open")
+    {
+        keepsake_log::Checkpoint::Parts(m) => (c, (*m).clone()),
+        other => panic!("checkpoints are written as manifests: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_truncated_checkpoint_part() {
+    let (store, _) = populated().await;
+    let (_, m) = first_manifest(&store).await;
+    let p = m.parts().next().expect("a part");
+    let path = keys::part(0, p.written_by, p.digest);
     let bytes = store
         .get(&path)
         .await
@@ -162,6 +175,52 @@ async fn verify_finds_a_truncated_checkpoint() {
         .expect("bytes");
     store
         .put(&path, bytes.slice(..bytes.len() / 2).into())
+        .await
+        .expect("overwrite (the test plays a failing disk)");
+    assert!(kinds(&store).await.contains(&"unreadable_checkpoint"));
+}
+
+/// A part a manifest names that is not in the store (retention deletes a manifest before its
+/// parts, so this is damage) makes the checkpoint unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_missing_checkpoint_part() {
+    let (store, _) = populated().await;
+    let (_, m) = first_manifest(&store).await;
+    let p = m.parts().next().expect("a part");
+    store
+        .delete(&keys::part(0, p.written_by, p.digest))
+        .await
+        .expect("delete");
+    let found = kinds(&store).await;
+    assert!(found.contains(&"unreadable_checkpoint"), "{found:?}");
+}
+
+/// A whole checkpoint (format 3, as versions before manifests wrote it) is still read and
+/// checked: one cut in half is unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_truncated_whole_checkpoint() {
+    let (store, _) = populated().await;
+    let (c, _) = first_manifest(&store).await;
+    let users = keepsake_log::read_checkpoint(store.as_ref(), 0, c)
+        .await
+        .expect("read");
+    let meta = keepsake_segment::CheckpointMeta {
+        format_version: keepsake_segment::CHECKPOINT_VERSION,
+        shard: 0,
+        segment: c,
+        user_count: users.len() as u64,
+    };
+    let bytes = keepsake_segment::encode_checkpoint(users.iter(), &meta).expect("encode");
+    store
+        .put(&keys::checkpoint(0, c), bytes.clone().into())
+        .await
+        .expect("a whole checkpoint beside the manifest");
+    assert_eq!(kinds(&store).await, Vec::<&str>::new(), "it agrees");
+    store
+        .put(
+            &keys::checkpoint(0, c),
+            bytes.slice(..bytes.len() / 2).into(),
+        )
         .await
         .expect("overwrite");
     assert!(kinds(&store).await.contains(&"unreadable_checkpoint"));
@@ -204,6 +263,56 @@ async fn verify_finds_a_checkpoint_that_disagrees_with_the_log() {
     let bytes = keepsake_segment::encode_checkpoint(users.iter(), &meta).expect("encode");
     store
         .put(&keys::checkpoint(0, c), bytes.into())
+        .await
+        .expect("overwrite (the test plays a buggy checkpointer)");
+    let found = kinds(&store).await;
+    assert_eq!(found, vec!["checkpoint_mismatch"], "{found:?}");
+}
+
+/// The same in format 4: a manifest whose parts leave a user out (a buggy checkpointer wrote a
+/// part without it and a manifest naming that part, each consistent on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_manifest_that_disagrees_with_the_log() {
+    let (store, _) = populated().await;
+    let (c, mut m) = first_manifest(&store).await;
+    let first = m.base[0].part;
+    let mut users = keepsake_log::read_checkpoint(store.as_ref(), 0, c)
+        .await
+        .expect("read");
+    assert!(users.len() >= 2, "the test needs two users");
+    let dropped = *users.keys().min().expect("a user");
+    users.remove(&dropped);
+    // One base part holding every user but one.
+    let meta = keepsake_segment::CheckpointMeta {
+        format_version: keepsake_segment::CHECKPOINT_VERSION,
+        shard: 0,
+        segment: first.written_by,
+        user_count: users.len() as u64,
+    };
+    let bytes = keepsake_segment::encode_checkpoint(users.iter(), &meta).expect("encode");
+    let part = keepsake_segment::PartRef {
+        written_by: first.written_by,
+        digest: keepsake_segment::part_digest(&bytes),
+        users: users.len() as u64,
+        bytes: bytes.len() as u64,
+    };
+    store
+        .put(&keys::part(0, part.written_by, part.digest), bytes.into())
+        .await
+        .expect("put the part");
+    m.base = vec![keepsake_segment::BasePart {
+        from: keepsake_segment::NIL_USER,
+        part,
+    }];
+    m.deltas.clear();
+    m.users = users.len() as u64;
+    store
+        .put(
+            &keys::manifest(0, c),
+            keepsake_segment::encode_manifest(&m)
+                .expect("encode")
+                .into(),
+        )
         .await
         .expect("overwrite (the test plays a buggy checkpointer)");
     let found = kinds(&store).await;
@@ -264,14 +373,14 @@ async fn verify_finds_a_checkpoint_beyond_the_readable_log() {
         .last()
         .expect("a checkpoint");
     let bytes = store
-        .get(&keys::checkpoint(0, c))
+        .get(&keys::manifest(0, c))
         .await
         .expect("get")
         .bytes()
         .await
         .expect("bytes");
     store
-        .put(&keys::checkpoint(0, head + 5), bytes.into())
+        .put(&keys::manifest(0, head + 5), bytes.into())
         .await
         .expect("put");
     let (report, _) = verify_store(&store, 2).await.expect("verify");
@@ -280,7 +389,7 @@ async fn verify_finds_a_checkpoint_beyond_the_readable_log() {
             .problems
             .iter()
             .any(|p| p.kind == "checkpoint_mismatch"
-                && p.key == keys::checkpoint(0, head + 5).to_string()
+                && p.key == keys::manifest(0, head + 5).to_string()
                 && p.detail.contains("beyond")),
         "{:?}",
         report.problems

@@ -267,6 +267,7 @@ async fn retention_keeps_the_newest_checkpoint_and_every_segment() {
     let keep_little = keepsake_log::retention::RetentionPolicy {
         keep_all_for: chrono::Duration::zero(),
         keep_daily_for_days: 0,
+        ..Default::default()
     };
     let cfg = LogConfig {
         checkpoint_every_events: 5,

@@ -43,6 +43,8 @@ pub struct LogConfig {
     /// How often the shard's upkeep task looks whether a checkpoint is due (a checkpoint is
     /// written at most this long after it became due).
     pub upkeep_tick: Duration,
+    /// How a checkpoint's parts are sized and when its deltas are merged.
+    pub checkpoint_parts: crate::checkpoint::PartsPolicy,
     /// Which older checkpoints to keep after writing a new one.
     pub retention: crate::retention::RetentionPolicy,
     /// Moving checkpointed segments into history objects (after each checkpoint).
@@ -70,6 +72,7 @@ impl Default for LogConfig {
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
             upkeep_tick: Duration::from_millis(500),
+            checkpoint_parts: crate::checkpoint::PartsPolicy::default(),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),
             cluster_node: None,

@@ -17,6 +17,7 @@
 
 mod as_of;
 mod chain;
+pub mod checkpoint;
 pub mod compact;
 mod config;
 mod error;
@@ -43,21 +44,23 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
+pub use checkpoint::{CheckpointReport, PartsPolicy, write_checkpoint, write_checkpoint_with};
 pub use compact::{CompactionPolicy, CompactionReport, compact_shard};
 pub use config::LogConfig;
 pub use error::LogError;
 pub use push::{PushRequest, PushResult};
 pub use reader::{
-    HistoryListed, LatestItems, Layout, Pick, Place, ReadStats, Source, UpTo,
-    list_checkpoint_objects, list_checkpoints, list_history, list_layout, list_layout_reaching,
-    list_layout_upto, list_segments, read_checkpoint, read_checkpoint_user,
+    Checkpoint, CheckpointForm, CheckpointListed, HistoryListed, LatestItems, Layout, Pick, Place,
+    ReadStats, Source, UpTo, checkpoint_exists, list_checkpoint_objects, list_checkpoints,
+    list_history, list_layout, list_layout_reaching, list_layout_upto, list_segments,
+    open_checkpoint, open_checkpoint_as, read_checkpoint, read_checkpoint_user,
     read_checkpoint_user_items, read_history, read_segment, read_segment_meta, read_segment_sized,
     read_source_segments, read_user, read_user_in, read_user_latest_in, read_user_latest_sized,
     read_user_sized, scan_shard, scan_shard_upto,
 };
 pub use shard::recover_shard;
 pub use stats::{AtomicHistogram, LogStats};
-pub use upkeep::{apply_retention, write_checkpoint};
+pub use upkeep::apply_retention;
 pub use view::{ReadPlan, ShardState};
 
 pub(crate) use load::load_user;
@@ -143,7 +146,7 @@ impl Log {
                 keepsake_store::Cause::Push,
                 writer.run().instrument(info_span!("shard_writer", shard)),
             )));
-            let maintenance = Arc::new(tokio::sync::Mutex::new(()));
+            let maintenance = Arc::new(tokio::sync::Mutex::new(upkeep::NamedParts::default()));
             let upkeep = Upkeep {
                 store: store.clone(),
                 shard,

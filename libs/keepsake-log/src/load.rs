@@ -10,14 +10,13 @@ use std::sync::{Arc, RwLock};
 
 use futures::FutureExt;
 use keepsake_model::{Event, StateRead, UserId, UserState};
-use keepsake_store::keys;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use tracing::warn;
 
 use crate::view::ReadPlan;
 use crate::{
-    Log, LogError, ShardState, Source, UpTo, list_checkpoints, poisoned, read_checkpoint_user,
-    reader,
+    Log, LogError, ShardState, Source, UpTo, checkpoint_exists, list_checkpoints, open_checkpoint,
+    poisoned, reader,
 };
 
 impl Log {
@@ -229,7 +228,7 @@ pub(crate) async fn load_user(
             s.read_plan(&user, UpTo::End)
         };
         let mut loaded = match checkpoint {
-            Some(c) => match read_checkpoint_user(store.clone(), shard, c, user).await {
+            Some(c) => match user_in_checkpoint(store, shard, state, c, user).await {
                 Ok(s) => s,
                 Err(e) => match replace_checkpoint(store, shard, state, c).await? {
                     Replaced::Present => return Err(e),
@@ -274,6 +273,35 @@ pub(crate) async fn load_user(
     }
 }
 
+/// A user's state in the view's checkpoint `c`, opened once and kept in the view (a manifest
+/// says which part holds each user, so a load reads one part's pages and no manifest).
+async fn user_in_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    c: u64,
+    user: UserId,
+) -> Result<UserState, LogError> {
+    let cached = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .opened
+        .clone()
+        .filter(|o| o.segment() == c);
+    let opened = match cached {
+        Some(o) => o,
+        None => {
+            let o = open_checkpoint(store.as_ref(), shard, c).await?;
+            let mut s = state.write().map_err(|_| poisoned(shard))?;
+            if s.checkpoint == Some(c) {
+                s.opened = Some(o.clone());
+            }
+            o
+        }
+    };
+    opened.user(store.clone(), user, true).await
+}
+
 /// What [`replace_checkpoint`] did.
 enum Replaced {
     /// The checkpoint is there: the read failed for another reason.
@@ -294,8 +322,8 @@ async fn replace_checkpoint(
     state: &Arc<RwLock<ShardState>>,
     c: u64,
 ) -> Result<Replaced, LogError> {
-    match store.head(&keys::checkpoint(shard, c)).await {
-        Err(object_store::Error::NotFound { .. }) => {}
+    match checkpoint_exists(store.as_ref(), shard, c).await {
+        Ok(false) => {}
         _ => return Ok(Replaced::Present),
     }
     let head = state.read().map_err(|_| poisoned(shard))?.head;

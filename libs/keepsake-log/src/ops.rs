@@ -32,8 +32,8 @@ impl Log {
                 maintenance: s.maintenance.clone(),
                 gate: s.gate.clone(),
             };
-            let _held = s.maintenance.lock().await;
-            if let Some(c) = upkeep.checkpoint().await? {
+            let mut held = s.maintenance.lock().await;
+            if let Some(c) = upkeep.checkpoint(&mut held).await? {
                 let policy = CompactionPolicy {
                     min_segments: 1,
                     ..self.cfg.compaction

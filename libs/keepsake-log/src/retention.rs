@@ -17,6 +17,10 @@ pub struct RetentionPolicy {
     pub keep_all_for: Duration,
     /// Beyond that, keep one per day for this many days.
     pub keep_daily_for_days: i64,
+    /// A checkpoint part that no kept manifest names is deleted once it is this much older
+    /// than the newest manifest (both times as the store gives them): younger, it may belong to
+    /// a checkpoint another process is still writing.
+    pub orphan_grace: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -24,6 +28,7 @@ impl Default for RetentionPolicy {
         Self {
             keep_all_for: Duration::days(1),
             keep_daily_for_days: 365,
+            orphan_grace: Duration::minutes(10),
         }
     }
 }
@@ -76,6 +81,7 @@ mod tests {
         let policy = RetentionPolicy {
             keep_all_for: Duration::hours(6),
             keep_daily_for_days: 3,
+            ..Default::default()
         };
         let cps = [
             (1, at(1, 1)),   // far too old
@@ -95,6 +101,7 @@ mod tests {
         let none = RetentionPolicy {
             keep_all_for: Duration::zero(),
             keep_daily_for_days: 0,
+            ..Default::default()
         };
         assert_eq!(
             to_delete(&[(1, at(1, 1)), (2, at(2, 1))], now, &none),

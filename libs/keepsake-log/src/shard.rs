@@ -19,8 +19,9 @@ pub(crate) struct Shard {
     pub(crate) tx: mpsc::Sender<Queued>,
     pub(crate) state: Arc<RwLock<ShardState>>,
     pub(crate) head: watch::Receiver<u64>,
-    /// Held while a checkpoint or a compaction of the shard runs: one at a time.
-    pub(crate) maintenance: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a checkpoint or a compaction of the shard runs: one at a time. It keeps the
+    /// parts each manifest names, for retention.
+    pub(crate) maintenance: Arc<tokio::sync::Mutex<crate::upkeep::NamedParts>>,
     /// Whether this process may write the shard now (a cluster: only once taken).
     pub(crate) gate: Arc<crate::owner::Gate>,
 }

@@ -55,6 +55,18 @@ pub struct LogStats {
     pub compaction_bytes_deleted: AtomicU64,
     /// Compactions that failed (retried after the next checkpoint).
     pub compaction_errors: AtomicU64,
+    /// Checkpoints written by this process.
+    pub checkpoints: AtomicU64,
+    /// Users whose state checkpoints read and wrote again (those changed since the previous).
+    pub checkpoint_users_written: AtomicU64,
+    /// Checkpoint parts written, and parts named again without being written.
+    pub checkpoint_parts_written: AtomicU64,
+    /// See `checkpoint_parts_written`.
+    pub checkpoint_parts_kept: AtomicU64,
+    /// Bytes of checkpoint parts and manifests written.
+    pub checkpoint_bytes_written: AtomicU64,
+    /// Checkpoints that merged their deltas (into one, or into the base).
+    pub checkpoint_merges: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -89,6 +101,12 @@ impl Default for LogStats {
             compaction_bytes_written: AtomicU64::new(0),
             compaction_bytes_deleted: AtomicU64::new(0),
             compaction_errors: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_users_written: AtomicU64::new(0),
+            checkpoint_parts_written: AtomicU64::new(0),
+            checkpoint_parts_kept: AtomicU64::new(0),
+            checkpoint_bytes_written: AtomicU64::new(0),
+            checkpoint_merges: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }
@@ -120,6 +138,21 @@ impl LogStats {
         self.compaction_bytes_deleted
             .fetch_add(r.bytes_deleted, Ordering::Relaxed);
         self.strays_removed.fetch_add(r.strays, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_checkpoint(&self, r: &crate::checkpoint::CheckpointReport) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_users_written
+            .fetch_add(r.changed_users, Ordering::Relaxed);
+        self.checkpoint_parts_written
+            .fetch_add(r.parts_written, Ordering::Relaxed);
+        self.checkpoint_parts_kept
+            .fetch_add(r.parts_kept, Ordering::Relaxed);
+        self.checkpoint_bytes_written
+            .fetch_add(r.bytes_written, Ordering::Relaxed);
+        if r.merged.is_some() {
+            self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Reads a counter.

@@ -8,13 +8,13 @@ use std::sync::{Arc, RwLock};
 use futures::TryStreamExt;
 use keepsake_model::Clock;
 use keepsake_store::{Cause, keys, with_cause};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    LogConfig, LogError, LogStats, ShardState, compact, compact_shard, list_checkpoint_objects,
-    list_checkpoints, poisoned, read_checkpoint, retention, scan_shard_upto,
+    Checkpoint, LogConfig, LogError, LogStats, ShardState, compact, compact_shard,
+    list_checkpoint_objects, poisoned, retention, write_checkpoint_with,
 };
 
 /// What the background upkeep of one shard (checkpoints, retention, compaction) works with.
@@ -26,7 +26,7 @@ pub(crate) struct Upkeep {
     pub(crate) cfg: Arc<LogConfig>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) stats: Arc<LogStats>,
-    pub(crate) maintenance: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) maintenance: Arc<tokio::sync::Mutex<NamedParts>>,
     /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
     pub(crate) gate: Arc<crate::owner::Gate>,
 }
@@ -34,7 +34,7 @@ pub(crate) struct Upkeep {
 impl Upkeep {
     /// Writes a checkpoint at the head unless the newest is there already, then applies the
     /// retention policy. Returns the newest checkpoint (`None`: the log is empty).
-    pub(crate) async fn checkpoint(&self) -> Result<Option<u64>, LogError> {
+    pub(crate) async fn checkpoint(&self, named: &mut NamedParts) -> Result<Option<u64>, LogError> {
         let shard = self.shard;
         let (head, prev, since) = self
             .state
@@ -44,17 +44,32 @@ impl Upkeep {
         if head == 0 || prev == Some(head) {
             return Ok(prev);
         }
-        let users = with_cause(
+        let report = with_cause(
             Cause::Checkpoint,
-            write_checkpoint(&self.store, shard, prev, head, self.cfg.read_concurrency),
+            write_checkpoint_with(
+                &self.store,
+                shard,
+                prev,
+                head,
+                self.cfg.read_concurrency,
+                &self.cfg.checkpoint_parts,
+            ),
         )
         .await?;
+        self.stats.record_checkpoint(&report);
+        let users = report.users;
         if let Ok(mut s) = self.state.write() {
             s.checkpointed(head);
             s.events_since_checkpoint = s.events_since_checkpoint.saturating_sub(since);
         }
         info!(shard, segment = head, users, "checkpoint written");
-        let retention = apply_retention(&self.store, shard, &self.cfg.retention, self.clock.now());
+        let retention = retain(
+            &self.store,
+            shard,
+            &self.cfg.retention,
+            self.clock.now(),
+            named,
+        );
         if let Err(e) = with_cause(Cause::Retention, retention).await {
             warn!(shard, error = %e, "applying checkpoint retention failed; will retry after the next checkpoint");
         }
@@ -107,8 +122,8 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
         if !due || prev == Some(head) || upkeep.gate.held().is_none() {
             continue;
         }
-        let _held = upkeep.maintenance.lock().await;
-        match upkeep.checkpoint().await {
+        let mut held = upkeep.maintenance.lock().await;
+        match upkeep.checkpoint(&mut held).await {
             Ok(Some(c)) => {
                 last = tokio::time::Instant::now();
                 if cfg.compaction.enabled
@@ -125,159 +140,146 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
     }
 }
 
-/// Events folded into a checkpoint per hand-off to a blocking thread.
-const FOLD_RUN_EVENTS: usize = 4096;
-
-/// Builds and writes (create-only) the checkpoint of `shard` after segment `n`. Returns its user
-/// count. Another writer having written the same checkpoint is success: both are folds of the
-/// same log.
-pub async fn write_checkpoint(
-    store: &Arc<dyn ObjectStore>,
-    shard: u32,
-    prev: Option<u64>,
-    n: u64,
-    concurrency: usize,
-) -> Result<u64, LogError> {
-    // The previous checkpoint may be gone (another process's retention deleted it): then the
-    // newest one left at or below `n`, or the log from its start.
-    let prev = match prev {
-        Some(c) if store.head(&keys::checkpoint(shard, c)).await.is_err() => {
-            let left = list_checkpoints(store.as_ref(), shard)
-                .await?
-                .into_iter()
-                .rfind(|x| *x <= n);
-            warn!(shard, checkpoint = c, instead = ?left, "the previous checkpoint is gone; folding from another");
-            left
-        }
-        other => other,
-    };
-    let mut users = match prev {
-        Some(c) => read_checkpoint(store.as_ref(), shard, c).await?,
-        None => keepsake_model::IdMap::default(),
-    };
-    let mut segments = scan_shard_upto(
-        store.clone(),
-        shard,
-        prev.map_or(1, |c| c + 1),
-        n,
-        concurrency,
-    )
-    .await?;
-    // The fold is CPU work: on a blocking thread (the map moves, it is not copied), so that a
-    // checkpoint does not hold the runtime's workers from pushes and pulls; in runs of
-    // segments, so that small ones do not each pay the hand-off.
-    let mut run: Vec<keepsake_segment::Segment> = Vec::new();
-    let mut run_events = 0;
-    // The last segment folded: the checkpoint is written only if the fold reached `n`, one
-    // segment after another. A listing that missed the newest segments would otherwise give a
-    // checkpoint "after n" without them, and recovery from it would drop acknowledged events.
-    let mut folded = prev.unwrap_or(0);
-    loop {
-        let next = segments
-            .try_next()
-            .await?
-            .filter(|seg| seg.meta.segment <= n);
-        let done = next.is_none();
-        if let Some(seg) = next {
-            if seg.meta.segment != folded + 1 {
-                return Err(LogError::Gap {
-                    shard,
-                    missing: folded + 1,
-                });
-            }
-            folded = seg.meta.segment;
-            run_events += seg.events.len();
-            run.push(seg);
-        }
-        if run_events >= FOLD_RUN_EVENTS || (done && !run.is_empty()) {
-            let folding = std::mem::take(&mut run);
-            run_events = 0;
-            users = tokio::task::spawn_blocking(move || {
-                for seg in &folding {
-                    for e in &seg.events {
-                        keepsake_model::apply(users.entry(e.user_id).or_default(), e)
-                            .map_err(|err| LogError::corrupt(shard, seg.meta.segment, err))?;
-                    }
-                }
-                Ok::<_, LogError>(users)
-            })
-            .await
-            .map_err(|e| LogError::Unavailable {
-                shard,
-                reason: format!("folding segments into checkpoint {n} failed: {e}"),
-            })??;
-        }
-        if done {
-            break;
-        }
-    }
-    if folded != n {
-        return Err(LogError::Unavailable {
-            shard,
-            reason: format!(
-                "checkpoint {n} not written: the listing of the log reached only segment {folded}"
-            ),
-        });
-    }
-    let count = users.len() as u64;
-    let meta = keepsake_segment::CheckpointMeta {
-        format_version: keepsake_segment::checkpoint_version(users.values()),
-        shard,
-        segment: n,
-        user_count: count,
-    };
-    let bytes = tokio::task::spawn_blocking(move || {
-        keepsake_segment::encode_checkpoint(users.iter(), &meta)
-    })
-    .await
-    .map_err(|e| LogError::corrupt(shard, n, e))?
-    .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint: {e}")))?;
-    match store
-        .put_opts(
-            &keys::checkpoint(shard, n),
-            object_store::PutPayload::from(bytes),
-            keepsake_store::create_only(),
-        )
-        .await
-    {
-        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(count),
-        Err(e) => Err(LogError::Store {
-            context: format!("write checkpoint {n} of shard {shard}"),
-            source: e,
-        }),
-    }
-}
-
 /// Deletes the checkpoints of a shard that the retention policy no longer keeps (by the time
-/// each was written). Only checkpoints: they are derived; segments are never deleted.
+/// each was written), then the parts no kept manifest names (once older than the policy's
+/// grace). Only checkpoints: they are derived; segments are never deleted.
 pub async fn apply_retention(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
     policy: &retention::RetentionPolicy,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<u64>, LogError> {
-    let written: Vec<(u64, chrono::DateTime<chrono::Utc>)> =
-        list_checkpoint_objects(store.as_ref(), shard)
-            .await?
-            .into_iter()
-            .map(|l| (l.n, l.modified))
-            .collect();
+    retain(store, shard, policy, now, &mut NamedParts::default()).await
+}
+
+/// The parts each manifest names, by its number: manifests are immutable, so retention reads
+/// each once per process, not every kept manifest at every run (held with the shard's
+/// maintenance lock).
+#[derive(Debug, Default)]
+pub(crate) struct NamedParts(std::collections::HashMap<u64, Arc<[(u64, u128)]>>);
+
+/// [`apply_retention`] with the manifests already read.
+async fn retain(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    policy: &retention::RetentionPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+    named: &mut NamedParts,
+) -> Result<Vec<u64>, LogError> {
+    let listed = list_checkpoint_objects(store.as_ref(), shard).await?;
+    // A number written in both forms (versions side by side) is one checkpoint.
+    let mut written: Vec<(u64, chrono::DateTime<chrono::Utc>)> =
+        listed.iter().map(|l| (l.n, l.modified)).collect();
+    written.sort_by_key(|(n, at)| (*n, *at));
+    written.dedup_by_key(|(n, _)| *n);
     let doomed = retention::to_delete(&written, now, policy);
     for n in &doomed {
-        match object_store::ObjectStoreExt::delete(store.as_ref(), &keys::checkpoint(shard, *n))
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(LogError::Store {
-                    context: format!("delete checkpoint {n} of shard {shard}"),
-                    source: e,
-                });
+        // The manifest first: a part is deleted only once no manifest names it.
+        for path in [keys::manifest(shard, *n), keys::checkpoint(shard, *n)] {
+            match object_store::ObjectStoreExt::delete(store.as_ref(), &path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(LogError::Store {
+                        context: format!("delete checkpoint {n} of shard {shard}"),
+                        source: e,
+                    });
+                }
             }
         }
     }
     if !doomed.is_empty() {
         info!(shard, deleted = ?doomed, "checkpoints past retention deleted");
     }
+    let kept: Vec<_> = listed
+        .iter()
+        .filter(|l| l.form == crate::reader::CheckpointForm::Manifest && !doomed.contains(&l.n))
+        .collect();
+    let parts = delete_orphan_parts(store, shard, &kept, policy.orphan_grace, named).await?;
+    if parts > 0 {
+        info!(
+            shard,
+            parts, "checkpoint parts no kept manifest names deleted"
+        );
+    }
     Ok(doomed)
+}
+
+/// Deletes the parts of `shard` that none of the `kept` manifests names, written by a checkpoint
+/// before the newest and at least `grace` before it was written. Returns how many.
+async fn delete_orphan_parts(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    kept: &[&crate::reader::CheckpointListed],
+    grace: chrono::Duration,
+    cache: &mut NamedParts,
+) -> Result<u64, LogError> {
+    let Some(newest) = kept.iter().max_by_key(|l| l.n) else {
+        return Ok(0);
+    };
+    cache.0.retain(|n, _| kept.iter().any(|l| l.n == *n));
+    let mut named = std::collections::HashSet::new();
+    for l in kept {
+        if let Some(parts) = cache.0.get(&l.n) {
+            named.extend(parts.iter().copied());
+            continue;
+        }
+        match crate::reader::open_checkpoint_as(
+            store.as_ref(),
+            shard,
+            l.n,
+            crate::reader::CheckpointForm::Manifest,
+        )
+        .await
+        {
+            Ok(Checkpoint::Parts(m)) => {
+                let parts: Arc<[(u64, u128)]> =
+                    m.parts().map(|p| (p.written_by, p.digest)).collect();
+                named.extend(parts.iter().copied());
+                cache.0.insert(l.n, parts);
+            }
+            Ok(Checkpoint::Whole { .. }) => {}
+            // Deleted since the listing (another process's retention): it names nothing now.
+            Err(LogError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let parts: Vec<_> = store
+        .list(Some(&keys::parts_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Store {
+            context: format!("list the checkpoint parts of shard {shard}"),
+            source: e,
+        })?;
+    let mut deleted = 0;
+    for o in parts {
+        let Some(keys::Key::Part {
+            shard: s,
+            n,
+            digest,
+        }) = keys::parse(&o.location)
+        else {
+            continue;
+        };
+        let orphan = s == shard
+            && n < newest.n
+            && !named.contains(&(n, digest))
+            && o.last_modified + grace <= newest.modified;
+        if !orphan {
+            continue;
+        }
+        match object_store::ObjectStoreExt::delete(store.as_ref(), &o.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("delete checkpoint part {}", o.location),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(deleted)
 }

@@ -23,8 +23,8 @@ use tracing::info;
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, Source, read_checkpoint, read_history, read_seen_segment,
-    read_source_segments,
+    CheckpointForm, HistoryListed, Layout, Listed, Place, Source, open_checkpoint_as, read_history,
+    read_seen_segment, read_source_segments,
 };
 
 /// One thing wrong with a store.
@@ -156,7 +156,7 @@ pub async fn fold_store(
         .await
         .map_err(store_err("list the store"))?;
     let mut layouts: BTreeMap<u32, Layout> = BTreeMap::new();
-    let mut checkpoints: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<u32, Vec<(u64, CheckpointForm)>> = BTreeMap::new();
     for o in &objects {
         match keys::parse(&o.location) {
             Some(Key::Segment { shard, n }) if shard < shard_count => {
@@ -181,9 +181,17 @@ pub async fn fold_store(
                 .or_default()
                 .verified
                 .push((first, last)),
-            Some(Key::Checkpoint { shard, n }) if shard < shard_count => {
-                checkpoints.entry(shard).or_default().push(n)
-            }
+            Some(Key::Checkpoint { shard, n }) if shard < shard_count => checkpoints
+                .entry(shard)
+                .or_default()
+                .push((n, CheckpointForm::Whole)),
+            Some(Key::Manifest { shard, n }) if shard < shard_count => checkpoints
+                .entry(shard)
+                .or_default()
+                .push((n, CheckpointForm::Manifest)),
+            // Read through the manifests that name them ([`check_checkpoint`]); one no manifest
+            // names is left by a checkpoint that did not finish, and deleted by retention.
+            Some(Key::Part { shard, .. }) if shard < shard_count => {}
             // Read after the shard's listing ([`check_frontier`]).
             Some(Key::Frontier { shard, .. }) if shard < shard_count => {}
             // Which server took the shard: read by servers in a cluster, not part of the log.
@@ -191,6 +199,8 @@ pub async fn fold_store(
             Some(
                 Key::Segment { .. }
                 | Key::Checkpoint { .. }
+                | Key::Manifest { .. }
+                | Key::Part { .. }
                 | Key::History { .. }
                 | Key::HistoryVerified { .. }
                 | Key::Frontier { .. }
@@ -219,6 +229,7 @@ pub async fn fold_store(
             } else {
                 Vec::new()
             };
+            // A number written in both forms (versions side by side): each is checked.
             cks.sort_unstable();
             let store = store.clone();
             tokio::spawn(keepsake_store::inherit(fold_shard(
@@ -284,7 +295,7 @@ async fn fold_shard(
     shard: u32,
     shard_count: u32,
     layout: Layout,
-    cks: Vec<u64>,
+    cks: Vec<(u64, CheckpointForm)>,
     opts: FoldOptions,
 ) -> Result<ShardFold, LogError> {
     let started = std::time::Instant::now();
@@ -408,22 +419,26 @@ async fn fold_shard(
                 folded_to = n;
             }
             // Compare each checkpoint with the fold at its segment.
-            while let Some(c) = next_ck.peek().copied().copied() {
+            while let Some((c, form)) = next_ck.peek().copied().copied() {
                 if c > folded_to || broken {
                     break;
                 }
                 next_ck.next();
                 if c == folded_to {
-                    check_checkpoint(&store, shard, c, &out.users, &mut out.problems).await;
+                    check_checkpoint(&store, shard, c, form, &out.users, &mut out.problems).await;
                 }
             }
         }
     }
-    for c in next_ck {
+    for (c, form) in next_ck {
         if broken || *c > folded_to {
+            let key = match form {
+                CheckpointForm::Whole => keys::checkpoint(shard, *c),
+                CheckpointForm::Manifest => keys::manifest(shard, *c),
+            };
             out.problems.push(problem(
                 "checkpoint_mismatch",
-                keys::checkpoint(shard, *c).to_string(),
+                key.to_string(),
                 "beyond the readable log",
             ));
         }
@@ -656,11 +671,26 @@ async fn check_checkpoint(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
     c: u64,
+    form: CheckpointForm,
     folded: &IdMap<UserId, UserState>,
     problems: &mut Vec<Problem>,
 ) {
-    let key = keys::checkpoint(shard, c).to_string();
-    match read_checkpoint(store.as_ref(), shard, c).await {
+    let opened = match open_checkpoint_as(store.as_ref(), shard, c, form).await {
+        Ok(o) => o,
+        // Deleted since the listing: retention (the only deleter of checkpoints, which are
+        // derived) removed it; there is nothing left to check.
+        Err(LogError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return,
+        Err(e) => {
+            let key = keys::manifest(shard, c).to_string();
+            problems.push(problem("unreadable_checkpoint", key, e.to_string()));
+            return;
+        }
+    };
+    let key = opened.path().to_string();
+    match opened.all(store.as_ref()).await {
         Ok(saved) => {
             // Field-by-field equality of every user (what the hash covers, and more), without
             // sorting and hashing the whole state once per checkpoint.
@@ -674,12 +704,16 @@ async fn check_checkpoint(
                 ));
             }
         }
-        // Deleted since the listing: retention (the only deleter of checkpoints, which are
-        // derived) removed it; there is nothing left to check.
-        Err(LogError::Store {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => {}
-        Err(e) => problems.push(problem("unreadable_checkpoint", key, e.to_string())),
+        // A part is missing: retention deleted the manifest and then its parts since it was
+        // opened, or the manifest names a part that is not there (a problem).
+        Err(e) => {
+            let gone = matches!(
+                object_store::ObjectStoreExt::head(store.as_ref(), &opened.path()).await,
+                Err(object_store::Error::NotFound { .. })
+            );
+            if !gone {
+                problems.push(problem("unreadable_checkpoint", key, e.to_string()));
+            }
+        }
     }
 }

@@ -67,6 +67,9 @@ pub struct ShardState {
     pub checkpoint: Option<u64>,
     /// Events committed since the newest checkpoint (drives the checkpointer).
     pub events_since_checkpoint: u64,
+    /// The newest checkpoint as opened for loads (a manifest: where each user's part is), once
+    /// a load opened it; dropped when a newer checkpoint is adopted.
+    pub opened: Option<crate::reader::Checkpoint>,
     users: IdMap<UserId, Resident>,
     pinned: HashSet<UserId>,
     bytes: usize,
@@ -213,7 +216,18 @@ impl ShardState {
             .sum();
         let sizes = self.segment_sizes.capacity() * size_of::<(u64, Tag)>();
         let history = self.history.capacity() * size_of::<HistoryListed>();
-        (self.tail_index.len(), tail + sizes + history)
+        // The opened manifest: the deltas' user lists, and the base ranges.
+        let manifest = match &self.opened {
+            Some(crate::reader::Checkpoint::Parts(m)) => {
+                m.deltas
+                    .iter()
+                    .map(|d| d.users.capacity() * size_of::<UserId>())
+                    .sum::<usize>()
+                    + m.base.capacity() * size_of::<keepsake_segment::BasePart>()
+            }
+            _ => 0,
+        };
+        (self.tail_index.len(), tail + sizes + history + manifest)
     }
 
     /// Records which users segment `n` holds (call for every segment after the checkpoint).
@@ -273,6 +287,7 @@ impl ShardState {
         if self.checkpoint.is_some_and(|c| c >= upto) {
             return;
         }
+        self.opened = None;
         if let Some(previous) = self.checkpoint.replace(upto) {
             self.tail_index.retain(|_, segs| {
                 segs.retain(|(n, _)| *n > previous);

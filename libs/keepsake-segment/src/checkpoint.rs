@@ -93,7 +93,7 @@ pub const ENTRY_COLUMN: usize = 1;
 /// rows in a long history; readers of items skip their pages.
 pub const ENTRY_CHANGE: &str = "change";
 
-/// The machine-readable description of checkpoint format `version`, as in
+/// The machine-readable description of checkpoint format `version` (4: the manifest), as in
 /// `schemas/checkpoint-v<version>.json`; `None` for a version this build does not know.
 /// Version 2 adds `kinds`: the spellings of the `kind` column (version 1 had all but `device`);
 /// version 3 adds the kind `collection`.
@@ -112,6 +112,8 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
             d["format_version"] = version.into();
             d["kinds"] = Value::from(kinds.to_vec());
         }
+        // A manifest over parts of the versions above (`crate::manifest`).
+        4 => return Some(crate::manifest::manifest_description()),
         _ => return None,
     }
     Some(d)

@@ -13,6 +13,7 @@ mod checkpoint;
 mod codec;
 mod error;
 mod history;
+mod manifest;
 mod prune;
 mod schema;
 
@@ -29,6 +30,10 @@ pub use error::SegmentError;
 pub use history::{
     HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, decode_history,
     decode_segment_numbers, encode_history, history_description,
+};
+pub use manifest::{
+    BasePart, DeltaPart, MANIFEST_VERSION, Manifest, NIL_USER, PartRef, decode_manifest,
+    encode_manifest, manifest_description, part_digest,
 };
 pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping, split_selection};
 pub use schema::{

@@ -160,12 +160,16 @@ fn bless_missing_schema_files() {
     // Checkpoints have versions of their own (segment version 3 added an origin, and a
     // checkpoint holds no origin: it did not change). A history object is stamped with its
     // newest source's version, so it has one version per segment version.
-    for v in [1, 2, 3] {
+    for v in [1, 2, 3, 4] {
         write_new(
             &format!("checkpoint-v{v}.json"),
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
         );
     }
+    write_new(
+        "golden/checkpoint-v4.json",
+        &keepsake_segment::encode_manifest(&checkpoints::golden_manifest()).expect("encode"),
+    );
     for &v in HISTORY_VERSIONS {
         write_new(
             &format!("history-v{v}.json"),
@@ -627,11 +631,58 @@ mod checkpoints {
 
     #[test]
     fn checkpoint_schema_files_match_the_code() {
-        for &v in &[1, 2, 3] {
+        for &v in &[1, 2, 3, 4] {
             let name = format!("checkpoint-v{v}.json");
             assert_eq!(Some(json_file(&name)), checkpoint_description(v), "{name}");
         }
-        assert_eq!(checkpoint_description(4), None);
+        assert_eq!(checkpoint_description(5), None);
+    }
+
+    /// The manifest of `golden/checkpoint-v4.json`: two base parts and two deltas, one user in
+    /// both deltas.
+    pub(super) fn golden_manifest() -> keepsake_segment::Manifest {
+        use keepsake_segment::{BasePart, DeltaPart, Manifest, NIL_USER, PartRef};
+        let user = |n: u128| UserId(uuid::Uuid::from_u128(n));
+        let part = |written_by: u64, digest: u128, users: u64| PartRef {
+            written_by,
+            digest,
+            users,
+            bytes: 1000 + users,
+        };
+        Manifest {
+            shard: 2,
+            segment: 9,
+            users: 5,
+            base: vec![
+                BasePart {
+                    from: NIL_USER,
+                    part: part(3, 0x11, 2),
+                },
+                BasePart {
+                    from: user(0x8000),
+                    part: part(3, 0x22, 2),
+                },
+            ],
+            deltas: vec![
+                DeltaPart {
+                    part: part(9, 0x33, 1),
+                    users: vec![user(5)],
+                },
+                DeltaPart {
+                    part: part(6, 0x44, 2),
+                    users: vec![user(5), user(0x9000_0000)],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_golden_manifest_still_decodes() {
+        let bytes = checked_in("golden/checkpoint-v4.json");
+        assert_eq!(
+            keepsake_segment::decode_manifest(&bytes).expect("decodes"),
+            golden_manifest()
+        );
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! ```text
 //! keepsake.json                                   store descriptor (create-only)
 //! shards/<s>/segments/<n:020>.parquet             the log: dense n from 1 per shard, create-only
-//! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, create-only
+//! shards/<s>/checkpoints/<n:020>.parquet          state of shard s after segment n, whole (formats 1-3;
+//!                                                 read, no longer written), create-only
+//! shards/<s>/checkpoints/<n:020>.json             state of shard s after segment n: a manifest naming
+//!                                                 parts (format 4), create-only
+//! shards/<s>/parts/<n:020>-<d:032x>.parquet       a checkpoint part written by checkpoint n; d = the first
+//!                                                 128 bits of its bytes' SHA-256 (one name, one content),
+//!                                                 create-only
 //! shards/<s>/history/<a:020>-<b:020>.parquet      segments a..=b compacted, sorted by (user_id, seq)
 //! shards/<s>/history/<a:020>-<b:020>.verified     empty: that object was read back and matched its sources
 //! shards/<s>/frontier/<b:020>/<g:020>.json        generation g of the compaction frontier (create-only),
@@ -86,12 +92,29 @@ pub enum Key {
         /// The generation, from 1.
         generation: u64,
     },
-    /// A checkpoint of a shard after segment `n`.
+    /// A checkpoint of a shard after segment `n`, whole in one object (formats 1-3).
     Checkpoint {
         /// Shard.
         shard: u32,
         /// The last segment it includes.
         n: u64,
+    },
+    /// A checkpoint of a shard after segment `n` as a manifest naming its parts (format 4).
+    Manifest {
+        /// Shard.
+        shard: u32,
+        /// The last segment it includes.
+        n: u64,
+    },
+    /// A part of checkpoints: the state of some users, written by the checkpoint after
+    /// segment `n` and named by manifests from then on while they keep it.
+    Part {
+        /// Shard.
+        shard: u32,
+        /// The checkpoint that wrote it.
+        n: u64,
+        /// The first 128 bits of the SHA-256 of its bytes.
+        digest: u128,
     },
     /// A restore's record (a single-user restore's result, or a fleet job's progress).
     RestoreJob(RestoreId),
@@ -334,6 +357,24 @@ pub fn checkpoint(shard: u32, n: u64) -> Path {
     Path::from(format!("shards/{shard}/checkpoints/{n:020}.parquet"))
 }
 
+/// The path of the manifest of `shard`'s checkpoint after segment `n` (checkpoint format 4).
+pub fn manifest(shard: u32, n: u64) -> Path {
+    Path::from(format!("shards/{shard}/checkpoints/{n:020}.json"))
+}
+
+/// The prefix under which a shard's checkpoint parts live.
+pub fn parts_prefix(shard: u32) -> Path {
+    Path::from(format!("shards/{shard}/parts"))
+}
+
+/// The path of a checkpoint part of `shard` written by checkpoint `n`, with content digest
+/// `digest`.
+pub fn part(shard: u32, n: u64, digest: u128) -> Path {
+    Path::from(format!(
+        "shards/{shard}/parts/{n:020}-{digest:032x}.parquet"
+    ))
+}
+
 /// The prefix under which a user's devices are registered.
 pub fn devices_prefix(user: UserId) -> Path {
     Path::from(format!("devices/{user}"))
@@ -427,10 +468,30 @@ pub fn parse(path: &Path) -> Option<Key> {
             let in_its_bucket = parse_n(bucket, "")? == generation / FRONTIER_BUCKET;
             (generation >= 1 && in_its_bucket).then_some(chain.key(parse_shard(s)?, generation))
         }
-        ["shards", s, "checkpoints", file] => Some(Key::Checkpoint {
-            shard: parse_shard(s)?,
-            n: parse_n(file, ".parquet")?,
-        }),
+        ["shards", s, "checkpoints", file] => {
+            let shard = parse_shard(s)?;
+            Some(match parse_n(file, ".parquet") {
+                Some(n) => Key::Checkpoint { shard, n },
+                None => Key::Manifest {
+                    shard,
+                    n: parse_n(file, ".json")?,
+                },
+            })
+        }
+        ["shards", s, "parts", file] => {
+            let (n, digest) = file.strip_suffix(".parquet")?.split_once('-')?;
+            let canonical = digest.len() == 32
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            Some(Key::Part {
+                shard: parse_shard(s)?,
+                n: parse_n(n, "")?,
+                digest: canonical
+                    .then(|| u128::from_str_radix(digest, 16).ok())
+                    .flatten()?,
+            })
+        }
         ["restores", file] => Some(Key::RestoreJob(parse_id(file.strip_suffix(".json")?)?)),
         ["restores", job, file] => {
             let part = match *file {
@@ -476,6 +537,8 @@ pub fn format(key: &Key) -> Path {
         Key::Descriptor => descriptor(),
         Key::Segment { shard, n } => segment(shard, n),
         Key::Checkpoint { shard, n } => checkpoint(shard, n),
+        Key::Manifest { shard, n } => manifest(shard, n),
+        Key::Part { shard, n, digest } => part(shard, n, digest),
         Key::History { shard, first, last } => history(shard, first, last),
         Key::HistoryVerified { shard, first, last } => history_verified(shard, first, last),
         Key::Frontier { shard, generation } => frontier(shard, generation),
@@ -517,6 +580,17 @@ mod tests {
                 n: u64::MAX,
             },
             Key::Checkpoint { shard: 3, n: 42 },
+            Key::Manifest { shard: 3, n: 42 },
+            Key::Part {
+                shard: 3,
+                n: 42,
+                digest: 0x0123_4567_89ab_cdef_0000_0000_0000_00ff,
+            },
+            Key::Part {
+                shard: 0,
+                n: 1,
+                digest: 0,
+            },
             Key::Frontier {
                 shard: 2,
                 generation: 1,
@@ -595,6 +669,8 @@ mod tests {
             assert_eq!(under, usize::from(k != Key::Descriptor), "{path}");
             if let Key::Segment { shard, .. }
             | Key::Checkpoint { shard, .. }
+            | Key::Manifest { shard, .. }
+            | Key::Part { shard, .. }
             | Key::History { shard, .. }
             | Key::HistoryVerified { shard, .. }
             | Key::Frontier { shard, .. }
@@ -662,6 +738,11 @@ mod tests {
             "shards/2/history/00000000000000000007-00000000000000000005.parquet",
             "shards/2/history/00000000000000000000-00000000000000000005.parquet",
             "shards/2/history/7-9.parquet",
+            "shards/2/checkpoints/00000000000000000007.txt",
+            "shards/2/parts/00000000000000000007.parquet",
+            "shards/2/parts/00000000000000000007-0123.parquet",
+            "shards/2/parts/00000000000000000007-0123456789ABCDEF0123456789ABCDEF.parquet",
+            "shards/2/parts/00000000000000000007-0123456789abcdef0123456789abcdef.json",
             "shards/2/frontier/00000000000000000000/00000000000000000000.json",
             "shards/2/frontier/00000000000000000000/00000000000000000001.parquet",
             "shards/2/frontier/00000000000000000001/00000000000000000001.json",

@@ -94,6 +94,8 @@ async fn holds_shard_data(store: &dyn ObjectStore, s: u32) -> Result<bool, Store
         if let Some(
             Key::Segment { shard, .. }
             | Key::Checkpoint { shard, .. }
+            | Key::Manifest { shard, .. }
+            | Key::Part { shard, .. }
             | Key::History { shard, .. }
             | Key::HistoryVerified { shard, .. }
             | Key::Frontier { shard, .. }

@@ -176,6 +176,7 @@ impl LogArgs {
             retention: keepsake_log::retention::RetentionPolicy {
                 keep_all_for: chrono::Duration::hours(self.checkpoint_keep_all_hours),
                 keep_daily_for_days: self.checkpoint_keep_daily_days,
+                ..Default::default()
             },
             compaction: keepsake_log::CompactionPolicy {
                 enabled: self.compaction,

@@ -427,6 +427,36 @@ pub fn text(
                 "Compactions that failed (retried after the next checkpoint)",
                 &s.compaction_errors,
             ),
+            (
+                "keepsake_checkpoints",
+                "Checkpoints written by this process",
+                &s.checkpoints,
+            ),
+            (
+                "keepsake_checkpoint_users_written",
+                "User states checkpoints read and wrote again (those changed since the previous)",
+                &s.checkpoint_users_written,
+            ),
+            (
+                "keepsake_checkpoint_parts_written",
+                "Checkpoint parts written (deltas, and parts rewritten by merges)",
+                &s.checkpoint_parts_written,
+            ),
+            (
+                "keepsake_checkpoint_parts_kept",
+                "Checkpoint parts named again by a new manifest without being written",
+                &s.checkpoint_parts_kept,
+            ),
+            (
+                "keepsake_checkpoint_written_bytes",
+                "Bytes of checkpoint parts and manifests written",
+                &s.checkpoint_bytes_written,
+            ),
+            (
+                "keepsake_checkpoint_merges",
+                "Checkpoints that merged their deltas (into one, or into the base)",
+                &s.checkpoint_merges,
+            ),
         ] {
             counter(&mut out, name, help, g(v));
         }

@@ -121,7 +121,9 @@ impl Kept {
         let into = match key {
             Some(Key::Segment { .. }) => &mut self.segments,
             Some(Key::History { .. } | Key::HistoryVerified { .. }) => &mut self.history,
-            Some(Key::Checkpoint { .. }) => &mut self.checkpoints,
+            Some(Key::Checkpoint { .. } | Key::Manifest { .. } | Key::Part { .. }) => {
+                &mut self.checkpoints
+            }
             _ => &mut self.other,
         };
         *into += size;

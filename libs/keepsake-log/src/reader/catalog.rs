@@ -518,31 +518,68 @@ pub async fn list_segments(store: &dyn ObjectStore, shard: u32) -> Result<Vec<Li
     Ok(list_layout(store, shard).await?.segments)
 }
 
-/// Lists a shard's checkpoints (segment number, size, write time), ascending.
+/// Which form a listed checkpoint is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckpointForm {
+    /// One object (formats 1-3).
+    Whole,
+    /// A manifest over parts (format 4).
+    Manifest,
+}
+
+/// A checkpoint as listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointListed {
+    /// The last segment it includes.
+    pub n: u64,
+    /// Its object's size (the manifest's, for format 4).
+    pub size: u64,
+    /// When it was written.
+    pub modified: DateTime<Utc>,
+    /// Its form.
+    pub form: CheckpointForm,
+}
+
+/// Lists a shard's checkpoints in both forms, ascending by number (a number written in both
+/// forms, by two versions side by side, is listed twice).
 pub async fn list_checkpoint_objects(
     store: &dyn ObjectStore,
     shard: u32,
-) -> Result<Vec<Listed>, LogError> {
-    list_numbered(
-        store,
-        keys::checkpoints_prefix(shard),
-        "checkpoints",
-        shard,
-        |k| match k {
-            Key::Checkpoint { shard: s, n } if s == shard => Some(n),
-            _ => None,
-        },
-    )
-    .await
+) -> Result<Vec<CheckpointListed>, LogError> {
+    let metas: Vec<_> = store
+        .list(Some(&keys::checkpoints_prefix(shard)))
+        .try_collect()
+        .await
+        .map_err(store_err(format!("list checkpoints of shard {shard}")))?;
+    let mut listed: Vec<CheckpointListed> = metas
+        .iter()
+        .filter_map(|m| {
+            let (n, form) = match keys::parse(&m.location)? {
+                Key::Checkpoint { shard: s, n } if s == shard => (n, CheckpointForm::Whole),
+                Key::Manifest { shard: s, n } if s == shard => (n, CheckpointForm::Manifest),
+                _ => return None,
+            };
+            Some(CheckpointListed {
+                n,
+                size: m.size,
+                modified: m.last_modified,
+                form,
+            })
+        })
+        .collect();
+    listed.sort_by_key(|l| (l.n, l.form));
+    Ok(listed)
 }
 
-/// Lists a shard's checkpoints (segment numbers), ascending.
+/// Lists a shard's checkpoints (segment numbers), ascending, each once.
 pub async fn list_checkpoints(store: &dyn ObjectStore, shard: u32) -> Result<Vec<u64>, LogError> {
-    Ok(list_checkpoint_objects(store, shard)
+    let mut ns: Vec<u64> = list_checkpoint_objects(store, shard)
         .await?
         .into_iter()
         .map(|l| l.n)
-        .collect())
+        .collect();
+    ns.dedup();
+    Ok(ns)
 }
 
 #[cfg(test)]

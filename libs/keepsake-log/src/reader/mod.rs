@@ -9,17 +9,20 @@
 //! one put under the name since — a stray in a number compacted after the listing — counts as
 //! vanished ([`Tag`]).
 //!
-//! The files, by job: [`catalog`] (listing and layout), [`objects`] (whole-object reads),
+//! The files, by job: [`catalog`] (listing and layout), [`checkpoint`] (checkpoints, whole or
+//! as a manifest over parts), [`objects`] (whole-object reads of segments and history),
 //! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first),
 //! [`tag`] (which write of an object was seen).
 
 mod catalog;
+mod checkpoint;
 mod keyed;
 mod objects;
 mod tag;
 mod user;
 
 pub use catalog::*;
+pub use checkpoint::*;
 pub use keyed::*;
 pub use objects::*;
 pub use tag::Tag;

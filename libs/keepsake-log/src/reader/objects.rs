@@ -10,14 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use keepsake_model::UserId;
-use keepsake_segment::{HistoryMeta, Segment, SegmentMeta, decode, plan_user_read};
+use keepsake_segment::{HistoryMeta, Segment, SegmentMeta, decode};
 use keepsake_store::keys::{self};
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{LogError, store_err};
 use tracing::warn;
@@ -367,97 +365,6 @@ impl AsyncFileReader for SegmentReader {
     }
 }
 
-/// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
-/// A user with no rows in it has the empty state.
-pub async fn read_checkpoint_user(
-    store: Arc<dyn ObjectStore>,
-    shard: u32,
-    checkpoint: u64,
-    user: UserId,
-) -> Result<keepsake_model::UserState, LogError> {
-    checkpoint_user(store, shard, checkpoint, user, true).await
-}
-
-/// [`read_checkpoint_user`] without the user's change ids: items, tombstones and last seq only.
-/// The pages holding nothing but change ids (most of a long history's rows) are not read.
-pub async fn read_checkpoint_user_items(
-    store: Arc<dyn ObjectStore>,
-    shard: u32,
-    checkpoint: u64,
-    user: UserId,
-) -> Result<keepsake_model::UserState, LogError> {
-    checkpoint_user(store, shard, checkpoint, user, false).await
-}
-
-pub(super) async fn checkpoint_user(
-    store: Arc<dyn ObjectStore>,
-    shard: u32,
-    checkpoint: u64,
-    user: UserId,
-    with_changes: bool,
-) -> Result<keepsake_model::UserState, LogError> {
-    let path = keys::checkpoint(shard, checkpoint);
-    let size = store
-        .head(&path)
-        .await
-        .map_err(store_err(format!(
-            "read checkpoint {checkpoint} of shard {shard}"
-        )))?
-        .size;
-    let reader = SegmentReader {
-        store: store.clone(),
-        path,
-        size,
-        whole: None,
-        tag: Tag::ANY,
-    };
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let corrupt = |e: parquet::errors::ParquetError| match e {
-        parquet::errors::ParquetError::External(_) => LogError::Unavailable {
-            shard,
-            reason: format!("read checkpoint {checkpoint}: {e}"),
-        },
-        other => LogError::corrupt(shard, checkpoint, format!("checkpoint: {other}")),
-    };
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-        .await
-        .map_err(corrupt)?;
-    let meta =
-        keepsake_segment::checkpoint_meta(builder.metadata().file_metadata().key_value_metadata())
-            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
-    if meta.shard != shard || meta.segment != checkpoint {
-        return Err(LogError::corrupt(
-            shard,
-            checkpoint,
-            "the checkpoint names another shard or segment",
-        ));
-    }
-    let plan = if with_changes {
-        plan_user_read(builder.metadata(), &user)
-    } else {
-        keepsake_segment::plan_user_read_skipping(
-            builder.metadata(),
-            &user,
-            keepsake_segment::ENTRY_COLUMN,
-            keepsake_segment::ENTRY_CHANGE.as_bytes(),
-        )
-    };
-    let Some(plan) = plan else {
-        return Ok(keepsake_model::UserState::default());
-    };
-    let batches: Vec<_> = builder
-        .with_row_groups(plan.row_groups)
-        .with_row_selection(plan.selection)
-        .build()
-        .map_err(corrupt)?
-        .try_collect()
-        .await
-        .map_err(corrupt)?;
-    let mut users = keepsake_segment::decode_checkpoint_batches(batches, Some(&user))
-        .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
-    Ok(users.remove(&user).unwrap_or_default())
-}
-
 /// Reads only the footer of segment `n` (its metadata), not its rows; `None` if it does not exist.
 ///
 /// A history object marked verified holds the number's committed copy: an object in the
@@ -554,36 +461,4 @@ async fn history_meta_of(
         .sources()
         .map_err(|e| LogError::corrupt(shard, n, e))?;
     Ok(sources.into_iter().find(|m| m.segment == n))
-}
-
-/// Reads and decodes a whole checkpoint.
-pub async fn read_checkpoint(
-    store: &dyn ObjectStore,
-    shard: u32,
-    checkpoint: u64,
-) -> Result<keepsake_model::IdMap<UserId, keepsake_model::UserState>, LogError> {
-    let bytes = store
-        .get(&keys::checkpoint(shard, checkpoint))
-        .await
-        .map_err(store_err(format!(
-            "read checkpoint {checkpoint} of shard {shard}"
-        )))?
-        .bytes()
-        .await
-        .map_err(store_err(format!(
-            "read checkpoint {checkpoint} of shard {shard}"
-        )))?;
-    let (meta, users) =
-        tokio::task::spawn_blocking(move || keepsake_segment::decode_checkpoint(bytes))
-            .await
-            .map_err(|e| LogError::corrupt(shard, checkpoint, e))?
-            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
-    if meta.shard != shard || meta.segment != checkpoint {
-        return Err(LogError::corrupt(
-            shard,
-            checkpoint,
-            "the checkpoint names another shard or segment",
-        ));
-    }
-    Ok(users.into_iter().collect())
 }

@@ -75,6 +75,10 @@ async fn compaction_changes_no_answer(backend: Backend) {
         .count();
     assert_eq!(deletes, 3, "tombstones read back from history objects");
     assert!(s.metric("keepsake_compaction_history_objects_total").await >= 1);
+    // The checkpoint before the compaction was written as a manifest over parts.
+    assert!(s.metric("keepsake_checkpoints_total").await >= 1);
+    assert!(s.metric("keepsake_checkpoint_parts_written_total").await >= 1);
+    assert!(s.metric("keepsake_checkpoint_written_bytes_total").await > 0);
     assert_eq!(
         s.metric("keepsake_compaction_segments_total").await,
         segments

@@ -1,0 +1,252 @@
+//! Does a checkpoint cost the new work or the whole shard? (issue 15, item 1.) Fills a file
+//! store in steps (default 10%, 50% and 100% of 100,000 users × 20 items of 300-700 bytes), and
+//! after each step does the same new work — 1,000 users × 20 patches — and times the checkpoint
+//! that follows, with the bytes and parts it wrote. Each step is measured twice in one run:
+//! `parts` (the default policy: the changed users as a delta) and `whole` (a policy that merges
+//! into the base at every checkpoint, rewriting every base part a changed user falls in: about
+//! what one object per checkpoint cost before format 4).
+//!
+//! `KEEPSAKE_BENCH_USERS` (100000), `KEEPSAKE_BENCH_ITEMS` (20), `KEEPSAKE_BENCH_STEPS`
+//! (`10,50,100`, percent), `KEEPSAKE_BENCH_WORK_USERS` (1000), `KEEPSAKE_BENCH_PATCHES` (20),
+//! `KEEPSAKE_BENCH_SHARDS` (4), `KEEPSAKE_BENCH_DIR` (a temporary directory).
+#![allow(clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keepsake_log::{Log, LogConfig, LogStats, PartsPolicy, PushRequest};
+use keepsake_model::{
+    Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Kind, Origin, RandomIds,
+    SystemClock, UserId, fixtures::Rng,
+};
+use serde_json::json;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn user(i: u64) -> UserId {
+    UserId(uuid::Uuid::from_u128(
+        u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) | 1,
+    ))
+}
+
+fn item(u: u64, j: u64) -> ItemId {
+    ItemId(uuid::Uuid::from_u128(
+        (u128::from(u) << 32 | u128::from(j))
+            .wrapping_mul(0xd6e8_feb8_6659_fd93_a5a5_0f0f_3c3c_9696),
+    ))
+}
+
+/// A contact-like document of 300-700 bytes.
+fn document(rng: &mut Rng) -> Document {
+    let len = 250 + rng.below(400) as usize;
+    let note: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    Document::from_value(&json!({
+        "fn": format!("Person {}", rng.below(1_000_000)),
+        "email": format!("p{}@example.com", rng.below(1_000_000)),
+        "note": note,
+    }))
+}
+
+fn meta() -> EventMeta {
+    EventMeta {
+        device_id: None,
+        origin: Origin::Device,
+        request_id: None,
+        restore_id: None,
+    }
+}
+
+async fn push(log: &Log, u: UserId, changes: Vec<Change>) {
+    log.push(PushRequest {
+        user_id: u,
+        meta: meta(),
+        changes,
+        confirm_mass_delete: false,
+    })
+    .await
+    .expect("push");
+}
+
+/// Users `from..to`, each with `items` new items, 64 users at a time.
+async fn fill(log: &Arc<Log>, from: u64, to: u64, items: u64) {
+    let mut tasks = Vec::new();
+    for lane in 0..64u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(lane);
+            let mut u = from + lane;
+            while u < to {
+                let changes = (0..items)
+                    .map(|j| Change {
+                        change_id: ChangeId(rng.uuid()),
+                        kind: Kind::Contact,
+                        item_id: item(u, j),
+                        base_version: None,
+                        body: ChangeBody::Put {
+                            document: document(&mut rng),
+                        },
+                    })
+                    .collect();
+                push(&log, user(u), changes).await;
+                u += 64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("fill");
+    }
+}
+
+/// The same new work at every step: `users` users spread over the fill, `patches` patches each.
+async fn work(log: &Arc<Log>, filled: u64, users: u64, patches: u64, items: u64, round: u64) {
+    let mut tasks = Vec::new();
+    for lane in 0..16u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(1000 + round * 16 + lane);
+            for k in (lane..users).step_by(16) {
+                let u = (k * filled / users + round) % filled;
+                let changes = (0..patches)
+                    .map(|p| Change {
+                        change_id: ChangeId(rng.uuid()),
+                        kind: Kind::Contact,
+                        item_id: item(u, p % items),
+                        base_version: None,
+                        body: ChangeBody::Patch {
+                            document: Document::from_value(
+                                &json!({"note": format!("r{round} p{p}")}),
+                            ),
+                        },
+                    })
+                    .collect();
+                push(&log, user(u), changes).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("work");
+    }
+}
+
+struct Took {
+    secs: f64,
+    bytes: u64,
+    parts: u64,
+    users: u64,
+}
+
+async fn timed_checkpoint(log: &Log) -> Took {
+    let s = log.stats();
+    let (b, p, u) = (
+        LogStats::get(&s.checkpoint_bytes_written),
+        LogStats::get(&s.checkpoint_parts_written),
+        LogStats::get(&s.checkpoint_users_written),
+    );
+    let t = Instant::now();
+    log.compact_now().await.expect("checkpoint");
+    Took {
+        secs: t.elapsed().as_secs_f64(),
+        bytes: LogStats::get(&s.checkpoint_bytes_written) - b,
+        parts: LogStats::get(&s.checkpoint_parts_written) - p,
+        users: LogStats::get(&s.checkpoint_users_written) - u,
+    }
+}
+
+async fn open(
+    store: Arc<dyn object_store::ObjectStore>,
+    shards: u32,
+    parts: PartsPolicy,
+) -> Arc<Log> {
+    let cfg = LogConfig {
+        checkpoint_every_events: u64::MAX,
+        checkpoint_interval: Duration::from_secs(1 << 30),
+        checkpoint_parts: parts,
+        view_memory_bytes: 64 << 20,
+        ..LogConfig::default()
+    };
+    Arc::new(
+        Log::open(
+            store,
+            Some(shards),
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+        )
+        .await
+        .expect("open log"),
+    )
+}
+
+fn main() {
+    let users = env("KEEPSAKE_BENCH_USERS", 100_000);
+    let items = env("KEEPSAKE_BENCH_ITEMS", 20);
+    let work_users = env("KEEPSAKE_BENCH_WORK_USERS", 1000);
+    let patches = env("KEEPSAKE_BENCH_PATCHES", 20);
+    let shards = env("KEEPSAKE_BENCH_SHARDS", 4) as u32;
+    let steps: Vec<u64> = std::env::var("KEEPSAKE_BENCH_STEPS")
+        .unwrap_or_else(|_| "10,50,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = std::env::var("KEEPSAKE_BENCH_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| tmp.path().to_path_buf());
+        let url = format!("file://{}", dir.display());
+        let store = keepsake_store::open_store(&url).expect("file store").inner;
+        let whole = PartsPolicy {
+            merge_ratio: u64::MAX,
+            merge_min_users: 0,
+            ..PartsPolicy::default()
+        };
+        println!(
+            "checkpoint growth: file store, {shards} shards, {items} items of 300-700 bytes per user; new work {work_users} users x {patches} patches"
+        );
+        println!(
+            "{:>9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>11} {:>7}",
+            "users", "policy", "ckpt s", "MB written", "parts", "users", "fill s", "ev/s fill", "ratio"
+        );
+        let mut filled = 0;
+        let mut round = 0;
+        for pct in steps {
+            let to = users * pct / 100;
+            let t = Instant::now();
+            let log = open(store.clone(), shards, PartsPolicy::default()).await;
+            fill(&log, filled, to, items).await;
+            let fill_secs = t.elapsed().as_secs_f64();
+            let fill_rate = ((to - filled) * items) as f64 / fill_secs;
+            filled = to;
+            // The fill's own checkpoint (a large delta, merged into the base): not measured.
+            log.compact_now().await.expect("checkpoint the fill");
+            log.shutdown().await;
+            let mut secs = Vec::new();
+            for (name, policy) in [("parts", PartsPolicy::default()), ("whole", whole)] {
+                let log = open(store.clone(), shards, policy).await;
+                round += 1;
+                work(&log, filled, work_users, patches, items, round).await;
+                let took = timed_checkpoint(&log).await;
+                secs.push(took.secs);
+                let ratio = if name == "whole" { secs[1] / secs[0] } else { 1.0 };
+                println!(
+                    "{filled:>9} {name:>7} {:>9.2} {:>11.1} {:>7} {:>7} {fill_secs:>9.1} {fill_rate:>11.0} {ratio:>7.2}",
+                    took.secs,
+                    took.bytes as f64 / 1e6,
+                    took.parts,
+                    took.users,
+                );
+                log.shutdown().await;
+            }
+        }
+    });
+}

@@ -1,0 +1,537 @@
+//! Writing a checkpoint (format 4, [`keepsake_segment::Manifest`]): the state of a shard after
+//! segment `n` as a manifest over immutable parts, so that its cost follows the new work, not
+//! everything the shard holds.
+//!
+//! - From a manifest: only the users in segments `prev + 1..=n` are read (each from the part the
+//!   previous manifest places it in, one user's pages), folded with `apply`, and written as one
+//!   new delta part; every other part is named again, never copied.
+//! - Deltas are merged in the same pass when they grow: more than `max_deltas` of them become
+//!   one delta; when they list more users than `1 / merge_ratio` of the base (and at least
+//!   `merge_min_users`), they are folded into the base, rewriting only the base parts whose
+//!   ranges hold a delta user, split at `part_users` users. A base merge costs the base, once per
+//!   `base / merge_ratio` changed users: amortized, about `merge_ratio` rewrites of each changed
+//!   user's state.
+//! - From a whole checkpoint (formats 1-3) or from nothing: the full fold, as before, written as
+//!   base parts. So a store written by an older version moves to parts at its next checkpoint.
+//!
+//! Parts are named by their content's digest and written create-only; the manifest is written
+//! create-only last, so a crash leaves only unnamed parts, which retention deletes. A checkpoint
+//! is written only if its fold reached `n` one segment after another.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use keepsake_model::{IdMap, StateRead, UserId, UserState};
+use keepsake_segment::{BasePart, DeltaPart, Manifest, NIL_USER, PartRef};
+use keepsake_store::keys;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tracing::{info, warn};
+
+use crate::reader::{Checkpoint, checkpoint_exists, open_checkpoint, read_part};
+use crate::{LogError, list_checkpoints, scan_shard_upto};
+
+/// How a checkpoint's parts are sized and when its deltas are merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartsPolicy {
+    /// Users per base part, at most (a merge splits a larger one).
+    pub part_users: usize,
+    /// More deltas than this are merged into one.
+    pub max_deltas: usize,
+    /// Deltas listing more users than the base's `1 / merge_ratio`...
+    pub merge_ratio: u64,
+    /// ...and more than this many are folded into the base.
+    pub merge_min_users: u64,
+}
+
+impl Default for PartsPolicy {
+    fn default() -> Self {
+        Self {
+            part_users: 4096,
+            max_deltas: 8,
+            merge_ratio: 8,
+            merge_min_users: 1024,
+        }
+    }
+}
+
+/// What writing one checkpoint did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Users in the state.
+    pub users: u64,
+    /// Users whose state was read and written again (those in the segments since the previous
+    /// checkpoint; all of them when it was not a manifest).
+    pub changed_users: u64,
+    /// Parts written (the delta, and any a merge wrote).
+    pub parts_written: u64,
+    /// Bytes of parts and manifest written.
+    pub bytes_written: u64,
+    /// Parts the manifest names without writing them.
+    pub parts_kept: u64,
+    /// What was merged: `"deltas"`, `"base"`, or nothing.
+    pub merged: Option<&'static str>,
+}
+
+/// Events folded per hand-off to a blocking thread.
+const FOLD_RUN_EVENTS: usize = 4096;
+
+/// Builds and writes (create-only) the checkpoint of `shard` after segment `n` with the default
+/// [`PartsPolicy`]. Returns its user count. Another writer having written the same checkpoint
+/// is success: both are folds of the same log.
+pub async fn write_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    prev: Option<u64>,
+    n: u64,
+    concurrency: usize,
+) -> Result<u64, LogError> {
+    let policy = PartsPolicy::default();
+    Ok(
+        write_checkpoint_with(store, shard, prev, n, concurrency, &policy)
+            .await?
+            .users,
+    )
+}
+
+/// [`write_checkpoint`] with a policy, saying what it did.
+pub async fn write_checkpoint_with(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    prev: Option<u64>,
+    n: u64,
+    concurrency: usize,
+    policy: &PartsPolicy,
+) -> Result<CheckpointReport, LogError> {
+    // The previous checkpoint may be gone (another process's retention deleted it): then the
+    // newest one left at or below `n`, or the log from its start.
+    let prev = match prev {
+        Some(c) if !checkpoint_exists(store.as_ref(), shard, c).await? => {
+            let left = list_checkpoints(store.as_ref(), shard)
+                .await?
+                .into_iter()
+                .rfind(|x| *x <= n);
+            warn!(shard, checkpoint = c, instead = ?left, "the previous checkpoint is gone; folding from another");
+            left
+        }
+        other => other,
+    };
+    let base = match prev {
+        Some(c) => Some(open_checkpoint(store.as_ref(), shard, c).await?),
+        None => None,
+    };
+    let mut w = Writer {
+        store: store.clone(),
+        shard,
+        n,
+        report: CheckpointReport::default(),
+        policy: *policy,
+    };
+    let manifest = match base {
+        Some(Checkpoint::Parts(m)) => {
+            let (changed, new_users) = w.fold_changed(&m, concurrency).await?;
+            w.delta(&m, changed, new_users).await?
+        }
+        whole => {
+            let users = match &whole {
+                Some(ck) => ck.all(store.as_ref()).await?,
+                None => IdMap::default(),
+            };
+            let users = w
+                .fold(users, whole.map(|c| c.segment()), concurrency)
+                .await?;
+            w.report.changed_users = users.len() as u64;
+            w.all_as_base(users).await?
+        }
+    };
+    w.report.users = manifest.users;
+    w.report.parts_kept = manifest.parts().filter(|p| p.written_by != n).count() as u64;
+    let bytes = keepsake_segment::encode_manifest(&manifest)
+        .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint manifest: {e}")))?;
+    w.report.bytes_written += bytes.len() as u64;
+    match store
+        .put_opts(
+            &keys::manifest(shard, n),
+            object_store::PutPayload::from(bytes),
+            keepsake_store::create_only(),
+        )
+        .await
+    {
+        Ok(_) => w.check_parts_remain(&manifest).await?,
+        // Another writer's fold of the same log, over its own parts.
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => {
+            return Err(LogError::Store {
+                context: format!("write checkpoint {n} of shard {shard}"),
+                source: e,
+            });
+        }
+    }
+    info!(
+        shard,
+        segment = n,
+        users = w.report.users,
+        changed = w.report.changed_users,
+        parts_written = w.report.parts_written,
+        parts_kept = w.report.parts_kept,
+        bytes = w.report.bytes_written,
+        merged = w.report.merged,
+        "checkpoint manifest written"
+    );
+    Ok(w.report)
+}
+
+struct Writer {
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    n: u64,
+    report: CheckpointReport,
+    policy: PartsPolicy,
+}
+
+impl Writer {
+    /// Folds segments `from + 1..=n` into `users` (on blocking threads, in runs), checking it
+    /// reaches `n` one segment after another. With `prior`, each user met for the first time is
+    /// read first (`prior` gives its state before the run).
+    async fn fold_runs<F, Fut>(
+        &self,
+        mut users: IdMap<UserId, UserState>,
+        from: Option<u64>,
+        concurrency: usize,
+        mut prior: F,
+    ) -> Result<IdMap<UserId, UserState>, LogError>
+    where
+        F: FnMut(Vec<UserId>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(UserId, UserState)>, LogError>>,
+    {
+        let (shard, n) = (self.shard, self.n);
+        let mut segments = scan_shard_upto(
+            self.store.clone(),
+            shard,
+            from.map_or(1, |c| c + 1),
+            n,
+            concurrency,
+        )
+        .await?;
+        let mut run: Vec<keepsake_segment::Segment> = Vec::new();
+        let mut run_events = 0;
+        // The last segment folded: the checkpoint is written only if the fold reached `n`, one
+        // segment after another. A listing that missed the newest segments would otherwise give
+        // a checkpoint "after n" without them, and recovery from it would drop acknowledged
+        // events.
+        let mut folded = from.unwrap_or(0);
+        loop {
+            let next = segments
+                .try_next()
+                .await?
+                .filter(|seg| seg.meta.segment <= n);
+            let done = next.is_none();
+            if let Some(seg) = next {
+                if seg.meta.segment != folded + 1 {
+                    return Err(LogError::Gap {
+                        shard,
+                        missing: folded + 1,
+                    });
+                }
+                folded = seg.meta.segment;
+                run_events += seg.events.len();
+                run.push(seg);
+            }
+            if run_events >= FOLD_RUN_EVENTS || (done && !run.is_empty()) {
+                let folding = std::mem::take(&mut run);
+                run_events = 0;
+                let mut unseen: Vec<UserId> = folding
+                    .iter()
+                    .flat_map(|s| s.events.iter().map(|e| e.user_id))
+                    .filter(|u| !users.contains_key(u))
+                    .collect();
+                unseen.sort_unstable();
+                unseen.dedup();
+                if !unseen.is_empty() {
+                    users.extend(prior(unseen).await?);
+                }
+                users = tokio::task::spawn_blocking(move || {
+                    for seg in &folding {
+                        for e in &seg.events {
+                            keepsake_model::apply(users.entry(e.user_id).or_default(), e)
+                                .map_err(|err| LogError::corrupt(shard, seg.meta.segment, err))?;
+                        }
+                    }
+                    Ok::<_, LogError>(users)
+                })
+                .await
+                .map_err(|e| LogError::Unavailable {
+                    shard,
+                    reason: format!("folding segments into checkpoint {n} failed: {e}"),
+                })??;
+            }
+            if done {
+                break;
+            }
+        }
+        if folded != n {
+            return Err(LogError::Unavailable {
+                shard,
+                reason: format!(
+                    "checkpoint {n} not written: the listing of the log reached only segment {folded}"
+                ),
+            });
+        }
+        Ok(users)
+    }
+
+    /// The whole state after `n`: `users` (the state after `from`) and the segments since.
+    async fn fold(
+        &self,
+        users: IdMap<UserId, UserState>,
+        from: Option<u64>,
+        concurrency: usize,
+    ) -> Result<IdMap<UserId, UserState>, LogError> {
+        // Every user is in `users` already or new.
+        let none = |_| async { Ok(Vec::new()) };
+        self.fold_runs(users, from, concurrency, none).await
+    }
+
+    /// The state after `n` of the users in the segments after manifest `m`, and how many of
+    /// them `m` did not hold.
+    async fn fold_changed(
+        &self,
+        m: &Arc<Manifest>,
+        concurrency: usize,
+    ) -> Result<(IdMap<UserId, UserState>, u64), LogError> {
+        let ck = Checkpoint::Parts(m.clone());
+        let new_users = std::sync::atomic::AtomicU64::new(0);
+        let prior = |unseen: Vec<UserId>| {
+            let (ck, store, new_users) = (&ck, &self.store, &new_users);
+            async move {
+                futures::stream::iter(unseen)
+                    .map(|u| async move {
+                        let s = ck.user(store.clone(), u, true).await?;
+                        if s.last_seq() == 0 {
+                            new_users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok::<_, LogError>((u, s))
+                    })
+                    .buffer_unordered(concurrency.max(1))
+                    .try_collect::<Vec<_>>()
+                    .await
+            }
+        };
+        let changed = self
+            .fold_runs(IdMap::default(), Some(m.segment), concurrency, prior)
+            .await?;
+        Ok((changed, new_users.into_inner()))
+    }
+
+    /// Manifest `m` with `changed` (`new_users` of them new to the shard) in it: as one more
+    /// delta, or merged with the deltas when the policy says so (module docs). A merge writes
+    /// the changed users only in its result, never first as a delta of their own.
+    async fn delta(
+        &mut self,
+        m: &Manifest,
+        changed: IdMap<UserId, UserState>,
+        new_users: u64,
+    ) -> Result<Manifest, LogError> {
+        self.report.changed_users = changed.len() as u64;
+        let mut next = Manifest {
+            shard: self.shard,
+            segment: self.n,
+            users: m.users + new_users,
+            base: m.base.clone(),
+            deltas: m.deltas.clone(),
+        };
+        if changed.is_empty() {
+            return Ok(next);
+        }
+        let base_users: u64 = m.base.iter().map(|b| b.part.users).sum();
+        let p = self.policy;
+        let listed = m.delta_users() + changed.len() as u64;
+        if listed > p.merge_min_users && listed > base_users / p.merge_ratio.max(1) {
+            self.report.merged = Some("base");
+            let mut overlay = self.deltas_state(m).await?;
+            overlay.extend(changed);
+            next.base = self.merge_base(m, &overlay).await?;
+            next.deltas.clear();
+            return Ok(next);
+        }
+        let mut users = if m.deltas.len() + 1 > p.max_deltas {
+            self.report.merged = Some("deltas");
+            next.deltas.clear();
+            let mut overlay = self.deltas_state(m).await?;
+            overlay.extend(changed);
+            overlay
+        } else {
+            changed
+        };
+        let mut ids: Vec<UserId> = users.keys().copied().collect();
+        ids.sort_unstable();
+        let part = self.put_part(users.iter()).await?;
+        users.clear();
+        next.deltas.insert(0, DeltaPart { part, users: ids });
+        Ok(next)
+    }
+
+    /// A manifest of base parts only, holding `users`.
+    async fn all_as_base(&mut self, users: IdMap<UserId, UserState>) -> Result<Manifest, LogError> {
+        let count = users.len() as u64;
+        let mut sorted: Vec<(&UserId, &UserState)> = users.iter().collect();
+        sorted.sort_unstable_by_key(|(u, _)| **u);
+        let base = self.base_parts(NIL_USER, &sorted).await?;
+        Ok(Manifest {
+            shard: self.shard,
+            segment: self.n,
+            users: count,
+            base,
+            deltas: Vec::new(),
+        })
+    }
+
+    /// Base parts holding `sorted` (ascending), the first from `from`, split at `part_users`.
+    async fn base_parts(
+        &mut self,
+        from: UserId,
+        sorted: &[(&UserId, &UserState)],
+    ) -> Result<Vec<BasePart>, LogError> {
+        let mut out = Vec::new();
+        for (i, chunk) in sorted.chunks(self.policy.part_users.max(1)).enumerate() {
+            let from = if i == 0 { from } else { *chunk[0].0 };
+            let part = self.put_part(chunk.iter().copied()).await?;
+            out.push(BasePart { from, part });
+        }
+        Ok(out)
+    }
+
+    /// Writes one part (create-only, named by its digest).
+    async fn put_part<'a>(
+        &mut self,
+        users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>,
+    ) -> Result<PartRef, LogError> {
+        let (shard, n) = (self.shard, self.n);
+        let users: Vec<(UserId, UserState)> =
+            users.into_iter().map(|(u, s)| (*u, s.clone())).collect();
+        let count = users.len() as u64;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let meta = keepsake_segment::CheckpointMeta {
+                format_version: keepsake_segment::checkpoint_version(users.iter().map(|(_, s)| s)),
+                shard,
+                segment: n,
+                user_count: users.len() as u64,
+            };
+            keepsake_segment::encode_checkpoint(users.iter().map(|(u, s)| (u, s)), &meta)
+        })
+        .await
+        .map_err(|e| LogError::corrupt(shard, n, e))?
+        .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint part: {e}")))?;
+        let part = PartRef {
+            written_by: n,
+            digest: keepsake_segment::part_digest(&bytes),
+            users: count,
+            bytes: bytes.len() as u64,
+        };
+        match self
+            .store
+            .put_opts(
+                &keys::part(shard, n, part.digest),
+                object_store::PutPayload::from(bytes),
+                keepsake_store::create_only(),
+            )
+            .await
+        {
+            // The same name is the same bytes.
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("write a part of checkpoint {n} of shard {shard}"),
+                    source: e,
+                });
+            }
+        }
+        self.report.parts_written += 1;
+        self.report.bytes_written += part.bytes;
+        Ok(part)
+    }
+
+    /// After the manifest is written: the parts this checkpoint wrote are still there. Retention
+    /// deletes an unnamed part only once it is older than the newest manifest by its grace; a
+    /// checkpoint slower than that may have lost one, and then its manifest is taken back (it
+    /// is derived) rather than left naming a missing part.
+    async fn check_parts_remain(&self, m: &Manifest) -> Result<(), LogError> {
+        for p in m.parts().filter(|p| p.written_by == self.n) {
+            match self
+                .store
+                .head(&keys::part(self.shard, p.written_by, p.digest))
+                .await
+            {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    let _ = self.store.delete(&keys::manifest(self.shard, self.n)).await;
+                    return Err(LogError::Unavailable {
+                        shard: self.shard,
+                        reason: format!(
+                            "checkpoint {}: a part it wrote was deleted as unnamed before its manifest landed; taken back",
+                            self.n
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(LogError::Store {
+                        context: format!("check the parts of checkpoint {}", self.n),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The users the deltas of `m` hold, each in its newest state.
+    async fn deltas_state(&self, m: &Manifest) -> Result<IdMap<UserId, UserState>, LogError> {
+        let mut users: IdMap<UserId, UserState> = IdMap::default();
+        for d in m.deltas.iter().rev() {
+            let held = read_part(self.store.as_ref(), m, &d.part).await?;
+            let mut ids: Vec<UserId> = held.keys().copied().collect();
+            ids.sort_unstable();
+            if ids != d.users {
+                return Err(LogError::corrupt(
+                    self.shard,
+                    m.segment,
+                    "a delta part's users are not the ones its manifest lists",
+                ));
+            }
+            users.extend(held);
+        }
+        Ok(users)
+    }
+
+    /// `m`'s base with `overlay` (the deltas' users and the changed ones, newest state) folded
+    /// in: each base part whose range holds one of them is read, overlaid and written again
+    /// (split if it grew past `part_users`); the others are named again.
+    async fn merge_base(
+        &mut self,
+        m: &Manifest,
+        overlay: &IdMap<UserId, UserState>,
+    ) -> Result<Vec<BasePart>, LogError> {
+        let mut changed: Vec<(&UserId, &UserState)> = overlay.iter().collect();
+        changed.sort_unstable_by_key(|(u, _)| **u);
+        if m.base.is_empty() {
+            return self.base_parts(NIL_USER, &changed).await;
+        }
+        let mut base = Vec::new();
+        for (i, b) in m.base.iter().enumerate() {
+            let to = m.base.get(i + 1).map(|next| next.from);
+            let lo = changed.partition_point(|(u, _)| **u < b.from);
+            let hi = to.map_or(changed.len(), |t| changed.partition_point(|(u, _)| **u < t));
+            if lo == hi {
+                base.push(*b);
+                continue;
+            }
+            let mut users = read_part(self.store.as_ref(), m, &b.part).await?;
+            for (u, s) in &changed[lo..hi] {
+                users.insert(**u, (*s).clone());
+            }
+            let mut sorted: Vec<(&UserId, &UserState)> = users.iter().collect();
+            sorted.sort_unstable_by_key(|(u, _)| **u);
+            base.extend(self.base_parts(b.from, &sorted).await?);
+        }
+        Ok(base)
+    }
+}

@@ -1,0 +1,486 @@
+//! Reading a checkpoint in either of its forms: whole, one Parquet object (formats 1-3, still
+//! read, no longer written), or a manifest naming parts (format 4,
+//! [`keepsake_segment::Manifest`]). Every reader of a checkpoint opens it here, so the two
+//! forms answer alike: a user's state, or every user's.
+//!
+//! Each part read is checked against the manifest that names it: its shard, the checkpoint that
+//! wrote it, its user count, and that its users are the ones the manifest places in it (a delta's
+//! listed users; a base part's range). A part that is missing while its manifest is there is
+//! corrupt, never an empty state.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use keepsake_model::{IdMap, StateRead, UserId, UserState};
+use keepsake_segment::{Manifest, PartRef};
+use keepsake_store::keys;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::file::metadata::PageIndexPolicy;
+
+use super::objects::SegmentReader;
+use super::{CheckpointForm, Tag};
+use crate::error::{LogError, store_err};
+use keepsake_segment::plan_user_read;
+
+/// Parts of one checkpoint read at once by a whole read.
+const PART_READS_AT_ONCE: usize = 4;
+
+/// A checkpoint opened for reading.
+#[derive(Clone, Debug)]
+pub enum Checkpoint {
+    /// Formats 1-3: one object.
+    Whole {
+        /// The shard.
+        shard: u32,
+        /// The last segment it includes.
+        n: u64,
+    },
+    /// Format 4: a manifest naming parts.
+    Parts(Arc<Manifest>),
+}
+
+/// Opens checkpoint `n` of `shard`: its manifest if there is one, else the whole object. A
+/// checkpoint in neither form is [`LogError::Store`] with `NotFound` (retention deleted it).
+pub async fn open_checkpoint(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<Checkpoint, LogError> {
+    match open_checkpoint_as(store, shard, n, CheckpointForm::Manifest).await {
+        Err(LogError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => {
+            store
+                .head(&keys::checkpoint(shard, n))
+                .await
+                .map_err(store_err(format!("read checkpoint {n} of shard {shard}")))?;
+            Ok(Checkpoint::Whole { shard, n })
+        }
+        other => other,
+    }
+}
+
+/// Opens checkpoint `n` of `shard` in the form given (verify reads each form listed; a whole
+/// one is not looked at until it is read).
+pub async fn open_checkpoint_as(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+    form: CheckpointForm,
+) -> Result<Checkpoint, LogError> {
+    if form == CheckpointForm::Whole {
+        return Ok(Checkpoint::Whole { shard, n });
+    }
+    let context = || format!("read checkpoint {n} of shard {shard}");
+    let got = store
+        .get(&keys::manifest(shard, n))
+        .await
+        .map_err(store_err(context()))?;
+    let bytes = got.bytes().await.map_err(store_err(context()))?;
+    let m = keepsake_segment::decode_manifest(&bytes)
+        .map_err(|e| LogError::corrupt(shard, n, format!("checkpoint manifest: {e}")))?;
+    if m.shard != shard || m.segment != n {
+        return Err(LogError::corrupt(
+            shard,
+            n,
+            "the checkpoint manifest names another shard or segment",
+        ));
+    }
+    Ok(Checkpoint::Parts(Arc::new(m)))
+}
+
+/// Whether checkpoint `n` of `shard` is in the store, in either form.
+pub async fn checkpoint_exists(
+    store: &dyn ObjectStore,
+    shard: u32,
+    n: u64,
+) -> Result<bool, LogError> {
+    for path in [keys::manifest(shard, n), keys::checkpoint(shard, n)] {
+        match store.head(&path).await {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(store_err(format!(
+                    "look for checkpoint {n} of shard {shard}"
+                ))(e));
+            }
+        }
+    }
+    Ok(false)
+}
+
+impl Checkpoint {
+    /// The last segment it includes.
+    pub fn segment(&self) -> u64 {
+        match self {
+            Checkpoint::Whole { n, .. } => *n,
+            Checkpoint::Parts(m) => m.segment,
+        }
+    }
+
+    /// The object that says what it is (the manifest, or the whole checkpoint).
+    pub fn path(&self) -> Path {
+        match self {
+            Checkpoint::Whole { shard, n } => keys::checkpoint(*shard, *n),
+            Checkpoint::Parts(m) => keys::manifest(m.shard, m.segment),
+        }
+    }
+
+    /// One user's state: only the pages of one object that may hold the user's rows (with
+    /// `with_changes` false, not the pages holding nothing but change ids). A user the
+    /// checkpoint does not hold has the empty state.
+    pub async fn user(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        user: UserId,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
+        match self {
+            Checkpoint::Whole { shard, n } => {
+                let read = ObjectRead {
+                    shard: *shard,
+                    checkpoint: *n,
+                    path: keys::checkpoint(*shard, *n),
+                    size: None,
+                    written_by: *n,
+                    digest: None,
+                };
+                read.user(store, user, with_changes).await
+            }
+            Checkpoint::Parts(m) => {
+                let Some(part) = m.locate(&user) else {
+                    return Ok(UserState::default());
+                };
+                let state = ObjectRead::part(m, part)
+                    .user(store, user, with_changes)
+                    .await?;
+                if state.last_seq() == 0 && m.deltas.iter().any(|d| d.part == *part) {
+                    return Err(LogError::corrupt(
+                        m.shard,
+                        m.segment,
+                        format!("a delta part lists user {user} but holds no rows of it"),
+                    ));
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    /// Every user's state.
+    pub async fn all(&self, store: &dyn ObjectStore) -> Result<IdMap<UserId, UserState>, LogError> {
+        match self {
+            Checkpoint::Whole { shard, n } => {
+                let read = ObjectRead {
+                    shard: *shard,
+                    checkpoint: *n,
+                    path: keys::checkpoint(*shard, *n),
+                    size: None,
+                    written_by: *n,
+                    digest: None,
+                };
+                Ok(read.all(store).await?.into_iter().collect())
+            }
+            Checkpoint::Parts(m) => {
+                // The base parts hold disjoint ranges; the deltas then overlay it, oldest first.
+                let base: Vec<_> = m
+                    .base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| read_base_part(store, m, i))
+                    .collect();
+                let base: Vec<_> = futures::stream::iter(base)
+                    .buffered(PART_READS_AT_ONCE)
+                    .try_collect()
+                    .await?;
+                let mut users: IdMap<UserId, UserState> = base.into_iter().flatten().collect();
+                let deltas: Vec<_> = m
+                    .deltas
+                    .iter()
+                    .rev()
+                    .map(|d| read_delta_part(store, m, d))
+                    .collect();
+                let deltas: Vec<_> = futures::stream::iter(deltas)
+                    .buffered(PART_READS_AT_ONCE)
+                    .try_collect()
+                    .await?;
+                for d in deltas {
+                    users.extend(d);
+                }
+                if users.len() as u64 != m.users {
+                    return Err(LogError::corrupt(
+                        m.shard,
+                        m.segment,
+                        format!(
+                            "the manifest counts {} users but its parts hold {}",
+                            m.users,
+                            users.len()
+                        ),
+                    ));
+                }
+                Ok(users)
+            }
+        }
+    }
+}
+
+/// Base part `i` of `m`, checked to hold only users of its range.
+async fn read_base_part(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    i: usize,
+) -> Result<std::collections::HashMap<UserId, UserState>, LogError> {
+    let b = &m.base[i];
+    let users = read_part(store, m, &b.part).await?;
+    let to = m.base.get(i + 1).map(|next| next.from);
+    if let Some(u) = users
+        .keys()
+        .find(|u| **u < b.from || to.is_some_and(|t| **u >= t))
+    {
+        return Err(LogError::corrupt(
+            m.shard,
+            m.segment,
+            format!("base part {i} holds user {u}, outside its range"),
+        ));
+    }
+    Ok(users)
+}
+
+/// A delta part of `m`, checked to hold exactly the users the manifest lists for it.
+async fn read_delta_part(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    d: &keepsake_segment::DeltaPart,
+) -> Result<std::collections::HashMap<UserId, UserState>, LogError> {
+    let users = read_part(store, m, &d.part).await?;
+    let mut held: Vec<_> = users.keys().copied().collect();
+    held.sort_unstable();
+    if held != d.users {
+        return Err(LogError::corrupt(
+            m.shard,
+            m.segment,
+            "a delta part's users are not the ones its manifest lists",
+        ));
+    }
+    Ok(users)
+}
+
+/// Every user's state in one part of `m`, checked against what the manifest says of it.
+pub async fn read_part(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    part: &PartRef,
+) -> Result<std::collections::HashMap<UserId, UserState>, LogError> {
+    let users = ObjectRead::part(m, part).all(store).await?;
+    if users.len() as u64 != part.users {
+        return Err(LogError::corrupt(
+            m.shard,
+            m.segment,
+            format!(
+                "part {:032x} holds {} users, its manifest says {}",
+                part.digest,
+                users.len(),
+                part.users
+            ),
+        ));
+    }
+    Ok(users)
+}
+
+/// One object holding users' states in the whole-checkpoint format: a whole checkpoint, or a
+/// part written by checkpoint `written_by`.
+struct ObjectRead {
+    shard: u32,
+    /// The checkpoint being read (for errors).
+    checkpoint: u64,
+    path: Path,
+    /// Known from the manifest; else a HEAD finds it.
+    size: Option<u64>,
+    /// The segment the object's own metadata must name.
+    written_by: u64,
+    /// A part's digest (its name): a whole read checks its bytes against it.
+    digest: Option<u128>,
+}
+
+impl ObjectRead {
+    fn part(m: &Manifest, part: &PartRef) -> Self {
+        ObjectRead {
+            shard: m.shard,
+            checkpoint: m.segment,
+            path: keys::part(m.shard, part.written_by, part.digest),
+            size: Some(part.bytes),
+            written_by: part.written_by,
+            digest: Some(part.digest),
+        }
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "read checkpoint {} of shard {} ({})",
+            self.checkpoint, self.shard, self.path
+        )
+    }
+
+    /// A part named by a manifest that is there must be there: its absence is corruption
+    /// (retention deletes a manifest before the parts only it names).
+    fn missing(&self, e: object_store::Error) -> LogError {
+        match (
+            &e,
+            self.path != keys::checkpoint(self.shard, self.checkpoint),
+        ) {
+            (object_store::Error::NotFound { .. }, true) => LogError::Store {
+                context: format!("{}: a part its manifest names is missing", self.context()),
+                source: e,
+            },
+            _ => store_err(self.context())(e),
+        }
+    }
+
+    fn check_meta(&self, meta: &keepsake_segment::CheckpointMeta) -> Result<(), LogError> {
+        if meta.shard != self.shard || meta.segment != self.written_by {
+            return Err(LogError::corrupt(
+                self.shard,
+                self.checkpoint,
+                format!("{} names another shard or segment", self.path),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn all(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<std::collections::HashMap<UserId, UserState>, LogError> {
+        let got = store.get(&self.path).await.map_err(|e| self.missing(e))?;
+        let bytes = got.bytes().await.map_err(store_err(self.context()))?;
+        let (shard, checkpoint) = (self.shard, self.checkpoint);
+        if let Some(d) = self.digest
+            && keepsake_segment::part_digest(&bytes) != d
+        {
+            return Err(LogError::corrupt(
+                shard,
+                checkpoint,
+                format!(
+                    "{}: its bytes do not have the digest it is named by",
+                    self.path
+                ),
+            ));
+        }
+        let (meta, users) =
+            tokio::task::spawn_blocking(move || keepsake_segment::decode_checkpoint(bytes))
+                .await
+                .map_err(|e| LogError::corrupt(shard, checkpoint, e))?
+                .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+        self.check_meta(&meta)?;
+        Ok(users)
+    }
+
+    async fn user(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        user: UserId,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
+        let (shard, checkpoint) = (self.shard, self.checkpoint);
+        let size = match self.size {
+            Some(s) => s,
+            None => {
+                store
+                    .head(&self.path)
+                    .await
+                    .map_err(|e| self.missing(e))?
+                    .size
+            }
+        };
+        let reader = SegmentReader {
+            store: store.clone(),
+            path: self.path.clone(),
+            size,
+            whole: None,
+            tag: Tag::ANY,
+        };
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let corrupt = |e: parquet::errors::ParquetError| match e {
+            parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+                shard,
+                reason: format!("{}: {e}", self.context()),
+            },
+            other => LogError::corrupt(shard, checkpoint, format!("checkpoint: {other}")),
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+            .await
+            .map_err(corrupt)?;
+        let meta = keepsake_segment::checkpoint_meta(
+            builder.metadata().file_metadata().key_value_metadata(),
+        )
+        .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+        self.check_meta(&meta)?;
+        let plan = if with_changes {
+            plan_user_read(builder.metadata(), &user)
+        } else {
+            keepsake_segment::plan_user_read_skipping(
+                builder.metadata(),
+                &user,
+                keepsake_segment::ENTRY_COLUMN,
+                keepsake_segment::ENTRY_CHANGE.as_bytes(),
+            )
+        };
+        let Some(plan) = plan else {
+            return Ok(UserState::default());
+        };
+        let batches: Vec<_> = builder
+            .with_row_groups(plan.row_groups)
+            .with_row_selection(plan.selection)
+            .build()
+            .map_err(corrupt)?
+            .try_collect()
+            .await
+            .map_err(corrupt)?;
+        let mut users = keepsake_segment::decode_checkpoint_batches(batches, Some(&user))
+            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+        Ok(users.remove(&user).unwrap_or_default())
+    }
+}
+
+/// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
+/// A user with no rows in it has the empty state.
+pub async fn read_checkpoint_user(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<UserState, LogError> {
+    open_checkpoint(store.as_ref(), shard, checkpoint)
+        .await?
+        .user(store, user, true)
+        .await
+}
+
+/// [`read_checkpoint_user`] without the user's change ids: items, tombstones and last seq only.
+/// The pages holding nothing but change ids (most of a long history's rows) are not read.
+pub async fn read_checkpoint_user_items(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    checkpoint: u64,
+    user: UserId,
+) -> Result<UserState, LogError> {
+    open_checkpoint(store.as_ref(), shard, checkpoint)
+        .await?
+        .user(store, user, false)
+        .await
+}
+
+/// Reads every user's state in a checkpoint.
+pub async fn read_checkpoint(
+    store: &dyn ObjectStore,
+    shard: u32,
+    checkpoint: u64,
+) -> Result<IdMap<UserId, UserState>, LogError> {
+    open_checkpoint(store, shard, checkpoint)
+        .await?
+        .all(store)
+        .await
+}

@@ -1,0 +1,279 @@
+//! Checkpoints as manifests over parts (format 4, issue 15): a checkpoint writes only the users
+//! changed since the previous one; merges keep the state the fold of the log; a crash before the
+//! manifest lands leaves only unnamed parts, which retention deletes; a change id from before
+//! several checkpoints is still a duplicate.
+
+use std::collections::HashMap;
+
+use keepsake_log::{
+    Checkpoint, CompactionPolicy, Log, LogConfig, LogStats, PartsPolicy, UpTo, open_checkpoint,
+    read_checkpoint, read_user, verify::verify_store,
+};
+use keepsake_model::{Change, Outcome, UserId, UserState};
+use keepsake_segment::Manifest;
+use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
+use keepsake_store::keys;
+use keepsake_tests::Backend;
+use object_store::ObjectStore;
+use serde_json::json;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+
+use crate::common::*;
+
+on_every_backend!(
+    a_checkpoint_after_one_users_change_writes_one_part,
+    merged_deltas_and_base_parts_stay_the_fold_of_the_log,
+    a_change_id_from_three_checkpoints_ago_is_still_a_duplicate,
+    a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_deleted,
+);
+
+/// No background checkpoints or compaction: the tests write them.
+fn cfg(parts: PartsPolicy) -> LogConfig {
+    LogConfig {
+        checkpoint_every_events: u64::MAX,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_parts: parts,
+        compaction: CompactionPolicy {
+            enabled: false,
+            ..Default::default()
+        },
+        retention: keepsake_log::retention::RetentionPolicy {
+            keep_all_for: chrono::Duration::zero(),
+            keep_daily_for_days: 0,
+            orphan_grace: chrono::Duration::zero(),
+        },
+        ..fast_config()
+    }
+}
+
+async fn manifest(store: &Arc<dyn ObjectStore>, n: u64) -> Arc<Manifest> {
+    match open_checkpoint(store.as_ref(), 0, n).await.expect("open") {
+        Checkpoint::Parts(m) => m,
+        other => panic!("checkpoint {n} is not a manifest: {other:?}"),
+    }
+}
+
+/// Checkpoint `n`, written at the head, equals the fold of each user's events in the log.
+async fn assert_is_the_fold(store: &Arc<dyn ObjectStore>, n: u64, users: &[UserId]) {
+    let saved = read_checkpoint(store.as_ref(), 0, n).await.expect("read");
+    assert_eq!(saved.len(), users.len(), "users in checkpoint {n}");
+    for u in users {
+        let (events, _) = read_user(store.clone(), 0, *u, UpTo::End)
+            .await
+            .expect("read the user");
+        assert_eq!(
+            saved.get(u),
+            Some(&UserState::replay(&events).expect("fold")),
+            "user {u} in checkpoint {n}"
+        );
+    }
+}
+
+/// Pushes one change for each of `users`.
+async fn touch(log: &Log, users: &[UserId], round: u64) {
+    for u in users {
+        push(log, *u, vec![put(item(), json!({"round": round}))])
+            .await
+            .expect("push");
+    }
+}
+
+async fn checkpoint(log: &Log) -> u64 {
+    log.compact_now().await.expect("checkpoint");
+    log.checkpoint(0).expect("a checkpoint")
+}
+
+async fn a_checkpoint_after_one_users_change_writes_one_part(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let parts = PartsPolicy {
+        part_users: 4,
+        ..PartsPolicy::default()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let users: Vec<UserId> = (0..20).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    let first = checkpoint(&log).await;
+    let m1 = manifest(&ts.store, first).await;
+    assert_eq!(m1.base.len(), 5, "20 users in parts of 4");
+    assert!(m1.deltas.is_empty());
+    let written = LogStats::get(&log.stats().checkpoint_parts_written);
+
+    touch(&log, &users[7..8], 1).await;
+    let second = checkpoint(&log).await;
+    let m2 = manifest(&ts.store, second).await;
+    assert_eq!(
+        LogStats::get(&log.stats().checkpoint_parts_written) - written,
+        1,
+        "one part written"
+    );
+    assert_eq!(m2.base, m1.base, "the base is named again, not copied");
+    assert_eq!(m2.deltas.len(), 1);
+    assert_eq!(m2.deltas[0].users, vec![users[7]]);
+    assert_eq!(m2.users, 20);
+    assert_is_the_fold(&ts.store, second, &users).await;
+    // A new user goes into a delta as well, and is counted.
+    let newcomer = user();
+    touch(&log, &[newcomer], 2).await;
+    let third = checkpoint(&log).await;
+    assert_eq!(manifest(&ts.store, third).await.users, 21);
+    let mut all = users.clone();
+    all.push(newcomer);
+    assert_is_the_fold(&ts.store, third, &all).await;
+    // A cold load goes through the manifest: restart and read every user.
+    log.shutdown().await;
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("reopen");
+    for u in &all {
+        assert!(log.last_seq(u).await.expect("seq") >= 1);
+    }
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    // Small enough that both merges and splits happen within a few rounds.
+    let parts = PartsPolicy {
+        part_users: 3,
+        max_deltas: 2,
+        merge_ratio: 1,
+        merge_min_users: 2,
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let mut users: Vec<UserId> = (0..6).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    checkpoint(&log).await;
+    let mut seen_deltas_merge = false;
+    let mut seen_base_merge = false;
+    for round in 1..12u64 {
+        // Some users changed (one or two, spread over the ids), sometimes a new one.
+        let r = round as usize;
+        let picked: Vec<UserId> = (0..1 + r % 2)
+            .map(|i| users[(r * 7 + i * 3) % users.len()])
+            .collect();
+        touch(&log, &picked, round).await;
+        if round % 3 == 0 {
+            let u = user();
+            users.push(u);
+            touch(&log, &[u], round).await;
+        }
+        let before = manifest(&ts.store, log.checkpoint(0).expect("c")).await;
+        let c = checkpoint(&log).await;
+        let m = manifest(&ts.store, c).await;
+        seen_base_merge |= m.deltas.is_empty();
+        seen_deltas_merge |= before.deltas.len() == parts.max_deltas && m.deltas.len() == 1;
+        assert!(m.deltas.len() <= parts.max_deltas, "{m:?}");
+        for b in &m.base {
+            assert!(b.part.users as usize <= parts.part_users, "{m:?}");
+        }
+        assert_is_the_fold(&ts.store, c, &users).await;
+    }
+    assert!(seen_base_merge, "a merge into the base happened");
+    assert!(seen_deltas_merge, "a merge of deltas happened");
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let u = user();
+    let c: Change = put(item(), json!({"title": "once"}));
+    let first = push(&log, u, vec![c.clone()]).await.expect("push");
+    let Outcome::Applied(original) = first.outcomes[0] else {
+        panic!("{:?}", first.outcomes)
+    };
+    // Three checkpoints, u changed in each (so u's state is rewritten into three deltas).
+    for round in 0..3 {
+        touch(&log, &[u, user()], round).await;
+        checkpoint(&log).await;
+    }
+    log.shutdown().await;
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    let head = log.head(0);
+    let again = push(&log, u, vec![c]).await.expect("push again");
+    assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
+    assert_eq!(log.head(0), head, "nothing written");
+    log.shutdown().await;
+}
+
+/// The manifest's PUT fails after the checkpoint's parts were written (as a crash there would
+/// leave it): the checkpoint is not there, nothing else changes, a restart reads from the one
+/// before, the next checkpoint is written, and retention deletes the unnamed parts. The same
+/// for a checkpoint that merges.
+async fn a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_deleted(
+    backend: Backend,
+) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let parts = PartsPolicy {
+        part_users: 2,
+        max_deltas: 1,
+        // Two changed users of five are enough for a merge into the base: rounds 2 and 3 crash
+        // in one.
+        merge_ratio: 4,
+        merge_min_users: 1,
+    };
+    let mut log = open(store.clone(), 1, cfg(parts)).await.expect("open");
+    let users: Vec<UserId> = (0..5).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    let first = checkpoint(&log).await;
+    let mut expected: HashMap<UserId, u64> = HashMap::new();
+    for round in 1..4u64 {
+        touch(&log, &users[..(round as usize)], round).await;
+        for u in &users {
+            expected.insert(*u, log.last_seq(u).await.expect("seq"));
+        }
+        faulty.inject(FaultOp::Put, "/checkpoints/", Fault::Fail, 100);
+        assert!(log.compact_now().await.is_err(), "the manifest PUT fails");
+        faulty.clear();
+        assert_eq!(
+            log.checkpoint(0),
+            Some(first),
+            "round {round}: not recorded"
+        );
+        // A restart reads from the checkpoint before, and every acknowledged change is there.
+        log.shutdown().await;
+        log = open(store.clone(), 1, cfg(parts)).await.expect("reopen");
+        for (u, seq) in &expected {
+            assert_eq!(log.last_seq(u).await.expect("seq"), *seq, "round {round}");
+        }
+    }
+    let unnamed = list_parts(&store).await;
+    touch(&log, &users[..1], 9).await;
+    let next = checkpoint(&log).await;
+    assert_is_the_fold(&store, next, &users).await;
+    let m = manifest(&store, next).await;
+    let named: Vec<_> = m
+        .parts()
+        .map(|p| keys::part(0, p.written_by, p.digest))
+        .collect();
+    let left = list_parts(&store).await;
+    assert!(
+        left.iter().all(|p| named.contains(p)),
+        "unnamed parts deleted: {left:?} (named {named:?}, after the crashes {unnamed:?})"
+    );
+    assert!(unnamed.len() > named.len(), "the crashes left parts");
+    log.shutdown().await;
+    let (report, _) = verify_store(&store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+async fn list_parts(store: &Arc<dyn ObjectStore>) -> Vec<object_store::path::Path> {
+    let mut out: Vec<_> = store
+        .list(Some(&keys::parts_prefix(0)))
+        .map_ok(|o| o.location)
+        .try_collect()
+        .await
+        .expect("list");
+    out.sort();
+    out
+}
