@@ -6,28 +6,31 @@
 //!   previous manifest places it in, one user's pages), folded with `apply`, and written as one
 //!   new delta part; every other part is named again, never copied.
 //! - Deltas are merged in the same pass when they grow: more than `max_deltas` of them become
-//!   one delta; when they list more users than `1 / merge_ratio` of the base (and at least
+//!   one delta; when they list more users than `1 / merge_ratio` of the base (and more than
 //!   `merge_min_users`), they are folded into the base, rewriting only the base parts whose
-//!   ranges hold a delta user, split at `part_users` users. A base merge costs the base, once per
-//!   `base / merge_ratio` changed users: amortized, about `merge_ratio` rewrites of each changed
-//!   user's state.
+//!   ranges hold a delta user (with users spread over the ids, most of them), split at
+//!   `part_users` users. A base merge comes once per `base / merge_ratio` changed users:
+//!   amortized, about `merge_ratio` rewrites of each changed user's state.
 //! - From a whole checkpoint (formats 1-3) or from nothing: the full fold, as before, written as
 //!   base parts. So a store written by an older version moves to parts at its next checkpoint.
 //!
-//! Parts are named by their content's digest and written create-only; the manifest is written
-//! create-only last, so a crash leaves only unnamed parts, which retention deletes. A checkpoint
-//! is written only if its fold reached `n` one segment after another.
+//! Parts are named by the checkpoint that wrote them and their content's digest, and written
+//! create-only; the manifest is written create-only last, so a crash leaves only unnamed parts,
+//! which retention deletes. After its manifest lands, a checkpoint checks every part it names
+//! is there, and takes the manifest back if not. A previous checkpoint that is there but
+//! unusable (a missing part) is passed over: the fold starts from the first segment. A
+//! checkpoint is written only if its fold reached `n` one segment after another.
 
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use keepsake_model::{IdMap, StateRead, UserId, UserState};
 use keepsake_segment::{BasePart, DeltaPart, Manifest, NIL_USER, PartRef};
 use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
-use crate::reader::{Checkpoint, checkpoint_exists, open_checkpoint, read_part};
+use crate::reader::{Checkpoint, checkpoint_exists, open_checkpoint, read_base_part, read_part};
 use crate::{LogError, list_checkpoints, scan_shard_upto};
 
 /// How a checkpoint's parts are sized and when its deltas are merged.
@@ -115,6 +118,28 @@ pub async fn write_checkpoint_with(
         }
         other => other,
     };
+    match write_from(store, shard, prev, n, concurrency, policy).await {
+        // The previous checkpoint is there but unusable (a part it names is missing, or does
+        // not decode): it is derived, so this one is folded from the log's start instead.
+        Err(LogError::Corrupt {
+            segment, detail, ..
+        }) if Some(segment) == prev => {
+            warn!(shard, checkpoint = segment, %detail, "the previous checkpoint is unusable; folding from the first segment");
+            write_from(store, shard, None, n, concurrency, policy).await
+        }
+        other => other,
+    }
+}
+
+/// Writes checkpoint `n` from checkpoint `prev` (`None`: from the first segment).
+async fn write_from(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    prev: Option<u64>,
+    n: u64,
+    concurrency: usize,
+    policy: &PartsPolicy,
+) -> Result<CheckpointReport, LogError> {
     let base = match prev {
         Some(c) => Some(open_checkpoint(store.as_ref(), shard, c).await?),
         None => None,
@@ -128,6 +153,8 @@ pub async fn write_checkpoint_with(
     };
     let manifest = match base {
         Some(Checkpoint::Parts(m)) => {
+            // The new manifest names the previous one's parts again: each must be there.
+            w.parts_of_previous_are_there(&m).await?;
             let (changed, new_users) = w.fold_changed(&m, concurrency).await?;
             w.delta(&m, changed, new_users).await?
         }
@@ -156,9 +183,14 @@ pub async fn write_checkpoint_with(
         )
         .await
     {
-        Ok(_) => w.check_parts_remain(&manifest).await?,
-        // Another writer's fold of the same log, over its own parts.
-        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Ok(_) => w.check_parts_remain(&manifest, true).await?,
+        // Another writer's fold of the same log, over its own parts: used only if they are
+        // all there (a writer that could not take back a manifest naming a lost part leaves it).
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            if let Checkpoint::Parts(theirs) = open_checkpoint(store.as_ref(), shard, n).await? {
+                w.check_parts_remain(&theirs, false).await?;
+            }
+        }
         Err(e) => {
             return Err(LogError::Store {
                 context: format!("write checkpoint {n} of shard {shard}"),
@@ -303,17 +335,10 @@ impl Writer {
         let prior = |unseen: Vec<UserId>| {
             let (ck, store, new_users) = (&ck, &self.store, &new_users);
             async move {
-                futures::stream::iter(unseen)
-                    .map(|u| async move {
-                        let s = ck.user(store.clone(), u, true).await?;
-                        if s.last_seq() == 0 {
-                            new_users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Ok::<_, LogError>((u, s))
-                    })
-                    .buffer_unordered(concurrency.max(1))
-                    .try_collect::<Vec<_>>()
-                    .await
+                let states = ck.users(store.clone(), unseen, concurrency).await?;
+                let new = states.iter().filter(|(_, s)| s.last_seq() == 0).count();
+                new_users.fetch_add(new as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(states)
             }
         };
         let changed = self
@@ -450,37 +475,67 @@ impl Writer {
         Ok(part)
     }
 
-    /// After the manifest is written: the parts this checkpoint wrote are still there. Retention
-    /// deletes an unnamed part only once it is older than the newest manifest by its grace; a
-    /// checkpoint slower than that may have lost one, and then its manifest is taken back (it
-    /// is derived) rather than left naming a missing part.
-    async fn check_parts_remain(&self, m: &Manifest) -> Result<(), LogError> {
-        for p in m.parts().filter(|p| p.written_by == self.n) {
+    /// The first part `m` names that is not in the store, if any.
+    async fn first_missing(&self, m: &Manifest) -> Result<Option<PartRef>, LogError> {
+        for p in m.parts() {
             match self
                 .store
                 .head(&keys::part(self.shard, p.written_by, p.digest))
                 .await
             {
                 Ok(_) => {}
-                Err(object_store::Error::NotFound { .. }) => {
-                    let _ = self.store.delete(&keys::manifest(self.shard, self.n)).await;
-                    return Err(LogError::Unavailable {
-                        shard: self.shard,
-                        reason: format!(
-                            "checkpoint {}: a part it wrote was deleted as unnamed before its manifest landed; taken back",
-                            self.n
-                        ),
-                    });
-                }
+                Err(object_store::Error::NotFound { .. }) => return Ok(Some(*p)),
                 Err(e) => {
                     return Err(LogError::Store {
-                        context: format!("check the parts of checkpoint {}", self.n),
+                        context: format!("check the parts of checkpoint {}", m.segment),
                         source: e,
                     });
                 }
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Every part of the previous manifest `m` is in the store; one missing makes it unusable
+    /// ([`LogError::Corrupt`] of it: the caller folds from the first segment instead).
+    async fn parts_of_previous_are_there(&self, m: &Manifest) -> Result<(), LogError> {
+        match self.first_missing(m).await? {
+            None => Ok(()),
+            Some(p) => Err(LogError::corrupt(
+                self.shard,
+                m.segment,
+                format!("part {:032x} it names is missing", p.digest),
+            )),
+        }
+    }
+
+    /// After the manifest is written: every part it names is still there (those written now,
+    /// and those named again). Retention deletes a part only after seeing it unnamed by every
+    /// kept manifest twice, `orphan_grace` apart; a checkpoint that ran longer than that from
+    /// opening its previous manifest may name one it deleted, and then its manifest is taken
+    /// back (`ours`: it is derived) rather than left naming a missing part.
+    async fn check_parts_remain(&self, m: &Manifest, ours: bool) -> Result<(), LogError> {
+        let Some(p) = self.first_missing(m).await? else {
+            return Ok(());
+        };
+        let taken_back = if !ours {
+            "written by another process"
+        } else {
+            match self.store.delete(&keys::manifest(self.shard, self.n)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => "taken back",
+                Err(e) => {
+                    warn!(shard = self.shard, checkpoint = self.n, error = %e, "taking back a manifest that names a missing part failed; loads fall back to the log");
+                    "not taken back"
+                }
+            }
+        };
+        Err(LogError::Unavailable {
+            shard: self.shard,
+            reason: format!(
+                "checkpoint {}: part {:032x} it names is missing ({taken_back})",
+                self.n, p.digest
+            ),
+        })
     }
 
     /// The users the deltas of `m` hold, each in its newest state.
@@ -524,7 +579,7 @@ impl Writer {
                 base.push(*b);
                 continue;
             }
-            let mut users = read_part(self.store.as_ref(), m, &b.part).await?;
+            let mut users = read_base_part(self.store.as_ref(), m, i).await?;
             for (u, s) in &changed[lo..hi] {
                 users.insert(**u, (*s).clone());
             }

@@ -231,6 +231,14 @@ pub(crate) async fn load_user(
             Some(c) => match user_in_checkpoint(store, shard, state, c, user).await {
                 Ok(s) => s,
                 Err(e) => match replace_checkpoint(store, shard, state, c).await? {
+                    // A checkpoint that is there but unusable (a part it names is missing, or
+                    // does not decode) is derived: the user's rows from the first segment.
+                    Replaced::Present if matches!(e, LogError::Corrupt { segment, .. } if segment == c) =>
+                    {
+                        warn!(shard, checkpoint = c, error = %e, "the view's checkpoint is unusable; reading the user from the log");
+                        segments = (1..=read_to).collect();
+                        UserState::default()
+                    }
                     Replaced::Present => return Err(e),
                     Replaced::Adopted => continue 'start,
                     // No checkpoint at or below the head is left: the user's rows from the
@@ -282,24 +290,30 @@ async fn user_in_checkpoint(
     c: u64,
     user: UserId,
 ) -> Result<UserState, LogError> {
-    let cached = state
-        .read()
-        .map_err(|_| poisoned(shard))?
-        .opened
-        .clone()
-        .filter(|o| o.segment() == c);
+    let (cached, footers) = {
+        let s = state.read().map_err(|_| poisoned(shard))?;
+        (
+            s.opened.clone().filter(|o| o.segment() == c),
+            s.footers.clone(),
+        )
+    };
     let opened = match cached {
         Some(o) => o,
         None => {
             let o = open_checkpoint(store.as_ref(), shard, c).await?;
             let mut s = state.write().map_err(|_| poisoned(shard))?;
             if s.checkpoint == Some(c) {
+                if let crate::reader::Checkpoint::Parts(m) = &o {
+                    s.footers.retain_named(m);
+                }
                 s.opened = Some(o.clone());
             }
             o
         }
     };
-    opened.user(store.clone(), user, true).await
+    opened
+        .user_with(store.clone(), user, true, Some(&footers))
+        .await
 }
 
 /// What [`replace_checkpoint`] did.

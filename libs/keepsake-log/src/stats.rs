@@ -67,6 +67,9 @@ pub struct LogStats {
     pub checkpoint_bytes_written: AtomicU64,
     /// Checkpoints that merged their deltas (into one, or into the base).
     pub checkpoint_merges: AtomicU64,
+    /// Time spent writing checkpoints (reading, folding, writing parts and manifest), in
+    /// microseconds.
+    pub checkpoint_micros: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -107,6 +110,7 @@ impl Default for LogStats {
             checkpoint_parts_kept: AtomicU64::new(0),
             checkpoint_bytes_written: AtomicU64::new(0),
             checkpoint_merges: AtomicU64::new(0),
+            checkpoint_micros: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }
@@ -140,8 +144,16 @@ impl LogStats {
         self.strays_removed.fetch_add(r.strays, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_checkpoint(&self, r: &crate::checkpoint::CheckpointReport) {
+    pub(crate) fn record_checkpoint(
+        &self,
+        r: &crate::checkpoint::CheckpointReport,
+        took: Duration,
+    ) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.checkpoint_users_written
             .fetch_add(r.changed_users, Ordering::Relaxed);
         self.checkpoint_parts_written

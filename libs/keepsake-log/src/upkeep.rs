@@ -44,6 +44,7 @@ impl Upkeep {
         if head == 0 || prev == Some(head) {
             return Ok(prev);
         }
+        let started = tokio::time::Instant::now();
         let report = with_cause(
             Cause::Checkpoint,
             write_checkpoint_with(
@@ -56,7 +57,7 @@ impl Upkeep {
             ),
         )
         .await?;
-        self.stats.record_checkpoint(&report);
+        self.stats.record_checkpoint(&report, started.elapsed());
         let users = report.users;
         if let Ok(mut s) = self.state.write() {
             s.checkpointed(head);
@@ -141,8 +142,9 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
 }
 
 /// Deletes the checkpoints of a shard that the retention policy no longer keeps (by the time
-/// each was written), then the parts no kept manifest names (once older than the policy's
-/// grace). Only checkpoints: they are derived; segments are never deleted.
+/// each was written). Only checkpoints: they are derived; segments are never deleted. Parts no
+/// kept manifest names are deleted by a process's upkeep, which remembers since when each was
+/// unnamed ([`NamedParts`]); this call, remembering nothing, deletes none.
 pub async fn apply_retention(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -152,11 +154,15 @@ pub async fn apply_retention(
     retain(store, shard, policy, now, &mut NamedParts::default()).await
 }
 
-/// The parts each manifest names, by its number: manifests are immutable, so retention reads
-/// each once per process, not every kept manifest at every run (held with the shard's
-/// maintenance lock).
+/// What retention remembers of a shard's parts between runs (held with the shard's maintenance
+/// lock): the parts each manifest names, by its number (manifests are immutable: each is read
+/// once per process, not every kept one at every run), and when each unnamed part was first
+/// seen unnamed (the newest manifest's write time then).
 #[derive(Debug, Default)]
-pub(crate) struct NamedParts(std::collections::HashMap<u64, Arc<[(u64, u128)]>>);
+pub(crate) struct NamedParts {
+    named: std::collections::HashMap<u64, Arc<[(u64, u128)]>>,
+    unnamed_since: std::collections::HashMap<(u64, u128), chrono::DateTime<chrono::Utc>>,
+}
 
 /// [`apply_retention`] with the manifests already read.
 async fn retain(
@@ -205,7 +211,10 @@ async fn retain(
 }
 
 /// Deletes the parts of `shard` that none of the `kept` manifests names, written by a checkpoint
-/// before the newest and at least `grace` before it was written. Returns how many.
+/// before the newest, and seen unnamed by an earlier run at least `grace` before the newest
+/// manifest was written (both times the store's): a checkpoint another process is writing
+/// names parts of a manifest retention may just have deleted, and has that long to land its
+/// own manifest (which it then checks). Returns how many.
 async fn delete_orphan_parts(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -216,10 +225,10 @@ async fn delete_orphan_parts(
     let Some(newest) = kept.iter().max_by_key(|l| l.n) else {
         return Ok(0);
     };
-    cache.0.retain(|n, _| kept.iter().any(|l| l.n == *n));
+    cache.named.retain(|n, _| kept.iter().any(|l| l.n == *n));
     let mut named = std::collections::HashSet::new();
     for l in kept {
-        if let Some(parts) = cache.0.get(&l.n) {
+        if let Some(parts) = cache.named.get(&l.n) {
             named.extend(parts.iter().copied());
             continue;
         }
@@ -235,7 +244,7 @@ async fn delete_orphan_parts(
                 let parts: Arc<[(u64, u128)]> =
                     m.parts().map(|p| (p.written_by, p.digest)).collect();
                 named.extend(parts.iter().copied());
-                cache.0.insert(l.n, parts);
+                cache.named.insert(l.n, parts);
             }
             Ok(Checkpoint::Whole { .. }) => {}
             // Deleted since the listing (another process's retention): it names nothing now.
@@ -255,6 +264,7 @@ async fn delete_orphan_parts(
             source: e,
         })?;
     let mut deleted = 0;
+    let mut unnamed_now = std::collections::HashMap::new();
     for o in parts {
         let Some(keys::Key::Part {
             shard: s,
@@ -264,12 +274,16 @@ async fn delete_orphan_parts(
         else {
             continue;
         };
-        let orphan = s == shard
-            && n < newest.n
-            && !named.contains(&(n, digest))
-            && o.last_modified + grace <= newest.modified;
-        if !orphan {
+        if s != shard || n >= newest.n || named.contains(&(n, digest)) {
             continue;
+        }
+        match cache.unnamed_since.get(&(n, digest)).copied() {
+            Some(since) if since + grace <= newest.modified => {}
+            // First seen unnamed now, or not long enough ago: remembered, deleted later.
+            since => {
+                unnamed_now.insert((n, digest), since.unwrap_or(newest.modified));
+                continue;
+            }
         }
         match object_store::ObjectStoreExt::delete(store.as_ref(), &o.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
@@ -281,5 +295,6 @@ async fn delete_orphan_parts(
             }
         }
     }
+    cache.unnamed_since = unnamed_now;
     Ok(deleted)
 }

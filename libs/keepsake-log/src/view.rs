@@ -70,6 +70,9 @@ pub struct ShardState {
     /// The newest checkpoint as opened for loads (a manifest: where each user's part is), once
     /// a load opened it; dropped when a newer checkpoint is adopted.
     pub opened: Option<crate::reader::Checkpoint>,
+    /// The footers of the parts loads read from (kept across checkpoints for the parts the
+    /// newest manifest still names).
+    pub footers: Arc<crate::reader::Footers>,
     users: IdMap<UserId, Resident>,
     pinned: HashSet<UserId>,
     bytes: usize,
@@ -227,7 +230,11 @@ impl ShardState {
             }
             _ => 0,
         };
-        (self.tail_index.len(), tail + sizes + history + manifest)
+        let footers = self.footers.bytes();
+        (
+            self.tail_index.len(),
+            tail + sizes + history + manifest + footers,
+        )
     }
 
     /// Records which users segment `n` holds (call for every segment after the checkpoint).

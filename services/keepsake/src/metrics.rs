@@ -453,6 +453,11 @@ pub fn text(
                 &s.checkpoint_bytes_written,
             ),
             (
+                "keepsake_checkpoint_microseconds",
+                "Time spent writing checkpoints (reading, folding, writing parts and manifest)",
+                &s.checkpoint_micros,
+            ),
+            (
                 "keepsake_checkpoint_merges",
                 "Checkpoints that merged their deltas (into one, or into the base)",
                 &s.checkpoint_merges,

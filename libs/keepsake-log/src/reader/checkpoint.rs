@@ -17,7 +17,7 @@ use keepsake_store::keys;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::PageIndexPolicy;
 
 use super::objects::SegmentReader;
@@ -139,6 +139,18 @@ impl Checkpoint {
         user: UserId,
         with_changes: bool,
     ) -> Result<UserState, LogError> {
+        self.user_with(store, user, with_changes, None).await
+    }
+
+    /// [`Checkpoint::user`], keeping each part's footer in `footers` for the next user's read
+    /// (parts are immutable: a footer read once serves every later load from that part).
+    pub async fn user_with(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        user: UserId,
+        with_changes: bool,
+        footers: Option<&Footers>,
+    ) -> Result<UserState, LogError> {
         match self {
             Checkpoint::Whole { shard, n } => {
                 let read = ObjectRead {
@@ -155,9 +167,26 @@ impl Checkpoint {
                 let Some(part) = m.locate(&user) else {
                     return Ok(UserState::default());
                 };
-                let state = ObjectRead::part(m, part)
-                    .user(store, user, with_changes)
-                    .await?;
+                let read = ObjectRead::part(m, part);
+                let state = match footers {
+                    None => read.user(store, user, with_changes).await?,
+                    Some(f) => {
+                        let key = (part.written_by, part.digest);
+                        let meta = match f.get(key) {
+                            Some(meta) => meta,
+                            None => {
+                                let got = read.metadata(store.clone()).await;
+                                let meta = Arc::new(read.told_apart(store.as_ref(), got).await?);
+                                f.put(key, meta.clone());
+                                meta
+                            }
+                        };
+                        let got = read
+                            .user_rows(store.clone(), &meta, user, with_changes)
+                            .await;
+                        read.told_apart(store.as_ref(), got).await?
+                    }
+                };
                 if state.last_seq() == 0 && m.deltas.iter().any(|d| d.part == *part) {
                     return Err(LogError::corrupt(
                         m.shard,
@@ -168,6 +197,67 @@ impl Checkpoint {
                 Ok(state)
             }
         }
+    }
+
+    /// Several users' states (each user once), with their changes: each part's footer is read
+    /// once for all of its users, then each user's pages.
+    pub async fn users(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        users: Vec<UserId>,
+        concurrency: usize,
+    ) -> Result<Vec<(UserId, UserState)>, LogError> {
+        let Checkpoint::Parts(m) = self else {
+            return futures::stream::iter(users)
+                .map(|u| {
+                    let store = store.clone();
+                    async move { Ok::<_, LogError>((u, self.user(store, u, true).await?)) }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .try_collect()
+                .await;
+        };
+        let mut by_part: std::collections::BTreeMap<(u64, u128), (PartRef, Vec<UserId>)> =
+            std::collections::BTreeMap::new();
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            match m.locate(&u) {
+                Some(p) => by_part
+                    .entry((p.written_by, p.digest))
+                    .or_insert_with(|| (*p, Vec::new()))
+                    .1
+                    .push(u),
+                None => out.push((u, UserState::default())),
+            }
+        }
+        for (part, us) in by_part.into_values() {
+            let read = ObjectRead::part(m, &part);
+            let delta = m.deltas.iter().any(|d| d.part == part);
+            let meta = read
+                .told_apart(store.as_ref(), read.metadata(store.clone()).await)
+                .await?;
+            let states: Vec<(UserId, UserState)> = futures::stream::iter(us)
+                .map(|u| {
+                    let (store, read, meta) = (store.clone(), &read, &meta);
+                    async move {
+                        let got = read.user_rows(store.clone(), meta, u, true).await;
+                        let state = read.told_apart(store.as_ref(), got).await?;
+                        if delta && state.last_seq() == 0 {
+                            return Err(LogError::corrupt(
+                                m.shard,
+                                m.segment,
+                                format!("a delta part lists user {u} but holds no rows of it"),
+                            ));
+                        }
+                        Ok((u, state))
+                    }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .try_collect()
+                .await?;
+            out.extend(states);
+        }
+        Ok(out)
     }
 
     /// Every user's state.
@@ -228,7 +318,7 @@ impl Checkpoint {
 }
 
 /// Base part `i` of `m`, checked to hold only users of its range.
-async fn read_base_part(
+pub async fn read_base_part(
     store: &dyn ObjectStore,
     m: &Manifest,
     i: usize,
@@ -324,17 +414,17 @@ impl ObjectRead {
         )
     }
 
-    /// A part named by a manifest that is there must be there: its absence is corruption
-    /// (retention deletes a manifest before the parts only it names).
+    /// A part named by a manifest must be there: its absence makes the checkpoint unusable
+    /// ([`LogError::Corrupt`] of the checkpoint, which loads answer by reading the log), never
+    /// an empty state. (Retention deletes a manifest before the parts only it names, so a
+    /// reader that held a deleted manifest finds it gone when it looks, and moves to a newer.)
     fn missing(&self, e: object_store::Error) -> LogError {
-        match (
-            &e,
-            self.path != keys::checkpoint(self.shard, self.checkpoint),
-        ) {
-            (object_store::Error::NotFound { .. }, true) => LogError::Store {
-                context: format!("{}: a part its manifest names is missing", self.context()),
-                source: e,
-            },
+        match (&e, self.digest.is_some()) {
+            (object_store::Error::NotFound { .. }, true) => LogError::corrupt(
+                self.shard,
+                self.checkpoint,
+                format!("{} is named by the checkpoint but missing", self.path),
+            ),
             _ => store_err(self.context())(e),
         }
     }
@@ -384,7 +474,52 @@ impl ObjectRead {
         user: UserId,
         with_changes: bool,
     ) -> Result<UserState, LogError> {
-        let (shard, checkpoint) = (self.shard, self.checkpoint);
+        let read = async {
+            let meta = self.metadata(store.clone()).await?;
+            self.user_rows(store.clone(), &meta, user, with_changes)
+                .await
+        };
+        self.told_apart(store.as_ref(), read.await).await
+    }
+
+    /// A part's size comes from its manifest, so its reads are range reads, which fail as the
+    /// store's errors (unavailable): one that is gone is told apart by a HEAD.
+    async fn told_apart<T>(
+        &self,
+        store: &dyn ObjectStore,
+        read: Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        if let (Err(LogError::Unavailable { .. }), Some(_)) = (&read, self.digest)
+            && let Err(e @ object_store::Error::NotFound { .. }) = store.head(&self.path).await
+        {
+            return Err(self.missing(e));
+        }
+        read
+    }
+
+    fn reader(&self, store: Arc<dyn ObjectStore>, size: u64) -> SegmentReader {
+        SegmentReader {
+            store,
+            path: self.path.clone(),
+            size,
+            whole: None,
+            tag: Tag::ANY,
+        }
+    }
+
+    fn parquet_error(&self, e: parquet::errors::ParquetError) -> LogError {
+        match e {
+            parquet::errors::ParquetError::External(_) => LogError::Unavailable {
+                shard: self.shard,
+                reason: format!("{}: {e}", self.context()),
+            },
+            other => LogError::corrupt(self.shard, self.checkpoint, format!("checkpoint: {other}")),
+        }
+    }
+
+    /// The object's footer and page index, checked against what it must be; shared by the
+    /// reads of several users of one part.
+    async fn metadata(&self, store: Arc<dyn ObjectStore>) -> Result<ObjectMeta, LogError> {
         let size = match self.size {
             Some(s) => s,
             None => {
@@ -395,34 +530,33 @@ impl ObjectRead {
                     .size
             }
         };
-        let reader = SegmentReader {
-            store: store.clone(),
-            path: self.path.clone(),
-            size,
-            whole: None,
-            tag: Tag::ANY,
-        };
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let corrupt = |e: parquet::errors::ParquetError| match e {
-            parquet::errors::ParquetError::External(_) => LogError::Unavailable {
-                shard,
-                reason: format!("{}: {e}", self.context()),
-            },
-            other => LogError::corrupt(shard, checkpoint, format!("checkpoint: {other}")),
-        };
-        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        let mut reader = self.reader(store, size);
+        let loaded = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
-            .map_err(corrupt)?;
+            .map_err(|e| self.parquet_error(e))?;
         let meta = keepsake_segment::checkpoint_meta(
-            builder.metadata().file_metadata().key_value_metadata(),
+            loaded.metadata().file_metadata().key_value_metadata(),
         )
-        .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+        .map_err(|e| LogError::corrupt(self.shard, self.checkpoint, format!("checkpoint: {e}")))?;
         self.check_meta(&meta)?;
+        Ok(ObjectMeta { size, loaded })
+    }
+
+    /// One user's rows, read with the object's metadata: only the pages that may hold them.
+    async fn user_rows(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        meta: &ObjectMeta,
+        user: UserId,
+        with_changes: bool,
+    ) -> Result<UserState, LogError> {
+        let md = meta.loaded.metadata();
         let plan = if with_changes {
-            plan_user_read(builder.metadata(), &user)
+            plan_user_read(md, &user)
         } else {
             keepsake_segment::plan_user_read_skipping(
-                builder.metadata(),
+                md,
                 &user,
                 keepsake_segment::ENTRY_COLUMN,
                 keepsake_segment::ENTRY_CHANGE.as_bytes(),
@@ -431,18 +565,62 @@ impl ObjectRead {
         let Some(plan) = plan else {
             return Ok(UserState::default());
         };
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.reader(store, meta.size),
+            meta.loaded.clone(),
+        );
         let batches: Vec<_> = builder
             .with_row_groups(plan.row_groups)
             .with_row_selection(plan.selection)
             .build()
-            .map_err(corrupt)?
+            .map_err(|e| self.parquet_error(e))?
             .try_collect()
             .await
-            .map_err(corrupt)?;
-        let mut users = keepsake_segment::decode_checkpoint_batches(batches, Some(&user))
-            .map_err(|e| LogError::corrupt(shard, checkpoint, format!("checkpoint: {e}")))?;
+            .map_err(|e| self.parquet_error(e))?;
+        let mut users =
+            keepsake_segment::decode_checkpoint_batches(batches, Some(&user)).map_err(|e| {
+                LogError::corrupt(self.shard, self.checkpoint, format!("checkpoint: {e}"))
+            })?;
         Ok(users.remove(&user).unwrap_or_default())
     }
+}
+
+/// Footers of parts, kept by a view for its loads: the parts of the manifest it reads from.
+#[derive(Debug, Default)]
+pub struct Footers(std::sync::Mutex<std::collections::HashMap<(u64, u128), Arc<ObjectMeta>>>);
+
+impl Footers {
+    fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
+        self.0.lock().ok().and_then(|m| m.get(&key).cloned())
+    }
+
+    fn put(&self, key: (u64, u128), meta: Arc<ObjectMeta>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, meta);
+        }
+    }
+
+    /// Keeps only the footers of parts `m` names (a new manifest was adopted).
+    pub fn retain_named(&self, m: &Manifest) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.retain(|(w, d), _| m.parts().any(|p| p.written_by == *w && p.digest == *d));
+        }
+    }
+
+    /// Approximate bytes held (the decoded footers and page indexes).
+    pub fn bytes(&self) -> usize {
+        self.0
+            .lock()
+            .map(|m| m.values().map(|v| v.loaded.metadata().memory_size()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// An object's size and loaded footer.
+#[derive(Debug)]
+pub struct ObjectMeta {
+    size: u64,
+    loaded: ArrowReaderMetadata,
 }
 
 /// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
