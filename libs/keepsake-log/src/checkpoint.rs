@@ -5,8 +5,11 @@
 //! - From a manifest: only the users in segments `prev + 1..=n` are read (each from the part the
 //!   previous manifest places it in, one user's pages), folded with `apply`, and written as one
 //!   new delta part; every other part is named again, never copied.
-//! - Deltas are merged in the same pass when they grow: more than `max_deltas` of them become
-//!   one delta; when they list more users than `1 / merge_ratio` of the base (and more than
+//! - Deltas are merged in the same pass, size-tiered like a binary counter: the newest deltas
+//!   join the new one while each is no larger than what is merged so far (and as many more as
+//!   keep them within `max_deltas`), so their sizes double from newest to oldest and a changed
+//!   user is rewritten about log2 times.
+//! - When the deltas list more users than `1 / merge_ratio` of the base (and more than
 //!   `merge_min_users`), they are folded into the base, rewriting only the base parts whose
 //!   ranges hold a delta user (with users spread over the ids, most of them), split at
 //!   `part_users` users. A base merge comes once per `base / merge_ratio` changed users:
@@ -30,7 +33,9 @@ use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
-use crate::reader::{Checkpoint, checkpoint_exists, open_checkpoint, read_base_part, read_part};
+use crate::reader::{
+    Checkpoint, checkpoint_exists, open_checkpoint, read_base_part, read_delta_part,
+};
 use crate::{LogError, list_checkpoints, scan_shard_upto};
 
 /// How a checkpoint's parts are sized and when its deltas are merged.
@@ -50,7 +55,7 @@ impl Default for PartsPolicy {
     fn default() -> Self {
         Self {
             part_users: 4096,
-            max_deltas: 8,
+            max_deltas: 16,
             merge_ratio: 8,
             merge_min_users: 1024,
         }
@@ -372,16 +377,28 @@ impl Writer {
         let listed = m.delta_users() + changed.len() as u64;
         if listed > p.merge_min_users && listed > base_users / p.merge_ratio.max(1) {
             self.report.merged = Some("base");
-            let mut overlay = self.deltas_state(m).await?;
+            let mut overlay = self.deltas_state(m, m.deltas.len()).await?;
             overlay.extend(changed);
             next.base = self.merge_base(m, &overlay).await?;
             next.deltas.clear();
             return Ok(next);
         }
-        let mut users = if m.deltas.len() + 1 > p.max_deltas {
+        // Size-tiered, like a binary counter: the newest deltas join the new one while each is
+        // no larger than what is merged so far, so deltas double in size from newest to oldest
+        // and a user's state is rewritten about log2(deltas' users / changed users) times
+        // before the base merge; and as many more as keep the deltas within `max_deltas`.
+        let mut k = 0;
+        let mut merged = changed.len();
+        while k < m.deltas.len()
+            && (m.deltas[k].users.len() <= merged || m.deltas.len() - k + 1 > p.max_deltas)
+        {
+            merged += m.deltas[k].users.len();
+            k += 1;
+        }
+        let mut users = if k > 0 {
             self.report.merged = Some("deltas");
-            next.deltas.clear();
-            let mut overlay = self.deltas_state(m).await?;
+            next.deltas.drain(..k);
+            let mut overlay = self.deltas_state(m, k).await?;
             overlay.extend(changed);
             overlay
         } else {
@@ -538,21 +555,15 @@ impl Writer {
         })
     }
 
-    /// The users the deltas of `m` hold, each in its newest state.
-    async fn deltas_state(&self, m: &Manifest) -> Result<IdMap<UserId, UserState>, LogError> {
+    /// The users the `newest` deltas of `m` hold, each in its newest state.
+    async fn deltas_state(
+        &self,
+        m: &Manifest,
+        newest: usize,
+    ) -> Result<IdMap<UserId, UserState>, LogError> {
         let mut users: IdMap<UserId, UserState> = IdMap::default();
-        for d in m.deltas.iter().rev() {
-            let held = read_part(self.store.as_ref(), m, &d.part).await?;
-            let mut ids: Vec<UserId> = held.keys().copied().collect();
-            ids.sort_unstable();
-            if ids != d.users {
-                return Err(LogError::corrupt(
-                    self.shard,
-                    m.segment,
-                    "a delta part's users are not the ones its manifest lists",
-                ));
-            }
-            users.extend(held);
+        for d in m.deltas[..newest.min(m.deltas.len())].iter().rev() {
+            users.extend(read_delta_part(self.store.as_ref(), m, d).await?);
         }
         Ok(users)
     }

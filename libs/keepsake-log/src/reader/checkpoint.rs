@@ -340,7 +340,7 @@ pub async fn read_base_part(
 }
 
 /// A delta part of `m`, checked to hold exactly the users the manifest lists for it.
-async fn read_delta_part(
+pub async fn read_delta_part(
     store: &dyn ObjectStore,
     m: &Manifest,
     d: &keepsake_segment::DeltaPart,
