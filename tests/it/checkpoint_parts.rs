@@ -9,7 +9,7 @@ use keepsake_log::{
     Checkpoint, CompactionPolicy, Log, LogConfig, LogStats, PartsPolicy, UpTo, open_checkpoint,
     read_checkpoint, read_user, verify::verify_store,
 };
-use keepsake_model::{Change, Outcome, UserId, UserState};
+use keepsake_model::{Change, Outcome, StateRead, UserId, UserState};
 use keepsake_segment::Manifest;
 use keepsake_store::faults::{Fault, FaultOp, FaultyStore};
 use keepsake_store::keys;
@@ -314,6 +314,12 @@ async fn a_manifest_naming_a_missing_part_is_passed_over_for_the_log(backend: Ba
         .expect("the part goes");
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("reopen");
     for (u, seq) in &expected {
+        // A point-in-time read passes over the checkpoint too.
+        let at = log
+            .items_at(u, UpTo::Seq(*seq))
+            .await
+            .expect("as of, from the log");
+        assert_eq!(at.last_seq(), *seq);
         assert_eq!(log.last_seq(u).await.expect("read from the log"), *seq);
     }
     touch(&log, &users[..2], 1).await;

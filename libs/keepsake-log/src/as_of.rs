@@ -113,10 +113,22 @@ impl Log {
         let mut base = None;
         let mut candidates = Candidates::list(store, shard, head, at).await?;
         while let Some(c) = candidates.next().await? {
-            let state = if with_changes {
-                read_checkpoint_user(store.clone(), shard, c, *user).await?
+            let read = if with_changes {
+                read_checkpoint_user(store.clone(), shard, c, *user).await
             } else {
-                reader::read_checkpoint_user_items(store.clone(), shard, c, *user).await?
+                reader::read_checkpoint_user_items(store.clone(), shard, c, *user).await
+            };
+            let state = match read {
+                Ok(state) => state,
+                // Unusable (a part it names is missing, or does not decode): checkpoints are
+                // derived, so an older one, or the log from its start.
+                Err(LogError::Corrupt {
+                    segment, detail, ..
+                }) if segment == c => {
+                    tracing::warn!(shard, checkpoint = c, %detail, "a checkpoint is unusable; reading from an older one");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // By seq, a checkpoint fits when the user's seq in it is at most `n`.
             if let UpTo::Seq(n) = at

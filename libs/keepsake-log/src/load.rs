@@ -236,6 +236,12 @@ pub(crate) async fn load_user(
                     Replaced::Present if matches!(e, LogError::Corrupt { segment, .. } if segment == c) =>
                     {
                         warn!(shard, checkpoint = c, error = %e, "the view's checkpoint is unusable; reading the user from the log");
+                        // Opened again by the next load (it may have been written again).
+                        if let Ok(mut s) = state.write()
+                            && s.opened.as_ref().is_some_and(|o| o.segment() == c)
+                        {
+                            s.opened = None;
+                        }
                         segments = (1..=read_to).collect();
                         UserState::default()
                     }

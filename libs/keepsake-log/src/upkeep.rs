@@ -154,14 +154,19 @@ pub async fn apply_retention(
     retain(store, shard, policy, now, &mut NamedParts::default()).await
 }
 
+/// A part as a manifest names it: the checkpoint that wrote it, and its digest.
+type PartName = (u64, u128);
+
 /// What retention remembers of a shard's parts between runs (held with the shard's maintenance
 /// lock): the parts each manifest names, by its number (manifests are immutable: each is read
 /// once per process, not every kept one at every run), and when each unnamed part was first
 /// seen unnamed (the newest manifest's write time then).
 #[derive(Debug, Default)]
 pub(crate) struct NamedParts {
-    named: std::collections::HashMap<u64, Arc<[(u64, u128)]>>,
-    unnamed_since: std::collections::HashMap<(u64, u128), chrono::DateTime<chrono::Utc>>,
+    /// By number and write time: a manifest taken back and written again under its number
+    /// (by another fold) is another manifest.
+    named: std::collections::HashMap<(u64, chrono::DateTime<chrono::Utc>), Arc<[PartName]>>,
+    unnamed_since: std::collections::HashMap<PartName, chrono::DateTime<chrono::Utc>>,
 }
 
 /// [`apply_retention`] with the manifests already read.
@@ -225,10 +230,12 @@ async fn delete_orphan_parts(
     let Some(newest) = kept.iter().max_by_key(|l| l.n) else {
         return Ok(0);
     };
-    cache.named.retain(|n, _| kept.iter().any(|l| l.n == *n));
+    cache
+        .named
+        .retain(|key, _| kept.iter().any(|l| (l.n, l.modified) == *key));
     let mut named = std::collections::HashSet::new();
     for l in kept {
-        if let Some(parts) = cache.named.get(&l.n) {
+        if let Some(parts) = cache.named.get(&(l.n, l.modified)) {
             named.extend(parts.iter().copied());
             continue;
         }
@@ -241,10 +248,9 @@ async fn delete_orphan_parts(
         .await
         {
             Ok(Checkpoint::Parts(m)) => {
-                let parts: Arc<[(u64, u128)]> =
-                    m.parts().map(|p| (p.written_by, p.digest)).collect();
+                let parts: Arc<[PartName]> = m.parts().map(|p| (p.written_by, p.digest)).collect();
                 named.extend(parts.iter().copied());
-                cache.named.insert(l.n, parts);
+                cache.named.insert((l.n, l.modified), parts);
             }
             Ok(Checkpoint::Whole { .. }) => {}
             // Deleted since the listing (another process's retention): it names nothing now.
