@@ -28,6 +28,7 @@ on_every_backend!(
     a_change_id_from_three_checkpoints_ago_is_still_a_duplicate,
     a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_deleted,
     a_manifest_naming_a_missing_part_is_passed_over_for_the_log,
+    few_and_many_changed_users_of_a_part_read_alike,
 );
 
 /// No background checkpoints or compaction: the tests write them.
@@ -328,4 +329,25 @@ async fn a_manifest_naming_a_missing_part_is_passed_over_for_the_log(backend: Ba
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A checkpoint reads the prior state of a few changed users of a part by their pages, and of
+/// many (a sixteenth of the part or more) by reading the part whole: both give the fold.
+async fn few_and_many_changed_users_of_a_part_read_alike(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let users: Vec<UserId> = (0..40).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    checkpoint(&log).await;
+    // One of 40: its pages.
+    touch(&log, &users[5..6], 1).await;
+    let c = checkpoint(&log).await;
+    assert_is_the_fold(&ts.store, c, &users).await;
+    // Ten of 40 (and the one again): the part whole.
+    touch(&log, &users[..10], 2).await;
+    let c = checkpoint(&log).await;
+    assert_is_the_fold(&ts.store, c, &users).await;
+    log.shutdown().await;
 }

@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, Tag, list_layout, read_history, read_seen_segment,
+    HistoryListed, Layout, Listed, Place, Tag, list_layout_upto, read_history, read_seen_segment,
 };
 use crate::view::ShardState;
 
@@ -134,10 +134,13 @@ pub async fn compact_shard(
     policy: &CompactionPolicy,
 ) -> Result<CompactionReport, LogError> {
     let mut report = CompactionReport::default();
-    report.add(settle(store, shard, view).await?);
+    report.add(settle(store, shard, upto, view).await?);
     let mut moved = 0;
     loop {
-        let layout = list_layout(store.as_ref(), shard).await?;
+        // Only up to `upto`: a busy shard adds segments while it is listed, and a listing of a
+        // directory being written to can show a later file and miss an earlier one; past
+        // `upto` that is no gap to compaction (it stopped every compaction of a busy shard).
+        let layout = list_layout_upto(store.as_ref(), shard, upto).await?;
         let round = match compact_round(store, shard, upto, view, policy, &layout).await {
             Ok(round) => round,
             // A segment it listed was compacted by another process (or replaced by a stray)
@@ -167,11 +170,19 @@ pub async fn compact_shard(
 async fn settle(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
+    upto: u64,
     view: Option<&RwLock<ShardState>>,
 ) -> Result<CompactionReport, LogError> {
     let mut report = CompactionReport::default();
-    let layout = list_layout(store.as_ref(), shard).await?;
-    let mut widest_first = layout.history.clone();
+    let layout = list_layout_upto(store.as_ref(), shard, upto).await?;
+    // Only objects within the listing's bound: one reaching past `upto` (another process's,
+    // from a newer checkpoint) may have sources this listing does not show; that one settles it.
+    let mut widest_first: Vec<HistoryListed> = layout
+        .history
+        .iter()
+        .filter(|h| h.last <= upto)
+        .copied()
+        .collect();
     widest_first.sort_by_key(|h| std::cmp::Reverse(h.last - h.first));
     let mut gone: Vec<HistoryListed> = Vec::new();
     for h in widest_first {
@@ -352,7 +363,7 @@ async fn still_present(
     h: HistoryListed,
     doomed: &[Doomed],
 ) -> Result<bool, LogError> {
-    let layout = list_layout(store.as_ref(), shard).await?;
+    let layout = list_layout_upto(store.as_ref(), shard, h.last).await?;
     if layout.verified.contains(&(h.first, h.last)) {
         return Ok(false);
     }

@@ -28,6 +28,9 @@ use keepsake_segment::plan_user_read;
 /// Parts of one checkpoint read at once by a whole read.
 const PART_READS_AT_ONCE: usize = 4;
 
+/// [`Checkpoint::users`] reads a part whole when asked for at least 1/this of its users.
+const WHOLE_PART_SHARE: u64 = 16;
+
 /// A checkpoint opened for reading.
 #[derive(Clone, Debug)]
 pub enum Checkpoint {
@@ -232,7 +235,22 @@ impl Checkpoint {
         }
         for (part, us) in by_part.into_values() {
             let read = ObjectRead::part(m, &part);
-            let delta = m.deltas.iter().any(|d| d.part == part);
+            let delta = m.deltas.iter().find(|d| d.part == part);
+            // Many of a part's users: one read of the whole part (each user's pages would
+            // decode pages shared by dozens of users again and again).
+            if us.len() as u64 * WHOLE_PART_SHARE >= part.users {
+                let mut whole = match (delta, m.base.iter().position(|b| b.part == part)) {
+                    (Some(d), _) => read_delta_part(store.as_ref(), m, d).await?,
+                    (None, Some(i)) => read_base_part(store.as_ref(), m, i).await?,
+                    (None, None) => read_part(store.as_ref(), m, &part).await?,
+                };
+                for u in us {
+                    let state = whole.remove(&u).unwrap_or_default();
+                    out.push((u, state));
+                }
+                continue;
+            }
+            let delta = delta.is_some();
             let meta = read
                 .told_apart(store.as_ref(), read.metadata(store.clone()).await)
                 .await?;
