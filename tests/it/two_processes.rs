@@ -216,6 +216,21 @@ async fn fill(log: &keepsake_log::Log, u: UserId, n: usize) -> HashMap<ChangeId,
     acks
 }
 
+/// Segment 5 as a listing could show it before 4: a copy of segment 3's object under 5.
+async fn gap_at_4(store: &Arc<dyn ObjectStore>) {
+    let three = store
+        .get(&keys::segment(0, 3))
+        .await
+        .expect("segment 3")
+        .bytes()
+        .await
+        .expect("bytes");
+    store
+        .put(&keys::segment(0, 5), PutPayload::from_bytes(three))
+        .await
+        .expect("put 5");
+}
+
 /// The same for compaction after that checkpoint: it moves segments 1..=3 only. (Under
 /// `make sustained` every compaction failed with "segment N is missing but later segments
 /// exist", N past its checkpoint, so none ran in 17 minutes.)
@@ -228,18 +243,7 @@ async fn a_compaction_is_not_stopped_by_a_gap_after_its_segment(backend: Backend
     write_checkpoint(&ts.store, 0, None, 3, 2)
         .await
         .expect("the checkpoint after 3");
-    let three = ts
-        .store
-        .get(&keys::segment(0, 3))
-        .await
-        .expect("segment 3")
-        .bytes()
-        .await
-        .expect("bytes");
-    ts.store
-        .put(&keys::segment(0, 5), PutPayload::from_bytes(three))
-        .await
-        .expect("put 5");
+    gap_at_4(&ts.store).await;
     let policy = CompactionPolicy {
         enabled: true,
         min_segments: 1,
@@ -275,19 +279,7 @@ async fn a_checkpoint_is_not_stopped_by_a_gap_after_its_segment(backend: Backend
     let u = user();
     let acks = fill(&log, u, 3).await;
     log.shutdown().await;
-    // Segment 5 as a listing could show it before 4: a copy of segment 3's object under 5.
-    let three = ts
-        .store
-        .get(&keys::segment(0, 3))
-        .await
-        .expect("segment 3")
-        .bytes()
-        .await
-        .expect("bytes");
-    ts.store
-        .put(&keys::segment(0, 5), PutPayload::from_bytes(three))
-        .await
-        .expect("put 5");
+    gap_at_4(&ts.store).await;
     let users = write_checkpoint(&ts.store, 0, None, 3, 2)
         .await
         .expect("the checkpoint after 3 is written");

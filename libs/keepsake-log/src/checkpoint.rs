@@ -34,7 +34,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
 use crate::reader::{
-    Checkpoint, checkpoint_exists, open_checkpoint, read_base_part, read_delta_part,
+    Checkpoint, WholeParts, checkpoint_exists, open_checkpoint, read_base_part, read_delta_part,
 };
 use crate::{LogError, list_checkpoints, scan_shard_upto};
 
@@ -160,8 +160,8 @@ async fn write_from(
         Some(Checkpoint::Parts(m)) => {
             // The new manifest names the previous one's parts again: each must be there.
             w.parts_of_previous_are_there(&m).await?;
-            let (changed, new_users) = w.fold_changed(&m, concurrency).await?;
-            w.delta(&m, changed, new_users).await?
+            let (changed, new_users, whole) = w.fold_changed(&m, concurrency).await?;
+            w.delta(&m, changed, new_users, whole).await?
         }
         whole => {
             let users = match &whole {
@@ -334,13 +334,17 @@ impl Writer {
         &self,
         m: &Arc<Manifest>,
         concurrency: usize,
-    ) -> Result<(IdMap<UserId, UserState>, u64), LogError> {
+    ) -> Result<(IdMap<UserId, UserState>, u64, WholeParts), LogError> {
         let ck = Checkpoint::Parts(m.clone());
         let new_users = std::sync::atomic::AtomicU64::new(0);
+        let whole = tokio::sync::Mutex::new(WholeParts::default());
         let prior = |unseen: Vec<UserId>| {
-            let (ck, store, new_users) = (&ck, &self.store, &new_users);
+            let (ck, store, new_users, whole) = (&ck, &self.store, &new_users, &whole);
             async move {
-                let states = ck.users(store.clone(), unseen, concurrency).await?;
+                let mut whole = whole.lock().await;
+                let states = ck
+                    .users(store.clone(), unseen, concurrency, &mut whole)
+                    .await?;
                 let new = states.iter().filter(|(_, s)| s.last_seq() == 0).count();
                 new_users.fetch_add(new as u64, std::sync::atomic::Ordering::Relaxed);
                 Ok(states)
@@ -349,7 +353,7 @@ impl Writer {
         let changed = self
             .fold_runs(IdMap::default(), Some(m.segment), concurrency, prior)
             .await?;
-        Ok((changed, new_users.into_inner()))
+        Ok((changed, new_users.into_inner(), whole.into_inner()))
     }
 
     /// Manifest `m` with `changed` (`new_users` of them new to the shard) in it: as one more
@@ -360,6 +364,7 @@ impl Writer {
         m: &Manifest,
         changed: IdMap<UserId, UserState>,
         new_users: u64,
+        mut whole: WholeParts,
     ) -> Result<Manifest, LogError> {
         self.report.changed_users = changed.len() as u64;
         let mut next = Manifest {
@@ -379,7 +384,7 @@ impl Writer {
             self.report.merged = Some("base");
             let mut overlay = self.deltas_state(m, m.deltas.len()).await?;
             overlay.extend(changed);
-            next.base = self.merge_base(m, &overlay).await?;
+            next.base = self.merge_base(m, &overlay, &mut whole).await?;
             next.deltas.clear();
             return Ok(next);
         }
@@ -575,6 +580,7 @@ impl Writer {
         &mut self,
         m: &Manifest,
         overlay: &IdMap<UserId, UserState>,
+        whole: &mut WholeParts,
     ) -> Result<Vec<BasePart>, LogError> {
         let mut changed: Vec<(&UserId, &UserState)> = overlay.iter().collect();
         changed.sort_unstable_by_key(|(u, _)| **u);
@@ -590,7 +596,12 @@ impl Writer {
                 base.push(*b);
                 continue;
             }
-            let mut users = read_base_part(self.store.as_ref(), m, i).await?;
+            // Read whole for the fold already: its users left are the unchanged ones, and the
+            // changed ones are all in the overlay.
+            let mut users = match whole.take(&b.part) {
+                Some(left) => left,
+                None => read_base_part(self.store.as_ref(), m, i).await?,
+            };
             for (u, s) in &changed[lo..hi] {
                 users.insert(**u, (*s).clone());
             }

@@ -92,6 +92,8 @@ pub struct RunReport {
     /// Retried pushes where an originally applied change did not come back `duplicate`
     /// (a broken idempotency promise: must be 0).
     pub retries_broken: u64,
+    /// Retried pushes whose original's answer was lost (a timeout): not judged.
+    pub retries_unjudged: u64,
     /// Open loop: requests not sent because a handset's queue was full.
     pub dropped: u64,
     /// Latency per kind of request.
@@ -141,11 +143,11 @@ impl RunReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(t, "  change outcomes: {}", outcomes.join(", "));
-        if self.retries_ok + self.retries_broken > 0 {
+        if self.retries_ok + self.retries_broken + self.retries_unjudged > 0 {
             let _ = writeln!(
                 t,
-                "  retried pushes: {} answered duplicate for every change applied before, {} not (must be 0)",
-                self.retries_ok, self.retries_broken
+                "  retried pushes: {} answered duplicate for every change applied before, {} not (must be 0); {} not judged (the original's answer was lost)",
+                self.retries_ok, self.retries_broken, self.retries_unjudged
             );
         }
         let errors: Vec<String> = self
@@ -328,7 +330,10 @@ async fn act(
                 .await;
             let resp = match check(resp, stats, record).await {
                 Some(r) => r,
-                None => return Done::Backoff,
+                None => {
+                    h.generator.lost(p.retry);
+                    return Done::Backoff;
+                }
             };
             let answer: Result<PushAnswer, _> = resp.json().await;
             let latency = started.elapsed();
@@ -336,6 +341,7 @@ async fn act(
                 if record {
                     stats.error("unreadable answer");
                 }
+                h.generator.lost(p.retry);
                 return Done::Ok;
             };
             if record {
@@ -345,10 +351,11 @@ async fn act(
                     *stats.outcomes.entry(o.status.clone()).or_default() += 1;
                 }
                 if p.retry {
-                    if h.generator.retry_answer_ok(&answer.results) {
-                        stats.retries_ok += 1;
-                    } else {
-                        stats.retries_broken += 1;
+                    match h.generator.retry_answer_ok(&answer.results) {
+                        Some(true) => stats.retries_ok += 1,
+                        Some(false) => stats.retries_broken += 1,
+                        // The original's answer was lost: not known whether it was applied.
+                        None => stats.retries_unjudged += 1,
                     }
                 }
             }
@@ -559,6 +566,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         items_pulled: total.items_pulled,
         retries_ok: total.retries_ok,
         retries_broken: total.retries_broken,
+        retries_unjudged: total.retries_unjudged,
         dropped: total.dropped,
         ops: total.summaries(secs),
         errors: total.errors.clone(),

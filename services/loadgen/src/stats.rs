@@ -28,6 +28,8 @@ pub struct Stats {
     pub retries_ok: u64,
     /// Retried pushes where one did not (a defect if non-zero).
     pub retries_broken: u64,
+    /// Retried pushes whose original's answer was lost (a timeout): not judged.
+    pub retries_unjudged: u64,
     /// Open loop: requests not sent because the client fell behind by more than its queue.
     pub dropped: u64,
 }
@@ -66,6 +68,7 @@ impl Stats {
         self.items_pulled += other.items_pulled;
         self.retries_ok += other.retries_ok;
         self.retries_broken += other.retries_broken;
+        self.retries_unjudged += other.retries_unjudged;
         self.dropped += other.dropped;
     }
 

@@ -249,6 +249,8 @@ pub struct Generator {
     pending: HashMap<Uuid, (Kind, bool)>,
     /// Whether each change of the last fresh push was applied (or already a duplicate).
     last_applied: Vec<bool>,
+    /// Whether the last fresh push's answer arrived.
+    last_answered: bool,
 }
 
 impl Generator {
@@ -260,6 +262,7 @@ impl Generator {
             last_push: None,
             pending: HashMap::new(),
             last_applied: Vec::new(),
+            last_answered: true,
         }
     }
 
@@ -398,18 +401,34 @@ impl Generator {
     }
 
     /// Whether a retry's answer keeps the promise: every change that the original push applied
-    /// comes back `duplicate` (a change that was refused may be decided anew).
-    pub fn retry_answer_ok(&self, outcomes: &[PushOutcome]) -> bool {
-        outcomes.len() == self.last_applied.len()
-            && outcomes
-                .iter()
-                .zip(&self.last_applied)
-                .all(|(o, &applied)| !applied || o.status == "duplicate")
+    /// comes back `duplicate` (a change that was refused may be decided anew). `None` when the
+    /// original's answer never arrived ([`Generator::lost`]): nothing is known to judge by.
+    pub fn retry_answer_ok(&self, outcomes: &[PushOutcome]) -> Option<bool> {
+        if !self.last_answered {
+            return None;
+        }
+        Some(
+            outcomes.len() == self.last_applied.len()
+                && outcomes
+                    .iter()
+                    .zip(&self.last_applied)
+                    .all(|(o, &applied)| !applied || o.status == "duplicate"),
+        )
+    }
+
+    /// The answer to the last push was lost (an error or a timeout): a retry of it is not judged,
+    /// since whether it was applied is not known (it was judged against the push before it, and
+    /// a timed-out push the server never committed counted as a broken promise).
+    pub fn lost(&mut self, retry: bool) {
+        if !retry {
+            self.last_answered = false;
+        }
     }
 
     /// Learns from the answer to the last push (a retry's answer is the original's).
     pub fn pushed(&mut self, outcomes: &[PushOutcome], retry: bool) {
         if !retry {
+            self.last_answered = true;
             self.last_applied = outcomes
                 .iter()
                 .map(|o| o.status == "applied" || o.status == "duplicate")
@@ -669,16 +688,25 @@ mod tests {
         g.pushed(&outcomes, false);
         let mut retried = vec![o("duplicate"), o("applied")];
         retried.extend((2..first.changes).map(|_| o("duplicate")));
-        assert!(g.retry_answer_ok(&retried));
+        assert_eq!(g.retry_answer_ok(&retried), Some(true));
         retried[0] = o("applied");
-        assert!(
-            !g.retry_answer_ok(&retried),
+        assert_eq!(
+            g.retry_answer_ok(&retried),
+            Some(false),
             "an applied change applied twice"
         );
-        assert!(
-            !g.retry_answer_ok(&retried[..1]),
+        assert_eq!(
+            g.retry_answer_ok(&retried[..1]),
+            Some(false),
             "an answer of the wrong length"
         );
+        // The next fresh push's answer is lost (a timeout): its retry is not judged against the
+        // push before it (it used to be, and counted a push the server never committed as a
+        // broken promise).
+        g.lost(false);
+        assert_eq!(g.retry_answer_ok(&retried), None);
+        g.pushed(&outcomes, false);
+        assert_eq!(g.retry_answer_ok(&retried), Some(false));
     }
 
     #[test]

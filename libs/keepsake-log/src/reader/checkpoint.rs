@@ -209,6 +209,7 @@ impl Checkpoint {
         store: Arc<dyn ObjectStore>,
         users: Vec<UserId>,
         concurrency: usize,
+        read_whole: &mut WholeParts,
     ) -> Result<Vec<(UserId, UserState)>, LogError> {
         let Checkpoint::Parts(m) = self else {
             return futures::stream::iter(users)
@@ -236,14 +237,20 @@ impl Checkpoint {
         for (part, us) in by_part.into_values() {
             let read = ObjectRead::part(m, &part);
             let delta = m.deltas.iter().find(|d| d.part == part);
+            let key = (part.written_by, part.digest);
             // Many of a part's users: one read of the whole part (each user's pages would
-            // decode pages shared by dozens of users again and again).
-            if us.len() as u64 * WHOLE_PART_SHARE >= part.users {
-                let mut whole = match (delta, m.base.iter().position(|b| b.part == part)) {
+            // decode pages shared by dozens of users again and again), kept for the users of
+            // it asked for later.
+            if !read_whole.0.contains_key(&key) && us.len() as u64 * WHOLE_PART_SHARE >= part.users
+            {
+                let whole = match (delta, m.base.iter().position(|b| b.part == part)) {
                     (Some(d), _) => read_delta_part(store.as_ref(), m, d).await?,
                     (None, Some(i)) => read_base_part(store.as_ref(), m, i).await?,
                     (None, None) => read_part(store.as_ref(), m, &part).await?,
                 };
+                read_whole.0.insert(key, whole);
+            }
+            if let Some(whole) = read_whole.0.get_mut(&key) {
                 for u in us {
                     let state = whole.remove(&u).unwrap_or_default();
                     out.push((u, state));
@@ -600,6 +607,21 @@ impl ObjectRead {
                 LogError::corrupt(self.shard, self.checkpoint, format!("checkpoint: {e}"))
             })?;
         Ok(users.remove(&user).unwrap_or_default())
+    }
+}
+
+/// Parts [`Checkpoint::users`] read whole, less the users it gave out: a checkpoint's later
+/// runs of segments take their users from here instead of reading the part again, and a merge
+/// into the base takes the users left (the unchanged ones) instead of reading the part again.
+#[derive(Debug, Default)]
+pub struct WholeParts(
+    std::collections::HashMap<(u64, u128), std::collections::HashMap<UserId, UserState>>,
+);
+
+impl WholeParts {
+    /// The users left of part `part` if it was read whole (each user given out is gone).
+    pub fn take(&mut self, part: &PartRef) -> Option<std::collections::HashMap<UserId, UserState>> {
+        self.0.remove(&(part.written_by, part.digest))
     }
 }
 
