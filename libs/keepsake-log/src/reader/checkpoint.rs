@@ -3,10 +3,12 @@
 //! [`keepsake_segment::Manifest`]). Every reader of a checkpoint opens it here, so the two
 //! forms answer alike: a user's state, or every user's.
 //!
-//! Each part read is checked against the manifest that names it: its shard, the checkpoint that
-//! wrote it, its user count, and that its users are the ones the manifest places in it (a delta's
-//! listed users; a base part's range). A part that is missing while its manifest is there is
-//! corrupt, never an empty state.
+//! Each part read is checked against the manifest that names it: a whole read, its shard, the
+//! checkpoint that wrote it, its user count, its digest, and that its users are the ones the
+//! manifest places in it (a delta's listed users; a base part's range); a one-user read, its
+//! shard and writer, and that a delta listing the user holds it. A part that is missing while
+//! its manifest is there makes the checkpoint unusable ([`LogError::Corrupt`]), never an empty
+//! state: readers then use an older checkpoint or the log.
 
 use std::sync::Arc;
 
