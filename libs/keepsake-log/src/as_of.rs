@@ -12,8 +12,8 @@ use object_store::ObjectStore;
 
 use crate::load::{by_view, segment_sources};
 use crate::{
-    Log, LogError, UpTo, list_checkpoints, poisoned, read_checkpoint, read_checkpoint_user,
-    read_segment_meta, reader, scan_shard,
+    Log, LogError, UpTo, list_checkpoints, poisoned, read_checkpoint, read_segment_meta, reader,
+    scan_shard,
 };
 
 impl Log {
@@ -113,11 +113,11 @@ impl Log {
         let mut base = None;
         let mut candidates = Candidates::list(store, shard, head, at).await?;
         while let Some(c) = candidates.next().await? {
-            let read = if with_changes {
-                read_checkpoint_user(store.clone(), shard, c, *user).await
-            } else {
-                reader::read_checkpoint_user_items(store.clone(), shard, c, *user).await
-            };
+            // Through the view: its checkpoint's manifest and the parts' footers are read once,
+            // not at every as-of read.
+            let view = &self.shards[shard as usize].state;
+            let read =
+                crate::load::user_in_checkpoint(store, shard, view, c, *user, with_changes).await;
             let state = match read {
                 Ok(state) => state,
                 // Unusable (a part it names is missing, or does not decode): checkpoints are

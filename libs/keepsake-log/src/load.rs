@@ -228,7 +228,7 @@ pub(crate) async fn load_user(
             s.read_plan(&user, UpTo::End)
         };
         let mut loaded = match checkpoint {
-            Some(c) => match user_in_checkpoint(store, shard, state, c, user).await {
+            Some(c) => match user_in_checkpoint(store, shard, state, c, user, true).await {
                 Ok(s) => s,
                 Err(e) => match replace_checkpoint(store, shard, state, c).await? {
                     // A checkpoint that is there but unusable (a part it names is missing, or
@@ -287,14 +287,17 @@ pub(crate) async fn load_user(
     }
 }
 
-/// A user's state in the view's checkpoint `c`, opened once and kept in the view (a manifest
-/// says which part holds each user, so a load reads one part's pages and no manifest).
-async fn user_in_checkpoint(
+/// A user's state in checkpoint `c` (with `with_changes`, its change ids too). The view's
+/// checkpoint is opened once and kept in the view (a manifest says which part holds each user,
+/// so a load or an as-of read reads one part's pages and no manifest); part footers are kept
+/// in the view for every read.
+pub(crate) async fn user_in_checkpoint(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
     state: &Arc<RwLock<ShardState>>,
     c: u64,
     user: UserId,
+    with_changes: bool,
 ) -> Result<UserState, LogError> {
     let (cached, footers) = {
         let s = state.read().map_err(|_| poisoned(shard))?;
@@ -318,7 +321,7 @@ async fn user_in_checkpoint(
         }
     };
     opened
-        .user_with(store.clone(), user, true, Some(&footers))
+        .user_with(store.clone(), user, with_changes, Some(&footers))
         .await
 }
 
