@@ -5,6 +5,7 @@
 //!   for clients that delete one item per request.
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
+//! - [`memory`]: the process's allocator (jemalloc) and what it holds, for `/metrics`.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
 //! - [`cluster`]: many servers on one store (etcd or static shard ownership, forwarding).
 //! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.
@@ -22,6 +23,7 @@ pub mod devices;
 pub mod fleet;
 pub mod fleet_record;
 pub mod fleet_remote;
+pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod recover;

@@ -530,6 +530,26 @@ pub fn text(
             index_bytes as u64,
         );
     }
+    if let Some(a) = crate::memory::allocator() {
+        gauge(
+            &mut out,
+            "keepsake_allocator_allocated_bytes",
+            "Bytes the process holds allocated (jemalloc)",
+            a.allocated,
+        );
+        gauge(
+            &mut out,
+            "keepsake_allocator_resident_bytes",
+            "Bytes of physical memory the allocator holds (allocations, fragmentation and its own metadata)",
+            a.resident,
+        );
+        gauge(
+            &mut out,
+            "keepsake_allocator_retained_bytes",
+            "Bytes of address space the allocator keeps for reuse, returned to the system",
+            a.retained,
+        );
+    }
     if let Some(c) = cluster {
         cluster_metrics(&mut out, c, log);
     }

@@ -1,0 +1,64 @@
+//! The process's allocator, and what it holds.
+//!
+//! jemalloc, not the system's: under sustained pushes with a full view (every push loading a
+//! user the view had evicted), glibc malloc spent 37% of the server's CPU in `_int_malloc` and
+//! kept four times the view budget resident (docs/BENCHMARKS.md, "Sustained"). Declared in the
+//! library, so that the server, its tests and its benches all run on the allocator production
+//! runs on.
+//!
+//! [`allocator`] reads jemalloc's own statistics for `/metrics`: what the program asked for
+//! (`allocated`) against what the process holds for it (`resident`), which is how the view
+//! budget's overhead (issue 15's bound) is seen without `/proc`.
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's statistics, in bytes, as of the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorStats {
+    /// Bytes the program holds allocated.
+    pub allocated: u64,
+    /// Bytes in pages holding allocations (allocated plus fragmentation within them).
+    pub active: u64,
+    /// Bytes of physical memory the allocator maps and has touched: what it costs the machine.
+    pub resident: u64,
+    /// Bytes of virtual memory kept for reuse but returned to the system (not resident).
+    pub retained: u64,
+}
+
+/// The allocator's statistics now, or `None` when they cannot be read (they are refreshed
+/// first: jemalloc caches them until its epoch is advanced).
+pub fn allocator() -> Option<AllocatorStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let read = |r: Result<usize, tikv_jemalloc_ctl::Error>| r.ok().map(|v| v as u64);
+    Some(AllocatorStats {
+        allocated: read(stats::allocated::read())?,
+        active: read(stats::active::read())?,
+        resident: read(stats::resident::read())?,
+        retained: read(stats::retained::read())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_reports_what_the_program_holds() {
+        let Some(before) = allocator() else {
+            panic!("jemalloc's statistics are not readable");
+        };
+        // 64 MiB held and touched: allocated grows by at least that much while it is held.
+        let held = vec![1u8; 64 << 20];
+        let Some(during) = allocator() else {
+            panic!("jemalloc's statistics are not readable");
+        };
+        assert!(
+            during.allocated >= before.allocated + (60 << 20),
+            "{before:?} -> {during:?}"
+        );
+        assert!(during.resident >= during.active && during.active >= during.allocated);
+        drop(held);
+    }
+}
