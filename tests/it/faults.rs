@@ -528,6 +528,52 @@ async fn a_slow_checkpoint_put_holds_up_no_push() {
     log.shutdown().await;
 }
 
+/// The shards of a process take turns at upkeep: while one shard's checkpoint hangs (its
+/// manifest PUT held), the other does not checkpoint with `upkeep_parallelism` 1 (each holds
+/// its changed users in memory and takes CPU from pushes), and does with 2. Once the hung one
+/// lands, the other takes its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_take_turns_at_upkeep() {
+    for parallelism in [1, 2] {
+        let (faulty, store) = faulty();
+        let cfg = LogConfig {
+            upkeep_parallelism: parallelism,
+            ..checkpointing()
+        };
+        let log = open(store.clone(), 2, cfg).await.expect("open");
+        let mut users = [None, None];
+        while users.iter().any(Option::is_none) {
+            let u = user();
+            users[log.shard_of(&u) as usize].get_or_insert(u);
+        }
+        let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
+        for u in users.iter().flatten() {
+            four_changes(&log, *u).await;
+        }
+        gate.reached().await;
+        let checkpointed = || (0..2).filter(|s| log.checkpoint(*s).is_some()).count();
+        if parallelism == 1 {
+            // Fifty upkeep ticks: with a turn free, the other shard checkpoints in one.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(checkpointed(), 0, "the other shard waits for its turn");
+        } else {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while checkpointed() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the other shard has a turn"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(checkpointed(), 1, "the held one is still held");
+        }
+        gate.release();
+        until_checkpointed(&log, 0, None).await;
+        until_checkpointed(&log, 1, None).await;
+        log.shutdown().await;
+    }
+}
+
 /// A listing that lags behind the store (misses the newest object) is not where the log ends.
 /// A read whose segments were compacted under it lists again to find them; when that listing
 /// does not reach a segment the reader knows was committed, it lists again, and if the store

@@ -384,7 +384,7 @@ impl Writer {
             self.report.merged = Some("base");
             let mut overlay = self.deltas_state(m, m.deltas.len()).await?;
             overlay.extend(changed);
-            next.base = self.merge_base(m, &overlay, &mut whole).await?;
+            next.base = self.merge_base(m, overlay, &mut whole).await?;
             next.deltas.clear();
             return Ok(next);
         }
@@ -400,7 +400,7 @@ impl Writer {
             merged += m.deltas[k].users.len();
             k += 1;
         }
-        let mut users = if k > 0 {
+        let users = if k > 0 {
             self.report.merged = Some("deltas");
             next.deltas.drain(..k);
             let mut overlay = self.deltas_state(m, k).await?;
@@ -409,10 +409,9 @@ impl Writer {
         } else {
             changed
         };
-        let mut ids: Vec<UserId> = users.keys().copied().collect();
-        ids.sort_unstable();
-        let part = self.put_part(users.iter()).await?;
-        users.clear();
+        let users = sorted_users(users);
+        let ids: Vec<UserId> = users.iter().map(|(u, _)| *u).collect();
+        let part = self.put_part(users).await?;
         next.deltas.insert(0, DeltaPart { part, users: ids });
         Ok(next)
     }
@@ -420,9 +419,7 @@ impl Writer {
     /// A manifest of base parts only, holding `users`.
     async fn all_as_base(&mut self, users: IdMap<UserId, UserState>) -> Result<Manifest, LogError> {
         let count = users.len() as u64;
-        let mut sorted: Vec<(&UserId, &UserState)> = users.iter().collect();
-        sorted.sort_unstable_by_key(|(u, _)| **u);
-        let base = self.base_parts(NIL_USER, &sorted).await?;
+        let base = self.base_parts(NIL_USER, sorted_users(users)).await?;
         Ok(Manifest {
             shard: self.shard,
             segment: self.n,
@@ -433,28 +430,29 @@ impl Writer {
     }
 
     /// Base parts holding `sorted` (ascending), the first from `from`, split at `part_users`.
+    /// The states are moved into the parts' encoders, never copied: a checkpoint where every
+    /// user changed holds each state once.
     async fn base_parts(
         &mut self,
         from: UserId,
-        sorted: &[(&UserId, &UserState)],
+        sorted: Vec<(UserId, UserState)>,
     ) -> Result<Vec<BasePart>, LogError> {
+        let size = self.policy.part_users.max(1);
         let mut out = Vec::new();
-        for (i, chunk) in sorted.chunks(self.policy.part_users.max(1)).enumerate() {
-            let from = if i == 0 { from } else { *chunk[0].0 };
-            let part = self.put_part(chunk.iter().copied()).await?;
+        let mut rest = sorted;
+        while !rest.is_empty() {
+            let after = rest.split_off(size.min(rest.len()));
+            let chunk = std::mem::replace(&mut rest, after);
+            let from = if out.is_empty() { from } else { chunk[0].0 };
+            let part = self.put_part(chunk).await?;
             out.push(BasePart { from, part });
         }
         Ok(out)
     }
 
-    /// Writes one part (create-only, named by its digest).
-    async fn put_part<'a>(
-        &mut self,
-        users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>,
-    ) -> Result<PartRef, LogError> {
+    /// Writes one part (create-only, named by its digest) of `users` (ascending).
+    async fn put_part(&mut self, users: Vec<(UserId, UserState)>) -> Result<PartRef, LogError> {
         let (shard, n) = (self.shard, self.n);
-        let users: Vec<(UserId, UserState)> =
-            users.into_iter().map(|(u, s)| (*u, s.clone())).collect();
         let count = users.len() as u64;
         let bytes = tokio::task::spawn_blocking(move || {
             let meta = keepsake_segment::CheckpointMeta {
@@ -579,19 +577,19 @@ impl Writer {
     async fn merge_base(
         &mut self,
         m: &Manifest,
-        overlay: &IdMap<UserId, UserState>,
+        mut overlay: IdMap<UserId, UserState>,
         whole: &mut WholeParts,
     ) -> Result<Vec<BasePart>, LogError> {
-        let mut changed: Vec<(&UserId, &UserState)> = overlay.iter().collect();
-        changed.sort_unstable_by_key(|(u, _)| **u);
+        let mut changed: Vec<UserId> = overlay.keys().copied().collect();
+        changed.sort_unstable();
         if m.base.is_empty() {
-            return self.base_parts(NIL_USER, &changed).await;
+            return self.base_parts(NIL_USER, sorted_users(overlay)).await;
         }
         let mut base = Vec::new();
         for (i, b) in m.base.iter().enumerate() {
             let to = m.base.get(i + 1).map(|next| next.from);
-            let lo = changed.partition_point(|(u, _)| **u < b.from);
-            let hi = to.map_or(changed.len(), |t| changed.partition_point(|(u, _)| **u < t));
+            let lo = changed.partition_point(|u| *u < b.from);
+            let hi = to.map_or(changed.len(), |t| changed.partition_point(|u| *u < t));
             if lo == hi {
                 base.push(*b);
                 continue;
@@ -602,13 +600,20 @@ impl Writer {
                 Some(left) => left,
                 None => read_base_part(self.store.as_ref(), m, i).await?,
             };
-            for (u, s) in &changed[lo..hi] {
-                users.insert(**u, (*s).clone());
+            for u in &changed[lo..hi] {
+                if let Some(s) = overlay.remove(u) {
+                    users.insert(*u, s);
+                }
             }
-            let mut sorted: Vec<(&UserId, &UserState)> = users.iter().collect();
-            sorted.sort_unstable_by_key(|(u, _)| **u);
-            base.extend(self.base_parts(b.from, &sorted).await?);
+            base.extend(self.base_parts(b.from, sorted_users(users)).await?);
         }
         Ok(base)
     }
+}
+
+/// `users` in ascending order of id, moved out of the map.
+fn sorted_users(users: impl IntoIterator<Item = (UserId, UserState)>) -> Vec<(UserId, UserState)> {
+    let mut sorted: Vec<(UserId, UserState)> = users.into_iter().collect();
+    sorted.sort_unstable_by_key(|(u, _)| *u);
+    sorted
 }

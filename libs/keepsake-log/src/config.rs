@@ -43,6 +43,11 @@ pub struct LogConfig {
     /// How often the shard's upkeep task looks whether a checkpoint is due (a checkpoint is
     /// written at most this long after it became due).
     pub upkeep_tick: Duration,
+    /// Shards whose background upkeep (a checkpoint, then retention and compaction) runs at
+    /// once in this process; the others wait their turn. Each holds its shard's changed users
+    /// in memory and takes CPU from pushes: four shards checkpointing together held four
+    /// shards' worth of states and halved pushes (docs/BENCHMARKS.md, "Sustained").
+    pub upkeep_parallelism: usize,
     /// How a checkpoint's parts are sized and when its deltas are merged.
     pub checkpoint_parts: crate::checkpoint::PartsPolicy,
     /// Which older checkpoints to keep after writing a new one.
@@ -72,6 +77,7 @@ impl Default for LogConfig {
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
             upkeep_tick: Duration::from_millis(500),
+            upkeep_parallelism: 1,
             checkpoint_parts: crate::checkpoint::PartsPolicy::default(),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),

@@ -79,6 +79,8 @@ pub struct Log {
     stats: Arc<LogStats>,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
+    /// Turns at background upkeep ([`LogConfig::upkeep_parallelism`]).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Log {
@@ -114,6 +116,7 @@ impl Log {
         .await?;
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
+        let turns = Arc::new(tokio::sync::Semaphore::new(cfg.upkeep_parallelism.max(1)));
         for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
@@ -148,6 +151,7 @@ impl Log {
             )));
             let maintenance = Arc::new(tokio::sync::Mutex::new(upkeep::NamedParts::default()));
             let upkeep = Upkeep {
+                turns: turns.clone(),
                 store: store.clone(),
                 shard,
                 state: state.clone(),
@@ -176,6 +180,7 @@ impl Log {
             shards,
             tasks: std::sync::Mutex::new(tasks),
             shutdown,
+            turns,
             stats,
             cfg,
             clock,

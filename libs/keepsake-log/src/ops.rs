@@ -23,6 +23,7 @@ impl Log {
                 continue;
             }
             let upkeep = Upkeep {
+                turns: self.turns.clone(),
                 store: self.store.clone(),
                 shard,
                 state: s.state.clone(),

@@ -1,7 +1,9 @@
 //! The background upkeep of a shard: a checkpoint every `checkpoint_every_events` events or
 //! `checkpoint_interval` (the previous checkpoint plus the segments since, folded with
 //! `apply`, never the view), then retention of old checkpoints, then compaction of the
-//! segments the checkpoint covers. One at a time per shard (the shard's maintenance lock).
+//! segments the checkpoint covers. One at a time per shard (the shard's maintenance lock), and
+//! `upkeep_parallelism` shards at a time per process (a semaphore of turns): a due shard waits
+//! for a turn, so the memory and CPU upkeep takes from pushes is one shard's, not every shard's.
 
 use std::sync::{Arc, RwLock};
 
@@ -29,6 +31,9 @@ pub(crate) struct Upkeep {
     pub(crate) maintenance: Arc<tokio::sync::Mutex<NamedParts>>,
     /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
     pub(crate) gate: Arc<crate::owner::Gate>,
+    /// Turns at background upkeep, shared by the process's shards
+    /// ([`LogConfig::upkeep_parallelism`]); an operator's `compact_now` does not wait for one.
+    pub(crate) turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Upkeep {
@@ -123,6 +128,14 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
         if !due || prev == Some(head) || upkeep.gate.held().is_none() {
             continue;
         }
+        // Its turn: other shards' upkeep may hold the process's turns for a while.
+        let turn = tokio::select! {
+            turn = upkeep.turns.clone().acquire_owned() => turn,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok(_turn) = turn else {
+            break;
+        };
         let mut held = upkeep.maintenance.lock().await;
         match upkeep.checkpoint(&mut held).await {
             Ok(Some(c)) => {
