@@ -29,6 +29,7 @@ on_every_backend!(
     a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_deleted,
     a_manifest_naming_a_missing_part_is_passed_over_for_the_log,
     few_and_many_changed_users_of_a_part_read_alike,
+    one_users_read_of_a_part_fetches_its_own_documents,
 );
 
 /// No background checkpoints or compaction: the tests write them.
@@ -350,4 +351,54 @@ async fn few_and_many_changed_users_of_a_part_read_alike(backend: Backend) {
     let c = checkpoint(&log).await;
     assert_is_the_fold(&ts.store, c, &users).await;
     log.shutdown().await;
+}
+
+/// A cold load reads one user of a part: it fetches the pages of documents holding that user's
+/// rows, not those of every user sharing its pages of ids (~2,048 rows: ~50 users here). Before
+/// the row filter on user_id, each load fetched and decompressed ~50 users' documents.
+async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let users: Vec<UserId> = (0..150).map(|_| user()).collect();
+    for u in &users {
+        // 20 items of ~3 KB of ids as text: zstd cannot shrink them much.
+        let changes = (0..20)
+            .map(|_| {
+                let text: String = (0..80).map(|_| uuid().simple().to_string()).collect();
+                put(item(), json!({ "text": text }))
+            })
+            .collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    let n = checkpoint(&log).await;
+    log.shutdown().await;
+    let stats = Arc::new(keepsake_store::StoreStats::default());
+    let counted: Arc<dyn ObjectStore> = Arc::new(keepsake_store::InstrumentedStore::new(
+        ts.store.clone(),
+        stats.clone(),
+    ));
+    let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
+    let Checkpoint::Parts(m) = &ck else {
+        panic!("checkpoint {n} is not a manifest");
+    };
+    let part_bytes = m.base.iter().map(|b| b.part.bytes).sum::<u64>();
+    let u = users[users.len() / 2];
+    let before = stats.bytes_read();
+    let state = ck
+        .user(counted.clone(), u, true)
+        .await
+        .expect("read one user");
+    let read = stats.bytes_read() - before;
+    let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
+        .await
+        .expect("the user's log");
+    assert_eq!(state, UserState::replay(&events).expect("fold"));
+    // The user's ~60 KB of documents (a few pages), the pages of its ids and keys, the footer.
+    let bound = 16 * keepsake_segment::DOCUMENT_PAGE_BYTES as u64;
+    assert!(
+        read <= bound,
+        "one user's read fetched {read} bytes of a part of {part_bytes} (bound {bound})"
+    );
 }

@@ -33,7 +33,8 @@ fn segment(n: usize) -> (Vec<Event>, SegmentMeta) {
 fn bench_codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("segment");
     g.sample_size(10);
-    for n in [1_000usize, 10_000, 100_000] {
+    // 64: a segment of a busy shard's commit window (the push path); 100,000: a history object.
+    for n in [64usize, 1_000, 10_000, 100_000] {
         let (events, meta) = segment(n);
         let encoded: Bytes = encode(&events, &meta).expect("encode");
         let doc_bytes: usize = events

@@ -30,6 +30,16 @@ use crate::schema::{
 const PAGE_ROWS: usize = 2048;
 /// Rows per row group.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Bytes of one data page of documents (before compression). A read of one user decompresses
+/// every page holding its documents, whole: at parquet's default (1 MiB, or `PAGE_ROWS` rows) a
+/// cold load of one user from a checkpoint part decompressed the documents of ~20 users, and
+/// that was 28% of the server's CPU in a sustained run where every push met an evicted user
+/// (docs/BENCHMARKS.md, "Sustained"). At 32 KiB a page holds ~3 users' documents of a checkpoint,
+/// and a segment of small pushes is one page as before.
+pub const DOCUMENT_PAGE_BYTES: usize = 32 * 1024;
+/// Rows written between two checks of the page limits (parquet checks them per batch of this
+/// many rows): a page of documents outgrows `DOCUMENT_PAGE_BYTES` by at most this many documents.
+const WRITE_BATCH_ROWS: usize = 32;
 
 /// A decoded segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +61,8 @@ pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
         .set_compression(Compression::UNCOMPRESSED)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(WRITE_BATCH_ROWS)
+        .set_column_data_page_size_limit(ColumnPath::from("document"), DOCUMENT_PAGE_BYTES)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(vec![sort(col::USER_ID), sort(col::SEQ)]));
     let zstd = Compression::ZSTD(ZstdLevel::try_new(1)?);

@@ -23,8 +23,8 @@ pub use checkpoint::{
     decode_checkpoint_batches, encode_checkpoint,
 };
 pub use codec::{
-    DECODE_BATCH_ROWS, EventKey, KEY_COLUMNS, Segment, decode, decode_batch, decode_keys,
-    decode_rows, encode, rows_of_user, writer_properties,
+    DECODE_BATCH_ROWS, DOCUMENT_PAGE_BYTES, EventKey, KEY_COLUMNS, Segment, decode, decode_batch,
+    decode_keys, decode_rows, encode, rows_of_user, writer_properties,
 };
 pub use error::SegmentError;
 pub use history::{
@@ -35,7 +35,9 @@ pub use manifest::{
     BasePart, DeltaPart, MANIFEST_VERSION, Manifest, NIL_USER, PartRef, decode_manifest,
     encode_manifest, manifest_description, part_digest,
 };
-pub use prune::{ReadPlan, plan_user_read, plan_user_read_skipping, split_selection};
+pub use prune::{
+    ReadPlan, plan_user_read, plan_user_read_skipping, split_selection, user_row_filter,
+};
 pub use schema::{
     FORMAT_VERSION, KNOWN_VERSIONS, META_PREFIX, SEGMENT_COLUMN, SegmentMeta, arrow_schema,
     history_schema, schema_description, segment_version,

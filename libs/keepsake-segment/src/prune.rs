@@ -6,8 +6,11 @@
 //! selected. Selection is conservative: it may include rows of other users (the caller filters),
 //! never exclude the user's own.
 
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::error::ArrowError;
 use keepsake_model::UserId;
-use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter, RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
@@ -32,6 +35,30 @@ fn covers(min: Option<&[u8]>, max: Option<&[u8]>, key: &[u8]) -> bool {
 /// Plans the read of `user`'s rows; `None` when the statistics show the file has none.
 pub fn plan_user_read(meta: &ParquetMetaData, user: &UserId) -> Option<ReadPlan> {
     plan(meta, user, None)
+}
+
+/// A filter that keeps only `user`'s rows, evaluated on the `user_id` column (the first of
+/// segments, history objects and checkpoint parts) before any other column is decoded. A plan's
+/// selection is as wide as the pages of `user_id` that may hold the user (up to 2,048 rows: ~17
+/// users of a checkpoint part); with this filter a reader fetches and decompresses only the
+/// pages of documents that hold the user's own rows.
+pub fn user_row_filter(meta: &ParquetMetaData, user: &UserId) -> RowFilter {
+    let mask = ProjectionMask::leaves(meta.file_metadata().schema_descr(), [col::USER_ID]);
+    let want = *user.0.as_bytes();
+    let predicate = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+        let ids = batch
+            .columns()
+            .first()
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .filter(|ids| ids.value_length() == 16)
+            .ok_or_else(|| {
+                ArrowError::SchemaError("user_id is not a column of 16-byte ids".into())
+            })?;
+        Ok((0..ids.len())
+            .map(|i| Some(ids.is_valid(i) && ids.value(i) == want.as_slice()))
+            .collect::<BooleanArray>())
+    });
+    RowFilter::new(vec![Box::new(predicate)])
 }
 
 /// [`plan_user_read`] that also leaves out the pages of column `column` whose values are all

@@ -62,6 +62,63 @@ fn round_trip_sorts_by_user_then_seq() {
     assert_eq!(seg.events, expected);
 }
 
+/// A read of one user decompresses every page holding its documents, whole: pages of documents
+/// stay near `DOCUMENT_PAGE_BYTES`, however many rows a file holds (at parquet's default of
+/// 1 MiB one user's cold load decompressed ~20 users' documents).
+#[test]
+fn pages_of_documents_stay_small_in_large_files() {
+    let mut rng = fixtures::Rng::new(11);
+    // Hex of random numbers: zstd halves it, no more, so the compressed sizes tell the pages'.
+    let mut events = fixtures::history(4, 20, 200, t(0));
+    for e in &mut events {
+        if e.document.is_some() {
+            let text: String = (0..30)
+                .map(|_| format!("{:016x}", rng.next_u64()))
+                .collect();
+            e.document = Some(Document::from_stored(format!("{{\"r\":\"{text}\"}}")));
+        }
+    }
+    let doc_bytes: usize = events
+        .iter()
+        .filter_map(|e| e.document.as_ref().map(Document::len))
+        .sum();
+    let bytes = encode(&events, &meta_for(&events, 1)).expect("encode");
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).expect("open");
+    let meta = builder.metadata();
+    let column = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "document")
+        .expect("a document column");
+    let pages: Vec<i32> = (0..meta.num_row_groups())
+        .flat_map(|rg| {
+            let index = meta.page_index_for_row_group(rg);
+            let locations = index.offset_index(column).expect("an offset index");
+            locations
+                .page_locations()
+                .iter()
+                .map(|p| p.compressed_page_size)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let bound = keepsake_segment::DOCUMENT_PAGE_BYTES + 32 * 600;
+    assert!(
+        pages.iter().all(|size| *size as usize <= bound),
+        "a page of documents of {} bytes (bound {bound}): {pages:?}",
+        pages.iter().max().copied().unwrap_or(0)
+    );
+    assert!(
+        pages.len() >= doc_bytes / (2 * bound),
+        "{} pages for {doc_bytes} bytes of documents",
+        pages.len()
+    );
+}
+
 #[test]
 fn encode_refuses_empty_and_miscounted_batches() {
     let events = fixtures::history(2, 1, 3, t(0));

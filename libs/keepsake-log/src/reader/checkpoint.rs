@@ -596,9 +596,13 @@ impl ObjectRead {
             self.reader(store, meta.size),
             meta.loaded.clone(),
         );
+        // The filter on user_id first: only the document pages holding the user's own rows are
+        // fetched and decompressed, not those of its neighbours on the same page of ids.
+        let filter = keepsake_segment::user_row_filter(md, &user);
         let batches: Vec<_> = builder
             .with_row_groups(plan.row_groups)
             .with_row_selection(plan.selection)
+            .with_row_filter(filter)
             .build()
             .map_err(|e| self.parquet_error(e))?
             .try_collect()
