@@ -206,6 +206,17 @@ fn reused_numbers(log: &keepsake_log::Log) -> u64 {
 }
 
 /// Pushes `n` single-change segments for `u`, and returns what was acknowledged.
+/// One user's three pushes, segments 1..=3, by a process that has stopped since.
+async fn three_segments_of_one_user(
+    ts: &keepsake_tests::TestStore,
+) -> (UserId, HashMap<ChangeId, ChangeRef>) {
+    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
+    let u = user();
+    let acks = fill(&log, u, 3).await;
+    log.shutdown().await;
+    (u, acks)
+}
+
 async fn fill(log: &keepsake_log::Log, u: UserId, n: usize) -> HashMap<ChangeId, ChangeRef> {
     let mut acks = HashMap::new();
     for i in 0..n {
@@ -236,10 +247,7 @@ async fn gap_at_4(store: &Arc<dyn ObjectStore>) {
 /// exist", N past its checkpoint, so none ran in 17 minutes.)
 async fn a_compaction_is_not_stopped_by_a_gap_after_its_segment(backend: Backend) {
     let ts = store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
-    let u = user();
-    let acks = fill(&log, u, 3).await;
-    log.shutdown().await;
+    let (u, acks) = three_segments_of_one_user(&ts).await;
     write_checkpoint(&ts.store, 0, None, 3, 2)
         .await
         .expect("the checkpoint after 3");
@@ -275,10 +283,7 @@ async fn a_compaction_is_not_stopped_by_a_gap_after_its_segment(backend: Backend
 /// `make sustained` at 300 segments a second no checkpoint was written in 20 minutes.)
 async fn a_checkpoint_is_not_stopped_by_a_gap_after_its_segment(backend: Backend) {
     let ts = store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
-    let u = user();
-    let acks = fill(&log, u, 3).await;
-    log.shutdown().await;
+    let (u, acks) = three_segments_of_one_user(&ts).await;
     gap_at_4(&ts.store).await;
     let users = write_checkpoint(&ts.store, 0, None, 3, 2)
         .await
@@ -301,10 +306,7 @@ async fn a_checkpoint_is_not_stopped_by_a_gap_after_its_segment(backend: Backend
 /// copy. Now a failed read is an error and nothing is deleted.
 async fn a_failed_read_back_never_deletes_the_only_copy(backend: Backend) {
     let ts = store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
-    let u = user();
-    let acks = fill(&log, u, 3).await;
-    log.shutdown().await;
+    let (u, acks) = three_segments_of_one_user(&ts).await;
     write_checkpoint(&ts.store, 0, None, 3, 2)
         .await
         .expect("checkpoint");
@@ -415,10 +417,7 @@ async fn overlapping_history_objects_are_not_counted_as_every_source(backend: Ba
 /// that ends before `n` is taken again; one that keeps ending there refuses the checkpoint.
 async fn a_checkpoint_is_written_only_when_its_fold_reached_its_segment(backend: Backend) {
     let ts = store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg()).await.expect("open");
-    let u = user();
-    let acks = fill(&log, u, 3).await;
-    log.shutdown().await;
+    let (u, acks) = three_segments_of_one_user(&ts).await;
 
     let faulty = FaultyStore::new(ts.reopen().expect("handle"));
     let as_store: Arc<dyn ObjectStore> = faulty.clone();

@@ -79,8 +79,6 @@ pub struct Log {
     stats: Arc<LogStats>,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
-    /// Turns at background upkeep ([`LogConfig::upkeep_parallelism`]).
-    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Log {
@@ -151,7 +149,6 @@ impl Log {
             )));
             let maintenance = Arc::new(tokio::sync::Mutex::new(upkeep::NamedParts::default()));
             let upkeep = Upkeep {
-                turns: turns.clone(),
                 store: store.clone(),
                 shard,
                 state: state.clone(),
@@ -162,7 +159,7 @@ impl Log {
                 gate: gate.clone(),
             };
             tasks.push(tokio::spawn(
-                checkpointer(upkeep, shutdown_rx.clone())
+                checkpointer(upkeep, turns.clone(), shutdown_rx.clone())
                     .instrument(info_span!("checkpointer", shard)),
             ));
             shards.push(Shard {
@@ -180,7 +177,6 @@ impl Log {
             shards,
             tasks: std::sync::Mutex::new(tasks),
             shutdown,
-            turns,
             stats,
             cfg,
             clock,

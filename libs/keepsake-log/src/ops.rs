@@ -23,7 +23,6 @@ impl Log {
                 continue;
             }
             let upkeep = Upkeep {
-                turns: self.turns.clone(),
                 store: self.store.clone(),
                 shard,
                 state: s.state.clone(),

@@ -31,9 +31,6 @@ pub(crate) struct Upkeep {
     pub(crate) maintenance: Arc<tokio::sync::Mutex<NamedParts>>,
     /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
     pub(crate) gate: Arc<crate::owner::Gate>,
-    /// Turns at background upkeep, shared by the process's shards
-    /// ([`LogConfig::upkeep_parallelism`]); an operator's `compact_now` does not wait for one.
-    pub(crate) turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Upkeep {
@@ -108,7 +105,13 @@ impl Upkeep {
 /// Writes checkpoints of one shard in the background: the previous checkpoint plus the segments
 /// since, folded with `apply` (never the in-memory view, which may have evicted users); after
 /// each, compacts the segments it covers.
-pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
+/// `turns` are shared by the process's shards ([`LogConfig::upkeep_parallelism`]); an operator's
+/// `compact_now` does not wait for one.
+pub(crate) async fn checkpointer(
+    upkeep: Upkeep,
+    turns: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (shard, cfg) = (upkeep.shard, upkeep.cfg.clone());
     let mut last = tokio::time::Instant::now();
     loop {
@@ -130,13 +133,17 @@ pub(crate) async fn checkpointer(upkeep: Upkeep, mut stop: watch::Receiver<bool>
         }
         // Its turn: other shards' upkeep may hold the process's turns for a while.
         let turn = tokio::select! {
-            turn = upkeep.turns.clone().acquire_owned() => turn,
+            turn = turns.clone().acquire_owned() => turn,
             _ = stop.wait_for(|s| *s) => break,
         };
         let Ok(_turn) = turn else {
             break;
         };
         let mut held = upkeep.maintenance.lock().await;
+        // The wait may have been long: a shard handed to another server meanwhile is its job.
+        if upkeep.gate.held().is_none() {
+            continue;
+        }
         match upkeep.checkpoint(&mut held).await {
             Ok(Some(c)) => {
                 last = tokio::time::Instant::now();
