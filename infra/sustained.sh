@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A sustained run (issue 15): a fresh release server on a file store, one load-generator phase
 # for SUSTAINED_SECS (default 1800: 30 minutes), and, every SUSTAINED_EVERY seconds (default
-# 60), the server's committed events per second, checkpoint work done (count, seconds and MB
-# written, all so far), checkpoint PUTs and compaction work done, view
-# misses and evictions, view bytes and the server's resident memory, from /metrics and /proc.
+# 60), the server's committed events per second, checkpoint work done (count, seconds, seconds
+# shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
+# compaction work done, view misses and evictions, view bytes and the server's resident memory, from /metrics and /proc.
 # At the end: the median and the slowest interval, and their ratio (the target: the slowest
 # minute at least 80% of the median one), then the load generator's own table.
 #
@@ -71,7 +71,7 @@ metric() { curl -fsS "$URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 # The sum of a metric's samples whose labels contain $2 (e.g. cause="checkpoint",op="put").
 labelled() { curl -fsS "$URL/metrics" | awk -v m="$1" -v l="$2" 'index($1, m "{") == 1 && index($1, l) { s += $2 } END { print s + 0 }'; }
 rss_mib() { awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0; }
-echo "seconds  events/s  checkpoints  checkpoint_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB"
+echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB"
 prev=$(metric keepsake_segment_events_total)
 RATES=()
 for i in $(seq 1 $((SECS / EVERY))); do
@@ -79,9 +79,10 @@ for i in $(seq 1 $((SECS / EVERY))); do
     now=$(metric keepsake_segment_events_total)
     rate=$(((now - prev) / EVERY))
     RATES+=("$rate")
-    printf '%7d  %8d  %11s  %12s  %13s  %15s  %18s  %11s  %14s  %8d  %7s\n' $((i * EVERY)) "$rate" \
+    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %7s\n' $((i * EVERY)) "$rate" \
         "$(metric keepsake_checkpoints_total)" \
         "$(($(metric keepsake_checkpoint_microseconds_total) / 1000000))" \
+        "$(($(metric keepsake_upkeep_turn_wait_microseconds_total) / 1000000))" \
         "$(($(metric keepsake_checkpoint_written_bytes_total) / 1000000))" \
         "$(labelled keepsake_store_requests_by_cause_total 'cause="checkpoint",op="put"')" \
         "$(metric keepsake_compaction_segments_total)" \

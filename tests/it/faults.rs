@@ -574,6 +574,51 @@ async fn shards_take_turns_at_upkeep() {
     }
 }
 
+/// A checkpoint and the compaction after it take separate turns, and a due checkpoint goes
+/// first: while one shard's compaction would hang (its history PUT held), the other shard,
+/// due since before the first one's checkpoint landed, still checkpoints (its tail would
+/// otherwise grow under every cold load of its users).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_checkpoint_goes_before_another_shards_compaction() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        upkeep_parallelism: 1,
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: true,
+            min_segments: 1,
+            ..Default::default()
+        },
+        ..checkpointing()
+    };
+    let log = open(store.clone(), 2, cfg).await.expect("open");
+    let mut users = [None, None];
+    while users.iter().any(Option::is_none) {
+        let u = user();
+        users[log.shard_of(&u) as usize].get_or_insert(u);
+    }
+    let [Some(first), Some(second)] = users else {
+        unreachable!("both found")
+    };
+    let checkpoint = faulty.hold(FaultOp::Put, "/checkpoints/");
+    four_changes(&log, first).await;
+    checkpoint.reached().await;
+    // The second shard is due, and waits for the turn the first holds (twenty upkeep ticks).
+    four_changes(&log, second).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let history = faulty.hold(FaultOp::Put, "/history/");
+    checkpoint.release();
+    // The first compaction to reach the store finds the second shard checkpointed: its
+    // checkpoint went before (with one turn, they cannot overlap).
+    history.reached().await;
+    assert!(
+        log.checkpoint(1).is_some(),
+        "the second shard's due checkpoint went before the first shard's compaction"
+    );
+    assert!(log.checkpoint(0).is_some());
+    history.release();
+    log.shutdown().await;
+}
+
 /// A listing that lags behind the store (misses the newest object) is not where the log ends.
 /// A read whose segments were compacted under it lists again to find them; when that listing
 /// does not reach a segment the reader knows was committed, it lists again, and if the store

@@ -30,6 +30,7 @@ pub mod reader;
 pub mod retention;
 mod shard;
 mod stats;
+mod turns;
 mod upkeep;
 pub mod verify;
 pub mod view;
@@ -114,7 +115,7 @@ impl Log {
         .await?;
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
-        let turns = Arc::new(tokio::sync::Semaphore::new(cfg.upkeep_parallelism.max(1)));
+        let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
         for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);

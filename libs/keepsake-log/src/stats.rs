@@ -70,6 +70,11 @@ pub struct LogStats {
     /// Time spent writing checkpoints (reading, folding, writing parts and manifest), in
     /// microseconds.
     pub checkpoint_micros: AtomicU64,
+    /// Time shards spent waiting for a turn at upkeep ([`LogConfig::upkeep_parallelism`]), in
+    /// microseconds: a long wait means a shard's tail grew while others checkpointed.
+    ///
+    /// [`LogConfig::upkeep_parallelism`]: crate::LogConfig::upkeep_parallelism
+    pub upkeep_turn_wait_micros: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -111,6 +116,7 @@ impl Default for LogStats {
             checkpoint_bytes_written: AtomicU64::new(0),
             checkpoint_merges: AtomicU64::new(0),
             checkpoint_micros: AtomicU64::new(0),
+            upkeep_turn_wait_micros: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }
@@ -165,6 +171,13 @@ impl LogStats {
         if r.merged.is_some() {
             self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn record_turn_wait(&self, waited: Duration) {
+        self.upkeep_turn_wait_micros.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Reads a counter.

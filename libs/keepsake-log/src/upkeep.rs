@@ -2,8 +2,9 @@
 //! `checkpoint_interval` (the previous checkpoint plus the segments since, folded with
 //! `apply`, never the view), then retention of old checkpoints, then compaction of the
 //! segments the checkpoint covers. One at a time per shard (the shard's maintenance lock), and
-//! `upkeep_parallelism` shards at a time per process (a semaphore of turns): a due shard waits
-//! for a turn, so the memory and CPU upkeep takes from pushes is one shard's, not every shard's.
+//! `upkeep_parallelism` shards at a time per process ([`crate::turns`]): a due shard waits
+//! for a turn, so the memory and CPU upkeep takes from pushes is one shard's, not every shard's;
+//! a checkpoint and the compaction after it take separate turns, and checkpoints go first.
 
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +15,7 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::turns::{Need, Turns};
 use crate::{
     Checkpoint, LogConfig, LogError, LogStats, ShardState, compact, compact_shard,
     list_checkpoint_objects, poisoned, retention, write_checkpoint_with,
@@ -105,57 +107,73 @@ impl Upkeep {
 /// Writes checkpoints of one shard in the background: the previous checkpoint plus the segments
 /// since, folded with `apply` (never the in-memory view, which may have evicted users); after
 /// each, compacts the segments it covers.
-/// `turns` are shared by the process's shards ([`LogConfig::upkeep_parallelism`]); an operator's
-/// `compact_now` does not wait for one.
+/// `turns` are shared by the process's shards ([`LogConfig::upkeep_parallelism`]): the
+/// checkpoint and the compaction after it each wait for a turn of their own, so another shard's
+/// due checkpoint goes between them ([`crate::turns`]). An operator's `compact_now` does not
+/// wait for one.
 pub(crate) async fn checkpointer(
     upkeep: Upkeep,
-    turns: Arc<tokio::sync::Semaphore>,
+    turns: Arc<Turns>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (shard, cfg) = (upkeep.shard, upkeep.cfg.clone());
     let mut last = tokio::time::Instant::now();
+    // The checkpoint whose segments are still to compact.
+    let mut to_compact: Option<u64> = None;
+    let need = |last: tokio::time::Instant, to_compact: Option<u64>| -> Option<Need> {
+        let (head, prev, since) = upkeep
+            .state
+            .read()
+            .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
+            .ok()?;
+        let due = since >= cfg.checkpoint_every_events
+            || (since > 0 && last.elapsed() >= cfg.checkpoint_interval);
+        if upkeep.gate.held().is_none() {
+            None
+        } else if due && prev != Some(head) {
+            Some(Need::Checkpoint { events: since })
+        } else {
+            to_compact.map(|_| Need::Compaction)
+        }
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.upkeep_tick) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let Ok((head, prev, since)) = upkeep
-            .state
-            .read()
-            .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
-        else {
-            break;
-        };
-        let due = since >= cfg.checkpoint_every_events
-            || (since > 0 && last.elapsed() >= cfg.checkpoint_interval);
-        if !due || prev == Some(head) || upkeep.gate.held().is_none() {
+        if need(last, to_compact).is_none() {
             continue;
         }
         // Its turn: other shards' upkeep may hold the process's turns for a while.
-        let turn = tokio::select! {
-            turn = turns.clone().acquire_owned() => turn,
+        let asked = tokio::time::Instant::now();
+        let _turn = tokio::select! {
+            turn = turns.take(|| need(last, to_compact).unwrap_or(Need::Compaction)) => turn,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let Ok(_turn) = turn else {
-            break;
-        };
+        upkeep.stats.record_turn_wait(asked.elapsed());
         let mut held = upkeep.maintenance.lock().await;
-        // The wait may have been long: a shard handed to another server meanwhile is its job.
-        if upkeep.gate.held().is_none() {
-            continue;
-        }
-        match upkeep.checkpoint(&mut held).await {
-            Ok(Some(c)) => {
-                last = tokio::time::Instant::now();
-                if cfg.compaction.enabled
+        // Asked again: the wait may have been long, and a shard handed to another server
+        // meanwhile is its job.
+        match need(last, to_compact) {
+            None => {}
+            Some(Need::Checkpoint { .. }) => match upkeep.checkpoint(&mut held).await {
+                Ok(Some(c)) => {
+                    last = tokio::time::Instant::now();
+                    if cfg.compaction.enabled {
+                        to_compact = Some(c);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(shard, error = %e, "writing a checkpoint failed; will retry")
+                }
+            },
+            Some(Need::Compaction) => {
+                if let Some(c) = to_compact.take()
                     && let Err(e) = upkeep.compact(c, &cfg.compaction).await
                 {
                     warn!(shard, error = %e, "compaction failed; will retry after the next checkpoint");
                 }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(shard, segment = head, error = %e, "writing a checkpoint failed; will retry")
             }
         }
     }

@@ -458,6 +458,11 @@ pub fn text(
                 &s.checkpoint_micros,
             ),
             (
+                "keepsake_upkeep_turn_wait_microseconds",
+                "Time shards waited for a turn at upkeep (checkpoints go first, then the most events since the last)",
+                &s.upkeep_turn_wait_micros,
+            ),
+            (
                 "keepsake_checkpoint_merges",
                 "Checkpoints that merged their deltas (into one, or into the base)",
                 &s.checkpoint_merges,
