@@ -619,6 +619,31 @@ async fn a_due_checkpoint_goes_before_another_shards_compaction() {
     log.shutdown().await;
 }
 
+/// Upkeep has a thread of its own: a checkpoint is written while the runtime the log was opened
+/// on is busy and never yields (here, its one thread blocked; in a server, hundreds of push
+/// tasks decoding cold loads, among which a checkpoint got ~2% of the CPU and pushes
+/// collapsed). On the caller's runtime this checkpoint would never be written.
+#[tokio::test(flavor = "current_thread")]
+async fn a_checkpoint_is_written_while_the_logs_runtime_is_busy() {
+    let (faulty, store) = faulty();
+    let log = open(store.clone(), 1, checkpointing()).await.expect("open");
+    // Held until this runtime is blocked, so the checkpoint cannot land before.
+    let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
+    four_changes(&log, user()).await;
+    assert!(log.checkpoint(0).is_none());
+    // Blocks this runtime's only thread: no task of it runs until the loop ends.
+    gate.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.checkpoint(0).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint while the log's runtime was busy"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    log.shutdown().await;
+}
+
 /// A listing that lags behind the store (misses the newest object) is not where the log ends.
 /// A read whose segments were compacted under it lists again to find them; when that listing
 /// does not reach a segment the reader knows was committed, it lists again, and if the store

@@ -77,6 +77,8 @@ pub struct Log {
     shards: Vec<Shard>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+    /// Where the checkpointers run (declared after `tasks`: stopped once they are).
+    _upkeep_thread: upkeep::UpkeepThread,
     stats: Arc<LogStats>,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
@@ -116,6 +118,7 @@ impl Log {
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
+        let upkeep_thread = upkeep::UpkeepThread::start()?;
         for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
@@ -159,10 +162,12 @@ impl Log {
                 maintenance: maintenance.clone(),
                 gate: gate.clone(),
             };
-            tasks.push(tokio::spawn(
-                checkpointer(upkeep, turns.clone(), shutdown_rx.clone())
-                    .instrument(info_span!("checkpointer", shard)),
-            ));
+            tasks.push(
+                upkeep_thread.spawn(
+                    checkpointer(upkeep, turns.clone(), shutdown_rx.clone())
+                        .instrument(info_span!("checkpointer", shard)),
+                ),
+            );
             shards.push(Shard {
                 tx,
                 state,
@@ -178,6 +183,7 @@ impl Log {
             shards,
             tasks: std::sync::Mutex::new(tasks),
             shutdown,
+            _upkeep_thread: upkeep_thread,
             stats,
             cfg,
             clock,

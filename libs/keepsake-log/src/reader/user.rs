@@ -53,8 +53,8 @@ pub struct ReadStats {
     pub segments_opened: u64,
     /// Segments skipped by their statistics.
     pub segments_pruned: u64,
-    /// Rows decoded (the user's and neighbours' on the same pages); for a read of items, their
-    /// key columns only.
+    /// Rows decoded whole (the user's, filtered on user_id first; a long run split over cores
+    /// also its neighbours' on the same pages); for a read of items, their key columns only.
     pub rows_decoded: u64,
     /// For a read of items: rows then read whole, documents included (one per item kept).
     pub rows_read_whole: u64,
@@ -428,9 +428,15 @@ pub(super) async fn read_user_segment(
     };
     let parts = (plan.rows_selected / PART_ROWS).clamp(1, parallelism());
     if parts == 1 {
+        // The filter on user_id first: a tail segment holds a few users' rows on one page, and
+        // a cold load reads every tail segment holding the user; only the user's own rows are
+        // decoded into arrays (perf, make sustained run 7: decoding neighbours' documents was
+        // most of a cold load's tail reads).
+        let only_user = keepsake_segment::user_row_filter(builder.metadata(), &user);
         let stream = builder
             .with_row_groups(plan.row_groups)
             .with_row_selection(plan.selection)
+            .with_row_filter(only_user)
             .build()
             .map_err(|e| LogError::user_read(shard, n, e.into()))?;
         return filter.read(stream).await;
