@@ -103,6 +103,10 @@ ab: ## Interleaved A/B of this checkout against OLD=<rev>: codec, writer and poi
 sustained: ## 30 minutes of pushes over 100,000 users (SUSTAINED_SECS, default 1800), events/s per minute, checkpoints, compaction and memory (infra/sustained.sh)
 	infra/sustained.sh
 
+.PHONY: scale
+scale: ## Fill a store to 1,000,000 users in steps (10/50/100%) and measure checkpoint, restart, memory, cold pulls, as-of reads and a fleet restore at each (SCALE_USERS, SCALE_ARGS; infra/scale.sh)
+	infra/scale.sh
+
 .PHONY: bless
 bless: ## Write the schema and golden files of a new format version (never rewrites an existing one)
 	$(CARGO) test --workspace --test segment bless_missing_schema_files -- --ignored --exact --nocapture

@@ -1,5 +1,5 @@
-//! Command line: `keepsake-loadgen http …`, `keepsake-loadgen baseline …` and
-//! `keepsake-loadgen cost …`.
+//! Command line: `keepsake-loadgen http …`, `keepsake-loadgen baseline …`,
+//! `keepsake-loadgen cost …` and `keepsake-loadgen scale …`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use keepsake_model::Kind;
 use crate::baseline::{self, BaselineConfig};
 use crate::cost::{self, LoadModel, Prices};
 use crate::http::{self, RunConfig};
+use crate::scale::{self, ScaleConfig};
 use crate::workload::Mix;
 
 /// Load for Keepsake: simulated handsets over HTTP, and a storage baseline against PostgreSQL.
@@ -31,6 +32,56 @@ enum Command {
     /// Run a load model against a running server and price its store requests (and, with
     /// --store, the bytes it keeps): the monthly bill per million active users, by cause.
     Cost(CostArgs),
+    /// Fill a store in steps (10%, 50%, 100% of a million users) and measure, through a server
+    /// this command starts and restarts, what the same new work costs at each size.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// The `keepsake` binary to start (default: the one next to this program).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the store and the server's log go; it must not hold a store already.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Users at 100% of the fill.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// Contacts per user.
+    #[arg(long, default_value_t = 20)]
+    items: u64,
+    /// The fill's steps, in percent.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+    steps: Vec<u32>,
+    /// Users of the new work after each step.
+    #[arg(long, default_value_t = 1_000)]
+    work_users: u64,
+    /// Patches per user of the new work.
+    #[arg(long, default_value_t = 20)]
+    patches: u64,
+    /// Users whose cold first pull is timed (and as many whose as-of read is).
+    #[arg(long, default_value_t = 500)]
+    cold_samples: u64,
+    /// Users of each step's fleet restore.
+    #[arg(long, default_value_t = 10_000)]
+    restore_users: u64,
+    /// Register a device for every filled user through the server (`false`: only for the
+    /// users the measurements use).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    register_all: bool,
+    /// The server's view budget, MiB (the memory target is this plus 256 MiB).
+    #[arg(long, default_value_t = 1024)]
+    view_memory_mb: u64,
+    /// Document sizes, bytes (`300-700`).
+    #[arg(long, default_value = "300-700", value_parser = parse_range)]
+    doc_bytes: (usize, usize),
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "scale-report.json")]
+    report: PathBuf,
 }
 
 /// The server a run drives, and the operator token that registers its handsets.
@@ -91,22 +142,6 @@ struct CostArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "cost-report.json")]
     report: PathBuf,
-}
-
-/// The bytes a store keeps, by what they are.
-async fn kept(store: &keepsake_store::Store) -> anyhow::Result<cost::Kept> {
-    use futures::TryStreamExt;
-    use object_store::ObjectStore as _;
-    let mut listing = store.inner.list(None);
-    let mut kept = cost::Kept::default();
-    while let Some(meta) = listing
-        .try_next()
-        .await
-        .with_context(|| format!("listing {}", store.description))?
-    {
-        kept.add(keepsake_store::keys::parse(&meta.location), meta.size);
-    }
-    Ok(kept)
 }
 
 /// Asks the server for a checkpoint and compaction of every shard now (what a day of the load
@@ -190,7 +225,7 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let events_before = http::server_counters(&url).await.events;
     let kept_before = match &store {
-        Some(s) => Some(kept(s).await?),
+        Some(s) => Some(cost::kept(s).await?),
         None => None,
     };
     let run = http::run(cfg).await?;
@@ -198,10 +233,10 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
     let kept = match (&store, kept_before) {
         (Some(s), Some(before)) => {
             let events = http::server_counters(&url).await.events - events_before;
-            let added = cost::kept_since(kept(s).await?, before);
+            let added = cost::kept_since(cost::kept(s).await?, before);
             let added_after_compaction = if a.compact {
                 compact(&url, &admin_token).await?;
-                Some(cost::kept_since(kept(s).await?, before))
+                Some(cost::kept_since(cost::kept(s).await?, before))
             } else {
                 None
             };
@@ -484,6 +519,37 @@ pub fn main() -> anyhow::Result<()> {
             write_report(&a.report, &report.table(), &report)
         }
         Command::Cost(a) => rt.block_on(cost_run(a)),
+        Command::Scale(a) => {
+            let bin = match a.server_bin {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .context("finding this program")?
+                    .with_file_name("keepsake"),
+            };
+            if a.dir.join("data").exists() {
+                bail!(
+                    "{} holds a store already: a scale run fills a new one",
+                    a.dir.join("data").display()
+                );
+            }
+            let cfg = ScaleConfig {
+                bin,
+                dir: a.dir,
+                users: a.users,
+                items: a.items,
+                steps: a.steps,
+                work_users: a.work_users,
+                patches: a.patches,
+                cold_samples: a.cold_samples,
+                restore_users: a.restore_users,
+                register_all: a.register_all,
+                view_memory_mb: a.view_memory_mb,
+                doc_bytes: a.doc_bytes,
+                seed: a.seed,
+            };
+            let report = rt.block_on(scale::run(cfg))?;
+            write_report(&a.report, &report.table(), &report)
+        }
     }
 }
 
@@ -560,6 +626,22 @@ mod tests {
                 a.changes_per_push
             ),
             (1_000_000.0, 10.0, 50.0, 3)
+        );
+        let cli = Cli::try_parse_from(["keepsake-loadgen", "scale", "--dir", "/tmp/x"])
+            .expect("scale parses with its defaults");
+        let Command::Scale(a) = cli.command else {
+            panic!("scale")
+        };
+        assert_eq!(
+            (
+                a.users,
+                a.items,
+                a.steps,
+                a.work_users,
+                a.patches,
+                a.restore_users
+            ),
+            (1_000_000, 20, vec![10, 50, 100], 1_000, 20, 10_000)
         );
     }
 }

@@ -135,6 +135,23 @@ impl Kept {
     }
 }
 
+/// The bytes a store keeps, by what they are (one listing of the whole store).
+pub async fn kept(store: &keepsake_store::Store) -> anyhow::Result<Kept> {
+    use anyhow::Context;
+    use futures::TryStreamExt;
+    use object_store::ObjectStore as _;
+    let mut listing = store.inner.list(None);
+    let mut kept = Kept::default();
+    while let Some(meta) = listing
+        .try_next()
+        .await
+        .with_context(|| format!("listing {}", store.description))?
+    {
+        kept.add(keepsake_store::keys::parse(&meta.location), meta.size);
+    }
+    Ok(kept)
+}
+
 /// What the run added to the store, before and after the log was compacted.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct KeptReport {
