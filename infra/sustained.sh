@@ -3,7 +3,8 @@
 # for SUSTAINED_SECS (default 1800: 30 minutes), and, every SUSTAINED_EVERY seconds (default
 # 60), the server's committed events per second, checkpoint work done (count, seconds, seconds
 # shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
-# compaction work done, view misses and evictions, view bytes and the server's resident memory, from /metrics and /proc.
+# compaction work done, view misses and evictions, view bytes and the server's resident
+# memory, from /metrics and /proc.
 # At the end: the median and the slowest interval, and their ratio (the target: the slowest
 # minute at least 80% of the median one), then the load generator's own table.
 #
