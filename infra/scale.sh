@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The scale benchmark (issue 15, item 5): `keepsake-loadgen scale` over a new file store in a
-# temporary directory, which it deletes at the end (it needs about 12 GB free at a million
+# temporary directory, which it deletes at the end (it needs about 20 GB free at a million
 # users). The load generator starts, restarts and stops the release server itself.
 #
 # SCALE_USERS: users at 100% of the fill (default 1000000).

@@ -528,6 +528,18 @@ async fn a_slow_checkpoint_put_holds_up_no_push() {
     log.shutdown().await;
 }
 
+/// A user of shard 0 and one of shard 1.
+fn a_user_of_each_of_two_shards(log: &keepsake_log::Log) -> [keepsake_model::UserId; 2] {
+    let mut users = [None, None];
+    while users.iter().any(Option::is_none) {
+        let u = user();
+        if let Some(slot) = users.get_mut(log.shard_of(&u) as usize) {
+            slot.get_or_insert(u);
+        }
+    }
+    users.map(|u| u.expect("both found"))
+}
+
 /// The shards of a process take turns at upkeep: while one shard's checkpoint hangs (its
 /// manifest PUT held), the other does not checkpoint with `upkeep_parallelism` 1 (each holds
 /// its changed users in memory and takes CPU from pushes), and does with 2. Once the hung one
@@ -541,13 +553,9 @@ async fn shards_take_turns_at_upkeep() {
             ..checkpointing()
         };
         let log = open(store.clone(), 2, cfg).await.expect("open");
-        let mut users = [None, None];
-        while users.iter().any(Option::is_none) {
-            let u = user();
-            users[log.shard_of(&u) as usize].get_or_insert(u);
-        }
+        let users = a_user_of_each_of_two_shards(&log);
         let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
-        for u in users.iter().flatten() {
+        for u in &users {
             four_changes(&log, *u).await;
         }
         gate.reached().await;
@@ -591,14 +599,7 @@ async fn a_due_checkpoint_goes_before_another_shards_compaction() {
         ..checkpointing()
     };
     let log = open(store.clone(), 2, cfg).await.expect("open");
-    let mut users = [None, None];
-    while users.iter().any(Option::is_none) {
-        let u = user();
-        users[log.shard_of(&u) as usize].get_or_insert(u);
-    }
-    let [Some(first), Some(second)] = users else {
-        unreachable!("both found")
-    };
+    let [first, second] = a_user_of_each_of_two_shards(&log);
     let checkpoint = faulty.hold(FaultOp::Put, "/checkpoints/");
     four_changes(&log, first).await;
     checkpoint.reached().await;

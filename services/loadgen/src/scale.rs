@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::percentile;
 use crate::cost::{self, Kept};
 use crate::stats;
 use crate::workload::Documents;
@@ -447,12 +448,12 @@ impl Session {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+/// Contacts among the entries of an answer (a pull's changes, an as-of read's items).
+fn contacts(entries: &[serde_json::Value]) -> u64 {
+    entries
+        .iter()
+        .filter(|c| c.get("kind").and_then(|k| k.as_str()) == Some("contact"))
+        .count() as u64
 }
 
 fn counter(text: &str, name: &str) -> f64 {
@@ -579,11 +580,7 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
                 )
                 .await?;
             pulls.push(started.elapsed());
-            let contacts = p
-                .changes
-                .iter()
-                .filter(|c| c.get("kind").and_then(|k| k.as_str()) == Some("contact"))
-                .count() as u64;
+            let contacts = contacts(&p.changes);
             if contacts != cfg.items {
                 bail!(
                     "user {u}'s first pull holds {contacts} contacts, not {}",
@@ -612,11 +609,7 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
                 )
                 .await?;
             reads.push(started.elapsed());
-            let contacts = a
-                .items
-                .iter()
-                .filter(|c| c.get("kind").and_then(|k| k.as_str()) == Some("contact"))
-                .count() as u64;
+            let contacts = contacts(&a.items);
             if contacts != cfg.items {
                 bail!(
                     "user {u}'s as-of read holds {contacts} contacts, not {}",
