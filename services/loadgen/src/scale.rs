@@ -291,16 +291,6 @@ struct Registered {
 }
 
 #[derive(Deserialize)]
-struct Pulled {
-    changes: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct AsOf {
-    items: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
 struct Started {
     restore_id: String,
 }
@@ -356,6 +346,28 @@ impl Session {
             );
         }
         serde_json::from_slice(&body).with_context(|| format!("{what}: the answer"))
+    }
+
+    /// Times one read whose answer lists entries under `field`: they must hold all `items`
+    /// contacts of the user (a fast answer that lost data is not a measurement).
+    async fn timed_read(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        field: &str,
+        items: u64,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let answer: serde_json::Value = self.call(req, what, reqwest::StatusCode::OK).await?;
+        let took = started.elapsed();
+        let held = answer
+            .get(field)
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, |entries| contacts(entries));
+        if held != items {
+            bail!("{what} holds {held} contacts, not {items}");
+        }
+        Ok(took)
     }
 
     async fn register(&self, u: u64) -> anyhow::Result<String> {
@@ -569,24 +581,17 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         eprintln!("step {percent}%: cold pulls and as-of reads");
         let mut pulls = Vec::new();
         for (u, token) in sampled.pulls.iter().zip(&pull_tokens) {
-            let started = Instant::now();
-            let p: Pulled = s
-                .call(
+            pulls.push(
+                s.timed_read(
                     s.http
                         .get(format!("{}/v1/changes?limit=1000", s.url))
                         .bearer_auth(token),
                     &format!("the first pull of user {u}"),
-                    reqwest::StatusCode::OK,
+                    "changes",
+                    cfg.items,
                 )
-                .await?;
-            pulls.push(started.elapsed());
-            let contacts = contacts(&p.changes);
-            if contacts != cfg.items {
-                bail!(
-                    "user {u}'s first pull holds {contacts} contacts, not {}",
-                    cfg.items
-                );
-            }
+                .await?,
+            );
         }
         pulls.sort();
         (step.cold_pull_p50_ms, step.cold_pull_p99_ms) =
@@ -594,28 +599,18 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         let at = before_work.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut reads = Vec::new();
         for u in &sampled.as_of {
-            let started = Instant::now();
-            let a: AsOf = s
-                .call(
+            let user = fill::user(*u).0;
+            reads.push(
+                s.timed_read(
                     s.http
-                        .get(format!(
-                            "{}/admin/v1/users/{}/items?as_of={at}",
-                            s.url,
-                            fill::user(*u).0
-                        ))
+                        .get(format!("{}/admin/v1/users/{user}/items?as_of={at}", s.url))
                         .bearer_auth(&s.admin),
                     &format!("an as-of read of user {u}"),
-                    reqwest::StatusCode::OK,
+                    "items",
+                    cfg.items,
                 )
-                .await?;
-            reads.push(started.elapsed());
-            let contacts = contacts(&a.items);
-            if contacts != cfg.items {
-                bail!(
-                    "user {u}'s as-of read holds {contacts} contacts, not {}",
-                    cfg.items
-                );
-            }
+                .await?,
+            );
         }
         reads.sort();
         (step.as_of_p50_ms, step.as_of_p99_ms) =
