@@ -201,10 +201,39 @@ async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Ba
         .await
         .expect("reopen");
     let head = log.head(0);
+    // Loaded from the newest checkpoint (format 5), the user holds its change ids as a filter,
+    // not one by one (issue 15, item 2): the resend is resolved from the log.
+    let exact = log
+        .user(&u, |s| {
+            (s.changes().count(), s.filter_through(), s.last_seq())
+        })
+        .await
+        .expect("user");
+    assert_eq!(exact.0, 0, "no change id held exactly");
+    assert_eq!(exact.1, exact.2, "every id in the filter");
+    let again = push(&log, u, vec![c.clone()]).await.expect("push again");
+    assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
+    assert_eq!(log.head(0), head, "nothing written");
+    assert_eq!(LogStats::get(&log.stats().old_change_reads), 1);
+    assert_eq!(LogStats::get(&log.stats().old_changes_found), 1);
+    // A new change id is applied (whatever the filter answered for it).
+    let fresh = push(&log, u, vec![put(item(), json!({"title": "new"}))])
+        .await
+        .expect("push new");
+    assert!(matches!(fresh.outcomes[..], [Outcome::Applied(_)]));
+    // And after compaction moved its event into a history object, the resend is still found.
+    log.compact_now().await.expect("compact");
+    log.shutdown().await;
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    let head = log.head(0);
     let again = push(&log, u, vec![c]).await.expect("push again");
     assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
     assert_eq!(log.head(0), head, "nothing written");
     log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
 }
 
 /// The manifest's PUT fails after the checkpoint's parts were written (as a crash there would

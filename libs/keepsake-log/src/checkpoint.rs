@@ -456,7 +456,8 @@ impl Writer {
         let count = users.len() as u64;
         let bytes = tokio::task::spawn_blocking(move || {
             let meta = keepsake_segment::CheckpointMeta {
-                format_version: keepsake_segment::checkpoint_version(users.iter().map(|(_, s)| s)),
+                // Version 5: change ids as a filter, never rewritten as rows.
+                format_version: keepsake_segment::CHECKPOINT_VERSION,
                 shard,
                 segment: n,
                 user_count: users.len() as u64,

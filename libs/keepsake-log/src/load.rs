@@ -72,7 +72,7 @@ impl Log {
     }
 
     /// [`Log::user_events`] from this process's view of the shard, as far as its head.
-    async fn user_events_in_view(
+    pub(crate) async fn user_events_in_view(
         &self,
         user: &UserId,
         up_to: UpTo,

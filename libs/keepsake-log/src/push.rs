@@ -1,11 +1,18 @@
-//! A push, from the request to the writer's queue: the request and its answer, and the
-//! earlier documents its stale patches merge against, read on the pushing task so that a slow
-//! read of history never holds up the shard's writer and the other pushes of its batch.
+//! A push, from the request to the writer's queue: the request and its answer, and what it
+//! needs from the user's log, read on the pushing task so that a slow read of history never
+//! holds up the shard's writer and the other pushes of its batch: the earlier documents its
+//! stale patches merge against, and the results of change ids that the user's filter of older
+//! ids may hold (a resend from before the checkpoint the state was loaded from answers
+//! `duplicate` with its original result, found in the log).
+//!
+//! Invariant: a change id the state's filter may hold is staged only once the log has said
+//! whether it was applied (here, or by the writer when the state was loaded again meanwhile).
 
 use std::collections::{HashMap, HashSet};
 
 use keepsake_model::{
-    Ancestors, Change, ChangeBody, EventMeta, ItemId, Origin, Outcome, StateRead, UserId,
+    Ancestors, Change, ChangeBody, ChangeId, EventMeta, ItemId, OldChanges, Origin, Outcome,
+    StateRead, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -42,6 +49,11 @@ pub(crate) struct Queued {
     pub req: PushRequest,
     /// Earlier documents its stale patches need, read before it was queued.
     pub ancestors: Ancestors,
+    /// Its change ids that the user's filter of older ids may hold, resolved from the log...
+    pub old_changes: OldChanges,
+    /// ...as far as this seq of the user: trusted only by a state whose filter ends there or
+    /// before (one loaded again from a newer checkpoint may hold ids the read did not see).
+    pub old_through: u64,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<PushResult, LogError>>,
 }
@@ -53,10 +65,13 @@ impl Log {
         // Read here, by this push's own task, so that a slow read of history never holds up
         // the shard's writer and every other push of its batch.
         let ancestors = self.prefetch_ancestors(&req).await?;
+        let (old_changes, old_through) = self.resolve_old_changes(&req).await?;
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             req,
             ancestors,
+            old_changes,
+            old_through,
             enqueued: Instant::now(),
             reply,
         };
@@ -107,6 +122,43 @@ impl Log {
                 reason: "no user id falls in this shard".into(),
             })?;
         self.sync(&probe).await
+    }
+
+    /// The push's change ids that the user's state holds only in its filter of older ids,
+    /// each with its original result from the user's log, or `None` when the log does not have
+    /// it (the filter's false positive), and the user's last seq the read saw. Usually none:
+    /// one lookup per id in memory.
+    async fn resolve_old_changes(&self, req: &PushRequest) -> Result<(OldChanges, u64), LogError> {
+        let ids: Vec<ChangeId> = req.changes.iter().map(|c| c.change_id).collect();
+        let maybe: Vec<ChangeId> = self
+            .user(&req.user_id, |s| {
+                ids.into_iter()
+                    .filter(|id| s.change(id).is_none() && s.change_may_be_older(id))
+                    .collect()
+            })
+            .await?;
+        let mut resolved = OldChanges::new();
+        if maybe.is_empty() {
+            return Ok((resolved, 0));
+        }
+        self.stats
+            .old_change_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The view's events of the user: every id the filter holds is at or before the
+        // checkpoint the state came from, which the view's head is past.
+        let events = self
+            .user_events_in_view(&req.user_id, crate::UpTo::End)
+            .await?;
+        for id in maybe {
+            let original = crate::writer::find_change(&events, &id);
+            if original.is_some() {
+                self.stats
+                    .old_changes_found
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            resolved.insert(id, original);
+        }
+        Ok((resolved, events.last().map_or(0, |e| e.seq)))
     }
 
     /// The earlier documents that the stale patches of a push will be merged against: a patch

@@ -43,6 +43,16 @@ pub struct LogStats {
     pub ancestor_reads: AtomicU64,
     /// See `ancestor_reads`.
     pub writer_ancestor_reads: AtomicU64,
+    /// Reads of a user's log to resolve a pushed change id that the user's filter of older ids
+    /// may hold (a resend from before the checkpoint the state was loaded from, or the filter's
+    /// false positive): by the pushing task (`old_change_reads`) or by the writer itself
+    /// (`writer_old_change_reads`, when the state was loaded again while the push waited).
+    pub old_change_reads: AtomicU64,
+    /// See `old_change_reads`.
+    pub writer_old_change_reads: AtomicU64,
+    /// Of those ids, how many the log had (resends answered `duplicate`); the rest were the
+    /// filter's false positives.
+    pub old_changes_found: AtomicU64,
     /// History objects written by compaction.
     pub compactions: AtomicU64,
     /// Segments compaction moved into history objects.
@@ -103,6 +113,9 @@ impl Default for LogStats {
             mass_delete_refusals: AtomicU64::new(0),
             ancestor_reads: AtomicU64::new(0),
             writer_ancestor_reads: AtomicU64::new(0),
+            old_change_reads: AtomicU64::new(0),
+            writer_old_change_reads: AtomicU64::new(0),
+            old_changes_found: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             compacted_segments: AtomicU64::new(0),
             compaction_deleted: AtomicU64::new(0),

@@ -62,8 +62,10 @@ pub struct VerifyReport {
     pub state_hash: String,
 }
 
-/// A hash of users' states that does not depend on map order: users, items and change ids are
-/// hashed sorted, with every field of each.
+/// A hash of users' states that does not depend on map order: users and items are hashed
+/// sorted, with every field of each, and each user's change ids as the filter of all of them
+/// ([`keepsake_model::ChangeFilter`]: a function of the log, the same whether a state holds its
+/// ids exactly or was loaded from a checkpoint that holds them as a filter).
 pub fn state_hash<'a>(users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>) -> String {
     let mut sorted: Vec<_> = users.into_iter().collect();
     sorted.sort_by_key(|(u, _)| **u);
@@ -83,14 +85,7 @@ pub fn state_hash<'a>(users: impl IntoIterator<Item = (&'a UserId, &'a UserState
             h.update(i.document.as_ref().map_or("", |d| d.as_str()));
             h.update([0xff]);
         }
-        let mut changes: Vec<_> = s.changes().collect();
-        changes.sort_by_key(|(c, _)| **c);
-        for (c, r) in changes {
-            h.update(c.as_bytes());
-            h.update(r.item_id.as_bytes());
-            h.update(r.version.to_be_bytes());
-            h.update(r.seq.to_be_bytes());
-        }
+        h.update(s.change_filter().to_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

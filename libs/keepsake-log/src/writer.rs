@@ -60,8 +60,8 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use keepsake_model::{
-    Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, NeedAncestor, Origin, Outcome,
-    StageContext, Staged, StateRead, UserId,
+    Ancestors, BatchId, ChangeRef, Clock, Event, IdGenerator, ItemId, Need, OldChanges, Origin,
+    Outcome, StageContext, Staged, StateRead, UserId,
 };
 use keepsake_segment::{SegmentMeta, encode, segment_version};
 use object_store::ObjectStore;
@@ -490,46 +490,77 @@ impl Writer {
         }
     }
 
-    /// Stages the batch; when stale patches need earlier documents, reads them from the log and
-    /// stages again (staging is pure, so the second pass is the first pass plus the ancestors).
+    /// Stages the batch; when stale patches need earlier documents, or a change id may be one
+    /// of the user's older ids, reads them from the log and stages again (staging is pure, so
+    /// the second pass is the first pass plus what was read). The pushing tasks read most of
+    /// them before queueing; these are the few that changed while the push waited.
     async fn stage_with_ancestors(
         &self,
         batch: &[Queued],
         recorded_at: DateTime<Utc>,
     ) -> Result<Staging, LogError> {
         let mut ancestors: HashMap<UserId, Ancestors> = HashMap::new();
-        for q in batch.iter().filter(|q| !q.ancestors.is_empty()) {
-            ancestors
-                .entry(q.req.user_id)
-                .or_default()
-                .extend(q.ancestors.iter().map(|(k, v)| (*k, v.clone())));
+        // Resolved here, from the log as committed: trusted whatever state stages them. (Those
+        // resolved before queueing are each push's own, with the seq they were read to.)
+        let mut old: HashMap<UserId, OldChanges> = HashMap::new();
+        for q in batch {
+            if !q.ancestors.is_empty() {
+                ancestors
+                    .entry(q.req.user_id)
+                    .or_default()
+                    .extend(q.ancestors.iter().map(|(k, v)| (*k, v.clone())));
+            }
         }
-        // Each round learns at least one missing version (and every version of its item), so
-        // this ends; the bound only guards against a bug.
+        // Each round learns at least one missing version (and every version of its item) or
+        // change id, so this ends; the bound only guards against a bug.
         for _ in 0..16 {
-            let needs = match self.stage(batch, recorded_at, &ancestors) {
+            let needs = match self.stage(batch, recorded_at, &ancestors, &old) {
                 Ok(s) => return Ok(s),
                 Err(needs) => needs,
             };
-            let mut by_user: HashMap<UserId, Vec<NeedAncestor>> = HashMap::new();
+            let mut by_user: HashMap<UserId, Vec<Need>> = HashMap::new();
             for (user, need) in needs {
                 by_user.entry(user).or_default().push(need);
             }
             for (user, needs) in by_user {
-                self.stats
-                    .writer_ancestor_reads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let counter = if needs.iter().any(|n| matches!(n, Need::Ancestor(_))) {
+                    &self.stats.writer_ancestor_reads
+                } else {
+                    &self.stats.writer_old_change_reads
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (events, _) =
                     read_user(self.store.clone(), self.shard, user, UpTo::End).await?;
                 let found = ancestors.entry(user).or_default();
                 // Every version of each needed item: a later push of the batch may need another.
-                let items: HashSet<ItemId> = needs.iter().map(|n| n.item_id).collect();
+                let items: HashSet<ItemId> = needs
+                    .iter()
+                    .filter_map(|n| match n {
+                        Need::Ancestor(a) => Some(a.item_id),
+                        Need::Change(_) => None,
+                    })
+                    .collect();
                 for e in events.iter().filter(|e| items.contains(&e.item_id)) {
                     found.insert((e.item_id, e.version), e.document.clone());
                 }
-                // A version the log does not have stays answered (as absent), not asked again.
+                let resolved = old.entry(user).or_default();
                 for need in needs {
-                    found.entry((need.item_id, need.version)).or_insert(None);
+                    match need {
+                        // A version the log does not have stays answered (as absent), not
+                        // asked again.
+                        Need::Ancestor(n) => {
+                            found.entry((n.item_id, n.version)).or_insert(None);
+                        }
+                        Need::Change(id) => {
+                            let original = find_change(&events, &id);
+                            if original.is_some() {
+                                self.stats
+                                    .old_changes_found
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            resolved.insert(id, original);
+                        }
+                    }
                 }
             }
         }
@@ -544,7 +575,8 @@ impl Writer {
         batch: &[Queued],
         recorded_at: DateTime<Utc>,
         ancestors: &HashMap<UserId, Ancestors>,
-    ) -> Result<Staging, Vec<(UserId, NeedAncestor)>> {
+        old: &HashMap<UserId, OldChanges>,
+    ) -> Result<Staging, Vec<(UserId, Need)>> {
         let Ok(guard) = self.state.read() else {
             return Ok(Staging {
                 results: batch
@@ -560,6 +592,15 @@ impl Writer {
             });
         };
         let none = Ancestors::new();
+        let no_old = OldChanges::new();
+        let mut merged;
+        // A push's ids resolved before queueing hold for a state whose filter of older ids
+        // ends at or before the seq that read reached.
+        let fresh = |q: &Queued| {
+            guard
+                .get(&q.req.user_id)
+                .is_some_and(|s| s.filter_through() <= q.old_through)
+        };
         let mut overlays: HashMap<UserId, Staged<'_>> = HashMap::new();
         let mut order: Vec<UserId> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
@@ -601,6 +642,17 @@ impl Writer {
                 ids: self.ids.as_ref(),
                 policy: &self.cfg.policy,
                 ancestors: ancestors.get(&user).unwrap_or(&none),
+                old_changes: match old.get(&user) {
+                    _ if q.old_changes.is_empty() || !fresh(q) => {
+                        old.get(&user).unwrap_or(&no_old)
+                    }
+                    None => &q.old_changes,
+                    Some(here) => {
+                        merged = q.old_changes.clone();
+                        merged.extend(here.iter().map(|(k, v)| (*k, *v)));
+                        &merged
+                    }
+                },
             };
             // A restore is all or nothing (invariant 11): staged on a copy kept aside.
             let before = (q.req.meta.origin == Origin::Restore).then(|| staged.clone());
@@ -642,4 +694,16 @@ impl Writer {
         }
         Ok(Staging { results, events })
     }
+}
+
+/// The result of change id `id` in a user's events (`None`: the log does not have it).
+pub(crate) fn find_change(events: &[Event], id: &keepsake_model::ChangeId) -> Option<ChangeRef> {
+    events
+        .iter()
+        .find(|e| e.change_id == *id)
+        .map(|e| ChangeRef {
+            item_id: e.item_id,
+            version: e.version,
+            seq: e.seq,
+        })
 }

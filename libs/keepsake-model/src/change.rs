@@ -275,6 +275,27 @@ pub struct NeedAncestor {
 /// Documents of earlier versions, read from the log for stale patches.
 pub type Ancestors = HashMap<(ItemId, u64), Option<Document>>;
 
+/// Change ids that a state's filter of older ids may hold, resolved from the user's log: the
+/// original result, or `None` when the log does not have the id (the filter's false positive).
+pub type OldChanges = HashMap<ChangeId, Option<ChangeRef>>;
+
+/// What staging needs from the log before it can decide a change; the caller reads it and
+/// stages again (staging is pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Need {
+    /// The document of an earlier version, for a stale patch.
+    Ancestor(NeedAncestor),
+    /// Whether a change id older than the state's exact ids was applied, and its result
+    /// ([`UserState::change_may_be_older`]).
+    Change(ChangeId),
+}
+
+impl From<NeedAncestor> for Need {
+    fn from(n: NeedAncestor) -> Self {
+        Need::Ancestor(n)
+    }
+}
+
 /// A user's state as a batch sees it: committed state plus the batch's staged events.
 #[derive(Clone, Debug)]
 pub struct Staged<'a> {
@@ -328,6 +349,8 @@ pub struct StageContext<'a> {
     pub policy: &'a StagePolicy,
     /// Earlier documents read from the log.
     pub ancestors: &'a Ancestors,
+    /// Older change ids resolved from the log.
+    pub old_changes: &'a OldChanges,
 }
 
 impl<'a> Staged<'a> {
@@ -410,9 +433,18 @@ impl<'a> Staged<'a> {
         user_id: crate::ids::UserId,
         change: &Change,
         cx: &StageContext<'_>,
-    ) -> Result<Outcome, NeedAncestor> {
+    ) -> Result<Outcome, Need> {
         if let Some(original) = self.change(&change.change_id) {
             return Ok(Outcome::Duplicate(original));
+        }
+        // An id the state holds only in its filter of older ids: the log says whether it was
+        // applied (a resend answers `duplicate` with the original result however old).
+        if self.base.change_may_be_older(&change.change_id) {
+            match cx.old_changes.get(&change.change_id) {
+                Some(Some(original)) => return Ok(Outcome::Duplicate(*original)),
+                Some(None) => {}
+                None => return Err(Need::Change(change.change_id)),
+            }
         }
         let document = match decide(self, change, cx)? {
             Decision::Write(doc) => doc,

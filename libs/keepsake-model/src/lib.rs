@@ -8,6 +8,7 @@
 //! - [`clock`]: time and id generation behind traits, for deterministic tests.
 
 pub mod change;
+pub mod change_filter;
 pub mod clock;
 pub mod collection;
 pub mod document;
@@ -19,9 +20,10 @@ pub mod kind;
 pub mod state;
 
 pub use change::{
-    Ancestors, Change, ChangeBody, EventMeta, MassDeleteGuard, MassDeleteRefused, NeedAncestor,
-    Outcome, RejectCode, StageContext, StagePolicy, Staged,
+    Ancestors, Change, ChangeBody, EventMeta, MassDeleteGuard, MassDeleteRefused, Need,
+    NeedAncestor, OldChanges, Outcome, RejectCode, StageContext, StagePolicy, Staged,
 };
+pub use change_filter::ChangeFilter;
 pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
 pub use collection::{COLLECTION_PROPERTY, Holds};
 pub use document::{Document, DocumentError, MAX_DEPTH, Probe};

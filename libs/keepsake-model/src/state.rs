@@ -6,7 +6,8 @@
 //! - seq is dense: each event's seq is the user's last seq + 1;
 //! - versions are dense per item: 1 for a new item, previous + 1 after that;
 //! - an item never changes kind;
-//! - a change id appears at most once per user;
+//! - a change id appears at most once per user (checked against the ids a state holds
+//!   exactly; see [`UserState`] for the ids a state loaded from a checkpoint holds as a filter);
 //! - put and patch carry a document, delete does not;
 //! - `device` items are written by origin `operator`, and `operator` writes nothing else.
 
@@ -23,6 +24,7 @@ pub type GrowingMap<K, V> = griddle::HashMap<K, V, ahash::RandomState>;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::change_filter::ChangeFilter;
 use crate::document::Document;
 use crate::event::Event;
 use crate::ids::{ChangeId, ItemId};
@@ -78,12 +80,19 @@ pub trait StateWrite: StateRead {
     fn put_change(&mut self, id: ChangeId, result: ChangeRef);
 }
 
-/// The full state of one user: every item (tombstones included) and every change id ever applied.
+/// The full state of one user: every item (tombstones included), and its change ids.
 ///
-/// Change ids are kept for the life of the log: idempotency is promised forever, not for a window.
+/// Change ids are honoured for the life of the log: idempotency is promised forever, not for a
+/// window. But a state need not hold them all: one loaded from a checkpoint of format 5 holds
+/// the ids up to the checkpoint as a [`ChangeFilter`] (24 bits each, not ~50 bytes), and only
+/// the ids it applied since exactly. An id the filter may hold is resolved by whoever stages a
+/// change against the state (reading the user's log: [`UserState::change_may_be_older`]);
+/// [`apply`] checks uniqueness against the exact ids, and a replay from the log's start (verify,
+/// rebuild) holds every id exactly, so it checks them all.
 ///
-/// Equality compares what the log determines (items, change ids, last seq), not `prev`, an
-/// index of what this copy has applied, kept only by states that serve pushes.
+/// Equality compares what the log determines (items, last seq, and the change ids as the
+/// filter of all of them, which does not depend on how many a copy holds exactly), not `prev`,
+/// an index of what this copy has applied, kept only by states that serve pushes.
 #[derive(Clone, Debug, Default)]
 pub struct UserState {
     last_seq: u64,
@@ -94,6 +103,9 @@ pub struct UserState {
     by_seq: std::collections::BTreeMap<u64, ItemId>,
     items: GrowingMap<ItemId, ItemState>,
     changes: GrowingMap<ChangeId, ChangeRef>,
+    /// The change ids of seqs `1..=filter_through`, which `changes` does not hold.
+    filter: ChangeFilter,
+    filter_through: u64,
     /// For each event this state applied to an existing item, the seq of the item's event
     /// before it: walking back from an item's newest seq gives the seqs of its earlier versions
     /// (what a stale patch's base is found by) without scanning every change id. Links older
@@ -110,7 +122,7 @@ impl PartialEq for UserState {
             && self.doc_bytes == other.doc_bytes
             && self.by_seq == other.by_seq
             && self.items == other.items
-            && self.changes == other.changes
+            && self.change_filter() == other.change_filter()
     }
 }
 
@@ -122,8 +134,8 @@ impl UserState {
         self.items.values()
     }
 
-    /// Approximate memory held: documents plus a fixed cost per item, per change id and per
-    /// link to an earlier version.
+    /// Approximate memory held: documents plus a fixed cost per item, per change id held
+    /// exactly and per link to an earlier version, plus the filter of older change ids.
     pub fn approx_bytes(&self) -> usize {
         const PER_ITEM: usize = 128;
         const PER_CHANGE: usize = 48;
@@ -132,6 +144,39 @@ impl UserState {
             + self.items.len() * PER_ITEM
             + self.changes.len() * PER_CHANGE
             + self.prev.len() * PER_LINK
+            + self.filter.bytes()
+    }
+
+    /// Whether `id` may be the change id of an event older than the exact ids this state
+    /// holds (seq at most [`UserState::filter_through`]): `false` is certain; `true` is to be
+    /// resolved from the user's log. [`StateRead::change`] answers only from the exact ids.
+    pub fn change_may_be_older(&self, id: &ChangeId) -> bool {
+        self.filter_through > 0 && self.filter.may_contain(id)
+    }
+
+    /// The last seq whose change id is held only by the filter (0: every id is held exactly).
+    pub fn filter_through(&self) -> u64 {
+        self.filter_through
+    }
+
+    /// The filter of every change id of the user's log up to its last seq: the stored filter
+    /// with the exact ids added at their seqs. A function of the log alone (see
+    /// [`ChangeFilter`]); what checkpoints store and equality and state hashes compare.
+    pub fn change_filter(&self) -> ChangeFilter {
+        let mut f = self.filter.clone();
+        for (id, r) in &self.changes {
+            f.insert(r.seq, id);
+        }
+        f
+    }
+
+    /// Holds the change ids up to the state's last seq as `filter` rather than exactly: how a
+    /// checkpoint of format 5 is loaded. Exact ids already held stay (a state is loaded with
+    /// either, never both).
+    pub fn with_change_filter(mut self, filter: ChangeFilter) -> Self {
+        self.filter = filter;
+        self.filter_through = self.last_seq;
+        self
     }
 
     /// From now on, record each applied event's link to its item's previous event (what
@@ -195,7 +240,9 @@ impl UserState {
             .count()
     }
 
-    /// Every change id applied, with its result, in no particular order.
+    /// The change ids held exactly (every one, unless the state was loaded with a filter:
+    /// then those after [`UserState::filter_through`]), with their results, in no particular
+    /// order.
     pub fn changes(&self) -> impl Iterator<Item = (&ChangeId, &ChangeRef)> {
         self.changes.iter()
     }

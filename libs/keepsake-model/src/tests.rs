@@ -22,6 +22,11 @@ struct Harness {
     log: Vec<Event>,
     next_change: u128,
     origin: Origin,
+    /// After every push, hold the change ids as a filter (as a state loaded from a checkpoint
+    /// of format 5 does): resends of older ids are then resolved from the log.
+    reload: bool,
+    /// Older change ids resolved from the log.
+    old_reads: usize,
 }
 
 impl Harness {
@@ -34,6 +39,8 @@ impl Harness {
             log: Vec::new(),
             next_change: 0,
             origin: Origin::Device,
+            reload: false,
+            old_reads: 0,
         }
     }
 
@@ -51,6 +58,7 @@ impl Harness {
     /// Stages a push, resolving ancestors from the log as a writer would, then commits it.
     fn push(&mut self, changes: &[Change]) -> Vec<Outcome> {
         let mut ancestors = Ancestors::new();
+        let mut old_changes = OldChanges::new();
         loop {
             let cx = StageContext {
                 meta: EventMeta {
@@ -64,6 +72,7 @@ impl Harness {
                 ids: &self.ids,
                 policy: &self.policy,
                 ancestors: &ancestors,
+                old_changes: &old_changes,
             };
             let mut staged = Staged::new(&self.state);
             let mut outcomes = Vec::new();
@@ -77,7 +86,21 @@ impl Harness {
                     }
                 }
             }
-            if let Some(n) = need {
+            if let Some(Need::Change(id)) = need {
+                self.old_reads += 1;
+                let found = self
+                    .log
+                    .iter()
+                    .find(|e| e.change_id == id)
+                    .map(|e| ChangeRef {
+                        item_id: e.item_id,
+                        version: e.version,
+                        seq: e.seq,
+                    });
+                old_changes.insert(id, found);
+                continue;
+            }
+            if let Some(Need::Ancestor(n)) = need {
                 let doc = self
                     .log
                     .iter()
@@ -93,6 +116,13 @@ impl Harness {
             }
             self.log.extend(events);
             self.clock.advance(chrono::Duration::milliseconds(10));
+            if self.reload {
+                let s = &self.state;
+                let mut loaded = UserState::from_parts(s.last_seq(), s.items().cloned(), [])
+                    .with_change_filter(s.change_filter());
+                loaded.enable_version_links();
+                self.state = loaded;
+            }
             return outcomes;
         }
     }
@@ -182,6 +212,34 @@ fn duplicate_change_returns_original_result_and_writes_nothing() {
     let c3 = h.change(Kind::Note, item(2), None, put(json!({"t": 3})));
     let out = h.push(&[c3.clone(), c3]);
     assert_eq!(out[1], Outcome::Duplicate(applied(&out[0])));
+}
+
+#[test]
+fn a_state_holding_its_change_ids_as_a_filter_still_answers_resends_with_their_results() {
+    let mut h = Harness::new();
+    h.reload = true;
+    let c = h.change(Kind::Note, item(1), None, put(json!({"t": 1})));
+    let first = applied(&h.one(c.clone()));
+    for t in 2..=40 {
+        let next = h.change(Kind::Note, item(1), None, put(json!({ "t": t })));
+        applied(&h.one(next));
+    }
+    // No change id is held exactly: each push reloaded the state from its filter.
+    assert_eq!(h.state.changes().count(), 0);
+    assert!(
+        h.state.approx_bytes() < 40 * 48,
+        "{}",
+        h.state.approx_bytes()
+    );
+    let reads = h.old_reads;
+    let len = h.log.len();
+    assert_eq!(h.one(c), Outcome::Duplicate(first));
+    assert_eq!(h.log.len(), len);
+    assert_eq!(
+        h.old_reads,
+        reads + 1,
+        "the resend was resolved from the log"
+    );
 }
 
 #[test]
@@ -545,11 +603,16 @@ proptest! {
     #[test]
     fn log_and_state_agree(pushes in proptest::collection::vec(proptest::collection::vec(step(), 1..6), 1..12)) {
         let mut h = Harness::new();
+        // The same pushes against a state that holds its change ids as a filter from one push
+        // to the next: the same answers, the same log, an equal state.
+        let mut r = Harness::new();
+        r.reload = true;
         let mut sent: Vec<Change> = Vec::new();
         let mut first_result: std::collections::HashMap<ChangeId, ChangeRef> = Default::default();
         for push in &pushes {
             let changes: Vec<Change> = push.iter().filter_map(|s| to_change(&mut h, s, &sent)).collect();
             let outcomes = h.push(&changes);
+            prop_assert_eq!(&r.push(&changes), &outcomes);
             prop_assert_eq!(outcomes.len(), changes.len());
             for (c, o) in changes.iter().zip(&outcomes) {
                 match o {
@@ -573,6 +636,12 @@ proptest! {
         prop_assert!(h.log.iter().all(|e| ids.insert(e.change_id)));
         let replayed = UserState::replay(&h.log);
         prop_assert_eq!(replayed.as_ref(), Ok(&h.state));
+        // Event ids aside: staging again after a read of the log draws new ones.
+        let same = |l: &[Event]| l.iter().map(|e| (e.seq, e.change_id, e.item_id, e.version, e.op, e.document.clone())).collect::<Vec<_>>();
+        prop_assert_eq!(same(&r.log), same(&h.log));
+        prop_assert_eq!(&r.state, &h.state);
+        prop_assert_eq!(r.state.changes().count(), 0);
+        prop_assert_eq!(r.state.change_filter(), h.state.change_filter());
         prop_assert_eq!(h.state.last_seq(), h.log.len() as u64);
         // With links on, every version's seq is found by walking back from the item's newest
         // event; without them only the newest, and never a wrong seq.

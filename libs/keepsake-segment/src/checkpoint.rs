@@ -7,6 +7,11 @@
 //! - `entry = "change"`: one applied change id (`key` = change id; item_id, version, seq), kept
 //!   because idempotency is promised for the life of the log.
 //!
+//! Version 5 has one more column, `filter` (binary), and writes no `change` rows: each user has
+//! one `entry = "filter"` row holding the [`ChangeFilter`] of every change id of its log (24 bits
+//! an id instead of a row of ~50 bytes). A resend of an older id is resolved from the log
+//! itself, which has every id already. Versions 1-3 still decode (their ids held exactly).
+//!
 //! A checkpoint is derived: it must equal the fold of segments `1..=n` (tested), and deleting it
 //! loses nothing.
 
@@ -14,30 +19,37 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
-    Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, FixedSizeBinaryArray,
+    FixedSizeBinaryBuilder, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit, TimestampMicrosecondType};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keepsake_model::{
-    ChangeId, ChangeRef, Document, ItemId, ItemState, Kind, StateRead, UserId, UserState,
+    ChangeFilter, ChangeId, ChangeRef, Document, ItemId, ItemState, Kind, StateRead, UserId,
+    UserState,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
-use crate::codec::writer_properties;
+use crate::codec::writer_properties_builder;
 use crate::error::{SegmentError, invalid};
 
 /// The newest checkpoint format version this build writes. Version 2 has the columns of
-/// version 1 and one more `kind`: `device`; version 3 one more again: `collection`. A checkpoint is stamped with the lowest version that
-/// holds its rows ([`checkpoint_version`]), for the reason segments are.
-pub const CHECKPOINT_VERSION: u32 = 3;
-const KNOWN: &[u32] = &[1, 2, 3];
+/// version 1 and one more `kind`: `device`; version 3 one more again: `collection`; version 4
+/// is the manifest over parts (`crate::manifest`); version 5 holds change ids as a filter
+/// (`filter` column, module docs). This build writes version 5; encoding with an older
+/// version (1-3) is for tests and needs states that hold their ids exactly.
+pub const CHECKPOINT_VERSION: u32 = 5;
+const KNOWN: &[u32] = &[1, 2, 3, 5];
 
-/// The lowest checkpoint format version that can hold these users' states.
+/// The `entry` of a user's change-id filter row (version 5).
+pub const ENTRY_FILTER: &str = "filter";
+
+/// The lowest checkpoint format version of 1-3 whose kinds can hold these users' items (the
+/// version a writer of exact change ids would stamp).
 pub fn checkpoint_version<'a>(users: impl IntoIterator<Item = &'a UserState>) -> u32 {
     let needed = |s: &UserState| {
         s.items()
@@ -52,10 +64,23 @@ pub fn checkpoint_version<'a>(users: impl IntoIterator<Item = &'a UserState>) ->
     users.into_iter().map(needed).max().unwrap_or(1)
 }
 
-/// The Arrow schema of a checkpoint.
+/// The Arrow schema of a checkpoint of the newest version.
 pub fn checkpoint_schema() -> Arc<Schema> {
+    checkpoint_schema_of(CHECKPOINT_VERSION)
+}
+
+/// The Arrow schema of a checkpoint of `version`: versions 1-3 share one; 5 adds `filter`.
+pub fn checkpoint_schema_of(version: u32) -> Arc<Schema> {
+    let mut fields = checkpoint_fields_v1();
+    if version >= 5 {
+        fields.push(Field::new("filter", DataType::Binary, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn checkpoint_fields_v1() -> Vec<Field> {
     let uuid = DataType::FixedSizeBinary(16);
-    Arc::new(Schema::new(vec![
+    vec![
         Field::new("user_id", uuid.clone(), false),
         Field::new("entry", DataType::Utf8, false),
         Field::new("key", uuid.clone(), true),
@@ -70,7 +95,7 @@ pub fn checkpoint_schema() -> Arc<Schema> {
             true,
         ),
         Field::new("document", DataType::Utf8, true),
-    ]))
+    ]
 }
 
 /// What a checkpoint says about itself.
@@ -114,20 +139,38 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
         }
         // A manifest over parts of the versions above (`crate::manifest`).
         4 => return Some(crate::manifest::manifest_description()),
+        5 => {
+            d = checkpoint_description_of(5);
+            d["kinds"] =
+                Value::from(["contact", "event", "task", "note", "collection", "device"].to_vec());
+            d["entries"] = Value::from(["filter", "item", "user"].to_vec());
+            d["filter"] = Value::from(
+                "one row per user, entry \"filter\": the ChangeFilter of every change id of \
+                 the user's log, blocks of 32 seqs (block b: seqs 32b+1..=32b+32), each 12 \
+                 little-endian u64 words (768 bits); an id sets 16 bits (h1 + i*h2) mod 768, \
+                 i in 0..16, h1 = mix(lo ^ mix(hi ^ 0x6b65657073616b65)), h2 = mix(hi ^ \
+                 mix(lo ^ 0x6368616e67656964)) | 1, (hi, lo) the id's 128 bits big-endian, \
+                 mix = SplitMix64's finalizer; blocks = ceil(last seq / 32)",
+            );
+        }
         _ => return None,
     }
     Some(d)
 }
 
 fn checkpoint_description_v1() -> Value {
-    let columns: Vec<Value> = checkpoint_schema()
+    checkpoint_description_of(1)
+}
+
+fn checkpoint_description_of(version: u32) -> Value {
+    let columns: Vec<Value> = checkpoint_schema_of(version)
         .fields()
         .iter()
         .map(|f| json!({"name": f.name(), "type": format!("{:?}", f.data_type()), "nullable": f.is_nullable()}))
         .collect();
     json!({
         "format": "keepsake-checkpoint",
-        "format_version": 1,
+        "format_version": version,
         "sort_order": ["user_id", "entry", "key"],
         "entries": ["change", "item", "user"],
         "columns": columns,
@@ -147,6 +190,25 @@ struct Rows {
     deleted: Vec<Option<bool>>,
     changed_at: Vec<Option<i64>>,
     document: Vec<Option<Document>>,
+    filter: Vec<Option<Vec<u8>>>,
+}
+
+impl Rows {
+    /// A row of the user's that holds only what its entry needs.
+    fn bare(&mut self, user: [u8; 16], entry: &'static str, seq: u64) -> Result<(), SegmentError> {
+        self.user.push(user);
+        self.entry.push(entry);
+        self.key.push(None);
+        self.seq.push(i64_of(seq)?);
+        self.item_id.push(None);
+        self.version.push(None);
+        self.kind.push(None);
+        self.deleted.push(None);
+        self.changed_at.push(None);
+        self.document.push(None);
+        self.filter.push(None);
+        Ok(())
+    }
 }
 
 fn i64_of(v: u64) -> Result<i64, SegmentError> {
@@ -180,22 +242,32 @@ pub fn encode_checkpoint<'a>(
             meta.format_version
         )));
     }
+    let filters = meta.format_version >= 5;
+    if !filters && users.iter().any(|(_, s)| s.filter_through() > 0) {
+        return Err(invalid(format!(
+            "checkpoint format version {} holds change ids exactly, and these states hold some \
+             as a filter (version 5 is needed)",
+            meta.format_version
+        )));
+    }
     let mut r = Rows::default();
     for (user, state) in &users {
         let u = *user.as_bytes();
-        let mut changes: Vec<_> = state.changes().collect();
-        changes.sort_by_key(|(c, _)| **c);
-        for (c, cref) in changes {
-            r.user.push(u);
-            r.entry.push(ENTRY_CHANGE);
-            r.key.push(Some(*c.as_bytes()));
-            r.seq.push(i64_of(cref.seq)?);
-            r.item_id.push(Some(*cref.item_id.as_bytes()));
-            r.version.push(Some(i64_of(cref.version)?));
-            r.kind.push(None);
-            r.deleted.push(None);
-            r.changed_at.push(None);
-            r.document.push(None);
+        if filters {
+            r.bare(u, ENTRY_FILTER, state.last_seq())?;
+            if let Some(f) = r.filter.last_mut() {
+                *f = Some(state.change_filter().to_bytes());
+            }
+        } else {
+            let mut changes: Vec<_> = state.changes().collect();
+            changes.sort_by_key(|(c, _)| **c);
+            for (c, cref) in changes {
+                r.bare(u, ENTRY_CHANGE, cref.seq)?;
+                let last = r.key.len() - 1;
+                r.key[last] = Some(*c.as_bytes());
+                r.item_id[last] = Some(*cref.item_id.as_bytes());
+                r.version[last] = Some(i64_of(cref.version)?);
+            }
         }
         let mut items: Vec<_> = state.items().collect();
         items.sort_by_key(|i| i.item_id);
@@ -210,20 +282,12 @@ pub fn encode_checkpoint<'a>(
             r.deleted.push(Some(i.deleted));
             r.changed_at.push(Some(i.changed_at.timestamp_micros()));
             r.document.push(i.document.clone());
+            r.filter.push(None);
         }
-        r.user.push(u);
-        r.entry.push("user");
-        r.key.push(None);
-        r.seq.push(i64_of(state.last_seq())?);
-        r.item_id.push(None);
-        r.version.push(None);
-        r.kind.push(None);
-        r.deleted.push(None);
-        r.changed_at.push(None);
-        r.document.push(None);
+        r.bare(u, "user", state.last_seq())?;
     }
     let user_col: Vec<Option<[u8; 16]>> = r.user.iter().map(|u| Some(*u)).collect();
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         uuids(&user_col),
         Arc::new(StringArray::from(r.entry.clone())),
         uuids(&r.key),
@@ -237,8 +301,22 @@ pub fn encode_checkpoint<'a>(
             r.document.iter().map(|d| d.as_ref().map(Document::as_str)),
         )),
     ];
-    let schema = checkpoint_schema();
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()?))?;
+    let mut props = writer_properties_builder()?;
+    if filters {
+        columns.push(Arc::new(BinaryArray::from_iter(
+            r.filter.iter().map(Option::as_deref),
+        )));
+        // Random bits: no dictionary, no statistics, nothing to compress.
+        let filter = parquet::schema::types::ColumnPath::from("filter");
+        props = props
+            .set_column_dictionary_enabled(filter.clone(), false)
+            .set_column_statistics_enabled(
+                filter,
+                parquet::file::properties::EnabledStatistics::None,
+            );
+    }
+    let schema = checkpoint_schema_of(meta.format_version);
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.build()))?;
     if !r.user.is_empty() {
         writer.write(&RecordBatch::try_new(schema, columns)?)?;
     }
@@ -289,6 +367,8 @@ struct Partial {
     last_seq: u64,
     items: Vec<ItemState>,
     changes: Vec<(ChangeId, ChangeRef)>,
+    /// The filter row's: the seq it was written at, and the filter.
+    filter: Option<(u64, ChangeFilter)>,
 }
 
 fn col(batch: &RecordBatch, i: usize) -> Result<&FixedSizeBinaryArray, SegmentError> {
@@ -310,10 +390,24 @@ pub fn decode_checkpoint_batches(
     only: Option<&UserId>,
 ) -> Result<HashMap<UserId, UserState>, SegmentError> {
     let mut partial: HashMap<UserId, Partial> = HashMap::new();
+    // Version 5 (the `filter` column) gives every user a filter row; a user without one would
+    // lose its change ids, so it is refused.
+    let mut filters = false;
     for batch in batches {
-        if batch.schema().fields() != checkpoint_schema().fields() {
+        let fields = batch.schema().fields().clone();
+        let filter = if fields == checkpoint_schema_of(5).fields().clone() {
+            filters = true;
+            Some(
+                batch
+                    .column(10)
+                    .as_binary_opt::<i32>()
+                    .ok_or_else(|| invalid("filter"))?,
+            )
+        } else if fields == checkpoint_schema_of(1).fields().clone() {
+            None
+        } else {
             return Err(invalid("the file's columns are not the checkpoint schema"));
-        }
+        };
         let user = col(&batch, 0)?;
         let entry = batch
             .column(ENTRY_COLUMN)
@@ -361,6 +455,18 @@ pub fn decode_checkpoint_batches(
             };
             match entry.value(i) {
                 "user" => p.last_seq = seq_v,
+                ENTRY_FILTER => {
+                    let bytes = filter
+                        .filter(|f| !f.is_null(i))
+                        .map(|f| f.value(i))
+                        .ok_or_else(|| bad("filter"))?;
+                    let f = ChangeFilter::from_bytes(bytes)
+                        .ok_or_else(|| bad("filter is not a whole number of blocks"))?;
+                    if f.blocks() as u64 != ChangeFilter::blocks_for(seq_v) {
+                        return Err(bad("filter blocks do not match the user's last seq"));
+                    }
+                    p.filter = Some((seq_v, f));
+                }
                 "change" => p.changes.push((
                     ChangeId::from_bytes(id_at(key, i).ok_or_else(|| bad("key"))?),
                     ChangeRef {
@@ -391,10 +497,18 @@ pub fn decode_checkpoint_batches(
             }
         }
     }
-    Ok(partial
+    partial
         .into_iter()
-        .map(|(u, p)| (u, UserState::from_parts(p.last_seq, p.items, p.changes)))
-        .collect())
+        .map(|(u, p)| {
+            let state = UserState::from_parts(p.last_seq, p.items, p.changes);
+            match p.filter {
+                Some((seq, f)) if seq == state.last_seq() => Ok((u, state.with_change_filter(f))),
+                Some(_) => Err(invalid(format!("user {u}: filter and last seq disagree"))),
+                None if filters => Err(invalid(format!("user {u}: no change-id filter row"))),
+                None => Ok((u, state)),
+            }
+        })
+        .collect()
 }
 
 /// Decodes a whole checkpoint.

@@ -52,6 +52,12 @@ pub struct Segment {
 
 /// The Parquet settings every segment is written with.
 pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
+    Ok(writer_properties_builder()?.build())
+}
+
+/// [`writer_properties`] before it is built, for a format with columns of its own.
+pub fn writer_properties_builder()
+-> Result<parquet::file::properties::WriterPropertiesBuilder, SegmentError> {
     let sort = |column_idx: usize| SortingColumn {
         column_idx: column_idx as i32,
         descending: false,
@@ -75,7 +81,7 @@ pub fn writer_properties() -> Result<WriterProperties, SegmentError> {
     for name in NO_STATISTICS_COLUMNS {
         b = b.set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
     }
-    Ok(b.build())
+    Ok(b)
 }
 
 fn uuid_column<'a>(n: usize, ids: impl Iterator<Item = Option<&'a [u8; 16]>>) -> ArrayRef {

@@ -18,9 +18,9 @@ mod prune;
 mod schema;
 
 pub use checkpoint::{
-    CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, checkpoint_description,
-    checkpoint_meta, checkpoint_schema, checkpoint_version, decode_checkpoint,
-    decode_checkpoint_batches, encode_checkpoint,
+    CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, ENTRY_FILTER,
+    checkpoint_description, checkpoint_meta, checkpoint_schema, checkpoint_schema_of,
+    checkpoint_version, decode_checkpoint, decode_checkpoint_batches, encode_checkpoint,
 };
 pub use codec::{
     DECODE_BATCH_ROWS, DOCUMENT_PAGE_BYTES, EventKey, KEY_COLUMNS, Segment, decode, decode_batch,

@@ -217,7 +217,7 @@ fn bless_missing_schema_files() {
     // Checkpoints have versions of their own (segment version 3 added an origin, and a
     // checkpoint holds no origin: it did not change). A history object is stamped with its
     // newest source's version, so it has one version per segment version.
-    for v in [1, 2, 3, 4] {
+    for v in [1, 2, 3, 4, 5] {
         write_new(
             &format!("checkpoint-v{v}.json"),
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
@@ -521,11 +521,13 @@ fn golden_segments() -> [(u32, Vec<Event>); 4] {
 }
 
 /// Every checkpoint format version with the golden events it is the fold of.
-fn golden_checkpoints() -> [(u32, Vec<Event>); 3] {
+fn golden_checkpoints() -> [(u32, Vec<Event>); 4] {
     [
         (1, golden_events()),
         (2, golden_events_v2()),
         (3, golden_events_v4()),
+        // Change ids as a filter (version 4 is the manifest, a JSON file).
+        (5, golden_events_v4()),
     ]
 }
 
@@ -688,11 +690,11 @@ mod checkpoints {
 
     #[test]
     fn checkpoint_schema_files_match_the_code() {
-        for &v in &[1, 2, 3, 4] {
+        for &v in &[1, 2, 3, 4, 5] {
             let name = format!("checkpoint-v{v}.json");
             assert_eq!(Some(json_file(&name)), checkpoint_description(v), "{name}");
         }
-        assert_eq!(checkpoint_description(5), None);
+        assert_eq!(checkpoint_description(6), None);
     }
 
     /// The manifest of `golden/checkpoint-v4.json`: two base parts and two deltas, one user in
@@ -755,9 +757,44 @@ mod checkpoints {
         // Checkpoint versions are their own (segment version 3 added no checkpoint version).
         assert_eq!(
             keepsake_segment::CHECKPOINT_VERSION,
-            3,
+            5,
             "a new checkpoint version needs its golden file here"
         );
+    }
+
+    /// Version 5: no change-id rows, a filter per user that holds every id of its log, so a
+    /// checkpoint of a long history is a fraction of version 3's size and still equals the fold.
+    #[test]
+    fn a_version_5_checkpoint_holds_change_ids_as_a_filter() {
+        let events = fixtures::history(11, 30, 300, t(0));
+        let users = fold(&events);
+        let v5 = encode_checkpoint(users.iter(), &meta(5, users.len())).expect("encode");
+        let v3 = encode_checkpoint(users.iter(), &meta(3, users.len())).expect("encode");
+        let (m, decoded) = decode_checkpoint(v5.clone()).expect("decode");
+        assert_eq!(m, meta(5, users.len()));
+        assert_eq!(decoded, users);
+        assert!(decoded.values().all(|s| s.changes().count() == 0));
+        for e in &events {
+            assert!(decoded[&e.user_id].change_may_be_older(&e.change_id));
+        }
+        // A state that holds ids as a filter cannot be written as rows.
+        assert!(matches!(
+            encode_checkpoint(decoded.iter(), &meta(3, decoded.len())),
+            Err(SegmentError::Invalid(_))
+        ));
+        assert_eq!(
+            encode_checkpoint(decoded.iter(), &meta(5, decoded.len())).expect("encode"),
+            v5,
+            "a state loaded with its filter writes the same bytes"
+        );
+        eprintln!(
+            "version 5: {} bytes, version 3: {} bytes",
+            v5.len(),
+            v3.len()
+        );
+        // A change row costs ~48 bytes of ids and numbers before encoding; the filter 3.
+        let saved = v3.len().saturating_sub(v5.len()) / events.len();
+        assert!(saved >= 25, "{saved} bytes saved per change id");
     }
 
     #[test]
@@ -812,16 +849,16 @@ fn checkpoint_rows(
 fn an_items_read_of_a_checkpoint_skips_change_id_pages_and_keeps_every_item() {
     use keepsake_model::{StateRead, UserState, apply};
     use keepsake_segment::{
-        CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, encode_checkpoint,
-        plan_user_read_skipping,
+        CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, encode_checkpoint, plan_user_read_skipping,
     };
     let events = fixtures::history(7, 3, 20_000, t(0));
     let mut users: std::collections::HashMap<UserId, UserState> = Default::default();
     for e in &events {
         apply(users.entry(e.user_id).or_default(), e).expect("apply");
     }
+    // Versions 1-3 hold change ids as rows (5 holds a filter, one row a user).
     let meta = CheckpointMeta {
-        format_version: CHECKPOINT_VERSION,
+        format_version: 3,
         shard: 0,
         segment: 1,
         user_count: users.len() as u64,

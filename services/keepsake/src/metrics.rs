@@ -396,6 +396,24 @@ pub fn text(
             "History reads by a shard writer itself (they hold up its batch)",
             g(&s.writer_ancestor_reads),
         );
+        counter(
+            &mut out,
+            "keepsake_old_change_reads",
+            "Log reads resolving a pushed change id the user's filter of older ids may hold, before queueing",
+            g(&s.old_change_reads),
+        );
+        counter(
+            &mut out,
+            "keepsake_writer_old_change_reads",
+            "Log reads resolving an older change id by a shard writer itself",
+            g(&s.writer_old_change_reads),
+        );
+        counter(
+            &mut out,
+            "keepsake_old_changes_found",
+            "Older change ids the log had (resends answered duplicate); the rest were filter false positives",
+            g(&s.old_changes_found),
+        );
         for (name, help, v) in [
             (
                 "keepsake_compaction_history_objects",
