@@ -23,6 +23,10 @@ use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
 use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
+/// Change ids a resident user keeps exactly: those of its newest this-many events (up to twice
+/// as many between retirements, [`UserState::retire_changes`]).
+pub const EXACT_CHANGE_IDS: u64 = 64;
+
 #[derive(Debug)]
 struct Resident {
     /// Shared so that a reader takes it out of the lock ([`ShardState::get_shared`]); a commit
@@ -402,6 +406,11 @@ impl ShardState {
         }
         for u in touched {
             if let Some(r) = self.users.get_mut(&u) {
+                // A resident user keeps its recent change ids exactly and the rest as a filter
+                // (pushes resolve those from the log): its memory does not grow with its age.
+                if r.state.exact_changes() as u64 > 2 * EXACT_CHANGE_IDS {
+                    Arc::make_mut(&mut r.state).retire_changes(EXACT_CHANGE_IDS);
+                }
                 let now = r.state.approx_bytes();
                 self.bytes = (self.bytes + now).saturating_sub(r.bytes);
                 r.bytes = now;

@@ -643,9 +643,7 @@ impl Writer {
                 policy: &self.cfg.policy,
                 ancestors: ancestors.get(&user).unwrap_or(&none),
                 old_changes: match old.get(&user) {
-                    _ if q.old_changes.is_empty() || !fresh(q) => {
-                        old.get(&user).unwrap_or(&no_old)
-                    }
+                    _ if q.old_changes.is_empty() || !fresh(q) => old.get(&user).unwrap_or(&no_old),
                     None => &q.old_changes,
                     Some(here) => {
                         merged = q.old_changes.clone();

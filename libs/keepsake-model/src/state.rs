@@ -154,6 +154,11 @@ impl UserState {
         self.filter_through > 0 && self.filter.may_contain(id)
     }
 
+    /// Number of change ids held exactly.
+    pub fn exact_changes(&self) -> usize {
+        self.changes.len()
+    }
+
     /// The last seq whose change id is held only by the filter (0: every id is held exactly).
     pub fn filter_through(&self) -> u64 {
         self.filter_through
@@ -168,6 +173,30 @@ impl UserState {
             f.insert(r.seq, id);
         }
         f
+    }
+
+    /// Moves the exact change ids of all but the newest `keep` seqs into the filter, once more
+    /// than `2 * keep` are held: a resident user's ids then cost 24 bits each however long it
+    /// stays resident, while a retry of a recent push (the usual resend) is still answered from
+    /// memory. Those moved are resolved from the log like a loaded state's. Amortized O(1) per
+    /// event. Equality and the filter of all ids do not change.
+    pub fn retire_changes(&mut self, keep: u64) {
+        if self.changes.len() as u64 <= keep.saturating_mul(2) {
+            return;
+        }
+        let through = self.last_seq.saturating_sub(keep);
+        if through <= self.filter_through {
+            return;
+        }
+        let filter = &mut self.filter;
+        self.changes.retain(|id, r| {
+            let old = r.seq <= through;
+            if old {
+                filter.insert(r.seq, id);
+            }
+            !old
+        });
+        self.filter_through = through;
     }
 
     /// Holds the change ids up to the state's last seq as `filter` rather than exactly: how a

@@ -215,6 +215,35 @@ fn duplicate_change_returns_original_result_and_writes_nothing() {
 }
 
 #[test]
+fn retired_change_ids_are_resolved_from_the_log_and_recent_ones_answered_from_memory() {
+    let mut h = Harness::new();
+    let mut sent = Vec::new();
+    for t in 0..300 {
+        let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
+        let r = applied(&h.one(c.clone()));
+        sent.push((c, r));
+        h.state.retire_changes(16);
+        assert!(
+            h.state.changes().count() <= 32,
+            "{}",
+            h.state.changes().count()
+        );
+    }
+    // Retired once more than 32 are held, down to the newest 16.
+    let through = h.state.filter_through();
+    assert!((300 - 32..=300 - 16).contains(&through), "{through}");
+    assert_eq!(Ok(&h.state), UserState::replay(&h.log).as_ref());
+    let reads = h.old_reads;
+    let (last, last_r) = sent[299].clone();
+    assert_eq!(h.one(last), Outcome::Duplicate(last_r));
+    assert_eq!(h.old_reads, reads, "a recent id is answered from memory");
+    let (first, first_r) = sent[0].clone();
+    assert_eq!(h.one(first), Outcome::Duplicate(first_r));
+    assert_eq!(h.old_reads, reads + 1, "an old one from the log");
+    assert_eq!(h.log.len(), 300, "nothing written");
+}
+
+#[test]
 fn a_state_holding_its_change_ids_as_a_filter_still_answers_resends_with_their_results() {
     let mut h = Harness::new();
     h.reload = true;
