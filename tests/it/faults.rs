@@ -196,6 +196,54 @@ async fn a_slow_put_lets_the_next_batch_fill() {
     log.shutdown().await;
 }
 
+/// A resend queued while its original was being committed, whose ids the original's commit
+/// retired into the user's filter of older ids (issue 15, item 2): the pushing task found
+/// nothing to resolve (they were not applied yet), so the writer asks the log itself, for all
+/// of them at once, and answers every one `duplicate` with the original result.
+#[tokio::test]
+async fn a_resend_whose_ids_retired_while_it_waited_is_resolved_by_the_writer() {
+    let (faulty, store) = faulty();
+    let log = Arc::new(open(store.clone(), 1, fast_config()).await.expect("open"));
+    let u = user();
+    let before: Vec<_> = (0..50).map(|i| put(item(), json!({ "i": i }))).collect();
+    push(&log, u, before).await.expect("push");
+    let changes: Vec<_> = (0..100).map(|j| put(item(), json!({ "j": j }))).collect();
+    let gate = faulty.hold(FaultOp::Put, SEGMENTS);
+    let first = {
+        let (log, changes) = (log.clone(), changes.clone());
+        tokio::spawn(async move { push(&log, u, changes).await })
+    };
+    gate.reached().await;
+    let again = {
+        let (log, changes) = (log.clone(), changes.clone());
+        tokio::spawn(async move { push(&log, u, changes).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.queued() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resend never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    gate.release();
+    let first = first.await.expect("join").expect("acknowledged");
+    let again = again.await.expect("join").expect("acknowledged");
+    let want: Vec<Outcome> = first
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Applied(r) => Outcome::Duplicate(*r),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(again.outcomes, want);
+    assert_eq!(again.segment, None, "nothing written");
+    assert_eq!(LogStats::get(&log.stats().writer_old_change_reads), 1);
+    assert_eq!(log_of(&store, u).await.len(), 150);
+    log.shutdown().await;
+}
+
 #[tokio::test]
 async fn failing_reads_during_recovery_refuse_to_open() {
     let (faulty, store) = faulty();

@@ -72,7 +72,7 @@ impl Log {
     }
 
     /// [`Log::user_events`] from this process's view of the shard, as far as its head.
-    pub(crate) async fn user_events_in_view(
+    async fn user_events_in_view(
         &self,
         user: &UserId,
         up_to: UpTo,
@@ -202,6 +202,38 @@ async fn read_segments(
     let relocate = by_view(store.clone(), shard, state.clone());
     let (events, _) =
         reader::read_user_relocating(store.clone(), shard, user, segs, up_to, &relocate).await?;
+    Ok(events)
+}
+
+/// A user's committed events as this process's view knows them: every segment up to its
+/// checkpoint, then the tail segments its index names, through the view's sources (never a
+/// listing that may end early). Checked to run densely from seq 1 and to reach `at_least`:
+/// resolving a change id that a filter of older ids may hold must see every one of them, or
+/// an applied change could be staged again. Otherwise unavailable (retryable).
+pub(crate) async fn user_log_in_view(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    user: UserId,
+    at_least: u64,
+) -> Result<Vec<Event>, LogError> {
+    let numbers = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .read_plan(&user, UpTo::End)
+        .numbers();
+    let events = read_segments(store, shard, state, user, numbers, UpTo::End).await?;
+    let dense = events.iter().zip(1..).all(|(e, seq)| e.seq == seq);
+    let last = events.last().map_or(0, |e| e.seq);
+    if !dense || last < at_least {
+        return Err(LogError::Unavailable {
+            shard,
+            reason: format!(
+                "the user's log read {} events up to seq {last}, not every one up to {at_least}",
+                events.len()
+            ),
+        });
+    }
     Ok(events)
 }
 

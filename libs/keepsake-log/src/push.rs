@@ -130,11 +130,13 @@ impl Log {
     /// one lookup per id in memory.
     async fn resolve_old_changes(&self, req: &PushRequest) -> Result<(OldChanges, u64), LogError> {
         let ids: Vec<ChangeId> = req.changes.iter().map(|c| c.change_id).collect();
-        let maybe: Vec<ChangeId> = self
+        let (maybe, through): (Vec<ChangeId>, u64) = self
             .user(&req.user_id, |s| {
-                ids.into_iter()
+                let maybe = ids
+                    .into_iter()
                     .filter(|id| s.change(id).is_none() && s.change_may_be_older(id))
-                    .collect()
+                    .collect();
+                (maybe, s.filter_through())
             })
             .await?;
         let mut resolved = OldChanges::new();
@@ -144,11 +146,11 @@ impl Log {
         self.stats
             .old_change_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The view's events of the user: every id the filter holds is at or before the
-        // checkpoint the state came from, which the view's head is past.
-        let events = self
-            .user_events_in_view(&req.user_id, crate::UpTo::End)
-            .await?;
+        // The view's events of the user, checked to reach every id the filter holds.
+        let shard = self.shard_of(&req.user_id);
+        let state = &self.shards[shard as usize].state;
+        let events =
+            crate::load::user_log_in_view(&self.store, shard, state, req.user_id, through).await?;
         for id in maybe {
             let original = crate::writer::find_change(&events, &id);
             if original.is_some() {

@@ -523,14 +523,34 @@ impl Writer {
                 by_user.entry(user).or_default().push(need);
             }
             for (user, needs) in by_user {
-                let counter = if needs.iter().any(|n| matches!(n, Need::Ancestor(_))) {
-                    &self.stats.writer_ancestor_reads
+                let events = if needs.iter().any(|n| matches!(n, Need::Change(_))) {
+                    self.stats
+                        .writer_old_change_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Through the view, checked to reach every id the user's filter holds: a
+                    // listing that ended early would let an applied change be staged again.
+                    let through = self
+                        .state
+                        .read()
+                        .map_err(|_| crate::poisoned(self.shard))?
+                        .get(&user)
+                        .map_or(0, keepsake_model::UserState::filter_through);
+                    crate::load::user_log_in_view(
+                        &self.store,
+                        self.shard,
+                        &self.state,
+                        user,
+                        through,
+                    )
+                    .await?
                 } else {
-                    &self.stats.writer_old_change_reads
+                    self.stats
+                        .writer_ancestor_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    read_user(self.store.clone(), self.shard, user, UpTo::End)
+                        .await?
+                        .0
                 };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (events, _) =
-                    read_user(self.store.clone(), self.shard, user, UpTo::End).await?;
                 let found = ancestors.entry(user).or_default();
                 // Every version of each needed item: a later push of the batch may need another.
                 let items: HashSet<ItemId> = needs
@@ -566,7 +586,8 @@ impl Writer {
         }
         Err(LogError::Unavailable {
             shard: self.shard,
-            reason: "stale patches kept needing earlier versions".into(),
+            reason: "stale patches kept needing earlier versions, or change ids their answers"
+                .into(),
         })
     }
 
@@ -593,7 +614,7 @@ impl Writer {
         };
         let none = Ancestors::new();
         let no_old = OldChanges::new();
-        let mut merged;
+        let mut merged: OldChanges;
         // A push's ids resolved before queueing hold for a state whose filter of older ids
         // ends at or before the seq that read reached.
         let fresh = |q: &Queued| {
@@ -625,9 +646,44 @@ impl Writer {
                     }
                 },
             };
+            // The push's own answers: an id found in the log holds whatever state stages it
+            // (the log does not change); one not found only for a state whose filter of older
+            // ids ends at or before the seq that read reached.
+            let old_changes: &OldChanges = if q.old_changes.is_empty() {
+                old.get(&user).unwrap_or(&no_old)
+            } else {
+                let trust_absent = fresh(q);
+                merged = q
+                    .old_changes
+                    .iter()
+                    .filter(|(_, found)| found.is_some() || trust_absent)
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                if let Some(here) = old.get(&user) {
+                    merged.extend(here.iter().map(|(k, v)| (*k, *v)));
+                }
+                &merged
+            };
+            // Every id of the push that the state's filter may hold and nothing answers is
+            // asked for at once (one read of the log), before the guard or staging look at it.
+            let unresolved: Vec<Need> = q
+                .req
+                .changes
+                .iter()
+                .filter(|c| staged.maybe_older_unresolved(&c.change_id, old_changes))
+                .map(|c| Need::Change(c.change_id))
+                .collect();
+            if !unresolved.is_empty() {
+                needs.extend(unresolved.into_iter().map(|n| (user, n)));
+                results.push(Ok(Vec::new()));
+                continue;
+            }
             if !q.req.confirm_mass_delete
-                && let Err(refused) =
-                    staged.check_mass_delete(&q.req.changes, &self.cfg.policy.mass_delete)
+                && let Err(refused) = staged.check_mass_delete(
+                    &q.req.changes,
+                    &self.cfg.policy.mass_delete,
+                    old_changes,
+                )
             {
                 info!(shard = self.shard, user_id = %user, kind = %refused.kind, deletes = refused.deletes, live = refused.live, "mass-delete guard refused a push");
                 self.stats
@@ -642,15 +698,7 @@ impl Writer {
                 ids: self.ids.as_ref(),
                 policy: &self.cfg.policy,
                 ancestors: ancestors.get(&user).unwrap_or(&none),
-                old_changes: match old.get(&user) {
-                    _ if q.old_changes.is_empty() || !fresh(q) => old.get(&user).unwrap_or(&no_old),
-                    None => &q.old_changes,
-                    Some(here) => {
-                        merged = q.old_changes.clone();
-                        merged.extend(here.iter().map(|(k, v)| (*k, *v)));
-                        &merged
-                    }
-                },
+                old_changes,
             };
             // A restore is all or nothing (invariant 11): staged on a copy kept aside.
             let before = (q.req.meta.origin == Origin::Restore).then(|| staged.clone());

@@ -354,8 +354,13 @@ pub struct StageContext<'a> {
 }
 
 impl<'a> Staged<'a> {
-    /// An empty overlay over committed state.
+    /// An empty overlay over committed state (never a state for reads of items only, whose
+    /// change ids are not all held: [`UserState::is_items_only`]).
     pub fn new(base: &'a UserState) -> Self {
+        debug_assert!(
+            !base.is_items_only(),
+            "staging against a state of items only"
+        );
         Self {
             base,
             last_seq: base.last_seq(),
@@ -391,16 +396,26 @@ impl<'a> Staged<'a> {
         overlay + base_not_shadowed
     }
 
-    /// Checks the mass-delete guard for a whole push, before any of it is staged.
+    /// Whether `id` is one [`Staged::stage`] would ask the log about ([`Need::Change`]): not
+    /// held exactly, maybe in the filter of older ids, and not answered in `old`.
+    pub fn maybe_older_unresolved(&self, id: &ChangeId, old: &OldChanges) -> bool {
+        self.change(id).is_none() && self.base.change_may_be_older(id) && !old.contains_key(id)
+    }
+
+    /// Checks the mass-delete guard for a whole push, before any of it is staged. A delete whose
+    /// change id was applied before (held exactly, or found in the log: `old`) is a resend, not
+    /// a delete.
     pub fn check_mass_delete(
         &self,
         changes: &[Change],
         guard: &MassDeleteGuard,
+        old: &OldChanges,
     ) -> Result<(), MassDeleteRefused> {
         let mut deletes: HashMap<Kind, std::collections::HashSet<ItemId>> = HashMap::new();
         for c in changes {
             if matches!(c.body, ChangeBody::Delete)
                 && self.change(&c.change_id).is_none()
+                && !matches!(old.get(&c.change_id), Some(Some(_)))
                 && self
                     .item(&c.item_id)
                     .is_some_and(|i| !i.deleted && i.kind == c.kind)

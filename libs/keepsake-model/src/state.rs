@@ -84,7 +84,7 @@ pub trait StateWrite: StateRead {
 ///
 /// Change ids are honoured for the life of the log: idempotency is promised forever, not for a
 /// window. But a state need not hold them all: one loaded from a checkpoint of format 5 holds
-/// the ids up to the checkpoint as a [`ChangeFilter`] (24 bits each, not ~50 bytes), and only
+/// the ids up to the checkpoint as a [`ChangeFilter`] (32 bits each, not ~50 bytes), and only
 /// the ids it applied since exactly. An id the filter may hold is resolved by whoever stages a
 /// change against the state (reading the user's log: [`UserState::change_may_be_older`]);
 /// [`apply`] checks uniqueness against the exact ids, and a replay from the log's start (verify,
@@ -114,6 +114,9 @@ pub struct UserState {
     /// a stale patch (checkpoints, replays, restores) do not pay for them.
     prev: GrowingMap<u64, u64>,
     links: bool,
+    /// Moved on by [`UserState::advance_items`]: the change ids of the events skipped are held
+    /// nowhere, so nothing may be staged against it.
+    items_only: bool,
 }
 
 impl PartialEq for UserState {
@@ -123,6 +126,11 @@ impl PartialEq for UserState {
             && self.by_seq == other.by_seq
             && self.items == other.items
             && self.change_filter() == other.change_filter()
+            // Ids both hold exactly: the same result (the filter holds no results).
+            && self
+                .changes
+                .iter()
+                .all(|(id, r)| other.changes.get(id).is_none_or(|o| o == r))
     }
 }
 
@@ -154,6 +162,12 @@ impl UserState {
         self.filter_through > 0 && self.filter.may_contain(id)
     }
 
+    /// Whether [`UserState::advance_items`] moved this state on (its change ids are not all
+    /// held: a state for reads of items, never for staging).
+    pub fn is_items_only(&self) -> bool {
+        self.items_only
+    }
+
     /// Number of change ids held exactly.
     pub fn exact_changes(&self) -> usize {
         self.changes.len()
@@ -176,7 +190,7 @@ impl UserState {
     }
 
     /// Moves the exact change ids of all but the newest `keep` seqs into the filter, once more
-    /// than `2 * keep` are held: a resident user's ids then cost 24 bits each however long it
+    /// than `2 * keep` are held: a resident user's ids then cost 32 bits each however long it
     /// stays resident, while a retry of a recent push (the usual resend) is still answered from
     /// memory. Those moved are resolved from the log like a loaded state's. Amortized O(1) per
     /// event. Equality and the filter of all ids do not change.
@@ -333,6 +347,7 @@ impl UserState {
             self.put_item(item_after(event));
             prev = event.seq;
         }
+        self.items_only |= last_seq > self.last_seq;
         self.last_seq = last_seq;
         Ok(())
     }

@@ -412,7 +412,7 @@ fn mass_delete_guard_counts_live_items_of_one_kind() {
     let staged = Staged::new(&h.state);
     let guard = MassDeleteGuard::default();
     assert_eq!(
-        staged.check_mass_delete(&deletes, &guard),
+        staged.check_mass_delete(&deletes, &guard, &OldChanges::new()),
         Err(MassDeleteRefused {
             kind: Kind::Contact,
             deletes: 21,
@@ -420,14 +420,17 @@ fn mass_delete_guard_counts_live_items_of_one_kind() {
         })
     );
     // 20 deletes are always allowed; so are 21 of 50
-    assert_eq!(staged.check_mass_delete(&deletes[..20], &guard), Ok(()));
+    assert_eq!(
+        staged.check_mass_delete(&deletes[..20], &guard, &OldChanges::new()),
+        Ok(())
+    );
     drop(staged);
     let more: Vec<_> = (40..50)
         .map(|n| h.change(Kind::Contact, item(n), None, put(json!({}))))
         .collect();
     h.push(&more);
     assert_eq!(
-        Staged::new(&h.state).check_mass_delete(&deletes, &guard),
+        Staged::new(&h.state).check_mass_delete(&deletes, &guard, &OldChanges::new()),
         Ok(())
     );
 }

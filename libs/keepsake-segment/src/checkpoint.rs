@@ -8,7 +8,7 @@
 //!   because idempotency is promised for the life of the log.
 //!
 //! Version 5 has one more column, `filter` (binary), and writes no `change` rows: each user has
-//! one `entry = "filter"` row holding the [`ChangeFilter`] of every change id of its log (24 bits
+//! one `entry = "filter"` row holding the [`ChangeFilter`] of every change id of its log (32 bits
 //! an id instead of a row of ~50 bytes). A resend of an older id is resolved from the log
 //! itself, which has every id already. Versions 1-3 still decode (their ids held exactly).
 //!
@@ -146,11 +146,12 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
             d["entries"] = Value::from(["filter", "item", "user"].to_vec());
             d["filter"] = Value::from(
                 "one row per user, entry \"filter\": the ChangeFilter of every change id of \
-                 the user's log, blocks of 32 seqs (block b: seqs 32b+1..=32b+32), each 12 \
-                 little-endian u64 words (768 bits); an id sets 16 bits (h1 + i*h2) mod 768, \
-                 i in 0..16, h1 = mix(lo ^ mix(hi ^ 0x6b65657073616b65)), h2 = mix(hi ^ \
-                 mix(lo ^ 0x6368616e67656964)) | 1, (hi, lo) the id's 128 bits big-endian, \
-                 mix = SplitMix64's finalizer; blocks = ceil(last seq / 32)",
+                 the user's log, blocks of 32 seqs (block b: seqs 32b+1..=32b+32), each 16 \
+                 little-endian u64 words (1024 bits); an id sets 22 bits: h = mix(lo ^ \
+                 mix(hi ^ 0x6b65657073616b65)), (hi, lo) the id's 128 bits big-endian, mix = \
+                 SplitMix64's finalizer; for j in 1..=4, w = mix(h ^ j * 0x9e3779b97f4a7c15) \
+                 (wrapping), its 10-bit pieces (w >> 10k) mod 1024 for k in 0..6; the first \
+                 22 of those 24; blocks = ceil(last seq / 32)",
             );
         }
         _ => return None,
@@ -502,6 +503,9 @@ pub fn decode_checkpoint_batches(
         .map(|(u, p)| {
             let state = UserState::from_parts(p.last_seq, p.items, p.changes);
             match p.filter {
+                Some(_) if state.exact_changes() > 0 => Err(invalid(format!(
+                    "user {u}: both change rows and a change-id filter"
+                ))),
                 Some((seq, f)) if seq == state.last_seq() => Ok((u, state.with_change_filter(f))),
                 Some(_) => Err(invalid(format!("user {u}: filter and last seq disagree"))),
                 None if filters => Err(invalid(format!("user {u}: no change-id filter row"))),

@@ -25,8 +25,11 @@ use super::*;
 /// Selected rows per part when one object's read is split over cores.
 pub(super) const PART_ROWS: usize = 4096;
 
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup's
+/// files on every call (2% of a loaded server's samples, called on every one-user read).
 pub(super) fn parallelism() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Which decoded rows belong to one user's read of one source.
