@@ -121,6 +121,15 @@ pub struct StepReport {
     pub rss_ready_bytes: u64,
     /// See `rss_ready_bytes`.
     pub rss_end_bytes: u64,
+    /// At the end, what the server's allocator says is allocated (live data) and resident
+    /// (`keepsake_allocator_*`): resident far above allocated is memory freed but not yet
+    /// given back, not memory held.
+    pub allocated_end_bytes: u64,
+    /// See `allocated_end_bytes`.
+    pub allocator_resident_end_bytes: u64,
+    /// Resident memory after 15 s idle at the end (the allocator gives freed pages back on a
+    /// timer of ~10 s).
+    pub rss_idle_bytes: u64,
     /// The view's bytes at the end (`keepsake_view_bytes`).
     pub view_bytes_end: u64,
     /// A cold user's first pull, ms.
@@ -159,13 +168,13 @@ impl ScaleReport {
     pub fn table(&self) -> String {
         let mut t = String::from(
             "users      events      fill_s  register_s  ready_s  ckpt_s  ckpt_MB  compact_s  \
-             restart_s  RSS_ready_MiB  RSS_end_MiB  view_MiB  pull_p50/p99_ms  as_of_p50/p99_ms  \
-             restore_users/s  log_B/event\n",
+             restart_s  RSS_ready_MiB  RSS_end_MiB  alloc_end_MiB  RSS_idle_MiB  view_MiB  \
+             pull_p50/p99_ms  as_of_p50/p99_ms  restore_users/s  log_B/event\n",
         );
         for s in &self.steps {
             t.push_str(&format!(
                 "{:<9}  {:>10}  {:>6.0}  {:>10.0}  {:>7.2}  {:>6.2}  {:>7.1}  {:>9.1}  {:>9.2}  \
-                 {:>13}  {:>11}  {:>8}  {:>15}  {:>16}  {:>15.0}  {:>11.0}\n",
+                 {:>13}  {:>11}  {:>13}  {:>12}  {:>8}  {:>15}  {:>16}  {:>15.0}  {:>11.0}\n",
                 s.users,
                 s.events,
                 s.fill.push_secs + s.fill.settle_secs,
@@ -177,6 +186,8 @@ impl ScaleReport {
                 s.restart_secs,
                 s.rss_ready_bytes >> 20,
                 s.rss_end_bytes >> 20,
+                s.allocated_end_bytes >> 20,
+                s.rss_idle_bytes >> 20,
                 s.view_bytes_end >> 20,
                 format!("{:.1}/{:.1}", s.cold_pull_p50_ms, s.cold_pull_p99_ms),
                 format!("{:.1}/{:.1}", s.as_of_p50_ms, s.as_of_p99_ms),
@@ -677,7 +688,13 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         }
         events += progress.changes_written;
         step.rss_end_bytes = server.resident_bytes().unwrap_or(0);
-        step.view_bytes_end = counter(&s.metrics().await?, "keepsake_view_bytes") as u64;
+        let end = s.metrics().await?;
+        step.view_bytes_end = counter(&end, "keepsake_view_bytes") as u64;
+        step.allocated_end_bytes = counter(&end, "keepsake_allocator_allocated_bytes") as u64;
+        step.allocator_resident_end_bytes =
+            counter(&end, "keepsake_allocator_resident_bytes") as u64;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        step.rss_idle_bytes = server.resident_bytes().unwrap_or(0);
         server.stop(Duration::from_secs(300)).await?;
 
         step.events = events;
