@@ -205,6 +205,21 @@ async fn read_segments(
     Ok(events)
 }
 
+/// The result of change id `id` in a user's events (`None`: the log does not have it).
+pub(crate) fn find_change(
+    events: &[Event],
+    id: &keepsake_model::ChangeId,
+) -> Option<keepsake_model::ChangeRef> {
+    events
+        .iter()
+        .find(|e| e.change_id == *id)
+        .map(|e| keepsake_model::ChangeRef {
+            item_id: e.item_id,
+            version: e.version,
+            seq: e.seq,
+        })
+}
+
 /// A user's committed events as this process's view knows them: every segment up to its
 /// checkpoint, then the tail segments its index names, through the view's sources (never a
 /// listing that may end early). Checked to run densely from seq 1 and to reach `at_least`:

@@ -152,7 +152,7 @@ impl Log {
         let events =
             crate::load::user_log_in_view(&self.store, shard, state, req.user_id, through).await?;
         for id in maybe {
-            let original = crate::writer::find_change(&events, &id);
+            let original = crate::load::find_change(&events, &id);
             if original.is_some() {
                 self.stats
                     .old_changes_found

@@ -60,8 +60,8 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use keepsake_model::{
-    Ancestors, BatchId, ChangeRef, Clock, Event, IdGenerator, ItemId, Need, OldChanges, Origin,
-    Outcome, StageContext, Staged, StateRead, UserId,
+    Ancestors, BatchId, Clock, Event, IdGenerator, ItemId, Need, OldChanges, Origin, Outcome,
+    StageContext, Staged, StateRead, UserId,
 };
 use keepsake_segment::{SegmentMeta, encode, segment_version};
 use object_store::ObjectStore;
@@ -572,7 +572,7 @@ impl Writer {
                             found.entry((n.item_id, n.version)).or_insert(None);
                         }
                         Need::Change(id) => {
-                            let original = find_change(&events, &id);
+                            let original = crate::load::find_change(&events, &id);
                             if original.is_some() {
                                 self.stats
                                     .old_changes_found
@@ -740,16 +740,4 @@ impl Writer {
         }
         Ok(Staging { results, events })
     }
-}
-
-/// The result of change id `id` in a user's events (`None`: the log does not have it).
-pub(crate) fn find_change(events: &[Event], id: &keepsake_model::ChangeId) -> Option<ChangeRef> {
-    events
-        .iter()
-        .find(|e| e.change_id == *id)
-        .map(|e| ChangeRef {
-            item_id: e.item_id,
-            version: e.version,
-            seq: e.seq,
-        })
 }
