@@ -205,19 +205,25 @@ async fn read_segments(
     Ok(events)
 }
 
-/// The result of change id `id` in a user's events (`None`: the log does not have it).
+/// The result of change id `id` in a user's events (`None`: the log does not have it), counted
+/// in `keepsake_old_changes_found` when found.
 pub(crate) fn find_change(
     events: &[Event],
     id: &keepsake_model::ChangeId,
+    stats: &crate::LogStats,
 ) -> Option<keepsake_model::ChangeRef> {
-    events
+    let found = events
         .iter()
         .find(|e| e.change_id == *id)
         .map(|e| keepsake_model::ChangeRef {
             item_id: e.item_id,
             version: e.version,
             seq: e.seq,
-        })
+        })?;
+    stats
+        .old_changes_found
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(found)
 }
 
 /// A user's committed events as this process's view knows them: every segment up to its

@@ -152,13 +152,7 @@ impl Log {
         let events =
             crate::load::user_log_in_view(&self.store, shard, state, req.user_id, through).await?;
         for id in maybe {
-            let original = crate::load::find_change(&events, &id);
-            if original.is_some() {
-                self.stats
-                    .old_changes_found
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            resolved.insert(id, original);
+            resolved.insert(id, crate::load::find_change(&events, &id, &self.stats));
         }
         Ok((resolved, events.last().map_or(0, |e| e.seq)))
     }
@@ -202,9 +196,9 @@ impl Log {
                     return (Vec::new(), ready);
                 }
                 // The state links each version it applied to the one before: that gives the
-                // seq of a recent version in a few lookups. Versions from before the checkpoint
-                // the user was loaded from are found in the change ids, which the state keeps
-                // (item, version, seq) for idempotency: one scan of them all.
+                // seq of a recent version in a few lookups. Older ones may be among the change
+                // ids the state holds exactly (item, version, seq): one scan of those. Those
+                // only in its filter of older ids have no seq here: `find_versions` searches.
                 let mut seqs = HashMap::new();
                 for &(item, version) in &wanted {
                     if let Some(seq) = s.seq_of_version(&item, version) {
@@ -241,9 +235,10 @@ impl Log {
     /// A version whose seq the view's index covers (after the checkpoint before the newest) is
     /// read from the one segment that holds it. An older one, whose seq is known, is found by
     /// its seq in the segments up to the newest checkpoint (key columns first, then that one
-    /// row: [`reader::read_user_seqs`]). A version whose seq is not known (none should be: every
-    /// event has a change id) is searched newest segment first: the user's tail segments in
-    /// groups of 4, 32, 256..., then every segment before the checkpoint.
+    /// row: [`reader::read_user_seqs`]). A version whose seq is not known (older than the change
+    /// ids the state holds exactly: the rest are only in its filter) is searched newest segment
+    /// first: the user's tail segments in groups of 4, 32, 256..., then every segment before the
+    /// checkpoint.
     async fn find_versions(
         &self,
         user: &UserId,

@@ -572,13 +572,8 @@ impl Writer {
                             found.entry((n.item_id, n.version)).or_insert(None);
                         }
                         Need::Change(id) => {
-                            let original = crate::load::find_change(&events, &id);
-                            if original.is_some() {
-                                self.stats
-                                    .old_changes_found
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            resolved.insert(id, original);
+                            resolved
+                                .insert(id, crate::load::find_change(&events, &id, &self.stats));
                         }
                     }
                 }
