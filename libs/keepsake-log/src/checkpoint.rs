@@ -49,6 +49,9 @@ pub struct PartsPolicy {
     pub merge_ratio: u64,
     /// ...and more than this many are folded into the base.
     pub merge_min_users: u64,
+    /// Events folded per hand-off to a blocking thread (the users first met in a run are read
+    /// from the previous checkpoint together).
+    pub fold_run_events: usize,
 }
 
 impl Default for PartsPolicy {
@@ -58,6 +61,7 @@ impl Default for PartsPolicy {
             max_deltas: 16,
             merge_ratio: 8,
             merge_min_users: 1024,
+            fold_run_events: 4096,
         }
     }
 }
@@ -79,9 +83,6 @@ pub struct CheckpointReport {
     /// What was merged: `"deltas"`, `"base"`, or nothing.
     pub merged: Option<&'static str>,
 }
-
-/// Events folded per hand-off to a blocking thread.
-const FOLD_RUN_EVENTS: usize = 4096;
 
 /// Builds and writes (create-only) the checkpoint of `shard` after segment `n` with the default
 /// [`PartsPolicy`]. Returns its user count. Another writer having written the same checkpoint
@@ -228,7 +229,8 @@ struct Writer {
 impl Writer {
     /// Folds segments `from + 1..=n` into `users` (on blocking threads, in runs), checking it
     /// reaches `n` one segment after another. With `prior`, each user met for the first time is
-    /// read first (`prior` gives its state before the run).
+    /// read first (`prior` gives its state before the run; it is told how many of the fold's
+    /// segments are read, and of how many).
     async fn fold_runs<F, Fut>(
         &self,
         mut users: IdMap<UserId, UserState>,
@@ -237,7 +239,7 @@ impl Writer {
         mut prior: F,
     ) -> Result<IdMap<UserId, UserState>, LogError>
     where
-        F: FnMut(Vec<UserId>) -> Fut,
+        F: FnMut(Vec<UserId>, (u64, u64)) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<(UserId, UserState)>, LogError>>,
     {
         let (shard, n) = (self.shard, self.n);
@@ -273,7 +275,7 @@ impl Writer {
                 run_events += seg.events.len();
                 run.push(seg);
             }
-            if run_events >= FOLD_RUN_EVENTS || (done && !run.is_empty()) {
+            if run_events >= self.policy.fold_run_events.max(1) || (done && !run.is_empty()) {
                 let folding = std::mem::take(&mut run);
                 run_events = 0;
                 let mut unseen: Vec<UserId> = folding
@@ -284,7 +286,9 @@ impl Writer {
                 unseen.sort_unstable();
                 unseen.dedup();
                 if !unseen.is_empty() {
-                    users.extend(prior(unseen).await?);
+                    let start = from.unwrap_or(0);
+                    let progress = (folded - start, n.saturating_sub(start));
+                    users.extend(prior(unseen, progress).await?);
                 }
                 users = tokio::task::spawn_blocking(move || {
                     for seg in &folding {
@@ -324,7 +328,7 @@ impl Writer {
         concurrency: usize,
     ) -> Result<IdMap<UserId, UserState>, LogError> {
         // Every user is in `users` already or new.
-        let none = |_| async { Ok(Vec::new()) };
+        let none = |_, _| async { Ok(Vec::new()) };
         self.fold_runs(users, from, concurrency, none).await
     }
 
@@ -338,10 +342,11 @@ impl Writer {
         let ck = Checkpoint::Parts(m.clone());
         let new_users = std::sync::atomic::AtomicU64::new(0);
         let whole = tokio::sync::Mutex::new(WholeParts::default());
-        let prior = |unseen: Vec<UserId>| {
+        let prior = |unseen: Vec<UserId>, (done, total): (u64, u64)| {
             let (ck, store, new_users, whole) = (&ck, &self.store, &new_users, &whole);
             async move {
                 let mut whole = whole.lock().await;
+                whole.progress(done, total);
                 let states = ck
                     .users(store.clone(), unseen, concurrency, &mut whole)
                     .await?;

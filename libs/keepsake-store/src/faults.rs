@@ -116,6 +116,8 @@ pub struct FaultyStore {
     puts: AtomicU64,
     gets: AtomicU64,
     injected: Arc<AtomicU64>,
+    /// GETs counted by path: (a part of the path, the count).
+    counted_gets: Mutex<Vec<(String, Arc<AtomicU64>)>>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -140,6 +142,7 @@ impl FaultyStore {
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             injected: Arc::new(AtomicU64::new(0)),
+            counted_gets: Mutex::new(Vec::new()),
         })
     }
 
@@ -192,6 +195,27 @@ impl FaultyStore {
     /// GETs attempted so far.
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::Relaxed)
+    }
+
+    /// From now on, counts the GETs (`get_opts` and `get_ranges` calls) of paths containing
+    /// `path_contains`.
+    pub fn count_gets(&self, path_contains: &str) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        if let Ok(mut counted) = self.counted_gets.lock() {
+            counted.push((path_contains.to_string(), count.clone()));
+        }
+        count
+    }
+
+    fn count_get(&self, path: &Path) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        if let Ok(counted) = self.counted_gets.lock() {
+            for (part, count) in counted.iter() {
+                if path.as_ref().contains(part.as_str()) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Faults injected so far.
@@ -274,7 +298,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.count_get(location);
         self.wait_if_held(FaultOp::Get, location).await;
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
@@ -289,7 +313,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.count_get(location);
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))

@@ -240,10 +240,11 @@ impl Checkpoint {
             let read = ObjectRead::part(m, &part);
             let delta = m.deltas.iter().find(|d| d.part == part);
             let key = (part.written_by, part.digest);
-            // Many of a part's users: one read of the whole part (each user's pages would
-            // decode pages shared by dozens of users again and again), kept for the users of
-            // it asked for later.
-            if !read_whole.0.contains_key(&key) && us.len() as u64 * WHOLE_PART_SHARE >= part.users
+            // Many of a part's users, now or over the asking fold: one read of the whole part
+            // (each user's pages would decode pages shared by dozens of users again and again,
+            // a few GETs each), kept for the users of it asked for later.
+            if !read_whole.0.contains_key(&key)
+                && read_whole.worth_reading_whole(key, us.len() as u64, part.users)
             {
                 let whole = match (delta, m.base.iter().position(|b| b.part == part)) {
                     (Some(d), _) => read_delta_part(store.as_ref(), m, d).await?,
@@ -619,12 +620,42 @@ impl ObjectRead {
 /// Parts [`Checkpoint::users`] read whole, less the users it gave out: a checkpoint's later
 /// runs of segments take their users from here instead of reading the part again, and a merge
 /// into the base takes the users left (the unchanged ones) instead of reading the part again.
+///
+/// It also remembers how many users of each part were asked for so far and how far the fold
+/// that asks has come ([`WholeParts::progress`]), so that a part is read whole when the fold
+/// is on course to ask for many of its users, not only when one run of segments does: a
+/// checkpoint after a round in which every user changed asked each run for a few dozen users
+/// of each part, read each user's pages on its own (three or four GETs a user, 84,000 for a
+/// shard of 25,000 users), and under a file store took the GETs pushes needed
+/// (`make sustained`, 2026-12-02).
 #[derive(Debug, Default)]
 pub struct WholeParts(
     std::collections::HashMap<(u64, u128), std::collections::HashMap<UserId, UserState>>,
+    std::collections::HashMap<(u64, u128), u64>,
+    (u64, u64),
 );
 
 impl WholeParts {
+    /// The asking fold has read `done` of its `total` segments: a part whose users asked for so
+    /// far, scaled to the whole fold, reach the share that makes a whole read pay is read whole.
+    pub fn progress(&mut self, done: u64, total: u64) {
+        self.2 = (done, total);
+    }
+
+    /// Counts `asked` more users of `key` asked for, and says whether, projected over the whole
+    /// fold, they reach 1/[`WHOLE_PART_SHARE`] of the part's `users`.
+    fn worth_reading_whole(&mut self, key: (u64, u128), asked: u64, users: u64) -> bool {
+        let so_far = self.1.entry(key).or_default();
+        *so_far += asked;
+        let (done, total) = self.2;
+        let projected = if done > 0 && total > done {
+            u128::from(*so_far) * u128::from(total) / u128::from(done)
+        } else {
+            u128::from(*so_far)
+        };
+        projected * u128::from(WHOLE_PART_SHARE) >= u128::from(users)
+    }
+
     /// The users left of part `part` if it was read whole (each user given out is gone).
     pub fn take(&mut self, part: &PartRef) -> Option<std::collections::HashMap<UserId, UserState>> {
         self.0.remove(&(part.written_by, part.digest))
@@ -707,4 +738,30 @@ pub async fn read_checkpoint(
         .await?
         .all(store)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WholeParts;
+
+    #[test]
+    fn a_part_is_read_whole_when_the_fold_is_on_course_to_ask_for_a_sixteenth() {
+        let key = (1, 7);
+        // Told nothing of the fold: only what was asked so far counts.
+        let mut w = WholeParts::default();
+        assert!(!w.worth_reading_whole(key, 2, 64));
+        assert!(w.worth_reading_whole(key, 2, 64), "4 of 64 asked in all");
+        // 2 users of 64 in the first 8 of 256 segments: 64 projected.
+        let mut w = WholeParts::default();
+        w.progress(8, 256);
+        assert!(w.worth_reading_whole(key, 2, 64));
+        // The same 2 near the end of the fold: about 2 in all.
+        let mut w = WholeParts::default();
+        w.progress(250, 256);
+        assert!(!w.worth_reading_whole(key, 2, 64));
+        // A few users of a large part early in a small fold.
+        let mut w = WholeParts::default();
+        w.progress(4, 5);
+        assert!(!w.worth_reading_whole(key, 30, 4096));
+    }
 }
