@@ -685,3 +685,141 @@ async fn a_process_reads_what_another_process_compacted() {
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
 }
+
+/// A read of a user's old log meets two steps of compaction: the segments it located move into
+/// a history object, then that object is merged into a larger one and deleted. Both times the
+/// view knows where they went (compaction tells it before deleting), so the read asks the view
+/// again and never lists the store. It used to list the store from the second move on: in a
+/// compaction round that merges step after step, long reads listed a shard of tens of thousands
+/// of segments 40 times a second and took the file store's time from pushes (`make
+/// sustained`, 2026-12-02).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_meets_two_compaction_steps_asks_the_view_not_the_store() {
+    use keepsake_store::{InstrumentedStore, StoreOp, StoreStats};
+    let ts = store(Backend::File).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let stats = Arc::new(StoreStats::default());
+    let counted: Arc<dyn ObjectStore> =
+        Arc::new(InstrumentedStore::new(faulty.clone(), stats.clone()));
+    let log = Arc::new(open(counted, 1, cfg()).await.expect("open"));
+    let u = user();
+    rounds(&log, &[u], 0, 4).await;
+    let expected = log.user_events(&u, UpTo::End).await.expect("events");
+
+    // The read's GET of segment 1 waits while compaction moves the segments (held by its
+    // name: the read first asks for the segment after the head, which is not there).
+    let segment_get = faulty.hold(FaultOp::Get, keys::segment(0, 1).as_ref());
+    let reading = tokio::spawn({
+        let log = log.clone();
+        async move { log.user_events(&u, UpTo::End).await }
+    });
+    let reach = |gate: keepsake_store::faults::Gate| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(20), gate.reached())
+            .await
+            .expect("the read reached the held GET");
+    };
+    reach(segment_get.clone()).await;
+    log.compact_now().await.expect("compact");
+    assert_eq!(
+        list_layout(ts.store.as_ref(), 0)
+            .await
+            .expect("layout")
+            .segments
+            .len(),
+        0
+    );
+    // Located again in the history object, its GET waits while a second step merges that
+    // object into a larger one and deletes it.
+    let history_get = faulty.hold(FaultOp::Get, "/history/");
+    segment_get.release();
+    reach(history_get.clone()).await;
+    rounds(&log, &[u], 4, 6).await;
+    log.compact_now().await.expect("compact again");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert_eq!(
+        layout.history.len(),
+        1,
+        "merged into one object: {layout:?}"
+    );
+    // Nothing else lists the store from here on (no background checkpoint is due), and the
+    // read's tasks are not all counted under its cause: every LIST counts.
+    let lists = stats.requests_of(StoreOp::List);
+    history_get.release();
+
+    let read = reading.await.expect("task").expect("the read");
+    assert_eq!(read[..expected.len()], expected[..]);
+    assert_eq!(
+        stats.requests_of(StoreOp::List) - lists,
+        0,
+        "the read listed the store instead of asking the view"
+    );
+    log.shutdown().await;
+}
+
+/// A stale patch whose base is recent but before the checkpoint before the newest: its base is
+/// sought in the newest history object first, then in the 8 before it..., and the search stops
+/// once found. It used to read the user's rows in every history object of the shard, and every
+/// one holds rows of every user: in `make sustained` each such push cost more as the log aged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_patch_reads_the_newest_history_objects_first() {
+    let ts = store(Backend::File).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let small = LogConfig {
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 16,
+        },
+        ..fast_config()
+    };
+    let log = open(as_store, 1, small).await.expect("open");
+    let others: Vec<UserId> = (0..8).map(|_| user()).collect();
+    rounds(&log, &others, 0, 20).await;
+    let u = user();
+    let it = keepsake_model::ItemId(uuid::Uuid::from_u128(7));
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    push(&log, u, vec![put(it, json!({"a": 1, "b": 1}))])
+        .await
+        .expect("v1");
+    push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    log.compact_now().await.expect("compact");
+    rounds(&log, &others, 20, 22).await;
+    log.compact_now().await.expect("compact again");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    assert!(layout.segments.is_empty(), "{layout:?}");
+    let objects = layout.history.len();
+    assert!(objects >= 20, "{objects} history objects");
+    let read: Vec<_> = layout
+        .history
+        .iter()
+        .map(|h| faulty.count_gets(keys::history(0, h.first, h.last).as_ref()))
+        .collect();
+
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], keepsake_model::Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    let doc = log
+        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+        .await
+        .expect("user");
+    assert_eq!(
+        doc.map(|d| d.as_str().to_string()).as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    let touched = read
+        .iter()
+        .filter(|c| c.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        .count();
+    assert!(
+        (1..=9).contains(&touched),
+        "the base was sought in {touched} of {objects} history objects"
+    );
+    log.shutdown().await;
+}

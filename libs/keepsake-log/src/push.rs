@@ -237,8 +237,9 @@ impl Log {
     /// its seq in the segments up to the newest checkpoint (key columns first, then that one
     /// row: [`reader::read_user_seqs`]). A version whose seq is not known (older than the change
     /// ids the state holds exactly: the rest are only in its filter) is searched newest segment
-    /// first: the user's tail segments in groups of 4, 32, 256..., then every segment before the
-    /// checkpoint.
+    /// first: the user's tail segments in groups of 4, 32, 256..., then the segments before the
+    /// checkpoint. Those are searched newest source first too, in groups of 1, 8, 64...
+    /// segments or history objects, and the search stops once every version is found.
     async fn find_versions(
         &self,
         user: &UserId,
@@ -282,39 +283,68 @@ impl Log {
             let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
             take(&events, &mut wanted);
         }
-        if let Some(c) = checkpoint
-            && !by_seq.is_empty()
-            && !wanted.is_empty()
-        {
-            let numbers: Vec<u64> = (1..=c).collect();
-            let sources = segment_sources(&self.store, shard, state, numbers).await?;
-            let relocate = by_view(self.store.clone(), shard, state.clone());
-            let events = reader::read_user_seqs(
-                self.store.clone(),
-                shard,
-                *user,
-                sources,
-                by_seq,
-                &relocate,
-            )
-            .await?;
-            take(&events, &mut wanted);
-        }
+        // Versions still to find by their seq, before the view's index; the others are sought
+        // by reading the user's events.
+        let mut by_seq: HashSet<u64> = by_seq.into_iter().collect();
+        let seq_of: HashMap<(ItemId, u64), u64> = needs
+            .iter()
+            .filter_map(|(i, v, seq)| seq.filter(|s| by_seq.contains(s)).map(|s| ((*i, *v), s)))
+            .collect();
+        let unsought = |wanted: &HashSet<(ItemId, u64)>, by_seq: &HashSet<u64>| {
+            wanted
+                .iter()
+                .any(|k| !seq_of.get(k).is_some_and(|s| by_seq.contains(s)))
+        };
         let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
         let mut group = 4;
-        while !wanted.is_empty() && !rest.is_empty() {
+        while unsought(&wanted, &by_seq) && !rest.is_empty() {
             let newest = rest.split_off(rest.len() - group.min(rest.len()));
             let events = self.read_segments(shard, user, newest, UpTo::End).await?;
             take(&events, &mut wanted);
             group *= 8;
         }
+        // Up to the checkpoint, newest first, in groups of 1, 8, 64... sources, stopping once
+        // every version is found: a stale patch's base is most often recent, and every history
+        // object holds rows of every user, so reading all of them made each such push cost more
+        // as the log aged (`make sustained`, 2026-12-02). A version whose seq is known is read
+        // by its seq; the others by reading the group's events of the user.
         if let Some(c) = checkpoint
             && !wanted.is_empty()
         {
-            let events = self
-                .read_segments(shard, user, (1..=c).collect(), UpTo::End)
-                .await?;
-            take(&events, &mut wanted);
+            let mut sources = segment_sources(&self.store, shard, state, (1..=c).collect()).await?;
+            let relocate = by_view(self.store.clone(), shard, state.clone());
+            let mut group = 1usize;
+            while !wanted.is_empty() && !sources.is_empty() {
+                let newest = sources.split_off(sources.len() - group.min(sources.len()));
+                if !by_seq.is_empty() {
+                    let events = reader::read_user_seqs(
+                        self.store.clone(),
+                        shard,
+                        *user,
+                        newest.clone(),
+                        by_seq.iter().copied().collect(),
+                        &relocate,
+                    )
+                    .await?;
+                    for e in &events {
+                        by_seq.remove(&e.seq);
+                    }
+                    take(&events, &mut wanted);
+                }
+                if unsought(&wanted, &by_seq) {
+                    let (events, _) = reader::read_user_relocating(
+                        self.store.clone(),
+                        shard,
+                        *user,
+                        newest,
+                        UpTo::End,
+                        &relocate,
+                    )
+                    .await?;
+                    take(&events, &mut wanted);
+                }
+                group = group.saturating_mul(8);
+            }
         }
         Ok(found)
     }
