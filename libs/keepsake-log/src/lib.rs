@@ -118,7 +118,7 @@ impl Log {
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
-        let upkeep_thread = upkeep::UpkeepThread::start()?;
+        let upkeep_thread = upkeep::UpkeepThread::start(cfg.upkeep_nice)?;
         for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
