@@ -200,6 +200,9 @@ pub fn main() -> Result<std::process::ExitCode> {
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
                 .init();
+            if let Err(e) = crate::memory::background_threads(a.allocator_background_threads) {
+                tracing::warn!(error = %e, "the allocator's background threads could not be set");
+            }
             let (limits, policy) = a.api.limits()?;
             let membership = a.cluster.membership().map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ServerConfig {

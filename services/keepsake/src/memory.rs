@@ -13,6 +13,15 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Turns jemalloc's background threads on or off. On, they purge pages freed longer than the
+/// decay time (10 s by default) also while the process is idle: without them jemalloc purges
+/// only as it allocates, so the memory a burst of reads freed stayed resident (`make scale` at
+/// 100,000 users: 483-817 MiB resident at the end of a step for 165-186 MiB allocated, and
+/// ~400 MiB after 15 s idle).
+pub fn background_threads(on: bool) -> Result<(), String> {
+    tikv_jemalloc_ctl::background_thread::write(on).map_err(|e| e.to_string())
+}
+
 /// jemalloc's statistics, in bytes, as of the call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocatorStats {
@@ -43,6 +52,15 @@ pub fn allocator() -> Option<AllocatorStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_threads_are_turned_on() {
+        assert_eq!(background_threads(true), Ok(()));
+        assert!(matches!(
+            tikv_jemalloc_ctl::background_thread::read(),
+            Ok(true)
+        ));
+    }
 
     #[test]
     fn the_allocator_reports_what_the_program_holds() {
