@@ -48,11 +48,11 @@ pub struct LogConfig {
     /// in memory and takes CPU from pushes: four shards checkpointing together held four
     /// shards' worth of states and halved pushes (docs/BENCHMARKS.md, "Sustained").
     pub upkeep_parallelism: usize,
-    /// The scheduling priority (Linux nice value, 0-19) of the upkeep thread and its blocking
-    /// threads: above 0 pushes come first when the cores are busy, and upkeep still gets a share
-    /// (nice 4 weighs 423 against a push thread's 1,024), as RocksDB lowers its compaction
-    /// threads. 0 leaves them as every other thread.
-    pub upkeep_nice: i32,
+    /// How many Linux nice steps below the process the upkeep thread and its blocking threads
+    /// run (at most to 19): above 0 pushes come first when the cores are busy, and upkeep still
+    /// gets a share (nice 4 weighs 423 against a push thread's 1,024), as RocksDB lowers its
+    /// compaction threads. 0 leaves them as every other thread.
+    pub upkeep_nice: u8,
     /// How a checkpoint's parts are sized and when its deltas are merged.
     pub checkpoint_parts: crate::checkpoint::PartsPolicy,
     /// Which older checkpoints to keep after writing a new one.

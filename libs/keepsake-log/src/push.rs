@@ -316,23 +316,10 @@ impl Log {
             let mut group = 1usize;
             while !wanted.is_empty() && !sources.is_empty() {
                 let newest = sources.split_off(sources.len() - group.min(sources.len()));
-                if !by_seq.is_empty() {
-                    let events = reader::read_user_seqs(
-                        self.store.clone(),
-                        shard,
-                        *user,
-                        newest.clone(),
-                        by_seq.iter().copied().collect(),
-                        &relocate,
-                    )
-                    .await?;
-                    for e in &events {
-                        by_seq.remove(&e.seq);
-                    }
-                    take(&events, &mut wanted);
-                }
-                if unsought(&wanted, &by_seq) {
-                    let (events, _) = reader::read_user_relocating(
+                // The user's events of the group when a version without a known seq is still
+                // wanted (they hold the ones sought by seq too); else only the rows of the seqs.
+                let events = if unsought(&wanted, &by_seq) {
+                    reader::read_user_relocating(
                         self.store.clone(),
                         shard,
                         *user,
@@ -340,9 +327,23 @@ impl Log {
                         UpTo::End,
                         &relocate,
                     )
-                    .await?;
-                    take(&events, &mut wanted);
+                    .await?
+                    .0
+                } else {
+                    reader::read_user_seqs(
+                        self.store.clone(),
+                        shard,
+                        *user,
+                        newest,
+                        by_seq.iter().copied().collect(),
+                        &relocate,
+                    )
+                    .await?
+                };
+                for e in &events {
+                    by_seq.remove(&e.seq);
                 }
+                take(&events, &mut wanted);
                 group = group.saturating_mul(8);
             }
         }

@@ -34,8 +34,9 @@ pub(crate) struct UpkeepThread {
 }
 
 impl UpkeepThread {
-    /// Starts the thread, its threads at scheduling priority `nice` ([`lower_priority`]).
-    pub(crate) fn start(nice: i32) -> Result<Self, LogError> {
+    /// Starts the thread, its threads `nice` steps below the caller's priority
+    /// ([`lower_priority`]).
+    pub(crate) fn start(nice: u8) -> Result<Self, LogError> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let unavailable = |reason: String| LogError::Unavailable { shard: 0, reason };
@@ -82,25 +83,36 @@ impl UpkeepThread {
     }
 }
 
-/// Gives the calling thread scheduling priority `nice` (0 leaves it as it is). Under an
-/// open-loop load a round of checkpoints and compaction took a core and more from pushes that
-/// needed both, and every round was a deep dip (`make sustained`, runs 8-10); a lower priority
-/// lets pushes go first while upkeep still gets a share, where starving it (run 7) let the
-/// tails grow. A failure (a system that refuses) is logged and upkeep runs as before.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
+/// Lowers the calling thread's scheduling priority by `by` nice steps (to 19 at most; 0 leaves
+/// it as it is; relative, so that a server started at a lower priority keeps upkeep below its
+/// pushes, and never raised). Under an open-loop load a round of checkpoints and compaction took
+/// a core and more from pushes that needed both, and every round was a deep dip (`make
+/// sustained`, runs 8-10); a lower priority lets pushes go first while upkeep still gets a
+/// share, where starving it (run 7) let the tails grow. A failure (a system that refuses) is
+/// logged and upkeep runs as before.
+fn lower_priority(by: u8) {
+    if by == 0 {
         return;
     }
     #[cfg(target_os = "linux")]
     {
+        use rustix::process::{getpriority_process, setpriority_process};
         // On Linux a thread id names one thread: the others keep their priority.
         let me = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(me), nice.clamp(-20, 19)) {
-            warn!(nice, error = %e, "the upkeep thread's priority could not be lowered");
+        let lowered = getpriority_process(Some(me)).and_then(|now| {
+            let lower = now.saturating_add(i32::from(by)).min(19);
+            if lower > now {
+                setpriority_process(Some(me), lower)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = lowered {
+            warn!(by, error = %e, "the upkeep thread's priority could not be lowered");
         }
     }
     #[cfg(not(target_os = "linux"))]
-    warn!(nice, "an upkeep priority is only set on Linux");
+    warn!(by, "an upkeep priority is only set on Linux");
 }
 
 /// What the background upkeep of one shard (checkpoints, retention, compaction) works with.
@@ -436,7 +448,8 @@ mod tests {
     #[tokio::test]
     async fn upkeep_threads_run_at_their_priority_and_no_other_does() {
         let before = nice_here();
-        let upkeep = UpkeepThread::start(before + 4).expect("start");
+        let upkeep = UpkeepThread::start(4).expect("start");
+        let lowered = (before + 4).min(19);
         let (tx, rx) = tokio::sync::oneshot::channel();
         drop(upkeep.spawn(async move {
             let on_runtime = nice_here();
@@ -444,8 +457,8 @@ mod tests {
             let _ = tx.send((on_runtime, blocking));
         }));
         let (on_runtime, blocking) = rx.await.expect("the upkeep task ran");
-        assert_eq!(on_runtime, before + 4, "the upkeep runtime's thread");
-        assert_eq!(blocking, before + 4, "its blocking threads");
+        assert_eq!(on_runtime, lowered, "the upkeep runtime's thread");
+        assert_eq!(blocking, lowered, "its blocking threads");
         assert_eq!(
             nice_here(),
             before,

@@ -116,8 +116,8 @@ pub struct FaultyStore {
     puts: AtomicU64,
     gets: AtomicU64,
     injected: Arc<AtomicU64>,
-    /// GETs counted by path: (a part of the path, the count).
-    counted_gets: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    /// GETs counted by path: (a part of the path, whole objects only, the count).
+    counted_gets: Mutex<Vec<(String, bool, Arc<AtomicU64>)>>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -200,18 +200,29 @@ impl FaultyStore {
     /// From now on, counts the GETs (`get_opts` and `get_ranges` calls) of paths containing
     /// `path_contains`.
     pub fn count_gets(&self, path_contains: &str) -> Arc<AtomicU64> {
+        self.counter(path_contains, false)
+    }
+
+    /// From now on, counts the GETs of whole objects (no range; HEADs are not counted) of paths
+    /// containing `path_contains`.
+    pub fn count_whole_gets(&self, path_contains: &str) -> Arc<AtomicU64> {
+        self.counter(path_contains, true)
+    }
+
+    fn counter(&self, path_contains: &str, whole_only: bool) -> Arc<AtomicU64> {
         let count = Arc::new(AtomicU64::new(0));
         if let Ok(mut counted) = self.counted_gets.lock() {
-            counted.push((path_contains.to_string(), count.clone()));
+            counted.push((path_contains.to_string(), whole_only, count.clone()));
         }
         count
     }
 
-    fn count_get(&self, path: &Path) {
+    /// Counts a GET of `path`; `whole`: of the whole object.
+    fn count_get(&self, path: &Path, whole: bool) {
         self.gets.fetch_add(1, Ordering::Relaxed);
         if let Ok(counted) = self.counted_gets.lock() {
-            for (part, count) in counted.iter() {
-                if path.as_ref().contains(part.as_str()) {
+            for (part, whole_only, count) in counted.iter() {
+                if path.as_ref().contains(part.as_str()) && (whole || !whole_only) {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -298,7 +309,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.count_get(location);
+        self.count_get(location, options.range.is_none() && !options.head);
         self.wait_if_held(FaultOp::Get, location).await;
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
@@ -313,7 +324,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.count_get(location);
+        self.count_get(location, false);
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))

@@ -154,12 +154,12 @@ pub struct LogArgs {
     #[arg(long, env = "KEEPSAKE_COMPACTION_MAX_EVENTS", default_value_t = 131_072,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub compaction_max_events: u64,
-    /// Scheduling priority (Linux nice value) of the checkpoints' and compaction's threads:
+    /// How many Linux nice steps below the server the checkpoints' and compaction's threads run:
     /// above 0, pushes come first when the cores are busy and upkeep still gets a share (4: a
     /// weight of 423 against a push thread's 1,024); 0 treats them alike.
     #[arg(long, env = "KEEPSAKE_UPKEEP_NICE", default_value_t = 4,
-          value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub upkeep_nice: i32,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub upkeep_nice: u8,
 }
 
 impl LogArgs {

@@ -30,8 +30,15 @@ use keepsake_segment::plan_user_read;
 /// Parts of one checkpoint read at once by a whole read.
 const PART_READS_AT_ONCE: usize = 4;
 
-/// [`Checkpoint::users`] reads a part whole when asked for at least 1/this of its users.
+/// [`Checkpoint::users`] reads a part whole when asked for at least 1/this of its users, over
+/// the asking fold ([`WholeParts::progress`]).
 const WHOLE_PART_SHARE: u64 = 16;
+
+/// A fold's count of users asked for, projected over the whole fold, is at most this many
+/// times the count so far: a fold whose writers are a few busy users meets them all in its
+/// first runs, and a projection by the fold's progress alone would read every part they touch
+/// whole (for a thousand busy users, a shard's whole state, held until the checkpoint ends).
+const MAX_PROJECTION: u128 = 4;
 
 /// A checkpoint opened for reading.
 #[derive(Clone, Debug)]
@@ -243,7 +250,7 @@ impl Checkpoint {
             // Many of a part's users, now or over the asking fold: one read of the whole part
             // (each user's pages would decode pages shared by dozens of users again and again,
             // a few GETs each), kept for the users of it asked for later.
-            if !read_whole.0.contains_key(&key)
+            if !read_whole.read.contains_key(&key)
                 && read_whole.worth_reading_whole(key, us.len() as u64, part.users)
             {
                 let whole = match (delta, m.base.iter().position(|b| b.part == part)) {
@@ -251,9 +258,9 @@ impl Checkpoint {
                     (None, Some(i)) => read_base_part(store.as_ref(), m, i).await?,
                     (None, None) => read_part(store.as_ref(), m, &part).await?,
                 };
-                read_whole.0.insert(key, whole);
+                read_whole.read.insert(key, whole);
             }
-            if let Some(whole) = read_whole.0.get_mut(&key) {
+            if let Some(whole) = read_whole.read.get_mut(&key) {
                 for u in us {
                     let state = whole.remove(&u).unwrap_or_default();
                     out.push((u, state));
@@ -629,36 +636,41 @@ impl ObjectRead {
 /// shard of 25,000 users), and under a file store took the GETs pushes needed
 /// (`make sustained`, 2026-12-02).
 #[derive(Debug, Default)]
-pub struct WholeParts(
-    std::collections::HashMap<(u64, u128), std::collections::HashMap<UserId, UserState>>,
-    std::collections::HashMap<(u64, u128), u64>,
-    (u64, u64),
-);
+pub struct WholeParts {
+    /// Parts read whole, less the users given out.
+    read: std::collections::HashMap<(u64, u128), std::collections::HashMap<UserId, UserState>>,
+    /// Users of each part asked for so far.
+    asked: std::collections::HashMap<(u64, u128), u64>,
+    /// Segments the asking fold has read, of how many.
+    progress: (u64, u64),
+}
 
 impl WholeParts {
     /// The asking fold has read `done` of its `total` segments: a part whose users asked for so
-    /// far, scaled to the whole fold, reach the share that makes a whole read pay is read whole.
+    /// far, scaled to the whole fold (at most [`MAX_PROJECTION`] times), reach the share that
+    /// makes a whole read pay is read whole.
     pub fn progress(&mut self, done: u64, total: u64) {
-        self.2 = (done, total);
+        self.progress = (done, total);
     }
 
     /// Counts `asked` more users of `key` asked for, and says whether, projected over the whole
     /// fold, they reach 1/[`WHOLE_PART_SHARE`] of the part's `users`.
     fn worth_reading_whole(&mut self, key: (u64, u128), asked: u64, users: u64) -> bool {
-        let so_far = self.1.entry(key).or_default();
+        let so_far = self.asked.entry(key).or_default();
         *so_far += asked;
-        let (done, total) = self.2;
+        let so_far = u128::from(*so_far);
+        let (done, total) = self.progress;
         let projected = if done > 0 && total > done {
-            u128::from(*so_far) * u128::from(total) / u128::from(done)
+            (so_far * u128::from(total) / u128::from(done)).min(so_far * MAX_PROJECTION)
         } else {
-            u128::from(*so_far)
+            so_far
         };
         projected * u128::from(WHOLE_PART_SHARE) >= u128::from(users)
     }
 
     /// The users left of part `part` if it was read whole (each user given out is gone).
     pub fn take(&mut self, part: &PartRef) -> Option<std::collections::HashMap<UserId, UserState>> {
-        self.0.remove(&(part.written_by, part.digest))
+        self.read.remove(&(part.written_by, part.digest))
     }
 }
 
@@ -751,10 +763,14 @@ mod tests {
         let mut w = WholeParts::default();
         assert!(!w.worth_reading_whole(key, 2, 64));
         assert!(w.worth_reading_whole(key, 2, 64), "4 of 64 asked in all");
-        // 2 users of 64 in the first 8 of 256 segments: 64 projected.
+        // 2 users of 64 in the first 8 of 256 segments: 8 projected (64 by progress alone,
+        // capped at 4 times what was asked).
         let mut w = WholeParts::default();
         w.progress(8, 256);
         assert!(w.worth_reading_whole(key, 2, 64));
+        let mut w = WholeParts::default();
+        w.progress(8, 256);
+        assert!(!w.worth_reading_whole(key, 2, 256), "8 projected of 256");
         // The same 2 near the end of the fold: about 2 in all.
         let mut w = WholeParts::default();
         w.progress(250, 256);
