@@ -43,12 +43,16 @@ impl UpkeepThread {
         std::thread::Builder::new()
             .name("keepsake-upkeep".into())
             .spawn(move || {
-                lower_priority(nice);
+                let lowered = lower_priority(nice);
                 // Its blocking threads (decodes, folds, encodes) carry the name too, so a
                 // profile or `top -H` tells upkeep's CPU from the pushes', and the priority.
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .thread_name("keepsake-upkeep")
-                    .on_thread_start(move || lower_priority(nice))
+                    .on_thread_start(move || {
+                        if let Some(n) = lowered {
+                            run_at(n);
+                        }
+                    })
                     .enable_all()
                     .build()
                 {
@@ -85,34 +89,58 @@ impl UpkeepThread {
 
 /// Lowers the calling thread's scheduling priority by `by` nice steps (to 19 at most; 0 leaves
 /// it as it is; relative, so that a server started at a lower priority keeps upkeep below its
-/// pushes, and never raised). Under an open-loop load a round of checkpoints and compaction took
-/// a core and more from pushes that needed both, and every round was a deep dip (`make
-/// sustained`, runs 8-10); a lower priority lets pushes go first while upkeep still gets a
-/// share, where starving it (run 7) let the tails grow. A failure (a system that refuses) is
-/// logged and upkeep runs as before.
-fn lower_priority(by: u8) {
+/// pushes, and never raised), and returns the nice value it then runs at. Under an open-loop
+/// load a round of checkpoints and compaction took a core and more from pushes that needed
+/// both, and every round was a deep dip (`make sustained`, runs 8-10); a lower priority lets
+/// pushes go first while upkeep still gets a share, where starving it (run 7) let the tails
+/// grow. A failure (a system that refuses) is logged and upkeep runs as before.
+fn lower_priority(by: u8) -> Option<i32> {
     if by == 0 {
-        return;
+        return None;
     }
     #[cfg(target_os = "linux")]
     {
-        use rustix::process::{getpriority_process, setpriority_process};
         // On Linux a thread id names one thread: the others keep their priority.
         let me = rustix::thread::gettid();
-        let lowered = getpriority_process(Some(me)).and_then(|now| {
-            let lower = now.saturating_add(i32::from(by)).min(19);
-            if lower > now {
-                setpriority_process(Some(me), lower)
+        match rustix::process::getpriority_process(Some(me)) {
+            Ok(now) => {
+                let lower = now.saturating_add(i32::from(by)).min(19);
+                run_at(lower);
+                Some(lower)
+            }
+            Err(e) => {
+                warn!(by, error = %e, "the upkeep thread's priority could not be read");
+                None
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        warn!(by, "an upkeep priority is only set on Linux");
+        None
+    }
+}
+
+/// Puts the calling thread at nice value `nice` unless it runs at a lower priority already (a
+/// thread starts at its creator's: the upkeep thread's blocking threads are there already).
+fn run_at(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = rustix::thread::gettid();
+        let set = getpriority_process(Some(me)).and_then(|now| {
+            if now < nice {
+                setpriority_process(Some(me), nice)
             } else {
                 Ok(())
             }
         });
-        if let Err(e) = lowered {
-            warn!(by, error = %e, "the upkeep thread's priority could not be lowered");
+        if let Err(e) = set {
+            warn!(nice, error = %e, "the upkeep thread's priority could not be lowered");
         }
     }
     #[cfg(not(target_os = "linux"))]
-    warn!(by, "an upkeep priority is only set on Linux");
+    let _ = nice;
 }
 
 /// What the background upkeep of one shard (checkpoints, retention, compaction) works with.
