@@ -186,16 +186,10 @@ pub(crate) fn by_view(
     let told: Arc<std::sync::Mutex<Option<Vec<reader::Source>>>> = Arc::default();
     let listing = reader::by_listing(store.clone(), shard);
     Arc::new(move |numbers| {
-        let known = state
-            .read()
-            .map_err(|_| poisoned(shard))
-            .map(|s| s.sources(numbers.iter().copied()));
         let (store, state, listing, told) =
             (store.clone(), state.clone(), listing.clone(), told.clone());
         async move {
-            let Some(sources) = known? else {
-                return segment_sources(&store, shard, &state, numbers).await;
-            };
+            let sources = segment_sources(&store, shard, &state, numbers.clone()).await?;
             let again = {
                 let mut told = told.lock().map_err(|_| poisoned(shard))?;
                 let again = told.as_ref() == Some(&sources);
