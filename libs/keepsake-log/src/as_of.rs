@@ -12,7 +12,7 @@ use object_store::ObjectStore;
 
 use crate::load::{by_view, segment_sources};
 use crate::{
-    Log, LogError, UpTo, list_checkpoints, poisoned, read_checkpoint, read_segment_meta, reader,
+    Log, LogError, UpTo, list_checkpoints, open_checkpoint, poisoned, read_segment_meta, reader,
     scan_shard,
 };
 
@@ -130,10 +130,7 @@ impl Log {
                 }
                 Err(e) => return Err(e),
             };
-            // By seq, a checkpoint fits when the user's seq in it is at most `n`.
-            if let UpTo::Seq(n) = at
-                && state.last_seq() > n
-            {
+            if !fits(&state, at) {
                 continue;
             }
             base = Some((c, state));
@@ -184,11 +181,15 @@ impl Log {
         Ok(state)
     }
 
-    /// The states of many users of one shard as they were at time `t`, folding the shard once:
-    /// the newest checkpoint recorded at or before `t`, then every segment after it up to `t`.
-    /// Equal, user by user, to [`Log::user_at`] with [`UpTo::Time`] (tested); used by fleet
-    /// restores, where one read per user would read the same checkpoint and segments again
-    /// for every user. Holds the wanted users' states only (one shard at a time).
+    /// The states of many users of one shard as they were at time `t`, folding the shard once
+    /// per starting point: the users whose state in the newest checkpoint was wholly recorded
+    /// by `t` start from it (most users of a restore to a recent moment), the others from the
+    /// newest checkpoint recorded at or before `t`; each group then folds the segments after
+    /// its checkpoint up to `t`. Equal, user by user, to [`Log::user_at`] with [`UpTo::Time`]
+    /// (tested); used by fleet restores, where one read per user would read the same
+    /// checkpoint and segments again for every user. Reads and holds the wanted users' states
+    /// only, never a checkpoint's every user (one shard at a time): at a million users a
+    /// shard's whole state is gigabytes.
     pub async fn users_at(
         &self,
         shard: u32,
@@ -196,20 +197,68 @@ impl Log {
         t: chrono::DateTime<chrono::Utc>,
     ) -> Result<HashMap<UserId, UserState>, LogError> {
         let head = self.head(shard);
-        let store = &self.store;
-        let base = Candidates::list(store, shard, head, UpTo::Time(t))
-            .await?
-            .next()
-            .await?;
-        let mut states: HashMap<UserId, UserState> = match base {
-            Some(c) => read_checkpoint(store.as_ref(), shard, c)
-                .await?
+        let at = UpTo::Time(t);
+        let mut candidates = Candidates::list(&self.store, shard, head, at).await?;
+        let mut out = HashMap::with_capacity(users.len());
+        let mut rest: Vec<UserId> = users.iter().copied().collect();
+        while !rest.is_empty() {
+            let base = candidates.next().await?;
+            let states = self.users_in_checkpoint(shard, base, rest).await?;
+            rest = Vec::new();
+            let mut group = HashMap::with_capacity(states.len());
+            for (u, state) in states {
+                // A user whose state there is newer than `t` starts from an older checkpoint.
+                match base {
+                    Some(_) if !fits(&state, at) => rest.push(u),
+                    _ => {
+                        group.insert(u, state);
+                    }
+                }
+            }
+            out.extend(self.fold_users_to(shard, base, group, head, t).await?);
+        }
+        Ok(out)
+    }
+
+    /// The states of `users` in checkpoint `c` (none: the empty states), with their changes.
+    async fn users_in_checkpoint(
+        &self,
+        shard: u32,
+        c: Option<u64>,
+        users: Vec<UserId>,
+    ) -> Result<Vec<(UserId, UserState)>, LogError> {
+        let Some(c) = c else {
+            return Ok(users
                 .into_iter()
-                .filter(|(u, _)| users.contains(u))
-                .collect(),
-            None => HashMap::new(),
+                .map(|u| (u, UserState::default()))
+                .collect());
         };
+        open_checkpoint(self.store.as_ref(), shard, c)
+            .await?
+            .users(
+                self.store.clone(),
+                users,
+                self.cfg.read_concurrency,
+                &mut reader::WholeParts::once(),
+            )
+            .await
+    }
+
+    /// Folds into `states` (the users' states in checkpoint `base`) every event of theirs in
+    /// the segments after it, up to `head`, recorded at or before `t`.
+    async fn fold_users_to(
+        &self,
+        shard: u32,
+        base: Option<u64>,
+        mut states: HashMap<UserId, UserState>,
+        head: u64,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<HashMap<UserId, UserState>, LogError> {
+        let store = &self.store;
         let from = base.map_or(1, |c| c + 1);
+        if states.is_empty() {
+            return Ok(states);
+        }
         if head >= from {
             let mut segments =
                 scan_shard(store.clone(), shard, from, head, self.cfg.read_concurrency).await?;
@@ -219,9 +268,11 @@ impl Log {
                 if n > head || seg.meta.first_recorded_at > t {
                     break;
                 }
-                for e in seg.events.iter().filter(|e| users.contains(&e.user_id)) {
-                    keepsake_model::apply(states.entry(e.user_id).or_default(), e)
-                        .map_err(|err| LogError::corrupt(shard, n, err))?;
+                for e in &seg.events {
+                    if let Some(state) = states.get_mut(&e.user_id) {
+                        keepsake_model::apply(state, e)
+                            .map_err(|err| LogError::corrupt(shard, n, err))?;
+                    }
                 }
             }
         }
@@ -229,16 +280,30 @@ impl Log {
     }
 }
 
-/// The checkpoints a read of the moment `at` may start from, newest first: those at or below
-/// the head the read started at that lie wholly before the moment (by time: the checkpoint's
-/// segment was recorded at or before `t`, which is read only for the candidates asked for).
-/// A caller takes the first that also fits by its own measure (a user's seq); none fitting
-/// means reading from segment 1. The one place that picks a checkpoint for a moment.
+/// Whether a user's state in a checkpoint may start a read of the moment `at`: by seq, the
+/// user's seq in it is at most `n`; by time, every event of the user in it was recorded at or
+/// before `t` (so a checkpoint written long after the moment serves every user unchanged
+/// since: an as-of read of them reads the view's checkpoint, not the history before it).
+fn fits(state: &UserState, at: UpTo) -> bool {
+    match at {
+        UpTo::Seq(n) => state.last_seq() <= n,
+        UpTo::Time(t) => state.recorded_by(t),
+        UpTo::End => true,
+    }
+}
+
+/// The checkpoints a read of the moment `at` may start from, newest first: the newest at or
+/// below the head the read started at, then, by time, those older ones that lie wholly before
+/// the moment (the checkpoint's segment was recorded at or before `t`, read only for the
+/// candidates asked for). A caller takes the first whose state of its user [`fits`]; none
+/// fitting means reading from segment 1. The one place that picks a checkpoint for a moment.
 struct Candidates<'a> {
     store: &'a Arc<dyn ObjectStore>,
     shard: u32,
     at: UpTo,
     newest_first: std::vec::IntoIter<u64>,
+    /// The newest has not been given out yet.
+    newest_untried: bool,
 }
 
 impl<'a> Candidates<'a> {
@@ -256,12 +321,18 @@ impl<'a> Candidates<'a> {
             shard,
             at,
             newest_first: listed.into_iter(),
+            newest_untried: true,
         })
     }
 
     async fn next(&mut self) -> Result<Option<u64>, LogError> {
+        let newest = std::mem::take(&mut self.newest_untried);
         for c in self.newest_first.by_ref() {
-            if let UpTo::Time(t) = self.at {
+            // The newest is tried whatever its time: its users unchanged since `t` fit (the
+            // caller checks each); an older one must fit every user.
+            if let UpTo::Time(t) = self.at
+                && !newest
+            {
                 let meta = read_segment_meta(self.store.clone(), self.shard, c).await?;
                 if meta.is_none_or(|m| m.last_recorded_at > t) {
                     continue;

@@ -270,6 +270,22 @@ impl UserState {
             .filter_map(|(_, id)| self.items.get(id))
     }
 
+    /// Whether every event folded into this state was recorded at or before `t`: its newest
+    /// event (the one of its last seq, which left the item of that seq) was. A
+    /// state whose newest item does not carry its last seq answers `false`: unknown is not
+    /// "before". A point-in-time read may start from any checkpoint whose state of the user
+    /// passes this, however late the checkpoint itself was written.
+    pub fn recorded_by(&self, t: DateTime<Utc>) -> bool {
+        if self.last_seq == 0 {
+            return true;
+        }
+        self.by_seq
+            .last_key_value()
+            .filter(|(seq, _)| **seq == self.last_seq)
+            .and_then(|(_, id)| self.items.get(id))
+            .is_some_and(|item| item.seq == self.last_seq && item.changed_at <= t)
+    }
+
     /// Number of items, tombstones included.
     pub fn item_count(&self) -> usize {
         self.items.len()

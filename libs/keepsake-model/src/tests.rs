@@ -1318,3 +1318,25 @@ fn collections_and_the_collection_an_item_is_kept_in() {
     applied(&h.one(restored));
     assert_eq!(h.doc(item(2)), Some(json!({"title": "old"})));
 }
+
+#[test]
+fn a_state_is_recorded_by_a_moment_when_its_newest_event_is() {
+    let mut h = Harness::new();
+    assert!(UserState::default().recorded_by(h.clock.now()));
+    let a = h.change(Kind::Note, item(1), None, put(json!({})));
+    let b = h.change(Kind::Note, item(2), None, put(json!({})));
+    h.push(&[a]);
+    h.push(&[b]);
+    let (first, second) = (h.log[0].recorded_at, h.log[1].recorded_at);
+    assert!(first < second);
+    let state = UserState::replay(&h.log).expect("replay");
+    assert!(state.recorded_by(second));
+    assert!(!state.recorded_by(first));
+    // A rewrite of the older item is the newest event: its time counts, not the item's first.
+    let c = h.change(Kind::Note, item(1), Some(1), put(json!({"a": 1})));
+    h.push(&[c]);
+    let third = h.log[2].recorded_at;
+    let state = UserState::replay(&h.log).expect("replay");
+    assert!(!state.recorded_by(second));
+    assert!(state.recorded_by(third));
+}

@@ -265,6 +265,9 @@ impl Checkpoint {
                     let state = whole.remove(&u).unwrap_or_default();
                     out.push((u, state));
                 }
+                if read_whole.once {
+                    read_whole.read.remove(&key);
+                }
                 continue;
             }
             let delta = delta.is_some();
@@ -643,9 +646,21 @@ pub struct WholeParts {
     asked: std::collections::HashMap<(u64, u128), u64>,
     /// Segments the asking fold has read, of how many.
     progress: (u64, u64),
+    /// The users are asked for once: a part read whole is dropped as soon as its asked users
+    /// are given out, so a read of a few users of every part holds one part at a time, not
+    /// the shard.
+    once: bool,
 }
 
 impl WholeParts {
+    /// For one call of [`Checkpoint::users`]: nothing is kept for later asks.
+    pub fn once() -> Self {
+        Self {
+            once: true,
+            ..Self::default()
+        }
+    }
+
     /// The asking fold has read `done` of its `total` segments: a part whose users asked for so
     /// far, scaled to the whole fold (at most [`MAX_PROJECTION`] times), reach the share that
     /// makes a whole read pay is read whole.
