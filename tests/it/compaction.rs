@@ -823,3 +823,71 @@ async fn a_stale_patch_reads_the_newest_history_objects_first() {
     );
     log.shutdown().await;
 }
+
+/// A resent change whose id the user holds only in its filter of older ids (loaded from a
+/// checkpoint) is sought in the newest history object first, then in the 8 before it..., and
+/// the search stops once found. It used to read the user's rows in every history object of the
+/// shard to answer one resend (each holds rows of every user): in `make sustained` the resends
+/// of pushes that timed out during a round of upkeep each read the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_old_change_reads_the_newest_history_objects_first() {
+    let ts = store(Backend::File).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let small = LogConfig {
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 16,
+        },
+        ..fast_config()
+    };
+    let log = open(as_store.clone(), 1, small.clone())
+        .await
+        .expect("open");
+    let others: Vec<UserId> = (0..8).map(|_| user()).collect();
+    rounds(&log, &others, 0, 20).await;
+    let u = user();
+    let c = put(
+        keepsake_model::ItemId(uuid::Uuid::from_u128(7)),
+        json!({"a": 1}),
+    );
+    let first = push(&log, u, vec![c.clone()]).await.expect("push");
+    let keepsake_model::Outcome::Applied(original) = first.outcomes[0] else {
+        panic!("{:?}", first.outcomes)
+    };
+    rounds(&log, &others, 20, 21).await;
+    log.compact_now().await.expect("compact");
+    log.shutdown().await;
+    // Loaded from the checkpoint: the id is in the user's filter, not held exactly.
+    let log = open(as_store, 1, small).await.expect("reopen");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    let objects = layout.history.len();
+    assert!(objects >= 20, "{objects} history objects");
+    let read: Vec<_> = layout
+        .history
+        .iter()
+        .map(|h| faulty.count_gets(keys::history(0, h.first, h.last).as_ref()))
+        .collect();
+    let head = log.head(0);
+    let again = push(&log, u, vec![c]).await.expect("push again");
+    assert_eq!(
+        again.outcomes,
+        vec![keepsake_model::Outcome::Duplicate(original)]
+    );
+    assert_eq!(log.head(0), head, "nothing written");
+    assert_eq!(
+        keepsake_log::LogStats::get(&log.stats().old_change_reads),
+        1,
+        "the resend was resolved from the log"
+    );
+    let touched = read
+        .iter()
+        .filter(|c| c.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        .count();
+    assert!(
+        (1..=9).contains(&touched),
+        "the resent change was sought in {touched} of {objects} history objects"
+    );
+    log.shutdown().await;
+}

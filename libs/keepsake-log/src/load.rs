@@ -242,6 +242,60 @@ pub(crate) fn find_change(
     Some(found)
 }
 
+/// The results of change ids `ids` (ones the user's filter of older ids may hold) in the
+/// user's log as this process's view knows it, and the last seq of the user the reads saw.
+/// Sought newest source first, in groups of 1, 8, 64... sources, stopping once every id is
+/// found: a resend is most often of a recent change, and reading the user's whole log (every
+/// history object holds rows of every user) made each resend cost more as the log aged. An id
+/// still not found is answered absent only from the whole log ([`user_log_in_view`], checked
+/// dense and reaching `at_least`), read again: a false positive of the filter is rare.
+pub(crate) async fn find_changes_in_view(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    user: UserId,
+    ids: &[keepsake_model::ChangeId],
+    at_least: u64,
+    stats: &crate::LogStats,
+) -> Result<(keepsake_model::OldChanges, u64), LogError> {
+    let numbers = state
+        .read()
+        .map_err(|_| poisoned(shard))?
+        .read_plan(&user, UpTo::End)
+        .numbers();
+    let mut sources = segment_sources(store, shard, state, numbers).await?;
+    let relocate = by_view(store.clone(), shard, state.clone());
+    let wanted = ids.iter().collect::<std::collections::HashSet<_>>().len();
+    let mut found = keepsake_model::OldChanges::new();
+    let mut last_seq = 0;
+    let mut group = 1usize;
+    while found.len() < wanted && !sources.is_empty() {
+        let newest = sources.split_off(sources.len() - group.min(sources.len()));
+        let (events, _) =
+            reader::read_user_relocating(store.clone(), shard, user, newest, UpTo::End, &relocate)
+                .await?;
+        last_seq = last_seq.max(events.last().map_or(0, |e| e.seq));
+        for id in ids {
+            if !found.contains_key(id)
+                && let Some(r) = find_change(&events, id, stats)
+            {
+                found.insert(*id, Some(r));
+            }
+        }
+        group = group.saturating_mul(8);
+    }
+    if found.len() == wanted {
+        return Ok((found, last_seq));
+    }
+    let events = user_log_in_view(store, shard, state, user, at_least).await?;
+    for id in ids {
+        if !found.contains_key(id) {
+            found.insert(*id, find_change(&events, id, stats));
+        }
+    }
+    Ok((found, events.last().map_or(0, |e| e.seq)))
+}
+
 /// A user's committed events as this process's view knows them: every segment up to its
 /// checkpoint, then the tail segments its index names, through the view's sources (never a
 /// listing that may end early). Checked to run densely from seq 1 and to reach `at_least`:

@@ -139,22 +139,26 @@ impl Log {
                 (maybe, s.filter_through())
             })
             .await?;
-        let mut resolved = OldChanges::new();
         if maybe.is_empty() {
-            return Ok((resolved, 0));
+            return Ok((OldChanges::new(), 0));
         }
         self.stats
             .old_change_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The view's events of the user, checked to reach every id the filter holds.
+        // Newest first; an id not found only from the whole log, checked to reach every id
+        // the filter holds.
         let shard = self.shard_of(&req.user_id);
         let state = &self.shards[shard as usize].state;
-        let events =
-            crate::load::user_log_in_view(&self.store, shard, state, req.user_id, through).await?;
-        for id in maybe {
-            resolved.insert(id, crate::load::find_change(&events, &id, &self.stats));
-        }
-        Ok((resolved, events.last().map_or(0, |e| e.seq)))
+        crate::load::find_changes_in_view(
+            &self.store,
+            shard,
+            state,
+            req.user_id,
+            &maybe,
+            through,
+            &self.stats,
+        )
+        .await
     }
 
     /// The earlier documents that the stale patches of a push will be merged against: a patch
