@@ -359,6 +359,20 @@ async fn a_manifest_naming_a_missing_part_is_passed_over_for_the_log(backend: Ba
         assert_eq!(at.last_seq(), *seq);
         assert_eq!(log.last_seq(u).await.expect("read from the log"), *seq);
     }
+    // So does a fleet restore's fold of the shard (it failed the shard's restore before).
+    let now = keepsake_model::Clock::now(&keepsake_model::SystemClock);
+    let wanted: std::collections::HashSet<UserId> = users.iter().copied().collect();
+    let folded = log
+        .users_at(0, &wanted, now)
+        .await
+        .expect("users at, from the log");
+    for (u, seq) in &expected {
+        assert_eq!(
+            folded.get(u).map(StateRead::last_seq),
+            Some(*seq),
+            "user {u}"
+        );
+    }
     touch(&log, &users[..2], 1).await;
     let next = checkpoint(&log).await;
     assert_is_the_fold(&ts.store, next, &users).await;

@@ -1,7 +1,7 @@
 //! Point-in-time reads: a user's state, or many users' of one shard, as it was after a seq or
-//! at a moment. Each starts from the newest checkpoint wholly before the moment
-//! ([`Candidates`]) and folds the events after it up to the moment; equal to a
-//! replay from the first event (tested).
+//! at a moment. Each starts from the newest checkpoint whose state of the user lies wholly
+//! before the moment ([`Candidates`], [`fits`]) and folds the events after it up to the
+//! moment; equal to a replay from the first event (tested).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -46,10 +46,10 @@ impl Log {
     /// The user's state as it was at a moment: after every event with `seq <= n`
     /// ([`UpTo::Seq`]) or `recorded_at <= t` ([`UpTo::Time`]).
     ///
-    /// Starts from the newest checkpoint that lies wholly before the moment (by seq: the user's
-    /// seq in it is at most `n`; by time: its segment was recorded at or before `t`), then folds
-    /// the user's events after it up to the moment. Equal to a replay from the first event
-    /// (tested).
+    /// Starts from the newest checkpoint whose state of the user lies wholly before the moment
+    /// (by seq: the user's seq in it is at most `n`; by time: the user's newest event in it was
+    /// recorded at or before `t`, [`fits`]), then folds the user's events after it up to the
+    /// moment. Equal to a replay from the first event (tested).
     pub async fn user_at(&self, user: &UserId, at: UpTo) -> Result<UserState, LogError> {
         self.state_at(user, at, true).await
     }
@@ -203,7 +203,18 @@ impl Log {
         let mut rest: Vec<UserId> = users.iter().copied().collect();
         while !rest.is_empty() {
             let base = candidates.next().await?;
-            let states = self.users_in_checkpoint(shard, base, rest).await?;
+            let states = match self.users_in_checkpoint(shard, base, rest.clone()).await {
+                Ok(states) => states,
+                // Unusable (a part it names is missing, or does not decode): checkpoints are
+                // derived, so an older one, or the log from its start, as `user_at` does.
+                Err(LogError::Corrupt {
+                    segment, detail, ..
+                }) if Some(segment) == base => {
+                    tracing::warn!(shard, checkpoint = segment, %detail, "a checkpoint is unusable; reading from an older one");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             rest = Vec::new();
             let mut group = HashMap::with_capacity(states.len());
             for (u, state) in states {
@@ -220,7 +231,8 @@ impl Log {
         Ok(out)
     }
 
-    /// The states of `users` in checkpoint `c` (none: the empty states), with their changes.
+    /// The states of `users` in checkpoint `c` (none: the empty states), with their changes. A
+    /// checkpoint of one object (formats 1-3) is read whole once, not user by user.
     async fn users_in_checkpoint(
         &self,
         shard: u32,
@@ -233,8 +245,15 @@ impl Log {
                 .map(|u| (u, UserState::default()))
                 .collect());
         };
-        open_checkpoint(self.store.as_ref(), shard, c)
-            .await?
+        let opened = open_checkpoint(self.store.as_ref(), shard, c).await?;
+        if let reader::Checkpoint::Whole { .. } = opened {
+            let mut all = opened.all(self.store.as_ref()).await?;
+            return Ok(users
+                .into_iter()
+                .map(|u| (u, all.remove(&u).unwrap_or_default()))
+                .collect());
+        }
+        opened
             .users(
                 self.store.clone(),
                 users,

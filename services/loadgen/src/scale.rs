@@ -399,6 +399,37 @@ impl Session {
         Ok(took)
     }
 
+    /// One as-of read to moment `at` of each of `users`, one at a time, each answer checked to
+    /// hold all `items` contacts: the times, sorted.
+    async fn as_of_reads(
+        &self,
+        users: &[u64],
+        at: &str,
+        which: &str,
+        items: u64,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let mut reads = Vec::with_capacity(users.len());
+        for u in users {
+            let user = fill::user(*u).0;
+            reads.push(
+                self.timed_read(
+                    self.http
+                        .get(format!(
+                            "{}/admin/v1/users/{user}/items?as_of={at}",
+                            self.url
+                        ))
+                        .bearer_auth(&self.admin),
+                    &format!("an as-of read of user {u}{which}"),
+                    "items",
+                    items,
+                )
+                .await?,
+            );
+        }
+        reads.sort();
+        Ok(reads)
+    }
+
     async fn register(&self, u: u64) -> anyhow::Result<String> {
         let user = fill::user(u).0;
         let r: Registered = self
@@ -626,41 +657,19 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         (step.cold_pull_p50_ms, step.cold_pull_p99_ms) =
             (percentile(&pulls, 0.5), percentile(&pulls, 0.99));
         let at = before_work.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut reads = Vec::new();
-        for u in &sampled.as_of {
-            let user = fill::user(*u).0;
-            reads.push(
-                s.timed_read(
-                    s.http
-                        .get(format!("{}/admin/v1/users/{user}/items?as_of={at}", s.url))
-                        .bearer_auth(&s.admin),
-                    &format!("an as-of read of user {u}"),
-                    "items",
-                    cfg.items,
-                )
-                .await?,
-            );
-        }
-        reads.sort();
+        let reads = s.as_of_reads(&sampled.as_of, &at, "", cfg.items).await?;
         (step.as_of_p50_ms, step.as_of_p99_ms) =
             (percentile(&reads, 0.5), percentile(&reads, 0.99));
         // The same moment for users of the new work: their newest checkpoint is after it.
-        let mut reads = Vec::new();
-        for u in sampled.work.iter().take(cfg.cold_samples as usize) {
-            let user = fill::user(*u).0;
-            reads.push(
-                s.timed_read(
-                    s.http
-                        .get(format!("{}/admin/v1/users/{user}/items?as_of={at}", s.url))
-                        .bearer_auth(&s.admin),
-                    &format!("an as-of read of user {u}, changed since"),
-                    "items",
-                    cfg.items,
-                )
-                .await?,
-            );
-        }
-        reads.sort();
+        let changed: Vec<u64> = sampled
+            .work
+            .iter()
+            .take(cfg.cold_samples as usize)
+            .copied()
+            .collect();
+        let reads = s
+            .as_of_reads(&changed, &at, ", changed since", cfg.items)
+            .await?;
         (step.as_of_changed_p50_ms, step.as_of_changed_p99_ms) =
             (percentile(&reads, 0.5), percentile(&reads, 0.99));
 
