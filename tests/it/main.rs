@@ -20,6 +20,7 @@ mod compaction;
 mod duplicates;
 mod faults;
 mod fsync;
+mod history_reads;
 mod log_backends;
 mod ownership;
 mod race;

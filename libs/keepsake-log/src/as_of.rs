@@ -136,20 +136,21 @@ impl Log {
             base = Some((c, state));
             break;
         }
-        let base_checkpoint = base.as_ref().map(|(c, _)| *c);
         let (from, mut state) = base.map_or((1, UserState::default()), |(c, s)| (c + 1, s));
         if head >= from {
             let indexed = self.shards[shard as usize]
                 .state
                 .read()
                 .ok()
-                .filter(|v| v.checkpoint == base_checkpoint)
+                .filter(|v| v.indexed_after() < from)
                 .map(|v| match at {
                     // Segments whose first event of the user is past the seq hold nothing needed.
                     UpTo::Seq(n) => v.segments_until(user, from, head, n),
                     UpTo::End | UpTo::Time(_) => v.segments_of(user, from, head),
                 });
-            // The base is the view's newest checkpoint: the index knows the user's segments.
+            // The index covers every segment after the base (the view's newest checkpoint, or
+            // the one before it: a moment before the newest checkpoint, the user changed since)
+            // and knows the user's: the others are not read. Else every segment after the base.
             let numbers = indexed.unwrap_or_else(|| (from..=head).collect());
             if with_changes {
                 let events = self.read_segments(shard, user, numbers, at).await?;

@@ -83,7 +83,8 @@ impl Log {
     }
 
     /// The segments that may hold the user's events up to `up_to`, by this process's view:
-    /// every segment up to its checkpoint, then the tail segments its index says hold the user.
+    /// every segment before its index, then those its index says hold the user
+    /// ([`ReadPlan::numbers`]).
     fn user_segments_in_view(
         &self,
         shard: u32,
@@ -246,7 +247,10 @@ pub(crate) fn find_change(
 /// user's log as this process's view knows it, and the last seq of the user the reads saw.
 /// Sought newest source first, in groups of 1, 8, 64... sources, stopping once every id is
 /// found: a resend is most often of a recent change, and reading the user's whole log (every
-/// history object holds rows of every user) made each resend cost more as the log aged. An id
+/// history object holds rows of every user) made each resend cost more as the log aged. Of
+/// the segments the view's index covers, only the user's are read ([`ReadPlan::numbers`]):
+/// the generation a checkpoint has just covered is not compacted yet, and after a round of
+/// upkeep the resends of pushes that timed out searched its thousands of segments. An id
 /// still not found is answered absent only from the whole log ([`user_log_in_view`], checked
 /// dense and reaching `at_least`), read again: a false positive of the filter is rare.
 pub(crate) async fn find_changes_in_view(
@@ -296,9 +300,9 @@ pub(crate) async fn find_changes_in_view(
     Ok((found, events.last().map_or(0, |e| e.seq)))
 }
 
-/// A user's committed events as this process's view knows them: every segment up to its
-/// checkpoint, then the tail segments its index names, through the view's sources (never a
-/// listing that may end early). Checked to run densely from seq 1 and to reach `at_least`:
+/// A user's committed events as this process's view knows them: every segment before its
+/// index, then the segments its index names ([`ReadPlan::numbers`]), through the view's
+/// sources (never a listing that may end early). Checked to run densely from seq 1 and to reach `at_least`:
 /// resolving a change id that a filter of older ids may hold must see every one of them, or
 /// an applied change could be staged again. Otherwise unavailable (retryable).
 pub(crate) async fn user_log_in_view(
@@ -343,6 +347,7 @@ pub(crate) async fn load_user(
             head: mut read_to,
             checkpoint,
             tail: mut segments,
+            ..
         } = {
             let s = state.read().map_err(|_| poisoned(shard))?;
             if s.is_resident(&user) {

@@ -238,12 +238,13 @@ impl Log {
     ///
     /// A version whose seq the view's index covers (after the checkpoint before the newest) is
     /// read from the one segment that holds it. An older one, whose seq is known, is found by
-    /// its seq in the segments up to the newest checkpoint (key columns first, then that one
-    /// row: [`reader::read_user_seqs`]). A version whose seq is not known (older than the change
+    /// its seq in the segments before the index (key columns first, then that one row:
+    /// [`reader::read_user_seqs`]). A version whose seq is not known (older than the change
     /// ids the state holds exactly: the rest are only in its filter) is searched newest segment
-    /// first: the user's tail segments in groups of 4, 32, 256..., then the segments before the
-    /// checkpoint. Those are searched newest source first too, in groups of 1, 8, 64...
-    /// segments or history objects, and the search stops once every version is found.
+    /// first: the user's segments that the index names (those after the newest checkpoint and
+    /// the generation before it) in groups of 4, 32, 256..., then the segments before the
+    /// index. Those are searched newest source first too, in groups of 1, 8, 64... segments or
+    /// history objects, and the search stops once every version is found.
     async fn find_versions(
         &self,
         user: &UserId,
@@ -252,9 +253,9 @@ impl Log {
         let shard = self.shard_of(user);
         let head = self.head(shard);
         let state = &self.shards[shard as usize].state;
-        let (checkpoint, tail, exact, by_seq) = {
+        let (indexed_after, indexed, exact, by_seq) = {
             let view = state.read().map_err(|_| poisoned(shard))?;
-            let from = view.checkpoint.map_or(1, |c| c + 1);
+            let plan = view.read_plan(user, UpTo::End);
             let mut exact = HashSet::new();
             let mut by_seq = Vec::new();
             for seq in needs.iter().filter_map(|(_, _, seq)| *seq) {
@@ -265,12 +266,8 @@ impl Log {
                     None => by_seq.push(seq),
                 }
             }
-            (
-                view.checkpoint,
-                view.segments_of(user, from, head),
-                exact,
-                by_seq,
-            )
+            let indexed: Vec<u64> = plan.indexed().filter(|n| *n <= head).collect();
+            (plan.indexed_after, indexed, exact, by_seq)
         };
         let mut wanted: HashSet<(ItemId, u64)> = needs.iter().map(|(i, v, _)| (*i, *v)).collect();
         let mut found = Ancestors::new();
@@ -288,7 +285,10 @@ impl Log {
             take(&events, &mut wanted);
         }
         // Versions still to find by their seq, before the view's index; the others are sought
-        // by reading the user's events.
+        // by reading the user's events: first in the segments the index says hold the user
+        // (the generation the newest checkpoint has just covered included: those segments are
+        // not compacted yet, and a search of every one of them, during each round of upkeep,
+        // was what held pushes back: `make sustained`, 2026-12-02, run 13).
         let mut by_seq: HashSet<u64> = by_seq.into_iter().collect();
         let seq_of: HashMap<(ItemId, u64), u64> = needs
             .iter()
@@ -299,7 +299,7 @@ impl Log {
                 .iter()
                 .any(|k| !seq_of.get(k).is_some_and(|s| by_seq.contains(s)))
         };
-        let mut rest: Vec<u64> = tail.into_iter().filter(|n| !exact.contains(n)).collect();
+        let mut rest: Vec<u64> = indexed.into_iter().filter(|n| !exact.contains(n)).collect();
         let mut group = 4;
         while unsought(&wanted, &by_seq) && !rest.is_empty() {
             let newest = rest.split_off(rest.len() - group.min(rest.len()));
@@ -307,15 +307,14 @@ impl Log {
             take(&events, &mut wanted);
             group *= 8;
         }
-        // Up to the checkpoint, newest first, in groups of 1, 8, 64... sources, stopping once
+        // Before the index, newest first, in groups of 1, 8, 64... sources, stopping once
         // every version is found: a stale patch's base is most often recent, and every history
         // object holds rows of every user, so reading all of them made each such push cost more
         // as the log aged (`make sustained`, 2026-12-02). A version whose seq is known is read
         // by its seq; the others by reading the group's events of the user.
-        if let Some(c) = checkpoint
-            && !wanted.is_empty()
-        {
-            let mut sources = segment_sources(&self.store, shard, state, (1..=c).collect()).await?;
+        if indexed_after > 0 && !wanted.is_empty() {
+            let mut sources =
+                segment_sources(&self.store, shard, state, (1..=indexed_after).collect()).await?;
             let relocate = by_view(self.store.clone(), shard, state.clone());
             let mut group = 1usize;
             while !wanted.is_empty() && !sources.is_empty() {

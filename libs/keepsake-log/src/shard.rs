@@ -62,8 +62,7 @@ pub async fn recover_shard(
     for h in &layout.history {
         state.record_history(*h);
     }
-    state.checkpoint = checkpoint;
-    state.head = checkpoint.unwrap_or(0);
+    state.recover_from(checkpoint);
     let mut segments = scan_shard(
         store.clone(),
         shard,

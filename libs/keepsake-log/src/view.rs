@@ -7,9 +7,11 @@
 //! - Users of a batch being committed are pinned: never evicted until their callers are answered,
 //!   so staging and applying see the same state.
 //! - The tail index lists, per user, the segments that hold their events, for every segment
-//!   after the checkpoint before the newest (or since recovery) up to `head`: loads read only
-//!   those after the newest checkpoint, and a stale patch's base from just before it is still
-//!   found in one segment.
+//!   after `indexed_after` (the checkpoint before the newest, or the one recovery started
+//!   from) up to `head`: loads read only those after the newest checkpoint, and every read of a
+//!   user's history (a stale patch's base, a resent change id, an as-of read) reads, of the
+//!   segments the index covers, only the user's: the segments a checkpoint has just covered
+//!   are not yet compacted, and a newest-first search read each of them.
 //! - When resident bytes exceed the budget, the least recently used unpinned users are evicted
 //!   down to 80% of it. Evicting loses nothing: the log has everything.
 
@@ -37,8 +39,8 @@ struct Resident {
 }
 
 /// What a read of one user up to a moment needs from the view, taken in one snapshot (one
-/// lock): the head it reads to, the checkpoint it starts from, and the tail segments after that
-/// checkpoint that the index says hold the user.
+/// lock): the head it reads to, the checkpoint it starts from, and the segments the index says
+/// hold the user: those after that checkpoint, and those of the generation before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadPlan {
     /// The last segment the view holds.
@@ -48,15 +50,25 @@ pub struct ReadPlan {
     /// The segments after the checkpoint, up to the head, that may hold the user's events up to
     /// the moment (ascending).
     pub tail: Vec<u64>,
+    /// The index covers every segment after this one (0: all of them).
+    pub indexed_after: u64,
+    /// The segments after `indexed_after` up to the checkpoint that may hold the user's events
+    /// up to the moment (ascending): the generation the checkpoint has just covered.
+    pub earlier: Vec<u64>,
 }
 
 impl ReadPlan {
-    /// Every segment number the read covers: those up to the checkpoint (a reader prunes them
-    /// by their statistics), then the tail.
+    /// Every segment number that may hold the user's events up to the moment: all of those
+    /// before the index (a reader prunes them by their statistics), then the ones the index
+    /// says hold the user.
     pub fn numbers(&self) -> Vec<u64> {
-        (1..=self.checkpoint.unwrap_or(0))
-            .chain(self.tail.iter().copied())
-            .collect()
+        (1..=self.indexed_after).chain(self.indexed()).collect()
+    }
+
+    /// The segments after `indexed_after` that hold the user (ascending): `earlier`, then the
+    /// tail.
+    pub fn indexed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.earlier.iter().chain(&self.tail).copied()
     }
 }
 
@@ -69,6 +81,9 @@ pub struct ShardState {
     pub last_recorded_at: Option<DateTime<Utc>>,
     /// The newest checkpoint (the segment it includes up to), if any.
     pub checkpoint: Option<u64>,
+    /// The tail index covers every segment after this one up to the head: the checkpoint
+    /// before the newest, or the one recovery started from (0: every segment).
+    indexed_after: u64,
     /// Events committed since the newest checkpoint (drives the checkpointer).
     pub events_since_checkpoint: u64,
     /// The newest checkpoint as opened for loads (a manifest: where each user's part is), once
@@ -288,6 +303,21 @@ impl ShardState {
         i.checked_sub(1).map(|i| segs[i].0)
     }
 
+    /// Where recovery starts: at checkpoint `c` (or the log's start), nothing after it read
+    /// yet. The segments after it are then committed one by one ([`Self::commit_segment`]),
+    /// and the index covers them all.
+    pub fn recover_from(&mut self, c: Option<u64>) {
+        self.checkpoint = c;
+        self.head = c.unwrap_or(0);
+        self.indexed_after = self.head;
+        self.tail_index.clear();
+    }
+
+    /// The tail index covers every segment after this one up to the head.
+    pub fn indexed_after(&self) -> u64 {
+        self.indexed_after
+    }
+
     /// A checkpoint now covers segments up to `upto`: the index forgets the segments the
     /// previous checkpoint covered, keeping one generation for lookups by seq.
     ///
@@ -304,6 +334,7 @@ impl ShardState {
                 segs.retain(|(n, _)| *n > previous);
                 !segs.is_empty()
             });
+            self.indexed_after = self.indexed_after.max(previous);
         }
     }
 
@@ -340,15 +371,21 @@ impl ShardState {
     /// The [`ReadPlan`] of `user` up to `up_to`: by seq, tail segments whose first event of the
     /// user is past the seq are left out.
     pub fn read_plan(&self, user: &UserId, up_to: UpTo) -> ReadPlan {
-        let from = self.checkpoint.map_or(1, |c| c + 1);
-        let tail = match up_to {
-            UpTo::Seq(n) => self.segments_until(user, from, self.head, n),
-            UpTo::End | UpTo::Time(_) => self.segments_of(user, from, self.head),
+        let c = self.checkpoint.unwrap_or(0);
+        let of = |from, to| match up_to {
+            UpTo::Seq(n) => self.segments_until(user, from, to, n),
+            UpTo::End | UpTo::Time(_) => self.segments_of(user, from, to),
         };
         ReadPlan {
             head: self.head,
             checkpoint: self.checkpoint,
-            tail,
+            tail: of(c + 1, self.head),
+            indexed_after: self.indexed_after,
+            earlier: if c > self.indexed_after {
+                of(self.indexed_after + 1, c)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -567,7 +604,9 @@ mod tests {
             ReadPlan {
                 head: 5,
                 checkpoint: None,
-                tail: vec![1, 2, 3, 4, 5]
+                tail: vec![1, 2, 3, 4, 5],
+                indexed_after: 0,
+                earlier: Vec::new(),
             }
         );
         assert_eq!(view.read_plan(&user, UpTo::Seq(25)).tail, vec![1, 2, 3]);
@@ -575,9 +614,38 @@ mod tests {
         let plan = view.read_plan(&user, UpTo::End);
         assert_eq!((plan.head, plan.checkpoint), (5, Some(2)));
         assert_eq!(plan.tail, vec![3, 4, 5]);
+        // The index still covers the segments the checkpoint has just covered.
+        assert_eq!(plan.earlier, vec![1, 2]);
         assert_eq!(plan.numbers(), vec![1, 2, 3, 4, 5]);
         let nobody = UserId(uuid::Uuid::nil());
+        assert_eq!(
+            view.read_plan(&nobody, UpTo::End).numbers(),
+            Vec::<u64>::new(),
+            "the index covers every segment, and none holds the user"
+        );
+        view.checkpointed(4);
+        let plan = view.read_plan(&user, UpTo::Seq(35));
+        assert_eq!(
+            (plan.indexed_after, plan.earlier.clone(), plan.tail.clone()),
+            (2, vec![3, 4], Vec::new())
+        );
+        assert_eq!(plan.numbers(), vec![1, 2, 3, 4]);
         assert_eq!(view.read_plan(&nobody, UpTo::End).numbers(), vec![1, 2]);
+        // Recovery indexes only what it reads after its checkpoint.
+        let mut recovered = ShardState::default();
+        recovered.recover_from(Some(4));
+        recovered
+            .commit_segment(5, &events[40..], start, None)
+            .expect("folds");
+        let plan = recovered.read_plan(&user, UpTo::End);
+        assert_eq!(
+            (plan.indexed_after, plan.numbers()),
+            (4, vec![1, 2, 3, 4, 5])
+        );
+        assert_eq!(
+            recovered.read_plan(&nobody, UpTo::End).numbers(),
+            vec![1, 2, 3, 4]
+        );
     }
 
     /// Users the view holds link their items' versions, so that stale patches find a base's

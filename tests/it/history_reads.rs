@@ -1,0 +1,108 @@
+//! A read of one user's history (a stale patch's base, a change id sent again) reads the
+//! segments that hold the user, not every segment of the shard: those a checkpoint has just
+//! covered are not compacted yet, and the view's index still names the user's among them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use keepsake_log::{CompactionPolicy, LogConfig, LogStats};
+use keepsake_model::{ChangeBody, ItemId, Kind, Outcome, StateRead};
+use keepsake_store::faults::FaultyStore;
+use keepsake_store::keys;
+use object_store::ObjectStore;
+use serde_json::json;
+
+use crate::common::*;
+
+on_every_backend!(
+    a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments
+);
+
+/// The user's two pushes, then 40 other users' (a segment each) and a checkpoint over them;
+/// then the user, loaded from that checkpoint (it holds its change ids only in its filter and
+/// no seq of its versions), resends its first change and pushes a patch based on version 1.
+/// Both are answered from the user's two segments. They were sought newest segment first,
+/// through the other users' segments: in `make sustained`, the resends and stale patches
+/// after each round of upkeep searched thousands of them, and pushes fell to a few hundred
+/// events a second (2026-12-02, run 13).
+async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments(
+    backend: keepsake_tests::Backend,
+) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let cfg = LogConfig {
+        checkpoint_every_events: 40,
+        // One byte: the user is evicted by the others' pushes and loaded from the checkpoint.
+        view_memory_bytes: 1,
+        compaction: CompactionPolicy {
+            enabled: false,
+            ..Default::default()
+        },
+        ..fast_config()
+    };
+    let log = open(as_store, 1, cfg).await.expect("open");
+    let u = user();
+    let it = ItemId(uuid::Uuid::from_u128(7));
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    let first_change = put(it, json!({"a": 1, "b": 1}));
+    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let Outcome::Applied(original) = first.outcomes[0] else {
+        panic!("{:?}", first.outcomes)
+    };
+    let second = push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    let users_segments = [first.segment, second.segment];
+    assert_eq!(users_segments, [Some(1), Some(2)]);
+    for _ in 0..40 {
+        push(&log, user(), vec![put(item(), json!({}))])
+            .await
+            .expect("another user's push");
+    }
+    let c = until_checkpointed(&log, 0, None).await;
+    assert!(c > 10, "checkpoint at {c}");
+    let others: Vec<_> = (3..=c)
+        .map(|n| faulty.count_gets(keys::segment(0, n).as_ref()))
+        .collect();
+
+    let head = log.head(0);
+    let again = push(&log, u, vec![first_change]).await.expect("push again");
+    assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
+    assert_eq!(log.head(0), head, "nothing written");
+    assert_eq!(
+        LogStats::get(&log.stats().old_change_reads),
+        1,
+        "the resend was resolved from the log"
+    );
+
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    assert!(
+        LogStats::get(&log.stats().ancestor_reads) >= 1,
+        "the base was read from the log"
+    );
+    let doc = log
+        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
+        .await
+        .expect("user");
+    assert_eq!(
+        doc.map(|d| d.as_str().to_string()).as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    let read: Vec<u64> = (3..=c)
+        .zip(&others)
+        .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+        .map(|(s, _)| s)
+        .collect();
+    assert!(
+        read.is_empty(),
+        "other users' segments read: {read:?} of 3..={c}"
+    );
+    log.shutdown().await;
+}
