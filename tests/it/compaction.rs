@@ -756,15 +756,11 @@ async fn a_read_that_meets_two_compaction_steps_asks_the_view_not_the_store() {
     log.shutdown().await;
 }
 
-/// A stale patch whose base is recent but before the checkpoint before the newest: its base is
-/// sought in the newest history object first, then in the 8 before it..., and the search stops
-/// once found. It used to read the user's rows in every history object of the shard, and every
-/// one holds rows of every user: in `make sustained` each such push cost more as the log aged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_patch_reads_the_newest_history_objects_first() {
+/// A file store whose GETs can be counted, and a log config whose compaction runs only when
+/// asked and writes history objects of at most 16 events (many small objects to search).
+async fn counted_file_store() -> (keepsake_tests::TestStore, Arc<FaultyStore>, LogConfig) {
     let ts = store(Backend::File).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
-    let as_store: Arc<dyn ObjectStore> = faulty.clone();
     let small = LogConfig {
         compaction: CompactionPolicy {
             enabled: false,
@@ -773,7 +769,17 @@ async fn a_stale_patch_reads_the_newest_history_objects_first() {
         },
         ..fast_config()
     };
-    let log = open(as_store, 1, small).await.expect("open");
+    (ts, faulty, small)
+}
+
+/// A stale patch whose base is recent but before the checkpoint before the newest: its base is
+/// sought in the newest history object first, then in the 8 before it..., and the search stops
+/// once found. It used to read the user's rows in every history object of the shard, and every
+/// one holds rows of every user: in `make sustained` each such push cost more as the log aged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_patch_reads_the_newest_history_objects_first() {
+    let (ts, faulty, small) = counted_file_store().await;
+    let log = open(faulty.clone(), 1, small).await.expect("open");
     let others: Vec<UserId> = (0..8).map(|_| user()).collect();
     rounds(&log, &others, 0, 20).await;
     let u = user();
@@ -831,17 +837,8 @@ async fn a_stale_patch_reads_the_newest_history_objects_first() {
 /// of pushes that timed out during a round of upkeep each read the whole log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_old_change_reads_the_newest_history_objects_first() {
-    let ts = store(Backend::File).await.expect("store");
-    let faulty = FaultyStore::new(ts.store.clone());
+    let (ts, faulty, small) = counted_file_store().await;
     let as_store: Arc<dyn ObjectStore> = faulty.clone();
-    let small = LogConfig {
-        compaction: CompactionPolicy {
-            enabled: false,
-            min_segments: 1,
-            max_events: 16,
-        },
-        ..fast_config()
-    };
     let log = open(as_store.clone(), 1, small.clone())
         .await
         .expect("open");

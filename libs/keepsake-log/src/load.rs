@@ -243,6 +243,40 @@ pub(crate) fn find_change(
     Some(found)
 }
 
+/// Items handed out newest (last) first, in groups of `first`, then 8 times as many each time
+/// (1, 8, 64... or 4, 32, 256...): a search of a user's history for something most often
+/// recent, which stops once found, reads a few sources when it is recent and about 8/7 of
+/// them at worst.
+pub(crate) struct NewestFirst<T> {
+    rest: Vec<T>,
+    group: usize,
+}
+
+impl<T> NewestFirst<T> {
+    /// `items` ascending (oldest first).
+    pub(crate) fn new(items: Vec<T>, first: usize) -> Self {
+        Self {
+            rest: items,
+            group: first.max(1),
+        }
+    }
+}
+
+impl<T> Iterator for NewestFirst<T> {
+    type Item = Vec<T>;
+
+    fn next(&mut self) -> Option<Vec<T>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let newest = self
+            .rest
+            .split_off(self.rest.len() - self.group.min(self.rest.len()));
+        self.group = self.group.saturating_mul(8);
+        Some(newest)
+    }
+}
+
 /// The results of change ids `ids` (ones the user's filter of older ids may hold) in the
 /// user's log as this process's view knows it, and the last seq of the user the reads saw.
 /// Sought newest source first, in groups of 1, 8, 64... sources, stopping once every id is
@@ -267,14 +301,15 @@ pub(crate) async fn find_changes_in_view(
         .map_err(|_| poisoned(shard))?
         .read_plan(&user, UpTo::End)
         .numbers();
-    let mut sources = segment_sources(store, shard, state, numbers).await?;
+    let sources = segment_sources(store, shard, state, numbers).await?;
     let relocate = by_view(store.clone(), shard, state.clone());
     let wanted = ids.iter().collect::<std::collections::HashSet<_>>().len();
     let mut found = keepsake_model::OldChanges::new();
     let mut last_seq = 0;
-    let mut group = 1usize;
-    while found.len() < wanted && !sources.is_empty() {
-        let newest = sources.split_off(sources.len() - group.min(sources.len()));
+    for newest in NewestFirst::new(sources, 1) {
+        if found.len() == wanted {
+            break;
+        }
         let (events, _) =
             reader::read_user_relocating(store.clone(), shard, user, newest, UpTo::End, &relocate)
                 .await?;
@@ -286,7 +321,6 @@ pub(crate) async fn find_changes_in_view(
                 found.insert(*id, Some(r));
             }
         }
-        group = group.saturating_mul(8);
     }
     if found.len() == wanted {
         return Ok((found, last_seq));
@@ -492,5 +526,25 @@ async fn replace_checkpoint(
             Ok(Replaced::Adopted)
         }
         None => Ok(Replaced::None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewestFirst;
+
+    #[test]
+    fn newest_first_hands_out_growing_groups_from_the_end() {
+        let groups: Vec<Vec<u64>> = NewestFirst::new((1..=80).collect(), 1).collect();
+        assert_eq!(groups[0], vec![80]);
+        assert_eq!(groups[1], (72..=79).collect::<Vec<_>>());
+        assert_eq!(groups[2], (8..=71).collect::<Vec<_>>());
+        assert_eq!(groups[3], (1..=7).collect::<Vec<_>>());
+        assert_eq!(groups.len(), 4);
+        let by_four: Vec<usize> = NewestFirst::new(vec![0u8; 40], 4)
+            .map(|g| g.len())
+            .collect();
+        assert_eq!(by_four, vec![4, 32, 4]);
+        assert_eq!(NewestFirst::new(Vec::<u8>::new(), 1).count(), 0);
     }
 }

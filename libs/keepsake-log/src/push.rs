@@ -17,7 +17,7 @@ use keepsake_model::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::load::{by_view, segment_sources};
+use crate::load::{NewestFirst, by_view, segment_sources};
 use crate::{Log, LogError, UpTo, poisoned, reader};
 
 /// One push: a device's changes for one user, applied in order and committed together.
@@ -299,13 +299,13 @@ impl Log {
                 .iter()
                 .any(|k| !seq_of.get(k).is_some_and(|s| by_seq.contains(s)))
         };
-        let mut rest: Vec<u64> = indexed.into_iter().filter(|n| !exact.contains(n)).collect();
-        let mut group = 4;
-        while unsought(&wanted, &by_seq) && !rest.is_empty() {
-            let newest = rest.split_off(rest.len() - group.min(rest.len()));
+        let rest: Vec<u64> = indexed.into_iter().filter(|n| !exact.contains(n)).collect();
+        for newest in NewestFirst::new(rest, 4) {
+            if !unsought(&wanted, &by_seq) {
+                break;
+            }
             let events = self.read_segments(shard, user, newest, UpTo::End).await?;
             take(&events, &mut wanted);
-            group *= 8;
         }
         // Before the index, newest first, in groups of 1, 8, 64... sources, stopping once
         // every version is found: a stale patch's base is most often recent, and every history
@@ -313,12 +313,13 @@ impl Log {
         // as the log aged (`make sustained`, 2026-12-02). A version whose seq is known is read
         // by its seq; the others by reading the group's events of the user.
         if indexed_after > 0 && !wanted.is_empty() {
-            let mut sources =
+            let sources =
                 segment_sources(&self.store, shard, state, (1..=indexed_after).collect()).await?;
             let relocate = by_view(self.store.clone(), shard, state.clone());
-            let mut group = 1usize;
-            while !wanted.is_empty() && !sources.is_empty() {
-                let newest = sources.split_off(sources.len() - group.min(sources.len()));
+            for newest in NewestFirst::new(sources, 1) {
+                if wanted.is_empty() {
+                    break;
+                }
                 // The user's events of the group when a version without a known seq is still
                 // wanted (they hold the ones sought by seq too); else only the rows of the seqs.
                 let events = if unsought(&wanted, &by_seq) {
@@ -347,7 +348,6 @@ impl Log {
                     by_seq.remove(&e.seq);
                 }
                 take(&events, &mut wanted);
-                group = group.saturating_mul(8);
             }
         }
         Ok(found)
