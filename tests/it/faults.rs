@@ -630,6 +630,45 @@ async fn shards_take_turns_at_upkeep() {
     }
 }
 
+/// Upkeep works at most its duty of the wall time: after a turn that took t it rests
+/// t * (100 - d) / d with the process's turn held, so another shard's due checkpoint waits the
+/// rest out. At a duty of 10%, a checkpoint held 300 ms is followed by at least 2.7 s of rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeep_rests_after_a_turn_for_its_duty() {
+    let (faulty, store) = faulty();
+    let cfg = LogConfig {
+        upkeep_parallelism: 1,
+        upkeep_duty_percent: 10,
+        // The rest is capped at a tenth of it: 6 s.
+        checkpoint_interval: Duration::from_secs(60),
+        ..checkpointing()
+    };
+    let log = open(store.clone(), 2, cfg).await.expect("open");
+    let [first, second] = a_user_of_each_of_two_shards(&log);
+    let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
+    four_changes(&log, first).await;
+    gate.reached().await;
+    // The second shard is due meanwhile, and waits for the turn.
+    four_changes(&log, second).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.release();
+    until_checkpointed(&log, 0, None).await;
+    let landed = std::time::Instant::now();
+    until_checkpointed(&log, 1, None).await;
+    let waited = landed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the second shard checkpointed {waited:?} after the first: upkeep did not rest"
+    );
+    let rested =
+        Duration::from_micros(keepsake_log::LogStats::get(&log.stats().upkeep_rest_micros));
+    assert!(
+        rested >= Duration::from_millis(2700),
+        "rested {rested:?} after a turn of 300 ms or more"
+    );
+    log.shutdown().await;
+}
+
 /// A checkpoint and the compaction after it take separate turns, and a due checkpoint goes
 /// first: while one shard's compaction would hang (its history PUT held), the other shard,
 /// due since before the first one's checkpoint landed, still checkpoints (its tail would

@@ -53,6 +53,13 @@ pub struct LogConfig {
     /// gets a share (nice 4 weighs 423 against a push thread's 1,024), as RocksDB lowers its
     /// compaction threads. 0 leaves them as every other thread.
     pub upkeep_nice: u8,
+    /// The share of wall time, in percent (1-100), that the process's upkeep works: after each
+    /// turn (a checkpoint, or a compaction) that took `t`, upkeep rests `t * (100 - d) / d`
+    /// with the turn held (at most a tenth of `checkpoint_interval`; no rest while the shard
+    /// has `checkpoint_every_events` or more events since its checkpoint). A round of upkeep
+    /// then takes longer and takes a smaller share of the cores from pushes at any moment, as
+    /// RocksDB's rate limiter paces compaction. 100: no rest.
+    pub upkeep_duty_percent: u8,
     /// How a checkpoint's parts are sized and when its deltas are merged.
     pub checkpoint_parts: crate::checkpoint::PartsPolicy,
     /// Which older checkpoints to keep after writing a new one.
@@ -84,6 +91,7 @@ impl Default for LogConfig {
             upkeep_tick: Duration::from_millis(500),
             upkeep_parallelism: 1,
             upkeep_nice: 0,
+            upkeep_duty_percent: 100,
             checkpoint_parts: crate::checkpoint::PartsPolicy::default(),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),

@@ -85,6 +85,11 @@ pub struct LogStats {
     ///
     /// [`LogConfig::upkeep_parallelism`]: crate::LogConfig::upkeep_parallelism
     pub upkeep_turn_wait_micros: AtomicU64,
+    /// Time upkeep rested after its turns ([`LogConfig::upkeep_duty_percent`]), in
+    /// microseconds.
+    ///
+    /// [`LogConfig::upkeep_duty_percent`]: crate::LogConfig::upkeep_duty_percent
+    pub upkeep_rest_micros: AtomicU64,
     /// Latency of committed segment PUTs, in milliseconds.
     pub put_latency_ms: AtomicHistogram,
     /// Events per committed segment.
@@ -130,6 +135,7 @@ impl Default for LogStats {
             checkpoint_merges: AtomicU64::new(0),
             checkpoint_micros: AtomicU64::new(0),
             upkeep_turn_wait_micros: AtomicU64::new(0),
+            upkeep_rest_micros: AtomicU64::new(0),
             put_latency_ms: AtomicHistogram::new(MS_BOUNDS),
             batch_events: AtomicHistogram::new(EVENT_BOUNDS),
         }
@@ -184,6 +190,13 @@ impl LogStats {
         if r.merged.is_some() {
             self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn record_upkeep_rest(&self, rested: Duration) {
+        self.upkeep_rest_micros.fetch_add(
+            u64::try_from(rested.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn record_turn_wait(&self, waited: Duration) {

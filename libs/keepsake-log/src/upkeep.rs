@@ -274,10 +274,11 @@ pub(crate) async fn checkpointer(
         };
         upkeep.stats.record_turn_wait(asked.elapsed());
         let mut held = upkeep.maintenance.lock().await;
+        let began = tokio::time::Instant::now();
         // Asked again: the wait may have been long, and a shard handed to another server
         // meanwhile is its job.
         match need(last, to_compact) {
-            None => {}
+            None => continue,
             Some(Need::Checkpoint { .. }) => match upkeep.checkpoint(&mut held).await {
                 Ok(Some(c)) => {
                     last = tokio::time::Instant::now();
@@ -298,7 +299,46 @@ pub(crate) async fn checkpointer(
                 }
             }
         }
+        // Rests with the turn held (the process's upkeep pauses), not the maintenance lock
+        // (an operator's compaction does not wait for it).
+        drop(held);
+        let behind = upkeep
+            .state
+            .read()
+            .is_ok_and(|s| s.events_since_checkpoint >= cfg.checkpoint_every_events);
+        let rest = rest_after(
+            began.elapsed(),
+            cfg.upkeep_duty_percent,
+            cfg.checkpoint_interval / 10,
+            behind,
+        );
+        if !rest.is_zero() {
+            upkeep.stats.record_upkeep_rest(rest);
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
     }
+}
+
+/// How long upkeep rests after a turn that worked `worked`, so that it works `duty_percent`
+/// of the wall time: `worked * (100 - d) / d`, at most `cap`; none when `behind` (a checkpoint
+/// is due by events: catching up comes first). Under an open-loop load each round of
+/// checkpoints and compaction took ~0.75 of a core from pushes for a minute or two and was
+/// the slowest minute of the run (`make sustained`, 2026-12-02, run 14: 0.68 of the median);
+/// resting spreads the same work over more time, as RocksDB's rate limiter paces compaction.
+pub(crate) fn rest_after(
+    worked: std::time::Duration,
+    duty_percent: u8,
+    cap: std::time::Duration,
+    behind: bool,
+) -> std::time::Duration {
+    let d = u32::from(duty_percent.clamp(1, 100));
+    if behind || d == 100 {
+        return std::time::Duration::ZERO;
+    }
+    (worked * (100 - d) / d).min(cap)
 }
 
 /// Deletes the checkpoints of a shard that the retention policy no longer keeps (by the time
@@ -467,7 +507,26 @@ async fn delete_orphan_parts(
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::UpkeepThread;
+    use std::time::Duration;
+
+    use super::{UpkeepThread, rest_after};
+
+    #[test]
+    fn upkeep_rests_for_its_duty_within_the_cap_and_not_when_behind() {
+        let s = Duration::from_secs;
+        let cap = s(30);
+        assert_eq!(rest_after(s(10), 50, cap, false), s(10));
+        assert_eq!(rest_after(s(10), 25, cap, false), s(30));
+        assert_eq!(rest_after(s(4), 80, cap, false), s(1));
+        assert_eq!(rest_after(s(20), 25, cap, false), cap, "capped");
+        assert_eq!(rest_after(s(10), 100, cap, false), Duration::ZERO);
+        assert_eq!(rest_after(s(10), 50, cap, true), Duration::ZERO, "behind");
+        assert_eq!(
+            rest_after(s(1), 0, s(1000), false),
+            s(99),
+            "0 is taken as 1%"
+        );
+    }
 
     fn nice_here() -> i32 {
         rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(-100)

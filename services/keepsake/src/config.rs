@@ -160,6 +160,13 @@ pub struct LogArgs {
     #[arg(long, env = "KEEPSAKE_UPKEEP_NICE", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(0..=19))]
     pub upkeep_nice: u8,
+    /// The share of wall time, in percent, that checkpoints and compaction work: after each
+    /// turn that took t, upkeep rests t * (100 - d) / d (at most a tenth of the checkpoint
+    /// interval; not while a checkpoint is due by events). Lower: shallower dips in pushes
+    /// during a round of upkeep, and longer rounds. 100: no rest.
+    #[arg(long, env = "KEEPSAKE_UPKEEP_DUTY_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub upkeep_duty_percent: u8,
 }
 
 impl LogArgs {
@@ -191,6 +198,7 @@ impl LogArgs {
             },
             store,
             upkeep_nice: self.upkeep_nice,
+            upkeep_duty_percent: self.upkeep_duty_percent,
             ..LogConfig::default()
         }
     }

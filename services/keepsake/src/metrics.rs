@@ -481,6 +481,11 @@ pub fn text(
                 &s.upkeep_turn_wait_micros,
             ),
             (
+                "keepsake_upkeep_rest_microseconds",
+                "Time upkeep rested after its turns, so that it works at most its duty of the wall time",
+                &s.upkeep_rest_micros,
+            ),
+            (
                 "keepsake_checkpoint_merges",
                 "Checkpoints that merged their deltas (into one, or into the base)",
                 &s.checkpoint_merges,
