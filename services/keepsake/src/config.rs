@@ -543,6 +543,8 @@ mod tests {
             (&["--compaction-max-events", "0"], "--compaction-max-events"),
             (&["--upkeep-nice", "20"], "--upkeep-nice"),
             (&["--upkeep-nice=-1"], "--upkeep-nice"),
+            (&["--upkeep-duty-percent", "0"], "--upkeep-duty-percent"),
+            (&["--upkeep-duty-percent", "101"], "--upkeep-duty-percent"),
             (
                 &["--revocation-refresh-secs", "0"],
                 "--revocation-refresh-secs",
