@@ -55,10 +55,10 @@ pub struct LogConfig {
     pub upkeep_nice: u8,
     /// The share of wall time, in percent (1-100), that the process's upkeep works: after each
     /// turn (a checkpoint, or a compaction) that took `t`, upkeep rests `t * (100 - d) / d`
-    /// with the turn held (at most a tenth of `checkpoint_interval`; no rest while the shard
-    /// has `checkpoint_every_events` or more events since its checkpoint). A round of upkeep
+    /// with the turn held (at most a tenth of `checkpoint_interval`). A round of upkeep
     /// then takes longer and takes a smaller share of the cores from pushes at any moment, as
-    /// RocksDB's rate limiter paces compaction. 100: no rest.
+    /// RocksDB's rate limiter paces compaction. The rest ends early once any shard of the
+    /// process has `checkpoint_every_events` or more since its checkpoint. 100 (or 0): no rest.
     pub upkeep_duty_percent: u8,
     /// How a checkpoint's parts are sized and when its deltas are merged.
     pub checkpoint_parts: crate::checkpoint::PartsPolicy,

@@ -56,8 +56,9 @@ impl Log {
         }
     }
 
-    /// One user's events, oldest first, up to a moment: the segments up to the newest checkpoint
-    /// (pruned by their statistics), then only the tail segments the index says hold the user.
+    /// One user's events, oldest first, up to a moment: the segments before the view's index
+    /// (pruned by their statistics), then only those the index says hold the user
+    /// ([`ReadPlan::numbers`]).
     /// What the audit and item history read. Holds everything any process committed up to the
     /// moment before the call ([`Log::settle`]).
     pub async fn user_events(&self, user: &UserId, up_to: UpTo) -> Result<Vec<Event>, LogError> {

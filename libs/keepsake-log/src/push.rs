@@ -236,7 +236,8 @@ impl Log {
     /// Documents of committed versions of a user's items (`None` for a tombstone). Versions not
     /// found are absent.
     ///
-    /// A version whose seq the view's index covers (after the checkpoint before the newest) is
+    /// A version whose seq the view's index covers (after the checkpoint before the newest, or
+    /// the one recovery started from: [`crate::ShardState::indexed_after`]) is
     /// read from the one segment that holds it. An older one, whose seq is known, is found by
     /// its seq in the segments before the index (key columns first, then that one row:
     /// [`reader::read_user_seqs`]). A version whose seq is not known (older than the change

@@ -137,6 +137,20 @@ impl Turns {
     }
 
     /// Shards waiting for a turn now.
+    /// The most events since its checkpoint of any shard waiting for a turn with a checkpoint
+    /// due (0: none): a resting upkeep stops resting for a shard that has fallen behind.
+    pub(crate) fn most_events_waiting(&self) -> u64 {
+        self.lock()
+            .waiting
+            .values()
+            .map(|n| match n {
+                Need::Checkpoint { events } => *events,
+                Need::Compaction => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.lock().waiting.len()

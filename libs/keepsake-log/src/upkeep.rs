@@ -300,31 +300,51 @@ pub(crate) async fn checkpointer(
             }
         }
         // Rests with the turn held (the process's upkeep pauses), not the maintenance lock
-        // (an operator's compaction does not wait for it).
+        // (an operator's compaction does not wait for it). Looked at again every tick: the
+        // rest ends early once any shard of the process has fallen behind (a checkpoint's worth
+        // of events since its own, this one or one waiting for the turn), or once this shard
+        // is another server's.
         drop(held);
-        let behind = upkeep
-            .state
-            .read()
-            .is_ok_and(|s| s.events_since_checkpoint >= cfg.checkpoint_every_events);
+        let behind = || {
+            upkeep
+                .state
+                .read()
+                .is_ok_and(|s| s.events_since_checkpoint >= cfg.checkpoint_every_events)
+                || turns.most_events_waiting() >= cfg.checkpoint_every_events
+                || upkeep.gate.held().is_none()
+        };
         let rest = rest_after(
             began.elapsed(),
             cfg.upkeep_duty_percent,
             cfg.checkpoint_interval / 10,
-            behind,
+            behind(),
         );
-        if !rest.is_zero() {
-            upkeep.stats.record_upkeep_rest(rest);
-            tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
-                _ = stop.wait_for(|s| *s) => break,
+        let resting = tokio::time::Instant::now();
+        let until = resting + rest;
+        let mut stopped = false;
+        while !rest.is_zero() && !behind() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
             }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(cfg.upkeep_tick)) => {}
+                _ = stop.wait_for(|s| *s) => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        upkeep.stats.record_upkeep_rest(resting.elapsed());
+        if stopped {
+            break;
         }
     }
 }
 
 /// How long upkeep rests after a turn that worked `worked`, so that it works `duty_percent`
 /// of the wall time: `worked * (100 - d) / d`, at most `cap`; none when `behind` (a checkpoint
-/// is due by events: catching up comes first). Under an open-loop load each round of
+/// is due by events: catching up comes first), or at a duty of 0 or 100 (no pacing). Under an open-loop load each round of
 /// checkpoints and compaction took ~0.75 of a core from pushes for a minute or two and was
 /// the slowest minute of the run (`make sustained`, 2026-12-02, run 14: 0.68 of the median);
 /// resting spreads the same work over more time, as RocksDB's rate limiter paces compaction.
@@ -334,8 +354,8 @@ pub(crate) fn rest_after(
     cap: std::time::Duration,
     behind: bool,
 ) -> std::time::Duration {
-    let d = u32::from(duty_percent.clamp(1, 100));
-    if behind || d == 100 {
+    let d = u32::from(duty_percent);
+    if behind || d == 0 || d >= 100 {
         return std::time::Duration::ZERO;
     }
     (worked * (100 - d) / d).min(cap)
@@ -522,10 +542,11 @@ mod tests {
         assert_eq!(rest_after(s(10), 100, cap, false), Duration::ZERO);
         assert_eq!(rest_after(s(10), 50, cap, true), Duration::ZERO, "behind");
         assert_eq!(
-            rest_after(s(1), 0, s(1000), false),
-            s(99),
-            "0 is taken as 1%"
+            rest_after(s(1), 0, cap, false),
+            Duration::ZERO,
+            "0: no pacing"
         );
+        assert_eq!(rest_after(s(1), 1, s(1000), false), s(99));
     }
 
     fn nice_here() -> i32 {

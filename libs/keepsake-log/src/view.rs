@@ -103,10 +103,11 @@ pub struct ShardState {
     /// Users evicted.
     pub evictions: u64,
     /// For each user, the segments that hold their events, with the user's first seq in each
-    /// (ascending in both), for every segment after the previous checkpoint (one generation
-    /// back, so that a version from just before the newest checkpoint is still found by its
-    /// seq in one segment): loading a user reads only those after the newest checkpoint, not
-    /// every segment of the tail.
+    /// (ascending in both), for every segment after `indexed_after` (the previous checkpoint:
+    /// one generation back, so that a version from just before the newest checkpoint is still
+    /// found by its seq in one segment; after a restart, the checkpoint recovery started
+    /// from): loading a user reads only those after the newest checkpoint, not every segment
+    /// of the tail, and reads of a user's history only the user's of the generation before.
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
@@ -266,7 +267,8 @@ impl ShardState {
         }
     }
 
-    /// The segments in `from..=to` that hold the user's events (after the newest checkpoint).
+    /// The segments in `from..=to` that hold the user's events (`from` after `indexed_after`:
+    /// the index covers nothing before).
     pub fn segments_of(&self, user: &UserId, from: u64, to: u64) -> Vec<u64> {
         self.tail_index
             .get(user)

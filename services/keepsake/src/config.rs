@@ -162,7 +162,7 @@ pub struct LogArgs {
     pub upkeep_nice: u8,
     /// The share of wall time, in percent, that checkpoints and compaction work: after each
     /// turn that took t, upkeep rests t * (100 - d) / d (at most a tenth of the checkpoint
-    /// interval; not while a checkpoint is due by events). Lower: shallower dips in pushes
+    /// interval; ended early once any shard has a checkpoint's worth of events since its own). Lower: shallower dips in pushes
     /// during a round of upkeep, and longer rounds. 100: no rest.
     #[arg(long, env = "KEEPSAKE_UPKEEP_DUTY_PERCENT", default_value_t = 50,
           value_parser = clap::value_parser!(u8).range(1..=100))]
