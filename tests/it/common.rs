@@ -113,6 +113,17 @@ pub async fn push(
     log.push(push_of(user_id, changes)).await
 }
 
+/// The document of the user's item as the log's view holds it now (`None`: no such item, or
+/// a tombstone).
+pub async fn document_of(log: &Log, user: UserId, item: ItemId) -> Option<String> {
+    log.user(&user, |s| {
+        keepsake_model::StateRead::item(s, &item)
+            .and_then(|i| i.document.as_ref().map(|d| d.as_str().to_string()))
+    })
+    .await
+    .expect("user")
+}
+
 /// Pushes the way a device does: a retryable error (fenced, unavailable, overloaded) is sent
 /// again, a bounded number of times. Returns the answer and the user's last seq just before the
 /// attempt that was answered.

@@ -647,12 +647,8 @@ async fn a_stale_patch_finds_its_base_in_a_history_object() {
         matches!(merged.outcomes[0], keepsake_model::Outcome::Applied(c) if c.version == 3),
         "{merged:?}"
     );
-    let doc = log
-        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
-        .await
-        .expect("user");
     assert_eq!(
-        doc.map(|d| d.as_str().to_string()).as_deref(),
+        document_of(&log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
     assert_eq!(
@@ -811,12 +807,8 @@ async fn a_stale_patch_reads_the_newest_history_objects_first() {
         matches!(merged.outcomes[0], keepsake_model::Outcome::Applied(c) if c.version == 3),
         "{merged:?}"
     );
-    let doc = log
-        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
-        .await
-        .expect("user");
     assert_eq!(
-        doc.map(|d| d.as_str().to_string()).as_deref(),
+        document_of(&log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
     let touched = read

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keepsake_log::{CompactionPolicy, LogConfig, LogStats};
-use keepsake_model::{ChangeBody, ItemId, Kind, Outcome, StateRead};
+use keepsake_model::{ChangeBody, ItemId, Kind, Outcome};
 use keepsake_store::faults::FaultyStore;
 use keepsake_store::keys;
 use object_store::ObjectStore;
@@ -87,12 +87,8 @@ async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_u
         LogStats::get(&log.stats().ancestor_reads) >= 1,
         "the base was read from the log"
     );
-    let doc = log
-        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
-        .await
-        .expect("user");
     assert_eq!(
-        doc.map(|d| d.as_str().to_string()).as_deref(),
+        document_of(&log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
     let read: Vec<u64> = (3..=c)

@@ -447,12 +447,8 @@ async fn stale_patch_merges_using_the_ancestor_from_the_log() {
         .await
         .expect("conflict");
     assert!(matches!(&refused.outcomes[0], Outcome::Conflict(cur) if cur.version == 3));
-    let doc = log
-        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
-        .await
-        .expect("user");
     assert_eq!(
-        doc.map(|d| d.as_str().to_string()).as_deref(),
+        document_of(&log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
     // A retry of the merged patch is a duplicate, and needs no ancestor.
@@ -509,12 +505,8 @@ async fn stale_patch_finds_an_ancestor_from_before_the_newest_checkpoint() {
         matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
         "{merged:?}"
     );
-    let doc = log
-        .user(&u, |s| s.item(&it).and_then(|i| i.document.clone()))
-        .await
-        .expect("user");
     assert_eq!(
-        doc.map(|d| d.as_str().to_string()).as_deref(),
+        document_of(&log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
     assert_eq!(LogStats::get(&log.stats().writer_ancestor_reads), 0);
