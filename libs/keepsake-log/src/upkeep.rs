@@ -344,8 +344,8 @@ pub(crate) async fn checkpointer(
 
 /// How long upkeep rests after a turn that worked `worked`, so that it works `duty_percent`
 /// of the wall time: `worked * (100 - d) / d`, at most `cap`; none when `behind` (a checkpoint
-/// is due by events: catching up comes first), or at a duty of 0 or 100 (no pacing). Under an open-loop load each round of
-/// checkpoints and compaction took ~0.75 of a core from pushes for a minute or two and was
+/// is due by events: catching up comes first), or at a duty of 0 or 100 (no pacing). Under an
+/// open-loop load each round of checkpoints and compaction took ~0.75 of a core from pushes for a minute or two and was
 /// the slowest minute of the run (`make sustained`, 2026-12-02, run 14: 0.68 of the median);
 /// resting spreads the same work over more time, as RocksDB's rate limiter paces compaction.
 pub(crate) fn rest_after(
@@ -358,7 +358,9 @@ pub(crate) fn rest_after(
     if behind || d == 0 || d >= 100 {
         return std::time::Duration::ZERO;
     }
-    (worked * (100 - d) / d).min(cap)
+    worked
+        .checked_mul(100 - d)
+        .map_or(cap, |w| (w / d).min(cap))
 }
 
 /// Deletes the checkpoints of a shard that the retention policy no longer keeps (by the time
@@ -547,6 +549,11 @@ mod tests {
             "0: no pacing"
         );
         assert_eq!(rest_after(s(1), 1, s(1000), false), s(99));
+        assert_eq!(
+            rest_after(Duration::MAX, 50, cap, false),
+            cap,
+            "no overflow"
+        );
     }
 
     fn nice_here() -> i32 {
