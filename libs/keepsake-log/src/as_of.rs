@@ -4,16 +4,17 @@
 //! moment; equal to a replay from the first event (tested).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use keepsake_model::{StateRead, UserId, UserState};
 use object_store::ObjectStore;
 
 use crate::load::{by_view, segment_sources};
 use crate::{
-    Log, LogError, UpTo, list_checkpoints, open_checkpoint, poisoned, read_segment_meta, reader,
-    scan_shard,
+    Log, LogError, ShardState, UpTo, list_checkpoints, open_checkpoint, poisoned,
+    read_segment_meta, reader, scan_shard,
 };
 
 impl Log {
@@ -111,11 +112,11 @@ impl Log {
         let head = self.head(shard);
         let store = &self.store;
         let mut base = None;
-        let mut candidates = Candidates::list(store, shard, head, at).await?;
+        let view = &self.shards[shard as usize].state;
+        let mut candidates = Candidates::list(store, view, shard, head, at).await?;
         while let Some(c) = candidates.next().await? {
             // Through the view: its checkpoint's manifest and the parts' footers are read once,
             // not at every as-of read.
-            let view = &self.shards[shard as usize].state;
             let read =
                 crate::load::user_in_checkpoint(store, shard, view, c, *user, with_changes).await;
             let state = match read {
@@ -199,7 +200,8 @@ impl Log {
     ) -> Result<HashMap<UserId, UserState>, LogError> {
         let head = self.head(shard);
         let at = UpTo::Time(t);
-        let mut candidates = Candidates::list(&self.store, shard, head, at).await?;
+        let view = &self.shards[shard as usize].state;
+        let mut candidates = Candidates::list(&self.store, view, shard, head, at).await?;
         let mut out = HashMap::with_capacity(users.len());
         let mut rest: Vec<UserId> = users.iter().copied().collect();
         while !rest.is_empty() {
@@ -319,6 +321,8 @@ fn fits(state: &UserState, at: UpTo) -> bool {
 /// fitting means reading from segment 1. The one place that picks a checkpoint for a moment.
 struct Candidates<'a> {
     store: &'a Arc<dyn ObjectStore>,
+    /// Keeps the times of checkpoints' segments across reads.
+    view: &'a RwLock<ShardState>,
     shard: u32,
     at: UpTo,
     newest_first: std::vec::IntoIter<u64>,
@@ -329,6 +333,7 @@ struct Candidates<'a> {
 impl<'a> Candidates<'a> {
     async fn list(
         store: &'a Arc<dyn ObjectStore>,
+        view: &'a RwLock<ShardState>,
         shard: u32,
         head: u64,
         at: UpTo,
@@ -338,6 +343,7 @@ impl<'a> Candidates<'a> {
         listed.reverse();
         Ok(Self {
             store,
+            view,
             shard,
             at,
             newest_first: listed.into_iter(),
@@ -347,19 +353,43 @@ impl<'a> Candidates<'a> {
 
     async fn next(&mut self) -> Result<Option<u64>, LogError> {
         let newest = std::mem::take(&mut self.newest_untried);
-        for c in self.newest_first.by_ref() {
+        while let Some(c) = self.newest_first.next() {
             // The newest is tried whatever its time: its users unchanged since `t` fit (the
             // caller checks each); an older one must fit every user.
             if let UpTo::Time(t) = self.at
                 && !newest
             {
-                let meta = read_segment_meta(self.store.clone(), self.shard, c).await?;
-                if meta.is_none_or(|m| m.last_recorded_at > t) {
+                let Some(recorded) = self.recorded_at(c).await? else {
+                    continue;
+                };
+                if recorded > t {
                     continue;
                 }
             }
             return Ok(Some(c));
         }
         Ok(None)
+    }
+
+    /// `last_recorded_at` of checkpoint `c`'s segment (none: the segment is gone), from the
+    /// view when a read found it before.
+    async fn recorded_at(&self, c: u64) -> Result<Option<DateTime<Utc>>, LogError> {
+        let poisoned = || poisoned(self.shard);
+        if let Some(t) = self
+            .view
+            .read()
+            .map_err(|_| poisoned())?
+            .checkpoint_recorded_at(c)
+        {
+            return Ok(Some(t));
+        }
+        let Some(meta) = read_segment_meta(self.store.clone(), self.shard, c).await? else {
+            return Ok(None);
+        };
+        self.view
+            .write()
+            .map_err(|_| poisoned())?
+            .remember_checkpoint_time(c, meta.last_recorded_at);
+        Ok(Some(meta.last_recorded_at))
     }
 }

@@ -118,9 +118,31 @@ pub struct ShardState {
     /// The shard's history objects that reads may use (verified by this process's compactor,
     /// or found at recovery), ascending by first segment.
     history: Vec<HistoryListed>,
+    /// `last_recorded_at` of checkpoints' segments, as as-of reads found them: a committed
+    /// segment never changes, and once compacted its time is in a history object's footer
+    /// whose sources (tens of thousands after a burst of small pushes) cost more to parse than
+    /// the rest of the read. At most [`CHECKPOINT_TIMES_KEPT`], the newest.
+    checkpoint_times: std::collections::BTreeMap<u64, DateTime<Utc>>,
 }
 
+/// Checkpoints whose segment's time a view keeps (retention keeps one a day for a year, and
+/// more of the last day: the reads of recent moments need the newest).
+pub const CHECKPOINT_TIMES_KEPT: usize = 512;
+
 impl ShardState {
+    /// `last_recorded_at` of checkpoint `c`'s segment, if a read found it before.
+    pub fn checkpoint_recorded_at(&self, c: u64) -> Option<DateTime<Utc>> {
+        self.checkpoint_times.get(&c).copied()
+    }
+
+    /// Keeps `last_recorded_at` of checkpoint `c`'s segment (committed: it never changes).
+    pub fn remember_checkpoint_time(&mut self, c: u64, t: DateTime<Utc>) {
+        self.checkpoint_times.insert(c, t);
+        while self.checkpoint_times.len() > CHECKPOINT_TIMES_KEPT {
+            self.checkpoint_times.pop_first();
+        }
+    }
+
     /// The user's state, if resident (and marks it recently used).
     pub fn get(&self, user: &UserId) -> Option<&UserState> {
         self.touch(user).map(|r| r.state.as_ref())
@@ -487,6 +509,26 @@ impl ShardState {
 mod tests {
     use super::*;
     use keepsake_model::fixtures::history;
+
+    /// The times of checkpoints' segments are kept for the newest [`CHECKPOINT_TIMES_KEPT`]
+    /// checkpoints; an older one is read again.
+    #[test]
+    fn checkpoint_times_are_kept_for_the_newest_checkpoints() {
+        let mut view = ShardState::default();
+        let at = |c: u64| chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(c as i64);
+        let kept = CHECKPOINT_TIMES_KEPT as u64;
+        for c in 1..=kept + 10 {
+            view.remember_checkpoint_time(c * 100, at(c));
+        }
+        assert_eq!(view.checkpoint_recorded_at(100), None);
+        assert_eq!(view.checkpoint_recorded_at(1000), None);
+        assert_eq!(view.checkpoint_recorded_at(1100), Some(at(11)));
+        assert_eq!(
+            view.checkpoint_recorded_at((kept + 10) * 100),
+            Some(at(kept + 10))
+        );
+        assert_eq!(view.checkpoint_recorded_at(150), None);
+    }
 
     /// Segments of 10 events of one user each, then a checkpoint: the index answers which
     /// segment holds a seq, and nothing for a seq the checkpoint covers.
