@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use keepsake_log::{CompactionPolicy, LogConfig, LogStats};
+use keepsake_log::{CompactionPolicy, LogConfig, LogStats, list_layout};
 use keepsake_model::{ChangeBody, ItemId, Kind, Outcome};
 use keepsake_store::faults::FaultyStore;
 use keepsake_store::keys;
@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::common::*;
 
 on_every_backend!(
-    a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments
+    a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments,
+    a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only_the_users_segments
 );
 
 /// The user's two pushes, then 40 other users' (a segment each) and a checkpoint over them;
@@ -99,6 +100,93 @@ async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_u
     assert!(
         read.is_empty(),
         "other users' segments read: {read:?} of 3..={c}"
+    );
+    log.shutdown().await;
+}
+
+/// As above, but two checkpoints after the user's pushes, and compaction (on, as in a server)
+/// not yet run: the generation before the newest checkpoint's previous one is still thousands
+/// of small segments in a server, and stays indexed until compaction has moved them. When a
+/// round of upkeep outlasted the checkpoint interval, the next checkpoint dropped it from the
+/// index and every stale patch and resend searched it segment by segment (`make sustained`,
+/// 2026-12-02, run 16: pushes at a tenth).
+async fn a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only_the_users_segments(
+    backend: keepsake_tests::Backend,
+) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let cfg = LogConfig {
+        checkpoint_every_events: 20,
+        view_memory_bytes: 1,
+        // On, but behind: it never finds enough to do.
+        compaction: CompactionPolicy {
+            enabled: true,
+            min_segments: u64::MAX,
+            max_events: u64::MAX,
+        },
+        ..fast_config()
+    };
+    let log = open(as_store, 1, cfg).await.expect("open");
+    let u = user();
+    let it = ItemId(uuid::Uuid::from_u128(7));
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    let first_change = put(it, json!({"a": 1, "b": 1}));
+    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let Outcome::Applied(original) = first.outcomes[0] else {
+        panic!("{:?}", first.outcomes)
+    };
+    let second = push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    assert_eq!([first.segment, second.segment], [Some(1), Some(2)]);
+    let others = || async {
+        for _ in 0..20 {
+            push(&log, user(), vec![put(item(), json!({}))])
+                .await
+                .expect("another user's push");
+        }
+    };
+    others().await;
+    let c1 = until_checkpointed(&log, 0, None).await;
+    others().await;
+    let c2 = until_checkpointed(&log, 0, Some(c1)).await;
+    assert!(c1 > 10 && c2 > c1, "checkpoints at {c1} and {c2}");
+    assert!(
+        list_layout(ts.store.as_ref(), 0)
+            .await
+            .expect("layout")
+            .history
+            .is_empty(),
+        "nothing compacted"
+    );
+    let watched: Vec<_> = (3..=c2)
+        .map(|n| faulty.count_gets(keys::segment(0, n).as_ref()))
+        .collect();
+
+    let head = log.head(0);
+    let again = push(&log, u, vec![first_change]).await.expect("push again");
+    assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
+    assert_eq!(log.head(0), head, "nothing written");
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    assert_eq!(
+        document_of(&log, u, it).await.as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    let read: Vec<u64> = (3..=c2)
+        .zip(&watched)
+        .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+        .map(|(s, _)| s)
+        .collect();
+    assert!(
+        read.is_empty(),
+        "other users' segments read: {read:?} of 3..={c2}"
     );
     log.shutdown().await;
 }

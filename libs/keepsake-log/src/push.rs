@@ -237,13 +237,14 @@ impl Log {
     /// found are absent.
     ///
     /// A version whose seq the view's index covers (after the checkpoint before the newest, or
-    /// the one recovery started from: [`crate::ShardState::indexed_after`]) is
+    /// the one before it while compaction lags, or the one recovery started from:
+    /// [`crate::ShardState::indexed_after`]) is
     /// read from the one segment that holds it. An older one, whose seq is known, is found by
     /// its seq in the segments before the index (key columns first, then that one row:
     /// [`reader::read_user_seqs`]). A version whose seq is not known (older than the change
     /// ids the state holds exactly: the rest are only in its filter) is searched newest segment
     /// first: the user's segments that the index names (those after the newest checkpoint and
-    /// the generation before it) in groups of 4, 32, 256..., then the segments before the
+    /// the generations before it the index covers) in groups of 4, 32, 256..., then the segments before the
     /// index. Those are searched newest source first too, in groups of 1, 8, 64... segments or
     /// history objects, and the search stops once every version is found.
     async fn find_versions(

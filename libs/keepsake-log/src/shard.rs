@@ -63,6 +63,7 @@ pub async fn recover_shard(
         state.record_history(*h);
     }
     state.recover_from(checkpoint);
+    state.index_until_compacted(cfg.compaction.enabled);
     let mut segments = scan_shard(
         store.clone(),
         shard,

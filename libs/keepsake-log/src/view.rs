@@ -8,7 +8,8 @@
 //!   so staging and applying see the same state.
 //! - The tail index lists, per user, the segments that hold their events, for every segment
 //!   after `indexed_after` (the checkpoint before the newest, or the one recovery started
-//!   from) up to `head`: loads read only those after the newest checkpoint, and every read of a
+//!   from; where compaction runs, the one before that until compaction has moved the older
+//!   generation) up to `head`: loads read only those after the newest checkpoint, and every read of a
 //!   user's history (a stale patch's base, a resent change id, an as-of read) reads, of the
 //!   segments the index covers, only the user's: the segments a checkpoint has just covered
 //!   are not yet compacted, and a newest-first search read each of them.
@@ -40,7 +41,8 @@ struct Resident {
 
 /// What a read of one user up to a moment needs from the view, taken in one snapshot (one
 /// lock): the head it reads to, the checkpoint it starts from, and the segments the index says
-/// hold the user: those after that checkpoint, and those of the generation before it.
+/// hold the user: those after that checkpoint, and those of the generations before it that the
+/// index still covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadPlan {
     /// The last segment the view holds.
@@ -82,8 +84,16 @@ pub struct ShardState {
     /// The newest checkpoint (the segment it includes up to), if any.
     pub checkpoint: Option<u64>,
     /// The tail index covers every segment after this one up to the head: the checkpoint
-    /// before the newest, or the one recovery started from (0: every segment).
+    /// before the newest, or the one recovery started from (0: every segment); with
+    /// [`Self::index_until_compacted`], lower while compaction lags (at most the second
+    /// checkpoint before the newest).
     indexed_after: u64,
+    /// The two checkpoints before the newest this view adopted (older first): the bounds of
+    /// `indexed_after`.
+    before: [Option<u64>; 2],
+    /// Keep indexing a generation a newer checkpoint covered until compaction has moved its
+    /// segments (set when compaction runs in the background).
+    until_compacted: bool,
     /// Events committed since the newest checkpoint (drives the checkpointer).
     pub events_since_checkpoint: u64,
     /// The newest checkpoint as opened for loads (a manifest: where each user's part is), once
@@ -105,9 +115,10 @@ pub struct ShardState {
     /// For each user, the segments that hold their events, with the user's first seq in each
     /// (ascending in both), for every segment after `indexed_after` (the previous checkpoint:
     /// one generation back, so that a version from just before the newest checkpoint is still
-    /// found by its seq in one segment; after a restart, the checkpoint recovery started
-    /// from): loading a user reads only those after the newest checkpoint, not every segment
-    /// of the tail, and reads of a user's history only the user's of the generation before.
+    /// found by its seq in one segment, or two while the older generation is not compacted;
+    /// after a restart, the checkpoint recovery started from): loading a user reads only those
+    /// after the newest checkpoint, not every segment of the tail, and reads of a user's
+    /// history only the user's of the generations before.
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
@@ -217,6 +228,7 @@ impl ShardState {
         self.history
             .retain(|x| !(h.first <= x.first && x.last <= h.last));
         self.record_history(h);
+        self.advance_index();
     }
 
     /// The history objects this view reads from.
@@ -334,7 +346,19 @@ impl ShardState {
         self.checkpoint = c;
         self.head = c.unwrap_or(0);
         self.indexed_after = self.head;
+        self.before = [None, None];
         self.tail_index.clear();
+    }
+
+    /// Keep the index of a generation that a newer checkpoint covered until compaction has
+    /// moved its segments into history objects, not only until the next checkpoint (at most
+    /// two generations before the newest checkpoint). Without it, a checkpoint that came
+    /// before the previous round's compaction left thousands of small segments outside the
+    /// index, searched segment by segment by every stale patch and resend (`make sustained`,
+    /// 2026-12-02, run 16: 130,000-180,000 GETs per 10 s, pushes at a tenth). Only where
+    /// compaction runs: without it nothing would ever let the older generation go.
+    pub fn index_until_compacted(&mut self, on: bool) {
+        self.until_compacted = on;
     }
 
     /// The tail index covers every segment after this one up to the head.
@@ -354,12 +378,46 @@ impl ShardState {
         }
         self.opened = None;
         if let Some(previous) = self.checkpoint.replace(upto) {
-            self.tail_index.retain(|_, segs| {
-                segs.retain(|(n, _)| *n > previous);
-                !segs.is_empty()
-            });
-            self.indexed_after = self.indexed_after.max(previous);
+            self.before = [self.before[1], Some(previous)];
         }
+        self.advance_index();
+    }
+
+    /// The segments before which the index may now forget: the checkpoint before the newest;
+    /// while compaction lags ([`Self::index_until_compacted`]), the end of the segments moved
+    /// into history objects if lower, but never below the second checkpoint before the newest.
+    /// Only forward.
+    fn advance_index(&mut self) {
+        let [older, Some(previous)] = self.before else {
+            return;
+        };
+        let to = if self.until_compacted {
+            previous
+                .min(self.compacted_through())
+                .max(older.unwrap_or(0))
+        } else {
+            previous
+        };
+        if to <= self.indexed_after {
+            return;
+        }
+        self.tail_index.retain(|_, segs| {
+            segs.retain(|(n, _)| *n > to);
+            !segs.is_empty()
+        });
+        self.indexed_after = to;
+    }
+
+    /// Every segment up to this one is in the view's history objects (0: none).
+    fn compacted_through(&self) -> u64 {
+        let mut through = 0;
+        for h in &self.history {
+            if h.first > through + 1 {
+                break;
+            }
+            through = through.max(h.last);
+        }
+        through
     }
 
     /// Puts a loaded user in memory (unless another load got there first).
@@ -600,6 +658,69 @@ mod tests {
             (0, 0),
             "both generations checkpointed"
         );
+    }
+
+    /// Where compaction runs, a generation a newer checkpoint covered stays indexed until its
+    /// segments are in history objects, two generations back at most; without it, one.
+    #[test]
+    fn the_index_keeps_a_generation_until_it_is_compacted() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let events = history(1, 1, 80, start);
+        let user = events[0].user_id;
+        let mut lagging = ShardState::default();
+        lagging.index_until_compacted(true);
+        let mut plain = ShardState::default();
+        for (i, chunk) in events.chunks(10).enumerate() {
+            for view in [&mut lagging, &mut plain] {
+                view.commit_segment(i as u64 + 1, chunk, start, None)
+                    .expect("folds");
+            }
+        }
+        for view in [&mut lagging, &mut plain] {
+            view.checkpointed(2);
+            view.checkpointed(4);
+        }
+        assert_eq!(plain.indexed_after(), 2, "one generation back");
+        assert_eq!(lagging.indexed_after(), 0, "nothing compacted yet");
+        assert_eq!(
+            lagging.read_plan(&user, UpTo::End).earlier,
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(lagging.segment_holding(&user, 5), Some(1));
+        let object = |first, last| HistoryListed {
+            first,
+            last,
+            size: 1,
+        };
+        // Compacted, but not up to the checkpoint before the newest: still indexed after it.
+        lagging.compacted(object(1, 1));
+        assert_eq!(lagging.indexed_after(), 1);
+        assert_eq!(lagging.segment_holding(&user, 5), None, "forgotten");
+        // A third checkpoint: two generations back at most, whatever compaction did.
+        lagging.checkpointed(6);
+        assert_eq!(lagging.indexed_after(), 2);
+        lagging.compacted(object(1, 4));
+        assert_eq!(
+            lagging.indexed_after(),
+            4,
+            "compacted through the previous checkpoint"
+        );
+        assert_eq!(lagging.read_plan(&user, UpTo::End).earlier, vec![5, 6]);
+        // A gap in the history objects: compacted only as far as they run from segment 1.
+        lagging.compacted(object(7, 7));
+        lagging.checkpointed(8);
+        assert_eq!(
+            lagging.indexed_after(),
+            4,
+            "segments 5 and 6 are not compacted"
+        );
+        lagging.compacted(object(5, 6));
+        assert_eq!(lagging.indexed_after(), 6);
+        // Only forward.
+        lagging.recover_from(Some(8));
+        lagging.index_until_compacted(true);
+        lagging.checkpointed(9);
+        assert_eq!(lagging.indexed_after(), 8);
     }
 
     /// The one way the head moves: folded into resident users, indexed, placed, and
