@@ -220,6 +220,7 @@ async fn cost_run(a: CostArgs) -> anyhow::Result<()> {
         seed: a.seed,
         label: "cost".into(),
         timeout: seconds("timeout", 70.0)?,
+        sample_every: None,
     };
     let (url, admin_token) = (cfg.url.clone(), cfg.admin_token.clone());
     let started = std::time::Instant::now();
@@ -378,6 +379,10 @@ struct HttpArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 70.0)]
     timeout: f64,
+    /// Read the server's committed events every this many seconds of the measured time and
+    /// report each interval's rate, and the slowest against the median (`make sustained`).
+    #[arg(long)]
+    sample_every: Option<f64>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "loadgen-report.json")]
     report: PathBuf,
@@ -492,7 +497,14 @@ pub fn main() -> anyhow::Result<()> {
                 seed: a.seed,
                 label: a.label,
                 timeout: seconds("timeout", a.timeout)?,
+                sample_every: a
+                    .sample_every
+                    .map(|s| seconds("sample-every", s))
+                    .transpose()?,
             };
+            if cfg.sample_every.is_some_and(|d| d.is_zero()) {
+                bail!("--sample-every must be more than 0 seconds");
+            }
             if cfg.mix.patch_share + cfg.mix.delete_share > 1.0 {
                 bail!("--patch-share plus --delete-share exceeds 1");
             }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::intervals::{self, Interval};
 use crate::stats::{OpSummary, ServerCounters, ServerSummary, Stats};
 use crate::workload::{Action, Documents, Generator, Mix, Pulled, PushOutcome};
 
@@ -50,6 +51,9 @@ pub struct RunConfig {
     pub label: String,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Read the server's committed events this often during the measured time, for the rate
+    /// of each interval ([`crate::intervals`]).
+    pub sample_every: Option<Duration>,
 }
 
 /// What a run measured; printed as a table and written as JSON.
@@ -102,6 +106,8 @@ pub struct RunReport {
     pub errors: BTreeMap<String, u64>,
     /// The server's own figures from `/metrics`.
     pub server: ServerSummary,
+    /// With `sample_every`: the server's committed events per second in each interval.
+    pub intervals: Vec<Interval>,
 }
 
 impl RunReport {
@@ -173,6 +179,19 @@ impl RunReport {
             "  server: {:.1} segment PUTs/s, {:.0} events/segment, {:.1} bytes/event, {:.0} events committed",
             s.segment_puts_per_s, s.events_per_segment, s.bytes_per_event, s.events_committed
         );
+        if let Some((slowest, median, ratio)) = intervals::slowest_and_median(&self.intervals) {
+            let each: Vec<String> = self
+                .intervals
+                .iter()
+                .map(|i| format!("{:.0}", i.events_per_s))
+                .collect();
+            let _ = writeln!(
+                t,
+                "  server events/s per interval: {}\n  intervals {}: slowest {slowest:.0} events/s, median {median:.0}, slowest / median {ratio:.2}",
+                each.join(" "),
+                self.intervals.len()
+            );
+        }
         t
     }
 }
@@ -510,6 +529,35 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             stats
         }));
     }
+    // The server's committed events on a schedule from the start of the measured time, with
+    // a client of its own (not queued behind the handsets' connections).
+    let sampler = cfg.sample_every.map(|every| {
+        let url = cfg.url.clone();
+        let at = intervals::schedule(cfg.duration, every);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut reads = Vec::with_capacity(at.len());
+            for offset in at {
+                tokio::time::sleep_until((measure_from + offset).into()).await;
+                let asked = Instant::now();
+                let events = match http
+                    .get(format!("{url}/metrics"))
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                {
+                    Ok(r) => r.text().await.ok().and_then(|text| {
+                        crate::stats::metric(&text, "keepsake_segment_events_total")
+                    }),
+                    Err(_) => None,
+                };
+                // The counter was read somewhere between asking and the answer.
+                let when = asked + asked.elapsed() / 2;
+                reads.push((when.saturating_duration_since(measure_from), events));
+            }
+            intervals::rates(&reads)
+        })
+    });
     // Counters at the start of the measured interval, read while the load runs.
     let start_scrape = {
         let (http, url) = (http.clone(), cfg.url.clone());
@@ -540,6 +588,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         queues.clear();
     }
     let start_counters = start_scrape.await.unwrap_or_default();
+    let intervals = match sampler {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     for t in tasks {
         total.merge(t.await.context("a handset task failed")?);
     }
@@ -571,5 +623,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         ops: total.summaries(secs),
         errors: total.errors.clone(),
         server: ServerSummary::between(start_counters, end_counters, secs),
+        intervals,
     })
 }

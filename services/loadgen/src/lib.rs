@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod cli;
 pub mod cost;
 pub mod http;
+pub mod intervals;
 pub mod scale;
 pub mod stats;
 pub mod workload;
