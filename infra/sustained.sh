@@ -82,7 +82,7 @@ prev=$(metric keepsake_segment_events_total)
 prev_t=$start
 for i in $(seq 1 $((SECS / EVERY))); do
     # On a schedule from the start: a pass's reads do not make the next one later.
-    sleep "$(awk -v s="$start" -v i="$i" -v e="$EVERY" -v n="$(now_s)" 'BEGIN { w = s + i * e - n; print (w > 0 ? w : 0) }')"
+    sleep "$(awk -v s="$start" -v i="$i" -v e="$EVERY" -v n="$(now_s)" 'BEGIN { w = s + i * e - n; printf "%.3f", (w > 0 ? w : 0) }')"
     now_t=$(now_s)
     now=$(metric keepsake_segment_events_total)
     rate=$(awk -v a="$prev" -v b="$now" -v s="$prev_t" -v t="$now_t" 'BEGIN { printf "%d", (b - a) / (t - s) }')

@@ -55,7 +55,8 @@ pub struct ReadPlan {
     /// The index covers every segment after this one (0: all of them).
     pub indexed_after: u64,
     /// The segments after `indexed_after` up to the checkpoint that may hold the user's events
-    /// up to the moment (ascending): the generation the checkpoint has just covered.
+    /// up to the moment (ascending): the generation the checkpoint has just covered (and the
+    /// one before it while compaction lags).
     pub earlier: Vec<u64>,
 }
 
@@ -261,7 +262,8 @@ impl ShardState {
     /// The indexes kept beside the users, which stay in memory whoever is resident: (users in
     /// the tail index, approximate bytes of the tail index, the segment sizes and the history
     /// objects). The tail index holds the users written since the checkpoint before the
-    /// newest, so it grows with recent writers, not with every user the shard has.
+    /// newest (the one before that while compaction lags), so it grows with recent writers,
+    /// not with every user the shard has.
     pub fn index_footprint(&self) -> (usize, usize) {
         use std::mem::size_of;
         // Key, value and a hash table's control byte and slack per entry.
@@ -330,7 +332,7 @@ impl ShardState {
     }
 
     /// The segment that holds the user's event `seq`, if the index covers it (the event is
-    /// after the previous checkpoint).
+    /// after `indexed_after`).
     pub fn segment_holding(&self, user: &UserId, seq: u64) -> Option<u64> {
         let segs = self.tail_index.get(user)?;
         // The last segment whose first seq of the user is at most `seq`.
@@ -367,7 +369,8 @@ impl ShardState {
     }
 
     /// A checkpoint now covers segments up to `upto`: the index forgets the segments the
-    /// previous checkpoint covered, keeping one generation for lookups by seq.
+    /// previous checkpoint covered, keeping one generation for lookups by seq (two while
+    /// compaction lags: [`Self::index_until_compacted`]).
     ///
     /// Only forward: a checkpoint written slowly can land after the view adopted a newer one
     /// (another process's retention deleted the view's), and going back to it, with the index

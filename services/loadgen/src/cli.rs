@@ -379,8 +379,9 @@ struct HttpArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 70.0)]
     timeout: f64,
-    /// Read the server's committed events every this many seconds of the measured time and
-    /// report each interval's rate, and the slowest against the median (`make sustained`).
+    /// Read the server's committed events every this many seconds (at least 1) of the measured
+    /// time and report each interval's rate, and the slowest against the median (`make
+    /// sustained`).
     #[arg(long)]
     sample_every: Option<f64>,
     /// Where the JSON report goes.
@@ -502,8 +503,8 @@ pub fn main() -> anyhow::Result<()> {
                     .map(|s| seconds("sample-every", s))
                     .transpose()?,
             };
-            if cfg.sample_every.is_some_and(|d| d.is_zero()) {
-                bail!("--sample-every must be more than 0 seconds");
+            if cfg.sample_every.is_some_and(|d| d < Duration::from_secs(1)) {
+                bail!("--sample-every must be at least 1 second");
             }
             if cfg.mix.patch_share + cfg.mix.delete_share > 1.0 {
                 bail!("--patch-share plus --delete-share exceeds 1");

@@ -531,11 +531,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     }
     // The server's committed events on a schedule from the start of the measured time, with
     // a client of its own (not queued behind the handsets' connections).
+    let sampling = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .build()
+        .context("building the HTTP client")?;
     let sampler = cfg.sample_every.map(|every| {
-        let url = cfg.url.clone();
+        let (url, http) = (cfg.url.clone(), sampling);
         let at = intervals::schedule(cfg.duration, every);
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let mut reads = Vec::with_capacity(at.len());
             for offset in at {
                 tokio::time::sleep_until((measure_from + offset).into()).await;
