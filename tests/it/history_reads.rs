@@ -63,43 +63,15 @@ async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_u
     }
     let c = until_checkpointed(&log, 0, None).await;
     assert!(c > 10, "checkpoint at {c}");
-    let others: Vec<_> = (3..=c)
-        .map(|n| faulty.count_gets(keys::segment(0, n).as_ref()))
-        .collect();
-
-    let head = log.head(0);
-    let again = push(&log, u, vec![first_change]).await.expect("push again");
-    assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
-    assert_eq!(log.head(0), head, "nothing written");
+    answered_from_the_users_segments(&log, &faulty, u, first_change, original, c).await;
     assert_eq!(
         LogStats::get(&log.stats().old_change_reads),
         1,
         "the resend was resolved from the log"
     );
-
-    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
-        .await
-        .expect("v3");
-    assert!(
-        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
-        "{merged:?}"
-    );
     assert!(
         LogStats::get(&log.stats().ancestor_reads) >= 1,
         "the base was read from the log"
-    );
-    assert_eq!(
-        document_of(&log, u, it).await.as_deref(),
-        Some(r#"{"a":2,"b":2}"#)
-    );
-    let read: Vec<u64> = (3..=c)
-        .zip(&others)
-        .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
-        .map(|(s, _)| s)
-        .collect();
-    assert!(
-        read.is_empty(),
-        "other users' segments read: {read:?} of 3..={c}"
     );
     log.shutdown().await;
 }
@@ -162,33 +134,47 @@ async fn a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only
             .is_empty(),
         "nothing compacted"
     );
-    let watched: Vec<_> = (3..=c2)
+    answered_from_the_users_segments(&log, &faulty, u, first_change, original, c2).await;
+    log.shutdown().await;
+}
+
+/// The user (segments 1 and 2: item 7 put as {"a":1,"b":1}, then patched to {"a":2}) resends
+/// its first change and pushes a patch based on version 1: a duplicate with the original
+/// result and nothing written, then version 3 merged; and no segment from 3 to `through` (the
+/// other users') is read for either.
+async fn answered_from_the_users_segments(
+    log: &keepsake_log::Log,
+    faulty: &FaultyStore,
+    u: keepsake_model::UserId,
+    first_change: keepsake_model::Change,
+    original: keepsake_model::ChangeRef,
+    through: u64,
+) {
+    let it = ItemId(uuid::Uuid::from_u128(7));
+    let watched: Vec<_> = (3..=through)
         .map(|n| faulty.count_gets(keys::segment(0, n).as_ref()))
         .collect();
-
     let head = log.head(0);
-    let again = push(&log, u, vec![first_change]).await.expect("push again");
+    let again = push(log, u, vec![first_change]).await.expect("push again");
     assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
     assert_eq!(log.head(0), head, "nothing written");
-    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
-        .await
-        .expect("v3");
+    let patch = change(Kind::Note, it, Some(1), ChangeBody::patch(json!({"b": 2})));
+    let merged = push(log, u, vec![patch]).await.expect("v3");
     assert!(
         matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
         "{merged:?}"
     );
     assert_eq!(
-        document_of(&log, u, it).await.as_deref(),
+        document_of(log, u, it).await.as_deref(),
         Some(r#"{"a":2,"b":2}"#)
     );
-    let read: Vec<u64> = (3..=c2)
+    let read: Vec<u64> = (3..=through)
         .zip(&watched)
         .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
         .map(|(s, _)| s)
         .collect();
     assert!(
         read.is_empty(),
-        "other users' segments read: {read:?} of 3..={c2}"
+        "other users' segments read: {read:?} of 3..={through}"
     );
-    log.shutdown().await;
 }
