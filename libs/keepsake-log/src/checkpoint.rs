@@ -4,7 +4,9 @@
 //!
 //! - From a manifest: only the users in segments `prev + 1..=n` are read (each from the part the
 //!   previous manifest places it in, one user's pages), folded with `apply`, and written as one
-//!   new delta part; every other part is named again, never copied.
+//!   new delta part; every other part is named again, never copied. Parts are read at once (not
+//!   one after another: at a million users a checkpoint meets a few users in each of hundreds),
+//!   through the view's footers when the upkeep writes it ([`write_checkpoint_sharing`]).
 //! - Deltas are merged in the same pass, size-tiered like a binary counter: the newest deltas
 //!   join the new one while each is no larger than what is merged so far (and as many more as
 //!   keep them within `max_deltas`), so their sizes double from newest to oldest and a changed
@@ -26,7 +28,7 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use keepsake_model::{IdMap, StateRead, UserId, UserState};
 use keepsake_segment::{BasePart, DeltaPart, Manifest, NIL_USER, PartRef};
 use keepsake_store::keys;
@@ -34,7 +36,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
 use crate::reader::{
-    Checkpoint, WholeParts, checkpoint_exists, open_checkpoint, read_base_part, read_delta_part,
+    Checkpoint, Footers, WholeParts, checkpoint_exists, open_checkpoint, read_base_part,
+    read_delta_part,
 };
 use crate::{LogError, list_checkpoints, scan_shard_upto};
 
@@ -111,6 +114,20 @@ pub async fn write_checkpoint_with(
     concurrency: usize,
     policy: &PartsPolicy,
 ) -> Result<CheckpointReport, LogError> {
+    write_checkpoint_sharing(store, shard, prev, n, concurrency, policy, None).await
+}
+
+/// [`write_checkpoint_with`] reading parts' pages through `footers` (a view's, so that the
+/// footers its loads read serve the checkpoint, and the other way round).
+pub async fn write_checkpoint_sharing(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    prev: Option<u64>,
+    n: u64,
+    concurrency: usize,
+    policy: &PartsPolicy,
+    footers: Option<Arc<Footers>>,
+) -> Result<CheckpointReport, LogError> {
     // The previous checkpoint may be gone (another process's retention deleted it): then the
     // newest one left at or below `n`, or the log from its start.
     let prev = match prev {
@@ -124,14 +141,15 @@ pub async fn write_checkpoint_with(
         }
         other => other,
     };
-    match write_from(store, shard, prev, n, concurrency, policy).await {
+    let from = |prev| write_from(store, shard, prev, n, concurrency, policy, footers.clone());
+    match from(prev).await {
         // The previous checkpoint is there but unusable (a part it names is missing, or does
         // not decode): it is derived, so this one is folded from the log's start instead.
         Err(LogError::Corrupt {
             segment, detail, ..
         }) if Some(segment) == prev => {
             warn!(shard, checkpoint = segment, %detail, "the previous checkpoint is unusable; folding from the first segment");
-            write_from(store, shard, None, n, concurrency, policy).await
+            from(None).await
         }
         other => other,
     }
@@ -145,6 +163,7 @@ async fn write_from(
     n: u64,
     concurrency: usize,
     policy: &PartsPolicy,
+    footers: Option<Arc<Footers>>,
 ) -> Result<CheckpointReport, LogError> {
     let base = match prev {
         Some(c) => Some(open_checkpoint(store.as_ref(), shard, c).await?),
@@ -156,6 +175,8 @@ async fn write_from(
         n,
         report: CheckpointReport::default(),
         policy: *policy,
+        footers,
+        concurrency,
     };
     let manifest = match base {
         Some(Checkpoint::Parts(m)) => {
@@ -224,6 +245,9 @@ struct Writer {
     n: u64,
     report: CheckpointReport,
     policy: PartsPolicy,
+    footers: Option<Arc<Footers>>,
+    /// Reads (and HEADs) at once.
+    concurrency: usize,
 }
 
 impl Writer {
@@ -341,7 +365,7 @@ impl Writer {
     ) -> Result<(IdMap<UserId, UserState>, u64, WholeParts), LogError> {
         let ck = Checkpoint::Parts(m.clone());
         let new_users = std::sync::atomic::AtomicU64::new(0);
-        let whole = tokio::sync::Mutex::new(WholeParts::default());
+        let whole = tokio::sync::Mutex::new(WholeParts::sharing(self.footers.clone()));
         let prior = |unseen: Vec<UserId>, (done, total): (u64, u64)| {
             let (ck, store, new_users, whole) = (&ck, &self.store, &new_users, &whole);
             async move {
@@ -503,14 +527,22 @@ impl Writer {
 
     /// The first part `m` names that is not in the store, if any.
     async fn first_missing(&self, m: &Manifest) -> Result<Option<PartRef>, LogError> {
-        for p in m.parts() {
-            match self
-                .store
-                .head(&keys::part(self.shard, p.written_by, p.digest))
-                .await
-            {
+        // HEADs at once, in order: a shard of a million users' worth of parts names hundreds,
+        // and one after another they cost a round trip each (on S3, tens of milliseconds).
+        let heads = m.parts().map(|p| {
+            let (store, p, path) = (
+                self.store.clone(),
+                *p,
+                keys::part(self.shard, p.written_by, p.digest),
+            );
+            async move { (p, store.head(&path).await) }
+        });
+        let mut heads =
+            futures::stream::iter(heads.collect::<Vec<_>>()).buffered(self.concurrency.max(1));
+        while let Some((p, head)) = heads.next().await {
+            match head {
                 Ok(_) => {}
-                Err(object_store::Error::NotFound { .. }) => return Ok(Some(*p)),
+                Err(object_store::Error::NotFound { .. }) => return Ok(Some(p)),
                 Err(e) => {
                     return Err(LogError::Store {
                         context: format!("check the parts of checkpoint {}", m.segment),

@@ -45,7 +45,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
-pub use checkpoint::{CheckpointReport, PartsPolicy, write_checkpoint, write_checkpoint_with};
+pub use checkpoint::{
+    CheckpointReport, PartsPolicy, write_checkpoint, write_checkpoint_sharing,
+    write_checkpoint_with,
+};
 pub use compact::{CompactionPolicy, CompactionReport, compact_shard};
 pub use config::LogConfig;
 pub use error::LogError;

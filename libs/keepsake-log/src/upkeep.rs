@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::turns::{Need, Turns};
 use crate::{
     Checkpoint, LogConfig, LogError, LogStats, ShardState, compact, compact_shard,
-    list_checkpoint_objects, poisoned, retention, write_checkpoint_with,
+    list_checkpoint_objects, poisoned, retention, write_checkpoint_sharing,
 };
 
 /// The thread a process's upkeep runs on: a runtime of its own, so that the operating system
@@ -162,10 +162,13 @@ impl Upkeep {
     /// retention policy. Returns the newest checkpoint (`None`: the log is empty).
     pub(crate) async fn checkpoint(&self, named: &mut NamedParts) -> Result<Option<u64>, LogError> {
         let shard = self.shard;
-        let (head, prev, since) = self
+        let (head, prev, since, footers) = self
             .state
             .read()
-            .map(|s| (s.head, s.checkpoint, s.events_since_checkpoint))
+            .map(|s| {
+                let f = s.footers.clone();
+                (s.head, s.checkpoint, s.events_since_checkpoint, f)
+            })
             .map_err(|_| poisoned(shard))?;
         if head == 0 || prev == Some(head) {
             return Ok(prev);
@@ -173,13 +176,14 @@ impl Upkeep {
         let started = tokio::time::Instant::now();
         let report = with_cause(
             Cause::Checkpoint,
-            write_checkpoint_with(
+            write_checkpoint_sharing(
                 &self.store,
                 shard,
                 prev,
                 head,
                 self.cfg.read_concurrency,
                 &self.cfg.checkpoint_parts,
+                Some(footers),
             ),
         )
         .await?;

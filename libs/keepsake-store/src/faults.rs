@@ -112,7 +112,8 @@ impl Gate {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     rules: Arc<Mutex<Vec<Rule>>>,
-    holds: Mutex<Vec<(FaultOp, String, Gate)>>,
+    /// (operation, a part of the path, whether HEADs pass by, the gate).
+    holds: Mutex<Vec<(FaultOp, String, bool, Gate)>>,
     puts: AtomicU64,
     gets: AtomicU64,
     injected: Arc<AtomicU64>,
@@ -161,19 +162,28 @@ impl FaultyStore {
     /// Holds the next operation `op` on a path containing `path_contains` (PUT or GET) until
     /// the returned gate is released; then it proceeds (and meets any fault rule) as usual.
     pub fn hold(&self, op: FaultOp, path_contains: &str) -> Gate {
+        self.hold_where(op, path_contains, false)
+    }
+
+    /// Holds the next read (a GET that is not a HEAD) of a path containing `path_contains`.
+    pub fn hold_read(&self, path_contains: &str) -> Gate {
+        self.hold_where(FaultOp::Get, path_contains, true)
+    }
+
+    fn hold_where(&self, op: FaultOp, path_contains: &str, reads_only: bool) -> Gate {
         let gate = Gate::new();
         if let Ok(mut holds) = self.holds.lock() {
-            holds.push((op, path_contains.to_string(), gate.clone()));
+            holds.push((op, path_contains.to_string(), reads_only, gate.clone()));
         }
         gate
     }
 
-    async fn wait_if_held(&self, op: FaultOp, path: &Path) {
+    async fn wait_if_held(&self, op: FaultOp, path: &Path, head: bool) {
         let gate = self.holds.lock().ok().and_then(|mut holds| {
-            let i = holds
-                .iter()
-                .position(|(o, p, _)| *o == op && path.as_ref().contains(p.as_str()))?;
-            Some(holds.remove(i).2)
+            let i = holds.iter().position(|(o, p, reads_only, _)| {
+                *o == op && path.as_ref().contains(p.as_str()) && !(head && *reads_only)
+            })?;
+            Some(holds.remove(i).3)
         });
         if let Some(gate) = gate {
             gate.pass().await;
@@ -272,7 +282,7 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.puts.fetch_add(1, Ordering::Relaxed);
-        self.wait_if_held(FaultOp::Put, location).await;
+        self.wait_if_held(FaultOp::Put, location, false).await;
         match self.take(FaultOp::Put, location) {
             Some(Fault::Fail | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("put", location))
@@ -310,7 +320,8 @@ impl ObjectStore for FaultyStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.count_get(location, options.range.is_none() && !options.head);
-        self.wait_if_held(FaultOp::Get, location).await;
+        self.wait_if_held(FaultOp::Get, location, options.head)
+            .await;
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))
@@ -325,6 +336,7 @@ impl ObjectStore for FaultyStore {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.count_get(location, false);
+        self.wait_if_held(FaultOp::Get, location, false).await;
         match self.take(FaultOp::Get, location) {
             Some(Fault::Fail | Fault::FailAfter | Fault::OmitLast | Fault::OmitHistory) => {
                 Err(injected("get", location))

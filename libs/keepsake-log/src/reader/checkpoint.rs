@@ -183,16 +183,7 @@ impl Checkpoint {
                 let state = match footers {
                     None => read.user(store, user, with_changes).await?,
                     Some(f) => {
-                        let key = (part.written_by, part.digest);
-                        let meta = match f.get(key) {
-                            Some(meta) => meta,
-                            None => {
-                                let got = read.metadata(store.clone()).await;
-                                let meta = Arc::new(read.told_apart(store.as_ref(), got).await?);
-                                f.put(key, meta.clone());
-                                meta
-                            }
-                        };
+                        let meta = read.footer(&store, Some(f), part).await?;
                         let got = read
                             .user_rows(store.clone(), &meta, user, with_changes)
                             .await;
@@ -243,8 +234,12 @@ impl Checkpoint {
                 None => out.push((u, UserState::default())),
             }
         }
+        // Parts read whole go one at a time (each holds a part's users until they are given
+        // out); the others are read at once, part by part concurrently: a checkpoint at a
+        // million users meets a few changed users in each of hundreds of parts, and a footer
+        // and a few pages each, one part after another, made its time grow with the parts.
+        let mut by_pages = Vec::new();
         for (part, us) in by_part.into_values() {
-            let read = ObjectRead::part(m, &part);
             let delta = m.deltas.iter().find(|d| d.part == part);
             let key = (part.written_by, part.digest);
             // Many of a part's users, now or over the asking fold: one read of the whole part
@@ -270,29 +265,37 @@ impl Checkpoint {
                 }
                 continue;
             }
-            let delta = delta.is_some();
-            let meta = read
-                .told_apart(store.as_ref(), read.metadata(store.clone()).await)
-                .await?;
-            let states: Vec<(UserId, UserState)> = futures::stream::iter(us)
-                .map(|u| {
-                    let (store, read, meta) = (store.clone(), &read, &meta);
-                    async move {
-                        let got = read.user_rows(store.clone(), meta, u, true).await;
-                        let state = read.told_apart(store.as_ref(), got).await?;
-                        if delta && state.last_seq() == 0 {
-                            return Err(LogError::corrupt(
-                                m.shard,
-                                m.segment,
-                                format!("a delta part lists user {u} but holds no rows of it"),
-                            ));
+            by_pages.push((part, us, delta.is_some()));
+        }
+        let footers = read_whole.footers.clone();
+        let read_parts = by_pages.into_iter().map(|(part, us, delta)| {
+            let (store, footers) = (store.clone(), footers.clone());
+            async move {
+                let read = ObjectRead::part(m, &part);
+                let meta = read.footer(&store, footers.as_deref(), &part).await?;
+                futures::stream::iter(us)
+                    .map(|u| {
+                        let (store, read, meta) = (store.clone(), &read, &meta);
+                        async move {
+                            let got = read.user_rows(store.clone(), meta, u, true).await;
+                            let state = read.told_apart(store.as_ref(), got).await?;
+                            if delta && state.last_seq() == 0 {
+                                return Err(LogError::corrupt(
+                                    m.shard,
+                                    m.segment,
+                                    format!("a delta part lists user {u} but holds no rows of it"),
+                                ));
+                            }
+                            Ok((u, state))
                         }
-                        Ok((u, state))
-                    }
-                })
-                .buffer_unordered(concurrency.max(1))
-                .try_collect()
-                .await?;
+                    })
+                    .buffer_unordered(concurrency.max(1))
+                    .try_collect::<Vec<(UserId, UserState)>>()
+                    .await
+            }
+        });
+        let mut parts = futures::stream::iter(read_parts).buffer_unordered(concurrency.max(1));
+        while let Some(states) = parts.try_next().await? {
             out.extend(states);
         }
         Ok(out)
@@ -555,6 +558,25 @@ impl ObjectRead {
         }
     }
 
+    /// Part `part`'s footer: from `footers` if it holds it, else read (and kept there).
+    async fn footer(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        footers: Option<&Footers>,
+        part: &PartRef,
+    ) -> Result<Arc<ObjectMeta>, LogError> {
+        let key = (part.written_by, part.digest);
+        if let Some(meta) = footers.and_then(|f| f.get(key)) {
+            return Ok(meta);
+        }
+        let got = self.metadata(store.clone()).await;
+        let meta = Arc::new(self.told_apart(store.as_ref(), got).await?);
+        if let Some(f) = footers {
+            f.put(key, meta.clone());
+        }
+        Ok(meta)
+    }
+
     /// The object's footer and page index, checked against what it must be; shared by the
     /// reads of several users of one part.
     async fn metadata(&self, store: Arc<dyn ObjectStore>) -> Result<ObjectMeta, LogError> {
@@ -650,9 +672,20 @@ pub struct WholeParts {
     /// are given out, so a read of a few users of every part holds one part at a time, not
     /// the shard.
     once: bool,
+    /// Footers of parts read by pages: a view's, shared with its loads (parts are immutable,
+    /// so a footer read once serves every later read of the part).
+    footers: Option<Arc<Footers>>,
 }
 
 impl WholeParts {
+    /// For a fold that reads parts' pages through `footers` (and leaves there the ones it read).
+    pub fn sharing(footers: Option<Arc<Footers>>) -> Self {
+        Self {
+            footers,
+            ..Self::default()
+        }
+    }
+
     /// For one call of [`Checkpoint::users`]: nothing is kept for later asks.
     pub fn once() -> Self {
         Self {
