@@ -35,7 +35,8 @@ on_every_backend!(
     a_read_of_the_past_starts_from_the_newest_checkpoint_for_users_unchanged_since,
     a_fleet_fold_reads_its_users_of_a_checkpoint_not_every_user,
     a_checkpoint_reads_the_parts_of_its_changed_users_at_once,
-    a_checkpoint_reads_no_footer_it_or_a_load_has_read,
+    a_second_checkpoint_reads_no_footer_the_first_read,
+    a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
 );
 
 /// No background checkpoints or compaction: the tests write them.
@@ -659,7 +660,7 @@ async fn four_base_parts(log: &Log, store: &Arc<dyn ObjectStore>) -> (Vec<UserId
 /// A checkpoint reads the prior states of changed users in different parts at once, not one
 /// part after another: with its first read of part 0 held, its read of part 2 still comes (and
 /// the other way round; the HEADs that check the parts are there come first, also at once). At a
-/// million users a checkpoint meets a few changed users in each of hundreds of parts, and read
+/// million users a checkpoint meets a few changed users in each of ~61 parts a shard, and read
 /// one after another (a footer and a few pages each) its time grew with the parts (`make
 /// scale`: 0.36 s at 100,000 users, 0.93 s at 1,000,000 for the same new work).
 async fn a_checkpoint_reads_the_parts_of_its_changed_users_at_once(backend: Backend) {
@@ -706,11 +707,12 @@ async fn a_checkpoint_reads_the_parts_of_its_changed_users_at_once(backend: Back
     log.shutdown().await;
 }
 
-/// Parts are immutable: a footer read once, by a load of the view or by a checkpoint, serves
-/// the shard's later checkpoints. Two checkpoints each read one changed user of base part 1:
+/// Parts are immutable: a footer read once by a checkpoint (or by a load of the view: the same
+/// cache) serves the shard's later checkpoints. Two checkpoints each read one changed user of
+/// base part 1:
 /// the second reads only that user's pages (before, every checkpoint read the footer and page
 /// index of every part it read from again).
-async fn a_checkpoint_reads_no_footer_it_or_a_load_has_read(backend: Backend) {
+async fn a_second_checkpoint_reads_no_footer_the_first_read(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
     let store: Arc<dyn ObjectStore> = faulty.clone();
@@ -738,5 +740,53 @@ async fn a_checkpoint_reads_no_footer_it_or_a_load_has_read(backend: Backend) {
         gets[1],
         gets[0]
     );
+    log.shutdown().await;
+}
+
+/// The footers a checkpoint leaves in the view's cache are trimmed to the parts its manifest
+/// names: here a base merge rewrites the part the changed user was read from, and its footer
+/// goes. Without the trim, a server whose users stay resident (no load opens a newer manifest)
+/// kept the footer of every part its checkpoints had ever read from.
+async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let parts = PartsPolicy {
+        part_users: 256,
+        ..PartsPolicy::default()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let (users, m) = four_base_parts(&log, &ts.store).await;
+    let footers = Arc::new(keepsake_log::Footers::default());
+    // One changed user, read by its pages (its part's footer cached), then folded into the
+    // base at once: its base part is rewritten under a new digest.
+    let merge_now = PartsPolicy {
+        merge_ratio: u64::MAX,
+        merge_min_users: 0,
+        ..parts
+    };
+    touch(&log, &users[10..11], 1).await;
+    let head = log.head(0);
+    let report = keepsake_log::write_checkpoint_sharing(
+        &ts.store,
+        0,
+        Some(m.segment),
+        head,
+        4,
+        &merge_now,
+        Some(footers.clone()),
+    )
+    .await
+    .expect("checkpoint");
+    assert_eq!(report.merged, Some("base"));
+    let next = manifest(&ts.store, head).await;
+    assert!(
+        !next.base.iter().any(|b| b.part == m.base[0].part),
+        "the part read from was rewritten"
+    );
+    assert_eq!(
+        footers.bytes(),
+        0,
+        "footers kept of parts the new manifest does not name"
+    );
+    assert_is_the_fold(&ts.store, head, &users).await;
     log.shutdown().await;
 }

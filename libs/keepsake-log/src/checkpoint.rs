@@ -4,9 +4,10 @@
 //!
 //! - From a manifest: only the users in segments `prev + 1..=n` are read (each from the part the
 //!   previous manifest places it in, one user's pages), folded with `apply`, and written as one
-//!   new delta part; every other part is named again, never copied. Parts are read at once (not
-//!   one after another: at a million users a checkpoint meets a few users in each of hundreds),
-//!   through the view's footers when the upkeep writes it ([`write_checkpoint_sharing`]).
+//!   new delta part; every other part is named again, never copied. Parts are read
+//!   `concurrency` at a time, not one after another (at a million users a checkpoint meets a
+//!   few users in each of ~61 parts a shard), through the view's footers when the upkeep
+//!   writes it ([`write_checkpoint_sharing`]), which are then trimmed to the new manifest's.
 //! - Deltas are merged in the same pass, size-tiered like a binary counter: the newest deltas
 //!   join the new one while each is no larger than what is merged so far (and as many more as
 //!   keep them within `max_deltas`), so their sizes double from newest to oldest and a changed
@@ -210,7 +211,14 @@ async fn write_from(
         )
         .await
     {
-        Ok(_) => w.check_parts_remain(&manifest, true).await?,
+        Ok(_) => {
+            w.check_parts_remain(&manifest, true).await?;
+            if let Some(f) = &w.footers {
+                // The parts the new manifest no longer names (merged deltas, rewritten base
+                // parts) are read by nobody after it: their footers go.
+                f.retain_named(&manifest);
+            }
+        }
         // Another writer's fold of the same log, over its own parts: used only if they are
         // all there (a writer that could not take back a manifest naming a lost part leaves it).
         Err(object_store::Error::AlreadyExists { .. }) => {
@@ -527,7 +535,7 @@ impl Writer {
 
     /// The first part `m` names that is not in the store, if any.
     async fn first_missing(&self, m: &Manifest) -> Result<Option<PartRef>, LogError> {
-        // HEADs at once, in order: a shard of a million users' worth of parts names hundreds,
+        // HEADs `concurrency` at a time, in order: a shard of a million users names ~61 parts,
         // and one after another they cost a round trip each (on S3, tens of milliseconds).
         let heads = m.parts().map(|p| {
             let (store, p, path) = (

@@ -30,7 +30,8 @@ pub struct LogConfig {
     pub put_attempts: u32,
     /// Wait between those attempts (multiplied by the attempt number).
     pub retry_backoff: Duration,
-    /// Segments read at once during recovery and scans.
+    /// Segments read at once during recovery and scans; parts a checkpoint reads at once (and
+    /// users of each), and HEADs of the parts it names.
     pub read_concurrency: usize,
     /// Document limit and mass-delete guard.
     pub policy: StagePolicy,

@@ -54,10 +54,10 @@ pub use config::LogConfig;
 pub use error::LogError;
 pub use push::{PushRequest, PushResult};
 pub use reader::{
-    Checkpoint, CheckpointForm, CheckpointListed, HistoryListed, LatestItems, Layout, Pick, Place,
-    ReadStats, Source, UpTo, checkpoint_exists, list_checkpoint_objects, list_checkpoints,
-    list_history, list_layout, list_layout_reaching, list_layout_upto, list_segments,
-    open_checkpoint, open_checkpoint_as, read_checkpoint, read_checkpoint_user,
+    Checkpoint, CheckpointForm, CheckpointListed, Footers, HistoryListed, LatestItems, Layout,
+    Pick, Place, ReadStats, Source, UpTo, checkpoint_exists, list_checkpoint_objects,
+    list_checkpoints, list_history, list_layout, list_layout_reaching, list_layout_upto,
+    list_segments, open_checkpoint, open_checkpoint_as, read_checkpoint, read_checkpoint_user,
     read_checkpoint_user_items, read_history, read_segment, read_segment_meta, read_segment_sized,
     read_source_segments, read_user, read_user_in, read_user_latest_in, read_user_latest_sized,
     read_user_sized, scan_shard, scan_shard_upto,

@@ -100,8 +100,9 @@ pub struct ShardState {
     /// The newest checkpoint as opened for loads (a manifest: where each user's part is), once
     /// a load opened it; dropped when a newer checkpoint is adopted.
     pub opened: Option<crate::reader::Checkpoint>,
-    /// The footers of the parts loads read from (kept across checkpoints for the parts the
-    /// newest manifest still names).
+    /// The footers of the parts loads and this shard's checkpoints read from (parts are
+    /// immutable; trimmed to the parts a manifest names whenever a load opens a newer one or a
+    /// checkpoint is written: at most about the named parts, ~61 a shard at 1M users).
     pub footers: Arc<crate::reader::Footers>,
     users: IdMap<UserId, Resident>,
     pinned: HashSet<UserId>,

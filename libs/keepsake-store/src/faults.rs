@@ -159,8 +159,9 @@ impl FaultyStore {
         }
     }
 
-    /// Holds the next operation `op` on a path containing `path_contains` (PUT or GET) until
-    /// the returned gate is released; then it proceeds (and meets any fault rule) as usual.
+    /// Holds the next operation `op` on a path containing `path_contains` (PUT, or GET: a HEAD,
+    /// a read or a read of ranges) until the returned gate is released; then it proceeds (and
+    /// meets any fault rule) as usual.
     pub fn hold(&self, op: FaultOp, path_contains: &str) -> Gate {
         self.hold_where(op, path_contains, false)
     }

@@ -235,9 +235,9 @@ impl Checkpoint {
             }
         }
         // Parts read whole go one at a time (each holds a part's users until they are given
-        // out); the others are read at once, part by part concurrently: a checkpoint at a
-        // million users meets a few changed users in each of hundreds of parts, and a footer
-        // and a few pages each, one part after another, made its time grow with the parts.
+        // out); the others are read `concurrency` parts at a time: a checkpoint at a million
+        // users meets a few changed users in each of dozens of parts (~61 a shard), and a
+        // footer and a few pages each, one part after another, made its time grow with them.
         let mut by_pages = Vec::new();
         for (part, us) in by_part.into_values() {
             let delta = m.deltas.iter().find(|d| d.part == part);
@@ -722,7 +722,8 @@ impl WholeParts {
     }
 }
 
-/// Footers of parts, kept by a view for its loads: the parts of the manifest it reads from.
+/// Footers of parts, kept by a view for its loads and its shard's checkpoints: the parts of the
+/// newest manifest (trimmed by [`Footers::retain_named`]), and of the one a checkpoint read.
 #[derive(Debug, Default)]
 pub struct Footers(std::sync::Mutex<std::collections::HashMap<(u64, u128), Arc<ObjectMeta>>>);
 
