@@ -646,15 +646,40 @@ async fn a_fleet_fold_reads_its_users_of_a_checkpoint_not_every_user(backend: Ba
     log.shutdown().await;
 }
 
-/// 1,024 users in base parts of 256, checkpointed; the users sorted (parts hold ranges of ids).
-async fn four_base_parts(log: &Log, store: &Arc<dyn ObjectStore>) -> (Vec<UserId>, Arc<Manifest>) {
+/// A log over a faulty store, whose 1,024 users are in base parts of 256 (`parts`), checkpointed;
+/// the users sorted (parts hold ranges of ids).
+struct FourParts {
+    ts: keepsake_tests::TestStore,
+    faulty: Arc<FaultyStore>,
+    log: Log,
+    parts: PartsPolicy,
+    users: Vec<UserId>,
+    m: Arc<Manifest>,
+}
+
+async fn four_base_parts(backend: Backend) -> FourParts {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let parts = PartsPolicy {
+        part_users: 256,
+        ..PartsPolicy::default()
+    };
+    let log = open(store, 1, cfg(parts)).await.expect("open");
     let mut users: Vec<UserId> = (0..1024).map(|_| user()).collect();
-    touch(log, &users, 0).await;
-    let first = checkpoint(log).await;
-    let m = manifest(store, first).await;
+    touch(&log, &users, 0).await;
+    let first = checkpoint(&log).await;
+    let m = manifest(&ts.store, first).await;
     assert_eq!(m.base.len(), 4, "1,024 users in parts of 256");
     users.sort_unstable();
-    (users, m)
+    FourParts {
+        ts,
+        faulty,
+        log,
+        parts,
+        users,
+        m,
+    }
 }
 
 /// A checkpoint reads the prior states of changed users in different parts at once, not one
@@ -664,15 +689,14 @@ async fn four_base_parts(log: &Log, store: &Arc<dyn ObjectStore>) -> (Vec<UserId
 /// one after another (a footer and a few pages each) its time grew with the parts (`make
 /// scale`: 0.36 s at 100,000 users, 0.93 s at 1,000,000 for the same new work).
 async fn a_checkpoint_reads_the_parts_of_its_changed_users_at_once(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let faulty = FaultyStore::new(ts.store.clone());
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let parts = PartsPolicy {
-        part_users: 256,
-        ..PartsPolicy::default()
-    };
-    let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
-    let (users, m) = four_base_parts(&log, &ts.store).await;
+    let FourParts {
+        ts,
+        faulty,
+        log,
+        users,
+        m,
+        ..
+    } = four_base_parts(backend).await;
     touch(&log, &[users[10], users[600]], 1).await;
     let path = |i: usize| keys::part(0, m.base[i].part.written_by, m.base[i].part.digest);
     assert_eq!(
@@ -709,19 +733,17 @@ async fn a_checkpoint_reads_the_parts_of_its_changed_users_at_once(backend: Back
 
 /// Parts are immutable: a footer read once by a checkpoint (or by a load of the view: the same
 /// cache) serves the shard's later checkpoints. Two checkpoints each read one changed user of
-/// base part 1:
-/// the second reads only that user's pages (before, every checkpoint read the footer and page
-/// index of every part it read from again).
+/// base part 1: the second reads only that user's pages (before, every checkpoint read the
+/// footer and page index of every part it read from again).
 async fn a_second_checkpoint_reads_no_footer_the_first_read(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let faulty = FaultyStore::new(ts.store.clone());
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let parts = PartsPolicy {
-        part_users: 256,
-        ..PartsPolicy::default()
-    };
-    let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
-    let (users, m) = four_base_parts(&log, &ts.store).await;
+    let FourParts {
+        ts,
+        faulty,
+        log,
+        users,
+        m,
+        ..
+    } = four_base_parts(backend).await;
     let part = keys::part(0, m.base[1].part.written_by, m.base[1].part.digest);
     let mut gets = Vec::new();
     for u in [users[300], users[400]] {
@@ -748,13 +770,14 @@ async fn a_second_checkpoint_reads_no_footer_the_first_read(backend: Backend) {
 /// goes. Without the trim, a server whose users stay resident (no load opens a newer manifest)
 /// kept the footer of every part its checkpoints had ever read from.
 async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let parts = PartsPolicy {
-        part_users: 256,
-        ..PartsPolicy::default()
-    };
-    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
-    let (users, m) = four_base_parts(&log, &ts.store).await;
+    let FourParts {
+        ts,
+        log,
+        parts,
+        users,
+        m,
+        ..
+    } = four_base_parts(backend).await;
     let footers = Arc::new(keepsake_log::Footers::default());
     // One changed user, read by its pages (its part's footer cached), then folded into the
     // base at once: its base part is rewritten under a new digest.
