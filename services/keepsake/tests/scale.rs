@@ -18,6 +18,7 @@ async fn a_small_scale_run_measures_every_step_through_the_server() {
         steps: vec![50, 100],
         work_users: 20,
         patches: 4,
+        checkpoint_rounds: 3,
         cold_samples: 10,
         restore_users: 100,
         register_all: true,
@@ -33,10 +34,21 @@ async fn a_small_scale_run_measures_every_step_through_the_server() {
         // Every filled user and each sampled one got a device through the server.
         assert_eq!(step.registered, 1_000 + 20 + 10);
         assert!(step.checkpoint_bytes > 0, "the new work was checkpointed");
+        // Each round's work was checkpointed, and the step's figure is their median.
+        assert_eq!(step.checkpoint_rounds.len(), 3);
+        assert!(
+            step.checkpoint_rounds
+                .iter()
+                .all(|r| r.bytes > 0 && r.secs > 0.0)
+        );
+        let mut secs: Vec<f64> = step.checkpoint_rounds.iter().map(|r| r.secs).collect();
+        secs.sort_by(f64::total_cmp);
+        assert_eq!(step.checkpoint_secs, secs[1]);
         assert!(step.restart_secs > 0.0 && step.rss_ready_bytes > 0);
         assert!(step.cold_pull_p99_ms > 0.0 && step.as_of_p99_ms > 0.0);
         assert_eq!(step.restore_users, 100);
-        // Each work user's 3 items were patched (4 patches, item p % 3): restored, 3 each.
+        // Each work user's 3 items were patched (4 patches, item p % 3, in each of 3 rounds):
+        // restored, 3 each.
         assert_eq!(step.restore_changes, 20 * 3);
         assert!(step.kept.history + step.kept.segments > 0);
         assert!(step.log_bytes_per_event > 0.0);

@@ -60,6 +60,9 @@ struct ScaleArgs {
     /// Patches per user of the new work.
     #[arg(long, default_value_t = 20)]
     patches: u64,
+    /// Rounds of the new work and its checkpoint in each step (the median round is reported).
+    #[arg(long, default_value_t = 3)]
+    checkpoint_rounds: u32,
     /// Users whose cold first pull is timed (and as many whose as-of read is).
     #[arg(long, default_value_t = 500)]
     cold_samples: u64,
@@ -553,6 +556,7 @@ pub fn main() -> anyhow::Result<()> {
                 steps: a.steps,
                 work_users: a.work_users,
                 patches: a.patches,
+                checkpoint_rounds: a.checkpoint_rounds,
                 cold_samples: a.cold_samples,
                 restore_users: a.restore_users,
                 register_all: a.register_all,

@@ -51,6 +51,10 @@ pub struct ScaleConfig {
     pub work_users: u64,
     /// Patches per user of the new work (one push).
     pub patches: u64,
+    /// Times the new work and its checkpoint are repeated in each step: the step's checkpoint
+    /// figures are the median round's (one checkpoint's time varies by 1.5x and more between
+    /// runs on a busy machine; the rounds are in the report).
+    pub checkpoint_rounds: u32,
     /// Users whose first pull is timed, and as many whose as-of read is.
     pub cold_samples: u64,
     /// Users of the fleet restore after each step.
@@ -69,8 +73,8 @@ pub struct ScaleConfig {
 impl ScaleConfig {
     /// Refuses what cannot be measured.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.users == 0 || self.items == 0 || self.patches == 0 {
-            bail!("--users, --items and --patches must be at least 1");
+        if self.users == 0 || self.items == 0 || self.patches == 0 || self.checkpoint_rounds == 0 {
+            bail!("--users, --items, --patches and --checkpoint-rounds must be at least 1");
         }
         if self.steps.is_empty()
             || self.steps.windows(2).any(|w| w[0] >= w[1])
@@ -109,12 +113,15 @@ pub struct StepReport {
     /// Start to ready after the fill (the checkpoint covers it: a short tail).
     pub ready_after_fill_secs: f64,
     /// Checkpoint seconds and bytes written for the new work (the server's counters, around
-    /// the work and a `POST /admin/v1/compact`).
+    /// the work and a `POST /admin/v1/compact`): the median of the step's rounds.
     pub checkpoint_secs: f64,
     /// See `checkpoint_secs`.
     pub checkpoint_bytes: u64,
-    /// The whole `POST /admin/v1/compact` after the new work (checkpoint and compaction).
+    /// The whole `POST /admin/v1/compact` after the new work (checkpoint and compaction),
+    /// median of the rounds.
     pub compact_secs: f64,
+    /// Each round's checkpoint seconds, bytes written and whole compact seconds, in order.
+    pub checkpoint_rounds: Vec<CheckpointRound>,
     /// SIGTERM to exit, then start to ready.
     pub stop_secs: f64,
     /// See `stop_secs`.
@@ -160,6 +167,26 @@ pub struct StepReport {
     pub kept: Kept,
     /// Log bytes (segments and history objects) per event.
     pub log_bytes_per_event: f64,
+}
+
+/// One round of the new work's checkpoint.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckpointRound {
+    /// Checkpoint seconds (the server's counter).
+    pub secs: f64,
+    /// Checkpoint bytes written (the server's counter).
+    pub bytes: u64,
+    /// The whole `POST /admin/v1/compact`.
+    pub compact_secs: f64,
+}
+
+/// The median of `values` (the lower middle of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// A whole run.
@@ -230,11 +257,21 @@ impl ScaleReport {
             .map(|s| s.rss_ready_bytes.max(s.rss_end_bytes))
             .max()
             .unwrap_or(0);
+        let rounds = |s: &StepReport| {
+            s.checkpoint_rounds
+                .iter()
+                .map(|r| format!("{:.2}", r.secs))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
         vec![
             format!(
-                "target: checkpoint of the same new work at {} users / at {} users = {ratio:.2} (<= 1.5): {}",
+                "target: checkpoint of the same new work at {} users / at {} users = {ratio:.2} (<= 1.5; \
+                 medians of rounds {} s and {} s): {}",
                 last.users,
                 first.users,
+                rounds(last),
+                rounds(first),
                 met(ratio <= 1.5)
             ),
             format!(
@@ -485,7 +522,7 @@ impl Session {
         token: &str,
         u: u64,
         cfg: &ScaleConfig,
-        round: u64,
+        label: &str,
         rng: &mut keepsake_model::fixtures::Rng,
     ) -> anyhow::Result<()> {
         use std::fmt::Write;
@@ -496,7 +533,7 @@ impl Session {
             }
             let _ = write!(
                 body,
-                r#"{{"change_id":"{}","kind":"contact","item_id":"{}","op":"patch","document":{{"x-scale-note":"round {round} patch {p}"}}}}"#,
+                r#"{{"change_id":"{}","kind":"contact","item_id":"{}","op":"patch","document":{{"x-scale-note":"{label} patch {p}"}}}}"#,
                 rng.uuid(),
                 fill::item(u, p % cfg.items).0
             );
@@ -608,25 +645,35 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         let before_work = keepsake_model::Clock::now(&keepsake_model::SystemClock);
         tokio::time::sleep(Duration::from_millis(1100)).await;
 
-        eprintln!(
-            "step {percent}%: new work ({} users × {} patches)",
-            cfg.work_users, cfg.patches
-        );
-        let m0 = s.metrics().await?;
-        for (u, token) in sampled.work.iter().zip(&work_tokens) {
-            s.patch(token, *u, &cfg, round, &mut rng).await?;
+        for r in 0..cfg.checkpoint_rounds {
+            eprintln!(
+                "step {percent}%: new work ({} users × {} patches), round {} of {}",
+                cfg.work_users,
+                cfg.patches,
+                r + 1,
+                cfg.checkpoint_rounds
+            );
+            let m0 = s.metrics().await?;
+            let label = format!("step {round} round {r}");
+            for (u, token) in sampled.work.iter().zip(&work_tokens) {
+                s.patch(token, *u, &cfg, &label, &mut rng).await?;
+            }
+            events += sampled.work.len() as u64 * cfg.patches;
+            let compacting = Instant::now();
+            s.compact().await?;
+            let compact_secs = compacting.elapsed().as_secs_f64();
+            let m1 = s.metrics().await?;
+            let delta = |name: &str| counter(&m1, name) - counter(&m0, name);
+            step.checkpoint_rounds.push(CheckpointRound {
+                secs: delta("keepsake_checkpoint_microseconds_total") / 1e6,
+                bytes: delta("keepsake_checkpoint_written_bytes_total") as u64,
+                compact_secs,
+            });
         }
-        events += sampled.work.len() as u64 * cfg.patches;
-        let compacting = Instant::now();
-        s.compact().await?;
-        step.compact_secs = compacting.elapsed().as_secs_f64();
-        let m1 = s.metrics().await?;
-        step.checkpoint_secs = (counter(&m1, "keepsake_checkpoint_microseconds_total")
-            - counter(&m0, "keepsake_checkpoint_microseconds_total"))
-            / 1e6;
-        step.checkpoint_bytes = (counter(&m1, "keepsake_checkpoint_written_bytes_total")
-            - counter(&m0, "keepsake_checkpoint_written_bytes_total"))
-            as u64;
+        let rounds = &step.checkpoint_rounds;
+        step.checkpoint_secs = median(rounds.iter().map(|r| r.secs).collect());
+        step.checkpoint_bytes = median(rounds.iter().map(|r| r.bytes as f64).collect()) as u64;
+        step.compact_secs = median(rounds.iter().map(|r| r.compact_secs).collect());
 
         eprintln!("step {percent}%: restart");
         step.stop_secs = server.stop(Duration::from_secs(300)).await?.as_secs_f64();
@@ -766,6 +813,7 @@ mod tests {
             steps: vec![10, 50, 100],
             work_users: 1000,
             patches: 20,
+            checkpoint_rounds: 3,
             cold_samples: 200,
             restore_users: 10_000,
             register_all: true,
@@ -817,12 +865,24 @@ mod tests {
             },
             ScaleConfig { items: 0, ..cfg() },
             ScaleConfig {
+                checkpoint_rounds: 0,
+                ..cfg()
+            },
+            ScaleConfig {
                 users: 1_000,
                 ..cfg()
             },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_median_is_the_middle_round() {
+        assert_eq!(median(vec![0.9, 0.2, 0.3]), 0.3);
+        assert_eq!(median(vec![0.4, 0.1]), 0.1);
+        assert_eq!(median(vec![0.5]), 0.5);
+        assert_eq!(median(Vec::new()), 0.0);
     }
 
     #[test]
