@@ -37,7 +37,190 @@ on_every_backend!(
     a_checkpoint_reads_the_parts_of_its_changed_users_at_once,
     a_second_checkpoint_reads_no_footer_the_first_read,
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
+    a_checkpoint_writes_a_long_historys_old_change_ids_once,
+    a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
 );
+
+/// `n` pushes of one put each for `u`; the change of the first.
+async fn pushes(log: &Log, u: UserId, n: usize) -> Change {
+    let first = put(item(), json!({"n": 0}));
+    push(log, u, vec![first.clone()]).await.expect("push");
+    for i in 1..n {
+        push(log, u, vec![put(item(), json!({ "n": i }))])
+            .await
+            .expect("push");
+    }
+    first
+}
+
+/// The state of `u` in the part of checkpoint `n` that holds it, as stored (no runs attached).
+async fn stored_row(store: &Arc<dyn ObjectStore>, n: u64, u: UserId) -> UserState {
+    let m = manifest(store, n).await;
+    let p = m.locate(&u).expect("a part holds u");
+    let bytes = store
+        .get(&keys::part(0, p.written_by, p.digest))
+        .await
+        .expect("part")
+        .bytes()
+        .await
+        .expect("bytes");
+    let (_, users) = keepsake_segment::decode_checkpoint(bytes).expect("decode");
+    users.get(&u).cloned().expect("u in its part")
+}
+
+/// The rows of run `r`.
+async fn run_rows(
+    store: &Arc<dyn ObjectStore>,
+    r: &keepsake_segment::PartRef,
+) -> Vec<(UserId, keepsake_model::ChangeFilter)> {
+    let bytes = store
+        .get(&keys::part(0, r.written_by, r.digest))
+        .await
+        .expect("run")
+        .bytes()
+        .await
+        .expect("bytes");
+    keepsake_segment::decode_filter_run(bytes)
+        .expect("decode")
+        .1
+}
+
+/// Issue 15, item 2: a checkpoint writes a changed user's new change ids, not every id of its
+/// log. Its sealed filter blocks (32 seqs each, all there) go once to a filter run; its part
+/// row holds the open block only; a later checkpoint writes only the blocks sealed since; a
+/// load attaches the runs' blocks, so a resend from the first checkpoint is still a duplicate.
+async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let (u, v) = (user(), user());
+    // 20 sealed blocks for u (640 seqs) and 2 for v.
+    let first = pushes(&log, u, 640).await;
+    pushes(&log, v, 64).await;
+    let c1 = checkpoint(&log).await;
+    let m1 = manifest(&ts.store, c1).await;
+    assert_eq!(m1.filter_runs.len(), 1, "{m1:?}");
+    let rows = run_rows(&ts.store, &m1.filter_runs[0]).await;
+    let held: HashMap<UserId, (usize, usize)> = rows
+        .iter()
+        .map(|(w, f)| (*w, (f.offset(), f.blocks())))
+        .collect();
+    assert_eq!(held[&u], (0, 20));
+    assert_eq!(held[&v], (0, 2));
+    // Every block is sealed: the part row holds none of them.
+    let row = stored_row(&ts.store, c1, u).await;
+    assert_eq!(row.sealed_missing(), 20);
+    assert_eq!(row.change_filter().to_bytes().len(), 0);
+    let run_bytes = LogStats::get(&log.stats().checkpoint_filter_run_bytes);
+    assert_eq!(run_bytes, m1.filter_runs[0].bytes, "counted on /metrics");
+
+    // One more event: no block sealed since, no run; the delta's row holds one block.
+    touch(&log, &[u], 1).await;
+    let c2 = checkpoint(&log).await;
+    let m2 = manifest(&ts.store, c2).await;
+    assert_eq!(m2.filter_runs, m1.filter_runs, "no run written");
+    assert_eq!(
+        LogStats::get(&log.stats().checkpoint_filter_run_bytes),
+        run_bytes
+    );
+    let row = stored_row(&ts.store, c2, u).await;
+    assert_eq!((row.sealed_missing(), row.last_seq()), (20, 641));
+    assert_eq!(row.change_filter().to_bytes().len(), 128, "one block");
+
+    // 31 more seal block 20: the run written holds that block alone (the older run, of more
+    // rows, is not merged into it).
+    pushes(&log, u, 31).await;
+    let c3 = checkpoint(&log).await;
+    let m3 = manifest(&ts.store, c3).await;
+    assert_eq!(m3.filter_runs.len(), 2, "{m3:?}");
+    assert_eq!(m3.filter_runs[1], m1.filter_runs[0]);
+    let rows = run_rows(&ts.store, &m3.filter_runs[0]).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].0, rows[0].1.offset(), rows[0].1.blocks()),
+        (u, 20, 21)
+    );
+    assert_is_the_fold(&ts.store, c3, &[u, v]).await;
+
+    // A cold load holds every id again: the resend of the first push is a duplicate, and the
+    // state is the replay's.
+    log.shutdown().await;
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    let (missing, filter) = log
+        .user(&u, |s| (s.sealed_missing(), s.change_filter()))
+        .await
+        .expect("user");
+    let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
+        .await
+        .expect("read u");
+    assert_eq!(missing, 0);
+    assert_eq!(
+        filter,
+        UserState::replay(&events).expect("fold").change_filter()
+    );
+    let head = log.head(0);
+    let again = push(&log, u, vec![first]).await.expect("resend");
+    assert!(
+        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(log.head(0), head, "nothing written");
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A filter run the manifest names is gone: its checkpoint is unusable (never a filter with a
+/// hole, which would take a resend for new), so loads read the log, a resend is still a
+/// duplicate, verify says what is wrong, and the next checkpoint folds from the log.
+async fn a_missing_filter_run_makes_its_checkpoint_pass_for_the_log(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let u = user();
+    let first = pushes(&log, u, 70).await;
+    let c1 = checkpoint(&log).await;
+    log.shutdown().await;
+    let m1 = manifest(&ts.store, c1).await;
+    let run = m1.filter_runs[0];
+    ts.store
+        .delete(&keys::part(0, run.written_by, run.digest))
+        .await
+        .expect("the run goes");
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(!report.ok, "verify finds the run missing");
+    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    assert_eq!(log.user(&u, |s| s.sealed_missing()).await.expect("user"), 0);
+    let head = log.head(0);
+    let again = push(&log, u, vec![first]).await.expect("resend");
+    assert!(
+        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(log.head(0), head, "nothing written");
+    touch(&log, &[u], 1).await;
+    let c2 = checkpoint(&log).await;
+    assert_is_the_fold(&ts.store, c2, &[u]).await;
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    // The first checkpoint is still there and still broken; the newest is whole.
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| format!("{p:?}").contains(&format!("{c1}"))),
+        "{:?}",
+        report.problems
+    );
+}
 
 /// No background checkpoints or compaction: the tests write them.
 fn cfg(parts: PartsPolicy) -> LogConfig {

@@ -30,15 +30,15 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use keepsake_model::{IdMap, StateRead, UserId, UserState};
+use keepsake_model::{ChangeFilter, IdMap, StateRead, UserId, UserState};
 use keepsake_segment::{BasePart, DeltaPart, Manifest, NIL_USER, PartRef};
 use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
 use crate::reader::{
-    Checkpoint, Footers, WholeParts, checkpoint_exists, open_checkpoint, read_base_part,
-    read_delta_part,
+    Checkpoint, Footers, WholeParts, checkpoint_exists, join_rows, open_checkpoint, read_base_part,
+    read_delta_part, read_filter_run,
 };
 use crate::{LogError, list_checkpoints, scan_shard_upto};
 
@@ -86,6 +86,10 @@ pub struct CheckpointReport {
     pub parts_kept: u64,
     /// What was merged: `"deltas"`, `"base"`, or nothing.
     pub merged: Option<&'static str>,
+    /// Bytes of the filter run written (the sealed change-id blocks; in `bytes_written` too).
+    pub filter_run_bytes: u64,
+    /// Filter runs merged into the one written.
+    pub filter_runs_merged: u64,
 }
 
 /// Builds and writes (create-only) the checkpoint of `shard` after segment `n` with the default
@@ -178,8 +182,9 @@ async fn write_from(
         policy: *policy,
         footers,
         concurrency,
+        sealed: Vec::new(),
     };
-    let manifest = match base {
+    let mut manifest = match base {
         Some(Checkpoint::Parts(m)) => {
             // The new manifest names the previous one's parts again: each must be there.
             w.parts_of_previous_are_there(&m).await?;
@@ -198,6 +203,7 @@ async fn write_from(
             w.all_as_base(users).await?
         }
     };
+    w.put_sealed(&mut manifest).await?;
     w.report.users = manifest.users;
     w.report.parts_kept = manifest.parts().filter(|p| p.written_by != n).count() as u64;
     let bytes = keepsake_segment::encode_manifest(&manifest)
@@ -256,6 +262,8 @@ struct Writer {
     footers: Option<Arc<Footers>>,
     /// Reads (and HEADs) at once.
     concurrency: usize,
+    /// The sealed filter blocks split off the states written to parts, for the filter run.
+    sealed: Vec<(UserId, ChangeFilter)>,
 }
 
 impl Writer {
@@ -410,6 +418,7 @@ impl Writer {
             users: m.users + new_users,
             base: m.base.clone(),
             deltas: m.deltas.clone(),
+            filter_runs: m.filter_runs.clone(),
         };
         if changed.is_empty() {
             return Ok(next);
@@ -463,6 +472,7 @@ impl Writer {
             users: count,
             base,
             deltas: Vec::new(),
+            filter_runs: Vec::new(),
         })
     }
 
@@ -488,22 +498,31 @@ impl Writer {
     }
 
     /// Writes one part (create-only, named by its digest) of `users` (ascending).
+    /// Each state's sealed filter blocks not yet in a run are split off for this checkpoint's
+    /// run ([`Writer::put_sealed`]): the part holds its users' open blocks only.
     async fn put_part(&mut self, users: Vec<(UserId, UserState)>) -> Result<PartRef, LogError> {
         let (shard, n) = (self.shard, self.n);
         let count = users.len() as u64;
-        let bytes = tokio::task::spawn_blocking(move || {
+        let (bytes, sealed) = tokio::task::spawn_blocking(move || {
+            let mut users = users;
+            let sealed: Vec<(UserId, ChangeFilter)> = users
+                .iter_mut()
+                .filter_map(|(u, s)| s.split_sealed().map(|f| (*u, f)))
+                .collect();
             let meta = keepsake_segment::CheckpointMeta {
-                // Version 5: change ids as a filter, never rewritten as rows.
+                // Version 6: change ids as a filter, its sealed blocks in runs, written once.
                 format_version: keepsake_segment::CHECKPOINT_VERSION,
                 shard,
                 segment: n,
                 user_count: users.len() as u64,
             };
             keepsake_segment::encode_checkpoint(users.iter().map(|(u, s)| (u, s)), &meta)
+                .map(|bytes| (bytes, sealed))
         })
         .await
         .map_err(|e| LogError::corrupt(shard, n, e))?
         .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint part: {e}")))?;
+        self.sealed.extend(sealed);
         let part = PartRef {
             written_by: n,
             digest: keepsake_segment::part_digest(&bytes),
@@ -531,6 +550,86 @@ impl Writer {
         self.report.parts_written += 1;
         self.report.bytes_written += part.bytes;
         Ok(part)
+    }
+
+    /// Writes the sealed blocks split off the parts' states as one run, named first in
+    /// `manifest`'s runs. Runs are merged size-tiered, like deltas: the newest runs join the
+    /// new one while each has no more rows than what is merged so far (and as many more as keep
+    /// them within `max_deltas`), so a block is rewritten about log2 times in the log's life.
+    async fn put_sealed(&mut self, manifest: &mut Manifest) -> Result<(), LogError> {
+        let (shard, n) = (self.shard, self.n);
+        let rows = std::mem::take(&mut self.sealed);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let runs = &manifest.filter_runs;
+        let mut k = 0;
+        let mut merged = rows.len() as u64;
+        while k < runs.len()
+            && (runs[k].users <= merged || runs.len() - k + 1 > self.policy.max_deltas)
+        {
+            merged += runs[k].users;
+            k += 1;
+        }
+        let mut by_user: std::collections::BTreeMap<UserId, Vec<ChangeFilter>> =
+            std::collections::BTreeMap::new();
+        for (u, f) in rows {
+            by_user.entry(u).or_default().push(f);
+        }
+        for run in &runs[..k] {
+            for (u, f) in read_filter_run(self.store.as_ref(), manifest, run).await? {
+                by_user.entry(u).or_default().push(f);
+            }
+        }
+        let mut joined = Vec::with_capacity(by_user.len());
+        for (u, rows) in by_user {
+            let f = join_rows(rows).ok_or_else(|| {
+                LogError::corrupt(
+                    shard,
+                    manifest.segment,
+                    format!("the filter runs of user {u} do not join end to start"),
+                )
+            })?;
+            joined.push((u, f));
+        }
+        let count = joined.len() as u64;
+        let bytes = tokio::task::spawn_blocking(move || {
+            keepsake_segment::encode_filter_run(&joined, shard, n)
+        })
+        .await
+        .map_err(|e| LogError::corrupt(shard, n, e))?
+        .map_err(|e| LogError::corrupt(shard, n, format!("encode filter run: {e}")))?;
+        let run = PartRef {
+            written_by: n,
+            digest: keepsake_segment::part_digest(&bytes),
+            users: count,
+            bytes: bytes.len() as u64,
+        };
+        match self
+            .store
+            .put_opts(
+                &keys::part(shard, n, run.digest),
+                object_store::PutPayload::from(bytes),
+                keepsake_store::create_only(),
+            )
+            .await
+        {
+            // The same name is the same bytes.
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => {
+                return Err(LogError::Store {
+                    context: format!("write the filter run of checkpoint {n} of shard {shard}"),
+                    source: e,
+                });
+            }
+        }
+        self.report.parts_written += 1;
+        self.report.bytes_written += run.bytes;
+        self.report.filter_run_bytes += run.bytes;
+        self.report.filter_runs_merged += k as u64;
+        manifest.filter_runs.drain(..k);
+        manifest.filter_runs.insert(0, run);
+        Ok(())
     }
 
     /// The first part `m` names that is not in the store, if any.

@@ -75,6 +75,8 @@ pub struct LogStats {
     pub checkpoint_parts_kept: AtomicU64,
     /// Bytes of checkpoint parts and manifests written.
     pub checkpoint_bytes_written: AtomicU64,
+    /// Of those, bytes of filter runs (sealed change-id blocks, written once, and merges).
+    pub checkpoint_filter_run_bytes: AtomicU64,
     /// Checkpoints that merged their deltas (into one, or into the base).
     pub checkpoint_merges: AtomicU64,
     /// Time spent writing checkpoints (reading, folding, writing parts and manifest), in
@@ -132,6 +134,7 @@ impl Default for LogStats {
             checkpoint_parts_written: AtomicU64::new(0),
             checkpoint_parts_kept: AtomicU64::new(0),
             checkpoint_bytes_written: AtomicU64::new(0),
+            checkpoint_filter_run_bytes: AtomicU64::new(0),
             checkpoint_merges: AtomicU64::new(0),
             checkpoint_micros: AtomicU64::new(0),
             upkeep_turn_wait_micros: AtomicU64::new(0),
@@ -187,6 +190,8 @@ impl LogStats {
             .fetch_add(r.parts_kept, Ordering::Relaxed);
         self.checkpoint_bytes_written
             .fetch_add(r.bytes_written, Ordering::Relaxed);
+        self.checkpoint_filter_run_bytes
+            .fetch_add(r.filter_run_bytes, Ordering::Relaxed);
         if r.merged.is_some() {
             self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
         }

@@ -16,6 +16,14 @@
 //!
 //! The bit positions are part of the checkpoint format (version 5): the hash is spelled out
 //! here, not taken from a library whose output may change between releases.
+//!
+//! A block is *sealed* once all 32 of its seqs exist: it never changes again. A checkpoint of
+//! format 6 writes a user's sealed blocks once, into a filter run, and keeps in the user's
+//! part row only the blocks from the first not yet written to a run: a filter may therefore
+//! hold blocks `offset..` only ([`ChangeFilter::offset`]), the sealed blocks before being held
+//! elsewhere. Such a filter answers for the blocks it holds; a state holding one treats every
+//! id as possibly older ([`crate::UserState::change_may_be_older`]) until the prefix is
+//! attached ([`ChangeFilter::attach_prefix`]).
 
 use crate::ids::ChangeId;
 
@@ -32,6 +40,8 @@ pub const BLOCK_BYTES: usize = WORDS * 8;
 /// See the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeFilter {
+    /// The index of the first block held (the blocks before it are held elsewhere).
+    offset: usize,
     blocks: Vec<[u64; WORDS]>,
 }
 
@@ -59,12 +69,17 @@ fn positions(id: &ChangeId) -> impl Iterator<Item = usize> {
 }
 
 impl ChangeFilter {
-    /// Adds the change id of the event with this seq (seqs start at 1; 0 is ignored).
+    /// Adds the change id of the event with this seq (seqs start at 1; 0 is ignored, and so is
+    /// a seq of a block before [`ChangeFilter::offset`]: that block is sealed, and its ids are
+    /// in it where it is held).
     pub fn insert(&mut self, seq: u64, id: &ChangeId) {
         let Some(block) = seq.checked_sub(1).map(|s| s / SEQS_PER_BLOCK) else {
             return;
         };
-        let Ok(block) = usize::try_from(block) else {
+        let Some(block) = usize::try_from(block)
+            .ok()
+            .and_then(|b| b.checked_sub(self.offset))
+        else {
             return;
         };
         if self.blocks.len() <= block {
@@ -84,9 +99,56 @@ impl ChangeFilter {
             .any(|words| probes.iter().all(|&p| words[p / 64] & (1 << (p % 64)) != 0))
     }
 
-    /// Number of blocks: `ceil(last seq / 32)` for a filter of a user's whole log.
+    /// The index after the last block: `ceil(last seq / 32)` for a filter of a user's whole log
+    /// (held from [`ChangeFilter::offset`] on).
     pub fn blocks(&self) -> usize {
-        self.blocks.len()
+        self.offset + self.blocks.len()
+    }
+
+    /// The index of the first block held: 0 for a whole filter.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Whether every block from the first is held.
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// The blocks `from..` of a stored form (as [`ChangeFilter::from_bytes`]).
+    pub fn from_bytes_at(from: usize, bytes: &[u8]) -> Option<Self> {
+        let mut f = Self::from_bytes(bytes)?;
+        f.offset = from;
+        Some(f)
+    }
+
+    /// Splits off the blocks before `at` (those from the offset on), which this filter then no
+    /// longer holds; `None` when `at` is not within `offset..=blocks()`.
+    pub fn split_before(&mut self, at: usize) -> Option<ChangeFilter> {
+        let n = at.checked_sub(self.offset)?;
+        if n > self.blocks.len() {
+            return None;
+        }
+        let rest = self.blocks.split_off(n);
+        let head = ChangeFilter {
+            offset: self.offset,
+            blocks: std::mem::replace(&mut self.blocks, rest),
+        };
+        self.offset = at;
+        Some(head)
+    }
+
+    /// Puts `prefix` (the blocks from its offset up to this filter's offset) in front:
+    /// refused (`false`, nothing changed) unless it ends exactly where this filter begins.
+    pub fn attach_prefix(&mut self, prefix: ChangeFilter) -> bool {
+        if prefix.blocks() != self.offset {
+            return false;
+        }
+        let mut blocks = prefix.blocks;
+        blocks.append(&mut self.blocks);
+        self.blocks = blocks;
+        self.offset = prefix.offset;
+        true
     }
 
     /// Bytes held in memory (and stored).
@@ -122,7 +184,7 @@ impl ChangeFilter {
                 words
             })
             .collect();
-        Some(Self { blocks })
+        Some(Self { offset: 0, blocks })
     }
 
     /// Blocks a filter of a user whose last seq is `last_seq` has.
@@ -183,6 +245,48 @@ mod tests {
             .count();
         eprintln!("{hits} false positives in 100,000 lookups");
         assert!(hits < 20, "{hits} false positives in 100,000 lookups");
+    }
+
+    proptest! {
+        /// A filter split anywhere and put back together is the filter it was; the part from
+        /// the split on still finds the ids of its blocks, and a prefix that does not end where
+        /// the rest begins is refused.
+        #[test]
+        fn a_filter_split_and_joined_is_the_same(n in 1u64..300, at in 0usize..12) {
+            let mut whole = ChangeFilter::default();
+            for seq in 1..=n {
+                whole.insert(seq, &id(u128::from(seq) * 7919));
+            }
+            let mut tail = whole.clone();
+            let Some(head) = tail.split_before(at) else {
+                prop_assert!(at > whole.blocks());
+                return Ok(());
+            };
+            prop_assert_eq!(tail.offset(), at);
+            prop_assert_eq!(tail.blocks(), whole.blocks());
+            prop_assert_eq!(head.blocks(), at);
+            prop_assert!(!tail.is_whole() || at == 0);
+            for seq in (at as u64 * SEQS_PER_BLOCK + 1)..=n {
+                prop_assert!(tail.may_contain(&id(u128::from(seq) * 7919)));
+            }
+            // Ids of split-off blocks inserted again are not taken in (they are held there).
+            let mut again = tail.clone();
+            for seq in 1..=(at as u64 * SEQS_PER_BLOCK).min(n) {
+                again.insert(seq, &id(u128::from(seq) * 7919));
+            }
+            prop_assert_eq!(&again, &tail);
+            let stored = ChangeFilter::from_bytes_at(at, &tail.to_bytes());
+            prop_assert_eq!(stored.as_ref(), Some(&tail));
+            if at > 0 {
+                let short = head.clone().split_before(at - 1);
+                prop_assert!(short.is_some());
+                let mut t = tail.clone();
+                prop_assert!(!t.attach_prefix(short.unwrap_or_default()));
+                prop_assert_eq!(&t, &tail);
+            }
+            prop_assert!(tail.attach_prefix(head));
+            prop_assert_eq!(tail, whole);
+        }
     }
 
     #[test]

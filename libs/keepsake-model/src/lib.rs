@@ -23,7 +23,7 @@ pub use change::{
     Ancestors, Change, ChangeBody, EventMeta, MassDeleteGuard, MassDeleteRefused, Need,
     NeedAncestor, OldChanges, Outcome, RejectCode, StageContext, StagePolicy, Staged,
 };
-pub use change_filter::ChangeFilter;
+pub use change_filter::{ChangeFilter, SEQS_PER_BLOCK};
 pub use clock::{Clock, IdGenerator, ManualClock, RandomIds, SequentialIds, SystemClock};
 pub use collection::{COLLECTION_PROPERTY, Holds};
 pub use document::{Document, DocumentError, MAX_DEPTH, Probe};

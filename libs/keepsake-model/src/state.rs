@@ -158,8 +158,43 @@ impl UserState {
     /// Whether `id` may be the change id of an event older than the exact ids this state
     /// holds (seq at most [`UserState::filter_through`]): `false` is certain; `true` is to be
     /// resolved from the user's log. [`StateRead::change`] answers only from the exact ids.
+    ///
+    /// A state whose filter lacks its sealed blocks (read from a part of format 6 without the
+    /// user's filter runs: [`UserState::sealed_missing`]) answers `true` for every id: it
+    /// cannot tell, and the log can.
     pub fn change_may_be_older(&self, id: &ChangeId) -> bool {
-        self.filter_through > 0 && self.filter.may_contain(id)
+        self.filter_through > 0 && (!self.filter.is_whole() || self.filter.may_contain(id))
+    }
+
+    /// The sealed filter blocks this state lacks (`0..n`, held by filter runs): 0 for a state
+    /// that holds all of its change ids, exactly or in its filter.
+    pub fn sealed_missing(&self) -> usize {
+        self.filter.offset()
+    }
+
+    /// Moves every change id into the filter and splits off its sealed blocks (those of the
+    /// filter before block `last seq / 32`, all of whose seqs exist): what a checkpoint of
+    /// format 6 writes to a filter run, once, while the state keeps the open blocks for its
+    /// part. `None` when there is no sealed block it holds. A state split so is for writing,
+    /// not for staging changes against.
+    pub fn split_sealed(&mut self) -> Option<ChangeFilter> {
+        let mut filter = self.change_filter();
+        self.changes = GrowingMap::default();
+        self.filter_through = self.last_seq;
+        let sealed = usize::try_from(self.last_seq / crate::change_filter::SEQS_PER_BLOCK).ok()?;
+        let head = if sealed > filter.offset() {
+            filter.split_before(sealed)
+        } else {
+            None
+        };
+        self.filter = filter;
+        head
+    }
+
+    /// Puts the sealed blocks `prefix` in front of this state's filter (read from the user's
+    /// filter runs); `false`, and nothing changed, unless they end where its filter begins.
+    pub fn attach_sealed(&mut self, prefix: ChangeFilter) -> bool {
+        self.filter.attach_prefix(prefix)
     }
 
     /// Whether [`UserState::advance_items`] moved this state on (its change ids are not all

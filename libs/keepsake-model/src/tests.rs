@@ -271,6 +271,39 @@ fn a_state_holding_its_change_ids_as_a_filter_still_answers_resends_with_their_r
     );
 }
 
+/// A state split for a checkpoint of format 6 keeps only its open filter blocks; until the
+/// sealed ones are attached again it takes every id for a possibly older one (the log
+/// decides), and with them it is the state it was.
+#[test]
+fn a_state_without_its_sealed_filter_blocks_asks_the_log_and_with_them_is_whole() {
+    let mut h = Harness::new();
+    for t in 0..100 {
+        let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
+        applied(&h.one(c));
+    }
+    let whole = h.state.clone();
+    let mut split = whole.clone();
+    let sealed = split.split_sealed().expect("3 of the 4 blocks are sealed");
+    assert_eq!((sealed.offset(), sealed.blocks()), (0, 3));
+    assert_eq!(split.sealed_missing(), 3);
+    assert_eq!(split.exact_changes(), 0);
+    assert_ne!(split, whole);
+    let stranger = ChangeId(uuid::Uuid::from_u128(0xfeed));
+    assert!(!whole.change_may_be_older(&stranger));
+    assert!(split.change_may_be_older(&stranger), "it cannot tell");
+    // Nothing more to split off: the open block is not sealed.
+    assert_eq!(split.clone().split_sealed(), None);
+    let mut short = sealed.clone();
+    let too_short = short.split_before(2).expect("two blocks");
+    let mut refused = split.clone();
+    assert!(!refused.attach_sealed(too_short));
+    assert_eq!(refused, split);
+    assert!(split.attach_sealed(sealed));
+    assert_eq!(split, whole);
+    assert_eq!(split.sealed_missing(), 0);
+    assert!(!split.change_may_be_older(&stranger));
+}
+
 #[test]
 fn stale_put_and_delete_conflict_with_current_item() {
     let mut h = Harness::new();

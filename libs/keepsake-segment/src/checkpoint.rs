@@ -12,6 +12,12 @@
 //! an id instead of a row of ~50 bytes). A resend of an older id is resolved from the log
 //! itself, which has every id already. Versions 1-3 still decode (their ids held exactly).
 //!
+//! Version 6 has one more column again, `filter_from` (int64, on filter rows): the filter row
+//! holds the user's filter blocks from that index on. The sealed blocks before it (all 32 of
+//! their seqs exist, so they never change) were written once to the checkpoint's filter runs
+//! (`crate::filter_run`), which the manifest names; a reader attaches them for a state that
+//! takes pushes. So a checkpoint writes a changed user's open blocks, not every id it ever had.
+//!
 //! A checkpoint is derived: it must equal the fold of segments `1..=n` (tested), and deleting it
 //! loses nothing.
 
@@ -40,10 +46,12 @@ use crate::error::{SegmentError, invalid};
 /// The newest checkpoint format version this build writes. Version 2 has the columns of
 /// version 1 and one more `kind`: `device`; version 3 one more again: `collection`; version 4
 /// is the manifest over parts (`crate::manifest`); version 5 holds change ids as a filter
-/// (`filter` column, module docs). This build writes version 5; encoding with an older
-/// version (1-3) is for tests and needs states that hold their ids exactly.
-pub const CHECKPOINT_VERSION: u32 = 5;
-const KNOWN: &[u32] = &[1, 2, 3, 5];
+/// (`filter` column, module docs); version 6 holds a filter from a block on (`filter_from`),
+/// its sealed blocks in filter runs. This build writes version 6; encoding with an older
+/// version (1-3) is for tests and needs states that hold their ids exactly, with 5 states
+/// that hold their whole filter.
+pub const CHECKPOINT_VERSION: u32 = 6;
+const KNOWN: &[u32] = &[1, 2, 3, 5, 6];
 
 /// The `entry` of a user's change-id filter row (version 5).
 pub const ENTRY_FILTER: &str = "filter";
@@ -69,11 +77,15 @@ pub fn checkpoint_schema() -> Arc<Schema> {
     checkpoint_schema_of(CHECKPOINT_VERSION)
 }
 
-/// The Arrow schema of a checkpoint of `version`: versions 1-3 share one; 5 adds `filter`.
+/// The Arrow schema of a checkpoint of `version`: versions 1-3 share one; 5 adds `filter`,
+/// 6 `filter_from`.
 pub fn checkpoint_schema_of(version: u32) -> Arc<Schema> {
     let mut fields = checkpoint_fields_v1();
     if version >= 5 {
         fields.push(Field::new("filter", DataType::Binary, true));
+    }
+    if version >= 6 {
+        fields.push(Field::new("filter_from", DataType::Int64, true));
     }
     Arc::new(Schema::new(fields))
 }
@@ -139,8 +151,8 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
         }
         // A manifest over parts of the versions above (`crate::manifest`).
         4 => return Some(crate::manifest::manifest_description()),
-        5 => {
-            d = checkpoint_description_of(5);
+        5 | 6 => {
+            d = checkpoint_description_of(version);
             d["kinds"] =
                 Value::from(["contact", "event", "task", "note", "collection", "device"].to_vec());
             d["entries"] = Value::from(["filter", "item", "user"].to_vec());
@@ -153,6 +165,22 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
                  (wrapping), its 10-bit pieces (w >> 10k) mod 1024 for k in 0..6; the first \
                  22 of those 24; blocks = ceil(last seq / 32)",
             );
+            if version == 6 {
+                d["filter"] = Value::from(format!(
+                    "{} (version 6: the blocks from filter_from on)",
+                    d["filter"].as_str().unwrap_or_default()
+                ));
+                d["filter_from"] = Value::from(
+                    "on filter rows: the index of the first block the row holds; the blocks \
+                     before it are sealed (all 32 of their seqs exist) and held by the filter \
+                     runs the manifest names (keepsake-filter-run)",
+                );
+                d["manifest"] = Value::from(
+                    "a manifest of format 4 with one more field, filter_runs (absent when \
+                     empty): the filter runs, newest first, {written_by, digest, users (rows), \
+                     bytes}, at the part key; a manifest naming any is stamped format_version 6",
+                );
+            }
         }
         _ => return None,
     }
@@ -192,6 +220,7 @@ struct Rows {
     changed_at: Vec<Option<i64>>,
     document: Vec<Option<Document>>,
     filter: Vec<Option<Vec<u8>>>,
+    filter_from: Vec<Option<i64>>,
 }
 
 impl Rows {
@@ -208,6 +237,7 @@ impl Rows {
         self.changed_at.push(None);
         self.document.push(None);
         self.filter.push(None);
+        self.filter_from.push(None);
         Ok(())
     }
 }
@@ -244,6 +274,14 @@ pub fn encode_checkpoint<'a>(
         )));
     }
     let filters = meta.format_version >= 5;
+    let from = meta.format_version >= 6;
+    if !from && users.iter().any(|(_, s)| s.sealed_missing() > 0) {
+        return Err(invalid(format!(
+            "checkpoint format version {} holds whole filters, and these states lack sealed \
+             blocks (version 6 is needed)",
+            meta.format_version
+        )));
+    }
     if !filters && users.iter().any(|(_, s)| s.filter_through() > 0) {
         return Err(invalid(format!(
             "checkpoint format version {} holds change ids exactly, and these states hold some \
@@ -256,8 +294,12 @@ pub fn encode_checkpoint<'a>(
         let u = *user.as_bytes();
         if filters {
             r.bare(u, ENTRY_FILTER, state.last_seq())?;
+            let filter = state.change_filter();
             if let Some(f) = r.filter.last_mut() {
-                *f = Some(state.change_filter().to_bytes());
+                *f = Some(filter.to_bytes());
+            }
+            if let Some(f) = r.filter_from.last_mut().filter(|_| from) {
+                *f = Some(i64_of(filter.offset() as u64)?);
             }
         } else {
             let mut changes: Vec<_> = state.changes().collect();
@@ -284,6 +326,7 @@ pub fn encode_checkpoint<'a>(
             r.changed_at.push(Some(i.changed_at.timestamp_micros()));
             r.document.push(i.document.clone());
             r.filter.push(None);
+            r.filter_from.push(None);
         }
         r.bare(u, "user", state.last_seq())?;
     }
@@ -319,6 +362,9 @@ pub fn encode_checkpoint<'a>(
                 filter,
                 parquet::file::properties::EnabledStatistics::None,
             );
+    }
+    if from {
+        columns.push(Arc::new(Int64Array::from(r.filter_from)));
     }
     let schema = checkpoint_schema_of(meta.format_version);
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.build()))?;
@@ -372,7 +418,7 @@ struct Partial {
     last_seq: u64,
     items: Vec<ItemState>,
     changes: Vec<(ChangeId, ChangeRef)>,
-    /// The filter row's: the seq it was written at, and the filter.
+    /// The filter row's: the seq it was written at, and the filter (from its first block held).
     filter: Option<(u64, ChangeFilter)>,
 }
 
@@ -400,7 +446,8 @@ pub fn decode_checkpoint_batches(
     let mut filters = false;
     for batch in batches {
         let fields = batch.schema().fields().clone();
-        let filter = if fields == checkpoint_schema_of(5).fields().clone() {
+        let v6 = fields == checkpoint_schema_of(6).fields().clone();
+        let filter = if v6 || fields == checkpoint_schema_of(5).fields().clone() {
             filters = true;
             Some(
                 batch
@@ -412,6 +459,16 @@ pub fn decode_checkpoint_batches(
             None
         } else {
             return Err(invalid("the file's columns are not the checkpoint schema"));
+        };
+        let filter_from = if v6 {
+            Some(
+                batch
+                    .column(11)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(|| invalid("filter_from"))?,
+            )
+        } else {
+            None
         };
         let user = col(&batch, 0)?;
         let entry = batch
@@ -465,7 +522,18 @@ pub fn decode_checkpoint_batches(
                         .filter(|f| !f.is_null(i))
                         .map(|f| f.value(i))
                         .ok_or_else(|| bad("filter"))?;
-                    let f = ChangeFilter::from_bytes(bytes)
+                    // Version 5 holds the whole filter; 6 says where the row's blocks begin.
+                    let from = match filter_from {
+                        None => 0,
+                        Some(c) if c.is_null(i) => return Err(bad("filter_from")),
+                        Some(c) => usize::try_from(c.value(i)).map_err(|_| bad("filter_from"))?,
+                    };
+                    // Only sealed blocks are held elsewhere: one still open, held there, would
+                    // miss the ids of the seqs still to come.
+                    if from as u64 > seq_v / keepsake_model::SEQS_PER_BLOCK {
+                        return Err(bad("filter_from is past the user's sealed blocks"));
+                    }
+                    let f = ChangeFilter::from_bytes_at(from, bytes)
                         .ok_or_else(|| bad("filter is not a whole number of blocks"))?;
                     if f.blocks() as u64 != ChangeFilter::blocks_for(seq_v) {
                         return Err(bad("filter blocks do not match the user's last seq"));

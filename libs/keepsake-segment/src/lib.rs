@@ -12,6 +12,7 @@
 mod checkpoint;
 mod codec;
 mod error;
+mod filter_run;
 mod history;
 mod manifest;
 mod prune;
@@ -27,13 +28,17 @@ pub use codec::{
     decode_keys, decode_rows, encode, rows_of_user, writer_properties,
 };
 pub use error::SegmentError;
+pub use filter_run::{
+    FILTER_RUN_VERSION, FilterRunMeta, decode_filter_run, decode_filter_run_batches,
+    encode_filter_run, filter_run_description, filter_run_meta, filter_run_schema,
+};
 pub use history::{
     HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, decode_history,
     decode_segment_numbers, encode_history, history_description,
 };
 pub use manifest::{
-    BasePart, DeltaPart, MANIFEST_VERSION, Manifest, NIL_USER, PartRef, decode_manifest,
-    encode_manifest, manifest_description, part_digest,
+    BasePart, DeltaPart, MANIFEST_RUNS_VERSION, MANIFEST_VERSION, Manifest, NIL_USER, PartRef,
+    decode_manifest, encode_manifest, manifest_description, part_digest,
 };
 pub use prune::{
     ReadPlan, plan_user_read, plan_user_read_skipping, split_selection, user_row_filter,

@@ -8,8 +8,13 @@
 //! - `deltas`: parts holding the users changed by later checkpoints, newest first, each with the
 //!   sorted list of its users (in the manifest, so a reader finds a user's part with no read).
 //!
+//! - `filter_runs` (format 6): filter runs ([`crate::filter_run`]), newest first, holding the
+//!   users' sealed change-id filter blocks that parts of checkpoint format 6 do not.
+//!
 //! A user's state is its rows in the newest delta that lists it, else in the base part whose
-//! range holds it, else empty. Invariants (checked on decode): the base's ranges ascend from the
+//! range holds it, else empty; its sealed filter blocks are in the runs. A manifest naming
+//! runs is stamped format 6, so that a build that knows only 4 refuses it rather than reading
+//! it without its runs (and deleting them as unnamed). Invariants (checked on decode): the base's ranges ascend from the
 //! nil id; each delta's users ascend strictly and their count is the part's; no part was written
 //! after the manifest's segment. A manifest is derived like any checkpoint: it must equal the
 //! fold of segments `1..=n`.
@@ -22,8 +27,10 @@ use sha2::Digest;
 
 use crate::error::{SegmentError, invalid};
 
-/// The checkpoint format version of a manifest.
+/// The checkpoint format version of a manifest naming no filter runs.
 pub const MANIFEST_VERSION: u32 = 4;
+/// The checkpoint format version of a manifest naming filter runs.
+pub const MANIFEST_RUNS_VERSION: u32 = 6;
 
 /// One part as a manifest names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +76,8 @@ pub struct Manifest {
     pub base: Vec<BasePart>,
     /// Deltas, newest first.
     pub deltas: Vec<DeltaPart>,
+    /// Filter runs, newest first (their `users`: rows).
+    pub filter_runs: Vec<PartRef>,
 }
 
 /// The lowest user id (the first base part's `from`).
@@ -100,12 +109,14 @@ impl Manifest {
         self.deltas.iter().map(|d| d.users.len() as u64).sum()
     }
 
-    /// Every part named, base first, then the deltas newest first.
+    /// Every object named: the base parts, then the deltas newest first, then the filter runs
+    /// newest first (what must exist, and what retention keeps).
     pub fn parts(&self) -> impl Iterator<Item = &PartRef> {
         self.base
             .iter()
             .map(|b| &b.part)
             .chain(self.deltas.iter().map(|d| &d.part))
+            .chain(self.filter_runs.iter())
     }
 }
 
@@ -149,6 +160,8 @@ struct Wire {
     users: u64,
     base: Vec<WireBase>,
     deltas: Vec<WireDelta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    filter_runs: Vec<WirePart>,
 }
 
 impl From<&PartRef> for WirePart {
@@ -198,7 +211,11 @@ pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, SegmentError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let wire = Wire {
         format: "keepsake-checkpoint".into(),
-        format_version: MANIFEST_VERSION,
+        format_version: if m.filter_runs.is_empty() {
+            MANIFEST_VERSION
+        } else {
+            MANIFEST_RUNS_VERSION
+        },
         shard: m.shard,
         segment: m.segment,
         users: m.users,
@@ -223,6 +240,7 @@ pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, SegmentError> {
                 ),
             })
             .collect(),
+        filter_runs: m.filter_runs.iter().map(WirePart::from).collect(),
     };
     // Checked as a reader checks it: a writer never stores what it could not read back.
     let bytes = serde_json::to_vec(&wire).map_err(|e| invalid(format!("manifest: {e}")))?;
@@ -237,11 +255,15 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, SegmentError> {
     if wire.format != "keepsake-checkpoint" {
         return Err(invalid("not a checkpoint manifest"));
     }
-    if wire.format_version != MANIFEST_VERSION {
+    let runs_allowed = wire.format_version == MANIFEST_RUNS_VERSION;
+    if wire.format_version != MANIFEST_VERSION && !runs_allowed {
         return Err(SegmentError::UnknownVersion {
             found: wire.format_version,
-            known: &[MANIFEST_VERSION],
+            known: &[MANIFEST_VERSION, MANIFEST_RUNS_VERSION],
         });
+    }
+    if !runs_allowed && !wire.filter_runs.is_empty() {
+        return Err(invalid("a manifest of format 4 names filter runs"));
     }
     let segment = wire.segment;
     let mut base = Vec::with_capacity(wire.base.len());
@@ -288,12 +310,24 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, SegmentError> {
         }
         deltas.push(DeltaPart { part, users });
     }
+    let filter_runs = wire
+        .filter_runs
+        .iter()
+        .map(|r| r.parse(segment))
+        .collect::<Result<Vec<_>, _>>()?;
+    if filter_runs
+        .windows(2)
+        .any(|w| w[0].written_by < w[1].written_by)
+    {
+        return Err(invalid("filter runs are not newest first"));
+    }
     Ok(Manifest {
         shard: wire.shard,
         segment,
         users: wire.users,
         base,
         deltas,
+        filter_runs,
     })
 }
 
@@ -363,6 +397,7 @@ mod tests {
                     users: vec![user(5), user(200)],
                 },
             ],
+            filter_runs: vec![part(9, 1), part(4, 3)],
         }
     }
 
@@ -377,7 +412,8 @@ mod tests {
         assert_eq!(m.locate(&user(100)), Some(&m.base[1].part));
         assert_eq!(m.locate(&user(u128::MAX)), Some(&m.base[1].part));
         assert_eq!(m.delta_users(), 3);
-        assert_eq!(m.parts().count(), 4);
+        // The runs are named too (they must exist, and retention keeps them).
+        assert_eq!(m.parts().count(), 6);
         let empty = Manifest {
             base: vec![],
             deltas: vec![],
@@ -407,7 +443,11 @@ mod tests {
                 .collect();
             v["deltas"][1]["user_ids"] = b64.encode(ids).into();
         };
-        let breaks: [&dyn Fn(&mut Value); 8] = [
+        let runs_reversed = |v: &mut Value| {
+            let runs = v["filter_runs"].as_array().cloned().unwrap_or_default();
+            v["filter_runs"] = runs.into_iter().rev().collect::<Vec<_>>().into();
+        };
+        let breaks: [&dyn Fn(&mut Value); 11] = [
             &|v| v["format"] = "keepsake-segment".into(),
             &|v| v["base"][0]["from"] = user(1).to_string().into(),
             &|v| v["base"][1]["from"] = NIL_USER.to_string().into(),
@@ -416,6 +456,10 @@ mod tests {
             &|v| v["deltas"][0]["users"] = 2.into(),
             &|v| v["deltas"][0]["user_ids"] = "not base64!".into(),
             &descending,
+            // Runs newest first, written no later than the manifest; only in version 6.
+            &runs_reversed,
+            &|v| v["filter_runs"][0]["written_by"] = 10.into(),
+            &|v| v["format_version"] = 4.into(),
         ];
         for f in breaks {
             assert!(matches!(bad(f), Err(SegmentError::Invalid(_))));

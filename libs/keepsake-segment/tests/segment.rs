@@ -217,7 +217,7 @@ fn bless_missing_schema_files() {
     // Checkpoints have versions of their own (segment version 3 added an origin, and a
     // checkpoint holds no origin: it did not change). A history object is stamped with its
     // newest source's version, so it has one version per segment version.
-    for v in [1, 2, 3, 4, 5] {
+    for v in [1, 2, 3, 4, 5, 6] {
         write_new(
             &format!("checkpoint-v{v}.json"),
             pretty(checkpoint_description(v).expect("known")).as_bytes(),
@@ -226,6 +226,27 @@ fn bless_missing_schema_files() {
     write_new(
         "golden/checkpoint-v4.json",
         &keepsake_segment::encode_manifest(&checkpoints::golden_manifest()).expect("encode"),
+    );
+    write_new(
+        "golden/checkpoint-v6.json",
+        &keepsake_segment::encode_manifest(&checkpoints::golden_manifest_v6()).expect("encode"),
+    );
+    write_new(
+        "golden/checkpoint-v6.parquet",
+        &encode_checkpoint(
+            checkpoints::golden_v6_users().iter(),
+            &checkpoints::meta(6, checkpoints::golden_v6_users().len()),
+        )
+        .expect("encode"),
+    );
+    write_new(
+        "filter-run-v1.json",
+        pretty(keepsake_segment::filter_run_description(1).expect("known")).as_bytes(),
+    );
+    write_new(
+        "golden/filter-run-v1.parquet",
+        &keepsake_segment::encode_filter_run(&checkpoints::golden_run_rows(), 2, 9)
+            .expect("encode"),
     );
     for &v in HISTORY_VERSIONS {
         write_new(
@@ -647,7 +668,7 @@ mod checkpoints {
     use std::collections::HashMap;
 
     use bytes::Bytes;
-    use keepsake_model::{UserId, UserState, fixtures};
+    use keepsake_model::{StateRead, UserId, UserState, fixtures};
     use keepsake_segment::{
         CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint, encode_checkpoint,
     };
@@ -719,11 +740,116 @@ mod checkpoints {
 
     #[test]
     fn checkpoint_schema_files_match_the_code() {
-        for &v in &[1, 2, 3, 4, 5] {
+        for &v in &[1, 2, 3, 4, 5, 6] {
             let name = format!("checkpoint-v{v}.json");
             assert_eq!(Some(json_file(&name)), checkpoint_description(v), "{name}");
         }
-        assert_eq!(checkpoint_description(6), None);
+        assert_eq!(checkpoint_description(7), None);
+        assert_eq!(
+            Some(json_file("filter-run-v1.json")),
+            keepsake_segment::filter_run_description(1)
+        );
+        assert_eq!(keepsake_segment::filter_run_description(2), None);
+    }
+
+    /// The users of `golden/checkpoint-v6.parquet`: two of 70 events, their sealed filter
+    /// blocks (0..2) split off for a run, so their filter rows hold blocks 2.. (`filter_from`).
+    pub(super) fn golden_v6_users() -> HashMap<UserId, UserState> {
+        let mut users = fold(&fixtures::history(66, 2, 70, t(0)));
+        for s in users.values_mut() {
+            assert!(s.split_sealed().is_some());
+        }
+        users
+    }
+
+    /// The rows of `golden/filter-run-v1.parquet`: those sealed blocks.
+    pub(super) fn golden_run_rows() -> Vec<(UserId, keepsake_model::ChangeFilter)> {
+        let users = fold(&fixtures::history(66, 2, 70, t(0)));
+        let mut rows: Vec<_> = users
+            .into_iter()
+            .map(|(u, mut s)| (u, s.split_sealed().expect("sealed blocks")))
+            .collect();
+        rows.sort_by_key(|(u, _)| *u);
+        rows
+    }
+
+    /// The golden files of version 6 decode to what wrote them: a part whose filter rows hold
+    /// blocks from 2 on, a run holding blocks 0..2, and the two join into each user's whole
+    /// filter; the manifest naming a run is stamped 6.
+    #[test]
+    fn the_golden_files_of_version_6_still_decode() {
+        let (m, decoded) =
+            decode_checkpoint(Bytes::from(checked_in("golden/checkpoint-v6.parquet")))
+                .expect("decodes");
+        let want = golden_v6_users();
+        assert_eq!(m, meta(6, want.len()));
+        assert_eq!(decoded, want);
+        assert!(decoded.values().all(|s| s.sealed_missing() == 2));
+        let (rm, rows) = keepsake_segment::decode_filter_run(Bytes::from(checked_in(
+            "golden/filter-run-v1.parquet",
+        )))
+        .expect("decodes");
+        assert_eq!((rm.shard, rm.segment, rm.rows), (2, 9, 2));
+        assert_eq!(rows, golden_run_rows());
+        let whole = fold(&fixtures::history(66, 2, 70, t(0)));
+        for (u, sealed) in rows {
+            let mut s = decoded[&u].clone();
+            assert!(s.attach_sealed(sealed));
+            assert_eq!(s, whole[&u]);
+        }
+        let bytes = checked_in("golden/checkpoint-v6.json");
+        assert_eq!(
+            keepsake_segment::decode_manifest(&bytes).expect("decodes"),
+            golden_manifest_v6()
+        );
+        assert!(String::from_utf8_lossy(&bytes).contains("\"format_version\":6"));
+    }
+
+    /// A part row whose filter starts past its sealed blocks is refused: the open block's
+    /// later ids would have nowhere to go.
+    #[test]
+    fn a_filter_row_starting_past_its_sealed_blocks_is_refused() {
+        let users = fold(&fixtures::history(66, 1, 40, t(0)));
+        let mut state = users.values().next().expect("one user").clone();
+        let mut f = state.change_filter();
+        let _sealed = f.split_before(2).expect("blocks 0..2");
+        state = UserState::from_parts(state.last_seq(), state.items().cloned(), [])
+            .with_change_filter(f);
+        let u = *users.keys().next().expect("one user");
+        let bytes = encode_checkpoint([(&u, &state)], &meta(6, 1)).expect("encode");
+        let err = decode_checkpoint(bytes).expect_err("refused");
+        assert!(err.to_string().contains("past"), "{err}");
+        // And version 5 cannot hold a filter lacking its sealed blocks at all.
+        assert!(encode_checkpoint([(&u, &state)], &meta(5, 1)).is_err());
+    }
+
+    /// A manifest naming filter runs is version 6; one of version 4 naming runs is refused.
+    pub(super) fn golden_manifest_v6() -> keepsake_segment::Manifest {
+        let mut m = golden_manifest();
+        m.filter_runs = vec![
+            keepsake_segment::PartRef {
+                written_by: 9,
+                digest: 0x55,
+                users: 1,
+                bytes: 700,
+            },
+            keepsake_segment::PartRef {
+                written_by: 3,
+                digest: 0x66,
+                users: 3,
+                bytes: 900,
+            },
+        ];
+        m
+    }
+
+    #[test]
+    fn a_manifest_of_version_4_naming_runs_is_refused() {
+        let bytes = keepsake_segment::encode_manifest(&golden_manifest_v6()).expect("encode");
+        let v4 = String::from_utf8(bytes)
+            .expect("json")
+            .replace("\"format_version\":6", "\"format_version\":4");
+        assert!(keepsake_segment::decode_manifest(v4.as_bytes()).is_err());
     }
 
     /// The manifest of `golden/checkpoint-v4.json`: two base parts and two deltas, one user in
@@ -761,6 +887,7 @@ mod checkpoints {
                     users: vec![user(5), user(0x9000_0000)],
                 },
             ],
+            filter_runs: Vec::new(),
         }
     }
 
@@ -786,8 +913,9 @@ mod checkpoints {
         // Checkpoint versions are their own (segment version 3 added no checkpoint version).
         assert_eq!(
             keepsake_segment::CHECKPOINT_VERSION,
-            5,
-            "a new checkpoint version needs its golden file here"
+            6,
+            "a new checkpoint version needs its golden file here \
+             (version 6's: the_golden_files_of_version_6_still_decode)"
         );
     }
 

@@ -471,6 +471,11 @@ pub fn text(
                 &s.checkpoint_bytes_written,
             ),
             (
+                "keepsake_checkpoint_filter_run_bytes",
+                "Of those, bytes of filter runs: users' sealed change-id filter blocks, written once (and merged size-tiered)",
+                &s.checkpoint_filter_run_bytes,
+            ),
+            (
                 "keepsake_checkpoint_microseconds",
                 "Time spent writing checkpoints (reading, folding, writing parts and manifest)",
                 &s.checkpoint_micros,

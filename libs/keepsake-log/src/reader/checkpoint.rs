@@ -181,7 +181,7 @@ impl Checkpoint {
                 };
                 let read = ObjectRead::part(m, part);
                 let state = match footers {
-                    None => read.user(store, user, with_changes).await?,
+                    None => read.user(store.clone(), user, with_changes).await?,
                     Some(f) => {
                         let meta = read.footer(&store, Some(f), part).await?;
                         let got = read
@@ -196,6 +196,20 @@ impl Checkpoint {
                         m.segment,
                         format!("a delta part lists user {user} but holds no rows of it"),
                     ));
+                }
+                // A state that may take pushes holds every change id: its sealed filter
+                // blocks come from the runs (a read of items does not need them).
+                let mut state = state;
+                let missing = state.sealed_missing();
+                if with_changes && missing > 0 {
+                    let sealed = super::read_sealed(store, m, user, missing, footers).await?;
+                    if !state.attach_sealed(sealed) {
+                        return Err(LogError::corrupt(
+                            m.shard,
+                            m.segment,
+                            format!("the sealed filter blocks of user {user} do not fit"),
+                        ));
+                    }
                 }
                 Ok(state)
             }
@@ -298,6 +312,19 @@ impl Checkpoint {
         while let Some(states) = parts.try_next().await? {
             out.extend(states);
         }
+        if read_whole.sealed {
+            // The runs' footers once for all these users (the view's, or read here).
+            let local = Footers::default();
+            let footers = footers.as_deref().unwrap_or(&local);
+            super::filter_runs::attach_sealed_many(
+                store.clone(),
+                m,
+                &mut out,
+                footers,
+                concurrency,
+            )
+            .await?;
+        }
         Ok(out)
     }
 
@@ -341,6 +368,7 @@ impl Checkpoint {
                 for d in deltas {
                     users.extend(d);
                 }
+                attach_all_sealed(store, m, &mut users).await?;
                 if users.len() as u64 != m.users {
                     return Err(LogError::corrupt(
                         m.shard,
@@ -356,6 +384,43 @@ impl Checkpoint {
             }
         }
     }
+}
+
+/// Attaches to each of `users` (every user of `m`) its sealed filter blocks from `m`'s runs,
+/// each run read whole; a run's row of a user that lacks none, or rows that do not join up to
+/// the user's part row, make the checkpoint unusable.
+async fn attach_all_sealed(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    users: &mut IdMap<UserId, UserState>,
+) -> Result<(), LogError> {
+    let mut rows: std::collections::HashMap<UserId, Vec<keepsake_model::ChangeFilter>> =
+        std::collections::HashMap::new();
+    for run in &m.filter_runs {
+        for (u, f) in super::read_filter_run(store, m, run).await? {
+            rows.entry(u).or_default().push(f);
+        }
+    }
+    for (u, state) in users.iter_mut() {
+        let missing = state.sealed_missing();
+        let held = rows.remove(u).unwrap_or_default();
+        let fits = super::join_sealed(held, missing).is_some_and(|f| state.attach_sealed(f));
+        if !fits {
+            return Err(LogError::corrupt(
+                m.shard,
+                m.segment,
+                format!("the filter runs of user {u} do not hold its sealed blocks 0..{missing}"),
+            ));
+        }
+    }
+    if let Some(u) = rows.keys().next() {
+        return Err(LogError::corrupt(
+            m.shard,
+            m.segment,
+            format!("a filter run holds blocks of user {u}, whom no part holds"),
+        ));
+    }
+    Ok(())
 }
 
 /// Base part `i` of `m`, checked to hold only users of its range.
@@ -675,6 +740,9 @@ pub struct WholeParts {
     /// Footers of parts read by pages: a view's, shared with its loads (parts are immutable,
     /// so a footer read once serves every later read of the part).
     footers: Option<Arc<Footers>>,
+    /// Attach each state's sealed filter blocks from the filter runs (a state given out is
+    /// then whole); a checkpoint's fold does not (it writes only the blocks sealed since).
+    sealed: bool,
 }
 
 impl WholeParts {
@@ -686,10 +754,12 @@ impl WholeParts {
         }
     }
 
-    /// For one call of [`Checkpoint::users`]: nothing is kept for later asks.
+    /// For one call of [`Checkpoint::users`]: nothing is kept for later asks, and each state
+    /// is given out whole (its sealed filter blocks attached from the runs).
     pub fn once() -> Self {
         Self {
             once: true,
+            sealed: true,
             ..Self::default()
         }
     }
@@ -728,11 +798,11 @@ impl WholeParts {
 pub struct Footers(std::sync::Mutex<std::collections::HashMap<(u64, u128), Arc<ObjectMeta>>>);
 
 impl Footers {
-    fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
+    pub(super) fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
         self.0.lock().ok().and_then(|m| m.get(&key).cloned())
     }
 
-    fn put(&self, key: (u64, u128), meta: Arc<ObjectMeta>) {
+    pub(super) fn put(&self, key: (u64, u128), meta: Arc<ObjectMeta>) {
         if let Ok(mut m) = self.0.lock() {
             m.insert(key, meta);
         }
@@ -757,8 +827,8 @@ impl Footers {
 /// An object's size and loaded footer.
 #[derive(Debug)]
 pub struct ObjectMeta {
-    size: u64,
-    loaded: ArrowReaderMetadata,
+    pub(super) size: u64,
+    pub(super) loaded: ArrowReaderMetadata,
 }
 
 /// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.
