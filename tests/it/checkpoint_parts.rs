@@ -39,6 +39,7 @@ on_every_backend!(
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
     a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
+    a_broken_filter_run_is_passed_over_by_the_next_checkpoint,
 );
 
 /// `n` pushes of one put each for `u`; the change of the first.
@@ -172,6 +173,48 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A filter run that is there but broken (its bytes replaced): the next checkpoint, whose
+/// merge of runs reads it, folds from the log's start instead of the previous checkpoint, as for
+/// a broken part, rather than fail (every checkpoint after it would fail the same way).
+async fn a_broken_filter_run_is_passed_over_by_the_next_checkpoint(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    // One run at most: each checkpoint that writes a run merges the one before into it.
+    let parts = PartsPolicy {
+        max_deltas: 1,
+        ..PartsPolicy::default()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let u = user();
+    let first = pushes(&log, u, 40).await;
+    let c1 = checkpoint(&log).await;
+    let run = manifest(&ts.store, c1).await.filter_runs[0];
+    ts.store
+        .put(
+            &keys::part(0, run.written_by, run.digest),
+            object_store::PutPayload::from_static(b"not a filter run"),
+        )
+        .await
+        .expect("the run is overwritten");
+    pushes(&log, u, 40).await;
+    let c2 = checkpoint(&log).await;
+    assert!(c2 > c1);
+    let m2 = manifest(&ts.store, c2).await;
+    assert_eq!(m2.filter_runs.len(), 1);
+    assert_eq!(m2.filter_runs[0].written_by, c2, "folded anew: {m2:?}");
+    assert_is_the_fold(&ts.store, c2, &[u]).await;
+    log.shutdown().await;
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("reopen");
+    let head = log.head(0);
+    let again = push(&log, u, vec![first]).await.expect("resend");
+    assert!(
+        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(log.head(0), head, "nothing written");
+    log.shutdown().await;
 }
 
 /// A filter run the manifest names is gone: its checkpoint is unusable (never a filter with a
@@ -453,6 +496,9 @@ async fn a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_delet
     let mut expected: HashMap<UserId, u64> = HashMap::new();
     for round in 1..4u64 {
         touch(&log, &users[..(round as usize)], round).await;
+        // And 40 events for the first user: each checkpoint seals filter blocks of it, so the
+        // crashed ones leave filter runs (merged ones too: runs are tiered within max_deltas).
+        pushes(&log, users[0], 40).await;
         for u in &users {
             expected.insert(*u, log.last_seq(u).await.expect("seq"));
         }
@@ -495,6 +541,17 @@ async fn a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_delet
         "unnamed parts deleted: {left:?} (named {named:?}, after the crashes {unnamed:?})"
     );
     assert!(unnamed.len() > named.len(), "the crashes left parts");
+    assert!(!m.filter_runs.is_empty(), "{m:?}");
+    // After a restart the first user's state holds every sealed block again (from the runs
+    // the newest manifest names, none of them a crashed checkpoint's).
+    log.shutdown().await;
+    let log = open(store.clone(), 1, cfg(parts)).await.expect("reopen");
+    assert_eq!(
+        log.user(&users[0], |s| s.sealed_missing())
+            .await
+            .expect("user"),
+        0
+    );
     log.shutdown().await;
     let (report, _) = verify_store(&store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);

@@ -183,6 +183,7 @@ async fn write_from(
         footers,
         concurrency,
         sealed: Vec::new(),
+        prev,
     };
     let mut manifest = match base {
         Some(Checkpoint::Parts(m)) => {
@@ -264,6 +265,8 @@ struct Writer {
     concurrency: usize,
     /// The sealed filter blocks split off the states written to parts, for the filter run.
     sealed: Vec<(UserId, ChangeFilter)>,
+    /// The checkpoint folded from, whose runs a merge of runs reads.
+    prev: Option<u64>,
 }
 
 impl Writer {
@@ -576,8 +579,20 @@ impl Writer {
         for (u, f) in rows {
             by_user.entry(u).or_default().push(f);
         }
+        // The runs merged are the previous checkpoint's: one that is broken makes that
+        // checkpoint unusable (so this one is folded from the log's start instead, as for a
+        // broken part), not every checkpoint after it fail.
+        // (A reader of a run looks at its manifest's shard and segment only.)
+        let prev = Manifest {
+            shard,
+            segment: self.prev.unwrap_or(manifest.segment),
+            users: 0,
+            base: Vec::new(),
+            deltas: Vec::new(),
+            filter_runs: Vec::new(),
+        };
         for run in &runs[..k] {
-            for (u, f) in read_filter_run(self.store.as_ref(), manifest, run).await? {
+            for (u, f) in read_filter_run(self.store.as_ref(), &prev, run).await? {
                 by_user.entry(u).or_default().push(f);
             }
         }
@@ -586,7 +601,7 @@ impl Writer {
             let f = join_rows(rows).ok_or_else(|| {
                 LogError::corrupt(
                     shard,
-                    manifest.segment,
+                    prev.segment,
                     format!("the filter runs of user {u} do not join end to start"),
                 )
             })?;

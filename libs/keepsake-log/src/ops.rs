@@ -6,10 +6,7 @@ use keepsake_model::{UserId, UserState};
 use tracing::info;
 
 use crate::upkeep::Upkeep;
-use crate::{
-    CompactionPolicy, CompactionReport, Log, LogError, poisoned, read_checkpoint, scan_shard,
-    verify,
-};
+use crate::{CompactionPolicy, CompactionReport, Log, LogError, poisoned, scan_shard, verify};
 
 impl Log {
     /// Checkpoints every shard at its head and compacts everything up to it now, whatever the
@@ -141,7 +138,10 @@ impl Log {
             };
             if let Some(c) = checkpoint {
                 out.extend(
-                    read_checkpoint(self.store.as_ref(), shard, c)
+                    // Ids only: no runs read.
+                    crate::reader::open_checkpoint(self.store.as_ref(), shard, c)
+                        .await?
+                        .all_partial(self.store.as_ref())
                         .await?
                         .into_keys(),
                 );

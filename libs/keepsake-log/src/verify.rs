@@ -85,7 +85,13 @@ pub fn state_hash<'a>(users: impl IntoIterator<Item = (&'a UserId, &'a UserState
             h.update(i.document.as_ref().map_or("", |d| d.as_str()));
             h.update([0xff]);
         }
-        h.update(s.change_filter().to_bytes());
+        let filter = s.change_filter();
+        // A filter lacking its sealed blocks hashes apart from the whole one, never alike
+        // (only whole states are hashed; a whole filter's hash is as before format 6).
+        if !filter.is_whole() {
+            h.update((filter.offset() as u64).to_le_bytes());
+        }
+        h.update(filter.to_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

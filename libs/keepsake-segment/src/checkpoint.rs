@@ -178,7 +178,8 @@ pub fn checkpoint_description(version: u32) -> Option<Value> {
                 d["manifest"] = Value::from(
                     "a manifest of format 4 with one more field, filter_runs (absent when \
                      empty): the filter runs, newest first, {written_by, digest, users (rows), \
-                     bytes}, at the part key; a manifest naming any is stamped format_version 6",
+                     bytes}, at the part key; stamped format_version 6 (runs or not: it names \
+                     parts of format 6)",
                 );
             }
         }

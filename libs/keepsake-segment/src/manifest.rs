@@ -12,9 +12,10 @@
 //!   users' sealed change-id filter blocks that parts of checkpoint format 6 do not.
 //!
 //! A user's state is its rows in the newest delta that lists it, else in the base part whose
-//! range holds it, else empty; its sealed filter blocks are in the runs. A manifest naming
-//! runs is stamped format 6, so that a build that knows only 4 refuses it rather than reading
-//! it without its runs (and deleting them as unnamed). Invariants (checked on decode): the base's ranges ascend from the
+//! range holds it, else empty; its sealed filter blocks are in the runs. This build stamps
+//! every manifest it writes format 6 (4 is still read: no runs), so that a build that knows
+//! only 4 refuses it rather than reading it without its runs (and deleting them as unnamed)
+//! or meeting parts of format 6. Invariants (checked on decode): the base's ranges ascend from the
 //! nil id; each delta's users ascend strictly and their count is the part's; no part was written
 //! after the manifest's segment. A manifest is derived like any checkpoint: it must equal the
 //! fold of segments `1..=n`.
@@ -27,9 +28,9 @@ use sha2::Digest;
 
 use crate::error::{SegmentError, invalid};
 
-/// The checkpoint format version of a manifest naming no filter runs.
+/// The checkpoint format version of a manifest naming no filter runs (read, no longer written).
 pub const MANIFEST_VERSION: u32 = 4;
-/// The checkpoint format version of a manifest naming filter runs.
+/// The checkpoint format version of the manifests this build writes (they may name filter runs).
 pub const MANIFEST_RUNS_VERSION: u32 = 6;
 
 /// One part as a manifest names it.
@@ -211,11 +212,9 @@ pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, SegmentError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let wire = Wire {
         format: "keepsake-checkpoint".into(),
-        format_version: if m.filter_runs.is_empty() {
-            MANIFEST_VERSION
-        } else {
-            MANIFEST_RUNS_VERSION
-        },
+        // Always 6, runs or not: its parts are of format 6, which a build that knows only
+        // manifests of 4 cannot read either.
+        format_version: MANIFEST_RUNS_VERSION,
         shard: m.shard,
         segment: m.segment,
         users: m.users,

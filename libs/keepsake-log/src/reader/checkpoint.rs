@@ -328,8 +328,21 @@ impl Checkpoint {
         Ok(out)
     }
 
-    /// Every user's state.
+    /// Every user's state, whole (its sealed filter blocks attached from the runs).
     pub async fn all(&self, store: &dyn ObjectStore) -> Result<IdMap<UserId, UserState>, LogError> {
+        let mut users = self.all_partial(store).await?;
+        if let Checkpoint::Parts(m) = self {
+            attach_all_sealed(store, m, &mut users).await?;
+        }
+        Ok(users)
+    }
+
+    /// Every user's state as its part holds it: lacking its sealed filter blocks (format 6),
+    /// for its items and id, never for staging changes against.
+    pub async fn all_partial(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<IdMap<UserId, UserState>, LogError> {
         match self {
             Checkpoint::Whole { shard, n } => {
                 let read = ObjectRead {
@@ -368,7 +381,6 @@ impl Checkpoint {
                 for d in deltas {
                     users.extend(d);
                 }
-                attach_all_sealed(store, m, &mut users).await?;
                 if users.len() as u64 != m.users {
                     return Err(LogError::corrupt(
                         m.shard,
@@ -396,10 +408,17 @@ async fn attach_all_sealed(
 ) -> Result<(), LogError> {
     let mut rows: std::collections::HashMap<UserId, Vec<keepsake_model::ChangeFilter>> =
         std::collections::HashMap::new();
-    for run in &m.filter_runs {
-        for (u, f) in super::read_filter_run(store, m, run).await? {
-            rows.entry(u).or_default().push(f);
-        }
+    let runs: Vec<_> = m
+        .filter_runs
+        .iter()
+        .map(|run| super::read_filter_run(store, m, run))
+        .collect();
+    let runs: Vec<_> = futures::stream::iter(runs)
+        .buffered(PART_READS_AT_ONCE)
+        .try_collect()
+        .await?;
+    for (u, f) in runs.into_iter().flatten() {
+        rows.entry(u).or_default().push(f);
     }
     for (u, state) in users.iter_mut() {
         let missing = state.sealed_missing();
@@ -747,6 +766,8 @@ pub struct WholeParts {
 
 impl WholeParts {
     /// For a fold that reads parts' pages through `footers` (and leaves there the ones it read).
+    /// The states it gives out lack their sealed filter blocks (a checkpoint's fold writes only
+    /// the blocks sealed since; such a state sends every pushed id to the log, never misses one).
     pub fn sharing(footers: Option<Arc<Footers>>) -> Self {
         Self {
             footers,
