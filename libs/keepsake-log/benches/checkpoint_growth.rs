@@ -8,7 +8,9 @@
 //!
 //! `KEEPSAKE_BENCH_USERS` (100000), `KEEPSAKE_BENCH_ITEMS` (20), `KEEPSAKE_BENCH_STEPS`
 //! (`10,50,100`, percent), `KEEPSAKE_BENCH_WORK_USERS` (1000), `KEEPSAKE_BENCH_PATCHES` (20),
-//! `KEEPSAKE_BENCH_SHARDS` (4), `KEEPSAKE_BENCH_DIR` (a temporary directory).
+//! `KEEPSAKE_BENCH_SHARDS` (4), `KEEPSAKE_BENCH_DIR` (a temporary directory),
+//! `KEEPSAKE_BENCH_HISTORY` (0): small patches each filled user gets after its items, in
+//! pushes of 100, so that users have long histories (many change ids) over few items.
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -72,8 +74,9 @@ async fn push(log: &Log, u: UserId, changes: Vec<Change>) {
     .expect("push");
 }
 
-/// Users `from..to`, each with `items` new items, 64 users at a time.
-async fn fill(log: &Arc<Log>, from: u64, to: u64, items: u64) {
+/// Users `from..to`, each with `items` new items and then `history` patches of them, 64 users
+/// at a time.
+async fn fill(log: &Arc<Log>, from: u64, to: u64, items: u64, history: u64) {
     let mut tasks = Vec::new();
     for lane in 0..64u64 {
         let log = log.clone();
@@ -93,6 +96,23 @@ async fn fill(log: &Arc<Log>, from: u64, to: u64, items: u64) {
                     })
                     .collect();
                 push(&log, user(u), changes).await;
+                let mut done = 0;
+                while done < history {
+                    let n = (history - done).min(100);
+                    let changes = (done..done + n)
+                        .map(|h| Change {
+                            change_id: ChangeId(rng.uuid()),
+                            kind: Kind::Contact,
+                            item_id: item(u, h % items),
+                            base_version: None,
+                            body: ChangeBody::Patch {
+                                document: Document::from_value(&json!({ "h": h })),
+                            },
+                        })
+                        .collect();
+                    push(&log, user(u), changes).await;
+                    done += n;
+                }
                 u += 64;
             }
         }));
@@ -194,6 +214,7 @@ fn main() {
     let work_users = env("KEEPSAKE_BENCH_WORK_USERS", 1000);
     let patches = env("KEEPSAKE_BENCH_PATCHES", 20);
     let shards = env("KEEPSAKE_BENCH_SHARDS", 4) as u32;
+    let history = env("KEEPSAKE_BENCH_HISTORY", 0);
     let steps: Vec<u64> = std::env::var("KEEPSAKE_BENCH_STEPS")
         .unwrap_or_else(|_| "10,50,100".into())
         .split(',')
@@ -217,7 +238,7 @@ fn main() {
             ..PartsPolicy::default()
         };
         println!(
-            "checkpoint growth: file store, {shards} shards, {items} items of 300-700 bytes per user; new work {work_users} users x {patches} patches"
+            "checkpoint growth: file store, {shards} shards, {items} items of 300-700 bytes and {history} patches of them per user; new work {work_users} users x {patches} patches"
         );
         println!(
             "{:>9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>11} {:>7}",
@@ -229,9 +250,9 @@ fn main() {
             let to = users * pct / 100;
             let t = Instant::now();
             let log = open(store.clone(), shards, PartsPolicy::default()).await;
-            fill(&log, filled, to, items).await;
+            fill(&log, filled, to, items, history).await;
             let fill_secs = t.elapsed().as_secs_f64();
-            let fill_rate = ((to - filled) * items) as f64 / fill_secs;
+            let fill_rate = ((to - filled) * (items + history)) as f64 / fill_secs;
             filled = to;
             // The fill's own checkpoint (a large delta, merged into the base): not measured.
             log.compact_now().await.expect("checkpoint the fill");
