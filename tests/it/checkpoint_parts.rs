@@ -54,6 +54,18 @@ async fn pushes(log: &Log, u: UserId, n: usize) -> Change {
     first
 }
 
+/// A resend of `c` (applied before) answers `duplicate` and writes nothing.
+async fn assert_resend_is_a_duplicate(log: &Log, u: UserId, c: Change) {
+    let head = log.head(0);
+    let again = push(log, u, vec![c]).await.expect("resend");
+    assert!(
+        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(log.head(0), head, "nothing written");
+}
+
 /// The state of `u` in the part of checkpoint `n` that holds it, as stored (no runs attached).
 async fn stored_row(store: &Arc<dyn ObjectStore>, n: u64, u: UserId) -> UserState {
     let m = manifest(store, n).await;
@@ -162,14 +174,7 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
         filter,
         UserState::replay(&events).expect("fold").change_filter()
     );
-    let head = log.head(0);
-    let again = push(&log, u, vec![first]).await.expect("resend");
-    assert!(
-        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
-        "{:?}",
-        again.outcomes
-    );
-    assert_eq!(log.head(0), head, "nothing written");
+    assert_resend_is_a_duplicate(&log, u, first).await;
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
@@ -206,14 +211,7 @@ async fn a_broken_filter_run_is_passed_over_by_the_next_checkpoint(backend: Back
     assert_is_the_fold(&ts.store, c2, &[u]).await;
     log.shutdown().await;
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("reopen");
-    let head = log.head(0);
-    let again = push(&log, u, vec![first]).await.expect("resend");
-    assert!(
-        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
-        "{:?}",
-        again.outcomes
-    );
-    assert_eq!(log.head(0), head, "nothing written");
+    assert_resend_is_a_duplicate(&log, u, first).await;
     log.shutdown().await;
 }
 
@@ -241,14 +239,7 @@ async fn a_missing_filter_run_makes_its_checkpoint_pass_for_the_log(backend: Bac
         .await
         .expect("reopen");
     assert_eq!(log.user(&u, |s| s.sealed_missing()).await.expect("user"), 0);
-    let head = log.head(0);
-    let again = push(&log, u, vec![first]).await.expect("resend");
-    assert!(
-        matches!(again.outcomes[..], [Outcome::Duplicate(_)]),
-        "{:?}",
-        again.outcomes
-    );
-    assert_eq!(log.head(0), head, "nothing written");
+    assert_resend_is_a_duplicate(&log, u, first).await;
     touch(&log, &[u], 1).await;
     let c2 = checkpoint(&log).await;
     assert_is_the_fold(&ts.store, c2, &[u]).await;

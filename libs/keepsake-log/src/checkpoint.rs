@@ -526,10 +526,22 @@ impl Writer {
         .map_err(|e| LogError::corrupt(shard, n, e))?
         .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint part: {e}")))?;
         self.sealed.extend(sealed);
+        self.put_named(bytes, count, "a part").await
+    }
+
+    /// Writes `bytes` (a part or a filter run of `rows` users), create-only, at the part key
+    /// of this checkpoint and their digest, and counts it.
+    async fn put_named(
+        &mut self,
+        bytes: bytes::Bytes,
+        rows: u64,
+        what: &str,
+    ) -> Result<PartRef, LogError> {
+        let (shard, n) = (self.shard, self.n);
         let part = PartRef {
             written_by: n,
             digest: keepsake_segment::part_digest(&bytes),
-            users: count,
+            users: rows,
             bytes: bytes.len() as u64,
         };
         match self
@@ -545,7 +557,7 @@ impl Writer {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => {
                 return Err(LogError::Store {
-                    context: format!("write a part of checkpoint {n} of shard {shard}"),
+                    context: format!("write {what} of checkpoint {n} of shard {shard}"),
                     source: e,
                 });
             }
@@ -614,32 +626,7 @@ impl Writer {
         .await
         .map_err(|e| LogError::corrupt(shard, n, e))?
         .map_err(|e| LogError::corrupt(shard, n, format!("encode filter run: {e}")))?;
-        let run = PartRef {
-            written_by: n,
-            digest: keepsake_segment::part_digest(&bytes),
-            users: count,
-            bytes: bytes.len() as u64,
-        };
-        match self
-            .store
-            .put_opts(
-                &keys::part(shard, n, run.digest),
-                object_store::PutPayload::from(bytes),
-                keepsake_store::create_only(),
-            )
-            .await
-        {
-            // The same name is the same bytes.
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => {
-                return Err(LogError::Store {
-                    context: format!("write the filter run of checkpoint {n} of shard {shard}"),
-                    source: e,
-                });
-            }
-        }
-        self.report.parts_written += 1;
-        self.report.bytes_written += run.bytes;
+        let run = self.put_named(bytes, count, "the filter run").await?;
         self.report.filter_run_bytes += run.bytes;
         self.report.filter_runs_merged += k as u64;
         manifest.filter_runs.drain(..k);

@@ -22,6 +22,7 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::PageIndexPolicy;
 
+use super::footers::{Footers, ObjectMeta};
 use super::objects::SegmentReader;
 use super::{CheckpointForm, Tag};
 use crate::error::{LogError, store_err};
@@ -811,45 +812,6 @@ impl WholeParts {
     pub fn take(&mut self, part: &PartRef) -> Option<std::collections::HashMap<UserId, UserState>> {
         self.read.remove(&(part.written_by, part.digest))
     }
-}
-
-/// Footers of parts, kept by a view for its loads and its shard's checkpoints: the parts of the
-/// newest manifest (trimmed by [`Footers::retain_named`]), and of the one a checkpoint read.
-#[derive(Debug, Default)]
-pub struct Footers(std::sync::Mutex<std::collections::HashMap<(u64, u128), Arc<ObjectMeta>>>);
-
-impl Footers {
-    pub(super) fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
-        self.0.lock().ok().and_then(|m| m.get(&key).cloned())
-    }
-
-    pub(super) fn put(&self, key: (u64, u128), meta: Arc<ObjectMeta>) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(key, meta);
-        }
-    }
-
-    /// Keeps only the footers of parts `m` names (a new manifest was adopted).
-    pub fn retain_named(&self, m: &Manifest) {
-        if let Ok(mut kept) = self.0.lock() {
-            kept.retain(|(w, d), _| m.parts().any(|p| p.written_by == *w && p.digest == *d));
-        }
-    }
-
-    /// Approximate bytes held (the decoded footers and page indexes).
-    pub fn bytes(&self) -> usize {
-        self.0
-            .lock()
-            .map(|m| m.values().map(|v| v.loaded.metadata().memory_size()).sum())
-            .unwrap_or(0)
-    }
-}
-
-/// An object's size and loaded footer.
-#[derive(Debug)]
-pub struct ObjectMeta {
-    pub(super) size: u64,
-    pub(super) loaded: ArrowReaderMetadata,
 }
 
 /// Reads one user's state from a checkpoint: only the pages that may hold the user's rows.

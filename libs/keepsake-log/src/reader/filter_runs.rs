@@ -21,7 +21,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::PageIndexPolicy;
 
 use super::Tag;
-use super::checkpoint::{Footers, ObjectMeta};
+use super::footers::{Footers, ObjectMeta};
 use super::objects::SegmentReader;
 use crate::error::{LogError, store_err};
 

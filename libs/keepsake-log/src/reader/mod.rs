@@ -11,13 +11,14 @@
 //!
 //! The files, by job: [`catalog`] (listing and layout), [`checkpoint`] (checkpoints, whole or
 //! as a manifest over parts), [`filter_runs`] (the sealed change-id filter blocks parts of
-//! format 6 leave out), [`objects`] (whole-object reads of segments and history),
+//! format 6 leave out), [`footers`] (footers of immutable objects, kept for later reads), [`objects`] (whole-object reads of segments and history),
 //! [`user`] (one user's rows in one pass), [`keyed`] (one user's rows by key columns first),
 //! [`tag`] (which write of an object was seen).
 
 mod catalog;
 mod checkpoint;
 mod filter_runs;
+mod footers;
 mod keyed;
 mod objects;
 mod tag;
@@ -26,6 +27,7 @@ mod user;
 pub use catalog::*;
 pub use checkpoint::*;
 pub use filter_runs::{join_rows, join_sealed, read_filter_run, read_sealed};
+pub use footers::{Footers, ObjectMeta};
 pub use keyed::*;
 pub use objects::*;
 pub use tag::Tag;
