@@ -17,6 +17,7 @@ use keepsake_tests::Backend;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use futures::TryStreamExt;
 
@@ -40,6 +41,7 @@ on_every_backend!(
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
     a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
     a_broken_filter_run_is_passed_over_by_the_next_checkpoint,
+    a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only,
 );
 
 /// `n` pushes of one put each for `u`; the change of the first.
@@ -178,6 +180,64 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A cold load of a user with sealed blocks asks every run the manifest names, but reads pages
+/// only of those that hold the user: each run's footer (read once, kept) carries a filter of its
+/// users. Without it every run cost a ranged GET a cold load, billed per request on S3.
+async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    // Ids chosen so that each run's range of ids (its page index) takes in the users of the
+    // other: only the users' filter tells them apart.
+    let id = |hi: u128| UserId(uuid::Uuid::from_u128(hi << 120 | 0x5eed));
+    let (u, y, v) = (id(0x1), id(0x7), id(0xd));
+    let (w, x) = (id(0x3), id(0xf));
+    for a in [u, y, v] {
+        pushes(&log, a, 64).await;
+    }
+    checkpoint(&log).await;
+    // w and x's run has fewer rows than the first: not merged into it.
+    pushes(&log, w, 40).await;
+    pushes(&log, x, 40).await;
+    let c = checkpoint(&log).await;
+    let m = manifest(&store, c).await;
+    assert_eq!(m.filter_runs.len(), 2, "{m:?}");
+    log.shutdown().await;
+    let path = |r: &keepsake_segment::PartRef| keys::part(0, r.written_by, r.digest).to_string();
+    let (holds_w, holds_uv) = (path(&m.filter_runs[0]), path(&m.filter_runs[1]));
+    let gets_w = faulty.count_gets(&holds_w);
+    let gets_uv = faulty.count_gets(&holds_uv);
+    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    let whole = |s: &UserState| s.sealed_missing() == 0;
+    // The first cold load reads both footers (and u's pages of its run).
+    assert!(log.user(&u, whole).await.expect("u"));
+    let (w_before, uv_before) = (gets_w.load(Relaxed), gets_uv.load(Relaxed));
+    assert!(w_before > 0 && uv_before > 0, "both footers read");
+    // v is in the first run only: w's run is not read again.
+    assert!(log.user(&v, whole).await.expect("v"));
+    assert_eq!(
+        gets_w.load(Relaxed),
+        w_before,
+        "no page of w's run read for v"
+    );
+    assert!(gets_uv.load(Relaxed) > uv_before, "v's pages read");
+    // And w is in the second only.
+    let uv_after_v = gets_uv.load(Relaxed);
+    assert!(log.user(&w, whole).await.expect("w"));
+    assert_eq!(
+        gets_uv.load(Relaxed),
+        uv_after_v,
+        "no page of u and v's run read for w"
+    );
+    assert!(gets_w.load(Relaxed) > w_before, "w's pages read");
+    log.shutdown().await;
 }
 
 /// A filter run that is there but broken (its bytes replaced): the next checkpoint, whose

@@ -45,8 +45,9 @@ pub struct ChangeFilter {
     blocks: Vec<[u64; WORDS]>,
 }
 
-/// SplitMix64's finalizer: a fixed, well-mixed 64-bit permutation.
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64's finalizer: a fixed, well-mixed 64-bit permutation (stored formats use it:
+/// never change it).
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

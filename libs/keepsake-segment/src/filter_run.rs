@@ -12,7 +12,10 @@
 //! as [`ChangeFilter::to_bytes`]). A user's sealed blocks are the rows of the runs a manifest
 //! names, which must join end to start from block 0 (checked by whoever joins them).
 //! Key-value metadata: `keepsake.format` = `filter-run`, `keepsake.format_version`,
-//! `keepsake.shard`, `keepsake.segment` (the checkpoint that wrote it), `keepsake.rows`.
+//! `keepsake.shard`, `keepsake.segment` (the checkpoint that wrote it), `keepsake.rows`, and
+//! `keepsake.users_bloom`: a Bloom filter of the run's users ([`UsersBloom`]), so that a reader
+//! holding the footer reads no page of a run that does not hold its user (a cold load of a
+//! user asks every run a manifest names; without it, each answered with a ranged GET).
 
 use std::sync::Arc;
 
@@ -20,7 +23,9 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, FixedSizeBinaryBuilder, Int64Array, RecordBatch,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use base64::Engine;
 use bytes::Bytes;
+use keepsake_model::change_filter::mix;
 use keepsake_model::{ChangeFilter, UserId};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -41,6 +46,98 @@ const PAGE_ROWS: usize = 256;
 
 /// Bytes a page of `blocks` holds (about): a one-user read fetches one.
 const BLOCKS_PAGE_BYTES: usize = 16 * 1024;
+
+/// The key of the users' Bloom filter in a run's key-value metadata.
+const USERS_BLOOM_KEY: &str = "keepsake.users_bloom";
+
+/// Bits of a run's users' Bloom filter a row, and probes a user.
+const BLOOM_BITS_PER_ROW: usize = 10;
+const BLOOM_PROBES: u64 = 7;
+/// Bits at least (a small run's filter is a few words).
+const BLOOM_MIN_BITS: usize = 1024;
+
+/// A Bloom filter over a run's users: no false negatives; about 1 in 100 users a run does not
+/// hold pass for one it does (10 bits a row, 7 probes). Stored as the base64 of its 64-bit words,
+/// little-endian. A user's probes: with `(hi, lo)` its id's 128 bits (big-endian halves) and
+/// `h = mix(lo ^ mix(hi ^ 0x75736572735f626c))`, `mix(h ^ i * 0x9e3779b97f4a7c15) mod bits` for
+/// `i` in `1..=7` (`mix`: SplitMix64's finalizer, as the change filter's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsersBloom {
+    words: Vec<u64>,
+}
+
+impl UsersBloom {
+    /// The filter of `users` (`rows` of them, which sizes it).
+    pub fn of<'a>(users: impl IntoIterator<Item = &'a UserId>, rows: usize) -> Self {
+        let bits = (rows.saturating_mul(BLOOM_BITS_PER_ROW)).max(BLOOM_MIN_BITS);
+        let mut b = UsersBloom {
+            words: vec![0; bits.div_ceil(64)],
+        };
+        for u in users {
+            for p in b.probes(u) {
+                b.words[p / 64] |= 1 << (p % 64);
+            }
+        }
+        b
+    }
+
+    fn probes(&self, u: &UserId) -> impl Iterator<Item = usize> + use<> {
+        let bits = (self.words.len() * 64) as u64;
+        let v = u.0.as_u128();
+        let (hi, lo) = ((v >> 64) as u64, v as u64);
+        let h = mix(lo ^ mix(hi ^ 0x7573_6572_735f_626c));
+        (1..=BLOOM_PROBES)
+            .map(move |i| (mix(h ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % bits.max(1)) as usize)
+    }
+
+    /// Whether the run may hold `u`: `false` is certain.
+    pub fn may_hold(&self, u: &UserId) -> bool {
+        !self.words.is_empty()
+            && self
+                .probes(u)
+                .all(|p| self.words[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    fn to_base64(&self) -> String {
+        let bytes: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn from_base64(s: &str) -> Option<Self> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return None;
+        }
+        let words = bytes
+            .chunks_exact(8)
+            .map(|c| {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(c);
+                u64::from_le_bytes(le)
+            })
+            .collect();
+        Some(UsersBloom { words })
+    }
+}
+
+/// The users' Bloom filter in a run's footer: `None` when the run has none (it is then read),
+/// an error when it is there but broken.
+pub fn filter_run_users(kvs: Option<&Vec<KeyValue>>) -> Result<Option<UsersBloom>, SegmentError> {
+    let Some(v) = kvs
+        .and_then(|v| v.iter().find(|kv| kv.key == USERS_BLOOM_KEY))
+        .and_then(|kv| kv.value.as_deref())
+    else {
+        return Ok(None);
+    };
+    UsersBloom::from_base64(v)
+        .map(Some)
+        .ok_or_else(|| invalid("filter run metadata keepsake.users_bloom is not whole words"))
+}
 
 /// What a filter run says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +208,10 @@ pub fn encode_filter_run(
         ("keepsake.shard", shard.to_string()),
         ("keepsake.segment", segment.to_string()),
         ("keepsake.rows", rows.len().to_string()),
+        (
+            USERS_BLOOM_KEY,
+            UsersBloom::of(rows.iter().map(|(u, _)| u), rows.len()).to_base64(),
+        ),
     ] {
         writer.append_key_value_metadata(KeyValue::new(k.into(), v));
     }
@@ -232,6 +333,66 @@ pub fn filter_run_description(version: u32) -> Option<Value> {
         "rows": "one per user: its sealed change-id filter blocks from_block.. (a block is sealed once all 32 of its seqs exist), each 16 little-endian u64 words, as the checkpoint format's filter column",
         "join": "a user's sealed blocks are the rows of the runs its manifest names, joined end to start from block 0 up to its part row's filter_from",
         "key": "shards/<shard>/parts/<written_by:020>-<digest>.parquet (the part key: named by the manifest's filter_runs)",
-        "metadata_keys": ["keepsake.format", "keepsake.format_version", "keepsake.shard", "keepsake.segment", "keepsake.rows"],
+        "metadata_keys": ["keepsake.format", "keepsake.format_version", "keepsake.shard", "keepsake.segment", "keepsake.rows", "keepsake.users_bloom"],
+        "users_bloom": "a Bloom filter of the run's users, base64 of its 64-bit words (little-endian); bits = 64 * words = max(1024, 10 * rows) rounded up to 64; a user's 7 probes: with (hi, lo) its id's 128 bits big-endian and h = mix(lo ^ mix(hi ^ 0x75736572735f626c)), mix(h ^ i * 0x9e3779b97f4a7c15) mod bits for i in 1..=7 (wrapping; mix = SplitMix64's finalizer); a reader that finds a bit clear reads none of the run's pages for the user; absent: the run is read",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u128) -> UserId {
+        UserId(uuid::Uuid::from_u128(
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+        ))
+    }
+
+    /// Every user put in is found; about 1 in 100 others pass; the stored form reads back.
+    #[test]
+    fn a_runs_users_bloom_has_no_false_negatives_and_few_false_positives() {
+        let users: Vec<UserId> = (0..10_000).map(user).collect();
+        let b = UsersBloom::of(users.iter(), users.len());
+        assert!(users.iter().all(|u| b.may_hold(u)));
+        let strangers = (10_000..110_000).filter(|n| b.may_hold(&user(*n))).count();
+        assert!(strangers < 2_000, "{strangers} of 100,000 strangers passed");
+        assert_eq!(UsersBloom::from_base64(&b.to_base64()), Some(b.clone()));
+        assert_eq!(UsersBloom::from_base64("AAAA"), None, "not whole words");
+        // Two users in the smallest filter: a stranger almost never passes.
+        let small = UsersBloom::of(users[..2].iter(), 2);
+        assert_eq!(small.bytes(), 128);
+        assert!((2..1_000).all(|i| !small.may_hold(&users[i])));
+    }
+
+    /// The probes are part of the stored format: a change to them must fail here.
+    #[test]
+    fn the_blooms_probes_are_fixed() {
+        let b = UsersBloom { words: vec![0; 16] };
+        let p: Vec<usize> = b
+            .probes(&UserId(uuid::Uuid::from_u128(
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+            )))
+            .collect();
+        assert_eq!(p.len(), 7);
+        assert_eq!(p, GOLDEN_PROBES.to_vec());
+    }
+
+    const GOLDEN_PROBES: [usize; 7] = [668, 285, 581, 202, 979, 327, 362];
+
+    /// A run written now carries its users' filter in its footer.
+    #[test]
+    fn a_run_carries_its_users_filter() {
+        let mut f = ChangeFilter::default();
+        f.insert(1, &keepsake_model::ChangeId(uuid::Uuid::from_u128(7)));
+        let rows = vec![(user(1), f.clone()), (user(2), f)];
+        let mut rows = rows;
+        rows.sort_by_key(|(u, _)| *u);
+        let bytes = encode_filter_run(&rows, 1, 5).expect("encode");
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+        let kvs = builder.metadata().file_metadata().key_value_metadata();
+        let b = filter_run_users(kvs).expect("well formed").expect("there");
+        assert!(b.may_hold(&user(1)) && b.may_hold(&user(2)));
+        assert!(!b.may_hold(&user(3)));
+        assert_eq!(filter_run_users(None).expect("absent is fine"), None);
+    }
 }

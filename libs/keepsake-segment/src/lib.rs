@@ -29,8 +29,9 @@ pub use codec::{
 };
 pub use error::SegmentError;
 pub use filter_run::{
-    FILTER_RUN_VERSION, FilterRunMeta, decode_filter_run, decode_filter_run_batches,
+    FILTER_RUN_VERSION, FilterRunMeta, UsersBloom, decode_filter_run, decode_filter_run_batches,
     encode_filter_run, filter_run_description, filter_run_meta, filter_run_schema,
+    filter_run_users,
 };
 pub use history::{
     HISTORY_VERSION, HISTORY_VERSIONS, History, HistoryMeta, decode_history,

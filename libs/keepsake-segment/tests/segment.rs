@@ -791,6 +791,16 @@ mod checkpoints {
         .expect("decodes");
         assert_eq!((rm.shard, rm.segment, rm.rows), (2, 9, 2));
         assert_eq!(rows, golden_run_rows());
+        // Its footer's filter of its users holds both.
+        let run = Bytes::from(checked_in("golden/filter-run-v1.parquet"));
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(run)
+            .expect("parquet");
+        let users = keepsake_segment::filter_run_users(
+            builder.metadata().file_metadata().key_value_metadata(),
+        )
+        .expect("well formed")
+        .expect("there");
+        assert!(rows.iter().all(|(u, _)| users.may_hold(u)));
         let whole = fold(&fixtures::history(66, 2, 70, t(0)));
         for (u, sealed) in rows {
             let mut s = decoded[&u].clone();

@@ -685,7 +685,11 @@ impl ObjectRead {
         )
         .map_err(|e| LogError::corrupt(self.shard, self.checkpoint, format!("checkpoint: {e}")))?;
         self.check_meta(&meta)?;
-        Ok(ObjectMeta { size, loaded })
+        Ok(ObjectMeta {
+            size,
+            loaded,
+            users: None,
+        })
     }
 
     /// One user's rows, read with the object's metadata: only the pages that may hold them.

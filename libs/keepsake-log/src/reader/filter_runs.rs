@@ -141,14 +141,14 @@ impl RunRead<'_> {
             Ok(l) => l,
             Err(e) => return Err(self.told_apart(store.as_ref(), self.parquet_error(e)).await),
         };
-        let meta = keepsake_segment::filter_run_meta(
-            loaded.metadata().file_metadata().key_value_metadata(),
-        )
-        .map_err(|e| self.corrupt(e))?;
+        let kvs = loaded.metadata().file_metadata().key_value_metadata();
+        let meta = keepsake_segment::filter_run_meta(kvs).map_err(|e| self.corrupt(e))?;
         self.check(&meta)?;
+        let users = keepsake_segment::filter_run_users(kvs).map_err(|e| self.corrupt(e))?;
         let meta = Arc::new(ObjectMeta {
             size: self.run.bytes,
             loaded,
+            users,
         });
         if let Some(f) = footers {
             f.put(key, meta.clone());
@@ -184,6 +184,10 @@ impl RunRead<'_> {
         user: UserId,
     ) -> Result<Vec<ChangeFilter>, LogError> {
         let meta = self.footer(&store, footers).await?;
+        // Most runs do not hold a given user: their footer says so, and no page is read.
+        if meta.users.as_ref().is_some_and(|b| !b.may_hold(&user)) {
+            return Ok(Vec::new());
+        }
         let md = meta.loaded.metadata();
         let Some(plan) = keepsake_segment::plan_user_read(md, &user) else {
             return Ok(Vec::new());

@@ -35,14 +35,24 @@ impl Footers {
     pub fn bytes(&self) -> usize {
         self.0
             .lock()
-            .map(|m| m.values().map(|v| v.loaded.metadata().memory_size()).sum())
+            .map(|m| {
+                m.values()
+                    .map(|v| {
+                        v.loaded.metadata().memory_size()
+                            + v.users
+                                .as_ref()
+                                .map_or(0, keepsake_segment::UsersBloom::bytes)
+                    })
+                    .sum()
+            })
             .unwrap_or(0)
     }
 }
 
-/// An object's size and loaded footer.
+/// An object's size and loaded footer (and a filter run's users' filter, read from it once).
 #[derive(Debug)]
 pub struct ObjectMeta {
     pub(super) size: u64,
     pub(super) loaded: ArrowReaderMetadata,
+    pub(super) users: Option<keepsake_segment::UsersBloom>,
 }
