@@ -36,6 +36,7 @@ use parquet::schema::types::ColumnPath;
 use serde_json::{Value, json};
 
 use crate::error::{SegmentError, invalid};
+use crate::schema::Kv;
 
 /// The filter run format version this build writes and reads.
 pub const FILTER_RUN_VERSION: u32 = 1;
@@ -128,10 +129,7 @@ impl UsersBloom {
 /// The users' Bloom filter in a run's footer: `None` when the run has none (it is then read),
 /// an error when it is there but broken.
 pub fn filter_run_users(kvs: Option<&Vec<KeyValue>>) -> Result<Option<UsersBloom>, SegmentError> {
-    let Some(v) = kvs
-        .and_then(|v| v.iter().find(|kv| kv.key == USERS_BLOOM_KEY))
-        .and_then(|kv| kv.value.as_deref())
-    else {
+    let Ok(v) = Kv::new(kvs).get(USERS_BLOOM_KEY) else {
         return Ok(None);
     };
     UsersBloom::from_base64(v)
@@ -220,20 +218,11 @@ pub fn encode_filter_run(
 
 /// Reads a run's metadata from its footer key-value pairs.
 pub fn filter_run_meta(kvs: Option<&Vec<KeyValue>>) -> Result<FilterRunMeta, SegmentError> {
-    let get = |k: &str| {
-        kvs.and_then(|v| v.iter().find(|kv| kv.key == k))
-            .and_then(|kv| kv.value.clone())
-            .ok_or_else(|| invalid(format!("filter run metadata {k} is missing")))
-    };
-    let num = |k: &str| -> Result<u64, SegmentError> {
-        get(k)?
-            .parse()
-            .map_err(|_| invalid(format!("filter run metadata {k} is not a number")))
-    };
-    if get("keepsake.format")? != "filter-run" {
+    let kv = Kv::new(kvs);
+    if kv.get("keepsake.format")? != "filter-run" {
         return Err(invalid("not a filter run"));
     }
-    let version = u32::try_from(num("keepsake.format_version")?).unwrap_or(u32::MAX);
+    let version = u32::try_from(kv.num::<u64>("keepsake.format_version")?).unwrap_or(u32::MAX);
     if version != FILTER_RUN_VERSION {
         return Err(SegmentError::UnknownVersion {
             found: version,
@@ -242,9 +231,9 @@ pub fn filter_run_meta(kvs: Option<&Vec<KeyValue>>) -> Result<FilterRunMeta, Seg
     }
     Ok(FilterRunMeta {
         format_version: version,
-        shard: u32::try_from(num("keepsake.shard")?).map_err(|_| invalid("shard out of range"))?,
-        segment: num("keepsake.segment")?,
-        rows: num("keepsake.rows")?,
+        shard: kv.num("keepsake.shard")?,
+        segment: kv.num("keepsake.segment")?,
+        rows: kv.num("keepsake.rows")?,
     })
 }
 
