@@ -96,7 +96,7 @@ loadtest: ## Fresh server + keepsake-loadgen phases + the PostgreSQL baseline (i
 	infra/loadtest.sh
 
 .PHONY: ab
-ab: ## Interleaved A/B of this checkout against OLD=<rev>: codec, writer and point-in-time benches, three load phases (infra/ab.sh)
+ab: ## Interleaved A/B of this checkout against OLD=<rev>: codec, writer and point-in-time benches, three load phases, the storage baseline on Keepsake's side (infra/ab.sh)
 	infra/ab.sh $(OLD)
 
 .PHONY: sustained

@@ -7,9 +7,14 @@
 # each side's server on a fresh file store). Raw output in $AB_OUT (default ./ab-results), one
 # file per side, bench and round; a summary table of the load phases on stdout.
 #
+# Then, unless AB_BASELINE=0, the storage baseline of `make loadtest` on Keepsake's side only
+# (each side's own `keepsake-loadgen baseline`, which embeds that side's log: durable appends,
+# bytes per event, one user's reads; PostgreSQL does not change between the sides).
+#
 # AB_ROUNDS (default 2), AB_SECS (seconds per load phase, default 15), AB_PIT_USERS (the
 # point-in-time bench's fleet, default 2000: its fleet restore dominates its run time),
 # AB_BENCHES (default "codec writer point_in_time"), AB_LOAD=0 to skip the load phases,
+# AB_BASELINE=0 to skip the baseline, AB_BASELINE_EVENTS (default 500000, as make loadtest),
 # AB_KEEP_BINS=1 to keep both sides' binaries in $AB_OUT/old-bin and new-bin.
 set -euo pipefail
 
@@ -20,6 +25,8 @@ SECS=${AB_SECS:-15}
 PIT_USERS=${AB_PIT_USERS:-2000}
 BENCHES=${AB_BENCHES:-codec writer point_in_time}
 LOAD=${AB_LOAD:-1}
+BASELINE=${AB_BASELINE:-1}
+BASELINE_EVENTS=${AB_BASELINE_EVENTS:-500000}
 : "${CARGO_TARGET_DIR:=$HOME/.cache/keepsake-target}"
 export CARGO_TARGET_DIR
 OUT=${AB_OUT:-$PWD/ab-results}
@@ -118,8 +125,29 @@ for round in $(seq 1 "$ROUNDS"); do
                 >"$OUT/$side-$bench-$round.txt" 2>&1)
         done
         [ "$LOAD" = 0 ] || load "$side" "$round"
+        if [ "$BASELINE" != 0 ]; then
+            mkdir -p "$WORK/baseline-$side-$round"
+            "$WORK/$side/keepsake-loadgen" baseline --dir "$WORK/baseline-$side-$round" \
+                --events "$BASELINE_EVENTS" --report "$OUT/$side-baseline-$round.json" \
+                >"$OUT/$side-baseline-$round.txt" 2>&1
+            rm -rf "$WORK/baseline-$side-$round"
+        fi
     done
 done
+
+[ "$BASELINE" = 0 ] || python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+print("baseline (Keepsake side): appends events/s, ack p99 ms, bytes/event, read user p50 ms, as-of p50 ms, per round")
+for side in ["old", "new"]:
+    cells = []
+    for r in range(1, rounds + 1):
+        k = json.load(open(f"{out}/{side}-baseline-{r}.json"))["keepsake"]
+        cells.append(f"{k['append']['events_per_s']:9.0f} ev/s p99 {k['append']['ack_p99_ms']:6.1f}"
+                     f" | {k['bytes_per_event']:6.1f} B/ev | read {k['read_user']['p50_ms']:6.1f}"
+                     f" | as-of {k['as_of']['p50_ms']:6.1f}")
+    print(f"{side:<4} " + "  ||  ".join(cells))
+PY
 
 [ "$LOAD" = 0 ] || python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys
