@@ -62,31 +62,51 @@ pub struct ChangeFilter {
     tail: Vec<[u64; WORDS]>,
 }
 
-/// 64 blocks bit-sliced.
+/// Transposes a 64x64 bit matrix in place (bit `c` of word `r` becomes bit `r` of word `c`):
+/// the off-diagonal halves swapped, then the quarters within them, down to single bits.
+fn transpose64(a: &mut [u64; 64]) {
+    let mut width = 32;
+    let mut mask: u64 = 0x0000_0000_ffff_ffff;
+    while width != 0 {
+        let mut k = 0;
+        while k < 64 {
+            let mut i = k;
+            while i < k + width {
+                let t = ((a[i] >> width) ^ a[i + width]) & mask;
+                a[i] ^= t << width;
+                a[i + width] ^= t;
+                i += 1;
+            }
+            k += 2 * width;
+        }
+        width /= 2;
+        mask ^= mask << width;
+    }
+}
+
+/// 64 blocks bit-sliced: for each of a block's 16 words, the 64 blocks' words transposed.
 fn slice(blocks: &[[u64; WORDS]]) -> [u64; SLICES] {
     let mut slices = [0u64; SLICES];
-    for (j, words) in blocks.iter().enumerate() {
-        for (w, word) in words.iter().enumerate() {
-            let mut bits = *word;
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                slices[w * 64 + b] |= 1u64 << j;
-                bits &= bits - 1;
-            }
+    for (w, out) in slices.chunks_exact_mut(64).enumerate() {
+        let mut m = [0u64; 64];
+        for (row, words) in m.iter_mut().zip(blocks) {
+            *row = words[w];
         }
+        transpose64(&mut m);
+        out.copy_from_slice(&m);
     }
     slices
 }
 
-/// A group's 64 blocks, as stored.
+/// A group's 64 blocks, as stored (the transposition undone).
 fn unslice(slices: &[u64; SLICES]) -> [[u64; WORDS]; GROUP] {
     let mut blocks = [[0u64; WORDS]; GROUP];
-    for (p, slice) in slices.iter().enumerate() {
-        let mut bits = *slice;
-        while bits != 0 {
-            let j = bits.trailing_zeros() as usize;
-            blocks[j][p / 64] |= 1u64 << (p % 64);
-            bits &= bits - 1;
+    for (w, chunk) in slices.chunks_exact(64).enumerate() {
+        let mut m = [0u64; 64];
+        m.copy_from_slice(chunk);
+        transpose64(&mut m);
+        for (words, row) in blocks.iter_mut().zip(m) {
+            words[w] = row;
         }
     }
     blocks
