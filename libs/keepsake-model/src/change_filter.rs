@@ -247,15 +247,39 @@ impl ChangeFilter {
     }
 
     /// Splits off the blocks before `at` (those from the offset on), which this filter then no
-    /// longer holds; `None` when `at` is not within `offset..=blocks()`.
+    /// longer holds; `None` when `at` is not within `offset..=blocks()`. The groups before `at`
+    /// move as they are; only the blocks from the group holding `at` on are unsliced and
+    /// sliced again (a checkpoint splits a changed user's filter just before its open block).
     pub fn split_before(&mut self, at: usize) -> Option<ChangeFilter> {
         let n = at.checked_sub(self.offset)?;
         if n > self.held() {
             return None;
         }
-        let blocks = self.to_blocks();
-        let head = ChangeFilter::from_blocks(self.offset, &blocks[..n]);
-        *self = ChangeFilter::from_blocks(at, &blocks[n..]);
+        let kept = (n / GROUP).min(self.groups.len());
+        let mut rest = self.groups.split_off(kept);
+        let mut head = ChangeFilter {
+            offset: self.offset,
+            groups: std::mem::take(&mut self.groups),
+            tail: Vec::new(),
+        };
+        if n % GROUP == 0 {
+            // Aligned: the groups after `at` stay groups.
+            let tail = std::mem::take(&mut self.tail);
+            *self = ChangeFilter {
+                offset: at,
+                groups: rest,
+                tail,
+            };
+            return Some(head);
+        }
+        let mut blocks = Vec::with_capacity(rest.len() * GROUP + self.tail.len());
+        for slices in rest.drain(..) {
+            blocks.extend_from_slice(&unslice(&slices));
+        }
+        blocks.append(&mut self.tail);
+        let cut = n - kept * GROUP;
+        head.tail = blocks[..cut].to_vec();
+        *self = ChangeFilter::from_blocks(at, &blocks[cut..]);
         Some(head)
     }
 
@@ -265,10 +289,53 @@ impl ChangeFilter {
         if prefix.blocks() != self.offset {
             return false;
         }
-        let mut blocks = prefix.to_blocks();
-        blocks.extend(self.to_blocks());
-        *self = ChangeFilter::from_blocks(prefix.offset, &blocks);
+        let rest = std::mem::take(self);
+        *self = ChangeFilter::join_in_order([prefix, rest]);
         true
+    }
+
+    /// Joins filters that each begin where the one before ends (any order): `None` for none, or
+    /// unless they meet end to start. Each block is unsliced and sliced at most once, whatever
+    /// the number joined (a load joins a user's rows of every filter run).
+    pub fn join(mut parts: Vec<ChangeFilter>) -> Option<ChangeFilter> {
+        parts.sort_by_key(ChangeFilter::offset);
+        let first = parts.first()?;
+        let mut end = first.offset;
+        for p in &parts {
+            if p.offset != end {
+                return None;
+            }
+            end = p.blocks();
+        }
+        Some(ChangeFilter::join_in_order(parts))
+    }
+
+    /// [`ChangeFilter::join`] of parts known to meet end to start, in order: whole groups move
+    /// as they are while the blocks before them make whole groups; after a part that ends
+    /// within a group, the blocks are gathered plainly and sliced 64 at a time.
+    fn join_in_order(parts: impl IntoIterator<Item = ChangeFilter>) -> ChangeFilter {
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return ChangeFilter::default();
+        };
+        for p in parts {
+            if out.tail.is_empty() {
+                out.groups.extend(p.groups);
+                out.tail = p.tail;
+                continue;
+            }
+            for slices in &p.groups {
+                out.tail.extend_from_slice(&unslice(slices));
+            }
+            out.tail.extend_from_slice(&p.tail);
+            if out.tail.len() >= GROUP {
+                let whole = out.tail.len() / GROUP * GROUP;
+                let rest = out.tail.split_off(whole);
+                let full = std::mem::replace(&mut out.tail, rest);
+                out.groups.extend(full.chunks_exact(GROUP).map(slice));
+            }
+        }
+        out
     }
 
     /// Bytes held in memory (and stored).
@@ -399,6 +466,51 @@ mod tests {
             }
             prop_assert!(tail.attach_prefix(head));
             prop_assert_eq!(tail, f);
+        }
+    }
+
+    proptest! {
+        /// A filter cut anywhere into pieces (splits across groups or on their edges): each
+        /// piece keeps the canonical layout (its whole runs of 64 blocks grouped), the pieces
+        /// joined in any order are the filter again, and a hole refuses the join.
+        #[test]
+        fn pieces_join_back_to_the_filter(
+            n in 1u64..9000,
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+            order in any::<u64>(),
+            salt in any::<u64>(),
+        ) {
+            let mut f = ChangeFilter::default();
+            for seq in 1..=n {
+                f.insert(seq, &id(u128::from(seq) << 64 | u128::from(salt)));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(f.blocks())).collect();
+            cuts.sort_unstable();
+            let mut rest = f.clone();
+            let mut pieces = Vec::new();
+            for at in cuts {
+                pieces.push(rest.split_before(at).ok_or_else(|| TestCaseError::fail("cut"))?);
+            }
+            pieces.push(rest);
+            for p in &pieces {
+                prop_assert_eq!(p.groups.len(), p.held() / GROUP);
+                prop_assert!(p.tail.len() < GROUP);
+            }
+            let blocks: Vec<usize> = pieces.iter().map(ChangeFilter::held).collect();
+            // Any order: rotate and reverse by `order`.
+            let mut shuffled = pieces.clone();
+            let len = shuffled.len();
+            shuffled.rotate_left(order as usize % len);
+            if order & 1 == 1 {
+                shuffled.reverse();
+            }
+            let joined = ChangeFilter::join(shuffled);
+            prop_assert_eq!(joined.as_ref(), Some(&f));
+            if let Some(hole) = (1..len.saturating_sub(1)).find(|&i| blocks[i] > 0) {
+                let mut holed = pieces;
+                holed.remove(hole);
+                prop_assert_eq!(ChangeFilter::join(holed), None);
+            }
         }
     }
 

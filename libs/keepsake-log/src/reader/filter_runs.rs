@@ -36,17 +36,8 @@ pub fn join_sealed(rows: Vec<ChangeFilter>, upto: usize) -> Option<ChangeFilter>
 
 /// Joins one user's rows of several runs (any order, at least one) into one row; `None`
 /// unless each ends where the next begins.
-pub fn join_rows(mut rows: Vec<ChangeFilter>) -> Option<ChangeFilter> {
-    rows.sort_by_key(ChangeFilter::offset);
-    let mut rows = rows.into_iter();
-    let mut joined = rows.next()?;
-    for mut r in rows {
-        if !r.attach_prefix(joined) {
-            return None;
-        }
-        joined = r;
-    }
-    Some(joined)
+pub fn join_rows(rows: Vec<ChangeFilter>) -> Option<ChangeFilter> {
+    ChangeFilter::join(rows)
 }
 
 /// One run of `m`, as read.
