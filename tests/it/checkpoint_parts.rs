@@ -241,10 +241,21 @@ async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend
     log.shutdown().await;
 }
 
+/// 40 puts for `u` in one push; the first change.
+async fn forty(log: &Log, u: UserId) -> Change {
+    let changes: Vec<Change> = (0..40).map(|i| put(item(), json!({ "n": i }))).collect();
+    let first = changes[0].clone();
+    push(log, u, changes).await.expect("push");
+    first
+}
+
 /// A fleet restore's fold of a shard wants many of a filter run's users (each state whole, its
 /// sealed blocks attached): it reads the run whole, once, not each user's pages of it (a ranged
-/// GET or more a user: its restores ran at 0.72x those of format 5). The states are the ones a
-/// read of each user gives, and a resend from before the checkpoint is still a duplicate.
+/// GET or more a user: its restores ran at 0.72x those of format 5); a run with more than 16
+/// rows a wanted user is still read by their pages, and a user with rows in both kinds of run
+/// gets both. The states are the ones a read of each user gives, from the checkpoint (no
+/// segment read: a join that failed would send the fold to the log and hide it), and a resend
+/// from before the checkpoints is still a duplicate.
 async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
@@ -252,39 +263,74 @@ async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(b
     let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
         .await
         .expect("open");
-    // 40 pushes each: one sealed block (seqs 1-32) a user, in one run of 8 rows.
-    let users: Vec<UserId> = (0..8).map(|_| user()).collect();
+    // 40 users of one sealed block each (seqs 1-32), in a run of 40 rows; then 2 of them seal
+    // their second (seqs 33-64), in a run of 2 rows (not merged into the larger).
+    let users: Vec<UserId> = (0..40).map(|_| user()).collect();
     let mut firsts = Vec::new();
     for u in &users {
-        firsts.push(pushes(&log, *u, 40).await);
+        firsts.push(forty(&log, *u).await);
+    }
+    checkpoint(&log).await;
+    for u in &users[..2] {
+        forty(&log, *u).await;
     }
     let c = checkpoint(&log).await;
     let m = manifest(&store, c).await;
-    assert_eq!(m.filter_runs.len(), 1, "{m:?}");
-    assert_eq!(m.filter_runs[0].users, 8);
+    let rows: Vec<u64> = m.filter_runs.iter().map(|r| r.users).collect();
+    assert_eq!(rows, [2, 40], "{m:?}");
     log.shutdown().await;
-    let run = &m.filter_runs[0];
-    let gets = faulty.count_gets(keys::part(0, run.written_by, run.digest).as_ref());
-    let whole = faulty.count_whole_gets(keys::part(0, run.written_by, run.digest).as_ref());
+    let path = |r: &keepsake_segment::PartRef| keys::part(0, r.written_by, r.digest).to_string();
+    let (small, large) = (path(&m.filter_runs[0]), path(&m.filter_runs[1]));
+    let small_gets = (faulty.count_gets(&small), faulty.count_whole_gets(&small));
+    let large_gets = (faulty.count_gets(&large), faulty.count_whole_gets(&large));
+    type Counter = Arc<std::sync::atomic::AtomicU64>;
+    let counts = |(all, whole): &(Counter, Counter)| (all.load(Relaxed), whole.load(Relaxed));
     let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
         .await
         .expect("reopen");
+    // The log's events: segments, and the history objects compaction moved them to.
+    let log_gets = [faulty.count_gets("/segments/"), faulty.count_gets("/history")];
     let now = keepsake_model::Clock::now(&keepsake_model::SystemClock);
-    let wanted: std::collections::HashSet<UserId> = users.iter().copied().collect();
-    let states = log.users_at(0, &wanted, now).await.expect("users at");
-    assert_eq!(
-        (gets.load(Relaxed), whole.load(Relaxed)),
-        (1, 1),
-        "the run read whole once for its 8 users"
+    let assert_whole = |states: &HashMap<UserId, UserState>, wanted: &[UserId]| {
+        assert_eq!(states.len(), wanted.len());
+        for u in wanted {
+            assert_eq!(states.get(u).map(UserState::sealed_missing), Some(0), "{u}");
+        }
+    };
+    // 2 wanted: the run of 2 rows whole, the run of 40 (more than 16 a wanted user) by pages.
+    let two: std::collections::HashSet<UserId> = users[..2].iter().copied().collect();
+    let states = log.users_at(0, &two, now).await.expect("users at");
+    assert_eq!(counts(&small_gets), (1, 1), "the small run read whole once");
+    let (large_paged, large_whole) = counts(&large_gets);
+    assert!(
+        large_paged > 0 && large_whole == 0,
+        "the large run by pages"
     );
-    assert_eq!(states.len(), users.len());
+    assert_whole(&states, &users[..2]);
+    let of_two = states;
+    // All 40: both runs whole, once each.
+    let all: std::collections::HashSet<UserId> = users.iter().copied().collect();
+    let states = log.users_at(0, &all, now).await.expect("users at");
+    assert_eq!(counts(&small_gets), (2, 2));
+    assert_eq!(
+        counts(&large_gets),
+        (large_paged + 1, 1),
+        "the large run whole once"
+    );
+    assert_whole(&states, &users);
+    assert_eq!(
+        log_gets.iter().map(|c| c.load(Relaxed)).sum::<u64>(),
+        0,
+        "the folds read the checkpoint, not the log"
+    );
+    for u in &users[..2] {
+        assert_eq!(of_two.get(u), states.get(u), "user {u}");
+    }
     for u in &users {
-        let state = states.get(u).expect("each user");
-        assert_eq!(state.sealed_missing(), 0, "user {u} whole");
         let one = log.user_at(u, UpTo::Time(now)).await.expect("user at");
         assert_eq!(Some(&one), states.get(u), "user {u}");
     }
-    for (u, first) in users.iter().zip(firsts) {
+    for (u, first) in users.iter().zip(firsts).take(4) {
         assert_resend_is_a_duplicate(&log, *u, first).await;
     }
     log.shutdown().await;

@@ -298,7 +298,8 @@ impl ChangeFilter {
     /// unless they meet end to start. Each block is unsliced and sliced at most once, whatever
     /// the number joined (a load joins a user's rows of every filter run).
     pub fn join(mut parts: Vec<ChangeFilter>) -> Option<ChangeFilter> {
-        parts.sort_by_key(ChangeFilter::offset);
+        // By where each ends too: an empty piece goes before the one that begins where it is.
+        parts.sort_by_key(|p| (p.offset, p.blocks()));
         let first = parts.first()?;
         let mut end = first.offset;
         for p in &parts {
@@ -476,7 +477,10 @@ mod tests {
         #[test]
         fn pieces_join_back_to_the_filter(
             n in 1u64..9000,
-            cuts in proptest::collection::vec(0usize..300, 0..6),
+            cuts in proptest::collection::vec(
+                prop_oneof![0usize..300, Just(0), Just(64), Just(128)],
+                0..6,
+            ),
             order in any::<u64>(),
             salt in any::<u64>(),
         ) {
@@ -497,13 +501,15 @@ mod tests {
                 prop_assert!(p.tail.len() < GROUP);
             }
             let blocks: Vec<usize> = pieces.iter().map(ChangeFilter::held).collect();
-            // Any order: rotate and reverse by `order`.
-            let mut shuffled = pieces.clone();
-            let len = shuffled.len();
-            shuffled.rotate_left(order as usize % len);
-            if order & 1 == 1 {
-                shuffled.reverse();
-            }
+            // Any order: the pieces sorted by a hash of their place salted by `order`.
+            let len = pieces.len();
+            let mut shuffled: Vec<(u64, ChangeFilter)> = pieces
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (mix(i as u64 ^ order), p.clone()))
+                .collect();
+            shuffled.sort_by_key(|(k, _)| *k);
+            let shuffled = shuffled.into_iter().map(|(_, p)| p).collect();
             let joined = ChangeFilter::join(shuffled);
             prop_assert_eq!(joined.as_ref(), Some(&f));
             if let Some(hole) = (1..len.saturating_sub(1)).find(|&i| blocks[i] > 0) {
@@ -512,6 +518,21 @@ mod tests {
                 prop_assert_eq!(ChangeFilter::join(holed), None);
             }
         }
+    }
+
+    /// An empty piece given after the piece that begins where it is (a cut at a piece's
+    /// start): the join still takes it (it was refused when sorted by offset alone).
+    #[test]
+    fn an_empty_piece_joins_wherever_it_is_given() {
+        let mut f = ChangeFilter::default();
+        for seq in 1..=64 {
+            f.insert(seq, &id(u128::from(seq) * 7919));
+        }
+        let mut rest = f.clone();
+        let empty = rest.split_before(0).expect("0..0");
+        let first = rest.split_before(1).expect("0..1");
+        assert_eq!(empty.held(), 0);
+        assert_eq!(ChangeFilter::join(vec![rest, first, empty]), Some(f));
     }
 
     #[test]
