@@ -559,7 +559,7 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_view_index_bytes",
-            "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects)",
+            "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects, the opened manifest, part and run footers)",
             index_bytes as u64,
         );
     }

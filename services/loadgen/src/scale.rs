@@ -141,6 +141,9 @@ pub struct StepReport {
     pub rss_idle_bytes: u64,
     /// The view's bytes at the end (`keepsake_view_bytes`).
     pub view_bytes_end: u64,
+    /// The bytes of the indexes beside the users at the end (`keepsake_view_index_bytes`: tail
+    /// indexes, the opened manifests, part and run footers), outside the view's budget.
+    pub view_index_bytes_end: u64,
     /// A cold user's first pull, ms.
     pub cold_pull_p50_ms: f64,
     /// See `cold_pull_p50_ms`.
@@ -204,13 +207,13 @@ impl ScaleReport {
         let mut t = String::from(
             "users      events      fill_s  register_s  ready_s  ckpt_s  ckpt_MB  compact_s  \
              restart_s  RSS_ready_MiB  RSS_end_MiB  alloc_end_MiB  RSS_idle_MiB  view_MiB  \
-             pull_p50/p99_ms  as_of_p50/p99_ms  as_of_changed_p50/p99_ms  restore_users/s  \
+             index_MiB  pull_p50/p99_ms  as_of_p50/p99_ms  as_of_changed_p50/p99_ms  restore_users/s  \
              log_B/event\n",
         );
         for s in &self.steps {
             t.push_str(&format!(
                 "{:<9}  {:>10}  {:>6.0}  {:>10.0}  {:>7.2}  {:>6.2}  {:>7.1}  {:>9.1}  {:>9.2}  \
-                 {:>13}  {:>11}  {:>13}  {:>12}  {:>8}  {:>15}  {:>16}  {:>24}  {:>15.0}  \
+                 {:>13}  {:>11}  {:>13}  {:>12}  {:>8}  {:>9}  {:>15}  {:>16}  {:>24}  {:>15.0}  \
                  {:>11.0}\n",
                 s.users,
                 s.events,
@@ -226,6 +229,7 @@ impl ScaleReport {
                 s.allocated_end_bytes >> 20,
                 s.rss_idle_bytes >> 20,
                 s.view_bytes_end >> 20,
+                s.view_index_bytes_end >> 20,
                 format!("{:.1}/{:.1}", s.cold_pull_p50_ms, s.cold_pull_p99_ms),
                 format!("{:.1}/{:.1}", s.as_of_p50_ms, s.as_of_p99_ms),
                 format!(
@@ -783,6 +787,7 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         step.rss_end_bytes = server.resident_bytes().unwrap_or(0);
         let end = s.metrics().await?;
         step.view_bytes_end = counter(&end, "keepsake_view_bytes") as u64;
+        step.view_index_bytes_end = counter(&end, "keepsake_view_index_bytes") as u64;
         step.allocated_end_bytes = counter(&end, "keepsake_allocator_allocated_bytes") as u64;
         step.allocator_resident_end_bytes =
             counter(&end, "keepsake_allocator_resident_bytes") as u64;
