@@ -289,7 +289,10 @@ async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(b
         .await
         .expect("reopen");
     // The log's events: segments, and the history objects compaction moved them to.
-    let log_gets = [faulty.count_gets("/segments/"), faulty.count_gets("/history")];
+    let log_gets = [
+        faulty.count_gets("/segments/"),
+        faulty.count_gets("/history"),
+    ];
     let now = keepsake_model::Clock::now(&keepsake_model::SystemClock);
     let assert_whole = |states: &HashMap<UserId, UserState>, wanted: &[UserId]| {
         assert_eq!(states.len(), wanted.len());
