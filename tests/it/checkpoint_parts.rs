@@ -183,16 +183,29 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
     assert!(report.ok, "{:?}", report.problems);
 }
 
-/// A cold load of a user with sealed blocks asks every run the manifest names, but reads pages
-/// only of those that hold the user: each run's footer (read once, kept) carries a filter of its
-/// users. Without it every run cost a ranged GET a cold load, billed per request on S3.
-async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend: Backend) {
+/// A log of one shard with the default parts over a counting store (kept alive by the first).
+async fn over_faulty(
+    backend: Backend,
+) -> (
+    keepsake_tests::TestStore,
+    Arc<FaultyStore>,
+    Arc<dyn ObjectStore>,
+    Log,
+) {
     let ts = keepsake_tests::store(backend).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
         .await
         .expect("open");
+    (ts, faulty, store, log)
+}
+
+/// A cold load of a user with sealed blocks asks every run the manifest names, but reads pages
+/// only of those that hold the user: each run's footer (read once, kept) carries a filter of its
+/// users. Without it every run cost a ranged GET a cold load, billed per request on S3.
+async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend: Backend) {
+    let (_ts, faulty, store, log) = over_faulty(backend).await;
     // Ids chosen so that each run's range of ids (its page index) takes in the users of the
     // other: only the users' filter tells them apart.
     let id = |hi: u128| UserId(uuid::Uuid::from_u128(hi << 120 | 0x5eed));
@@ -257,12 +270,7 @@ async fn forty(log: &Log, u: UserId) -> Change {
 /// segment read: a join that failed would send the fold to the log and hide it), and a resend
 /// from before the checkpoints is still a duplicate.
 async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let faulty = FaultyStore::new(ts.store.clone());
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
-        .await
-        .expect("open");
+    let (_ts, faulty, store, log) = over_faulty(backend).await;
     // 40 users of one sealed block each (seqs 1-32), in a run of 40 rows; then 2 of them seal
     // their second (seqs 33-64), in a run of 2 rows (not merged into the larger).
     let users: Vec<UserId> = (0..40).map(|_| user()).collect();
