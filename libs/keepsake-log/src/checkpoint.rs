@@ -37,7 +37,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
 use crate::reader::{
-    Checkpoint, Footers, WholeParts, checkpoint_exists, join_rows, open_checkpoint, read_base_part,
+    Checkpoint, Footers, WholeParts, checkpoint_exists, open_checkpoint, read_base_part,
     read_delta_part, read_filter_run,
 };
 use crate::{LogError, list_checkpoints, scan_shard_upto};
@@ -610,7 +610,7 @@ impl Writer {
         }
         let mut joined = Vec::with_capacity(by_user.len());
         for (u, rows) in by_user {
-            let f = join_rows(rows).ok_or_else(|| {
+            let f = ChangeFilter::join(rows).ok_or_else(|| {
                 LogError::corrupt(
                     shard,
                     prev.segment,

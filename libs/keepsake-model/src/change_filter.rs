@@ -166,6 +166,12 @@ impl ChangeFilter {
         for p in positions(id) {
             words[p / 64] |= 1u64 << (p % 64);
         }
+        self.group_tail();
+    }
+
+    /// Slices the tail's whole runs of 64 blocks into groups (the layout's invariant: fewer
+    /// than 64 blocks in the tail).
+    fn group_tail(&mut self) {
         if self.tail.len() >= GROUP {
             let whole = self.tail.len() / GROUP * GROUP;
             let rest = self.tail.split_off(whole);
@@ -329,12 +335,7 @@ impl ChangeFilter {
                 out.tail.extend_from_slice(&unslice(slices));
             }
             out.tail.extend_from_slice(&p.tail);
-            if out.tail.len() >= GROUP {
-                let whole = out.tail.len() / GROUP * GROUP;
-                let rest = out.tail.split_off(whole);
-                let full = std::mem::replace(&mut out.tail, rest);
-                out.groups.extend(full.chunks_exact(GROUP).map(slice));
-            }
+            out.group_tail();
         }
         out
     }

@@ -31,13 +31,7 @@ pub fn join_sealed(rows: Vec<ChangeFilter>, upto: usize) -> Option<ChangeFilter>
     if rows.is_empty() {
         return (upto == 0).then(ChangeFilter::default);
     }
-    join_rows(rows).filter(|j| j.is_whole() && j.blocks() == upto)
-}
-
-/// Joins one user's rows of several runs (any order, at least one) into one row; `None`
-/// unless each ends where the next begins.
-pub fn join_rows(rows: Vec<ChangeFilter>) -> Option<ChangeFilter> {
-    ChangeFilter::join(rows)
+    ChangeFilter::join(rows).filter(|j| j.is_whole() && j.blocks() == upto)
 }
 
 /// One run of `m`, as read.
