@@ -43,6 +43,7 @@ on_every_backend!(
     a_broken_filter_run_is_passed_over_by_the_next_checkpoint,
     a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only,
     a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users,
+    a_user_goes_to_a_filter_run_once_per_64_sealed_blocks,
 );
 
 /// `n` pushes of one put each for `u`; the change of the first.
@@ -107,7 +108,7 @@ async fn run_rows(
 /// load attaches the runs' blocks, so a resend from the first checkpoint is still a duplicate.
 async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     let (u, v) = (user(), user());
@@ -162,7 +163,7 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
     // A cold load holds every id again: the resend of the first push is a duplicate, and the
     // state is the replay's.
     log.shutdown().await;
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     let (missing, filter) = log
@@ -183,7 +184,108 @@ async fn a_checkpoint_writes_a_long_historys_old_change_ids_once(backend: Backen
     assert!(report.ok, "{:?}", report.problems);
 }
 
-/// A log of one shard with the default parts over a counting store (kept alive by the first).
+/// `n` puts for `u`, 500 to a push; the first change.
+async fn many(log: &Log, u: UserId, n: usize) -> Change {
+    let mut first = None;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(500);
+        let changes: Vec<Change> = (0..k).map(|i| put(item(), json!({ "n": i }))).collect();
+        first.get_or_insert_with(|| changes[0].clone());
+        push(log, u, changes).await.expect("push");
+        left -= k;
+    }
+    first.expect("n > 0")
+}
+
+/// With the default parts a user's sealed blocks go to a run 64 at a time (2,048 events), not
+/// each time a checkpoint finds one more sealed: in a steady load every user seals a block
+/// about every round, and runs holding every user made each cold load read a page of each
+/// (`make sustained` fell to 0.63 of its median minute on it). A user short of 64 sealed
+/// blocks keeps them in its part row and its cold load reads no run.
+async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("open");
+    let (u, v) = (user(), user());
+    // u: 2,100 events, blocks 0..65 sealed; v: 640, 20 sealed.
+    let first_u = many(&log, u, 2100).await;
+    let first_v = many(&log, v, 640).await;
+    let c1 = checkpoint(&log).await;
+    let m1 = manifest(&store, c1).await;
+    assert_eq!(m1.filter_runs.len(), 1, "{m1:?}");
+    let rows = run_rows(&store, &m1.filter_runs[0]).await;
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|(w, f)| (*w, f.offset(), f.blocks()))
+        .collect();
+    assert_eq!(rows, vec![(u, 0, 64)], "u's first 64 blocks; v in no run");
+    let row = stored_row(&store, c1, u).await;
+    assert_eq!(
+        (row.sealed_missing(), row.change_filter().blocks()),
+        (64, 66)
+    );
+    let row = stored_row(&store, c1, v).await;
+    assert_eq!(
+        (row.sealed_missing(), row.change_filter().blocks()),
+        (0, 20)
+    );
+
+    // 1,000 more for each: v seals 31 more blocks (51, still short of 64), u reaches 97 (not
+    // 128): no run written.
+    many(&log, u, 1000).await;
+    many(&log, v, 1000).await;
+    let c2 = checkpoint(&log).await;
+    let m2 = manifest(&store, c2).await;
+    assert_eq!(m2.filter_runs, m1.filter_runs, "no run written");
+    // 1,000 more for u: 4,100 events, blocks 64..128 go to a run, merged with the first (a
+    // row each: size-tiered) into u's blocks 0..128.
+    many(&log, u, 1000).await;
+    let c3 = checkpoint(&log).await;
+    let m3 = manifest(&store, c3).await;
+    assert_eq!(m3.filter_runs.len(), 1, "{m3:?}");
+    assert_eq!(m3.filter_runs[0].written_by, c3);
+    let rows = run_rows(&store, &m3.filter_runs[0]).await;
+    assert_eq!(
+        rows.iter()
+            .map(|(w, f)| (*w, f.offset(), f.blocks()))
+            .collect::<Vec<_>>(),
+        vec![(u, 0, 128)]
+    );
+    let row = stored_row(&store, c3, u).await;
+    assert_eq!(
+        (row.sealed_missing(), row.change_filter().blocks()),
+        (128, 129)
+    );
+    assert_is_the_fold(&store, c3, &[u, v]).await;
+    log.shutdown().await;
+
+    // Cold loads: v reads no run at all (not even a footer); u reads its pages of it.
+    let path = |r: &keepsake_segment::PartRef| keys::part(0, r.written_by, r.digest).to_string();
+    let gets: Vec<_> = m3
+        .filter_runs
+        .iter()
+        .map(|r| faulty.count_gets(&path(r)))
+        .collect();
+    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+        .await
+        .expect("reopen");
+    let whole = |s: &UserState| s.sealed_missing() == 0;
+    assert!(log.user(&v, whole).await.expect("v"));
+    assert!(gets.iter().all(|g| g.load(Relaxed) == 0), "v read no run");
+    assert_resend_is_a_duplicate(&log, v, first_v).await;
+    assert!(log.user(&u, whole).await.expect("u"));
+    assert!(gets.iter().all(|g| g.load(Relaxed) > 0), "u read the run");
+    assert_resend_is_a_duplicate(&log, u, first_u).await;
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// A log of one shard (runs of single blocks) over a counting store (kept alive by the first).
 async fn over_faulty(
     backend: Backend,
 ) -> (
@@ -195,7 +297,7 @@ async fn over_faulty(
     let ts = keepsake_tests::store(backend).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
     let store: Arc<dyn ObjectStore> = faulty.clone();
-    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     (ts, faulty, store, log)
@@ -226,7 +328,7 @@ async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend
     let (holds_w, holds_uv) = (path(&m.filter_runs[0]), path(&m.filter_runs[1]));
     let gets_w = faulty.count_gets(&holds_w);
     let gets_uv = faulty.count_gets(&holds_uv);
-    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     let whole = |s: &UserState| s.sealed_missing() == 0;
@@ -293,7 +395,7 @@ async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(b
     let large_gets = (faulty.count_gets(&large), faulty.count_whole_gets(&large));
     type Counter = Arc<std::sync::atomic::AtomicU64>;
     let counts = |(all, whole): &(Counter, Counter)| (all.load(Relaxed), whole.load(Relaxed));
-    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     // The log's events: segments, and the history objects compaction moved them to.
@@ -355,7 +457,7 @@ async fn a_broken_filter_run_is_passed_over_by_the_next_checkpoint(backend: Back
     // One run at most: each checkpoint that writes a run merges the one before into it.
     let parts = PartsPolicy {
         max_deltas: 1,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
     let u = user();
@@ -387,7 +489,7 @@ async fn a_broken_filter_run_is_passed_over_by_the_next_checkpoint(backend: Back
 /// duplicate, verify says what is wrong, and the next checkpoint folds from the log.
 async fn a_missing_filter_run_makes_its_checkpoint_pass_for_the_log(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     let u = user();
@@ -402,7 +504,7 @@ async fn a_missing_filter_run_makes_its_checkpoint_pass_for_the_log(backend: Bac
         .expect("the run goes");
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(!report.ok, "verify finds the run missing");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     assert_eq!(log.user(&u, |s| s.sealed_missing()).await.expect("user"), 0);
@@ -421,6 +523,15 @@ async fn a_missing_filter_run_makes_its_checkpoint_pass_for_the_log(backend: Bac
         "{:?}",
         report.problems
     );
+}
+
+/// The default parts, but sealed filter blocks go to a run one at a time (the default waits
+/// for 64, 2,048 events of a user): these tests make runs of short histories.
+fn short_runs() -> PartsPolicy {
+    PartsPolicy {
+        run_blocks: 1,
+        ..PartsPolicy::default()
+    }
 }
 
 /// No background checkpoints or compaction: the tests write them.
@@ -483,7 +594,7 @@ async fn a_checkpoint_after_one_users_change_writes_one_part(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
     let parts = PartsPolicy {
         part_users: 4,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
     let users: Vec<UserId> = (0..20).map(|_| user()).collect();
@@ -534,7 +645,7 @@ async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend)
         max_deltas: 2,
         merge_ratio: 1,
         merge_min_users: 2,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
     let mut users: Vec<UserId> = (0..6).map(|_| user()).collect();
@@ -574,7 +685,7 @@ async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend)
 
 async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     let u = user();
@@ -589,7 +700,7 @@ async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Ba
         checkpoint(&log).await;
     }
     log.shutdown().await;
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     let head = log.head(0);
@@ -616,7 +727,7 @@ async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Ba
     // And after compaction moved its event into a history object, the resend is still found.
     log.compact_now().await.expect("compact");
     log.shutdown().await;
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("reopen");
     let head = log.head(0);
@@ -645,7 +756,7 @@ async fn a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_delet
         // in one.
         merge_ratio: 4,
         merge_min_users: 1,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let mut log = open(store.clone(), 1, cfg(parts)).await.expect("open");
     let users: Vec<UserId> = (0..5).map(|_| user()).collect();
@@ -733,7 +844,7 @@ async fn a_manifest_naming_a_missing_part_is_passed_over_for_the_log(backend: Ba
     let ts = keepsake_tests::store(backend).await.expect("store");
     let parts = PartsPolicy {
         part_users: 2,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
     let users: Vec<UserId> = (0..6).map(|_| user()).collect();
@@ -786,7 +897,7 @@ async fn a_manifest_naming_a_missing_part_is_passed_over_for_the_log(backend: Ba
 /// many (a sixteenth of the part or more) by reading the part whole: both give the fold.
 async fn few_and_many_changed_users_of_a_part_read_alike(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     let users: Vec<UserId> = (0..40).map(|_| user()).collect();
@@ -816,7 +927,7 @@ async fn a_round_that_changes_every_user_reads_each_part_once(backend: Backend) 
     let parts = PartsPolicy {
         part_users: 64,
         fold_run_events: 8,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
     let users: Vec<UserId> = (0..256).map(|_| user()).collect();
@@ -852,7 +963,7 @@ async fn a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole(backend: Bac
     let parts = PartsPolicy {
         part_users: 256,
         fold_run_events: 8,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
     let mut users: Vec<UserId> = (0..1024).map(|_| user()).collect();
@@ -884,7 +995,7 @@ async fn a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole(backend: Bac
 /// the row filter on user_id, each load fetched and decompressed ~50 users' documents.
 async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(PartsPolicy::default()))
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
     let users: Vec<UserId> = (0..150).map(|_| user()).collect();
@@ -942,7 +1053,7 @@ async fn around_a_moment(
 ) {
     let parts = PartsPolicy {
         part_users: 256,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     // Retention keeps both checkpoints (the read of a moment between them may start from
     // the first).
@@ -1061,7 +1172,7 @@ async fn four_base_parts(backend: Backend) -> FourParts {
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let parts = PartsPolicy {
         part_users: 256,
-        ..PartsPolicy::default()
+        ..short_runs()
     };
     let log = open(store, 1, cfg(parts)).await.expect("open");
     let mut users: Vec<UserId> = (0..1024).map(|_| user()).collect();

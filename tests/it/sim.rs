@@ -312,6 +312,12 @@ impl Sim {
                     min_segments: 1,
                     max_events,
                 },
+                // Sealed filter blocks go to runs one at a time: the simulation's short
+                // histories make runs (the default waits for 2,048 events of a user).
+                checkpoint_parts: keepsake_log::PartsPolicy {
+                    run_blocks: 1,
+                    ..Default::default()
+                },
                 ..LogConfig::default()
             };
             described.push(format!(

@@ -173,15 +173,21 @@ impl UserState {
     }
 
     /// Moves every change id into the filter and splits off its sealed blocks (those of the
-    /// filter before block `last seq / 32`, all of whose seqs exist): what a checkpoint of
-    /// format 6 writes to a filter run, once, while the state keeps the open blocks for its
-    /// part. `None` when there is no sealed block it holds. A state split so is for writing,
-    /// not for staging changes against.
-    pub fn split_sealed(&mut self) -> Option<ChangeFilter> {
+    /// filter before block `last seq / 32`, all of whose seqs exist) up to the last multiple
+    /// of `unit` blocks: what a checkpoint of format 6 writes to a filter run, once, while the
+    /// state keeps the blocks after for its part. `None` when there is no such block it
+    /// holds. A state split so is for writing, not for staging changes against.
+    ///
+    /// A `unit` of 64 (a group) writes a user to a run once per 2,048 events, not once per
+    /// checkpoint that sealed a block of it: in a steady load every user seals a block about
+    /// every round, and runs of every user made each cold load read a page of each run.
+    pub fn split_sealed(&mut self, unit: usize) -> Option<ChangeFilter> {
         let mut filter = self.change_filter();
         self.changes = GrowingMap::default();
         self.filter_through = self.last_seq;
+        let unit = unit.max(1);
         let sealed = usize::try_from(self.last_seq / crate::change_filter::SEQS_PER_BLOCK).ok()?;
+        let sealed = sealed / unit * unit;
         let head = if sealed > filter.offset() {
             filter.split_before(sealed)
         } else {

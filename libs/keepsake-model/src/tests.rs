@@ -271,6 +271,48 @@ fn a_state_holding_its_change_ids_as_a_filter_still_answers_resends_with_their_r
     );
 }
 
+/// Split in units of 64 blocks (a checkpoint's default), a state with fewer than 64 sealed
+/// blocks keeps them all, and one with more splits off the first 64 and keeps the rest: a
+/// user goes to a filter run once per 2,048 events.
+#[test]
+fn a_state_splits_its_sealed_filter_blocks_only_in_whole_units() {
+    let mut h = Harness::new();
+    for t in 0..2100 {
+        let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
+        applied(&h.one(c));
+        if t == 99 {
+            let mut short = h.state.clone();
+            assert_eq!(
+                short.split_sealed(64),
+                None,
+                "3 sealed blocks, less than a unit"
+            );
+            assert_eq!((short.sealed_missing(), short.exact_changes()), (0, 0));
+            assert_eq!(short.change_filter(), h.state.change_filter());
+        }
+    }
+    // 2,100 seqs: blocks 0..65 sealed, 65 open; the unit cut is at 64.
+    let whole = h.state.clone();
+    let mut split = whole.clone();
+    let head = split.split_sealed(64).expect("a unit of 64 sealed blocks");
+    assert_eq!((head.offset(), head.blocks()), (0, 64));
+    assert_eq!(
+        (split.sealed_missing(), split.change_filter().blocks()),
+        (64, 66)
+    );
+    assert_eq!(
+        split.clone().split_sealed(64),
+        None,
+        "block 64 alone is not a unit"
+    );
+    assert!(split.attach_sealed(head));
+    assert_eq!(split.change_filter(), whole.change_filter());
+    // A unit of 0 is taken for 1.
+    let mut any = whole.clone();
+    let head = any.split_sealed(0).expect("sealed blocks");
+    assert_eq!((head.offset(), head.blocks()), (0, 65));
+}
+
 /// A state split for a checkpoint of format 6 keeps only its open filter blocks; until the
 /// sealed ones are attached again it takes every id for a possibly older one (the log
 /// decides), and with them it is the state it was.
@@ -283,7 +325,7 @@ fn a_state_without_its_sealed_filter_blocks_asks_the_log_and_with_them_is_whole(
     }
     let whole = h.state.clone();
     let mut split = whole.clone();
-    let sealed = split.split_sealed().expect("3 of the 4 blocks are sealed");
+    let sealed = split.split_sealed(1).expect("3 of the 4 blocks are sealed");
     assert_eq!((sealed.offset(), sealed.blocks()), (0, 3));
     assert_eq!(split.sealed_missing(), 3);
     assert_eq!(split.exact_changes(), 0);
@@ -292,7 +334,7 @@ fn a_state_without_its_sealed_filter_blocks_asks_the_log_and_with_them_is_whole(
     assert!(!whole.change_may_be_older(&stranger));
     assert!(split.change_may_be_older(&stranger), "it cannot tell");
     // Nothing more to split off: the open block is not sealed.
-    assert_eq!(split.clone().split_sealed(), None);
+    assert_eq!(split.clone().split_sealed(1), None);
     let mut short = sealed.clone();
     let too_short = short.split_before(2).expect("two blocks");
     let mut refused = split.clone();

@@ -757,7 +757,7 @@ mod checkpoints {
     pub(super) fn golden_v6_users() -> HashMap<UserId, UserState> {
         let mut users = fold(&fixtures::history(66, 2, 70, t(0)));
         for s in users.values_mut() {
-            assert!(s.split_sealed().is_some());
+            assert!(s.split_sealed(1).is_some());
         }
         users
     }
@@ -767,7 +767,7 @@ mod checkpoints {
         let users = fold(&fixtures::history(66, 2, 70, t(0)));
         let mut rows: Vec<_> = users
             .into_iter()
-            .map(|(u, mut s)| (u, s.split_sealed().expect("sealed blocks")))
+            .map(|(u, mut s)| (u, s.split_sealed(1).expect("sealed blocks")))
             .collect();
         rows.sort_by_key(|(u, _)| *u);
         rows
