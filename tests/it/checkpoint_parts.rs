@@ -44,6 +44,7 @@ on_every_backend!(
     a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only,
     a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users,
     a_user_goes_to_a_filter_run_once_per_64_sealed_blocks,
+    runs_cut_a_block_and_64_blocks_at_a_time_join_in_one_store,
 );
 
 /// `n` pushes of one put each for `u`; the change of the first.
@@ -234,8 +235,8 @@ async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend)
         (0, 20)
     );
 
-    // 1,000 more for each: v seals 31 more blocks (51, still short of 64), u reaches 97 (not
-    // 128): no run written.
+    // 1,000 more for each: v seals 31 more blocks (51, still short of 64), u 96 (not 128): no
+    // run written.
     many(&log, u, 1000).await;
     many(&log, v, 1000).await;
     let c2 = checkpoint(&log).await;
@@ -280,6 +281,79 @@ async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend)
     assert!(log.user(&u, whole).await.expect("u"));
     assert!(gets.iter().all(|g| g.load(Relaxed) > 0), "u read the run");
     assert_resend_is_a_duplicate(&log, u, first_u).await;
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// The rows of every run `m` names, as (user, first block, end), by first block.
+async fn all_run_rows(store: &Arc<dyn ObjectStore>, m: &Manifest) -> Vec<(UserId, usize, usize)> {
+    let mut rows = Vec::new();
+    for r in &m.filter_runs {
+        for (w, f) in run_rows(store, r).await {
+            rows.push((w, f.offset(), f.blocks()));
+        }
+    }
+    rows.sort_by_key(|r| r.1);
+    rows
+}
+
+/// A store whose runs were cut a block at a time (every run before `run_blocks`), then 64 at a
+/// time, then a block at a time again (a writer of another setting): the rows join end to
+/// start, a cold load is whole, and resends of a change held by a run and of one held by the
+/// part row's sealed blocks are duplicates.
+async fn runs_cut_a_block_and_64_blocks_at_a_time_join_in_one_store(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let reopen = |parts| open(ts.store.clone(), 1, cfg(parts));
+    let whole = |s: &UserState| s.sealed_missing() == 0;
+    let u = user();
+    // A block at a time: 680 events, blocks 0..21 to a run.
+    let log = reopen(short_runs()).await.expect("open");
+    let first = many(&log, u, 680).await;
+    let c1 = checkpoint(&log).await;
+    assert_eq!(stored_row(&ts.store, c1, u).await.sealed_missing(), 21);
+    log.shutdown().await;
+
+    // 64 at a time: at 2,100 events blocks 21..64 go to a run (merged with the first: a row
+    // each); block 64, sealed, stays in the part row with the open block 65.
+    let log = reopen(PartsPolicy::default()).await.expect("reopen");
+    many(&log, u, 1380).await;
+    let mid = many(&log, u, 1).await; // seq 2,061: block 64
+    many(&log, u, 39).await;
+    let c2 = checkpoint(&log).await;
+    let m2 = manifest(&ts.store, c2).await;
+    assert_eq!(all_run_rows(&ts.store, &m2).await, vec![(u, 0, 64)]);
+    let row = stored_row(&ts.store, c2, u).await;
+    assert_eq!(
+        (row.sealed_missing(), row.change_filter().blocks()),
+        (64, 66)
+    );
+    assert_is_the_fold(&ts.store, c2, &[u]).await;
+    log.shutdown().await;
+    let log = reopen(PartsPolicy::default()).await.expect("cold");
+    assert!(log.user(&u, whole).await.expect("u"));
+    assert_resend_is_a_duplicate(&log, u, first.clone()).await;
+    assert_resend_is_a_duplicate(&log, u, mid.clone()).await;
+    log.shutdown().await;
+
+    // A block at a time again: at 2,200 events blocks 64..68 go to a run.
+    let log = reopen(short_runs()).await.expect("reopen");
+    many(&log, u, 100).await;
+    let c3 = checkpoint(&log).await;
+    let m3 = manifest(&ts.store, c3).await;
+    let rows = all_run_rows(&ts.store, &m3).await;
+    let ends: Vec<(usize, usize)> = rows.iter().map(|r| (r.1, r.2)).collect();
+    assert!(
+        ends == [(0, 68)] || ends == [(0, 64), (64, 68)],
+        "the rows join to 0..68: {rows:?}"
+    );
+    assert_eq!(stored_row(&ts.store, c3, u).await.sealed_missing(), 68);
+    assert_is_the_fold(&ts.store, c3, &[u]).await;
+    log.shutdown().await;
+    let log = reopen(PartsPolicy::default()).await.expect("cold");
+    assert!(log.user(&u, whole).await.expect("u"));
+    assert_resend_is_a_duplicate(&log, u, first).await;
+    assert_resend_is_a_duplicate(&log, u, mid).await;
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);

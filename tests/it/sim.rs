@@ -287,6 +287,10 @@ impl Sim {
             let tiny_view = rng.chance(30);
             let background = rng.chance(25);
             let drop_checkpoints = rng.chance(30) && settings.retention;
+            // Sealed filter blocks go to runs 1, 2 or 3 at a time, or 64 (the default: the
+            // short histories here then make no runs): rows cut at any block, and two
+            // processes of different units on one store.
+            let run_blocks = [1, 2, 3, 64][rng.below(4) as usize];
             let cfg = LogConfig {
                 commit_window: Duration::from_millis(1),
                 retry_backoff: Duration::from_millis(1),
@@ -312,16 +316,14 @@ impl Sim {
                     min_segments: 1,
                     max_events,
                 },
-                // Sealed filter blocks go to runs one at a time: the simulation's short
-                // histories make runs (the default waits for 2,048 events of a user).
                 checkpoint_parts: keepsake_log::PartsPolicy {
-                    run_blocks: 1,
+                    run_blocks,
                     ..Default::default()
                 },
                 ..LogConfig::default()
             };
             described.push(format!(
-                "tiny_view={tiny_view} background={background} drop_checkpoints={drop_checkpoints}"
+                "tiny_view={tiny_view} background={background} drop_checkpoints={drop_checkpoints} run_blocks={run_blocks}"
             ));
             procs.push(Proc::open(&base, shards, cfg).await?);
         }

@@ -510,7 +510,7 @@ impl Writer {
 
     /// Writes one part (create-only, named by its digest) of `users` (ascending).
     /// Each state's sealed filter blocks not yet in a run are split off for this checkpoint's
-    /// run ([`Writer::put_sealed`]): the part holds its users' open blocks only.
+    /// run ([`Writer::put_sealed`]), `run_blocks` at a time: the part holds the blocks after.
     async fn put_part(&mut self, users: Vec<(UserId, UserState)>) -> Result<PartRef, LogError> {
         let (shard, n) = (self.shard, self.n);
         let count = users.len() as u64;

@@ -255,7 +255,7 @@ impl ChangeFilter {
     /// Splits off the blocks before `at` (those from the offset on), which this filter then no
     /// longer holds; `None` when `at` is not within `offset..=blocks()`. The groups before `at`
     /// move as they are; only the blocks from the group holding `at` on are unsliced and
-    /// sliced again (a checkpoint splits a changed user's filter just before its open block).
+    /// sliced again (a checkpoint splits a changed user's filter at a whole group).
     pub fn split_before(&mut self, at: usize) -> Option<ChangeFilter> {
         let n = at.checked_sub(self.offset)?;
         if n > self.held() {

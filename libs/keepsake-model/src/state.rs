@@ -182,12 +182,13 @@ impl UserState {
     /// checkpoint that sealed a block of it: in a steady load every user seals a block about
     /// every round, and runs of every user made each cold load read a page of each run.
     pub fn split_sealed(&mut self, unit: usize) -> Option<ChangeFilter> {
+        let unit = unit.max(1);
+        // Before anything moves: a return here leaves the state as it was.
+        let sealed = usize::try_from(self.last_seq / crate::change_filter::SEQS_PER_BLOCK).ok()?;
+        let sealed = sealed / unit * unit;
         let mut filter = self.change_filter();
         self.changes = GrowingMap::default();
         self.filter_through = self.last_seq;
-        let unit = unit.max(1);
-        let sealed = usize::try_from(self.last_seq / crate::change_filter::SEQS_PER_BLOCK).ok()?;
-        let sealed = sealed / unit * unit;
         let head = if sealed > filter.offset() {
             filter.split_before(sealed)
         } else {

@@ -311,6 +311,12 @@ fn a_state_splits_its_sealed_filter_blocks_only_in_whole_units() {
     let mut any = whole.clone();
     let head = any.split_sealed(0).expect("sealed blocks");
     assert_eq!((head.offset(), head.blocks()), (0, 65));
+    // Split one block at a time before (its part row from block 65), then in units of 64:
+    // nothing to split (the cut, 64, is before what it holds), and the state is as it was.
+    let before = any.clone();
+    assert_eq!(any.split_sealed(64), None);
+    assert_eq!(any, before);
+    assert_eq!(any.sealed_missing(), 65);
 }
 
 /// A state split for a checkpoint of format 6 keeps only its open filter blocks; until the

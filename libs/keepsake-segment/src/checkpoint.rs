@@ -16,7 +16,8 @@
 //! holds the user's filter blocks from that index on. The sealed blocks before it (all 32 of
 //! their seqs exist, so they never change) were written once to the checkpoint's filter runs
 //! (`crate::filter_run`), which the manifest names; a reader attaches them for a state that
-//! takes pushes. So a checkpoint writes a changed user's open blocks, not every id it ever had.
+//! takes pushes. So a checkpoint writes a changed user's blocks since its last run (the open
+//! one and at most a writer's unit of sealed ones), not every id it ever had.
 //!
 //! A checkpoint is derived: it must equal the fold of segments `1..=n` (tested), and deleting it
 //! loses nothing.

@@ -1,9 +1,10 @@
 //! Filter runs (format 1): users' sealed change-id filter blocks, written once.
 //!
 //! A block of a user's [`ChangeFilter`] is sealed once all 32 of its seqs exist; it never
-//! changes again. A checkpoint of format 6 writes each changed user's newly sealed blocks to
-//! one run and keeps only the open ones in the user's part row (`filter_from`), so a checkpoint
-//! writes a user's new ids, not every id of its log. Runs are merged size-tiered (the log's
+//! changes again. A checkpoint of format 6 writes each changed user's sealed blocks not yet in a
+//! run to one run, in whole multiples of the writer's unit (64 blocks by default), and keeps the
+//! rest in the user's part row (`filter_from`), so a checkpoint writes a user's recent ids, not
+//! every id of its log. A row may start at any block: the unit is the writer's, not the format's. Runs are merged size-tiered (the log's
 //! `checkpoint` module): a block is rewritten about log2 times over the life of the log, never
 //! with its user's state.
 //!
