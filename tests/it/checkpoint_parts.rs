@@ -202,7 +202,7 @@ async fn many(log: &Log, u: UserId, n: usize) -> Change {
 /// With the default parts a user's sealed blocks go to a run 64 at a time (2,048 events), not
 /// each time a checkpoint finds one more sealed: in a steady load every user seals a block
 /// about every round, and runs holding every user made each cold load read a page of each
-/// (`make sustained` fell to 0.63 of its median minute on it). A user short of 64 sealed
+/// (~2.5 more GETs a cold load in `make sustained`). A user short of 64 sealed
 /// blocks keeps them in its part row and its cold load reads no run.
 async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend) {
     let ts = keepsake_tests::store(backend).await.expect("store");

@@ -60,8 +60,9 @@ pub struct PartsPolicy {
     /// many (64: a bit-sliced group of 2,048 seqs). Its part row keeps the rest, at most
     /// `run_blocks` blocks of 128 bytes; the user is written to a run, and each cold load of
     /// it reads a run's page, once per `32 * run_blocks` events rather than once per
-    /// checkpoint that sealed a block (`make sustained`, issue 15: with 1, every run of a
-    /// steady load held every user, and cold loads read ~3.5x the objects).
+    /// checkpoint that sealed a block (with 1, every run of `make sustained`'s steady load held
+    /// every user: ~2.5 more GETs a cold load, billed per request). The cost: a changed user's
+    /// part row rewrites up to `run_blocks` blocks (8 KiB at 64) with its state.
     pub run_blocks: usize,
 }
 
