@@ -44,6 +44,14 @@ impl Harness {
         }
     }
 
+    /// Notes `t` of `ts`, a push each, each applied: a history of `ts.len()` events over 7 items.
+    fn notes(&mut self, ts: std::ops::Range<u128>) {
+        for t in ts {
+            let c = self.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
+            applied(&self.one(c));
+        }
+    }
+
     fn change(&mut self, kind: Kind, item: ItemId, base: Option<u64>, body: ChangeBody) -> Change {
         self.next_change += 1;
         Change {
@@ -277,20 +285,16 @@ fn a_state_holding_its_change_ids_as_a_filter_still_answers_resends_with_their_r
 #[test]
 fn a_state_splits_its_sealed_filter_blocks_only_in_whole_units() {
     let mut h = Harness::new();
-    for t in 0..2100 {
-        let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
-        applied(&h.one(c));
-        if t == 99 {
-            let mut short = h.state.clone();
-            assert_eq!(
-                short.split_sealed(64),
-                None,
-                "3 sealed blocks, less than a unit"
-            );
-            assert_eq!((short.sealed_missing(), short.exact_changes()), (0, 0));
-            assert_eq!(short.change_filter(), h.state.change_filter());
-        }
-    }
+    h.notes(0..100);
+    let mut short = h.state.clone();
+    assert_eq!(
+        short.split_sealed(64),
+        None,
+        "3 sealed blocks, less than a unit"
+    );
+    assert_eq!((short.sealed_missing(), short.exact_changes()), (0, 0));
+    assert_eq!(short.change_filter(), h.state.change_filter());
+    h.notes(100..2100);
     // 2,100 seqs: blocks 0..65 sealed, 65 open; the unit cut is at 64.
     let whole = h.state.clone();
     let mut split = whole.clone();
@@ -325,10 +329,7 @@ fn a_state_splits_its_sealed_filter_blocks_only_in_whole_units() {
 #[test]
 fn a_state_without_its_sealed_filter_blocks_asks_the_log_and_with_them_is_whole() {
     let mut h = Harness::new();
-    for t in 0..100 {
-        let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
-        applied(&h.one(c));
-    }
+    h.notes(0..100);
     let whole = h.state.clone();
     let mut split = whole.clone();
     let sealed = split.split_sealed(1).expect("3 of the 4 blocks are sealed");

@@ -4,9 +4,9 @@
 //! changes again. A checkpoint of format 6 writes each changed user's sealed blocks not yet in a
 //! run to one run, in whole multiples of the writer's unit (64 blocks by default), and keeps the
 //! rest in the user's part row (`filter_from`), so a checkpoint writes a user's recent ids, not
-//! every id of its log. A row may start at any block: the unit is the writer's, not the format's. Runs are merged size-tiered (the log's
-//! `checkpoint` module): a block is rewritten about log2 times over the life of the log, never
-//! with its user's state.
+//! every id of its log. A row may start at any block: the unit is the writer's, not the
+//! format's. Runs are merged size-tiered (the log's `checkpoint` module): a block is rewritten
+//! about log2 times over the life of the log, never with its user's state.
 //!
 //! One Parquet file, one row per user, sorted by `user_id`: `from_block` (the index of the
 //! row's first block) and `blocks` (the blocks `from_block..`, each 16 little-endian u64 words,
