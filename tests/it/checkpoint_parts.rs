@@ -205,12 +205,7 @@ async fn many(log: &Log, u: UserId, n: usize) -> Change {
 /// (~2.5 more GETs a cold load in `make sustained`). A user short of 64 sealed
 /// blocks keeps them in its part row and its cold load reads no run.
 async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let faulty = FaultyStore::new(ts.store.clone());
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let log = open(store.clone(), 1, cfg(PartsPolicy::default()))
-        .await
-        .expect("open");
+    let (ts, faulty, store, log) = over_faulty(backend, PartsPolicy::default()).await;
     let (u, v) = (user(), user());
     // u: 2,100 events, blocks 0..65 sealed; v: 640, 20 sealed.
     let first_u = many(&log, u, 2100).await;
@@ -218,12 +213,11 @@ async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend)
     let c1 = checkpoint(&log).await;
     let m1 = manifest(&store, c1).await;
     assert_eq!(m1.filter_runs.len(), 1, "{m1:?}");
-    let rows = run_rows(&store, &m1.filter_runs[0]).await;
-    let rows: Vec<_> = rows
-        .iter()
-        .map(|(w, f)| (*w, f.offset(), f.blocks()))
-        .collect();
-    assert_eq!(rows, vec![(u, 0, 64)], "u's first 64 blocks; v in no run");
+    assert_eq!(
+        all_run_rows(&store, &m1).await,
+        vec![(u, 0, 64)],
+        "u's first 64 blocks; v in no run"
+    );
     let row = stored_row(&store, c1, u).await;
     assert_eq!(
         (row.sealed_missing(), row.change_filter().blocks()),
@@ -249,13 +243,7 @@ async fn a_user_goes_to_a_filter_run_once_per_64_sealed_blocks(backend: Backend)
     let m3 = manifest(&store, c3).await;
     assert_eq!(m3.filter_runs.len(), 1, "{m3:?}");
     assert_eq!(m3.filter_runs[0].written_by, c3);
-    let rows = run_rows(&store, &m3.filter_runs[0]).await;
-    assert_eq!(
-        rows.iter()
-            .map(|(w, f)| (*w, f.offset(), f.blocks()))
-            .collect::<Vec<_>>(),
-        vec![(u, 0, 128)]
-    );
+    assert_eq!(all_run_rows(&store, &m3).await, vec![(u, 0, 128)]);
     let row = stored_row(&store, c3, u).await;
     assert_eq!(
         (row.sealed_missing(), row.change_filter().blocks()),
@@ -359,9 +347,10 @@ async fn runs_cut_a_block_and_64_blocks_at_a_time_join_in_one_store(backend: Bac
     assert!(report.ok, "{:?}", report.problems);
 }
 
-/// A log of one shard (runs of single blocks) over a counting store (kept alive by the first).
+/// A log of one shard with `parts` over a counting store (kept alive by the first).
 async fn over_faulty(
     backend: Backend,
+    parts: PartsPolicy,
 ) -> (
     keepsake_tests::TestStore,
     Arc<FaultyStore>,
@@ -371,9 +360,7 @@ async fn over_faulty(
     let ts = keepsake_tests::store(backend).await.expect("store");
     let faulty = FaultyStore::new(ts.store.clone());
     let store: Arc<dyn ObjectStore> = faulty.clone();
-    let log = open(store.clone(), 1, cfg(short_runs()))
-        .await
-        .expect("open");
+    let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
     (ts, faulty, store, log)
 }
 
@@ -381,7 +368,7 @@ async fn over_faulty(
 /// only of those that hold the user: each run's footer (read once, kept) carries a filter of its
 /// users. Without it every run cost a ranged GET a cold load, billed per request on S3.
 async fn a_cold_load_reads_the_pages_of_the_runs_that_hold_its_user_only(backend: Backend) {
-    let (_ts, faulty, store, log) = over_faulty(backend).await;
+    let (_ts, faulty, store, log) = over_faulty(backend, short_runs()).await;
     // Ids chosen so that each run's range of ids (its page index) takes in the users of the
     // other: only the users' filter tells them apart.
     let id = |hi: u128| UserId(uuid::Uuid::from_u128(hi << 120 | 0x5eed));
@@ -446,7 +433,7 @@ async fn forty(log: &Log, u: UserId) -> Change {
 /// segment read: a join that failed would send the fold to the log and hide it), and a resend
 /// from before the checkpoints is still a duplicate.
 async fn a_fleet_fold_reads_a_filter_run_whole_when_it_wants_many_of_its_users(backend: Backend) {
-    let (_ts, faulty, store, log) = over_faulty(backend).await;
+    let (_ts, faulty, store, log) = over_faulty(backend, short_runs()).await;
     // 40 users of one sealed block each (seqs 1-32), in a run of 40 rows; then 2 of them seal
     // their second (seqs 33-64), in a run of 2 rows (not merged into the larger).
     let users: Vec<UserId> = (0..40).map(|_| user()).collect();
