@@ -16,7 +16,8 @@ use crate::common::*;
 
 on_every_backend!(
     a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments,
-    a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only_the_users_segments
+    a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only_the_users_segments,
+    searches_of_older_history_read_a_history_objects_footer_once
 );
 
 /// The user's two pushes, then 40 other users' (a segment each) and a checkpoint over them;
@@ -177,4 +178,143 @@ async fn answered_from_the_users_segments(
         read.is_empty(),
         "other users' segments read: {read:?} of 3..={through}"
     );
+}
+
+/// A resend and a stale patch's base from before the tail index are sought in the history
+/// objects, newest first; a large one (over 1 MiB: footer, page index and pages by range
+/// reads) has its footer kept by the view, so the second search reads its pages only. In
+/// `make sustained` (2026-12-03, run 20) every search read each object's footer and page index
+/// again: ~28 read GETs a search, and the read GETs per cold load rose from 2 to 8 as history
+/// objects accumulated. An object put in the same name since (another write: here the same
+/// bytes put again, a new e-tag on memory and file) is not read through the kept footer: the
+/// read finds the other write, forgets the footer and reads the object's own.
+async fn searches_of_older_history_read_a_history_objects_footer_once(
+    backend: keepsake_tests::Backend,
+) {
+    use object_store::ObjectStoreExt as _;
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let as_store: Arc<dyn ObjectStore> = faulty.clone();
+    let cfg = LogConfig {
+        // Checkpoints only when asked (`compact_now`), compaction into one object.
+        checkpoint_every_events: u64::MAX,
+        view_memory_bytes: 1,
+        compaction: CompactionPolicy {
+            enabled: false,
+            min_segments: 1,
+            max_events: 1_000_000,
+        },
+        ..fast_config()
+    };
+    let log = open(as_store, 1, cfg).await.expect("open");
+    let u = user();
+    let it = ItemId(uuid::Uuid::from_u128(7));
+    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
+    let first_change = put(it, json!({"a": 1, "b": 1}));
+    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let Outcome::Applied(original) = first.outcomes[0] else {
+        panic!("{:?}", first.outcomes)
+    };
+    push(&log, u, vec![patch(1, json!({"a": 2}))])
+        .await
+        .expect("v2");
+    // Other users' documents of 16 random ids each: the history object is over 1 MiB.
+    let big = || {
+        let pad: Vec<String> = (0..16).map(|_| item().0.to_string()).collect();
+        put(item(), json!({ "pad": pad }))
+    };
+    for _ in 0..50 {
+        push(&log, user(), (0..100).map(|_| big()).collect())
+            .await
+            .expect("another user's push");
+    }
+    log.compact_now().await.expect("checkpoint and compact");
+    // A second checkpoint: the index starts after the first, so u's segments are before it.
+    push(&log, user(), vec![put(item(), json!({}))])
+        .await
+        .expect("another user's push");
+    log.compact_now().await.expect("checkpoint again");
+    let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
+    let object = *layout
+        .history
+        .iter()
+        .find(|h| h.holds(1))
+        .expect("u's segments compacted");
+    assert!(
+        object.size > 1024 * 1024,
+        "the history object is {} bytes",
+        object.size
+    );
+    let path = keys::history(0, object.first, object.last);
+    let gets = faulty.count_gets(path.as_ref());
+    let footers = || {
+        let (_, hits, misses) = log.history_footers();
+        (hits, misses)
+    };
+    assert_eq!(footers(), (0, 0));
+
+    // The resend: a duplicate with the original result, the footer read from the store once.
+    let resend = || async {
+        let searches = LogStats::get(&log.stats().old_change_reads);
+        let again = push(&log, u, vec![first_change.clone()])
+            .await
+            .expect("push again");
+        assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
+        assert_eq!(
+            LogStats::get(&log.stats().old_change_reads),
+            searches + 1,
+            "the resend was sought in the log"
+        );
+        gets.swap(0, Ordering::Relaxed)
+    };
+    let first_search = resend().await;
+    assert_eq!(footers(), (0, 1), "one footer read");
+    assert!(first_search > 0, "the history object was read");
+    // The same search again reads the same pages, and not the HEAD and footer.
+    let second_search = resend().await;
+    assert_eq!(footers(), (1, 1), "the footer kept");
+    assert!(
+        second_search < first_search,
+        "the second search read {second_search} ranges, the first {first_search}"
+    );
+
+    // The stale patch: its base found in the same object, through the kept footer.
+    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
+        .await
+        .expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    assert_eq!(
+        document_of(&log, u, it).await.as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+    let (hits, misses) = footers();
+    assert_eq!(misses, 1, "the footer was not read again");
+    assert!(hits >= 2, "the search used the kept footer");
+
+    // The same bytes put again in the object's name: another write of it.
+    let before = ts.store.head(&path).await.expect("head");
+    let bytes = ts
+        .store
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    ts.store.put(&path, bytes.into()).await.expect("put again");
+    let after = ts.store.head(&path).await.expect("head");
+    let rewritten = before.e_tag != after.e_tag;
+    resend().await;
+    let (_, misses_after) = footers();
+    assert_eq!(
+        misses_after,
+        if rewritten { 2 } else { 1 },
+        "a new write of the object (e-tag {:?} -> {:?}) is read through its own footer",
+        before.e_tag,
+        after.e_tag
+    );
+    log.shutdown().await;
 }

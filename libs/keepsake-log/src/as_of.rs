@@ -164,7 +164,7 @@ impl Log {
                 let after = state.last_seq();
                 let view = &self.shards[shard as usize].state;
                 let segs = segment_sources(store, shard, view, numbers).await?;
-                let relocate = by_view(store.clone(), shard, view.clone());
+                let relocate = by_view(store.clone(), shard, view.clone())?;
                 let latest = reader::read_user_latest_relocating(
                     store.clone(),
                     shard,

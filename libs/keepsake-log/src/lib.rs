@@ -244,6 +244,22 @@ impl Log {
             .fold((0, 0), |(u, b), (su, sb)| (u + su, b + sb))
     }
 
+    /// History objects' footers over all shards: (kept, reads that found one kept, reads that
+    /// read one from the store).
+    pub fn history_footers(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards.iter().fold((0, 0, 0), |(k, h, m), s| {
+            match s.state.read().map(|s| s.footers.clone()) {
+                Ok(f) => (
+                    k + f.history_kept() as u64,
+                    h + f.history_hits.load(Relaxed),
+                    m + f.history_misses.load(Relaxed),
+                ),
+                Err(_) => (k, h, m),
+            }
+        })
+    }
+
     /// View counters over all shards: (hits, misses that loaded a user, evictions).
     pub fn view_counters(&self) -> (u64, u64, u64) {
         self.shards

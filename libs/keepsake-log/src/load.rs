@@ -130,7 +130,7 @@ impl Log {
         let numbers = self.user_segments_in_view(shard, user, up_to)?;
         let view = &self.shards[shard as usize].state;
         let sources = segment_sources(&self.store, shard, view, numbers).await?;
-        let relocate = by_view(self.store.clone(), shard, view.clone());
+        let relocate = by_view(self.store.clone(), shard, view.clone())?;
         reader::read_user_picked(
             self.store.clone(),
             shard,
@@ -179,15 +179,19 @@ pub(crate) async fn segment_sources(
 /// into the newest history object and deletes the one before: it used to list the store from
 /// its second move on, and a listing of a shard's tens of thousands of segments took the file
 /// store's time from pushes (`make sustained`, 2026-12-02: 40 LISTs a second while compaction
-/// ran).
+/// ran). The reads keep the footers of the history objects they open in the view's
+/// [`reader::Footers`]: a search of a user's older history (a stale patch's base, a resent
+/// change id) opens each of the newest objects again and again, and read their footers and
+/// page indexes each time (`make sustained`, 2026-12-03, run 20: ~28 read GETs per search).
 pub(crate) fn by_view(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     state: Arc<RwLock<ShardState>>,
-) -> reader::Relocate {
+) -> Result<reader::Relocate, LogError> {
+    let footers = state.read().map_err(|_| poisoned(shard))?.footers.clone();
     let told: Arc<std::sync::Mutex<Option<Vec<reader::Source>>>> = Arc::default();
     let listing = reader::by_listing(store.clone(), shard);
-    Arc::new(move |numbers| {
+    let relocate = reader::Relocate::new(move |numbers| {
         let (store, state, listing, told) =
             (store.clone(), state.clone(), listing.clone(), told.clone());
         async move {
@@ -199,12 +203,13 @@ pub(crate) fn by_view(
                 again
             };
             if again {
-                return listing(numbers).await;
+                return listing.locate(numbers).await;
             }
             Ok(sources)
         }
         .boxed()
-    })
+    });
+    Ok(relocate.keeping_footers(footers))
 }
 
 /// One user's events in segments `numbers` (ascending) of `shard` ([`segment_sources`]).
@@ -217,7 +222,7 @@ async fn read_segments(
     up_to: UpTo,
 ) -> Result<Vec<Event>, LogError> {
     let segs = segment_sources(store, shard, state, numbers).await?;
-    let relocate = by_view(store.clone(), shard, state.clone());
+    let relocate = by_view(store.clone(), shard, state.clone())?;
     let (events, _) =
         reader::read_user_relocating(store.clone(), shard, user, segs, up_to, &relocate).await?;
     Ok(events)
@@ -303,7 +308,7 @@ pub(crate) async fn find_changes_in_view(
         .read_plan(&user, UpTo::End)
         .numbers();
     let sources = segment_sources(store, shard, state, numbers).await?;
-    let relocate = by_view(store.clone(), shard, state.clone());
+    let relocate = by_view(store.clone(), shard, state.clone())?;
     let wanted = ids.iter().collect::<std::collections::HashSet<_>>().len();
     let mut found = keepsake_model::OldChanges::new();
     let mut last_seq = 0;

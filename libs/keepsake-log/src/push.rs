@@ -317,7 +317,7 @@ impl Log {
         if indexed_after > 0 && !wanted.is_empty() {
             let sources =
                 segment_sources(&self.store, shard, state, (1..=indexed_after).collect()).await?;
-            let relocate = by_view(self.store.clone(), shard, state.clone());
+            let relocate = by_view(self.store.clone(), shard, state.clone())?;
             for newest in NewestFirst::new(sources, 1) {
                 if wanted.is_empty() {
                     break;

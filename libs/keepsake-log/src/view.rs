@@ -230,6 +230,7 @@ impl ShardState {
         self.history
             .retain(|x| !(h.first <= x.first && x.last <= h.last));
         self.record_history(h);
+        self.footers.retain_history(&self.history);
         self.advance_index();
     }
 

@@ -559,8 +559,27 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_view_index_bytes",
-            "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects, the opened manifest, part and run footers)",
+            "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects, the opened manifest, part, run and history footers)",
             index_bytes as u64,
+        );
+        let (kept, hits, misses) = log.history_footers();
+        gauge(
+            &mut out,
+            "keepsake_history_footers",
+            "History objects whose footers and page indexes the views keep for reads of older history",
+            kept,
+        );
+        counter(
+            &mut out,
+            "keepsake_history_footer_hits",
+            "Reads of a history object that found its footer kept",
+            hits,
+        );
+        counter(
+            &mut out,
+            "keepsake_history_footer_misses",
+            "Reads of a history object that read its footer from the store (a HEAD, then the footer and page index)",
+            misses,
         );
     }
     if let Some(a) = crate::memory::allocator() {

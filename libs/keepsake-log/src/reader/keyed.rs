@@ -119,24 +119,27 @@ pub(super) enum KeyedRead {
     Rows(KeyedSegment),
 }
 
-/// Reads the key columns ([`KEY_COLUMNS`]) of the pages that may hold the user: no documents.
+/// Reads the key columns ([`KEY_COLUMNS`]) of the pages that may hold the user: no documents
+/// (a history object's footer from `footers` when kept there).
 pub(super) async fn read_user_keys(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
     src: Source,
     up_to: UpTo,
+    footers: Option<Arc<Footers>>,
 ) -> Result<KeyedRead, LogError> {
     let (n, wanted) = (src.label(), src.numbers());
-    let (builder, plan, again) = match open_for_user(store, shard, user, src, up_to).await? {
-        Opened::After => return Ok(KeyedRead::After),
-        Opened::Pruned => return Ok(KeyedRead::Pruned),
-        Opened::Plan {
-            builder,
-            plan,
-            again,
-        } => (*builder, plan, again),
-    };
+    let (builder, plan, again) =
+        match open_for_user(store, shard, user, src, up_to, footers).await? {
+            Opened::After => return Ok(KeyedRead::After),
+            Opened::Pruned => return Ok(KeyedRead::Pruned),
+            Opened::Plan {
+                builder,
+                plan,
+                again,
+            } => (*builder, plan, again),
+        };
     let metadata = builder.metadata().clone();
     let rows_in_groups = plan
         .row_groups
@@ -287,7 +290,15 @@ pub async fn read_user_latest_relocating(
     relocate: &Relocate,
 ) -> Result<LatestItems, LogError> {
     with_relisting(shard, sources, relocate, |sources| {
-        read_user_latest_sources(store.clone(), shard, user, sources, up_to, after)
+        read_user_latest_sources(
+            store.clone(),
+            shard,
+            user,
+            sources,
+            up_to,
+            after,
+            relocate.footers(),
+        )
     })
     .await
 }
@@ -299,9 +310,10 @@ pub(super) async fn read_user_latest_sources(
     sources: Vec<Source>,
     up_to: UpTo,
     after: u64,
+    footers: Option<Arc<Footers>>,
 ) -> Result<LatestItems, LogError> {
     let reads = read_ahead(shard, sources, |l| {
-        read_user_keys(store.clone(), shard, user, l, up_to)
+        read_user_keys(store.clone(), shard, user, l, up_to, footers.clone())
     });
     futures::pin_mut!(reads);
     let mut stats = ReadStats::default();
@@ -427,10 +439,10 @@ pub async fn read_user_picked(
     relocate: &Relocate,
 ) -> Result<Picked, LogError> {
     with_relisting(shard, sources, relocate, |sources| {
-        let store = store.clone();
+        let (store, footers) = (store.clone(), relocate.footers());
         async move {
             let keys = read_ahead(shard, sources, |src| {
-                read_user_keys(store.clone(), shard, user, src, up_to)
+                read_user_keys(store.clone(), shard, user, src, up_to, footers.clone())
             });
             futures::pin_mut!(keys);
             let mut chosen = Vec::new();

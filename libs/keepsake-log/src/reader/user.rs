@@ -19,6 +19,7 @@ use parquet::file::metadata::PageIndexPolicy;
 
 use crate::error::{LogError, store_err};
 
+use super::footers::HistoryFooter;
 use super::*;
 
 /// Where a read of one user's history stops.
@@ -118,13 +119,59 @@ pub(crate) async fn listed_sources(
 pub(super) const RELISTS: usize = 8;
 
 /// Where segments are now: asked again when a read finds a source gone. The log's readers ask
-/// its view (compaction tells the view before it deletes anything); others list the store.
-pub type Relocate =
+/// its view (compaction tells the view before it deletes anything), and keep the footers of
+/// the history objects they read in the view's [`Footers`]; others list the store, and keep
+/// nothing.
+#[derive(Clone)]
+pub struct Relocate {
+    locate: Locate,
+    footers: Option<Arc<Footers>>,
+}
+
+type Locate =
     Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<Vec<Source>, LogError>> + Send + Sync>;
+
+impl std::fmt::Debug for Relocate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relocate")
+            .field("keeps_footers", &self.footers.is_some())
+            .finish()
+    }
+}
+
+impl Relocate {
+    /// Asks `locate` where segments are now; keeps no footers.
+    pub fn new(
+        locate: impl Fn(Vec<u64>) -> BoxFuture<'static, Result<Vec<Source>, LogError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            locate: Arc::new(locate),
+            footers: None,
+        }
+    }
+
+    /// Keeps the footers of the history objects read in `footers`.
+    pub fn keeping_footers(mut self, footers: Arc<Footers>) -> Self {
+        self.footers = Some(footers);
+        self
+    }
+
+    /// Where segments `numbers` are now.
+    pub fn locate(&self, numbers: Vec<u64>) -> BoxFuture<'static, Result<Vec<Source>, LogError>> {
+        (self.locate)(numbers)
+    }
+
+    pub(super) fn footers(&self) -> Option<Arc<Footers>> {
+        self.footers.clone()
+    }
+}
 
 /// A [`Relocate`] that lists the store.
 pub fn by_listing(store: Arc<dyn ObjectStore>, shard: u32) -> Relocate {
-    Arc::new(move |numbers| {
+    Relocate::new(move |numbers| {
         let store = store.clone();
         async move {
             let reach = numbers.iter().copied().max().unwrap_or(0);
@@ -158,7 +205,10 @@ where
                     missing,
                     "a segment moved during a read; locating again"
                 );
-                result = read(relocate(numbers.clone()).await?).await;
+                if let Some(f) = &relocate.footers {
+                    f.forget_history_holding(missing);
+                }
+                result = read(relocate.locate(numbers.clone()).await?).await;
             }
             other => return other,
         }
@@ -259,7 +309,14 @@ pub async fn read_user_relocating(
     relocate: &Relocate,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     with_relisting(shard, sources, relocate, |sources| {
-        read_user_sources(store.clone(), shard, user, sources, up_to)
+        read_user_sources(
+            store.clone(),
+            shard,
+            user,
+            sources,
+            up_to,
+            relocate.footers(),
+        )
     })
     .await
 }
@@ -270,9 +327,10 @@ pub(super) async fn read_user_sources(
     user: UserId,
     sources: Vec<Source>,
     up_to: UpTo,
+    footers: Option<Arc<Footers>>,
 ) -> Result<(Vec<Event>, ReadStats), LogError> {
     let reads = read_ahead(shard, sources, |l| {
-        read_user_segment(store.clone(), shard, user, l, up_to)
+        read_user_segment(store.clone(), shard, user, l, up_to, footers.clone())
     });
     futures::pin_mut!(reads);
     let mut events = Vec::new();
@@ -317,13 +375,15 @@ pub(super) enum Opened {
 }
 
 /// Opens a segment (or a history object) for one user's read: fetches it whole when small,
-/// else its footer and page index, and plans which pages may hold the user.
+/// else its footer and page index (a history object's from `footers` when kept there, else
+/// read and kept), and plans which pages may hold the user.
 pub(super) async fn open_for_user(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
     src: Source,
     up_to: UpTo,
+    footers: Option<Arc<Footers>>,
 ) -> Result<Opened, LogError> {
     let (n, size) = (src.label(), src.size());
     let context = || format!("read segment {n} of shard {shard}");
@@ -337,6 +397,35 @@ pub(super) async fn open_for_user(
         Source::Segment { tag, .. } => tag,
         Source::History { .. } => Tag::ANY,
     };
+    if let (Source::History { object, .. }, Some(footers)) = (src, &footers)
+        && size > WHOLE_READ_BYTES
+    {
+        let kept = match footers.history(&object) {
+            Some(f) => Some(f),
+            None => {
+                let read = read_history_footer(&store, shard, src, object).await?;
+                if let Some(f) = &read {
+                    footers.put_history(&object, f.clone());
+                }
+                read
+            }
+        };
+        // None: the store gives no e-tag, so nothing would tell a later read that a kept
+        // footer is of the object it reads; read as if not kept.
+        if let Some(footer) = kept {
+            let reader = SegmentReader {
+                store,
+                path,
+                size: footer.size,
+                whole: None,
+                tag: footer.tag,
+            };
+            let again = reader.clone();
+            let builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.loaded.clone());
+            return plan_opened(builder, again, footer.first_recorded_at, user, up_to);
+        }
+    }
     let whole = if size <= WHOLE_READ_BYTES {
         match store.get(&path).await {
             Ok(got) if !tag.admits(Tag::of_meta(&got.meta)) => return Err(gone),
@@ -361,13 +450,79 @@ pub(super) async fn open_for_user(
             Err(e) if not_found(&e) => return Err(gone),
             Err(e) => return Err(LogError::user_read(shard, n, e.into())),
         };
-    let kvs = builder.metadata().file_metadata().key_value_metadata();
-    let first_recorded_at = if src.is_history() {
+    let first_recorded_at = first_recorded_at(builder.metadata(), &src, shard)?;
+    plan_opened(builder, again, first_recorded_at, user, up_to)
+}
+
+/// When the first event of a segment or history object was recorded, by its footer.
+fn first_recorded_at(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    src: &Source,
+    shard: u32,
+) -> Result<DateTime<Utc>, LogError> {
+    let kvs = metadata.file_metadata().key_value_metadata();
+    if src.is_history() {
         HistoryMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
     } else {
         SegmentMeta::from_key_values(kvs).map(|m| m.first_recorded_at)
     }
-    .map_err(|e| LogError::corrupt(shard, n, e))?;
+    .map_err(|e| LogError::corrupt(shard, src.label(), e))
+}
+
+/// A history object's footer and page index, with the write they were read from (its e-tag,
+/// asked first and checked on each range read); `None` when the store gives no e-tag.
+async fn read_history_footer(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    src: Source,
+    object: HistoryListed,
+) -> Result<Option<Arc<HistoryFooter>>, LogError> {
+    let n = src.label();
+    let path = src.key(shard);
+    let gone = LogError::Gap { shard, missing: n };
+    let meta = match store.head(&path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => return Err(gone),
+        Err(e) => return Err(store_err(format!("read segment {n} of shard {shard}"))(e)),
+    };
+    // Another object than the one located (its sources merged into a wider one since, and
+    // the name written again): located again, like one gone.
+    if meta.size != object.size {
+        return Err(gone);
+    }
+    let tag = Tag::of_meta(&meta);
+    if tag == Tag::ANY {
+        return Ok(None);
+    }
+    let mut reader = SegmentReader {
+        store: store.clone(),
+        path,
+        size: meta.size,
+        whole: None,
+        tag,
+    };
+    let loaded = match ArrowReaderMetadata::load_async(&mut reader, read_options()).await {
+        Ok(m) => m,
+        Err(e) if not_found(&e) => return Err(gone),
+        Err(e) => return Err(LogError::user_read(shard, n, e.into())),
+    };
+    let first_recorded_at = first_recorded_at(loaded.metadata(), &src, shard)?;
+    Ok(Some(Arc::new(HistoryFooter {
+        size: meta.size,
+        tag,
+        loaded,
+        first_recorded_at,
+    })))
+}
+
+/// Plans one user's read of an opened object: after the moment, pruned, or the pages to read.
+fn plan_opened(
+    builder: ParquetRecordBatchStreamBuilder<SegmentReader>,
+    again: SegmentReader,
+    first_recorded_at: DateTime<Utc>,
+    user: UserId,
+    up_to: UpTo,
+) -> Result<Opened, LogError> {
     if let UpTo::Time(t) = up_to
         && first_recorded_at > t
     {
@@ -401,13 +556,15 @@ pub(super) fn pages_err(shard: u32, n: u64) -> impl Fn(parquet::errors::ParquetE
 }
 
 /// One segment's part of a user's read: only the footer and the pages that may hold the user
-/// (from memory, for a segment small enough to fetch whole).
+/// (from memory, for a segment small enough to fetch whole; a history object's footer from
+/// `footers` when kept there).
 pub(super) async fn read_user_segment(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     user: UserId,
     src: Source,
     up_to: UpTo,
+    footers: Option<Arc<Footers>>,
 ) -> Result<UserSegment, LogError> {
     let n = src.label();
     let filter = RowFilter {
@@ -417,15 +574,16 @@ pub(super) async fn read_user_segment(
         shard,
         n,
     };
-    let (builder, plan, again) = match open_for_user(store, shard, user, src, up_to).await? {
-        Opened::After => return Ok(UserSegment::After),
-        Opened::Pruned => return Ok(UserSegment::Pruned),
-        Opened::Plan {
-            builder,
-            plan,
-            again,
-        } => (*builder, plan, again),
-    };
+    let (builder, plan, again) =
+        match open_for_user(store, shard, user, src, up_to, footers).await? {
+            Opened::After => return Ok(UserSegment::After),
+            Opened::Pruned => return Ok(UserSegment::Pruned),
+            Opened::Plan {
+                builder,
+                plan,
+                again,
+            } => (*builder, plan, again),
+        };
     let parts = (plan.rows_selected / PART_ROWS).clamp(1, parallelism());
     if parts == 1 {
         // The filter on user_id first: a tail segment holds a few users' rows on one page, and

@@ -440,6 +440,10 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     // The user is in its shard's tail index, which /metrics counts with its bytes.
     assert!(s.metric("keepsake_view_index_users").await >= 1);
     assert!(s.metric("keepsake_view_index_bytes").await > 0);
+    // No history object read yet: none of their footers kept (counted beside the index).
+    assert_eq!(s.metric("keepsake_history_footers").await, 0);
+    assert_eq!(s.metric("keepsake_history_footer_hits_total").await, 0);
+    assert_eq!(s.metric("keepsake_history_footer_misses_total").await, 0);
     // What the allocator holds for the process, beside what the view counts.
     let allocated = s.metric("keepsake_allocator_allocated_bytes").await;
     assert!(allocated > 0);
