@@ -142,3 +142,38 @@ pub async fn push_as_device(log: &Log, user_id: UserId, changes: Vec<Change>) ->
     }
     panic!("push not answered after 20 tries: {last:?}")
 }
+
+/// The user's item `it` put as {"a":1,"b":1}, then patched to {"a":2}: versions 1 and 2. The put
+/// (to send again) and both answers.
+pub async fn put_then_patch(log: &Log, u: UserId, it: ItemId) -> (Change, PushResult, PushResult) {
+    let first_change = put(it, serde_json::json!({"a": 1, "b": 1}));
+    let first = push(log, u, vec![first_change.clone()]).await.expect("v1");
+    let patch = change(
+        Kind::Note,
+        it,
+        Some(1),
+        ChangeBody::patch(serde_json::json!({"a": 2})),
+    );
+    let second = push(log, u, vec![patch]).await.expect("v2");
+    (first_change, first, second)
+}
+
+/// After [`put_then_patch`], a patch based on version 1 that sets "b": merged with version 2
+/// into version 3, {"a":2,"b":2} (the base read from wherever the log holds it).
+pub async fn stale_patch_merges(log: &Log, u: UserId, it: ItemId) {
+    let patch = change(
+        Kind::Note,
+        it,
+        Some(1),
+        ChangeBody::patch(serde_json::json!({"b": 2})),
+    );
+    let merged = push(log, u, vec![patch]).await.expect("v3");
+    assert!(
+        matches!(merged.outcomes[0], keepsake_model::Outcome::Applied(c) if c.version == 3),
+        "{merged:?}"
+    );
+    assert_eq!(
+        document_of(log, u, it).await.as_deref(),
+        Some(r#"{"a":2,"b":2}"#)
+    );
+}

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keepsake_log::{CompactionPolicy, LogConfig, LogStats, list_layout};
-use keepsake_model::{ChangeBody, ItemId, Kind, Outcome};
+use keepsake_model::{ItemId, Outcome};
 use keepsake_store::faults::FaultyStore;
 use keepsake_store::keys;
 use object_store::ObjectStore;
 use serde_json::json;
 
 use crate::common::*;
+
+/// The user's item the tests put, patch and patch again from a stale base.
+const ITEM: ItemId = ItemId(uuid::Uuid::from_u128(7));
 
 on_every_backend!(
     a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_users_segments,
@@ -45,16 +48,10 @@ async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_u
     };
     let log = open(as_store, 1, cfg).await.expect("open");
     let u = user();
-    let it = ItemId(uuid::Uuid::from_u128(7));
-    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
-    let first_change = put(it, json!({"a": 1, "b": 1}));
-    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let (first_change, first, second) = put_then_patch(&log, u, ITEM).await;
     let Outcome::Applied(original) = first.outcomes[0] else {
         panic!("{:?}", first.outcomes)
     };
-    let second = push(&log, u, vec![patch(1, json!({"a": 2}))])
-        .await
-        .expect("v2");
     let users_segments = [first.segment, second.segment];
     assert_eq!(users_segments, [Some(1), Some(2)]);
     for _ in 0..40 {
@@ -102,16 +99,10 @@ async fn a_resend_and_a_stale_base_from_a_generation_not_yet_compacted_read_only
     };
     let log = open(as_store, 1, cfg).await.expect("open");
     let u = user();
-    let it = ItemId(uuid::Uuid::from_u128(7));
-    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
-    let first_change = put(it, json!({"a": 1, "b": 1}));
-    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let (first_change, first, second) = put_then_patch(&log, u, ITEM).await;
     let Outcome::Applied(original) = first.outcomes[0] else {
         panic!("{:?}", first.outcomes)
     };
-    let second = push(&log, u, vec![patch(1, json!({"a": 2}))])
-        .await
-        .expect("v2");
     assert_eq!([first.segment, second.segment], [Some(1), Some(2)]);
     let others = || async {
         for _ in 0..20 {
@@ -151,7 +142,6 @@ async fn answered_from_the_users_segments(
     original: keepsake_model::ChangeRef,
     through: u64,
 ) {
-    let it = ItemId(uuid::Uuid::from_u128(7));
     let watched: Vec<_> = (3..=through)
         .map(|n| faulty.count_gets(keys::segment(0, n).as_ref()))
         .collect();
@@ -159,16 +149,7 @@ async fn answered_from_the_users_segments(
     let again = push(log, u, vec![first_change]).await.expect("push again");
     assert_eq!(again.outcomes, vec![Outcome::Duplicate(original)]);
     assert_eq!(log.head(0), head, "nothing written");
-    let patch = change(Kind::Note, it, Some(1), ChangeBody::patch(json!({"b": 2})));
-    let merged = push(log, u, vec![patch]).await.expect("v3");
-    assert!(
-        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
-        "{merged:?}"
-    );
-    assert_eq!(
-        document_of(log, u, it).await.as_deref(),
-        Some(r#"{"a":2,"b":2}"#)
-    );
+    stale_patch_merges(log, u, ITEM).await;
     let read: Vec<u64> = (3..=through)
         .zip(&watched)
         .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
@@ -208,16 +189,10 @@ async fn searches_of_older_history_read_a_history_objects_footer_once(
     };
     let log = open(as_store, 1, cfg).await.expect("open");
     let u = user();
-    let it = ItemId(uuid::Uuid::from_u128(7));
-    let patch = |base, doc| change(Kind::Note, it, Some(base), ChangeBody::patch(doc));
-    let first_change = put(it, json!({"a": 1, "b": 1}));
-    let first = push(&log, u, vec![first_change.clone()]).await.expect("v1");
+    let (first_change, first, _) = put_then_patch(&log, u, ITEM).await;
     let Outcome::Applied(original) = first.outcomes[0] else {
         panic!("{:?}", first.outcomes)
     };
-    push(&log, u, vec![patch(1, json!({"a": 2}))])
-        .await
-        .expect("v2");
     // Other users' documents of 16 random ids each: the history object is over 1 MiB.
     let big = || {
         let pad: Vec<String> = (0..16).map(|_| item().0.to_string()).collect();
@@ -279,17 +254,7 @@ async fn searches_of_older_history_read_a_history_objects_footer_once(
     );
 
     // The stale patch: its base found in the same object, through the kept footer.
-    let merged = push(&log, u, vec![patch(1, json!({"b": 2}))])
-        .await
-        .expect("v3");
-    assert!(
-        matches!(merged.outcomes[0], Outcome::Applied(c) if c.version == 3),
-        "{merged:?}"
-    );
-    assert_eq!(
-        document_of(&log, u, it).await.as_deref(),
-        Some(r#"{"a":2,"b":2}"#)
-    );
+    stale_patch_merges(&log, u, ITEM).await;
     let (hits, misses) = footers();
     assert_eq!(misses, 1, "the footer was not read again");
     assert!(hits >= 2, "the search used the kept footer");
