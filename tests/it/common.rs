@@ -177,3 +177,18 @@ pub async fn stale_patch_merges(log: &Log, u: UserId, it: ItemId) {
         Some(r#"{"a":2,"b":2}"#)
     );
 }
+
+/// The bytes of the object at `path`.
+pub async fn object_bytes(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+) -> bytes::Bytes {
+    use object_store::ObjectStoreExt as _;
+    store
+        .get(path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+}

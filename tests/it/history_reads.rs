@@ -261,14 +261,7 @@ async fn searches_of_older_history_read_a_history_objects_footer_once(
 
     // The same bytes put again in the object's name: another write of it.
     let before = ts.store.head(&path).await.expect("head");
-    let bytes = ts
-        .store
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
+    let bytes = object_bytes(ts.store.as_ref(), &path).await;
     ts.store.put(&path, bytes.into()).await.expect("put again");
     let after = ts.store.head(&path).await.expect("head");
     let rewritten = before.e_tag != after.e_tag;

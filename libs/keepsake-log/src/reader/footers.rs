@@ -30,6 +30,9 @@ pub struct Footers {
     pub history_hits: std::sync::atomic::AtomicU64,
     /// See `history_hits`.
     pub history_misses: std::sync::atomic::AtomicU64,
+    /// The store gave a history object without an e-tag: none is kept, and no HEAD is sent
+    /// again to find out.
+    no_etags: std::sync::atomic::AtomicBool,
 }
 
 /// History objects whose footers a shard's view keeps at most; past it, the footer of the
@@ -95,6 +98,17 @@ impl Footers {
             }
             m.insert(key, footer);
         }
+    }
+
+    /// False once the store gave a history object without an e-tag ([`Footers::no_etags`]).
+    pub(super) fn keeps_history(&self) -> bool {
+        !self.no_etags.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The store gives no e-tags: history footers are read as if not kept from now on.
+    pub(super) fn no_etags(&self) {
+        self.no_etags
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets the footers of history objects holding segment `n`: a read found the object
@@ -218,6 +232,10 @@ mod tests {
         // Kept for c's size only: a listed object of another size is another write.
         f.retain_history(&[object(21, 30, 301)]);
         assert_eq!(f.history_kept(), 0);
+        // A store without e-tags: nothing kept, and nothing asked again.
+        assert!(f.keeps_history());
+        f.no_etags();
+        assert!(!f.keeps_history());
     }
 
     #[test]

@@ -399,19 +399,22 @@ pub(super) async fn open_for_user(
     };
     if let (Source::History { object, .. }, Some(footers)) = (src, &footers)
         && size > WHOLE_READ_BYTES
+        && footers.keeps_history()
     {
         let kept = match footers.history(&object) {
             Some(f) => Some(f),
             None => {
                 let read = read_history_footer(&store, shard, src, object).await?;
-                if let Some(f) = &read {
-                    footers.put_history(&object, f.clone());
+                match &read {
+                    Some(f) => footers.put_history(&object, f.clone()),
+                    None => footers.no_etags(),
                 }
                 read
             }
         };
         // None: the store gives no e-tag, so nothing would tell a later read that a kept
-        // footer is of the object it reads; read as if not kept.
+        // footer is of the object it reads; read as if not kept (and from now on, without
+        // asking again).
         if let Some(footer) = kept {
             let reader = SegmentReader {
                 store,
