@@ -4,7 +4,8 @@
 # 60), the server's committed events per second, checkpoint work done (count, seconds, seconds
 # shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
 # compaction work done, view misses and evictions, view bytes and the server's resident
-# memory, from /metrics and /proc.
+# memory, from /metrics and /proc; and the cores (CPU seconds a second) the server, its upkeep
+# thread and the load generator used in the interval, from /proc.
 # At the end, the load generator's own table, with the server's committed events per second in
 # each interval of the measured time (read on a schedule from its start: `--sample-every`), and
 # the slowest interval against the median (the target: the slowest minute at least 80% of the
@@ -75,18 +76,33 @@ metric() { curl -fsS "$URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 # The sum of a metric's samples whose labels contain $2 (e.g. cause="checkpoint",op="put").
 labelled() { curl -fsS "$URL/metrics" | awk -v m="$1" -v l="$2" 'index($1, m "{") == 1 && index($1, l) { s += $2 } END { print s + 0 }'; }
 rss_mib() { awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0; }
-echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB"
+# CPU time (user + system, in clock ticks) of a process or thread's stat file: with it, how many
+# of the machine's cores the server, its upkeep thread and the load generator each used in an
+# interval (a falling minute on a busy machine: the server's own work per event, or less CPU).
+TICKS=$(getconf CLK_TCK)
+ticks() {
+    local t
+    t=$(sed 's/.*) //' "$1" 2>/dev/null | awk '{ print $12 + $13 }')
+    echo "${t:-0}"
+}
+upkeep_stat() { grep -l '^keepsake-upkeep$' /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | head -1 | sed 's/comm$/stat/'; }
+cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks "$(upkeep_stat)") $(ticks /proc/"$LOADGEN_PID"/stat)"; }
+echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
 now_s() { date +%s.%N; }
 start=$(now_s)
 prev=$(metric keepsake_segment_events_total)
 prev_t=$start
+prev_cpu=$(cpu_now)
 for i in $(seq 1 $((SECS / EVERY))); do
     # On a schedule from the start: a pass's reads do not make the next one later.
     sleep "$(awk -v s="$start" -v i="$i" -v e="$EVERY" -v n="$(now_s)" 'BEGIN { w = s + i * e - n; printf "%.3f", (w > 0 ? w : 0) }')"
     now_t=$(now_s)
     now=$(metric keepsake_segment_events_total)
     rate=$(awk -v a="$prev" -v b="$now" -v s="$prev_t" -v t="$now_t" 'BEGIN { printf "%d", (b - a) / (t - s) }')
-    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %7s\n' $((i * EVERY)) "$rate" \
+    now_cpu=$(cpu_now)
+    cores=$(echo "$prev_cpu $now_cpu" | awk -v s="$prev_t" -v t="$now_t" -v k="$TICKS" \
+        '{ for (j = 1; j <= 3; j++) printf "%.2f ", ($(j + 3) - $j) / k / (t - s) }')
+    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %7s  %12s  %12s  %13s\n' $((i * EVERY)) "$rate" \
         "$(metric keepsake_checkpoints_total)" \
         "$(($(metric keepsake_checkpoint_microseconds_total) / 1000000))" \
         "$(($(metric keepsake_upkeep_turn_wait_microseconds_total) / 1000000))" \
@@ -94,8 +110,9 @@ for i in $(seq 1 $((SECS / EVERY))); do
         "$(labelled keepsake_store_requests_by_cause_total 'cause="checkpoint",op="put"')" \
         "$(metric keepsake_compaction_segments_total)" \
         "$(metric keepsake_view_misses_total)" "$(metric keepsake_view_evictions_total)" \
-        $(($(metric keepsake_view_bytes) / 1048576)) "$(rss_mib)"
+        $(($(metric keepsake_view_bytes) / 1048576)) "$(rss_mib)" $cores
     prev=$now
+    prev_cpu=$now_cpu
     prev_t=$now_t
 done
 wait "$LOADGEN_PID" || true

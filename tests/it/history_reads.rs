@@ -71,6 +71,15 @@ async fn a_resend_and_a_stale_base_from_just_before_a_checkpoint_read_only_the_u
         LogStats::get(&log.stats().ancestor_reads) >= 1,
         "the base was read from the log"
     );
+    // What the searches read, as `/metrics` shows it: the index covers every segment (one
+    // checkpoint), and named the user's.
+    let stats = log.stats();
+    assert!(LogStats::get(&stats.search_indexed) >= 2);
+    assert_eq!(LogStats::get(&stats.searches_past_index), 0);
+    assert_eq!(
+        LogStats::get(&stats.search_segments) + LogStats::get(&stats.search_history_objects),
+        0
+    );
     log.shutdown().await;
 }
 
@@ -245,6 +254,11 @@ async fn searches_of_older_history_read_a_history_objects_footer_once(
     let first_search = resend().await;
     assert_eq!(footers(), (0, 1), "one footer read");
     assert!(first_search > 0, "the history object was read");
+    // `/metrics` tells what the search read: past the index, the one history object.
+    let stats = log.stats();
+    assert_eq!(LogStats::get(&stats.searches_past_index), 1);
+    assert_eq!(LogStats::get(&stats.search_history_objects), 1);
+    assert_eq!(LogStats::get(&stats.search_segments), 0);
     // The same search again reads the same pages, and not the HEAD and footer.
     let second_search = resend().await;
     assert_eq!(footers(), (1, 1), "the footer kept");

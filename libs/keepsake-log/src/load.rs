@@ -302,19 +302,30 @@ pub(crate) async fn find_changes_in_view(
     at_least: u64,
     stats: &crate::LogStats,
 ) -> Result<(keepsake_model::OldChanges, u64), LogError> {
-    let numbers = state
+    let plan = state
         .read()
         .map_err(|_| poisoned(shard))?
-        .read_plan(&user, UpTo::End)
-        .numbers();
-    let sources = segment_sources(store, shard, state, numbers).await?;
+        .read_plan(&user, UpTo::End);
+    let sources = segment_sources(store, shard, state, plan.numbers()).await?;
     let relocate = by_view(store.clone(), shard, state.clone())?;
     let wanted = ids.iter().collect::<std::collections::HashSet<_>>().len();
     let mut found = keepsake_model::OldChanges::new();
     let mut last_seq = 0;
+    let mut past_index = false;
     for newest in NewestFirst::new(sources, 1) {
         if found.len() == wanted {
             break;
+        }
+        stats.record_search_sources(&newest, plan.indexed_after);
+        if !past_index
+            && newest
+                .first()
+                .is_some_and(|s| *s.numbers().start() <= plan.indexed_after)
+        {
+            past_index = true;
+            stats
+                .searches_past_index
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let (events, _) =
             reader::read_user_relocating(store.clone(), shard, user, newest, UpTo::End, &relocate)

@@ -283,6 +283,9 @@ impl Log {
         if !exact.is_empty() {
             let mut numbers: Vec<u64> = exact.iter().copied().collect();
             numbers.sort_unstable();
+            self.stats
+                .search_indexed
+                .fetch_add(numbers.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
             take(&events, &mut wanted);
         }
@@ -306,6 +309,9 @@ impl Log {
             if !unsought(&wanted, &by_seq) {
                 break;
             }
+            self.stats
+                .search_indexed
+                .fetch_add(newest.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let events = self.read_segments(shard, user, newest, UpTo::End).await?;
             take(&events, &mut wanted);
         }
@@ -315,6 +321,9 @@ impl Log {
         // as the log aged (`make sustained`, 2026-12-02). A version whose seq is known is read
         // by its seq; the others by reading the group's events of the user.
         if indexed_after > 0 && !wanted.is_empty() {
+            self.stats
+                .searches_past_index
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let sources =
                 segment_sources(&self.store, shard, state, (1..=indexed_after).collect()).await?;
             let relocate = by_view(self.store.clone(), shard, state.clone())?;
@@ -322,6 +331,7 @@ impl Log {
                 if wanted.is_empty() {
                     break;
                 }
+                self.stats.record_search_sources(&newest, indexed_after);
                 // The user's events of the group when a version without a known seq is still
                 // wanted (they hold the ones sought by seq too); else only the rows of the seqs.
                 let events = if unsought(&wanted, &by_seq) {

@@ -53,6 +53,19 @@ pub struct LogStats {
     /// Of those ids, how many the log had (resends answered `duplicate`); the rest were the
     /// filter's false positives.
     pub old_changes_found: AtomicU64,
+    /// What searches of a user's history (a stale patch's base, a resent change id) read, by
+    /// source: segments the view's index names as holding the user (`search_indexed`), then,
+    /// before the index, segment objects (`search_segments`) and history objects
+    /// (`search_history_objects`), each counted once per read of the user's rows in it.
+    /// Divided by the searches (`ancestor_reads` + `old_change_reads`), what one costs.
+    pub search_indexed: AtomicU64,
+    /// See `search_indexed`.
+    pub search_segments: AtomicU64,
+    /// See `search_indexed`.
+    pub search_history_objects: AtomicU64,
+    /// Searches that read before the view's index: what they sought was older than the
+    /// generations the index covers.
+    pub searches_past_index: AtomicU64,
     /// History objects written by compaction.
     pub compactions: AtomicU64,
     /// Segments compaction moved into history objects.
@@ -123,6 +136,10 @@ impl Default for LogStats {
             old_change_reads: AtomicU64::new(0),
             writer_old_change_reads: AtomicU64::new(0),
             old_changes_found: AtomicU64::new(0),
+            search_indexed: AtomicU64::new(0),
+            search_segments: AtomicU64::new(0),
+            search_history_objects: AtomicU64::new(0),
+            searches_past_index: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             compacted_segments: AtomicU64::new(0),
             compaction_deleted: AtomicU64::new(0),
@@ -194,6 +211,23 @@ impl LogStats {
             .fetch_add(r.filter_run_bytes, Ordering::Relaxed);
         if r.merged.is_some() {
             self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A search read the user's rows of `sources`: those after `indexed_after` the view's
+    /// index named; the others by their kind.
+    pub(crate) fn record_search_sources(
+        &self,
+        sources: &[crate::reader::Source],
+        indexed_after: u64,
+    ) {
+        for s in sources {
+            let counter = match s {
+                _ if *s.numbers().start() > indexed_after => &self.search_indexed,
+                crate::reader::Source::Segment { .. } => &self.search_segments,
+                crate::reader::Source::History { .. } => &self.search_history_objects,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -414,6 +414,24 @@ pub fn text(
             "Older change ids the log had (resends answered duplicate); the rest were filter false positives",
             g(&s.old_changes_found),
         );
+        let name = "keepsake_search_sources_read";
+        let _ = write!(
+            out,
+            "# HELP {name} Sources whose rows of the user searches of a user's history (stale patches' bases, resent change ids) read: segments the view's index names, then before the index segments and history objects\n# TYPE {name} counter\n"
+        );
+        for (kind, n) in [
+            ("indexed", &s.search_indexed),
+            ("segment", &s.search_segments),
+            ("history", &s.search_history_objects),
+        ] {
+            let _ = writeln!(out, "{name}_total{{kind=\"{kind}\"}} {}", g(n));
+        }
+        counter(
+            &mut out,
+            "keepsake_searches_past_index",
+            "Searches of a user's history that read before the view's index (older than the generations it covers)",
+            g(&s.searches_past_index),
+        );
         for (name, help, v) in [
             (
                 "keepsake_compaction_history_objects",

@@ -444,6 +444,12 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     assert_eq!(s.metric("keepsake_history_footers").await, 0);
     assert_eq!(s.metric("keepsake_history_footer_hits_total").await, 0);
     assert_eq!(s.metric("keepsake_history_footer_misses_total").await, 0);
+    // Nor any search of a user's history.
+    for kind in ["indexed", "segment", "history"] {
+        let name = format!("keepsake_search_sources_read_total{{kind=\"{kind}\"}}");
+        assert_eq!(s.metric(&name).await, 0, "{name}");
+    }
+    assert_eq!(s.metric("keepsake_searches_past_index_total").await, 0);
     // What the allocator holds for the process, beside what the view counts.
     let allocated = s.metric("keepsake_allocator_allocated_bytes").await;
     assert!(allocated > 0);
