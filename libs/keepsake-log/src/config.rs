@@ -35,7 +35,8 @@ pub struct LogConfig {
     pub read_concurrency: usize,
     /// Document limit and mass-delete guard.
     pub policy: StagePolicy,
-    /// Memory for user state, per shard; least recently used users are evicted beyond it.
+    /// Memory for user state, per shard; beyond it, users drawn at random are evicted
+    /// ([`crate::ShardState::evict_over`]).
     pub view_memory_bytes: usize,
     /// A checkpoint is written once this many events were committed since the last one...
     pub checkpoint_every_events: u64,

@@ -120,7 +120,7 @@ pub struct LogArgs {
     #[arg(long, env = "KEEPSAKE_QUEUE_DEPTH", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub queue_depth: u64,
-    /// Memory for user state in the views, in MiB (least recently used users are evicted).
+    /// Memory for user state in the views, in MiB (beyond it, users drawn at random are evicted).
     #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_MB", default_value_t = 1024)]
     pub view_memory_mb: usize,
     /// Bytes instead of MiB, for tests that force eviction.
