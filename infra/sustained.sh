@@ -85,14 +85,31 @@ ticks() {
     t=$(sed 's/.*) //' "$1" 2>/dev/null | awk '{ print $12 + $13 }')
     echo "${t:-0}"
 }
-upkeep_stat() { grep -l '^keepsake-upkeep$' /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | head -1 | sed 's/comm$/stat/'; }
-cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks "$(upkeep_stat)") $(ticks /proc/"$LOADGEN_PID"/stat)"; }
+# The upkeep runtime's threads (its own and the blocking threads it starts share the name
+# keepsake-upkeep; they come and go), as tid=ticks words: a thread seen in both samples counts
+# what it used between them, a new one all it used; one that ended in between is not counted.
+# A process that ended within the interval (the load generator at the last row) shows "-".
+upkeep_ticks() {
+    local f
+    for f in $(grep -l '^keepsake-upkeep$' /proc/"$SERVER_PID"/task/*/comm 2>/dev/null); do
+        echo "$(basename "$(dirname "$f")")=$(ticks "${f%comm}stat")"
+    done | tr '\n' ' '
+}
+upkeep_cores() {
+    awk -v p="$1" -v n="$2" -v s="$3" -v k="$TICKS" 'BEGIN {
+        m = split(p, a, " "); for (i = 1; i <= m; i++) { split(a[i], kv, "="); old[kv[1]] = kv[2] }
+        m = split(n, b, " "); d = 0
+        for (i = 1; i <= m; i++) { split(b[i], kv, "="); u = kv[2] - ((kv[1] in old) ? old[kv[1]] : 0); if (u > 0) d += u }
+        printf "%.2f", d / k / s }'
+}
+cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks /proc/"$LOADGEN_PID"/stat)"; }
 echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
 now_s() { date +%s.%N; }
 start=$(now_s)
 prev=$(metric keepsake_segment_events_total)
 prev_t=$start
 prev_cpu=$(cpu_now)
+prev_upkeep=$(upkeep_ticks)
 for i in $(seq 1 $((SECS / EVERY))); do
     # On a schedule from the start: a pass's reads do not make the next one later.
     sleep "$(awk -v s="$start" -v i="$i" -v e="$EVERY" -v n="$(now_s)" 'BEGIN { w = s + i * e - n; printf "%.3f", (w > 0 ? w : 0) }')"
@@ -100,8 +117,11 @@ for i in $(seq 1 $((SECS / EVERY))); do
     now=$(metric keepsake_segment_events_total)
     rate=$(awk -v a="$prev" -v b="$now" -v s="$prev_t" -v t="$now_t" 'BEGIN { printf "%d", (b - a) / (t - s) }')
     now_cpu=$(cpu_now)
-    cores=$(echo "$prev_cpu $now_cpu" | awk -v s="$prev_t" -v t="$now_t" -v k="$TICKS" \
-        '{ for (j = 1; j <= 3; j++) printf "%.2f ", ($(j + 3) - $j) / k / (t - s) }')
+    now_upkeep=$(upkeep_ticks)
+    interval=$(awk -v s="$prev_t" -v t="$now_t" 'BEGIN { print t - s }')
+    cores=$(echo "$prev_cpu $now_cpu" | awk -v i="$interval" -v k="$TICKS" \
+        -v u="$(upkeep_cores "$prev_upkeep" "$now_upkeep" "$interval")" \
+        'function c(d) { return d < 0 ? "-" : sprintf("%.2f", d / k / i) } { print c($3 - $1), u, c($4 - $2) }')
     printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %7s  %12s  %12s  %13s\n' $((i * EVERY)) "$rate" \
         "$(metric keepsake_checkpoints_total)" \
         "$(($(metric keepsake_checkpoint_microseconds_total) / 1000000))" \
@@ -113,6 +133,7 @@ for i in $(seq 1 $((SECS / EVERY))); do
         $(($(metric keepsake_view_bytes) / 1048576)) "$(rss_mib)" $cores
     prev=$now
     prev_cpu=$now_cpu
+    prev_upkeep=$now_upkeep
     prev_t=$now_t
 done
 wait "$LOADGEN_PID" || true

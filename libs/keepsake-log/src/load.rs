@@ -32,6 +32,22 @@ impl Log {
         read_segments(&self.store, shard, state, *user, numbers, up_to).await
     }
 
+    /// [`Log::read_segments`] for a search of the user's history, the objects it reads counted
+    /// ([`crate::LogStats::record_search_sources`]: those after `indexed_after` as read
+    /// through the view's index).
+    pub(crate) async fn search_indexed_segments(
+        &self,
+        shard: u32,
+        user: &UserId,
+        numbers: Vec<u64>,
+        indexed_after: u64,
+    ) -> Result<Vec<Event>, LogError> {
+        let state = &self.shards[shard as usize].state;
+        let sources = segment_sources(&self.store, shard, state, numbers).await?;
+        self.stats.record_search_sources(&sources, indexed_after);
+        read_sources(&self.store, shard, state, *user, sources, UpTo::End).await
+    }
+
     /// Reads a user's committed state, loading it from the log if it is not in memory. `f` runs
     /// on the state as committed when it was taken, outside the shard lock.
     pub async fn user<R>(
@@ -222,9 +238,21 @@ async fn read_segments(
     up_to: UpTo,
 ) -> Result<Vec<Event>, LogError> {
     let segs = segment_sources(store, shard, state, numbers).await?;
+    read_sources(store, shard, state, user, segs, up_to).await
+}
+
+/// One user's events in `sources` (ascending), relocated through the view when one moved.
+async fn read_sources(
+    store: &Arc<dyn ObjectStore>,
+    shard: u32,
+    state: &Arc<RwLock<ShardState>>,
+    user: UserId,
+    sources: Vec<Source>,
+    up_to: UpTo,
+) -> Result<Vec<Event>, LogError> {
     let relocate = by_view(store.clone(), shard, state.clone())?;
     let (events, _) =
-        reader::read_user_relocating(store.clone(), shard, user, segs, up_to, &relocate).await?;
+        reader::read_user_relocating(store.clone(), shard, user, sources, up_to, &relocate).await?;
     Ok(events)
 }
 
@@ -317,10 +345,12 @@ pub(crate) async fn find_changes_in_view(
             break;
         }
         stats.record_search_sources(&newest, plan.indexed_after);
+        // Past the index once a source holds only segments before it (a history object
+        // that compaction has just filled with some of the index's is still the index's).
         if !past_index
             && newest
                 .first()
-                .is_some_and(|s| *s.numbers().start() <= plan.indexed_after)
+                .is_some_and(|s| *s.numbers().end() <= plan.indexed_after)
         {
             past_index = true;
             stats

@@ -283,10 +283,9 @@ impl Log {
         if !exact.is_empty() {
             let mut numbers: Vec<u64> = exact.iter().copied().collect();
             numbers.sort_unstable();
-            self.stats
-                .search_indexed
-                .fetch_add(numbers.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let events = self.read_segments(shard, user, numbers, UpTo::End).await?;
+            let events = self
+                .search_indexed_segments(shard, user, numbers, indexed_after)
+                .await?;
             take(&events, &mut wanted);
         }
         // Versions still to find by their seq, before the view's index; the others are sought
@@ -309,10 +308,9 @@ impl Log {
             if !unsought(&wanted, &by_seq) {
                 break;
             }
-            self.stats
-                .search_indexed
-                .fetch_add(newest.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let events = self.read_segments(shard, user, newest, UpTo::End).await?;
+            let events = self
+                .search_indexed_segments(shard, user, newest, indexed_after)
+                .await?;
             take(&events, &mut wanted);
         }
         // Before the index, newest first, in groups of 1, 8, 64... sources, stopping once
@@ -331,7 +329,8 @@ impl Log {
                 if wanted.is_empty() {
                     break;
                 }
-                self.stats.record_search_sources(&newest, indexed_after);
+                // Every source by its kind: read for what the index does not cover.
+                self.stats.record_search_sources(&newest, u64::MAX);
                 // The user's events of the group when a version without a known seq is still
                 // wanted (they hold the ones sought by seq too); else only the rows of the seqs.
                 let events = if unsought(&wanted, &by_seq) {

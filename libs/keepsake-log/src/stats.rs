@@ -53,11 +53,15 @@ pub struct LogStats {
     /// Of those ids, how many the log had (resends answered `duplicate`); the rest were the
     /// filter's false positives.
     pub old_changes_found: AtomicU64,
-    /// What searches of a user's history (a stale patch's base, a resent change id) read, by
-    /// source: segments the view's index names as holding the user (`search_indexed`), then,
-    /// before the index, segment objects (`search_segments`) and history objects
-    /// (`search_history_objects`), each counted once per read of the user's rows in it.
-    /// Divided by the searches (`ancestor_reads` + `old_change_reads`), what one costs.
+    /// What searches of a user's history (a stale patch's base, a resent change id) read, in
+    /// objects (a segment or a history object), each counted once per read of the user's rows
+    /// in it: those read because the view's index names them as holding the user
+    /// (`search_indexed`; a history object that compaction has just filled with some of them
+    /// counts here), then, before the index, segment objects (`search_segments`) and history
+    /// objects (`search_history_objects`). Divided by the searches (`ancestor_reads` +
+    /// `old_change_reads`), what one costs. Not counted: the whole-log reads, the writer's
+    /// (`writer_ancestor_reads`, `writer_old_change_reads`) and the one that answers a change
+    /// id absent once every source was searched (the filter's false positives).
     pub search_indexed: AtomicU64,
     /// See `search_indexed`.
     pub search_segments: AtomicU64,
@@ -214,8 +218,9 @@ impl LogStats {
         }
     }
 
-    /// A search read the user's rows of `sources`: those after `indexed_after` the view's
-    /// index named; the others by their kind.
+    /// A search read the user's rows of `sources`: those holding a segment after
+    /// `indexed_after` count as read through the view's index; the others by their kind
+    /// (`u64::MAX`: the search is past the index, every source by its kind).
     pub(crate) fn record_search_sources(
         &self,
         sources: &[crate::reader::Source],
@@ -223,7 +228,7 @@ impl LogStats {
     ) {
         for s in sources {
             let counter = match s {
-                _ if *s.numbers().start() > indexed_after => &self.search_indexed,
+                _ if *s.numbers().end() > indexed_after => &self.search_indexed,
                 crate::reader::Source::Segment { .. } => &self.search_segments,
                 crate::reader::Source::History { .. } => &self.search_history_objects,
             };
@@ -275,5 +280,42 @@ mod tests {
         );
         let (_, ms_sum, ms_count) = s.put_latency_ms.snapshot();
         assert_eq!((ms_sum, ms_count), (33, 2));
+    }
+
+    /// A history object that compaction has filled with segments the index covers (it does,
+    /// before the index moves past them) is read for them: it counts as the index's, not as
+    /// a read of history before the index; past the index, every source by its kind.
+    #[test]
+    fn a_search_counts_what_it_read_by_why_it_read_it() {
+        use crate::reader::{HistoryListed, Source, Tag};
+        let segment = |n| Source::Segment {
+            n,
+            size: 1,
+            tag: Tag::ANY,
+        };
+        let history = |lo, hi| Source::History {
+            object: HistoryListed {
+                first: 1,
+                last: 12,
+                size: 1,
+            },
+            lo,
+            hi,
+        };
+        let counts = |s: &LogStats| {
+            [
+                &s.search_indexed,
+                &s.search_segments,
+                &s.search_history_objects,
+            ]
+            .map(LogStats::get)
+        };
+        let s = LogStats::default();
+        s.record_search_sources(&[history(1, 12), segment(13), segment(14)], 10);
+        assert_eq!(counts(&s), [3, 0, 0]);
+        s.record_search_sources(&[history(1, 10), segment(13)], 10);
+        assert_eq!(counts(&s), [4, 0, 1]);
+        s.record_search_sources(&[history(1, 12), segment(13)], u64::MAX);
+        assert_eq!(counts(&s), [4, 1, 2]);
     }
 }

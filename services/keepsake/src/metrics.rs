@@ -417,7 +417,7 @@ pub fn text(
         let name = "keepsake_search_sources_read";
         let _ = write!(
             out,
-            "# HELP {name} Sources whose rows of the user searches of a user's history (stale patches' bases, resent change ids) read: segments the view's index names, then before the index segments and history objects\n# TYPE {name} counter\n"
+            "# HELP {name} Objects (segments, history objects) whose rows of the user searches of a user's history (stale patches' bases, resent change ids) read: those holding segments the view's index names, then before the index segments and history objects\n# TYPE {name} counter\n"
         );
         for (kind, n) in [
             ("indexed", &s.search_indexed),
