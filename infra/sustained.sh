@@ -3,9 +3,10 @@
 # for SUSTAINED_SECS (default 1800: 30 minutes), and, every SUSTAINED_EVERY seconds (default
 # 60), the server's committed events per second, checkpoint work done (count, seconds, seconds
 # shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
-# compaction work done, view misses and evictions, view bytes and the server's resident
-# memory, from /metrics and /proc; and the cores (CPU seconds a second) the server, its upkeep
-# thread and the load generator used in the interval, from /proc.
+# compaction work done, view misses and evictions, view bytes, the indexes beside the view
+# (`keepsake_view_index_bytes`), what the allocator has handed out and holds resident, and the
+# server's resident memory, from /metrics and /proc; and the cores (CPU seconds a second) the
+# server, its upkeep threads and the load generator used in the interval, from /proc.
 # At the end, the load generator's own table, with the server's committed events per second in
 # each interval of the measured time (read on a schedule from its start: `--sample-every`), and
 # the slowest interval against the median (the target: the slowest minute at least 80% of the
@@ -103,7 +104,7 @@ upkeep_cores() {
         printf "%.2f", d / k / s }'
 }
 cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks /proc/"$LOADGEN_PID"/stat)"; }
-echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
+echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  index_MiB  allocated_MiB  allocator_resident_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
 now_s() { date +%s.%N; }
 start=$(now_s)
 prev=$(metric keepsake_segment_events_total)
@@ -122,7 +123,7 @@ for i in $(seq 1 $((SECS / EVERY))); do
     cores=$(echo "$prev_cpu $now_cpu" | awk -v i="$interval" -v k="$TICKS" \
         -v u="$(upkeep_cores "$prev_upkeep" "$now_upkeep" "$interval")" \
         'function c(d) { return d < 0 ? "-" : sprintf("%.2f", d / k / i) } { print c($3 - $1), u, c($4 - $2) }')
-    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %7s  %12s  %12s  %13s\n' $((i * EVERY)) "$rate" \
+    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %9d  %13d  %22d  %7s  %12s  %12s  %13s\n' $((i * EVERY)) "$rate" \
         "$(metric keepsake_checkpoints_total)" \
         "$(($(metric keepsake_checkpoint_microseconds_total) / 1000000))" \
         "$(($(metric keepsake_upkeep_turn_wait_microseconds_total) / 1000000))" \
@@ -130,7 +131,9 @@ for i in $(seq 1 $((SECS / EVERY))); do
         "$(labelled keepsake_store_requests_by_cause_total 'cause="checkpoint",op="put"')" \
         "$(metric keepsake_compaction_segments_total)" \
         "$(metric keepsake_view_misses_total)" "$(metric keepsake_view_evictions_total)" \
-        $(($(metric keepsake_view_bytes) / 1048576)) "$(rss_mib)" $cores
+        $(($(metric keepsake_view_bytes) / 1048576)) $(($(metric keepsake_view_index_bytes) / 1048576)) \
+        $(($(metric keepsake_allocator_allocated_bytes) / 1048576)) \
+        $(($(metric keepsake_allocator_resident_bytes) / 1048576)) "$(rss_mib)" $cores
     prev=$now
     prev_cpu=$now_cpu
     prev_upkeep=$now_upkeep
