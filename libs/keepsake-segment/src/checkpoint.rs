@@ -41,7 +41,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
-use crate::codec::writer_properties_builder;
+use crate::codec::{ENCODE_CHUNK_ROWS, writer_properties_builder};
 use crate::error::{SegmentError, invalid};
 
 /// The newest checkpoint format version this build writes. Version 2 has the columns of
@@ -226,6 +226,41 @@ struct Rows {
 }
 
 impl Rows {
+    /// The Arrow columns of rows `range`; with `filters` (format 5 on) the filter column, with
+    /// `from` (6 on) `filter_from` too.
+    fn columns(&self, range: std::ops::Range<usize>, filters: bool, from: bool) -> Vec<ArrayRef> {
+        let user: Vec<Option<[u8; 16]>> =
+            self.user[range.clone()].iter().map(|u| Some(*u)).collect();
+        let mut columns: Vec<ArrayRef> = vec![
+            uuids(&user),
+            Arc::new(StringArray::from(self.entry[range.clone()].to_vec())),
+            uuids(&self.key[range.clone()]),
+            Arc::new(Int64Array::from(self.seq[range.clone()].to_vec())),
+            uuids(&self.item_id[range.clone()]),
+            Arc::new(Int64Array::from(self.version[range.clone()].to_vec())),
+            Arc::new(StringArray::from(self.kind[range.clone()].to_vec())),
+            Arc::new(BooleanArray::from(self.deleted[range.clone()].to_vec())),
+            Arc::new(
+                TimestampMicrosecondArray::from(self.changed_at[range.clone()].to_vec())
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter(
+                self.document[range.clone()]
+                    .iter()
+                    .map(|d| d.as_ref().map(Document::as_str)),
+            )),
+        ];
+        if filters {
+            columns.push(Arc::new(BinaryArray::from_iter(
+                self.filter[range.clone()].iter().map(Option::as_deref),
+            )));
+        }
+        if from {
+            columns.push(Arc::new(Int64Array::from(self.filter_from[range].to_vec())));
+        }
+        columns
+    }
+
     /// A row of the user's that holds only what its entry needs.
     fn bare(&mut self, user: [u8; 16], entry: &'static str, seq: u64) -> Result<(), SegmentError> {
         self.user.push(user);
@@ -266,123 +301,179 @@ pub fn encode_checkpoint<'a>(
     users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>,
     meta: &CheckpointMeta,
 ) -> Result<Bytes, SegmentError> {
-    let mut users: Vec<_> = users.into_iter().collect();
-    users.sort_by_key(|(u, _)| **u);
-    let needed = checkpoint_version(users.iter().map(|(_, s)| *s));
-    if meta.format_version < needed {
-        return Err(invalid(format!(
-            "checkpoint format version {} cannot hold these users (version {needed} is needed)",
-            meta.format_version
-        )));
+    let mut e = CheckpointEncoder::new(meta)?;
+    e.push(users)?;
+    e.finish()
+}
+
+/// A checkpoint (part) written in pieces: users are pushed in ascending order of id, a batch at
+/// a time, and only the encoded bytes stay, so that a writer can fold a large part's users a
+/// range at a time and never hold them all. The bytes are those of [`encode_checkpoint`] of all
+/// the users pushed.
+pub struct CheckpointEncoder {
+    meta: CheckpointMeta,
+    schema: arrow::datatypes::SchemaRef,
+    writer: ArrowWriter<Vec<u8>>,
+    /// Users pushed so far, and the last of them.
+    users: u64,
+    last: Option<UserId>,
+}
+
+impl std::fmt::Debug for CheckpointEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointEncoder")
+            .field("meta", &self.meta)
+            .field("users", &self.users)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
     }
-    let filters = meta.format_version >= 5;
-    let from = meta.format_version >= 6;
-    if !from && users.iter().any(|(_, s)| s.sealed_missing() > 0) {
-        return Err(invalid(format!(
-            "checkpoint format version {} holds whole filters, and these states lack sealed \
-             blocks (version 6 is needed)",
-            meta.format_version
-        )));
-    }
-    if !filters && users.iter().any(|(_, s)| s.filter_through() > 0) {
-        return Err(invalid(format!(
-            "checkpoint format version {} holds change ids exactly, and these states hold some \
-             as a filter (version 5 is needed)",
-            meta.format_version
-        )));
-    }
-    let mut r = Rows::default();
-    for (user, state) in &users {
-        let u = *user.as_bytes();
-        if filters {
-            r.bare(u, ENTRY_FILTER, state.last_seq())?;
-            let filter = state.change_filter();
-            if let Some(f) = r.filter.last_mut() {
-                *f = Some(filter.to_bytes());
-            }
-            if let Some(f) = r.filter_from.last_mut().filter(|_| from) {
-                *f = Some(i64_of(filter.offset() as u64)?);
-            }
-        } else {
-            let mut changes: Vec<_> = state.changes().collect();
-            changes.sort_by_key(|(c, _)| **c);
-            for (c, cref) in changes {
-                r.bare(u, ENTRY_CHANGE, cref.seq)?;
-                let last = r.key.len() - 1;
-                r.key[last] = Some(*c.as_bytes());
-                r.item_id[last] = Some(*cref.item_id.as_bytes());
-                r.version[last] = Some(i64_of(cref.version)?);
-            }
+}
+
+impl CheckpointEncoder {
+    /// An encoder of a checkpoint with `meta` (its `user_count` is the users pushed).
+    pub fn new(meta: &CheckpointMeta) -> Result<Self, SegmentError> {
+        // An item's id on its row, random: a dictionary would hold nearly every value, and a
+        // one-user read fetches the dictionary page whole (~1 MB a cold load from a part of
+        // 4,096 users, for ~10 KB of the user's rows).
+        let mut props = writer_properties_builder()?
+            .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from("key"), false);
+        if meta.format_version >= 5 {
+            // Random bits: no dictionary, no statistics, nothing to compress.
+            let filter = parquet::schema::types::ColumnPath::from("filter");
+            props = props
+                .set_column_dictionary_enabled(filter.clone(), false)
+                .set_column_statistics_enabled(
+                    filter,
+                    parquet::file::properties::EnabledStatistics::None,
+                );
         }
-        let mut items: Vec<_> = state.items().collect();
-        items.sort_by_key(|i| i.item_id);
-        for i in items {
-            r.user.push(u);
-            r.entry.push("item");
-            r.key.push(Some(*i.item_id.as_bytes()));
-            r.seq.push(i64_of(i.seq)?);
-            r.item_id.push(Some(*i.item_id.as_bytes()));
-            r.version.push(Some(i64_of(i.version)?));
-            r.kind.push(Some(i.kind.as_str()));
-            r.deleted.push(Some(i.deleted));
-            r.changed_at.push(Some(i.changed_at.timestamp_micros()));
-            r.document.push(i.document.clone());
-            r.filter.push(None);
-            r.filter_from.push(None);
+        let schema = checkpoint_schema_of(meta.format_version);
+        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.build()))?;
+        Ok(Self {
+            meta: meta.clone(),
+            schema,
+            writer,
+            users: 0,
+            last: None,
+        })
+    }
+
+    /// Adds `users` (in any order among themselves; every one after those pushed before).
+    pub fn push<'a>(
+        &mut self,
+        users: impl IntoIterator<Item = (&'a UserId, &'a UserState)>,
+    ) -> Result<(), SegmentError> {
+        let meta = &self.meta;
+        let mut users: Vec<_> = users.into_iter().collect();
+        users.sort_by_key(|(u, _)| **u);
+        if let (Some(last), Some((first, _))) = (self.last, users.first())
+            && **first <= last
+        {
+            return Err(invalid(format!(
+                "user {first} pushed to a checkpoint after user {last}: users go in ascending order"
+            )));
         }
-        r.bare(u, "user", state.last_seq())?;
+        let needed = checkpoint_version(users.iter().map(|(_, s)| *s));
+        if meta.format_version < needed {
+            return Err(invalid(format!(
+                "checkpoint format version {} cannot hold these users (version {needed} is needed)",
+                meta.format_version
+            )));
+        }
+        let filters = meta.format_version >= 5;
+        let from = meta.format_version >= 6;
+        if !from && users.iter().any(|(_, s)| s.sealed_missing() > 0) {
+            return Err(invalid(format!(
+                "checkpoint format version {} holds whole filters, and these states lack sealed \
+                 blocks (version 6 is needed)",
+                meta.format_version
+            )));
+        }
+        if !filters && users.iter().any(|(_, s)| s.filter_through() > 0) {
+            return Err(invalid(format!(
+                "checkpoint format version {} holds change ids exactly, and these states hold some \
+                 as a filter (version 5 is needed)",
+                meta.format_version
+            )));
+        }
+        let mut r = Rows::default();
+        for (user, state) in &users {
+            let u = *user.as_bytes();
+            if filters {
+                r.bare(u, ENTRY_FILTER, state.last_seq())?;
+                let filter = state.change_filter();
+                if let Some(f) = r.filter.last_mut() {
+                    *f = Some(filter.to_bytes());
+                }
+                if let Some(f) = r.filter_from.last_mut().filter(|_| from) {
+                    *f = Some(i64_of(filter.offset() as u64)?);
+                }
+            } else {
+                let mut changes: Vec<_> = state.changes().collect();
+                changes.sort_by_key(|(c, _)| **c);
+                for (c, cref) in changes {
+                    r.bare(u, ENTRY_CHANGE, cref.seq)?;
+                    let last = r.key.len() - 1;
+                    r.key[last] = Some(*c.as_bytes());
+                    r.item_id[last] = Some(*cref.item_id.as_bytes());
+                    r.version[last] = Some(i64_of(cref.version)?);
+                }
+            }
+            let mut items: Vec<_> = state.items().collect();
+            items.sort_by_key(|i| i.item_id);
+            for i in items {
+                r.user.push(u);
+                r.entry.push("item");
+                r.key.push(Some(*i.item_id.as_bytes()));
+                r.seq.push(i64_of(i.seq)?);
+                r.item_id.push(Some(*i.item_id.as_bytes()));
+                r.version.push(Some(i64_of(i.version)?));
+                r.kind.push(Some(i.kind.as_str()));
+                r.deleted.push(Some(i.deleted));
+                r.changed_at.push(Some(i.changed_at.timestamp_micros()));
+                r.document.push(i.document.clone());
+                r.filter.push(None);
+                r.filter_from.push(None);
+            }
+            r.bare(u, "user", state.last_seq())?;
+        }
+        // The rows go to the writer `ENCODE_CHUNK_ROWS` at a time: the Arrow copy of the
+        // documents is one chunk's, not the whole part's.
+        let mut at = 0;
+        while at < r.user.len() {
+            let to = (at + ENCODE_CHUNK_ROWS).min(r.user.len());
+            let batch =
+                RecordBatch::try_new(self.schema.clone(), r.columns(at..to, filters, from))?;
+            self.writer.write(&batch)?;
+            at = to;
+        }
+        self.users += users.len() as u64;
+        if let Some((u, _)) = users.last() {
+            self.last = Some(**u);
+        }
+        Ok(())
     }
-    let user_col: Vec<Option<[u8; 16]>> = r.user.iter().map(|u| Some(*u)).collect();
-    let mut columns: Vec<ArrayRef> = vec![
-        uuids(&user_col),
-        Arc::new(StringArray::from(r.entry.clone())),
-        uuids(&r.key),
-        Arc::new(Int64Array::from(r.seq)),
-        uuids(&r.item_id),
-        Arc::new(Int64Array::from(r.version)),
-        Arc::new(StringArray::from(r.kind)),
-        Arc::new(BooleanArray::from(r.deleted)),
-        Arc::new(TimestampMicrosecondArray::from(r.changed_at).with_timezone("UTC")),
-        Arc::new(StringArray::from_iter(
-            r.document.iter().map(|d| d.as_ref().map(Document::as_str)),
-        )),
-    ];
-    // An item's id on its row, random: a dictionary would hold nearly every value, and a
-    // one-user read fetches the dictionary page whole (~1 MB a cold load from a part of 4,096
-    // users, for ~10 KB of the user's rows).
-    let mut props = writer_properties_builder()?
-        .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from("key"), false);
-    if filters {
-        columns.push(Arc::new(BinaryArray::from_iter(
-            r.filter.iter().map(Option::as_deref),
-        )));
-        // Random bits: no dictionary, no statistics, nothing to compress.
-        let filter = parquet::schema::types::ColumnPath::from("filter");
-        props = props
-            .set_column_dictionary_enabled(filter.clone(), false)
-            .set_column_statistics_enabled(
-                filter,
-                parquet::file::properties::EnabledStatistics::None,
-            );
+
+    /// Users pushed so far.
+    pub fn users(&self) -> u64 {
+        self.users
     }
-    if from {
-        columns.push(Arc::new(Int64Array::from(r.filter_from)));
+
+    /// The checkpoint's bytes.
+    pub fn finish(mut self) -> Result<Bytes, SegmentError> {
+        let meta = &self.meta;
+        for (k, v) in [
+            ("keepsake.format", "checkpoint".to_string()),
+            ("keepsake.format_version", meta.format_version.to_string()),
+            ("keepsake.shard", meta.shard.to_string()),
+            ("keepsake.segment", meta.segment.to_string()),
+            ("keepsake.user_count", self.users.to_string()),
+        ] {
+            self.writer
+                .append_key_value_metadata(KeyValue::new(k.into(), v));
+        }
+        Ok(Bytes::from(self.writer.into_inner()?))
     }
-    let schema = checkpoint_schema_of(meta.format_version);
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.build()))?;
-    if !r.user.is_empty() {
-        writer.write(&RecordBatch::try_new(schema, columns)?)?;
-    }
-    for (k, v) in [
-        ("keepsake.format", "checkpoint".to_string()),
-        ("keepsake.format_version", meta.format_version.to_string()),
-        ("keepsake.shard", meta.shard.to_string()),
-        ("keepsake.segment", meta.segment.to_string()),
-        ("keepsake.user_count", users.len().to_string()),
-    ] {
-        writer.append_key_value_metadata(KeyValue::new(k.into(), v));
-    }
-    Ok(Bytes::from(writer.into_inner()?))
 }
 
 /// Reads a checkpoint's metadata from its footer key-value pairs.

@@ -22,7 +22,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
-use crate::codec::{DECODE_BATCH_ROWS, Segment, decode_batch, event_columns, writer_properties};
+use crate::codec::{
+    DECODE_BATCH_ROWS, ENCODE_CHUNK_ROWS, Segment, decode_batch, event_columns, writer_properties,
+};
 use crate::error::{SegmentError, invalid};
 use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_schema};
 
@@ -239,14 +241,19 @@ pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, Segment
         return Err(invalid("two events of one user share a seq"));
     }
     let order: Vec<&Event> = rows.iter().map(|(e, _)| *e).collect();
-    let mut columns = event_columns(&order)?;
     let numbers: Result<Vec<i64>, _> = rows.iter().map(|(_, n)| i64::try_from(*n)).collect();
     let numbers = numbers.map_err(|_| invalid("a segment number does not fit int64"))?;
-    columns.push(Arc::new(Int64Array::from(numbers)) as ArrayRef);
     let schema = history_schema();
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()?))?;
-    writer.write(&batch)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()?))?;
+    // `ENCODE_CHUNK_ROWS` rows at a time: the Arrow copy of the documents is a chunk's.
+    for (events, numbers) in order
+        .chunks(ENCODE_CHUNK_ROWS)
+        .zip(numbers.chunks(ENCODE_CHUNK_ROWS))
+    {
+        let mut columns = event_columns(events)?;
+        columns.push(Arc::new(Int64Array::from(numbers.to_vec())) as ArrayRef);
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+    }
     for kv in meta.to_key_values() {
         writer.append_key_value_metadata(kv);
     }

@@ -19,8 +19,8 @@ mod prune;
 mod schema;
 
 pub use checkpoint::{
-    CHECKPOINT_VERSION, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN, ENTRY_FILTER,
-    checkpoint_description, checkpoint_meta, checkpoint_schema, checkpoint_schema_of,
+    CHECKPOINT_VERSION, CheckpointEncoder, CheckpointMeta, ENTRY_CHANGE, ENTRY_COLUMN,
+    ENTRY_FILTER, checkpoint_description, checkpoint_meta, checkpoint_schema, checkpoint_schema_of,
     checkpoint_version, decode_checkpoint, decode_checkpoint_batches, encode_checkpoint,
 };
 pub use codec::{

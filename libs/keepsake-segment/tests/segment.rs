@@ -670,7 +670,8 @@ mod checkpoints {
     use bytes::Bytes;
     use keepsake_model::{StateRead, UserId, UserState, fixtures};
     use keepsake_segment::{
-        CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint, encode_checkpoint,
+        CheckpointEncoder, CheckpointMeta, SegmentError, checkpoint_description, decode_checkpoint,
+        encode_checkpoint,
     };
 
     use super::{checked_in, golden_events, golden_events_v2, json_file, t};
@@ -707,6 +708,47 @@ mod checkpoints {
             decode_checkpoint(truncated.slice(..truncated.len() - 8)),
             Err(SegmentError::Parquet(_))
         ));
+    }
+
+    /// A part is handed to the Parquet writer a chunk of rows at a time (8,192: the Arrow copy
+    /// of its documents is a chunk's, not the part's); a part over several chunks decodes to
+    /// the same states and is still one row group of sorted rows.
+    #[test]
+    fn a_part_over_several_encoding_chunks_round_trips_in_one_row_group() {
+        let users = fold(&fixtures::history(13, 1200, 60, t(0)));
+        let bytes = encode_checkpoint(users.iter(), &meta(6, users.len())).expect("encode");
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes.clone())
+            .expect("parquet");
+        let md = parquet::file::reader::FileReader::metadata(&reader);
+        let rows = md.file_metadata().num_rows();
+        assert!(rows > 2 * 8192, "{rows} rows: not over several chunks");
+        assert_eq!(md.num_row_groups(), 1);
+        let (m, decoded) = decode_checkpoint(bytes).expect("decode");
+        assert_eq!(m, meta(6, users.len()));
+        assert_eq!(decoded, users);
+    }
+
+    /// A part pushed to the encoder a range of users at a time holds what the part encoded at
+    /// once holds (its pages may break elsewhere); a user pushed out of order is refused.
+    #[test]
+    fn a_part_pushed_in_ranges_is_the_part_encoded_at_once() {
+        let users = fold(&fixtures::history(17, 900, 60, t(0)));
+        let whole = encode_checkpoint(users.iter(), &meta(6, users.len())).expect("encode");
+        let mut sorted: Vec<_> = users.iter().collect();
+        sorted.sort_by_key(|(u, _)| **u);
+        let mut e = CheckpointEncoder::new(&meta(6, 0)).expect("encoder");
+        for range in sorted.chunks(250) {
+            e.push(range.iter().copied()).expect("push");
+        }
+        assert_eq!(e.users(), users.len() as u64);
+        let pushed = e.finish().expect("finish");
+        let (m, decoded) = decode_checkpoint(pushed).expect("decode");
+        assert_eq!(m, meta(6, users.len()));
+        assert!(decoded == users, "the states pushed in ranges differ");
+        assert!(decode_checkpoint(whole).expect("decode").1 == users);
+        let mut e = CheckpointEncoder::new(&meta(6, 0)).expect("encoder");
+        e.push(sorted[10..20].iter().copied()).expect("push");
+        assert!(e.push(sorted[5..6].iter().copied()).is_err());
     }
 
     /// The `key` column (an item's id on its row: random, one distinct value a row) has no
