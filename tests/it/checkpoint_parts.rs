@@ -26,11 +26,13 @@ use crate::common::*;
 on_every_backend!(
     a_checkpoint_after_one_users_change_writes_one_part,
     merged_deltas_and_base_parts_stay_the_fold_of_the_log,
+    a_checkpoint_past_its_fold_budget_folds_a_range_of_users_at_a_time,
     a_change_id_from_three_checkpoints_ago_is_still_a_duplicate,
     a_crash_before_the_manifest_lands_loses_nothing_and_its_parts_are_deleted,
     a_manifest_naming_a_missing_part_is_passed_over_for_the_log,
     few_and_many_changed_users_of_a_part_read_alike,
     a_round_that_changes_every_user_reads_each_part_once,
+    a_round_that_changes_every_user_past_the_fold_budget_holds_a_range_of_parts,
     a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole,
     one_users_read_of_a_part_fetches_its_own_documents,
     a_read_of_the_past_starts_from_the_newest_checkpoint_for_users_unchanged_since,
@@ -699,6 +701,32 @@ async fn a_checkpoint_after_one_users_change_writes_one_part(backend: Backend) {
 }
 
 async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend) {
+    let seen = merges_stay_the_fold(backend, PartsPolicy::default().fold_bytes).await;
+    assert_eq!(
+        seen.checkpoints, seen.passes,
+        "one pass a checkpoint: {seen:?}"
+    );
+}
+
+/// With a fold budget of one byte every checkpoint folds its users a range at a time (a base
+/// part's worth, or one user when there is no base yet), reading the segments once a range:
+/// the first checkpoint from nothing, merges into the base, merges of deltas and plain deltas
+/// all give the fold of the log, part by part, as in one pass.
+async fn a_checkpoint_past_its_fold_budget_folds_a_range_of_users_at_a_time(backend: Backend) {
+    let seen = merges_stay_the_fold(backend, 1).await;
+    // The first: six users, no base yet to cut at, so a user a pass.
+    assert_eq!(seen.first, 6, "{seen:?}");
+    assert_eq!(
+        (seen.base_merge, seen.deltas_merge, seen.delta),
+        (2, 2, 2),
+        "each kind of checkpoint was seen folded in several passes: {seen:?}"
+    );
+}
+
+/// Rounds of changes and checkpoints small enough that merges of deltas, merges into the base
+/// and splits of base parts all happen; every checkpoint is checked against the fold of the
+/// log, and the store verified.
+async fn merges_stay_the_fold(backend: Backend, fold_bytes: usize) -> Seen {
     let ts = keepsake_tests::store(backend).await.expect("store");
     // Small enough that both merges and splits happen within a few rounds.
     let parts = PartsPolicy {
@@ -706,14 +734,18 @@ async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend)
         max_deltas: 2,
         merge_ratio: 1,
         merge_min_users: 2,
+        fold_bytes,
         ..short_runs()
     };
     let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
     let mut users: Vec<UserId> = (0..6).map(|_| user()).collect();
     touch(&log, &users, 0).await;
+    let passes = || LogStats::get(&log.stats().checkpoint_fold_passes);
     checkpoint(&log).await;
-    let mut seen_deltas_merge = false;
-    let mut seen_base_merge = false;
+    let mut seen = Seen {
+        first: passes(),
+        ..Seen::default()
+    };
     for round in 1..12u64 {
         // Some users changed (one or two, spread over the ids), sometimes a new one.
         let r = round as usize;
@@ -727,21 +759,44 @@ async fn merged_deltas_and_base_parts_stay_the_fold_of_the_log(backend: Backend)
             touch(&log, &[u], round).await;
         }
         let before = manifest(&ts.store, log.checkpoint(0).expect("c")).await;
+        let p = passes();
         let c = checkpoint(&log).await;
         let m = manifest(&ts.store, c).await;
-        seen_base_merge |= m.deltas.is_empty();
-        seen_deltas_merge |= before.deltas.len() == parts.max_deltas && m.deltas.len() == 1;
+        let many = passes() - p > 1;
+        if m.deltas.is_empty() {
+            seen.base_merge = seen.base_merge.max(1 + u8::from(many));
+        } else if m.deltas.len() <= before.deltas.len() {
+            seen.deltas_merge = seen.deltas_merge.max(1 + u8::from(many));
+        } else {
+            seen.delta = seen.delta.max(1 + u8::from(many));
+        }
         assert!(m.deltas.len() <= parts.max_deltas, "{m:?}");
         for b in &m.base {
             assert!(b.part.users as usize <= parts.part_users, "{m:?}");
         }
         assert_is_the_fold(&ts.store, c, &users).await;
     }
-    assert!(seen_base_merge, "a merge into the base happened");
-    assert!(seen_deltas_merge, "a merge of deltas happened");
+    assert!(seen.base_merge > 0, "a merge into the base happened");
+    assert!(seen.deltas_merge > 0, "a merge of deltas happened");
+    seen.checkpoints = LogStats::get(&log.stats().checkpoints);
+    seen.passes = passes();
     log.shutdown().await;
     let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
     assert!(report.ok, "{:?}", report.problems);
+    seen
+}
+
+/// What [`merges_stay_the_fold`] saw: per kind of checkpoint, 0 (none), 1 (in one pass of its
+/// fold) or 2 (one in several passes).
+#[derive(Debug, Default)]
+struct Seen {
+    /// Passes of the first checkpoint's fold (from nothing).
+    first: u64,
+    base_merge: u8,
+    deltas_merge: u8,
+    delta: u8,
+    checkpoints: u64,
+    passes: u64,
 }
 
 async fn a_change_id_from_three_checkpoints_ago_is_still_a_duplicate(backend: Backend) {
@@ -1010,6 +1065,67 @@ async fn a_round_that_changes_every_user_reads_each_part_once(backend: Backend) 
     );
     assert_is_the_fold(&ts.store, second, &users).await;
     log.shutdown().await;
+}
+
+/// A round that changes every user, with a fold budget of about one and a half base parts'
+/// states: the fold does not read every part whole at once (what held a whole shard's states at
+/// the first run of segments), but stops before a part it cannot hold and takes it in a later
+/// pass; each part is still read once, and the checkpoint is the fold of the log.
+async fn a_round_that_changes_every_user_past_the_fold_budget_holds_a_range_of_parts(
+    backend: Backend,
+) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let parts = PartsPolicy {
+        part_users: 64,
+        fold_run_events: 8,
+        ..short_runs()
+    };
+    let log = open(store.clone(), 1, cfg(parts)).await.expect("open");
+    let users: Vec<UserId> = (0..256).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    let first = checkpoint(&log).await;
+    let base = manifest(&ts.store, first).await;
+    assert_eq!(base.base.len(), 4, "256 users in parts of 64");
+    log.shutdown().await;
+    let shard: usize = read_checkpoint(ts.store.as_ref(), 0, first)
+        .await
+        .expect("read")
+        .values()
+        .map(UserState::approx_bytes)
+        .sum();
+    let budget = shard * 3 / 8;
+    let parts = PartsPolicy {
+        fold_bytes: budget,
+        ..parts
+    };
+    let log = open(store.clone(), 1, cfg(parts)).await.expect("reopen");
+    touch(&log, &users, 1).await;
+    let part_gets = faulty.count_gets(keys::parts_prefix(0).as_ref());
+    let s = log.stats();
+    let passes = LogStats::get(&s.checkpoint_fold_passes);
+    let second = checkpoint(&log).await;
+    let part_gets = part_gets.load(std::sync::atomic::Ordering::Relaxed);
+    let passes = LogStats::get(&s.checkpoint_fold_passes) - passes;
+    let peak = LogStats::get(&s.checkpoint_fold_peak_bytes) as usize;
+    assert!(passes >= 2, "{passes} passes");
+    // The budget, plus the part read whole that crossed it and the states of one run of
+    // segments (8 events) grown since: under three quarters of the shard, not all of it.
+    assert!(
+        peak < shard * 3 / 4,
+        "the fold held {peak} bytes at its peak, of the shard's {shard} (budget {budget})"
+    );
+    assert!(
+        part_gets <= 4 * base.base.len() as u64,
+        "the checkpoint after every user changed sent {part_gets} GETs to the previous \
+         checkpoint's {} parts",
+        base.base.len()
+    );
+    assert_is_the_fold(&ts.store, second, &users).await;
+    log.shutdown().await;
+    let (report, _) = verify_store(&ts.store, 1).await.expect("verify");
+    assert!(report.ok, "{:?}", report.problems);
 }
 
 /// A few busy users, met in the fold's first run and pushing all through it, do not make the

@@ -19,6 +19,13 @@
 //!   amortized, about `merge_ratio` rewrites of each changed user's state.
 //! - From a whole checkpoint (formats 1-3) or from nothing: the full fold, as before, written as
 //!   base parts. So a store written by an older version moves to parts at its next checkpoint.
+//! - The fold holds at most about `fold_bytes` of states (and parts read whole for later
+//!   asks), plus one run of segments' users: past it, a pass keeps the users below a cut (the
+//!   start of a base part: each base part is met by exactly one pass, whole) and a later pass
+//!   from the cut reads the segments again for the others. Every pass writes its users before
+//!   the next starts: base parts as merged, a delta into one part's encoder (only its encoded
+//!   bytes stay). The plan (delta, merge of deltas, merge into the base) is made once, from
+//!   the users the first pass met in all the segments, so it is the one a single pass makes.
 //!
 //! Parts are named by the checkpoint that wrote them and their content's digest, and written
 //! create-only; the manifest is written create-only last, so a crash leaves only unnamed parts,
@@ -56,6 +63,16 @@ pub struct PartsPolicy {
     /// Events folded per hand-off to a blocking thread (the users first met in a run are read
     /// from the previous checkpoint together).
     pub fold_run_events: usize,
+    /// The states a checkpoint's fold holds at once, in bytes ([`UserState::approx_bytes`]),
+    /// with the parts it read whole for later asks. Past it, a pass keeps the users below a
+    /// cut (the start of a base part) and folds the rest in later passes, each reading the
+    /// segments since the previous checkpoint again: memory for reads. 512 MiB: a checkpoint
+    /// after a round in which every user of a 25,000-user shard changed (`make sustained`'s
+    /// shards) counts ~300 MiB and is folded in one pass; at 128 MiB it took 5 passes and
+    /// twice the time (`upkeep_memory` bench), and under `make sustained` 2.5-4 times the
+    /// checkpoint time (run 31). What it bounds is a shard whose changed users' states are
+    /// larger still: at a million users, or a first checkpoint of a large import.
+    pub fold_bytes: usize,
     /// A user's sealed change-id filter blocks go to a filter run in whole multiples of this
     /// many (64: a bit-sliced group of 2,048 seqs). Its part row keeps the rest, at most
     /// `run_blocks` blocks of 128 bytes; the user is written to a run, and each cold load of
@@ -74,6 +91,7 @@ impl Default for PartsPolicy {
             merge_ratio: 8,
             merge_min_users: 1024,
             fold_run_events: 4096,
+            fold_bytes: 512 << 20,
             run_blocks: 64,
         }
     }
@@ -99,6 +117,12 @@ pub struct CheckpointReport {
     pub filter_run_bytes: u64,
     /// Filter runs merged into the one written.
     pub filter_runs_merged: u64,
+    /// Passes of the fold over the segments since the previous checkpoint (more than one when
+    /// the states passed [`PartsPolicy::fold_bytes`]).
+    pub fold_passes: u64,
+    /// The states (and parts read whole for later asks) the fold held at its peak, approximate
+    /// bytes: at most about `fold_bytes` and one run of segments' users.
+    pub fold_peak_bytes: u64,
 }
 
 /// Builds and writes (create-only) the checkpoint of `shard` after segment `n` with the default
@@ -198,19 +222,14 @@ async fn write_from(
         Some(Checkpoint::Parts(m)) => {
             // The new manifest names the previous one's parts again: each must be there.
             w.parts_of_previous_are_there(&m).await?;
-            let (changed, new_users, whole) = w.fold_changed(&m, concurrency).await?;
-            w.delta(&m, changed, new_users, whole).await?
+            w.over_manifest(&m).await?
         }
         whole => {
             let users = match &whole {
                 Some(ck) => ck.all(store.as_ref()).await?,
                 None => IdMap::default(),
             };
-            let users = w
-                .fold(users, whole.map(|c| c.segment()), concurrency)
-                .await?;
-            w.report.changed_users = users.len() as u64;
-            w.all_as_base(users).await?
+            w.all_as_base(users, whole.map(|c| c.segment())).await?
         }
     };
     w.put_sealed(&mut manifest).await?;
@@ -258,6 +277,7 @@ async fn write_from(
         parts_kept = w.report.parts_kept,
         bytes = w.report.bytes_written,
         merged = w.report.merged,
+        passes = w.report.fold_passes,
         "checkpoint manifest written"
     );
     Ok(w.report)
@@ -279,28 +299,41 @@ struct Writer {
 }
 
 impl Writer {
-    /// Folds segments `from + 1..=n` into `users` (on blocking threads, in runs), checking it
-    /// reaches `n` one segment after another. With `prior`, each user met for the first time is
-    /// read first (`prior` gives its state before the run; it is told how many of the fold's
-    /// segments are read, and of how many).
-    async fn fold_runs<F, Fut>(
+    /// One pass of the fold: segments `from + 1..=n` folded into `users` (on blocking threads,
+    /// in runs of `fold_run_events`), checking it reaches `n` one segment after another; only
+    /// the users from `lo` on are folded. With `prior`, each user met for the first time is
+    /// read from that checkpoint first. When the states held (and the parts read whole for
+    /// later asks) pass `budget` bytes, the pass stops taking the upper users: it keeps those
+    /// below a cut (the start of one of `cuts`, ascending, when given; else the middle user),
+    /// and a later pass from the cut folds the others. With `count_met`, the users of every
+    /// segment are counted, in and out of the range.
+    #[allow(clippy::too_many_arguments)]
+    async fn fold_pass(
         &self,
         mut users: IdMap<UserId, UserState>,
         from: Option<u64>,
-        concurrency: usize,
-        mut prior: F,
-    ) -> Result<IdMap<UserId, UserState>, LogError>
-    where
-        F: FnMut(Vec<UserId>, (u64, u64)) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<(UserId, UserState)>, LogError>>,
-    {
+        prior: Option<&Checkpoint>,
+        lo: Option<UserId>,
+        cuts: &[UserId],
+        budget: usize,
+        count_met: bool,
+    ) -> Result<Pass, LogError> {
         let (shard, n) = (self.shard, self.n);
+        let mut range = Range { lo, hi: None };
+        let mut whole = WholeParts::sharing(self.footers.clone());
+        if budget < usize::MAX {
+            whole = whole.capped(budget);
+        }
+        let mut met: std::collections::HashSet<UserId> = std::collections::HashSet::new();
+        let mut new: Vec<UserId> = Vec::new();
+        let mut held: usize = users.values().map(UserState::approx_bytes).sum();
+        let mut peak = 0u64;
         let mut segments = scan_shard_upto(
             self.store.clone(),
             shard,
             from.map_or(1, |c| c + 1),
             n,
-            concurrency,
+            self.concurrency,
         )
         .await?;
         let mut run: Vec<keepsake_segment::Segment> = Vec::new();
@@ -330,32 +363,104 @@ impl Writer {
             if run_events >= self.policy.fold_run_events.max(1) || (done && !run.is_empty()) {
                 let folding = std::mem::take(&mut run);
                 run_events = 0;
-                let mut unseen: Vec<UserId> = folding
-                    .iter()
-                    .flat_map(|s| s.events.iter().map(|e| e.user_id))
-                    .filter(|u| !users.contains_key(u))
+                let events = || folding.iter().flat_map(|s| s.events.iter());
+                if count_met {
+                    met.extend(events().map(|e| e.user_id));
+                }
+                let mut unseen: Vec<UserId> = events()
+                    .map(|e| e.user_id)
+                    .filter(|u| range.holds(u) && !users.contains_key(u))
                     .collect();
                 unseen.sort_unstable();
                 unseen.dedup();
-                if !unseen.is_empty() {
+                if let Some(ck) = prior.filter(|_| !unseen.is_empty()) {
                     let start = from.unwrap_or(0);
-                    let progress = (folded - start, n.saturating_sub(start));
-                    users.extend(prior(unseen, progress).await?);
-                }
-                users = tokio::task::spawn_blocking(move || {
-                    for seg in &folding {
-                        for e in &seg.events {
-                            keepsake_model::apply(users.entry(e.user_id).or_default(), e)
-                                .map_err(|err| LogError::corrupt(shard, seg.meta.segment, err))?;
+                    whole.progress(folded - start, n.saturating_sub(start));
+                    let states = ck
+                        .users(self.store.clone(), unseen, self.concurrency, &mut whole)
+                        .await?;
+                    for (u, state) in states {
+                        if state.last_seq() == 0 {
+                            new.push(u);
+                        }
+                        held += state.approx_bytes();
+                        users.insert(u, state);
+                    }
+                    // Users of parts not read for the budget: the pass stops before them, at
+                    // the start of the base part holding the first; in the first base part of
+                    // the range (no cut above its start) they are read all the same.
+                    let deferred = whole.take_deferred();
+                    if let Some(first) = deferred.iter().min().copied() {
+                        let inside = |c: &UserId| range.lo.is_none_or(|lo| *c > lo);
+                        let at = cuts.partition_point(|c| *c <= first);
+                        match cuts[..at].iter().rev().find(|c| inside(c)).copied() {
+                            Some(c) => {
+                                users.retain(|u, _| *u < c);
+                                range.hi = Some(c);
+                                held = users.values().map(UserState::approx_bytes).sum();
+                            }
+                            None => {
+                                let mut uncapped = WholeParts::sharing(self.footers.clone());
+                                let first_part = cuts.iter().find(|c| inside(c)).copied();
+                                let (now, later): (Vec<UserId>, Vec<UserId>) = deferred
+                                    .into_iter()
+                                    .partition(|u| first_part.is_none_or(|c| *u < c));
+                                let states = ck
+                                    .users(self.store.clone(), now, self.concurrency, &mut uncapped)
+                                    .await?;
+                                for (u, state) in states {
+                                    if state.last_seq() == 0 {
+                                        new.push(u);
+                                    }
+                                    held += state.approx_bytes();
+                                    users.insert(u, state);
+                                }
+                                if let (Some(c), false) = (first_part, later.is_empty()) {
+                                    users.retain(|u, _| *u < c);
+                                    range.hi = Some(c);
+                                    held = users.values().map(UserState::approx_bytes).sum();
+                                }
+                            }
                         }
                     }
-                    Ok::<_, LogError>(users)
+                    // A part read whole holds users of other passes' ranges too.
+                    if range != Range::default() {
+                        whole.retain_range(range.lo, range.hi);
+                    }
+                }
+                let (folded_users, grown) = tokio::task::spawn_blocking(move || {
+                    let mut grown: isize = 0;
+                    for seg in &folding {
+                        for e in seg.events.iter().filter(|e| range.holds(&e.user_id)) {
+                            let state = users.entry(e.user_id).or_default();
+                            let before = state.approx_bytes();
+                            keepsake_model::apply(state, e)
+                                .map_err(|err| LogError::corrupt(shard, seg.meta.segment, err))?;
+                            grown += state.approx_bytes() as isize - before as isize;
+                        }
+                    }
+                    Ok::<_, LogError>((users, grown))
                 })
                 .await
                 .map_err(|e| LogError::Unavailable {
                     shard,
                     reason: format!("folding segments into checkpoint {n} failed: {e}"),
                 })??;
+                users = folded_users;
+                held = held.saturating_add_signed(grown);
+                let mut holding = held.saturating_add(whole.held_bytes());
+                peak = peak.max(holding as u64);
+                // Past the budget: the lower users stay, the others wait for a later pass.
+                while holding > budget {
+                    let Some(c) = cut(&users, range, cuts) else {
+                        break;
+                    };
+                    users.retain(|u, _| *u < c);
+                    whole.retain_range(range.lo, Some(c));
+                    range.hi = Some(c);
+                    held = users.values().map(UserState::approx_bytes).sum();
+                    holding = held.saturating_add(whole.held_bytes());
+                }
             }
             if done {
                 break;
@@ -369,115 +474,197 @@ impl Writer {
                 ),
             });
         }
-        Ok(users)
+        let new_users = new.iter().filter(|u| range.holds(u)).count() as u64;
+        Ok(Pass {
+            peak,
+            states: users,
+            range,
+            met: met.len() as u64,
+            new_users,
+            whole,
+        })
     }
 
-    /// The whole state after `n`: `users` (the state after `from`) and the segments since.
-    async fn fold(
-        &self,
-        users: IdMap<UserId, UserState>,
-        from: Option<u64>,
-        concurrency: usize,
-    ) -> Result<IdMap<UserId, UserState>, LogError> {
-        // Every user is in `users` already or new.
-        let none = |_, _| async { Ok(Vec::new()) };
-        self.fold_runs(users, from, concurrency, none).await
-    }
-
-    /// The state after `n` of the users in the segments after manifest `m`, and how many of
-    /// them `m` did not hold.
-    async fn fold_changed(
-        &self,
-        m: &Arc<Manifest>,
-        concurrency: usize,
-    ) -> Result<(IdMap<UserId, UserState>, u64, WholeParts), LogError> {
+    /// The checkpoint after manifest `m`: the users in the segments since (read from `m`,
+    /// folded) as one more delta, or merged with the deltas or into the base when the policy
+    /// says so (module docs), a range of users at a time when their states pass the policy's
+    /// `fold_bytes`. A merge writes the changed users only in its result, never first as a
+    /// delta of their own.
+    async fn over_manifest(&mut self, m: &Arc<Manifest>) -> Result<Manifest, LogError> {
         let ck = Checkpoint::Parts(m.clone());
-        let new_users = std::sync::atomic::AtomicU64::new(0);
-        let whole = tokio::sync::Mutex::new(WholeParts::sharing(self.footers.clone()));
-        let prior = |unseen: Vec<UserId>, (done, total): (u64, u64)| {
-            let (ck, store, new_users, whole) = (&ck, &self.store, &new_users, &whole);
-            async move {
-                let mut whole = whole.lock().await;
-                whole.progress(done, total);
-                let states = ck
-                    .users(store.clone(), unseen, concurrency, &mut whole)
-                    .await?;
-                let new = states.iter().filter(|(_, s)| s.last_seq() == 0).count();
-                new_users.fetch_add(new as u64, std::sync::atomic::Ordering::Relaxed);
-                Ok(states)
-            }
-        };
-        let changed = self
-            .fold_runs(IdMap::default(), Some(m.segment), concurrency, prior)
-            .await?;
-        Ok((changed, new_users.into_inner(), whole.into_inner()))
-    }
-
-    /// Manifest `m` with `changed` (`new_users` of them new to the shard) in it: as one more
-    /// delta, or merged with the deltas when the policy says so (module docs). A merge writes
-    /// the changed users only in its result, never first as a delta of their own.
-    async fn delta(
-        &mut self,
-        m: &Manifest,
-        changed: IdMap<UserId, UserState>,
-        new_users: u64,
-        mut whole: WholeParts,
-    ) -> Result<Manifest, LogError> {
-        self.report.changed_users = changed.len() as u64;
+        // A pass ends at the start of a base part, so that each base part a merge rewrites is
+        // met by one pass, whole.
+        let cuts: Vec<UserId> = m.base.iter().skip(1).map(|b| b.from).collect();
         let mut next = Manifest {
             shard: self.shard,
             segment: self.n,
-            users: m.users + new_users,
-            base: m.base.clone(),
+            users: m.users,
+            base: Vec::new(),
             deltas: m.deltas.clone(),
             filter_runs: m.filter_runs.clone(),
         };
-        if changed.is_empty() {
-            return Ok(next);
+        let mut plan = None;
+        let mut delta: Option<(keepsake_segment::CheckpointEncoder, Vec<UserId>)> = None;
+        let mut lo = None;
+        loop {
+            let pass = self
+                .fold_pass(
+                    IdMap::default(),
+                    Some(m.segment),
+                    Some(&ck),
+                    lo,
+                    &cuts,
+                    self.policy.fold_bytes,
+                    plan.is_none(),
+                )
+                .await?;
+            self.report.fold_passes += 1;
+            self.report.fold_peak_bytes = self.report.fold_peak_bytes.max(pass.peak);
+            next.users += pass.new_users;
+            let plan = match plan {
+                Some(p) => p,
+                None => {
+                    self.report.changed_users = pass.met;
+                    if pass.met == 0 {
+                        next.base = m.base.clone();
+                        return Ok(next);
+                    }
+                    *plan.insert(self.plan(m, pass.met))
+                }
+            };
+            let range = pass.range;
+            let mut whole = pass.whole;
+            let k = match plan {
+                Plan::Base => m.deltas.len(),
+                Plan::Deltas(k) => k,
+            };
+            let mut users = self.deltas_state(m, k, range).await?;
+            users.extend(pass.states);
+            match plan {
+                Plan::Base => {
+                    let parts = self.merge_base(m, users, &mut whole, range).await?;
+                    next.base.extend(parts);
+                }
+                Plan::Deltas(_) => {
+                    let (encoder, ids) = match delta.take() {
+                        Some(d) => d,
+                        None => (self.encoder()?, Vec::new()),
+                    };
+                    delta = Some(self.encode(encoder, ids, sorted_users(users)).await?);
+                }
+            }
+            match range.hi {
+                Some(hi) => lo = Some(hi),
+                None => break,
+            }
         }
+        match plan {
+            Some(Plan::Base) => next.deltas.clear(),
+            Some(Plan::Deltas(k)) => {
+                next.base = m.base.clone();
+                next.deltas.drain(..k);
+                if let Some((encoder, ids)) = delta {
+                    let bytes = encoder.finish().map_err(|e| {
+                        LogError::corrupt(
+                            self.shard,
+                            self.n,
+                            format!("encode checkpoint part: {e}"),
+                        )
+                    })?;
+                    let part = self.put_named(bytes, ids.len() as u64, "a part").await?;
+                    next.deltas.insert(0, DeltaPart { part, users: ids });
+                }
+            }
+            None => {}
+        }
+        Ok(next)
+    }
+
+    /// How the checkpoint after `m` writes its `changed` users: into the base when the deltas
+    /// would list more than `1 / merge_ratio` of it; else as a delta, merged with the newest
+    /// deltas size-tiered, like a binary counter: they join while each is no larger than what
+    /// is merged so far, so deltas double in size from newest to oldest and a user's state is
+    /// rewritten about log2(deltas' users / changed users) times before the base merge; and as
+    /// many more as keep the deltas within `max_deltas`.
+    fn plan(&mut self, m: &Manifest, changed: u64) -> Plan {
         let base_users: u64 = m.base.iter().map(|b| b.part.users).sum();
         let p = self.policy;
-        let listed = m.delta_users() + changed.len() as u64;
+        let listed = m.delta_users() + changed;
         if listed > p.merge_min_users && listed > base_users / p.merge_ratio.max(1) {
             self.report.merged = Some("base");
-            let mut overlay = self.deltas_state(m, m.deltas.len()).await?;
-            overlay.extend(changed);
-            next.base = self.merge_base(m, overlay, &mut whole).await?;
-            next.deltas.clear();
-            return Ok(next);
+            return Plan::Base;
         }
-        // Size-tiered, like a binary counter: the newest deltas join the new one while each is
-        // no larger than what is merged so far, so deltas double in size from newest to oldest
-        // and a user's state is rewritten about log2(deltas' users / changed users) times
-        // before the base merge; and as many more as keep the deltas within `max_deltas`.
         let mut k = 0;
-        let mut merged = changed.len();
+        let mut merged = changed as usize;
         while k < m.deltas.len()
             && (m.deltas[k].users.len() <= merged || m.deltas.len() - k + 1 > p.max_deltas)
         {
             merged += m.deltas[k].users.len();
             k += 1;
         }
-        let users = if k > 0 {
+        if k > 0 {
             self.report.merged = Some("deltas");
-            next.deltas.drain(..k);
-            let mut overlay = self.deltas_state(m, k).await?;
-            overlay.extend(changed);
-            overlay
-        } else {
-            changed
-        };
-        let users = sorted_users(users);
-        let ids: Vec<UserId> = users.iter().map(|(u, _)| *u).collect();
-        let part = self.put_part(users).await?;
-        next.deltas.insert(0, DeltaPart { part, users: ids });
-        Ok(next)
+        }
+        Plan::Deltas(k)
     }
 
-    /// A manifest of base parts only, holding `users`.
-    async fn all_as_base(&mut self, users: IdMap<UserId, UserState>) -> Result<Manifest, LogError> {
-        let count = users.len() as u64;
-        let base = self.base_parts(NIL_USER, sorted_users(users)).await?;
+    /// A manifest of base parts only: `users` (the state after `from`: a whole checkpoint's,
+    /// or nothing) and the segments since, folded a range of users at a time when their states
+    /// pass `fold_bytes` (not when `users` is given: it holds every user already).
+    async fn all_as_base(
+        &mut self,
+        users: IdMap<UserId, UserState>,
+        from: Option<u64>,
+    ) -> Result<Manifest, LogError> {
+        let budget = if users.is_empty() {
+            self.policy.fold_bytes
+        } else {
+            usize::MAX
+        };
+        let mut users = Some(users);
+        let (mut base, mut count, mut lo) = (Vec::new(), 0u64, None);
+        // The users of a pass past its last whole part, and where their part starts: they go
+        // with the next pass's, so that passes do not leave a small part each.
+        let (mut carry, mut carry_from) = (Vec::new(), NIL_USER);
+        loop {
+            let pass = self
+                .fold_pass(
+                    users.take().unwrap_or_default(),
+                    from,
+                    None,
+                    lo,
+                    &[],
+                    budget,
+                    false,
+                )
+                .await?;
+            self.report.fold_passes += 1;
+            self.report.fold_peak_bytes = self.report.fold_peak_bytes.max(pass.peak);
+            count += pass.states.len() as u64;
+            let start = if carry.is_empty() {
+                lo.unwrap_or(NIL_USER)
+            } else {
+                carry_from
+            };
+            let mut sorted = std::mem::take(&mut carry);
+            sorted.extend(sorted_users(pass.states));
+            if pass.range.hi.is_some() {
+                let size = self.policy.part_users.max(1);
+                carry = sorted.split_off(sorted.len() / size * size);
+            }
+            carry_from = match carry.first() {
+                Some((u, _)) if !sorted.is_empty() => *u,
+                _ => start,
+            };
+            if !sorted.is_empty() {
+                base.extend(self.base_parts(start, sorted).await?);
+            }
+            match pass.range.hi {
+                Some(hi) => lo = Some(hi),
+                None => break,
+            }
+        }
+        self.report.changed_users = count;
         Ok(Manifest {
             shard: self.shard,
             segment: self.n,
@@ -510,33 +697,58 @@ impl Writer {
     }
 
     /// Writes one part (create-only, named by its digest) of `users` (ascending).
-    /// Each state's sealed filter blocks not yet in a run are split off for this checkpoint's
-    /// run ([`Writer::put_sealed`]), `run_blocks` at a time: the part holds the blocks after.
     async fn put_part(&mut self, users: Vec<(UserId, UserState)>) -> Result<PartRef, LogError> {
-        let (shard, n) = (self.shard, self.n);
         let count = users.len() as u64;
+        let encoder = self.encoder()?;
+        let (encoder, _) = self.encode(encoder, Vec::new(), users).await?;
+        let bytes = encoder.finish().map_err(|e| {
+            LogError::corrupt(self.shard, self.n, format!("encode checkpoint part: {e}"))
+        })?;
+        self.put_named(bytes, count, "a part").await
+    }
+
+    /// An encoder of a part of this checkpoint.
+    fn encoder(&self) -> Result<keepsake_segment::CheckpointEncoder, LogError> {
+        let meta = keepsake_segment::CheckpointMeta {
+            // Version 6: change ids as a filter, its sealed blocks in runs, written once.
+            format_version: keepsake_segment::CHECKPOINT_VERSION,
+            shard: self.shard,
+            segment: self.n,
+            user_count: 0,
+        };
+        keepsake_segment::CheckpointEncoder::new(&meta).map_err(|e| {
+            LogError::corrupt(self.shard, self.n, format!("encode checkpoint part: {e}"))
+        })
+    }
+
+    /// Adds `users` (ascending, after those added before) to a part being encoded, on a
+    /// blocking thread, and their ids to `ids`; the states are dropped once encoded. Each
+    /// state's sealed filter blocks not yet in a run are split off for this checkpoint's run
+    /// ([`Writer::put_sealed`]), `run_blocks` at a time: the part holds the blocks after.
+    async fn encode(
+        &mut self,
+        encoder: keepsake_segment::CheckpointEncoder,
+        mut ids: Vec<UserId>,
+        users: Vec<(UserId, UserState)>,
+    ) -> Result<(keepsake_segment::CheckpointEncoder, Vec<UserId>), LogError> {
+        let (shard, n) = (self.shard, self.n);
         let unit = self.policy.run_blocks;
-        let (bytes, sealed) = tokio::task::spawn_blocking(move || {
-            let mut users = users;
+        let (encoder, sealed, pushed) = tokio::task::spawn_blocking(move || {
+            let (mut encoder, mut users) = (encoder, users);
             let sealed: Vec<(UserId, ChangeFilter)> = users
                 .iter_mut()
                 .filter_map(|(u, s)| s.split_sealed(unit).map(|f| (*u, f)))
                 .collect();
-            let meta = keepsake_segment::CheckpointMeta {
-                // Version 6: change ids as a filter, its sealed blocks in runs, written once.
-                format_version: keepsake_segment::CHECKPOINT_VERSION,
-                shard,
-                segment: n,
-                user_count: users.len() as u64,
-            };
-            keepsake_segment::encode_checkpoint(users.iter().map(|(u, s)| (u, s)), &meta)
-                .map(|bytes| (bytes, sealed))
+            encoder.push(users.iter().map(|(u, s)| (u, s)))?;
+            let pushed: Vec<UserId> = users.into_iter().map(|(u, _)| u).collect();
+            Ok::<_, keepsake_segment::SegmentError>((encoder, sealed, pushed))
         })
         .await
         .map_err(|e| LogError::corrupt(shard, n, e))?
         .map_err(|e| LogError::corrupt(shard, n, format!("encode checkpoint part: {e}")))?;
         self.sealed.extend(sealed);
-        self.put_named(bytes, count, "a part").await
+        ids.extend(pushed);
+        Ok((encoder, ids))
     }
 
     /// Writes `bytes` (a part or a filter run of `rows` users), create-only, at the part key
@@ -715,35 +927,49 @@ impl Writer {
         })
     }
 
-    /// The users the `newest` deltas of `m` hold, each in its newest state.
+    /// The users in `range` the `newest` deltas of `m` hold, each in its newest state. A delta
+    /// is read whole, one at a time, and only its users in `range` kept.
     async fn deltas_state(
         &self,
         m: &Manifest,
         newest: usize,
+        range: Range,
     ) -> Result<IdMap<UserId, UserState>, LogError> {
         let mut users: IdMap<UserId, UserState> = IdMap::default();
         for d in m.deltas[..newest.min(m.deltas.len())].iter().rev() {
-            users.extend(read_delta_part(self.store.as_ref(), m, d).await?);
+            if !d.users.iter().any(|u| range.holds(u)) {
+                continue;
+            }
+            let mut read = read_delta_part(self.store.as_ref(), m, d).await?;
+            read.retain(|u, _| range.holds(u));
+            users.extend(read);
         }
         Ok(users)
     }
 
-    /// `m`'s base with `overlay` (the deltas' users and the changed ones, newest state) folded
-    /// in: each base part whose range holds one of them is read, overlaid and written again
-    /// (split if it grew past `part_users`); the others are named again.
+    /// `m`'s base parts in `range` with `overlay` (the deltas' users and the changed ones in
+    /// it, newest state) folded in: each base part whose range holds one of them is read,
+    /// overlaid and written again (split if it grew past `part_users`); the others are named
+    /// again. A pass's range starts and ends at the starts of base parts (its cuts), so each
+    /// base part is in exactly one pass's range.
     async fn merge_base(
         &mut self,
         m: &Manifest,
         mut overlay: IdMap<UserId, UserState>,
         whole: &mut WholeParts,
+        range: Range,
     ) -> Result<Vec<BasePart>, LogError> {
         let mut changed: Vec<UserId> = overlay.keys().copied().collect();
         changed.sort_unstable();
         if m.base.is_empty() {
-            return self.base_parts(NIL_USER, sorted_users(overlay)).await;
+            let from = range.lo.unwrap_or(NIL_USER);
+            return self.base_parts(from, sorted_users(overlay)).await;
         }
         let mut base = Vec::new();
         for (i, b) in m.base.iter().enumerate() {
+            if !range.holds(&b.from) {
+                continue;
+            }
             let to = m.base.get(i + 1).map(|next| next.from);
             let lo = changed.partition_point(|u| *u < b.from);
             let hi = to.map_or(changed.len(), |t| changed.partition_point(|u| *u < t));
@@ -766,6 +992,71 @@ impl Writer {
         }
         Ok(base)
     }
+}
+
+/// Users from `lo` (inclusive; `None`: the first) up to `hi` (exclusive; `None`: the last).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Range {
+    lo: Option<UserId>,
+    hi: Option<UserId>,
+}
+
+impl Range {
+    fn holds(&self, u: &UserId) -> bool {
+        self.lo.is_none_or(|lo| *u >= lo) && self.hi.is_none_or(|hi| *u < hi)
+    }
+}
+
+/// What one pass of a checkpoint's fold gives.
+struct Pass {
+    /// The state after the checkpoint's segment of each user in `range` the segments hold.
+    states: IdMap<UserId, UserState>,
+    /// The users the pass took: from where it started to where it stopped taking them.
+    range: Range,
+    /// Users of the segments, in and out of `range` (when asked to count them).
+    met: u64,
+    /// Of `states`, those the previous checkpoint did not hold.
+    new_users: u64,
+    /// Parts the pass read whole, less the users given out (a merge into the base takes the
+    /// unchanged users of a part from here).
+    whole: WholeParts,
+    /// The states (and parts read whole) it held at its peak, approximate bytes.
+    peak: u64,
+}
+
+/// How a checkpoint over a manifest writes its changed users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Merged into the base: every delta's users with them.
+    Base,
+    /// As one delta part, with this many of the newest deltas merged into it.
+    Deltas(usize),
+}
+
+/// Where a pass that holds `users` (all in `range`) stops taking users to hold about half of
+/// them: the greatest of `cuts` at or below the middle user, else the least above it; the
+/// middle user when there are no cuts. `None` when no cut lies strictly inside `range` and
+/// above its start (a pass always takes something, so the next one starts further on).
+fn cut(users: &IdMap<UserId, UserState>, range: Range, cuts: &[UserId]) -> Option<UserId> {
+    if users.len() < 2 {
+        return None;
+    }
+    let mut ids: Vec<UserId> = users.keys().copied().collect();
+    let half = ids.len() / 2;
+    let (_, mid, _) = ids.select_nth_unstable(half);
+    let mid = *mid;
+    let inside =
+        |c: &UserId| range.lo.is_none_or(|lo| *c > lo) && range.hi.is_none_or(|hi| *c < hi);
+    if cuts.is_empty() {
+        return inside(&mid).then_some(mid);
+    }
+    let at = cuts.partition_point(|c| *c <= mid);
+    cuts[..at]
+        .iter()
+        .rev()
+        .find(|c| inside(c))
+        .or_else(|| cuts[at..].iter().find(|c| inside(c)))
+        .copied()
 }
 
 /// `users` in ascending order of id, moved out of the map.

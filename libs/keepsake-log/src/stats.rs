@@ -96,6 +96,12 @@ pub struct LogStats {
     pub checkpoint_filter_run_bytes: AtomicU64,
     /// Checkpoints that merged their deltas (into one, or into the base).
     pub checkpoint_merges: AtomicU64,
+    /// Passes of checkpoints' folds over their segments (one a checkpoint, more when its
+    /// states passed the fold budget, `PartsPolicy::fold_bytes`).
+    pub checkpoint_fold_passes: AtomicU64,
+    /// The states (and parts read whole) the last checkpoint's fold held at its peak,
+    /// approximate bytes.
+    pub checkpoint_fold_peak_bytes: AtomicU64,
     /// Time spent writing checkpoints (reading, folding, writing parts and manifest), in
     /// microseconds.
     pub checkpoint_micros: AtomicU64,
@@ -157,6 +163,8 @@ impl Default for LogStats {
             checkpoint_bytes_written: AtomicU64::new(0),
             checkpoint_filter_run_bytes: AtomicU64::new(0),
             checkpoint_merges: AtomicU64::new(0),
+            checkpoint_fold_passes: AtomicU64::new(0),
+            checkpoint_fold_peak_bytes: AtomicU64::new(0),
             checkpoint_micros: AtomicU64::new(0),
             upkeep_turn_wait_micros: AtomicU64::new(0),
             upkeep_rest_micros: AtomicU64::new(0),
@@ -216,6 +224,10 @@ impl LogStats {
         if r.merged.is_some() {
             self.checkpoint_merges.fetch_add(1, Ordering::Relaxed);
         }
+        self.checkpoint_fold_passes
+            .fetch_add(r.fold_passes, Ordering::Relaxed);
+        self.checkpoint_fold_peak_bytes
+            .store(r.fold_peak_bytes, Ordering::Relaxed);
     }
 
     /// A search read the user's rows of `sources`: those holding a segment after

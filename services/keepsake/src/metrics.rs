@@ -513,6 +513,11 @@ pub fn text(
                 "Checkpoints that merged their deltas (into one, or into the base)",
                 &s.checkpoint_merges,
             ),
+            (
+                "keepsake_checkpoint_fold_passes",
+                "Passes of checkpoints' folds over their segments: one a checkpoint, more when the states folded passed the fold budget (--checkpoint-fold-mib)",
+                &s.checkpoint_fold_passes,
+            ),
         ] {
             counter(&mut out, name, help, g(v));
         }
@@ -573,6 +578,12 @@ pub fn text(
             "keepsake_view_index_users",
             "Users in the tail indexes (written since the checkpoint before the newest)",
             indexed as u64,
+        );
+        gauge(
+            &mut out,
+            "keepsake_checkpoint_fold_peak_bytes",
+            "Approximate bytes of user states the last checkpoint's fold held at its peak (bounded by --checkpoint-fold-mib, plus one run of segments)",
+            LogStats::get(&s.checkpoint_fold_peak_bytes),
         );
         gauge(
             &mut out,

@@ -254,7 +254,11 @@ impl Checkpoint {
         // users meets a few changed users in each of dozens of parts (~61 a shard), and a
         // footer and a few pages each, one part after another, made its time grow with them.
         let mut by_pages = Vec::new();
-        for (part, us) in by_part.into_values() {
+        // In order of their first user asked: a fold that stops before the users of a part it
+        // cannot hold ([`WholeParts::capped`]) has read the parts below them.
+        let mut parts: Vec<(PartRef, Vec<UserId>)> = by_part.into_values().collect();
+        parts.sort_by_key(|(_, us)| us.iter().min().copied());
+        for (part, us) in parts {
             let delta = m.deltas.iter().find(|d| d.part == part);
             let key = (part.written_by, part.digest);
             // Many of a part's users, now or over the asking fold: one read of the whole part
@@ -263,6 +267,13 @@ impl Checkpoint {
             if !read_whole.read.contains_key(&key)
                 && read_whole.worth_reading_whole(key, us.len() as u64, part.users)
             {
+                if read_whole
+                    .cap
+                    .is_some_and(|cap| read_whole.held_bytes() >= cap)
+                {
+                    read_whole.deferred.extend(us);
+                    continue;
+                }
                 let whole = match (delta, m.base.iter().position(|b| b.part == part)) {
                     (Some(d), _) => read_delta_part(store.as_ref(), m, d).await?,
                     (None, Some(i)) => read_base_part(store.as_ref(), m, i).await?,
@@ -767,6 +778,11 @@ pub struct WholeParts {
     /// Attach each state's sealed filter blocks from the filter runs (a state given out is
     /// then whole); a checkpoint's fold does not (it writes only the blocks sealed since).
     sealed: bool,
+    /// Once the parts kept hold this many bytes of states, a part to be read whole is not
+    /// read: its users asked for go to `deferred` instead ([`WholeParts::capped`]).
+    cap: Option<usize>,
+    /// Users asked for and not given out, for the cap.
+    deferred: Vec<UserId>,
 }
 
 impl WholeParts {
@@ -790,6 +806,19 @@ impl WholeParts {
         }
     }
 
+    /// With `cap`: once the parts kept hold `cap` bytes of states, the users of a part that
+    /// would be read whole are not given out (a checkpoint's fold within its budget stops
+    /// before them, [`WholeParts::take_deferred`], rather than read every part whole at once).
+    pub fn capped(mut self, cap: usize) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
+    /// The users asked for and not given out for the cap, since the last call.
+    pub fn take_deferred(&mut self) -> Vec<UserId> {
+        std::mem::take(&mut self.deferred)
+    }
+
     /// The asking fold has read `done` of its `total` segments: a part whose users asked for so
     /// far, scaled to the whole fold (at most [`MAX_PROJECTION`] times), reach the share that
     /// makes a whole read pay is read whole.
@@ -810,6 +839,24 @@ impl WholeParts {
             so_far
         };
         projected * u128::from(WHOLE_PART_SHARE) >= u128::from(users)
+    }
+
+    /// Keeps, of the parts read whole, only the users from `lo` (inclusive) up to `hi`
+    /// (exclusive): a fold pass that takes only those users never asks for the others (a later
+    /// pass asks with a `WholeParts` of its own), and they no longer take memory.
+    pub fn retain_range(&mut self, lo: Option<UserId>, hi: Option<UserId>) {
+        for users in self.read.values_mut() {
+            users.retain(|u, _| lo.is_none_or(|lo| *u >= lo) && hi.is_none_or(|hi| *u < hi));
+        }
+    }
+
+    /// The memory the states kept for later asks take ([`UserState::approx_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.read
+            .values()
+            .flat_map(|users| users.values())
+            .map(UserState::approx_bytes)
+            .sum()
     }
 
     /// The users left of part `part` if it was read whole (each user given out is gone).
