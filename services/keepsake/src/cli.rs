@@ -203,6 +203,9 @@ pub fn main() -> Result<std::process::ExitCode> {
             if let Err(e) = crate::memory::background_threads(a.allocator_background_threads) {
                 tracing::warn!(error = %e, "the allocator's background threads could not be set");
             }
+            if let Err(e) = crate::memory::dirty_decay(a.allocator_dirty_decay_ms) {
+                tracing::warn!(error = %e, "the allocator's decay time could not be set");
+            }
             let (limits, policy) = a.api.limits()?;
             let membership = a.cluster.membership().map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ServerConfig {

@@ -134,6 +134,12 @@ pub struct LogArgs {
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_secs: u64,
+    /// User states a checkpoint's fold holds at once, in MiB: past it, the fold keeps a lower
+    /// range of users and folds the others in further passes over the same segments (memory
+    /// bounded, for more reads).
+    #[arg(long, env = "KEEPSAKE_CHECKPOINT_FOLD_MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub checkpoint_fold_mib: u64,
     /// Keep every checkpoint younger than this many hours...
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_KEEP_ALL_HOURS", default_value_t = 24,
           value_parser = clap::value_parser!(i64).range(0..=24 * 365 * 100))]
@@ -186,6 +192,11 @@ impl LogArgs {
                 .unwrap_or(self.view_memory_mb.saturating_mul(1024 * 1024)),
             checkpoint_every_events: self.checkpoint_every_events,
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs),
+            checkpoint_parts: keepsake_log::PartsPolicy {
+                fold_bytes: usize::try_from(self.checkpoint_fold_mib.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+                ..keepsake_log::PartsPolicy::default()
+            },
             retention: keepsake_log::retention::RetentionPolicy {
                 keep_all_for: chrono::Duration::hours(self.checkpoint_keep_all_hours),
                 keep_daily_for_days: self.checkpoint_keep_daily_days,
@@ -472,6 +483,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_BACKGROUND_THREADS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub allocator_background_threads: bool,
+    /// Milliseconds the allocator keeps freed pages before returning them to the system (0: at
+    /// once). Shorter keeps what a checkpoint or compaction freed from staying resident while
+    /// the next one allocates; longer saves the system calls and page faults of giving pages
+    /// back and taking them again.
+    #[arg(long, env = "KEEPSAKE_ALLOCATOR_DIRTY_DECAY_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub allocator_dirty_decay_ms: u64,
 }
 
 /// A tracing filter that parses.
@@ -541,6 +559,11 @@ mod tests {
                 "--compaction-min-segments",
             ),
             (&["--compaction-max-events", "0"], "--compaction-max-events"),
+            (&["--checkpoint-fold-mib", "0"], "--checkpoint-fold-mib"),
+            (
+                &["--allocator-dirty-decay-ms", "600001"],
+                "--allocator-dirty-decay-ms",
+            ),
             (&["--upkeep-nice", "20"], "--upkeep-nice"),
             (&["--upkeep-nice=-1"], "--upkeep-nice"),
             (&["--upkeep-duty-percent", "0"], "--upkeep-duty-percent"),
