@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fill::{env, fill, work};
+use fill::{env, file_store, fill, runtime, work};
 use keepsake_log::{Log, LogConfig, LogStats, PartsPolicy};
 use keepsake_model::{RandomIds, SystemClock};
 
@@ -89,18 +89,8 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = std::env::var("KEEPSAKE_BENCH_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| tmp.path().to_path_buf());
-        let url = format!("file://{}", dir.display());
-        let store = keepsake_store::open_store(&url).expect("file store").inner;
+    runtime().block_on(async move {
+        let (store, _tmp) = file_store();
         let whole = PartsPolicy {
             merge_ratio: u64::MAX,
             merge_min_users: 0,

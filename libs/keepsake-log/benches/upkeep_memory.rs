@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fill::{env, fill, work};
+use fill::{env, file_store, fill, runtime, work};
 use keepsake_log::{
     CompactionPolicy, Log, LogConfig, PartsPolicy, compact_shard, write_checkpoint_with,
 };
@@ -140,18 +140,8 @@ fn main() {
     let users = env("KEEPSAKE_BENCH_USERS", 25_000);
     let items = env("KEEPSAKE_BENCH_ITEMS", 20);
     let patches = env("KEEPSAKE_BENCH_PATCHES", 10);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = std::env::var("KEEPSAKE_BENCH_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| tmp.path().to_path_buf());
-        let url = format!("file://{}", dir.display());
-        let store = keepsake_store::open_store(&url).expect("file store").inner;
+    runtime().block_on(async move {
+        let (store, _tmp) = file_store();
         println!(
             "upkeep memory: file store, 1 shard, {users} users x {items} items of 300-700 bytes, then {patches} patches each"
         );

@@ -379,13 +379,7 @@ impl Writer {
                     let states = ck
                         .users(self.store.clone(), unseen, self.concurrency, &mut whole)
                         .await?;
-                    for (u, state) in states {
-                        if state.last_seq() == 0 {
-                            new.push(u);
-                        }
-                        held += state.approx_bytes();
-                        users.insert(u, state);
-                    }
+                    held += take_in(states, &mut users, &mut new);
                     // Users of parts not read for the budget: the pass stops before them, at
                     // the start of the base part holding the first; in the first base part of
                     // the range (no cut above its start) they are read all the same.
@@ -394,11 +388,7 @@ impl Writer {
                         let inside = |c: &UserId| range.lo.is_none_or(|lo| *c > lo);
                         let at = cuts.partition_point(|c| *c <= first);
                         match cuts[..at].iter().rev().find(|c| inside(c)).copied() {
-                            Some(c) => {
-                                users.retain(|u, _| *u < c);
-                                range.hi = Some(c);
-                                held = users.values().map(UserState::approx_bytes).sum();
-                            }
+                            Some(c) => held = stop_at(c, &mut users, &mut range),
                             None => {
                                 let mut uncapped = WholeParts::sharing(self.footers.clone());
                                 let first_part = cuts.iter().find(|c| inside(c)).copied();
@@ -408,17 +398,9 @@ impl Writer {
                                 let states = ck
                                     .users(self.store.clone(), now, self.concurrency, &mut uncapped)
                                     .await?;
-                                for (u, state) in states {
-                                    if state.last_seq() == 0 {
-                                        new.push(u);
-                                    }
-                                    held += state.approx_bytes();
-                                    users.insert(u, state);
-                                }
+                                held += take_in(states, &mut users, &mut new);
                                 if let (Some(c), false) = (first_part, later.is_empty()) {
-                                    users.retain(|u, _| *u < c);
-                                    range.hi = Some(c);
-                                    held = users.values().map(UserState::approx_bytes).sum();
+                                    held = stop_at(c, &mut users, &mut range);
                                 }
                             }
                         }
@@ -455,10 +437,8 @@ impl Writer {
                     let Some(c) = cut(&users, range, cuts) else {
                         break;
                     };
-                    users.retain(|u, _| *u < c);
-                    whole.retain_range(range.lo, Some(c));
-                    range.hi = Some(c);
-                    held = users.values().map(UserState::approx_bytes).sum();
+                    held = stop_at(c, &mut users, &mut range);
+                    whole.retain_range(range.lo, range.hi);
                     holding = held.saturating_add(whole.held_bytes());
                 }
             }
@@ -1031,6 +1011,32 @@ enum Plan {
     Base,
     /// As one delta part, with this many of the newest deltas merged into it.
     Deltas(usize),
+}
+
+/// Adds `states` read from the previous checkpoint to `users`, the ones it did not hold to
+/// `new`; gives the bytes they take.
+fn take_in(
+    states: Vec<(UserId, UserState)>,
+    users: &mut IdMap<UserId, UserState>,
+    new: &mut Vec<UserId>,
+) -> usize {
+    let mut bytes = 0;
+    for (u, state) in states {
+        if state.last_seq() == 0 {
+            new.push(u);
+        }
+        bytes += state.approx_bytes();
+        users.insert(u, state);
+    }
+    bytes
+}
+
+/// Ends `range` at `c`: the users from `c` on are dropped (a later pass folds them); gives the
+/// bytes the users kept take.
+fn stop_at(c: UserId, users: &mut IdMap<UserId, UserState>, range: &mut Range) -> usize {
+    users.retain(|u, _| *u < c);
+    range.hi = Some(c);
+    users.values().map(UserState::approx_bytes).sum()
 }
 
 /// Where a pass that holds `users` (all in `range`) stops taking users to hold about half of

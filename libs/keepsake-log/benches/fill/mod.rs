@@ -10,6 +10,27 @@ use keepsake_model::{
 };
 use serde_json::json;
 
+/// The benches' runtime: two workers, as many as this machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A file store in `KEEPSAKE_BENCH_DIR`, or in a temporary directory (given back: the store is
+/// deleted when it drops).
+pub fn file_store() -> (Arc<dyn object_store::ObjectStore>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = std::env::var("KEEPSAKE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().to_path_buf());
+    let url = format!("file://{}", dir.display());
+    let store = keepsake_store::open_store(&url).expect("file store").inner;
+    (store, tmp)
+}
+
 pub fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
