@@ -2,7 +2,7 @@
 # `make ab OLD=<rev>`: this checkout against an older revision, interleaved in one run — the only
 # fair comparison on a machine whose speed drifts within the hour. Builds both (the old one in a
 # git worktree; release binaries copied out, since both share CARGO_TARGET_DIR), then runs, for
-# each round, old then new: the segment codec bench (criterion), the shard writer bench, the
+# each round, old then new in odd rounds and new then old in even ones (ABBA): the segment codec bench (criterion), the shard writer bench, the
 # point-in-time bench, and three load phases of the HTTP load generator (the new one, against
 # each side's server on a fresh file store). Raw output in $AB_OUT (default ./ab-results), one
 # file per side, bench and round; a summary table of the load phases on stdout.
@@ -114,7 +114,11 @@ load() {
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-    for side in old new; do
+    # ABBA: odd rounds run old first, even rounds new first, so that a side that gains from
+    # going first (or second: caches, the disk's state) gains in both.
+    sides="old new"
+    [ $((round % 2)) = 0 ] && sides="new old"
+    for side in $sides; do
         echo "== round $round, $side: $(date -u +%H:%M:%S)"
         for bench in $BENCHES; do
             case $bench in
