@@ -385,13 +385,11 @@ impl Writer {
                     // the range (no cut above its start) they are read all the same.
                     let deferred = whole.take_deferred();
                     if let Some(first) = deferred.iter().min().copied() {
-                        let inside = |c: &UserId| range.lo.is_none_or(|lo| *c > lo);
-                        let at = cuts.partition_point(|c| *c <= first);
-                        match cuts[..at].iter().rev().find(|c| inside(c)).copied() {
+                        match cut_at_or_below(first, range, cuts) {
                             Some(c) => held = stop_at(c, &mut users, &mut range),
                             None => {
                                 let mut uncapped = WholeParts::sharing(self.footers.clone());
-                                let first_part = cuts.iter().find(|c| inside(c)).copied();
+                                let first_part = cuts.iter().find(|c| range.inside(c)).copied();
                                 let (now, later): (Vec<UserId>, Vec<UserId>) = deferred
                                     .into_iter()
                                     .partition(|u| first_part.is_none_or(|c| *u < c));
@@ -985,6 +983,11 @@ impl Range {
     fn holds(&self, u: &UserId) -> bool {
         self.lo.is_none_or(|lo| *u >= lo) && self.hi.is_none_or(|hi| *u < hi)
     }
+
+    /// Whether a pass could stop at `c`: strictly after the start, before the end.
+    fn inside(&self, c: &UserId) -> bool {
+        self.lo.is_none_or(|lo| *c > lo) && self.hi.is_none_or(|hi| *c < hi)
+    }
 }
 
 /// What one pass of a checkpoint's fold gives.
@@ -1051,18 +1054,19 @@ fn cut(users: &IdMap<UserId, UserState>, range: Range, cuts: &[UserId]) -> Optio
     let half = ids.len() / 2;
     let (_, mid, _) = ids.select_nth_unstable(half);
     let mid = *mid;
-    let inside =
-        |c: &UserId| range.lo.is_none_or(|lo| *c > lo) && range.hi.is_none_or(|hi| *c < hi);
     if cuts.is_empty() {
-        return inside(&mid).then_some(mid);
+        return range.inside(&mid).then_some(mid);
     }
-    let at = cuts.partition_point(|c| *c <= mid);
-    cuts[..at]
-        .iter()
-        .rev()
-        .find(|c| inside(c))
-        .or_else(|| cuts[at..].iter().find(|c| inside(c)))
-        .copied()
+    cut_at_or_below(mid, range, cuts).or_else(|| {
+        let at = cuts.partition_point(|c| *c <= mid);
+        cuts[at..].iter().find(|c| range.inside(c)).copied()
+    })
+}
+
+/// The greatest of `cuts` (ascending) at or below `x` that lies strictly inside `range`.
+fn cut_at_or_below(x: UserId, range: Range, cuts: &[UserId]) -> Option<UserId> {
+    let at = cuts.partition_point(|c| *c <= x);
+    cuts[..at].iter().rev().find(|c| range.inside(c)).copied()
 }
 
 /// `users` in ascending order of id, moved out of the map.
