@@ -21,10 +21,12 @@
 #
 # SUSTAINED_SERVER_ENV: extra server settings, e.g. "KEEPSAKE_VIEW_MEMORY_MB=4096".
 # SUSTAINED_LOADGEN_ARGS: the phase instead of the default above.
+# SUSTAINED_FEATURES: cargo features of the server's build, e.g. "keepsake/heap-profile" (with
+#   SUSTAINED_SERVER_ENV="_RJEM_MALLOC_CONF=prof:true,..." for jemalloc's heap profiles).
 # JSON report: $LOADTEST_OUT/sustained.json (default ./loadtest-results).
 set -euo pipefail
 
-cargo build --release -p keepsake -p keepsake-loadgen
+cargo build --release -p keepsake -p keepsake-loadgen ${SUSTAINED_FEATURES:+--features "$SUSTAINED_FEATURES"}
 
 SECS=${SUSTAINED_SECS:-1800}
 EVERY=${SUSTAINED_EVERY:-60}

@@ -28,8 +28,9 @@ use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
 /// Change ids a resident user keeps exactly: those of its newest this-many events (up to twice
-/// as many between retirements, [`UserState::retire_changes`]).
-pub const EXACT_CHANGE_IDS: u64 = 64;
+/// as many between retirements, [`UserState::retire_changes`]). 48: twice that fits a table of
+/// 128 buckets (6 KiB a user), where 64 doubled it to 256.
+pub const EXACT_CHANGE_IDS: u64 = 48;
 
 #[derive(Debug)]
 struct Resident {
@@ -527,7 +528,7 @@ impl ShardState {
             if let Some(r) = self.users.get_mut(&u) {
                 // A resident user keeps its recent change ids exactly and the rest as a filter
                 // (pushes resolve those from the log): its memory does not grow with its age.
-                if r.state.exact_changes() as u64 > 2 * EXACT_CHANGE_IDS {
+                if r.state.changes_to_retire(EXACT_CHANGE_IDS) {
                     Arc::make_mut(&mut r.state).retire_changes(EXACT_CHANGE_IDS);
                 }
                 let now = r.state.approx_bytes();

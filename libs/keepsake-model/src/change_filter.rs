@@ -345,6 +345,12 @@ impl ChangeFilter {
         self.held() * BLOCK_BYTES
     }
 
+    /// What the filter's blocks take in memory, room to grow included.
+    pub fn alloc_bytes(&self) -> usize {
+        crate::state::alloc_size(self.groups.capacity() * std::mem::size_of::<[u64; SLICES]>())
+            + crate::state::alloc_size(self.tail.capacity() * std::mem::size_of::<[u64; WORDS]>())
+    }
+
     /// The stored form: each block's words, little-endian, blocks in order.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes());

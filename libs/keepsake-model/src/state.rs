@@ -98,6 +98,10 @@ pub struct UserState {
     last_seq: u64,
     /// Bytes of the documents held, kept up to date by `put_item`.
     doc_bytes: usize,
+    /// What the allocator gave the documents held ([`alloc_size`] of each one's text and
+    /// reference counts), kept up to date by `put_item`: what [`UserState::approx_bytes`]
+    /// counts for them.
+    doc_alloc: usize,
     /// Items by the seq of their last change: pulls read "changed after seq n" in order without
     /// scanning every item. Kept up to date by `put_item`.
     by_seq: std::collections::BTreeMap<u64, ItemId>,
@@ -109,7 +113,8 @@ pub struct UserState {
     /// For each event this state applied to an existing item, the seq of the item's event
     /// before it: walking back from an item's newest seq gives the seqs of its earlier versions
     /// (what a stale patch's base is found by) without scanning every change id. Links older
-    /// than a checkpoint the state was loaded from are not here; callers fall back to a scan.
+    /// than a checkpoint the state was loaded from, or than its exact change ids
+    /// ([`UserState::retire_changes`]), are not here; callers fall back to a scan.
     /// Recorded only once [`UserState::enable_version_links`] was called: folds that never take
     /// a stale patch (checkpoints, replays, restores) do not pay for them.
     prev: GrowingMap<u64, u64>,
@@ -142,17 +147,32 @@ impl UserState {
         self.items.values()
     }
 
-    /// Approximate memory held: documents plus a fixed cost per item, per change id held
-    /// exactly and per link to an earlier version, plus the filter of older change ids.
+    /// Approximate memory held, as the allocator hands it out: the state itself, each
+    /// document's text with its reference counts, each hash table's buckets (not its entries:
+    /// a table holds up to twice the buckets it needs), the index of items by seq, and the
+    /// filter of older change ids. The view's budget is spent by this count, so it must not
+    /// count less than the state takes: a test (`keepsake-log/tests/state_memory.rs`) holds it
+    /// within a tenth of jemalloc's own count for users shaped as the view holds them.
     pub fn approx_bytes(&self) -> usize {
-        const PER_ITEM: usize = 128;
-        const PER_CHANGE: usize = 48;
-        const PER_LINK: usize = 24;
-        self.doc_bytes
-            + self.items.len() * PER_ITEM
-            + self.changes.len() * PER_CHANGE
-            + self.prev.len() * PER_LINK
-            + self.filter.bytes()
+        std::mem::size_of::<Self>()
+            + self.doc_alloc
+            + growing_table_bytes(
+                self.items.len(),
+                self.items.capacity(),
+                std::mem::size_of::<(ItemId, ItemState)>(),
+            )
+            + growing_table_bytes(
+                self.changes.len(),
+                self.changes.capacity(),
+                std::mem::size_of::<(ChangeId, ChangeRef)>(),
+            )
+            + growing_table_bytes(
+                self.prev.len(),
+                self.prev.capacity(),
+                std::mem::size_of::<(u64, u64)>(),
+            )
+            + btree_bytes(self.by_seq.len())
+            + self.filter.alloc_bytes()
     }
 
     /// Whether `id` may be the change id of an event older than the exact ids this state
@@ -231,27 +251,42 @@ impl UserState {
         f
     }
 
-    /// Moves the exact change ids of all but the newest `keep` seqs into the filter, once more
-    /// than `2 * keep` are held: a resident user's ids then cost 32 bits each however long it
-    /// stays resident, while a retry of a recent push (the usual resend) is still answered from
-    /// memory. Those moved are resolved from the log like a loaded state's. Amortized O(1) per
-    /// event. Equality and the filter of all ids do not change.
+    /// Whether [`UserState::retire_changes`] with `keep` has work: more than twice `keep`
+    /// exact change ids held.
+    pub fn changes_to_retire(&self, keep: u64) -> bool {
+        self.changes.len() as u64 > keep.saturating_mul(2)
+    }
+
+    /// Moves the exact change ids of all but the newest `keep` seqs into the filter, once
+    /// [`UserState::changes_to_retire`]: a resident user's ids then cost 32 bits each however
+    /// long it stays resident, while a retry of a recent push (the usual resend) is still
+    /// answered from memory. Those moved are resolved from the log like a loaded state's. The
+    /// links to earlier versions from the same seqs go too (a walk that needs one falls back to
+    /// the item's history, as for a state loaded from a checkpoint). Both tables are made anew
+    /// for twice `keep`: a table emptied in place keeps its buckets and its deleted entries,
+    /// and doubles again sooner. So a resident user's memory does not grow with its age.
+    /// Amortized O(1) per event. Equality and the filter of all ids do not change.
     pub fn retire_changes(&mut self, keep: u64) {
-        if self.changes.len() as u64 <= keep.saturating_mul(2) {
+        if !self.changes_to_retire(keep) {
             return;
         }
         let through = self.last_seq.saturating_sub(keep);
         if through <= self.filter_through {
             return;
         }
-        let filter = &mut self.filter;
-        self.changes.retain(|id, r| {
-            let old = r.seq <= through;
-            if old {
-                filter.insert(r.seq, id);
+        let room = usize::try_from(keep.saturating_mul(2)).unwrap_or(usize::MAX);
+        let mut changes = GrowingMap::with_capacity_and_hasher(room, self.changes.hasher().clone());
+        for (id, r) in self.changes.drain() {
+            if r.seq <= through {
+                self.filter.insert(r.seq, &id);
+            } else {
+                changes.insert(id, r);
             }
-            !old
-        });
+        }
+        self.changes = changes;
+        let mut prev = GrowingMap::with_capacity_and_hasher(room, self.prev.hasher().clone());
+        prev.extend(self.prev.drain().filter(|(seq, _)| *seq > through));
+        self.prev = prev;
         self.filter_through = through;
     }
 
@@ -438,10 +473,12 @@ impl StateWrite for UserState {
     }
     fn put_item(&mut self, item: ItemState) {
         self.doc_bytes += item.document.as_ref().map_or(0, Document::len);
+        self.doc_alloc += doc_alloc(item.document.as_ref());
         self.by_seq.insert(item.seq, item.item_id);
         let (id, seq, version) = (item.item_id, item.seq, item.version);
         if let Some(old) = self.items.insert(id, item) {
             self.doc_bytes -= old.document.as_ref().map_or(0, Document::len);
+            self.doc_alloc -= doc_alloc(old.document.as_ref());
             if old.seq != seq {
                 self.by_seq.remove(&old.seq);
             }
@@ -453,6 +490,78 @@ impl StateWrite for UserState {
     }
     fn put_change(&mut self, id: ChangeId, result: ChangeRef) {
         self.changes.insert(id, result);
+    }
+}
+
+/// What jemalloc (the server's allocator) hands out for a request of `n` bytes: its size
+/// classes are 16 bytes apart up to 128, then four to each doubling.
+pub fn alloc_size(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=8 => 8,
+        9..=128 => n.div_ceil(16) * 16,
+        _ => {
+            // The largest power of two below n, a quarter of it apart.
+            let spacing = (1usize << (usize::BITS - 1 - (n - 1).leading_zeros())) / 4;
+            n.div_ceil(spacing).saturating_mul(spacing)
+        }
+    }
+}
+
+/// A document's text behind its `Arc` (two reference counts before it).
+fn doc_alloc(doc: Option<&Document>) -> usize {
+    doc.map_or(0, |d| alloc_size(d.len() + 16))
+}
+
+/// A hash table (hashbrown's layout, which griddle's tables share) that can hold `capacity`
+/// entries of `entry` bytes: a power of two of buckets at most 7/8 full, each bucket an entry
+/// and a control byte, and a group of control bytes more.
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    alloc_size(buckets(capacity).saturating_mul(entry + 1) + 16)
+}
+
+/// The buckets of a table that can hold `capacity` entries (hashbrown's rule).
+fn buckets(capacity: usize) -> usize {
+    if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity.saturating_mul(8) / 7).next_power_of_two()
+    }
+}
+
+/// [`table_bytes`] of a griddle map of `len` entries: a griddle table that doubled keeps the
+/// old one (half its buckets, full when it grew) until its entries have moved, eight with
+/// each insert; counted while that is likely so.
+fn growing_table_bytes(len: usize, capacity: usize, entry: usize) -> usize {
+    let now = table_bytes(capacity, entry);
+    let half = buckets(capacity) / 2;
+    if half < 4 {
+        return now;
+    }
+    let old = if half < 8 { half - 1 } else { half / 8 * 7 };
+    if len > old && len <= old + old.div_ceil(8) {
+        now + table_bytes(old, entry)
+    } else {
+        now
+    }
+}
+
+/// A `BTreeMap<u64, ItemId>` of `len` entries: leaves of up to 11 (320 bytes as allocated)
+/// about half full when keys arrive in order and old ones leave, and an inner node (384
+/// bytes) for each six leaves past the first.
+fn btree_bytes(len: usize) -> usize {
+    const LEAF: usize = 320;
+    const INNER: usize = 384;
+    match len {
+        0 => 0,
+        1..=11 => LEAF,
+        _ => {
+            let leaves = len.div_ceil(6);
+            leaves * LEAF + leaves.div_ceil(6) * INNER
+        }
     }
 }
 

@@ -225,6 +225,7 @@ fn duplicate_change_returns_original_result_and_writes_nothing() {
 #[test]
 fn retired_change_ids_are_resolved_from_the_log_and_recent_ones_answered_from_memory() {
     let mut h = Harness::new();
+    h.state.enable_version_links();
     let mut sent = Vec::new();
     for t in 0..300 {
         let c = h.change(Kind::Note, item(t % 7), None, put(json!({ "t": t })));
@@ -240,6 +241,19 @@ fn retired_change_ids_are_resolved_from_the_log_and_recent_ones_answered_from_me
     // Retired once more than 32 are held, down to the newest 16.
     let through = h.state.filter_through();
     assert!((300 - 32..=300 - 16).contains(&through), "{through}");
+    // The links to earlier versions went with them: a recent version is found in memory, the
+    // first is not (a stale patch on it reads the item's history).
+    let newest = h.state.item(&item(0)).map(|i| (i.version, i.seq));
+    let Some((version, seq)) = newest else {
+        panic!("item 0 is held");
+    };
+    assert!(version > 40, "{version}");
+    assert!(
+        h.state
+            .seq_of_version(&item(0), version - 1)
+            .is_some_and(|s| s < seq)
+    );
+    assert_eq!(h.state.seq_of_version(&item(0), 1), None);
     assert_eq!(Ok(&h.state), UserState::replay(&h.log).as_ref());
     let reads = h.old_reads;
     let (last, last_r) = sent[299].clone();
@@ -1421,4 +1435,26 @@ fn a_state_is_recorded_by_a_moment_when_its_newest_event_is() {
     let state = UserState::replay(&h.log).expect("replay");
     assert!(!state.recorded_by(second));
     assert!(state.recorded_by(third));
+}
+
+#[test]
+fn allocation_sizes_follow_jemallocs_classes() {
+    use crate::state::alloc_size;
+    let classes = [
+        (0, 0),
+        (1, 8),
+        (9, 16),
+        (100, 112),
+        (128, 128),
+        (129, 160),
+        (516, 640),
+        (700, 768),
+        (4097, 5120),
+        (20_000, 20_480),
+        // Past the largest class: saturates rather than overflowing.
+        (usize::MAX, usize::MAX),
+    ];
+    for (n, class) in classes {
+        assert_eq!(alloc_size(n), class, "{n}");
+    }
 }
