@@ -478,7 +478,7 @@ pub struct ServeArgs {
     #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
     pub log_filter: String,
     /// Let the allocator's background threads return freed memory to the system after its decay
-    /// time (10 s), also while the server is idle (without them, what a burst of reads freed
+    /// time (`--allocator-dirty-decay-ms`), also while the server is idle (without them, what a burst of reads freed
     /// stays resident until later allocations).
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_BACKGROUND_THREADS", default_value_t = true,
           action = clap::ArgAction::Set)]
@@ -486,8 +486,9 @@ pub struct ServeArgs {
     /// Milliseconds the allocator keeps freed pages before returning them to the system (0: at
     /// once). Shorter keeps what a checkpoint or compaction freed from staying resident while
     /// the next one allocates; longer saves the system calls and page faults of giving pages
-    /// back and taking them again.
-    #[arg(long, env = "KEEPSAKE_ALLOCATOR_DIRTY_DECAY_MS", default_value_t = 10_000,
+    /// back and taking them again. 1 s, not jemalloc's 10 s: under `make sustained` it kept
+    /// 200-400 MiB less resident at the same cores, in two pairs of runs (docs/BENCHMARKS.md).
+    #[arg(long, env = "KEEPSAKE_ALLOCATOR_DIRTY_DECAY_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub allocator_dirty_decay_ms: u64,
 }
