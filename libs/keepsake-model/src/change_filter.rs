@@ -347,8 +347,8 @@ impl ChangeFilter {
 
     /// What the filter's blocks take in memory, room to grow included.
     pub fn alloc_bytes(&self) -> usize {
-        crate::state::alloc_size(self.groups.capacity() * std::mem::size_of::<[u64; SLICES]>())
-            + crate::state::alloc_size(self.tail.capacity() * std::mem::size_of::<[u64; WORDS]>())
+        crate::memory::alloc_size(self.groups.capacity() * std::mem::size_of::<[u64; SLICES]>())
+            + crate::memory::alloc_size(self.tail.capacity() * std::mem::size_of::<[u64; WORDS]>())
     }
 
     /// The stored form: each block's words, little-endian, blocks in order.

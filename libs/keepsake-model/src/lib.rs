@@ -17,6 +17,7 @@ pub mod event;
 pub mod fixtures;
 pub mod ids;
 pub mod kind;
+pub mod memory;
 pub mod state;
 
 pub use change::{

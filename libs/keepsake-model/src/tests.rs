@@ -1439,7 +1439,7 @@ fn a_state_is_recorded_by_a_moment_when_its_newest_event_is() {
 
 #[test]
 fn allocation_sizes_follow_jemallocs_classes() {
-    use crate::state::alloc_size;
+    use crate::memory::alloc_size;
     let classes = [
         (0, 0),
         (1, 8),

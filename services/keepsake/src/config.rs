@@ -478,8 +478,8 @@ pub struct ServeArgs {
     #[arg(long = "log", env = "KEEPSAKE_LOG", default_value = "info", value_parser = log_filter)]
     pub log_filter: String,
     /// Let the allocator's background threads return freed memory to the system after its decay
-    /// time (`--allocator-dirty-decay-ms`), also while the server is idle (without them, what a burst of reads freed
-    /// stays resident until later allocations).
+    /// time (`--allocator-dirty-decay-ms`), also while the server is idle (without them, what a
+    /// burst of reads freed stays resident until later allocations).
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_BACKGROUND_THREADS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub allocator_background_threads: bool,
