@@ -1514,7 +1514,10 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
         head,
         4,
         &merge_now,
-        Some(footers.clone()),
+        keepsake_log::checkpoint::Sharing {
+            footers: Some(footers.clone()),
+            memory: None,
+        },
     )
     .await
     .expect("checkpoint");

@@ -412,3 +412,109 @@ async fn a_long_read_never_holds_up_a_commit() {
     assert_eq!((seen, still), (1, 1), "the reader keeps the state it took");
     assert_eq!(log.last_seq(&u).await.expect("seq"), 2);
 }
+
+/// Reads alone keep the view within its budget: users loaded for reads (a fleet syncing a
+/// shard nobody pushes to, after a restart) give way to one another. Only a commit evicted
+/// before, so reads without pushes grew the view past its budget without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_alone_keep_the_view_within_its_budget() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let log = open(store.clone(), 1, fast_config()).await.expect("open");
+    let users: Vec<_> = (0..60).map(|_| user()).collect();
+    for u in &users {
+        let changes = (0..4)
+            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
+            .collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    let one = log
+        .user(&users[0], |s| s.approx_bytes())
+        .await
+        .expect("read");
+    log.shutdown().await;
+    // About ten users' worth; nobody pushes to the reopened log.
+    let budget = one * 10;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        ..fast_config()
+    };
+    let reopened = open(store, 1, cfg).await.expect("reopen");
+    for u in &users {
+        let seq = reopened
+            .user(u, keepsake_model::StateRead::last_seq)
+            .await
+            .expect("read");
+        assert_eq!(seq, 4);
+        assert!(
+            reopened.resident_bytes() <= budget,
+            "{} resident bytes over a budget of {budget}",
+            reopened.resident_bytes()
+        );
+    }
+    reopened.shutdown().await;
+}
+
+/// While a checkpoint's fold holds users' states, the view gives way to them: the next commit
+/// evicts down to the lowered budget (a quarter of it at least), and once the checkpoint is
+/// written the budget is whole again and nothing is counted as held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_gives_way_while_a_checkpoint_folds() {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let budget = 1 << 20;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 900,
+        ..fast_config()
+    };
+    // The fold has built its states by its manifest's PUT, and still holds them there.
+    let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
+    let log = open(store, 1, cfg).await.expect("open");
+    let users: Vec<_> = (0..300).map(|_| user()).collect();
+    for u in &users {
+        let changes = (0..3)
+            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
+            .collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    assert_eq!(log.upkeep_held_bytes(), 0);
+    let full = log.resident_bytes();
+    assert!(
+        full > budget / 2,
+        "the view is not full enough to see it give way: {full}"
+    );
+    gate.reached().await;
+    let held = log.upkeep_held_bytes();
+    assert!(held > 0, "the fold published nothing");
+    let lowered = budget.saturating_sub(held).max(budget / 4);
+    assert_eq!(log.view_budget_bytes(), lowered);
+    assert!(
+        lowered < full,
+        "held {held}: the budget {lowered} leaves the view as it was"
+    );
+    // A commit evicts down to the lowered budget.
+    push(&log, user(), vec![put(item(), json!({"n": 0}))])
+        .await
+        .expect("push");
+    assert!(
+        log.resident_bytes() <= lowered,
+        "{} resident over the lowered budget {lowered}",
+        log.resident_bytes()
+    );
+    gate.release();
+    until_checkpointed(&log, 0, None).await;
+    assert_eq!(
+        log.upkeep_held_bytes(),
+        0,
+        "a written checkpoint holds nothing"
+    );
+    assert_eq!(log.view_budget_bytes(), budget);
+    for u in &users {
+        let seq = log
+            .user(u, keepsake_model::StateRead::last_seq)
+            .await
+            .expect("read");
+        assert_eq!(seq, 3);
+    }
+    log.shutdown().await;
+}

@@ -43,6 +43,7 @@ use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
+use crate::budget::{Holding, UpkeepMemory};
 use crate::reader::{
     Checkpoint, Footers, WholeParts, checkpoint_exists, open_checkpoint, read_base_part,
     read_delta_part, read_filter_run,
@@ -152,11 +153,31 @@ pub async fn write_checkpoint_with(
     concurrency: usize,
     policy: &PartsPolicy,
 ) -> Result<CheckpointReport, LogError> {
-    write_checkpoint_sharing(store, shard, prev, n, concurrency, policy, None).await
+    write_checkpoint_sharing(
+        store,
+        shard,
+        prev,
+        n,
+        concurrency,
+        policy,
+        Sharing::default(),
+    )
+    .await
 }
 
-/// [`write_checkpoint_with`] reading parts' pages through `footers` (a view's, so that the
-/// footers its loads read serve the checkpoint, and the other way round).
+/// What a checkpoint shares with the views of a running log (nothing: a checkpoint written
+/// alone).
+#[derive(Clone, Debug, Default)]
+pub struct Sharing {
+    /// The shard view's part footers: the footers its loads read serve the checkpoint, and the
+    /// other way round.
+    pub footers: Option<Arc<Footers>>,
+    /// Where the fold publishes the states it holds, so that the views give way to them
+    /// ([`crate::budget`]).
+    pub memory: Option<UpkeepMemory>,
+}
+
+/// [`write_checkpoint_with`] sharing footers and memory with a running log's views.
 pub async fn write_checkpoint_sharing(
     store: &Arc<dyn ObjectStore>,
     shard: u32,
@@ -164,7 +185,7 @@ pub async fn write_checkpoint_sharing(
     n: u64,
     concurrency: usize,
     policy: &PartsPolicy,
-    footers: Option<Arc<Footers>>,
+    sharing: Sharing,
 ) -> Result<CheckpointReport, LogError> {
     // The previous checkpoint may be gone (another process's retention deleted it): then the
     // newest one left at or below `n`, or the log from its start.
@@ -179,7 +200,7 @@ pub async fn write_checkpoint_sharing(
         }
         other => other,
     };
-    let from = |prev| write_from(store, shard, prev, n, concurrency, policy, footers.clone());
+    let from = |prev| write_from(store, shard, prev, n, concurrency, policy, sharing.clone());
     match from(prev).await {
         // The previous checkpoint is there but unusable (a part it names is missing, or does
         // not decode): it is derived, so this one is folded from the log's start instead.
@@ -201,7 +222,7 @@ async fn write_from(
     n: u64,
     concurrency: usize,
     policy: &PartsPolicy,
-    footers: Option<Arc<Footers>>,
+    sharing: Sharing,
 ) -> Result<CheckpointReport, LogError> {
     let base = match prev {
         Some(c) => Some(open_checkpoint(store.as_ref(), shard, c).await?),
@@ -213,7 +234,8 @@ async fn write_from(
         n,
         report: CheckpointReport::default(),
         policy: *policy,
-        footers,
+        footers: sharing.footers,
+        holding: sharing.memory.unwrap_or_default().hold(),
         concurrency,
         sealed: Vec::new(),
         prev,
@@ -290,6 +312,8 @@ struct Writer {
     report: CheckpointReport,
     policy: PartsPolicy,
     footers: Option<Arc<Footers>>,
+    /// What the fold holds, published for the views ([`crate::budget`]).
+    holding: Holding,
     /// Reads (and HEADs) at once.
     concurrency: usize,
     /// The sealed filter blocks split off the states written to parts, for the filter run.
@@ -439,6 +463,7 @@ impl Writer {
                     whole.retain_range(range.lo, range.hi);
                     holding = held.saturating_add(whole.held_bytes());
                 }
+                self.holding.set(holding);
             }
             if done {
                 break;

@@ -16,6 +16,7 @@
 //! same store compacted finds them again by listing.
 
 mod as_of;
+pub mod budget;
 mod chain;
 pub mod checkpoint;
 pub mod compact;
@@ -46,7 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 pub use checkpoint::{
-    CheckpointReport, PartsPolicy, write_checkpoint, write_checkpoint_sharing,
+    CheckpointReport, PartsPolicy, Sharing, write_checkpoint, write_checkpoint_sharing,
     write_checkpoint_with,
 };
 pub use compact::{CompactionPolicy, CompactionReport, compact_shard};
@@ -83,6 +84,8 @@ pub struct Log {
     /// Where the checkpointers run (declared after `tasks`: stopped once they are).
     _upkeep_thread: upkeep::UpkeepThread,
     stats: Arc<LogStats>,
+    /// What the shards' checkpoint folds hold now; the views give way to it.
+    upkeep_memory: budget::UpkeepMemory,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
 }
@@ -122,7 +125,13 @@ impl Log {
         let mut tasks = Vec::new();
         let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
         let upkeep_thread = upkeep::UpkeepThread::start(cfg.upkeep_nice)?;
-        for (shard, state) in (0..descriptor.shard_count).zip(recovered) {
+        let upkeep_memory = budget::UpkeepMemory::default();
+        for (shard, mut state) in (0..descriptor.shard_count).zip(recovered) {
+            state.set_budget(budget::ViewBudget::new(
+                cfg.view_memory_bytes,
+                descriptor.shard_count as usize,
+                upkeep_memory.clone(),
+            ));
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
             let state = Arc::new(RwLock::new(state));
@@ -164,6 +173,7 @@ impl Log {
                 stats: stats.clone(),
                 maintenance: maintenance.clone(),
                 gate: gate.clone(),
+                memory: upkeep_memory.clone(),
             };
             tasks.push(
                 upkeep_thread.spawn(
@@ -188,6 +198,7 @@ impl Log {
             shutdown,
             _upkeep_thread: upkeep_thread,
             stats,
+            upkeep_memory,
             cfg,
             clock,
         })
@@ -225,6 +236,21 @@ impl Log {
             .iter()
             .map(|s| s.state.read().map_or(0, |s| s.resident_users()))
             .sum()
+    }
+
+    /// Approximate bytes the checkpoint folds running now hold (the views give way to them,
+    /// [`budget`]).
+    pub fn upkeep_held_bytes(&self) -> usize {
+        self.upkeep_memory.bytes()
+    }
+
+    /// What the views may hold now, over all shards: their budget less what upkeep holds
+    /// ([`budget::ViewBudget::now`]).
+    pub fn view_budget_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.state.read().map_or(0, |s| s.budget_bytes()))
+            .fold(0, usize::saturating_add)
     }
 
     /// Approximate bytes of the user state in memory, over all shards.

@@ -28,6 +28,7 @@ impl Log {
                 stats: self.stats.clone(),
                 maintenance: s.maintenance.clone(),
                 gate: s.gate.clone(),
+                memory: self.upkeep_memory.clone(),
             };
             let mut held = s.maintenance.lock().await;
             if let Some(c) = upkeep.checkpoint(&mut held).await? {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::turns::{Need, Turns};
 use crate::{
-    Checkpoint, LogConfig, LogError, LogStats, ShardState, compact, compact_shard,
+    Checkpoint, LogConfig, LogError, LogStats, ShardState, Sharing, compact, compact_shard,
     list_checkpoint_objects, poisoned, retention, write_checkpoint_sharing,
 };
 
@@ -155,6 +155,8 @@ pub(crate) struct Upkeep {
     pub(crate) maintenance: Arc<tokio::sync::Mutex<NamedParts>>,
     /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
     pub(crate) gate: Arc<crate::owner::Gate>,
+    /// Where the fold publishes what it holds; the views give way to it.
+    pub(crate) memory: crate::budget::UpkeepMemory,
 }
 
 impl Upkeep {
@@ -183,7 +185,10 @@ impl Upkeep {
                 head,
                 self.cfg.read_concurrency,
                 &self.cfg.checkpoint_parts,
-                Some(footers),
+                Sharing {
+                    footers: Some(footers),
+                    memory: Some(self.memory.clone()),
+                },
             ),
         )
         .await?;

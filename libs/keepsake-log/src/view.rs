@@ -15,7 +15,9 @@
 //!   are not yet compacted, and a newest-first search read each of them.
 //! - When resident bytes exceed the budget, unpinned users drawn at random are evicted down to
 //!   80% of it ([`ShardState::evict_over`]: not the least recently used, whom a fleet syncing
-//!   in turn asks for next). Evicting loses nothing: the log has everything.
+//!   in turn asks for next): after every commit, and before a user is loaded in, so that
+//!   reads alone keep within it too. The budget gives way to what a checkpoint's fold holds
+//!   ([`crate::budget`]). Evicting loses nothing: the log has everything.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use chrono::{DateTime, Utc};
 
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
+use crate::budget::ViewBudget;
 use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
 /// Change ids a resident user keeps exactly: those of its newest this-many events (up to twice
@@ -108,6 +111,8 @@ pub struct ShardState {
     users: IdMap<UserId, Resident>,
     pinned: HashSet<UserId>,
     bytes: usize,
+    /// What the resident users may take ([`ViewBudget::now`]: less while upkeep holds memory).
+    budget: ViewBudget,
     /// Rounds of eviction so far: each draws its own order of the users.
     eviction_rounds: u64,
     /// Reads that found the user in memory.
@@ -431,6 +436,9 @@ impl ShardState {
         // Stale patches find their bases' seqs by these links (see `Log::push`).
         state.enable_version_links();
         let bytes = state.approx_bytes();
+        // Room first, so that the newcomer is not the one drawn: users loaded for reads alone
+        // (no commit to evict after) keep within the budget too.
+        self.evict_over(self.budget.now().saturating_sub(bytes));
         self.bytes += bytes;
         self.users.insert(
             user,
@@ -540,6 +548,21 @@ impl ShardState {
         result
     }
 
+    /// Sets what the resident users may take.
+    pub fn set_budget(&mut self, budget: ViewBudget) {
+        self.budget = budget;
+    }
+
+    /// What the resident users may take now ([`ViewBudget::now`]).
+    pub fn budget_bytes(&self) -> usize {
+        self.budget.now()
+    }
+
+    /// Evicts as [`Self::evict_over`] does, over the budget as it is now ([`ViewBudget::now`]).
+    pub fn evict_over_budget(&mut self) {
+        self.evict_over(self.budget.now());
+    }
+
     /// Evicts unpinned users in an order drawn afresh each round while over `budget` bytes
     /// (down to 80%).
     ///
@@ -634,6 +657,51 @@ mod tests {
         }
         let share = hits as f64 / reads as f64;
         assert!(share > 0.3, "{hits} of {reads} reads hit");
+    }
+
+    /// A view gives way while a fold holds memory (its share of it), by evicting at the next
+    /// commit and before each load; a user loaded in is never the one evicted for it, nor is a
+    /// pinned user. When the fold ends, the budget is whole again.
+    #[test]
+    fn a_view_gives_way_to_a_fold_and_loads_keep_within_it() {
+        use crate::budget::{UpkeepMemory, ViewBudget};
+        let mut sample = UserState::default();
+        for e in history(1, 1, 8, chrono::DateTime::UNIX_EPOCH) {
+            apply(&mut sample, &e).expect("apply");
+        }
+        sample.enable_version_links();
+        let one = sample.approx_bytes();
+        let upkeep = UpkeepMemory::default();
+        let mut view = ShardState::default();
+        // Two shards share the upkeep's memory: each gives way by half of it.
+        view.set_budget(ViewBudget::new(one * 100, 2, upkeep.clone()));
+        let users: Vec<UserId> = (1..=300u128)
+            .map(|i| UserId(uuid::Uuid::from_u128(i)))
+            .collect();
+        view.pin([users[0]]);
+        for u in &users {
+            view.insert(*u, sample.clone());
+            assert!(view.is_resident(u), "the user loaded in was evicted");
+            assert!(view.resident_bytes() <= one * 100, "over the budget");
+        }
+        let fold = upkeep.hold();
+        fold.set(one * 120);
+        assert_eq!(view.budget_bytes(), one * 40);
+        view.evict_over_budget();
+        assert!(
+            view.resident_bytes() <= one * 40,
+            "the view did not give way"
+        );
+        for u in &users {
+            view.insert(*u, sample.clone());
+            assert!(
+                view.resident_bytes() <= one * 40,
+                "a load passed the lowered budget"
+            );
+        }
+        assert!(view.is_resident(&users[0]), "a pinned user was evicted");
+        drop(fold);
+        assert_eq!(view.budget_bytes(), one * 100);
     }
 
     /// The times of checkpoints' segments are kept for the newest [`CHECKPOINT_TIMES_KEPT`]

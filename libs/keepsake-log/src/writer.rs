@@ -231,7 +231,7 @@ impl Writer {
         self.commit_batch(batch, filled).await;
         if let Ok(mut s) = self.state.write() {
             s.unpin_all();
-            s.evict_over(self.cfg.view_memory_bytes);
+            s.evict_over_budget();
         }
     }
 

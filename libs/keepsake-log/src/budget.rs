@@ -1,0 +1,133 @@
+//! The memory a process's views may hold, shared with its upkeep.
+//!
+//! A checkpoint's fold holds users' states while it runs (up to
+//! [`crate::PartsPolicy::fold_bytes`]; ~470 MiB at the peak under `make sustained`). Counted
+//! apart from the views, it sat on top of them: with a 1 GiB view budget the server peaked at
+//! 1.46 GiB resident. So the fold publishes what it holds ([`UpkeepMemory`]), and every shard's
+//! view gives way by its share of it ([`ViewBudget::now`]): views and upkeep together stay
+//! within the view budget, down to a floor of a quarter of each view's own budget, so that a
+//! fold set larger than the budget cannot empty the views (then it is the fold's own setting
+//! that bounds the rest).
+//!
+//! Invariants:
+//! - [`UpkeepMemory::bytes`] is the sum of what every fold running now last published; a
+//!   fold's [`Holding`] takes its share back when dropped, so a fold that fails or is
+//!   cancelled leaves nothing counted.
+//! - [`ViewBudget::now`] never exceeds the shard's own budget, and never falls below a quarter
+//!   of it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Bytes held by the process's upkeep (checkpoint folds) now, shared by every shard.
+#[derive(Clone, Debug, Default)]
+pub struct UpkeepMemory(Arc<AtomicUsize>);
+
+impl UpkeepMemory {
+    /// What every running fold holds now, approximate bytes.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    /// A new holder, holding nothing yet.
+    pub fn hold(&self) -> Holding {
+        Holding {
+            memory: self.clone(),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One fold's share of [`UpkeepMemory`]: set as it grows and shrinks, taken back when dropped.
+#[derive(Debug)]
+pub struct Holding {
+    memory: UpkeepMemory,
+    /// What this holder last published (an atomic so that a fold sets it through `&self`).
+    bytes: AtomicUsize,
+}
+
+impl Holding {
+    /// Publishes that this holder now holds `bytes`.
+    pub fn set(&self, bytes: usize) {
+        let was = self.bytes.swap(bytes, Relaxed);
+        if bytes >= was {
+            self.memory.0.fetch_add(bytes - was, Relaxed);
+        } else {
+            self.memory.0.fetch_sub(was - bytes, Relaxed);
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+/// What one shard's view may hold.
+#[derive(Clone, Debug)]
+pub struct ViewBudget {
+    /// The shard's share of the process's view budget.
+    shard_bytes: usize,
+    /// Shards sharing the upkeep's memory.
+    shards: usize,
+    upkeep: UpkeepMemory,
+}
+
+impl Default for ViewBudget {
+    /// No bound (a view made by hand, as in tests of the view itself).
+    fn default() -> Self {
+        Self::new(usize::MAX, 1, UpkeepMemory::default())
+    }
+}
+
+impl ViewBudget {
+    /// `shard_bytes` for one of `shards` shards that give way to `upkeep` together.
+    pub fn new(shard_bytes: usize, shards: usize, upkeep: UpkeepMemory) -> Self {
+        Self {
+            shard_bytes,
+            shards: shards.max(1),
+            upkeep,
+        }
+    }
+
+    /// The shard's own budget, less its share of what upkeep holds now, at least a quarter of
+    /// its own.
+    pub fn now(&self) -> usize {
+        let share = self.upkeep.bytes() / self.shards;
+        self.shard_bytes
+            .saturating_sub(share)
+            .max(self.shard_bytes / 4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The views give way by their share of what folds hold, to a floor, and get it back when
+    /// a fold ends, however it ends.
+    #[test]
+    fn views_give_way_to_upkeep_and_get_it_back() {
+        let upkeep = UpkeepMemory::default();
+        let budget = ViewBudget::new(1000, 4, upkeep.clone());
+        assert_eq!(budget.now(), 1000);
+        let a = upkeep.hold();
+        a.set(400);
+        assert_eq!(budget.now(), 900, "a quarter of 400");
+        let b = upkeep.hold();
+        b.set(800);
+        assert_eq!(upkeep.bytes(), 1200);
+        assert_eq!(budget.now(), 700);
+        a.set(100);
+        assert_eq!(budget.now(), 775);
+        b.set(4000);
+        assert_eq!(budget.now(), 250, "never below a quarter");
+        drop(b);
+        assert_eq!(upkeep.bytes(), 100);
+        drop(a);
+        assert_eq!(upkeep.bytes(), 0);
+        assert_eq!(budget.now(), 1000);
+        assert_eq!(ViewBudget::default().now(), usize::MAX);
+    }
+}
