@@ -136,7 +136,8 @@ pub struct LogArgs {
     pub checkpoint_interval_secs: u64,
     /// User states a checkpoint's fold holds at once, in MiB: past it, the fold keeps a lower
     /// range of users and folds the others in further passes over the same segments (memory
-    /// bounded, for more reads).
+    /// bounded, for more reads). The views give way to what a fold holds, down to a quarter
+    /// of their budget.
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_FOLD_MIB", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub checkpoint_fold_mib: u64,
