@@ -518,3 +518,60 @@ async fn the_view_gives_way_while_a_checkpoint_folds() {
     }
     log.shutdown().await;
 }
+
+/// While a compaction holds its segments' events, the view gives way to them too, and gets
+/// its budget back once the history object is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_gives_way_while_a_compaction_holds_events() {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let budget = 1 << 20;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 300,
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: true,
+            min_segments: 4,
+            ..Default::default()
+        },
+        ..fast_config()
+    };
+    // The compaction has read its segments by the history object's PUT.
+    let gate = faulty.hold(FaultOp::Put, "/history/");
+    let log = open(store, 1, cfg).await.expect("open");
+    let users: Vec<_> = (0..100).map(|_| user()).collect();
+    for u in &users {
+        let changes = (0..3)
+            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
+            .collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    tokio::time::timeout(Duration::from_secs(20), gate.reached())
+        .await
+        .expect("a compaction began");
+    let held = log.upkeep_held_bytes();
+    // 300 events of ~200-byte documents, each at least its struct and its text.
+    assert!(held > 300 * 200, "the compaction published {held} bytes");
+    assert_eq!(
+        log.view_budget_bytes(),
+        budget.saturating_sub(held).max(budget / 4)
+    );
+    gate.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no compaction ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        log.upkeep_held_bytes(),
+        0,
+        "an ended compaction holds nothing"
+    );
+    assert_eq!(log.view_budget_bytes(), budget);
+    log.shutdown().await;
+}

@@ -1,17 +1,19 @@
 //! The memory a process's views may hold, shared with its upkeep.
 //!
 //! A checkpoint's fold holds users' states while it runs (up to
-//! [`crate::PartsPolicy::fold_bytes`]; ~470 MiB at the peak under `make sustained`). Counted
-//! apart from the views, it sat on top of them: with a 1 GiB view budget the server peaked at
-//! 1.46 GiB resident. So the fold publishes what it holds ([`UpkeepMemory`]), and every shard's
+//! [`crate::PartsPolicy::fold_bytes`]; ~470 MiB at the peak under `make sustained`), and a
+//! compaction its segments' events, twice while it compares (up to
+//! [`crate::CompactionPolicy::max_events`]). Counted apart from the views, they sat on top of
+//! them: with a 1 GiB view budget the server peaked at 1.46 GiB resident. So both publish what
+//! they hold ([`UpkeepMemory`]), and every shard's
 //! view gives way by its share of it ([`ViewBudget::now`]): views and upkeep together stay
 //! within the view budget, down to a floor of a quarter of each view's own budget, so that a
 //! fold set larger than the budget cannot empty the views (then it is the fold's own setting
 //! that bounds the rest).
 //!
 //! Invariants:
-//! - [`UpkeepMemory::bytes`] is the sum of what every fold running now last published; a
-//!   fold's [`Holding`] takes its share back when dropped, so a fold that fails or is
+//! - [`UpkeepMemory::bytes`] is the sum of what every fold and compaction running now last
+//!   published; a [`Holding`] takes its share back when dropped, so work that fails or is
 //!   cancelled leaves nothing counted.
 //! - [`ViewBudget::now`] never exceeds the shard's own budget, and never falls below a quarter
 //!   of it.
@@ -89,6 +91,11 @@ impl ViewBudget {
             shards: shards.max(1),
             upkeep,
         }
+    }
+
+    /// What the process's upkeep holds, which this budget gives way to.
+    pub fn upkeep(&self) -> &UpkeepMemory {
+        &self.upkeep
     }
 
     /// The shard's own budget, less its share of what upkeep holds now, at least a quarter of

@@ -510,6 +510,14 @@ async fn compact_round(
         taken = merged;
         doomed.push(Doomed::History(h));
     }
+    // The events held, published so that the views give way ([`crate::budget`]); twice once
+    // the object is read back to compare.
+    let holding = view
+        .and_then(|v| v.read().ok().map(|s| s.upkeep_memory()))
+        .unwrap_or_default()
+        .hold();
+    let held: usize = taken.iter().map(segment_bytes).sum();
+    holding.set(held);
     let (first, last_n) = match (taken.first(), taken.last()) {
         (Some(a), Some(b)) => (a.meta.segment, b.meta.segment),
         _ => return Ok(CompactionReport::default()),
@@ -564,6 +572,7 @@ async fn compact_round(
         ReadBack::Bad => None,
         ReadBack::Good(h) => Some(h.segments),
     };
+    holding.set(held.saturating_mul(2));
     // Comparing (and dropping) a whole object's events is CPU work: off the runtime's workers.
     let same = tokio::task::spawn_blocking(move || back == Some(taken))
         .await
@@ -612,6 +621,15 @@ async fn compact_round(
         "history object written; its sources deleted"
     );
     Ok(report)
+}
+
+/// What a decoded segment holds in memory, approximately ([`keepsake_model::Event::approx_bytes`]).
+fn segment_bytes(seg: &Segment) -> usize {
+    seg.events
+        .iter()
+        .map(keepsake_model::Event::approx_bytes)
+        .sum::<usize>()
+        + std::mem::size_of::<Segment>()
 }
 
 async fn delete_all(

@@ -553,6 +553,11 @@ impl ShardState {
         self.budget = budget;
     }
 
+    /// What the process's upkeep holds, which this view gives way to.
+    pub fn upkeep_memory(&self) -> crate::budget::UpkeepMemory {
+        self.budget.upkeep().clone()
+    }
+
     /// What the resident users may take now ([`ViewBudget::now`]).
     pub fn budget_bytes(&self) -> usize {
         self.budget.now()

@@ -43,3 +43,16 @@ pub struct Event {
     /// The document after the change; `None` for a delete.
     pub document: Option<Document>,
 }
+
+impl Event {
+    /// What the allocator gave this event decoded: the struct and its document's text behind
+    /// its `Arc` (the other ids are inline). What upkeep counts of the segments it holds
+    /// (a compaction), so that the views give way to them.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .document
+                .as_ref()
+                .map_or(0, |d| crate::memory::alloc_size(d.len() + 16))
+    }
+}
