@@ -3,7 +3,8 @@
 # for SUSTAINED_SECS (default 1800: 30 minutes), and, every SUSTAINED_EVERY seconds (default
 # 60), the server's committed events per second, checkpoint work done (count, seconds, seconds
 # shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
-# compaction work done, view misses and evictions, view bytes, the indexes beside the view
+# compaction work done, view misses and evictions, view bytes, what upkeep holds (the views
+# give way to it), the indexes beside the view
 # (`keepsake_view_index_bytes`), what the allocator has handed out and holds resident, and the
 # server's resident memory, from /metrics and /proc; and the cores (CPU seconds a second) the
 # server, its upkeep threads and the load generator used in the interval, from /proc.
@@ -106,7 +107,7 @@ upkeep_cores() {
         printf "%.2f", d / k / s }'
 }
 cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks /proc/"$LOADGEN_PID"/stat)"; }
-echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  fold_MiB  index_MiB  allocated_MiB  allocator_resident_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
+echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  upkeep_MiB  index_MiB  allocated_MiB  allocator_resident_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
 now_s() { date +%s.%N; }
 start=$(now_s)
 prev=$(metric keepsake_segment_events_total)

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// Bytes held by the process's upkeep (checkpoint folds) now, shared by every shard.
+/// Bytes held by the process's upkeep (checkpoint folds, compactions) now, shared by every shard.
 #[derive(Clone, Debug, Default)]
 pub struct UpkeepMemory(Arc<AtomicUsize>);
 

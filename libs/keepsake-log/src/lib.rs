@@ -84,7 +84,7 @@ pub struct Log {
     /// Where the checkpointers run (declared after `tasks`: stopped once they are).
     _upkeep_thread: upkeep::UpkeepThread,
     stats: Arc<LogStats>,
-    /// What the shards' checkpoint folds hold now; the views give way to it.
+    /// What the shards' checkpoint folds and compactions hold now; the views give way to it.
     upkeep_memory: budget::UpkeepMemory,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
@@ -238,8 +238,8 @@ impl Log {
             .sum()
     }
 
-    /// Approximate bytes the checkpoint folds running now hold (the views give way to them,
-    /// [`budget`]).
+    /// Approximate bytes the checkpoint folds and compactions running now hold (the views give
+    /// way to them, [`budget`]).
     pub fn upkeep_held_bytes(&self) -> usize {
         self.upkeep_memory.bytes()
     }

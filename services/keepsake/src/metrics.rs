@@ -575,13 +575,13 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_view_budget_bytes",
-            "What the views may hold now: the view budget less what checkpoint folds hold (down to a quarter of it)",
+            "What the views may hold now: the view budget less what upkeep (checkpoint folds, compactions) holds, down to a quarter of it",
             log.view_budget_bytes() as u64,
         );
         gauge(
             &mut out,
             "keepsake_upkeep_held_bytes",
-            "Approximate bytes of user states the checkpoint folds running now hold; the views give way to them",
+            "Approximate bytes upkeep holds now: the states of checkpoint folds and the events of compactions; the views give way to them",
             log.upkeep_held_bytes() as u64,
         );
         let (indexed, index_bytes) = log.index_footprint();
