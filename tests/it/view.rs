@@ -420,13 +420,7 @@ async fn a_long_read_never_holds_up_a_commit() {
 async fn reads_alone_keep_the_view_within_its_budget() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let log = open(store.clone(), 1, fast_config()).await.expect("open");
-    let users: Vec<_> = (0..60).map(|_| user()).collect();
-    for u in &users {
-        let changes = (0..4)
-            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
-            .collect();
-        push(&log, *u, changes).await.expect("push");
-    }
+    let users = users_with_items(&log, 60, 4).await;
     let one = log
         .user(&users[0], |s| s.approx_bytes())
         .await
@@ -470,13 +464,7 @@ async fn the_view_gives_way_while_a_checkpoint_folds() {
     // The fold has built its states by its manifest's PUT, and still holds them there.
     let gate = faulty.hold(FaultOp::Put, "/checkpoints/");
     let log = open(store, 1, cfg).await.expect("open");
-    let users: Vec<_> = (0..300).map(|_| user()).collect();
-    for u in &users {
-        let changes = (0..3)
-            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
-            .collect();
-        push(&log, *u, changes).await.expect("push");
-    }
+    let users = users_with_items(&log, 300, 3).await;
     assert_eq!(log.upkeep_held_bytes(), 0);
     let full = log.resident_bytes();
     assert!(
@@ -539,13 +527,7 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     // The compaction has read its segments by the history object's PUT.
     let gate = faulty.hold(FaultOp::Put, "/history/");
     let log = open(store, 1, cfg).await.expect("open");
-    let users: Vec<_> = (0..100).map(|_| user()).collect();
-    for u in &users {
-        let changes = (0..3)
-            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
-            .collect();
-        push(&log, *u, changes).await.expect("push");
-    }
+    users_with_items(&log, 100, 3).await;
     tokio::time::timeout(Duration::from_secs(20), gate.reached())
         .await
         .expect("a compaction began");
@@ -574,4 +556,20 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     );
     assert_eq!(log.view_budget_bytes(), budget);
     log.shutdown().await;
+}
+
+/// `users` new users, each given `items` items of ~200-byte documents in one push.
+async fn users_with_items(
+    log: &keepsake_log::Log,
+    users: usize,
+    items: usize,
+) -> Vec<keepsake_model::UserId> {
+    let users: Vec<_> = (0..users).map(|_| user()).collect();
+    for u in &users {
+        let changes = (0..items)
+            .map(|i| put(item(), json!({"n": i, "text": "x".repeat(200)})))
+            .collect();
+        push(log, *u, changes).await.expect("push");
+    }
+    users
 }
