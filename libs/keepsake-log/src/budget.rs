@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 pub struct UpkeepMemory(Arc<AtomicUsize>);
 
 impl UpkeepMemory {
-    /// What every running fold holds now, approximate bytes.
+    /// What every running fold and compaction holds now, approximate bytes.
     pub fn bytes(&self) -> usize {
         self.0.load(Relaxed)
     }
@@ -40,7 +40,7 @@ impl UpkeepMemory {
     }
 }
 
-/// One fold's share of [`UpkeepMemory`]: set as it grows and shrinks, taken back when dropped.
+/// One fold's or compaction's share of [`UpkeepMemory`]: set as it grows and shrinks, taken back when dropped.
 #[derive(Debug)]
 pub struct Holding {
     memory: UpkeepMemory,

@@ -16,8 +16,8 @@
 //! - When resident bytes exceed the budget, unpinned users drawn at random are evicted down to
 //!   80% of it ([`ShardState::evict_over`]: not the least recently used, whom a fleet syncing
 //!   in turn asks for next): after every commit, and before a user is loaded in, so that
-//!   reads alone keep within it too. The budget gives way to what a checkpoint's fold holds
-//!   ([`crate::budget`]). Evicting loses nothing: the log has everything.
+//!   reads alone keep within it too. The budget gives way to what a checkpoint's fold or a
+//!   compaction holds ([`crate::budget`]). Evicting loses nothing: the log has everything.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -49,10 +49,6 @@ impl Event {
     /// its `Arc` (the other ids are inline). What upkeep counts of the segments it holds
     /// (a compaction), so that the views give way to them.
     pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self
-                .document
-                .as_ref()
-                .map_or(0, |d| crate::memory::alloc_size(d.len() + 16))
+        std::mem::size_of::<Self>() + crate::memory::document_bytes(self.document.as_ref())
     }
 }

@@ -18,6 +18,12 @@ pub fn alloc_size(n: usize) -> usize {
     }
 }
 
+/// What the allocator gives a document: its text behind the `Arc`'s two reference counts.
+/// (A state's documents and a decoded event's are counted alike.)
+pub fn document_bytes(doc: Option<&crate::Document>) -> usize {
+    doc.map_or(0, |d| alloc_size(d.len() + 16))
+}
+
 /// A hash table (hashbrown's layout, which griddle's tables share) that can hold `capacity`
 /// entries of `entry` bytes: a power of two of buckets at most 7/8 full, each bucket an entry
 /// and a control byte, and a group of control bytes more.

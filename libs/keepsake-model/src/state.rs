@@ -29,7 +29,7 @@ use crate::document::Document;
 use crate::event::Event;
 use crate::ids::{ChangeId, ItemId};
 use crate::kind::{Kind, Op, Origin};
-use crate::memory::{alloc_size, btree_bytes, growing_table_bytes};
+use crate::memory::{btree_bytes, document_bytes, growing_table_bytes};
 
 /// The current state of one item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,7 +99,7 @@ pub struct UserState {
     last_seq: u64,
     /// Bytes of the documents held, kept up to date by `put_item`.
     doc_bytes: usize,
-    /// What the allocator gave the documents held ([`alloc_size`] of each one's text and
+    /// What the allocator gave the documents held ([`document_bytes`] of each one's text and
     /// reference counts), kept up to date by `put_item`: what [`UserState::approx_bytes`]
     /// counts for them.
     doc_alloc: usize,
@@ -472,12 +472,12 @@ impl StateWrite for UserState {
     }
     fn put_item(&mut self, item: ItemState) {
         self.doc_bytes += item.document.as_ref().map_or(0, Document::len);
-        self.doc_alloc += doc_alloc(item.document.as_ref());
+        self.doc_alloc += document_bytes(item.document.as_ref());
         self.by_seq.insert(item.seq, item.item_id);
         let (id, seq, version) = (item.item_id, item.seq, item.version);
         if let Some(old) = self.items.insert(id, item) {
             self.doc_bytes -= old.document.as_ref().map_or(0, Document::len);
-            self.doc_alloc -= doc_alloc(old.document.as_ref());
+            self.doc_alloc -= document_bytes(old.document.as_ref());
             if old.seq != seq {
                 self.by_seq.remove(&old.seq);
             }
@@ -490,11 +490,6 @@ impl StateWrite for UserState {
     fn put_change(&mut self, id: ChangeId, result: ChangeRef) {
         self.changes.insert(id, result);
     }
-}
-
-/// A document's text behind its `Arc` (two reference counts before it).
-fn doc_alloc(doc: Option<&Document>) -> usize {
-    doc.map_or(0, |d| alloc_size(d.len() + 16))
 }
 
 /// An event that does not fit the state it is applied to: the log is damaged or mis-ordered.
