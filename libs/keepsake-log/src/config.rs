@@ -62,6 +62,9 @@ pub struct LogConfig {
     /// RocksDB's rate limiter paces compaction. The rest ends early once any shard of the
     /// process has `checkpoint_every_events` or more since its checkpoint. 100 (or 0): no rest.
     pub upkeep_duty_percent: u8,
+    /// Run by each of the upkeep's threads as it starts: the server binds them to its allocator
+    /// arenas there, as it does its own runtime's threads. `None`: nothing.
+    pub upkeep_thread_start: Option<fn()>,
     /// How a checkpoint's parts are sized and when its deltas are merged.
     pub checkpoint_parts: crate::checkpoint::PartsPolicy,
     /// Which older checkpoints to keep after writing a new one.
@@ -94,6 +97,7 @@ impl Default for LogConfig {
             upkeep_parallelism: 1,
             upkeep_nice: 0,
             upkeep_duty_percent: 100,
+            upkeep_thread_start: None,
             checkpoint_parts: crate::checkpoint::PartsPolicy::default(),
             retention: crate::retention::RetentionPolicy::default(),
             compaction: crate::compact::CompactionPolicy::default(),

@@ -124,7 +124,7 @@ impl Log {
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
-        let upkeep_thread = upkeep::UpkeepThread::start(cfg.upkeep_nice)?;
+        let upkeep_thread = upkeep::UpkeepThread::start(cfg.upkeep_nice, cfg.upkeep_thread_start)?;
         let upkeep_memory = budget::UpkeepMemory::default();
         for (shard, mut state) in (0..descriptor.shard_count).zip(recovered) {
             state.set_budget(budget::ViewBudget::new(

@@ -35,20 +35,26 @@ pub(crate) struct UpkeepThread {
 
 impl UpkeepThread {
     /// Starts the thread, its threads `nice` steps below the caller's priority
-    /// ([`lower_priority`]).
-    pub(crate) fn start(nice: u8) -> Result<Self, LogError> {
+    /// ([`lower_priority`]), each running `on_start` (if any) first.
+    pub(crate) fn start(nice: u8, on_start: Option<fn()>) -> Result<Self, LogError> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let unavailable = |reason: String| LogError::Unavailable { shard: 0, reason };
         std::thread::Builder::new()
             .name("keepsake-upkeep".into())
             .spawn(move || {
+                if let Some(f) = on_start {
+                    f();
+                }
                 let lowered = lower_priority(nice);
                 // Its blocking threads (decodes, folds, encodes) carry the name too, so a
                 // profile or `top -H` tells upkeep's CPU from the pushes', and the priority.
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .thread_name("keepsake-upkeep")
                     .on_thread_start(move || {
+                        if let Some(f) = on_start {
+                            f();
+                        }
                         if let Some(n) = lowered {
                             run_at(n);
                         }
@@ -572,7 +578,7 @@ mod tests {
     #[tokio::test]
     async fn upkeep_threads_run_at_their_priority_and_no_other_does() {
         let before = nice_here();
-        let upkeep = UpkeepThread::start(4).expect("start");
+        let upkeep = UpkeepThread::start(4, None).expect("start");
         let lowered = (before + 4).min(19);
         let (tx, rx) = tokio::sync::oneshot::channel();
         drop(upkeep.spawn(async move {
@@ -587,6 +593,34 @@ mod tests {
             nice_here(),
             before,
             "the caller's thread keeps its priority"
+        );
+    }
+
+    thread_local! {
+        static STARTED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    fn mark() {
+        STARTED_HERE.with(|m| m.set(true));
+    }
+
+    #[tokio::test]
+    async fn every_upkeep_thread_runs_the_start_hook_and_no_other_does() {
+        let upkeep = UpkeepThread::start(0, Some(mark)).expect("start");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        drop(upkeep.spawn(async move {
+            let on_runtime = STARTED_HERE.with(|m| m.get());
+            let blocking = tokio::task::spawn_blocking(|| STARTED_HERE.with(|m| m.get()))
+                .await
+                .unwrap_or(false);
+            let _ = tx.send((on_runtime, blocking));
+        }));
+        let (on_runtime, blocking) = rx.await.expect("the upkeep task ran");
+        assert!(on_runtime, "the upkeep runtime's thread ran the hook");
+        assert!(blocking, "its blocking threads ran the hook");
+        assert!(
+            !STARTED_HERE.with(|m| m.get()),
+            "the caller's thread did not"
         );
     }
 }

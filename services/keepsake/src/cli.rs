@@ -206,11 +206,17 @@ pub fn main() -> Result<std::process::ExitCode> {
             if let Err(e) = crate::memory::dirty_decay(a.allocator_dirty_decay_ms) {
                 tracing::warn!(error = %e, "the allocator's decay time could not be set");
             }
+            crate::memory::arenas(a.allocator_arenas)
+                .map_err(|e| anyhow::anyhow!("--allocator-arenas: {e}"))?;
             let (limits, policy) = a.api.limits()?;
             let membership = a.cluster.membership().map_err(|e| anyhow::anyhow!(e))?;
+            // Upkeep's threads share the arenas too: the fold is what most needs the memory the
+            // views free.
+            let mut log = a.log.log_config(policy, a.store.retry());
+            log.upkeep_thread_start = Some(crate::memory::bind_thread);
             let cfg = ServerConfig {
                 membership,
-                log: a.log.log_config(policy, a.store.retry()),
+                log,
                 shards: a.log.shards,
                 store: a.store,
                 listen: a.listen,
@@ -219,6 +225,7 @@ pub fn main() -> Result<std::process::ExitCode> {
                 fleet: a.fleet,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .on_thread_start(crate::memory::bind_thread)
                 .enable_all()
                 .build()?;
             rt.block_on(run(cfg, shutdown_signal()))?;

@@ -492,6 +492,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_DIRTY_DECAY_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub allocator_dirty_decay_ms: u64,
+    /// How many allocator arenas the server's threads share (0: jemalloc's own, four per core).
+    /// Memory one thread frees is reused by the threads of its arena only: one arena lets what
+    /// the views free as they give way to a checkpoint's fold be what the fold takes, where
+    /// separate arenas kept both resident (docs/BENCHMARKS.md, "One arena").
+    #[arg(long, env = "KEEPSAKE_ALLOCATOR_ARENAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub allocator_arenas: u32,
 }
 
 /// A tracing filter that parses.
@@ -566,6 +573,8 @@ mod tests {
                 &["--allocator-dirty-decay-ms", "600001"],
                 "--allocator-dirty-decay-ms",
             ),
+            (&["--allocator-arenas", "1025"], "--allocator-arenas"),
+            (&["--allocator-arenas=-1"], "--allocator-arenas"),
             (&["--upkeep-nice", "20"], "--upkeep-nice"),
             (&["--upkeep-nice=-1"], "--upkeep-nice"),
             (&["--upkeep-duty-percent", "0"], "--upkeep-duty-percent"),

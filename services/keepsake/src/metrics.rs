@@ -638,6 +638,12 @@ pub fn text(
         );
         gauge(
             &mut out,
+            "keepsake_allocator_arenas_in_use",
+            "Allocator arenas with threads bound to them (1: every thread shares one, --allocator-arenas)",
+            a.arenas_in_use,
+        );
+        gauge(
+            &mut out,
             "keepsake_allocator_retained_bytes",
             "Bytes of address space the allocator keeps for reuse, returned to the system",
             a.retained,

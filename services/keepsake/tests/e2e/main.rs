@@ -4,6 +4,7 @@
 // Tests panic on purpose, with a message saying what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod allocator;
 mod auth;
 mod bad_input;
 mod cluster;
