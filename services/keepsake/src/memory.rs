@@ -97,12 +97,6 @@ pub fn bind_thread() {
     }
 }
 
-/// The arena jemalloc allocates the calling thread's memory from.
-pub fn thread_arena() -> Option<u32> {
-    use tikv_jemalloc_ctl::{Access, AsName};
-    b"thread.arena\0".name().read().ok()
-}
-
 /// jemalloc's statistics, in bytes, as of the call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocatorStats {
@@ -172,6 +166,12 @@ mod tests {
             .unwrap_or_default();
         assert_eq!((default, first), (1500, 1500));
         assert_eq!(dirty_decay(10_000), Ok(()));
+    }
+
+    /// The arena jemalloc allocates the calling thread's memory from.
+    fn thread_arena() -> Option<u32> {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        b"thread.arena\0".name().read().ok()
     }
 
     #[test]
