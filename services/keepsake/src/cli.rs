@@ -206,6 +206,9 @@ pub fn main() -> Result<std::process::ExitCode> {
             if let Err(e) = crate::memory::dirty_decay(a.allocator_dirty_decay_ms) {
                 tracing::warn!(error = %e, "the allocator's decay time could not be set");
             }
+            let cache_max = usize::try_from(a.allocator_thread_cache_max_bytes)?;
+            crate::memory::thread_cache_max(cache_max)
+                .map_err(|e| anyhow::anyhow!("--allocator-thread-cache-max-bytes: {e}"))?;
             crate::memory::arenas(a.allocator_arenas)
                 .map_err(|e| anyhow::anyhow!("--allocator-arenas: {e}"))?;
             let (limits, policy) = a.api.limits()?;

@@ -499,6 +499,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_ARENAS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub allocator_arenas: u32,
+    /// The largest freed allocation, in bytes, a thread keeps in its own cache for its next
+    /// allocations (jemalloc's `tcache_max`; its own default is 32768). What sits in a thread's
+    /// cache is out of reach of the other threads: 4 KiB, not 32, lets what the views free as
+    /// they give way to a checkpoint's fold go back to the arena the fold allocates from
+    /// (docs/BENCHMARKS.md, "Thread caches").
+    #[arg(long, env = "KEEPSAKE_ALLOCATOR_THREAD_CACHE_MAX_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(8..=8_388_608))]
+    pub allocator_thread_cache_max_bytes: u64,
 }
 
 /// A tracing filter that parses.
@@ -575,6 +583,14 @@ mod tests {
             ),
             (&["--allocator-arenas", "1025"], "--allocator-arenas"),
             (&["--allocator-arenas=-1"], "--allocator-arenas"),
+            (
+                &["--allocator-thread-cache-max-bytes", "7"],
+                "--allocator-thread-cache-max-bytes",
+            ),
+            (
+                &["--allocator-thread-cache-max-bytes", "8388609"],
+                "--allocator-thread-cache-max-bytes",
+            ),
             (&["--upkeep-nice", "20"], "--upkeep-nice"),
             (&["--upkeep-nice=-1"], "--upkeep-nice"),
             (&["--upkeep-duty-percent", "0"], "--upkeep-duty-percent"),

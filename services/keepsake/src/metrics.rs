@@ -644,6 +644,12 @@ pub fn text(
         );
         gauge(
             &mut out,
+            "keepsake_allocator_thread_cached_bytes",
+            "Bytes freed into threads' own allocator caches, reusable by those threads only (--allocator-thread-cache-max-bytes)",
+            a.thread_cached,
+        );
+        gauge(
+            &mut out,
             "keepsake_allocator_retained_bytes",
             "Bytes of address space the allocator keeps for reuse, returned to the system",
             a.retained,
