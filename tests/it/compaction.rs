@@ -935,3 +935,43 @@ async fn an_as_of_read_from_an_older_checkpoint_reads_its_time_once() {
     assert_eq!(second, first);
     log.shutdown().await;
 }
+
+/// A round that cannot merge into the history object before it (already full) learns so from
+/// its footer: it never fetches and decodes the whole object only to drop it (up to
+/// `max_events` events more in memory, beside a full view).
+#[tokio::test]
+async fn a_full_history_object_is_not_read_whole_to_learn_it_is_full() {
+    let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(store, 1, cfg()).await.expect("open");
+    let users: Vec<UserId> = (0..20).map(|_| user()).collect();
+    // 20 segments of 3 events each: one history object of 60, full.
+    for u in &users {
+        let changes = (0..3).map(|i| put(item(), json!({ "i": i }))).collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    let first = log.compact_now().await.expect("compact");
+    assert_eq!((first.written, first.segments), (1, 20));
+    let full = keys::history(0, 1, 20).to_string();
+    let whole_reads = faulty.count_whole_gets(&full);
+    for u in &users {
+        push(&log, *u, vec![put(item(), json!({ "i": 3 }))])
+            .await
+            .expect("push");
+    }
+    let second = log.compact_now().await.expect("compact");
+    assert_eq!((second.written, second.segments), (1, 20));
+    assert_eq!(
+        whole_reads.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "{full} was read whole"
+    );
+    for u in &users {
+        let items = log
+            .user(u, |s: &UserState| s.item_count())
+            .await
+            .expect("read");
+        assert_eq!(items, 4);
+    }
+    log.shutdown().await;
+}

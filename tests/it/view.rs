@@ -558,6 +558,63 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     log.shutdown().await;
 }
 
+/// A compaction publishes what it holds as it reads its segments, not once it has read them
+/// all: the views give way while a round fills (before, up to `max_events` events read sat
+/// beside a full view until the last segment was in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
+    let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let budget = 1 << 20;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 300,
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: true,
+            min_segments: 4,
+            ..Default::default()
+        },
+        ..fast_config()
+    };
+    // By the checkpoint's first PUT its fold has read the segments; every read of a segment
+    // after it is the compaction's.
+    let checkpointed = faulty.hold(FaultOp::Put, "/checkpoints/");
+    let log = open(store, 1, cfg).await.expect("open");
+    users_with_items(&log, 100, 3).await;
+    tokio::time::timeout(Duration::from_secs(20), checkpointed.reached())
+        .await
+        .expect("a checkpoint began");
+    let reading = faulty.hold_read(keepsake_store::keys::segment(0, 60).as_ref());
+    checkpointed.release();
+    tokio::time::timeout(Duration::from_secs(20), reading.reached())
+        .await
+        .expect("a compaction reached segment 60");
+    // Segments 1 to 55 at least are taken (4 are read at once): 165 events of ~200-byte
+    // documents, each at least its struct and its text.
+    let held = log.upkeep_held_bytes();
+    assert!(
+        held > 55 * 3 * 200,
+        "{held} bytes published with 55 segments read"
+    );
+    assert_eq!(
+        log.view_budget_bytes(),
+        budget.saturating_sub(held).max(budget / 4)
+    );
+    reading.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no compaction ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(log.upkeep_held_bytes(), 0);
+    log.shutdown().await;
+}
+
 /// `users` new users, each given `items` items of ~200-byte documents in one push.
 async fn users_with_items(
     log: &keepsake_log::Log,

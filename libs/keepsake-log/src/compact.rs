@@ -13,7 +13,10 @@
 //!   ([`crate::frontier::advance`]): that is how a writer behind learns the number was used.
 //! - A round takes the oldest run of segments still in their own objects, up to the checkpoint
 //!   and `max_events`, and merges it with the history object just before it when the result
-//!   stays within `max_events`; so history objects grow from segment 1 without gaps.
+//!   stays within `max_events` (its event count read from its footer first, so a full one is
+//!   never fetched whole); so history objects grow from segment 1 without gaps.
+//! - What a round holds decoded is published to the views' budget ([`crate::budget`]) as each
+//!   segment is read, so the views give way while it fills.
 //! - A round interrupted anywhere leaves a store every reader reads correctly (a segment is read
 //!   from its own object while it exists, else from the narrowest history object holding it),
 //!   and the next round finishes it: it compares each history object with whatever of its
@@ -30,7 +33,8 @@ use tracing::{error, info, warn};
 
 use crate::error::{LogError, store_err};
 use crate::reader::{
-    HistoryListed, Layout, Listed, Place, Tag, list_layout_upto, read_history, read_seen_segment,
+    HistoryListed, Layout, Listed, Place, Tag, history_event_count, list_layout_upto, read_history,
+    read_seen_segment,
 };
 use crate::view::ShardState;
 
@@ -472,6 +476,14 @@ async fn compact_round(
     let mut taken: Vec<Segment> = Vec::new();
     let mut doomed: Vec<Doomed> = Vec::new();
     let mut events = 0u64;
+    // The events held, published as they are read, so that the views give way
+    // ([`crate::budget`]) while a round fills, not only once it holds all of it; twice once the
+    // object is encoded (a columnar copy) and again once it is read back to compare.
+    let holding = view
+        .and_then(|v| v.read().ok().map(|s| s.upkeep_memory()))
+        .unwrap_or_default()
+        .hold();
+    let mut held = 0usize;
     let mut reads = futures::stream::iter(waiting)
         .map(|l| async move {
             // The object listed, or a gap: the round stops, and the next one lists again (a
@@ -488,6 +500,8 @@ async fn compact_round(
             break;
         }
         events += seg.meta.event_count;
+        held += segment_bytes(&seg);
+        holding.set(held);
         taken.push(seg);
         doomed.push(Doomed::Segment {
             n: l.n,
@@ -499,31 +513,37 @@ async fn compact_round(
     if (taken.len() as u64) < policy.min_segments.max(1) && events < policy.max_events {
         return Ok(CompactionReport::default());
     }
-    // Merge into the last history object while the result stays within the bound.
-    if let Some(h) = last
+    // Merge into the last history object while the result stays within the bound. Its footer
+    // says how many events it holds: one already full is not fetched and decoded whole (up to
+    // `max_events` more in memory) only to be dropped. A footer that cannot be read leaves the
+    // decision to the whole read, as before.
+    let fits = match last {
+        Some(h) => match history_event_count(store.clone(), shard, h).await {
+            Ok(count) => count + events <= policy.max_events,
+            Err(_) => true,
+        },
+        None => false,
+    };
+    if fits
+        && let Some(h) = last
         && let Some(old) = read_history(store, shard, h).await?
         && old.meta.event_count + events <= policy.max_events
     {
         events += old.meta.event_count;
+        held += old.segments.iter().map(segment_bytes).sum::<usize>();
+        holding.set(held);
         let mut merged = old.segments;
         merged.append(&mut taken);
         taken = merged;
         doomed.push(Doomed::History(h));
     }
-    // The events held, published so that the views give way ([`crate::budget`]); twice once
-    // the object is read back to compare.
-    let holding = view
-        .and_then(|v| v.read().ok().map(|s| s.upkeep_memory()))
-        .unwrap_or_default()
-        .hold();
-    let held: usize = taken.iter().map(segment_bytes).sum();
-    holding.set(held);
     let (first, last_n) = match (taken.first(), taken.last()) {
         (Some(a), Some(b)) => (a.meta.segment, b.meta.segment),
         _ => return Ok(CompactionReport::default()),
     };
     let path = keys::history(shard, first, last_n);
     let moved = taken.len() as u64;
+    holding.set(held.saturating_mul(2));
     let (bytes, taken) = tokio::task::spawn_blocking(move || {
         keepsake_segment::encode_history(shard, &taken).map(|b| (b, taken))
     })

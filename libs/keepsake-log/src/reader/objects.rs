@@ -437,6 +437,29 @@ pub(crate) async fn history_segment_meta(
     history_meta_of(store, shard, object, n).await
 }
 
+/// How many events history object `object` holds, from its footer alone (a range read, where
+/// [`read_history`] fetches and decodes it whole).
+pub async fn history_event_count(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    object: HistoryListed,
+) -> Result<u64, LogError> {
+    let mut reader = SegmentReader {
+        store,
+        path: keys::history(shard, object.first, object.last),
+        size: object.size,
+        whole: None,
+        tag: Tag::ANY,
+    };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| LogError::segment(shard, object.first, e.into()))?;
+    HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map(|h| h.event_count)
+        .map_err(|e| LogError::corrupt(shard, object.first, e))
+}
+
 /// The metadata of segment `n` from the footer of history object `object`.
 async fn history_meta_of(
     store: Arc<dyn ObjectStore>,
