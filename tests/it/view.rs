@@ -474,7 +474,7 @@ async fn the_view_gives_way_while_a_checkpoint_folds() {
     gate.reached().await;
     let held = log.upkeep_held_bytes();
     assert!(held > 0, "the fold published nothing");
-    let lowered = budget.saturating_sub(held).max(budget / 4);
+    let lowered = given_way(&log, budget, held);
     assert_eq!(log.view_budget_bytes(), lowered);
     assert!(
         lowered < full,
@@ -496,7 +496,7 @@ async fn the_view_gives_way_while_a_checkpoint_folds() {
         0,
         "a written checkpoint holds nothing"
     );
-    assert_eq!(log.view_budget_bytes(), budget);
+    assert_eq!(log.view_budget_bytes(), given_way(&log, budget, 0));
     for u in &users {
         let seq = log
             .user(u, keepsake_model::StateRead::last_seq)
@@ -534,10 +534,7 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     let held = log.upkeep_held_bytes();
     // 300 events of ~200-byte documents, each at least its struct and its text.
     assert!(held > 300 * 200, "the compaction published {held} bytes");
-    assert_eq!(
-        log.view_budget_bytes(),
-        budget.saturating_sub(held).max(budget / 4)
-    );
+    assert_eq!(log.view_budget_bytes(), given_way(&log, budget, held));
     gate.release();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while log
@@ -554,7 +551,7 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
         0,
         "an ended compaction holds nothing"
     );
-    assert_eq!(log.view_budget_bytes(), budget);
+    assert_eq!(log.view_budget_bytes(), given_way(&log, budget, 0));
     log.shutdown().await;
 }
 
@@ -596,10 +593,7 @@ async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
         held > 55 * 3 * 200,
         "{held} bytes published with 55 segments read"
     );
-    assert_eq!(
-        log.view_budget_bytes(),
-        budget.saturating_sub(held).max(budget / 4)
-    );
+    assert_eq!(log.view_budget_bytes(), given_way(&log, budget, held));
     reading.release();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while log
@@ -612,6 +606,47 @@ async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(log.upkeep_held_bytes(), 0);
+    log.shutdown().await;
+}
+
+/// What a one-shard view's users may hold with a budget of `budget` bytes while upkeep holds
+/// `held`: the budget less that and the indexes beside the users, at least a quarter of it.
+fn given_way(log: &keepsake_log::Log, budget: usize, held: usize) -> usize {
+    budget
+        .saturating_sub(held + log.view_index_counted_bytes())
+        .max(budget / 4)
+}
+
+/// The budget covers the indexes beside the users too: once measured (every so many commits),
+/// they are counted against it, and the users resident stay within what is left.
+#[tokio::test]
+async fn the_indexes_beside_the_users_count_against_the_view_budget() {
+    let budget = 1 << 20;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 1_000_000,
+        ..fast_config()
+    };
+    let log = open(Arc::new(InMemory::new()), 1, cfg).await.expect("open");
+    users_with_items(
+        &log,
+        keepsake_log::view::INDEX_MEASURE_EVERY as usize * 10,
+        3,
+    )
+    .await;
+    let (_, index) = log.index_footprint();
+    let counted = log.view_index_counted_bytes();
+    // Measured within the last so many commits: the users since then add to the tail index.
+    assert!(
+        counted > 0 && counted <= index,
+        "counted {counted}, the indexes {index}"
+    );
+    assert_eq!(log.view_budget_bytes(), budget - counted);
+    assert!(
+        log.resident_bytes() + counted <= budget,
+        "{} resident beside {counted} of indexes",
+        log.resident_bytes()
+    );
     log.shutdown().await;
 }
 

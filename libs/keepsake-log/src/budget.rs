@@ -17,6 +17,11 @@
 //!   cancelled leaves nothing counted.
 //! - [`ViewBudget::now`] never exceeds the shard's own budget, and never falls below a quarter
 //!   of it.
+//! - The budget covers the indexes a view keeps beside its users too
+//!   ([`ViewBudget::now_beside`]; [`crate::ShardState`] measures them every
+//!   [`crate::view::INDEX_MEASURE_EVERY`] commits): they grow with the users written since the
+//!   checkpoint before the newest, and the process must stay within the budget plus a fixed
+//!   overhead at any number of users.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -101,9 +106,16 @@ impl ViewBudget {
     /// The shard's own budget, less its share of what upkeep holds now, at least a quarter of
     /// its own.
     pub fn now(&self) -> usize {
+        self.now_beside(0)
+    }
+
+    /// [`Self::now`], less `beside`: what the view keeps next to its users (its indexes), which
+    /// the same budget covers; at least a quarter of its own.
+    pub fn now_beside(&self, beside: usize) -> usize {
         let share = self.upkeep.bytes() / self.shards;
         self.shard_bytes
             .saturating_sub(share)
+            .saturating_sub(beside)
             .max(self.shard_bytes / 4)
     }
 }
@@ -128,8 +140,10 @@ mod tests {
         assert_eq!(budget.now(), 700);
         a.set(100);
         assert_eq!(budget.now(), 775);
+        assert_eq!(budget.now_beside(75), 700, "the indexes beside the users");
         b.set(4000);
         assert_eq!(budget.now(), 250, "never below a quarter");
+        assert_eq!(budget.now_beside(75), 250, "never below a quarter");
         drop(b);
         assert_eq!(upkeep.bytes(), 100);
         drop(a);

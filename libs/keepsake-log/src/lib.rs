@@ -244,12 +244,21 @@ impl Log {
         self.upkeep_memory.bytes()
     }
 
-    /// What the views may hold now, over all shards: their budget less what upkeep holds
-    /// ([`budget::ViewBudget::now`]).
+    /// What the views' users may hold now, over all shards: their budget less what upkeep
+    /// holds and the indexes beside them ([`budget::ViewBudget::now_beside`]).
     pub fn view_budget_bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.state.read().map_or(0, |s| s.budget_bytes()))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// The indexes beside the views' users as their budgets last counted them (measured every
+    /// [`view::INDEX_MEASURE_EVERY`] commits), over all shards.
+    pub fn view_index_counted_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.state.read().map_or(0, |s| s.index_counted_bytes()))
             .fold(0, usize::saturating_add)
     }
 

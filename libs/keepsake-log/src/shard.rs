@@ -102,5 +102,7 @@ pub async fn recover_shard(
         state.last_recorded_at = last.map(|m| m.last_recorded_at);
     }
     info!(shard, head = state.head, checkpoint = ?checkpoint, users = state.resident_users(), "shard recovered");
+    // The indexes recovery rebuilt count against the view's budget from the first load on.
+    state.measure_index();
     Ok(state)
 }

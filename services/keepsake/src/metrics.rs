@@ -575,7 +575,7 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_view_budget_bytes",
-            "What the views may hold now: the view budget less what upkeep (checkpoint folds, compactions) holds, down to a quarter of it",
+            "What the views' users may hold now: the view budget less what upkeep (checkpoint folds, compactions) holds and the indexes beside the users, down to a quarter of it",
             log.view_budget_bytes() as u64,
         );
         gauge(
