@@ -30,12 +30,12 @@ use chrono::{DateTime, Utc};
 use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
 
 use crate::budget::ViewBudget;
+use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
 /// Commits between two measures of the indexes beside the users, which the view's budget
-/// covers: at 250 commits a second a shard, about every quarter second; a measure walks the
-/// tail index (~25,000 users a shard under `make sustained`, well under a millisecond).
+/// covers: at 250 commits a second a shard, about every quarter second. A measure walks the
+/// tail index (~25,000 users a shard under `make sustained`): too much for every commit.
 pub const INDEX_MEASURE_EVERY: u32 = 64;
-use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
 
 /// Change ids a resident user keeps exactly: those of its newest this-many events (up to twice
 /// as many between retirements, [`UserState::retire_changes`]). 48: twice that fits a table of
