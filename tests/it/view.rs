@@ -514,16 +514,7 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     let faulty = FaultyStore::new(Arc::new(InMemory::new()));
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let budget = 1 << 20;
-    let cfg = LogConfig {
-        view_memory_bytes: budget,
-        checkpoint_every_events: 300,
-        compaction: keepsake_log::compact::CompactionPolicy {
-            enabled: true,
-            min_segments: 4,
-            ..Default::default()
-        },
-        ..fast_config()
-    };
+    let cfg = compacting(budget);
     // The compaction has read its segments by the history object's PUT.
     let gate = faulty.hold(FaultOp::Put, "/history/");
     let log = open(store, 1, cfg).await.expect("open");
@@ -536,16 +527,7 @@ async fn the_view_gives_way_while_a_compaction_holds_events() {
     assert!(held > 300 * 200, "the compaction published {held} bytes");
     assert_eq!(log.view_budget_bytes(), given_way(&log, budget, held));
     gate.release();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while log
-        .stats()
-        .compactions
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no compaction ended");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_compaction_ended(&log).await;
     assert_eq!(
         log.upkeep_held_bytes(),
         0,
@@ -563,16 +545,7 @@ async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
     let faulty = FaultyStore::new(Arc::new(InMemory::new()));
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let budget = 1 << 20;
-    let cfg = LogConfig {
-        view_memory_bytes: budget,
-        checkpoint_every_events: 300,
-        compaction: keepsake_log::compact::CompactionPolicy {
-            enabled: true,
-            min_segments: 4,
-            ..Default::default()
-        },
-        ..fast_config()
-    };
+    let cfg = compacting(budget);
     // By the checkpoint's first PUT its fold has read the segments; every read of a segment
     // after it is the compaction's.
     let checkpointed = faulty.hold(FaultOp::Put, "/checkpoints/");
@@ -595,6 +568,28 @@ async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
     );
     assert_eq!(log.view_budget_bytes(), given_way(&log, budget, held));
     reading.release();
+    until_a_compaction_ended(&log).await;
+    assert_eq!(log.upkeep_held_bytes(), 0);
+    log.shutdown().await;
+}
+
+/// A view budget of `budget` bytes, a checkpoint every 300 events, and compaction after it
+/// once 4 segments wait.
+fn compacting(budget: usize) -> LogConfig {
+    LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 300,
+        compaction: keepsake_log::compact::CompactionPolicy {
+            enabled: true,
+            min_segments: 4,
+            ..Default::default()
+        },
+        ..fast_config()
+    }
+}
+
+/// Waits (at most 20 s) until a compaction has ended.
+async fn until_a_compaction_ended(log: &keepsake_log::Log) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while log
         .stats()
@@ -605,8 +600,6 @@ async fn the_view_gives_way_while_a_compaction_reads_its_segments() {
         assert!(std::time::Instant::now() < deadline, "no compaction ended");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(log.upkeep_held_bytes(), 0);
-    log.shutdown().await;
 }
 
 /// What a one-shard view's users may hold with a budget of `budget` bytes while upkeep holds

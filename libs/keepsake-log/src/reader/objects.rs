@@ -444,29 +444,19 @@ pub async fn history_event_count(
     shard: u32,
     object: HistoryListed,
 ) -> Result<u64, LogError> {
-    let mut reader = SegmentReader {
-        store,
-        path: keys::history(shard, object.first, object.last),
-        size: object.size,
-        whole: None,
-        tag: Tag::ANY,
-    };
-    let meta = reader
-        .get_metadata(None)
-        .await
-        .map_err(|e| LogError::segment(shard, object.first, e.into()))?;
-    HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
-        .map(|h| h.event_count)
-        .map_err(|e| LogError::corrupt(shard, object.first, e))
+    Ok(history_footer_meta(store, shard, object, object.first)
+        .await?
+        .event_count)
 }
 
-/// The metadata of segment `n` from the footer of history object `object`.
-async fn history_meta_of(
+/// The metadata in the footer of history object `object` (errors name segment `n`, the one
+/// the caller was after).
+async fn history_footer_meta(
     store: Arc<dyn ObjectStore>,
     shard: u32,
     object: HistoryListed,
     n: u64,
-) -> Result<Option<SegmentMeta>, LogError> {
+) -> Result<HistoryMeta, LogError> {
     let mut reader = SegmentReader {
         store,
         path: keys::history(shard, object.first, object.last),
@@ -478,8 +468,18 @@ async fn history_meta_of(
         .get_metadata(None)
         .await
         .map_err(|e| LogError::segment(shard, n, e.into()))?;
-    let history = HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
-        .map_err(|e| LogError::corrupt(shard, n, e))?;
+    HistoryMeta::from_key_values(meta.file_metadata().key_value_metadata())
+        .map_err(|e| LogError::corrupt(shard, n, e))
+}
+
+/// The metadata of segment `n` from the footer of history object `object`.
+async fn history_meta_of(
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+    object: HistoryListed,
+    n: u64,
+) -> Result<Option<SegmentMeta>, LogError> {
+    let history = history_footer_meta(store, shard, object, n).await?;
     let sources = history
         .sources()
         .map_err(|e| LogError::corrupt(shard, n, e))?;
