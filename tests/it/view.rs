@@ -643,6 +643,35 @@ async fn the_indexes_beside_the_users_count_against_the_view_budget() {
     log.shutdown().await;
 }
 
+/// The process's excess over its resident bound (measured by the server) takes the views'
+/// budget down by as much, and a rise evicts at once, with no commit to trigger it; back
+/// within the bound, the views get their budget back.
+#[tokio::test]
+async fn the_views_give_way_to_the_processs_resident_excess() {
+    let budget = 1 << 20;
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 1_000_000,
+        ..fast_config()
+    };
+    let log = open(Arc::new(InMemory::new()), 1, cfg).await.expect("open");
+    users_with_items(&log, 400, 3).await;
+    let before = log.resident_bytes();
+    let counted = log.view_index_counted_bytes();
+    assert!(before > budget / 4, "the users fill the view: {before}");
+    log.set_resident_excess(budget / 2);
+    assert_eq!(log.resident_excess_bytes(), budget / 2);
+    assert_eq!(log.view_budget_bytes(), budget / 2 - counted);
+    assert!(
+        log.resident_bytes() <= budget / 2 - counted,
+        "evicted at once: {} resident, was {before}",
+        log.resident_bytes()
+    );
+    log.set_resident_excess(0);
+    assert_eq!(log.view_budget_bytes(), budget - counted);
+    log.shutdown().await;
+}
+
 /// `users` new users, each given `items` items of ~200-byte documents in one push.
 async fn users_with_items(
     log: &keepsake_log::Log,

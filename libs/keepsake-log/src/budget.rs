@@ -22,6 +22,13 @@
 //!   [`crate::view::INDEX_MEASURE_EVERY`] commits): they grow with the users written since the
 //!   checkpoint before the newest, and the process must stay within the budget plus a fixed
 //!   overhead at any number of users.
+//! - The views give way also by what the process is resident beyond its bound
+//!   ([`ResidentExcess`], measured by the server): neither the allocator's overhead over what
+//!   the program holds (pages part-filled by evicted users' small objects) nor requests in
+//!   flight are counted by any holder, and over 30 minutes of sustained pushes both grew
+//!   (docs/BENCHMARKS.md, run 60). Freed bytes refill those pages before the allocator maps
+//!   new ones of the same sizes, so the process grows less (run 61); it is not a bound while
+//!   a fold's large buffers take fresh pages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -71,6 +78,24 @@ impl Drop for Holding {
     }
 }
 
+/// Bytes the process is resident beyond its bound, as last measured (0 when within it): every
+/// shard's view gives way by its share. Set by whoever measures the process (the server, from
+/// the kernel's count); nothing in the log library measures memory itself.
+#[derive(Clone, Debug, Default)]
+pub struct ResidentExcess(Arc<AtomicUsize>);
+
+impl ResidentExcess {
+    /// The excess last set.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    /// Publishes the excess measured now.
+    pub fn set(&self, bytes: usize) {
+        self.0.store(bytes, Relaxed);
+    }
+}
+
 /// What one shard's view may hold.
 #[derive(Clone, Debug)]
 pub struct ViewBudget {
@@ -79,6 +104,7 @@ pub struct ViewBudget {
     /// Shards sharing the upkeep's memory.
     shards: usize,
     upkeep: UpkeepMemory,
+    excess: ResidentExcess,
 }
 
 impl Default for ViewBudget {
@@ -95,7 +121,13 @@ impl ViewBudget {
             shard_bytes,
             shards: shards.max(1),
             upkeep,
+            excess: ResidentExcess::default(),
         }
+    }
+
+    /// The same budget, giving way also by its share of `excess`.
+    pub fn giving_way_to(self, excess: ResidentExcess) -> Self {
+        Self { excess, ..self }
     }
 
     /// What the process's upkeep holds, which this budget gives way to.
@@ -110,11 +142,14 @@ impl ViewBudget {
     }
 
     /// [`Self::now`], less `beside`: what the view keeps next to its users (its indexes), which
-    /// the same budget covers; at least a quarter of its own.
+    /// the same budget covers, and less its share of the process's [`ResidentExcess`]; at
+    /// least a quarter of its own.
     pub fn now_beside(&self, beside: usize) -> usize {
         let share = self.upkeep.bytes() / self.shards;
+        let excess = self.excess.bytes() / self.shards;
         self.shard_bytes
             .saturating_sub(share)
+            .saturating_sub(excess)
             .saturating_sub(beside)
             .max(self.shard_bytes / 4)
     }
@@ -150,5 +185,29 @@ mod tests {
         assert_eq!(upkeep.bytes(), 0);
         assert_eq!(budget.now(), 1000);
         assert_eq!(ViewBudget::default().now(), usize::MAX);
+    }
+
+    /// The views give way by their share of the process's excess over its bound, on top of
+    /// upkeep's, to the same floor, and get it back once the process is within its bound.
+    #[test]
+    fn views_give_way_to_the_resident_excess() {
+        let upkeep = UpkeepMemory::default();
+        let excess = ResidentExcess::default();
+        let budget = ViewBudget::new(1000, 4, upkeep.clone()).giving_way_to(excess.clone());
+        assert_eq!(budget.now(), 1000);
+        excess.set(200);
+        assert_eq!(budget.now(), 950, "a quarter of 200");
+        let fold = upkeep.hold();
+        fold.set(400);
+        assert_eq!(
+            budget.now_beside(50),
+            800,
+            "upkeep, excess and indexes together"
+        );
+        excess.set(1 << 40);
+        assert_eq!(budget.now(), 250, "never below a quarter");
+        excess.set(0);
+        drop(fold);
+        assert_eq!(budget.now(), 1000);
     }
 }

@@ -86,6 +86,9 @@ pub struct Log {
     stats: Arc<LogStats>,
     /// What the shards' checkpoint folds and compactions hold now; the views give way to it.
     upkeep_memory: budget::UpkeepMemory,
+    /// What the process is resident beyond its bound, as its owner last measured; the views
+    /// give way to it too.
+    resident_excess: budget::ResidentExcess,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
 }
@@ -126,12 +129,16 @@ impl Log {
         let turns = turns::Turns::new(cfg.upkeep_parallelism, cfg.upkeep_tick);
         let upkeep_thread = upkeep::UpkeepThread::start(cfg.upkeep_nice, cfg.upkeep_thread_start)?;
         let upkeep_memory = budget::UpkeepMemory::default();
+        let resident_excess = budget::ResidentExcess::default();
         for (shard, mut state) in (0..descriptor.shard_count).zip(recovered) {
-            state.set_budget(budget::ViewBudget::new(
-                cfg.view_memory_bytes,
-                descriptor.shard_count as usize,
-                upkeep_memory.clone(),
-            ));
+            state.set_budget(
+                budget::ViewBudget::new(
+                    cfg.view_memory_bytes,
+                    descriptor.shard_count as usize,
+                    upkeep_memory.clone(),
+                )
+                .giving_way_to(resident_excess.clone()),
+            );
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
             let state = Arc::new(RwLock::new(state));
@@ -199,6 +206,7 @@ impl Log {
             _upkeep_thread: upkeep_thread,
             stats,
             upkeep_memory,
+            resident_excess,
             cfg,
             clock,
         })
@@ -244,8 +252,30 @@ impl Log {
         self.upkeep_memory.bytes()
     }
 
+    /// Tells the views that the process is resident `bytes` beyond its bound (0: within it):
+    /// each shard's view gives way by its share ([`budget::ResidentExcess`]). When the excess
+    /// grows, every view evicts down to its new budget at once, not only at its next commit.
+    pub fn set_resident_excess(&self, bytes: usize) {
+        let was = self.resident_excess.bytes();
+        self.resident_excess.set(bytes);
+        if bytes > was {
+            for s in &self.shards {
+                if let Ok(mut state) = s.state.write() {
+                    let budget = state.budget_bytes();
+                    state.evict_over(budget);
+                }
+            }
+        }
+    }
+
+    /// The excess the views give way to now ([`Self::set_resident_excess`]).
+    pub fn resident_excess_bytes(&self) -> usize {
+        self.resident_excess.bytes()
+    }
+
     /// What the views' users may hold now, over all shards: their budget less what upkeep
-    /// holds and the indexes beside them ([`budget::ViewBudget::now_beside`]).
+    /// holds, the indexes beside them and the process's resident excess
+    /// ([`budget::ViewBudget::now_beside`]).
     pub fn view_budget_bytes(&self) -> usize {
         self.shards
             .iter()

@@ -226,6 +226,7 @@ pub fn main() -> Result<std::process::ExitCode> {
                 auth: a.auth,
                 limits,
                 fleet: a.fleet,
+                memory_overhead_bytes: a.memory_overhead_mb.saturating_mul(1 << 20),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .on_thread_start(crate::memory::bind_thread)

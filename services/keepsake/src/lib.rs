@@ -5,7 +5,8 @@
 //!   for clients that delete one item per request.
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
-//! - [`memory`]: the process's allocator (jemalloc) and what it holds, for `/metrics`.
+//! - [`memory`]: the process's allocator (jemalloc) and what it holds, for `/metrics`;
+//!   [`resident`]: the process's resident memory held within the view budget plus an overhead.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
 //! - [`cluster`]: many servers on one store (etcd or static shard ownership, forwarding).
 //! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.
@@ -27,6 +28,7 @@ pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod recover;
+pub mod resident;
 pub mod restore;
 pub mod restore_record;
 pub mod server;

@@ -575,7 +575,7 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_view_budget_bytes",
-            "What the views' users may hold now: the view budget less what upkeep (checkpoint folds, compactions) holds and the indexes beside the users, down to a quarter of it",
+            "What the views' users may hold now: the view budget less what upkeep (checkpoint folds, compactions) holds, the indexes beside the users and the process's resident excess, down to a quarter of it",
             log.view_budget_bytes() as u64,
         );
         gauge(
@@ -584,6 +584,20 @@ pub fn text(
             "Approximate bytes upkeep holds now: the states of checkpoint folds and the events of compactions; the views give way to them",
             log.upkeep_held_bytes() as u64,
         );
+        gauge(
+            &mut out,
+            "keepsake_resident_excess_bytes",
+            "Bytes the process was resident beyond the view budget plus --memory-overhead-mb at its last reading (every 100 ms); the views give way by as much",
+            log.resident_excess_bytes() as u64,
+        );
+        if let Some(resident) = crate::resident::resident_bytes() {
+            gauge(
+                &mut out,
+                "keepsake_resident_bytes",
+                "The process's resident memory (the kernel's VmRSS)",
+                resident,
+            );
+        }
         let (indexed, index_bytes) = log.index_footprint();
         gauge(
             &mut out,

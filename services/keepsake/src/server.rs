@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub fleet: FleetArgs,
     /// Alone, or which shards in a cluster.
     pub membership: Membership,
+    /// Resident memory beyond `log.view_memory_bytes` past which the views give way
+    /// ([`crate::resident`]).
+    pub memory_overhead_bytes: u64,
 }
 
 /// Shards a new store gets when none are configured.
@@ -387,6 +390,9 @@ pub async fn run(
         }
     });
 
+    let limit = (cfg.log.view_memory_bytes as u64).saturating_add(cfg.memory_overhead_bytes);
+    let resident = tokio::spawn(crate::resident::run(log.clone(), limit, stop_rx.clone()));
+
     let served = server.await;
     if let Some(c) = coordinator {
         let _ = c.await;
@@ -394,6 +400,7 @@ pub async fn run(
     info!("HTTP server stopped; draining the writers");
     log.shutdown().await;
     refresher.abort();
+    resident.abort();
     info!("stopped");
     match served {
         Ok(Ok(())) => Ok(()),

@@ -19,6 +19,7 @@ mod endpoints;
 mod formats;
 mod harness;
 mod recover;
+mod resident;
 mod restore;
 mod sync;
 mod tokens;
