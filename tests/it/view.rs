@@ -615,12 +615,7 @@ fn given_way(log: &keepsake_log::Log, budget: usize, held: usize) -> usize {
 #[tokio::test]
 async fn the_indexes_beside_the_users_count_against_the_view_budget() {
     let budget = 1 << 20;
-    let cfg = LogConfig {
-        view_memory_bytes: budget,
-        checkpoint_every_events: 1_000_000,
-        ..fast_config()
-    };
-    let log = open(Arc::new(InMemory::new()), 1, cfg).await.expect("open");
+    let log = one_shard_of(budget).await;
     users_with_items(
         &log,
         keepsake_log::view::INDEX_MEASURE_EVERY as usize * 10,
@@ -649,12 +644,7 @@ async fn the_indexes_beside_the_users_count_against_the_view_budget() {
 #[tokio::test]
 async fn the_views_give_way_to_the_processs_resident_excess() {
     let budget = 1 << 20;
-    let cfg = LogConfig {
-        view_memory_bytes: budget,
-        checkpoint_every_events: 1_000_000,
-        ..fast_config()
-    };
-    let log = open(Arc::new(InMemory::new()), 1, cfg).await.expect("open");
+    let log = one_shard_of(budget).await;
     users_with_items(&log, 400, 3).await;
     let before = log.resident_bytes();
     let counted = log.view_index_counted_bytes();
@@ -670,6 +660,17 @@ async fn the_views_give_way_to_the_processs_resident_excess() {
     log.set_resident_excess(0);
     assert_eq!(log.view_budget_bytes(), budget - counted);
     log.shutdown().await;
+}
+
+/// A log of one shard in memory whose view may hold `budget` bytes, checkpointing only when
+/// asked (so that nothing but the test moves the budget).
+async fn one_shard_of(budget: usize) -> keepsake_log::Log {
+    let cfg = LogConfig {
+        view_memory_bytes: budget,
+        checkpoint_every_events: 1_000_000,
+        ..fast_config()
+    };
+    open(Arc::new(InMemory::new()), 1, cfg).await.expect("open")
 }
 
 /// `users` new users, each given `items` items of ~200-byte documents in one push.
