@@ -6,7 +6,7 @@
 //! - [`auth`]: signed device tokens and the operator token; [`devices`]: the device registry.
 //! - [`sync_token`]: the tokens pulls hand out. [`metrics`]: `/metrics`.
 //! - [`memory`]: the process's allocator (jemalloc) and what it holds, for `/metrics`;
-//!   [`resident`]: the process's resident memory held within the view budget plus an overhead.
+//!   [`resident`]: the views give way when the process is resident past budget plus overhead.
 //! - [`server`]: startup, the embedded default's secrets, graceful shutdown. [`cli`]: flags.
 //! - [`cluster`]: many servers on one store (etcd or static shard ownership, forwarding).
 //! - [`recover`]: `keepsake recover-descriptor`, writing a lost store descriptor back.

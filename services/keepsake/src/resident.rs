@@ -1,4 +1,4 @@
-//! Keeps the process's resident memory within the view budget plus a fixed overhead.
+//! Steers the process's resident memory toward the view budget plus a fixed overhead.
 //!
 //! The views, the upkeep and the indexes beside the views count what they hold, and together
 //! stay within the view budget (`keepsake_log::budget`). What no holder counts is what the
