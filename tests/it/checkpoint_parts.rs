@@ -35,6 +35,7 @@ on_every_backend!(
     a_round_that_changes_every_user_past_the_fold_budget_holds_a_range_of_parts,
     a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole,
     one_users_read_of_a_part_fetches_its_own_documents,
+    a_cold_load_of_a_small_user_fetches_about_its_own_rows,
     a_read_of_the_past_starts_from_the_newest_checkpoint_for_users_unchanged_since,
     a_fleet_fold_reads_its_users_of_a_checkpoint_not_every_user,
     a_checkpoint_reads_the_parts_of_its_changed_users_at_once,
@@ -1534,4 +1535,59 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
     );
     assert_is_the_fold(&ts.store, head, &users).await;
     log.shutdown().await;
+}
+
+/// A cold load of one small user (20 items of ~500 bytes, as under `make sustained`) from a
+/// part of many such users fetches about its own rows: not a page of 2,048 rows of every
+/// column (~90 users' ids and keys) and the dictionaries of `user_id` and `changed_at`.
+async fn a_cold_load_of_a_small_user_fetches_about_its_own_rows(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let log = open(ts.store.clone(), 1, cfg(short_runs()))
+        .await
+        .expect("open");
+    let users: Vec<UserId> = (0..1_500).map(|_| user()).collect();
+    for u in &users {
+        // ~500 bytes of ids as text, as the load generator's documents.
+        let changes = (0..20)
+            .map(|_| {
+                let text: String = (0..15).map(|_| uuid().simple().to_string()).collect();
+                put(item(), json!({ "text": text }))
+            })
+            .collect();
+        push(&log, *u, changes).await.expect("push");
+    }
+    let n = checkpoint(&log).await;
+    log.shutdown().await;
+    let stats = Arc::new(keepsake_store::StoreStats::default());
+    let counted: Arc<dyn ObjectStore> = Arc::new(keepsake_store::InstrumentedStore::new(
+        ts.store.clone(),
+        stats.clone(),
+    ));
+    let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
+    let footers = keepsake_log::reader::Footers::default();
+    // The footer read once (a view keeps it), as every load after the first.
+    ck.user_with(counted.clone(), users[0], true, Some(&footers))
+        .await
+        .expect("read the first user");
+    let mut most = 0;
+    for u in [users[300], users[750], users[1_200]] {
+        let before = stats.bytes_read();
+        let state = ck
+            .user_with(counted.clone(), u, true, Some(&footers))
+            .await
+            .expect("read one user");
+        let read = stats.bytes_read() - before;
+        let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
+            .await
+            .expect("the user's log");
+        assert_eq!(state, UserState::replay(&events).expect("fold"));
+        most = most.max(read);
+    }
+    // ~6 KB of its own rows, in a page or two of each column: 24-35 KB. With a segment's pages
+    // (2,048 rows) and dictionaries, ~135 KB.
+    let bound = 2 * keepsake_segment::DOCUMENT_PAGE_BYTES as u64;
+    assert!(
+        most <= bound,
+        "one small user's cold load fetched {most} bytes (bound {bound})"
+    );
 }
