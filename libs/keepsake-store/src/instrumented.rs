@@ -34,6 +34,7 @@ use object_store::{
 
 use crate::cause::{Cause, current};
 use crate::histogram::AtomicHistogram;
+use crate::keys::{ObjectKind, object_kind};
 
 /// A kind of store request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,6 +150,8 @@ pub struct StoreStats {
     latency_micros: Vec<AtomicHistogram>,
     bytes_written: AtomicU64,
     bytes_read: AtomicU64,
+    /// Bytes read, indexed by cause, then the kind of object read.
+    bytes_read_by: Vec<AtomicU64>,
 }
 
 impl Default for StoreStats {
@@ -162,6 +165,9 @@ impl Default for StoreStats {
                 .collect(),
             bytes_written: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            bytes_read_by: (0..Cause::ALL.len() * ObjectKind::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 }
@@ -223,6 +229,39 @@ impl StoreStats {
     /// Bytes received in GETs (the ranges answered).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received in GETs made for `cause`.
+    pub fn bytes_read_for(&self, cause: Cause) -> u64 {
+        ObjectKind::ALL
+            .iter()
+            .map(|k| self.bytes_read_at(cause, *k))
+            .sum()
+    }
+
+    /// Bytes received in GETs of objects of kind `kind`.
+    pub fn bytes_read_of(&self, kind: ObjectKind) -> u64 {
+        Cause::ALL
+            .iter()
+            .map(|c| self.bytes_read_at(*c, kind))
+            .sum()
+    }
+
+    fn bytes_read_at(&self, cause: Cause, kind: ObjectKind) -> u64 {
+        self.bytes_read_by
+            .get(cause.index() * ObjectKind::ALL.len() + kind.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn add_read(&self, cause: Cause, location: &Path, len: u64) {
+        self.bytes_read.fetch_add(len, Ordering::Relaxed);
+        let kind = object_kind(location);
+        if let Some(c) = self
+            .bytes_read_by
+            .get(cause.index() * ObjectKind::ALL.len() + kind.index())
+        {
+            c.fetch_add(len, Ordering::Relaxed);
+        }
     }
 
     fn count(&self, cause: Cause, op: StoreOp, outcome: StoreOutcome) {
@@ -384,7 +423,7 @@ impl ObjectStore for InstrumentedStore {
             && let Ok(got) = &result
         {
             let len = got.range.end.saturating_sub(got.range.start);
-            self.stats.bytes_read.fetch_add(len, Ordering::Relaxed);
+            self.stats.add_read(current(), location, len);
         }
         result
     }
@@ -395,9 +434,7 @@ impl ObjectStore for InstrumentedStore {
         pending.finish(&result);
         if let Ok(parts) = &result {
             let len: usize = parts.iter().map(Bytes::len).sum();
-            self.stats
-                .bytes_read
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.stats.add_read(current(), location, len as u64);
         }
         result
     }
@@ -534,10 +571,31 @@ mod tests {
             store.get(&a).await.expect("get");
         })
         .await;
+        let segment = crate::keys::segment(0, 1);
+        store
+            .put(&segment, PutPayload::from("segment"))
+            .await
+            .expect("put");
+        with_cause(Cause::Read, async {
+            store.get_range(&segment, 0..3).await.expect("range");
+            store
+                .get_ranges(&segment, &[0..1, 4..7])
+                .await
+                .expect("ranges");
+        })
+        .await;
         assert_eq!(stats.requests_for(Cause::Checkpoint, StoreOp::Put), 1);
         assert_eq!(stats.requests_for(Cause::Checkpoint, StoreOp::List), 1);
         assert_eq!(stats.requests_for(Cause::Devices, StoreOp::Get), 1);
         assert_eq!(stats.requests_for(Cause::Other, StoreOp::Get), 0);
-        assert_eq!(stats.requests_of(StoreOp::Put), 1);
+        assert_eq!(stats.requests_of(StoreOp::Put), 2);
+        // Bytes read by cause and by the kind of object: the 1 byte of `a/1` (another kind),
+        // the 3 + 4 of the segment.
+        assert_eq!(stats.bytes_read_for(Cause::Devices), 1);
+        assert_eq!(stats.bytes_read_for(Cause::Read), 7);
+        assert_eq!(stats.bytes_read_of(ObjectKind::Segment), 7);
+        assert_eq!(stats.bytes_read_of(ObjectKind::Other), 1);
+        assert_eq!(stats.bytes_read_of(ObjectKind::Part), 0);
+        assert_eq!(stats.bytes_read(), 8);
     }
 }

@@ -439,6 +439,64 @@ fn parse_id<T: std::str::FromStr + std::fmt::Display>(s: &str) -> Option<T> {
     (parsed.to_string() == s).then_some(parsed)
 }
 
+/// The kinds of object a store request may be for, as `/metrics` splits the bytes read
+/// ([`object_kind`]): cheap to tell from the path's directory, without parsing the file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// `shards/<s>/segments/…`
+    Segment,
+    /// `shards/<s>/history/…`, verified markers included.
+    History,
+    /// `shards/<s>/parts/…`: checkpoint parts and filter runs.
+    Part,
+    /// `shards/<s>/checkpoints/…`: manifests and whole checkpoints.
+    Checkpoint,
+    /// Anything else: chains, devices, revocations, restores, the descriptor.
+    Other,
+}
+
+impl ObjectKind {
+    /// Every kind, in the order metrics show them.
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Segment,
+        ObjectKind::History,
+        ObjectKind::Part,
+        ObjectKind::Checkpoint,
+        ObjectKind::Other,
+    ];
+
+    /// The label metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Segment => "segment",
+            ObjectKind::History => "history",
+            ObjectKind::Part => "part",
+            ObjectKind::Checkpoint => "checkpoint",
+            ObjectKind::Other => "other",
+        }
+    }
+
+    /// Its place in [`ObjectKind::ALL`].
+    pub fn index(self) -> usize {
+        ObjectKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or(ObjectKind::ALL.len() - 1)
+    }
+}
+
+/// What kind of object `path` names, by its directory under `shards/<s>/`.
+pub fn object_kind(path: &Path) -> ObjectKind {
+    let mut parts = path.as_ref().split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("shards"), Some(_), Some("segments")) => ObjectKind::Segment,
+        (Some("shards"), Some(_), Some("history")) => ObjectKind::History,
+        (Some("shards"), Some(_), Some("parts")) => ObjectKind::Part,
+        (Some("shards"), Some(_), Some("checkpoints")) => ObjectKind::Checkpoint,
+        _ => ObjectKind::Other,
+    }
+}
+
 /// Parses a path written by this module; `None` for anything else.
 pub fn parse(path: &Path) -> Option<Key> {
     let parts: Vec<&str> = path.as_ref().split('/').collect();

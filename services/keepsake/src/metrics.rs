@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_log::LogStats;
+use keepsake_store::keys::ObjectKind;
 use keepsake_store::{Cause, StoreOp, StoreOutcome, StoreStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -289,6 +290,30 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
         "Bytes of the store GETs answered",
         s.bytes_read(),
     );
+    let name = "keepsake_store_read_bytes_by_cause";
+    let _ = write!(
+        out,
+        "# HELP {name} Bytes of the store GETs answered, by the work they were for\n# TYPE {name} counter\n"
+    );
+    for cause in Cause::ALL {
+        let n = s.bytes_read_for(cause);
+        if n > 0 {
+            let _ = writeln!(out, "{name}_total{{cause=\"{}\"}} {n}", cause.as_str());
+        }
+    }
+    let name = "keepsake_store_read_bytes_by_object";
+    let _ = write!(
+        out,
+        "# HELP {name} Bytes of the store GETs answered, by the kind of object read (segment, history, part, checkpoint, other)\n# TYPE {name} counter\n"
+    );
+    for kind in ObjectKind::ALL {
+        let _ = writeln!(
+            out,
+            "{name}_total{{object=\"{}\"}} {}",
+            kind.as_str(),
+            s.bytes_read_of(kind)
+        );
+    }
 }
 
 /// The OpenMetrics text of `/metrics`: these metrics, then the log's counters (read from
