@@ -978,7 +978,7 @@ async fn a_full_history_object_is_not_read_whole_to_learn_it_is_full() {
 
 /// One user's read of a large history object (1,500 users' events, as compaction merges them)
 /// fetches about its own rows: under `make sustained`, the stale patches' reads of their bases
-/// in history objects fetched ~1 GB a second by minute 8, growing as the objects grew (the
+/// in history objects fetched ~0.9 GB a second by minute 9, growing as the objects grew (the
 /// dictionary pages of `user_id`, `device_id`, `request_id` and `recorded_at`, whole, pages of
 /// 2,048 rows, and everything less than 1 MiB between the pages wanted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

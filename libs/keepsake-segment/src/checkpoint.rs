@@ -41,7 +41,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
 use serde_json::{Value, json};
 
-use crate::codec::{ENCODE_CHUNK_ROWS, writer_properties_builder};
+use crate::codec::{ENCODE_CHUNK_ROWS, one_user_read_properties_builder};
 use crate::error::{SegmentError, invalid};
 
 /// The newest checkpoint format version this build writes. Version 2 has the columns of
@@ -329,53 +329,18 @@ impl std::fmt::Debug for CheckpointEncoder {
     }
 }
 
-/// Rows per data page of a checkpoint (a segment's pages hold 2,048). A cold load reads, of
-/// every column, each page that may hold one of the user's rows, whole.
-const CHECKPOINT_PAGE_ROWS: usize = 256;
-/// Bytes of a checkpoint's data page of documents (before compression); rows are added
-/// `CHECKPOINT_WRITE_BATCH_ROWS` at a time, so a page outgrows it by at most that many.
-const CHECKPOINT_DOCUMENT_PAGE_BYTES: usize = 16 * 1024;
-const CHECKPOINT_WRITE_BATCH_ROWS: usize = 16;
-const _: () = assert!(
-    CHECKPOINT_PAGE_ROWS % CHECKPOINT_WRITE_BATCH_ROWS == 0
-        && ENCODE_CHUNK_ROWS % CHECKPOINT_PAGE_ROWS == 0
-);
-
 impl CheckpointEncoder {
-    /// An encoder of a checkpoint with `meta` (its `user_count` is the users pushed).
-    ///
-    /// Its pages are cut for cold loads of one user, which read every column's pages that may
-    /// hold the user's rows, and the dictionary page of every column that has one, whole. With
-    /// a segment's settings a load of a user of 20 items of ~500 bytes from a part of 1,500
-    /// users fetched 135-170 KB, for ~6 KB of its own rows (a page of 2,048 rows of each column,
-    /// ~50 users' ids and keys, and the dictionaries of `user_id` and `changed_at`); under
-    /// `make sustained`, where most pushes met an evicted user, the server read ~240 MB a
-    /// second from the store. With pages of 256 rows, documents' of 16 KB, and no dictionaries
-    /// (ids sorted and repeated are delta-encoded instead, times delta-packed): ~24-35 KB, for
-    /// a part 1% larger and a longer page index (kept in the view's footers, counted against
-    /// its budget). Encodings are the writer's choice: every reader reads them (the format is
-    /// unchanged).
+    /// An encoder of a checkpoint with `meta` (its `user_count` is the users pushed), its
+    /// pages cut for cold loads of one user (`one_user_read_properties_builder`).
     pub fn new(meta: &CheckpointMeta) -> Result<Self, SegmentError> {
         use parquet::basic::Encoding;
         use parquet::schema::types::ColumnPath;
         // An item's id on its row, random: a dictionary would hold nearly every value, and a
         // one-user read fetches the dictionary page whole (~1 MB a cold load from a part of
         // 4,096 users, for ~10 KB of the user's rows).
-        let mut props = writer_properties_builder()?
-            .set_data_page_row_count_limit(CHECKPOINT_PAGE_ROWS)
-            .set_write_batch_size(CHECKPOINT_WRITE_BATCH_ROWS)
-            .set_column_data_page_size_limit(
-                ColumnPath::from("document"),
-                CHECKPOINT_DOCUMENT_PAGE_BYTES,
-            )
-            .set_column_dictionary_enabled(ColumnPath::from("key"), false)
-            .set_column_dictionary_enabled(ColumnPath::from("user_id"), false)
-            .set_column_encoding(ColumnPath::from("user_id"), Encoding::DELTA_BYTE_ARRAY)
-            .set_column_dictionary_enabled(ColumnPath::from("changed_at"), false)
-            .set_column_encoding(
-                ColumnPath::from("changed_at"),
-                Encoding::DELTA_BINARY_PACKED,
-            );
+        let mut props =
+            one_user_read_properties_builder(&[("changed_at", Encoding::DELTA_BINARY_PACKED)])?
+                .set_column_dictionary_enabled(ColumnPath::from("key"), false);
         if meta.format_version >= 5 {
             // Random bits: no dictionary, no statistics, nothing to compress.
             let filter = ColumnPath::from("filter");

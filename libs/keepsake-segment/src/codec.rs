@@ -15,7 +15,7 @@ use keepsake_model::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -91,6 +91,55 @@ pub fn writer_properties_builder()
     }
     for name in NO_STATISTICS_COLUMNS {
         b = b.set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
+    }
+    Ok(b)
+}
+
+/// Rows per data page of an object read mostly one user at a time (a checkpoint part, a
+/// history object): a read of one user fetches, of every column, each page that may hold one
+/// of its rows, whole.
+const ONE_USER_PAGE_ROWS: usize = 256;
+/// Bytes of such an object's data page of documents (before compression); rows are added
+/// `ONE_USER_WRITE_BATCH_ROWS` at a time, so a page outgrows it by at most that many.
+const ONE_USER_DOCUMENT_PAGE_BYTES: usize = 16 * 1024;
+const ONE_USER_WRITE_BATCH_ROWS: usize = 16;
+const _: () = assert!(
+    ONE_USER_PAGE_ROWS % ONE_USER_WRITE_BATCH_ROWS == 0
+        && ENCODE_CHUNK_ROWS % ONE_USER_PAGE_ROWS == 0
+);
+
+/// [`writer_properties_builder`] for an object read mostly one user at a time (checkpoint
+/// parts, history objects), with `dense`: its columns of many values, each with the encoding
+/// it takes instead of a dictionary.
+///
+/// A read of one user fetches every column's pages that may hold its rows and every column's
+/// dictionary page, whole. With a segment's settings (pages of 2,048 rows, dictionaries) a
+/// cold load of a user of 20 items of ~500 bytes from a part of 1,500 such users asked for
+/// 135-171 KB for ~6 KB of its own rows, and a read of one user's events from a history object
+/// of theirs ~1.6 MB (2.4 MB with the ranges up to 1 MiB apart that the reader then fetched
+/// together); under `make sustained` stale patches' reads of their bases from ever larger
+/// history objects reached ~0.9 GB a second by minute 9 (docs/BENCHMARKS.md, runs 62-65). Pages of 256 rows,
+/// documents' of 16 KiB, `user_id` delta-encoded (sorted and repeated) and no dictionary on
+/// the columns in `dense`: tens of KB, for objects ~1% larger and longer page indexes (kept
+/// in the view's footers, counted against its budget). Encodings are the writer's choice,
+/// which Parquet records per column chunk: every reader reads them, the format is unchanged.
+pub(crate) fn one_user_read_properties_builder(
+    dense: &[(&str, Encoding)],
+) -> Result<parquet::file::properties::WriterPropertiesBuilder, SegmentError> {
+    let mut b = writer_properties_builder()?
+        .set_data_page_row_count_limit(ONE_USER_PAGE_ROWS)
+        .set_write_batch_size(ONE_USER_WRITE_BATCH_ROWS)
+        .set_column_data_page_size_limit(
+            ColumnPath::from("document"),
+            ONE_USER_DOCUMENT_PAGE_BYTES,
+        );
+    for (column, encoding) in [("user_id", Encoding::DELTA_BYTE_ARRAY)]
+        .iter()
+        .chain(dense)
+    {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(*column), false)
+            .set_column_encoding(ColumnPath::from(*column), *encoding);
     }
     Ok(b)
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::codec::{
     DECODE_BATCH_ROWS, ENCODE_CHUNK_ROWS, Segment, decode_batch, event_columns,
-    writer_properties_builder,
+    one_user_read_properties_builder,
 };
 use crate::error::{SegmentError, invalid};
 use crate::schema::{KNOWN_VERSIONS, Kv, SEGMENT_COLUMN, SegmentMeta, history_schema};
@@ -261,50 +261,23 @@ pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, Segment
     Ok(Bytes::from(writer.into_inner()?))
 }
 
-/// Rows per data page of a history object (a segment's pages hold 2,048).
-const HISTORY_PAGE_ROWS: usize = 256;
-/// Bytes of a history object's data page of documents (before compression); rows are added
-/// `HISTORY_WRITE_BATCH_ROWS` at a time, so a page outgrows it by at most that many.
-const HISTORY_DOCUMENT_PAGE_BYTES: usize = 16 * 1024;
-const HISTORY_WRITE_BATCH_ROWS: usize = 16;
-const _: () = assert!(
-    HISTORY_PAGE_ROWS % HISTORY_WRITE_BATCH_ROWS == 0 && ENCODE_CHUNK_ROWS % HISTORY_PAGE_ROWS == 0
-);
-
-/// The Parquet settings of a history object: a segment's, cut for reads of one user.
-///
-/// A history object is read for one user far more often than whole: a stale patch's base, a
-/// resent change id, an as-of read or an audit. Such a read fetches, of every column, the
-/// pages that may hold the user's rows and the column's dictionary page, whole. With a
-/// segment's settings, at 1,500 users' events, one user's read fetched ~1 MB for ~6 KB of its
-/// own rows, and under `make sustained` the stale patches' reads of history objects grew to
-/// ~1 GB a second by minute 8 (~5 MB a read, as the objects grew), more than everything else
-/// the server read. So: pages of 256 rows, documents' of 16 KiB, and no dictionary on the
-/// columns with many values — ids sorted by user and repeated (`user_id`, `device_id`,
-/// `request_id`, `restore_id`) are delta-encoded, numbers that rise within a user (`seq`,
-/// `recorded_at`, `segment`) delta-packed. Encodings are the writer's choice, which every
-/// reader reads: the format is unchanged.
+/// The Parquet settings of a history object: read for one user far more often than whole (a
+/// stale patch's base, a resent change id, an as-of read, an audit), so cut for that
+/// (`one_user_read_properties_builder`): its ids sorted by user and repeated are
+/// delta-encoded, its numbers that rise within a user delta-packed, none with a dictionary.
+/// With a segment's settings the dictionary pages of `user_id`, `device_id`, `request_id` and
+/// `recorded_at` (up to 1 MB each) were most of what such a read fetched.
 fn history_properties() -> Result<parquet::file::properties::WriterProperties, SegmentError> {
     use parquet::basic::Encoding;
-    use parquet::schema::types::ColumnPath;
-    let mut props = writer_properties_builder()?
-        .set_data_page_row_count_limit(HISTORY_PAGE_ROWS)
-        .set_write_batch_size(HISTORY_WRITE_BATCH_ROWS)
-        .set_column_data_page_size_limit(ColumnPath::from("document"), HISTORY_DOCUMENT_PAGE_BYTES);
-    for (column, encoding) in [
-        ("user_id", Encoding::DELTA_BYTE_ARRAY),
+    Ok(one_user_read_properties_builder(&[
         ("device_id", Encoding::DELTA_BYTE_ARRAY),
         ("request_id", Encoding::DELTA_BYTE_ARRAY),
         ("restore_id", Encoding::DELTA_BYTE_ARRAY),
         ("seq", Encoding::DELTA_BINARY_PACKED),
         ("recorded_at", Encoding::DELTA_BINARY_PACKED),
         (SEGMENT_COLUMN, Encoding::DELTA_BINARY_PACKED),
-    ] {
-        props = props
-            .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_encoding(ColumnPath::from(column), encoding);
-    }
-    Ok(props.build())
+    ])?
+    .build())
 }
 
 /// The `segment` column of a batch read from a history object; `None` for a segment's batch.
