@@ -1201,32 +1201,33 @@ async fn a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole(backend: Bac
     log.shutdown().await;
 }
 
-/// A cold load reads one user of a part: it fetches the pages of documents holding that user's
-/// rows, not those of every user sharing its pages of ids (~2,048 rows: ~50 users here). Before
-/// the row filter on user_id, each load fetched and decompressed ~50 users' documents.
-async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
+/// A store with `users` users, each of 20 items whose documents are `ids` ids as text
+/// ([`puts_of_text`]), checkpointed (one shard); the users and the checkpoint's segment.
+async fn users_of_text_checkpointed(
+    backend: Backend,
+    users: usize,
+    ids: usize,
+) -> (keepsake_tests::TestStore, Vec<UserId>, u64) {
     let ts = keepsake_tests::store(backend).await.expect("store");
     let log = open(ts.store.clone(), 1, cfg(short_runs()))
         .await
         .expect("open");
-    let users: Vec<UserId> = (0..150).map(|_| user()).collect();
+    let users: Vec<UserId> = (0..users).map(|_| user()).collect();
     for u in &users {
-        // 20 items of ~3 KB of ids as text: zstd cannot shrink them much.
-        let changes = (0..20)
-            .map(|_| {
-                let text: String = (0..80).map(|_| uuid().simple().to_string()).collect();
-                put(item(), json!({ "text": text }))
-            })
-            .collect();
-        push(&log, *u, changes).await.expect("push");
+        push(&log, *u, puts_of_text(20, ids)).await.expect("push");
     }
     let n = checkpoint(&log).await;
     log.shutdown().await;
-    let stats = Arc::new(keepsake_store::StoreStats::default());
-    let counted: Arc<dyn ObjectStore> = Arc::new(keepsake_store::InstrumentedStore::new(
-        ts.store.clone(),
-        stats.clone(),
-    ));
+    (ts, users, n)
+}
+
+/// A cold load reads one user of a part: it fetches the pages of documents holding that user's
+/// rows, not those of every user sharing its pages of ids (~2,048 rows: ~50 users here). Before
+/// the row filter on user_id, each load fetched and decompressed ~50 users' documents.
+async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
+    // 20 items of ~3 KB of ids as text.
+    let (ts, users, n) = users_of_text_checkpointed(backend, 150, 80).await;
+    let (counted, stats) = counted_store(ts.store.clone());
     let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
     let Checkpoint::Parts(m) = &ck else {
         panic!("checkpoint {n} is not a manifest");
@@ -1541,28 +1542,9 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
 /// part of many such users fetches about its own rows: not a page of 2,048 rows of every
 /// column (~90 users' ids and keys) and the dictionaries of `user_id` and `changed_at`.
 async fn a_cold_load_of_a_small_user_fetches_about_its_own_rows(backend: Backend) {
-    let ts = keepsake_tests::store(backend).await.expect("store");
-    let log = open(ts.store.clone(), 1, cfg(short_runs()))
-        .await
-        .expect("open");
-    let users: Vec<UserId> = (0..1_500).map(|_| user()).collect();
-    for u in &users {
-        // ~500 bytes of ids as text, as the load generator's documents.
-        let changes = (0..20)
-            .map(|_| {
-                let text: String = (0..15).map(|_| uuid().simple().to_string()).collect();
-                put(item(), json!({ "text": text }))
-            })
-            .collect();
-        push(&log, *u, changes).await.expect("push");
-    }
-    let n = checkpoint(&log).await;
-    log.shutdown().await;
-    let stats = Arc::new(keepsake_store::StoreStats::default());
-    let counted: Arc<dyn ObjectStore> = Arc::new(keepsake_store::InstrumentedStore::new(
-        ts.store.clone(),
-        stats.clone(),
-    ));
+    // ~500 bytes of ids as text, as the load generator's documents.
+    let (ts, users, n) = users_of_text_checkpointed(backend, 1_500, 15).await;
+    let (counted, stats) = counted_store(ts.store.clone());
     let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
     let footers = keepsake_log::reader::Footers::default();
     // The footer read once (a view keeps it), as every load after the first.

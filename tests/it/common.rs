@@ -44,6 +44,27 @@ pub fn put(item_id: ItemId, doc: Value) -> Change {
     change(Kind::Note, item_id, None, ChangeBody::put(doc))
 }
 
+/// Puts of `n` new items, each a document of `ids` ids as text (~33 bytes each: zstd cannot
+/// shrink them much; 15 make the ~500 bytes of the load generator's documents).
+pub fn puts_of_text(n: usize, ids: usize) -> Vec<Change> {
+    (0..n)
+        .map(|_| {
+            let text: String = (0..ids).map(|_| uuid().simple().to_string()).collect();
+            put(item(), serde_json::json!({ "text": text }))
+        })
+        .collect()
+}
+
+/// `store` with what it is sent counted.
+pub fn counted_store(
+    store: Arc<dyn ObjectStore>,
+) -> (Arc<dyn ObjectStore>, Arc<keepsake_store::StoreStats>) {
+    let stats = Arc::new(keepsake_store::StoreStats::default());
+    let counted: Arc<dyn ObjectStore> =
+        Arc::new(keepsake_store::InstrumentedStore::new(store, stats.clone()));
+    (counted, stats)
+}
+
 pub fn push_of(user_id: UserId, changes: Vec<Change>) -> PushRequest {
     PushRequest {
         user_id,

@@ -983,11 +983,8 @@ async fn a_full_history_object_is_not_read_whole_to_learn_it_is_full() {
 /// 2,048 rows, and everything less than 1 MiB between the pages wanted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_read_of_a_large_history_object_fetches_about_its_own_rows() {
-    use keepsake_store::{InstrumentedStore, StoreStats};
     let ts = store(Backend::Memory).await.expect("store");
-    let stats = Arc::new(StoreStats::default());
-    let counted: Arc<dyn ObjectStore> =
-        Arc::new(InstrumentedStore::new(ts.store.clone(), stats.clone()));
+    let (counted, stats) = counted_store(ts.store.clone());
     let whole = LogConfig {
         compaction: CompactionPolicy {
             enabled: false,
@@ -1000,13 +997,7 @@ async fn one_users_read_of_a_large_history_object_fetches_about_its_own_rows() {
     let users: Vec<UserId> = (0..1_500).map(|_| user()).collect();
     for u in &users {
         // ~500 bytes of ids as text, as the load generator's documents.
-        let changes = (0..20)
-            .map(|_| {
-                let text: String = (0..15).map(|_| uuid().simple().to_string()).collect();
-                put(item(), json!({ "text": text }))
-            })
-            .collect();
-        push(&log, *u, changes).await.expect("push");
+        push(&log, *u, puts_of_text(20, 15)).await.expect("push");
     }
     log.compact_now().await.expect("compact");
     let layout = list_layout(ts.store.as_ref(), 0).await.expect("layout");
