@@ -118,10 +118,11 @@ const _: () = assert!(
 /// 135-171 KB for ~6 KB of its own rows, and a read of one user's events from a history object
 /// of theirs ~1.6 MB (2.4 MB with the ranges up to 1 MiB apart that the reader then fetched
 /// together); under `make sustained` stale patches' reads of their bases from ever larger
-/// history objects reached ~0.9 GB a second by minute 9 (docs/BENCHMARKS.md, runs 62-66). Pages of 256 rows,
-/// documents' of 16 KiB, `user_id` delta-encoded (sorted and repeated) and no dictionary on
-/// the columns in `dense`: tens of KB, for objects ~1% larger and longer page indexes (kept
-/// in the view's footers, counted against its budget). Encodings are the writer's choice,
+/// history objects reached ~0.9 GB a second by minute 9 (docs/BENCHMARKS.md, runs 62-66).
+/// Pages of 256 rows, documents' of 16 KiB, `user_id` delta-encoded (sorted and repeated) and
+/// no dictionary on the columns in `dense`: tens of KB, for parts ~1% larger (history
+/// objects' size not measured) and longer page indexes (kept in the view's footers, counted
+/// against its budget). Encodings are the writer's choice,
 /// which Parquet records per column chunk: every reader reads them, the format is unchanged.
 pub(crate) fn one_user_read_properties_builder(
     dense: &[(&str, Encoding)],
