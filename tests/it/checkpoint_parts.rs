@@ -1201,6 +1201,29 @@ async fn a_few_busy_users_do_not_make_a_checkpoint_read_parts_whole(backend: Bac
     log.shutdown().await;
 }
 
+/// Reads user `u` of checkpoint `ck` through `counted` (with `footers` when given), checks it
+/// is the fold of the user's log, and returns the bytes the read fetched.
+async fn counted_read_of_one(
+    ck: &Checkpoint,
+    counted: &Arc<dyn ObjectStore>,
+    stats: &keepsake_store::StoreStats,
+    store: &Arc<dyn ObjectStore>,
+    u: UserId,
+    footers: Option<&keepsake_log::reader::Footers>,
+) -> u64 {
+    let before = stats.bytes_read();
+    let state = ck
+        .user_with(counted.clone(), u, true, footers)
+        .await
+        .expect("read one user");
+    let read = stats.bytes_read() - before;
+    let (events, _) = read_user(store.clone(), 0, u, UpTo::End)
+        .await
+        .expect("the user's log");
+    assert_eq!(state, UserState::replay(&events).expect("fold"));
+    read
+}
+
 /// A store with `users` users, each of 20 items whose documents are `ids` ids as text
 /// ([`puts_of_text`]), checkpointed (one shard); the users and the checkpoint's segment.
 async fn users_of_text_checkpointed(
@@ -1234,16 +1257,7 @@ async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
     };
     let part_bytes = m.base.iter().map(|b| b.part.bytes).sum::<u64>();
     let u = users[users.len() / 2];
-    let before = stats.bytes_read();
-    let state = ck
-        .user(counted.clone(), u, true)
-        .await
-        .expect("read one user");
-    let read = stats.bytes_read() - before;
-    let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
-        .await
-        .expect("the user's log");
-    assert_eq!(state, UserState::replay(&events).expect("fold"));
+    let read = counted_read_of_one(&ck, &counted, &stats, &ts.store, u, None).await;
     // The user's ~60 KB of documents (a few pages), the pages of its ids and keys, the footer.
     let bound = 16 * keepsake_segment::DOCUMENT_PAGE_BYTES as u64;
     assert!(
@@ -1553,16 +1567,7 @@ async fn a_cold_load_of_a_small_user_fetches_about_its_own_rows(backend: Backend
         .expect("read the first user");
     let mut most = 0;
     for u in [users[300], users[750], users[1_200]] {
-        let before = stats.bytes_read();
-        let state = ck
-            .user_with(counted.clone(), u, true, Some(&footers))
-            .await
-            .expect("read one user");
-        let read = stats.bytes_read() - before;
-        let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
-            .await
-            .expect("the user's log");
-        assert_eq!(state, UserState::replay(&events).expect("fold"));
+        let read = counted_read_of_one(&ck, &counted, &stats, &ts.store, u, Some(&footers)).await;
         most = most.max(read);
     }
     // ~6 KB of its own rows, in a page or two of each column, and what lies between pages

@@ -149,7 +149,6 @@ pub struct StoreStats {
     requests: Vec<AtomicU64>,
     latency_micros: Vec<AtomicHistogram>,
     bytes_written: AtomicU64,
-    bytes_read: AtomicU64,
     /// Bytes read, indexed by cause, then the kind of object read.
     bytes_read_by: Vec<AtomicU64>,
 }
@@ -164,7 +163,6 @@ impl Default for StoreStats {
                 .map(|_| AtomicHistogram::new(MICROS_BOUNDS))
                 .collect(),
             bytes_written: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
             bytes_read_by: (0..Cause::ALL.len() * ObjectKind::ALL.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -228,7 +226,10 @@ impl StoreStats {
 
     /// Bytes received in GETs (the ranges answered).
     pub fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+        self.bytes_read_by
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Bytes received in GETs made for `cause`.
@@ -254,7 +255,6 @@ impl StoreStats {
     }
 
     fn add_read(&self, cause: Cause, location: &Path, len: u64) {
-        self.bytes_read.fetch_add(len, Ordering::Relaxed);
         let kind = object_kind(location);
         if let Some(c) = self
             .bytes_read_by
