@@ -1250,7 +1250,7 @@ async fn users_of_text_checkpointed(
 async fn one_users_read_of_a_part_fetches_its_own_documents(backend: Backend) {
     // 20 items of ~3 KB of ids as text.
     let (ts, users, n) = users_of_text_checkpointed(backend, 150, 80).await;
-    let (counted, stats) = counted_store(ts.store.clone());
+    let (counted, stats) = counted_store(&ts);
     let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
     let Checkpoint::Parts(m) = &ck else {
         panic!("checkpoint {n} is not a manifest");
@@ -1558,7 +1558,7 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
 async fn a_cold_load_of_a_small_user_fetches_about_its_own_rows(backend: Backend) {
     // ~500 bytes of ids as text, as the load generator's documents.
     let (ts, users, n) = users_of_text_checkpointed(backend, 1_500, 15).await;
-    let (counted, stats) = counted_store(ts.store.clone());
+    let (counted, stats) = counted_store(&ts);
     let ck = open_checkpoint(counted.as_ref(), 0, n).await.expect("open");
     let footers = keepsake_log::reader::Footers::default();
     // The footer read once (a view keeps it), as every load after the first.

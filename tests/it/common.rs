@@ -55,13 +55,17 @@ pub fn puts_of_text(n: usize, ids: usize) -> Vec<Change> {
         .collect()
 }
 
-/// `store` with what it is sent counted.
+/// A test store with what it is sent counted as the server counts it (over S3, each range of
+/// a `get_ranges` a GET with its bytes).
 pub fn counted_store(
-    store: Arc<dyn ObjectStore>,
+    ts: &keepsake_tests::TestStore,
 ) -> (Arc<dyn ObjectStore>, Arc<keepsake_store::StoreStats>) {
     let stats = Arc::new(keepsake_store::StoreStats::default());
-    let counted: Arc<dyn ObjectStore> =
-        Arc::new(keepsake_store::InstrumentedStore::new(store, stats.clone()));
+    let counted: Arc<dyn ObjectStore> = Arc::new(keepsake_store::InstrumentedStore::with_ranges(
+        ts.store.clone(),
+        stats.clone(),
+        ts.ranges,
+    ));
     (counted, stats)
 }
 

@@ -984,7 +984,7 @@ async fn a_full_history_object_is_not_read_whole_to_learn_it_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_read_of_a_large_history_object_fetches_about_its_own_rows() {
     let ts = store(Backend::Memory).await.expect("store");
-    let (counted, stats) = counted_store(ts.store.clone());
+    let (counted, stats) = counted_store(&ts);
     let whole = LogConfig {
         compaction: CompactionPolicy {
             enabled: false,

@@ -45,6 +45,8 @@ pub struct TestStore {
     pub url: String,
     /// `AWS_*` settings that go with the URL (S3 only).
     pub env: Vec<(String, String)>,
+    /// How the store's `get_ranges` reaches the backend, for a test's own counting layer.
+    pub ranges: keepsake_store::Ranges,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -62,19 +64,25 @@ impl TestStore {
 /// A fresh, empty store on `backend`.
 pub async fn store(backend: Backend) -> Result<TestStore> {
     match backend {
-        Backend::Memory => Ok(TestStore {
-            store: open_store_with_env("memory://", [])?.inner,
-            url: "memory://".into(),
-            env: Vec::new(),
-            _dir: None,
-        }),
+        Backend::Memory => {
+            let opened = open_store_with_env("memory://", [])?;
+            Ok(TestStore {
+                store: opened.inner,
+                url: "memory://".into(),
+                env: Vec::new(),
+                ranges: opened.ranges,
+                _dir: None,
+            })
+        }
         Backend::File => {
             let dir = tempfile::tempdir()?;
             let url = format!("file://{}", dir.path().join("store").display());
+            let opened = open_store_with_env(&url, [])?;
             Ok(TestStore {
-                store: open_store_with_env(&url, [])?.inner,
+                store: opened.inner,
                 url,
                 env: Vec::new(),
+                ranges: opened.ranges,
                 _dir: Some(dir),
             })
         }
@@ -83,10 +91,12 @@ pub async fn store(backend: Backend) -> Result<TestStore> {
             let bucket = moto.new_bucket().await?;
             let url = format!("s3://{bucket}/keepsake/test");
             let env = moto.env();
+            let opened = open_store_with_env(&url, env.clone())?;
             Ok(TestStore {
-                store: open_store_with_env(&url, env.clone())?.inner,
+                store: opened.inner,
                 url,
                 env,
+                ranges: opened.ranges,
                 _dir: None,
             })
         }

@@ -7,7 +7,13 @@
 //! - a listing is counted once, though S3 pages it (one LIST per 1,000 keys);
 //! - a delete is counted per object, though object_store's S3 client sends up to 1,000 keys
 //!   per `DeleteObjects` request;
-//! - `get_ranges` is counted once per call, though it may be several ranged GETs.
+//! - `get_ranges` on a store without HTTP requests (the local file system reads every range
+//!   in one blocking task; memory) is counted once per call. Over an HTTP store
+//!   ([`InstrumentedStore::http`], what `open_store` puts over S3) this layer sends the ranges
+//!   itself, one GET per range (ranges that overlap or touch are fetched as one), each counted
+//!   with its bytes: object_store's S3 client would merge ranges up to 1 MiB apart and fetch
+//!   the bytes between them, which a count of the ranges asked for did not see. The caller
+//!   decides what to merge (the log's reader merges a one-user read's pages within 16 KiB).
 //!
 //! A listing is counted when its stream ends or is dropped (one dropped after its first page
 //! made the request; one dropped before it was read is counted too, though a lazy backend never
@@ -278,16 +284,45 @@ impl StoreStats {
     }
 }
 
+/// How a store's `get_ranges` reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranges {
+    /// In one call (the local file system, memory): counted as one request.
+    OneCall,
+    /// As one GET per range (an HTTP store), sent and counted by this layer.
+    EachRange,
+}
+
 /// A store that counts what it is sent into a [`StoreStats`].
 pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
     stats: Arc<StoreStats>,
+    ranges: Ranges,
 }
 
 impl InstrumentedStore {
-    /// Wraps `inner`, counting into `stats`.
+    /// Wraps `inner`, counting into `stats`; `get_ranges` goes to `inner` in one call.
     pub fn new(inner: Arc<dyn ObjectStore>, stats: Arc<StoreStats>) -> Self {
-        Self { inner, stats }
+        Self::with_ranges(inner, stats, Ranges::OneCall)
+    }
+
+    /// Wraps an HTTP store (S3 and its kind): `get_ranges` is sent as one counted GET per
+    /// range ([`Ranges::EachRange`]).
+    pub fn http(inner: Arc<dyn ObjectStore>, stats: Arc<StoreStats>) -> Self {
+        Self::with_ranges(inner, stats, Ranges::EachRange)
+    }
+
+    /// Wraps `inner`, sending its `get_ranges` as `ranges` says.
+    pub fn with_ranges(
+        inner: Arc<dyn ObjectStore>,
+        stats: Arc<StoreStats>,
+        ranges: Ranges,
+    ) -> Self {
+        Self {
+            inner,
+            stats,
+            ranges,
+        }
     }
 }
 
@@ -429,6 +464,27 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        if self.ranges == Ranges::EachRange {
+            // Each range a GET of this layer's own (`get_opts`, counted with its bytes);
+            // ranges that overlap or touch go as one.
+            return object_store::coalesce_ranges(
+                ranges,
+                |r| async move {
+                    let got = self
+                        .get_opts(
+                            location,
+                            GetOptions {
+                                range: Some(r.into()),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    got.bytes().await
+                },
+                0,
+            )
+            .await;
+        }
         let pending = Pending::start(&self.stats, StoreOp::Get);
         let result = self.inner.get_ranges(location, ranges).await;
         pending.finish(&result);
@@ -597,5 +653,48 @@ mod tests {
         assert_eq!(stats.bytes_read_of(ObjectKind::Other), 1);
         assert_eq!(stats.bytes_read_of(ObjectKind::Part), 0);
         assert_eq!(stats.bytes_read(), 8);
+    }
+
+    /// Over an HTTP store each range of a `get_ranges` is a GET of its own, counted with its
+    /// bytes: the count is what the store was sent (checked against a counting layer under
+    /// it), where object_store's S3 client merged ranges up to 1 MiB apart, uncounted.
+    #[tokio::test]
+    async fn each_range_over_an_http_store_is_a_counted_get() {
+        let under_stats = Arc::new(StoreStats::default());
+        let under: Arc<dyn ObjectStore> = Arc::new(InstrumentedStore::new(
+            Arc::new(InMemory::new()),
+            under_stats.clone(),
+        ));
+        let stats = Arc::new(StoreStats::default());
+        let store = InstrumentedStore::http(under.clone(), stats.clone());
+        let big = Path::from("shards/0/parts/00000000000000000001-0.parquet");
+        let bytes: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        under.put(&big, bytes.clone().into()).await.expect("put");
+        let puts = under_stats.requests_of(StoreOp::Put);
+        assert_eq!(puts, 1);
+
+        // Two ranges 10 bytes apart, one 2 MiB further, and one touching the first.
+        let mib = 1u64 << 20;
+        let asked = [0..10, 20..30, 2 * mib..2 * mib + 10, 10..15];
+        let got = store.get_ranges(&big, &asked).await.expect("ranges");
+        for (r, b) in asked.iter().zip(&got) {
+            assert_eq!(&b[..], &bytes[r.start as usize..r.end as usize]);
+        }
+        // 0..15 (two touching ranges as one), 20..30, and the far one: three GETs, 35 bytes.
+        assert_eq!(stats.requests_of(StoreOp::Get), 3);
+        assert_eq!(
+            under_stats.requests_of(StoreOp::Get),
+            3,
+            "what the store was sent"
+        );
+        assert_eq!(stats.bytes_read(), 35);
+        assert_eq!(under_stats.bytes_read(), stats.bytes_read());
+        assert_eq!(stats.bytes_read_of(ObjectKind::Part), 35);
+
+        // Without HTTP requests (the file system, memory): one call, counted once.
+        let one = InstrumentedStore::new(under.clone(), stats.clone());
+        let before = stats.requests_of(StoreOp::Get);
+        one.get_ranges(&big, &asked).await.expect("ranges");
+        assert_eq!(stats.requests_of(StoreOp::Get), before + 1);
     }
 }

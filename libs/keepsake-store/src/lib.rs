@@ -35,7 +35,7 @@ pub use descriptor::{
 };
 pub use error::{RecoverError, StoreError};
 pub use histogram::AtomicHistogram;
-pub use instrumented::{InstrumentedStore, StoreOp, StoreOutcome, StoreStats};
+pub use instrumented::{InstrumentedStore, Ranges, StoreOp, StoreOutcome, StoreStats};
 pub use open::{Store, open_store, open_store_with_env};
 pub use retrying::{RetryPolicy, RetryingStore};
 

@@ -10,7 +10,7 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 
 use crate::error::StoreError;
-use crate::instrumented::{InstrumentedStore, StoreStats};
+use crate::instrumented::{InstrumentedStore, Ranges, StoreStats};
 
 /// An opened store and a description of it that is safe to log (no credentials).
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct Store {
     pub description: String,
     /// The directory, for a local file-system store.
     pub local_dir: Option<PathBuf>,
+    /// How `get_ranges` reaches the backend (one GET per range over S3), for a second counting
+    /// layer that must count as this one does.
+    pub ranges: Ranges,
 }
 
 impl Store {
@@ -59,18 +62,20 @@ pub fn open_store_with_env(
     url: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Store, StoreError> {
-    let (inner, description, local_dir) = open_backend(url, env)?;
+    let (inner, description, local_dir, ranges) = open_backend(url, env)?;
     let stats = Arc::new(StoreStats::default());
     Ok(Store {
-        inner: Arc::new(InstrumentedStore::new(inner, stats.clone())),
+        inner: Arc::new(InstrumentedStore::with_ranges(inner, stats.clone(), ranges)),
         stats,
         description,
         local_dir,
+        ranges,
     })
 }
 
-/// The backend a URL names, its description, and its directory (file stores).
-type Backend = (Arc<dyn ObjectStore>, String, Option<PathBuf>);
+/// The backend a URL names, its description, its directory (file stores), and how its
+/// `get_ranges` is sent.
+type Backend = (Arc<dyn ObjectStore>, String, Option<PathBuf>, Ranges);
 
 fn open_backend(
     url: &str,
@@ -94,7 +99,12 @@ fn open_backend(
             if !rest.is_empty() {
                 return Err(bad(url, "memory:// takes no location"));
             }
-            Ok((Arc::new(InMemory::new()), "memory://".into(), None))
+            Ok((
+                Arc::new(InMemory::new()),
+                "memory://".into(),
+                None,
+                Ranges::OneCall,
+            ))
         }
         "s3" => {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -124,7 +134,13 @@ fn open_backend(
             } else {
                 Arc::new(PrefixStore::new(s3, prefix))
             };
-            Ok((inner, format!("s3://{bucket}/{prefix}"), None))
+            // An HTTP store: each range a GET, counted (`InstrumentedStore::http`).
+            Ok((
+                inner,
+                format!("s3://{bucket}/{prefix}"),
+                None,
+                Ranges::EachRange,
+            ))
         }
         other => Err(bad(
             url,
@@ -148,6 +164,7 @@ fn open_dir(url: &str, path: PathBuf) -> Result<Backend, StoreError> {
         Arc::new(fs),
         format!("file://{}", shown.display()),
         Some(shown),
+        Ranges::OneCall,
     ))
 }
 

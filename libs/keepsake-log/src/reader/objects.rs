@@ -312,10 +312,12 @@ pub(super) fn slice_of(whole: &Bytes, range: Range<u64>) -> parquet::errors::Res
 /// one after another: at 1 MiB a one-user read of a history object of 1,500 users fetched ~1.5
 /// MB between its pages, and under `make sustained` such reads (stale patches' bases) grew to
 /// ~0.9 GB a second by minute 9. An object read as it is now (a checkpoint part, a filter run)
-/// goes to the store's `get_ranges` in one call, merged this narrowly (a store may merge wider:
-/// S3's does, to 1 MiB, trading bytes, free within a region, for requests, billed); one read
-/// as the object seen (a history object, a segment: its e-tag checked) is fetched a range at a
-/// time, and what is fetched is what is counted.
+/// goes to the store's `get_ranges` in one call, merged this narrowly: the file store reads
+/// them in one blocking task; over S3 the store layer sends each as a GET of its own
+/// (`keepsake_store::Ranges::EachRange`: object_store's S3 client merged them again, up to 1
+/// MiB apart, and fetched the bytes between, uncounted). One read as the object seen (a
+/// history object, a segment: its e-tag checked) is fetched a range at a time. Either way what
+/// is fetched is what is counted.
 pub(super) const READ_COALESCE_BYTES: u64 = 16 * 1024;
 
 /// `ranges` merged where less than `gap` apart, ascending.
