@@ -755,6 +755,107 @@ async fn a_lone_push_waits_the_latency_budget_then_commits() {
     log.shutdown().await;
 }
 
+/// A device pushing alone now and then, on a shard no one else pushes to, waits the budget
+/// once: that wait gathers nobody, and its later pushes are committed by the window (each
+/// would have waited the budget and still taken its own PUT). When devices then push together,
+/// the batches that did not wait gather them, and waiting resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_pushing_alone_waits_the_budget_once_and_company_brings_it_back() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let budget = std::time::Duration::from_millis(100);
+    let cfg = LogConfig {
+        commit_latency_budget: budget,
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let u = user();
+    for i in 0..4u64 {
+        // More than a budget after its answer: not a push of a sequence.
+        tokio::time::sleep(budget + budget / 2).await;
+        push(&log, u, vec![put(item(), json!({ "i": i }))])
+            .await
+            .expect("push");
+    }
+    let stats = log.stats();
+    assert_eq!(
+        LogStats::get(&stats.budget_waits),
+        1,
+        "only the first push waited"
+    );
+    assert_eq!(LogStats::get(&stats.budget_skips), 3);
+    assert_eq!(log.head(0), 4, "one segment a push, as with no budget");
+    // Rounds of eight devices pushing at once, each once: the first batch does not wait and
+    // the pushes queued behind its PUT show company, so later small batches wait again.
+    let before = log.head(0);
+    for _ in 0..4 {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                tokio::spawn(async move { push(&log, user(), vec![put(item(), json!({}))]).await })
+            })
+            .collect();
+        for t in join_all(tasks).await {
+            t.expect("task").expect("push");
+        }
+    }
+    assert!(
+        LogStats::get(&stats.budget_waits) > 1,
+        "waiting resumed: {} waits, {} skips",
+        LogStats::get(&stats.budget_waits),
+        LogStats::get(&stats.budget_skips)
+    );
+    assert!(
+        log.head(0) - before < 32,
+        "32 pushes shared segments: {}",
+        log.head(0) - before
+    );
+    log.shutdown().await;
+}
+
+/// Devices that push again as soon as they are answered (a CardDAV client's PUTs, a phone's
+/// first sync) wait the budget once, not on every push: a push that comes within a budget of
+/// its user's previous answer is one of a sequence, and its batch closes by the window. Two
+/// such devices, five pushes each, a 2 s budget: about one budget in all, not five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_pushing_in_sequence_wait_the_budget_once() {
+    let ts = store(Backend::Memory).await.expect("store");
+    let budget = std::time::Duration::from_secs(2);
+    let cfg = LogConfig {
+        commit_latency_budget: budget,
+        ..fast_config()
+    };
+    let log = Arc::new(open(ts.store.clone(), 1, cfg).await.expect("open"));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let u = user();
+                for i in 0..5u64 {
+                    push(&log, u, vec![put(item(), json!({ "i": i }))]).await?;
+                }
+                Ok::<_, keepsake_log::LogError>(())
+            })
+        })
+        .collect();
+    for t in join_all(tasks).await {
+        t.expect("task").expect("pushes");
+    }
+    let stats = log.stats();
+    assert_eq!(
+        LogStats::get(&stats.budget_waits),
+        1,
+        "only the first batch waited ({} skips)",
+        LogStats::get(&stats.budget_skips)
+    );
+    assert!(
+        started.elapsed() < budget * 2,
+        "one budget, not five: {:?}",
+        started.elapsed()
+    );
+    log.shutdown().await;
+}
+
 /// A sync (the empty push a read sends to wait out the batches before it) writes nothing, so it
 /// does not wait for the commit window after the shard's last PUT: with a 30 s window it is
 /// answered at once. (It used to wait out the window: a restore, which syncs before reading the

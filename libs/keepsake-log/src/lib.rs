@@ -165,6 +165,8 @@ impl Log {
                 head_tx,
                 unconfirmed: None,
                 frontier: None,
+                company: Default::default(),
+                answered_users: Default::default(),
             };
             tasks.push(tokio::spawn(keepsake_store::with_cause(
                 keepsake_store::Cause::Push,

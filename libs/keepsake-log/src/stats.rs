@@ -37,6 +37,12 @@ pub struct LogStats {
     pub stale_answers_avoided: AtomicU64,
     /// Pushes refused by the mass-delete guard.
     pub mass_delete_refusals: AtomicU64,
+    /// Batches of fewer than `commit_enough_changes` changes that waited out the latency
+    /// budget for company.
+    pub budget_waits: AtomicU64,
+    /// Such batches committed by the window instead: the shard's recent batches gathered less
+    /// than one other push per budget (a device pushing alone).
+    pub budget_skips: AtomicU64,
     /// Reads of a user's history for earlier documents that stale patches need: by the
     /// pushing task before queueing (`ancestor_reads`), and by the shard writer itself when a
     /// version became stale while queued (`writer_ancestor_reads`, which holds up the batch).
@@ -141,6 +147,8 @@ impl Default for LogStats {
             strays_removed: AtomicU64::new(0),
             stale_answers_avoided: AtomicU64::new(0),
             mass_delete_refusals: AtomicU64::new(0),
+            budget_waits: AtomicU64::new(0),
+            budget_skips: AtomicU64::new(0),
             ancestor_reads: AtomicU64::new(0),
             writer_ancestor_reads: AtomicU64::new(0),
             old_change_reads: AtomicU64::new(0),

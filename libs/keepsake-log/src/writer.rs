@@ -13,6 +13,11 @@
 //!    than `commit_enough_changes` changes stays open until the budget after its first push
 //!    (never closing before the window): at low load one PUT then carries every push of the
 //!    budget, not one each; a batch with enough changes closes by the window as without one.
+//!    A small batch waits only while the shard's recent batches gathered company (at least one
+//!    other push per budget, [`Company`]), and only while it holds no push that came within a
+//!    budget of its user's previous answer (a device sending its pushes one after another, as
+//!    CardDAV clients and first syncs do): such a device is not made to wait the budget on
+//!    every push, which would slow it to a push per budget for PUTs it would barely save.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -70,6 +75,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use claim::Put;
+pub(crate) use window::Company;
 use window::{budget_deadline, fill_deadline, next_estimate};
 
 use crate::PushResult;
@@ -108,6 +114,12 @@ pub(crate) struct Writer {
     pub frontier: Option<crate::frontier::Frontier>,
     /// Whether this process may write the shard (invariant 12).
     pub gate: Arc<crate::owner::Gate>,
+    /// Whether a small batch may expect company within the latency budget (invariant 1).
+    pub company: Company,
+    /// When each user's last push was answered, kept a latency budget: a push that comes
+    /// sooner after its user's answer is one of a sequence, and its batch does not wait out the
+    /// budget (invariant 1).
+    pub answered_users: HashMap<UserId, Instant>,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.
@@ -175,13 +187,22 @@ impl Writer {
         let mut shutdown = self.shutdown.clone();
         let mut stopping = *shutdown.borrow();
         let mut changes = first.req.changes.len();
+        let first_enqueued = first.enqueued;
+        let budget = self.cfg.commit_latency_budget;
+        // A small batch waits for company up to the latency budget while the shard's recent
+        // batches found some, and while it holds no push of a sequence (a device that pushes
+        // again as soon as it is answered waits for its answer: no one else's push is worth
+        // making it wait the budget each time); one with enough changes closes by the window
+        // (invariant 1).
+        let waits = !budget.is_zero() && self.company.worth_waiting();
+        let mut in_sequence = waits && self.in_sequence(&first);
+        let mut waited = false;
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
-            // A small batch waits for company up to the latency budget; one with enough changes
-            // closes by the window (invariant 1).
             let deadline = if sync_in || stopping {
                 Instant::now()
-            } else if changes < self.cfg.commit_enough_changes {
+            } else if changes < self.cfg.commit_enough_changes && waits && !in_sequence {
+                waited = true;
                 budgeted
             } else {
                 deadline
@@ -194,6 +215,7 @@ impl Writer {
                     Ok(Some(q)) => {
                         sync_in |= q.req.changes.is_empty();
                         changes += q.req.changes.len();
+                        in_sequence = in_sequence || (waits && self.in_sequence(&q));
                         batch.push(q);
                     }
                     Ok(None) | Err(_) => break,
@@ -202,7 +224,47 @@ impl Writer {
                 _ = shutdown.changed() => stopping = true,
             }
         }
+        if !budget.is_zero() && !sync_in && !stopping {
+            use std::sync::atomic::Ordering::Relaxed;
+            let others = batch.iter().filter(|q| !q.req.changes.is_empty()).count();
+            let others = others.saturating_sub(1);
+            self.company.observe(
+                others,
+                first_enqueued.elapsed(),
+                budget,
+                self.cfg.commit_window,
+            );
+            let small = changes < self.cfg.commit_enough_changes;
+            if waited {
+                self.stats.budget_waits.fetch_add(1, Relaxed);
+            } else if small {
+                self.stats.budget_skips.fetch_add(1, Relaxed);
+            }
+        }
         batch
+    }
+
+    /// Whether `q` came within a latency budget of its user's last answer (see
+    /// `answered_users`).
+    fn in_sequence(&self, q: &Queued) -> bool {
+        self.answered_users.get(&q.req.user_id).is_some_and(|&at| {
+            q.enqueued.saturating_duration_since(at) <= self.cfg.commit_latency_budget
+        })
+    }
+
+    /// Records that `users` were just answered, forgetting those answered more than a budget
+    /// ago (so the map holds about the pushes of one budget).
+    fn note_answered(&mut self, users: impl Iterator<Item = UserId>) {
+        let budget = self.cfg.commit_latency_budget;
+        if budget.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        self.answered_users
+            .retain(|_, at| now.saturating_duration_since(*at) <= budget);
+        for u in users {
+            self.answered_users.insert(u, now);
+        }
     }
 
     /// Records the PUT this writer could not confirm (or that it settled it), keeping the
@@ -308,7 +370,9 @@ impl Writer {
             // guard) are given only from a view the store shows is current (invariant 10).
             match self.is_current().await {
                 Ok(true) => {
+                    let users: Vec<UserId> = batch.iter().map(|q| q.req.user_id).collect();
                     self.answer(batch, staging.results, None);
+                    self.note_answered(users.into_iter());
                     return;
                 }
                 Ok(false) if resyncs < 3 => {
@@ -391,10 +455,13 @@ impl Writer {
                     bytes.len() as u64,
                     started.elapsed(),
                 );
-                let applied = self.state.write().map(|mut s| {
-                    s.commit_segment(n, &events, recorded_at, Some((bytes.len() as u64, tag)))
-                });
-                if !matches!(applied, Ok(Ok(()))) {
+                let applied = matches!(
+                    self.state.write().map(|mut s| {
+                        s.commit_segment(n, &events, recorded_at, Some((bytes.len() as u64, tag)))
+                    }),
+                    Ok(Ok(()))
+                );
+                if !applied {
                     // Cannot happen: staging produced these events against this state. If it
                     // does, the segment is durable, so the state is rebuilt from the log.
                     error!(
@@ -412,8 +479,10 @@ impl Writer {
                     bytes = bytes.len(),
                     "committed"
                 );
+                let users: Vec<UserId> = batch.iter().map(|q| q.req.user_id).collect();
                 self.answer(batch, staging.results, Some(n));
                 self.answered_at = Some(Instant::now());
+                self.note_answered(users.into_iter());
             }
             Put::Deposed(generation) => {
                 warn!(

@@ -107,7 +107,9 @@ pub struct LogArgs {
     pub commit_window_ms: u64,
     /// Milliseconds a push may wait for other pushes on a quiet shard, so that one segment PUT
     /// carries several (object storage bills per PUT; docs/BENCHMARKS.md, "The bill", has the
-    /// trade). 0: each push on a quiet shard is committed at once.
+    /// trade). A push waits only while the shard's recent batches gathered company: a device
+    /// pushing alone, one push after another, is not made to wait on each. 0: each push on a
+    /// quiet shard is committed at once.
     #[arg(long, env = "KEEPSAKE_COMMIT_LATENCY_BUDGET_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub commit_latency_budget_ms: u64,

@@ -411,6 +411,18 @@ pub fn text(
         );
         counter(
             &mut out,
+            "keepsake_commit_budget_waits",
+            "Batches of fewer than --commit-enough-changes changes that waited out the commit latency budget for company",
+            g(&s.budget_waits),
+        );
+        counter(
+            &mut out,
+            "keepsake_commit_budget_skips",
+            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget",
+            g(&s.budget_skips),
+        );
+        counter(
+            &mut out,
             "keepsake_ancestor_reads",
             "History reads for the earlier documents of stale patches, before queueing",
             g(&s.ancestor_reads),

@@ -34,6 +34,56 @@ pub(super) fn budget_deadline(
     by_window.max(first_enqueued + budget.saturating_sub(prepare_estimate))
 }
 
+/// Other pushes expected within one latency budget at which a small batch waits the budget out:
+/// below it a wait mostly ends with the batch it began with, one PUT for one push all the same.
+pub(super) const COMPANY_WORTH_WAITING: f64 = 1.0;
+/// One batch's sample counts at most this many (a burst after an idle spell is not a rate).
+const COMPANY_SAMPLE_MAX: f64 = 16.0;
+
+/// How many other pushes a shard's small batch may expect to gather within the latency budget,
+/// from what its recent batches gathered (a moving average of each batch's others, scaled from
+/// the time it stayed open to the budget). A budget is a price for company: a device pushing
+/// alone, one push after another (a phone importing its address book, a CardDAV client's PUTs)
+/// gathers none, and waiting would add the budget to each of its pushes and save no PUT. So a
+/// small batch waits the budget out only while company is expected; batches that do not wait
+/// are still observed (the pushes that queued during the previous PUT), so waiting resumes
+/// when others start pushing. A shard with no record waits (what the budget promises).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Company {
+    expected: f64,
+}
+
+impl Default for Company {
+    fn default() -> Self {
+        Self {
+            expected: COMPANY_WORTH_WAITING,
+        }
+    }
+}
+
+impl Company {
+    /// Whether a small batch should wait out the budget.
+    pub(super) fn worth_waiting(self) -> bool {
+        self.expected >= COMPANY_WORTH_WAITING
+    }
+
+    /// Records a batch whose first push was joined by `others` pushes with changes while the
+    /// batch stayed `open` (from the first push's arrival to the end of filling; counted as
+    /// at least one commit `window`).
+    pub(super) fn observe(
+        &mut self,
+        others: usize,
+        open: std::time::Duration,
+        budget: std::time::Duration,
+        window: std::time::Duration,
+    ) {
+        let span = open.max(window).max(std::time::Duration::from_micros(1));
+        let sample =
+            (others as f64 * budget.as_secs_f64() / span.as_secs_f64()).min(COMPANY_SAMPLE_MAX);
+        self.expected = (self.expected * 3.0 + sample) / 4.0;
+    }
+}
+
 /// The preparation time estimate after a batch that took `sample`: a moving average, so that
 /// one slow batch does not close the next fill early.
 pub(super) fn next_estimate(
@@ -52,6 +102,43 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn company_is_expected_while_batches_gather_it_and_not_after_they_stop() {
+        let ms = Duration::from_millis;
+        let (budget, window) = (ms(100), ms(10));
+        // A shard with no record waits.
+        let mut c = Company::default();
+        assert!(c.worth_waiting());
+        // A device pushing alone: its first wait gathers nobody, and from then on it does
+        // not wait (its batches close at once, with nobody else in them).
+        c.observe(0, ms(100), budget, window);
+        assert!(!c.worth_waiting());
+        for _ in 0..10 {
+            c.observe(0, ms(0), budget, window);
+            assert!(!c.worth_waiting());
+        }
+        // Others start pushing: one joins a batch that did not wait (it queued during the
+        // previous PUT, within a window): one per 10 ms is ten per budget. Waiting resumes.
+        c.observe(1, ms(0), budget, window);
+        assert!(c.worth_waiting(), "{c:?}");
+        // Waits that gather about three pushes per budget keep it waiting...
+        for _ in 0..50 {
+            c.observe(3, ms(95), budget, window);
+            assert!(c.worth_waiting(), "{c:?}");
+        }
+        // ...and a run of waits that gather nobody ends it.
+        let mut waits = 0;
+        while c.worth_waiting() {
+            c.observe(0, ms(95), budget, window);
+            waits += 1;
+        }
+        assert!((2..=8).contains(&waits), "{waits}");
+        // One batch's burst after an idle spell counts as at most COMPANY_SAMPLE_MAX.
+        let mut c = Company { expected: 0.0 };
+        c.observe(1_000, ms(0), budget, window);
+        assert!(c.expected <= COMPANY_SAMPLE_MAX / 4.0 + 1e-9, "{c:?}");
+    }
 
     #[test]
     fn a_fill_closes_before_the_window_by_the_preparation_time_but_not_right_after_answers() {
