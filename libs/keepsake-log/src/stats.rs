@@ -41,7 +41,8 @@ pub struct LogStats {
     /// budget for company.
     pub budget_waits: AtomicU64,
     /// Such batches committed by the window instead: the shard's recent batches gathered less
-    /// than one other push per budget (a device pushing alone).
+    /// than one other push per budget (a device pushing alone), or the batch holds a push that
+    /// followed its user's previous answer within a budget (a device pushing in sequence).
     pub budget_skips: AtomicU64,
     /// Reads of a user's history for earlier documents that stale patches need: by the
     /// pushing task before queueing (`ancestor_reads`), and by the shard writer itself when a

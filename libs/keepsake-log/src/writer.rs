@@ -252,9 +252,18 @@ impl Writer {
         })
     }
 
+    /// The users of `batch`, whose answers [`Writer::note_answered`] records; none without a
+    /// latency budget (nothing to allocate on the path of every batch).
+    fn sequence_users(&self, batch: &[Queued]) -> Vec<UserId> {
+        if self.cfg.commit_latency_budget.is_zero() {
+            return Vec::new();
+        }
+        batch.iter().map(|q| q.req.user_id).collect()
+    }
+
     /// Records that `users` were just answered, forgetting those answered more than a budget
     /// ago (so the map holds about the pushes of one budget).
-    fn note_answered(&mut self, users: impl Iterator<Item = UserId>) {
+    fn note_answered(&mut self, users: Vec<UserId>) {
         let budget = self.cfg.commit_latency_budget;
         if budget.is_zero() {
             return;
@@ -370,9 +379,9 @@ impl Writer {
             // guard) are given only from a view the store shows is current (invariant 10).
             match self.is_current().await {
                 Ok(true) => {
-                    let users: Vec<UserId> = batch.iter().map(|q| q.req.user_id).collect();
+                    let users = self.sequence_users(&batch);
                     self.answer(batch, staging.results, None);
-                    self.note_answered(users.into_iter());
+                    self.note_answered(users);
                     return;
                 }
                 Ok(false) if resyncs < 3 => {
@@ -479,10 +488,10 @@ impl Writer {
                     bytes = bytes.len(),
                     "committed"
                 );
-                let users: Vec<UserId> = batch.iter().map(|q| q.req.user_id).collect();
+                let users = self.sequence_users(&batch);
                 self.answer(batch, staging.results, Some(n));
                 self.answered_at = Some(Instant::now());
-                self.note_answered(users.into_iter());
+                self.note_answered(users);
             }
             Put::Deposed(generation) => {
                 warn!(

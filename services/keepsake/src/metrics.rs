@@ -418,7 +418,7 @@ pub fn text(
         counter(
             &mut out,
             "keepsake_commit_budget_skips",
-            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget",
+            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget, or the batch holds a push that followed its user's previous answer within a budget",
             g(&s.budget_skips),
         );
         counter(
