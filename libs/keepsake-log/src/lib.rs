@@ -167,6 +167,7 @@ impl Log {
                 frontier: None,
                 company: Default::default(),
                 answered_users: Default::default(),
+                answered_prune_at: 1024,
             };
             tasks.push(tokio::spawn(keepsake_store::with_cause(
                 keepsake_store::Cause::Push,

@@ -37,12 +37,13 @@ pub struct LogStats {
     pub stale_answers_avoided: AtomicU64,
     /// Pushes refused by the mass-delete guard.
     pub mass_delete_refusals: AtomicU64,
-    /// Batches of fewer than `commit_enough_changes` changes that waited out the latency
-    /// budget for company.
+    /// Batches of fewer than `commit_enough_changes` changes held open for company, up to the
+    /// latency budget (closed sooner by enough changes or a push of a sequence).
     pub budget_waits: AtomicU64,
     /// Such batches committed by the window instead: the shard's recent batches gathered less
     /// than one other push per budget (a device pushing alone), or the batch holds a push that
-    /// followed its user's previous answer within a budget (a device pushing in sequence).
+    /// followed its user's previous answer within the budget plus a second (a device pushing
+    /// in sequence).
     pub budget_skips: AtomicU64,
     /// Reads of a user's history for earlier documents that stale patches need: by the
     /// pushing task before queueing (`ancestor_reads`), and by the shard writer itself when a

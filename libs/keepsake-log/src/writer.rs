@@ -15,9 +15,10 @@
 //!    budget, not one each; a batch with enough changes closes by the window as without one.
 //!    A small batch waits only while the shard's recent batches gathered company (at least one
 //!    other push per budget, [`Company`]), and only while it holds no push that came within a
-//!    budget of its user's previous answer (a device sending its pushes one after another, as
-//!    CardDAV clients and first syncs do): such a device is not made to wait the budget on
-//!    every push, which would slow it to a push per budget for PUTs it would barely save.
+//!    budget plus [`SEQUENCE_GAP`] of its user's previous answer (a device sending its pushes
+//!    one after another, as CardDAV clients and first syncs do): such a device is not made to
+//!    wait the budget on every push, which would slow it to a push per budget for PUTs it
+//!    would barely save.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -75,7 +76,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use claim::Put;
-pub(crate) use window::Company;
+pub(crate) use window::{Company, SEQUENCE_GAP};
 use window::{budget_deadline, fill_deadline, next_estimate};
 
 use crate::PushResult;
@@ -116,10 +117,13 @@ pub(crate) struct Writer {
     pub gate: Arc<crate::owner::Gate>,
     /// Whether a small batch may expect company within the latency budget (invariant 1).
     pub company: Company,
-    /// When each user's last push was answered, kept a latency budget: a push that comes
-    /// sooner after its user's answer is one of a sequence, and its batch does not wait out the
-    /// budget (invariant 1).
+    /// When each user's last push was answered, kept a latency budget plus [`SEQUENCE_GAP`]: a
+    /// push that comes sooner after its user's answer is one of a sequence, and its batch does
+    /// not wait out the budget (invariant 1).
     pub answered_users: HashMap<UserId, Instant>,
+    /// The size of `answered_users` at which it is next pruned (twice what the last pruning
+    /// left, so pruning costs a constant per answer).
+    pub answered_prune_at: usize,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.
@@ -244,35 +248,49 @@ impl Writer {
         batch
     }
 
-    /// Whether `q` came within a latency budget of its user's last answer (see
-    /// `answered_users`).
-    fn in_sequence(&self, q: &Queued) -> bool {
-        self.answered_users.get(&q.req.user_id).is_some_and(|&at| {
-            q.enqueued.saturating_duration_since(at) <= self.cfg.commit_latency_budget
-        })
+    /// How long after its user's answer a push is one of a sequence.
+    fn sequence_horizon(&self) -> std::time::Duration {
+        self.cfg.commit_latency_budget + SEQUENCE_GAP
     }
 
-    /// The users of `batch`, whose answers [`Writer::note_answered`] records; none without a
-    /// latency budget (nothing to allocate on the path of every batch).
+    /// Whether `q` came within [`Writer::sequence_horizon`] of its user's last answer (see
+    /// `answered_users`; a push queued before that answer, from a device with two in flight,
+    /// counts too).
+    fn in_sequence(&self, q: &Queued) -> bool {
+        self.answered_users
+            .get(&q.req.user_id)
+            .is_some_and(|&at| q.enqueued.saturating_duration_since(at) <= self.sequence_horizon())
+    }
+
+    /// The users of `batch`'s pushes with changes (a sync is a read, not a device's push),
+    /// whose answers [`Writer::note_answered`] records; none without a latency budget (nothing
+    /// to allocate on the path of every batch).
     fn sequence_users(&self, batch: &[Queued]) -> Vec<UserId> {
         if self.cfg.commit_latency_budget.is_zero() {
             return Vec::new();
         }
-        batch.iter().map(|q| q.req.user_id).collect()
+        batch
+            .iter()
+            .filter(|q| !q.req.changes.is_empty())
+            .map(|q| q.req.user_id)
+            .collect()
     }
 
-    /// Records that `users` were just answered, forgetting those answered more than a budget
-    /// ago (so the map holds about the pushes of one budget).
+    /// Records that `users` were just answered; those answered longer ago than the sequence
+    /// horizon are forgotten when the map has doubled since it was last pruned.
     fn note_answered(&mut self, users: Vec<UserId>) {
-        let budget = self.cfg.commit_latency_budget;
-        if budget.is_zero() {
+        if self.cfg.commit_latency_budget.is_zero() {
             return;
         }
         let now = Instant::now();
-        self.answered_users
-            .retain(|_, at| now.saturating_duration_since(*at) <= budget);
         for u in users {
             self.answered_users.insert(u, now);
+        }
+        if self.answered_users.len() >= self.answered_prune_at {
+            let horizon = self.sequence_horizon();
+            self.answered_users
+                .retain(|_, at| now.saturating_duration_since(*at) <= horizon);
+            self.answered_prune_at = (self.answered_users.len() * 2).max(1024);
         }
     }
 

@@ -172,6 +172,33 @@ fn open_dir(url: &str, path: PathBuf) -> Result<Backend, StoreError> {
 mod tests {
     use super::*;
 
+    /// Over S3 the counting layer sends a `get_ranges` as one GET per range (so each is
+    /// counted); the file system and memory take it in one call.
+    #[test]
+    fn s3_stores_send_each_range_as_a_get() {
+        let env = [
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID".to_string(), "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "test".to_string()),
+            (
+                "AWS_ENDPOINT_URL".to_string(),
+                "http://127.0.0.1:9".to_string(),
+            ),
+            ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+        ];
+        let s3 = open_store_with_env("s3://bucket/prefix", env.clone()).expect("s3");
+        assert_eq!(s3.ranges, Ranges::EachRange);
+        let bare = open_store_with_env("s3://bucket", env).expect("s3 without a prefix");
+        assert_eq!(bare.ranges, Ranges::EachRange);
+        assert_eq!(
+            open_store_with_env("memory://", []).expect("memory").ranges,
+            Ranges::OneCall
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let file = open_store_with_env(&dir.path().display().to_string(), []).expect("file");
+        assert_eq!(file.ranges, Ranges::OneCall);
+    }
+
     #[test]
     fn urls_are_checked() {
         assert!(open_store("memory://").is_ok());

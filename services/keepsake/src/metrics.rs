@@ -412,13 +412,13 @@ pub fn text(
         counter(
             &mut out,
             "keepsake_commit_budget_waits",
-            "Batches of fewer than --commit-enough-changes changes that waited out the commit latency budget for company",
+            "Batches of fewer than --commit-enough-changes changes held open for company, up to the commit latency budget",
             g(&s.budget_waits),
         );
         counter(
             &mut out,
             "keepsake_commit_budget_skips",
-            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget, or the batch holds a push that followed its user's previous answer within a budget",
+            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget, or the batch holds a push that followed its user's previous answer within the budget plus a second",
             g(&s.budget_skips),
         );
         counter(

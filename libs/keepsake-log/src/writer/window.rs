@@ -34,6 +34,12 @@ pub(super) fn budget_deadline(
     by_window.max(first_enqueued + budget.saturating_sub(prepare_estimate))
 }
 
+/// How long after its user's previous answer a push still counts as one of a sequence (beyond
+/// the latency budget): a device sending its pushes one after another sends the next after a
+/// round trip (a mobile network's is 100-600 ms), its own turn, and the server's reads before
+/// queueing (a cold load). Devices under the bill's model push a few times an hour at most.
+pub(crate) const SEQUENCE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Other pushes expected within one latency budget at which a small batch waits the budget out:
 /// below it a wait mostly ends with the batch it began with, one PUT for one push all the same.
 pub(super) const COMPANY_WORTH_WAITING: f64 = 1.0;
