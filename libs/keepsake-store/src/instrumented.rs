@@ -469,18 +469,7 @@ impl ObjectStore for InstrumentedStore {
             // ranges that overlap or touch go as one.
             return object_store::coalesce_ranges(
                 ranges,
-                |r| async move {
-                    let got = self
-                        .get_opts(
-                            location,
-                            GetOptions {
-                                range: Some(r.into()),
-                                ..Default::default()
-                            },
-                        )
-                        .await?;
-                    got.bytes().await
-                },
+                |r| object_store::ObjectStoreExt::get_range(self, location, r),
                 0,
             )
             .await;
