@@ -91,6 +91,8 @@ pub struct Log {
     resident_excess: budget::ResidentExcess,
     cfg: Arc<LogConfig>,
     clock: Arc<dyn Clock>,
+    /// When the process last answered a push (latency budget, [`writer::Reactions`]).
+    reactions: Arc<writer::Reactions>,
 }
 
 impl std::fmt::Debug for Log {
@@ -119,6 +121,7 @@ impl Log {
                 .await?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(LogStats::default());
+        let reactions = Arc::new(writer::Reactions::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let recovered = futures::future::try_join_all(
             (0..descriptor.shard_count).map(|s| recover_shard(store.clone(), s, &cfg)),
@@ -168,6 +171,7 @@ impl Log {
                 company: Default::default(),
                 answered_users: Default::default(),
                 answered_prune_at: 1024,
+                reactions: reactions.clone(),
             };
             tasks.push(tokio::spawn(keepsake_store::with_cause(
                 keepsake_store::Cause::Push,
@@ -212,6 +216,7 @@ impl Log {
             resident_excess,
             cfg,
             clock,
+            reactions,
         })
     }
 

@@ -55,6 +55,12 @@ pub(crate) struct Queued {
     /// before (one loaded again from a newer checkpoint may hold ids the read did not see).
     pub old_through: u64,
     pub enqueued: Instant,
+    /// Whether it entered the log within a reaction of the process's last answer (a client's
+    /// next push once answered: not company for a latency budget's wait).
+    pub reacted: bool,
+    /// The process's time outside reactions when it was queued (the clock a latency
+    /// budget's arrival rate is counted by).
+    pub uncovered: std::time::Duration,
     pub reply: oneshot::Sender<Result<PushResult, LogError>>,
 }
 
@@ -62,17 +68,23 @@ impl Log {
     /// Commits a push; answers once its events are durable.
     pub async fn push(&self, req: PushRequest) -> Result<PushResult, LogError> {
         let shard = self.shard_of(&req.user_id);
+        // On entry, before any read: a reaction is timed from its answer, not from the end of
+        // a cold load.
+        let reacted = self.reactions.reacted(Instant::now());
         // Read here, by this push's own task, so that a slow read of history never holds up
         // the shard's writer and every other push of its batch.
         let ancestors = self.prefetch_ancestors(&req).await?;
         let (old_changes, old_through) = self.resolve_old_changes(&req).await?;
         let (reply, answer) = oneshot::channel();
+        let enqueued = Instant::now();
         let queued = Queued {
             req,
             ancestors,
             old_changes,
             old_through,
-            enqueued: Instant::now(),
+            enqueued,
+            uncovered: self.reactions.uncovered(enqueued),
+            reacted,
             reply,
         };
         self.shards[shard as usize]

@@ -40,10 +40,10 @@ pub struct LogStats {
     /// Batches of fewer than `commit_enough_changes` changes held open for company, up to the
     /// latency budget (closed sooner by enough changes or a push of a sequence).
     pub budget_waits: AtomicU64,
-    /// Such batches committed by the window instead: the shard's recent batches gathered less
-    /// than one other push per budget (a device pushing alone), or the batch holds a push that
-    /// followed its user's previous answer within the budget plus a second (a device pushing
-    /// in sequence).
+    /// Such batches committed by the window instead: the shard's devices push at less than one
+    /// other push per budget (not counting reactions to answers), or the batch holds a push
+    /// that followed its user's previous answer within the budget plus a second (a device
+    /// pushing in sequence), or a push that is not a device's (registrations, restores, imports).
     pub budget_skips: AtomicU64,
     /// Reads of a user's history for earlier documents that stale patches need: by the
     /// pushing task before queueing (`ancestor_reads`), and by the shard writer itself when a

@@ -13,12 +13,16 @@
 //!    than `commit_enough_changes` changes stays open until the budget after its first push
 //!    (never closing before the window): at low load one PUT then carries every push of the
 //!    budget, not one each; a batch with enough changes closes by the window as without one.
-//!    A small batch waits only while the shard's recent batches gathered company (at least one
-//!    other push per budget, [`Company`]), and only while it holds no push that came within a
-//!    budget plus [`SEQUENCE_GAP`] of its user's previous answer (a device sending its pushes
-//!    one after another, as CardDAV clients and first syncs do): such a device is not made to
-//!    wait the budget on every push, which would slow it to a push per budget for PUTs it
-//!    would barely save.
+//!    A small batch waits only while the shard's devices push at a rate that brings at least
+//!    one other push per budget ([`Company`]), not counting pushes that came within
+//!    [`REACTION`](window::REACTION) of an answer of the process (a client keeping a few users'
+//!    pushes in flight sends nothing more until it is answered, so its whole round is already
+//!    in the batches), and only while it holds no push that came within a budget plus
+//!    [`SEQUENCE_GAP`] of its user's previous answer (a device sending its pushes one after
+//!    another, as CardDAV clients and first syncs do) and no push that is not a device's (an
+//!    operator's registration, a restore, an import: bulk jobs that wait for each answer).
+//!    Such clients are not made to wait the budget on every push, which would slow them to a
+//!    round per budget for PUTs they would barely save.
 //! 2. Staging decides every change against committed state plus the batch's own earlier changes
 //!    (an overlay); committed state is not touched until the segment is durable.
 //! 3. `recorded_at` is taken once per batch, truncated to the microsecond the segment stores,
@@ -76,7 +80,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use claim::Put;
-pub(crate) use window::{Company, SEQUENCE_GAP};
+pub(crate) use window::{Company, Reactions, SEQUENCE_GAP};
 use window::{budget_deadline, fill_deadline, next_estimate};
 
 use crate::PushResult;
@@ -124,6 +128,9 @@ pub(crate) struct Writer {
     /// The size of `answered_users` at which it is next pruned (twice what the last pruning
     /// left, so pruning costs a constant per answer).
     pub answered_prune_at: usize,
+    /// When the process last answered a batch, on any shard: pushes that react to it are not
+    /// company (invariant 1, [`window::REACTION`]).
+    pub reactions: Arc<Reactions>,
 }
 
 /// A staged batch: per request its outcomes (or refusal), and the events to write.
@@ -191,21 +198,25 @@ impl Writer {
         let mut shutdown = self.shutdown.clone();
         let mut stopping = *shutdown.borrow();
         let mut changes = first.req.changes.len();
-        let first_enqueued = first.enqueued;
         let budget = self.cfg.commit_latency_budget;
-        // A small batch waits for company up to the latency budget while the shard's recent
-        // batches found some, and while it holds no push of a sequence (a device that pushes
-        // again as soon as it is answered waits for its answer: no one else's push is worth
-        // making it wait the budget each time); one with enough changes closes by the window
-        // (invariant 1).
-        let waits = !budget.is_zero() && self.company.worth_waiting();
-        let mut in_sequence = waits && self.in_sequence(&first);
+        // A small batch waits for company up to the latency budget while the shard's devices
+        // push, independently of the answers, at a rate that brings some within a budget, and
+        // while it holds no push of a sequence (a device that pushes again as soon as it is
+        // answered waits for its answer: no one else's push is worth making it wait the budget
+        // each time) and no push that is not a device's; one with enough changes closes by
+        // the window (invariant 1).
+        self.count_arrival(&first);
+        let waits = !budget.is_zero()
+            && self
+                .company
+                .worth_waiting(self.reactions.uncovered(Instant::now()), budget);
+        let mut prompt = waits && self.prompt(&first);
         let mut waited = false;
         let mut batch = vec![first];
         while changes < self.cfg.max_batch_changes {
             let deadline = if sync_in || stopping {
                 Instant::now()
-            } else if changes < self.cfg.commit_enough_changes && waits && !in_sequence {
+            } else if changes < self.cfg.commit_enough_changes && waits && !prompt {
                 waited = true;
                 budgeted
             } else {
@@ -217,9 +228,10 @@ impl Writer {
                 biased;
                 next = tokio::time::timeout_at(deadline, self.rx.recv()) => match next {
                     Ok(Some(q)) => {
+                        self.count_arrival(&q);
                         sync_in |= q.req.changes.is_empty();
                         changes += q.req.changes.len();
-                        in_sequence = in_sequence || (waits && self.in_sequence(&q));
+                        prompt = prompt || (waits && self.prompt(&q));
                         batch.push(q);
                     }
                     Ok(None) | Err(_) => break,
@@ -230,22 +242,35 @@ impl Writer {
         }
         if !budget.is_zero() && !sync_in && !stopping {
             use std::sync::atomic::Ordering::Relaxed;
-            let others = batch.iter().filter(|q| !q.req.changes.is_empty()).count();
-            let others = others.saturating_sub(1);
-            self.company.observe(
-                others,
-                first_enqueued.elapsed(),
-                budget,
-                self.cfg.commit_window,
-            );
-            let small = changes < self.cfg.commit_enough_changes;
             if waited {
                 self.stats.budget_waits.fetch_add(1, Relaxed);
-            } else if small {
+            } else if changes < self.cfg.commit_enough_changes {
                 self.stats.budget_skips.fetch_add(1, Relaxed);
             }
         }
         batch
+    }
+
+    /// Counts `q` into the shard's rate of company (with a latency budget): a device's push
+    /// with changes that did not react to an answer of the process.
+    fn count_arrival(&mut self, q: &Queued) {
+        let budget = self.cfg.commit_latency_budget;
+        if !budget.is_zero()
+            && !q.reacted
+            && !q.req.changes.is_empty()
+            && q.req.meta.origin == Origin::Device
+        {
+            self.company.arrived(q.uncovered, budget);
+        }
+    }
+
+    /// Whether `q`'s batch should be answered without waiting out the budget: `q` is one of a
+    /// device's sequence ([`Writer::in_sequence`]), or not a device's push at all (an
+    /// operator's registration or revocation, a restore, an import: bulk jobs that go through
+    /// users a bounded number at a time, each waiting for its answer, and are not the load the
+    /// budget prices).
+    fn prompt(&self, q: &Queued) -> bool {
+        q.req.meta.origin != Origin::Device || self.in_sequence(q)
     }
 
     /// How long after its user's answer a push is one of a sequence.
@@ -276,13 +301,23 @@ impl Writer {
             .collect()
     }
 
+    /// The moment of the answers about to be given, recorded (with a latency budget) as the
+    /// process's last answer before they go out: a client's reaction may enter the log before
+    /// `answer` returns.
+    fn answering(&self) -> Instant {
+        let now = Instant::now();
+        if !self.cfg.commit_latency_budget.is_zero() {
+            self.reactions.answered(now);
+        }
+        now
+    }
+
     /// Records that `users` were just answered; those answered longer ago than the sequence
     /// horizon are forgotten when the map has doubled since it was last pruned.
-    fn note_answered(&mut self, users: Vec<UserId>) {
+    fn note_answered(&mut self, users: Vec<UserId>, now: Instant) {
         if self.cfg.commit_latency_budget.is_zero() {
             return;
         }
-        let now = Instant::now();
         for u in users {
             self.answered_users.insert(u, now);
         }
@@ -398,8 +433,9 @@ impl Writer {
             match self.is_current().await {
                 Ok(true) => {
                     let users = self.sequence_users(&batch);
+                    let now = self.answering();
                     self.answer(batch, staging.results, None);
-                    self.note_answered(users);
+                    self.note_answered(users, now);
                     return;
                 }
                 Ok(false) if resyncs < 3 => {
@@ -507,9 +543,10 @@ impl Writer {
                     "committed"
                 );
                 let users = self.sequence_users(&batch);
+                let now = self.answering();
                 self.answer(batch, staging.results, Some(n));
-                self.answered_at = Some(Instant::now());
-                self.note_answered(users);
+                self.answered_at = Some(now);
+                self.note_answered(users, now);
             }
             Put::Deposed(generation) => {
                 warn!(

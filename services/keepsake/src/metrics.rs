@@ -418,7 +418,7 @@ pub fn text(
         counter(
             &mut out,
             "keepsake_commit_budget_skips",
-            "Such batches committed by the window instead: the shard's recent batches gathered less than one other push per budget, or the batch holds a push that followed its user's previous answer within the budget plus a second",
+            "Such batches committed by the window instead: the shard's devices push (not counting pushes within 25 ms of an answer) at less than one other push per budget, or the batch holds a push that followed its user's previous answer within the budget plus a second, or a push that is not a device's",
             g(&s.budget_skips),
         );
         counter(

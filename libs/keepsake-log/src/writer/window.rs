@@ -40,53 +40,169 @@ pub(super) fn budget_deadline(
 /// queueing (a cold load). Devices under the bill's model push a few times an hour at most.
 pub(crate) const SEQUENCE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How soon after an answer a push counts as a client's reaction to it, not as company: a
+/// client on the server's network (a load tool, an importer, a sync gateway keeping a few
+/// users' pushes in flight) sends its next push within a few milliseconds of its answer, to
+/// whichever shard that user's push goes. A process whose pushes all come that way gains
+/// nothing by waiting: nobody else is pushing, and its clients send nothing more until they
+/// are answered (a bounded-concurrency client's whole round is in the batches). Devices over
+/// a mobile network react after a round trip; the same device's next push is
+/// [`SEQUENCE_GAP`]'s.
+pub(crate) const REACTION: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// When the process last answered a batch, on any shard: a push that enters the log within
+/// [`REACTION`] of it reacted to an answer ([`Reactions::reacted`]); and how much time so far
+/// has been within a reaction of some answer ([`Reactions::covered`]), which a wait's
+/// measure of company leaves out with the reactions in it. Shared by the log and its shard
+/// writers; written once per answered batch and read twice per push.
+#[derive(Debug)]
+pub(crate) struct Reactions {
+    /// Where the process's time outside reactions starts.
+    base: Instant,
+    inner: std::sync::Mutex<ReactionClock>,
+}
+
+impl Default for Reactions {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            inner: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReactionClock {
+    /// The last answer.
+    last: Option<Instant>,
+    /// Time within a reaction of some answer, up to `last + REACTION`.
+    covered: std::time::Duration,
+}
+
+impl Reactions {
+    fn clock(&self) -> std::sync::MutexGuard<'_, ReactionClock> {
+        // The clock is two plain values, consistent after any panic: take it back.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records an answer given at `at` (taken before answering, so that a reaction cannot
+    /// enter the log before its answer is recorded).
+    pub(crate) fn answered(&self, at: Instant) {
+        let mut c = self.clock();
+        let end = at + REACTION;
+        match c.last {
+            Some(last) if last >= at => {}
+            Some(last) => {
+                let from = at.max(last + REACTION);
+                c.covered += end.saturating_duration_since(from);
+                c.last = Some(at);
+            }
+            None => {
+                c.covered = REACTION;
+                c.last = Some(at);
+            }
+        }
+    }
+
+    /// Whether a push entering the log at `at` came within [`REACTION`] after the last answer.
+    pub(crate) fn reacted(&self, at: Instant) -> bool {
+        self.clock()
+            .last
+            .is_some_and(|last| last <= at && at.duration_since(last) <= REACTION)
+    }
+
+    /// Time within a reaction of some answer, up to `at` (a moment not before the last
+    /// answer's recording; one a few microseconds before it is off by as much).
+    pub(crate) fn covered(&self, at: Instant) -> std::time::Duration {
+        let c = self.clock();
+        let ahead = c
+            .last
+            .map_or(std::time::Duration::ZERO, |last| {
+                (last + REACTION).saturating_duration_since(at)
+            })
+            .min(REACTION);
+        c.covered.saturating_sub(ahead)
+    }
+
+    /// Time since the process began counting, less the time within a reaction of some
+    /// answer: the clock that [`Company`] counts arrivals by.
+    pub(crate) fn uncovered(&self, at: Instant) -> std::time::Duration {
+        at.saturating_duration_since(self.base)
+            .saturating_sub(self.covered(at))
+    }
+}
+
 /// Other pushes expected within one latency budget at which a small batch waits the budget out:
 /// below it a wait mostly ends with the batch it began with, one PUT for one push all the same.
 pub(super) const COMPANY_WORTH_WAITING: f64 = 1.0;
-/// One batch's sample counts at most this many (a burst after an idle spell is not a rate).
-const COMPANY_SAMPLE_MAX: f64 = 16.0;
+/// The arrival rate's memory, in latency budgets (of time outside reactions): long enough to
+/// hold about ten arrivals at the rate worth waiting for, short enough that a change of load
+/// shows within a few seconds of such time at the budgets one would choose.
+const COMPANY_MEMORY_BUDGETS: f64 = 10.0;
 
-/// How many other pushes a shard's small batch may expect to gather within the latency budget,
-/// from what its recent batches gathered (a moving average of each batch's others, scaled from
-/// the time it stayed open to the budget). A budget is a price for company: a device pushing
-/// alone, one push after another (a phone importing its address book, a CardDAV client's PUTs)
-/// gathers none, and waiting would add the budget to each of its pushes and save no PUT. So a
-/// small batch waits the budget out only while company is expected; batches that do not wait
-/// are still observed (the pushes that queued during the previous PUT), so waiting resumes
-/// when others start pushing. A shard with no record waits (what the budget promises).
+/// How many other pushes a shard's small batch may expect to gather within the latency budget:
+/// the shard's rate of devices' pushes that did not react to an answer of the process
+/// ([`REACTION`]), times the budget. A budget is a price for company: a device pushing alone,
+/// one push after another (a phone importing its address book, a CardDAV client's PUTs), or a
+/// client that keeps a few users' pushes in flight and sends the next when one is answered (its
+/// whole round is in the batches) brings none, and waiting would add the budget to each of its
+/// rounds and save no PUT.
+///
+/// The rate is counted in time outside reactions ([`Reactions::uncovered`]): the reactions
+/// left out of the count are left out of the time too, so independent arrivals are counted at
+/// their true rate however often the process answers. An exponentially decaying count with a
+/// memory of [`COMPANY_MEMORY_BUDGETS`] budgets; a shard with no record starts at the rate
+/// worth waiting for (what the budget promises), which fades if nobody comes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Company {
-    expected: f64,
+    /// Arrivals, decayed to `at`.
+    count: f64,
+    /// Time outside reactions when `count` was last decayed.
+    at: std::time::Duration,
 }
 
 impl Default for Company {
     fn default() -> Self {
         Self {
-            expected: COMPANY_WORTH_WAITING,
+            count: COMPANY_WORTH_WAITING * COMPANY_MEMORY_BUDGETS,
+            at: std::time::Duration::ZERO,
         }
     }
 }
 
 impl Company {
-    /// Whether a small batch should wait out the budget.
-    pub(super) fn worth_waiting(self) -> bool {
-        self.expected >= COMPANY_WORTH_WAITING
+    fn decay_to(&mut self, at: std::time::Duration, budget: std::time::Duration) {
+        if at > self.at {
+            let memory = budget.as_secs_f64() * COMPANY_MEMORY_BUDGETS;
+            if memory > 0.0 {
+                self.count *= (-(at - self.at).as_secs_f64() / memory).exp();
+            }
+            self.at = at;
+        }
     }
 
-    /// Records a batch whose first push was joined by `others` pushes with changes while the
-    /// batch stayed `open` (from the first push's arrival to the end of filling; counted as
-    /// at least one commit `window`).
-    pub(super) fn observe(
+    /// Counts a device's push that did not react to an answer, queued at `at` (time outside
+    /// reactions).
+    pub(super) fn arrived(&mut self, at: std::time::Duration, budget: std::time::Duration) {
+        self.decay_to(at, budget);
+        self.count += 1.0;
+    }
+
+    /// Others expected within one budget, at `at` (time outside reactions).
+    pub(super) fn expected(&mut self, at: std::time::Duration, budget: std::time::Duration) -> f64 {
+        self.decay_to(at, budget);
+        self.count / COMPANY_MEMORY_BUDGETS
+    }
+
+    /// Whether a small batch opening at `at` should wait out the budget.
+    pub(super) fn worth_waiting(
         &mut self,
-        others: usize,
-        open: std::time::Duration,
+        at: std::time::Duration,
         budget: std::time::Duration,
-        window: std::time::Duration,
-    ) {
-        let span = open.max(window).max(std::time::Duration::from_micros(1));
-        let sample =
-            (others as f64 * budget.as_secs_f64() / span.as_secs_f64()).min(COMPANY_SAMPLE_MAX);
-        self.expected = (self.expected * 3.0 + sample) / 4.0;
+    ) -> bool {
+        self.expected(at, budget) >= COMPANY_WORTH_WAITING
     }
 }
 
@@ -110,40 +226,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn company_is_expected_while_batches_gather_it_and_not_after_they_stop() {
+    fn company_is_the_rate_of_arrivals_that_did_not_react_times_the_budget() {
         let ms = Duration::from_millis;
-        let (budget, window) = (ms(100), ms(10));
-        // A shard with no record waits.
+        let budget = ms(100);
+        // A shard with no record waits; with nobody coming the rate fades, in about a
+        // memory's time (10 budgets: 1 s here) to e^-1 of it.
         let mut c = Company::default();
-        assert!(c.worth_waiting());
-        // A device pushing alone: its first wait gathers nobody, and from then on it does
-        // not wait (its batches close at once, with nobody else in them).
-        c.observe(0, ms(100), budget, window);
-        assert!(!c.worth_waiting());
-        for _ in 0..10 {
-            c.observe(0, ms(0), budget, window);
-            assert!(!c.worth_waiting());
+        assert!(c.worth_waiting(Duration::ZERO, budget));
+        assert!(!c.worth_waiting(ms(10), budget));
+        let e = c.expected(ms(1_000), budget);
+        assert!((e - (-1.0f64).exp()).abs() < 0.01, "{e}");
+        // A device pushing alone every 1.25 s: 0.08 per budget, never worth waiting.
+        let mut c = Company::default();
+        let mut at = Duration::ZERO;
+        for _ in 0..40 {
+            at += ms(1_250);
+            c.arrived(at, budget);
+            assert!(!c.worth_waiting(at, budget) || at < ms(5_000), "{c:?}");
         }
-        // Others start pushing: one joins a batch that did not wait (it queued during the
-        // previous PUT, within a window): one per 10 ms is ten per budget. Waiting resumes.
-        c.observe(1, ms(0), budget, window);
-        assert!(c.worth_waiting(), "{c:?}");
-        // Waits that gather about three pushes per budget keep it waiting...
-        for _ in 0..50 {
-            c.observe(3, ms(95), budget, window);
-            assert!(c.worth_waiting(), "{c:?}");
+        let e = c.expected(at, budget);
+        assert!((0.05..0.15).contains(&e), "{e}");
+        // Pushes every 20 ms (five per budget) come to about five expected, and waiting.
+        for _ in 0..500 {
+            at += ms(20);
+            c.arrived(at, budget);
         }
-        // ...and a run of waits that gather nobody ends it.
-        let mut waits = 0;
-        while c.worth_waiting() {
-            c.observe(0, ms(95), budget, window);
-            waits += 1;
-        }
-        assert!((2..=8).contains(&waits), "{waits}");
-        // One batch's burst after an idle spell counts as at most COMPANY_SAMPLE_MAX.
-        let mut c = Company { expected: 0.0 };
-        c.observe(1_000, ms(0), budget, window);
-        assert!(c.expected <= COMPANY_SAMPLE_MAX / 4.0 + 1e-9, "{c:?}");
+        let e = c.expected(at, budget);
+        assert!((4.5..5.6).contains(&e), "{e}");
+        // They stop: within about two memories (2 s of time outside reactions) it is not
+        // worth waiting any more.
+        assert!(c.worth_waiting(at + ms(1_000), budget));
+        assert!(!c.worth_waiting(at + ms(2_000), budget));
+        // Arrivals stamped out of order (queued by different tasks) count without decaying.
+        let mut c = Company::default();
+        c.arrived(ms(500), budget);
+        let before = c.count;
+        c.arrived(ms(400), budget);
+        assert_eq!(c.count, before + 1.0);
+    }
+
+    #[test]
+    fn a_push_soon_after_any_answer_reacted_to_it_and_that_time_is_counted() {
+        let ms = Duration::from_millis;
+        let r = Reactions::default();
+        let t0 = Instant::now();
+        // No answer yet: nothing reacted, nothing covered.
+        assert!(!r.reacted(t0));
+        assert_eq!(r.covered(t0 + ms(1_000)), Duration::ZERO);
+        r.answered(t0 + ms(100));
+        assert!(r.reacted(t0 + ms(100)));
+        assert!(r.reacted(t0 + ms(100) + REACTION));
+        assert!(!r.reacted(t0 + ms(101) + REACTION));
+        assert_eq!(r.covered(t0 + ms(100)), Duration::ZERO);
+        assert_eq!(r.covered(t0 + ms(110)), ms(10));
+        assert_eq!(r.covered(t0 + ms(500)), REACTION);
+        // An answer within the reaction of the last extends it (no time counted twice).
+        r.answered(t0 + ms(110));
+        assert_eq!(r.covered(t0 + ms(500)), REACTION + ms(10));
+        // An earlier answer (another shard's, recorded late) changes nothing.
+        r.answered(t0 + ms(50));
+        assert!(r.reacted(t0 + ms(120)));
+        assert_eq!(r.covered(t0 + ms(500)), REACTION + ms(10));
+        // Before the last answer: not a reaction to it.
+        assert!(!r.reacted(t0 + ms(109)));
+        // A later answer after a gap: its whole reaction is counted.
+        r.answered(t0 + ms(1_000));
+        assert_eq!(r.covered(t0 + ms(2_000)), REACTION * 2 + ms(10));
+        // Time outside reactions: since the clock began, less the covered time.
+        let since = (t0 + ms(2_000)).saturating_duration_since(r.base);
+        assert_eq!(r.uncovered(t0 + ms(2_000)), since - (REACTION * 2 + ms(10)));
     }
 
     #[test]
