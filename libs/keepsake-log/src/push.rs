@@ -69,8 +69,9 @@ impl Log {
     pub async fn push(&self, req: PushRequest) -> Result<PushResult, LogError> {
         let shard = self.shard_of(&req.user_id);
         // On entry, before any read: a reaction is timed from its answer, not from the end of
-        // a cold load.
-        let reacted = self.reactions.reacted(Instant::now());
+        // a cold load. Only a latency budget asks (nothing on the path without one).
+        let budget = !self.cfg.commit_latency_budget.is_zero();
+        let reacted = budget && self.reactions.reacted_now();
         // Read here, by this push's own task, so that a slow read of history never holds up
         // the shard's writer and every other push of its batch.
         let ancestors = self.prefetch_ancestors(&req).await?;
@@ -83,7 +84,11 @@ impl Log {
             old_changes,
             old_through,
             enqueued,
-            uncovered: self.reactions.uncovered(enqueued),
+            uncovered: if budget {
+                self.reactions.uncovered(enqueued)
+            } else {
+                std::time::Duration::ZERO
+            },
             reacted,
             reply,
         };

@@ -205,11 +205,13 @@ impl Writer {
         // answered waits for its answer: no one else's push is worth making it wait the budget
         // each time) and no push that is not a device's; one with enough changes closes by
         // the window (invariant 1).
-        self.count_arrival(&first);
+        // Decided before the first push is counted: at an arrival the count is one more than
+        // the rate's mean.
         let waits = !budget.is_zero()
             && self
                 .company
                 .worth_waiting(self.reactions.uncovered(Instant::now()), budget);
+        self.count_arrival(&first);
         let mut prompt = waits && self.prompt(&first);
         let mut waited = false;
         let mut batch = vec![first];

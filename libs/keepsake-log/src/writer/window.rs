@@ -50,11 +50,16 @@ pub(crate) const SEQUENCE_GAP: std::time::Duration = std::time::Duration::from_s
 /// [`SEQUENCE_GAP`]'s.
 pub(crate) const REACTION: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// Whether a push at `at` reacted to an answer given at `last`.
+fn reacted(last: Instant, at: Instant) -> bool {
+    last <= at && at.duration_since(last) <= REACTION
+}
+
 /// When the process last answered a batch, on any shard: a push that enters the log within
-/// [`REACTION`] of it reacted to an answer ([`Reactions::reacted`]); and how much time so far
+/// [`REACTION`] of it reacted to an answer ([`Reactions::reacted_now`]); and how much time so far
 /// has been within a reaction of some answer ([`Reactions::covered`]), which a wait's
 /// measure of company leaves out with the reactions in it. Shared by the log and its shard
-/// writers; written once per answered batch and read twice per push.
+/// writers; written once per answered batch, read twice per push and once per batch.
 #[derive(Debug)]
 pub(crate) struct Reactions {
     /// Where the process's time outside reactions starts.
@@ -106,11 +111,13 @@ impl Reactions {
         }
     }
 
-    /// Whether a push entering the log at `at` came within [`REACTION`] after the last answer.
-    pub(crate) fn reacted(&self, at: Instant) -> bool {
-        self.clock()
-            .last
-            .is_some_and(|last| last <= at && at.duration_since(last) <= REACTION)
+    /// Whether a push entering the log now came within [`REACTION`] after the last answer.
+    /// The moment is taken under the lock, so that no answer recorded in between can be later
+    /// than it (an answer's moment is taken before it is recorded).
+    pub(crate) fn reacted_now(&self) -> bool {
+        let c = self.clock();
+        let at = Instant::now();
+        c.last.is_some_and(|last| reacted(last, at))
     }
 
     /// Time within a reaction of some answer, up to `at` (a moment not before the last
@@ -153,33 +160,41 @@ const COMPANY_MEMORY_BUDGETS: f64 = 10.0;
 /// The rate is counted in time outside reactions ([`Reactions::uncovered`]): the reactions
 /// left out of the count are left out of the time too, so independent arrivals are counted at
 /// their true rate however often the process answers. An exponentially decaying count with a
-/// memory of [`COMPANY_MEMORY_BUDGETS`] budgets; a shard with no record starts at the rate
-/// worth waiting for (what the budget promises), which fades if nobody comes.
+/// memory of [`COMPANY_MEMORY_BUDGETS`] budgets; a shard's record starts at its first push, at
+/// the rate worth waiting for (what the budget promises), which fades if nobody comes. A batch
+/// decides before its first push is counted (at an arrival the count is one more than the
+/// rate's mean). While the process answers every few milliseconds there is little time
+/// outside reactions, and the rate holds about where it was.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Company {
     /// Arrivals, decayed to `at`.
     count: f64,
-    /// Time outside reactions when `count` was last decayed.
-    at: std::time::Duration,
+    /// Time outside reactions when `count` was last decayed; `None` until the shard's first
+    /// push (the record starts there, at the rate worth waiting for).
+    at: Option<std::time::Duration>,
 }
 
 impl Default for Company {
     fn default() -> Self {
         Self {
             count: COMPANY_WORTH_WAITING * COMPANY_MEMORY_BUDGETS,
-            at: std::time::Duration::ZERO,
+            at: None,
         }
     }
 }
 
 impl Company {
     fn decay_to(&mut self, at: std::time::Duration, budget: std::time::Duration) {
-        if at > self.at {
-            let memory = budget.as_secs_f64() * COMPANY_MEMORY_BUDGETS;
-            if memory > 0.0 {
-                self.count *= (-(at - self.at).as_secs_f64() / memory).exp();
+        match self.at {
+            Some(last) if at > last => {
+                let memory = budget.as_secs_f64() * COMPANY_MEMORY_BUDGETS;
+                if memory > 0.0 {
+                    self.count *= (-(at - last).as_secs_f64() / memory).exp();
+                }
+                self.at = Some(at);
             }
-            self.at = at;
+            Some(_) => {}
+            None => self.at = Some(at),
         }
     }
 
@@ -229,20 +244,24 @@ mod tests {
     fn company_is_the_rate_of_arrivals_that_did_not_react_times_the_budget() {
         let ms = Duration::from_millis;
         let budget = ms(100);
-        // A shard with no record waits; with nobody coming the rate fades, in about a
-        // memory's time (10 budgets: 1 s here) to e^-1 of it.
+        // A shard with no record waits, however long after the process began; with nobody
+        // coming the rate fades, in about a memory's time (10 budgets: 1 s here) to e^-1.
         let mut c = Company::default();
-        assert!(c.worth_waiting(Duration::ZERO, budget));
-        assert!(!c.worth_waiting(ms(10), budget));
-        let e = c.expected(ms(1_000), budget);
+        assert!(c.worth_waiting(ms(5_000), budget));
+        assert!(!c.worth_waiting(ms(5_010), budget));
+        let e = c.expected(ms(6_000), budget);
         assert!((e - (-1.0f64).exp()).abs() < 0.01, "{e}");
-        // A device pushing alone every 1.25 s: 0.08 per budget, never worth waiting.
+        // A device pushing alone every 1.25 s: its first push waits (no record), then 0.08
+        // per budget, never worth waiting.
+        // (As the writer does: decide, then count the push.)
         let mut c = Company::default();
-        let mut at = Duration::ZERO;
+        let mut at = ms(1_250);
+        assert!(c.worth_waiting(at, budget));
+        c.arrived(at, budget);
         for _ in 0..40 {
             at += ms(1_250);
+            assert!(!c.worth_waiting(at, budget), "{c:?}");
             c.arrived(at, budget);
-            assert!(!c.worth_waiting(at, budget) || at < ms(5_000), "{c:?}");
         }
         let e = c.expected(at, budget);
         assert!((0.05..0.15).contains(&e), "{e}");
@@ -259,6 +278,7 @@ mod tests {
         assert!(!c.worth_waiting(at + ms(2_000), budget));
         // Arrivals stamped out of order (queued by different tasks) count without decaying.
         let mut c = Company::default();
+        c.arrived(ms(400), budget);
         c.arrived(ms(500), budget);
         let before = c.count;
         c.arrived(ms(400), budget);
@@ -271,12 +291,17 @@ mod tests {
         let r = Reactions::default();
         let t0 = Instant::now();
         // No answer yet: nothing reacted, nothing covered.
-        assert!(!r.reacted(t0));
+        assert!(!r.reacted_now());
         assert_eq!(r.covered(t0 + ms(1_000)), Duration::ZERO);
-        r.answered(t0 + ms(100));
-        assert!(r.reacted(t0 + ms(100)));
-        assert!(r.reacted(t0 + ms(100) + REACTION));
-        assert!(!r.reacted(t0 + ms(101) + REACTION));
+        let a = t0 + ms(100);
+        assert!(reacted(a, a));
+        assert!(reacted(a, a + REACTION));
+        assert!(!reacted(a, a + ms(1) + REACTION));
+        assert!(
+            !reacted(a, t0 + ms(99)),
+            "before the answer: not a reaction to it"
+        );
+        r.answered(a);
         assert_eq!(r.covered(t0 + ms(100)), Duration::ZERO);
         assert_eq!(r.covered(t0 + ms(110)), ms(10));
         assert_eq!(r.covered(t0 + ms(500)), REACTION);
@@ -285,10 +310,12 @@ mod tests {
         assert_eq!(r.covered(t0 + ms(500)), REACTION + ms(10));
         // An earlier answer (another shard's, recorded late) changes nothing.
         r.answered(t0 + ms(50));
-        assert!(r.reacted(t0 + ms(120)));
+        assert_eq!(r.clock().last, Some(t0 + ms(110)));
         assert_eq!(r.covered(t0 + ms(500)), REACTION + ms(10));
-        // Before the last answer: not a reaction to it.
-        assert!(!r.reacted(t0 + ms(109)));
+        // A push now, just after an answer now (a clock whose answers are not in the future).
+        let now = Reactions::default();
+        now.answered(Instant::now());
+        assert!(now.reacted_now());
         // A later answer after a gap: its whole reaction is counted.
         r.answered(t0 + ms(1_000));
         assert_eq!(r.covered(t0 + ms(2_000)), REACTION * 2 + ms(10));
