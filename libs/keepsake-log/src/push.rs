@@ -58,7 +58,7 @@ pub(crate) struct Queued {
     /// Whether it entered the log within a reaction of the process's last answer (a client's
     /// next push once answered: not company for a latency budget's wait).
     pub reacted: bool,
-    /// The process's time outside reactions when it was queued (the clock a latency
+    /// The process's time outside reactions when it entered the log (the clock a latency
     /// budget's arrival rate is counted by).
     pub uncovered: std::time::Duration,
     pub reply: oneshot::Sender<Result<PushResult, LogError>>,
@@ -70,25 +70,23 @@ impl Log {
         let shard = self.shard_of(&req.user_id);
         // On entry, before any read: a reaction is timed from its answer, not from the end of
         // a cold load. Only a latency budget asks (nothing on the path without one).
-        let budget = !self.cfg.commit_latency_budget.is_zero();
-        let reacted = budget && self.reactions.reacted_now();
+        let (reacted, uncovered) = if self.cfg.commit_latency_budget.is_zero() {
+            (false, std::time::Duration::ZERO)
+        } else {
+            self.reactions.arrival_now()
+        };
         // Read here, by this push's own task, so that a slow read of history never holds up
         // the shard's writer and every other push of its batch.
         let ancestors = self.prefetch_ancestors(&req).await?;
         let (old_changes, old_through) = self.resolve_old_changes(&req).await?;
         let (reply, answer) = oneshot::channel();
-        let enqueued = Instant::now();
         let queued = Queued {
             req,
             ancestors,
             old_changes,
             old_through,
-            enqueued,
-            uncovered: if budget {
-                self.reactions.uncovered(enqueued)
-            } else {
-                std::time::Duration::ZERO
-            },
+            enqueued: Instant::now(),
+            uncovered,
             reacted,
             reply,
         };

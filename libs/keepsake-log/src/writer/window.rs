@@ -56,10 +56,10 @@ fn reacted(last: Instant, at: Instant) -> bool {
 }
 
 /// When the process last answered a batch, on any shard: a push that enters the log within
-/// [`REACTION`] of it reacted to an answer ([`Reactions::reacted_now`]); and how much time so far
-/// has been within a reaction of some answer ([`Reactions::covered`]), which a wait's
-/// measure of company leaves out with the reactions in it. Shared by the log and its shard
-/// writers; written once per answered batch, read twice per push and once per batch.
+/// [`REACTION`] of it reacted to an answer ([`Reactions::arrival_now`]); and how much time so
+/// far has been outside a reaction of any answer ([`Reactions::uncovered`]), the time company
+/// is counted in. Shared by the log and its shard writers; written once per answered batch,
+/// read once per push and once per batch.
 #[derive(Debug)]
 pub(crate) struct Reactions {
     /// Where the process's time outside reactions starts.
@@ -111,34 +111,46 @@ impl Reactions {
         }
     }
 
-    /// Whether a push entering the log now came within [`REACTION`] after the last answer.
-    /// The moment is taken under the lock, so that no answer recorded in between can be later
-    /// than it (an answer's moment is taken before it is recorded).
-    pub(crate) fn reacted_now(&self) -> bool {
+    /// A push entering the log now: whether it came within [`REACTION`] after the last answer,
+    /// and the time outside reactions it came at ([`Reactions::uncovered`]), in one look. The
+    /// moment is taken under the lock, so that no answer recorded in between can be later than
+    /// it (an answer's moment is taken before it is recorded).
+    pub(crate) fn arrival_now(&self) -> (bool, std::time::Duration) {
         let c = self.clock();
         let at = Instant::now();
-        c.last.is_some_and(|last| reacted(last, at))
-    }
-
-    /// Time within a reaction of some answer, up to `at` (a moment not before the last
-    /// answer's recording; one a few microseconds before it is off by as much).
-    pub(crate) fn covered(&self, at: Instant) -> std::time::Duration {
-        let c = self.clock();
-        let ahead = c
-            .last
-            .map_or(std::time::Duration::ZERO, |last| {
-                (last + REACTION).saturating_duration_since(at)
-            })
-            .min(REACTION);
-        c.covered.saturating_sub(ahead)
+        let reacted = c.last.is_some_and(|last| reacted(last, at));
+        (reacted, self.uncovered_in(&c, at))
     }
 
     /// Time since the process began counting, less the time within a reaction of some
-    /// answer: the clock that [`Company`] counts arrivals by.
+    /// answer, up to `at`: the clock that [`Company`] counts arrivals by.
     pub(crate) fn uncovered(&self, at: Instant) -> std::time::Duration {
-        at.saturating_duration_since(self.base)
-            .saturating_sub(self.covered(at))
+        let c = self.clock();
+        self.uncovered_in(&c, at)
     }
+
+    /// [`Reactions::uncovered`] on a clock already read.
+    fn uncovered_in(&self, c: &ReactionClock, at: Instant) -> std::time::Duration {
+        at.saturating_duration_since(self.base)
+            .saturating_sub(covered_in(c, at))
+    }
+
+    #[cfg(test)]
+    fn covered(&self, at: Instant) -> std::time::Duration {
+        covered_in(&self.clock(), at)
+    }
+}
+
+/// Time within a reaction of some answer, up to `at` (a moment not before the last answer's
+/// recording; one a few microseconds before it is off by as much).
+fn covered_in(c: &ReactionClock, at: Instant) -> std::time::Duration {
+    let ahead = c
+        .last
+        .map_or(std::time::Duration::ZERO, |last| {
+            (last + REACTION).saturating_duration_since(at)
+        })
+        .min(REACTION);
+    c.covered.saturating_sub(ahead)
 }
 
 /// Other pushes expected within one latency budget at which a small batch waits the budget out:
@@ -291,7 +303,7 @@ mod tests {
         let r = Reactions::default();
         let t0 = Instant::now();
         // No answer yet: nothing reacted, nothing covered.
-        assert!(!r.reacted_now());
+        assert!(!r.arrival_now().0);
         assert_eq!(r.covered(t0 + ms(1_000)), Duration::ZERO);
         let a = t0 + ms(100);
         assert!(reacted(a, a));
@@ -315,7 +327,7 @@ mod tests {
         // A push now, just after an answer now (a clock whose answers are not in the future).
         let now = Reactions::default();
         now.answered(Instant::now());
-        assert!(now.reacted_now());
+        assert!(now.arrival_now().0);
         // A later answer after a gap: its whole reaction is counted.
         r.answered(t0 + ms(1_000));
         assert_eq!(r.covered(t0 + ms(2_000)), REACTION * 2 + ms(10));
