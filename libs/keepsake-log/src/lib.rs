@@ -66,7 +66,7 @@ pub use reader::{
 pub use shard::recover_shard;
 pub use stats::{AtomicHistogram, LogStats};
 pub use upkeep::apply_retention;
-pub use view::{EXACT_CHANGE_IDS, ReadPlan, ShardState};
+pub use view::{EXACT_CHANGE_IDS, Mark, ReadPlan, ShardState};
 
 pub(crate) use load::load_user;
 use shard::Shard;

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::view::ReadPlan;
 use crate::{
-    Log, LogError, ShardState, Source, UpTo, checkpoint_exists, list_checkpoints, open_checkpoint,
-    poisoned, reader,
+    Log, LogError, Mark, ShardState, Source, UpTo, checkpoint_exists, list_checkpoints,
+    open_checkpoint, poisoned, reader,
 };
 
 impl Log {
@@ -55,21 +55,47 @@ impl Log {
         user: &UserId,
         f: impl FnOnce(&UserState) -> R,
     ) -> Result<R, LogError> {
+        Ok(self.user_marked(user, f).await?.0)
+    }
+
+    /// [`Log::user`], with the [`Mark`] of the log the state stood at (taken under the same
+    /// lock: the state is the fold of the shard's log up to it), if the view has one: what
+    /// [`Log::unchanged_since`] is asked later.
+    pub async fn user_marked<R>(
+        &self,
+        user: &UserId,
+        f: impl FnOnce(&UserState) -> R,
+    ) -> Result<(R, Option<Mark>), LogError> {
         let shard = self.shard_of(user);
         let state = &self.shards[shard as usize].state;
         let mut f = Some(f);
         loop {
             load_user(&self.store, shard, state, *user).await?;
             // The state is taken out of the lock before `f` runs: no caller code under it.
-            let shared = state.read().map_err(|_| poisoned(shard))?.get_shared(user);
+            let (shared, mark) = {
+                let s = state.read().map_err(|_| poisoned(shard))?;
+                (s.get_shared(user), s.head_mark())
+            };
             // An eviction between the load and the lock sends us round again. (Taking `f` before
             // looking the user up answered such a race "state lock poisoned".)
             if let Some(s) = shared
                 && let Some(f) = f.take()
             {
-                return Ok(f(&s));
+                return Ok((f(&s), mark));
             }
         }
+    }
+
+    /// The mark of the log now if the user's committed state is the one it had at `since` (no
+    /// segment after it holds the user's events), told from the view's index without loading
+    /// the user: `None` when the index cannot tell ([`ShardState::unchanged_since`]).
+    pub fn unchanged_since(&self, user: &UserId, since: Mark) -> Result<Option<Mark>, LogError> {
+        let shard = self.shard_of(user);
+        let state = self.shards[shard as usize]
+            .state
+            .read()
+            .map_err(|_| poisoned(shard))?;
+        Ok(state.unchanged_since(user, since))
     }
 
     /// One user's events, oldest first, up to a moment: the segments before the view's index

@@ -13,6 +13,12 @@
 //!   user's history (a stale patch's base, a resent change id, an as-of read) reads, of the
 //!   segments the index covers, only the user's: the segments a checkpoint has just covered
 //!   are not yet compacted, and a newest-first search read each of them.
+//! - Beside the index, the view keeps each indexed segment's stamp (its `last_recorded_at`):
+//!   a [`Mark`] (a segment and its stamp) taken with a user's state says where in the log that
+//!   state stood, and [`ShardState::unchanged_since`] tells from the index alone, without
+//!   loading the user, that no segment since holds the user's events. A mark whose segment
+//!   the view holds with another stamp (the store went back to an older copy, and the number
+//!   was written again) proves nothing.
 //! - When resident bytes exceed the budget, unpinned users drawn at random are evicted down to
 //!   80% of it ([`ShardState::evict_over`]: not the least recently used, whom a fleet syncing
 //!   in turn asks for next): after every commit, and before a user is loaded in, so that
@@ -86,6 +92,18 @@ impl ReadPlan {
     }
 }
 
+/// Where in a shard's log a state stood: the last segment folded into it, and that segment's
+/// stamp (`last_recorded_at` in microseconds, as the segment stores it), which tells that
+/// segment from another written under the same number after the store went back to an older
+/// copy of itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mark {
+    /// The segment.
+    pub segment: u64,
+    /// Its `last_recorded_at`, microseconds since the epoch.
+    pub stamp: i64,
+}
+
 /// Committed state of one shard.
 #[derive(Debug, Default)]
 pub struct ShardState {
@@ -141,6 +159,9 @@ pub struct ShardState {
     /// after the newest checkpoint, not every segment of the tail, and reads of a user's
     /// history only the user's of the generations before.
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
+    /// The stamp of every segment the tail index covers, ascending: what a [`Mark`] is checked
+    /// against.
+    stamps: std::collections::VecDeque<(u64, i64)>,
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
     /// on a local store reads every file's metadata (a fifth of the server's time under pushes
@@ -290,7 +311,8 @@ impl ShardState {
             .values()
             .map(|segs| PER_USER + segs.capacity() * size_of::<(u64, u64)>())
             .sum();
-        let sizes = self.segment_sizes.capacity() * size_of::<(u64, Tag)>();
+        let sizes = self.segment_sizes.capacity() * size_of::<(u64, Tag)>()
+            + self.stamps.capacity() * size_of::<(u64, i64)>();
         let history = self.history.capacity() * size_of::<HistoryListed>();
         // The opened manifest: the deltas' user lists, and the base ranges.
         let manifest = match &self.opened {
@@ -358,6 +380,42 @@ impl ShardState {
         i.checked_sub(1).map(|i| segs[i].0)
     }
 
+    /// The head as a [`Mark`], if the view has its stamp (it has for every segment the index
+    /// covers; not for the checkpoint recovery started from, nor for an empty log).
+    pub fn head_mark(&self) -> Option<Mark> {
+        self.stamps
+            .back()
+            .filter(|(n, _)| *n == self.head)
+            .map(|&(segment, stamp)| Mark { segment, stamp })
+    }
+
+    /// The head's [`Mark`] if no segment after `since` holds the user's events: then the user's
+    /// state is the one it had at `since`. Answered from the tail index alone, so a user who is
+    /// not in memory is not loaded. `None` when the index cannot tell: `since` is before the
+    /// segments it covers or past the head, or the view holds that segment with another stamp
+    /// (another copy of the store); the caller then reads the user.
+    pub fn unchanged_since(&self, user: &UserId, since: Mark) -> Option<Mark> {
+        if since.segment <= self.indexed_after || since.segment > self.head {
+            return None;
+        }
+        let i = self
+            .stamps
+            .binary_search_by_key(&since.segment, |(n, _)| *n)
+            .ok()?;
+        if self.stamps[i].1 != since.stamp {
+            return None;
+        }
+        let changed = self
+            .tail_index
+            .get(user)
+            .and_then(|segs| segs.last())
+            .is_some_and(|(n, _)| *n > since.segment);
+        if changed {
+            return None;
+        }
+        self.head_mark()
+    }
+
     /// Where recovery starts: at checkpoint `c` (or the log's start), nothing after it read
     /// yet. The segments after it are then committed one by one ([`Self::commit_segment`]),
     /// and the index covers them all.
@@ -367,6 +425,7 @@ impl ShardState {
         self.indexed_after = self.head;
         self.before = [None, None];
         self.tail_index.clear();
+        self.stamps.clear();
     }
 
     /// Keep the index of a generation that a newer checkpoint covered until compaction has
@@ -425,6 +484,9 @@ impl ShardState {
             segs.retain(|(n, _)| *n > to);
             !segs.is_empty()
         });
+        while self.stamps.front().is_some_and(|(n, _)| *n <= to) {
+            self.stamps.pop_front();
+        }
         self.indexed_after = to;
     }
 
@@ -516,6 +578,8 @@ impl ShardState {
             }
         }
         self.index_segment(n, events);
+        self.stamps
+            .push_back((n, last_recorded_at.timestamp_micros()));
         if let Some((size, tag)) = placed {
             self.record_segment_size(n, size, tag);
         }
@@ -892,6 +956,63 @@ mod tests {
         lagging.index_until_compacted(true);
         lagging.checkpointed(9);
         assert_eq!(lagging.indexed_after(), 8);
+    }
+
+    /// A mark taken at a segment says a user is unchanged exactly while no later segment holds
+    /// the user's events; it proves nothing before the index, past the head, with another stamp
+    /// under its number, or once recovery started the index again.
+    #[test]
+    fn a_mark_tells_an_unchanged_user_from_the_index_alone() {
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let a = history(1, 1, 20, start);
+        let b = history(2, 1, 20, start);
+        let (ua, ub) = (a[0].user_id, b[0].user_id);
+        assert_ne!(ua, ub);
+        let at = |n: u64| start + chrono::Duration::seconds(n as i64);
+        let mark = |n: u64| Mark {
+            segment: n,
+            stamp: at(n).timestamp_micros(),
+        };
+        let mut view = ShardState::default();
+        assert_eq!(view.head_mark(), None, "an empty log has no mark");
+        // Segments 1-2 hold user a, 3-4 user b.
+        let chunks = [&a[..10], &a[10..], &b[..10], &b[10..]];
+        for (i, chunk) in chunks.iter().enumerate() {
+            let n = i as u64 + 1;
+            view.commit_segment(n, chunk, at(n), None).expect("folds");
+        }
+        assert_eq!(view.head_mark(), Some(mark(4)));
+        assert_eq!(view.unchanged_since(&ua, mark(2)), Some(mark(4)));
+        assert_eq!(view.unchanged_since(&ua, mark(1)), None, "a is in 2");
+        assert_eq!(view.unchanged_since(&ub, mark(3)), None, "b is in 4");
+        assert_eq!(view.unchanged_since(&ub, mark(4)), Some(mark(4)));
+        let stranger = UserId(uuid::Uuid::from_u128(77));
+        assert_eq!(view.unchanged_since(&stranger, mark(1)), Some(mark(4)));
+        // Another segment under the number: the store went back and it was written again.
+        let other = Mark {
+            segment: 2,
+            stamp: mark(2).stamp + 1,
+        };
+        assert_eq!(view.unchanged_since(&ua, other), None);
+        assert_eq!(view.unchanged_since(&ua, mark(5)), None, "past the head");
+        assert_eq!(view.unchanged_since(&ua, mark(0)), None, "before the index");
+        // Checkpoints at 2 then 3: the index covers only segments after 2.
+        view.checkpointed(2);
+        view.checkpointed(3);
+        assert_eq!(view.indexed_after(), 2);
+        assert_eq!(
+            view.unchanged_since(&ua, mark(2)),
+            None,
+            "no longer covered"
+        );
+        assert_eq!(view.unchanged_since(&ua, mark(3)), Some(mark(4)));
+        // Recovery from checkpoint 4: nothing after it read yet, so nothing vouched for.
+        view.recover_from(Some(4));
+        assert_eq!(view.head_mark(), None);
+        assert_eq!(view.unchanged_since(&ua, mark(4)), None);
+        view.commit_segment(5, &b[..0], at(5), None).expect("folds");
+        assert_eq!(view.unchanged_since(&ua, mark(5)), Some(mark(5)));
+        assert_eq!(view.unchanged_since(&ua, mark(4)), None);
     }
 
     /// The one way the head moves: folded into resident users, indexed, placed, and

@@ -46,6 +46,7 @@ pub struct Metrics {
     push_changes: Counter,
     pull_seconds: Histogram,
     pull_items: Counter,
+    pulls_from_index: Counter,
     polls_waiting: Gauge,
     pushes_in_flight: Gauge,
     store: Option<Arc<StoreStats>>,
@@ -72,6 +73,7 @@ impl Default for Metrics {
         let push_changes = Counter::default();
         let pull_seconds = latency_histogram();
         let pull_items = Counter::default();
+        let pulls_from_index = Counter::default();
         let polls_waiting = Gauge::default();
         let pushes_in_flight = Gauge::default();
         registry.register(
@@ -105,6 +107,11 @@ impl Default for Metrics {
             pull_items.clone(),
         );
         registry.register(
+            "keepsake_pulls_from_index",
+            "Pulls with nothing new answered from the view's index, without reading the user",
+            pulls_from_index.clone(),
+        );
+        registry.register(
             "keepsake_long_polls_waiting",
             "Pulls waiting for a change (long polls) right now",
             polls_waiting.clone(),
@@ -122,6 +129,7 @@ impl Default for Metrics {
             push_changes,
             pull_seconds,
             pull_items,
+            pulls_from_index,
             polls_waiting,
             pushes_in_flight,
             store: None,
@@ -170,6 +178,11 @@ impl Metrics {
     pub fn observe_push(&self, changes: usize, took: Duration) {
         self.push_seconds.observe(took.as_secs_f64());
         self.push_changes.inc_by(changes as u64);
+    }
+
+    /// Counts a pull (or a long poll's look) with nothing new answered from the view's index.
+    pub fn observe_pull_from_index(&self) {
+        self.pulls_from_index.inc();
     }
 
     /// Records a pull.

@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keepsake_log::{PushRequest, UpTo};
+use keepsake_log::{Log, Mark, PushRequest, UpTo};
 use keepsake_model::{
     Change, ChangeBody, ChangeId, Event, EventMeta, ItemId, ItemState, Kind, Origin, Outcome,
     RequestId, StateRead, UserId,
@@ -117,10 +117,7 @@ pub(super) async fn push_with(
         })
         .await?;
     state.metrics.observe_push(count, started.elapsed());
-    let token = SyncToken {
-        store_id: ready.log.descriptor().store_id,
-        seq: result.last_seq,
-    };
+    let token = SyncToken::at_seq(ready.log.descriptor().store_id, result.last_seq);
     Ok((result, token.encode()))
 }
 
@@ -195,6 +192,9 @@ struct Page {
     count: usize,
     token_seq: u64,
     has_more: bool,
+    /// Where in the log `token_seq` was the user's last: for a page that answered everything
+    /// (`has_more` false) read where the view had a mark.
+    at: Option<Mark>,
 }
 
 fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> Page {
@@ -221,7 +221,40 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
         count: pulled.len(),
         token_seq,
         has_more,
+        at: None,
     }
+}
+
+/// The page of the user's changes after `since` (a seq, and the mark it was the user's last
+/// at). When the view's index tells that no segment since the mark holds the user's events,
+/// the answer is "nothing new" at the head's mark, and the user is not loaded: a user out of
+/// memory costs a pull with nothing new no store request (the most common pull: a device
+/// checking in). Otherwise the user is read, and the page is marked if it answered everything.
+async fn read_page(
+    log: &Log,
+    metrics: &crate::metrics::Metrics,
+    user: &UserId,
+    since: Option<(u64, Option<Mark>)>,
+    limit: usize,
+) -> Result<Page, ApiError> {
+    if let Some((seq, Some(mark))) = since
+        && let Some(now) = log.unchanged_since(user, mark)?
+    {
+        metrics.observe_pull_from_index();
+        return Ok(Page {
+            changes: Ok("[]".into()),
+            count: 0,
+            token_seq: seq,
+            has_more: false,
+            at: Some(now),
+        });
+    }
+    let after = since.map(|(seq, _)| seq);
+    let (mut p, mark) = log.user_marked(user, |u| page(u, after, limit)).await?;
+    if !p.has_more {
+        p.at = mark;
+    }
+    Ok(p)
 }
 
 pub(super) async fn pull(
@@ -270,7 +303,17 @@ pub(super) async fn pull(
                     "the token is from another store: start an initial sync (no since)",
                 ));
             }
-            let have = log.last_seq(&auth.user).await?;
+            // A mark the index vouches for needs no look at the user: its seq is the user's
+            // last. Otherwise (no mark, an old one, another copy of the store) the user is read.
+            let vouched = match token.at {
+                Some(mark) => log.unchanged_since(&auth.user, mark)?.is_some(),
+                None => false,
+            };
+            let have = if vouched {
+                token.seq
+            } else {
+                log.last_seq(&auth.user).await?
+            };
             if token.seq > have {
                 tracing::warn!(
                     token_seq = token.seq,
@@ -286,7 +329,7 @@ pub(super) async fn pull(
                     ),
                 ));
             }
-            Some(token.seq)
+            Some((token.seq, token.at))
         }
     };
     let started = std::time::Instant::now();
@@ -303,7 +346,7 @@ pub(super) async fn pull(
         if revoked() {
             return Err(ApiError::unauthorized());
         }
-        let p = log.user(&auth.user, |u| page(u, since, limit)).await?;
+        let p = read_page(log, &state.metrics, &auth.user, since, limit).await?;
         if p.count > 0 || wait == 0 || since.is_none() || *shutdown.borrow() {
             break p;
         }
@@ -311,7 +354,7 @@ pub(super) async fn pull(
         let _waiting = state.metrics.waiting();
         tokio::select! {
             changed = h.changed() => { if changed.is_err() { break p; } }
-            _ = tokio::time::sleep_until(deadline) => { break log.user(&auth.user, |u| page(u, since, limit)).await?; }
+            _ = tokio::time::sleep_until(deadline) => { break read_page(log, &state.metrics, &auth.user, since, limit).await?; }
             _ = shutdown.changed() => { break p; }
         }
     };
@@ -322,6 +365,7 @@ pub(super) async fn pull(
     let token = SyncToken {
         store_id,
         seq: result.token_seq,
+        at: result.at,
     };
     let changes = result.changes.map_err(|e| ApiError::unwritable(&e))?;
     let body = format!(

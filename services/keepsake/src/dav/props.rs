@@ -201,7 +201,7 @@ pub(crate) fn sync_token(state: &Shared, seq: u64) -> Result<String, ApiError> {
     let store_id = state.ready()?.log.descriptor().store_id;
     Ok(format!(
         "{SYNC_TOKEN_PREFIX}{}",
-        SyncToken { store_id, seq }.encode()
+        SyncToken::at_seq(store_id, seq).encode()
     ))
 }
 

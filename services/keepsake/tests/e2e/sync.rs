@@ -322,9 +322,26 @@ async fn evicted_views_reload_with_identical_answers(backend: Backend) {
         s.push(&phone_b, json!([put(&uuid(), "note", json!({"i": i}))]))
             .await;
     }
+    // The same answer; its token stands for the same store and seq, and its mark (the log's
+    // position, version 2) has moved with the other user's segments.
+    let mut pull_after = s.pull(&phone_a, "").await;
+    let mut pull_before = pull_before;
+    let unmarked = |v: &mut serde_json::Value| {
+        use base64::Engine as _;
+        let token = v["token"].take();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.as_str().expect("token"))
+            .expect("base64");
+        assert_eq!((bytes[0], bytes.len()), (2, 41), "a marked token");
+        bytes[1..25].to_vec()
+    };
     assert_eq!(
-        s.pull(&phone_a, "").await,
-        pull_before,
+        unmarked(&mut pull_after),
+        unmarked(&mut pull_before),
+        "the token's store id and seq after eviction and reload"
+    );
+    assert_eq!(
+        pull_after, pull_before,
         "same pull after eviction and reload"
     );
     let (_, item_after) = s
