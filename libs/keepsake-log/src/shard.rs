@@ -94,7 +94,13 @@ pub async fn recover_shard(
         // No user is resident: this indexes the segment and moves the head and the time. Its
         // place was recorded from the layout above.
         state
-            .commit_segment(n, &seg.events, seg.meta.last_recorded_at, None)
+            .commit_segment(
+                n,
+                &seg.events,
+                seg.meta.last_recorded_at,
+                seg.meta.batch_id,
+                None,
+            )
             .map_err(|e| LogError::corrupt(shard, n, e))?;
     }
     if state.last_recorded_at.is_none() && head > 0 {

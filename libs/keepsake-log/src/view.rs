@@ -13,12 +13,12 @@
 //!   user's history (a stale patch's base, a resent change id, an as-of read) reads, of the
 //!   segments the index covers, only the user's: the segments a checkpoint has just covered
 //!   are not yet compacted, and a newest-first search read each of them.
-//! - Beside the index, the view keeps each indexed segment's stamp (its `last_recorded_at`):
-//!   a [`Mark`] (a segment and its stamp) taken with a user's state says where in the log that
-//!   state stood, and [`ShardState::unchanged_since`] tells from the index alone, without
-//!   loading the user, that no segment since holds the user's events. A mark whose segment
-//!   the view holds with another stamp (the store went back to an older copy, and the number
-//!   was written again) proves nothing.
+//! - Beside the index, the view keeps each indexed segment's stamp (a digest of its batch id,
+//!   random for every segment written): a [`Mark`] (a segment and its stamp) taken with a
+//!   user's state says where in the log that state stood, and [`ShardState::unchanged_since`]
+//!   tells from the index alone, without loading the user, that no segment since holds the
+//!   user's events. A mark whose segment the view holds with another stamp (the store went
+//!   back to an older copy, and the number was written again) proves nothing.
 //! - When resident bytes exceed the budget, unpinned users drawn at random are evicted down to
 //!   80% of it ([`ShardState::evict_over`]: not the least recently used, whom a fleet syncing
 //!   in turn asks for next): after every commit, and before a user is loaded in, so that
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
-use keepsake_model::{ApplyError, Event, IdMap, UserId, UserState, apply};
+use keepsake_model::{ApplyError, BatchId, Event, IdMap, UserId, UserState, apply};
 
 use crate::budget::ViewBudget;
 use crate::reader::{HistoryListed, Place, Source, Tag, UpTo, narrowest, sources_of};
@@ -93,15 +93,25 @@ impl ReadPlan {
 }
 
 /// Where in a shard's log a state stood: the last segment folded into it, and that segment's
-/// stamp (`last_recorded_at` in microseconds, as the segment stores it), which tells that
-/// segment from another written under the same number after the store went back to an older
-/// copy of itself.
+/// stamp, which tells that segment from another written under the same number after the store
+/// went back to an older copy of itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Mark {
     /// The segment.
     pub segment: u64,
-    /// Its `last_recorded_at`, microseconds since the epoch.
-    pub stamp: i64,
+    /// The segment's batch id folded to 64 bits ([`Mark::stamp_of`]).
+    pub stamp: u64,
+}
+
+impl Mark {
+    /// The stamp of a segment written by batch `batch`: its id's two halves xor'ed. A batch
+    /// id is random for every segment a writer makes (and stored in the segment, so every
+    /// process reading it finds the same), unlike its time, which a clock set ahead repeats
+    /// for every segment until real time catches up (the writer never lets time go back).
+    pub fn stamp_of(batch: BatchId) -> u64 {
+        let (hi, lo) = batch.0.as_u64_pair();
+        hi ^ lo
+    }
 }
 
 /// Committed state of one shard.
@@ -161,7 +171,7 @@ pub struct ShardState {
     tail_index: IdMap<UserId, Vec<(u64, u64)>>,
     /// The stamp of every segment the tail index covers, ascending: what a [`Mark`] is checked
     /// against.
-    stamps: std::collections::VecDeque<(u64, i64)>,
+    stamps: std::collections::VecDeque<(u64, u64)>,
     /// The size in bytes of every committed segment (index `n - 1`; 0: not known, or
     /// compacted): reads of one user take sizes from here instead of listing the store, which
     /// on a local store reads every file's metadata (a fifth of the server's time under pushes
@@ -312,7 +322,7 @@ impl ShardState {
             .map(|segs| PER_USER + segs.capacity() * size_of::<(u64, u64)>())
             .sum();
         let sizes = self.segment_sizes.capacity() * size_of::<(u64, Tag)>()
-            + self.stamps.capacity() * size_of::<(u64, i64)>();
+            + self.stamps.capacity() * size_of::<(u64, u64)>();
         let history = self.history.capacity() * size_of::<HistoryListed>();
         // The opened manifest: the deltas' user lists, and the base ranges.
         let manifest = match &self.opened {
@@ -554,9 +564,10 @@ impl ShardState {
         }
     }
 
-    /// Moves the view to segment `n`, the next one, committed with `events` (by this writer,
-    /// by another process, or found at recovery): folds them into resident users, indexes which
-    /// users it holds, records where it is read from (`placed`: its size and tag, when it is an
+    /// Moves the view to segment `n`, the next one, committed with `events` by batch `batch`
+    /// (by this writer, by another process, or found at recovery): folds them into resident
+    /// users, indexes which users it holds and its stamp ([`Mark`]), records where it is read
+    /// from (`placed`: its size and tag, when it is an
     /// object of its own), and advances the head and `last_recorded_at` (never backwards). The
     /// one way the head moves. A fold error (which staging rules out) is returned after the view
     /// has moved, and every user the segment touches leaves the view: the segment is durable,
@@ -567,6 +578,7 @@ impl ShardState {
         n: u64,
         events: &[Event],
         last_recorded_at: DateTime<Utc>,
+        batch: BatchId,
         placed: Option<(u64, Tag)>,
     ) -> Result<(), ApplyError> {
         let folded = self.apply_events(events);
@@ -578,8 +590,7 @@ impl ShardState {
             }
         }
         self.index_segment(n, events);
-        self.stamps
-            .push_back((n, last_recorded_at.timestamp_micros()));
+        self.stamps.push_back((n, Mark::stamp_of(batch)));
         if let Some((size, tag)) = placed {
             self.record_segment_size(n, size, tag);
         }
@@ -716,6 +727,14 @@ fn eviction_draw(user: &UserId, round: u64) -> u64 {
 mod tests {
     use super::*;
     use keepsake_model::fixtures::history;
+
+    /// The batch id of test segment `n`.
+    fn batch(n: u64) -> BatchId {
+        BatchId(uuid::Uuid::from_u64_pair(
+            n,
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ))
+    }
 
     /// Users synced in turn, more of them than the budget holds: with the least recently used
     /// evicted, every read missed (each user evicted just before its turn); with a drawn order
@@ -907,7 +926,7 @@ mod tests {
         let mut plain = ShardState::default();
         for (i, chunk) in events.chunks(10).enumerate() {
             for view in [&mut lagging, &mut plain] {
-                view.commit_segment(i as u64 + 1, chunk, start, None)
+                view.commit_segment(i as u64 + 1, chunk, start, batch(i as u64 + 1), None)
                     .expect("folds");
             }
         }
@@ -968,19 +987,25 @@ mod tests {
         let b = history(2, 1, 20, start);
         let (ua, ub) = (a[0].user_id, b[0].user_id);
         assert_ne!(ua, ub);
-        let at = |n: u64| start + chrono::Duration::seconds(n as i64);
+        // One time for every segment: a clock set ahead, which the writer holds at its last
+        // time until real time catches up. Marks must not rely on it.
+        let at = |_: u64| start;
         let mark = |n: u64| Mark {
             segment: n,
-            stamp: at(n).timestamp_micros(),
+            stamp: Mark::stamp_of(batch(n)),
         };
         let mut view = ShardState::default();
         assert_eq!(view.head_mark(), None, "an empty log has no mark");
         // Segments 1-2 hold user a, 3-4 user b.
         let chunks = [&a[..10], &a[10..], &b[..10], &b[10..]];
+        let mut taken = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let n = i as u64 + 1;
-            view.commit_segment(n, chunk, at(n), None).expect("folds");
+            view.commit_segment(n, chunk, at(n), batch(n), None)
+                .expect("folds");
+            taken.push(view.head_mark().expect("a mark"));
         }
+        assert_eq!(taken, (1..=4).map(mark).collect::<Vec<_>>());
         assert_eq!(view.head_mark(), Some(mark(4)));
         assert_eq!(view.unchanged_since(&ua, mark(2)), Some(mark(4)));
         assert_eq!(view.unchanged_since(&ua, mark(1)), None, "a is in 2");
@@ -988,12 +1013,22 @@ mod tests {
         assert_eq!(view.unchanged_since(&ub, mark(4)), Some(mark(4)));
         let stranger = UserId(uuid::Uuid::from_u128(77));
         assert_eq!(view.unchanged_since(&stranger, mark(1)), Some(mark(4)));
-        // Another segment under the number: the store went back and it was written again.
-        let other = Mark {
-            segment: 2,
-            stamp: mark(2).stamp + 1,
-        };
-        assert_eq!(view.unchanged_since(&ua, other), None);
+        // The store went back to segment 1 and other writes took the numbers again, at the
+        // same time: the mark taken at the lost segment 2 vouches for nothing there.
+        let mut gone_back = ShardState::default();
+        gone_back
+            .commit_segment(1, &a[..10], at(1), batch(1), None)
+            .expect("folds");
+        for (n, chunk) in [(2, &b[..10]), (3, &b[10..])] {
+            gone_back
+                .commit_segment(n, chunk, at(n), batch(100 + n), None)
+                .expect("folds");
+        }
+        assert_eq!(gone_back.unchanged_since(&ua, taken[1]), None);
+        assert_eq!(
+            gone_back.unchanged_since(&ua, taken[0]),
+            gone_back.head_mark()
+        );
         assert_eq!(view.unchanged_since(&ua, mark(5)), None, "past the head");
         assert_eq!(view.unchanged_since(&ua, mark(0)), None, "before the index");
         // Checkpoints at 2 then 3: the index covers only segments after 2.
@@ -1010,7 +1045,8 @@ mod tests {
         view.recover_from(Some(4));
         assert_eq!(view.head_mark(), None);
         assert_eq!(view.unchanged_since(&ua, mark(4)), None);
-        view.commit_segment(5, &b[..0], at(5), None).expect("folds");
+        view.commit_segment(5, &b[..0], at(5), batch(5), None)
+            .expect("folds");
         assert_eq!(view.unchanged_since(&ua, mark(5)), Some(mark(5)));
         assert_eq!(view.unchanged_since(&ua, mark(4)), None);
     }
@@ -1028,7 +1064,7 @@ mod tests {
         for (i, chunk) in events.chunks(10).enumerate() {
             let n = i as u64 + 1;
             let at = if n == 2 { late } else { start };
-            view.commit_segment(n, chunk, at, Some((100 * n, Tag::ANY)))
+            view.commit_segment(n, chunk, at, batch(n), Some((100 * n, Tag::ANY)))
                 .expect("folds");
             assert_eq!(view.head, n);
         }
@@ -1039,7 +1075,10 @@ mod tests {
         // Events that do not fold (seq 11 again) are reported, the view still moves on, and the
         // user leaves the view (to load again from the log) rather than keep a partial fold.
         let again = &events[10..20];
-        assert!(view.commit_segment(4, again, start, None).is_err());
+        assert!(
+            view.commit_segment(4, again, start, batch(4), None)
+                .is_err()
+        );
         assert_eq!(view.head, 4);
         assert!(!view.is_resident(&user));
     }
@@ -1052,7 +1091,7 @@ mod tests {
         let user = events[0].user_id;
         let mut view = ShardState::default();
         for (i, chunk) in events.chunks(10).enumerate() {
-            view.commit_segment(i as u64 + 1, chunk, start, None)
+            view.commit_segment(i as u64 + 1, chunk, start, batch(i as u64 + 1), None)
                 .expect("folds");
         }
         let plan = view.read_plan(&user, UpTo::End);
@@ -1092,7 +1131,7 @@ mod tests {
         let mut recovered = ShardState::default();
         recovered.recover_from(Some(4));
         recovered
-            .commit_segment(5, &events[40..], start, None)
+            .commit_segment(5, &events[40..], start, batch(5), None)
             .expect("folds");
         let plan = recovered.read_plan(&user, UpTo::End);
         assert_eq!(

@@ -522,7 +522,13 @@ impl Writer {
                 );
                 let applied = matches!(
                     self.state.write().map(|mut s| {
-                        s.commit_segment(n, &events, recorded_at, Some((bytes.len() as u64, tag)))
+                        s.commit_segment(
+                            n,
+                            &events,
+                            recorded_at,
+                            batch_id,
+                            Some((bytes.len() as u64, tag)),
+                        )
                     }),
                     Ok(Ok(()))
                 );

@@ -2,7 +2,8 @@
 //!
 //! - Version 1: `base64url(1 || store id (16 bytes) || seq (8 bytes, big-endian))`.
 //! - Version 2: version 1's fields after a 2, then the [`Mark`] of the log the answer was read
-//!   at: its segment (8 bytes) and that segment's stamp (8 bytes, microseconds), big-endian.
+//!   at: its segment (8 bytes) and that segment's stamp (8 bytes: its batch id, random for
+//!   every segment written, folded to 64 bits), big-endian.
 //!   Only a pull that answered everything up to the user's last seq gives one: the seq is then
 //!   the user's state at that mark, and a pull with it whose user no segment since holds is
 //!   answered from the view's index without loading the user (`api::device::pull`). Push
@@ -70,7 +71,7 @@ impl SyncToken {
             None => None,
             Some(m) => Some(Mark {
                 segment: u64::from_be_bytes(m[..8].try_into().ok()?),
-                stamp: i64::from_be_bytes(m[8..].try_into().ok()?),
+                stamp: u64::from_be_bytes(m[8..].try_into().ok()?),
             }),
         };
         Some(Self {

@@ -294,7 +294,13 @@ impl Writer {
                 let n = seg.meta.segment;
                 // Placed below, from where it was read.
                 state
-                    .commit_segment(n, &seg.events, seg.meta.last_recorded_at, None)
+                    .commit_segment(
+                        n,
+                        &seg.events,
+                        seg.meta.last_recorded_at,
+                        seg.meta.batch_id,
+                        None,
+                    )
                     .map_err(|e| LogError::corrupt(shard, n, e))?;
                 info!(
                     shard,
