@@ -47,8 +47,8 @@ use futures::TryStreamExt;
 use keepsake::restore::{RestoreError, Spec, restore_user};
 use keepsake_log::retention::RetentionPolicy;
 use keepsake_log::{
-    CompactionPolicy, Log, LogConfig, LogError, PushRequest, PushResult, UpTo, apply_retention,
-    list_layout, scan_shard, verify::verify_store,
+    CompactionPolicy, Log, LogConfig, LogError, Mark, PushRequest, PushResult, UpTo,
+    apply_retention, list_layout, scan_shard, verify::verify_store,
 };
 use keepsake_model::{
     Change, ChangeBody, ChangeId, ChangeRef, Clock, DeviceId, Document, Event, EventMeta, ItemId,
@@ -215,6 +215,9 @@ struct Tally {
     faults: u64,
     /// Verify runs that failed because a compaction deleted a segment they had listed.
     verify_races: u64,
+    /// Reads where a mark taken earlier (by either process) vouched that its user had not
+    /// changed since, and the log agreed.
+    marks_vouched: u64,
     known: Known,
 }
 
@@ -235,6 +238,9 @@ struct Sim {
     refused: Vec<(UserId, ChangeId, bool)>,
     refused_counted: HashSet<ChangeId>,
     restores: HashSet<RestoreId>,
+    /// The newest mark a read took of each user (`Log::user_marked`), with the user's last seq
+    /// at it: what a pull's token carries.
+    marks: HashMap<UserId, (Mark, u64)>,
     /// A crash came between a segment PUT that landed and its answer (a stray is possible).
     crashed_after_landing: bool,
     strict: bool,
@@ -342,6 +348,7 @@ impl Sim {
             refused: Vec::new(),
             refused_counted: HashSet::new(),
             restores: HashSet::new(),
+            marks: HashMap::new(),
             crashed_after_landing: false,
             strict: settings.strict,
             retention: settings.retention,
@@ -1063,11 +1070,54 @@ impl Sim {
                 self.user_label(&u)
             ));
         }
+        let marked = self.check_marks(p, &u, &expected).await?;
         Ok(format!(
-            "read p{p} {}: {} events, items at seq {k} agree",
+            "read p{p} {}: {} events, items at seq {k} agree{marked}",
             self.user_label(&u),
             events.len()
         ))
+    }
+
+    /// At the store's head (after a read to the end): a mark this user was read at earlier, by
+    /// either process, that process `p` vouches for (`Log::unchanged_since`, what answers a
+    /// pull without loading its user) must stand for the user's last seq in the log; then a
+    /// new mark is taken.
+    async fn check_marks(&mut self, p: usize, u: &UserId, log_events: &[Event]) -> Step<String> {
+        let log = self.procs[p].log.clone();
+        let last = log_events.last().map_or(0, |e| e.seq);
+        let mut said = String::new();
+        if let Some(&(mark, seq)) = self.marks.get(u) {
+            let vouched = log
+                .unchanged_since(u, mark)
+                .map_err(|e| format!("p{p}: unchanged_since failed: {e:?}"))?;
+            if let Some(now) = vouched {
+                if seq != last {
+                    return Err(format!(
+                        "p{p}: mark {mark:?} vouched that {} is unchanged at seq {seq}, the log has seq {last}",
+                        self.user_label(u)
+                    ));
+                }
+                if now.segment != log.head(self.shard_of(u)) {
+                    return Err(format!("p{p}: vouched at {now:?}, not at the head"));
+                }
+                self.tally.marks_vouched += 1;
+                said = format!(", mark at {} vouched", mark.segment);
+            }
+        }
+        let (seq, mark) = log
+            .user_marked(u, |s| s.last_seq())
+            .await
+            .map_err(|e| format!("p{p}: user_marked failed: {e:?}"))?;
+        if seq != last {
+            return Err(format!(
+                "p{p}: the view of {} is at seq {seq}, the log at {last}",
+                self.user_label(u)
+            ));
+        }
+        if let Some(mark) = mark {
+            self.marks.insert(*u, (mark, seq));
+        }
+        Ok(said)
     }
 
     async fn read_truth(&self) -> Step<Truth> {
@@ -1375,6 +1425,7 @@ fn sim_seeds() {
                 total.checks += t.checks;
                 total.faults += t.faults;
                 total.verify_races += t.verify_races;
+                total.marks_vouched += t.marks_vouched;
                 total.known.stale_refusals += t.known.stale_refusals;
                 total.known.stale_restores += t.known.stale_restores;
             }
