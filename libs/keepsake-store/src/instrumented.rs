@@ -157,6 +157,8 @@ pub struct StoreStats {
     bytes_written: AtomicU64,
     /// Bytes read, indexed by cause, then the kind of object read.
     bytes_read_by: Vec<AtomicU64>,
+    /// GETs answered, indexed as `bytes_read_by`: which objects the read requests go to.
+    gets_by: Vec<AtomicU64>,
 }
 
 impl Default for StoreStats {
@@ -170,6 +172,9 @@ impl Default for StoreStats {
                 .collect(),
             bytes_written: AtomicU64::new(0),
             bytes_read_by: (0..Cause::ALL.len() * ObjectKind::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            gets_by: (0..Cause::ALL.len() * ObjectKind::ALL.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         }
@@ -254,19 +259,32 @@ impl StoreStats {
             .sum()
     }
 
+    /// GETs answered for objects of kind `kind` (a `get_ranges` in one call counts once).
+    pub fn gets_of(&self, kind: ObjectKind) -> u64 {
+        Cause::ALL
+            .iter()
+            .filter_map(|c| {
+                self.gets_by
+                    .get(c.index() * ObjectKind::ALL.len() + kind.index())
+            })
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn bytes_read_at(&self, cause: Cause, kind: ObjectKind) -> u64 {
         self.bytes_read_by
             .get(cause.index() * ObjectKind::ALL.len() + kind.index())
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// One GET answered with `len` bytes of the object at `location`.
     fn add_read(&self, cause: Cause, location: &Path, len: u64) {
-        let kind = object_kind(location);
-        if let Some(c) = self
-            .bytes_read_by
-            .get(cause.index() * ObjectKind::ALL.len() + kind.index())
-        {
+        let at = cause.index() * ObjectKind::ALL.len() + object_kind(location).index();
+        if let Some(c) = self.bytes_read_by.get(at) {
             c.fetch_add(len, Ordering::Relaxed);
+        }
+        if let Some(c) = self.gets_by.get(at) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -642,6 +660,9 @@ mod tests {
         assert_eq!(stats.bytes_read_of(ObjectKind::Other), 1);
         assert_eq!(stats.bytes_read_of(ObjectKind::Part), 0);
         assert_eq!(stats.bytes_read(), 8);
+        // GETs by the kind of object: the segment's range and its ranges in one call.
+        assert_eq!(stats.gets_of(ObjectKind::Segment), 2);
+        assert_eq!(stats.gets_of(ObjectKind::Part), 0);
     }
 
     /// Over an HTTP store each range of a `get_ranges` is a GET of its own, counted with its
@@ -679,6 +700,11 @@ mod tests {
         assert_eq!(stats.bytes_read(), 35);
         assert_eq!(under_stats.bytes_read(), stats.bytes_read());
         assert_eq!(stats.bytes_read_of(ObjectKind::Part), 35);
+        assert_eq!(
+            stats.gets_of(ObjectKind::Part),
+            3,
+            "each GET sent, by its object"
+        );
 
         // Without HTTP requests (the file system, memory): one call, counted once.
         let one = InstrumentedStore::new(under.clone(), stats.clone());

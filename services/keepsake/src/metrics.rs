@@ -327,6 +327,19 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             s.bytes_read_of(kind)
         );
     }
+    let name = "keepsake_store_gets_by_object";
+    let _ = write!(
+        out,
+        "# HELP {name} Store GETs answered, by the kind of object read (segment, history, part, checkpoint, other)\n# TYPE {name} counter\n"
+    );
+    for kind in ObjectKind::ALL {
+        let _ = writeln!(
+            out,
+            "{name}_total{{object=\"{}\"}} {}",
+            kind.as_str(),
+            s.gets_of(kind)
+        );
+    }
 }
 
 /// The OpenMetrics text of `/metrics`: these metrics, then the log's counters (read from
