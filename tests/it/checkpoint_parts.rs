@@ -1244,6 +1244,29 @@ async fn users_of_text_checkpointed(
     (ts, users, n)
 }
 
+/// What a view keeps of a part once a load read it (its footer and page index, counted in
+/// `keepsake_view_index_bytes`) grows with the part's users: 89 bytes a user of 20 items
+/// while every column kept page-level min/max, 57 with them on `user_id` and `entry` alone.
+/// The same on every store (the part's bytes are), so measured on one.
+#[tokio::test]
+async fn a_parts_footer_kept_by_a_view_costs_under_64_bytes_a_user() {
+    let users_n = 1_500;
+    let (ts, users, n) = users_of_text_checkpointed(Backend::Memory, users_n, 15).await;
+    let ck = open_checkpoint(ts.store.as_ref(), 0, n)
+        .await
+        .expect("open");
+    let footers = keepsake_log::reader::Footers::default();
+    ck.user_with(ts.store.clone(), users[0], true, Some(&footers))
+        .await
+        .expect("read a user");
+    let per_user = footers.bytes() / users_n;
+    assert!(
+        per_user < 64,
+        "a part's footer kept by a view: {} bytes, {per_user} a user",
+        footers.bytes()
+    );
+}
+
 /// A cold load reads one user of a part: it fetches the pages of documents holding that user's
 /// rows, not those of every user sharing its pages of ids (~2,048 rows: ~50 users here). Before
 /// the row filter on user_id, each load fetched and decompressed ~50 users' documents.

@@ -338,9 +338,11 @@ impl CheckpointEncoder {
         // An item's id on its row, random: a dictionary would hold nearly every value, and a
         // one-user read fetches the dictionary page whole (~1 MB a cold load from a part of
         // 4,096 users, for ~10 KB of the user's rows).
-        let mut props =
-            one_user_read_properties_builder(&[("changed_at", Encoding::DELTA_BINARY_PACKED)])?
-                .set_column_dictionary_enabled(ColumnPath::from("key"), false);
+        let mut props = one_user_read_properties_builder(
+            &[("changed_at", Encoding::DELTA_BINARY_PACKED)],
+            &["user_id", "entry"],
+        )?
+        .set_column_dictionary_enabled(ColumnPath::from("key"), false);
         if meta.format_version >= 5 {
             // Random bits: no dictionary, no statistics, nothing to compress.
             let filter = ColumnPath::from("filter");

@@ -124,10 +124,18 @@ const _: () = assert!(
 /// objects' size not measured) and longer page indexes (kept in the view's footers, counted
 /// against its budget). Encodings are the writer's choice,
 /// which Parquet records per column chunk: every reader reads them, the format is unchanged.
+///
+/// `planned_by`: the columns whose page-level min/max a one-user read plans by (`prune.rs`);
+/// every other column keeps its row-group statistics and offset index, not a column index.
+/// The view keeps each footer it reads with its page index, and the column indexes of the
+/// other columns were ~35% of a part's (~89 bytes a user of 20 items, ~90 MB of a million
+/// users' parts; docs/BENCHMARKS.md, "Footers kept").
 pub(crate) fn one_user_read_properties_builder(
     dense: &[(&str, Encoding)],
+    planned_by: &[&str],
 ) -> Result<parquet::file::properties::WriterPropertiesBuilder, SegmentError> {
     let mut b = writer_properties_builder()?
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_data_page_row_count_limit(ONE_USER_PAGE_ROWS)
         .set_write_batch_size(ONE_USER_WRITE_BATCH_ROWS)
         .set_column_data_page_size_limit(
@@ -141,6 +149,9 @@ pub(crate) fn one_user_read_properties_builder(
         b = b
             .set_column_dictionary_enabled(ColumnPath::from(*column), false)
             .set_column_encoding(ColumnPath::from(*column), *encoding);
+    }
+    for column in planned_by {
+        b = b.set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::Page);
     }
     Ok(b)
 }

@@ -269,14 +269,17 @@ pub fn encode_history(shard: u32, segments: &[Segment]) -> Result<Bytes, Segment
 /// `recorded_at` (up to 1 MB each) were most of what such a read fetched.
 fn history_properties() -> Result<parquet::file::properties::WriterProperties, SegmentError> {
     use parquet::basic::Encoding;
-    Ok(one_user_read_properties_builder(&[
-        ("device_id", Encoding::DELTA_BYTE_ARRAY),
-        ("request_id", Encoding::DELTA_BYTE_ARRAY),
-        ("restore_id", Encoding::DELTA_BYTE_ARRAY),
-        ("seq", Encoding::DELTA_BINARY_PACKED),
-        ("recorded_at", Encoding::DELTA_BINARY_PACKED),
-        (SEGMENT_COLUMN, Encoding::DELTA_BINARY_PACKED),
-    ])?
+    Ok(one_user_read_properties_builder(
+        &[
+            ("device_id", Encoding::DELTA_BYTE_ARRAY),
+            ("request_id", Encoding::DELTA_BYTE_ARRAY),
+            ("restore_id", Encoding::DELTA_BYTE_ARRAY),
+            ("seq", Encoding::DELTA_BINARY_PACKED),
+            ("recorded_at", Encoding::DELTA_BINARY_PACKED),
+            (SEGMENT_COLUMN, Encoding::DELTA_BINARY_PACKED),
+        ],
+        &["user_id"],
+    )?
     .build())
 }
 
