@@ -377,6 +377,8 @@ mod tests {
             bytes_per_event: 0.0,
             store_requests_per_s: store,
             store_written_per_s: 0.0,
+            users_loaded_per_s: 0.0,
+            pulls_from_index_per_s: 0.0,
         }
     }
 

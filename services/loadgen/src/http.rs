@@ -179,6 +179,17 @@ impl RunReport {
             "  server: {:.1} segment PUTs/s, {:.0} events/segment, {:.1} bytes/event, {:.0} events committed",
             s.segment_puts_per_s, s.events_per_segment, s.bytes_per_event, s.events_committed
         );
+        if s.users_loaded_per_s > 0.0 || s.pulls_from_index_per_s > 0.0 {
+            let share = s.users_loaded_per_s / self.requests_per_s.max(1e-9) * 100.0;
+            let gets = s.read_gets_per_load().map_or_else(String::new, |g| {
+                format!(", {g:.1} store GETs of reads a load")
+            });
+            let _ = writeln!(
+                t,
+                "  users loaded from the store: {:.1}/s ({share:.0}% of requests){gets}; pulls answered from the index: {:.1}/s",
+                s.users_loaded_per_s, s.pulls_from_index_per_s
+            );
+        }
         if let Some((slowest, median, ratio)) = intervals::slowest_and_median(&self.intervals) {
             let each: Vec<String> = self
                 .intervals

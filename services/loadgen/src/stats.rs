@@ -141,6 +141,10 @@ pub struct ServerCounters {
     pub store: BTreeMap<String, BTreeMap<String, f64>>,
     /// Bytes of store PUTs that succeeded.
     pub store_written: f64,
+    /// Users loaded from the store into the views (`keepsake_view_misses_total`).
+    pub users_loaded: f64,
+    /// Pulls answered from the views' index without a load (`keepsake_pulls_from_index_total`).
+    pub pulls_from_index: f64,
 }
 
 /// The prefix of the store's requests by cause in `/metrics`.
@@ -178,6 +182,8 @@ impl ServerCounters {
             bytes: metric(text, "keepsake_segment_bytes_total").unwrap_or(0.0),
             store,
             store_written: metric(text, "keepsake_store_written_bytes_total").unwrap_or(0.0),
+            users_loaded: metric(text, "keepsake_view_misses_total").unwrap_or(0.0),
+            pulls_from_index: metric(text, "keepsake_pulls_from_index_total").unwrap_or(0.0),
         }
     }
 }
@@ -197,6 +203,24 @@ pub struct ServerSummary {
     pub store_requests_per_s: BTreeMap<String, BTreeMap<String, f64>>,
     /// Bytes of store PUTs per second.
     pub store_written_per_s: f64,
+    /// Users loaded from the store per second (each a read of its part and tail).
+    pub users_loaded_per_s: f64,
+    /// Pulls answered from the views' index per second, without a load.
+    pub pulls_from_index_per_s: f64,
+}
+
+impl ServerSummary {
+    /// Store GETs for devices' requests (cause `read`) per user loaded: what a load costs,
+    /// since nearly all of that cause's GETs are loads. `None` when no user was loaded.
+    pub fn read_gets_per_load(&self) -> Option<f64> {
+        let gets = self
+            .store_requests_per_s
+            .get("read")
+            .and_then(|ops| ops.get("get"))
+            .copied()
+            .unwrap_or(0.0);
+        (self.users_loaded_per_s > 0.0).then(|| gets / self.users_loaded_per_s)
+    }
 }
 
 impl ServerSummary {
@@ -225,6 +249,8 @@ impl ServerSummary {
         Self {
             store_requests_per_s,
             store_written_per_s: (end.store_written - start.store_written).max(0.0) / secs,
+            users_loaded_per_s: (end.users_loaded - start.users_loaded).max(0.0) / secs,
+            pulls_from_index_per_s: (end.pulls_from_index - start.pulls_from_index).max(0.0) / secs,
             segment_puts_per_s: segments / secs.max(1e-9),
             events_committed: events,
             events_per_segment: if segments > 0.0 {
@@ -267,7 +293,7 @@ mod tests {
 
     #[test]
     fn server_figures_are_deltas_of_the_exposition() {
-        let text = "# HELP keepsake_segments Segments\n# TYPE keepsake_segments counter\nkeepsake_segments_total 10\nkeepsake_segment_events_total 1000\nkeepsake_segment_bytes_total 150000\nkeepsake_segments_created 1.0\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"put\"} 10\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"list\"} 12\nkeepsake_store_requests_by_cause_total{cause=\"devices\",op=\"list\"} 4\nkeepsake_store_written_bytes_total 160000\n# EOF\n";
+        let text = "# HELP keepsake_segments Segments\n# TYPE keepsake_segments counter\nkeepsake_segments_total 10\nkeepsake_segment_events_total 1000\nkeepsake_segment_bytes_total 150000\nkeepsake_segments_created 1.0\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"put\"} 10\nkeepsake_store_requests_by_cause_total{cause=\"push\",op=\"list\"} 12\nkeepsake_store_requests_by_cause_total{cause=\"devices\",op=\"list\"} 4\nkeepsake_store_written_bytes_total 160000\nkeepsake_store_requests_by_cause_total{cause=\"read\",op=\"get\"} 70\nkeepsake_view_misses_total 30\nkeepsake_pulls_from_index_total 40\n# EOF\n";
         let end = ServerCounters::parse(text);
         let by_cause = |pairs: &[(&str, &str, f64)]| {
             let mut m: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
@@ -285,9 +311,12 @@ mod tests {
                 store: by_cause(&[
                     ("push", "put", 10.0),
                     ("push", "list", 12.0),
-                    ("devices", "list", 4.0)
+                    ("devices", "list", 4.0),
+                    ("read", "get", 70.0)
                 ]),
                 store_written: 160000.0,
+                users_loaded: 30.0,
+                pulls_from_index: 40.0,
             }
         );
         let start = ServerCounters {
@@ -300,6 +329,8 @@ mod tests {
                 ("devices", "list", 4.0),
             ]),
             store_written: 60000.0,
+            users_loaded: 20.0,
+            pulls_from_index: 10.0,
         };
         let s = ServerSummary::between(start, end, 2.0);
         assert_eq!(s.segment_puts_per_s, 2.5);
@@ -307,10 +338,18 @@ mod tests {
         assert_eq!(s.bytes_per_event, 200.0);
         assert_eq!(
             s.store_requests_per_s,
-            by_cause(&[("push", "put", 2.5), ("push", "list", 3.0)]),
+            by_cause(&[
+                ("push", "put", 2.5),
+                ("push", "list", 3.0),
+                ("read", "get", 35.0)
+            ]),
             "causes with no request in the interval are left out"
         );
         assert_eq!(s.store_written_per_s, 50000.0);
+        assert_eq!(s.users_loaded_per_s, 5.0);
+        assert_eq!(s.pulls_from_index_per_s, 15.0);
+        // 70 GETs of reads over 2 s (none before) against 10 loads: 7 a load.
+        assert_eq!(s.read_gets_per_load(), Some(7.0));
         assert_eq!(metric(text, "missing_total"), None);
     }
 }
