@@ -230,16 +230,22 @@ fn page(user: &keepsake_model::UserState, since: Option<u64>, limit: usize) -> P
 /// the answer is "nothing new" at the head's mark, and the user is not loaded: a user out of
 /// memory costs a pull with nothing new no store request (the most common pull: a device
 /// checking in). Otherwise the user is read, and the page is marked if it answered everything.
+/// `vouched`: the head's mark the index already vouched for since `since`'s (the pull's check
+/// at the door), so that the index is not asked twice.
 async fn read_page(
     log: &Log,
     metrics: &crate::metrics::Metrics,
     user: &UserId,
     since: Option<(u64, Option<Mark>)>,
+    vouched: Option<Mark>,
     limit: usize,
 ) -> Result<Page, ApiError> {
-    if let Some((seq, Some(mark))) = since
-        && let Some(now) = log.unchanged_since(user, mark)?
-    {
+    let unchanged = match (since, vouched) {
+        (Some((seq, _)), Some(now)) => Some((seq, now)),
+        (Some((seq, Some(mark))), None) => log.unchanged_since(user, mark)?.map(|now| (seq, now)),
+        _ => None,
+    };
+    if let Some((seq, now)) = unchanged {
         metrics.observe_pull_from_index();
         return Ok(Page {
             changes: Ok("[]".into()),
@@ -286,6 +292,10 @@ pub(super) async fn pull(
     };
     let log = &ready.log;
     let store_id = log.descriptor().store_id;
+    // The head's mark the index vouched for at the door: a pull that does not wait answers
+    // with it, without a second look at the index. A long poll looks again once it watches the
+    // head, so that a commit between the door and the watch is not slept through.
+    let mut vouched: Option<Mark> = None;
     let since = match q.get("since") {
         None => None,
         Some(t) => {
@@ -305,11 +315,11 @@ pub(super) async fn pull(
             }
             // A mark the index vouches for needs no look at the user: its seq is the user's
             // last. Otherwise (no mark, an old one, another copy of the store) the user is read.
-            let vouched = match token.at {
-                Some(mark) => log.unchanged_since(&auth.user, mark)?.is_some(),
-                None => false,
+            vouched = match token.at {
+                Some(mark) => log.unchanged_since(&auth.user, mark)?,
+                None => None,
             };
-            let have = if vouched {
+            let have = if vouched.is_some() {
                 token.seq
             } else {
                 log.last_seq(&auth.user).await?
@@ -346,7 +356,8 @@ pub(super) async fn pull(
         if revoked() {
             return Err(ApiError::unauthorized());
         }
-        let p = read_page(log, &state.metrics, &auth.user, since, limit).await?;
+        let at_door = vouched.take().filter(|_| wait == 0);
+        let p = read_page(log, &state.metrics, &auth.user, since, at_door, limit).await?;
         if p.count > 0 || wait == 0 || since.is_none() || *shutdown.borrow() {
             break p;
         }
@@ -354,7 +365,7 @@ pub(super) async fn pull(
         let _waiting = state.metrics.waiting();
         tokio::select! {
             changed = h.changed() => { if changed.is_err() { break p; } }
-            _ = tokio::time::sleep_until(deadline) => { break read_page(log, &state.metrics, &auth.user, since, limit).await?; }
+            _ = tokio::time::sleep_until(deadline) => { break read_page(log, &state.metrics, &auth.user, since, None, limit).await?; }
             _ = shutdown.changed() => { break p; }
         }
     };
