@@ -314,30 +314,32 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             let _ = writeln!(out, "{name}_total{{cause=\"{}\"}} {n}", cause.as_str());
         }
     }
-    let name = "keepsake_store_read_bytes_by_object";
+    by_object(
+        out,
+        "keepsake_store_read_bytes_by_object",
+        "Bytes of the store GETs answered",
+        |kind| s.bytes_read_of(kind),
+    );
+    by_object(
+        out,
+        "keepsake_store_gets_by_object",
+        "Store GETs answered",
+        |kind| s.gets_of(kind),
+    );
+}
+
+/// Counter `name` with one sample for each kind of object (the key's directory).
+fn by_object(out: &mut String, name: &str, what: &str, count: impl Fn(ObjectKind) -> u64) {
     let _ = write!(
         out,
-        "# HELP {name} Bytes of the store GETs answered, by the kind of object read (segment, history, part, checkpoint, other)\n# TYPE {name} counter\n"
+        "# HELP {name} {what}, by the kind of object read (segment, history, part, checkpoint, other)\n# TYPE {name} counter\n"
     );
     for kind in ObjectKind::ALL {
         let _ = writeln!(
             out,
             "{name}_total{{object=\"{}\"}} {}",
             kind.as_str(),
-            s.bytes_read_of(kind)
-        );
-    }
-    let name = "keepsake_store_gets_by_object";
-    let _ = write!(
-        out,
-        "# HELP {name} Store GETs answered, by the kind of object read (segment, history, part, checkpoint, other)\n# TYPE {name} counter\n"
-    );
-    for kind in ObjectKind::ALL {
-        let _ = writeln!(
-            out,
-            "{name}_total{{object=\"{}\"}} {}",
-            kind.as_str(),
-            s.gets_of(kind)
+            count(kind)
         );
     }
 }

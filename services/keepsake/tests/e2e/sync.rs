@@ -498,4 +498,29 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
     assert!(s.metric(&by_cause("push", "get")).await >= segments);
     assert!(s.metric(&by_cause("startup", "list")).await > 0);
     assert!(s.metric(&by_cause("devices", "put")).await >= 1);
+    // Every GET answered is counted once by the kind of object it read (read between two
+    // reads of the total: the server's own upkeep may send one meanwhile). A restart reads
+    // the descriptor, and a pull loads the user from its segments.
+    s.terminate();
+    assert!(s.wait().success(), "SIGTERM ends the server cleanly");
+    let s = Server::start(&env, &[]).await;
+    let all = s.pull(&phone, "?limit=1000").await;
+    assert_eq!(all["changes"].as_array().map(Vec::len), Some(3), "{all}");
+    assert!(
+        s.metric("keepsake_store_gets_by_object_total{object=\"segment\"}")
+            .await
+            > 0
+    );
+    const GET_OK: &str = "keepsake_store_requests_total{op=\"get\",outcome=\"ok\"}";
+    let answered_before = s.metric(GET_OK).await;
+    let mut by_object = 0;
+    for object in ["segment", "history", "part", "checkpoint", "other"] {
+        let name = format!("keepsake_store_gets_by_object_total{{object=\"{object}\"}}");
+        by_object += s.metric(&name).await;
+    }
+    let answered_after = s.metric(GET_OK).await;
+    assert!(
+        (answered_before..=answered_after).contains(&by_object),
+        "GETs by object {by_object}, answered {answered_before}..={answered_after}"
+    );
 }
