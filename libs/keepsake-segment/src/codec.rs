@@ -129,7 +129,7 @@ const _: () = assert!(
 /// every other column keeps its row-group statistics and offset index, not a column index.
 /// The view keeps each footer it reads with its page index, and the column indexes of the
 /// other columns were ~35% of a part's (~89 bytes a user of 20 items, ~90 MB of a million
-/// users' parts; docs/BENCHMARKS.md, "Footers kept").
+/// users' parts; docs/BENCHMARKS.md, "What the indexes are: the parts' footers").
 pub(crate) fn one_user_read_properties_builder(
     dense: &[(&str, Encoding)],
     planned_by: &[&str],
