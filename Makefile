@@ -83,11 +83,12 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 .PHONY: bench
-bench: ## Criterion benches (apply, segment codec), the writer throughput run and what upkeep holds in memory; numbers go to docs/BENCHMARKS.md
+bench: ## Criterion benches (apply, segment codec), the writer throughput run, what upkeep holds in memory and a cold load's CPU; numbers go to docs/BENCHMARKS.md
 	$(CARGO) bench -p keepsake-model --features fixtures --bench apply
 	$(CARGO) bench -p keepsake-segment --bench codec
 	$(CARGO) bench -p keepsake-log --bench writer
 	$(CARGO) bench -p keepsake-log --bench upkeep_memory
+	$(CARGO) bench -p keepsake-log --bench cold_load
 	$(CARGO) bench -p keepsake --bench http_load
 	$(CARGO) bench -p keepsake --bench formats
 	$(CARGO) bench -p keepsake --bench dav_sync
