@@ -154,3 +154,9 @@ tail -n +2 "$WORK/loadgen.log"
 # The kernel's own high-water mark: the peak between the samples above, registration included.
 awk '/^VmHWM:/ { printf "server peak resident memory (VmHWM, the whole run): %d MiB\n", $2 / 1024 }' \
     "/proc/$SERVER_PID/status"
+# What held memory at each new peak over the limit, as the server told it (it logs one when its
+# peak passes the last told by 8 MiB): the last ten, and the server's log kept beside the report.
+cp "$WORK/server.log" "$OUT/server.log" 2>/dev/null || true
+peaks=$(grep -c "new peak over its limit" "$WORK/server.log" 2>/dev/null || true)
+echo "new peaks over the limit told by the server: ${peaks:-0} (the last ten below; all in $OUT/server.log)"
+grep "new peak over its limit" "$WORK/server.log" 2>/dev/null | tail -n 10 | sed -e 's/^/  /' || true

@@ -663,6 +663,14 @@ pub fn text(
                 resident,
             );
         }
+        if let Some(peak) = crate::resident::peak_bytes() {
+            gauge(
+                &mut out,
+                "keepsake_resident_peak_bytes",
+                "The process's peak resident memory since it started (the kernel's VmHWM); each new peak over the view budget plus --memory-overhead-mb is logged at warn with what held memory then",
+                peak,
+            );
+        }
         let (indexed, index_bytes) = log.index_footprint();
         gauge(
             &mut out,

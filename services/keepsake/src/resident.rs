@@ -44,11 +44,24 @@ pub fn resident_bytes() -> Option<u64> {
         .or_else(|| crate::memory::allocator().map(|a| a.resident))
 }
 
+/// The process's peak resident memory since it started, in bytes: the kernel's `VmHWM`, which
+/// sees the peaks between two readings of [`resident_bytes`].
+pub fn peak_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| kib_field(&s, "VmHWM:"))
+}
+
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
 fn vm_rss(status: &str) -> Option<u64> {
+    kib_field(status, "VmRSS:")
+}
+
+/// A field of a `/proc/<pid>/status` text given in kB, in bytes.
+fn kib_field(status: &str, name: &str) -> Option<u64> {
     let kib = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -57,16 +70,55 @@ fn vm_rss(status: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// How far a new peak must pass the last one told before it is told again.
+const PEAK_STEP: u64 = 8 << 20;
+
+/// Tells, at a warning, a new peak of the process's resident memory over `limit` with what
+/// held memory then: the views, upkeep, the indexes and the allocator. The peak is the
+/// kernel's (`VmHWM`), so one between two readings is seen at the next, ~100 ms after it.
+/// Returns the peak now told (or `told` if none).
+fn tell_peak(log: &Log, status: &str, limit: u64, told: u64) -> u64 {
+    let Some(peak) = kib_field(status, "VmHWM:") else {
+        return told;
+    };
+    if peak <= limit || peak < told.saturating_add(PEAK_STEP) {
+        return told;
+    }
+    let allocator = crate::memory::allocator();
+    tracing::warn!(
+        peak_mib = peak >> 20,
+        over_mib = (peak - limit) >> 20,
+        resident_mib = vm_rss(status).unwrap_or(0) >> 20,
+        views_mib = log.resident_bytes() >> 20,
+        upkeep_mib = log.upkeep_held_bytes() >> 20,
+        indexes_mib = log.index_footprint().1 >> 20,
+        allocated_mib = allocator.as_ref().map_or(0, |a| a.allocated >> 20),
+        allocator_resident_mib = allocator.as_ref().map_or(0, |a| a.resident >> 20),
+        queued_pushes = log.queued(),
+        "resident memory reached a new peak over its limit (view budget + --memory-overhead-mb)"
+    );
+    peak
+}
+
 /// Reads the process's resident memory every [`CHECK_EVERY`] and publishes its excess over
 /// `limit` bytes to `log`'s views, until `stop` turns true.
 pub async fn run(log: Arc<Log>, limit: u64, mut stop: watch::Receiver<bool>) {
     let mut last = 0usize;
+    let mut told = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let Some(resident) = resident_bytes() else {
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        if let Some(s) = &status {
+            told = tell_peak(&log, s, limit, told);
+        }
+        let resident = status
+            .as_deref()
+            .and_then(vm_rss)
+            .or_else(|| crate::memory::allocator().map(|a| a.resident));
+        let Some(resident) = resident else {
             continue;
         };
         let bytes = usize::try_from(excess(resident, limit)).unwrap_or(usize::MAX);
@@ -113,7 +165,45 @@ mod tests {
         assert_eq!(vm_rss("Name:\tkeepsake\n"), None);
         assert_eq!(vm_rss("VmRSS:\t lots kB\n"), None);
         assert_eq!(vm_rss("VmRSS:\t 12 MB\n"), None);
+        assert_eq!(kib_field(status, "VmHWM:"), Some(1_320_000 * 1024));
         // This process's own, as the server reads it.
         assert!(resident_bytes().is_some_and(|b| b > 1 << 20));
+        let now = resident_bytes().expect("resident");
+        assert!(
+            peak_bytes().is_some_and(|p| p >= now),
+            "the peak is at least what was resident before"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_peak_over_the_limit_is_told_once_it_passes_the_last_by_a_step() {
+        let log = Log::open(
+            Arc::new(object_store::memory::InMemory::new()),
+            Some(1),
+            keepsake_log::LogConfig::default(),
+            Arc::new(keepsake_model::SystemClock),
+            Arc::new(keepsake_model::RandomIds),
+        )
+        .await
+        .expect("log");
+        let status = |hwm_mib: u64| format!("VmHWM:\t {} kB\nVmRSS:\t 1024 kB\n", hwm_mib * 1024);
+        let mib = |m: u64| m << 20;
+        // Within the limit: nothing told.
+        assert_eq!(tell_peak(&log, &status(1_000), mib(1_248), 0), 0);
+        // Over it: told, and the peak kept.
+        assert_eq!(tell_peak(&log, &status(1_300), mib(1_248), 0), mib(1_300));
+        // Less than a step above the last told: not again.
+        assert_eq!(
+            tell_peak(&log, &status(1_305), mib(1_248), mib(1_300)),
+            mib(1_300)
+        );
+        // A step above it: told.
+        assert_eq!(
+            tell_peak(&log, &status(1_308), mib(1_248), mib(1_300)),
+            mib(1_308)
+        );
+        // No VmHWM in the text: nothing told.
+        assert_eq!(tell_peak(&log, "VmRSS:\t 1 kB\n", mib(1), 7), 7);
+        log.shutdown().await;
     }
 }

@@ -43,6 +43,17 @@ async fn past_its_resident_limit_the_views_give_way() {
         "resident {resident}, excess {excess}"
     );
     assert_eq!(budget, VIEWS / 4, "the views down to their floor");
+    // The peak (the kernel's, which sees between readings) is told with what held memory.
+    let peak = over.metric("keepsake_resident_peak_bytes").await;
+    assert!(peak >= resident, "peak {peak}, resident {resident}");
+    let told = over
+        .until_logged(&[
+            "resident memory reached a new peak over its limit",
+            "views_mib",
+            "upkeep_mib",
+        ])
+        .await;
+    assert!(told.contains("allocator_resident_mib"), "{told}");
     drop(over);
 
     // The same views with the default overhead: within the limit, the views keep their budget
