@@ -41,6 +41,7 @@ on_every_backend!(
     a_checkpoint_reads_the_parts_of_its_changed_users_at_once,
     a_second_checkpoint_reads_no_footer_the_first_read,
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
+    a_folds_parts_read_whole_are_published_as_each_is_read,
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
     a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
     a_broken_filter_run_is_passed_over_by_the_next_checkpoint,
@@ -1572,6 +1573,82 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
         "footers kept of parts the new manifest does not name"
     );
     assert_is_the_fold(&ts.store, head, &users).await;
+    log.shutdown().await;
+}
+
+/// A fold publishes the parts it reads whole as it reads each (`keepsake_upkeep_held_bytes`),
+/// so that the views give way to them at once: its first run of segments may read parts whole
+/// up to its budget before it folds anything. Published only once the run was folded, they
+/// were 300-500 MiB that no holder counted at the start of every checkpoint under `make
+/// sustained` (run 72: the process's new peaks came there, with upkeep at 0). Here a round
+/// changes every eighth user of four parts of 256 (enough for each part to be read whole):
+/// when the fold's read of part 1 is held, part 0's states, read whole before it, must be
+/// counted.
+async fn a_folds_parts_read_whole_are_published_as_each_is_read(backend: Backend) {
+    let FourParts {
+        ts,
+        faulty,
+        log,
+        parts,
+        users,
+        m,
+    } = four_base_parts(backend).await;
+    let changed: Vec<UserId> = users.iter().step_by(8).copied().collect();
+    touch(&log, &changed, 1).await;
+    let head = log.head(0);
+    let upkeep = keepsake_log::budget::UpkeepMemory::default();
+    let part = |i: usize| keys::part(0, m.base[i].part.written_by, m.base[i].part.digest);
+    let second = faulty.hold_read(part(1).as_ref());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let writing = tokio::spawn({
+        let (store, memory) = (store.clone(), upkeep.clone());
+        async move {
+            keepsake_log::write_checkpoint_sharing(
+                &store,
+                0,
+                Some(m.segment),
+                head,
+                4,
+                &parts,
+                keepsake_log::checkpoint::Sharing {
+                    footers: None,
+                    memory: Some(memory),
+                },
+            )
+            .await
+        }
+    });
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(20), second.reached()).await;
+    let held = upkeep.bytes();
+    second.release();
+    assert!(reached.is_ok(), "the fold never read part 1");
+    let report = writing.await.expect("checkpoint task").expect("checkpoint");
+    assert_eq!(report.changed_users, 128, "{report:?}");
+    // 256 users of a put each: a few hundred bytes of state apiece.
+    assert!(
+        held >= 256 * 100,
+        "the fold held part 0's states read whole while it read part 1, and published {held} bytes"
+    );
+    assert_eq!(
+        upkeep.bytes(),
+        0,
+        "nothing held once the checkpoint is written"
+    );
+    // The checkpoint holds every user, and each changed one as the fold of its log (the
+    // unchanged ones' parts are kept as they were).
+    let saved = read_checkpoint(ts.store.as_ref(), 0, head)
+        .await
+        .expect("read");
+    assert_eq!(saved.len(), users.len());
+    for u in &changed {
+        let (events, _) = read_user(ts.store.clone(), 0, *u, UpTo::End)
+            .await
+            .expect("the user's log");
+        assert_eq!(
+            saved.get(u),
+            Some(&UserState::replay(&events).expect("fold"))
+        );
+    }
     log.shutdown().await;
 }
 

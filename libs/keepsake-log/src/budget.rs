@@ -61,6 +61,12 @@ pub struct Holding {
 }
 
 impl Holding {
+    /// Another holder of the same memory, holding nothing yet: for a part of one work that
+    /// publishes what it holds itself, as it comes.
+    pub fn another(&self) -> Holding {
+        self.memory.hold()
+    }
+
     /// Publishes that this holder now holds `bytes`.
     pub fn set(&self, bytes: usize) {
         let was = self.bytes.swap(bytes, Relaxed);

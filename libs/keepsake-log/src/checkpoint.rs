@@ -344,7 +344,8 @@ impl Writer {
     ) -> Result<Pass, LogError> {
         let (shard, n) = (self.shard, self.n);
         let mut range = Range { lo, hi: None };
-        let mut whole = WholeParts::sharing(self.footers.clone());
+        let mut whole =
+            WholeParts::sharing(self.footers.clone()).publishing(self.holding.another());
         if budget < usize::MAX {
             whole = whole.capped(budget);
         }
@@ -404,6 +405,7 @@ impl Writer {
                         .users(self.store.clone(), unseen, self.concurrency, &mut whole)
                         .await?;
                     held += take_in(states, &mut users, &mut new);
+                    self.holding.set(held);
                     // Users of parts not read for the budget: the pass stops before them, at
                     // the start of the base part holding the first; in the first base part of
                     // the range (no cut above its start) they are read all the same.
@@ -412,7 +414,8 @@ impl Writer {
                         match cut_at_or_below(first, range, cuts) {
                             Some(c) => held = stop_at(c, &mut users, &mut range),
                             None => {
-                                let mut uncapped = WholeParts::sharing(self.footers.clone());
+                                let mut uncapped = WholeParts::sharing(self.footers.clone())
+                                    .publishing(self.holding.another());
                                 let first_part = cuts.iter().find(|c| range.inside(c)).copied();
                                 let (now, later): (Vec<UserId>, Vec<UserId>) = deferred
                                     .into_iter()
@@ -421,6 +424,7 @@ impl Writer {
                                     .users(self.store.clone(), now, self.concurrency, &mut uncapped)
                                     .await?;
                                 held += take_in(states, &mut users, &mut new);
+                                self.holding.set(held);
                                 if let (Some(c), false) = (first_part, later.is_empty()) {
                                     held = stop_at(c, &mut users, &mut range);
                                 }
@@ -463,7 +467,9 @@ impl Writer {
                     whole.retain_range(range.lo, range.hi);
                     holding = held.saturating_add(whole.held_bytes());
                 }
-                self.holding.set(holding);
+                // The fold's states here, the parts read whole by `whole`'s own holder.
+                self.holding.set(held);
+                whole.publish();
             }
             if done {
                 break;
