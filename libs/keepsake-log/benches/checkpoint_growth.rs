@@ -16,9 +16,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fill::{env, file_store, fill, runtime, work};
+use fill::{env, file_store, fill, open_log, runtime, work};
 use keepsake_log::{Log, LogConfig, LogStats, PartsPolicy};
-use keepsake_model::{RandomIds, SystemClock};
 
 mod fill;
 
@@ -64,17 +63,7 @@ async fn open(
         },
         ..LogConfig::default()
     };
-    Arc::new(
-        Log::open(
-            store,
-            Some(shards),
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(RandomIds),
-        )
-        .await
-        .expect("open log"),
-    )
+    open_log(store, shards, cfg).await
 }
 
 fn main() {

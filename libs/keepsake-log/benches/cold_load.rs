@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fill::{env, fill, runtime, user};
+use fill::{env, fill, open_log, runtime, user};
 use keepsake_log::reader::{Footers, open_checkpoint};
-use keepsake_log::{Log, LogConfig, LogStats};
-use keepsake_model::{RandomIds, SystemClock};
+use keepsake_log::{LogConfig, LogStats};
 
 mod fill;
 
@@ -35,17 +34,7 @@ fn main() {
             },
             ..LogConfig::default()
         };
-        let log = Arc::new(
-            Log::open(
-                store.clone(),
-                Some(1),
-                cfg,
-                Arc::new(SystemClock),
-                Arc::new(RandomIds),
-            )
-            .await
-            .expect("open log"),
-        );
+        let log = open_log(store.clone(), 1, cfg).await;
         fill(&log, 0, users, items, 0).await;
         log.compact_now().await.expect("checkpoint");
         let parts = LogStats::get(&log.stats().checkpoint_parts_written);

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fill::{env, file_store, fill, runtime, work};
+use fill::{env, file_store, fill, open_log, runtime, work};
 use keepsake_log::{
     CompactionPolicy, Log, LogConfig, PartsPolicy, compact_shard, write_checkpoint_with,
 };
-use keepsake_model::{RandomIds, SystemClock};
 use object_store::ObjectStore;
 
 mod fill;
@@ -62,17 +61,7 @@ async fn open(store: Arc<dyn object_store::ObjectStore>) -> Arc<Log> {
         view_memory_bytes: 16 << 20,
         ..LogConfig::default()
     };
-    Arc::new(
-        Log::open(
-            store,
-            Some(1),
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(RandomIds),
-        )
-        .await
-        .expect("open log"),
-    )
+    open_log(store, 1, cfg).await
 }
 
 /// Runs `step` and prints how long it took, what it held at its peak and what it wrote.

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use keepsake_log::{Log, PushRequest};
+use keepsake_log::{Log, LogConfig, PushRequest};
 use keepsake_model::{
-    Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Kind, Origin, UserId, fixtures::Rng,
+    Change, ChangeBody, ChangeId, Document, EventMeta, ItemId, Kind, Origin, RandomIds,
+    SystemClock, UserId, fixtures::Rng,
 };
 use serde_json::json;
 
@@ -29,6 +30,25 @@ pub fn file_store() -> (Arc<dyn object_store::ObjectStore>, tempfile::TempDir) {
     let url = format!("file://{}", dir.display());
     let store = keepsake_store::open_store(&url).expect("file store").inner;
     (store, tmp)
+}
+
+/// The log of `shards` shards over `store`, with the system's clock and random ids.
+pub async fn open_log(
+    store: Arc<dyn object_store::ObjectStore>,
+    shards: u32,
+    cfg: LogConfig,
+) -> Arc<Log> {
+    Arc::new(
+        Log::open(
+            store,
+            Some(shards),
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+        )
+        .await
+        .expect("open log"),
+    )
 }
 
 pub fn env(name: &str, default: u64) -> u64 {
