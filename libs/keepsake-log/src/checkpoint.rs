@@ -405,7 +405,9 @@ impl Writer {
                         .users(self.store.clone(), unseen, self.concurrency, &mut whole)
                         .await?;
                     held += take_in(states, &mut users, &mut new);
+                    // The states given out are the fold's now, no longer the parts'.
                     self.holding.set(held);
+                    whole.publish();
                     // Users of parts not read for the budget: the pass stops before them, at
                     // the start of the base part holding the first; in the first base part of
                     // the range (no cut above its start) they are read all the same.
@@ -425,6 +427,7 @@ impl Writer {
                                     .await?;
                                 held += take_in(states, &mut users, &mut new);
                                 self.holding.set(held);
+                                uncapped.publish();
                                 if let (Some(c), false) = (first_part, later.is_empty()) {
                                     held = stop_at(c, &mut users, &mut range);
                                 }

@@ -38,18 +38,25 @@ pub fn excess(resident: u64, limit: u64) -> u64 {
 /// The process's resident memory now, in bytes: the kernel's `VmRSS` (what `ps` shows and
 /// what the bound is about), or, where `/proc` is not there, what the allocator has resident.
 pub fn resident_bytes() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| vm_rss(&s))
+    resident_in(own_status().as_deref())
+}
+
+/// This process's `/proc/self/status` text, where there is one.
+fn own_status() -> Option<String> {
+    std::fs::read_to_string("/proc/self/status").ok()
+}
+
+/// [`resident_bytes`] from a status text already read (the allocator's figure without one).
+fn resident_in(status: Option<&str>) -> Option<u64> {
+    status
+        .and_then(vm_rss)
         .or_else(|| crate::memory::allocator().map(|a| a.resident))
 }
 
 /// The process's peak resident memory since it started, in bytes: the kernel's `VmHWM`, which
 /// sees the peaks between two readings of [`resident_bytes`].
 pub fn peak_bytes() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| kib_field(&s, "VmHWM:"))
+    own_status().and_then(|s| kib_field(&s, "VmHWM:"))
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
@@ -110,15 +117,12 @@ pub async fn run(log: Arc<Log>, limit: u64, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let status = std::fs::read_to_string("/proc/self/status").ok();
+        // One read of the status for both the peak and the resident memory now.
+        let status = own_status();
         if let Some(s) = &status {
             told = tell_peak(&log, s, limit, told);
         }
-        let resident = status
-            .as_deref()
-            .and_then(vm_rss)
-            .or_else(|| crate::memory::allocator().map(|a| a.resident));
-        let Some(resident) = resident else {
+        let Some(resident) = resident_in(status.as_deref()) else {
             continue;
         };
         let bytes = usize::try_from(excess(resident, limit)).unwrap_or(usize::MAX);

@@ -823,8 +823,8 @@ impl WholeParts {
     /// as each is read, and when [`WholeParts::publish`] is called. A fold's first run of
     /// segments may read parts whole up to its budget before it has folded anything; counted
     /// only then, they were memory no holder counted at the start of every checkpoint
-    /// (docs/BENCHMARKS.md, run 72). States given out stay counted here until the next
-    /// publish: the asker counts them then.
+    /// (docs/BENCHMARKS.md, run 72). States given out stay counted here until the asker
+    /// has counted them and calls [`WholeParts::publish`] (never counted by neither).
     pub fn publishing(mut self, holding: crate::budget::Holding) -> Self {
         self.holding = Some(holding);
         self
