@@ -42,6 +42,7 @@ on_every_backend!(
     a_second_checkpoint_reads_no_footer_the_first_read,
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
     a_folds_parts_read_whole_are_published_as_each_is_read,
+    a_views_part_footers_stay_within_their_bound,
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
     a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
     a_broken_filter_run_is_passed_over_by_the_next_checkpoint,
@@ -1521,6 +1522,74 @@ async fn a_second_checkpoint_reads_no_footer_the_first_read(backend: Backend) {
         gets[1],
         gets[0]
     );
+    log.shutdown().await;
+}
+
+/// A view keeps the footers of the parts its loads read within `footer_memory_bytes`: past
+/// it, the least recently used go, and a load of one of their users reads its footer again and
+/// gets the same state. Unbounded, the footers kept grew with the store's users (~57 bytes a
+/// user: ~570 MB at ten million).
+async fn a_views_part_footers_stay_within_their_bound(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let parts = PartsPolicy {
+        part_users: 256,
+        ..short_runs()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let mut users: Vec<UserId> = (0..1024).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    let n = checkpoint(&log).await;
+    log.shutdown().await;
+    users.sort_unstable();
+    let m = manifest(&ts.store, n).await;
+    assert_eq!(m.base.len(), 4, "1,024 users in parts of 256");
+    // One part's footer, as a view keeps it: room for one and a half.
+    let one = {
+        let ck = open_checkpoint(ts.store.as_ref(), 0, n)
+            .await
+            .expect("open");
+        let f = keepsake_log::Footers::default();
+        ck.user_with(ts.store.clone(), users[0], true, Some(&f))
+            .await
+            .expect("read a user");
+        f.bytes()
+    };
+    assert!(one > 0);
+    let bound = one + one / 2;
+    let bounded = LogConfig {
+        footer_memory_bytes: bound,
+        ..cfg(parts)
+    };
+    // Started again, every user is loaded from the checkpoint: parts 0, 1, 2, 3, then 0 again.
+    let log = open(ts.store.clone(), 1, bounded).await.expect("open");
+    for i in [0, 300, 600, 900, 10] {
+        let u = users[i];
+        let loaded = log.user(&u, UserState::clone).await.expect("load");
+        let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
+            .await
+            .expect("read the user");
+        assert_eq!(
+            loaded,
+            UserState::replay(&events).expect("fold"),
+            "user {i}"
+        );
+        let kept = log.part_footers();
+        assert!(
+            kept.bytes <= bound,
+            "after user {i}: {} bytes of footers kept, bound {bound}",
+            kept.bytes
+        );
+        assert!(kept.kept >= 1, "the footer just read is kept");
+    }
+    let kept = log.part_footers();
+    assert!(
+        kept.evictions >= 4,
+        "each load past the first let a footer go: {kept:?}"
+    );
+    // Part 0's footer was let go and read again.
+    assert!(kept.misses >= 5, "{kept:?}");
+    let (_, index_bytes) = log.index_footprint();
+    assert!(index_bytes >= kept.bytes);
     log.shutdown().await;
 }
 

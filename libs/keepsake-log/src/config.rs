@@ -38,6 +38,11 @@ pub struct LogConfig {
     /// Memory for user state, per shard; beyond it, users drawn at random are evicted
     /// ([`crate::ShardState::evict_over`]).
     pub view_memory_bytes: usize,
+    /// Memory for the footers of checkpoint parts and filter runs that loads and checkpoints
+    /// read (~57 bytes a user of each part), per shard: past it, the least recently used go
+    /// and are read again when next needed. Without a bound they grew with the store's users;
+    /// counted with the indexes the views make room for.
+    pub footer_memory_bytes: usize,
     /// A checkpoint is written once this many events were committed since the last one...
     pub checkpoint_every_events: u64,
     /// ...or once this much time passed with any events committed.
@@ -91,6 +96,7 @@ impl Default for LogConfig {
             read_concurrency: 4,
             policy: StagePolicy::default(),
             view_memory_bytes: 256 * 1024 * 1024,
+            footer_memory_bytes: 16 * 1024 * 1024,
             checkpoint_every_events: 1_000_000,
             checkpoint_interval: Duration::from_secs(300),
             upkeep_tick: Duration::from_millis(500),

@@ -56,7 +56,7 @@ pub use error::LogError;
 pub use push::{PushRequest, PushResult};
 pub use reader::{
     Checkpoint, CheckpointForm, CheckpointListed, Footers, HistoryListed, LatestItems, Layout,
-    Pick, Place, ReadStats, Source, UpTo, checkpoint_exists, list_checkpoint_objects,
+    PartFooters, Pick, Place, ReadStats, Source, UpTo, checkpoint_exists, list_checkpoint_objects,
     list_checkpoints, list_history, list_layout, list_layout_reaching, list_layout_upto,
     list_segments, open_checkpoint, open_checkpoint_as, read_checkpoint, read_checkpoint_user,
     read_checkpoint_user_items, read_history, read_segment, read_segment_meta, read_segment_sized,
@@ -142,6 +142,7 @@ impl Log {
                 )
                 .giving_way_to(resident_excess.clone()),
             );
+            state.footers.set_bound(cfg.footer_memory_bytes);
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
             let state = Arc::new(RwLock::new(state));
@@ -331,6 +332,26 @@ impl Log {
                 Err(_) => (k, h, m),
             }
         })
+    }
+
+    /// Parts' and runs' footers over all shards: (kept, their bytes, reads that found one
+    /// kept, reads that read one from the store, footers let go to stay within their bound,
+    /// `LogConfig::footer_memory_bytes` a shard).
+    pub fn part_footers(&self) -> PartFooters {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards
+            .iter()
+            .filter_map(|s| s.state.read().ok().map(|s| s.footers.clone()))
+            .fold(PartFooters::default(), |t, f| {
+                let (kept, bytes) = f.parts_kept();
+                PartFooters {
+                    kept: t.kept + kept,
+                    bytes: t.bytes + bytes,
+                    hits: t.hits + f.part_hits.load(Relaxed),
+                    misses: t.misses + f.part_misses.load(Relaxed),
+                    evictions: t.evictions + f.part_evictions.load(Relaxed),
+                }
+            })
     }
 
     /// View counters over all shards: (hits, misses that loaded a user, evictions).

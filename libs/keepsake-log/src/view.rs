@@ -141,7 +141,8 @@ pub struct ShardState {
     pub opened: Option<crate::reader::Checkpoint>,
     /// The footers of the parts loads and this shard's checkpoints read from (parts are
     /// immutable; trimmed to the parts a manifest names whenever a load opens a newer one or a
-    /// checkpoint is written: at most about the named parts, ~61 a shard at 1M users).
+    /// checkpoint is written, ~61 a shard at 1M users; and to `LogConfig::footer_memory_bytes`,
+    /// the least recently used going first).
     pub footers: Arc<crate::reader::Footers>,
     users: IdMap<UserId, Resident>,
     pinned: HashSet<UserId>,

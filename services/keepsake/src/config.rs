@@ -132,6 +132,16 @@ pub struct LogArgs {
     /// Bytes instead of MiB, for tests that force eviction.
     #[arg(long, env = "KEEPSAKE_VIEW_MEMORY_BYTES", hide = true)]
     pub view_memory_bytes: Option<usize>,
+    /// Memory for the footers of checkpoint parts that loads read, in MiB (~57 bytes a user
+    /// of the store; 64 keeps those of about a million users): past it, the least recently
+    /// used go and a load of one of their users reads it again (two more GETs). Counted with
+    /// the indexes the views make room for (`keepsake_view_index_bytes`).
+    #[arg(long, env = "KEEPSAKE_FOOTER_MEMORY_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub footer_memory_mb: u64,
+    /// Bytes instead of MiB, for tests that let footers go.
+    #[arg(long, env = "KEEPSAKE_FOOTER_MEMORY_BYTES", hide = true)]
+    pub footer_memory_bytes: Option<usize>,
     /// Write a checkpoint of a shard every this many events...
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_EVERY_EVENTS", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -184,8 +194,8 @@ pub struct LogArgs {
 
 impl LogArgs {
     /// The log's configuration, with `policy` (from [`ApiArgs`]) and the store's retry policy.
-    /// `view_memory_bytes` is the whole server's: the server divides it among the shards once
-    /// it knows their count.
+    /// `view_memory_bytes` and `footer_memory_bytes` are the whole server's: the server divides
+    /// them among the shards once it knows their count.
     pub fn log_config(&self, policy: StagePolicy, store: RetryPolicy) -> LogConfig {
         LogConfig {
             commit_window: Duration::from_millis(self.commit_window_ms),
@@ -197,6 +207,10 @@ impl LogArgs {
             view_memory_bytes: self
                 .view_memory_bytes
                 .unwrap_or(self.view_memory_mb.saturating_mul(1024 * 1024)),
+            footer_memory_bytes: self.footer_memory_bytes.unwrap_or(
+                usize::try_from(self.footer_memory_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            ),
             checkpoint_every_events: self.checkpoint_every_events,
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs),
             checkpoint_parts: keepsake_log::PartsPolicy {
@@ -590,6 +604,7 @@ mod tests {
             ),
             (&["--compaction-max-events", "0"], "--compaction-max-events"),
             (&["--checkpoint-fold-mib", "0"], "--checkpoint-fold-mib"),
+            (&["--footer-memory-mb", "0"], "--footer-memory-mb"),
             (
                 &["--allocator-dirty-decay-ms", "600001"],
                 "--allocator-dirty-decay-ms",
@@ -662,6 +677,7 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(log.view_memory_bytes, 1024 * 1024 * 1024);
+        assert_eq!(log.footer_memory_bytes, 64 * 1024 * 1024);
         assert_eq!(all.memory_overhead_mb, 224);
         assert_eq!(log.store, RetryPolicy::default());
         assert_eq!(log.policy.max_document_bytes, 256 * 1024);

@@ -690,6 +690,37 @@ pub fn text(
             "Approximate bytes of the indexes kept beside the users (tail index, segment sizes, history objects, the opened manifest, part, run and history footers)",
             index_bytes as u64,
         );
+        let parts = log.part_footers();
+        gauge(
+            &mut out,
+            "keepsake_part_footers",
+            "Checkpoint parts and filter runs whose footers and page indexes the views keep for loads",
+            parts.kept as u64,
+        );
+        gauge(
+            &mut out,
+            "keepsake_part_footer_bytes",
+            "Approximate bytes of those footers (bounded by --footer-memory-mb; part of keepsake_view_index_bytes)",
+            parts.bytes as u64,
+        );
+        counter(
+            &mut out,
+            "keepsake_part_footer_hits",
+            "Reads of a part or filter run that found its footer kept",
+            parts.hits,
+        );
+        counter(
+            &mut out,
+            "keepsake_part_footer_misses",
+            "Reads of a part or filter run that read its footer from the store",
+            parts.misses,
+        );
+        counter(
+            &mut out,
+            "keepsake_part_footer_evictions",
+            "Footers of parts and filter runs let go to stay within --footer-memory-mb",
+            parts.evictions,
+        );
         let (kept, hits, misses) = log.history_footers();
         gauge(
             &mut out,

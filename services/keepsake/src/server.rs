@@ -38,7 +38,8 @@ pub struct ServerConfig {
     pub auth: AuthArgs,
     /// Shards of a new store (an existing store keeps its own; a different value refuses).
     pub shards: Option<u32>,
-    /// The log's configuration; its `view_memory_bytes` is the whole server's (divided among
+    /// The log's configuration; its `view_memory_bytes` and `footer_memory_bytes` are the
+    /// whole server's (divided among
     /// the shards at start).
     pub log: LogConfig,
     /// Request limits.
@@ -296,6 +297,7 @@ pub async fn run(
             .unwrap_or(DEFAULT_SHARDS);
         let log_cfg = LogConfig {
             view_memory_bytes: cfg.log.view_memory_bytes / shards_now.max(1) as usize,
+            footer_memory_bytes: cfg.log.footer_memory_bytes / shards_now.max(1) as usize,
             cluster_node: cfg.membership.node().map(String::from),
             ..cfg.log.clone()
         };

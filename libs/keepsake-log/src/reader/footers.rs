@@ -2,6 +2,12 @@
 //! checkpoints: checkpoint parts and filter runs (named by their writer and digest, so a footer
 //! read once serves every later read of it), and history objects larger than a whole read.
 //!
+//! Invariant: the footers of parts and runs kept never hold more than their bound
+//! ([`Footers::bounded`]; a view's is its share of `LogConfig::part_footer_bytes`): past it,
+//! the least recently used go, and a read that finds none reads it from the store again. A
+//! footer costs ~57 bytes a user of its part, so without a bound the views' indexes grew with
+//! the users of the store (`docs/BENCHMARKS.md`, "Scale"); with it they are a fixed overhead.
+//!
 //! Invariant: a history object's footer is used only for the write of the object it was read
 //! from: it is kept with the object's e-tag (asked with a HEAD before the footer is read, and
 //! checked on every range read after), never for a store that gives none; a read that finds
@@ -24,8 +30,14 @@ use super::{HistoryListed, Tag};
 /// the view's history objects, trimmed by [`Footers::retain_history`]).
 #[derive(Debug, Default)]
 pub struct Footers {
-    parts: std::sync::Mutex<std::collections::HashMap<(u64, u128), Arc<ObjectMeta>>>,
+    parts: std::sync::Mutex<PartsKept>,
     history: std::sync::Mutex<std::collections::HashMap<(u64, u64), Arc<HistoryFooter>>>,
+    /// Reads of a part or run that found its footer here.
+    pub part_hits: std::sync::atomic::AtomicU64,
+    /// Reads of a part or run that did not, and read it from the store.
+    pub part_misses: std::sync::atomic::AtomicU64,
+    /// Footers of parts and runs let go to stay within the bound.
+    pub part_evictions: std::sync::atomic::AtomicU64,
     /// Reads of a history object that found its footer here, and that read it from the store.
     pub history_hits: std::sync::atomic::AtomicU64,
     /// See `history_hits`.
@@ -53,22 +65,127 @@ pub struct HistoryFooter {
     pub(super) first_recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The footers of parts and runs kept, by (writer, digest), within `bound` bytes.
+#[derive(Debug)]
+struct PartsKept {
+    kept: std::collections::HashMap<(u64, u128), KeptPart>,
+    /// Sum of the kept footers' bytes.
+    bytes: usize,
+    bound: usize,
+    /// Uses so far: a footer's `used` is the use that last found or put it.
+    uses: u64,
+}
+
+impl Default for PartsKept {
+    fn default() -> Self {
+        Self {
+            kept: Default::default(),
+            bytes: 0,
+            bound: usize::MAX,
+            uses: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct KeptPart {
+    meta: Arc<ObjectMeta>,
+    bytes: usize,
+    used: u64,
+}
+
+impl PartsKept {
+    /// Lets the least recently used footers go until the kept fit the bound; returns how many.
+    fn trim(&mut self) -> u64 {
+        let mut gone = 0;
+        while self.bytes > self.bound {
+            let Some(oldest) = self
+                .kept
+                .iter()
+                .min_by_key(|(_, k)| k.used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(k) = self.kept.remove(&oldest) {
+                self.bytes = self.bytes.saturating_sub(k.bytes);
+                gone += 1;
+            }
+        }
+        gone
+    }
+}
+
 impl Footers {
-    pub(super) fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
-        self.parts.lock().ok().and_then(|m| m.get(&key).cloned())
+    /// Footers whose parts' and runs' footers kept hold at most `bytes` (history objects' are
+    /// bounded by number: [`HISTORY_FOOTERS_KEPT`]).
+    pub fn bounded(bytes: usize) -> Self {
+        let f = Self::default();
+        f.set_bound(bytes);
+        f
     }
 
+    /// Sets the bound on the parts' and runs' footers kept, letting go of what is past it.
+    pub fn set_bound(&self, bytes: usize) {
+        if let Ok(mut p) = self.parts.lock() {
+            p.bound = bytes;
+            let gone = p.trim();
+            self.part_evictions
+                .fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn get(&self, key: (u64, u128)) -> Option<Arc<ObjectMeta>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let found = self.parts.lock().ok().and_then(|mut p| {
+            p.uses += 1;
+            let now = p.uses;
+            p.kept.get_mut(&key).map(|k| {
+                k.used = now;
+                k.meta.clone()
+            })
+        });
+        match found {
+            Some(_) => self.part_hits.fetch_add(1, Relaxed),
+            None => self.part_misses.fetch_add(1, Relaxed),
+        };
+        found
+    }
+
+    /// Keeps `meta`, read from the store, letting the least recently used go past the bound;
+    /// a footer larger than the bound alone is not kept.
     pub(super) fn put(&self, key: (u64, u128), meta: Arc<ObjectMeta>) {
-        if let Ok(mut m) = self.parts.lock() {
-            m.insert(key, meta);
+        let bytes = meta.bytes();
+        if let Ok(mut p) = self.parts.lock() {
+            if bytes > p.bound {
+                return;
+            }
+            p.uses += 1;
+            let used = p.uses;
+            if let Some(old) = p.kept.insert(key, KeptPart { meta, bytes, used }) {
+                p.bytes = p.bytes.saturating_sub(old.bytes);
+            }
+            p.bytes = p.bytes.saturating_add(bytes);
+            let gone = p.trim();
+            self.part_evictions
+                .fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// Keeps only the footers of parts `m` names (a new manifest was adopted).
     pub fn retain_named(&self, m: &Manifest) {
-        if let Ok(mut kept) = self.parts.lock() {
-            kept.retain(|(w, d), _| m.parts().any(|p| p.written_by == *w && p.digest == *d));
+        if let Ok(mut p) = self.parts.lock() {
+            p.kept
+                .retain(|(w, d), _| m.parts().any(|x| x.written_by == *w && x.digest == *d));
+            p.bytes = p.kept.values().map(|k| k.bytes).sum();
         }
+    }
+
+    /// Parts' and runs' footers kept, and their bytes.
+    pub fn parts_kept(&self) -> (usize, usize) {
+        self.parts
+            .lock()
+            .map_or((0, 0), |p| (p.kept.len(), p.bytes))
     }
 
     /// The footer of history object `h`, if kept and of an object of its size.
@@ -137,20 +254,7 @@ impl Footers {
 
     /// Approximate bytes held (the decoded footers and page indexes).
     pub fn bytes(&self) -> usize {
-        let parts = self
-            .parts
-            .lock()
-            .map(|m| {
-                m.values()
-                    .map(|v| {
-                        v.loaded.metadata().memory_size()
-                            + v.users
-                                .as_ref()
-                                .map_or(0, keepsake_segment::UsersBloom::bytes)
-                    })
-                    .sum()
-            })
-            .unwrap_or(0);
+        let parts = self.parts_kept().1;
         let history = self
             .history
             .lock()
@@ -160,12 +264,38 @@ impl Footers {
     }
 }
 
+/// The parts' and runs' footers of a log's views, summed ([`crate::Log::part_footers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartFooters {
+    /// Footers kept.
+    pub kept: usize,
+    /// Their approximate bytes.
+    pub bytes: usize,
+    /// Reads that found the footer kept.
+    pub hits: u64,
+    /// Reads that read it from the store.
+    pub misses: u64,
+    /// Footers let go to stay within the bound.
+    pub evictions: u64,
+}
+
 /// An object's size and loaded footer (and a filter run's users' filter, read from it once).
 #[derive(Debug)]
 pub struct ObjectMeta {
     pub(super) size: u64,
     pub(super) loaded: ArrowReaderMetadata,
     pub(super) users: Option<keepsake_segment::UsersBloom>,
+}
+
+impl ObjectMeta {
+    /// Approximate bytes held: the decoded footer and page index, and the users' filter.
+    pub fn bytes(&self) -> usize {
+        self.loaded.metadata().memory_size()
+            + self
+                .users
+                .as_ref()
+                .map_or(0, keepsake_segment::UsersBloom::bytes)
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +366,59 @@ mod tests {
         assert!(f.keeps_history());
         f.no_etags();
         assert!(!f.keeps_history());
+    }
+
+    /// A part's footer, as kept for its loads.
+    fn part() -> Arc<ObjectMeta> {
+        let f = footer(1);
+        Arc::new(ObjectMeta {
+            size: f.size,
+            loaded: f.loaded.clone(),
+            users: None,
+        })
+    }
+
+    #[test]
+    fn parts_footers_stay_within_their_bound_the_least_recently_used_going_first() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let one = part().bytes();
+        assert!(one > 0);
+        let f = Footers::bounded(2 * one + one / 2);
+        f.put((1, 1), part());
+        f.put((2, 2), part());
+        assert_eq!(f.parts_kept(), (2, 2 * one));
+        // 1 is used after 2: 2 goes first when 3 comes.
+        assert!(f.get((1, 1)).is_some());
+        f.put((3, 3), part());
+        assert_eq!(f.parts_kept(), (2, 2 * one));
+        assert!(f.get((2, 2)).is_none());
+        assert!(f.get((1, 1)).is_some());
+        assert!(f.get((3, 3)).is_some());
+        assert_eq!(
+            (
+                f.part_hits.load(Relaxed),
+                f.part_misses.load(Relaxed),
+                f.part_evictions.load(Relaxed)
+            ),
+            (3, 1, 1)
+        );
+        // Put again (two reads of one part at once): counted once.
+        f.put((3, 3), part());
+        assert_eq!(f.parts_kept(), (2, 2 * one));
+        assert_eq!(f.bytes(), 2 * one);
+        // A lower bound lets go at once; a footer larger than the bound alone is not kept.
+        f.set_bound(one / 2);
+        assert_eq!(f.parts_kept(), (0, 0));
+        assert_eq!(f.part_evictions.load(Relaxed), 3);
+        f.put((4, 4), part());
+        assert_eq!(f.parts_kept(), (0, 0));
+        assert!(f.get((4, 4)).is_none());
+        // Unbounded by default.
+        let all = Footers::default();
+        for i in 0..100 {
+            all.put((i, 0), part());
+        }
+        assert_eq!(all.parts_kept(), (100, 100 * one));
     }
 
     #[test]

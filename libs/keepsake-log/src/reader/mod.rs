@@ -27,7 +27,7 @@ mod user;
 pub use catalog::*;
 pub use checkpoint::*;
 pub use filter_runs::{join_sealed, read_filter_run, read_sealed};
-pub use footers::{Footers, ObjectMeta};
+pub use footers::{Footers, ObjectMeta, PartFooters};
 pub use keyed::*;
 pub use objects::*;
 pub use tag::Tag;

@@ -73,3 +73,66 @@ async fn an_overhead_past_the_range_is_refused() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("--memory-overhead-mb"), "{err}");
 }
+
+/// After a restart each user is loaded from its checkpoint part, whose footer the server keeps
+/// for the next load of that part, within `--footer-memory-mb` and counted on `/metrics`.
+/// With a bound below one part's footer none is kept, every load reads its part's footer, and
+/// every pull is still answered in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_footers_are_kept_within_their_bound() {
+    let env = Env::new(Backend::File).await;
+    let s = Server::start(&env, &[]).await;
+    let mut phones = Vec::new();
+    for u in 0..6 {
+        let phone = s.register(&uuid(), "phone").await;
+        for i in 0..3 {
+            s.push(
+                &phone,
+                serde_json::json!([put(&uuid(), "note", serde_json::json!({"u": u, "i": i}))]),
+            )
+            .await;
+        }
+        phones.push(phone);
+    }
+    let (status, compacted) = s
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/compact",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{compacted}");
+    assert!(s.stop().success());
+    // Each of the two shards has one part: with room for it, the loads after the first of a
+    // shard find its footer kept.
+    for (bound, kept) in [(None, true), (Some("1"), false)] {
+        let settings: Vec<(&str, &str)> = bound
+            .map(|b| ("KEEPSAKE_FOOTER_MEMORY_BYTES", b))
+            .into_iter()
+            .collect();
+        let s = Server::start(&env, &settings).await;
+        for phone in &phones {
+            let page = s.pull(phone, "?limit=1000").await;
+            let items = page["changes"].as_array().map_or(0, Vec::len);
+            assert_eq!(items, 3, "every item of the user: {page}");
+        }
+        let footers = s.metric("keepsake_part_footers").await;
+        let bytes = s.metric("keepsake_part_footer_bytes").await;
+        let hits = s.metric("keepsake_part_footer_hits_total").await;
+        let misses = s.metric("keepsake_part_footer_misses_total").await;
+        if kept {
+            assert!(
+                footers >= 1 && bytes > 0,
+                "{footers} footers, {bytes} bytes"
+            );
+            assert!(hits >= 4, "6 users over 2 parts: {hits} hits");
+            assert!(s.metric("keepsake_view_index_bytes").await >= bytes);
+        } else {
+            assert_eq!((footers, bytes, hits), (0, 0, 0));
+            assert!(misses >= 6, "every load read its part's footer: {misses}");
+            assert!(s.metric("keepsake_part_footer_evictions_total").await == 0);
+        }
+        assert!(s.stop().success());
+    }
+}
