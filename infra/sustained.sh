@@ -110,7 +110,7 @@ upkeep_cores() {
         printf "%.2f", d / k / s }'
 }
 cpu_now() { echo "$(ticks /proc/"$SERVER_PID"/stat) $(ticks /proc/"$LOADGEN_PID"/stat)"; }
-echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  upkeep_MiB  index_MiB  excess_MiB  allocated_MiB  allocator_resident_MiB  thread_cached_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores"
+echo "seconds  events/s  checkpoints  checkpoint_s  turn_wait_s  checkpoint_MB  checkpoint_PUTs  compacted_segments  view_misses  view_evictions  view_MiB  upkeep_MiB  index_MiB  excess_MiB  allocated_MiB  allocator_resident_MiB  thread_cached_MiB  RSS_MiB  server_cores  upkeep_cores  loadgen_cores  allocator_active_MiB  allocator_dirty_MiB"
 now_s() { date +%s.%N; }
 start=$(now_s)
 prev=$(metric keepsake_segment_events_total)
@@ -129,7 +129,7 @@ for i in $(seq 1 $((SECS / EVERY))); do
     cores=$(echo "$prev_cpu $now_cpu" | awk -v i="$interval" -v k="$TICKS" \
         -v u="$(upkeep_cores "$prev_upkeep" "$now_upkeep" "$interval")" \
         'function c(d) { return d < 0 ? "-" : sprintf("%.2f", d / k / i) } { print c($3 - $1), u, c($4 - $2) }')
-    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %8d  %9d  %10d  %13d  %22d  %17d  %7s  %12s  %12s  %13s\n' $((i * EVERY)) "$rate" \
+    printf '%7d  %8d  %11s  %12s  %11s  %13s  %15s  %18s  %11s  %14s  %8d  %8d  %9d  %10d  %13d  %22d  %17d  %7s  %12s  %12s  %13s  %20d  %19d\n' $((i * EVERY)) "$rate" \
         "$(metric keepsake_checkpoints_total)" \
         "$(($(metric keepsake_checkpoint_microseconds_total) / 1000000))" \
         "$(($(metric keepsake_upkeep_turn_wait_microseconds_total) / 1000000))" \
@@ -142,7 +142,9 @@ for i in $(seq 1 $((SECS / EVERY))); do
         $(($(metric keepsake_resident_excess_bytes) / 1048576)) \
         $(($(metric keepsake_allocator_allocated_bytes) / 1048576)) \
         $(($(metric keepsake_allocator_resident_bytes) / 1048576)) \
-        $(($(metric keepsake_allocator_thread_cached_bytes) / 1048576)) "$(rss_mib)" $cores
+        $(($(metric keepsake_allocator_thread_cached_bytes) / 1048576)) "$(rss_mib)" $cores \
+        $(($(metric keepsake_allocator_active_bytes) / 1048576)) \
+        $(($(metric keepsake_allocator_dirty_bytes) / 1048576))
     prev=$now
     prev_cpu=$now_cpu
     prev_upkeep=$now_upkeep

@@ -227,6 +227,7 @@ pub fn main() -> Result<std::process::ExitCode> {
                 limits,
                 fleet: a.fleet,
                 memory_overhead_bytes: a.memory_overhead_mb.saturating_mul(1 << 20),
+                purge_over_limit: a.allocator_purge_over_limit,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .on_thread_start(crate::memory::bind_thread)

@@ -512,6 +512,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_ALLOCATOR_DIRTY_DECAY_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub allocator_dirty_decay_ms: u64,
+    /// When the process is over its limit (view budget + `--memory-overhead-mb`), return the
+    /// allocator's dirty pages (freed whole, kept for the decay time) to the system at once,
+    /// before the views give way: what the views free by giving way otherwise stays resident
+    /// for the decay time, and the process's peak with it.
+    #[arg(long, env = "KEEPSAKE_ALLOCATOR_PURGE_OVER_LIMIT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub allocator_purge_over_limit: bool,
     /// How many allocator arenas the server's threads share (0: jemalloc's own, four per core).
     /// Memory one thread frees is reused by the threads of its arena only: one arena lets what
     /// the views free as they give way to a checkpoint's fold be what the fold takes, where
@@ -679,6 +686,7 @@ mod tests {
         assert_eq!(log.view_memory_bytes, 1024 * 1024 * 1024);
         assert_eq!(log.footer_memory_bytes, 64 * 1024 * 1024);
         assert_eq!(all.memory_overhead_mb, 224);
+        assert!(all.allocator_purge_over_limit);
         assert_eq!(log.store, RetryPolicy::default());
         assert_eq!(log.policy.max_document_bytes, 256 * 1024);
         assert_eq!(all.auth.revocation_refresh(), Duration::from_secs(5));

@@ -756,6 +756,34 @@ pub fn text(
         );
         gauge(
             &mut out,
+            "keepsake_allocator_active_bytes",
+            "Bytes in the allocator's pages that hold allocations (allocated plus the free room in part-used pages)",
+            a.active,
+        );
+        gauge(
+            &mut out,
+            "keepsake_allocator_dirty_bytes",
+            "Bytes of pages freed whole and not yet returned to the system (resident until --allocator-dirty-decay-ms has passed, or reused)",
+            a.dirty,
+        );
+        counter(
+            &mut out,
+            "keepsake_allocator_purges",
+            "Times the allocator's dirty pages were returned to the system because the process was over its limit (--allocator-purge-over-limit)",
+            crate::resident::PURGES
+                .count
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "keepsake_allocator_purged_bytes",
+            "Bytes of dirty pages those purges returned",
+            crate::resident::PURGES
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
             "keepsake_allocator_arenas_in_use",
             "Allocator arenas with threads bound to them (1: every thread shares one, --allocator-arenas)",
             a.arenas_in_use,

@@ -18,6 +18,12 @@
 //! since what a checkpoint's fold allocates meanwhile is large buffers the freed small
 //! objects' pages cannot hold.
 //!
+//! Over the limit, a reading first returns the allocator's dirty pages (freed whole, kept for
+//! the decay time) to the system and reads the status again (`--allocator-purge-over-limit`):
+//! what the views freed by giving way at the last reading would otherwise stay resident for
+//! the decay time. At `make sustained`'s peaks those were 26-82 MiB; the free room in
+//! part-used pages (186-392 MiB there) no purge returns (docs/BENCHMARKS.md, runs 75-78).
+//!
 //! Invariants: the excess published is 0 whenever the last reading was within the limit (the
 //! views get their whole budget back at once); a reading that fails publishes nothing new.
 
@@ -101,15 +107,41 @@ fn tell_peak(log: &Log, status: &str, limit: u64, told: u64) -> u64 {
         indexes_mib = log.index_footprint().1 >> 20,
         allocated_mib = allocator.as_ref().map_or(0, |a| a.allocated >> 20),
         allocator_resident_mib = allocator.as_ref().map_or(0, |a| a.resident >> 20),
+        allocator_active_mib = allocator.as_ref().map_or(0, |a| a.active >> 20),
+        allocator_dirty_mib = allocator.as_ref().map_or(0, |a| a.dirty >> 20),
         queued_pushes = log.queued(),
         "resident memory reached a new peak over its limit (view budget + --memory-overhead-mb)"
     );
     peak
 }
 
+/// Dirty pages worth a purge when the process is over its limit.
+const PURGE_AT: u64 = 8 << 20;
+
+/// Over its limit, the process's dirty pages (freed whole, kept until the decay time) are
+/// returned to the system before the views are asked to give way: they are resident memory
+/// nothing holds, and what the views free by giving way becomes such pages too. Returns the
+/// status read again after a purge (the one given otherwise) and the bytes purged.
+fn purged_over(status: Option<String>, limit: u64) -> (Option<String>, u64) {
+    let over = resident_in(status.as_deref()).is_some_and(|r| r > limit);
+    let dirty = crate::memory::allocator().map_or(0, |a| a.dirty);
+    if !over || dirty < PURGE_AT {
+        return (status, 0);
+    }
+    match crate::memory::purge_dirty() {
+        Ok(bytes) => (own_status().or(status), bytes),
+        Err(e) => {
+            tracing::warn!(error = %e, "the allocator's dirty pages could not be purged");
+            (status, 0)
+        }
+    }
+}
+
 /// Reads the process's resident memory every [`CHECK_EVERY`] and publishes its excess over
-/// `limit` bytes to `log`'s views, until `stop` turns true.
-pub async fn run(log: Arc<Log>, limit: u64, mut stop: watch::Receiver<bool>) {
+/// `limit` bytes to `log`'s views, until `stop` turns true. With `purge`, first returns the
+/// allocator's dirty pages to the system whenever the process is over its limit
+/// (`--allocator-purge-over-limit`), counted in [`PURGES`].
+pub async fn run(log: Arc<Log>, limit: u64, purge: bool, mut stop: watch::Receiver<bool>) {
     let mut last = 0usize;
     let mut told = 0u64;
     loop {
@@ -118,9 +150,16 @@ pub async fn run(log: Arc<Log>, limit: u64, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => break,
         }
         // One read of the status for both the peak and the resident memory now.
-        let status = own_status();
+        let mut status = own_status();
         if let Some(s) = &status {
             told = tell_peak(&log, s, limit, told);
+        }
+        if purge {
+            let (after, bytes) = purged_over(status, limit);
+            status = after;
+            if bytes > 0 {
+                PURGES.record(bytes);
+            }
         }
         let Some(resident) = resident_in(status.as_deref()) else {
             continue;
@@ -151,9 +190,61 @@ pub async fn run(log: Arc<Log>, limit: u64, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Purges of the allocator's dirty pages made over the limit, and their bytes
+/// (`keepsake_allocator_purges_total`, `keepsake_allocator_purged_bytes_total`): the
+/// allocator is the process's, and so are these.
+pub static PURGES: Purges = Purges {
+    count: std::sync::atomic::AtomicU64::new(0),
+    bytes: std::sync::atomic::AtomicU64::new(0),
+};
+
+/// See [`PURGES`].
+#[derive(Debug, Default)]
+pub struct Purges {
+    pub count: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Purges {
+    fn record(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_its_limit_the_process_returns_its_dirty_pages() {
+        let _one = crate::memory::DECAY_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // 64 MiB touched in pieces of 1 MiB (jemalloc purges what was allocated in pieces of
+        // 8 MiB or more at once), then freed whole: dirty pages until the decay time (1 s or
+        // more in every test here) has passed.
+        let held: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1 << 20]).collect();
+        drop(held);
+        let dirty = |what: &str| {
+            crate::memory::allocator()
+                .map(|a| a.dirty)
+                .unwrap_or_else(|| panic!("jemalloc's statistics are not readable {what}"))
+        };
+        let before = dirty("before");
+        assert!(before >= 32 << 20, "{before} bytes dirty");
+        // Within the limit: nothing is purged.
+        let (_, bytes) = purged_over(own_status(), u64::MAX);
+        assert_eq!(bytes, 0);
+        assert!(dirty("within") >= 32 << 20);
+        // Over it: purged, and the status read again.
+        let (status, bytes) = purged_over(own_status(), 0);
+        assert!(bytes >= 32 << 20, "{bytes} bytes purged");
+        assert!(status.is_some_and(|s| vm_rss(&s).is_some()));
+        let after = dirty("after");
+        assert!(after < 32 << 20, "{after} bytes still dirty after a purge");
+    }
 
     #[test]
     fn the_excess_is_what_is_over_the_limit() {

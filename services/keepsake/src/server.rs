@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// Resident memory beyond `log.view_memory_bytes` past which the views give way
     /// ([`crate::resident`]).
     pub memory_overhead_bytes: u64,
+    /// Over that limit, return the allocator's dirty pages to the system before the views
+    /// give way (`--allocator-purge-over-limit`).
+    pub purge_over_limit: bool,
 }
 
 /// Shards a new store gets when none are configured.
@@ -393,7 +396,12 @@ pub async fn run(
     });
 
     let limit = (cfg.log.view_memory_bytes as u64).saturating_add(cfg.memory_overhead_bytes);
-    let resident = tokio::spawn(crate::resident::run(log.clone(), limit, stop_rx.clone()));
+    let resident = tokio::spawn(crate::resident::run(
+        log.clone(),
+        limit,
+        cfg.purge_over_limit,
+        stop_rx.clone(),
+    ));
 
     let served = server.await;
     if let Some(c) = coordinator {

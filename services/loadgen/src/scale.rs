@@ -144,6 +144,12 @@ pub struct StepReport {
     /// The bytes of the indexes beside the users at the end (`keepsake_view_index_bytes`: tail
     /// indexes, the opened manifests, part and run footers), outside the view's budget.
     pub view_index_bytes_end: u64,
+    /// Of those, the parts' and runs' footers kept (`keepsake_part_footer_bytes`, bounded by
+    /// `--footer-memory-mb`).
+    pub part_footer_bytes_end: u64,
+    /// Loads since the step's server started that read their part's footer from the store
+    /// (`keepsake_part_footer_misses_total`): more than the parts once footers are let go.
+    pub part_footer_misses_end: u64,
     /// A cold user's first pull, ms.
     pub cold_pull_p50_ms: f64,
     /// See `cold_pull_p50_ms`.
@@ -207,13 +213,13 @@ impl ScaleReport {
         let mut t = String::from(
             "users      events      fill_s  register_s  ready_s  ckpt_s  ckpt_MB  compact_s  \
              restart_s  RSS_ready_MiB  RSS_end_MiB  alloc_end_MiB  RSS_idle_MiB  view_MiB  \
-             index_MiB  pull_p50/p99_ms  as_of_p50/p99_ms  as_of_changed_p50/p99_ms  restore_users/s  \
+             index_MiB  footers_MiB/misses  pull_p50/p99_ms  as_of_p50/p99_ms  as_of_changed_p50/p99_ms  restore_users/s  \
              log_B/event\n",
         );
         for s in &self.steps {
             t.push_str(&format!(
                 "{:<9}  {:>10}  {:>6.0}  {:>10.0}  {:>7.2}  {:>6.2}  {:>7.1}  {:>9.1}  {:>9.2}  \
-                 {:>13}  {:>11}  {:>13}  {:>12}  {:>8}  {:>9}  {:>15}  {:>16}  {:>24}  {:>15.0}  \
+                 {:>13}  {:>11}  {:>13}  {:>12}  {:>8}  {:>9}  {:>18}  {:>15}  {:>16}  {:>24}  {:>15.0}  \
                  {:>11.0}\n",
                 s.users,
                 s.events,
@@ -230,6 +236,11 @@ impl ScaleReport {
                 s.rss_idle_bytes >> 20,
                 s.view_bytes_end >> 20,
                 s.view_index_bytes_end >> 20,
+                format!(
+                    "{:.1}/{}",
+                    s.part_footer_bytes_end as f64 / f64::from(1 << 20),
+                    s.part_footer_misses_end
+                ),
                 format!("{:.1}/{:.1}", s.cold_pull_p50_ms, s.cold_pull_p99_ms),
                 format!("{:.1}/{:.1}", s.as_of_p50_ms, s.as_of_p99_ms),
                 format!(
@@ -788,6 +799,8 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<ScaleReport> {
         let end = s.metrics().await?;
         step.view_bytes_end = counter(&end, "keepsake_view_bytes") as u64;
         step.view_index_bytes_end = counter(&end, "keepsake_view_index_bytes") as u64;
+        step.part_footer_bytes_end = counter(&end, "keepsake_part_footer_bytes") as u64;
+        step.part_footer_misses_end = counter(&end, "keepsake_part_footer_misses_total") as u64;
         step.allocated_end_bytes = counter(&end, "keepsake_allocator_allocated_bytes") as u64;
         step.allocator_resident_end_bytes =
             counter(&end, "keepsake_allocator_resident_bytes") as u64;
