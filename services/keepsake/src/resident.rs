@@ -21,8 +21,9 @@
 //! Over the limit, a reading first returns the allocator's dirty pages (freed whole, kept for
 //! the decay time) to the system and reads the status again (`--allocator-purge-over-limit`):
 //! what the views freed by giving way at the last reading would otherwise stay resident for
-//! the decay time. At `make sustained`'s peaks those were 26-82 MiB; the free room in
-//! part-used pages (186-392 MiB there) no purge returns (docs/BENCHMARKS.md, runs 75-78).
+//! the decay time. At `make sustained`'s peaks those were 20-143 MiB, and the peak came 23 MiB
+//! lower with the purge; the free room in part-used pages (186-412 MiB there) no purge
+//! returns (docs/BENCHMARKS.md, runs 75-78).
 //!
 //! Invariants: the excess published is 0 whenever the last reading was within the limit (the
 //! views get their whole budget back at once); a reading that fails publishes nothing new.
