@@ -155,8 +155,12 @@ pub async fn run(log: Arc<Log>, limit: u64, purge: bool, mut stop: watch::Receiv
         if let Some(s) = &status {
             told = tell_peak(&log, s, limit, told);
         }
-        if purge {
-            let (after, bytes) = purged_over(status, limit);
+        if purge && resident_in(status.as_deref()).is_some_and(|r| r > limit) {
+            // A purge is a system call over every run of dirty pages (tens of MiB): off the
+            // runtime's threads, as the eviction below.
+            let (after, bytes) = tokio::task::spawn_blocking(move || purged_over(status, limit))
+                .await
+                .unwrap_or_else(|_| (own_status(), 0));
             status = after;
             if bytes > 0 {
                 PURGES.record(bytes);
