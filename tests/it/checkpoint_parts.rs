@@ -1561,8 +1561,13 @@ async fn a_views_part_footers_stay_within_their_bound(backend: Backend) {
         ..cfg(parts)
     };
     // Started again, every user is loaded from the checkpoint: parts 0, 1, 2, 3, then 0 again.
-    let log = open(ts.store.clone(), 1, bounded).await.expect("open");
-    for i in [0, 300, 600, 900, 10] {
+    let faulty = FaultyStore::new(ts.store.clone());
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let log = open(store, 1, bounded).await.expect("open");
+    let part0 = keys::part(0, m.base[0].part.written_by, m.base[0].part.digest);
+    let mut part0_gets = Vec::new();
+    for i in [0, 300, 600, 900, 10, 11] {
+        let gets = faulty.count_gets(part0.as_ref());
         let u = users[i];
         let loaded = log.user(&u, UserState::clone).await.expect("load");
         let (events, _) = read_user(ts.store.clone(), 0, u, UpTo::End)
@@ -1580,6 +1585,9 @@ async fn a_views_part_footers_stay_within_their_bound(backend: Backend) {
             kept.bytes
         );
         assert!(kept.kept >= 1, "the footer just read is kept");
+        if i < 300 {
+            part0_gets.push(gets.load(Relaxed));
+        }
     }
     let kept = log.part_footers();
     assert!(
@@ -1588,6 +1596,21 @@ async fn a_views_part_footers_stay_within_their_bound(backend: Backend) {
     );
     // Part 0's footer was let go and read again.
     assert!(kept.misses >= 5, "{kept:?}");
+    // What a miss costs: user 10's load read part 0's footer again, user 11's (the footer
+    // kept) only its pages. One GET: the footer and its page index come in one ranged read
+    // (`FOOTER_PREFETCH`), the object's size from the manifest.
+    let [first, missed, kept_then] = part0_gets[..] else {
+        panic!("three loads of part 0's users: {part0_gets:?}")
+    };
+    assert_eq!(
+        first, missed,
+        "a first read and a read after a miss: {part0_gets:?}"
+    );
+    assert_eq!(
+        missed,
+        kept_then + 1,
+        "a load whose part's footer was let go costs one GET more: {part0_gets:?}"
+    );
     let (_, index_bytes) = log.index_footprint();
     assert!(index_bytes >= kept.bytes);
     log.shutdown().await;

@@ -134,7 +134,7 @@ pub struct LogArgs {
     pub view_memory_bytes: Option<usize>,
     /// Memory for the footers of checkpoint parts that loads read, in MiB (~57 bytes a user
     /// of the store; 64 keeps those of about a million users): past it, the least recently
-    /// used go and a load of one of their users reads it again (two more GETs). Counted with
+    /// used go and a load of one of their users reads it again (one more GET). Counted with
     /// the indexes the views make room for (`keepsake_view_index_bytes`).
     #[arg(long, env = "KEEPSAKE_FOOTER_MEMORY_MB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
