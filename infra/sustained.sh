@@ -5,8 +5,9 @@
 # shards waited for an upkeep turn, and MB written, all so far), checkpoint PUTs and
 # compaction work done, view misses and evictions, view bytes, what upkeep holds (the views
 # give way to it), the indexes beside the view
-# (`keepsake_view_index_bytes`), how far the process was over its resident limit (the views give
-# way by as much, `keepsake_resident_excess_bytes`), what the allocator has handed out, holds resident and keeps in
+# (`keepsake_view_index_bytes`), how far the process was over its resident limit at the server's
+# last reading (`keepsake_resident_excess_bytes`; the views give way by the excesses of the
+# readings since it was last within, added up), what the allocator has handed out, holds resident and keeps in
 # the threads' own caches, and the
 # server's resident memory, from /metrics and /proc; and the cores (CPU seconds a second) the
 # server, its upkeep threads and the load generator used in the interval, from /proc.
@@ -49,6 +50,8 @@ cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
+        # Its log again, whole: what it wrote as it stopped (jemalloc's `stats_print:true`) too.
+        cp "$WORK/server.log" "$OUT/server.log" 2>/dev/null || true
     fi
     rm -rf "$WORK"
 }

@@ -228,6 +228,7 @@ pub fn main() -> Result<std::process::ExitCode> {
                 fleet: a.fleet,
                 memory_overhead_bytes: a.memory_overhead_mb.saturating_mul(1 << 20),
                 purge_over_limit: a.allocator_purge_over_limit,
+                give_way_added_up: a.memory_give_way_added_up,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .on_thread_start(crate::memory::bind_thread)

@@ -541,6 +541,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_MEMORY_OVERHEAD_MB", default_value_t = 224,
           value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub memory_overhead_mb: u64,
+    /// While the process stays over its limit, the views give way by the excesses of every
+    /// reading since it was last within it, added up (false: by the last reading's alone).
+    /// Evicted users free bytes in pages other users still share, so the last reading's alone
+    /// left the process over its limit by what the evictions did not return.
+    #[arg(long, env = "KEEPSAKE_MEMORY_GIVE_WAY_ADDED_UP", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub memory_give_way_added_up: bool,
 }
 
 /// A tracing filter that parses.
@@ -687,6 +694,7 @@ mod tests {
         assert_eq!(log.footer_memory_bytes, 64 * 1024 * 1024);
         assert_eq!(all.memory_overhead_mb, 224);
         assert!(all.allocator_purge_over_limit);
+        assert!(all.memory_give_way_added_up);
         assert_eq!(log.store, RetryPolicy::default());
         assert_eq!(log.policy.max_document_bytes, 256 * 1024);
         assert_eq!(all.auth.revocation_refresh(), Duration::from_secs(5));

@@ -652,7 +652,13 @@ pub fn text(
         gauge(
             &mut out,
             "keepsake_resident_excess_bytes",
-            "Bytes the process was resident beyond the view budget plus --memory-overhead-mb at its last reading (every 100 ms); the views give way by as much",
+            "Bytes the process was resident beyond the view budget plus --memory-overhead-mb at its last reading (every 100 ms)",
+            crate::resident::last_excess(),
+        );
+        gauge(
+            &mut out,
+            "keepsake_resident_give_way_bytes",
+            "What the views give way by for the process's resident memory: the excesses of every reading since it was last within its limit, added up (0 within it)",
             log.resident_excess_bytes() as u64,
         );
         if let Some(resident) = crate::resident::resident_bytes() {

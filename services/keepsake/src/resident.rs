@@ -18,6 +18,13 @@
 //! since what a checkpoint's fold allocates meanwhile is large buffers the freed small
 //! objects' pages cannot hold.
 //!
+//! A byte the views free is not a byte of resident memory returned: only pages left wholly
+//! free are (a view's users' small objects share pages with users still held). So the views
+//! give way by the excesses of every reading since the process was last within its limit,
+//! added up ([`give_way`]), not by the last reading's alone: with the last alone they settled
+//! over the limit by what their evictions did not return (a proportional control's offset),
+//! and grew back into it as soon as a reading found less over.
+//!
 //! Over the limit, a reading first returns the allocator's dirty pages (freed whole, kept for
 //! the decay time) to the system and reads the status again (`--allocator-purge-over-limit`):
 //! what the views freed by giving way at the last reading would otherwise stay resident for
@@ -25,10 +32,13 @@
 //! lower with the purge; the free room in part-used pages (186-412 MiB there) no purge
 //! returns (docs/BENCHMARKS.md, runs 75-78).
 //!
-//! Invariants: the excess published is 0 whenever the last reading was within the limit (the
-//! views get their whole budget back at once); a reading that fails publishes nothing new.
+//! Invariants: what the views give way by is 0 whenever the last reading was within the limit
+//! (the views get their whole budget back at once), and grows with each reading over it until
+//! one is within; a reading that fails publishes nothing new.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use keepsake_log::Log;
@@ -40,6 +50,29 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// What is over `limit` in `resident` (0 when within it).
 pub fn excess(resident: u64, limit: u64) -> u64 {
     resident.saturating_sub(limit)
+}
+
+/// What the views give way by after a reading `over` bytes over the limit, having given way by
+/// `last` after the reading before: `last + over` while the process stays over its limit, so
+/// that they keep giving way until their evictions have returned enough whole pages; 0 once a
+/// reading is within it (the views get their whole budget back at once). Never more than
+/// `ceiling` (the limit itself: beyond it the views are at their floor whatever is asked).
+pub fn give_way(last: u64, over: u64, ceiling: u64) -> u64 {
+    if over == 0 {
+        0
+    } else {
+        last.saturating_add(over).min(ceiling.max(over))
+    }
+}
+
+/// The excess of the last reading, for `/metrics` (what the views give way by is the log's,
+/// [`keepsake_log::Log::resident_excess_bytes`]).
+static LAST_EXCESS: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes the process was resident beyond its limit at the last reading (0 when within it, and
+/// before the first).
+pub fn last_excess() -> u64 {
+    LAST_EXCESS.load(Relaxed)
 }
 
 /// The process's resident memory now, in bytes: the kernel's `VmRSS` (what `ps` shows and
@@ -138,11 +171,18 @@ fn purged_over(status: Option<String>, limit: u64) -> (Option<String>, u64) {
     }
 }
 
-/// Reads the process's resident memory every [`CHECK_EVERY`] and publishes its excess over
-/// `limit` bytes to `log`'s views, until `stop` turns true. With `purge`, first returns the
-/// allocator's dirty pages to the system whenever the process is over its limit
-/// (`--allocator-purge-over-limit`), counted in [`PURGES`].
-pub async fn run(log: Arc<Log>, limit: u64, purge: bool, mut stop: watch::Receiver<bool>) {
+/// Reads the process's resident memory every [`CHECK_EVERY`] and has `log`'s views give way
+/// by its excess over `limit` bytes ([`give_way`] with `added_up`; by the last reading's alone
+/// without), until `stop` turns true. With `purge`, first returns the allocator's dirty pages
+/// to the system whenever the process is over its limit (`--allocator-purge-over-limit`),
+/// counted in [`PURGES`].
+pub async fn run(
+    log: Arc<Log>,
+    limit: u64,
+    purge: bool,
+    added_up: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut last = 0usize;
     let mut told = 0u64;
     loop {
@@ -169,7 +209,14 @@ pub async fn run(log: Arc<Log>, limit: u64, purge: bool, mut stop: watch::Receiv
         let Some(resident) = resident_in(status.as_deref()) else {
             continue;
         };
-        let bytes = usize::try_from(excess(resident, limit)).unwrap_or(usize::MAX);
+        let over = excess(resident, limit);
+        LAST_EXCESS.store(over, Relaxed);
+        let last_given = if added_up {
+            u64::try_from(last).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let bytes = usize::try_from(give_way(last_given, over, limit)).unwrap_or(usize::MAX);
         if (bytes > 0) != (last > 0) {
             let over = bytes > 0;
             tracing::info!(
@@ -249,6 +296,23 @@ mod tests {
         assert!(status.is_some_and(|s| vm_rss(&s).is_some()));
         let after = dirty("after");
         assert!(after < 32 << 20, "{after} bytes still dirty after a purge");
+    }
+
+    #[test]
+    fn the_views_keep_giving_way_while_the_process_stays_over_its_limit() {
+        let limit = 1_248;
+        // Within the limit: nothing, whatever was given way before.
+        assert_eq!(give_way(0, 0, limit), 0);
+        assert_eq!(give_way(300, 0, limit), 0);
+        // Over it: the excess, then each reading's added while the process stays over (the
+        // evictions of the last returned less than they freed).
+        assert_eq!(give_way(0, 40, limit), 40);
+        assert_eq!(give_way(40, 25, limit), 65);
+        assert_eq!(give_way(65, 1, limit), 66);
+        // Never more than the limit, unless one reading alone is over by more.
+        assert_eq!(give_way(1_240, 30, limit), limit);
+        assert_eq!(give_way(limit, 2_000, limit), 2_000);
+        assert_eq!(give_way(u64::MAX, 5, u64::MAX), u64::MAX);
     }
 
     #[test]

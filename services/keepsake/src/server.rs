@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// Over that limit, return the allocator's dirty pages to the system before the views
     /// give way (`--allocator-purge-over-limit`).
     pub purge_over_limit: bool,
+    /// While over it, the views give way by every reading's excess added up, not the last
+    /// one's alone (`--memory-give-way-added-up`).
+    pub give_way_added_up: bool,
 }
 
 /// Shards a new store gets when none are configured.
@@ -400,6 +403,7 @@ pub async fn run(
         log.clone(),
         limit,
         cfg.purge_over_limit,
+        cfg.give_way_added_up,
         stop_rx.clone(),
     ));
 

@@ -1,6 +1,7 @@
 //! The process's resident memory held within the view budget plus `--memory-overhead-mb`,
 //! seen from outside: past it, the server says by how much (`keepsake_resident_excess_bytes`)
-//! and its views' budget gives way by as much, to their floor of a quarter.
+//! and its views' budget gives way, by at least as much while it stays over
+//! (`keepsake_resident_give_way_bytes`), to their floor of a quarter.
 
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ async fn past_its_resident_limit_the_views_give_way() {
         "resident {resident}, excess {excess}"
     );
     assert_eq!(budget, VIEWS / 4, "the views down to their floor");
+    let give_way = over.metric("keepsake_resident_give_way_bytes").await;
+    assert!(give_way > resident / 2, "gave way by {give_way}");
     // The peak (the kernel's, which sees between readings) is told with what held memory.
     let peak = over.metric("keepsake_resident_peak_bytes").await;
     assert!(peak >= resident, "peak {peak}, resident {resident}");
@@ -64,6 +67,7 @@ async fn past_its_resident_limit_the_views_give_way() {
     let (excess, budget, resident) = metrics_once(&within, |_, _| true).await;
     assert_eq!(excess, 0, "resident {resident}");
     assert!(budget > VIEWS / 2, "{budget}");
+    assert_eq!(within.metric("keepsake_resident_give_way_bytes").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
