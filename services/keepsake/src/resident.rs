@@ -183,7 +183,8 @@ pub async fn run(
     added_up: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last = 0usize;
+    // What the views were last told to give way by.
+    let mut last = 0u64;
     let mut told = 0u64;
     loop {
         tokio::select! {
@@ -211,34 +212,29 @@ pub async fn run(
         };
         let over = excess(resident, limit);
         LAST_EXCESS.store(over, Relaxed);
-        let last_given = if added_up {
-            u64::try_from(last).unwrap_or(u64::MAX)
-        } else {
-            0
-        };
-        let bytes = usize::try_from(give_way(last_given, over, limit)).unwrap_or(usize::MAX);
-        if (bytes > 0) != (last > 0) {
-            let over = bytes > 0;
+        let given = give_way(if added_up { last } else { 0 }, over, limit);
+        if (given > 0) != (last > 0) {
             tracing::info!(
                 resident_mib = resident >> 20,
                 limit_mib = limit >> 20,
                 "resident memory {} its limit: the views {}",
-                if over { "over" } else { "back within" },
-                if over {
+                if given > 0 { "over" } else { "back within" },
+                if given > 0 {
                     "give way"
                 } else {
                     "get their budget back"
                 }
             );
         }
-        if bytes > last {
+        let bytes = usize::try_from(given).unwrap_or(usize::MAX);
+        if given > last {
             // A rise evicts at once, under each shard's state lock: off the runtime's threads.
             let log = log.clone();
             let _ = tokio::task::spawn_blocking(move || log.set_resident_excess(bytes)).await;
         } else {
             log.set_resident_excess(bytes);
         }
-        last = bytes;
+        last = given;
     }
 }
 
