@@ -159,6 +159,9 @@ pub struct StoreStats {
     bytes_read_by: Vec<AtomicU64>,
     /// GETs answered, indexed as `bytes_read_by`: which objects the read requests go to.
     gets_by: Vec<AtomicU64>,
+    /// Reads of the file store answered from the page cache on the caller's thread, and those
+    /// handed to its blocking pool ([`crate::cached_reads`]).
+    file_reads: [AtomicU64; 2],
 }
 
 impl Default for StoreStats {
@@ -177,6 +180,7 @@ impl Default for StoreStats {
             gets_by: (0..Cause::ALL.len() * ObjectKind::ALL.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            file_reads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 }
@@ -228,6 +232,24 @@ impl StoreStats {
     /// The latency of requests of kind `op`, in microseconds.
     pub fn latency_micros(&self, op: StoreOp) -> Option<&AtomicHistogram> {
         self.latency_micros.get(op_index(op))
+    }
+
+    /// Counts a read of the file store: answered from the page cache on the caller's thread
+    /// (`cached`), or handed to the file store's blocking pool.
+    pub fn count_file_read(&self, cached: bool) {
+        self.file_reads[usize::from(!cached)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads of the file store answered on the caller's thread: the page cache held their
+    /// bytes, or the object is not there.
+    pub fn file_reads_cached(&self) -> u64 {
+        self.file_reads[0].load(Ordering::Relaxed)
+    }
+
+    /// Reads of the file store handed to its blocking pool (not all in the page cache, too
+    /// large, or off: `--store-inline-file-reads false`).
+    pub fn file_reads_handed_off(&self) -> u64 {
+        self.file_reads[1].load(Ordering::Relaxed)
     }
 
     /// Bytes sent in PUTs that succeeded.

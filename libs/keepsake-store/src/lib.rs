@@ -9,6 +9,8 @@
 //!   a store with data and no descriptor is never given a new one implicitly.
 //! - [`instrumented`] counts every request sent to the store (by kind and outcome, with latency
 //!   and bytes); [`open_store`] puts it over every backend, and `/metrics` shows it.
+//! - `cached_reads` (Linux) answers the file store's reads that the page cache holds on the
+//!   calling thread, not on tokio's blocking pool; [`open_store`] puts it under file stores.
 //! - [`retrying`] is the one retry policy for store requests (bounded, jittered, a timeout on
 //!   every operation, never retrying an answer about the object); it sits above the counting
 //!   layer, and each user of the store puts it on top (`Log::open` for the log).
@@ -16,6 +18,8 @@
 //!   cause: pushes, reads, checkpoints, compaction, the device registry's refresh.
 //! - `faults` (feature `testing`) wraps a store to inject failures at every durability boundary.
 
+#[cfg(target_os = "linux")]
+pub mod cached_reads;
 pub mod cause;
 pub mod descriptor;
 mod error;
@@ -36,7 +40,7 @@ pub use descriptor::{
 pub use error::{RecoverError, StoreError};
 pub use histogram::AtomicHistogram;
 pub use instrumented::{InstrumentedStore, Ranges, StoreOp, StoreOutcome, StoreStats};
-pub use open::{Store, open_store, open_store_with_env};
+pub use open::{OpenOptions, Store, open_store, open_store_opts, open_store_with_env};
 pub use retrying::{RetryPolicy, RetryingStore};
 
 /// Puts that must never replace an object: segments, checkpoints, descriptors, job records.

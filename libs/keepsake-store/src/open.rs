@@ -53,7 +53,28 @@ fn bad(url: &str, reason: impl Into<String>) -> StoreError {
 ///   `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a local server). Create-only puts use
 ///   `If-None-Match: *`.
 pub fn open_store(url: &str) -> Result<Store, StoreError> {
-    open_store_with_env(url, std::env::vars())
+    open_store_opts(url, OpenOptions::default())
+}
+
+/// How a store is opened, beyond what its URL says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// File stores: reads the page cache holds are answered on the caller's thread, not handed
+    /// to the blocking pool ([`crate::cached_reads`]). `--store-inline-file-reads`.
+    pub inline_file_reads: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            inline_file_reads: true,
+        }
+    }
+}
+
+/// [`open_store`] with `opts`.
+pub fn open_store_opts(url: &str, opts: OpenOptions) -> Result<Store, StoreError> {
+    open_with(url, std::env::vars(), opts)
 }
 
 /// [`open_store`] with the `AWS_*` settings taken from `env` rather than the process
@@ -62,8 +83,16 @@ pub fn open_store_with_env(
     url: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Store, StoreError> {
-    let (inner, description, local_dir, ranges) = open_backend(url, env)?;
+    open_with(url, env, OpenOptions::default())
+}
+
+fn open_with(
+    url: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    opts: OpenOptions,
+) -> Result<Store, StoreError> {
     let stats = Arc::new(StoreStats::default());
+    let (inner, description, local_dir, ranges) = open_backend(url, env, opts, &stats)?;
     Ok(Store {
         inner: Arc::new(InstrumentedStore::with_ranges(inner, stats.clone(), ranges)),
         stats,
@@ -80,9 +109,11 @@ type Backend = (Arc<dyn ObjectStore>, String, Option<PathBuf>, Ranges);
 fn open_backend(
     url: &str,
     env: impl IntoIterator<Item = (String, String)>,
+    opts: OpenOptions,
+    stats: &Arc<StoreStats>,
 ) -> Result<Backend, StoreError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return open_dir(url, PathBuf::from(url));
+        return open_dir(url, PathBuf::from(url), opts, stats);
     };
     match scheme {
         "file" => {
@@ -93,7 +124,7 @@ fn open_backend(
                     "a file URL needs an absolute path: file:///var/lib/keepsake",
                 )
             })?;
-            open_dir(url, path)
+            open_dir(url, path, opts, stats)
         }
         "memory" => {
             if !rest.is_empty() {
@@ -149,7 +180,12 @@ fn open_backend(
     }
 }
 
-fn open_dir(url: &str, path: PathBuf) -> Result<Backend, StoreError> {
+fn open_dir(
+    url: &str,
+    path: PathBuf,
+    opts: OpenOptions,
+    stats: &Arc<StoreStats>,
+) -> Result<Backend, StoreError> {
     std::fs::create_dir_all(&path).map_err(|e| {
         bad(
             url,
@@ -161,11 +197,36 @@ fn open_dir(url: &str, path: PathBuf) -> Result<Backend, StoreError> {
         .with_fsync(true);
     let shown = std::fs::canonicalize(&path).unwrap_or(path);
     Ok((
-        Arc::new(fs),
+        file_backend(fs, opts, stats),
         format!("file://{}", shown.display()),
         Some(shown),
         Ranges::OneCall,
     ))
+}
+
+/// The file store under [`crate::cached_reads::CachedReads`], which answers reads the page
+/// cache holds unless `opts` say not to, and counts them either way.
+#[cfg(target_os = "linux")]
+fn file_backend(
+    fs: LocalFileSystem,
+    opts: OpenOptions,
+    stats: &Arc<StoreStats>,
+) -> Arc<dyn ObjectStore> {
+    Arc::new(crate::cached_reads::CachedReads::new(
+        fs,
+        stats.clone(),
+        opts.inline_file_reads,
+    ))
+}
+
+/// The file store (reads that wait for nothing need Linux's `RWF_NOWAIT`).
+#[cfg(not(target_os = "linux"))]
+fn file_backend(
+    fs: LocalFileSystem,
+    _opts: OpenOptions,
+    _stats: &Arc<StoreStats>,
+) -> Arc<dyn ObjectStore> {
+    Arc::new(fs)
 }
 
 #[cfg(test)]

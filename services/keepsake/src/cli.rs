@@ -119,7 +119,7 @@ fn verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let store = keepsake_store::open_store(&a.store.url)?;
+        let store = keepsake_store::open_store_opts(&a.store.url, a.store.open_options())?;
         let shard_count = shard_count_to_verify(&store, a.store.retry(), a.shards).await?;
         let (report, _) =
             keepsake_log::verify::verify_store(&store.retrying(a.store.retry()), shard_count)

@@ -39,6 +39,12 @@ pub struct StoreArgs {
     #[arg(long, env = "KEEPSAKE_STORE_READ_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub store_read_timeout_ms: u64,
+    /// File stores: a read the page cache holds is answered on the thread that asked, not handed
+    /// to the blocking pool (Linux, `preadv2` with `RWF_NOWAIT`; reads that would wait for the
+    /// disk still go to the pool).
+    #[arg(long, env = "KEEPSAKE_STORE_INLINE_FILE_READS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub store_inline_file_reads: bool,
 }
 
 impl StoreArgs {
@@ -51,6 +57,14 @@ impl StoreArgs {
             store_attempts: d.attempts,
             store_put_timeout_ms: millis(d.put_timeout),
             store_read_timeout_ms: millis(d.read_timeout),
+            store_inline_file_reads: true,
+        }
+    }
+
+    /// How the store is opened beyond its URL.
+    pub fn open_options(&self) -> keepsake_store::OpenOptions {
+        keepsake_store::OpenOptions {
+            inline_file_reads: self.store_inline_file_reads,
         }
     }
 
@@ -695,6 +709,7 @@ mod tests {
         assert_eq!(all.memory_overhead_mb, 224);
         assert!(all.allocator_purge_over_limit);
         assert!(all.memory_give_way_added_up);
+        assert!(all.store.store_inline_file_reads);
         assert_eq!(log.store, RetryPolicy::default());
         assert_eq!(log.policy.max_document_bytes, 256 * 1024);
         assert_eq!(all.auth.revocation_refresh(), Duration::from_secs(5));

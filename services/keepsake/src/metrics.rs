@@ -326,6 +326,17 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
         "Store GETs answered",
         |kind| s.gets_of(kind),
     );
+    let name = "keepsake_store_file_reads";
+    let _ = write!(
+        out,
+        "# HELP {name} Reads of a file store: answered on the thread that asked (the page cache held their bytes, or the object is not there), or handed to the blocking pool\n# TYPE {name} counter\n"
+    );
+    let _ = writeln!(
+        out,
+        "{name}_total{{served=\"page_cache\"}} {}\n{name}_total{{served=\"blocking_pool\"}} {}",
+        s.file_reads_cached(),
+        s.file_reads_handed_off()
+    );
 }
 
 /// Counter `name` with one sample for each kind of object (the key's directory).

@@ -166,7 +166,7 @@ pub fn main(args: RecoverArgs) -> Result<std::process::ExitCode> {
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let store = keepsake_store::open_store(&args.store.url)
+        let store = keepsake_store::open_store_opts(&args.store.url, args.store.open_options())
             .with_context(|| format!("open store {}", args.store.url))?;
         recover(
             &store.retrying(args.store.retry()),

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use keepsake_log::{Log, LogConfig, LogError};
 use keepsake_model::{Clock, IdGenerator, RandomIds, SystemClock};
-use keepsake_store::{open_store, read_descriptor};
+use keepsake_store::{open_store_opts, read_descriptor};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -228,8 +228,8 @@ pub async fn run(
 ) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ids: Arc<dyn IdGenerator> = Arc::new(RandomIds);
-    let store =
-        open_store(&cfg.store.url).with_context(|| format!("open store {}", cfg.store.url))?;
+    let store = open_store_opts(&cfg.store.url, cfg.store.open_options())
+        .with_context(|| format!("open store {}", cfg.store.url))?;
     let (operator_token, keys) = secrets(&cfg, store.local_dir.as_deref(), ids.as_ref())?;
 
     let listener = TcpListener::bind(cfg.listen)

@@ -523,4 +523,23 @@ async fn every_store_request_is_counted_on_metrics(backend: Backend) {
         (answered_before..=answered_after).contains(&by_object),
         "GETs by object {by_object}, answered {answered_before}..={answered_after}"
     );
+    // A file store answers the reads the page cache holds (objects just written and read)
+    // on the thread that asked, unless told not to; an S3 store has no file reads.
+    const CACHED: &str = "keepsake_store_file_reads_total{served=\"page_cache\"}";
+    const HANDED: &str = "keepsake_store_file_reads_total{served=\"blocking_pool\"}";
+    let cached = s.metric(CACHED).await;
+    if backend == Backend::File {
+        assert!(cached > 0, "no read answered from the page cache");
+    } else {
+        assert_eq!((cached, s.metric(HANDED).await), (0, 0));
+    }
+    s.terminate();
+    assert!(s.wait().success());
+    let s = Server::start(&env, &[("KEEPSAKE_STORE_INLINE_FILE_READS", "false")]).await;
+    let all = s.pull(&phone, "?limit=1000").await;
+    assert_eq!(all["changes"].as_array().map(Vec::len), Some(3), "{all}");
+    assert_eq!(s.metric(CACHED).await, 0, "every read to the blocking pool");
+    if backend == Backend::File {
+        assert!(s.metric(HANDED).await > 0);
+    }
 }
