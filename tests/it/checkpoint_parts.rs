@@ -42,6 +42,7 @@ on_every_backend!(
     a_second_checkpoint_reads_no_footer_the_first_read,
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
     a_folds_parts_read_whole_are_published_as_each_is_read,
+    a_base_merge_past_the_fold_budget_over_one_base_part_keeps_every_user,
     a_views_part_footers_stay_within_their_bound,
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
     a_missing_filter_run_makes_its_checkpoint_pass_for_the_log,
@@ -1741,6 +1742,46 @@ async fn a_folds_parts_read_whole_are_published_as_each_is_read(backend: Backend
             Some(&UserState::replay(&events).expect("fold"))
         );
     }
+    log.shutdown().await;
+}
+
+/// A merge into a base of one part, past the fold budget: with no part's start to cut at, the
+/// passes cut at users inside the part, and each pass rewrites the part's users of its own
+/// range. Before, only the pass holding the part's start merged it: the changed users above its
+/// cut were left out of the new base, and so were the unchanged ones when the part was read
+/// whole.
+async fn a_base_merge_past_the_fold_budget_over_one_base_part_keeps_every_user(backend: Backend) {
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let parts = PartsPolicy {
+        merge_min_users: 2,
+        fold_bytes: 1,
+        ..short_runs()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let mut users: Vec<UserId> = (0..8).map(|_| user()).collect();
+    touch(&log, &users, 0).await;
+    let first = checkpoint(&log).await;
+    assert_eq!(manifest(&ts.store, first).await.base.len(), 1, "one part");
+    assert_is_the_fold(&ts.store, first, &users).await;
+    // Half the users changed, and as many new ones: more than the base's eighth.
+    let mut changed: Vec<UserId> = users.iter().step_by(2).copied().collect();
+    let new: Vec<UserId> = (0..4).map(|_| user()).collect();
+    changed.extend(&new);
+    users.extend(&new);
+    touch(&log, &changed, 1).await;
+    let passes = LogStats::get(&log.stats().checkpoint_fold_passes);
+    let second = checkpoint(&log).await;
+    let m = manifest(&ts.store, second).await;
+    assert!(m.deltas.is_empty(), "merged into the base: {m:?}");
+    assert!(
+        LogStats::get(&log.stats().checkpoint_fold_passes) - passes > 1,
+        "folded a range of users at a time"
+    );
+    assert_is_the_fold(&ts.store, second, &users).await;
+    // And the next, from it.
+    touch(&log, &users[..3], 2).await;
+    let third = checkpoint(&log).await;
+    assert_is_the_fold(&ts.store, third, &users).await;
     log.shutdown().await;
 }
 

@@ -962,8 +962,11 @@ impl Writer {
     /// `m`'s base parts in `range` with `overlay` (the deltas' users and the changed ones in
     /// it, newest state) folded in: each base part whose range holds one of them is read,
     /// overlaid and written again (split if it grew past `part_users`); the others are named
-    /// again. A pass's range starts and ends at the starts of base parts (its cuts), so each
-    /// base part is in exactly one pass's range.
+    /// again. A pass's range starts and ends at the starts of base parts (its cuts) when the
+    /// base has more than one, so each base part is in exactly one pass's range; a base of one
+    /// part has no start to cut at, and each pass writes that part's users of its own range
+    /// (before, only the pass holding the part's start did, and the users above its cut were
+    /// left out of the new base: test `…a_base_merge_past_the_fold_budget_over_one_base_part_keeps_every_user`).
     async fn merge_base(
         &mut self,
         m: &Manifest,
@@ -979,13 +982,21 @@ impl Writer {
         }
         let mut base = Vec::new();
         for (i, b) in m.base.iter().enumerate() {
-            if !range.holds(&b.from) {
+            let to = m.base.get(i + 1).map(|next| next.from);
+            // Where the part's users (from `b.from` up to `to`) and the range's meet. A pass
+            // ends at a part's start when the base has one to cut at; with one part only, it
+            // ends inside it, and each pass writes the part's users of its own range.
+            let from = match range.lo {
+                Some(lo) if lo > b.from => lo,
+                _ => b.from,
+            };
+            if !range.holds(&from) || to.is_some_and(|t| t <= from) {
                 continue;
             }
-            let to = m.base.get(i + 1).map(|next| next.from);
-            let lo = changed.partition_point(|u| *u < b.from);
+            let inside = from == b.from && range.hi.is_none_or(|h| to.is_some_and(|t| t <= h));
+            let lo = changed.partition_point(|u| *u < from);
             let hi = to.map_or(changed.len(), |t| changed.partition_point(|u| *u < t));
-            if lo == hi {
+            if lo == hi && inside {
                 base.push(*b);
                 continue;
             }
@@ -995,12 +1006,15 @@ impl Writer {
                 Some(left) => left,
                 None => read_base_part(self.store.as_ref(), m, i).await?,
             };
+            if !inside {
+                users.retain(|u, _| range.holds(u));
+            }
             for u in &changed[lo..hi] {
                 if let Some(s) = overlay.remove(u) {
                     users.insert(*u, s);
                 }
             }
-            base.extend(self.base_parts(b.from, sorted_users(users)).await?);
+            base.extend(self.base_parts(from, sorted_users(users)).await?);
         }
         Ok(base)
     }
