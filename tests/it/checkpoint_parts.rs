@@ -42,6 +42,7 @@ on_every_backend!(
     a_second_checkpoint_reads_no_footer_the_first_read,
     a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names,
     a_folds_parts_read_whole_are_published_as_each_is_read,
+    a_fold_gives_way_past_the_views_floors,
     a_base_merge_past_the_fold_budget_over_one_base_part_keeps_every_user,
     a_views_part_footers_stay_within_their_bound,
     a_checkpoint_writes_a_long_historys_old_change_ids_once,
@@ -1649,7 +1650,7 @@ async fn a_checkpoint_keeps_no_footer_of_a_part_its_manifest_no_longer_names(bac
         &merge_now,
         keepsake_log::checkpoint::Sharing {
             footers: Some(footers.clone()),
-            memory: None,
+            budget: None,
         },
     )
     .await
@@ -1705,7 +1706,7 @@ async fn a_folds_parts_read_whole_are_published_as_each_is_read(backend: Backend
                 &parts,
                 keepsake_log::checkpoint::Sharing {
                     footers: None,
-                    memory: Some(memory),
+                    budget: Some(keepsake_log::budget::ViewBudget::new(usize::MAX, 1, memory)),
                 },
             )
             .await
@@ -1742,6 +1743,99 @@ async fn a_folds_parts_read_whole_are_published_as_each_is_read(backend: Backend
             Some(&UserState::replay(&events).expect("fold"))
         );
     }
+    log.shutdown().await;
+}
+
+/// With the views at their floors and the process still over its resident limit, a
+/// checkpoint's fold gives way too: it keeps fewer users than its budget allows, down to a
+/// quarter of it, and folds the others in later passes; the checkpoint is still the fold of
+/// the log, and the fold holds nothing once written. With the views able to give way, the same
+/// kind of checkpoint folds in one pass.
+async fn a_fold_gives_way_past_the_views_floors(backend: Backend) {
+    use keepsake_log::budget::{ResidentExcess, UpkeepMemory, ViewBudget};
+    let ts = keepsake_tests::store(backend).await.expect("store");
+    let parts = PartsPolicy {
+        part_users: 32,
+        merge_min_users: 128,
+        ..short_runs()
+    };
+    let log = open(ts.store.clone(), 1, cfg(parts)).await.expect("open");
+    let users: Vec<UserId> = (0..128).map(|_| user()).collect();
+    // Each round's pushes at once: a few segments, not one a user, for each pass to read.
+    let round = |r: u64| {
+        let log = &log;
+        futures::future::join_all(
+            users
+                .iter()
+                .map(move |u| push(log, *u, vec![put(item(), json!({ "round": r }))])),
+        )
+    };
+    for pushed in round(0).await {
+        pushed.expect("push");
+    }
+    let m = manifest(&ts.store, checkpoint(&log).await).await;
+    assert_eq!(m.base.len(), 4, "128 users in parts of 32");
+    let upkeep = UpkeepMemory::default();
+    let excess = ResidentExcess::default();
+    let budget = ViewBudget::new(1 << 30, 1, upkeep.clone()).giving_way_to(excess.clone());
+    let write = |prev: u64, n: u64, policy: PartsPolicy| {
+        let (store, budget) = (ts.store.clone(), budget.clone());
+        async move {
+            keepsake_log::write_checkpoint_sharing(
+                &store,
+                0,
+                Some(prev),
+                n,
+                4,
+                &policy,
+                keepsake_log::checkpoint::Sharing {
+                    footers: None,
+                    budget: Some(budget),
+                },
+            )
+            .await
+            .expect("checkpoint")
+        }
+    };
+    // Every user changed: a delta of all of them, in one pass.
+    for pushed in round(1).await {
+        pushed.expect("push");
+    }
+    let first = log.head(0);
+    let calm = write(m.segment, first, parts).await;
+    assert_eq!(
+        (calm.changed_users, calm.fold_passes, calm.fold_gave_way),
+        (128, 1, 0),
+        "{calm:?}"
+    );
+    // A budget twice what that fold held: the next round's states fit it whole, not its quarter.
+    let policy = PartsPolicy {
+        fold_bytes: usize::try_from(calm.fold_peak_bytes).expect("fits") * 2,
+        ..parts
+    };
+    for pushed in round(2).await {
+        pushed.expect("push");
+    }
+    let second = log.head(0);
+    excess.set(2 << 30);
+    assert!(budget.past_the_floors() > 0);
+    let pressed = write(first, second, policy).await;
+    // The delta and every user again: a merge into the base, cut at its parts' starts.
+    assert_eq!(
+        (pressed.changed_users, pressed.merged),
+        (128, Some("base")),
+        "{pressed:?}"
+    );
+    assert!(
+        pressed.fold_gave_way >= 1 && pressed.fold_passes > 1,
+        "the fold gave way past the views' floors: {pressed:?}"
+    );
+    assert_eq!(
+        upkeep.bytes(),
+        0,
+        "nothing held once the checkpoint is written"
+    );
+    assert_is_the_fold(&ts.store, second, &users).await;
     log.shutdown().await;
 }
 

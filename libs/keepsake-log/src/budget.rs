@@ -29,6 +29,9 @@
 //!   (docs/BENCHMARKS.md, run 60). Freed bytes refill those pages before the allocator maps
 //!   new ones of the same sizes, so the process grows less (run 61); it is not a bound while
 //!   a fold's large buffers take fresh pages.
+//! - Past the views' floors, a checkpoint's fold gives way ([`ViewBudget::past_the_floors`]):
+//!   while upkeep and the excess ask more than every view can give, the fold keeps fewer
+//!   users (down to a quarter of its budget) and folds the rest in later passes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -159,6 +162,19 @@ impl ViewBudget {
             .saturating_sub(beside)
             .max(self.shard_bytes / 4)
     }
+
+    /// What upkeep and the process's resident excess ask of the views beyond what they can
+    /// give: the part past every view's floor (0 while the views can still give way). A
+    /// checkpoint's fold gives way by it (`checkpoint.rs`), since with the views at their
+    /// floor nothing else would. The indexes beside the views are not counted here: they bring
+    /// the views to their floor sooner, so this asks the fold later, never sooner.
+    pub fn past_the_floors(&self) -> usize {
+        let can_give = (self.shard_bytes - self.shard_bytes / 4).saturating_mul(self.shards);
+        self.upkeep
+            .bytes()
+            .saturating_add(self.excess.bytes())
+            .saturating_sub(can_give)
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +231,28 @@ mod tests {
         excess.set(0);
         drop(fold);
         assert_eq!(budget.now(), 1000);
+    }
+
+    /// What is asked of the views past their floors: nothing while they can give way, then
+    /// what upkeep and the excess ask beyond the three quarters of every shard's budget.
+    #[test]
+    fn what_is_asked_past_the_views_floors() {
+        let upkeep = UpkeepMemory::default();
+        let excess = ResidentExcess::default();
+        let budget = ViewBudget::new(1000, 4, upkeep.clone()).giving_way_to(excess.clone());
+        assert_eq!(budget.past_the_floors(), 0);
+        let fold = upkeep.hold();
+        fold.set(3000);
+        assert_eq!(budget.past_the_floors(), 0, "the views can give 4 x 750");
+        assert_eq!(budget.now(), 250, "at their floor");
+        fold.set(2900);
+        excess.set(300);
+        assert_eq!(budget.past_the_floors(), 200);
+        excess.set(0);
+        assert_eq!(budget.past_the_floors(), 0);
+        drop(fold);
+        excess.set(3100);
+        assert_eq!(budget.past_the_floors(), 100, "the excess alone");
+        assert_eq!(ViewBudget::default().past_the_floors(), 0);
     }
 }

@@ -43,7 +43,7 @@ use keepsake_store::keys;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
-use crate::budget::{Holding, UpkeepMemory};
+use crate::budget::{Holding, UpkeepMemory, ViewBudget};
 use crate::reader::{
     Checkpoint, Footers, WholeParts, checkpoint_exists, open_checkpoint, read_base_part,
     read_delta_part, read_filter_run,
@@ -124,6 +124,9 @@ pub struct CheckpointReport {
     /// The states (and parts read whole for later asks) the fold held at its peak, approximate
     /// bytes: at most about `fold_bytes` and one run of segments' users.
     pub fold_peak_bytes: u64,
+    /// Times the fold kept fewer users than its budget allows because the views were at
+    /// their floors and still asked to give way ([`ViewBudget::past_the_floors`]).
+    pub fold_gave_way: u64,
 }
 
 /// Builds and writes (create-only) the checkpoint of `shard` after segment `n` with the default
@@ -172,9 +175,10 @@ pub struct Sharing {
     /// The shard view's part footers: the footers its loads read serve the checkpoint, and the
     /// other way round.
     pub footers: Option<Arc<Footers>>,
-    /// Where the fold publishes the states it holds, so that the views give way to them
+    /// The views' budget: the fold publishes the states it holds to its upkeep memory, so
+    /// that the views give way to them, and gives way itself past the views' floors
     /// ([`crate::budget`]).
-    pub memory: Option<UpkeepMemory>,
+    pub budget: Option<ViewBudget>,
 }
 
 /// [`write_checkpoint_with`] sharing footers and memory with a running log's views.
@@ -235,7 +239,12 @@ async fn write_from(
         report: CheckpointReport::default(),
         policy: *policy,
         footers: sharing.footers,
-        holding: sharing.memory.unwrap_or_default().hold(),
+        holding: sharing
+            .budget
+            .as_ref()
+            .map_or_else(UpkeepMemory::default, |b| b.upkeep().clone())
+            .hold(),
+        room: sharing.budget.unwrap_or_default(),
         concurrency,
         sealed: Vec::new(),
         prev,
@@ -300,6 +309,7 @@ async fn write_from(
         bytes = w.report.bytes_written,
         merged = w.report.merged,
         passes = w.report.fold_passes,
+        gave_way = w.report.fold_gave_way,
         "checkpoint manifest written"
     );
     Ok(w.report)
@@ -314,6 +324,8 @@ struct Writer {
     footers: Option<Arc<Footers>>,
     /// What the fold holds, published for the views ([`crate::budget`]).
     holding: Holding,
+    /// The views' budget, past whose floors the fold gives way.
+    room: ViewBudget,
     /// Reads (and HEADs) at once.
     concurrency: usize,
     /// The sealed filter blocks split off the states written to parts, for the filter run.
@@ -353,6 +365,7 @@ impl Writer {
         let mut new: Vec<UserId> = Vec::new();
         let mut held: usize = users.values().map(UserState::approx_bytes).sum();
         let mut peak = 0u64;
+        let mut gave_way = 0u64;
         let mut segments = scan_shard_upto(
             self.store.clone(),
             shard,
@@ -473,6 +486,21 @@ impl Writer {
                 // The fold's states here, the parts read whole by `whole`'s own holder.
                 self.holding.set(held);
                 whole.publish();
+                // The views at their floors and more still asked of them (by upkeep and the
+                // process's resident excess): the fold gives way too, down to a quarter of its
+                // budget; the upper users wait for a later pass, as past the budget.
+                while self.room.past_the_floors() > 0 && holding > budget / 4 {
+                    let Some(c) = cut(&users, range, cuts) else {
+                        break;
+                    };
+                    let had = users.len();
+                    held = stop_at(c, &mut users, &mut range);
+                    whole.retain_range(range.lo, range.hi);
+                    holding = held.saturating_add(whole.held_bytes());
+                    self.holding.set(held);
+                    whole.publish();
+                    gave_way += u64::from(users.len() < had);
+                }
             }
             if done {
                 break;
@@ -489,6 +517,7 @@ impl Writer {
         let new_users = new.iter().filter(|u| range.holds(u)).count() as u64;
         Ok(Pass {
             peak,
+            gave_way,
             states: users,
             range,
             met: met.len() as u64,
@@ -532,6 +561,7 @@ impl Writer {
                 .await?;
             self.report.fold_passes += 1;
             self.report.fold_peak_bytes = self.report.fold_peak_bytes.max(pass.peak);
+            self.report.fold_gave_way += pass.gave_way;
             next.users += pass.new_users;
             let plan = match plan {
                 Some(p) => p,
@@ -652,6 +682,7 @@ impl Writer {
                 .await?;
             self.report.fold_passes += 1;
             self.report.fold_peak_bytes = self.report.fold_peak_bytes.max(pass.peak);
+            self.report.fold_gave_way += pass.gave_way;
             count += pass.states.len() as u64;
             let start = if carry.is_empty() {
                 lo.unwrap_or(NIL_USER)
@@ -1053,6 +1084,8 @@ struct Pass {
     whole: WholeParts,
     /// The states (and parts read whole) it held at its peak, approximate bytes.
     peak: u64,
+    /// Times it gave way past the views' floors ([`CheckpointReport::fold_gave_way`]).
+    gave_way: u64,
 }
 
 /// How a checkpoint over a manifest writes its changed users.

@@ -134,14 +134,13 @@ impl Log {
         let upkeep_memory = budget::UpkeepMemory::default();
         let resident_excess = budget::ResidentExcess::default();
         for (shard, mut state) in (0..descriptor.shard_count).zip(recovered) {
-            state.set_budget(
-                budget::ViewBudget::new(
-                    cfg.view_memory_bytes,
-                    descriptor.shard_count as usize,
-                    upkeep_memory.clone(),
-                )
-                .giving_way_to(resident_excess.clone()),
-            );
+            let view_budget = budget::ViewBudget::new(
+                cfg.view_memory_bytes,
+                descriptor.shard_count as usize,
+                upkeep_memory.clone(),
+            )
+            .giving_way_to(resident_excess.clone());
+            state.set_budget(view_budget.clone());
             state.footers.set_bound(cfg.footer_memory_bytes);
             let epoch = state.head + 1;
             let (head_tx, head) = watch::channel(state.head);
@@ -188,7 +187,7 @@ impl Log {
                 stats: stats.clone(),
                 maintenance: maintenance.clone(),
                 gate: gate.clone(),
-                memory: upkeep_memory.clone(),
+                budget: view_budget,
             };
             tasks.push(
                 upkeep_thread.spawn(

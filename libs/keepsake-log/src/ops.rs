@@ -19,6 +19,7 @@ impl Log {
                 // Another server's (a cluster): its owner keeps it.
                 continue;
             }
+            let budget = s.state.read().map_err(|_| poisoned(shard))?.budget();
             let upkeep = Upkeep {
                 store: self.store.clone(),
                 shard,
@@ -28,7 +29,7 @@ impl Log {
                 stats: self.stats.clone(),
                 maintenance: s.maintenance.clone(),
                 gate: s.gate.clone(),
-                memory: self.upkeep_memory.clone(),
+                budget,
             };
             let mut held = s.maintenance.lock().await;
             if let Some(c) = upkeep.checkpoint(&mut held).await? {

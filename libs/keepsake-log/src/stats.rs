@@ -107,6 +107,9 @@ pub struct LogStats {
     /// Passes of checkpoints' folds over their segments (one a checkpoint, more when its
     /// states passed the fold budget, `PartsPolicy::fold_bytes`).
     pub checkpoint_fold_passes: AtomicU64,
+    /// Times a checkpoint's fold kept fewer users than its budget allows because the views
+    /// were at their floors and still asked to give way (`budget::ViewBudget::past_the_floors`).
+    pub checkpoint_fold_gave_way: AtomicU64,
     /// The states (and parts read whole) the last checkpoint's fold held at its peak,
     /// approximate bytes.
     pub checkpoint_fold_peak_bytes: AtomicU64,
@@ -174,6 +177,7 @@ impl Default for LogStats {
             checkpoint_filter_run_bytes: AtomicU64::new(0),
             checkpoint_merges: AtomicU64::new(0),
             checkpoint_fold_passes: AtomicU64::new(0),
+            checkpoint_fold_gave_way: AtomicU64::new(0),
             checkpoint_fold_peak_bytes: AtomicU64::new(0),
             checkpoint_micros: AtomicU64::new(0),
             upkeep_turn_wait_micros: AtomicU64::new(0),
@@ -236,6 +240,8 @@ impl LogStats {
         }
         self.checkpoint_fold_passes
             .fetch_add(r.fold_passes, Ordering::Relaxed);
+        self.checkpoint_fold_gave_way
+            .fetch_add(r.fold_gave_way, Ordering::Relaxed);
         self.checkpoint_fold_peak_bytes
             .store(r.fold_peak_bytes, Ordering::Relaxed);
     }

@@ -161,8 +161,9 @@ pub(crate) struct Upkeep {
     pub(crate) maintenance: Arc<tokio::sync::Mutex<NamedParts>>,
     /// Upkeep runs only on a shard this process may write (in a cluster, the owner's job).
     pub(crate) gate: Arc<crate::owner::Gate>,
-    /// Where the fold publishes what it holds; the views give way to it.
-    pub(crate) memory: crate::budget::UpkeepMemory,
+    /// The shard view's budget: the fold publishes what it holds to its upkeep memory, and
+    /// gives way past the views' floors.
+    pub(crate) budget: crate::budget::ViewBudget,
 }
 
 impl Upkeep {
@@ -193,7 +194,7 @@ impl Upkeep {
                 &self.cfg.checkpoint_parts,
                 Sharing {
                     footers: Some(footers),
-                    memory: Some(self.memory.clone()),
+                    budget: Some(self.budget.clone()),
                 },
             ),
         )

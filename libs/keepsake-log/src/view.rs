@@ -641,6 +641,11 @@ impl ShardState {
         self.budget = budget;
     }
 
+    /// The budget this view keeps within (its upkeep's fold gives way past its floors).
+    pub fn budget(&self) -> ViewBudget {
+        self.budget.clone()
+    }
+
     /// What the process's upkeep holds, which this view gives way to.
     pub fn upkeep_memory(&self) -> crate::budget::UpkeepMemory {
         self.budget.upkeep().clone()

@@ -167,7 +167,8 @@ pub struct LogArgs {
     /// User states a checkpoint's fold holds at once, in MiB: past it, the fold keeps a lower
     /// range of users and folds the others in further passes over the same segments (memory
     /// bounded, for more reads). The views give way to what a fold holds, down to a quarter
-    /// of their budget.
+    /// of their budget; past that (upkeep and the process's resident excess asking more
+    /// than the views can give), the fold gives way too, down to a quarter of this.
     #[arg(long, env = "KEEPSAKE_CHECKPOINT_FOLD_MIB", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub checkpoint_fold_mib: u64,

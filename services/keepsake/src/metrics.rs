@@ -594,6 +594,11 @@ pub fn text(
                 "Passes of checkpoints' folds over their segments: one a checkpoint, more when the states folded passed the fold budget (--checkpoint-fold-mib)",
                 &s.checkpoint_fold_passes,
             ),
+            (
+                "keepsake_checkpoint_fold_gave_way",
+                "Times a checkpoint's fold kept fewer users than its budget allows (down to a quarter of it) because upkeep and the process's resident excess asked more than the views can give above their floors; the others are folded in a later pass",
+                &s.checkpoint_fold_gave_way,
+            ),
         ] {
             counter(&mut out, name, help, g(v));
         }
